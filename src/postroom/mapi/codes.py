@@ -1,0 +1,55 @@
+"""MAPI result codes (HRESULTs) and the exception that carries them.
+
+Errors keep their MAPI code so someone who knows MAPI recognises them, and the
+message says in plain words what went wrong.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class HResult(IntEnum):
+    """The MAPI result codes postroom uses, with the values of mapicode.h."""
+
+    S_OK = 0x00000000
+    MAPI_E_CALL_FAILED = 0x80004005
+    MAPI_E_NO_SUPPORT = 0x80040102
+    MAPI_E_BAD_CHARWIDTH = 0x80040103
+    MAPI_E_UNKNOWN_FLAGS = 0x80040106
+    MAPI_E_OBJECT_DELETED = 0x8004010A
+    MAPI_E_BUSY = 0x8004010B
+    MAPI_E_NOT_FOUND = 0x8004010F
+    MAPI_E_VERSION = 0x80040110
+    MAPI_E_LOGON_FAILED = 0x80040111
+    MAPI_E_USER_CANCEL = 0x80040113
+    MAPI_E_UNABLE_TO_ABORT = 0x80040114
+    MAPI_E_NETWORK_ERROR = 0x80040115
+    MAPI_E_CORRUPT_DATA = 0x8004011B
+    MAPI_E_UNCONFIGURED = 0x8004011C
+    MAPI_E_FAILONEPROVIDER = 0x8004011D
+    MAPI_E_UNKNOWN_CPID = 0x8004011E
+    MAPI_E_UNKNOWN_LCID = 0x8004011F
+    MAPI_E_WAIT = 0x80040500
+    MAPI_E_CANCEL = 0x80040501
+    MAPI_E_NOT_ME = 0x80040502
+    MAPI_W_CANCEL_MESSAGE = 0x00040580
+    MAPI_W_ERRORS_RETURNED = 0x00040380
+    MAPI_E_NOT_IN_QUEUE = 0x80040601
+    MAPI_E_NO_RECIPIENTS = 0x80040607
+    MAPI_E_SUBMITTED = 0x80040608
+    MAPI_E_NO_ACCESS = 0x80070005
+    MAPI_E_INVALID_PARAMETER = 0x80070057
+
+
+class MAPIError(Exception):
+    """An error with a MAPI code: `MAPI_E_NOT_FOUND: no transport named 'fax'`."""
+
+    def __init__(self, code: HResult, message: str = "") -> None:
+        self.code = code
+        self.message = message or code.name
+        super().__init__(f"{code.name}: {self.message}")
+
+    @property
+    def hresult(self) -> int:
+        return int(self.code)

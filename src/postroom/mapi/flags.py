@@ -1,0 +1,262 @@
+"""Flag and enumeration values of the MAPI transport model (mapispi.h, mapidefs.h, edkmapi.h)."""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+
+class LogonFlags(IntFlag):
+    """Flags the spooler passes to a transport's logon (TransportLogon's ulFlags, in)."""
+
+    NONE = 0
+    NO_DIALOG = 0x00000001
+    NO_CONNECT = 0x00000004  # offline: make no external connections
+    NO_INBOUND = 0x00000008
+    NO_OUTBOUND = 0x00000010
+
+
+class LogonResultFlags(IntFlag):
+    """Flags a transport returns from logon (LOGON_SP_*)."""
+
+    NONE = 0
+    SP_IDLE = 0x00010000
+    SP_POLL = 0x00020000
+    SP_RESOLVE = 0x00040000
+
+
+class LogoffFlags(IntFlag):
+    NORMAL = 0x00000001
+    HURRY = 0x80000000
+
+
+class NotifyFlags(IntFlag):
+    """TransportNotify events."""
+
+    NONE = 0
+    BEGIN_INBOUND = 0x00000001
+    BEGIN_OUTBOUND = 0x00000002
+    BEGIN_INBOUND_FLUSH = 0x00000004
+    BEGIN_OUTBOUND_FLUSH = 0x00000008
+    END_INBOUND = 0x00010000
+    END_OUTBOUND = 0x00020000
+    END_INBOUND_FLUSH = 0x00040000
+    END_OUTBOUND_FLUSH = 0x00080000
+    ABORT_DEFERRED = 0x40000000
+    CANCEL_MESSAGE = 0x80000000
+
+
+class SpoolerNotifyFlags(IntFlag):
+    """What a transport tells the spooler (IMAPISupport::SpoolerNotify)."""
+
+    NEWMAIL = 0x00000001
+    READYTOSEND = 0x00000002
+    SENTDEFERRED = 0x00000004
+    CRITSEC = 0x00001000
+    NONCRIT = 0x00002000
+    CONFIG_CHANGE = 0x00004000
+    CRITICAL_ERROR = 0x10000000
+    NEWMAIL_RECEIVED = 0x20000000
+
+
+class EndMessageFlags(IntFlag):
+    """What a transport answers from end_message (EndMessage's lpulFlags)."""
+
+    NONE = 0
+    RESEND_NOW = 0x00010000
+    RESEND_LATER = 0x00020000
+    DONT_RESEND = 0x00040000
+
+
+BEGIN_DEFERRED = 0x00000001
+CURRENT_SPI_VERSION = 0x00010010
+
+
+class MessageFlags(IntFlag):
+    """PR_MESSAGE_FLAGS."""
+
+    NONE = 0
+    READ = 0x1
+    UNMODIFIED = 0x2
+    SUBMIT = 0x4
+    UNSENT = 0x8
+    HASATTACH = 0x10
+    FROMME = 0x20
+    ASSOCIATED = 0x40
+    RESEND = 0x80
+    RN_PENDING = 0x100
+    NRN_PENDING = 0x200
+    ORIGIN_X400 = 0x1000
+    ORIGIN_INTERNET = 0x2000
+    ORIGIN_MISC_EXT = 0x8000
+
+
+class SubmitFlags(IntFlag):
+    """PR_SUBMIT_FLAGS."""
+
+    NONE = 0
+    LOCKED = 0x1
+    PREPROCESS = 0x2
+
+
+class RecipientType(IntEnum):
+    """The low 16 bits of PR_RECIPIENT_TYPE."""
+
+    ORIG = 0
+    TO = 1
+    CC = 2
+    BCC = 3
+
+
+MAPI_P1 = 0x10000000
+MAPI_SUBMITTED = 0x80000000
+
+
+def recipient_kind(value: int) -> RecipientType:
+    """Decode PR_RECIPIENT_TYPE into its kind (To/Cc/Bcc), dropping the P1/SUBMITTED bits."""
+    return RecipientType(value & 0xFFFF)
+
+
+class AttachMethod(IntEnum):
+    NO_ATTACHMENT = 0
+    BY_VALUE = 1
+    BY_REFERENCE = 2
+    BY_REF_RESOLVE = 3
+    BY_REF_ONLY = 4
+    EMBEDDED_MSG = 5
+    OLE = 6
+
+
+class StatusCode(IntFlag):
+    """PR_STATUS_CODE bits of a status row."""
+
+    NONE = 0
+    AVAILABLE = 0x00000001
+    OFFLINE = 0x00000002
+    FAILURE = 0x00000004
+    INBOUND_ENABLED = 0x00010000
+    INBOUND_ACTIVE = 0x00020000
+    INBOUND_FLUSH = 0x00040000
+    OUTBOUND_ENABLED = 0x00100000
+    OUTBOUND_ACTIVE = 0x00200000
+    OUTBOUND_FLUSH = 0x00400000
+    REMOTE_ACCESS = 0x00800000
+
+
+class ResourceMethods(IntFlag):
+    NONE = 0
+    VALIDATE_STATE = 0x1
+    SETTINGS_DIALOG = 0x2
+    CHANGE_PASSWORD = 0x4
+    FLUSH_QUEUES = 0x8
+
+
+class ResourceType(IntEnum):
+    STORE_PROVIDER = 33
+    AB = 34
+    AB_PROVIDER = 35
+    TRANSPORT_PROVIDER = 36
+    SPOOLER = 37
+    PROFILE_PROVIDER = 38
+    SUBSYSTEM = 39
+    HOOK_PROVIDER = 40
+
+
+class ResourceFlags(IntFlag):
+    """PR_RESOURCE_FLAGS of a provider."""
+
+    NONE = 0
+    DEFAULT_OUTBOUND = 0x1
+    DEFAULT_STORE = 0x2
+    PRIMARY_IDENTITY = 0x4
+    SIMPLE_STORE = 0x8
+    XP_PREFER_LAST = 0x10
+    NO_PRIMARY_IDENTITY = 0x20
+
+
+class FlushFlags(IntFlag):
+    """IMAPIStatus::FlushQueues. UPLOAD is outbound (send), DOWNLOAD inbound (receive); see spec §13."""
+
+    NONE = 0
+    UPLOAD = 0x2
+    DOWNLOAD = 0x4
+    FORCE = 0x8
+    NO_UI = 0x10
+    ASYNC_OK = 0x20
+
+
+class ValidateFlags(IntFlag):
+    NONE = 0
+    SUPPRESS_UI = 0x1
+    REFRESH_XP_HEADER_CACHE = 0x10000
+    PROCESS_XP_HEADER_CACHE = 0x20000
+    FORCE_XP_CONNECT = 0x40000
+    FORCE_XP_DISCONNECT = 0x80000
+    CONFIG_CHANGED = 0x100000
+    ABORT_XP_HEADER_OPERATION = 0x200000
+    SHOW_XP_SESSION_UI = 0x400000
+
+
+class NDRReason(IntEnum):
+    """PR_NDR_REASON_CODE (edkmapi.h)."""
+
+    TRANSFER_FAILED = 0
+    TRANSFER_IMPOSSIBLE = 1
+    CONVERSION_NOT_PERFORMED = 2
+    PHYSICAL_RENDITN_NOT_DONE = 3
+    PHYSICAL_DELIV_NOT_DONE = 4
+    RESTRICTED_DELIVERY = 5
+    DIRECTORY_OPERATN_FAILED = 6
+
+
+class NDRDiag(IntEnum):
+    """PR_NDR_DIAG_CODE (mapidefs.h, MAPI_DIAG_*)."""
+
+    NO_DIAGNOSTIC = -1
+    OR_NAME_UNRECOGNIZED = 0
+    OR_NAME_AMBIGUOUS = 1
+    MTS_CONGESTED = 2
+    LOOP_DETECTED = 3
+    RECIPIENT_UNAVAILABLE = 4
+    MAXIMUM_TIME_EXPIRED = 5
+    EITS_UNSUPPORTED = 6
+    CONTENT_TOO_LONG = 7
+    IMPRACTICAL_TO_CONVERT = 8
+    PROHIBITED_TO_CONVERT = 9
+    CONVERSION_UNSUBSCRIBED = 10
+    PARAMETERS_INVALID = 11
+    CONTENT_SYNTAX_IN_ERROR = 12
+    LENGTH_CONSTRAINT_VIOLATD = 13
+    NUMBER_CONSTRAINT_VIOLATD = 14
+    CONTENT_TYPE_UNSUPPORTED = 15
+    TOO_MANY_RECIPIENTS = 16
+    NO_BILATERAL_AGREEMENT = 17
+    CRITICAL_FUNC_UNSUPPORTED = 18
+    CONVERSION_LOSS_PROHIB = 19
+    LINE_TOO_LONG = 20
+    PAGE_TOO_LONG = 21
+    PICTORIAL_SYMBOL_LOST = 22
+    PUNCTUATION_SYMBOL_LOST = 23
+    ALPHABETIC_CHARACTER_LOST = 24
+    MULTIPLE_INFO_LOSSES = 25
+    REASSIGNMENT_PROHIBITED = 26
+    REDIRECTION_LOOP_DETECTED = 27
+    EXPANSION_PROHIBITED = 28
+    SUBMISSION_PROHIBITED = 29
+    EXPANSION_FAILED = 30
+    RENDITION_UNSUPPORTED = 31
+    MAIL_ADDRESS_INCORRECT = 32
+    MAIL_OFFICE_INCOR_OR_INVD = 33
+    MAIL_ADDRESS_INCOMPLETE = 34
+    MAIL_RECIPIENT_UNKNOWN = 35
+    MAIL_RECIPIENT_DECEASED = 36
+    MAIL_ORGANIZATION_EXPIRED = 37
+    MAIL_REFUSED = 38
+    MAIL_UNCLAIMED = 39
+    MAIL_RECIPIENT_MOVED = 40
+    MAIL_RECIPIENT_TRAVELLING = 41
+    MAIL_RECIPIENT_DEPARTED = 42
+    MAIL_NEW_ADDRESS_UNKNOWN = 43
+    MAIL_FORWARDING_UNWANTED = 44
+    MAIL_FORWARDING_PROHIB = 45
+    SECURE_MESSAGING_ERROR = 46
+    DOWNGRADING_IMPOSSIBLE = 47
