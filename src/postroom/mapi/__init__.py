@@ -34,8 +34,8 @@ from .flags import (
 )
 
 __all__ = [
-    "MAPI_ONE_OFF_UID",
     "MAPIUID",
+    "MAPI_ONE_OFF_UID",
     "AttachMethod",
     "EndMessageFlags",
     "FlushFlags",

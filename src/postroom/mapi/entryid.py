@@ -21,7 +21,10 @@ class MAPIUID(bytes):
     @classmethod
     def from_guid(cls, guid: str | uuid.UUID) -> MAPIUID:
         """From a GUID string `{A41F2B81-A3BE-1910-9D6E-00DD010F5402}` or a UUID."""
-        u = guid if isinstance(guid, uuid.UUID) else uuid.UUID(guid.strip("{}"))
+        try:
+            u = guid if isinstance(guid, uuid.UUID) else uuid.UUID(guid.strip("{}"))
+        except ValueError as exc:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"not a GUID: {guid!r}") from exc
         return cls(u.bytes_le)
 
     @classmethod
@@ -112,11 +115,17 @@ def encode_one_off(
     flags = (MAPI_ONE_OFF_UNICODE if unicode else 0) | (MAPI_ONE_OFF_NO_RICH_INFO if no_rich_info else 0)
     flags |= extra_flags & 0xFFFF
     if unicode:
+
         def enc(s: str) -> bytes:
-            return s.encode("utf-16-le") + b"\0\0"
+            try:
+                return s.encode("utf-16-le") + b"\0\0"
+            except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-16 form
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"not encodable as UTF-16: {s!r}") from exc
     else:
+
         def enc(s: str) -> bytes:
             return _encode_ansi(s) + b"\0"
+
     return (
         b"\0\0\0\0"
         + bytes(MAPI_ONE_OFF_UID)

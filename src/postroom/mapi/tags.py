@@ -87,8 +87,18 @@ def tag_by_name(name: str) -> int:
     key = name.strip()
     if key.upper() in _BY_NAME:
         return _BY_NAME[key.upper()]
+    # The ANSI twin, as tag_name prints it: `PR_SUBJECT_A`.
+    if key.upper().endswith("_A") and key.upper()[:-2] in _BY_NAME:
+        twin = _BY_NAME[key.upper()[:-2]]
+        if prop_type(twin) == PT_UNICODE:
+            return prop_tag(PT_STRING8, prop_id(twin))
     if key.lower().startswith("0x"):
-        return int(key, 16)
+        try:
+            tag = int(key, 16)
+        except ValueError:
+            raise KeyError(name) from None
+        if 0 <= tag <= 0xFFFFFFFF:
+            return tag
     raise KeyError(name)
 
 

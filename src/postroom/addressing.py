@@ -1,0 +1,62 @@
+"""Recipient addresses as users type them: `ADRTYPE:address`, `Name <ADRTYPE:address>`, or a bare e-mail address.
+
+A bare address containing `@` means address type `SMTP`. Anything that could smuggle a
+header or break an entry ID (CR, LF, NUL) is refused here, before it reaches the store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .mapi.codes import HResult, MAPIError
+
+ADDRESS_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+# Deliberately plain: local@domain, no spaces, no brackets; the domain has at least one label.
+SMTP_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+$")
+NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$")
+
+
+@dataclass(frozen=True)
+class ParsedAddress:
+    display_name: str
+    address_type: str
+    email_address: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.address_type}:{self.email_address}"
+
+
+def _bad(text: str, why: str) -> MAPIError:
+    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"malformed address {text!r}: {why}")
+
+
+def parse_address(text: str, default_type: str = "SMTP") -> ParsedAddress:
+    """Parse one recipient address; raises MAPI_E_INVALID_PARAMETER with the reason."""
+    if any(c in text for c in "\r\n\0"):
+        raise _bad(text, "it contains a line break or NUL")
+    raw = text.strip()
+    if not raw:
+        raise _bad(text, "it is empty")
+    name = ""
+    m = NAMED.match(raw)
+    if m:
+        name = m.group("name").strip().strip('"').strip()
+        raw = m.group("addr").strip()
+        if not raw:
+            raise _bad(text, "nothing between < and >")
+    elif "<" in raw or ">" in raw:
+        raise _bad(text, "unbalanced < >")
+    address_type = default_type
+    address = raw
+    head, sep, tail = raw.partition(":")
+    if sep and "@" not in head and ADDRESS_TYPE.match(head):
+        address_type, address = head.upper(), tail.strip()
+    elif sep and "@" not in raw:
+        raise _bad(text, f"{head!r} is not a valid address type")
+    if not address:
+        raise _bad(text, "the address after the address type is empty")
+    if address_type == "SMTP" and not SMTP_ADDRESS.match(address):
+        raise _bad(text, "an SMTP address looks like name@domain")
+    return ParsedAddress(name or address, address_type, address)

@@ -1,0 +1,920 @@
+"""MAPI ⇄ Internet mail: `MessageData` to RFC 5322/MIME and back, and delivery status notifications.
+
+The heavy lifting (header encoding, RFC 2047/2231, folding, transfer encodings, parsing) is the
+standard `email` package's; this module only decides which MAPI property goes where.
+
+Outbound (`to_mime`, `to_bytes`):
+
+* Only SMTP addresses reach address headers; recipients of other address types (FAX, X400 …)
+  belong to other transports and are left out. Rows with the MAPI_P1 bit (envelope-only resends)
+  never appear, and Bcc rows appear only with ``include_bcc=True``.
+* Non-transmittable properties (`tags.NON_TRANSMITTABLE`) are never mapped to anything.
+* Header text is single-line by construction. In the subject and in display names every run
+  of control characters (CR, LF, TAB, NUL, C1 controls) and of Unicode line/paragraph separators
+  becomes one space and the ends are stripped; display names additionally have every run of
+  whitespace collapsed to one space (what an RFC 5322 phrase means anyway). E-mail addresses and
+  message IDs are identifiers, not text: one containing whitespace or a control character is
+  refused with MAPI_E_INVALID_PARAMETER, as is one the `email` package cannot parse.
+* A UTF-8 address (EAI, RFC 6531) is allowed; `needs_smtputf8` tells whether a message needs the
+  SMTPUTF8 extension, and `to_bytes` then serialises with `email.policy.SMTPUTF8`. Otherwise the
+  output is pure ASCII (RFC 2047 words, RFC 2231 file names, base64/quoted-printable bodies).
+* Known limitation of the `email` package: a subject or display name that itself contains
+  RFC 2047 syntax (``=?utf-8?q?…?=``) is decoded on assignment, so it is sent decoded.
+
+Inbound (`from_mime`): an incoming message as a transport's start_message fills it (spec §8.3),
+never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multipart/report with
+report-type=delivery-status (RFC 3464) becomes a ``REPORT.IPM.Note.*`` message with one recipient
+row per per-recipient block (spec §7). The Message-ID of the original message, which MAPI has no
+property for, is stored as its ASCII bytes in PR_REPORT_TAG (a postroom convention: the spooler
+finds the original by it); `dsn_original_message_id` reads it from the raw report.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import mimetypes
+import os
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from email.headerregistry import Address, AddressHeader, HeaderRegistry
+from email.message import EmailMessage, Message
+from email.parser import BytesParser, Parser
+from email.policy import EmailPolicy
+from email.utils import getaddresses, make_msgid, parsedate_to_datetime
+from html.parser import HTMLParser
+from typing import Any
+
+from .mapi import tags as T
+from .mapi.codes import HResult, MAPIError
+from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
+from .mapi.flags import MAPI_P1, AttachMethod, NDRDiag, NDRReason, RecipientType
+from .mapi.message import Attachment, MessageData, Props, Recipient
+
+__all__ = [
+    "dsn_original_message_id",
+    "from_mime",
+    "needs_smtputf8",
+    "status_to_ndr",
+    "to_bytes",
+    "to_mime",
+]
+
+SMTP = "SMTP"
+UNPARSEABLE_SUBJECT = "(unparseable message)"
+
+# Recipient-row constants not (yet) in postroom.mapi (mapidefs.h): PR_OBJECT_TYPE / PR_DISPLAY_TYPE values.
+_MAPI_MAILUSER = 6
+_DT_MAILUSER = 0
+
+#: How deep embedded messages may nest (both directions); deeper ones stay opaque bytes inbound.
+_MAX_DEPTH = 16
+
+_HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_ID_FORBIDDEN = re.compile(r"[^\x21-\x7e]")
+_ADDR_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+_ENHANCED_STATUS = re.compile(r"(?<![\d.])\d\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_SMTP_CODE = re.compile(r"([2-5]\d\d)(?!\d)")
+
+_ADDRESS_HEADERS = (
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Bcc",
+    "Disposition-Notification-To",
+)
+
+_IMPORTANCE_OUT = {0: ("low", "5"), 2: ("high", "1")}
+_IMPORTANCE_IN = {"low": 0, "normal": 1, "high": 2}
+_PRIORITY_OUT = {-1: "non-urgent", 1: "urgent"}
+_PRIORITY_IN = {"non-urgent": -1, "normal": 0, "urgent": 1}
+_BODY_ALTERNATIVES = frozenset({"text/plain", "text/html", "text/enriched", "text/richtext"})
+_DR_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
+
+
+def _make_policy(base: EmailPolicy) -> EmailPolicy:
+    # Disposition-Notification-To holds addresses (RFC 8098); the stock registry treats it as text.
+    registry = HeaderRegistry()
+    registry.map_to_type("disposition-notification-to", AddressHeader)
+    return base.clone(header_factory=registry)
+
+
+_OUT_POLICY = _make_policy(email.policy.SMTP)
+_IN_POLICY = email.policy.default
+# Re-serialising a parsed embedded message: keep its header lines as they arrived.
+_RAW_POLICY = email.policy.default.clone(refold_source="none")
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------
+
+
+def _scrub(text: str) -> str:
+    """Drop lone surrogates (not encodable as UTF-8) by replacing them with '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _header_text(value: object) -> str:
+    """Subject-style header text: control/line-break runs → one space, ends stripped."""
+    return _HEADER_BREAKS.sub(" ", _scrub(str(value))).strip()
+
+
+def _display_name(value: object) -> str:
+    """A display name: like `_header_text`, and whitespace runs collapsed to one space."""
+    return " ".join(_header_text(value).split())
+
+
+def _invalid(message: str) -> MAPIError:
+    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, message)
+
+
+def _address(name: object, addr: object, what: str) -> Address:
+    """An `Address` for a header, validated by the `email` package; MAPIError when unusable."""
+    spec = str(addr)
+    if not spec or _ADDR_FORBIDDEN.search(spec):
+        raise _invalid(f"{what}: the e-mail address {spec!r} contains whitespace or control characters")
+    display = _display_name(name)
+    if display.lower() == spec.lower():
+        display = ""
+    try:
+        return Address(display_name=display, addr_spec=spec)
+    except Exception as exc:
+        if not _NON_ASCII.search(spec):
+            raise _invalid(f"{what}: {spec!r} is not a valid e-mail address ({exc})") from exc
+    # A UTF-8 local part (RFC 6532): the package accepts it only as username=; check the syntax
+    # with an ASCII stand-in for every non-ASCII character.
+    try:
+        Address(addr_spec=_NON_ASCII.sub("x", spec))
+        local, _, domain = spec.rpartition("@")
+        return Address(display_name=display, username=local, domain=domain)
+    except Exception as exc:
+        raise _invalid(f"{what}: {spec!r} is not a valid e-mail address ({exc})") from exc
+
+
+def _msg_id(value: object, what: str) -> str:
+    """A `<…>` message ID; MAPIError for whitespace, control or non-ASCII characters."""
+    text = str(value)
+    if not text or _ID_FORBIDDEN.search(text):
+        raise _invalid(f"{what}: {text!r} contains whitespace, control or non-ASCII characters")
+    if not text.startswith("<"):
+        text = "<" + text
+    if not text.endswith(">"):
+        text += ">"
+    return text
+
+
+def _as_int(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return default
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCKS = frozenset({"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"})
+    _SKIP = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self._BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.chunks.append(data)
+
+
+def _html_to_text(html: str) -> str:
+    """A crude plain-text rendering of HTML (for PR_BODY when only HTML exists, and vice versa)."""
+    parser = _TextExtractor()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:
+        return html
+    lines = [" ".join(line.split()) for line in "".join(parser.chunks).splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+# --------------------------------------------------------------------------------------
+# MAPI → MIME
+# --------------------------------------------------------------------------------------
+
+
+def _originator(props: Props, name_tag: int, addr_tag: int, type_tag: int) -> tuple[str, str] | None:
+    """(name, address) of an SMTP originator in the message's properties; missing addrtype = SMTP."""
+    addr = props.get(addr_tag)
+    if not addr:
+        return None
+    if str(props.get(type_tag) or SMTP).upper() != SMTP:
+        return None
+    return str(props.get(name_tag) or ""), str(addr)
+
+
+def _read_receipt_target(props: Props, from_addr: Address | None) -> Address | None:
+    entry = props.get(T.PR_READ_RECEIPT_ENTRYID)
+    if isinstance(entry, bytes) and is_one_off(entry):
+        try:
+            one_off = decode_one_off(entry)
+        except MAPIError:
+            one_off = None
+        if one_off is not None and one_off.address_type.upper() == SMTP and one_off.email_address:
+            return _address("", one_off.email_address, "Disposition-Notification-To")
+    return None if from_addr is None else Address(addr_spec=from_addr.addr_spec)
+
+
+def _attachment_type(att: Attachment, filename: str) -> tuple[str, str]:
+    tag = str(att.props.get(T.PR_ATTACH_MIME_TAG) or "").split(";", 1)[0].strip()
+    if not _MIME_TYPE.fullmatch(tag):
+        tag = (mimetypes.guess_type(filename)[0] or "") if filename else ""
+    maintype, _, subtype = tag.lower().partition("/")
+    # Bytes can't be sent as message/* or multipart/* (those may not be base64-encoded; RFC 2046).
+    if not subtype or maintype in ("message", "multipart"):
+        return "application", "octet-stream"
+    return maintype, subtype
+
+
+def _strip_part_mime_version(msg: Message) -> None:
+    """The package stamps MIME-Version on every part it creates; only the top level needs it."""
+    if msg.get_content_maintype() != "multipart":
+        return
+    for part in msg.get_payload():
+        if isinstance(part, Message):
+            del part["MIME-Version"]
+            _strip_part_mime_version(part)
+
+
+def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth: int) -> EmailMessage:
+    if depth > _MAX_DEPTH:
+        raise _invalid(f"embedded messages nest deeper than {_MAX_DEPTH} levels")
+    top = depth == 0
+    props = msg.props
+    out = EmailMessage(policy=_OUT_POLICY)
+
+    # --- originator ---------------------------------------------------------------
+    representing = _originator(
+        props, T.PR_SENT_REPRESENTING_NAME, T.PR_SENT_REPRESENTING_EMAIL_ADDRESS, T.PR_SENT_REPRESENTING_ADDRTYPE
+    )
+    actual: tuple[str, str] | None
+    if sender is not None:
+        kind = sender.address_type.upper() or SMTP
+        actual = (str(sender.get(T.PR_DISPLAY_NAME) or ""), sender.email_address) if kind == SMTP else None
+        if actual is not None and not actual[1]:
+            actual = None
+    else:
+        actual = _originator(props, T.PR_SENDER_NAME, T.PR_SENDER_EMAIL_ADDRESS, T.PR_SENDER_ADDRTYPE)
+    author = representing or actual
+    from_addr = _address(*author, "From") if author else None
+    if from_addr is not None:
+        out["From"] = from_addr
+    if representing and actual and representing[1].lower() != actual[1].lower():
+        out["Sender"] = _address(*actual, "Sender")
+
+    # --- recipients -----------------------------------------------------------------
+    by_kind: dict[int, list[Address]] = {RecipientType.TO: [], RecipientType.CC: [], RecipientType.BCC: []}
+    for row in msg.recipients:
+        value = _as_int(row.get(T.PR_RECIPIENT_TYPE, RecipientType.TO), RecipientType.TO)
+        if value & MAPI_P1 or row.address_type.upper() != SMTP:
+            continue
+        kind_value = value & 0xFFFF
+        if kind_value in by_kind:
+            name = row.get(T.PR_DISPLAY_NAME) or ""
+            by_kind[kind_value].append(_address(name, row.email_address, "recipient"))
+    for kind_value, header in ((RecipientType.TO, "To"), (RecipientType.CC, "Cc"), (RecipientType.BCC, "Bcc")):
+        if by_kind[kind_value] and (kind_value != RecipientType.BCC or include_bcc):
+            out[header] = by_kind[kind_value]
+
+    # --- envelope-ish headers ---------------------------------------------------------
+    subject = _header_text(props.get(T.PR_SUBJECT) or "")
+    if subject:
+        out["Subject"] = subject
+    submitted = props.get(T.PR_CLIENT_SUBMIT_TIME)
+    if isinstance(submitted, datetime):
+        out["Date"] = _aware(submitted)
+    elif top:
+        out["Date"] = datetime.now(UTC)
+    message_id = props.get(T.PR_INTERNET_MESSAGE_ID)
+    if message_id:
+        out["Message-ID"] = _msg_id(message_id, "Message-ID")
+    elif top:
+        domain = from_addr.domain if from_addr is not None and from_addr.domain.isascii() else "localhost"
+        generated = make_msgid(domain=domain.strip("[]") or "localhost")
+        props[T.PR_INTERNET_MESSAGE_ID] = generated  # a retry must reuse the same ID
+        out["Message-ID"] = generated
+    if props.get(T.PR_IN_REPLY_TO_ID):
+        out["In-Reply-To"] = _msg_id(props[T.PR_IN_REPLY_TO_ID], "In-Reply-To")
+    importance = _IMPORTANCE_OUT.get(_as_int(props.get(T.PR_IMPORTANCE, 1), 1))
+    if importance is not None:
+        out["Importance"], out["X-Priority"] = importance
+    priority = _PRIORITY_OUT.get(_as_int(props.get(T.PR_PRIORITY, 0), 0))
+    if priority is not None:
+        out["Priority"] = priority
+    if props.get(T.PR_READ_RECEIPT_REQUESTED):
+        target = _read_receipt_target(props, from_addr)
+        if target is not None:
+            out["Disposition-Notification-To"] = target
+
+    # --- content ----------------------------------------------------------------------
+    body = props.get(T.PR_BODY)
+    html_value = props.get(T.PR_HTML)
+    html: str | None = None
+    if isinstance(html_value, bytes | bytearray | memoryview):
+        html = bytes(html_value).decode("utf-8", "replace")
+    elif isinstance(html_value, str):
+        html = _scrub(html_value)
+    if body is None:
+        text = _html_to_text(html) if html is not None else ""
+    else:
+        text = _scrub(str(body))
+    out.set_content(text)
+    if html is not None:
+        out.add_alternative(html, subtype="html")
+
+    for att in msg.attachments:
+        try:
+            method = att.method
+        except ValueError:
+            continue
+        filename = _header_text(att.filename)
+        if method == AttachMethod.EMBEDDED_MSG and att.embedded is not None:
+            inner = _build(att.embedded, None, False, depth + 1)
+            cte = "8bit" if needs_smtputf8(inner) else "7bit"
+            out.add_attachment(inner, cte=cte, filename=filename or None)
+        elif method == AttachMethod.BY_VALUE:
+            maintype, subtype = _attachment_type(att, filename)
+            content_id = att.props.get(T.PR_ATTACH_CONTENT_ID)
+            cid = _msg_id(content_id, "Content-ID") if content_id else None
+            out.add_attachment(att.read_all(), maintype, subtype, filename=filename or None, cid=cid)
+        # By reference / OLE attachments are not sent: the transport has no file system to share.
+
+    _strip_part_mime_version(out)
+    return out
+
+
+def to_mime(msg: MessageData, *, sender: Recipient | None = None, include_bcc: bool = False) -> EmailMessage:
+    """Convert a MAPI message to an RFC 5322/MIME message (policy `email.policy.SMTP`).
+
+    From is PR_SENT_REPRESENTING_* when present, else the sender: ``sender`` (the identity that is
+    actually sending, e.g. the transport's logon identity) if given, else PR_SENDER_*. When both a
+    representing and an actual sender exist with different addresses, Sender carries the actual one.
+    A missing PR_INTERNET_MESSAGE_ID is generated and stored back into ``msg.props`` so a retry
+    sends the same ID; a missing PR_CLIENT_SUBMIT_TIME is "now" (neither is invented for embedded
+    messages). See the module docstring for header sanitising: CR/LF in the subject or a display
+    name becomes a space; an address or message ID with CR/LF/NUL/whitespace raises
+    ``MAPIError(MAPI_E_INVALID_PARAMETER)``.
+    """
+    return _build(msg, sender, include_bcc, 0)
+
+
+def needs_smtputf8(msg: EmailMessage, *, envelope: Iterable[str] = ()) -> bool:
+    """Whether sending ``msg`` needs SMTPUTF8 (RFC 6531): a UTF-8 address in any address header
+    of the message or of an embedded message, or among the ``envelope`` addresses (MAIL FROM and
+    RCPT TO, which include Bcc recipients that are not in the headers)."""
+    if any(not str(addr).isascii() for addr in envelope):
+        return True
+    for part in msg.walk():
+        for name in _ADDRESS_HEADERS:
+            for value in part.get_all(name) or ():
+                addresses = getattr(value, "addresses", None)
+                if addresses is not None:
+                    specs = [str(a.addr_spec) for a in addresses]
+                else:
+                    specs = [a for _, a in getaddresses([str(value)])]
+                if any(not spec.isascii() for spec in specs):
+                    return True
+    return False
+
+
+def to_bytes(
+    msg: MessageData,
+    *,
+    sender: Recipient | None = None,
+    include_bcc: bool = False,
+    linesep: str = "\r\n",
+) -> bytes:
+    """`to_mime` serialised for SMTP DATA (CRLF) or a Maildir file (``linesep="\\n"``).
+
+    Uses `email.policy.SMTP`, or `email.policy.SMTPUTF8` when `needs_smtputf8` says so. Dot
+    stuffing is the SMTP client's business, not done here.
+    """
+    if linesep not in ("\r\n", "\n"):
+        raise _invalid(f"linesep must be CRLF or LF, not {linesep!r}")
+    em = to_mime(msg, sender=sender, include_bcc=include_bcc)
+    policy = email.policy.SMTPUTF8 if needs_smtputf8(em) else email.policy.SMTP
+    return em.as_bytes(policy=policy.clone(linesep=linesep))
+
+
+# --------------------------------------------------------------------------------------
+# status codes → NDR reason/diagnostic
+# --------------------------------------------------------------------------------------
+
+
+def status_to_ndr(enhanced: str) -> tuple[NDRReason, NDRDiag]:
+    """Map an SMTP enhanced status code (RFC 3463 ``X.Y.Z``) to PR_NDR_REASON_CODE/PR_NDR_DIAG_CODE.
+
+    The gromox mapping (spec §7). ``enhanced`` may be the bare code or text that contains it
+    (``"550 5.1.1 User unknown"``); without a code the answer is (TRANSFER_FAILED, NO_DIAGNOSTIC).
+    The reason is TRANSFER_IMPOSSIBLE for addressing failures (X.1.*), TRANSFER_FAILED otherwise.
+    """
+    match = _ENHANCED_STATUS.search(enhanced or "")
+    if match is None:
+        return NDRReason.TRANSFER_FAILED, NDRDiag.NO_DIAGNOSTIC
+    subject, detail = int(match.group(1)), int(match.group(2))
+    if subject == 1:
+        addressing = {
+            1: NDRDiag.MAIL_RECIPIENT_UNKNOWN,
+            3: NDRDiag.MAIL_ADDRESS_INCORRECT,
+            4: NDRDiag.OR_NAME_AMBIGUOUS,
+            6: NDRDiag.MAIL_RECIPIENT_MOVED,
+        }
+        return NDRReason.TRANSFER_IMPOSSIBLE, addressing.get(detail, NDRDiag.OR_NAME_UNRECOGNIZED)
+    diag = NDRDiag.NO_DIAGNOSTIC
+    if subject == 2:
+        mailbox = {
+            2: NDRDiag.LENGTH_CONSTRAINT_VIOLATD,
+            3: NDRDiag.LENGTH_CONSTRAINT_VIOLATD,
+            4: NDRDiag.EXPANSION_FAILED,
+        }
+        diag = mailbox.get(detail, NDRDiag.MAIL_REFUSED)
+    elif subject == 3 and detail in (3, 5):
+        diag = NDRDiag.CRITICAL_FUNC_UNSUPPORTED
+    elif subject == 3 and detail == 4:
+        diag = NDRDiag.LENGTH_CONSTRAINT_VIOLATD
+    elif subject == 4 and detail == 7:
+        diag = NDRDiag.MAXIMUM_TIME_EXPIRED
+    return NDRReason.TRANSFER_FAILED, diag
+
+
+# --------------------------------------------------------------------------------------
+# MIME → MAPI
+# --------------------------------------------------------------------------------------
+
+
+def _get_text(part: Message, name: str) -> str:
+    """A header's decoded value, or its raw value if the package chokes on it; '' when absent."""
+    try:
+        value = part.get(name)
+        return "" if value is None else str(value)
+    except Exception:
+        for key, raw in part.raw_items():
+            if key.lower() == name.lower():
+                return str(raw)
+        return ""
+
+
+def _get_date(part: Message, name: str) -> datetime | None:
+    """A date header as an aware UTC datetime, or None when absent or unreadable."""
+    value: Any = None
+    try:
+        value = part.get(name)
+        when = getattr(value, "datetime", None)
+        if when is None and value is not None:
+            when = parsedate_to_datetime(str(value))
+    except Exception:
+        return None
+    return _aware(when).astimezone(UTC) if isinstance(when, datetime) else None
+
+
+def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of an address header, groups flattened, empties dropped."""
+    pairs: list[tuple[str, str]] = []
+    try:
+        for value in part.get_all(name) or ():
+            for addr in getattr(value, "addresses", ()):
+                pairs.append((str(addr.display_name), str(addr.addr_spec)))
+    except Exception:
+        raw = [str(v) for k, v in part.raw_items() if k.lower() == name.lower()]
+        pairs = list(getaddresses(raw))
+    cleaned = [(_display_name(n), _HEADER_BREAKS.sub("", _scrub(a)).strip()) for n, a in pairs]
+    return [(n, a) for n, a in cleaned if a and a != "<>"]
+
+
+def _smtp_identity(name: str, addr: str) -> tuple[str, bytes, bytes]:
+    """(display name, one-off entry ID, search key) of an SMTP address."""
+    display = name or addr
+    return display, encode_one_off(display, SMTP, addr), search_key(SMTP, addr)
+
+
+def _set_originator(props: Props, tags: tuple[int, int, int, int, int], who: tuple[str, str]) -> None:
+    name_tag, addr_tag, type_tag, entry_tag, key_tag = tags
+    props[name_tag], props[entry_tag], props[key_tag] = _smtp_identity(*who)
+    props[addr_tag] = who[1]
+    props[type_tag] = SMTP
+
+
+def _recipient(name: str, addr: str, kind: int, row_id: int) -> Recipient:
+    display, entry_id, key = _smtp_identity(name, addr)
+    return Recipient(
+        props={
+            T.PR_DISPLAY_NAME: display,
+            T.PR_ADDRTYPE: SMTP,
+            T.PR_EMAIL_ADDRESS: addr,
+            T.PR_RECIPIENT_TYPE: int(kind),
+            T.PR_ENTRYID: entry_id,
+            T.PR_SEARCH_KEY: key,
+            T.PR_OBJECT_TYPE: _MAPI_MAILUSER,
+            T.PR_DISPLAY_TYPE: _DT_MAILUSER,
+        },
+        row_id=row_id,
+    )
+
+
+def _raw_header_block(raw: bytes) -> str:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    block = raw[: min(ends)] if ends else raw
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        return block.decode("latin-1")
+
+
+def _part_bytes(part: Message) -> bytes:
+    """The decoded content of a leaf part; message/* parts other than rfc822 re-serialised."""
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return payload
+    inner = part.get_payload()
+    if isinstance(inner, list):
+        return b"".join(sub.as_bytes(policy=_RAW_POLICY) for sub in inner if isinstance(sub, Message))
+    return str(inner or "").encode("utf-8", "replace")
+
+
+def _part_text(part: Message) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content.replace("\r\n", "\n").replace("\r", "\n")
+    except Exception:
+        pass
+    raw = _part_bytes(part)
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        text = raw.decode(charset, "replace")
+    except LookupError:
+        text = raw.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _find_body(msg: EmailMessage, subtype: str) -> Message | None:
+    try:
+        return msg.get_body(preferencelist=(subtype,))
+    except Exception:
+        return None
+
+
+def _filename(part: Message) -> str:
+    try:
+        return _header_text(part.get_filename() or "")
+    except Exception:
+        return ""
+
+
+def _is_attachment_like(part: Message) -> bool:
+    try:
+        return part.get_content_disposition() == "attachment" or bool(part.get_filename())
+    except Exception:
+        return False
+
+
+class _Collector:
+    """Walks a parsed message: body parts, attachments (by value and embedded)."""
+
+    def __init__(self, root: EmailMessage, md: MessageData, depth: int, skip: set[int]) -> None:
+        self.md = md
+        self.depth = depth
+        self.skip = skip
+        self.plain = _find_body(root, "plain")
+        self.html = _find_body(root, "html")
+        for body in (self.plain, self.html):
+            if body is not None:
+                skip.add(id(body))
+
+    def visit(self, part: Message, parent_subtype: str | None) -> None:
+        if id(part) in self.skip:
+            return
+        ctype = part.get_content_type()
+        if ctype in ("message/rfc822", "message/global"):
+            self.md.attachments.append(self._embedded(part))
+        elif part.get_content_maintype() == "multipart" and part.is_multipart():
+            for sub in part.get_payload():
+                if isinstance(sub, Message):
+                    self.visit(sub, part.get_content_subtype())
+        elif parent_subtype == "alternative" and ctype in _BODY_ALTERNATIVES and not _is_attachment_like(part):
+            return  # another rendering of the body we already have
+        else:
+            self.md.attachments.append(self._by_value(part))
+
+    def _by_value(self, part: Message) -> Attachment:
+        num = len(self.md.attachments)
+        data = _part_bytes(part)
+        props: Props = {
+            T.PR_ATTACH_METHOD: int(AttachMethod.BY_VALUE),
+            T.PR_ATTACH_MIME_TAG: part.get_content_type(),
+            T.PR_ATTACH_SIZE: len(data),
+            T.PR_ATTACH_NUM: num,
+            T.PR_RENDERING_POSITION: -1,
+        }
+        filename = _filename(part)
+        if filename:
+            # postroom does not synthesise 8.3 names: both carry the real name.
+            props[T.PR_ATTACH_LONG_FILENAME] = filename
+            props[T.PR_ATTACH_FILENAME] = filename
+            extension = os.path.splitext(filename)[1]
+            if extension:
+                props[T.PR_ATTACH_EXTENSION] = extension
+        content_id = _header_text(_get_text(part, "Content-ID")).strip("<>")
+        if content_id:
+            props[T.PR_ATTACH_CONTENT_ID] = content_id
+        return Attachment(props=props, num=num, data=data, size=len(data))
+
+    def _embedded(self, part: Message) -> Attachment:
+        num = len(self.md.attachments)
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            inner_bytes = payload[0].as_bytes(policy=_RAW_POLICY)
+        else:
+            inner_bytes = _part_bytes(part)
+        if self.depth + 1 > _MAX_DEPTH:
+            return self._by_value(part)
+        embedded = _from_mime(inner_bytes, self.depth + 1)
+        filename = _filename(part)
+        props: Props = {
+            T.PR_ATTACH_METHOD: int(AttachMethod.EMBEDDED_MSG),
+            T.PR_ATTACH_MIME_TAG: "message/rfc822",
+            T.PR_ATTACH_SIZE: len(inner_bytes),
+            T.PR_ATTACH_NUM: num,
+            T.PR_RENDERING_POSITION: -1,
+            T.PR_DISPLAY_NAME: filename or embedded.subject,
+        }
+        if filename:
+            props[T.PR_ATTACH_LONG_FILENAME] = filename
+            props[T.PR_ATTACH_FILENAME] = filename
+        return Attachment(props=props, num=num, embedded=embedded, size=len(inner_bytes))
+
+
+def _report_parts(msg: EmailMessage) -> tuple[Message | None, Message | None]:
+    """(message/delivery-status part, returned original or its headers) of a multipart/report."""
+    if msg.get_content_type() != "multipart/report":
+        return None, None
+    status: Message | None = None
+    original: Message | None = None
+    for part in msg.iter_parts():
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status" and status is None:
+            status = part
+        elif ctype in ("message/rfc822", "message/global", "text/rfc822-headers") and original is None:
+            original = part
+    return status, original
+
+
+def _original_headers(part: Message | None) -> Message | None:
+    if part is None:
+        return None
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return payload[0] if payload and isinstance(payload[0], Message) else None
+    return Parser(policy=_IN_POLICY).parsestr(_part_text(part), headersonly=True)
+
+
+def _strip_type(value: str) -> str:
+    """``rfc822; bob@x`` → ``bob@x``; ``smtp; 550 …`` → ``550 …`` (RFC 3464 typed fields)."""
+    head, sep, rest = value.partition(";")
+    if sep and re.fullmatch(r"\s*[A-Za-z0-9][A-Za-z0-9.+-]*\s*", head):
+        return rest.strip()
+    return value.strip()
+
+
+def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
+    """Turn a delivery status notification into REPORT.IPM.Note.(N)DR properties and rows."""
+    status_part, original_part = _report_parts(msg)
+    if status_part is None or str(msg.get_param("report-type", "")).lower() != "delivery-status":
+        return
+    blocks = [b for b in status_part.get_payload() if isinstance(b, Message)]
+    if len(blocks) < 2:
+        return
+    per_message, per_recipient = blocks[0], blocks[1:]
+    now = datetime.now(UTC)
+    arrival = _get_date(per_message, "Arrival-Date")
+    rows: list[Recipient] = []
+    actions: list[str] = []
+    for block in per_recipient:
+        addr = _strip_type(_get_text(block, "Final-Recipient") or _get_text(block, "Original-Recipient"))
+        addr = _HEADER_BREAKS.sub("", addr).strip().strip("<>")
+        if not addr:
+            continue
+        action = (_get_text(block, "Action").strip().lower().split() or [""])[0]
+        status = _get_text(block, "Status").strip()
+        diagnostic = " ".join(_strip_type(_get_text(block, "Diagnostic-Code")).split())
+        row = _recipient("", addr, RecipientType.TO, len(rows))
+        row[T.PR_REPORT_TEXT] = diagnostic or status
+        row[T.PR_REPORT_TIME] = _get_date(block, "Last-Attempt-Date") or arrival or now
+        code = _SMTP_CODE.match(diagnostic)
+        if code:
+            row[T.PR_NDR_STATUS_CODE] = int(code.group(1))
+        if action in _DR_ACTIONS:
+            row[T.PR_DELIVER_TIME] = _get_date(block, "Last-Attempt-Date") or arrival or now
+        elif action != "delayed":  # "failed", or something unknown: report it as not delivered
+            reason, diag = status_to_ndr(status or diagnostic)
+            row[T.PR_NDR_REASON_CODE] = int(reason)
+            row[T.PR_NDR_DIAG_CODE] = int(diag)
+        rows.append(row)
+        actions.append(action)
+    if not rows:
+        return
+    if any(a not in _DR_ACTIONS and a != "delayed" for a in actions):
+        suffix = "NDR"
+    elif "delayed" in actions:
+        suffix = "Delayed.DR"
+    else:
+        suffix = "DR"
+    props = md.props
+    props[T.PR_MESSAGE_CLASS] = f"REPORT.IPM.Note.{suffix}"
+    props[T.PR_REPORT_TIME] = _get_date(msg, "Date") or now
+    md.recipients = rows
+    props[T.PR_DISPLAY_TO] = "; ".join(r.display_name for r in rows)
+    props[T.PR_DISPLAY_CC] = ""
+    props.pop(T.PR_DISPLAY_BCC, None)
+    skip.add(id(status_part))
+    original = _original_headers(original_part)
+    if original is not None:
+        props[T.PR_ORIG_MESSAGE_CLASS] = "IPM.Note"
+        props[T.PR_ORIGINAL_SUBJECT] = _header_text(_get_text(original, "Subject"))
+        props[T.PR_ORIGINAL_DISPLAY_TO] = "; ".join(n or a for n, a in _get_addresses(original, "To"))
+        props[T.PR_ORIGINAL_DISPLAY_CC] = "; ".join(n or a for n, a in _get_addresses(original, "Cc"))
+        submitted = _get_date(original, "Date")
+        if submitted is not None:
+            props[T.PR_ORIGINAL_SUBMIT_TIME] = submitted
+        original_id = _get_text(original, "Message-ID").strip()
+        if original_id:
+            props[T.PR_REPORT_TAG] = _scrub(original_id).encode("utf-8")
+
+
+def _unparseable(raw: bytes) -> MessageData:
+    return MessageData(
+        props={
+            T.PR_MESSAGE_CLASS: "IPM.Note",
+            T.PR_SUBJECT: UNPARSEABLE_SUBJECT,
+            T.PR_BODY: raw.decode("utf-8", "replace"),
+            T.PR_MESSAGE_DELIVERY_TIME: datetime.now(UTC),
+            T.PR_IMPORTANCE: 1,
+            T.PR_PRIORITY: 0,
+        }
+    )
+
+
+def _convert(msg: EmailMessage, raw: bytes, depth: int) -> MessageData:
+    if not any(True for _ in msg.raw_items()):
+        return _unparseable(raw)  # not even one header line: not a message at all
+    md = MessageData()
+    props = md.props
+    props[T.PR_MESSAGE_CLASS] = "IPM.Note"
+    props[T.PR_SUBJECT] = _header_text(_get_text(msg, "Subject"))
+    submitted = _get_date(msg, "Date")
+    if submitted is not None:
+        props[T.PR_CLIENT_SUBMIT_TIME] = submitted
+    props[T.PR_MESSAGE_DELIVERY_TIME] = datetime.now(UTC)
+    message_id = _header_text(_get_text(msg, "Message-ID"))
+    if message_id:
+        props[T.PR_INTERNET_MESSAGE_ID] = message_id
+    in_reply_to = _header_text(_get_text(msg, "In-Reply-To"))
+    if in_reply_to:
+        props[T.PR_IN_REPLY_TO_ID] = in_reply_to
+    props[T.PR_TRANSPORT_MESSAGE_HEADERS] = _raw_header_block(raw)
+
+    authors = _get_addresses(msg, "From")
+    senders = _get_addresses(msg, "Sender") or authors
+    if senders:
+        _set_originator(
+            props,
+            (
+                T.PR_SENDER_NAME,
+                T.PR_SENDER_EMAIL_ADDRESS,
+                T.PR_SENDER_ADDRTYPE,
+                T.PR_SENDER_ENTRYID,
+                T.PR_SENDER_SEARCH_KEY,
+            ),
+            senders[0],
+        )
+    if authors:
+        _set_originator(
+            props,
+            (
+                T.PR_SENT_REPRESENTING_NAME,
+                T.PR_SENT_REPRESENTING_EMAIL_ADDRESS,
+                T.PR_SENT_REPRESENTING_ADDRTYPE,
+                T.PR_SENT_REPRESENTING_ENTRYID,
+                T.PR_SENT_REPRESENTING_SEARCH_KEY,
+            ),
+            authors[0],
+        )
+
+    for kind, header, display_tag in (
+        (RecipientType.TO, "To", T.PR_DISPLAY_TO),
+        (RecipientType.CC, "Cc", T.PR_DISPLAY_CC),
+        (RecipientType.BCC, "Bcc", T.PR_DISPLAY_BCC),
+    ):
+        rows = [_recipient(n, a, kind, len(md.recipients) + i) for i, (n, a) in enumerate(_get_addresses(msg, header))]
+        md.recipients.extend(rows)
+        if rows or kind != RecipientType.BCC:
+            props[display_tag] = "; ".join(r.display_name for r in rows)
+
+    importance = _get_text(msg, "Importance").strip().lower()
+    x_priority = re.match(r"\s*(\d)", _get_text(msg, "X-Priority"))
+    if importance in _IMPORTANCE_IN:
+        props[T.PR_IMPORTANCE] = _IMPORTANCE_IN[importance]
+    elif x_priority:
+        level = int(x_priority.group(1))
+        props[T.PR_IMPORTANCE] = 2 if level in (1, 2) else 0 if level in (4, 5) else 1
+    else:
+        props[T.PR_IMPORTANCE] = 1
+    props[T.PR_PRIORITY] = _PRIORITY_IN.get(_get_text(msg, "Priority").strip().lower(), 0)
+    if _get_text(msg, "Disposition-Notification-To").strip():
+        props[T.PR_READ_RECEIPT_REQUESTED] = True
+
+    skip: set[int] = set()
+    try:
+        _apply_dsn(msg, md, skip)
+    except Exception:
+        props[T.PR_MESSAGE_CLASS] = "IPM.Note"  # a broken report is still mail: keep it readable
+
+    collector = _Collector(msg, md, depth, skip)
+    if collector.plain is not None:
+        props[T.PR_BODY] = _part_text(collector.plain)
+    if collector.html is not None:
+        html = _part_text(collector.html)
+        props[T.PR_HTML] = html.encode("utf-8")
+        if collector.plain is None:
+            props[T.PR_BODY] = _html_to_text(html)
+    props.setdefault(T.PR_BODY, "")
+    if msg.get_content_maintype() == "multipart" and msg.is_multipart():
+        for part in msg.get_payload():
+            if isinstance(part, Message):
+                collector.visit(part, msg.get_content_subtype())
+    else:
+        collector.visit(msg, None)
+    props[T.PR_HASATTACH] = bool(md.attachments)
+    return md
+
+
+def _from_mime(data: bytes, depth: int) -> MessageData:
+    try:
+        parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
+        if not isinstance(parsed, EmailMessage):
+            return _unparseable(data)
+        return _convert(parsed, data, depth)
+    except Exception:
+        return _unparseable(data)
+
+
+def from_mime(data: bytes) -> MessageData:
+    """Convert an RFC 5322/MIME message to MAPI, as a transport's start_message fills it.
+
+    Never raises: input without a single header line (or that the `email` package cannot digest)
+    becomes an IPM.Note with subject ``"(unparseable message)"`` and the raw text as PR_BODY.
+    Delivery status notifications become report messages (see the module docstring). The message
+    gets no PR_ENTRYID (the store assigns it); recipients and originators get one-off entry IDs.
+    """
+    return _from_mime(bytes(data), 0)
+
+
+def dsn_original_message_id(data: bytes) -> str | None:
+    """The Message-ID of the original message returned in a multipart/report (DSN or MDN), from
+    its third part (message/rfc822 or text/rfc822-headers); None when there is none. `from_mime`
+    stores the same value, as bytes, in PR_REPORT_TAG of the report."""
+    try:
+        parsed = BytesParser(policy=_IN_POLICY).parsebytes(bytes(data))
+        if not isinstance(parsed, EmailMessage):
+            return None
+        original = _original_headers(_report_parts(parsed)[1])
+        if original is None:
+            return None
+        message_id = _get_text(original, "Message-ID").strip()
+        return message_id or None
+    except Exception:
+        return None

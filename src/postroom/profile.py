@@ -1,0 +1,304 @@
+"""Profiles and message services (IProfAdmin / IMsgServiceAdmin).
+
+A profile is a directory holding `profile.toml` (0600) and the message store. It names
+message services; each service brings one transport provider with a stable provider
+UID. The transport order defaults to the order in which transports were added, with
+"prefer last" providers moved to the end; an explicit order must list every transport
+exactly once (MsgServiceTransportOrder) and then overrides "prefer last".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from platformdirs import user_data_dir
+
+from .mapi.codes import HResult, MAPIError
+from .mapi.entryid import MAPIUID
+from .mapi.flags import LogonFlags
+from .transports.spi import TransportLogon, TransportProvider
+
+PROFILE_FILE = "profile.toml"
+STORE_FILE = "store.sqlite"
+ENTRY_POINT_GROUP = "postroom.transports"
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def default_profile_dir() -> Path:
+    """Where the default profile lives: POSTROOM_PROFILE, else the user's data directory."""
+    env = os.environ.get("POSTROOM_PROFILE")
+    if env:
+        return Path(env).expanduser()
+    return Path(user_data_dir("postroom", appauthor=False)) / "profiles" / "default"
+
+
+_REGISTERED: dict[str, type[TransportProvider]] = {}
+
+
+def register_transport_kind(kind: str, provider: type[TransportProvider]) -> None:
+    """Make a provider class available in this process without an entry point (embedding, tests)."""
+    _REGISTERED[kind] = provider
+
+
+def transport_kinds() -> dict[str, type[TransportProvider]]:
+    """Every installed transport provider, by kind (entry-point name), plus registered ones."""
+    kinds: dict[str, type[TransportProvider]] = dict(_REGISTERED)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in kinds:
+            try:
+                kinds[ep.name] = ep.load()
+            except Exception as exc:  # a broken plug-in must not hide the others
+                kinds[ep.name] = _broken_provider(ep.name, exc)
+    return kinds
+
+
+def _broken_provider(kind: str, exc: Exception) -> type[TransportProvider]:
+    message = f"transport kind {kind!r} could not be loaded: {type(exc).__name__}: {exc}"
+
+    class Broken(TransportProvider):
+        display_name = f"{kind} (broken)"
+
+        def logon(self, flags: LogonFlags) -> TransportLogon:
+            raise MAPIError(HResult.MAPI_E_VERSION, message)
+
+    return Broken
+
+
+def provider_class(kind: str) -> type[TransportProvider]:
+    kinds = transport_kinds()
+    if kind not in kinds:
+        known = ", ".join(sorted(kinds)) or "none"
+        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no transport kind {kind!r} is installed (installed: {known})")
+    cls = kinds[kind]
+    if not (isinstance(cls, type) and issubclass(cls, TransportProvider)):
+        raise MAPIError(HResult.MAPI_E_VERSION, f"entry point {kind!r} is not a postroom TransportProvider")
+    return cls
+
+
+@dataclass
+class Service:
+    """A message service with its transport provider."""
+
+    name: str
+    kind: str
+    provider_uid: MAPIUID
+    options: dict[str, Any] = field(default_factory=dict)
+    prefer_last: bool = False
+
+    def to_toml(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "provider_uid": bytes(self.provider_uid).hex(),
+            "prefer_last": self.prefer_last,
+            "options": self.options,
+        }
+
+    @classmethod
+    def from_toml(cls, data: Mapping[str, Any]) -> Service:
+        try:
+            return cls(
+                name=str(data["name"]),
+                kind=str(data["kind"]),
+                provider_uid=MAPIUID.from_hex(str(data["provider_uid"])),
+                options=dict(data.get("options", {})),
+                prefer_last=bool(data.get("prefer_last", False)),
+            )
+        except KeyError as exc:
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"a [[service]] lacks {exc.args[0]!r}") from exc
+
+
+@dataclass
+class Profile:
+    """A profile directory: its settings, its services and the path of its store."""
+
+    directory: Path
+    name: str = "default"
+    services: list[Service] = field(default_factory=list)
+    explicit_order: list[MAPIUID] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    # --- files --------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.directory / PROFILE_FILE
+
+    @property
+    def store_path(self) -> Path:
+        configured = self.settings.get("store", STORE_FILE)
+        p = Path(str(configured)).expanduser()
+        return p if p.is_absolute() else self.directory / p
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Profile:
+        d = Path(directory).expanduser()
+        path = d / PROFILE_FILE
+        if not path.is_file():
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no profile at {d} (create one with `postroom init {d}`)")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"cannot read {path}: {exc}") from exc
+        profile = data.get("profile", {})
+        if not isinstance(profile, dict):
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{path}: [profile] must be a table")
+        services = [Service.from_toml(s) for s in data.get("service", [])]
+        order = profile.pop("transport_order", None)
+        explicit = [MAPIUID.from_hex(str(u)) for u in order] if order is not None else None
+        name = str(profile.pop("name", d.name))
+        p = cls(directory=d, name=name, services=services, explicit_order=explicit, settings=profile)
+        p._check_unique()
+        return p
+
+    def save(self) -> None:
+        """Write profile.toml atomically, readable by the owner only (it may name secrets' files)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data: dict[str, Any] = {"profile": {"name": self.name, **self.settings}}
+        if self.explicit_order is not None:
+            data["profile"]["transport_order"] = [bytes(u).hex() for u in self.explicit_order]
+        data["service"] = [s.to_toml() for s in self.services]
+        tmp = self.path.with_suffix(".toml.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            tomli_w.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], *, with_defaults: bool = True) -> Profile:
+        """A new profile; with the embedded defaults it has a `maildir` transport for localhost."""
+        d = Path(directory).expanduser()
+        if (d / PROFILE_FILE).exists():
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a profile exists already at {d}")
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        p = cls(directory=d, name=d.name, settings={"store": STORE_FILE, "mode": "online"})
+        if with_defaults:
+            p.add_service("maildir", "local", {"root": "maildir", "domains": ["localhost"]})
+        p.save()
+        return p
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike[str] | None = None) -> Profile:
+        """The named profile; the default one is created on first use, a named one must exist."""
+        if directory is None:
+            d = default_profile_dir()
+            if not (d / PROFILE_FILE).exists():
+                return cls.create(d)
+            return cls.load(d)
+        return cls.load(directory)
+
+    # --- services ----------------------------------------------------------------------------
+    def _check_unique(self) -> None:
+        names: set[str] = set()
+        for s in self.services:
+            if s.name.lower() in names:
+                raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{self.path}: service {s.name!r} appears twice")
+            names.add(s.name.lower())
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name.lower() == name.lower():
+                return s
+        known = ", ".join(s.name for s in self.services) or "none"
+        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no service named {name!r} in this profile (services: {known})")
+
+    def add_service(
+        self, kind: str, name: str, options: Mapping[str, Any] | None = None, *, prefer_last: bool | None = None
+    ) -> Service:
+        if not SERVICE_NAME.match(name):
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"invalid service name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)",
+            )
+        if any(s.name.lower() == name.lower() for s in self.services):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a service named {name!r} exists already")
+        cls = provider_class(kind)
+        checked = cls.validate_options(dict(options or {}))
+        service = Service(
+            name=name,
+            kind=kind,
+            provider_uid=MAPIUID.new(),
+            options=checked,
+            prefer_last=cls.prefer_last if prefer_last is None else prefer_last,
+        )
+        self.services.append(service)
+        if self.explicit_order is not None:
+            # An explicit order stays complete: a new transport joins at the end.
+            self.explicit_order.append(service.provider_uid)
+        return service
+
+    def remove_service(self, name: str) -> Service:
+        service = self.service(name)
+        self.services.remove(service)
+        if self.explicit_order is not None:
+            self.explicit_order = [u for u in self.explicit_order if u != service.provider_uid]
+        return service
+
+    # --- transport order ------------------------------------------------------------------------
+    def transport_order(self) -> list[Service]:
+        """The transports in the order the spooler offers recipients to them."""
+        if self.explicit_order is not None:
+            by_uid = {s.provider_uid: s for s in self.services}
+            ordered = [by_uid[u] for u in self.explicit_order if u in by_uid]
+            rest = [s for s in self.services if s not in ordered]
+            return ordered + rest
+        return [s for s in self.services if not s.prefer_last] + [s for s in self.services if s.prefer_last]
+
+    def set_transport_order(self, transports: Sequence[str | bytes]) -> None:
+        """MsgServiceTransportOrder: the complete list, each transport exactly once, by name or UID.
+
+        A missing or repeated transport is a count mismatch (MAPI_E_BUSY, as documented);
+        an unknown one is MAPI_E_NOT_FOUND.
+        """
+        uids: list[MAPIUID] = []
+        for item in transports:
+            uids.append(self._resolve_transport(item))
+        seen: set[MAPIUID] = set()
+        for uid in uids:
+            if uid in seen:
+                raise MAPIError(
+                    HResult.MAPI_E_BUSY, f"transport {self._name_of(uid)!r} appears more than once in the order"
+                )
+            seen.add(uid)
+        missing = [s.name for s in self.services if s.provider_uid not in seen]
+        if missing:
+            raise MAPIError(
+                HResult.MAPI_E_BUSY,
+                f"the transport order must list every transport exactly once; missing: {', '.join(missing)}",
+            )
+        self.explicit_order = uids
+
+    def reset_transport_order(self) -> None:
+        """Back to the default: order of addition, "prefer last" providers at the end."""
+        self.explicit_order = None
+
+    def _resolve_transport(self, item: str | bytes) -> MAPIUID:
+        if isinstance(item, bytes):
+            uid = MAPIUID(item)
+            for s in self.services:
+                if s.provider_uid == uid:
+                    return uid
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no transport with provider UID {uid} in this profile")
+        for s in self.services:
+            if s.name.lower() == item.lower() or bytes(s.provider_uid).hex() == item.lower():
+                return s.provider_uid
+        known = ", ".join(s.name for s in self.services) or "none"
+        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no transport named {item!r} in this profile (transports: {known})")
+
+    def _name_of(self, uid: MAPIUID) -> str:
+        return next((s.name for s in self.services if s.provider_uid == uid), str(uid))
+
+    @property
+    def mode(self) -> str:
+        return str(self.settings.get("mode", "online"))

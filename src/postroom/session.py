@@ -1,0 +1,464 @@
+"""The public facade: `postroom.logon(profile)` → `Session` (or `alogon` → `AsyncSession`).
+
+A session opens a profile's message store; its transports are logged on when the
+session first needs them (routing, `enum_adr_types`, delivery). The CLI is a thin
+layer over this API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import mimetypes
+import os
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .addressing import ParsedAddress, parse_address
+from .mapi import tags as T
+from .mapi.codes import HResult, MAPIError
+from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
+from .mapi.flags import LogonFlags, MessageFlags, RecipientType
+from .mapi.message import Attachment, MessageData, Recipient
+from .profile import Profile, Service
+from .spooler import PassSummary, Spooler, TransportTable
+from .spooler.routing import Offer
+from .store import Event, Folder, FolderRole, MessageSummary, QueueEntry, RecipientStatus, SQLiteStore
+from .transports.spi import StatusRow
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RouteAnswer:
+    """The dry run for one address: who would be offered it first, and who after."""
+
+    address: ParsedAddress
+    offers: tuple[Offer, ...]
+
+    @property
+    def transport(self) -> str | None:
+        return self.offers[0].transport if self.offers else None
+
+
+class Draft:
+    """A message being composed in a folder (normally the Outbox); `submit()` sends it."""
+
+    def __init__(self, session: _SessionCore, folder: Folder) -> None:
+        self._session = session
+        self.folder = folder
+        self.data = MessageData(
+            props={
+                T.PR_MESSAGE_CLASS: "IPM.Note",
+                T.PR_MESSAGE_FLAGS: int(MessageFlags.UNSENT | MessageFlags.FROMME),
+                T.PR_SENTMAIL_ENTRYID: session.store.folder(FolderRole.SENT_ITEMS).entry_id,
+                T.PR_CREATION_TIME: session.clock(),
+            }
+        )
+        self.message_id: int | None = None
+
+    # Content.
+    @property
+    def subject(self) -> str:
+        return self.data.subject
+
+    @subject.setter
+    def subject(self, value: str) -> None:
+        self.data.props[T.PR_SUBJECT] = value
+
+    @property
+    def body(self) -> str:
+        return self.data.body
+
+    @body.setter
+    def body(self, value: str) -> None:
+        self.data.props[T.PR_BODY] = value
+
+    def set(self, tag: int, value: Any) -> Draft:
+        """Set any property (PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED, PR_DELETE_AFTER_SUBMIT, …)."""
+        self.data.props[tag] = value
+        return self
+
+    # Recipients.
+    def add_recipient(
+        self,
+        address: str | None = None,
+        *,
+        kind: RecipientType = RecipientType.TO,
+        name: str | None = None,
+        address_type: str | None = None,
+        entry_id: bytes | None = None,
+    ) -> Recipient:
+        """Add a recipient by address (`SMTP:a@b`, `Name <FAX:+1…>`, `a@b`) and/or by entry ID.
+
+        With only an entry ID, a one-off entry ID gives name, type and address; any other
+        entry ID is routed by the provider UID in its bytes 4..19.
+        """
+        if address is None and entry_id is None:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "a recipient needs an address or an entry ID")
+        if address is not None:
+            text = f"{address_type}:{address}" if address_type else address
+            parsed = parse_address(text)
+            display = name if name is not None else parsed.display_name
+            adrtype, email = parsed.address_type, parsed.email_address
+        elif entry_id is not None and is_one_off(entry_id):
+            one_off = decode_one_off(entry_id)
+            display = name or one_off.display_name
+            adrtype, email = one_off.address_type, one_off.email_address
+        else:
+            display = name or ""
+            adrtype, email = (address_type or "").upper(), ""
+        if any(c in display for c in "\r\n\0"):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"display name {display!r} contains a line break or NUL")
+        props: dict[int, Any] = {
+            T.PR_DISPLAY_NAME: display or email,
+            T.PR_ADDRTYPE: adrtype,
+            T.PR_EMAIL_ADDRESS: email,
+            T.PR_RECIPIENT_TYPE: int(kind),
+            T.PR_ENTRYID: entry_id if entry_id is not None else encode_one_off(display or email, adrtype, email),
+        }
+        if adrtype:
+            props[T.PR_SEARCH_KEY] = search_key(adrtype, email)
+        recipient = Recipient(props=props, row_id=len(self.data.recipients))
+        self.data.recipients.append(recipient)
+        return recipient
+
+    def to(self, *addresses: str) -> Draft:
+        for a in addresses:
+            self.add_recipient(a, kind=RecipientType.TO)
+        return self
+
+    def cc(self, *addresses: str) -> Draft:
+        for a in addresses:
+            self.add_recipient(a, kind=RecipientType.CC)
+        return self
+
+    def bcc(self, *addresses: str) -> Draft:
+        for a in addresses:
+            self.add_recipient(a, kind=RecipientType.BCC)
+        return self
+
+    # Attachments.
+    def attach_file(
+        self, path: str | os.PathLike[str], *, mime_type: str | None = None, name: str | None = None
+    ) -> Attachment:
+        """Attach a file by value; it is streamed into the store when the draft is saved."""
+        p = Path(path)
+        try:
+            size = p.stat().st_size
+            with p.open("rb"):
+                pass
+        except OSError as exc:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"cannot read attachment {str(p)!r}: {exc.strerror}") from exc
+        if not p.is_file():
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"attachment {str(p)!r} is not a regular file")
+        filename = name or p.name
+        att = Attachment(
+            props=_attachment_props(filename, mime_type),
+            num=len(self.data.attachments),
+            opener=lambda: p.open("rb"),
+            size=size,
+        )
+        self.data.attachments.append(att)
+        return att
+
+    def attach_bytes(self, name: str, data: bytes, *, mime_type: str | None = None) -> Attachment:
+        att = Attachment(
+            props=_attachment_props(name, mime_type), num=len(self.data.attachments), data=data, size=len(data)
+        )
+        self.data.attachments.append(att)
+        return att
+
+    # Saving and submitting.
+    def save(self) -> int:
+        """Save the draft in its folder (once); returns the message ID."""
+        if self.message_id is None:
+            self.message_id = self._session.store.create_message(self.folder.id, self.data)
+        return self.message_id
+
+    def submit(self) -> int:
+        """Save and submit; the message is read-only afterwards. Returns the message ID."""
+        mid = self.save()
+        self._session.submit(mid)
+        return mid
+
+
+def _attachment_props(filename: str, mime_type: str | None) -> dict[int, Any]:
+    if any(c in filename for c in "\r\n\0/\\"):
+        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"invalid attachment name {filename!r}")
+    guessed = mime_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    return {
+        T.PR_ATTACH_LONG_FILENAME: filename,
+        T.PR_ATTACH_FILENAME: filename,
+        T.PR_ATTACH_EXTENSION: Path(filename).suffix,
+        T.PR_ATTACH_MIME_TAG: guessed,
+        T.PR_RENDERING_POSITION: -1,
+    }
+
+
+class _SessionCore:
+    """What the sync and async sessions share: the store, the profile and the spooler."""
+
+    def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.profile = profile
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.store = SQLiteStore(profile.store_path)
+        self.transports = TransportTable(profile)
+        self.spooler = Spooler(self.store, self.transports, clock=self.clock)
+
+    # --- folders --------------------------------------------------------------------------
+    @property
+    def outbox(self) -> Folder:
+        return self.store.folder(FolderRole.OUTBOX)
+
+    @property
+    def inbox(self) -> Folder:
+        return self.store.folder(FolderRole.INBOX)
+
+    @property
+    def sent_items(self) -> Folder:
+        return self.store.folder(FolderRole.SENT_ITEMS)
+
+    @property
+    def deleted_items(self) -> Folder:
+        return self.store.folder(FolderRole.DELETED_ITEMS)
+
+    def folders(self) -> list[Folder]:
+        return self.store.folders()
+
+    def folder(self, name: str | int) -> Folder:
+        return self.store.find_folder(name)
+
+    def create_folder(self, name: str) -> Folder:
+        return self.store.create_folder(name)
+
+    def list_messages(self, folder: str | int | Folder, limit: int | None = None) -> list[MessageSummary]:
+        f = folder if isinstance(folder, Folder) else self.folder(folder)
+        return self.store.list_messages(f.id, limit)
+
+    # --- messages -------------------------------------------------------------------------
+    def create_message(self, subject: str = "", body: str = "", *, folder: Folder | None = None) -> Draft:
+        draft = Draft(self, folder or self.outbox)
+        if subject:
+            draft.subject = subject
+        if body:
+            draft.body = body
+        return draft
+
+    def open_message(self, ref: str | int | bytes) -> MessageData:
+        return self.store.open_message(self.store.resolve_message(ref))
+
+    def message_id(self, ref: str | int | bytes) -> int:
+        return self.store.resolve_message(ref)
+
+    def events(self, ref: str | int | bytes) -> list[Event]:
+        return self.store.events(self.store.resolve_message(ref))
+
+    def recipient_states(self, ref: str | int | bytes) -> list[RecipientStatus]:
+        return self.store.recipient_states(self.store.resolve_message(ref))
+
+    def sender_identity(self) -> tuple[str, str]:
+        """(display name, SMTP address) of the profile's user; default `user@localhost`."""
+        user = getpass.getuser()
+        name = str(self.profile.settings.get("sender_name") or user)
+        address = str(self.profile.settings.get("sender_address") or f"{user}@localhost")
+        return name, address
+
+    def submit(self, ref: str | int | bytes) -> None:
+        """IMessage::SubmitMessage: stamps the sender and a Message-ID, then queues the message."""
+        mid = self.store.resolve_message(ref)
+        data = self.store.open_message(mid)
+        name, address = self.sender_identity()
+        stamp: dict[int, Any] = {}
+        if not data.get(T.PR_SENDER_EMAIL_ADDRESS):
+            stamp.update(
+                {
+                    T.PR_SENDER_NAME: name,
+                    T.PR_SENDER_ADDRTYPE: "SMTP",
+                    T.PR_SENDER_EMAIL_ADDRESS: address,
+                    T.PR_SENDER_ENTRYID: encode_one_off(name, "SMTP", address),
+                    T.PR_SENDER_SEARCH_KEY: search_key("SMTP", address),
+                }
+            )
+        if not data.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS):
+            stamp.update(
+                {
+                    T.PR_SENT_REPRESENTING_NAME: data.get(T.PR_SENDER_NAME) or name,
+                    T.PR_SENT_REPRESENTING_ADDRTYPE: data.get(T.PR_SENDER_ADDRTYPE) or "SMTP",
+                    T.PR_SENT_REPRESENTING_EMAIL_ADDRESS: data.get(T.PR_SENDER_EMAIL_ADDRESS) or address,
+                }
+            )
+        if not data.get(T.PR_INTERNET_MESSAGE_ID):
+            # Fixed once at submit so every retry and resend carries the same Message-ID.
+            domain = address.rpartition("@")[2] or "localhost"
+            stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
+        if stamp:
+            self.store.set_props(mid, stamp)
+        self.store.submit(mid, self.clock())
+
+    def abort_submit(self, ref: str | int | bytes) -> None:
+        """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it
+        was already sent; MAPI_E_UNABLE_TO_ABORT while a spooler holds it."""
+        self.store.abort_submit(self.store.resolve_message(ref), self.clock())
+
+    def queue(self) -> list[QueueEntry]:
+        return self.store.queue()
+
+    # --- message services ---------------------------------------------------------------------
+    def services(self) -> list[Service]:
+        return list(self.profile.services)
+
+    def add_service(
+        self, kind: str, name: str, options: dict[str, Any] | None = None, *, prefer_last: bool | None = None
+    ) -> Service:
+        service = self.profile.add_service(kind, name, options, prefer_last=prefer_last)
+        self.profile.save()
+        self._profile_changed()
+        return service
+
+    def remove_service(self, name: str) -> Service:
+        service = self.profile.remove_service(name)
+        self.profile.save()
+        self._profile_changed()
+        return service
+
+    def transport_order(self) -> list[Service]:
+        return self.profile.transport_order()
+
+    def set_transport_order(self, transports: Sequence[str | bytes]) -> None:
+        self.profile.set_transport_order(transports)
+        self.profile.save()
+        self._profile_changed()
+
+    def reset_transport_order(self) -> None:
+        self.profile.reset_transport_order()
+        self.profile.save()
+        self._profile_changed()
+
+    def _profile_changed(self) -> None:
+        """The next use logs on again with the new configuration."""
+        self._needs_relogon = True
+
+    # --- transports (async implementations) ------------------------------------------------------
+    _needs_relogon = False
+
+    async def _ensure_logged_on(self) -> None:
+        if self.transports.logged_on and not self._needs_relogon:
+            return
+        if self.transports.logged_on:
+            await self.transports.logoff_all()
+        self.transports = TransportTable(self.profile)
+        self.spooler = Spooler(self.store, self.transports, clock=self.clock, owner=self.spooler.owner)
+        self._needs_relogon = False
+        await self.transports.logon_all(LogonFlags.NO_DIALOG)
+
+    async def _enum_adr_types(self) -> list[str]:
+        await self._ensure_logged_on()
+        return self.transports.enum_adr_types()
+
+    async def _route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
+        parsed = [parse_address(a) for a in addresses]
+        await self._ensure_logged_on()
+        router = self.transports.router()
+        return [RouteAnswer(p, router.offers(p.address_type, None)) for p in parsed]
+
+    async def _deliver(self, limit: int | None = None) -> PassSummary:
+        await self._ensure_logged_on()
+        return await self.spooler.process_due(limit)
+
+    async def _status(self) -> list[StatusRow]:
+        await self._ensure_logged_on()
+        return [t.status for t in self.transports.transports]
+
+    async def _close(self) -> None:
+        if self.transports.logged_on:
+            await self.transports.logoff_all()
+        self.store.close()
+
+
+class AsyncSession(_SessionCore):
+    """The session for applications that already run an asyncio event loop."""
+
+    async def enum_adr_types(self) -> list[str]:
+        return await self._enum_adr_types()
+
+    async def route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
+        return await self._route(addresses)
+
+    async def deliver(self, limit: int | None = None) -> PassSummary:
+        """Run the spooler over every due message (one pass)."""
+        return await self._deliver(limit)
+
+    async def status(self) -> list[StatusRow]:
+        return await self._status()
+
+    async def close(self) -> None:
+        await self._close()
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Session(_SessionCore):
+    """The synchronous session; transports run on a private event loop."""
+
+    def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
+        super().__init__(profile, clock=clock)
+        self._runner = asyncio.Runner()
+
+    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
+        return self._runner.run(coro)
+
+    def enum_adr_types(self) -> list[str]:
+        """The address types of the transports logged on now (IMAPISession::EnumAdrTypes)."""
+        return self._run(self._enum_adr_types())
+
+    def route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
+        """Dry run: which transport would be offered each address, and which ones after it."""
+        return self._run(self._route(addresses))
+
+    def deliver(self, limit: int | None = None) -> PassSummary:
+        """Run the spooler over every due message (one pass)."""
+        return self._run(self._deliver(limit))
+
+    def status(self) -> list[StatusRow]:
+        return self._run(self._status())
+
+    def close(self) -> None:
+        try:
+            self._run(self._close())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_profile(profile: str | os.PathLike[str] | Profile | None) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    return Profile.open_or_create(profile)
+
+
+def logon(
+    profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None
+) -> Session:
+    """Open a profile (the default one, created on first use, when None) and return a Session."""
+    return Session(_open_profile(profile), clock=clock)
+
+
+def alogon(
+    profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None
+) -> AsyncSession:
+    """The asyncio flavour of logon()."""
+    return AsyncSession(_open_profile(profile), clock=clock)

@@ -1,0 +1,383 @@
+"""The spooler's outbound algorithm for one claimed message (spec §5.2, §6.3).
+
+For the pending recipients, the steps of routing are visited in order (UID pass, then
+address-type pass, each in transport order). Before each submit_message the recipients
+assigned to that transport are pending (PR_RESPONSIBILITY FALSE) and all others are not.
+What a transport leaves pending goes on to its next matching transport; what no
+transport takes gets an NDR. Each transport's answer is made durable at once, in one
+transaction, before the next transport is called.
+
+A transport that says "wait" or "busy" holds back only its own recipients: the others go
+on to their transports, and the message comes back when the wait is over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ..mapi import tags as T
+from ..mapi.codes import HResult
+from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
+from ..mapi.message import MessageData, Recipient
+from ..store.base import FolderRole, MessageStore, RecipientOutcome, RecipientState
+from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
+from .reports import ReportRow, delivery_report, non_delivery_report
+from .routing import Offer
+from .transports import LoadedTransport, TransportTable, call_transport, error_summary
+
+log = logging.getLogger("postroom.spooler")
+
+BUSY_RETRY_SECONDS = 30.0
+RESEND_LATER_SECONDS = 60.0
+DEFERRED_BY_TRANSPORT_SECONDS = 24 * 3600.0
+MAX_RESEND_NOW = 3
+
+
+@dataclass
+class MessageResult:
+    """What one pass over a message achieved (for `send`, `spooler --once` and tests)."""
+
+    message_id: int
+    delivered: int = 0
+    failed: int = 0
+    waiting: int = 0
+    finished: str | None = None  # "moved" / "deleted" / "left" when the message left the queue
+    next_attempt: datetime | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    recipient: Recipient
+    offers: tuple[Offer, ...]
+    index: int = 0
+    last_error: str = ""
+
+    @property
+    def current(self) -> Offer | None:
+        return self.offers[self.index] if self.index < len(self.offers) else None
+
+
+class OutboundProcessor:
+    """Runs the outbound algorithm for claimed messages."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        transports: TransportTable,
+        owner: str,
+        clock: Callable[[], datetime],
+        may_call: Callable[[LoadedTransport], bool] = lambda t: True,
+    ) -> None:
+        self.store = store
+        self.transports = transports
+        self.owner = owner
+        self.clock = clock
+        self.may_call = may_call
+        self._ref = 0
+
+    def _next_ref(self) -> int:
+        self._ref = (self._ref + 1) & 0xFFFFFFFF or 1
+        return self._ref
+
+    async def process(self, message_id: int) -> MessageResult:
+        """One pass over a claimed message; it is finished or released before this returns."""
+        result = MessageResult(message_id)
+        message = self.store.open_message(message_id)
+        states = {s.row_id: s for s in self.store.recipient_states(message_id)}
+        router = self.transports.router()
+        pending = [
+            _Pending(r, router.offers(r.address_type, r.provider_uid))
+            for r in message.recipients
+            if states[r.row_id].state is RecipientState.PENDING
+        ]
+        waits: list[tuple[float, str]] = []
+
+        await self._run_preprocessors(message, pending)
+
+        while True:
+            live = [p for p in pending if p.current is not None]
+            if not live:
+                break
+            step = min(p.current.step for p in live if p.current is not None)
+            mine = [p for p in live if p.current is not None and p.current.step == step]
+            offer = mine[0].current
+            assert offer is not None
+            transport = self.transports.by_name(offer.transport)
+            if not self.may_call(transport):
+                # Offline, or the transport is not to be called now: these recipients wait for it.
+                for p in mine:
+                    pending.remove(p)
+                waits.append((0.0, f"waiting for Send/Receive on {transport.name}"))
+                result.waiting += len(mine)
+                continue
+            outcome, handled = await self._offer(message, message_id, transport, mine, result)
+            for p in mine:
+                if p.recipient.row_id in handled:
+                    pending.remove(p)
+            if outcome is not None:  # the transport asked its remaining recipients to wait
+                waits.append(outcome)
+                for p in mine:
+                    if p in pending:
+                        pending.remove(p)
+                        result.waiting += 1
+
+        # Recipients no transport took: NDR (MAPI_REASON_TRANSFER_IMPOSSIBLE, spec §13).
+        leftovers = [p for p in pending if p.current is None]
+        if leftovers:
+            outcomes = [
+                RecipientOutcome(
+                    row_id=p.recipient.row_id,
+                    state=RecipientState.FAILED,
+                    transport="",
+                    props={
+                        T.PR_NDR_REASON_CODE: int(NDRReason.TRANSFER_IMPOSSIBLE),
+                        T.PR_NDR_DIAG_CODE: int(NDRDiag.NO_DIAGNOSTIC),
+                        T.PR_REPORT_TEXT: p.last_error or self._no_transport_text(p),
+                    },
+                    report=self._ndr_wanted(message),
+                )
+                for p in leftovers
+            ]
+            self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+            result.failed += len(outcomes)
+
+        self._send_reports(message_id, message)
+
+        if waits:
+            delay = min(w for w, _ in waits)
+            reason = "; ".join(dict.fromkeys(text for _, text in waits))
+            next_attempt = self.clock() + timedelta(seconds=delay) if delay > 0 else None
+            if delay <= 0:
+                # Waiting for Send/Receive: not due again until someone flushes the queue.
+                next_attempt = self.clock() + timedelta(days=3650)
+            self.store.release(message_id, self.owner, self.clock(), next_attempt, reason)
+            result.next_attempt = next_attempt
+            result.errors.append(reason)
+        else:
+            result.finished = self.store.finish(message_id, self.owner, self.clock())
+        return result
+
+    @staticmethod
+    def _no_transport_text(p: _Pending) -> str:
+        if p.offers:
+            tried = ", ".join(o.transport for o in p.offers)
+            return f"No transport accepted {p.recipient.address} (offered to: {tried})"
+        return f"No transport in this profile accepts the address type {p.recipient.address_type!r} of {p.recipient.address}"
+
+    @staticmethod
+    def _ndr_wanted(message: MessageData) -> bool:
+        return message.get(T.PR_ORIGINATOR_NON_DELIVERY_REPORT_REQUESTED, True) is not False
+
+    async def _run_preprocessors(self, message: MessageData, pending: Sequence[_Pending]) -> None:
+        """Preprocessors of a transport run only for messages that transport will handle (§5.5)."""
+        first_choice: dict[str, list[Recipient]] = {}
+        for p in pending:
+            if p.current is not None:
+                first_choice.setdefault(p.current.transport, []).append(p.recipient)
+        for pre in self.transports.preprocessors:
+            recips = first_choice.get(pre.transport, [])
+            if pre.address_type:
+                recips = [r for r in recips if r.address_type.upper() == pre.address_type]
+            if pre.uid:
+                recips = [r for r in recips if r.provider_uid == pre.uid]
+            if not recips:
+                continue
+            view = OutboundMessage(
+                message, [OutboundRecipient(r, r not in recips) for r in message.recipients], 0, False
+            )
+            await call_transport(pre.function, view)
+
+    async def _offer(
+        self,
+        message: MessageData,
+        message_id: int,
+        transport: LoadedTransport,
+        mine: list[_Pending],
+        result: MessageResult,
+    ) -> tuple[tuple[float, str] | None, set[int]]:
+        """Call one transport for its recipients.
+
+        Returns (seconds, why) when the remaining ones must wait, and the rows it handled.
+        """
+        logon = transport.logon
+        assert logon is not None
+        mine_rows = {p.recipient.row_id for p in mine}
+        deferred = bool(message.get(T.PR_SPOOLER_STATUS))
+        done: set[int] = set()
+        for _attempt in range(MAX_RESEND_NOW + 1):
+            view = OutboundMessage(
+                message,
+                [OutboundRecipient(r, r.row_id not in mine_rows) for r in message.recipients],
+                self._next_ref(),
+                deferred,
+            )
+            transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
+            try:
+                answer = await call_transport(logon.submit_message, view, BEGIN_DEFERRED if deferred else 0)
+                if not isinstance(answer, SubmitResult):
+                    answer = SubmitResult.ok() if answer is None else answer
+                end = EndMessageFlags.NONE
+                if answer.code == HResult.S_OK:
+                    end = EndMessageFlags(await call_transport(logon.end_message, view.ref) or 0)
+            except Exception as exc:  # a transport's bug fails this message for that transport alone
+                summary = error_summary(exc)
+                log.warning("transport %s raised on message %s: %s", transport.name, message_id, summary)
+                self.store.add_event(message_id, self.clock(), "transport-error", summary, transport.name)
+                result.errors.append(f"{transport.name}: {summary}")
+                for p in mine:
+                    p.last_error = f"transport {transport.name} failed: {summary}"
+                    p.index += 1
+                return None, done
+            finally:
+                transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
+
+            if answer.code != HResult.S_OK:
+                return self._whole_message_answer(message_id, transport, mine, answer), done
+
+            handled = self._record_marks(message, message_id, transport, view)
+            result.delivered += sum(1 for r in handled if r.mark is not None and r.mark.delivered)
+            result.failed += sum(1 for r in handled if r.mark is not None and not r.mark.delivered)
+            handled_rows = {r.row_id for r in handled}
+            done |= handled_rows
+            still = [p for p in mine if p.recipient.row_id not in handled_rows]
+            if not still:
+                return None, done
+            if end & EndMessageFlags.RESEND_NOW:
+                mine = still
+                mine_rows = {p.recipient.row_id for p in mine}
+                continue
+            if end & EndMessageFlags.RESEND_LATER:
+                self.store.add_event(
+                    message_id, self.clock(), "resend-later", "transport asked to resend later", transport.name
+                )
+                return (RESEND_LATER_SECONDS, f"{transport.name} asked to resend later"), done
+            if end & EndMessageFlags.DONT_RESEND:
+                self.store.add_event(
+                    message_id,
+                    self.clock(),
+                    "deferred",
+                    "the transport keeps the message until it notifies SENTDEFERRED",
+                    transport.name,
+                )
+                return (DEFERRED_BY_TRANSPORT_SECONDS, f"deferred by {transport.name}"), done
+            for p in still:  # not mine: on to the next matching transport
+                p.index += 1
+            return None, done
+        return (RESEND_LATER_SECONDS, f"{transport.name} asked to resend too often"), done
+
+    def _whole_message_answer(
+        self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult
+    ) -> tuple[float, str] | None:
+        code = answer.code
+        label = code.name
+        text = f"{label}" + (f": {answer.reason}" if answer.reason else "")
+        if code in (HResult.MAPI_E_NOT_ME, HResult.MAPI_E_CANCEL):
+            self.store.add_event(
+                message_id, self.clock(), "not-me" if code == HResult.MAPI_E_NOT_ME else "cancel", text, transport.name
+            )
+            for p in mine:
+                p.index += 1
+            return None
+        if code == HResult.MAPI_E_BUSY:
+            delay = BUSY_RETRY_SECONDS
+        elif code in (HResult.MAPI_E_WAIT, HResult.MAPI_E_NETWORK_ERROR):
+            delay = max(0.0, answer.wait_seconds) or BUSY_RETRY_SECONDS
+        else:
+            # Any other code: the message is released unsaved for this transport; try the next one.
+            self.store.add_event(message_id, self.clock(), "transport-error", text, transport.name)
+            for p in mine:
+                p.last_error = f"transport {transport.name} answered {text}"
+                p.index += 1
+            return None
+        if code == HResult.MAPI_E_NETWORK_ERROR:
+            transport.status.failed(text)
+        self.store.add_event(message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name)
+        return (delay, f"{transport.name}: {text}")
+
+    def _record_marks(
+        self, message: MessageData, message_id: int, transport: LoadedTransport, view: OutboundMessage
+    ) -> list[OutboundRecipient]:
+        """Make what the transport said about each recipient durable, in one transaction."""
+        handled = [r for r in view.recipients if r.mark is not None]
+        dr_requested = bool(message.get(T.PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED))
+        outcomes = []
+        for r in handled:
+            mark = r.mark
+            assert mark is not None
+            if mark.delivered:
+                props = {T.PR_DELIVER_TIME: mark.time}
+                if mark.text:
+                    props[T.PR_REPORT_TEXT] = mark.text
+                outcomes.append(
+                    RecipientOutcome(
+                        r.row_id, RecipientState.DELIVERED, transport.name, props, report=dr_requested and mark.report
+                    )
+                )
+            else:
+                props = {
+                    T.PR_NDR_REASON_CODE: int(mark.reason),
+                    T.PR_NDR_DIAG_CODE: int(mark.diag),
+                    T.PR_REPORT_TEXT: mark.text,
+                }
+                if mark.status_code is not None:
+                    props[T.PR_NDR_STATUS_CODE] = int(mark.status_code)
+                outcomes.append(
+                    RecipientOutcome(
+                        r.row_id, RecipientState.FAILED, transport.name, props, report=self._ndr_wanted(message)
+                    )
+                )
+        if outcomes:
+            self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+        return handled
+
+    def _send_reports(self, message_id: int, message: MessageData) -> None:
+        """One NDR and one DR per pass for the outcomes still owed a report."""
+        owed = [s for s in self.store.recipient_states(message_id) if s.state.final and not s.reported]
+        if not owed:
+            return
+        fresh = self.store.open_message(message_id)
+        rows = {r.row_id: r for r in fresh.recipients}
+        ndr_rows: list[ReportRow] = []
+        dr_rows: list[ReportRow] = []
+        for s in owed:
+            r = rows[s.row_id]
+            when = s.outcome_time or self.clock()
+            if s.state is RecipientState.DELIVERED:
+                dr_rows.append(ReportRow(r, r.get(T.PR_DELIVER_TIME) or when, True, transport=s.transport))
+            else:
+                dr_or_ndr = ReportRow(
+                    r,
+                    when,
+                    False,
+                    reason=int(r.get(T.PR_NDR_REASON_CODE, NDRReason.TRANSFER_FAILED)),
+                    diag=int(r.get(T.PR_NDR_DIAG_CODE, NDRDiag.NO_DIAGNOSTIC)),
+                    text=str(r.get(T.PR_REPORT_TEXT) or ""),
+                    status_code=r.get(T.PR_NDR_STATUS_CODE),
+                    transport=s.transport or None,
+                )
+                ndr_rows.append(dr_or_ndr)
+        now = self.clock()
+        for rows_, build in ((ndr_rows, non_delivery_report), (dr_rows, delivery_report)):
+            if rows_:
+                report = build(fresh, rows_, now)
+                folder = self._report_folder(fresh, report.message_class)
+                self.store.deliver_report(
+                    message_id, self.owner, report, folder, [r.recipient.row_id for r in rows_], now
+                )
+
+    def _report_folder(self, message: MessageData, report_class: str) -> int:
+        """The folder named by PR_REPORT_ENTRYID if it is one of ours, else the receive folder."""
+        target = message.get(T.PR_REPORT_ENTRYID)
+        if target:
+            try:
+                return self.store.find_folder(bytes(target)).id
+            except Exception:
+                pass
+        try:
+            return self.store.get_receive_folder(report_class)[0]
+        except Exception:
+            return self.store.folder(FolderRole.INBOX).id

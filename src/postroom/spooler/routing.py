@@ -1,0 +1,84 @@
+"""Recipient routing: which transports are offered a recipient, in which order (spec §5.2).
+
+A pure function of the recipients, the registrations and the transport order, so the
+dry run (`postroom route`) and the spooler can never disagree. All UID registrations
+are tried first (in transport order), then all address-type registrations (in
+transport order, the wildcard "any" matching every type). A transport appears at most
+once in a recipient's list: its first match decides its place.
+
+Lookups are indexed by UID and by address type, so the cost of routing one recipient
+does not grow with the number of transports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..transports.spi import Registration
+
+UID_PASS = 0
+ADDRTYPE_PASS = 1
+
+
+@dataclass(frozen=True, order=True)
+class Offer:
+    """One place in a recipient's routing: offer it to `transport` at this step."""
+
+    pass_kind: int  # UID_PASS or ADDRTYPE_PASS
+    position: int  # the transport's position in transport order
+    transport: str
+
+    @property
+    def matched_by(self) -> str:
+        return "UID" if self.pass_kind == UID_PASS else "address type"
+
+    @property
+    def step(self) -> tuple[int, int]:
+        """Global order of steps: every recipient's offers are a subsequence of it."""
+        return (self.pass_kind, self.position)
+
+
+class Router:
+    """Routing over a fixed list of (transport name, registration), in transport order."""
+
+    def __init__(self, transports: Sequence[tuple[str, Registration]]) -> None:
+        self.transports = list(transports)
+        self._by_uid: dict[bytes, list[int]] = {}
+        self._by_type: dict[str, list[int]] = {}
+        self._wildcards: list[int] = []
+        for pos, (_, reg) in enumerate(self.transports):
+            for uid in reg.uids:
+                self._by_uid.setdefault(bytes(uid), []).append(pos)
+            if reg.is_wildcard:
+                self._wildcards.append(pos)
+            else:
+                for adrtype in reg.named_types():
+                    self._by_type.setdefault(adrtype.upper(), []).append(pos)
+        self._cached = lru_cache(maxsize=65536)(self._compute)
+
+    def offers(self, address_type: str, provider_uid: bytes | None) -> tuple[Offer, ...]:
+        """The transports a recipient is offered to, first chance first."""
+        return self._cached(address_type.upper(), bytes(provider_uid) if provider_uid else b"")
+
+    def _compute(self, address_type: str, uid: bytes) -> tuple[Offer, ...]:
+        seen: set[int] = set()
+        out: list[Offer] = []
+        for pos in self._by_uid.get(uid, ()) if uid else ():
+            seen.add(pos)
+            out.append(Offer(UID_PASS, pos, self.transports[pos][0]))
+        typed = self._by_type.get(address_type, []) if address_type else []
+        for pos in sorted(set(typed) | set(self._wildcards)):
+            if pos not in seen:
+                seen.add(pos)
+                out.append(Offer(ADDRTYPE_PASS, pos, self.transports[pos][0]))
+        return tuple(out)
+
+
+def route(
+    recipients: Sequence[tuple[str, bytes | None]], transports: Sequence[tuple[str, Registration]]
+) -> list[tuple[Offer, ...]]:
+    """For each (address type, provider UID), its ordered offers. Empty means NDR."""
+    router = Router(transports)
+    return [router.offers(adrtype, uid) for adrtype, uid in recipients]

@@ -1,0 +1,279 @@
+"""The message store interface: what every store (SQLite now, PostgreSQL later) provides.
+
+The store is the only durable state. Spoolers claim queued messages with a lease
+(never an in-memory lock), record each recipient's outcome in one transaction, and
+release or finish the message. A process that dies simply lets its lease expire.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import IO
+
+from ..mapi.message import MessageData, Props
+
+
+class FolderRole(str, Enum):
+    """The special folders every store has."""
+
+    ROOT = "root"
+    IPM_SUBTREE = "ipm_subtree"
+    INBOX = "inbox"
+    OUTBOX = "outbox"
+    SENT_ITEMS = "sentmail"
+    DELETED_ITEMS = "wastebasket"
+
+
+SPECIAL_FOLDER_NAMES: dict[FolderRole, str] = {
+    FolderRole.INBOX: "Inbox",
+    FolderRole.OUTBOX: "Outbox",
+    FolderRole.SENT_ITEMS: "Sent Items",
+    FolderRole.DELETED_ITEMS: "Deleted Items",
+}
+
+
+class QueueState(str, Enum):
+    """Where a submitted message is in the outgoing queue."""
+
+    QUEUED = "queued"  # ready, or waiting until next_attempt
+    HELD = "held"  # held by an operator
+    DONE = "done"  # every recipient has its outcome (message left the queue)
+
+
+class RecipientState(str, Enum):
+    """A recipient's delivery outcome; exactly one final state per recipient."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        return self is not RecipientState.PENDING
+
+
+@dataclass(frozen=True)
+class Folder:
+    id: int
+    name: str
+    parent_id: int | None
+    role: FolderRole | None
+    entry_id: bytes
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """One row of a contents table."""
+
+    id: int
+    folder_id: int | None
+    entry_id: bytes
+    message_class: str
+    subject: str
+    flags: int
+    submit_time: datetime | None
+    delivery_time: datetime | None
+    display_to: str
+    sender: str
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One row of the outgoing queue table, with what a user needs to see why it waits."""
+
+    id: int
+    entry_id: bytes
+    subject: str
+    display_to: str
+    submit_time: datetime | None
+    state: QueueState
+    locked: bool
+    lease_owner: str | None
+    attempts: int
+    next_attempt: datetime | None
+    last_error: str | None
+    pending: int
+    recipients: int
+
+
+@dataclass
+class RecipientOutcome:
+    """A recipient's outcome as recorded by the spooler, right after the transport answered."""
+
+    row_id: int
+    state: RecipientState
+    transport: str
+    props: Props = field(default_factory=dict)  # PR_NDR_*, PR_REPORT_TEXT, PR_DELIVER_TIME ...
+    report: bool = True  # a DR/NDR is still owed for this outcome
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """The stored delivery state of one recipient."""
+
+    row_id: int
+    state: RecipientState
+    transport: str | None
+    outcome_time: datetime | None
+    reported: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a message's history (`postroom show ID`)."""
+
+    time: datetime
+    kind: str
+    transport: str | None
+    detail: str
+
+
+class LeaseLost(Exception):
+    """The spooler's claim on a message expired and was taken over; it must stop working on it."""
+
+
+class MessageStore(abc.ABC):
+    """A MAPI message store with an outgoing queue."""
+
+    # --- lifecycle ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def store_uid(self) -> bytes: ...
+
+    # --- folders --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def folders(self) -> list[Folder]: ...
+
+    @abc.abstractmethod
+    def folder(self, role: FolderRole) -> Folder: ...
+
+    @abc.abstractmethod
+    def find_folder(self, name_or_id: str | int | bytes) -> Folder:
+        """By ID, entry ID, role name or display name (case-insensitive); MAPI_E_NOT_FOUND."""
+
+    @abc.abstractmethod
+    def create_folder(self, name: str, parent_id: int | None = None) -> Folder: ...
+
+    # --- messages -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_message(self, folder_id: int, message: MessageData) -> int:
+        """Save a whole message (props, recipients, attachments) in one transaction."""
+
+    @abc.abstractmethod
+    def open_message(self, message_id: int) -> MessageData:
+        """Load a message; attachments stream their content from the store on open()."""
+
+    @abc.abstractmethod
+    def set_props(self, message_id: int, props: Props, delete: Iterable[int] = ()) -> None:
+        """Modify an unsubmitted message; MAPI_E_SUBMITTED once it was submitted."""
+
+    @abc.abstractmethod
+    def add_attachment(self, message_id: int, props: Props, content: IO[bytes] | bytes, size: int | None = None) -> int:
+        """Attach by value, streaming `content` into the store; returns PR_ATTACH_NUM."""
+
+    @abc.abstractmethod
+    def list_messages(self, folder_id: int, limit: int | None = None) -> list[MessageSummary]: ...
+
+    @abc.abstractmethod
+    def message_folder(self, message_id: int) -> int | None: ...
+
+    @abc.abstractmethod
+    def entry_id_of(self, message_id: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def resolve_message(self, ref: str | int | bytes) -> int:
+        """A message ID from its number or hex entry ID; MAPI_E_NOT_FOUND."""
+
+    @abc.abstractmethod
+    def delete_message(self, message_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def move_message(self, message_id: int, folder_id: int) -> None: ...
+
+    # --- submission (client side) ---------------------------------------------------------
+    @abc.abstractmethod
+    def submit(self, message_id: int, now: datetime) -> None:
+        """IMessage::SubmitMessage: MSGFLAG_SUBMIT, PR_RESPONSIBILITY FALSE, submit time, queued.
+
+        MAPI_E_NO_RECIPIENTS for an empty recipient table; MAPI_E_SUBMITTED if already queued.
+        """
+
+    @abc.abstractmethod
+    def abort_submit(self, message_id: int, now: datetime) -> None:
+        """IMsgStore::AbortSubmit: returns when removed; MAPI_E_NOT_IN_QUEUE; MAPI_E_UNABLE_TO_ABORT."""
+
+    # --- the outgoing queue (spooler side) ------------------------------------------------
+    @abc.abstractmethod
+    def queue(self) -> list[QueueEntry]:
+        """The outgoing queue, oldest submit time first."""
+
+    @abc.abstractmethod
+    def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
+        """Lock up to `limit` due messages for `owner` (SUBMITFLAG_LOCKED), oldest first."""
+
+    @abc.abstractmethod
+    def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:
+        """Extend a claim; LeaseLost if another process took the message over."""
+
+    @abc.abstractmethod
+    def next_due(self) -> datetime | None:
+        """When the earliest waiting message becomes due (None: nothing queued)."""
+
+    @abc.abstractmethod
+    def recipient_states(self, message_id: int) -> list[RecipientStatus]: ...
+
+    @abc.abstractmethod
+    def record_outcomes(self, message_id: int, owner: str, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
+        """Make recipients' outcomes durable (one transaction; LeaseLost if not ours)."""
+
+    @abc.abstractmethod
+    def deliver_report(
+        self, message_id: int, owner: str, report: MessageData, folder_id: int, row_ids: Sequence[int], now: datetime
+    ) -> int:
+        """Store a DR/NDR and mark those recipients reported, in one transaction."""
+
+    @abc.abstractmethod
+    def release(
+        self, message_id: int, owner: str, now: datetime, next_attempt: datetime | None, error: str | None
+    ) -> None:
+        """Unlock a message that still has pending recipients; it is due again at next_attempt."""
+
+    @abc.abstractmethod
+    def finish(self, message_id: int, owner: str, now: datetime) -> str:
+        """FinishedMsg/DoSentMail: unlock, then move to PR_SENTMAIL_ENTRYID, delete, or leave (§6.3).
+
+        Returns what happened: "moved", "deleted" or "left".
+        """
+
+    # --- history --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_event(
+        self, message_id: int, now: datetime, kind: str, detail: str, transport: str | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def events(self, message_id: int) -> list[Event]: ...
+
+    # --- receive folders ------------------------------------------------------------------
+    @abc.abstractmethod
+    def set_receive_folder(self, message_class: str, folder_id: int | None) -> None:
+        """Associate a message class with a folder ("" = default); None removes the association."""
+
+    @abc.abstractmethod
+    def receive_folders(self) -> dict[str, int]:
+        """Every association, class upper-cased ("" is the default)."""
+
+    def get_receive_folder(self, message_class: str) -> tuple[int, str]:
+        """The folder for the longest dotted prefix of the class (case-insensitive), and that prefix."""
+        from .receive import match_receive_folder
+
+        return match_receive_folder(self.receive_folders(), message_class)

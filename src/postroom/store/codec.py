@@ -1,0 +1,81 @@
+"""How property values are kept in SQL columns; the tag's type decides the decoding.
+
+SQLite's dynamic typing keeps ints, text and blobs natively. Times are integer
+microseconds since the Unix epoch (exact, sortable); multi-valued properties are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..mapi import tags as T
+from ..mapi.codes import HResult, MAPIError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=int(value))
+
+
+def to_epoch(value: datetime | None) -> float | None:
+    return None if value is None else to_micros(value) / 1_000_000
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else from_micros(round(value * 1_000_000))
+
+
+def encode_value(tag: int, value: Any) -> Any:
+    """A property value as an SQL parameter; MAPI_E_INVALID_PARAMETER when it doesn't fit the type."""
+    kind = T.prop_type(tag)
+    try:
+        if kind in (T.PT_LONG, T.PT_SHORT, T.PT_I8):
+            return int(value)
+        if kind == T.PT_BOOLEAN:
+            return 1 if value else 0
+        if kind in (T.PT_UNICODE, T.PT_STRING8):
+            if not isinstance(value, str):
+                raise TypeError("a string property needs text")
+            return value
+        if kind in (T.PT_BINARY, T.PT_CLSID):
+            return bytes(value)
+        if kind == T.PT_SYSTIME:
+            if not isinstance(value, datetime):
+                raise TypeError("a time property needs a datetime")
+            return to_micros(value)
+        if kind == T.PT_DOUBLE:
+            return float(value)
+        if kind & T.MV_FLAG:
+            base = kind & ~T.MV_FLAG
+            items = [v.hex() if base == T.PT_BINARY else v for v in value]
+            return json.dumps(items)
+    except (TypeError, ValueError) as exc:
+        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: {exc}") from exc
+    raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{T.tag_name(tag)}: property type 0x{kind:04X} cannot be stored")
+
+
+def decode_value(tag: int, value: Any) -> Any:
+    kind = T.prop_type(tag)
+    if value is None:
+        return None
+    if kind == T.PT_BOOLEAN:
+        return bool(value)
+    if kind == T.PT_SYSTIME:
+        return from_micros(value)
+    if kind in (T.PT_BINARY, T.PT_CLSID):
+        return bytes(value)
+    if kind & T.MV_FLAG:
+        base = kind & ~T.MV_FLAG
+        items = json.loads(value)
+        return [bytes.fromhex(v) for v in items] if base == T.PT_BINARY else items
+    return value

@@ -1,0 +1,870 @@
+"""The embedded message store: one SQLite file in WAL mode, durable at every commit.
+
+Several processes may open the same file: claims are leases written in the database
+(an atomic UPDATE … RETURNING), never in-memory locks, so a spooler that dies only
+lets its lease run out.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from ..mapi import tags as T
+from ..mapi.codes import HResult, MAPIError
+from ..mapi.entryid import MAPIUID, make_entry_id
+from ..mapi.flags import MAPI_SUBMITTED, AttachMethod, MessageFlags, SubmitFlags
+from ..mapi.message import Attachment, MessageData, Props, Recipient
+from .base import (
+    SPECIAL_FOLDER_NAMES,
+    Event,
+    Folder,
+    FolderRole,
+    LeaseLost,
+    MessageStore,
+    MessageSummary,
+    QueueEntry,
+    QueueState,
+    RecipientOutcome,
+    RecipientState,
+    RecipientStatus,
+)
+from .codec import decode_value, encode_value, from_epoch, to_epoch
+
+SCHEMA_VERSION = 1
+CHUNK = 1 << 20
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS folders (
+    id INTEGER PRIMARY KEY,
+    parent_id INTEGER REFERENCES folders(id),
+    name TEXT NOT NULL,
+    role TEXT UNIQUE
+);
+CREATE UNIQUE INDEX IF NOT EXISTS folder_names ON folders(coalesce(parent_id, 0), name COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    folder_id INTEGER REFERENCES folders(id),
+    parent_attach INTEGER,
+    queue_state TEXT,
+    submit_time REAL,
+    next_attempt REAL,
+    lease_owner TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder_id);
+CREATE INDEX IF NOT EXISTS outgoing_queue ON messages(queue_state, submit_time, id) WHERE queue_state IS NOT NULL;
+CREATE TABLE IF NOT EXISTS props (
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    tag INTEGER NOT NULL,
+    value,
+    PRIMARY KEY (message_id, tag)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    row_id INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    transport TEXT,
+    outcome_time REAL,
+    reported INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (message_id, row_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recipient_props (
+    message_id INTEGER NOT NULL,
+    row_id INTEGER NOT NULL,
+    tag INTEGER NOT NULL,
+    value,
+    PRIMARY KEY (message_id, row_id, tag),
+    FOREIGN KEY (message_id, row_id) REFERENCES recipients(message_id, row_id) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attachments (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    num INTEGER NOT NULL,
+    data BLOB,
+    embedded_id INTEGER REFERENCES messages(id),
+    UNIQUE (message_id, num)
+);
+CREATE TABLE IF NOT EXISTS attachment_props (
+    attachment_id INTEGER NOT NULL REFERENCES attachments(id) ON DELETE CASCADE,
+    tag INTEGER NOT NULL,
+    value,
+    PRIMARY KEY (attachment_id, tag)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receive_folders (
+    message_class TEXT PRIMARY KEY,
+    folder_id INTEGER NOT NULL REFERENCES folders(id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    transport TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_message ON events(message_id, id);
+"""
+
+MESSAGE_ENTRY = b"M"
+FOLDER_ENTRY = b"F"
+
+
+class SQLiteStore(MessageStore):
+    """A message store in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new_file = not self.path.exists()
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        if new_file:
+            os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._create_schema()
+        self._uid = MAPIUID(self._meta("store_uid"))
+
+    # --- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT): all or nothing."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _q(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row | tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _create_schema(self) -> None:
+        with self._tx() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                db.execute("INSERT INTO meta VALUES ('store_uid', ?)", (uuid.uuid4().bytes_le,))
+                root = db.execute("INSERT INTO folders (parent_id, name, role) VALUES (NULL, '', 'root')").lastrowid
+                ipm = db.execute(
+                    "INSERT INTO folders (parent_id, name, role) VALUES (?, 'Top of Information Store', 'ipm_subtree')",
+                    (root,),
+                ).lastrowid
+                for role, name in SPECIAL_FOLDER_NAMES.items():
+                    db.execute("INSERT INTO folders (parent_id, name, role) VALUES (?, ?, ?)", (ipm, name, role.value))
+                inbox = db.execute("SELECT id FROM folders WHERE role='inbox'").fetchone()[0]
+                # Defaults of §8.4: IPM, REPORT.* and the empty class go to the Inbox; IPC to the root.
+                for cls in ("", "IPM", "REPORT"):
+                    db.execute("INSERT INTO receive_folders VALUES (?, ?)", (cls, inbox))
+                db.execute("INSERT INTO receive_folders VALUES ('IPC', ?)", (root,))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise MAPIError(
+                    HResult.MAPI_E_VERSION,
+                    f"{self.path} was written by a newer postroom (store schema {row[0]}, this one knows {SCHEMA_VERSION})",
+                )
+
+    def _meta(self, key: str) -> Any:
+        rows = self._q("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @property
+    def store_uid(self) -> bytes:
+        return bytes(self._uid)
+
+    # --- entry IDs -------------------------------------------------------------------------
+    def _entry_id(self, kind: bytes, object_id: int) -> bytes:
+        return make_entry_id(self._uid, kind + struct.pack("<Q", object_id))
+
+    def _parse_entry_id(self, entry_id: bytes, kind: bytes) -> int | None:
+        if len(entry_id) != 29 or entry_id[4:20] != self._uid or entry_id[20:21] != kind:
+            return None
+        return int(struct.unpack("<Q", entry_id[21:29])[0])
+
+    def entry_id_of(self, message_id: int) -> bytes:
+        return self._entry_id(MESSAGE_ENTRY, message_id)
+
+    # --- folders ---------------------------------------------------------------------------
+    def _folder(self, row: Sequence[Any]) -> Folder:
+        fid, name, parent, role, count = row
+        return Folder(
+            id=fid,
+            name=name,
+            parent_id=parent,
+            role=FolderRole(role) if role else None,
+            entry_id=self._entry_id(FOLDER_ENTRY, fid),
+            count=count,
+        )
+
+    _FOLDER_SQL = "SELECT f.id, f.name, f.parent_id, f.role, (SELECT count(*) FROM messages m WHERE m.folder_id=f.id) FROM folders f"
+
+    def folders(self) -> list[Folder]:
+        return [
+            self._folder(r)
+            for r in self._q(
+                self._FOLDER_SQL + " WHERE f.role IS NULL OR f.role NOT IN ('root', 'ipm_subtree') ORDER BY f.id"
+            )
+        ]
+
+    def folder(self, role: FolderRole) -> Folder:
+        rows = self._q(self._FOLDER_SQL + " WHERE f.role=?", (role.value,))
+        return self._folder(rows[0])
+
+    def find_folder(self, name_or_id: str | int | bytes) -> Folder:
+        if isinstance(name_or_id, bytes):
+            fid = self._parse_entry_id(name_or_id, FOLDER_ENTRY)
+            rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (fid,)) if fid is not None else []
+        elif isinstance(name_or_id, int) or name_or_id.isdigit():
+            rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (int(name_or_id),))
+        else:
+            key = name_or_id.strip()
+            rows = self._q(
+                self._FOLDER_SQL + " WHERE f.role=? OR f.name=? COLLATE NOCASE ORDER BY f.id", (key.lower(), key)
+            )
+        if not rows:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no folder {name_or_id!r} (see `postroom folders`)")
+        return self._folder(rows[0])
+
+    def create_folder(self, name: str, parent_id: int | None = None) -> Folder:
+        clean = name.strip()
+        if not clean or any(c in clean for c in "\r\n\0/"):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"invalid folder name {name!r}")
+        parent = parent_id if parent_id is not None else self.folder(FolderRole.IPM_SUBTREE).id
+        try:
+            with self._tx() as db:
+                fid = db.execute("INSERT INTO folders (parent_id, name) VALUES (?, ?)", (parent, clean)).lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a folder named {clean!r} exists already") from exc
+        assert fid is not None
+        return self.find_folder(fid)
+
+    # --- messages: writing -----------------------------------------------------------------
+    def _insert_props(self, db: sqlite3.Connection, table: str, key: tuple[Any, ...], props: Props) -> None:
+        cols = {"props": "message_id", "recipient_props": "message_id, row_id", "attachment_props": "attachment_id"}[
+            table
+        ]
+        marks = ", ".join("?" for _ in key)
+        rows = [
+            (*key, tag, encode_value(tag, value))
+            for tag, value in props.items()
+            if value is not None and T.prop_type(tag) != T.PT_OBJECT
+        ]
+        db.executemany(f"INSERT OR REPLACE INTO {table} ({cols}, tag, value) VALUES ({marks}, ?, ?)", rows)
+
+    def _insert_message(self, db: sqlite3.Connection, folder_id: int | None, message: MessageData) -> int:
+        props = dict(message.props)
+        props.setdefault(T.PR_MESSAGE_CLASS, "IPM.Note")
+        props.setdefault(T.PR_MESSAGE_FLAGS, int(MessageFlags.UNSENT | MessageFlags.UNMODIFIED))
+        if message.attachments:
+            props[T.PR_MESSAGE_FLAGS] = int(props[T.PR_MESSAGE_FLAGS]) | MessageFlags.HASATTACH
+            props[T.PR_HASATTACH] = True
+        for tag in (T.PR_ENTRYID, T.PR_SUBMIT_FLAGS, T.PR_INSTANCE_KEY, T.PR_ROWID):
+            props.pop(tag, None)
+        _refresh_display_lists(props, message.recipients)
+        mid = db.execute("INSERT INTO messages (folder_id) VALUES (?)", (folder_id,)).lastrowid
+        assert mid is not None
+        self._insert_props(db, "props", (mid,), props)
+        self._insert_recipients(db, mid, message.recipients)
+        for att in message.attachments:
+            self._insert_attachment(db, mid, att)
+        return mid
+
+    def _insert_recipients(self, db: sqlite3.Connection, mid: int, recipients: Sequence[Recipient]) -> None:
+        for n, recip in enumerate(recipients):
+            row_props = dict(recip.props)
+            row_props.pop(T.PR_ROWID, None)
+            db.execute("INSERT INTO recipients (message_id, row_id) VALUES (?, ?)", (mid, n))
+            self._insert_props(db, "recipient_props", (mid, n), row_props)
+
+    def _insert_attachment(self, db: sqlite3.Connection, mid: int, att: Attachment, num: int | None = None) -> int:
+        if num is None:
+            num = db.execute("SELECT coalesce(max(num) + 1, 0) FROM attachments WHERE message_id=?", (mid,)).fetchone()[
+                0
+            ]
+        props = dict(att.props)
+        props[T.PR_ATTACH_NUM] = num
+        if att.embedded is not None:
+            inner = self._insert_message(db, None, att.embedded)
+            props[T.PR_ATTACH_METHOD] = int(AttachMethod.EMBEDDED_MSG)
+            aid = db.execute(
+                "INSERT INTO attachments (message_id, num, embedded_id) VALUES (?, ?, ?)", (mid, num, inner)
+            ).lastrowid
+            db.execute("UPDATE messages SET parent_attach=? WHERE id=?", (aid, inner))
+        else:
+            props.setdefault(T.PR_ATTACH_METHOD, int(AttachMethod.BY_VALUE))
+            with att.open() as stream:
+                size = _stream_size(stream, att.size)
+                aid = db.execute(
+                    "INSERT INTO attachments (message_id, num, data) VALUES (?, ?, zeroblob(?))", (mid, num, size)
+                ).lastrowid
+                assert aid is not None
+                written = 0
+                with db.blobopen("attachments", "data", aid) as blob:
+                    while chunk := stream.read(CHUNK):
+                        if written + len(chunk) > size:
+                            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "attachment grew while it was being stored")
+                        blob.write(chunk)
+                        written += len(chunk)
+                if written != size:
+                    raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "attachment shrank while it was being stored")
+            props[T.PR_ATTACH_SIZE] = size
+        assert aid is not None
+        self._insert_props(db, "attachment_props", (aid,), props)
+        return int(num)
+
+    def create_message(self, folder_id: int, message: MessageData) -> int:
+        with self._tx() as db:
+            return self._insert_message(db, folder_id, message)
+
+    def _check_modifiable(self, db: sqlite3.Connection, message_id: int) -> None:
+        row = db.execute("SELECT queue_state FROM messages WHERE id=?", (message_id,)).fetchone()
+        if row is None:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
+        if row[0] == QueueState.QUEUED.value or row[0] == QueueState.HELD.value:
+            raise MAPIError(HResult.MAPI_E_SUBMITTED, f"message {message_id} was submitted and is read-only")
+
+    def set_props(self, message_id: int, props: Props, delete: Iterable[int] = ()) -> None:
+        with self._tx() as db:
+            self._check_modifiable(db, message_id)
+            self._insert_props(db, "props", (message_id,), props)
+            db.executemany("DELETE FROM props WHERE message_id=? AND tag=?", [(message_id, t) for t in delete])
+
+    def set_recipients(self, message_id: int, recipients: Sequence[Recipient]) -> None:
+        """Replace the recipient table of an unsubmitted message (ModifyRecipients)."""
+        with self._tx() as db:
+            self._check_modifiable(db, message_id)
+            db.execute("DELETE FROM recipient_props WHERE message_id=?", (message_id,))
+            db.execute("DELETE FROM recipients WHERE message_id=?", (message_id,))
+            self._insert_recipients(db, message_id, recipients)
+            props = self._load_props(db, message_id)
+            _refresh_display_lists(props, recipients)
+            self._insert_props(
+                db, "props", (message_id,), {t: props[t] for t in (T.PR_DISPLAY_TO, T.PR_DISPLAY_CC, T.PR_DISPLAY_BCC)}
+            )
+
+    def add_attachment(self, message_id: int, props: Props, content: IO[bytes] | bytes, size: int | None = None) -> int:
+        att = Attachment(props=dict(props), data=content if isinstance(content, bytes) else None, size=size)
+        if not isinstance(content, bytes):
+            stream = content
+            att.opener = lambda: _NoClose(stream)
+        with self._tx() as db:
+            self._check_modifiable(db, message_id)
+            num = self._insert_attachment(db, message_id, att)
+            flags = self._load_props(db, message_id).get(T.PR_MESSAGE_FLAGS, 0)
+            self._insert_props(
+                db,
+                "props",
+                (message_id,),
+                {T.PR_MESSAGE_FLAGS: int(flags) | MessageFlags.HASATTACH, T.PR_HASATTACH: True},
+            )
+            return num
+
+    # --- messages: reading -----------------------------------------------------------------
+    def _load_props(self, db: sqlite3.Connection, message_id: int) -> Props:
+        return {
+            tag: decode_value(tag, v)
+            for tag, v in db.execute("SELECT tag, value FROM props WHERE message_id=?", (message_id,))
+        }
+
+    def _load_message(self, db: sqlite3.Connection, message_id: int) -> MessageData:
+        row = db.execute(
+            "SELECT queue_state, lease_owner, lease_until FROM messages WHERE id=?", (message_id,)
+        ).fetchone()
+        if row is None:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
+        props = self._load_props(db, message_id)
+        props[T.PR_ENTRYID] = self.entry_id_of(message_id)
+        props[T.PR_RECORD_KEY] = props[T.PR_ENTRYID]
+        submit_flags = SubmitFlags.LOCKED if row[1] is not None else SubmitFlags.NONE
+        if row[0] is not None or submit_flags:
+            props[T.PR_SUBMIT_FLAGS] = int(submit_flags)
+        recipients: dict[int, Recipient] = {
+            rid: Recipient(props={}, row_id=rid)
+            for (rid,) in db.execute("SELECT row_id FROM recipients WHERE message_id=? ORDER BY row_id", (message_id,))
+        }
+        for rid, tag, value in db.execute(
+            "SELECT row_id, tag, value FROM recipient_props WHERE message_id=?", (message_id,)
+        ):
+            recipients[rid].props[tag] = decode_value(tag, value)
+        for rec in recipients.values():
+            rec.props[T.PR_ROWID] = rec.row_id
+        attachments = []
+        for aid, num, embedded_id, size in db.execute(
+            "SELECT id, num, embedded_id, length(data) FROM attachments WHERE message_id=? ORDER BY num", (message_id,)
+        ):
+            aprops = {
+                t: decode_value(t, v)
+                for t, v in db.execute("SELECT tag, value FROM attachment_props WHERE attachment_id=?", (aid,))
+            }
+            att = Attachment(props=aprops, num=num, size=size)
+            if embedded_id is not None:
+                att.embedded = self._load_message(db, embedded_id)
+            else:
+                att.opener = self._blob_opener(aid)
+            attachments.append(att)
+        return MessageData(props=props, recipients=list(recipients.values()), attachments=attachments)
+
+    def _blob_opener(self, attachment_id: int) -> Any:
+        def opener() -> IO[bytes]:
+            with self._lock:
+                return _BlobReader(self._db.blobopen("attachments", "data", attachment_id, readonly=True), self._lock)
+
+        return opener
+
+    def open_message(self, message_id: int) -> MessageData:
+        with self._lock:
+            return self._load_message(self._db, message_id)
+
+    def list_messages(self, folder_id: int, limit: int | None = None) -> list[MessageSummary]:
+        sql = (
+            "SELECT m.id, m.folder_id, "
+            + ", ".join(f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={t})" for t in _SUMMARY_TAGS)
+            + " FROM messages m WHERE m.folder_id=? ORDER BY m.id"
+            + (" LIMIT ?" if limit is not None else "")
+        )
+        params: list[Any] = [folder_id] + ([limit] if limit is not None else [])
+        out = []
+        for row in self._q(sql, params):
+            mid, fid, cls, subject, flags, submit, delivery, to, sender, rep = row
+            out.append(
+                MessageSummary(
+                    id=mid,
+                    folder_id=fid,
+                    entry_id=self.entry_id_of(mid),
+                    message_class=cls or "IPM.Note",
+                    subject=subject or "",
+                    flags=flags or 0,
+                    submit_time=decode_value(T.PR_CLIENT_SUBMIT_TIME, submit),
+                    delivery_time=decode_value(T.PR_MESSAGE_DELIVERY_TIME, delivery),
+                    display_to=to or "",
+                    sender=rep or sender or "",
+                )
+            )
+        return out
+
+    def message_folder(self, message_id: int) -> int | None:
+        rows = self._q("SELECT folder_id FROM messages WHERE id=?", (message_id,))
+        if not rows:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
+        return rows[0][0]  # type: ignore[no-any-return]
+
+    def resolve_message(self, ref: str | int | bytes) -> int:
+        mid: int | None
+        if isinstance(ref, bytes):
+            mid = self._parse_entry_id(ref, MESSAGE_ENTRY)
+        elif isinstance(ref, int) or ref.strip().isdigit():
+            mid = int(ref)
+        else:
+            try:
+                mid = self._parse_entry_id(bytes.fromhex(ref.strip()), MESSAGE_ENTRY)
+            except ValueError:
+                mid = None
+        if mid is None or not self._q("SELECT 1 FROM messages WHERE id=? AND folder_id IS NOT NULL", (mid,)):
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {ref!r} in this store")
+        return mid
+
+    def _delete(self, db: sqlite3.Connection, message_id: int) -> None:
+        for (embedded,) in db.execute(
+            "SELECT embedded_id FROM attachments WHERE message_id=? AND embedded_id IS NOT NULL", (message_id,)
+        ).fetchall():
+            self._delete(db, embedded)
+        db.execute("DELETE FROM messages WHERE id=?", (message_id,))
+
+    def delete_message(self, message_id: int) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
+            if row is None:
+                raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
+            if row[0] is not None:
+                raise MAPIError(HResult.MAPI_E_NO_ACCESS, f"message {message_id} is locked by the spooler")
+            self._delete(db, message_id)
+
+    def move_message(self, message_id: int, folder_id: int) -> None:
+        with self._tx() as db:
+            self._check_modifiable(db, message_id)
+            db.execute("UPDATE messages SET folder_id=? WHERE id=?", (folder_id, message_id))
+
+    # --- submission --------------------------------------------------------------------------
+    def submit(self, message_id: int, now: datetime) -> None:
+        with self._tx() as db:
+            self._check_modifiable(db, message_id)
+            rows = db.execute("SELECT row_id FROM recipients WHERE message_id=?", (message_id,)).fetchall()
+            if not rows:
+                raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, f"message {message_id} has no recipients")
+            props = self._load_props(db, message_id)
+            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0))
+            flags = (flags | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
+            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags, T.PR_CLIENT_SUBMIT_TIME: now})
+            # PR_RESPONSIBILITY FALSE everywhere, except rows already delivered (MAPI_SUBMITTED, §6.5).
+            for (rid,) in rows:
+                rtype = db.execute(
+                    "SELECT value FROM recipient_props WHERE message_id=? AND row_id=? AND tag=?",
+                    (message_id, rid, T.PR_RECIPIENT_TYPE),
+                ).fetchone()
+                submitted = bool(rtype and int(rtype[0]) & MAPI_SUBMITTED)
+                self._insert_props(db, "recipient_props", (message_id, rid), {T.PR_RESPONSIBILITY: submitted})
+                db.execute(
+                    "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=? WHERE message_id=? AND row_id=?",
+                    ("delivered" if submitted else "pending", 1 if submitted else 0, message_id, rid),
+                )
+            deferred = props.get(T.PR_DEFERRED_SEND_TIME)
+            due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
+            db.execute(
+                "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
+                "lease_owner=NULL, lease_until=NULL WHERE id=?",
+                (to_epoch(now), due, message_id),
+            )
+            self._event(
+                db,
+                message_id,
+                now,
+                "submitted",
+                f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due else ""),
+            )
+
+    def abort_submit(self, message_id: int, now: datetime) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT queue_state, lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
+            if row is None or row[0] is None:
+                raise MAPIError(
+                    HResult.MAPI_E_NOT_IN_QUEUE,
+                    f"message {message_id} is not in the outgoing queue (already sent, or never submitted)",
+                )
+            if row[1] is not None:
+                raise MAPIError(
+                    HResult.MAPI_E_UNABLE_TO_ABORT,
+                    f"message {message_id} is locked by spooler {row[1]} and cannot be aborted now",
+                )
+            props = self._load_props(db, message_id)
+            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~MessageFlags.SUBMIT
+            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
+            db.execute("UPDATE messages SET queue_state=NULL, next_attempt=NULL WHERE id=?", (message_id,))
+            self._event(db, message_id, now, "aborted", "submission aborted (AbortSubmit)")
+
+    # --- the outgoing queue ------------------------------------------------------------------
+    def queue(self) -> list[QueueEntry]:
+        sql = (
+            "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
+            f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_SUBJECT}), "
+            f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_DISPLAY_TO}), "
+            "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
+            "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
+            "FROM messages m WHERE m.queue_state IS NOT NULL ORDER BY m.submit_time, m.id"
+        )
+        return [
+            QueueEntry(
+                id=mid,
+                entry_id=self.entry_id_of(mid),
+                subject=subject or "",
+                display_to=to or "",
+                submit_time=from_epoch(submit),
+                state=QueueState(state),
+                locked=owner is not None,
+                lease_owner=owner,
+                attempts=attempts,
+                next_attempt=from_epoch(nxt),
+                last_error=error,
+                pending=pending,
+                recipients=total,
+            )
+            for mid, state, submit, nxt, owner, attempts, error, subject, to, pending, total in self._q(sql)
+        ]
+
+    def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
+        t = to_epoch(now)
+        assert t is not None
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE messages SET lease_owner=?, lease_until=?, attempts=attempts+1 WHERE id IN ("
+                " SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
+                " AND (lease_owner IS NULL OR lease_until < ?) ORDER BY submit_time, id LIMIT ?"
+                ") RETURNING id, submit_time",
+                (owner, t + lease_seconds, t, t, limit),
+            ).fetchall()
+        return [mid for mid, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+    def _check_owner(self, db: sqlite3.Connection, message_id: int, owner: str) -> None:
+        row = db.execute("SELECT lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(f"message {message_id} is no longer claimed by {owner}")
+
+    def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:
+        t = to_epoch(now)
+        assert t is not None
+        with self._tx() as db:
+            self._check_owner(db, message_id, owner)
+            db.execute("UPDATE messages SET lease_until=? WHERE id=?", (t + lease_seconds, message_id))
+
+    def next_due(self) -> datetime | None:
+        rows = self._q(
+            "SELECT min(CASE WHEN lease_owner IS NOT NULL THEN lease_until ELSE coalesce(next_attempt, 0) END) "
+            "FROM messages WHERE queue_state='queued'"
+        )
+        return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def recipient_states(self, message_id: int) -> list[RecipientStatus]:
+        return [
+            RecipientStatus(
+                row_id=rid, state=RecipientState(state), transport=xp, outcome_time=from_epoch(t), reported=bool(rep)
+            )
+            for rid, state, xp, t, rep in self._q(
+                "SELECT row_id, state, transport, outcome_time, reported FROM recipients WHERE message_id=? ORDER BY row_id",
+                (message_id,),
+            )
+        ]
+
+    def record_outcomes(self, message_id: int, owner: str, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
+        with self._tx() as db:
+            self._check_owner(db, message_id, owner)
+            for out in outcomes:
+                cur = db.execute(
+                    "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=? "
+                    "WHERE message_id=? AND row_id=? AND state='pending'",
+                    (out.state.value, out.transport, to_epoch(now), 0 if out.report else 1, message_id, out.row_id),
+                )
+                if cur.rowcount != 1:
+                    continue  # already final: an outcome is never overwritten (exactly one per recipient)
+                props = dict(out.props)
+                props[T.PR_RESPONSIBILITY] = True
+                self._insert_props(db, "recipient_props", (message_id, out.row_id), props)
+                text = props.get(T.PR_REPORT_TEXT)
+                self._event(
+                    db,
+                    message_id,
+                    now,
+                    out.state.value,
+                    f"recipient {out.row_id}" + (f": {text}" if text else ""),
+                    out.transport,
+                )
+
+    def deliver_report(
+        self, message_id: int, owner: str, report: MessageData, folder_id: int, row_ids: Sequence[int], now: datetime
+    ) -> int:
+        with self._tx() as db:
+            self._check_owner(db, message_id, owner)
+            rid = self._insert_message(db, folder_id, report)
+            db.executemany(
+                "UPDATE recipients SET reported=1 WHERE message_id=? AND row_id=?", [(message_id, r) for r in row_ids]
+            )
+            self._event(db, message_id, now, "report", f"{report.message_class} stored as message {rid}")
+            return rid
+
+    def release(
+        self, message_id: int, owner: str, now: datetime, next_attempt: datetime | None, error: str | None
+    ) -> None:
+        with self._tx() as db:
+            self._check_owner(db, message_id, owner)
+            db.execute(
+                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, last_error=coalesce(?, last_error) WHERE id=?",
+                (to_epoch(next_attempt), error, message_id),
+            )
+            when = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
+            self._event(db, message_id, now, "waiting", (error or "pending recipients") + when)
+
+    def finish(self, message_id: int, owner: str, now: datetime) -> str:
+        with self._tx() as db:
+            self._check_owner(db, message_id, owner)
+            pending = db.execute(
+                "SELECT count(*) FROM recipients WHERE message_id=? AND state='pending'", (message_id,)
+            ).fetchone()[0]
+            if pending:
+                raise MAPIError(
+                    HResult.MAPI_E_CALL_FAILED, f"message {message_id} still has {pending} pending recipient(s)"
+                )
+            props = self._load_props(db, message_id)
+            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~(MessageFlags.SUBMIT | MessageFlags.UNSENT)
+            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
+            db.execute(
+                "UPDATE messages SET queue_state=NULL, lease_owner=NULL, lease_until=NULL, next_attempt=NULL WHERE id=?",
+                (message_id,),
+            )
+            sentmail = props.get(T.PR_SENTMAIL_ENTRYID)
+            delete = bool(props.get(T.PR_DELETE_AFTER_SUBMIT))
+            outcome = "left"
+            if sentmail:
+                fid = self._parse_entry_id(bytes(sentmail), FOLDER_ENTRY)
+                if fid is not None and db.execute("SELECT 1 FROM folders WHERE id=?", (fid,)).fetchone():
+                    db.execute("UPDATE messages SET folder_id=? WHERE id=?", (fid, message_id))
+                    outcome = "moved"
+            self._event(
+                db,
+                message_id,
+                now,
+                "finished",
+                {"left": "left in the Outbox", "moved": "moved to PR_SENTMAIL_ENTRYID"}[outcome]
+                if not delete
+                else "deleted (PR_DELETE_AFTER_SUBMIT)",
+            )
+            if delete:
+                self._delete(db, message_id)
+                outcome = "deleted"
+            return outcome
+
+    # --- history -----------------------------------------------------------------------------
+    def _event(
+        self,
+        db: sqlite3.Connection,
+        message_id: int,
+        now: datetime,
+        kind: str,
+        detail: str,
+        transport: str | None = None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO events (message_id, time, kind, transport, detail) VALUES (?, ?, ?, ?, ?)",
+            (message_id, to_epoch(now), kind, transport, detail),
+        )
+
+    def add_event(self, message_id: int, now: datetime, kind: str, detail: str, transport: str | None = None) -> None:
+        with self._tx() as db:
+            self._event(db, message_id, now, kind, detail, transport)
+
+    def events(self, message_id: int) -> list[Event]:
+        return [
+            Event(time=from_epoch(t) or now_fallback(), kind=k, transport=xp, detail=d)
+            for t, k, xp, d in self._q(
+                "SELECT time, kind, transport, detail FROM events WHERE message_id=? ORDER BY id", (message_id,)
+            )
+        ]
+
+    # --- receive folders -----------------------------------------------------------------------
+    def set_receive_folder(self, message_class: str, folder_id: int | None) -> None:
+        from .receive import normalise_class
+
+        cls = normalise_class(message_class)
+        with self._tx() as db:
+            if folder_id is None:
+                if cls == "":
+                    raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "the default receive folder cannot be removed")
+                db.execute("DELETE FROM receive_folders WHERE message_class=?", (cls,))
+                return
+            if not db.execute("SELECT 1 FROM folders WHERE id=?", (folder_id,)).fetchone():
+                raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no folder {folder_id}")
+            db.execute("INSERT OR REPLACE INTO receive_folders VALUES (?, ?)", (cls, folder_id))
+
+    def receive_folders(self) -> dict[str, int]:
+        return {cls: fid for cls, fid in self._q("SELECT message_class, folder_id FROM receive_folders")}
+
+
+_SUMMARY_TAGS = (
+    T.PR_MESSAGE_CLASS,
+    T.PR_SUBJECT,
+    T.PR_MESSAGE_FLAGS,
+    T.PR_CLIENT_SUBMIT_TIME,
+    T.PR_MESSAGE_DELIVERY_TIME,
+    T.PR_DISPLAY_TO,
+    T.PR_SENDER_NAME,
+    T.PR_SENT_REPRESENTING_NAME,
+)
+
+
+def now_fallback() -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC)
+
+
+def _refresh_display_lists(props: Props, recipients: Sequence[Recipient]) -> None:
+    """PR_DISPLAY_TO/CC/BCC are computed from the recipient table, as a store does."""
+    from ..mapi.flags import MAPI_P1, RecipientType
+
+    lists: dict[RecipientType, list[str]] = {RecipientType.TO: [], RecipientType.CC: [], RecipientType.BCC: []}
+    for r in recipients:
+        if r.recipient_type & MAPI_P1:
+            continue
+        if r.kind in lists:
+            lists[r.kind].append(r.display_name)
+    props[T.PR_DISPLAY_TO] = "; ".join(lists[RecipientType.TO])
+    props[T.PR_DISPLAY_CC] = "; ".join(lists[RecipientType.CC])
+    props[T.PR_DISPLAY_BCC] = "; ".join(lists[RecipientType.BCC])
+
+
+def _stream_size(stream: IO[bytes], hint: int | None) -> int:
+    if hint is not None:
+        return hint
+    try:
+        return os.fstat(stream.fileno()).st_size - stream.tell()
+    except (OSError, AttributeError, ValueError):
+        pos = stream.tell()
+        stream.seek(0, os.SEEK_END)
+        end = stream.tell()
+        stream.seek(pos)
+        return end - pos
+
+
+class _NoClose:
+    """Lends a caller's stream to the store without closing it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._s = stream
+
+    def read(self, n: int = -1) -> bytes:
+        return self._s.read(n)
+
+    def fileno(self) -> int:
+        return self._s.fileno()
+
+    def tell(self) -> int:
+        return self._s.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._s.seek(pos, whence)
+
+    def __enter__(self) -> _NoClose:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _BlobReader:
+    """An attachment's content read straight from the database, chunk by chunk."""
+
+    def __init__(self, blob: sqlite3.Blob, lock: threading.RLock) -> None:
+        self._blob = blob
+        self._lock = lock
+
+    def read(self, n: int = -1) -> bytes:
+        with self._lock:
+            return self._blob.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        with self._lock:
+            self._blob.seek(pos, whence)
+            return self._blob.tell()
+
+    def tell(self) -> int:
+        return self._blob.tell()
+
+    def close(self) -> None:
+        with self._lock:
+            self._blob.close()
+
+    def __enter__(self) -> _BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Transport providers: the SPI and the built-in transports (maildir, pipe)."""

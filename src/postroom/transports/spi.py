@@ -1,0 +1,416 @@
+"""The transport service-provider interface, modelled on IXPProvider / IXPLogon (spec §2).
+
+A provider logs on and returns a logon. Right after logon the spooler asks the logon
+for its registration (address types and provider UIDs). `submit_message` gets a view
+of the message in which exactly the recipients assigned to this transport are pending
+(PR_RESPONSIBILITY FALSE); it marks each one it handled, delivered or failed. Recipients
+it leaves pending are "not mine" and go to the next matching transport.
+
+Methods may be `async def` or plain `def`; the spooler runs plain ones in a worker
+thread, so a blocking transport never stalls the event loop. Transports never see the
+store: they get message views and report through the support object.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..mapi import tags as T
+from ..mapi.codes import HResult, MAPIError
+from ..mapi.entryid import MAPIUID
+from ..mapi.flags import (
+    EndMessageFlags,
+    FlushFlags,
+    LogoffFlags,
+    LogonFlags,
+    LogonResultFlags,
+    NDRDiag,
+    NDRReason,
+    NotifyFlags,
+    ResourceMethods,
+    SpoolerNotifyFlags,
+    StatusCode,
+    ValidateFlags,
+)
+from ..mapi.message import MessageData, Recipient
+
+# --- registration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a logon can deliver to (IXPLogon::AddressTypes).
+
+    `address_types=None` is the NULL wildcard ("any address type"); `("",)`, a single
+    empty string, means "no address-type-dispatched mail". Address types compare
+    case-insensitively (the spec leaves case unconfirmed; types are upper-case by convention).
+    """
+
+    address_types: tuple[str, ...] | None
+    uids: tuple[MAPIUID, ...] = ()
+
+    @classmethod
+    def of(cls, *address_types: str, uids: Sequence[bytes] = ()) -> Registration:
+        return cls(tuple(a.upper() for a in address_types), tuple(MAPIUID(u) for u in uids))
+
+    @classmethod
+    def any(cls, uids: Sequence[bytes] = ()) -> Registration:
+        return cls(None, tuple(MAPIUID(u) for u in uids))
+
+    @classmethod
+    def none(cls, uids: Sequence[bytes] = ()) -> Registration:
+        return cls(("",), tuple(MAPIUID(u) for u in uids))
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.address_types is None
+
+    def named_types(self) -> tuple[str, ...]:
+        """The real address types (without the empty "none" marker); empty for the wildcard."""
+        return tuple(a for a in (self.address_types or ()) if a)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The whole-message answer of submit_message (its HRESULT and lpulReturnParm)."""
+
+    code: HResult = HResult.S_OK
+    wait_seconds: float = 0.0
+    reason: str = ""
+
+    @classmethod
+    def ok(cls) -> SubmitResult:
+        return cls()
+
+    @classmethod
+    def busy(cls, reason: str = "transport busy") -> SubmitResult:
+        return cls(HResult.MAPI_E_BUSY, 0.0, reason)
+
+    @classmethod
+    def wait(cls, seconds: float, reason: str = "temporary problem") -> SubmitResult:
+        return cls(HResult.MAPI_E_WAIT, float(seconds), reason)
+
+    @classmethod
+    def network_error(cls, seconds: float, reason: str = "network error") -> SubmitResult:
+        return cls(HResult.MAPI_E_NETWORK_ERROR, float(seconds), reason)
+
+    @classmethod
+    def not_me(cls, reason: str = "") -> SubmitResult:
+        return cls(HResult.MAPI_E_NOT_ME, 0.0, reason)
+
+    @classmethod
+    def cancel(cls, reason: str = "") -> SubmitResult:
+        return cls(HResult.MAPI_E_CANCEL, 0.0, reason)
+
+
+# --- message views --------------------------------------------------------------------------
+
+
+@dataclass
+class RecipientMark:
+    """What a transport said about one recipient."""
+
+    delivered: bool
+    time: datetime
+    report: bool = True  # False: accepted for relay, no delivery report from us
+    reason: NDRReason = NDRReason.TRANSFER_FAILED
+    diag: NDRDiag = NDRDiag.NO_DIAGNOSTIC
+    text: str = ""
+    status_code: int | None = None
+
+
+class OutboundRecipient:
+    """A recipient as a transport sees it inside submit_message."""
+
+    def __init__(self, recipient: Recipient, responsibility: bool) -> None:
+        self.row = recipient
+        self._responsibility = responsibility
+        self.mark: RecipientMark | None = None
+
+    # Read-only access to the row.
+    @property
+    def row_id(self) -> int:
+        return self.row.row_id
+
+    @property
+    def display_name(self) -> str:
+        return self.row.display_name
+
+    @property
+    def address_type(self) -> str:
+        return self.row.address_type
+
+    @property
+    def email_address(self) -> str:
+        return self.row.email_address
+
+    @property
+    def entry_id(self) -> bytes:
+        return self.row.entry_id
+
+    @property
+    def recipient_type(self) -> int:
+        return self.row.recipient_type
+
+    @property
+    def responsibility(self) -> bool:
+        """PR_RESPONSIBILITY: FALSE means "yours to handle"."""
+        return self._responsibility
+
+    def _take(self) -> None:
+        if self._responsibility:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"recipient {self.row_id} ({self.row.address}) was not assigned to this transport",
+            )
+        self._responsibility = True
+
+    def mark_delivered(self, when: datetime | None = None, *, report: bool = True) -> None:
+        """Sent (PR_RESPONSIBILITY TRUE). `report=False` for a relay that cannot confirm final delivery."""
+        self._take()
+        self.mark = RecipientMark(delivered=True, time=when or datetime.now(UTC), report=report)
+
+    def mark_failed(
+        self,
+        text: str,
+        *,
+        reason: NDRReason = NDRReason.TRANSFER_FAILED,
+        diag: NDRDiag = NDRDiag.NO_DIAGNOSTIC,
+        status_code: int | None = None,
+    ) -> None:
+        """Conclusively failed (PR_RESPONSIBILITY TRUE); the spooler sends an NDR with `text`."""
+        self._take()
+        self.mark = RecipientMark(
+            delivered=False, time=datetime.now(UTC), reason=reason, diag=diag, text=text, status_code=status_code
+        )
+
+
+class OutboundMessage:
+    """The message object handed to submit_message (read/write, valid until end_message)."""
+
+    def __init__(self, message: MessageData, recipients: Sequence[OutboundRecipient], ref: int, deferred: bool) -> None:
+        self.data = message
+        self.recipients = list(recipients)
+        self.ref = ref
+        self.deferred = deferred
+
+    @property
+    def props(self) -> dict[int, Any]:
+        return self.data.props
+
+    @property
+    def entry_id(self) -> bytes:
+        return bytes(self.data.props.get(T.PR_ENTRYID, b""))
+
+    def pending(self) -> list[OutboundRecipient]:
+        """The recipients assigned to this transport that it has not handled yet."""
+        return [r for r in self.recipients if not r.responsibility]
+
+
+class InboundMessage:
+    """The new, empty message handed to start_message; save() commits the delivery."""
+
+    def __init__(self, ref: int) -> None:
+        self.data = MessageData()
+        self.ref = ref
+        self.saved = False
+
+    @property
+    def props(self) -> dict[int, Any]:
+        return self.data.props
+
+    def save(self) -> None:
+        """SaveChanges: without it nothing is delivered (spec §13, StartMessage)."""
+        self.saved = True
+
+
+# --- status rows -----------------------------------------------------------------------------
+
+
+@dataclass
+class StatusRow:
+    """One row of the status table (PR_STATUS_CODE, PR_STATUS_STRING, …)."""
+
+    display_name: str
+    provider_display: str
+    resource_type: int
+    status_code: StatusCode = StatusCode.NONE
+    status_string: str = ""
+    resource_methods: ResourceMethods = ResourceMethods.NONE
+    identity: str = ""
+    last_error: str = ""
+    last_error_time: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def set(
+        self,
+        code: StatusCode | None = None,
+        add: StatusCode = StatusCode.NONE,
+        remove: StatusCode = StatusCode.NONE,
+        text: str | None = None,
+    ) -> None:
+        if code is not None:
+            self.status_code = code
+        self.status_code = (self.status_code | add) & ~remove
+        if text is not None:
+            self.status_string = text
+
+    def failed(self, error: str) -> None:
+        self.status_code |= StatusCode.FAILURE
+        self.last_error = error
+        self.last_error_time = datetime.now(UTC)
+        self.status_string = error
+
+
+# --- the support object ------------------------------------------------------------------------
+
+Preprocessor = Callable[[OutboundMessage], Awaitable[None] | None]
+
+
+class TransportSupport(Protocol):
+    """What the spooler offers a logon (the transport's IMAPISupport)."""
+
+    def spooler_notify(self, flags: SpoolerNotifyFlags, data: Any = None) -> None: ...
+
+    def register_preprocessor(
+        self, preprocessor: Preprocessor, *, address_type: str | None = None, uid: bytes | None = None
+    ) -> None: ...
+
+    def spooler_yield(self) -> bool:
+        """True when the message being processed was cancelled (MAPI_W_CANCEL_MESSAGE)."""
+        ...
+
+
+@dataclass
+class ProviderContext:
+    """Everything a provider gets from its profile section."""
+
+    service_name: str
+    kind: str
+    provider_uid: MAPIUID
+    options: Mapping[str, Any]
+    profile_dir: Path
+    support: TransportSupport
+
+
+# --- the provider and its logons --------------------------------------------------------------
+
+
+class TransportLogon(abc.ABC):
+    """IXPLogon: one logged-on session of a transport."""
+
+    #: LOGON_SP_* flags returned from logon: SP_POLL asks the spooler to call poll().
+    result_flags: LogonResultFlags = LogonResultFlags.NONE
+
+    def __init__(self, provider: TransportProvider, flags: LogonFlags) -> None:
+        self.provider = provider
+        self.flags = flags
+        offline = bool(flags & LogonFlags.NO_CONNECT)
+        self.status = StatusRow(
+            display_name=provider.context.service_name,
+            provider_display=type(provider).display_name,
+            resource_type=36,
+            status_code=StatusCode.OFFLINE if offline else StatusCode.AVAILABLE,
+            resource_methods=ResourceMethods.VALIDATE_STATE | ResourceMethods.FLUSH_QUEUES,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.provider.context.service_name
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.provider.context.options
+
+    @abc.abstractmethod
+    def address_types(self) -> Registration:
+        """Called right after logon, and again on a configuration change."""
+
+    def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult | Awaitable[SubmitResult]:
+        """Send `message` to its pending recipients and mark each one handled."""
+        return SubmitResult.not_me("this transport sends nothing")
+
+    def end_message(self, ref: int) -> EndMessageFlags | Awaitable[EndMessageFlags]:
+        return EndMessageFlags.NONE
+
+    def poll(self) -> bool | Awaitable[bool]:
+        """True when inbound mail waits (only called with LOGON_SP_POLL)."""
+        return False
+
+    def start_message(self, message: InboundMessage) -> Awaitable[None] | None:
+        """Fill `message` with the next inbound message and save() it; leave it unsaved when none."""
+        return None
+
+    def flush_queues(self, flags: FlushFlags) -> Awaitable[None] | None:
+        if flags & FlushFlags.UPLOAD:
+            self.status.set(add=StatusCode.OUTBOUND_FLUSH)
+        if flags & FlushFlags.DOWNLOAD:
+            self.status.set(add=StatusCode.INBOUND_FLUSH)
+        return None
+
+    def transport_notify(self, flags: NotifyFlags, data: Any = None) -> None:
+        """State changes; update the status row before returning."""
+        add = StatusCode.NONE
+        remove = StatusCode.NONE
+        if flags & NotifyFlags.BEGIN_INBOUND:
+            add |= StatusCode.INBOUND_ENABLED
+        if flags & NotifyFlags.BEGIN_OUTBOUND:
+            add |= StatusCode.OUTBOUND_ENABLED
+        if flags & NotifyFlags.END_INBOUND:
+            remove |= StatusCode.INBOUND_ENABLED
+        if flags & NotifyFlags.END_OUTBOUND:
+            remove |= StatusCode.OUTBOUND_ENABLED
+        if flags & NotifyFlags.END_INBOUND_FLUSH:
+            remove |= StatusCode.INBOUND_FLUSH
+        if flags & NotifyFlags.END_OUTBOUND_FLUSH:
+            remove |= StatusCode.OUTBOUND_FLUSH
+        self.status.set(add=add, remove=remove)
+
+    def validate_state(self, flags: ValidateFlags) -> Awaitable[None] | None:
+        return None
+
+    def logoff(self, flags: LogoffFlags = LogoffFlags.NORMAL) -> Awaitable[None] | None:
+        return None
+
+
+class TransportProvider(abc.ABC):
+    """IXPProvider: loaded once per session; logs on and returns logons.
+
+    Third-party transports subclass this and register it in the `postroom.transports`
+    entry-point group; the entry-point name is the service kind used in the profile.
+    """
+
+    #: Shown in the status table (PR_PROVIDER_DISPLAY).
+    display_name: str = "transport"
+    #: STATUS_XP_PREFER_LAST: put this transport at the end of the default transport order.
+    prefer_last: bool = False
+    #: The options a service of this kind accepts, with a one-line description each.
+    option_help: Mapping[str, str] = {}
+
+    def __init__(self, context: ProviderContext) -> None:
+        self.context = context
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check and normalise a service's options when it is added; raise MAPIError on nonsense."""
+        unknown = sorted(set(options) - set(cls.option_help))
+        if cls.option_help and unknown:
+            known = ", ".join(sorted(cls.option_help))
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"unknown option {unknown[0]!r} (known: {known})")
+        return dict(options)
+
+    @abc.abstractmethod
+    def logon(self, flags: LogonFlags) -> TransportLogon | Awaitable[TransportLogon]:
+        """TransportLogon. Raise MAPIError(MAPI_E_FAILONEPROVIDER) to skip this provider alone;
+        any other error disables the whole message service for the session."""
+
+    def shutdown(self) -> Awaitable[None] | None:
+        return None

@@ -1,0 +1,84 @@
+"""A test transport that records every call and answers as a script tells it.
+
+Registered as kind "recording"; its options say what it registers and how it answers:
+  address_types: list (or "*" for the wildcard), uids: list of hex UIDs,
+  take: "all" | "none" | list of address substrings it handles,
+  fail: list of address substrings it marks failed,
+  answer: "ok" | "not_me" | "busy" | "wait:N" | "network:N" | "cancel" | "raise",
+  end: "none" | "resend_later" | "resend_now" | "dont_resend".
+Calls are appended to CALLS as (service name, method, details).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postroom.mapi.entryid import MAPIUID
+from postroom.mapi.flags import EndMessageFlags, LogonFlags
+from postroom.profile import register_transport_kind
+from postroom.transports.spi import (
+    OutboundMessage,
+    Registration,
+    SubmitResult,
+    TransportLogon,
+    TransportProvider,
+)
+
+CALLS: list[tuple[str, str, Any]] = []
+LOGON_FAILS: dict[str, Exception] = {}
+
+
+class RecordingLogon(TransportLogon):
+    def address_types(self) -> Registration:
+        types = self.options.get("address_types", ["SMTP"])
+        uids = [MAPIUID.from_hex(u) for u in self.options.get("uids", [])]
+        if types == "*":
+            return Registration.any(uids)
+        return Registration.of(*types, uids=uids)
+
+    def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
+        seen = {r.row_id: (r.email_address, r.responsibility) for r in message.recipients}
+        CALLS.append((self.name, "submit_message", seen))
+        answer = str(self.options.get("answer", "ok"))
+        if answer == "raise":
+            raise RuntimeError("transport plug-in bug")
+        if answer == "not_me":
+            return SubmitResult.not_me()
+        if answer == "busy":
+            return SubmitResult.busy()
+        if answer == "cancel":
+            return SubmitResult.cancel()
+        if answer.startswith("wait:"):
+            return SubmitResult.wait(float(answer[5:]), "try later")
+        if answer.startswith("network:"):
+            return SubmitResult.network_error(float(answer[8:]), "connection refused")
+        take = self.options.get("take", "all")
+        fail = self.options.get("fail", [])
+        for r in message.pending():
+            if any(f in r.email_address for f in fail):
+                r.mark_failed("550 5.1.1 no such user", status_code=550)
+            elif take == "all" or (isinstance(take, list) and any(t in r.email_address for t in take)):
+                r.mark_delivered()
+        return SubmitResult.ok()
+
+    def end_message(self, ref: int) -> EndMessageFlags:
+        CALLS.append((self.name, "end_message", ref))
+        return {
+            "none": EndMessageFlags.NONE,
+            "resend_later": EndMessageFlags.RESEND_LATER,
+            "resend_now": EndMessageFlags.RESEND_NOW,
+            "dont_resend": EndMessageFlags.DONT_RESEND,
+        }[str(self.options.get("end", "none"))]
+
+
+class RecordingProvider(TransportProvider):
+    display_name = "Recording test transport"
+
+    def logon(self, flags: LogonFlags) -> TransportLogon:
+        CALLS.append((self.context.service_name, "logon", int(flags)))
+        if self.context.service_name in LOGON_FAILS:
+            raise LOGON_FAILS[self.context.service_name]
+        return RecordingLogon(self, flags)
+
+
+register_transport_kind("recording", RecordingProvider)

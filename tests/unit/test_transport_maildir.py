@@ -1,0 +1,341 @@
+"""The maildir transport, driven directly through the transport SPI with real files."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import stat
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postroom.mapi import tags as T
+from postroom.mapi.codes import HResult, MAPIError
+from postroom.mapi.entryid import MAPIUID
+from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType
+from postroom.mapi.message import MessageData, Recipient
+from postroom.transports import maildir as maildir_mod
+from postroom.transports.maildir import MaildirLogon, MaildirProvider
+from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration
+
+
+class FakeSupport:
+    def __init__(self) -> None:
+        self.notifications: list[Any] = []
+
+    def spooler_notify(self, flags: Any, data: Any = None) -> None:
+        self.notifications.append((flags, data))
+
+    def register_preprocessor(
+        self, preprocessor: Any, *, address_type: str | None = None, uid: bytes | None = None
+    ) -> None:
+        pass
+
+    def spooler_yield(self) -> bool:
+        return False
+
+
+def make_logon(tmp_path: Path, **options: Any) -> MaildirLogon:
+    options.setdefault("domains", ["example.test"])
+    context = ProviderContext(
+        service_name="local",
+        kind="maildir",
+        provider_uid=MAPIUID(bytes(range(16))),
+        options=options,
+        profile_dir=tmp_path,
+        support=FakeSupport(),
+    )
+    logon = MaildirProvider(context).logon(LogonFlags.NONE)
+    assert isinstance(logon, MaildirLogon)
+    return logon
+
+
+def rcpt(address: str, *, adrtype: str = "SMTP", kind: RecipientType = RecipientType.TO, row_id: int = 0) -> Recipient:
+    return Recipient(
+        props={
+            T.PR_DISPLAY_NAME: address.partition("@")[0].title() or address,
+            T.PR_ADDRTYPE: adrtype,
+            T.PR_EMAIL_ADDRESS: address,
+            T.PR_RECIPIENT_TYPE: int(kind),
+        },
+        row_id=row_id,
+    )
+
+
+def make_message(*recipients: Recipient | tuple[Recipient, bool], subject: str = "Hello there") -> OutboundMessage:
+    rows: list[Recipient] = []
+    views: list[OutboundRecipient] = []
+    for i, item in enumerate(recipients):
+        row, responsibility = item if isinstance(item, tuple) else (item, False)
+        row.row_id = i
+        rows.append(row)
+        views.append(OutboundRecipient(row, responsibility=responsibility))
+    data = MessageData(
+        props={
+            T.PR_MESSAGE_CLASS: "IPM.Note",
+            T.PR_SUBJECT: subject,
+            T.PR_BODY: "Body text\nsecond line\n",
+            T.PR_SENDER_NAME: "Sam Sender",
+            T.PR_SENDER_ADDRTYPE: "SMTP",
+            T.PR_SENDER_EMAIL_ADDRESS: "sam@sender.test",
+        },
+        recipients=rows,
+    )
+    return OutboundMessage(data, views, ref=1, deferred=False)
+
+
+def delivered_files(root: Path, domain: str, local: str) -> list[Path]:
+    new = root / domain / local / "new"
+    return sorted(new.iterdir()) if new.is_dir() else []
+
+
+def parse(path: Path) -> EmailMessage:
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+# --- options --------------------------------------------------------------------------------
+
+
+def test_validate_options_normalises() -> None:
+    opts = MaildirProvider.validate_options(
+        {"domains": " Example.TEST, other.test ,", "address_types": ["smtp", "X-Local"]}
+    )
+    assert opts == {"root": "maildir", "domains": ["example.test", "other.test"], "address_types": ["SMTP", "X-LOCAL"]}
+    assert MaildirProvider.validate_options({"domains": ["a.test"], "root": Path("/srv/mail")})["root"] == "/srv/mail"
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({}, "'domains' is required"),
+        ({"domains": []}, "at least one"),
+        ({"domains": " , "}, "at least one"),
+        ({"domains": 42}, "'domains'"),
+        ({"domains": ["ok.test", 3]}, "string"),
+        ({"domains": ["../etc"]}, "not a domain"),
+        ({"domains": ["a/b.test"]}, "not a domain"),
+        ({"domains": ["a.test"], "root": 5}, "'root'"),
+        ({"domains": ["a.test"], "root": ""}, "'root'"),
+        ({"domains": ["a.test"], "address_types": []}, "at least one"),
+        ({"domains": ["a.test"], "address_types": "*"}, "wildcard"),
+        ({"domains": ["a.test"], "address_types": [1]}, "string"),
+        ({"domains": ["a.test"], "bogus": 1}, "unknown option 'bogus'"),
+    ],
+)
+def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
+    with pytest.raises(MAPIError) as err:
+        MaildirProvider.validate_options(options)
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert needle in err.value.message
+
+
+def test_every_option_has_help() -> None:
+    assert set(MaildirProvider.option_help) == {"root", "domains", "address_types"}
+    assert MaildirProvider.display_name == "Maildir delivery"
+
+
+def test_logon_registers_address_types_and_creates_root(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, address_types="smtp,x-local")
+    assert logon.address_types() == Registration.of("SMTP", "X-LOCAL")
+    assert (tmp_path / "maildir").is_dir()
+    assert logon.status.provider_display == "Maildir delivery"
+
+
+def test_logon_default_address_type_and_absolute_root(tmp_path: Path) -> None:
+    root = tmp_path / "elsewhere" / "mail"
+    logon = make_logon(tmp_path, root=str(root))
+    assert logon.address_types() == Registration.of("SMTP")
+    assert logon.config.root == root
+    assert root.is_dir()
+
+
+def test_logon_with_bad_options_fails(tmp_path: Path) -> None:
+    with pytest.raises(MAPIError) as err:
+        make_logon(tmp_path, domains=[])
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+def test_delivers_into_maildir(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message(rcpt("alice@example.test"), subject="Quarterly report")
+    result = logon.submit_message(msg, 0)
+    assert result.code == HResult.S_OK
+    (alice,) = msg.recipients
+    assert alice.mark is not None and alice.mark.delivered
+    root = tmp_path / "maildir"
+    for sub in ("tmp", "new", "cur"):
+        assert (root / "example.test" / "alice" / sub).is_dir()
+    (path,) = delivered_files(root, "example.test", "alice")
+    assert not list((root / "example.test" / "alice" / "tmp").iterdir())
+    parsed = parse(path)
+    assert parsed["Subject"] == "Quarterly report"
+    body = parsed.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Body text" in body.get_content()
+    # Maildir files use the local line ending, LF.
+    assert b"\r\n" not in path.read_bytes()
+    # The standard unique name: time.pid_seq.hostname
+    stamp, pid_seq, _host = path.name.split(".", 2)
+    assert stamp.isdigit()
+    assert pid_seq.split("_")[0] == str(os.getpid())
+
+
+def test_local_part_and_domain_are_case_insensitive(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, domains="Example.Test")
+    msg = make_message(rcpt("Alice.Smith@EXAMPLE.test"), rcpt("alice.smith@example.TEST"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    files = delivered_files(tmp_path / "maildir", "example.test", "alice.smith")
+    assert len(files) == 2
+    assert len({f.name for f in files}) == 2
+
+
+def test_other_domains_and_types_stay_pending(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, domains=["example.test", "second.test"])
+    msg = make_message(
+        rcpt("alice@example.test"),
+        rcpt("bob@elsewhere.test"),
+        rcpt("carol@second.test"),
+        rcpt("dave@example.test", adrtype="FAX"),
+        rcpt("no-at-sign", adrtype="SMTP"),
+    )
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    alice, bob, carol, dave, noat = msg.recipients
+    assert alice.mark is not None and alice.mark.delivered
+    assert carol.mark is not None and carol.mark.delivered
+    for other in (bob, dave, noat):
+        assert other.mark is None
+        assert not other.responsibility
+    assert msg.pending() == [bob, dave, noat]
+    assert not (tmp_path / "maildir" / "elsewhere.test").exists()
+    assert not (tmp_path / "maildir" / "example.test" / "dave").exists()
+
+
+def test_not_me_when_nothing_taken(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message(rcpt("bob@elsewhere.test"))
+    result = logon.submit_message(msg, 0)
+    assert result.code == HResult.MAPI_E_NOT_ME
+    assert msg.recipients[0].mark is None
+
+
+def test_recipients_with_responsibility_are_never_touched(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message((rcpt("alice@example.test"), True), rcpt("bob@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    alice, bob = msg.recipients
+    assert alice.mark is None
+    assert bob.mark is not None and bob.mark.delivered
+    assert not (tmp_path / "maildir" / "example.test" / "alice").exists()
+    # Only already-handled recipients: not mine.
+    msg = make_message((rcpt("alice@example.test"), True))
+    assert logon.submit_message(msg, 0).code == HResult.MAPI_E_NOT_ME
+    assert msg.recipients[0].mark is None
+
+
+@pytest.mark.parametrize(
+    "local",
+    ["..", "../../etc/passwd", "a/b", ".hidden", "a..b", "a\\b", "x\0y", "tab\there", ""],
+)
+def test_path_traversal_is_refused(tmp_path: Path, local: str) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message(rcpt(f"{local}@example.test"), rcpt("ok@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    bad, ok = msg.recipients
+    assert bad.mark is not None and not bad.mark.delivered
+    assert bad.mark.reason == NDRReason.TRANSFER_IMPOSSIBLE
+    assert bad.mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT
+    assert "local part" in bad.mark.text
+    assert ok.mark is not None and ok.mark.delivered
+    # Nothing was written anywhere but ok's Maildir.
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert [p.parts[:3] for p in written] == [("maildir", "example.test", "ok")]
+
+
+def test_only_bad_recipients_is_ok_without_writing(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message(rcpt("../x@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    assert msg.recipients[0].mark is not None and not msg.recipients[0].mark.delivered
+    assert list((tmp_path / "maildir").iterdir()) == []
+
+
+def test_bcc_copies_reveal_no_bcc(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message(
+        rcpt("alice@example.test", kind=RecipientType.TO),
+        rcpt("bob@example.test", kind=RecipientType.BCC),
+        rcpt("carol@example.test", kind=RecipientType.BCC),
+    )
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    root = tmp_path / "maildir"
+    for local in ("alice", "bob", "carol"):
+        (path,) = delivered_files(root, "example.test", local)
+        raw = path.read_bytes()
+        parsed = parse(path)
+        assert parsed["Bcc"] is None
+        assert b"bob@example.test" not in raw
+        assert b"carol@example.test" not in raw
+        assert "alice@example.test" in str(parsed["To"])
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="needs POSIX permissions as non-root")
+def test_write_error_waits_and_delivers_nothing(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    root = tmp_path / "maildir"
+    # alice's Maildir exists; bob's cannot be created.
+    maildir_mod.ensure_maildir(root / "example.test" / "alice")
+    (root / "example.test").chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+        result = logon.submit_message(msg, 0)
+    finally:
+        (root / "example.test").chmod(stat.S_IRWXU)
+    assert result.code == HResult.MAPI_E_WAIT
+    assert result.wait_seconds == 60
+    assert result.reason.startswith("Maildir write failed:")
+    assert delivered_files(root, "example.test", "alice") == []
+    assert list((root / "example.test" / "alice" / "tmp").iterdir()) == []
+    assert logon.status.last_error.startswith("Maildir write failed:")
+
+
+def test_write_error_in_tmp_removes_earlier_tmp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logon = make_logon(tmp_path)
+    real_write = maildir_mod.write_tmp
+    calls: list[Path] = []
+
+    def failing_write(maildir: Path, data: bytes) -> Path:
+        calls.append(maildir)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(maildir, data)
+
+    monkeypatch.setattr(maildir_mod, "write_tmp", failing_write)
+    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    result = logon.submit_message(msg, 0)
+    assert result.code == HResult.MAPI_E_WAIT
+    assert "No space left on device" in result.reason
+    root = tmp_path / "maildir" / "example.test"
+    for local in ("alice", "bob"):
+        assert list((root / local / "tmp").iterdir()) == []
+        assert list((root / local / "new").iterdir()) == []
+
+    # The retry delivers each recipient exactly once.
+    monkeypatch.setattr(maildir_mod, "write_tmp", real_write)
+    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    for local in ("alice", "bob"):
+        assert len(list((root / local / "new").iterdir())) == 1
+
+
+def test_unique_names_differ() -> None:
+    names = {maildir_mod.unique_name() for _ in range(100)}
+    assert len(names) == 100

@@ -1,0 +1,367 @@
+"""The pipe transport, driven directly through the transport SPI with real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postroom.mapi import tags as T
+from postroom.mapi.codes import HResult, MAPIError
+from postroom.mapi.entryid import MAPIUID
+from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
+from postroom.mapi.message import MessageData, Recipient
+from postroom.transports.pipe import PipeLogon, PipeProvider
+from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
+
+PY = sys.executable
+
+CAPTURE = """\
+import json, sys
+out = sys.argv[1]
+data = sys.stdin.buffer.read()
+with open(out + "/stdin.eml", "wb") as f:
+    f.write(data)
+with open(out + "/args.json", "w") as f:
+    json.dump(sys.argv[2:], f)
+"""
+
+EXIT_WITH = """\
+import sys
+sys.stdin.buffer.read()
+sys.stderr.write(sys.argv[2])
+sys.exit(int(sys.argv[1]))
+"""
+
+
+class FakeSupport:
+    def spooler_notify(self, flags: Any, data: Any = None) -> None:
+        pass
+
+    def register_preprocessor(
+        self, preprocessor: Any, *, address_type: str | None = None, uid: bytes | None = None
+    ) -> None:
+        pass
+
+    def spooler_yield(self) -> bool:
+        return False
+
+
+def make_logon(tmp_path: Path, **options: Any) -> PipeLogon:
+    options.setdefault("address_types", ["FAX"])
+    context = ProviderContext(
+        service_name="faxgate",
+        kind="pipe",
+        provider_uid=MAPIUID(bytes(range(16))),
+        options=options,
+        profile_dir=tmp_path,
+        support=FakeSupport(),
+    )
+    logon = PipeProvider(context).logon(LogonFlags.NONE)
+    assert isinstance(logon, PipeLogon)
+    return logon
+
+
+def script(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def capture_logon(tmp_path: Path, **options: Any) -> tuple[PipeLogon, Path]:
+    out = tmp_path / "out"
+    out.mkdir()
+    logon = make_logon(tmp_path, command=[PY, str(script(tmp_path, "capture.py", CAPTURE)), str(out)], **options)
+    return logon, out
+
+
+def exit_logon(tmp_path: Path, rc: int, stderr: str, **options: Any) -> PipeLogon:
+    command = [PY, str(script(tmp_path, "exit_with.py", EXIT_WITH)), str(rc), stderr]
+    return make_logon(tmp_path, command=command, **options)
+
+
+def rcpt(address: str, *, adrtype: str = "FAX", kind: RecipientType = RecipientType.TO) -> Recipient:
+    return Recipient(
+        props={
+            T.PR_DISPLAY_NAME: f"Recipient {address}",
+            T.PR_ADDRTYPE: adrtype,
+            T.PR_EMAIL_ADDRESS: address,
+            T.PR_RECIPIENT_TYPE: int(kind),
+        }
+    )
+
+
+def make_message(
+    *recipients: Recipient | tuple[Recipient, bool], subject: str = "Fax cover", body: str = "Hi\n"
+) -> OutboundMessage:
+    rows: list[Recipient] = []
+    views: list[OutboundRecipient] = []
+    for i, item in enumerate(recipients):
+        row, responsibility = item if isinstance(item, tuple) else (item, False)
+        row.row_id = i
+        rows.append(row)
+        views.append(OutboundRecipient(row, responsibility=responsibility))
+    data = MessageData(
+        props={
+            T.PR_MESSAGE_CLASS: "IPM.Note",
+            T.PR_SUBJECT: subject,
+            T.PR_BODY: body,
+            T.PR_SENDER_NAME: "Sam Sender",
+            T.PR_SENDER_ADDRTYPE: "SMTP",
+            T.PR_SENDER_EMAIL_ADDRESS: "sam@sender.test",
+        },
+        recipients=rows,
+    )
+    return OutboundMessage(data, views, ref=1, deferred=False)
+
+
+def submit(logon: PipeLogon, msg: OutboundMessage) -> SubmitResult:
+    result = asyncio.run(logon.submit_message(msg, 0))
+    assert isinstance(result, SubmitResult)
+    return result
+
+
+# --- options --------------------------------------------------------------------------------------
+
+
+def test_validate_options_normalises() -> None:
+    opts = PipeProvider.validate_options(
+        {"command": "/usr/bin/faxsend -q 'two words'", "address_types": "fax, x-pager"}
+    )
+    assert opts == {
+        "command": ["/usr/bin/faxsend", "-q", "two words"],
+        "address_types": ["FAX", "X-PAGER"],
+        "timeout": 60.0,
+    }
+    opts = PipeProvider.validate_options({"command": ["prog", "a b"], "address_types": ["*"], "timeout": "2.5"})
+    assert opts == {"command": ["prog", "a b"], "address_types": ["*"], "timeout": 2.5}
+    assert PipeProvider.validate_options({"command": ["p"], "address_types": "*", "timeout": 5})["timeout"] == 5.0
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"address_types": ["FAX"]}, "'command' is required"),
+        ({"command": [], "address_types": ["FAX"]}, "names no program"),
+        ({"command": "", "address_types": ["FAX"]}, "names no program"),
+        ({"command": ["prog", 3], "address_types": ["FAX"]}, "must be a string"),
+        ({"command": 42, "address_types": ["FAX"]}, "'command'"),
+        ({"command": "prog 'unclosed", "address_types": ["FAX"]}, "cannot be split"),
+        ({"command": ["prog"]}, "'address_types' is required"),
+        ({"command": ["prog"], "address_types": []}, "at least one"),
+        ({"command": ["prog"], "address_types": ["FAX", 7]}, "string"),
+        ({"command": ["prog"], "address_types": ["FAX"], "timeout": -1}, "positive"),
+        ({"command": ["prog"], "address_types": ["FAX"], "timeout": 0}, "positive"),
+        ({"command": ["prog"], "address_types": ["FAX"], "timeout": True}, "'timeout'"),
+        ({"command": ["prog"], "address_types": ["FAX"], "timeout": "soon"}, "'timeout'"),
+        ({"command": ["prog"], "address_types": ["FAX"], "timeout": [1]}, "'timeout'"),
+        ({"command": ["prog"], "address_types": ["FAX"], "shell": True}, "unknown option 'shell'"),
+    ],
+)
+def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
+    with pytest.raises(MAPIError) as err:
+        PipeProvider.validate_options(options)
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert needle in err.value.message
+
+
+def test_provider_metadata() -> None:
+    assert PipeProvider.display_name == "Pipe to command"
+    assert set(PipeProvider.option_help) == {"command", "address_types", "timeout"}
+
+
+def test_registration(tmp_path: Path) -> None:
+    assert make_logon(tmp_path, command=[PY], address_types=["fax", "pager"]).address_types() == Registration.of(
+        "FAX", "PAGER"
+    )
+    wildcard = make_logon(tmp_path, command=[PY], address_types="*").address_types()
+    assert wildcard == Registration.any()
+    assert wildcard.is_wildcard
+
+
+def test_logon_flags_missing_program_in_status(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, command=[str(tmp_path / "no-such-program")])
+    assert logon.status.status_code & StatusCode.FAILURE
+    assert "not found" in logon.status.last_error
+
+
+# --- delivery -------------------------------------------------------------------------------------
+
+
+def test_exit_0_delivers_with_args_and_stdin(tmp_path: Path) -> None:
+    logon, out = capture_logon(tmp_path)
+    msg = make_message(rcpt("+15551234"), rcpt("+15559876", kind=RecipientType.CC), subject="Invoice 42")
+    result = submit(logon, msg)
+    assert result.code == HResult.S_OK
+    assert all(r.mark is not None and r.mark.delivered for r in msg.recipients)
+    assert json.loads((out / "args.json").read_text()) == ["+15551234", "+15559876"]
+    raw = (out / "stdin.eml").read_bytes()
+    assert b"\r\n" in raw
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # every line ends in CRLF
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == "Invoice 42"
+
+
+def test_string_command_is_split_not_shell(tmp_path: Path) -> None:
+    out = tmp_path / "out dir"
+    out.mkdir()
+    capture = script(tmp_path, "capture.py", CAPTURE)
+    # `;` and `$HOME` would mean something to a shell; here they are plain arguments.
+    command = shlex.join([PY, str(capture), str(out), ";", "$HOME"])
+    logon = make_logon(tmp_path, command=command)
+    assert submit(logon, make_message(rcpt("+1"))).code == HResult.S_OK
+    assert json.loads((out / "args.json").read_text()) == [";", "$HOME", "+1"]
+
+
+def test_only_registered_types_are_taken(tmp_path: Path) -> None:
+    logon, out = capture_logon(tmp_path)
+    msg = make_message(rcpt("+1"), rcpt("bob@example.test", adrtype="SMTP"), rcpt("+2", adrtype="fax"))
+    assert submit(logon, msg).code == HResult.S_OK
+    fax1, smtp, fax2 = msg.recipients
+    assert json.loads((out / "args.json").read_text()) == ["+1", "+2"]
+    assert fax1.mark is not None and fax1.mark.delivered
+    assert fax2.mark is not None and fax2.mark.delivered
+    assert smtp.mark is None and not smtp.responsibility
+
+
+def test_wildcard_takes_every_type(tmp_path: Path) -> None:
+    logon, out = capture_logon(tmp_path, address_types="*")
+    msg = make_message(rcpt("+1"), rcpt("bob@example.test", adrtype="SMTP"))
+    assert submit(logon, msg).code == HResult.S_OK
+    assert json.loads((out / "args.json").read_text()) == ["+1", "bob@example.test"]
+    assert all(r.mark is not None and r.mark.delivered for r in msg.recipients)
+
+
+def test_not_me_without_running(tmp_path: Path) -> None:
+    logon, out = capture_logon(tmp_path)
+    msg = make_message(rcpt("bob@example.test", adrtype="SMTP"), (rcpt("+1"), True))
+    result = submit(logon, msg)
+    assert result.code == HResult.MAPI_E_NOT_ME
+    assert all(r.mark is None for r in msg.recipients)
+    assert not (out / "args.json").exists()
+
+
+def test_recipients_with_responsibility_are_never_touched(tmp_path: Path) -> None:
+    logon, out = capture_logon(tmp_path)
+    msg = make_message((rcpt("+1"), True), rcpt("+2"))
+    assert submit(logon, msg).code == HResult.S_OK
+    done, mine = msg.recipients
+    assert done.mark is None
+    assert mine.mark is not None and mine.mark.delivered
+    assert json.loads((out / "args.json").read_text()) == ["+2"]
+
+
+def test_option_like_address_is_refused(tmp_path: Path) -> None:
+    logon, out = capture_logon(tmp_path)
+    msg = make_message(rcpt("--output=/etc/passwd"), rcpt("+2"))
+    assert submit(logon, msg).code == HResult.S_OK
+    bad, good = msg.recipients
+    assert bad.mark is not None and not bad.mark.delivered
+    assert bad.mark.reason == NDRReason.TRANSFER_IMPOSSIBLE
+    assert bad.mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT
+    assert good.mark is not None and good.mark.delivered
+    assert json.loads((out / "args.json").read_text()) == ["+2"]
+
+
+def test_exit_75_waits(tmp_path: Path) -> None:
+    logon = exit_logon(tmp_path, 75, "  line busy, try later \n")
+    msg = make_message(rcpt("+1"), rcpt("+2"))
+    result = submit(logon, msg)
+    assert result.code == HResult.MAPI_E_WAIT
+    assert result.wait_seconds == 60
+    assert result.reason == "line busy, try later"
+    assert all(r.mark is None for r in msg.recipients)
+
+
+def test_other_exit_code_fails_every_recipient_with_stderr(tmp_path: Path) -> None:
+    logon = exit_logon(tmp_path, 1, "no such fax line\n")
+    msg = make_message(rcpt("+1"), rcpt("+2"), rcpt("x@example.test", adrtype="SMTP"))
+    result = submit(logon, msg)
+    assert result.code == HResult.S_OK
+    one, two, other = msg.recipients
+    for r in (one, two):
+        assert r.mark is not None and not r.mark.delivered
+        assert r.mark.text == "no such fax line"
+        assert r.mark.reason == NDRReason.TRANSFER_FAILED
+        assert r.mark.diag == NDRDiag.NO_DIAGNOSTIC
+    assert other.mark is None
+
+
+def test_exit_code_text_when_stderr_is_empty(tmp_path: Path) -> None:
+    logon = exit_logon(tmp_path, 3, "")
+    msg = make_message(rcpt("+1"))
+    assert submit(logon, msg).code == HResult.S_OK
+    mark = msg.recipients[0].mark
+    assert mark is not None and not mark.delivered
+    assert mark.text == "exit code 3"
+
+
+def test_long_stderr_is_cut(tmp_path: Path) -> None:
+    noisy = script(tmp_path, "noisy.py", "import sys\nsys.stderr.write('e' * 100000)\nsys.exit(2)\n")
+    logon = make_logon(tmp_path, command=[PY, str(noisy)])
+    msg = make_message(rcpt("+1"))
+    assert submit(logon, msg).code == HResult.S_OK
+    mark = msg.recipients[0].mark
+    assert mark is not None and mark.text == "e" * 2000
+
+
+def test_command_ignoring_large_stdin(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, command=[PY, "-c", "import sys; sys.exit(0)"])
+    msg = make_message(rcpt("+1"), body="x" * 2_000_000)
+    assert submit(logon, msg).code == HResult.S_OK
+    mark = msg.recipients[0].mark
+    assert mark is not None and mark.delivered
+
+
+def test_timeout_kills_and_waits(tmp_path: Path) -> None:
+    sleeper = script(tmp_path, "sleeper.py", "import time\ntime.sleep(30)\n")
+    logon = make_logon(tmp_path, command=[PY, str(sleeper)], timeout=0.5)
+    msg = make_message(rcpt("+1"))
+    started = time.monotonic()
+    result = submit(logon, msg)
+    assert time.monotonic() - started < 10
+    assert result.code == HResult.MAPI_E_WAIT
+    assert result.wait_seconds == 60
+    assert result.reason == "command timed out"
+    assert msg.recipients[0].mark is None
+
+
+def test_missing_command_is_a_network_error(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, command=[str(tmp_path / "no-such-program"), "--flag"])
+    msg = make_message(rcpt("+1"))
+    result = submit(logon, msg)
+    assert result.code == HResult.MAPI_E_NETWORK_ERROR
+    assert result.wait_seconds == 300
+    assert result.reason.startswith("cannot run ")
+    assert "no-such-program" in result.reason
+    assert msg.recipients[0].mark is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_non_executable_command_is_a_network_error(tmp_path: Path) -> None:
+    prog = script(tmp_path, "not-executable.sh", "#!/bin/sh\nexit 0\n")
+    prog.chmod(0o644)
+    logon = make_logon(tmp_path, command=[str(prog)])
+    result = submit(logon, make_message(rcpt("+1")))
+    assert result.code == HResult.MAPI_E_NETWORK_ERROR
+    assert result.reason.startswith("cannot run ")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell script")
+def test_shell_script_command(tmp_path: Path) -> None:
+    out = tmp_path / "stdin.eml"
+    prog = script(tmp_path, "deliver.sh", f'#!/bin/sh\ncat > "{out}"\necho "$@" > "{out}.args"\nexit 0\n')
+    prog.chmod(0o755)
+    logon = make_logon(tmp_path, command=[str(prog)])
+    msg = make_message(rcpt("+1"), rcpt("+2"), subject="Shell")
+    assert submit(logon, msg).code == HResult.S_OK
+    assert email.message_from_bytes(out.read_bytes(), policy=email.policy.default)["Subject"] == "Shell"
+    assert Path(f"{out}.args").read_text() == "+1 +2\n"
