@@ -37,13 +37,13 @@ import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.headerregistry import Address, AddressHeader, HeaderRegistry
+from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
 from email.policy import EmailPolicy
 from email.utils import getaddresses, make_msgid, parsedate_to_datetime
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, cast
 
 from .mapi import tags as T
 from .mapi.codes import HResult, MAPIError
@@ -101,10 +101,11 @@ _BODY_ALTERNATIVES = frozenset({"text/plain", "text/html", "text/enriched", "tex
 _DR_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
 
 
-def _make_policy(base: EmailPolicy) -> EmailPolicy:
+def _make_policy(base: EmailPolicy[EmailMessage]) -> EmailPolicy[EmailMessage]:
     # Disposition-Notification-To holds addresses (RFC 8098); the stock registry treats it as text.
+    # (HeaderRegistry mixes BaseHeader into the class itself, hence the cast.)
     registry = HeaderRegistry()
-    registry.map_to_type("disposition-notification-to", AddressHeader)
+    registry.map_to_type("disposition-notification-to", cast("type[BaseHeader]", AddressHeader))
     return base.clone(header_factory=registry)
 
 
@@ -174,10 +175,12 @@ def _msg_id(value: object, what: str) -> str:
 
 
 def _as_int(value: object, default: int) -> int:
-    try:
-        return int(value)  # type: ignore[call-overload, no-any-return]
-    except (TypeError, ValueError):
-        return default
+    if isinstance(value, int | float | str):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
 
 
 def _aware(value: datetime) -> datetime:
@@ -348,11 +351,10 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         html = bytes(html_value).decode("utf-8", "replace")
     elif isinstance(html_value, str):
         html = _scrub(html_value)
-    if body is None:
-        text = _html_to_text(html) if html is not None else ""
+    if body is not None:
+        out.set_content(_scrub(str(body)))
     else:
-        text = _scrub(str(body))
-    out.set_content(text)
+        out.set_content(_html_to_text(html) if html is not None else "")
     if html is not None:
         out.add_alternative(html, subtype="html")
 
@@ -567,7 +569,7 @@ def _part_bytes(part: Message) -> bytes:
 
 def _part_text(part: Message) -> str:
     try:
-        content = part.get_content()  # type: ignore[attr-defined]
+        content = part.get_content() if isinstance(part, EmailMessage) else None
         if isinstance(content, str):
             return content.replace("\r\n", "\n").replace("\r", "\n")
     except Exception:
@@ -884,10 +886,7 @@ def _convert(msg: EmailMessage, raw: bytes, depth: int) -> MessageData:
 
 def _from_mime(data: bytes, depth: int) -> MessageData:
     try:
-        parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
-        if not isinstance(parsed, EmailMessage):
-            return _unparseable(data)
-        return _convert(parsed, data, depth)
+        return _convert(BytesParser(policy=_IN_POLICY).parsebytes(data), data, depth)
     except Exception:
         return _unparseable(data)
 
@@ -909,8 +908,6 @@ def dsn_original_message_id(data: bytes) -> str | None:
     stores the same value, as bytes, in PR_REPORT_TAG of the report."""
     try:
         parsed = BytesParser(policy=_IN_POLICY).parsebytes(bytes(data))
-        if not isinstance(parsed, EmailMessage):
-            return None
         original = _original_headers(_report_parts(parsed)[1])
         if original is None:
             return None

@@ -54,11 +54,15 @@ class RecordingLogon(TransportLogon):
             return SubmitResult.network_error(float(answer[8:]), "connection refused")
         take = self.options.get("take", "all")
         fail = self.options.get("fail", [])
+        marked: dict[int, bool] = {}
         for r in message.pending():
             if any(f in r.email_address for f in fail):
                 r.mark_failed("550 5.1.1 no such user", status_code=550)
+                marked[r.row_id] = False
             elif take == "all" or (isinstance(take, list) and any(t in r.email_address for t in take)):
                 r.mark_delivered()
+                marked[r.row_id] = True
+        CALLS.append((self.name, "marked", marked))
         return SubmitResult.ok()
 
     def end_message(self, ref: int) -> EndMessageFlags:

@@ -16,7 +16,7 @@ import pytest
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.entryid import MAPIUID
-from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType
+from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
 from postroom.mapi.message import MessageData, Recipient
 from postroom.transports import maildir as maildir_mod
 from postroom.transports.maildir import MaildirLogon, MaildirProvider
@@ -199,13 +199,13 @@ def test_local_part_and_domain_are_case_insensitive(tmp_path: Path) -> None:
 
 
 def test_other_domains_and_types_stay_pending(tmp_path: Path) -> None:
-    logon = make_logon(tmp_path, domains=["example.test", "second.test"])
+    logon = make_logon(tmp_path, domains=["example.test", "second.test"], address_types=["SMTP", "X-LOCAL"])
     msg = make_message(
         rcpt("alice@example.test"),
         rcpt("bob@elsewhere.test"),
         rcpt("carol@second.test"),
         rcpt("dave@example.test", adrtype="FAX"),
-        rcpt("no-at-sign", adrtype="SMTP"),
+        rcpt("no-at-sign", adrtype="X-LOCAL"),
     )
     assert logon.submit_message(msg, 0).code == HResult.S_OK
     alice, bob, carol, dave, noat = msg.recipients
@@ -243,11 +243,27 @@ def test_recipients_with_responsibility_are_never_touched(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "local",
-    ["..", "../../etc/passwd", "a/b", ".hidden", "a..b", "a\\b", "x\0y", "tab\there", ""],
+    [
+        "..",
+        "../../etc/passwd",
+        "a/b",
+        ".hidden",
+        "a..b",
+        "a\\b",
+        "x\0y",
+        "tab\there",
+        "",
+        '"../../etc"',
+        '"a/b"',
+        '".."',
+        '"a\\/b"',
+    ],
 )
 def test_path_traversal_is_refused(tmp_path: Path, local: str) -> None:
-    logon = make_logon(tmp_path)
-    msg = make_message(rcpt(f"{local}@example.test"), rcpt("ok@example.test"))
+    # The MIME converter refuses most of these addresses in SMTP recipients (which would stop
+    # the whole message); a private address type reaches the Maildir check unfiltered.
+    logon = make_logon(tmp_path, address_types=["SMTP", "X-LOCAL"])
+    msg = make_message(rcpt(f"{local}@example.test", adrtype="X-LOCAL"), rcpt("ok@example.test"))
     assert logon.submit_message(msg, 0).code == HResult.S_OK
     bad, ok = msg.recipients
     assert bad.mark is not None and not bad.mark.delivered
@@ -260,9 +276,43 @@ def test_path_traversal_is_refused(tmp_path: Path, local: str) -> None:
     assert [p.parts[:3] for p in written] == [("maildir", "example.test", "ok")]
 
 
-def test_only_bad_recipients_is_ok_without_writing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("local", ['"../../etc"', '"a/b"', '".."'])
+def test_quoted_smtp_traversal_is_refused(tmp_path: Path, local: str) -> None:
     logon = make_logon(tmp_path)
-    msg = make_message(rcpt("../x@example.test"))
+    msg = make_message(rcpt(f"{local}@example.test"), rcpt("ok@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    bad, ok = msg.recipients
+    assert bad.mark is not None and not bad.mark.delivered
+    assert bad.mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT
+    assert ok.mark is not None and ok.mark.delivered
+    assert sorted(p.name for p in (tmp_path / "maildir" / "example.test").iterdir()) == ["ok"]
+
+
+def test_quoted_local_part_names_the_same_mailbox(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    msg = make_message(rcpt('"Bob"@example.test'), rcpt('"Mixed.Case"@example.test'))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    assert all(r.mark is not None and r.mark.delivered for r in msg.recipients)
+    assert len(delivered_files(tmp_path / "maildir", "example.test", "bob")) == 1
+    assert len(delivered_files(tmp_path / "maildir", "example.test", "mixed.case")) == 1
+
+
+def test_unconvertible_message_fails_taken_recipients(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    # An address with a space cannot be written into the To header.
+    msg = make_message(rcpt("ok@example.test"), rcpt("bad address@elsewhere.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    ok, other = msg.recipients
+    assert ok.mark is not None and not ok.mark.delivered
+    assert ok.mark.reason == NDRReason.CONVERSION_NOT_PERFORMED
+    assert "cannot be converted" in ok.mark.text
+    assert other.mark is None
+    assert delivered_files(tmp_path / "maildir", "example.test", "ok") == []
+
+
+def test_only_bad_recipients_is_ok_without_writing(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, address_types="SMTP,X-LOCAL")
+    msg = make_message(rcpt("../x@example.test", adrtype="X-LOCAL"))
     assert logon.submit_message(msg, 0).code == HResult.S_OK
     assert msg.recipients[0].mark is not None and not msg.recipients[0].mark.delivered
     assert list((tmp_path / "maildir").iterdir()) == []
@@ -305,6 +355,49 @@ def test_write_error_waits_and_delivers_nothing(tmp_path: Path) -> None:
     assert delivered_files(root, "example.test", "alice") == []
     assert list((root / "example.test" / "alice" / "tmp").iterdir()) == []
     assert logon.status.last_error.startswith("Maildir write failed:")
+
+
+def test_unwritable_mailbox_waits_and_delivers_nothing(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    root = tmp_path / "maildir" / "example.test"
+    root.mkdir(parents=True)
+    (root / "bob").write_text("a file where bob's Maildir should be")  # fails even for root
+    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    result = logon.submit_message(msg, 0)
+    assert result.code == HResult.MAPI_E_WAIT
+    assert result.reason.startswith("Maildir write failed:")
+    assert list((root / "alice" / "tmp").iterdir()) == []
+    assert list((root / "alice" / "new").iterdir()) == []
+    assert logon.status.status_code & StatusCode.FAILURE
+    # Fixed: the next attempt delivers and clears the failure from the status row.
+    (root / "bob").unlink()
+    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    assert len(delivered_files(tmp_path / "maildir", "example.test", "alice")) == 1
+    assert len(delivered_files(tmp_path / "maildir", "example.test", "bob")) == 1
+    assert not logon.status.status_code & StatusCode.FAILURE
+
+
+def test_rename_error_waits_and_cleans_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logon = make_logon(tmp_path)
+    real_rename = os.rename
+    calls: list[Any] = []
+
+    def failing_rename(src: Any, dst: Any) -> None:
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(maildir_mod.os, "rename", failing_rename)
+    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    result = logon.submit_message(msg, 0)
+    assert result.code == HResult.MAPI_E_WAIT
+    root = tmp_path / "maildir" / "example.test"
+    # The documented window: alice's copy was already in new/ (a retry may duplicate it, never lose it).
+    assert len(list((root / "alice" / "new").iterdir())) == 1
+    assert list((root / "bob" / "new").iterdir()) == []
+    assert list((root / "bob" / "tmp").iterdir()) == []
 
 
 def test_write_error_in_tmp_removes_earlier_tmp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

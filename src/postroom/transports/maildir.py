@@ -15,8 +15,10 @@ Options:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -107,6 +109,13 @@ class MaildirConfig:
         return cls(root, frozenset(opts["domains"]), tuple(opts["address_types"]))
 
 
+def unquote_local_part(local: str) -> str:
+    """`"john.doe"` → `john.doe`: a quoted local part (RFC 5321 quoted-string) names the same mailbox."""
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", local[1:-1], flags=re.DOTALL)
+    return local
+
+
 def local_part_problem(local: str) -> str | None:
     """Why `local` cannot name a mailbox directory, or None when it can."""
     if not local:
@@ -181,10 +190,8 @@ def write_tmp(maildir: Path, data: bytes) -> Path:
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass
 
 
 # --- the provider and its logon ----------------------------------------------------------------
@@ -221,7 +228,8 @@ class MaildirLogon(TransportLogon):
         # Bcc, or two spellings differing in case) gets one file per recipient row.
         deliveries: list[tuple[OutboundRecipient, Path]] = []
         for rcpt in taken:
-            local, _, domain = rcpt.email_address.rpartition("@")
+            quoted, _, domain = rcpt.email_address.rpartition("@")
+            local = unquote_local_part(quoted)
             problem = local_part_problem(local)
             if problem is not None:
                 rcpt.mark_failed(
@@ -234,19 +242,31 @@ class MaildirLogon(TransportLogon):
         if not deliveries:
             return SubmitResult.ok()
 
-        # Two phases, so a retry never delivers a file twice. On a non-OK result the spooler
+        try:
+            # Every recipient gets the same bytes: Bcc recipients are never written into the
+            # header, so the copy for a Bcc recipient reveals no other Bcc recipient.
+            data = mime.to_bytes(message.data, include_bcc=False, linesep="\n")
+        except MAPIError as exc:  # the message itself is malformed: no retry can help
+            for rcpt, _ in deliveries:
+                rcpt.mark_failed(
+                    f"The message cannot be converted to Internet format: {exc.message}",
+                    reason=NDRReason.CONVERSION_NOT_PERFORMED,
+                    diag=NDRDiag.CONTENT_SYNTAX_IN_ERROR,
+                )
+            return SubmitResult.ok()
+        except OSError as exc:  # an attachment could not be read
+            return self._write_failed(exc)
+
+        # Two phases, so a retry does not deliver a file twice. On a non-OK result the spooler
         # discards every mark of this call and retries all these recipients later; so first
         # every file is written (and fsync'ed) to tmp/, which readers ignore, and an OSError
         # there (disk full, permissions) removes the tmp files and asks for a retry with
         # nothing delivered. Only when all tmp writes succeeded are the files renamed into
         # new/. A rename within one file system does not fail for lack of space; should one
-        # fail anyway, the files renamed before it stay delivered and a retry delivers them
-        # again: a duplicate, never a loss.
+        # (or the directory fsync) fail anyway, the files renamed before it stay delivered and
+        # the retry delivers them again: a duplicate, never a loss.
         written: list[tuple[OutboundRecipient, Path, Path]] = []
         try:
-            # Every recipient gets the same bytes: Bcc recipients are never written into the
-            # header, so the copy for a Bcc recipient reveals no other Bcc recipient.
-            data = mime.to_bytes(message.data, include_bcc=False, linesep="\n")
             for rcpt, maildir in deliveries:
                 ensure_maildir(maildir)
                 written.append((rcpt, maildir, write_tmp(maildir, data)))
@@ -255,18 +275,17 @@ class MaildirLogon(TransportLogon):
                 _unlink_quietly(tmp)
             return self._write_failed(exc)
 
-        synced: set[Path] = set()
         try:
-            for rcpt, maildir, tmp in written:
+            for _, maildir, tmp in written:
                 os.rename(tmp, maildir / "new" / tmp.name)
-                if maildir not in synced:
-                    _fsync_dir(maildir / "new")
-                    synced.add(maildir)
-                rcpt.mark_delivered()
+            for new_dir in dict.fromkeys(maildir / "new" for _, maildir, _ in written):
+                _fsync_dir(new_dir)
         except OSError as exc:
             for _, _, tmp in written:
                 _unlink_quietly(tmp)  # those not renamed yet; the renamed ones are gone from tmp/
             return self._write_failed(exc)
+        for rcpt, _, _ in written:
+            rcpt.mark_delivered()
 
         if self.status.status_code & StatusCode.FAILURE:
             self.status.set(remove=StatusCode.FAILURE, text="")
@@ -282,7 +301,7 @@ class MaildirProvider(TransportProvider):
     """Delivers mail for local domains into Maildir folders under one root directory."""
 
     display_name = "Maildir delivery"
-    option_help = {
+    option_help: Mapping[str, str] = {
         "root": f"directory holding <domain>/<localpart>/ Maildirs; relative to the profile (default {DEFAULT_ROOT!r})",
         "domains": "domains delivered here: a list or a comma-separated string (required)",
         "address_types": "address types taken by this transport (default ['SMTP'])",

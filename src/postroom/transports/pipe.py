@@ -177,7 +177,18 @@ class PipeLogon(TransportLogon):
         if not recipients:
             return SubmitResult.ok()
 
-        data = mime.to_bytes(message.data)
+        try:
+            data = mime.to_bytes(message.data)
+        except MAPIError as exc:  # the message itself is malformed: no retry can help
+            for rcpt in recipients:
+                rcpt.mark_failed(
+                    f"The message cannot be converted to Internet format: {exc.message}",
+                    reason=NDRReason.CONVERSION_NOT_PERFORMED,
+                    diag=NDRDiag.CONTENT_SYNTAX_IN_ERROR,
+                )
+            return SubmitResult.ok()
+        except OSError as exc:  # an attachment could not be read
+            return SubmitResult.wait(RETRY_SECONDS, f"cannot read the message: {exc}")
         argv = [*self.config.command, *(r.email_address for r in recipients)]
         try:
             outcome = await self._run(argv, data)
@@ -259,7 +270,7 @@ class PipeProvider(TransportProvider):
     """Hands each message to a command, with the recipients as arguments."""
 
     display_name = "Pipe to command"
-    option_help = {
+    option_help: Mapping[str, str] = {
         "command": "the command to run: a list of arguments, or a string split like a shell (required)",
         "address_types": "address types taken, e.g. ['FAX']; '*' takes every address type (required)",
         "timeout": f"seconds the command may run before it is killed (default {DEFAULT_TIMEOUT:g})",
