@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import recording  # noqa: E402
+from support import recording
 
 
 @pytest.fixture(autouse=True)

@@ -339,7 +339,7 @@ def test_date_in_reply_to_importance_priority_and_read_receipt() -> None:
 
 
 def test_html_body_and_attachment_types() -> None:
-    msg = note(PR_HTML="<p>Hello <b>world</b></p>".encode())
+    msg = note(PR_HTML=b"<p>Hello <b>world</b></p>")
     msg.attachments = [
         Attachment(props={T.PR_ATTACH_LONG_FILENAME: "report.pdf"}, data=b"%PDF-1.4"),
         Attachment(props={T.PR_ATTACH_LONG_FILENAME: "data.bin", T.PR_ATTACH_MIME_TAG: "image/png"}, data=b"\x89PNG"),

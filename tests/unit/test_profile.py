@@ -6,10 +6,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from support import recording  # noqa: F401
 
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.profile import Profile, default_profile_dir
+
+from support import recording
 
 
 class PreferLast(recording.RecordingProvider):
@@ -61,7 +62,9 @@ def test_order_accepts_provider_uids(tmp_path: Path) -> None:
         (["smtp", "fax", "telex"], HResult.MAPI_E_NOT_FOUND, "telex"),  # unknown
     ],
 )
-def test_order_must_list_every_transport_exactly_once(tmp_path: Path, order: list[str], code: HResult, named: str) -> None:
+def test_order_must_list_every_transport_exactly_once(
+    tmp_path: Path, order: list[str], code: HResult, named: str
+) -> None:
     p = make(tmp_path)
     with pytest.raises(MAPIError) as err:
         p.set_transport_order(order)

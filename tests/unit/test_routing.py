@@ -36,9 +36,7 @@ def test_uid_pass_comes_before_address_type_pass_whatever_the_order() -> None:
 
 
 def test_wildcard_matches_every_type_at_its_place_in_the_order() -> None:
-    router = Router(
-        [("any", Registration.any()), ("smtp", Registration.of("SMTP")), ("fax", Registration.of("FAX"))]
-    )
+    router = Router([("any", Registration.any()), ("smtp", Registration.of("SMTP")), ("fax", Registration.of("FAX"))])
     assert names(router.offers("SMTP", None)) == ["any", "smtp"]
     assert names(router.offers("WHATEVER", None)) == ["any"]
 

@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.profiles import make_profile
-from support.recording import LOGON_FAILS
 
 import postroom
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.entryid import MAPIUID, make_entry_id
 from postroom.mapi.flags import AttachMethod, MessageFlags, NDRDiag, NDRReason, StatusCode
-from postroom.store import RecipientState
 from postroom.transports.spi import OutboundMessage
+
+from support.profiles import make_profile
+from support.recording import LOGON_FAILS
 
 Calls = list[tuple[str, str, Any]]
 
@@ -37,9 +37,7 @@ def test_each_transport_sees_only_its_recipients_pending(tmp_path: Path, calls: 
     with postroom.logon(profile) as s:
         mid = s.create_message("hi").to("a@x.test", "FAX:+1555", "b@x.test").submit()
         s.deliver()
-        assert submissions(calls, "smtp") == [
-            {0: ("a@x.test", False), 1: ("+1555", True), 2: ("b@x.test", False)}
-        ]
+        assert submissions(calls, "smtp") == [{0: ("a@x.test", False), 1: ("+1555", True), 2: ("b@x.test", False)}]
         assert submissions(calls, "fax") == [{0: ("a@x.test", True), 1: ("+1555", False), 2: ("b@x.test", True)}]
         assert states(s, mid) == {0: ("delivered", "smtp"), 1: ("delivered", "fax"), 2: ("delivered", "smtp")}
 
@@ -322,9 +320,7 @@ def test_failed_logon_disables_the_service_and_its_address_types(tmp_path: Path,
 
 
 def test_preprocessors_run_only_for_their_transports_messages_in_order(tmp_path: Path, calls: Calls) -> None:
-    profile = make_profile(
-        tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}), ("fax", {"address_types": ["FAX"]})
-    )
+    profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}), ("fax", {"address_types": ["FAX"]}))
     seen: list[tuple[str, str]] = []
     with postroom.logon(profile) as s:
         s.enum_adr_types()  # log on

@@ -10,11 +10,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.profiles import make_profile
-from support.recording import CALLS
 
 import postroom
 from postroom.mapi.entryid import MAPIUID, make_entry_id
+
+from support.profiles import make_profile
+from support.recording import CALLS
 
 ADDRESS_TYPES = ["SMTP", "FAX", "X400"]
 UIDS = [MAPIUID(bytes([n]) * 16) for n in range(1, 4)]

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult
@@ -166,7 +167,8 @@ class OutboundProcessor:
         if p.offers:
             tried = ", ".join(o.transport for o in p.offers)
             return f"No transport accepted {p.recipient.address} (offered to: {tried})"
-        return f"No transport in this profile accepts the address type {p.recipient.address_type!r} of {p.recipient.address}"
+        r = p.recipient
+        return f"No transport in this profile accepts the address type {r.address_type!r} of {r.address}"
 
     @staticmethod
     def _ndr_wanted(message: MessageData) -> bool:
@@ -217,9 +219,11 @@ class OutboundProcessor:
             )
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
             try:
-                answer = await call_transport(logon.submit_message, view, BEGIN_DEFERRED if deferred else 0)
-                if not isinstance(answer, SubmitResult):
-                    answer = SubmitResult.ok() if answer is None else answer
+                answer: SubmitResult | None = await call_transport(
+                    logon.submit_message, view, BEGIN_DEFERRED if deferred else 0
+                )
+                if answer is None:  # a plain "return" from a transport means S_OK
+                    answer = SubmitResult.ok()
                 end = EndMessageFlags.NONE
                 if answer.code == HResult.S_OK:
                     end = EndMessageFlags(await call_transport(logon.end_message, view.ref) or 0)
@@ -308,6 +312,7 @@ class OutboundProcessor:
         for r in handled:
             mark = r.mark
             assert mark is not None
+            props: dict[int, Any]
             if mark.delivered:
                 props = {T.PR_DELIVER_TIME: mark.time}
                 if mark.text:

@@ -40,8 +40,8 @@ async def call_transport(fn: Callable[..., R | Awaitable[R]], *args: Any) -> R:
         return await fn(*args)  # type: ignore[no-any-return]
     result = await asyncio.to_thread(fn, *args)
     if inspect.isawaitable(result):
-        return await result  # type: ignore[no-any-return]
-    return result  # type: ignore[return-value]
+        return await result
+    return result
 
 
 def error_summary(exc: BaseException) -> str:

@@ -11,13 +11,13 @@ import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import IO
 
 from ..mapi.message import MessageData, Props
 
 
-class FolderRole(str, Enum):
+class FolderRole(StrEnum):
     """The special folders every store has."""
 
     ROOT = "root"
@@ -36,7 +36,7 @@ SPECIAL_FOLDER_NAMES: dict[FolderRole, str] = {
 }
 
 
-class QueueState(str, Enum):
+class QueueState(StrEnum):
     """Where a submitted message is in the outgoing queue."""
 
     QUEUED = "queued"  # ready, or waiting until next_attempt
@@ -44,7 +44,7 @@ class QueueState(str, Enum):
     DONE = "done"  # every recipient has its outcome (message left the queue)
 
 
-class RecipientState(str, Enum):
+class RecipientState(StrEnum):
     """A recipient's delivery outcome; exactly one final state per recipient."""
 
     PENDING = "pending"

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
@@ -180,7 +180,8 @@ class SQLiteStore(MessageStore):
             elif int(row[0]) > SCHEMA_VERSION:
                 raise MAPIError(
                     HResult.MAPI_E_VERSION,
-                    f"{self.path} was written by a newer postroom (store schema {row[0]}, this one knows {SCHEMA_VERSION})",
+                    f"{self.path} was written by a newer postroom "
+                    f"(store schema {row[0]}, this one knows {SCHEMA_VERSION})",
                 )
 
     def _meta(self, key: str) -> Any:
@@ -219,7 +220,10 @@ class SQLiteStore(MessageStore):
             count=count,
         )
 
-    _FOLDER_SQL = "SELECT f.id, f.name, f.parent_id, f.role, (SELECT count(*) FROM messages m WHERE m.folder_id=f.id) FROM folders f"
+    _FOLDER_SQL = (
+        "SELECT f.id, f.name, f.parent_id, f.role, "
+        "(SELECT count(*) FROM messages m WHERE m.folder_id=f.id) FROM folders f"
+    )
 
     def folders(self) -> list[Folder]:
         return [
@@ -369,7 +373,7 @@ class SQLiteStore(MessageStore):
         att = Attachment(props=dict(props), data=content if isinstance(content, bytes) else None, size=size)
         if not isinstance(content, bytes):
             stream = content
-            att.opener = lambda: _NoClose(stream)
+            att.opener = lambda: cast(IO[bytes], _NoClose(stream))
         with self._tx() as db:
             self._check_modifiable(db, message_id)
             num = self._insert_attachment(db, message_id, att)
@@ -430,7 +434,8 @@ class SQLiteStore(MessageStore):
     def _blob_opener(self, attachment_id: int) -> Any:
         def opener() -> IO[bytes]:
             with self._lock:
-                return _BlobReader(self._db.blobopen("attachments", "data", attachment_id, readonly=True), self._lock)
+                reader = _BlobReader(self._db.blobopen("attachments", "data", attachment_id, readonly=True), self._lock)
+                return cast(IO[bytes], reader)
 
         return opener
 
@@ -527,7 +532,8 @@ class SQLiteStore(MessageStore):
                 submitted = bool(rtype and int(rtype[0]) & MAPI_SUBMITTED)
                 self._insert_props(db, "recipient_props", (message_id, rid), {T.PR_RESPONSIBILITY: submitted})
                 db.execute(
-                    "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=? WHERE message_id=? AND row_id=?",
+                    "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=? "
+                    "WHERE message_id=? AND row_id=?",
                     ("delivered" if submitted else "pending", 1 if submitted else 0, message_id, rid),
                 )
             deferred = props.get(T.PR_DEFERRED_SEND_TIME)
@@ -542,7 +548,7 @@ class SQLiteStore(MessageStore):
                 message_id,
                 now,
                 "submitted",
-                f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due else ""),
+                f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due and deferred else ""),
             )
 
     def abort_submit(self, message_id: int, now: datetime) -> None:
@@ -631,7 +637,8 @@ class SQLiteStore(MessageStore):
                 row_id=rid, state=RecipientState(state), transport=xp, outcome_time=from_epoch(t), reported=bool(rep)
             )
             for rid, state, xp, t, rep in self._q(
-                "SELECT row_id, state, transport, outcome_time, reported FROM recipients WHERE message_id=? ORDER BY row_id",
+                "SELECT row_id, state, transport, outcome_time, reported FROM recipients "
+                "WHERE message_id=? ORDER BY row_id",
                 (message_id,),
             )
         ]
@@ -678,7 +685,8 @@ class SQLiteStore(MessageStore):
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
             db.execute(
-                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, last_error=coalesce(?, last_error) WHERE id=?",
+                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, "
+                "last_error=coalesce(?, last_error) WHERE id=?",
                 (to_epoch(next_attempt), error, message_id),
             )
             when = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
@@ -698,7 +706,8 @@ class SQLiteStore(MessageStore):
             flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~(MessageFlags.SUBMIT | MessageFlags.UNSENT)
             self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
             db.execute(
-                "UPDATE messages SET queue_state=NULL, lease_owner=NULL, lease_until=NULL, next_attempt=NULL WHERE id=?",
+                "UPDATE messages SET queue_state=NULL, lease_owner=NULL, lease_until=NULL, next_attempt=NULL "
+                "WHERE id=?",
                 (message_id,),
             )
             sentmail = props.get(T.PR_SENTMAIL_ENTRYID)

@@ -1,0 +1,361 @@
+"""Profile administration: init, message services, transport order, address types, routing, status."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..mapi.flags import StatusCode
+from ..profile import Profile, Service, transport_kinds
+from .context import App, CliError, json_option, pass_app
+from .output import redact
+
+
+def service_data(service: Service, position: int | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": service.name,
+        "kind": service.kind,
+        "provider_uid": bytes(service.provider_uid).hex(),
+        "prefer_last": service.prefer_last,
+        "options": redact(service.options),
+    }
+    if position is not None:
+        data = {"position": position, **data}
+    return data
+
+
+def options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in redact(options).items())
+
+
+# --- init ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path), metavar="[DIR]")
+@click.option("--empty", is_flag=True, help="Create it without the default `maildir` transport (no services at all).")
+@json_option
+@pass_app
+def init(app: App, directory: Path | None, empty: bool) -> None:
+    """Create a profile in DIR (else --profile, else the default location).
+
+    A profile is a directory holding profile.toml (its message services, i.e. the
+    transports, and their transport order) and the message store (folders, Outbox, queue).
+    By default it gets one transport, `local` (kind `maildir`), which delivers mail for
+    @localhost into Maildirs under DIR/maildir. It is an error if a profile exists there.
+    """
+    target = directory if directory is not None else app.target_dir()
+    profile = Profile.create(target, with_defaults=not empty)
+    if app.json:
+        app.out.document(
+            {"profile": str(profile.directory), "services": [service_data(s) for s in profile.services]}
+        )
+        return
+    app.out.echo(f"Created profile {profile.name!r} at {profile.directory}")
+    for s in profile.services:
+        app.out.echo(f"  transport {s.name!r} (kind {s.kind}): {options_text(s.options)}")
+    if not profile.services:
+        app.out.echo("  no transports yet: add one with `postroom service add KIND NAME --set KEY=VALUE`")
+
+
+# --- message services ------------------------------------------------------------------------------
+
+
+@click.group()
+def service() -> None:
+    """Message services: add, list and remove transports.
+
+    A message service brings a transport provider (a "transport"): the component that
+    delivers messages for the address types it registers (SMTP, FAX, …). Its KIND is the
+    provider installed under that name (see `postroom service kinds`).
+    """
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """KEY=VALUE; VALUE is a TOML value when it parses as one (30, true, ["a", "b"]), else a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--set")
+    if "\n" in raw or "\r" in raw:
+        return key, raw
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
+@service.command("add")
+@click.argument("kind")
+@click.argument("name")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the transport; repeatable. VALUE is read as TOML when it parses "
+    "(30, true, '[\"a.test\",\"b.test\"]'), else as a plain string.",
+)
+@click.option(
+    "--prefer-last/--no-prefer-last",
+    default=None,
+    help="Put the transport at the end of the default transport order (STATUS_XP_PREFER_LAST); "
+    "default: what the provider asks for.",
+)
+@json_option
+@pass_app
+def service_add(app: App, kind: str, name: str, settings: tuple[str, ...], prefer_last: bool | None) -> None:
+    """Add a transport of KIND named NAME, e.g.
+
+    postroom service add pipe fax --set command='["/usr/bin/sendfax"]' --set address_types='["FAX"]'
+    """
+    options: dict[str, Any] = {}
+    for text in settings:
+        key, value = parse_setting(text)
+        if key in options:
+            raise click.BadParameter(f"option {key!r} is given twice", param_hint="--set")
+        options[key] = value
+    session = app.session()
+    added = session.add_service(kind, name, options, prefer_last=prefer_last)
+    order = session.transport_order()
+    if app.json:
+        app.out.document(
+            {"service": service_data(added), "transport_order": [s.name for s in order]}
+        )
+        return
+    app.out.echo(f"Added transport {added.name!r} (kind {added.kind}, provider UID {bytes(added.provider_uid).hex()})")
+    app.out.echo(f"Transport order: {', '.join(s.name for s in order)}")
+
+
+@service.command("list")
+@json_option
+@pass_app
+def service_list(app: App) -> None:
+    """List the message services: name, kind, provider UID, prefer-last and options.
+
+    Values of options whose name contains "password" or "secret" are shown as ***.
+    """
+    services = app.session().services()
+    if app.json:
+        app.out.document([service_data(s) for s in services])
+        return
+    app.out.table(
+        ["NAME", "KIND", "PROVIDER UID", "PREFER LAST", "OPTIONS"],
+        [
+            [s.name, s.kind, bytes(s.provider_uid).hex(), "yes" if s.prefer_last else "no", options_text(s.options)]
+            for s in services
+        ],
+        empty="(no message services: add one with `postroom service add KIND NAME`)",
+    )
+
+
+@service.command("remove")
+@click.argument("name")
+@json_option
+@pass_app
+def service_remove(app: App, name: str) -> None:
+    """Remove the message service NAME (and its transport from the transport order)."""
+    removed = app.session().remove_service(name)
+    if app.json:
+        app.out.document({"removed": service_data(removed)})
+        return
+    app.out.echo(f"Removed transport {removed.name!r} (kind {removed.kind})")
+
+
+@service.command("kinds")
+@json_option
+@pass_app
+def service_kinds(app: App) -> None:
+    """The installed transport kinds and the options each accepts."""
+    kinds = transport_kinds()
+    data = [
+        {
+            "kind": kind,
+            "display_name": str(getattr(cls, "display_name", "")),
+            "prefer_last": bool(getattr(cls, "prefer_last", False)),
+            "options": dict(getattr(cls, "option_help", {}) or {}),
+        }
+        for kind, cls in sorted(kinds.items())
+    ]
+    if app.json:
+        app.out.document(data)
+        return
+    for item in data:
+        app.out.heading(f"{item['kind']}: {item['display_name']}" + (" (prefer last)" if item["prefer_last"] else ""))
+        for key, text in item["options"].items():
+            app.out.echo(f"  {key}: {text}")
+
+
+# --- transport order -------------------------------------------------------------------------
+
+
+def _show_order(app: App) -> None:
+    session = app.session()
+    order = session.transport_order()
+    explicit = session.profile.explicit_order is not None
+    if app.json:
+        app.out.document(
+            {"explicit": explicit, "transports": [service_data(s, n) for n, s in enumerate(order, 1)]}
+        )
+        return
+    how = (
+        "explicit (set with `postroom order set`)"
+        if explicit
+        else "default: order of addition, prefer-last transports at the end"
+    )
+    app.out.table(
+        ["POS", "TRANSPORT", "KIND", "PREFER LAST", "PROVIDER UID"],
+        [
+            [str(n), s.name, s.kind, "yes" if s.prefer_last else "no", bytes(s.provider_uid).hex()]
+            for n, s in enumerate(order, 1)
+        ],
+        title=f"Transport order ({how})",
+        empty="(no transports)",
+    )
+
+
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def order(ctx: click.Context) -> None:
+    """Show the transport order, or change it with `order set` / `order reset`.
+
+    The transport order decides which transport is offered a recipient first when several
+    register its address type; a transport that leaves a recipient alone ("not me") lets the
+    next one in the order try.
+    """
+    if ctx.invoked_subcommand is None:
+        _show_order(ctx.find_object(App) or App())
+
+
+@order.command("set")
+@click.argument("names", nargs=-1, required=True, metavar="NAME [NAME ...]")
+@json_option
+@pass_app
+def order_set(app: App, names: tuple[str, ...]) -> None:
+    """Set the transport order: every transport, each exactly once, first one first.
+
+    A missing or repeated transport is MAPI_E_BUSY (as MsgServiceTransportOrder answers);
+    an unknown one is MAPI_E_NOT_FOUND.
+    """
+    app.session().set_transport_order(list(names))
+    _show_order(app)
+
+
+@order.command("reset")
+@json_option
+@pass_app
+def order_reset(app: App) -> None:
+    """Back to the default order: order of addition, prefer-last transports at the end."""
+    app.session().reset_transport_order()
+    _show_order(app)
+
+
+# --- address types, routing, status --------------------------------------------------------------
+
+
+@click.command()
+@json_option
+@pass_app
+def adrtypes(app: App) -> None:
+    """The address types the logged-on transports register (EnumAdrTypes).
+
+    An address type is the part before the colon of an address (SMTP:a@b.test, FAX:+1555…);
+    a transport is only offered recipients of the address types it registered.
+    """
+    types = app.session().enum_adr_types()
+    if app.json:
+        app.out.document(types)
+        return
+    if not types:
+        app.out.echo("(no transport registered an address type)")
+    for t in types:
+        app.out.echo(t)
+
+
+@click.command()
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@json_option
+@pass_app
+def route(app: App, addresses: tuple[str, ...]) -> None:
+    """Dry run: which transport each ADDRESS is offered to first, and which ones after it.
+
+    ADDRESS is ADRTYPE:address, "Name <ADRTYPE:address>" or a bare e-mail address (SMTP).
+    Nothing is sent. An address no transport takes would get an NDR (non-delivery report).
+    """
+    answers = app.session().route(addresses)
+    data = [
+        {
+            "input": text,
+            "address": a.address.address,
+            "address_type": a.address.address_type,
+            "email_address": a.address.email_address,
+            "display_name": a.address.display_name,
+            "offers": [
+                {"transport": o.transport, "position": o.position + 1, "matched_by": o.matched_by} for o in a.offers
+            ],
+            "ndr": not a.offers,
+        }
+        for text, a in zip(addresses, answers, strict=True)
+    ]
+    if app.json:
+        app.out.document(data)
+        return
+    for item in data:
+        app.out.heading(str(item["address"]))
+        if not item["offers"]:
+            app.out.echo("  no transport: NDR")
+            continue
+        for n, offer in enumerate(item["offers"]):
+            role = "offered first" if n == 0 else "then, if it is left alone"
+            app.out.echo(
+                f"  {n + 1}. {offer['transport']}  (matched by {offer['matched_by']};"
+                f" transport order position {offer['position']})  {role}"
+            )
+
+
+def _status_names(code: int) -> str:
+    names = [f.name for f in StatusCode if f.value and code & f.value == f.value and f.name]
+    return ", ".join(n.lower() for n in names if n) or "-"
+
+
+@click.command()
+@json_option
+@pass_app
+def status(app: App) -> None:
+    """The status table: one status row per transport (available, failed, and why)."""
+    rows = app.session().status()
+    if app.json:
+        app.out.document(
+            [
+                {
+                    "transport": r.display_name,
+                    "provider": r.provider_display,
+                    "status_code": int(r.status_code),
+                    "status": _status_names(int(r.status_code)).split(", "),
+                    "status_string": r.status_string,
+                    "identity": r.identity,
+                    "last_error": r.last_error,
+                    "last_error_time": r.last_error_time,
+                }
+                for r in rows
+            ]
+        )
+        return
+    app.out.table(
+        ["TRANSPORT", "PROVIDER", "STATUS", "IDENTITY", "LAST ERROR"],
+        [
+            [r.display_name, r.provider_display, _status_names(int(r.status_code)), r.identity, r.last_error or "-"]
+            for r in rows
+        ],
+        empty="(no transports)",
+    )
+
+
+def check_exists(path: Path, what: str) -> None:
+    if not path.exists():
+        raise CliError(f"{what} {str(path)!r} does not exist")

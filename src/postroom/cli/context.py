@@ -1,0 +1,93 @@
+"""What every command shares: the profile choice, the (lazy) session, the output mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..profile import PROFILE_FILE, Profile, default_profile_dir
+from ..session import Session, logon
+from .output import Output
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """A one-line error for the user; exit code 2 (bad input) unless told otherwise."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class App:
+    """The global options and the session, opened on first use and closed when the command ends."""
+
+    #: The App of the running command, so that errors can honour --json after the context is gone.
+    current: App | None = None
+
+    def __init__(self, profile_dir: Path | None = None, json_mode: bool = False) -> None:
+        self.profile_dir = profile_dir
+        self.out = Output(json_mode)
+        self._session: Session | None = None
+        App.current = self
+
+    @property
+    def json(self) -> bool:
+        return self.out.json
+
+    def target_dir(self) -> Path:
+        """The profile directory this command works on: --profile, else the default one."""
+        return self.profile_dir if self.profile_dir is not None else default_profile_dir()
+
+    def profile(self) -> Profile:
+        """--profile must name an existing profile; the default one is created on first use."""
+        if self.profile_dir is not None:
+            return Profile.load(self.profile_dir)
+        directory = default_profile_dir()
+        if (directory / PROFILE_FILE).exists():
+            return Profile.load(directory)
+        profile = Profile.create(directory)
+        click.echo(
+            f"postroom: created the default profile at {directory} "
+            "(transport 'local' delivers mail for localhost into Maildirs)",
+            err=True,
+        )
+        return profile
+
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = logon(self.profile())
+        return self._session
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        app = ctx.find_object(App)
+        if app is not None:
+            app.out.json = True
+
+
+def json_option(fn: F) -> F:
+    """`--json` on a subcommand, the same as the global one."""
+    return click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_json,
+        help="Machine output: one JSON document on stdout.",
+    )(fn)
