@@ -37,6 +37,7 @@ import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
@@ -76,6 +77,8 @@ _ADDR_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _ENHANCED_STATUS = re.compile(r"(?<![\d.])\d\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
+_ENCODED_WORD_GAP = re.compile(f"({_ENCODED_WORD})[ \t]+(?={_ENCODED_WORD})")
 _SMTP_CODE = re.compile(r"([2-5]\d\d)(?!\d)")
 
 _ADDRESS_HEADERS = (
@@ -109,7 +112,9 @@ def _make_policy(base: EmailPolicy[EmailMessage]) -> EmailPolicy[EmailMessage]:
     return base.clone(header_factory=registry)
 
 
-_OUT_POLICY = _make_policy(email.policy.SMTP)
+# cte_type="7bit": the package then picks quoted-printable/base64 for non-ASCII bodies instead of
+# 8bit, so the output needs neither 8BITMIME nor SMTPUTF8 unless an address demands it.
+_OUT_POLICY = _make_policy(email.policy.SMTP.clone(cte_type="7bit"))
 _IN_POLICY = email.policy.default
 # Re-serialising a parsed embedded message: keep its header lines as they arrived.
 _RAW_POLICY = email.policy.default.clone(refold_source="none")
@@ -503,16 +508,29 @@ def _get_date(part: Message, name: str) -> datetime | None:
     return _aware(when).astimezone(UTC) if isinstance(when, datetime) else None
 
 
+def _decode_words(text: str) -> str:
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:
+        return text
+
+
 def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:
     """(display name, address) pairs of an address header, groups flattened, empties dropped."""
     pairs: list[tuple[str, str]] = []
-    try:
-        for value in part.get_all(name) or ():
-            for addr in getattr(value, "addresses", ()):
-                pairs.append((str(addr.display_name), str(addr.addr_spec)))
-    except Exception:
-        raw = [str(v) for k, v in part.raw_items() if k.lower() == name.lower()]
-        pairs = list(getaddresses(raw))
+    for key, value in part.raw_items():
+        if key.lower() != name.lower():
+            continue
+        raw = "".join(str(value).splitlines())
+        # Python 3.11's phrase parser keeps the blank between two adjacent encoded words, which
+        # RFC 2047 §6.2 says to drop (long names are folded exactly so); drop it before parsing.
+        unfolded = _ENCODED_WORD_GAP.sub(r"\1", raw)
+        try:
+            header = _IN_POLICY.header_factory(name, unfolded)
+            pairs.extend((str(a.display_name), str(a.addr_spec)) for a in header.addresses)
+        except Exception:
+            # e.g. a name that decodes to CR/LF, which the package refuses outright
+            pairs.extend((_decode_words(n), a) for n, a in getaddresses([raw]))
     cleaned = [(_display_name(n), _HEADER_BREAKS.sub("", _scrub(a)).strip()) for n, a in pairs]
     return [(n, a) for n, a in cleaned if a and a != "<>"]
 

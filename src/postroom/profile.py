@@ -92,6 +92,10 @@ class Service:
     provider_uid: MAPIUID
     options: dict[str, Any] = field(default_factory=dict)
     prefer_last: bool = False
+    #: Load at start-up and call even when offline (the option KB 317412's fix introduced).
+    call_when_offline: bool = False
+    #: How often a transport that asks to be polled (LOGON_SP_POLL) is polled.
+    poll_seconds: float = 60.0
 
     def to_toml(self) -> dict[str, Any]:
         return {
@@ -99,6 +103,8 @@ class Service:
             "kind": self.kind,
             "provider_uid": bytes(self.provider_uid).hex(),
             "prefer_last": self.prefer_last,
+            "call_when_offline": self.call_when_offline,
+            "poll_seconds": self.poll_seconds,
             "options": self.options,
         }
 
@@ -111,9 +117,13 @@ class Service:
                 provider_uid=MAPIUID.from_hex(str(data["provider_uid"])),
                 options=dict(data.get("options", {})),
                 prefer_last=bool(data.get("prefer_last", False)),
+                call_when_offline=bool(data.get("call_when_offline", False)),
+                poll_seconds=float(data.get("poll_seconds", 60.0)),
             )
         except KeyError as exc:
             raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"a [[service]] lacks {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"a [[service]] has a bad value: {exc}") from exc
 
 
 @dataclass
@@ -125,6 +135,7 @@ class Profile:
     services: list[Service] = field(default_factory=list)
     explicit_order: list[MAPIUID] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     # --- files --------------------------------------------------------------------------------
     @property
@@ -154,7 +165,10 @@ class Profile:
         order = profile.pop("transport_order", None)
         explicit = [MAPIUID.from_hex(str(u)) for u in order] if order is not None else None
         name = str(profile.pop("name", d.name))
-        p = cls(directory=d, name=name, services=services, explicit_order=explicit, settings=profile)
+        groups = data.get("sendreceive_group", [])
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{path}: [[sendreceive_group]] must be tables")
+        p = cls(directory=d, name=name, services=services, explicit_order=explicit, settings=profile, groups=groups)
         p._check_unique()
         return p
 
@@ -165,6 +179,8 @@ class Profile:
         if self.explicit_order is not None:
             data["profile"]["transport_order"] = [bytes(u).hex() for u in self.explicit_order]
         data["service"] = [s.to_toml() for s in self.services]
+        if self.groups:
+            data["sendreceive_group"] = self.groups
         tmp = self.path.with_suffix(".toml.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
@@ -214,7 +230,14 @@ class Profile:
         raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no service named {name!r} in this profile (services: {known})")
 
     def add_service(
-        self, kind: str, name: str, options: Mapping[str, Any] | None = None, *, prefer_last: bool | None = None
+        self,
+        kind: str,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        prefer_last: bool | None = None,
+        call_when_offline: bool = False,
+        poll_seconds: float = 60.0,
     ) -> Service:
         if not SERVICE_NAME.match(name):
             raise MAPIError(
@@ -231,7 +254,11 @@ class Profile:
             provider_uid=MAPIUID.new(),
             options=checked,
             prefer_last=cls.prefer_last if prefer_last is None else prefer_last,
+            call_when_offline=call_when_offline,
+            poll_seconds=poll_seconds,
         )
+        if poll_seconds <= 0:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "poll_seconds must be positive")
         self.services.append(service)
         if self.explicit_order is not None:
             # An explicit order stays complete: a new transport joins at the end.
@@ -301,4 +328,15 @@ class Profile:
 
     @property
     def mode(self) -> str:
-        return str(self.settings.get("mode", "online"))
+        """"online" or "offline" (persisted; `postroom online` / `postroom offline`)."""
+        mode = str(self.settings.get("mode", "online"))
+        return mode if mode in ("online", "offline") else "online"
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("online", "offline"):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"mode is 'online' or 'offline', not {mode!r}")
+        self.settings["mode"] = mode
+
+    def reload(self) -> Profile:
+        """A fresh copy from disk (another process may have changed mode, services or order)."""
+        return Profile.load(self.directory)

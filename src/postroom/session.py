@@ -11,7 +11,7 @@ import asyncio
 import getpass
 import mimetypes
 import os
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import make_msgid
@@ -22,13 +22,14 @@ from .addressing import ParsedAddress, parse_address
 from .mapi import tags as T
 from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
-from .mapi.flags import LogonFlags, MessageFlags, RecipientType
+from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Profile, Service
+from .protocol import ProtocolManager, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
 from .spooler.routing import Offer
-from .store import Event, Folder, FolderRole, MessageSummary, QueueEntry, RecipientStatus, SQLiteStore
-from .transports.spi import StatusRow
+from .store import Event, Folder, FolderRole, MessageSummary, QueueEntry, RecipientStatus, SQLiteStore, WaitKind
+from .transports.spi import StatusRow, status_row_dict
 
 R = TypeVar("R")
 
@@ -208,7 +209,8 @@ class _SessionCore:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.store = SQLiteStore(profile.store_path)
         self.transports = TransportTable(profile)
-        self.spooler = Spooler(self.store, self.transports, clock=self.clock)
+        self.protocol = ProtocolManager(self)
+        self.spooler = Spooler(self.store, self.transports, clock=self.clock, may_call=self.protocol.may_call)
 
     # --- folders --------------------------------------------------------------------------
     @property
@@ -257,6 +259,15 @@ class _SessionCore:
 
     def events(self, ref: str | int | bytes) -> list[Event]:
         return self.store.events(self.store.resolve_message(ref))
+
+    def _summary(self, message_id: int) -> MessageSummary | None:
+        try:
+            folder = self.store.message_folder(message_id)
+        except MAPIError:
+            return None
+        if folder is None:
+            return None
+        return next((m for m in self.store.list_messages(folder) if m.id == message_id), None)
 
     def recipient_states(self, ref: str | int | bytes) -> list[RecipientStatus]:
         return self.store.recipient_states(self.store.resolve_message(ref))
@@ -352,9 +363,12 @@ class _SessionCore:
         if self.transports.logged_on:
             await self.transports.logoff_all()
         self.transports = TransportTable(self.profile)
-        self.spooler = Spooler(self.store, self.transports, clock=self.clock, owner=self.spooler.owner)
+        self.spooler = Spooler(
+            self.store, self.transports, clock=self.clock, owner=self.spooler.owner, may_call=self.protocol.may_call
+        )
         self._needs_relogon = False
-        await self.transports.logon_all(LogonFlags.NO_DIALOG)
+        await self.protocol.start()
+        self.publish_status()
 
     async def _enum_adr_types(self) -> list[str]:
         await self._ensure_logged_on()
@@ -372,7 +386,78 @@ class _SessionCore:
 
     async def _status(self) -> list[StatusRow]:
         await self._ensure_logged_on()
-        return [t.status for t in self.transports.transports]
+        return self.status_table()
+
+    def status_table(self) -> list[StatusRow]:
+        """The status table: the subsystem, the spooler, then one row per transport (§9.1)."""
+        waiting = sum(1 for q in self.store.queue() if q.waiting_for is WaitKind.SEND_RECEIVE)
+        subsystem = StatusRow(
+            "MAPI subsystem", "postroom", int(ResourceType.SUBSYSTEM), StatusCode.AVAILABLE, f"profile {self.profile.name}"
+        )
+        offline = self.profile.mode == "offline"
+        spooler = StatusRow(
+            "MAPI spooler",
+            "postroom spooler",
+            int(ResourceType.SPOOLER),
+            StatusCode.OFFLINE if offline else StatusCode.AVAILABLE,
+            ("offline" + (f", {waiting} message(s) waiting for Send/Receive" if waiting else "")) if offline else "online",
+            resource_methods=ResourceMethods.FLUSH_QUEUES | ResourceMethods.VALIDATE_STATE,
+        )
+        return [subsystem, spooler, *(t.status for t in self.transports.transports)]
+
+    def publish_status(self) -> None:
+        """Write the status table into the store so other processes (`postroom status`) see it."""
+        rows = [(r.display_name, status_row_dict(r)) for r in self.status_table()]
+        self.store.save_status_rows(self.spooler.owner, rows, self.clock())
+
+    # --- mode, Send/Receive, inbound -------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.profile.mode
+
+    async def _set_mode(self, mode: str) -> None:
+        if self.transports.logged_on:
+            await self.protocol.set_mode(mode)
+        else:
+            self.profile.set_mode(mode)
+            self.profile.save()
+            self.store.bus.publish("mode", mode=mode)
+
+    async def _send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
+        await self._ensure_logged_on()
+        return await self.protocol.send_receive(group, **kw)
+
+    async def _receive(self) -> int:
+        """Run the inbound side once: poll transports that are due, fetch what waits."""
+        await self._ensure_logged_on()
+        total = 0
+        for t in self.transports.transports:
+            if t.logon is not None and self.protocol.may_receive(t):
+                total += await self.protocol.receive(t)
+        return total
+
+    async def _validate_state(self) -> None:
+        """ValidateState on the spooler's row: log on again, re-read every registration."""
+        self._needs_relogon = True
+        self.profile = self.profile.reload()
+        await self._ensure_logged_on()
+
+    async def _run_spooler(self, stop: asyncio.Event, on_pass: Callable[[PassSummary], None] | None = None) -> None:
+        await self._ensure_logged_on()
+        await self.protocol.run(stop, on_pass=on_pass)
+
+    # --- receive folders -----------------------------------------------------------------------------
+    def set_receive_folder(self, message_class: str, folder: str | int | None) -> None:
+        """SetReceiveFolder: `IPM.Note.Fax` → "Faxes"; None removes the association."""
+        self.store.set_receive_folder(message_class, None if folder is None else self.folder(folder).id)
+
+    def receive_folders(self) -> list[tuple[str, Folder]]:
+        by_id = {f.id: f for f in self.store.folders()}
+        rows = []
+        for cls, fid in sorted(self.store.receive_folders().items()):
+            folder = by_id.get(fid) or self.store.find_folder(fid)
+            rows.append((cls, folder))
+        return rows
 
     async def _close(self) -> None:
         if self.transports.logged_on:
@@ -395,6 +480,31 @@ class AsyncSession(_SessionCore):
 
     async def status(self) -> list[StatusRow]:
         return await self._status()
+
+    async def set_mode(self, mode: str) -> None:
+        await self._set_mode(mode)
+
+    async def send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
+        return await self._send_receive(group, **kw)
+
+    async def receive(self) -> int:
+        return await self._receive()
+
+    async def validate_state(self) -> None:
+        await self._validate_state()
+
+    async def run_spooler(self, stop: asyncio.Event) -> None:
+        """The spooler daemon until `stop` is set."""
+        await self._run_spooler(stop)
+
+    async def new_mail(self) -> AsyncIterator[MessageSummary]:
+        """New messages as they are delivered, by any process on this profile (fnevNewMail)."""
+        with self.store.bus.listen() as listener:
+            async for note in listener:
+                if note.kind == "newmail":
+                    summary = self._summary(int(note.data.get("message_id", 0)))
+                    if summary is not None:
+                        yield summary
 
     async def close(self) -> None:
         await self._close()
@@ -429,7 +539,42 @@ class Session(_SessionCore):
         return self._run(self._deliver(limit))
 
     def status(self) -> list[StatusRow]:
+        """The status table after logging on (subsystem, spooler, one row per transport)."""
         return self._run(self._status())
+
+    def set_mode(self, mode: str) -> None:
+        """Go "online" or "offline" (persisted in the profile; a running spooler daemon follows)."""
+        self._run(self._set_mode(mode))
+
+    def send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
+        """Send/Receive for a group (default "All Accounts"); works offline too."""
+        return self._run(self._send_receive(group, **kw))
+
+    def receive(self) -> int:
+        """Fetch inbound mail from every transport that may be called now."""
+        return self._run(self._receive())
+
+    def validate_state(self) -> None:
+        self._run(self._validate_state())
+
+    def run_spooler(self, stop: asyncio.Event | None = None, on_pass: Callable[[PassSummary], None] | None = None) -> None:
+        """Run the spooler daemon until `stop` is set (or SIGINT/SIGTERM, handled by the caller)."""
+        self._run(self._run_spooler(stop or asyncio.Event(), on_pass))
+
+    def on_new_mail(self, callback: Callable[[MessageSummary], None], *, stop: asyncio.Event | None = None) -> None:
+        """Call `callback` for every new message until `stop` is set (blocking)."""
+
+        async def loop() -> None:
+            done = stop or asyncio.Event()
+            with self.store.bus.listen() as listener:
+                while not done.is_set():
+                    note = await listener.get(timeout=0.5)
+                    if note is not None and note.kind == "newmail":
+                        summary = self._summary(int(note.data.get("message_id", 0)))
+                        if summary is not None:
+                            callback(summary)
+
+        self._run(loop())
 
     def close(self) -> None:
         try:

@@ -11,7 +11,7 @@ import click
 
 from ..mapi.flags import StatusCode
 from ..profile import Profile, Service, transport_kinds
-from .context import App, CliError, json_option, pass_app
+from .context import App, json_option, pass_app
 from .output import redact
 
 
@@ -41,7 +41,9 @@ def options_text(options: dict[str, Any]) -> str:
 @json_option
 @pass_app
 def init(app: App, directory: Path | None, empty: bool) -> None:
-    """Create a profile in DIR (else --profile, else the default location).
+    """Create a profile.
+
+    The profile goes into DIR, else the --profile directory, else the default location.
 
     A profile is a directory holding profile.toml (its message services, i.e. the
     transports, and their transport order) and the message store (folders, Outbox, queue).
@@ -51,9 +53,7 @@ def init(app: App, directory: Path | None, empty: bool) -> None:
     target = directory if directory is not None else app.target_dir()
     profile = Profile.create(target, with_defaults=not empty)
     if app.json:
-        app.out.document(
-            {"profile": str(profile.directory), "services": [service_data(s) for s in profile.services]}
-        )
+        app.out.document({"profile": str(profile.directory), "services": [service_data(s) for s in profile.services]})
         return
     app.out.echo(f"Created profile {profile.name!r} at {profile.directory}")
     for s in profile.services:
@@ -67,7 +67,7 @@ def init(app: App, directory: Path | None, empty: bool) -> None:
 
 @click.group()
 def service() -> None:
-    """Message services: add, list and remove transports.
+    """Add, list and remove message services (transports).
 
     A message service brings a transport provider (a "transport"): the component that
     delivers messages for the address types it registers (SMTP, FAX, …). Its KIND is the
@@ -98,7 +98,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
     multiple=True,
     metavar="KEY=VALUE",
     help="An option of the transport; repeatable. VALUE is read as TOML when it parses "
-    "(30, true, '[\"a.test\",\"b.test\"]'), else as a plain string.",
+    '(30, true, \'["a.test","b.test"]\'), else as a plain string.',
 )
 @click.option(
     "--prefer-last/--no-prefer-last",
@@ -123,9 +123,7 @@ def service_add(app: App, kind: str, name: str, settings: tuple[str, ...], prefe
     added = session.add_service(kind, name, options, prefer_last=prefer_last)
     order = session.transport_order()
     if app.json:
-        app.out.document(
-            {"service": service_data(added), "transport_order": [s.name for s in order]}
-        )
+        app.out.document({"service": service_data(added), "transport_order": [s.name for s in order]})
         return
     app.out.echo(f"Added transport {added.name!r} (kind {added.kind}, provider UID {bytes(added.provider_uid).hex()})")
     app.out.echo(f"Transport order: {', '.join(s.name for s in order)}")
@@ -170,9 +168,9 @@ def service_remove(app: App, name: str) -> None:
 @json_option
 @pass_app
 def service_kinds(app: App) -> None:
-    """The installed transport kinds and the options each accepts."""
+    """List the installed transport kinds and the options each accepts."""
     kinds = transport_kinds()
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "kind": kind,
             "display_name": str(getattr(cls, "display_name", "")),
@@ -198,9 +196,7 @@ def _show_order(app: App) -> None:
     order = session.transport_order()
     explicit = session.profile.explicit_order is not None
     if app.json:
-        app.out.document(
-            {"explicit": explicit, "transports": [service_data(s, n) for n, s in enumerate(order, 1)]}
-        )
+        app.out.document({"explicit": explicit, "transports": [service_data(s, n) for n, s in enumerate(order, 1)]})
         return
     how = (
         "explicit (set with `postroom order set`)"
@@ -222,7 +218,9 @@ def _show_order(app: App) -> None:
 @json_option
 @click.pass_context
 def order(ctx: click.Context) -> None:
-    """Show the transport order, or change it with `order set` / `order reset`.
+    """Show or set the transport order.
+
+    `order` shows it; `order set` and `order reset` change it.
 
     The transport order decides which transport is offered a recipient first when several
     register its address type; a transport that leaves a recipient alone ("not me") lets the
@@ -262,7 +260,9 @@ def order_reset(app: App) -> None:
 @json_option
 @pass_app
 def adrtypes(app: App) -> None:
-    """The address types the logged-on transports register (EnumAdrTypes).
+    """List the address types the transports register.
+
+    This is EnumAdrTypes over the logged-on transports.
 
     An address type is the part before the colon of an address (SMTP:a@b.test, FAX:+1555…);
     a transport is only offered recipients of the address types it registered.
@@ -282,13 +282,15 @@ def adrtypes(app: App) -> None:
 @json_option
 @pass_app
 def route(app: App, addresses: tuple[str, ...]) -> None:
-    """Dry run: which transport each ADDRESS is offered to first, and which ones after it.
+    """Dry run: which transports would take each address.
+
+    For each ADDRESS: the transport it is offered to first, and the ones after it.
 
     ADDRESS is ADRTYPE:address, "Name <ADRTYPE:address>" or a bare e-mail address (SMTP).
     Nothing is sent. An address no transport takes would get an NDR (non-delivery report).
     """
     answers = app.session().route(addresses)
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "input": text,
             "address": a.address.address,
@@ -327,7 +329,10 @@ def _status_names(code: int) -> str:
 @json_option
 @pass_app
 def status(app: App) -> None:
-    """The status table: one status row per transport (available, failed, and why)."""
+    """Show the status table: one status row per transport.
+
+    A status row says whether the transport is available or failed, and why.
+    """
     rows = app.session().status()
     if app.json:
         app.out.document(
@@ -354,8 +359,3 @@ def status(app: App) -> None:
         ],
         empty="(no transports)",
     )
-
-
-def check_exists(path: Path, what: str) -> None:
-    if not path.exists():
-        raise CliError(f"{what} {str(path)!r} does not exist")

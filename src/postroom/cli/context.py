@@ -16,13 +16,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CliError(click.ClickException):
-    """A one-line error for the user; exit code 2 (bad input) unless told otherwise."""
+    """A one-line error for the user about bad input; exit code 2."""
 
     exit_code = 2
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class App:

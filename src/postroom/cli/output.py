@@ -17,6 +17,8 @@ from typing import Any
 import click
 
 REDACTED = "***"
+#: Colours of delivery states on a terminal.
+STATE_STYLES = {"delivered": "green", "failed": "red", "expired": "red", "waiting": "yellow", "pending": "yellow"}
 _SECRET_WORDS = ("password", "secret", "token")
 
 
@@ -126,6 +128,7 @@ class Output:
         *,
         title: str | None = None,
         empty: str = "(none)",
+        state_column: int | None = None,
     ) -> None:
         cells = [[one_line("" if c is None else str(c)) for c in row] for row in rows]
         if title:
@@ -142,7 +145,9 @@ class Output:
             for col in columns:
                 table.add_column(col, overflow="fold")
             for row in cells:
-                table.add_row(*(Text(c) for c in row))
+                table.add_row(
+                    *(Text(c, style=STATE_STYLES.get(c, "") if i == state_column else "") for i, c in enumerate(row))
+                )
             self.console.print(table)
             return
         widths = [max(len(columns[i]), *(len(r[i]) for r in cells)) for i in range(len(columns))]

@@ -23,7 +23,7 @@ from ..mapi import tags as T
 from ..mapi.codes import HResult
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
-from ..store.base import FolderRole, MessageStore, RecipientOutcome, RecipientState
+from ..store.base import FolderRole, MessageStore, RecipientOutcome, RecipientState, WaitKind
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .reports import ReportRow, delivery_report, non_delivery_report
 from .routing import Offer
@@ -46,6 +46,19 @@ class MessageResult:
     failed: int = 0
     waiting: int = 0
     finished: str | None = None  # "moved" / "deleted" / "left" when the message left the queue
+    offline: bool = False  # some recipients wait for Send/Receive
+    delivered_by: dict[str, int] = field(default_factory=dict)
+    failed_by: dict[str, int] = field(default_factory=dict)
+
+    def count(self, transport: str, delivered: bool, n: int = 1) -> None:
+        if n <= 0:
+            return
+        if delivered:
+            self.delivered += n
+            self.delivered_by[transport] = self.delivered_by.get(transport, 0) + n
+        else:
+            self.failed += n
+            self.failed_by[transport] = self.failed_by.get(transport, 0) + n
     next_attempt: datetime | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -96,6 +109,7 @@ class OutboundProcessor:
             if states[r.row_id].state is RecipientState.PENDING
         ]
         waits: list[tuple[float, str]] = []
+        offline = False
 
         await self._run_preprocessors(message, pending)
 
@@ -109,10 +123,10 @@ class OutboundProcessor:
             assert offer is not None
             transport = self.transports.by_name(offer.transport)
             if not self.may_call(transport):
-                # Offline, or the transport is not to be called now: these recipients wait for it.
+                # Offline: these recipients wait in the Outbox for Send/Receive (or going online).
                 for p in mine:
                     pending.remove(p)
-                waits.append((0.0, f"waiting for Send/Receive on {transport.name}"))
+                offline = True
                 result.waiting += len(mine)
                 continue
             outcome, handled = await self._offer(message, message_id, transport, mine, result)
@@ -144,20 +158,23 @@ class OutboundProcessor:
                 for p in leftovers
             ]
             self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
-            result.failed += len(outcomes)
+            result.count("", False, len(outcomes))
 
         self._send_reports(message_id, message)
 
         if waits:
             delay = min(w for w, _ in waits)
             reason = "; ".join(dict.fromkeys(text for _, text in waits))
-            next_attempt = self.clock() + timedelta(seconds=delay) if delay > 0 else None
-            if delay <= 0:
-                # Waiting for Send/Receive: not due again until someone flushes the queue.
-                next_attempt = self.clock() + timedelta(days=3650)
-            self.store.release(message_id, self.owner, self.clock(), next_attempt, reason)
+            next_attempt = self.clock() + timedelta(seconds=delay)
+            kind = WaitKind.DEFERRED if delay >= DEFERRED_BY_TRANSPORT_SECONDS else WaitKind.RETRY
+            self.store.release(message_id, self.owner, self.clock(), next_attempt, reason, kind)
             result.next_attempt = next_attempt
             result.errors.append(reason)
+        elif offline:
+            # Not an error: nothing is marked failed, the message waits quietly in the Outbox.
+            reason = "offline: waiting for Send/Receive"
+            self.store.release(message_id, self.owner, self.clock(), None, reason, WaitKind.SEND_RECEIVE)
+            result.offline = True
         else:
             result.finished = self.store.finish(message_id, self.owner, self.clock())
         return result
@@ -243,8 +260,8 @@ class OutboundProcessor:
                 return self._whole_message_answer(message_id, transport, mine, answer), done
 
             handled = self._record_marks(message, message_id, transport, view)
-            result.delivered += sum(1 for r in handled if r.mark is not None and r.mark.delivered)
-            result.failed += sum(1 for r in handled if r.mark is not None and not r.mark.delivered)
+            result.count(transport.name, True, sum(1 for r in handled if r.mark is not None and r.mark.delivered))
+            result.count(transport.name, False, sum(1 for r in handled if r.mark is not None and not r.mark.delivered))
             handled_rows = {r.row_id for r in handled}
             done |= handled_rows
             still = [p for p in mine if p.recipient.row_id not in handled_rows]

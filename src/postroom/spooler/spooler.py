@@ -71,7 +71,15 @@ class Spooler:
         self.concurrency = max(1, concurrency)
         self.processor = OutboundProcessor(store, transports, self.owner, self.clock, may_call)
 
-    async def process_due(self, limit: int | None = None) -> PassSummary:
+    @property
+    def may_call(self) -> Callable[[LoadedTransport], bool]:
+        return self.processor.may_call
+
+    @may_call.setter
+    def may_call(self, rule: Callable[[LoadedTransport], bool]) -> None:
+        self.processor.may_call = rule
+
+    async def process_due(self, limit: int | None = None, stop: asyncio.Event | None = None) -> PassSummary:
         """Claim and process due messages until none is due (or `limit` were processed).
 
         Several messages are worked on concurrently; each is claimed in the store first,
@@ -83,6 +91,8 @@ class Spooler:
         async def worker() -> None:
             nonlocal remaining
             while remaining is None or remaining > 0:
+                if stop is not None and stop.is_set():
+                    return  # shutting down: take nothing new; what is in flight finishes
                 if remaining is not None:
                     remaining -= 1
                 claimed = self.store.claim(self.owner, self.clock(), self.lease_seconds, 1)

@@ -8,6 +8,7 @@ the reason in its status row; one that raises MAPI_E_FAILONEPROVIDER is skipped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import traceback
@@ -125,12 +126,32 @@ class TransportTable:
                 return t
         raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no transport named {name!r}")
 
-    async def logon_all(self, flags: LogonFlags = LogonFlags.NO_DIALOG) -> None:
+    async def logon_all(
+        self, flags: LogonFlags | Callable[[LoadedTransport], LogonFlags] = LogonFlags.NO_DIALOG
+    ) -> None:
         """Log on to every transport, then ask each for its registration (AddressTypes)."""
         for t in self.transports:
-            await self._logon(t, flags)
+            await self._logon(t, flags(t) if callable(flags) else flags)
         self.logged_on = True
         self._router = None
+
+    async def relogon(self, t: LoadedTransport, flags: LogonFlags) -> None:
+        """Log one transport off and on again with other flags (going online/offline, a flush)."""
+        if t.logon is not None and t.logon.flags == flags:
+            return
+        await self._logoff(t)
+        await self._logon(t, flags)
+        self._router = None
+
+    async def end_traffic(self) -> None:
+        """NOTIFY_END_INBOUND | NOTIFY_END_OUTBOUND to every logon (the spooler is stopping)."""
+        for t in self.transports:
+            if t.logon is not None:
+                with contextlib.suppress(Exception):
+                    t.logon.transport_notify(
+                        NotifyFlags.END_INBOUND | NotifyFlags.END_OUTBOUND | NotifyFlags.END_INBOUND_FLUSH
+                        | NotifyFlags.END_OUTBOUND_FLUSH
+                    )
 
     async def _logon(self, t: LoadedTransport, flags: LogonFlags) -> None:
         t.status = StatusRow(t.name, t.service.kind, int(ResourceType.TRANSPORT_PROVIDER))
@@ -185,22 +206,25 @@ class TransportTable:
                         out.append(a)
         return out
 
+    async def _logoff(self, t: LoadedTransport) -> None:
+        if t.logon is not None:
+            try:
+                t.logon.transport_notify(NotifyFlags.END_INBOUND | NotifyFlags.END_OUTBOUND)
+                await call_transport(t.logon.logoff, LogoffFlags.NORMAL)
+            except Exception as exc:
+                log.warning("transport %s: logoff raised %s", t.name, error_summary(exc))
+            t.logon = None
+            t.status.set(code=StatusCode.OFFLINE, text="logged off")
+        if t.provider is not None:
+            try:
+                await call_transport(t.provider.shutdown)
+            except Exception as exc:
+                log.warning("transport %s: shutdown raised %s", t.name, error_summary(exc))
+            t.provider = None
+
     async def logoff_all(self) -> None:
         for t in self.transports:
-            if t.logon is not None:
-                try:
-                    t.logon.transport_notify(NotifyFlags.END_INBOUND | NotifyFlags.END_OUTBOUND)
-                    await call_transport(t.logon.logoff, LogoffFlags.NORMAL)
-                except Exception as exc:
-                    log.warning("transport %s: logoff raised %s", t.name, error_summary(exc))
-                t.logon = None
-                t.status.set(code=StatusCode.OFFLINE, text="logged off")
-            if t.provider is not None:
-                try:
-                    await call_transport(t.provider.shutdown)
-                except Exception as exc:
-                    log.warning("transport %s: shutdown raised %s", t.name, error_summary(exc))
-                t.provider = None
+            await self._logoff(t)
         self.logged_on = False
         self._router = None
 

@@ -12,6 +12,7 @@ from .base import (
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
+    WaitKind,
 )
 from .receive import match_receive_folder
 from .sqlite import SQLiteStore
@@ -29,5 +30,6 @@ __all__ = [
     "RecipientState",
     "RecipientStatus",
     "SQLiteStore",
+    "WaitKind",
     "match_receive_folder",
 ]

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import IO
+from typing import IO, Any
 
 from ..mapi.message import MessageData, Props
+from .notify import NotificationBus
 
 
 class FolderRole(StrEnum):
@@ -42,6 +43,14 @@ class QueueState(StrEnum):
     QUEUED = "queued"  # ready, or waiting until next_attempt
     HELD = "held"  # held by an operator
     DONE = "done"  # every recipient has its outcome (message left the queue)
+
+
+class WaitKind(StrEnum):
+    """Why a queued message is not due now."""
+
+    RETRY = "retry"  # a transport said wait / busy / network error; due at next_attempt
+    SEND_RECEIVE = "send_receive"  # offline: waits for Send/Receive or going online
+    DEFERRED = "deferred"  # the transport keeps it until it notifies SENTDEFERRED
 
 
 class RecipientState(StrEnum):
@@ -100,6 +109,7 @@ class QueueEntry:
     last_error: str | None
     pending: int
     recipients: int
+    waiting_for: WaitKind | None = None
 
 
 @dataclass
@@ -140,6 +150,9 @@ class LeaseLost(Exception):
 
 class MessageStore(abc.ABC):
     """A MAPI message store with an outgoing queue."""
+
+    #: Cross-process notifications of this store (submit, new mail, mode changes).
+    bus: NotificationBus
 
     # --- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -243,9 +256,30 @@ class MessageStore(abc.ABC):
 
     @abc.abstractmethod
     def release(
-        self, message_id: int, owner: str, now: datetime, next_attempt: datetime | None, error: str | None
+        self,
+        message_id: int,
+        owner: str,
+        now: datetime,
+        next_attempt: datetime | None,
+        error: str | None,
+        wait_kind: WaitKind = WaitKind.RETRY,
     ) -> None:
         """Unlock a message that still has pending recipients; it is due again at next_attempt."""
+
+    @abc.abstractmethod
+    def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
+        """Make messages waiting for these reasons due now (Send/Receive, back online); returns how many."""
+
+    @abc.abstractmethod
+    def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
+        """Store an incoming message in a folder and notify new mail (fnevNewMail)."""
+
+    @abc.abstractmethod
+    def save_status_rows(self, owner: str, rows: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
+        """Publish the status table of the process that runs the transports."""
+
+    @abc.abstractmethod
+    def status_rows(self) -> list[tuple[str, dict[str, Any], datetime, str]]: ...
 
     @abc.abstractmethod
     def finish(self, message_id: int, owner: str, now: datetime) -> str:

@@ -7,6 +7,7 @@ lets its lease run out.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import struct
@@ -36,10 +37,13 @@ from .base import (
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
+    WaitKind,
 )
 from .codec import decode_value, encode_value, from_epoch, to_epoch
+from .notify import NotificationBus, notify_directory
 
 SCHEMA_VERSION = 1
+OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
 
 SCHEMA = """
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_owner TEXT,
     lease_until REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    wait_kind TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder_id);
 CREATE INDEX IF NOT EXISTS outgoing_queue ON messages(queue_state, submit_time, id) WHERE queue_state IS NOT NULL;
@@ -115,6 +120,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_message ON events(message_id, id);
+CREATE TABLE IF NOT EXISTS status_rows (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    row TEXT NOT NULL,
+    updated REAL NOT NULL,
+    owner TEXT NOT NULL
+);
 """
 
 MESSAGE_ENTRY = b"M"
@@ -138,6 +150,7 @@ class SQLiteStore(MessageStore):
         self._db.execute("PRAGMA busy_timeout=30000")
         self._create_schema()
         self._uid = MAPIUID(self._meta("store_uid"))
+        self.bus = NotificationBus(notify_directory(self.path))
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
@@ -539,7 +552,7 @@ class SQLiteStore(MessageStore):
             deferred = props.get(T.PR_DEFERRED_SEND_TIME)
             due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
             db.execute(
-                "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
+                "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, wait_kind=NULL, "
                 "lease_owner=NULL, lease_until=NULL WHERE id=?",
                 (to_epoch(now), due, message_id),
             )
@@ -550,6 +563,7 @@ class SQLiteStore(MessageStore):
                 "submitted",
                 f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due and deferred else ""),
             )
+        self.bus.publish("submitted", message_id=message_id)
 
     def abort_submit(self, message_id: int, now: datetime) -> None:
         with self._tx() as db:
@@ -574,6 +588,7 @@ class SQLiteStore(MessageStore):
     def queue(self) -> list[QueueEntry]:
         sql = (
             "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
+            "m.wait_kind, "
             f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_SUBJECT}), "
             f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_DISPLAY_TO}), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
@@ -591,12 +606,13 @@ class SQLiteStore(MessageStore):
                 locked=owner is not None,
                 lease_owner=owner,
                 attempts=attempts,
-                next_attempt=from_epoch(nxt),
+                next_attempt=None if kind == WaitKind.SEND_RECEIVE.value else from_epoch(nxt),
                 last_error=error,
+                waiting_for=WaitKind(kind) if kind else None,
                 pending=pending,
                 recipients=total,
             )
-            for mid, state, submit, nxt, owner, attempts, error, subject, to, pending, total in self._q(sql)
+            for mid, state, submit, nxt, owner, attempts, error, kind, subject, to, pending, total in self._q(sql)
         ]
 
     def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
@@ -627,7 +643,7 @@ class SQLiteStore(MessageStore):
     def next_due(self) -> datetime | None:
         rows = self._q(
             "SELECT min(CASE WHEN lease_owner IS NOT NULL THEN lease_until ELSE coalesce(next_attempt, 0) END) "
-            "FROM messages WHERE queue_state='queued'"
+            "FROM messages WHERE queue_state='queued' AND coalesce(wait_kind, '') != 'send_receive'"
         )
         return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
 
@@ -680,17 +696,62 @@ class SQLiteStore(MessageStore):
             return rid
 
     def release(
-        self, message_id: int, owner: str, now: datetime, next_attempt: datetime | None, error: str | None
+        self,
+        message_id: int,
+        owner: str,
+        now: datetime,
+        next_attempt: datetime | None,
+        error: str | None,
+        wait_kind: WaitKind = WaitKind.RETRY,
     ) -> None:
+        due = to_epoch(next_attempt)
+        if wait_kind is WaitKind.SEND_RECEIVE:
+            due = OFFLINE_EPOCH
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
             db.execute(
-                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, "
+                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, wait_kind=?, "
                 "last_error=coalesce(?, last_error) WHERE id=?",
-                (to_epoch(next_attempt), error, message_id),
+                (due, wait_kind.value, error, message_id),
             )
             when = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
+            if wait_kind is WaitKind.SEND_RECEIVE:
+                when = " (offline: waiting for Send/Receive)"
             self._event(db, message_id, now, "waiting", (error or "pending recipients") + when)
+
+    def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
+        with self._tx() as db:
+            marks = ", ".join("?" for _ in kinds)
+            cur = db.execute(
+                f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
+                f"AND lease_owner IS NULL AND wait_kind IN ({marks})",
+                [k.value for k in kinds],
+            )
+            woken = cur.rowcount
+        if woken:
+            self.bus.publish("queue", woken=woken)
+        return woken
+
+    def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
+        with self._tx() as db:
+            mid = self._insert_message(db, folder_id, message)
+            self._event(db, mid, now, "received", f"delivered into folder {folder_id}")
+        self.bus.publish("newmail", message_id=mid, folder_id=folder_id, message_class=message.message_class)
+        return mid
+
+    def save_status_rows(self, owner: str, rows: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM status_rows")
+            db.executemany(
+                "INSERT INTO status_rows (name, position, row, updated, owner) VALUES (?, ?, ?, ?, ?)",
+                [(name, n, json.dumps(row), to_epoch(now), owner) for n, (name, row) in enumerate(rows)],
+            )
+
+    def status_rows(self) -> list[tuple[str, dict[str, Any], datetime, str]]:
+        return [
+            (name, json.loads(row), from_epoch(updated) or now_fallback(), owner)
+            for name, row, updated, owner in self._q("SELECT name, row, updated, owner FROM status_rows ORDER BY position")
+        ]
 
     def finish(self, message_id: int, owner: str, now: datetime) -> str:
         with self._tx() as db:

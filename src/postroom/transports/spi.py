@@ -270,6 +270,22 @@ class StatusRow:
         self.status_string = error
 
 
+def status_row_dict(row: StatusRow) -> dict[str, Any]:
+    """A status row as plain data (for the store and `--json`), with the bits named."""
+    return {
+        "display_name": row.display_name,
+        "provider_display": row.provider_display,
+        "resource_type": row.resource_type,
+        "status_code": int(row.status_code),
+        "status": [f.name for f in StatusCode if f.value and f in row.status_code and f.name],
+        "status_string": row.status_string,
+        "resource_methods": [f.name for f in ResourceMethods if f.value and f in row.resource_methods and f.name],
+        "identity": row.identity,
+        "last_error": row.last_error,
+        "last_error_time": row.last_error_time.isoformat() if row.last_error_time else None,
+    }
+
+
 # --- the support object ------------------------------------------------------------------------
 
 Preprocessor = Callable[[OutboundMessage], Awaitable[None] | None]

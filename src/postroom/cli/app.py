@@ -1,0 +1,137 @@
+"""The `postroom` command group and its error handling: one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..mapi.codes import MAPIError
+from . import admin, messages, send, spool
+from .context import App
+from .output import one_line
+
+EXIT_OK = 0
+EXIT_DELIVERY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    no_args_is_help=True,
+)
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="The profile directory (it must exist; see `init`). Default: $POSTROOM_PROFILE, else the "
+    "default profile in your data directory, created on first use.",
+)
+@click.option("--json", "json_mode", is_flag=True, help="Machine output: one JSON document on stdout.")
+@click.version_option(__version__, "--version", prog_name="postroom")
+@click.pass_context
+def cli(ctx: click.Context, profile_dir: Path | None, json_mode: bool) -> None:
+    """postroom: a MAPI messaging subsystem.
+
+    You write a message into the Outbox and submit it; the spooler offers each recipient to
+    the transports (providers that deliver, e.g. into Maildirs or through a command) in
+    transport order, by address type (SMTP, FAX, …: what comes before the colon of an address).
+    What no transport takes comes back to you as an NDR (non-delivery report) in the Inbox.
+    A profile holds the transports and the message store.
+
+    \b
+    Start with:
+      postroom send --to user@localhost --subject hi --body 'hello'
+      postroom show 1
+    """
+    app = App(profile_dir, json_mode)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+for command in (
+    admin.init,
+    admin.service,
+    admin.order,
+    admin.adrtypes,
+    admin.route,
+    admin.status,
+    send.send,
+    messages.queue,
+    messages.folders,
+    messages.list_,
+    messages.show,
+    messages.export,
+    spool.spooler,
+):
+    cli.add_command(command)
+
+
+def _fail(message: str, exit_code: int, code: str | None = None, hresult: int | None = None) -> int:
+    app = App.current
+    if app is not None and app.json:
+        try:
+            error = {"code": code, "hresult": f"0x{hresult:08X}" if hresult is not None else None, "message": message}
+            click.echo(json.dumps({"error": error}, ensure_ascii=False))
+        except OSError:
+            pass
+    text = f"{code}: {message}" if code else message
+    click.echo(f"postroom: error: {one_line(text)}", err=True)
+    return exit_code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit code.
+
+    0: done (every recipient delivered or waiting); 1: a recipient failed (an NDR was made);
+    2: usage error, bad input or a MAPI error; 3: an internal error (a bug); 130: interrupted.
+    """
+    App.current = None
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="postroom", standalone_mode=False)
+        return result if isinstance(result, int) else EXIT_OK
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return EXIT_OK
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("postroom: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return _fail(exc.format_message() + hint, EXIT_USAGE)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except MAPIError as exc:
+        return _fail(exc.message, EXIT_USAGE, exc.code.name, exc.hresult)
+    except KeyboardInterrupt:
+        click.echo("postroom: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`postroom export 3 | head`): say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except Exception as exc:
+        if os.environ.get("POSTROOM_DEBUG"):
+            traceback.print_exc()
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} (set POSTROOM_DEBUG=1 for the traceback)", EXIT_INTERNAL
+        )
+
+
+def main() -> None:
+    """The console script `postroom`."""
+    sys.exit(run())

@@ -1,0 +1,296 @@
+"""Looking at the store: the outgoing queue, folders, messages, their history; export as RFC 5322."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from ..mapi import tags as T
+from ..mapi.flags import MessageFlags
+from ..mapi.message import MessageData
+from ..store import RecipientState
+from .context import App, json_option, pass_app
+from .output import next_try, when
+from .props import message_props, prop_rows
+
+
+@click.command()
+@json_option
+@pass_app
+def queue(app: App) -> None:
+    """Show the outgoing queue.
+
+    The submitted messages the spooler has not finished, oldest first.
+
+    For each: its state, whether a spooler holds it (locked, with a lease), attempts so far,
+    recipients still pending out of all, when it is tried next and the last error.
+    """
+    entries = app.session().queue()
+    if app.json:
+        app.out.document(entries)
+        return
+    now = datetime.now(UTC)
+    app.out.table(
+        ["ID", "SUBMITTED", "STATE", "LOCKED", "ATTEMPTS", "PENDING", "NEXT TRY", "LAST ERROR", "SUBJECT"],
+        [
+            [
+                str(q.id),
+                when(q.submit_time),
+                q.state.value,
+                f"yes ({q.lease_owner})" if q.locked and q.lease_owner else "yes" if q.locked else "no",
+                str(q.attempts),
+                f"{q.pending}/{q.recipients}",
+                next_try(q.next_attempt, now),
+                q.last_error or "-",
+                q.subject,
+            ]
+            for q in entries
+        ],
+        empty="(the outgoing queue is empty)",
+    )
+
+
+@click.command()
+@json_option
+@pass_app
+def folders(app: App) -> None:
+    """List the folders of the message store.
+
+    Inbox, Outbox, Sent Items, … with their message counts.
+    """
+    items = app.session().folders()
+    if app.json:
+        app.out.document(
+            [
+                {
+                    "id": f.id,
+                    "name": f.name,
+                    "role": f.role.value if f.role else None,
+                    "parent_id": f.parent_id,
+                    "count": f.count,
+                    "entry_id": f.entry_id,
+                }
+                for f in items
+            ]
+        )
+        return
+    app.out.table(["NAME", "ID", "COUNT"], [[f.name, str(f.id), str(f.count)] for f in items])
+
+
+@click.command("list")
+@click.argument("folder")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many messages.")
+@json_option
+@pass_app
+def list_(app: App, folder: str, limit: int | None) -> None:
+    """List the messages in a folder.
+
+    FOLDER is a name such as Inbox or "Sent Items", or a folder ID.
+    """
+    messages = app.session().list_messages(folder, limit)
+    if app.json:
+        app.out.document(messages)
+        return
+    app.out.table(
+        ["ID", "CLASS", "SUBJECT", "FROM", "TO", "TIME"],
+        [
+            [str(m.id), m.message_class, m.subject, m.sender, m.display_to, when(m.delivery_time or m.submit_time)]
+            for m in messages
+        ],
+        empty="(no messages)",
+    )
+
+
+def _flags(value: int) -> str:
+    names = [f.name.lower() for f in MessageFlags if f.name and f.value and value & f.value]
+    return ", ".join(names) or "-"
+
+
+def _originator(message: MessageData) -> str:
+    name = message.get(T.PR_SENT_REPRESENTING_NAME) or message.get(T.PR_SENDER_NAME) or ""
+    address = message.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS) or message.get(T.PR_SENDER_EMAIL_ADDRESS) or ""
+    adrtype = message.get(T.PR_SENT_REPRESENTING_ADDRTYPE) or message.get(T.PR_SENDER_ADDRTYPE) or ""
+    if not address:
+        return str(name) or "-"
+    full = f"{adrtype}:{address}" if adrtype and adrtype != "SMTP" else str(address)
+    return f"{name} <{full}>" if name and name != address else full
+
+
+def _show_props(app: App, message: MessageData, mid: int) -> None:
+    if app.json:
+        app.out.document({"message_id": mid, **message_props(message)})
+        return
+    columns = ["NAME", "TAG", "TYPE", "VALUE"]
+
+    def dump(msg: MessageData, label: str) -> None:
+        app.out.table(columns, prop_rows(msg.props), title=label)
+        for r in msg.recipients:
+            app.out.echo()
+            app.out.table(columns, prop_rows(r.props), title=f"{label}, recipient {r.row_id}")
+        for a in msg.attachments:
+            app.out.echo()
+            app.out.table(columns, prop_rows(a.props), title=f"{label}, attachment {a.num}")
+            if a.embedded is not None:
+                app.out.echo()
+                dump(a.embedded, f"{label}, attachment {a.num}, embedded message")
+
+    dump(message, f"Message {mid}")
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@click.option("--props", is_flag=True, help="Every property by name and tag, with type and value.")
+@json_option
+@pass_app
+def show(app: App, ref: str, props: bool) -> None:
+    """Show a message, its recipients' delivery states and its history.
+
+    The envelope, the body, the recipients (with delivery state, transport and report
+    text), the attachments and the history. ID is the message number or its hex entry ID.
+    """
+    session = app.session()
+    mid = session.message_id(ref)
+    message = session.open_message(mid)
+    if props:
+        _show_props(app, message, mid)
+        return
+    states = {s.row_id: s for s in session.recipient_states(mid)}
+    events = session.events(mid)
+    fid = session.store.message_folder(mid)
+    folder = session.folder(fid).name if fid is not None else None
+    recipients: list[dict[str, Any]] = []
+    for r in message.recipients:
+        st = states.get(r.row_id)
+        recipients.append(
+            {
+                "row_id": r.row_id,
+                "type": r.kind.name.lower(),
+                "display_name": r.display_name,
+                "address": r.address,
+                "state": st.state.value if st is not None else None,
+                "transport": (st.transport or None) if st is not None else None,
+                "outcome_time": st.outcome_time if st is not None else None,
+                "report_text": r.get(T.PR_REPORT_TEXT),
+            }
+        )
+    attachments = [
+        {
+            "num": a.num,
+            "filename": a.filename,
+            "mime_type": a.mime_type,
+            "size": a.size if a.size is not None else a.get(T.PR_ATTACH_SIZE),
+            "embedded": a.embedded is not None,
+        }
+        for a in message.attachments
+    ]
+    flags = int(message.get(T.PR_MESSAGE_FLAGS, 0) or 0)
+    envelope = {
+        "id": mid,
+        "entry_id": session.store.entry_id_of(mid),
+        "folder": folder,
+        "message_class": message.message_class,
+        "subject": message.subject,
+        "from": _originator(message),
+        "to": message.get(T.PR_DISPLAY_TO) or "",
+        "cc": message.get(T.PR_DISPLAY_CC) or "",
+        "bcc": message.get(T.PR_DISPLAY_BCC) or "",
+        "submitted": message.submit_time,
+        "delivered": message.get(T.PR_MESSAGE_DELIVERY_TIME),
+        "message_id_header": message.get(T.PR_INTERNET_MESSAGE_ID),
+        "flags": flags,
+    }
+    if app.json:
+        app.out.document(
+            {
+                **envelope,
+                "body": message.body,
+                "recipients": recipients,
+                "attachments": attachments,
+                "history": events,
+            }
+        )
+        return
+    out = app.out
+    out.heading(f"Message {mid}" + (f" in {folder}" if folder else ""))
+    pairs = [
+        ("Class", message.message_class),
+        ("Subject", message.subject),
+        ("From", envelope["from"]),
+        ("To", str(envelope["to"])),
+    ]
+    pairs += [(k, str(envelope[k.lower()])) for k in ("Cc", "Bcc") if envelope[k.lower()]]
+    pairs += [
+        ("Submitted", when(message.submit_time)),
+    ]
+    if envelope["delivered"]:
+        pairs.append(("Delivered", when(envelope["delivered"])))
+    pairs += [
+        ("Message-ID", str(envelope["message_id_header"] or "-")),
+        ("Flags", _flags(flags)),
+        ("Entry ID", session.store.entry_id_of(mid).hex().upper()),
+    ]
+    out.fields(pairs)
+    out.echo()
+    out.heading("Body")
+    for line in (message.body or "(empty)").splitlines() or [""]:
+        out.echo(f"  {line}")
+    out.echo()
+    out.table(
+        ["#", "TYPE", "NAME", "ADDRESS", "STATE", "TRANSPORT", "REPORT"],
+        [
+            [
+                str(r["row_id"]),
+                r["type"],
+                r["display_name"],
+                r["address"],
+                ("waiting" if r["state"] == RecipientState.PENDING.value else r["state"]) or "-",
+                r["transport"] or "-",
+                r["report_text"] or "",
+            ]
+            for r in recipients
+        ],
+        title="Recipients",
+        state_column=4,
+    )
+    out.echo()
+    out.table(
+        ["#", "NAME", "TYPE", "SIZE"],
+        [
+            [str(a["num"]), a["filename"] or "(embedded message)", a["mime_type"], str(a["size"] or "-")]
+            for a in attachments
+        ],
+        title="Attachments",
+    )
+    out.echo()
+    out.table(
+        ["TIME", "EVENT", "TRANSPORT", "DETAIL"],
+        [[when(e.time), e.kind, e.transport or "-", e.detail] for e in events],
+        title="History",
+    )
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@click.option("--crlf", is_flag=True, help="CRLF line ends (as on the wire) instead of LF.")
+@click.option("--bcc", "include_bcc", is_flag=True, help="Include a Bcc header.")
+@json_option
+@pass_app
+def export(app: App, ref: str, crlf: bool, include_bcc: bool) -> None:
+    """Write a message as RFC 5322 (MIME) to stdout.
+
+    For example: postroom export 3 > m.eml
+    """
+    from .. import mime
+
+    session = app.session()
+    mid = session.message_id(ref)
+    data = mime.to_bytes(session.open_message(mid), include_bcc=include_bcc, linesep="\r\n" if crlf else "\n")
+    if app.json:
+        app.out.document({"message_id": mid, "size": len(data), "rfc822": data.decode("utf-8", "replace")})
+        return
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()

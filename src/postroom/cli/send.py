@@ -1,0 +1,277 @@
+"""`postroom send`: compose a message in the Outbox, submit it, and (online) deliver it at once."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..mapi import tags as T
+from ..mapi.codes import HResult, MAPIError
+from ..mapi.flags import RecipientType
+from ..mapi.message import MessageData, Recipient
+from ..session import Draft, Session
+from ..spooler import MessageResult, PassSummary
+from ..store import RecipientState, RecipientStatus
+from .context import App, CliError, json_option, pass_app
+from .output import next_try
+
+#: What a message from --eml must not bring along: the store and the spooler set these.
+EML_SKIP: frozenset[int] = frozenset(
+    {
+        T.PR_ENTRYID,
+        T.PR_MESSAGE_FLAGS,
+        T.PR_SENTMAIL_ENTRYID,
+        T.PR_CREATION_TIME,
+        T.PR_LAST_MODIFICATION_TIME,
+        T.PR_CLIENT_SUBMIT_TIME,
+        T.PR_MESSAGE_DELIVERY_TIME,
+        T.PR_TRANSPORT_MESSAGE_HEADERS,
+        T.PR_DISPLAY_TO,
+        T.PR_DISPLAY_CC,
+        T.PR_DISPLAY_BCC,
+        T.PR_SUBMIT_FLAGS,
+        T.PR_SPOOLER_STATUS,
+        T.PR_RESPONSIBILITY,
+        T.PR_RECEIVED_BY_ENTRYID,
+        T.PR_RECEIVED_BY_NAME,
+        T.PR_RECEIVED_BY_ADDRTYPE,
+        T.PR_RECEIVED_BY_EMAIL_ADDRESS,
+        T.PR_RECEIVED_BY_SEARCH_KEY,
+    }
+)
+
+
+def read_input(path: str, what: str) -> bytes:
+    """The bytes of FILE, or of stdin for `-`; an unreadable file is a one-line error naming it."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from exc
+
+
+def _copy_eml(draft: Draft, data: MessageData, with_recipients: bool) -> None:
+    for tag, value in data.props.items():
+        if tag not in EML_SKIP:
+            draft.data.props[tag] = value
+    if with_recipients:
+        for r in data.recipients:
+            props = {k: v for k, v in r.props.items() if k not in (T.PR_ROWID, T.PR_RESPONSIBILITY)}
+            draft.data.recipients.append(Recipient(props=props, row_id=len(draft.data.recipients)))
+    for att in data.attachments:
+        att.num = len(draft.data.attachments)
+        draft.data.attachments.append(att)
+
+
+def _check_routes(session: Session, recipients: list[Recipient]) -> None:
+    """Refuse recipients whose address type no logged-on transport registers."""
+    addresses = list(dict.fromkeys(r.address for r in recipients))
+    answers = session.route(addresses)
+    unknown = list(dict.fromkeys(a.address.address_type for a in answers if not a.offers))
+    if unknown:
+        known = ", ".join(session.enum_adr_types()) or "none"
+        what = "address type" if len(unknown) == 1 else "address types"
+        raise CliError(f"no transport in this profile takes {what} {', '.join(unknown)} (known: {known})")
+
+
+def _recipient_report(session: Session, mid: int, result: MessageResult | None) -> list[dict[str, Any]]:
+    """One entry per recipient: state, transport, report text, and for waiting ones why and when."""
+    message = session.open_message(mid)
+    states: dict[int, RecipientStatus] = {s.row_id: s for s in session.recipient_states(mid)}
+    entry = next((q for q in session.queue() if q.id == mid), None)
+    now = datetime.now(UTC)
+    out = []
+    for r in message.recipients:
+        st = states.get(r.row_id)
+        state = st.state if st is not None else RecipientState.PENDING
+        item: dict[str, Any] = {
+            "row_id": r.row_id,
+            "type": r.kind.name.lower(),
+            "display_name": r.display_name,
+            "address": r.address,
+            "state": "waiting" if state is RecipientState.PENDING else state.value,
+            "transport": (st.transport or None) if st is not None else None,
+            "report_text": r.get(T.PR_REPORT_TEXT),
+        }
+        if state is RecipientState.PENDING:
+            errors = "; ".join(result.errors) if result is not None else ""
+            item["why"] = (entry.last_error if entry is not None else None) or errors or "queued for the spooler"
+            nxt = entry.next_attempt if entry is not None else result.next_attempt if result is not None else None
+            item["next_attempt"] = nxt
+            item["next_try"] = next_try(nxt, now)
+        out.append(item)
+    return out
+
+
+@click.command()
+@click.option("--to", multiple=True, metavar="ADDRESS", help="A To recipient; repeatable.")
+@click.option("--cc", multiple=True, metavar="ADDRESS", help="A Cc recipient; repeatable.")
+@click.option("--bcc", multiple=True, metavar="ADDRESS", help="A Bcc recipient; repeatable.")
+@click.option("--subject", "-s", default=None, help="The subject (PR_SUBJECT).")
+@click.option("--body", "-b", default=None, help="The text body (PR_BODY).")
+@click.option("--body-file", default=None, metavar="FILE", help="Read the body from FILE (UTF-8; '-' = stdin).")
+@click.option("--attach", "-a", multiple=True, metavar="FILE", help="Attach FILE by value; repeatable.")
+@click.option(
+    "--eml",
+    default=None,
+    metavar="FILE",
+    help="Build the message from an RFC 5322 file ('-' = stdin); its To/Cc/Bcc are the recipients "
+    "unless --to/--cc/--bcc are given. From, Message-ID and attachments are kept.",
+)
+@click.option("--later", is_flag=True, help="Only submit: leave the message queued in the Outbox for the spooler.")
+@click.option(
+    "--delivery-report", is_flag=True, help="Ask for a delivery report (PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED)."
+)
+@click.option(
+    "--no-ndr", is_flag=True, help="No NDR for failed recipients (PR_ORIGINATOR_NON_DELIVERY_REPORT_REQUESTED false)."
+)
+@click.option(
+    "--delete-after-submit",
+    is_flag=True,
+    help="Delete the message once handled instead of moving it to Sent Items (PR_DELETE_AFTER_SUBMIT).",
+)
+@json_option
+@pass_app
+@click.pass_context
+def send(
+    ctx: click.Context,
+    app: App,
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    bcc: tuple[str, ...],
+    subject: str | None,
+    body: str | None,
+    body_file: str | None,
+    attach: tuple[str, ...],
+    eml: str | None,
+    later: bool,
+    delivery_report: bool,
+    no_ndr: bool,
+    delete_after_submit: bool,
+) -> None:
+    """Compose a message in the Outbox and submit it.
+
+    The Outbox is the folder where a submitted message waits until the spooler has offered
+    each recipient to a transport (the component that delivers for an address type).
+
+    ADDRESS is ADRTYPE:address (FAX:+15551234), "Name <ADRTYPE:address>", or a bare e-mail
+    address, which means address type SMTP. An address type no transport of the profile
+    registers is refused before anything is submitted.
+
+    In online mode (the default) the spooler runs before the command returns and one line
+    per recipient says: delivered (by which transport), failed (why; an NDR, a non-delivery
+    report, goes to your Inbox) or waiting (why, and the next try). Exit code 0 when every
+    recipient was delivered or is waiting, 1 when any failed.
+    """
+    if body is not None and body_file is not None:
+        raise click.UsageError("give --body or --body-file, not both", ctx)
+    body_text = body
+    if body_file is not None:
+        raw = read_input(body_file, "--body-file")
+        try:
+            body_text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"cannot read --body-file {body_file!r}: not UTF-8 text ({exc.reason})") from exc
+    eml_data = None
+    if eml is not None:
+        from .. import mime
+
+        eml_data = mime.from_mime(read_input(eml, "--eml file"))
+
+    session = app.session()
+    draft = session.create_message()
+    if eml_data is not None:
+        _copy_eml(draft, eml_data, with_recipients=not (to or cc or bcc))
+    if subject is not None:
+        draft.subject = subject
+    if body_text is not None:
+        draft.body = body_text
+    for kind, addresses in ((RecipientType.TO, to), (RecipientType.CC, cc), (RecipientType.BCC, bcc)):
+        for address in addresses:
+            draft.add_recipient(address, kind=kind)
+    for path in attach:
+        draft.attach_file(path)
+    if delivery_report:
+        draft.set(T.PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED, True)
+    if no_ndr:
+        draft.set(T.PR_ORIGINATOR_NON_DELIVERY_REPORT_REQUESTED, False)
+    if delete_after_submit:
+        draft.set(T.PR_DELETE_AFTER_SUBMIT, True)
+    if not draft.data.recipients:
+        raise click.UsageError("no recipients: give --to, --cc or --bcc (or an --eml file with To/Cc/Bcc)", ctx)
+    _check_routes(session, draft.data.recipients)
+
+    mid = draft.submit()
+    count = len(draft.data.recipients)
+    mode = session.profile.mode
+    if later or mode != "online":
+        why = "--later" if later else f"the profile is in {mode} mode"
+        if app.json:
+            app.out.document({"message_id": mid, "submitted": True, "delivered_now": False, "reason": why})
+            return
+        app.out.echo(f"Message {mid} submitted ({count} recipient(s)); queued in the Outbox ({why}).")
+        app.out.echo("Run `postroom spooler --once` to deliver it, `postroom queue` to see it.")
+        return
+
+    summary = session.deliver()
+    failed = _report_delivery(app, session, mid, count, summary)
+    if failed:
+        ctx.exit(1)
+
+
+def _report_delivery(app: App, session: Session, mid: int, count: int, summary: PassSummary) -> bool:
+    """Print what became of each recipient; True when any failed."""
+    result = next((m for m in summary.messages if m.message_id == mid), None)
+    try:
+        recipients = _recipient_report(session, mid, result)
+        events = session.events(mid)
+    except MAPIError as exc:
+        if exc.code != HResult.MAPI_E_NOT_FOUND:
+            raise
+        recipients, events = [], []  # deleted after submission (PR_DELETE_AFTER_SUBMIT)
+    reports = [e.detail for e in events if e.kind == "report"]
+    if recipients:
+        failed = any(r["state"] in ("failed", "expired") for r in recipients)
+    else:
+        failed = bool(result and result.failed)
+    finished = result.finished if result is not None else None
+    if app.json:
+        doc: dict[str, Any] = {
+            "message_id": mid,
+            "submitted": True,
+            "delivered_now": True,
+            "finished": finished,
+            "recipients": recipients,
+            "reports": reports,
+        }
+        if not recipients and result is not None:
+            doc["counts"] = {"delivered": result.delivered, "failed": result.failed, "waiting": result.waiting}
+        app.out.document(doc)
+        return failed
+    app.out.echo(f"Message {mid} submitted ({count} recipient(s)).")
+    if recipients:
+        rows = []
+        for r in recipients:
+            if r["state"] == "delivered":
+                detail = f"by {r['transport']}" + (f": {r['report_text']}" if r["report_text"] else "")
+            elif r["state"] == "waiting":
+                detail = f"{r['why']}; next try {r['next_try']}"
+            else:
+                detail = str(r["report_text"] or "no reason given")
+            rows.append([r["state"], r["address"], detail])
+        app.out.table(["STATE", "RECIPIENT", "DETAIL"], rows, state_column=0)
+    elif result is not None:
+        app.out.echo(
+            f"  delivered {result.delivered}, failed {result.failed}, waiting {result.waiting}"
+            " (the message was deleted after submission, PR_DELETE_AFTER_SUBMIT)"
+        )
+    for text in reports:
+        app.out.echo(f"Report: {text}")
+    if finished == "moved":
+        app.out.echo("The message is now in Sent Items.")
+    return failed

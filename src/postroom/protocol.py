@@ -1,0 +1,555 @@
+"""The protocol manager: *when* transports are called (spec §9.3, §10; KB 317412).
+
+Online, a submitted message goes to its transports at once: the spooler wakes on the
+store's "submitted" notification, not from a sleep-and-scan loop. Offline, transports are
+logged on with LOGON_NO_CONNECT and nothing is passed to them; messages wait quietly in
+the Outbox for Send/Receive. This is the Outlook 2002+ behaviour the seed describes, and a
+transport marked `call_when_offline` gets the fix that KB 317412 describes: it is logged
+on at start-up with a connection and called at once, even offline.
+
+Going back online flushes the Outbox only after the connection has stayed up for a
+stability window. A blip shorter than that flushes nothing and fails nothing.
+
+Send/Receive (`IMAPIStatus::FlushQueues` on the spooler's status row) runs transport by
+transport in transport order. The transport's flush bits are set in its status row while
+it runs. Send/Receive *groups* choose which transports take part, and whether they send,
+receive, or both, with separate settings for online and offline, plus an optional
+schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .mapi.codes import HResult, MAPIError
+from .mapi.flags import FlushFlags, LogonFlags, NotifyFlags, SpoolerNotifyFlags, StatusCode
+from .mapi.message import MessageData
+from .profile import Profile
+from .spooler import LoadedTransport, PassSummary
+from .spooler.transports import call_transport, error_summary
+from .store.base import MessageStore, WaitKind
+from .transports.spi import InboundMessage
+
+if TYPE_CHECKING:
+    from .session import _SessionCore
+
+log = logging.getLogger("postroom.protocol")
+
+DEFAULT_GROUP = "All Accounts"
+DEFAULT_STABILITY_SECONDS = 5.0
+SAFETY_SCAN_SECONDS = 30.0
+MAX_INBOUND_PER_RUN = 10_000
+
+
+# --- Send/Receive groups --------------------------------------------------------------------
+
+
+@dataclass
+class GroupSettings:
+    """A group's behaviour in one mode (online or offline)."""
+
+    include: bool = True  # part of an explicit Send/Receive (F9)
+    send: bool = True
+    receive: bool = True
+    every_minutes: float = 0.0  # automatic Send/Receive every n minutes; 0 = never
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"include": self.include, "send": self.send, "receive": self.receive, "every_minutes": self.every_minutes}
+
+    @classmethod
+    def from_toml(cls, data: Any, default: GroupSettings) -> GroupSettings:
+        if data is None:
+            return GroupSettings(**default.to_toml())
+        if not isinstance(data, dict):
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "group settings must be a table")
+        try:
+            every = float(data.get("every_minutes", default.every_minutes))
+        except (TypeError, ValueError) as exc:
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"every_minutes: {exc}") from exc
+        if every < 0:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "every_minutes cannot be negative")
+        return cls(
+            include=bool(data.get("include", default.include)),
+            send=bool(data.get("send", default.send)),
+            receive=bool(data.get("receive", default.receive)),
+            every_minutes=every,
+        )
+
+
+@dataclass
+class SendReceiveGroup:
+    """A named set of transports with online and offline settings (Outlook's Send/Receive groups)."""
+
+    name: str
+    transports: list[str] | None = None  # None: every transport of the profile
+    online: GroupSettings = field(default_factory=lambda: GroupSettings(every_minutes=5.0))
+    offline: GroupSettings = field(default_factory=GroupSettings)
+
+    def settings(self, mode: str) -> GroupSettings:
+        return self.online if mode == "online" else self.offline
+
+    def members(self, profile: Profile) -> list[str]:
+        """The group's transports, in transport order."""
+        order = [s.name for s in profile.transport_order()]
+        if self.transports is None:
+            return order
+        wanted = {t.lower() for t in self.transports}
+        return [n for n in order if n.lower() in wanted]
+
+    def to_toml(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "online": self.online.to_toml(), "offline": self.offline.to_toml()}
+        if self.transports is not None:
+            data["transports"] = list(self.transports)
+        return data
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any]) -> SendReceiveGroup:
+        base = cls(str(data.get("name", "")))
+        if not base.name:
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "a [[sendreceive_group]] has no name")
+        transports = data.get("transports")
+        if transports is not None and (
+            not isinstance(transports, list) or not all(isinstance(t, str) for t in transports)
+        ):
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"group {base.name!r}: transports must be a list of names")
+        return cls(
+            name=base.name,
+            transports=transports,
+            online=GroupSettings.from_toml(data.get("online"), base.online),
+            offline=GroupSettings.from_toml(data.get("offline"), base.offline),
+        )
+
+
+def load_groups(profile: Profile) -> list[SendReceiveGroup]:
+    """The profile's groups; "All Accounts" (every transport) exists unless the profile redefines it."""
+    groups = [SendReceiveGroup.from_toml(g) for g in profile.groups]
+    if not any(g.name.lower() == DEFAULT_GROUP.lower() for g in groups):
+        groups.insert(0, SendReceiveGroup(DEFAULT_GROUP))
+    return groups
+
+
+def save_group(profile: Profile, group: SendReceiveGroup) -> None:
+    """Add or replace a group in the profile (the caller saves the profile)."""
+    known = {s.name.lower() for s in profile.services}
+    for t in group.transports or []:
+        if t.lower() not in known:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"group {group.name!r}: no transport named {t!r}")
+    profile.groups = [g for g in profile.groups if str(g.get("name", "")).lower() != group.name.lower()]
+    profile.groups.append(group.to_toml())
+
+
+def find_group(profile: Profile, name: str) -> SendReceiveGroup:
+    for g in load_groups(profile):
+        if g.name.lower() == name.lower():
+            return g
+    known = ", ".join(g.name for g in load_groups(profile))
+    raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no Send/Receive group named {name!r} (groups: {known})")
+
+
+# --- timing logic, pure so tests drive it with their own clock ----------------------------------
+
+
+class OnlineTransition:
+    """Flush the Outbox once the connection has been up for `stability` seconds."""
+
+    def __init__(self, stability_seconds: float) -> None:
+        self.stability = timedelta(seconds=stability_seconds)
+        self.flush_at: datetime | None = None
+
+    def mode_changed(self, mode: str, now: datetime) -> None:
+        self.flush_at = now + self.stability if mode == "online" else None
+
+    def due(self, now: datetime) -> bool:
+        """True once, when the window has passed without going offline again."""
+        if self.flush_at is not None and now >= self.flush_at:
+            self.flush_at = None
+            return True
+        return False
+
+
+class GroupSchedule:
+    """When each group's automatic Send/Receive runs next, in the current mode."""
+
+    def __init__(self) -> None:
+        self.next_run: dict[str, datetime] = {}
+
+    def reset(self, groups: Iterable[SendReceiveGroup], mode: str, now: datetime) -> None:
+        self.next_run = {}
+        for g in groups:
+            every = g.settings(mode).every_minutes
+            if every > 0:
+                self.next_run[g.name] = now + timedelta(minutes=every)
+
+    def due(self, groups: Iterable[SendReceiveGroup], mode: str, now: datetime) -> list[SendReceiveGroup]:
+        out = []
+        for g in groups:
+            at = self.next_run.get(g.name)
+            if at is not None and now >= at:
+                out.append(g)
+                self.next_run[g.name] = now + timedelta(minutes=g.settings(mode).every_minutes)
+        return out
+
+    def next_time(self) -> datetime | None:
+        return min(self.next_run.values(), default=None)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TransportFlush:
+    transport: str
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    received: int = 0
+    error: str = ""
+
+
+@dataclass
+class SendReceiveSummary:
+    """What a Send/Receive did, transport by transport."""
+
+    group: str
+    transports: list[TransportFlush] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return sum(t.sent for t in self.transports)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.failed for t in self.transports)
+
+    @property
+    def deferred(self) -> int:
+        return sum(t.deferred for t in self.transports)
+
+    @property
+    def received(self) -> int:
+        return sum(t.received for t in self.transports)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not any(t.error for t in self.transports)
+
+
+Progress = Callable[[str, LoadedTransport, str], None]
+
+
+# --- the protocol manager ----------------------------------------------------------------------
+
+
+class ProtocolManager:
+    """Owns when the session's transports are logged on, called, flushed and polled."""
+
+    def __init__(self, core: _SessionCore, stability_seconds: float | None = None) -> None:
+        self.core = core
+        self.flushing: set[str] = set()
+        stability = stability_seconds
+        if stability is None:
+            stability = float(core.profile.settings.get("online_stability_seconds", DEFAULT_STABILITY_SECONDS))
+        self.transition = OnlineTransition(stability)
+        self.schedule = GroupSchedule()
+        self.newmail: set[str] = set()
+        self.wakeup = asyncio.Event() if _has_loop() else None
+        self.next_poll: dict[str, datetime] = {}
+
+    # State ------------------------------------------------------------------------------------
+    @property
+    def store(self) -> MessageStore:
+        return self.core.store
+
+    @property
+    def mode(self) -> str:
+        return self.core.profile.mode
+
+    @property
+    def offline(self) -> bool:
+        return self.mode == "offline"
+
+    def logon_flags(self, t: LoadedTransport) -> LogonFlags:
+        """Offline transports make no connections, except those marked call_when_offline."""
+        flags = LogonFlags.NO_DIALOG
+        if self.offline and not t.service.call_when_offline and t.name not in self.flushing:
+            flags |= LogonFlags.NO_CONNECT
+        return flags
+
+    def may_call(self, t: LoadedTransport) -> bool:
+        """Whether the spooler may pass messages to this transport now."""
+        return not self.offline or t.service.call_when_offline or t.name in self.flushing
+
+    def may_receive(self, t: LoadedTransport) -> bool:
+        return self.may_call(t)
+
+    async def start(self) -> None:
+        """Log on every transport with the flags its mode calls for (call_when_offline ones connect)."""
+        table = self.core.transports
+        table.listeners.append(self._transport_notified)
+        await table.logon_all(self.logon_flags)
+        self.schedule.reset(load_groups(self.core.profile), self.mode, self.core.clock())
+
+    def _transport_notified(self, transport: str, flags: SpoolerNotifyFlags, data: Any) -> None:
+        if flags & SpoolerNotifyFlags.NEWMAIL:
+            self.newmail.add(transport)
+        if flags & (SpoolerNotifyFlags.NEWMAIL | SpoolerNotifyFlags.READYTOSEND | SpoolerNotifyFlags.SENTDEFERRED):
+            if flags & SpoolerNotifyFlags.SENTDEFERRED:
+                self.store.wake(self.core.clock(), (WaitKind.DEFERRED,))
+            if self.wakeup is not None:
+                self.wakeup.set()
+
+    async def set_mode(self, mode: str) -> None:
+        """Go online or offline: persist, log transports on again with the right flags, tell others."""
+        profile = self.core.profile
+        profile.set_mode(mode)
+        profile.save()
+        await self.apply_mode(mode)
+        self.store.bus.publish("mode", mode=mode)
+
+    async def apply_mode(self, mode: str) -> None:
+        self.core.profile.set_mode(mode)
+        now = self.core.clock()
+        self.transition.mode_changed(mode, now)
+        self.schedule.reset(load_groups(self.core.profile), mode, now)
+        for t in self.core.transports.transports:
+            await self.core.transports.relogon(t, self.logon_flags(t))
+
+    # Outbound ---------------------------------------------------------------------------------
+    async def outbound_pass(self) -> PassSummary:
+        return await self.core.spooler.process_due()
+
+    # Inbound ----------------------------------------------------------------------------------
+    async def receive(self, t: LoadedTransport) -> int:
+        """StartMessage loop (§8.2): each saved message goes to the receive folder for its class."""
+        if t.logon is None:
+            return 0
+        count = 0
+        t.status.set(add=StatusCode.INBOUND_ACTIVE)
+        try:
+            while count < MAX_INBOUND_PER_RUN:
+                message = InboundMessage(ref=count + 1)
+                try:
+                    await call_transport(t.logon.start_message, message)
+                except Exception as exc:
+                    t.status.failed(f"start_message raised {error_summary(exc)}")
+                    log.warning("transport %s: start_message raised %s", t.name, error_summary(exc))
+                    break
+                if not message.saved:
+                    break  # nothing (more) to deliver; an unsaved message is never stored
+                self.deliver_inbound(message.data)
+                count += 1
+        finally:
+            t.status.set(remove=StatusCode.INBOUND_ACTIVE)
+        return count
+
+    def deliver_inbound(self, data: MessageData) -> int:
+        from .mapi import tags as T
+
+        now = self.core.clock()
+        data.props.setdefault(T.PR_MESSAGE_CLASS, "IPM.Note")
+        data.props.setdefault(T.PR_MESSAGE_DELIVERY_TIME, now)
+        data.props.setdefault(T.PR_MESSAGE_FLAGS, 0)
+        for tag in (T.PR_ENTRYID, T.PR_SENTMAIL_ENTRYID, T.PR_DELETE_AFTER_SUBMIT, T.PR_SUBMIT_FLAGS):
+            data.props.pop(tag, None)
+        folder, _ = self.store.get_receive_folder(data.message_class)
+        return self.store.deliver_message(folder, data, now)
+
+    async def poll_due(self) -> int:
+        """Poll transports that asked for it (LOGON_SP_POLL) whose interval is up; receive what waits."""
+        from .mapi.flags import LogonResultFlags
+
+        received = 0
+        now = self.core.clock()
+        for t in self.core.transports.transports:
+            if t.logon is None or not self.may_receive(t):
+                continue
+            wants_poll = bool(t.logon.result_flags & LogonResultFlags.SP_POLL)
+            if t.name in self.newmail:
+                self.newmail.discard(t.name)
+                received += await self.receive(t)
+                continue
+            if not wants_poll:
+                continue
+            due = self.next_poll.get(t.name)
+            if due is not None and now < due:
+                continue
+            self.next_poll[t.name] = now + timedelta(seconds=t.service.poll_seconds)
+            try:
+                waiting = await call_transport(t.logon.poll)
+            except Exception as exc:
+                t.status.failed(f"poll raised {error_summary(exc)}")
+                continue
+            if waiting:
+                received += await self.receive(t)
+        return received
+
+    # Send/Receive -------------------------------------------------------------------------------
+    async def send_receive(
+        self,
+        group: str | None = None,
+        *,
+        upload: bool = True,
+        download: bool = True,
+        explicit: bool = True,
+        progress: Progress | None = None,
+    ) -> SendReceiveSummary:
+        """FlushQueues on the spooler's status row, for one group, transport by transport.
+
+        An explicit Send/Receive works offline too: it connects the group's transports for the
+        duration of the flush (that is the point of KB 317412's workaround).
+        """
+        profile = self.core.profile
+        g = find_group(profile, group or DEFAULT_GROUP)
+        settings = g.settings(self.mode)
+        summary = SendReceiveSummary(g.name)
+        if explicit and not settings.include:
+            return summary
+        upload = upload and settings.send
+        download = download and settings.receive
+        table = self.core.transports
+        for name in g.members(profile):
+            t = table.by_name(name)
+            entry = TransportFlush(t.name)
+            summary.transports.append(entry)
+            reconnect = self.offline and t.logon is not None and bool(t.logon.flags & LogonFlags.NO_CONNECT)
+            self.flushing.add(t.name)
+            try:
+                if reconnect:
+                    await table.relogon(t, self.logon_flags(t))
+                if t.logon is None:
+                    entry.error = t.status.last_error or "transport not logged on"
+                    continue
+                await self._flush_one(t, entry, upload, download, progress)
+            finally:
+                self.flushing.discard(t.name)
+                if reconnect:
+                    await table.relogon(t, self.logon_flags(t))
+        self.core.publish_status()
+        return summary
+
+    async def _flush_one(
+        self, t: LoadedTransport, entry: TransportFlush, upload: bool, download: bool, progress: Progress | None
+    ) -> None:
+        assert t.logon is not None
+        flags = (FlushFlags.UPLOAD if upload else FlushFlags.NONE) | (FlushFlags.DOWNLOAD if download else FlushFlags.NONE)
+        if flags == FlushFlags.NONE:
+            return
+        try:
+            await call_transport(t.logon.flush_queues, flags)
+        except Exception as exc:
+            entry.error = f"flush_queues raised {error_summary(exc)}"
+            t.status.failed(entry.error)
+            return
+        if progress:
+            progress("start", t, "")
+        if upload:
+            t.status.set(add=StatusCode.OUTBOUND_FLUSH)
+            self.store.wake(self.core.clock(), (WaitKind.SEND_RECEIVE,))
+            if progress:
+                progress("send", t, "")
+            passes = await self.core.spooler.process_due()
+            for m in passes.messages:
+                entry.sent += m.delivered_by.get(t.name, 0)
+                entry.failed += m.failed_by.get(t.name, 0) + m.failed_by.get("", 0)
+                if m.next_attempt is not None or m.offline:
+                    entry.deferred += 1
+            t.logon.transport_notify(NotifyFlags.END_OUTBOUND_FLUSH)
+            t.status.set(remove=StatusCode.OUTBOUND_FLUSH)
+        if download:
+            t.status.set(add=StatusCode.INBOUND_FLUSH)
+            if progress:
+                progress("receive", t, "")
+            entry.received += await self.receive(t)
+            t.logon.transport_notify(NotifyFlags.END_INBOUND_FLUSH)
+            t.status.set(remove=StatusCode.INBOUND_FLUSH)
+        if progress:
+            progress("done", t, "")
+
+    # The daemon ------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, *, on_pass: Callable[[PassSummary], None] | None = None) -> None:
+        """The spooler daemon: outbound on notifications and due times, polling, schedules, mode changes."""
+        self.wakeup = asyncio.Event()
+        listener = self.store.bus.listen()
+        queue = listener.attach()
+        try:
+            await self._daemon_loop(stop, queue, on_pass)
+        finally:
+            listener.close()
+            await self.core.transports.end_traffic()
+
+    async def _daemon_loop(
+        self, stop: asyncio.Event, queue: asyncio.Queue[Any], on_pass: Callable[[PassSummary], None] | None
+    ) -> None:
+        assert self.wakeup is not None
+        work_waiting = True
+        while not stop.is_set():
+            now = self.core.clock()
+            while not queue.empty():
+                note = queue.get_nowait()
+                if note.kind == "mode":
+                    fresh = self.core.profile.reload()
+                    if fresh.mode != self.mode:
+                        await self.apply_mode(fresh.mode)
+                work_waiting = True
+            if self.transition.due(now):
+                self.store.wake(now, (WaitKind.SEND_RECEIVE,))
+                work_waiting = True
+            due = self.store.next_due()
+            if work_waiting or (due is not None and due <= now):
+                work_waiting = False
+                summary = await self.core.spooler.process_due(stop=stop)
+                if on_pass and summary.messages:
+                    on_pass(summary)
+                self.core.publish_status()
+            await self.poll_due()
+            for g in self.schedule.due(load_groups(self.core.profile), self.mode, now):
+                with contextlib.suppress(MAPIError):
+                    await self.send_receive(g.name, explicit=False)
+            if stop.is_set():
+                break
+            timeout = self._sleep_seconds(self.core.clock())
+            wait_note = asyncio.ensure_future(queue.get())
+            wait_wake = asyncio.ensure_future(self.wakeup.wait())
+            wait_stop = asyncio.ensure_future(stop.wait())
+            done, pending = await asyncio.wait(
+                {wait_note, wait_wake, wait_stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for f in pending:
+                f.cancel()
+            if wait_note in done:
+                queue.put_nowait(wait_note.result())
+            if wait_wake in done:
+                self.wakeup.clear()
+                work_waiting = True
+
+    def _sleep_seconds(self, now: datetime) -> float:
+        candidates = [SAFETY_SCAN_SECONDS]
+        due = self.store.next_due()
+        if due is not None:
+            candidates.append((due - now).total_seconds())
+        if self.transition.flush_at is not None:
+            candidates.append((self.transition.flush_at - now).total_seconds())
+        nxt = self.schedule.next_time()
+        if nxt is not None:
+            candidates.append((nxt - now).total_seconds())
+        for t in self.core.transports.transports:
+            if t.name in self.newmail:
+                candidates.append(0.0)
+            at = self.next_poll.get(t.name)
+            if at is not None:
+                candidates.append((at - now).total_seconds())
+        return max(0.0, min(candidates))
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

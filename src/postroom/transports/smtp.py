@@ -1,0 +1,957 @@
+"""The `smtp` transport: sends messages to an SMTP server (a smarthost or submission server).
+
+The RFC 5322 form of the message (`mime.to_bytes`, no Bcc header) is sent once per message to
+the pending recipients this transport takes, with the low-level SMTP commands (MAIL, RCPT, DATA),
+so every recipient's own reply is seen:
+
+* 250/251 at RCPT and 250 after DATA: delivered, without a delivery report from us (the server
+  only relays; a DSN that comes back later becomes the report). When the server offers DSN and
+  the sender asked for a delivery report, RCPT carries ``NOTIFY=SUCCESS,FAILURE`` and ``ORCPT``,
+  MAIL carries ``RET=HDRS`` and ``ENVID`` (the Message-ID).
+* 5xx at RCPT: that recipient failed, with the server's reply as the NDR text, its code as
+  PR_NDR_STATUS_CODE and reason/diagnostic from the enhanced status code (`mime.status_to_ndr`).
+  5xx at MAIL fails every recipient, 5xx after DATA every recipient accepted at RCPT.
+* 4xx: a temporary failure. On a non-OK result the spooler discards every mark of the call, so:
+  when nothing was marked, the answer is MAPI_E_WAIT (`temporary_failure_wait` seconds) with the
+  reply; when some recipients were marked (delivered, or failed for good), the answer is S_OK
+  with the temporarily failed recipients left unmarked, and `end_message` answers
+  END_RESEND_LATER, so the spooler keeps them for this transport and offers them again later.
+  A 452 at RCPT after other recipients were accepted ("too many recipients") sends the rest in
+  another transaction at once.
+* Network trouble (refused or dropped connection, timeouts, TLS and certificate failures, failed
+  AUTH) before any recipient was delivered: MAPI_E_NETWORK_ERROR and the status row says FAILURE;
+  the next success clears it. A disconnect after the server answered 250 to DATA is a delivery.
+
+Connections are made lazily on the first message (never with LogonFlags.NO_CONNECT: then every
+message waits), kept in a pool of up to `connections`, and replaced after
+`max_messages_per_connection` messages, after a 421 or ``452 4.5.3`` answer to MAIL (the
+transaction is then retried once on a fresh connection) or when the connection dropped. A
+failed transaction is reset with RSET; when RSET fails too the connection is dropped.
+
+Addresses with CR, LF, NUL, other control characters, white space, ``<`` or ``>`` are never put
+on the wire: such recipients fail with MAPI_DIAG_MAIL_ADDRESS_INCORRECT. A message or address that
+needs SMTPUTF8 (RFC 6531) uses it when the server offers it; otherwise the recipients fail for good.
+
+Options:
+
+* `host`: the server (required). `port`: default 587 with `security` "starttls" (the default),
+  465 with "tls" (TLS from the start), 25 with "none" (plain text).
+* `username`, with `password_env` (the name of an environment variable holding the password) or
+  `password_file` (a file holding it; relative to the profile directory): AUTH after connecting.
+  The password is read at logon and never goes into the profile, a log or the status table;
+  a plain `password` option is refused.
+* `verify_tls` (default true): check the server's certificate; `ca_file`: a CA bundle (PEM) to
+  trust, e.g. a private CA; relative to the profile directory.
+* `helo_name`: the name sent in EHLO (default: this host's FQDN). `timeout`: seconds for connecting
+  and for each reply (default 30; the reply to the end of DATA may take ten times that).
+* `connections` (default 2), `max_messages_per_connection` (default 100).
+* `address_types` (default ["SMTP"]); `domains`: only recipients in these domains are taken, the
+  others are left for the next transport (default: every domain).
+* `sender`: the envelope sender (default PR_SENDER_EMAIL_ADDRESS when it is an SMTP address, else
+  the username when it is an address). Reports (REPORT.* classes) are sent with the null sender.
+* `temporary_failure_wait`: seconds before a message that met a temporary failure is tried again
+  (default 60).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from .. import mime
+from ..mapi import tags as T
+from ..mapi.codes import HResult, MAPIError
+from ..mapi.flags import EndMessageFlags, LogoffFlags, LogonFlags, NDRDiag, NDRReason, StatusCode, ValidateFlags
+from .spi import (
+    OutboundMessage,
+    OutboundRecipient,
+    Registration,
+    SubmitResult,
+    TransportLogon,
+    TransportProvider,
+)
+
+log = logging.getLogger(__name__)
+
+SECURITY_MODES = ("starttls", "tls", "none")
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_CONNECTIONS = 2
+DEFAULT_MAX_MESSAGES = 100
+DEFAULT_ADDRESS_TYPES = ("SMTP",)
+DEFAULT_TEMPORARY_FAILURE_WAIT = 60.0
+#: The reply to the end of DATA may take this many times `timeout` (RFC 5321 §4.5.3.2: 10 minutes).
+DATA_TIMEOUT_FACTOR = 10
+#: RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the angle brackets.
+MAX_PATH_OCTETS = 254
+#: RFC 3461 §4.4: ENVID is at most 100 characters.
+MAX_ENVID = 100
+QUIT_TIMEOUT = 5.0
+
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+_BAD_ADDRESS_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
+
+_NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
+_CONNECT_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
+
+
+def _invalid(message: str) -> MAPIError:
+    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, message)
+
+
+# --- option parsing ----------------------------------------------------------------------------
+
+
+def _string_list(name: str, value: Any) -> list[str]:
+    """A list of non-empty strings from a list/tuple of strings or a comma-separated string."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+        for item in items:
+            if not isinstance(item, str):
+                raise _invalid(f"option {name!r}: every entry must be a string, not {item!r}")
+    else:
+        raise _invalid(f"option {name!r} must be a list of strings or a comma-separated string, not {value!r}")
+    out = [item.strip() for item in items if item.strip()]
+    if not out:
+        raise _invalid(f"option {name!r} must name at least one value")
+    return out
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(f"option {name!r} must be a non-empty string, not {value!r}")
+    text: str = value.strip()
+    if any(not c.isprintable() for c in text):
+        raise _invalid(f"option {name!r} contains a control character")
+    return text
+
+
+def _token(name: str, value: Any) -> str:
+    """A string without white space (a host name, a user name, a variable name)."""
+    text = _text(name, value)
+    if any(c.isspace() for c in text):
+        raise _invalid(f"option {name!r} must not contain white space: {text!r}")
+    return text
+
+
+def _number(name: str, value: Any, *, integer: bool = False) -> float:
+    what = "a whole number" if integer else "a number of seconds"
+    if isinstance(value, bool):
+        raise _invalid(f"option {name!r} must be {what}, not {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise _invalid(f"option {name!r} must be {what}, not {value!r}") from None
+    if not isinstance(value, int | float) or (integer and not float(value).is_integer()):
+        raise _invalid(f"option {name!r} must be {what}, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise _invalid(f"option {name!r} must be positive, not {value!r}")
+    return number
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+        return False
+    raise _invalid(f"option {name!r} must be true or false, not {value!r}")
+
+
+def _path(name: str, value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    text = _text(name, value)
+    if "\0" in text:
+        raise _invalid(f"option {name!r} contains a NUL character")
+    return text
+
+
+def envelope_address_problem(address: str) -> str | None:
+    """Why `address` cannot go into MAIL FROM / RCPT TO as it is, or None when it can.
+
+    Refuses what could smuggle a command or a header onto the wire (CR, LF, NUL, control
+    characters), white space and angle brackets (which would end the path early), and an
+    address without a local part and a domain.
+    """
+    if not address:
+        return "the address is empty"
+    if "\r" in address or "\n" in address or "\0" in address:
+        return "the address contains a line break or a NUL character"
+    bad = _BAD_ADDRESS_CHARS.search(address)
+    if bad is not None:
+        char = bad.group()
+        if char in "<>":
+            return "the address contains '<' or '>'"
+        if char.isspace():
+            return "the address contains white space"
+        return "the address contains a control character"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return "the address is not of the form local-part@domain"
+    if len(address.encode("utf-8", "surrogatepass")) > MAX_PATH_OCTETS:
+        return f"the address is longer than {MAX_PATH_OCTETS} octets"
+    return None
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 §4 xtext: printable ASCII except '+' and '=' as is, everything else as +HH."""
+    out = []
+    for byte in value.encode("utf-8"):
+        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
+
+
+def reply_text(code: int, message: str) -> str:
+    """The server's reply as it was on the wire: `550 5.1.1 <x>: …`, one line per reply line."""
+    lines = message.split("\n") if message else [""]
+    last = len(lines) - 1
+    return "\n".join(f"{code}{' ' if i == last else '-'}{line}".rstrip() for i, line in enumerate(lines))
+
+
+def reply_to_ndr(message: str) -> tuple[NDRReason, NDRDiag]:
+    """Reason and diagnostic from the enhanced status code at the start of a reply's text."""
+    match = _ENHANCED.match(message)
+    if match is None:
+        return NDRReason.TRANSFER_FAILED, NDRDiag.NO_DIAGNOSTIC
+    return mime.status_to_ndr(match.group(1))
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """The validated options of one smtp service (never the password itself)."""
+
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password_env: str | None
+    password_file: Path | None
+    verify_tls: bool
+    ca_file: Path | None
+    helo_name: str | None
+    timeout: float
+    connections: int
+    max_messages_per_connection: int
+    address_types: tuple[str, ...]
+    domains: frozenset[str] | None
+    sender: str | None
+    temporary_failure_wait: float
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], profile_dir: Path) -> SMTPConfig:
+        opts = SMTPProvider.validate_options(options)
+
+        def resolve(name: str) -> Path | None:
+            if name not in opts:
+                return None
+            path = Path(opts[name]).expanduser()
+            return path if path.is_absolute() else profile_dir / path
+
+        domains = opts.get("domains")
+        return cls(
+            host=opts["host"],
+            port=opts["port"],
+            security=opts["security"],
+            username=opts.get("username"),
+            password_env=opts.get("password_env"),
+            password_file=resolve("password_file"),
+            verify_tls=opts["verify_tls"],
+            ca_file=resolve("ca_file"),
+            helo_name=opts.get("helo_name"),
+            timeout=opts["timeout"],
+            connections=opts["connections"],
+            max_messages_per_connection=opts["max_messages_per_connection"],
+            address_types=tuple(opts["address_types"]),
+            domains=None if domains is None else frozenset(domains),
+            sender=opts.get("sender"),
+            temporary_failure_wait=opts["temporary_failure_wait"],
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def read_password(self) -> str | None:
+        """The password from the environment or the password file; MAPI_E_FAILONEPROVIDER when missing."""
+        if self.username is None:
+            return None
+        if self.password_env is not None:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise MAPIError(
+                    HResult.MAPI_E_FAILONEPROVIDER,
+                    f"the environment variable {self.password_env} (option 'password_env') is not set",
+                )
+            return password
+        assert self.password_file is not None
+        try:
+            text = self.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise MAPIError(
+                HResult.MAPI_E_FAILONEPROVIDER,
+                f"cannot read the password file {self.password_file} (option 'password_file'): {why}",
+            ) from None
+        return text.rstrip("\r\n")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (certificate and host name checks on unless verify_tls is false)."""
+        if self.security == "none":
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if self.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise MAPIError(
+                    HResult.MAPI_E_FAILONEPROVIDER,
+                    f"cannot load the CA file {self.ca_file} (option 'ca_file'): {exc}",
+                ) from None
+        if not self.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+class _Secret:
+    """Holds the password; never shows it in a repr or a traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<password hidden>"
+
+    __str__ = __repr__
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+class _ConnectFailed(Exception):
+    """Opening a connection failed; the text is ready for the status row."""
+
+
+class _Retry(Exception):
+    """MAIL met 421, 452 4.5.3 or a dropped reused connection: try once more on a fresh one."""
+
+    def __init__(self, text: str, reply: str | None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.reply = reply  # the server's reply, None for a dropped connection
+
+
+@dataclass(eq=False)  # compared and hashed by identity: kept in a set
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    messages: int = 0
+    reused: bool = False
+    broken: bool = False
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.smtp.close()
+
+    async def quit(self) -> None:
+        try:
+            if self.smtp.is_connected:
+                await self.smtp.quit(timeout=QUIT_TIMEOUT)
+        except Exception:  # QUIT is a courtesy: any error just closes the socket
+            pass
+        finally:
+            self.abort()
+
+
+@dataclass
+class _Transaction:
+    """What one SMTP transaction left to do."""
+
+    temporary: list[tuple[OutboundRecipient, str]] = field(default_factory=list)
+    carry: list[OutboundRecipient] = field(default_factory=list)
+    delivered: int = 0
+
+
+class _NetworkTrouble(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+# --- the logon ------------------------------------------------------------------------------------
+
+
+class SMTPLogon(TransportLogon):
+    def __init__(self, provider: SMTPProvider, flags: LogonFlags, config: SMTPConfig, password: _Secret | None) -> None:
+        super().__init__(provider, flags)
+        self.config = config
+        self._password = password
+        self._tls = config.tls_context()
+        self.registration = Registration.of(*config.address_types)
+        self.offline = bool(flags & LogonFlags.NO_CONNECT)
+        self.status.identity = f"{config.username}@{config.where}" if config.username else config.where
+        self._tls_note = ""
+        if config.security != "none" and not config.verify_tls:
+            self._tls_note = " (TLS certificate not verified)"
+            self.status.extra["verify_tls"] = False
+            log.warning("%s: TLS certificate checks are disabled for %s (verify_tls = false)", self.name, config.where)
+        if config.security == "none" and config.username:
+            log.warning("%s: AUTH to %s without TLS sends the password in plain text", self.name, config.where)
+        self.status.status_string = (
+            "offline (no connect)" if self.offline else f"not connected yet to {config.where}{self._tls_note}"
+        )
+        self._resend_later: set[int] = set()
+        # The pool belongs to one event loop: created on first use, replaced if the loop changes.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+        self.connections_opened = 0
+
+    def address_types(self) -> Registration:
+        return self.registration
+
+    def _is_mine(self, rcpt: OutboundRecipient) -> bool:
+        if rcpt.address_type.upper() not in self.config.address_types:
+            return False
+        if self.config.domains is None:
+            return True
+        _, at, domain = rcpt.email_address.rpartition("@")
+        return bool(at) and domain.lower() in self.config.domains
+
+    # --- submit --------------------------------------------------------------------------------
+
+    async def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
+        taken = [r for r in message.pending() if self._is_mine(r)]
+        if not taken:
+            return SubmitResult.not_me()
+        wait = self.config.temporary_failure_wait
+        if self.offline:
+            return SubmitResult.wait(wait, "offline (no connect)")
+
+        sendable: list[OutboundRecipient] = []
+        for rcpt in taken:
+            problem = envelope_address_problem(rcpt.email_address)
+            if problem is None:
+                sendable.append(rcpt)
+            else:
+                rcpt.mark_failed(
+                    f"Cannot send to {rcpt.email_address!r}: {problem}.",
+                    reason=NDRReason.TRANSFER_IMPOSSIBLE,
+                    diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
+                )
+        if not sendable:
+            return SubmitResult.ok()
+
+        sender = self._envelope_sender(message)
+        problem = envelope_address_problem(sender) if sender else None
+        if problem is not None:
+            for rcpt in sendable:
+                rcpt.mark_failed(
+                    f"Cannot send with the envelope sender {sender!r}: {problem}.",
+                    reason=NDRReason.TRANSFER_IMPOSSIBLE,
+                    diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
+                )
+            return SubmitResult.ok()
+
+        try:
+            headers_need_utf8 = mime.needs_smtputf8(mime.to_mime(message.data))
+            data = mime.to_bytes(message.data, include_bcc=False)
+        except MAPIError as exc:  # the message itself is malformed: no retry can help
+            for rcpt in sendable:
+                rcpt.mark_failed(
+                    f"The message cannot be converted to Internet format: {exc.message}",
+                    reason=NDRReason.CONVERSION_NOT_PERFORMED,
+                    diag=NDRDiag.CONTENT_SYNTAX_IN_ERROR,
+                )
+            return SubmitResult.ok()
+        except OSError as exc:  # an attachment could not be read
+            return SubmitResult.wait(wait, f"cannot read the message: {exc}")
+        needs_utf8 = headers_need_utf8 or not sender.isascii()
+
+        self._bind_loop()
+        assert self._slots is not None
+        async with self._slots:
+            return await self._deliver(message, sendable, sender, data, needs_utf8)
+
+    def _envelope_sender(self, message: OutboundMessage) -> str:
+        if message.data.message_class.upper().startswith("REPORT."):
+            return ""  # reports go out with the null reverse-path, so they never bounce (RFC 3461, 8098)
+        if self.config.sender:
+            return self.config.sender
+        if str(message.props.get(T.PR_SENDER_ADDRTYPE) or "").upper() == "SMTP":
+            address = str(message.props.get(T.PR_SENDER_EMAIL_ADDRESS) or "")
+            if address:
+                return address
+        if self.config.username and "@" in self.config.username:
+            return self.config.username
+        return ""
+
+    async def _deliver(
+        self,
+        message: OutboundMessage,
+        recipients: list[OutboundRecipient],
+        sender: str,
+        data: bytes,
+        needs_utf8: bool,
+    ) -> SubmitResult:
+        temporary: list[tuple[OutboundRecipient, str]] = []
+        delivered = 0
+        queue = recipients
+        retried = False
+        fresh = False
+        network_error: str | None = None
+        while queue:
+            try:
+                conn = await self._checkout(fresh=fresh)
+            except _ConnectFailed as exc:
+                network_error = str(exc)
+                break
+            fresh = False
+            try:
+                tx = await self._transaction(conn, message, queue, sender, data, needs_utf8)
+            except _Retry as exc:
+                conn.broken = True
+                await self._checkin(conn)
+                if not retried:
+                    retried, fresh = True, True
+                    continue
+                if exc.reply is None:
+                    network_error = exc.text
+                else:
+                    temporary += [(r, exc.reply) for r in queue if not r.responsibility]
+                break
+            except _NetworkTrouble as exc:
+                conn.broken = True
+                await self._checkin(conn)
+                network_error = exc.text
+                break
+            except BaseException:
+                # A bug or a cancellation mid-transaction: never leave a transaction open.
+                conn.broken = True
+                await self._checkin(conn)
+                raise
+            await self._checkin(conn)
+            self._connected()
+            delivered += tx.delivered
+            temporary += tx.temporary
+            queue = tx.carry
+
+        if network_error is not None:
+            self.status.failed(network_error)
+            if delivered == 0:
+                # The spooler drops every mark of this call: the whole message is tried again.
+                return SubmitResult.network_error(self.config.temporary_failure_wait, network_error)
+        pending = [r for r in recipients if not r.responsibility]
+        if not pending:
+            return SubmitResult.ok()
+        if any(r.mark is not None for r in message.recipients):
+            # Some were marked in this call; keeping those marks needs S_OK, so the rest are
+            # left unmarked and end_message asks the spooler to offer them again later.
+            self._resend_later.add(message.ref)
+            return SubmitResult.ok()
+        reason = temporary[-1][1] if temporary else (network_error or "temporary failure")
+        return SubmitResult.wait(self.config.temporary_failure_wait, reason)
+
+    async def _transaction(
+        self,
+        conn: _Connection,
+        message: OutboundMessage,
+        recipients: Sequence[OutboundRecipient],
+        sender: str,
+        data: bytes,
+        needs_utf8: bool,
+    ) -> _Transaction:
+        """One MAIL/RCPT…/DATA transaction; marks recipients; raises _Retry/_NetworkTrouble."""
+        smtp = conn.smtp
+        tx = _Transaction()
+        where = self.config.where
+        utf8_ok = smtp.supports_extension("smtputf8")
+        batch: list[OutboundRecipient] = []
+        for rcpt in recipients:
+            if rcpt.responsibility:
+                continue
+            if not rcpt.email_address.isascii() and not utf8_ok:
+                rcpt.mark_failed(
+                    f"Cannot send to {rcpt.email_address!r}: the server {where} does not support SMTPUTF8, "
+                    "which this address needs.",
+                    reason=NDRReason.TRANSFER_IMPOSSIBLE,
+                    diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
+                )
+            elif needs_utf8 and not utf8_ok:
+                rcpt.mark_failed(
+                    f"The server {where} does not support SMTPUTF8, which this message needs "
+                    "(an address in its header or its sender is not ASCII).",
+                    reason=NDRReason.CONVERSION_NOT_PERFORMED,
+                    diag=NDRDiag.DOWNGRADING_IMPOSSIBLE,
+                )
+            else:
+                batch.append(rcpt)
+        if not batch:
+            return tx
+        use_utf8 = utf8_ok and (needs_utf8 or any(not r.email_address.isascii() for r in batch))
+        encoding = "utf-8" if use_utf8 else "ascii"
+
+        # MAIL FROM, with the extensions the server offers.
+        options: list[bytes] = []
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(data)}".encode())
+        if use_utf8:
+            options.append(b"SMTPUTF8")
+        if (use_utf8 or not data.isascii()) and smtp.supports_extension("8bitmime"):
+            options.append(b"BODY=8BITMIME")
+        notify = self._dsn_notify(message) if smtp.supports_extension("dsn") else None
+        if notify is not None:
+            options.append(b"RET=HDRS")
+            envid = str(message.props.get(T.PR_INTERNET_MESSAGE_ID) or "")
+            if envid and envid.isascii() and len(xtext(envid)) <= MAX_ENVID:
+                options.append(f"ENVID={xtext(envid)}".encode("ascii"))
+        conn.messages += 1
+        try:
+            reply = await smtp.execute_command(b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *options)
+        except _NETWORK_ERRORS as exc:
+            text = f"connection to {where} lost at MAIL FROM: {exc}"
+            if conn.reused and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                raise _Retry(text, None) from exc
+            raise _NetworkTrouble(text) from exc
+        text = reply_text(reply.code, reply.message)
+        if reply.code == 421 or (reply.code == 452 and reply.message.startswith("4.5.3")):
+            raise _Retry(text, text)
+        if not 200 <= reply.code < 300:
+            self._refused(batch, reply.code, reply.message, tx)
+            await self._rset(conn)
+            return tx
+
+        # RCPT TO, one by one so every recipient gets its own answer.
+        accepted: list[OutboundRecipient] = []
+        for index, rcpt in enumerate(batch):
+            rcpt_options: list[bytes] = []
+            if notify is not None:
+                rcpt_options.append(f"NOTIFY={notify}".encode("ascii"))
+                if rcpt.email_address.isascii():
+                    rcpt_options.append(f"ORCPT=rfc822;{xtext(rcpt.email_address)}".encode("ascii"))
+            try:
+                reply = await smtp.execute_command(
+                    b"RCPT", b"TO:<" + rcpt.email_address.encode(encoding) + b">", *rcpt_options
+                )
+            except _NETWORK_ERRORS as exc:
+                raise _NetworkTrouble(f"connection to {where} lost at RCPT TO: {exc}") from exc
+            if 200 <= reply.code < 300:  # 250, or 251 "will forward"
+                accepted.append(rcpt)
+            elif reply.code == 421:  # the server is closing the connection
+                conn.broken = True
+                text = reply_text(reply.code, reply.message)
+                tx.temporary += [(r, text) for r in batch[index:]]
+                break
+            elif reply.code == 452 and accepted:  # too many recipients: the rest in another transaction
+                tx.carry = list(batch[index:])
+                break
+            else:
+                self._refused([rcpt], reply.code, reply.message, tx)
+        if not accepted:
+            await self._rset(conn)
+            return tx
+
+        # DATA.
+        try:
+            reply = await smtp.data(data, timeout=self.config.timeout * DATA_TIMEOUT_FACTOR)
+        except aiosmtplib.SMTPDataError as exc:
+            reply = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        except _NETWORK_ERRORS as exc:
+            raise _NetworkTrouble(f"connection to {where} lost during DATA: {exc}") from exc
+        if reply.code == 250:
+            for rcpt in accepted:
+                # Relayed: the server cannot confirm final delivery; a DSN may come back later.
+                rcpt.mark_delivered(report=False)
+            tx.delivered += len(accepted)
+            return tx
+        self._refused(accepted, reply.code, reply.message, tx)
+        await self._rset(conn)
+        return tx
+
+    @staticmethod
+    def _dsn_notify(message: OutboundMessage) -> str | None:
+        """The NOTIFY value for RCPT, or None when the server's defaults are what the sender wants."""
+        dr = bool(message.props.get(T.PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED, False))
+        ndr = bool(message.props.get(T.PR_ORIGINATOR_NON_DELIVERY_REPORT_REQUESTED, True))
+        if not dr and ndr:
+            return None
+        wanted = [word for word, on in (("SUCCESS", dr), ("FAILURE", ndr)) if on]
+        return ",".join(wanted) or "NEVER"
+
+    @staticmethod
+    def _refused(recipients: Sequence[OutboundRecipient], code: int, message: str, tx: _Transaction) -> None:
+        """A non-2xx reply for these recipients: 5xx fails them, anything else is temporary."""
+        text = reply_text(code, message)
+        if 500 <= code < 600:
+            reason, diag = reply_to_ndr(message)
+            for rcpt in recipients:
+                rcpt.mark_failed(text, reason=reason, diag=diag, status_code=code)
+        else:
+            tx.temporary += [(r, text) for r in recipients]
+
+    async def _rset(self, conn: _Connection) -> None:
+        """End a failed transaction; a connection that cannot even do RSET is dropped."""
+        if conn.broken or not conn.smtp.is_connected:
+            conn.broken = True
+            return
+        try:
+            reply = await conn.smtp.execute_command(b"RSET")
+        except Exception:
+            conn.broken = True
+            return
+        if reply.code != 250:
+            conn.broken = True
+
+    # --- the connection pool -----------------------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        for conn in list(self._open):
+            conn.abort()
+        self._open.clear()
+        self._idle.clear()
+        self._loop = loop
+        self._slots = asyncio.Semaphore(self.config.connections)
+
+    async def _checkout(self, *, fresh: bool = False) -> _Connection:
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if conn.smtp.is_connected:
+                conn.reused = True
+                return conn
+            self._drop(conn)
+        return await self._connect()
+
+    async def _checkin(self, conn: _Connection) -> None:
+        if conn.broken or not conn.smtp.is_connected:
+            self._drop(conn)
+        elif conn.messages >= self.config.max_messages_per_connection:
+            self._open.discard(conn)
+            await conn.quit()
+        else:
+            self._idle.append(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        conn.abort()
+
+    async def _connect(self) -> _Connection:
+        cfg = self.config
+        try:
+            smtp = aiosmtplib.SMTP(
+                hostname=cfg.host,
+                port=cfg.port,
+                local_hostname=cfg.helo_name,
+                timeout=cfg.timeout,
+                use_tls=cfg.security == "tls",
+                start_tls=cfg.security == "starttls",  # must succeed: never falls back to plain text
+                tls_context=self._tls,
+            )
+        except ValueError as exc:
+            raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where}: {exc}") from None
+        step = "connect"
+        try:
+            await smtp.connect()
+            step = "EHLO"
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()
+            if cfg.username is not None and self._password is not None:
+                step = "AUTH"
+                await smtp.login(cfg.username, self._password.reveal())
+        except asyncio.CancelledError:
+            smtp.close()
+            raise
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            smtp.close()
+            raise _ConnectFailed(
+                f"authentication as {cfg.username} at {cfg.where} failed: {reply_text(exc.code, exc.message)}"
+            ) from None
+        except _CONNECT_ERRORS as exc:
+            smtp.close()
+            raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where} ({step}): {exc}") from None
+        conn = _Connection(smtp)
+        self._open.add(conn)
+        self.connections_opened += 1
+        self._connected()
+        return conn
+
+    def _connected(self) -> None:
+        self.status.set(
+            add=StatusCode.AVAILABLE,
+            remove=StatusCode.FAILURE | StatusCode.OFFLINE,
+            text=f"connected to {self.config.where}{self._tls_note}",
+        )
+
+    async def _close_all(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._open.discard(conn)
+            await conn.quit()
+        for conn in list(self._open):  # in use elsewhere: just close the socket
+            self._drop(conn)
+
+    # --- the rest of IXPLogon ------------------------------------------------------------------
+
+    def end_message(self, ref: int) -> EndMessageFlags:
+        if ref in self._resend_later:
+            self._resend_later.discard(ref)
+            return EndMessageFlags.RESEND_LATER
+        return EndMessageFlags.NONE
+
+    async def validate_state(self, flags: ValidateFlags) -> None:
+        if flags & ValidateFlags.FORCE_XP_DISCONNECT and self._loop is asyncio.get_running_loop():
+            await self._close_all()
+
+    async def logoff(self, flags: LogoffFlags = LogoffFlags.NORMAL) -> None:
+        if self._loop is asyncio.get_running_loop():
+            await self._close_all()
+        else:
+            for conn in list(self._open):
+                self._drop(conn)
+            self._idle.clear()
+
+
+# --- the provider ------------------------------------------------------------------------------------
+
+
+class SMTPProvider(TransportProvider):
+    """Sends mail to an SMTP server."""
+
+    display_name = "SMTP"
+    option_help: Mapping[str, str] = {
+        "host": "the SMTP server's host name or address (required)",
+        "port": "the server's port (default 587 for starttls, 465 for tls, 25 for none)",
+        "security": "'starttls' (default), 'tls' (TLS from the start) or 'none' (plain text)",
+        "username": "the user name for AUTH (needs password_env or password_file)",
+        "password_env": "the name of an environment variable holding the password",
+        "password_file": "a file holding the password; relative to the profile directory",
+        "verify_tls": "check the server's TLS certificate and host name (default true)",
+        "ca_file": "a CA bundle (PEM) to trust, e.g. a private CA; relative to the profile directory",
+        "helo_name": "the name sent in EHLO (default: this host's FQDN)",
+        "timeout": f"seconds for connecting and for each reply (default {DEFAULT_TIMEOUT:g})",
+        "connections": f"parallel connections to the server (default {DEFAULT_CONNECTIONS})",
+        "max_messages_per_connection": f"messages sent over one connection (default {DEFAULT_MAX_MESSAGES})",
+        "address_types": "address types taken by this transport (default ['SMTP'])",
+        "domains": "only recipients in these domains are taken (default: every domain)",
+        "sender": "the envelope sender (default: the message's SMTP sender, else the username)",
+        "temporary_failure_wait": (
+            f"seconds before retrying after a temporary failure (default {DEFAULT_TEMPORARY_FAILURE_WAIT:g})"
+        ),
+    }
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        if "password" in options:
+            raise _invalid(
+                "option 'password' is not accepted: a password never goes into the profile. Put it in an "
+                "environment variable and name that in 'password_env', or in a file readable only by you "
+                "and name that in 'password_file'"
+            )
+        opts = super().validate_options(options)
+        out: dict[str, Any] = {}
+        if "host" not in opts:
+            raise _invalid("option 'host' is required: the SMTP server to send to")
+        out["host"] = _token("host", opts["host"])
+        security = str(opts.get("security", "starttls")).strip().lower()
+        if security not in SECURITY_MODES:
+            raise _invalid(f"option 'security' must be one of {', '.join(SECURITY_MODES)}, not {opts['security']!r}")
+        out["security"] = security
+        port = opts.get("port", DEFAULT_PORTS[security])
+        port_number = _number("port", port, integer=True)
+        if port_number > 65535:
+            raise _invalid(f"option 'port' must be a port number (1-65535), not {port!r}")
+        out["port"] = int(port_number)
+
+        if "username" in opts:
+            out["username"] = _token("username", opts["username"])
+        if "password_env" in opts and "password_file" in opts:
+            raise _invalid("options 'password_env' and 'password_file' exclude each other: give one of them")
+        if "password_env" in opts:
+            out["password_env"] = _token("password_env", opts["password_env"])
+        if "password_file" in opts:
+            out["password_file"] = _path("password_file", opts["password_file"])
+        has_password = "password_env" in out or "password_file" in out
+        if "username" in out and not has_password:
+            raise _invalid("option 'username' needs 'password_env' or 'password_file' to say where the password is")
+        if has_password and "username" not in out:
+            raise _invalid("a password ('password_env' or 'password_file') needs the option 'username'")
+
+        out["verify_tls"] = _boolean("verify_tls", opts.get("verify_tls", True))
+        if "ca_file" in opts:
+            if security == "none":
+                raise _invalid("option 'ca_file' needs security 'starttls' or 'tls'")
+            out["ca_file"] = _path("ca_file", opts["ca_file"])
+        if "helo_name" in opts:
+            out["helo_name"] = _token("helo_name", opts["helo_name"])
+            if not out["helo_name"].isascii():
+                raise _invalid(f"option 'helo_name' must be ASCII (an A-label), not {out['helo_name']!r}")
+        out["timeout"] = _number("timeout", opts.get("timeout", DEFAULT_TIMEOUT))
+        out["connections"] = int(_number("connections", opts.get("connections", DEFAULT_CONNECTIONS), integer=True))
+        out["max_messages_per_connection"] = int(
+            _number(
+                "max_messages_per_connection",
+                opts.get("max_messages_per_connection", DEFAULT_MAX_MESSAGES),
+                integer=True,
+            )
+        )
+        types = _string_list("address_types", opts.get("address_types", list(DEFAULT_ADDRESS_TYPES)))
+        for adrtype in types:
+            if adrtype == "*" or any(c == ":" or c.isspace() or not c.isprintable() for c in adrtype):
+                raise _invalid(f"option 'address_types': {adrtype!r} is not an address type")
+        out["address_types"] = list(dict.fromkeys(a.upper() for a in types))
+        if "domains" in opts:
+            domains = [_token("domains", d).lower() for d in _string_list("domains", opts["domains"])]
+            for domain in domains:
+                if "@" in domain or domain.startswith(".") or ".." in domain:
+                    raise _invalid(f"option 'domains': {domain!r} is not a domain name")
+            out["domains"] = list(dict.fromkeys(domains))
+        if "sender" in opts:
+            sender = opts["sender"]
+            if not isinstance(sender, str):
+                raise _invalid(f"option 'sender' must be an e-mail address, not {sender!r}")
+            problem = envelope_address_problem(sender.strip())
+            if problem is not None:
+                raise _invalid(f"option 'sender': {problem}")
+            out["sender"] = sender.strip()
+        out["temporary_failure_wait"] = _number(
+            "temporary_failure_wait", opts.get("temporary_failure_wait", DEFAULT_TEMPORARY_FAILURE_WAIT)
+        )
+        return out
+
+    def logon(self, flags: LogonFlags) -> SMTPLogon:
+        config = SMTPConfig.from_options(self.context.options, self.context.profile_dir)
+        password = config.read_password()
+        return SMTPLogon(self, flags, config, None if password is None else _Secret(password))

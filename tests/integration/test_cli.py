@@ -1,0 +1,313 @@
+"""The `postroom` command, run as a real process (`python -m postroom`) against real profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def postroom(
+    *args: str | Path, profile: Path | None = None, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "postroom"]
+    if profile is not None:
+        argv += ["--profile", str(profile)]
+    argv += [str(a) for a in args]
+    proc = subprocess.run(
+        argv,
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, "POSTROOM_DEBUG": "", **(env or {})},
+        timeout=60,
+    )
+    out = subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
+    """A failed command: the given exit code and exactly one `postroom: error:` line on stderr."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("postroom: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def maildir_files(profile: Path, domain: str = "localhost", user: str = "user") -> list[Path]:
+    new = profile / "maildir" / domain / user / "new"
+    return sorted(new.iterdir()) if new.is_dir() else []
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Path:
+    directory = tmp_path / "profile"
+    result = postroom("init", directory)
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+def add_fax(profile: Path, outdir: Path) -> None:
+    """A `pipe` transport for FAX: the command writes each message to OUTDIR/<number>.eml."""
+    outdir.mkdir(exist_ok=True)
+    command = json.dumps(["/bin/sh", "-c", 'cat > "$1/$2.eml"', "sh", str(outdir)])
+    result = postroom(
+        "service", "add", "pipe", "fax", "--set", f"command={command}", "--set", 'address_types=["FAX"]',
+        profile=profile,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_init_default_profile_and_version(tmp_path: Path) -> None:
+    target = tmp_path / "p1"
+    created = postroom("--json", "init", target)
+    assert created.returncode == 0, created.stderr
+    doc = as_json(created)
+    assert [s["name"] for s in doc["services"]] == ["local"]
+    assert (target / "profile.toml").is_file()
+    one_line_error(postroom("init", target), "MAPI_E_INVALID_PARAMETER", "exists already")
+
+    empty = tmp_path / "p2"
+    assert postroom("init", empty, "--empty").returncode == 0
+    assert as_json(postroom("service", "list", "--json", profile=empty)) == []
+    assert as_json(postroom("adrtypes", "--json", profile=empty)) == []
+
+    # No --profile: POSTROOM_PROFILE names the default profile, created on first use.
+    default = tmp_path / "fresh-default"
+    first = postroom("folders", "--json", env={"POSTROOM_PROFILE": str(default)})
+    assert first.returncode == 0, first.stderr
+    assert {"Inbox", "Outbox", "Sent Items", "Deleted Items"} <= {f["name"] for f in as_json(first)}
+    assert (default / "profile.toml").is_file()
+    assert "created the default profile" in first.stderr
+
+    version = postroom("--version")
+    assert version.returncode == 0 and "0.1.0" in version.stdout
+    assert postroom("--help").stdout.count("transport") >= 2
+
+
+def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path) -> None:
+    attachment = tmp_path / "notes.txt"
+    attachment.write_text("attached text\n")
+    sent = postroom(
+        "send", "--to", "Some User <user@localhost>", "--subject", "Hello there", "--body", "first line",
+        "--attach", attachment, "--json", profile=profile,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    doc = as_json(sent)
+    mid = doc["message_id"]
+    [rcpt] = doc["recipients"]
+    assert rcpt["state"] == "delivered" and rcpt["transport"] == "local"
+    assert rcpt["address"] == "SMTP:user@localhost"
+    assert doc["finished"] == "moved"
+
+    [delivered] = maildir_files(profile)
+    text = delivered.read_text()
+    assert "Subject: Hello there" in text and "notes.txt" in text
+
+    sent_items = as_json(postroom("list", "Sent Items", "--json", profile=profile))
+    assert [(m["id"], m["subject"]) for m in sent_items] == [(mid, "Hello there")]
+    assert as_json(postroom("--json", "list", "Outbox", profile=profile)) == []
+
+    human = postroom("send", "--to", "user@localhost", "-s", "again", "-b", "x", profile=profile)
+    assert human.returncode == 0
+    assert "delivered" in human.stdout and "local" in human.stdout and "Sent Items" in human.stdout
+
+    shown = postroom("show", str(mid), profile=profile)
+    assert shown.returncode == 0
+    for needle in ("Hello there", "first line", "delivered", "local", "notes.txt", "submitted", "Sent Items"):
+        assert needle in shown.stdout, needle
+    shown_doc = as_json(postroom("show", str(mid), "--json", profile=profile))
+    assert shown_doc["recipients"][0]["state"] == "delivered"
+    assert shown_doc["attachments"][0]["size"] == len("attached text\n")
+    assert [e["kind"] for e in shown_doc["history"]][0] == "submitted"
+
+    props = postroom("show", str(mid), "--props", profile=profile)
+    assert props.returncode == 0
+    assert "PR_SUBJECT" in props.stdout and "0x0037001F" in props.stdout and "PT_UNICODE" in props.stdout
+    assert "PR_EMAIL_ADDRESS" in props.stdout and "PR_ATTACH_LONG_FILENAME" in props.stdout
+    props_doc = as_json(postroom("show", str(mid), "--props", "--json", profile=profile))
+    assert {"name": "PR_SUBJECT", "tag": "0x0037001F", "type": "PT_UNICODE", "value": "Hello there"} in props_doc[
+        "props"
+    ]
+
+    exported = postroom("export", str(mid), profile=profile)
+    assert exported.returncode == 0
+    assert "Subject: Hello there" in exported.stdout and "To: Some User <user@localhost>" in exported.stdout
+
+    # The exported message goes out again through --eml, its To header naming the recipient.
+    eml = tmp_path / "m.eml"
+    eml.write_text(exported.stdout)
+    again = postroom("send", "--eml", eml, "--json", profile=profile)
+    assert again.returncode == 0, again.stderr
+    assert as_json(again)["recipients"][0]["address"] == "SMTP:user@localhost"
+    assert len(maildir_files(profile)) == 3
+
+
+def test_foreign_domain_fails_with_ndr_in_inbox(profile: Path) -> None:
+    result = postroom(
+        "send", "--to", "someone@elsewhere.test", "--cc", "user@localhost", "-s", "Far away", "-b", "x",
+        profile=profile,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "failed" in result.stdout and "someone@elsewhere.test" in result.stdout
+    assert "delivered" in result.stdout  # the local Cc still got it
+    assert "NDR" in result.stdout
+    inbox = as_json(postroom("list", "Inbox", "--json", profile=profile))
+    assert [m["message_class"] for m in inbox] == ["REPORT.IPM.Note.NDR"]
+    assert "Far away" in inbox[0]["subject"]
+
+    quiet = postroom("send", "--to", "nobody@elsewhere.test", "-b", "x", "--no-ndr", "--json", profile=profile)
+    assert quiet.returncode == 1
+    assert as_json(quiet)["recipients"][0]["state"] == "failed"
+    assert len(as_json(postroom("list", "Inbox", "--json", profile=profile))) == 1  # no second NDR
+
+
+def test_route_dry_run(profile: Path) -> None:
+    result = postroom("route", "user@localhost", "FAX:+15551234", profile=profile)
+    assert result.returncode == 0, result.stderr
+    assert "SMTP:user@localhost" in result.stdout and "local" in result.stdout
+    assert "address type" in result.stdout
+    assert "FAX:+15551234" in result.stdout and "no transport: NDR" in result.stdout
+    doc = as_json(postroom("route", "--json", "Ann <user@localhost>", "FAX:1", profile=profile))
+    assert doc[0]["offers"] == [{"transport": "local", "position": 1, "matched_by": "address type"}]
+    assert doc[1]["ndr"] is True and doc[1]["offers"] == []
+    one_line_error(postroom("route", "not an address", profile=profile), "MAPI_E_INVALID_PARAMETER")
+
+
+def test_services_pipe_transport_and_order(profile: Path, tmp_path: Path) -> None:
+    outdir = tmp_path / "faxes"
+    add_fax(profile, outdir)
+    listed = postroom("service", "list", profile=profile)
+    assert "fax" in listed.stdout and "pipe" in listed.stdout and "FAX" in listed.stdout
+    services = as_json(postroom("service", "list", "--json", profile=profile))
+    assert [(s["name"], s["kind"]) for s in services] == [("local", "maildir"), ("fax", "pipe")]
+    assert len(services[1]["provider_uid"]) == 32
+    assert set(as_json(postroom("adrtypes", "--json", profile=profile))) == {"SMTP", "FAX"}
+
+    sent = postroom("send", "--to", "FAX:+15551234", "-s", "A fax", "-b", "page one", "--json", profile=profile)
+    assert sent.returncode == 0, sent.stderr
+    assert as_json(sent)["recipients"][0]["transport"] == "fax"
+    assert "Subject: A fax" in (outdir / "+15551234.eml").read_text()
+
+    # The transport order: complete list only; the MAPI code tells what was wrong.
+    one_line_error(postroom("order", "set", "local", profile=profile), "MAPI_E_BUSY", "missing: fax")
+    one_line_error(postroom("order", "set", "local", "fax", "local", profile=profile), "MAPI_E_BUSY")
+    one_line_error(postroom("order", "set", "local", "fax", "telex", profile=profile), "MAPI_E_NOT_FOUND", "telex")
+    changed = postroom("order", "set", "fax", "local", profile=profile)
+    assert changed.returncode == 0, changed.stderr
+    order = as_json(postroom("order", "--json", profile=profile))
+    assert order["explicit"] is True
+    assert [(t["position"], t["name"]) for t in order["transports"]] == [(1, "fax"), (2, "local")]
+    reset = as_json(postroom("--json", "order", "reset", profile=profile))
+    assert reset["explicit"] is False and [t["name"] for t in reset["transports"]] == ["local", "fax"]
+
+    assert postroom("service", "remove", "fax", profile=profile).returncode == 0
+    one_line_error(postroom("service", "remove", "fax", profile=profile), "MAPI_E_NOT_FOUND", "fax")
+    one_line_error(
+        postroom("send", "--to", "FAX:+15551234", "-b", "x", profile=profile),
+        "no transport in this profile takes address type FAX (known: SMTP)",
+    )
+    one_line_error(postroom("service", "add", "telex", "t", profile=profile), "MAPI_E_NOT_FOUND", "telex")
+    one_line_error(
+        postroom("service", "add", "pipe", "p", "--set", "command=/bin/true", profile=profile),
+        "MAPI_E_INVALID_PARAMETER",
+        "address_types",
+    )
+    one_line_error(postroom("service", "add", "pipe", "p", "--set", "novalue", profile=profile), "KEY=VALUE")
+
+
+def test_errors_are_one_line_without_traceback(profile: Path, tmp_path: Path) -> None:
+    one_line_error(postroom("send", "--to", "Bob <bob@", "-b", "x", profile=profile), "MAPI_E_INVALID_PARAMETER")
+    one_line_error(postroom("send", "--to", "X400:c=us;a=b", "-b", "x", profile=profile), "address type X400")
+    missing = tmp_path / "no-such-file.pdf"
+    one_line_error(postroom("send", "--to", "user@localhost", "--attach", missing, profile=profile), str(missing))
+    one_line_error(postroom("send", "--to", "user@localhost", "--body-file", missing, profile=profile), str(missing))
+    one_line_error(postroom("send", "--eml", missing, profile=profile), str(missing))
+    one_line_error(postroom("send", "-b", "no recipients", profile=profile), "no recipients")
+    nowhere = tmp_path / "not-a-profile"
+    one_line_error(postroom("--profile", nowhere, "queue"), "MAPI_E_NOT_FOUND", str(nowhere))
+    assert not nowhere.exists()  # not silently created
+    one_line_error(postroom("service", "remove", "nosuch", profile=profile), "MAPI_E_NOT_FOUND", "nosuch")
+    one_line_error(postroom("show", "999", profile=profile), "MAPI_E_NOT_FOUND")
+    one_line_error(postroom("list", "Nowhere", profile=profile), "MAPI_E_NOT_FOUND")
+    one_line_error(postroom("frobnicate", profile=profile), "frobnicate")
+    as_doc = postroom("show", "999", "--json", profile=profile)
+    one_line_error(as_doc, "MAPI_E_NOT_FOUND")
+    assert as_json(as_doc)["error"]["code"] == "MAPI_E_NOT_FOUND"
+    # Nothing was left behind in the Outbox by the refused sends.
+    assert as_json(postroom("list", "Outbox", "--json", profile=profile)) == []
+
+
+def test_later_stays_queued_until_the_spooler_runs(profile: Path) -> None:
+    body = b"from stdin\n"
+    later = postroom(
+        "send", "--later", "--to", "user@localhost", "-s", "Queued", "--body-file", "-", "--json",
+        profile=profile, stdin=body,
+    )  # fmt: skip
+    assert later.returncode == 0, later.stderr
+    mid = as_json(later)["message_id"]
+    queue = as_json(postroom("queue", "--json", profile=profile))
+    assert [(q["id"], q["pending"], q["recipients"], q["state"]) for q in queue] == [(mid, 1, 1, "queued")]
+    assert "Queued" in postroom("queue", profile=profile).stdout
+    assert maildir_files(profile) == []
+
+    once = postroom("spooler", "--once", profile=profile)
+    assert once.returncode == 0, once.stderr
+    assert "1 recipient(s) delivered" in once.stdout
+    assert as_json(postroom("queue", "--json", profile=profile)) == []
+    [delivered] = maildir_files(profile)
+    assert "from stdin" in delivered.read_text()
+    idle = as_json(postroom("spooler", "--once", "--json", profile=profile))
+    assert idle["messages"] == 0
+
+
+def test_spooler_runs_until_sigterm(profile: Path) -> None:
+    assert postroom("send", "--later", "--to", "user@localhost", "-b", "x", profile=profile).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postroom", "--profile", str(profile), "spooler"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not maildir_files(profile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert maildir_files(profile), "the spooler did not deliver"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "stopped" in out
+
+
+def test_secrets_are_not_printed() -> None:
+    from postroom.cli.admin import options_text
+    from postroom.cli.output import redact
+
+    options = {"host": "mail.test", "password_file": "pw.txt", "nested": {"client_secret": "s3"}}
+    assert redact(options) == {"host": "mail.test", "password_file": "***", "nested": {"client_secret": "***"}}
+    text = options_text(options)
+    assert "mail.test" in text and "pw.txt" not in text and "s3" not in text
