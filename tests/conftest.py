@@ -22,6 +22,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def calls() -> Iterator[list[tuple[str, str, object]]]:
     recording.CALLS.clear()
     recording.LOGON_FAILS.clear()
+    recording.INBOUND.clear()
     yield recording.CALLS
     recording.CALLS.clear()
     recording.LOGON_FAILS.clear()
+    recording.INBOUND.clear()

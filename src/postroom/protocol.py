@@ -60,7 +60,12 @@ class GroupSettings:
     every_minutes: float = 0.0  # automatic Send/Receive every n minutes; 0 = never
 
     def to_toml(self) -> dict[str, Any]:
-        return {"include": self.include, "send": self.send, "receive": self.receive, "every_minutes": self.every_minutes}
+        return {
+            "include": self.include,
+            "send": self.send,
+            "receive": self.receive,
+            "every_minutes": self.every_minutes,
+        }
 
     @classmethod
     def from_toml(cls, data: Any, default: GroupSettings) -> GroupSettings:
@@ -437,7 +442,9 @@ class ProtocolManager:
         self, t: LoadedTransport, entry: TransportFlush, upload: bool, download: bool, progress: Progress | None
     ) -> None:
         assert t.logon is not None
-        flags = (FlushFlags.UPLOAD if upload else FlushFlags.NONE) | (FlushFlags.DOWNLOAD if download else FlushFlags.NONE)
+        flags = (FlushFlags.UPLOAD if upload else FlushFlags.NONE) | (
+            FlushFlags.DOWNLOAD if download else FlushFlags.NONE
+        )
         if flags == FlushFlags.NONE:
             return
         try:

@@ -392,7 +392,11 @@ class _SessionCore:
         """The status table: the subsystem, the spooler, then one row per transport (§9.1)."""
         waiting = sum(1 for q in self.store.queue() if q.waiting_for is WaitKind.SEND_RECEIVE)
         subsystem = StatusRow(
-            "MAPI subsystem", "postroom", int(ResourceType.SUBSYSTEM), StatusCode.AVAILABLE, f"profile {self.profile.name}"
+            "MAPI subsystem",
+            "postroom",
+            int(ResourceType.SUBSYSTEM),
+            StatusCode.AVAILABLE,
+            f"profile {self.profile.name}",
         )
         offline = self.profile.mode == "offline"
         spooler = StatusRow(
@@ -400,7 +404,9 @@ class _SessionCore:
             "postroom spooler",
             int(ResourceType.SPOOLER),
             StatusCode.OFFLINE if offline else StatusCode.AVAILABLE,
-            ("offline" + (f", {waiting} message(s) waiting for Send/Receive" if waiting else "")) if offline else "online",
+            ("offline" + (f", {waiting} message(s) waiting for Send/Receive" if waiting else ""))
+            if offline
+            else "online",
             resource_methods=ResourceMethods.FLUSH_QUEUES | ResourceMethods.VALIDATE_STATE,
         )
         return [subsystem, spooler, *(t.status for t in self.transports.transports)]
@@ -557,7 +563,9 @@ class Session(_SessionCore):
     def validate_state(self) -> None:
         self._run(self._validate_state())
 
-    def run_spooler(self, stop: asyncio.Event | None = None, on_pass: Callable[[PassSummary], None] | None = None) -> None:
+    def run_spooler(
+        self, stop: asyncio.Event | None = None, on_pass: Callable[[PassSummary], None] | None = None
+    ) -> None:
         """Run the spooler daemon until `stop` is set (or SIGINT/SIGTERM, handled by the caller)."""
         self._run(self._run_spooler(stop or asyncio.Event(), on_pass))
 

@@ -69,6 +69,7 @@ class Handler:
     extra_ehlo: list[str] = field(default_factory=list)
     ehlo: list[str] = field(default_factory=list)
     quits: int = 0
+    rsets: int = 0
     mails_per_peer: dict[Any, int] = field(default_factory=dict)
     rcpt_opts: list[list[str]] = field(default_factory=list)
 
@@ -115,6 +116,10 @@ class Handler:
             )
         )
         return "250 2.0.0 Ok: queued"
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self.rsets += 1
+        return "250 OK"
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
         self.quits += 1
@@ -368,10 +373,19 @@ def test_temporary_failure_for_all_recipients_waits(tmp_path: Path, start_server
     handler, port = start_server(Handler(rcpt_replies={"alice@example.test": later, "bob@example.test": later}))
     logon = make_logon(tmp_path, port, temporary_failure_wait=77)
     message = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
-    result, _ = asyncio.run(submit(logon, message))
+
+    async def refused_then_accepted() -> tuple[SubmitResult, SubmitResult]:
+        first = await logon.submit_message(message, 0)
+        handler.rcpt_replies.clear()
+        return first, await logon.submit_message(make_message(rcpt("alice@example.test")), 0)
+
+    result, second = asyncio.run(refused_then_accepted())
     assert result.code == HResult.MAPI_E_WAIT and result.wait_seconds == 77
     assert result.reason == later
-    assert all(r.mark is None for r in message.recipients) and handler.received == []
+    assert all(r.mark is None for r in message.recipients)
+    # The open transaction was reset, so the same connection carried the next message.
+    assert handler.rsets == 1 and second == SubmitResult.ok()
+    assert len(handler.received) == 1 and len(handler.ehlo) == 1
 
 
 def test_temporary_failure_for_one_recipient_resends_later(tmp_path: Path, start_server: Any) -> None:
@@ -383,7 +397,9 @@ def test_temporary_failure_for_one_recipient_resends_later(tmp_path: Path, start
     assert end == EndMessageFlags.RESEND_LATER
     rcpts = by_address(message)
     assert rcpts["bob@example.test"].mark is None and not rcpts["bob@example.test"].responsibility
-    assert all(rcpts[a].mark is not None and rcpts[a].mark.delivered for a in ("alice@example.test", "carol@example.test"))  # type: ignore[union-attr]
+    assert all(
+        rcpts[a].mark is not None and rcpts[a].mark.delivered for a in ("alice@example.test", "carol@example.test")
+    )  # type: ignore[union-attr]
     assert handler.received[0].rcpt_tos == ["alice@example.test", "carol@example.test"]
     assert logon.end_message(message.ref) == EndMessageFlags.NONE  # asked once only
 
@@ -397,6 +413,7 @@ def test_rejection_after_data_fails_every_accepted_recipient(tmp_path: Path, sta
     for r in message.recipients:
         assert r.mark is not None and not r.mark.delivered
         assert r.mark.text == "554 5.6.0 Message content rejected" and r.mark.status_code == 554
+    assert handler.received == []
 
 
 def test_refused_sender_fails_every_recipient(tmp_path: Path, start_server: Any) -> None:
@@ -408,6 +425,18 @@ def test_refused_sender_fails_every_recipient(tmp_path: Path, start_server: Any)
     for r in message.recipients:
         assert r.mark is not None and not r.mark.delivered and r.mark.status_code == 553
         assert r.mark.text.startswith("553 5.7.1")
+
+    # The failed transaction was reset (RSET): the same connection carries the next message.
+    logon = make_logon(tmp_path, port)
+
+    async def refused_then_accepted() -> SubmitResult:
+        await logon.submit_message(make_message(rcpt("alice@example.test")), 0)
+        handler.mail_reply = None
+        return await logon.submit_message(make_message(rcpt("alice@example.test")), 0)
+
+    ehlos = len(handler.ehlo)
+    assert asyncio.run(refused_then_accepted()) == SubmitResult.ok()
+    assert len(handler.received) == 1 and len(handler.ehlo) == ehlos + 1
 
 
 def test_connection_refused_is_a_network_error_until_the_server_is_back(tmp_path: Path, start_server: Any) -> None:
@@ -537,7 +566,12 @@ def test_domains_and_address_types_leave_others_pending(tmp_path: Path, start_se
 def test_injection_addresses_fail_and_are_never_sent(tmp_path: Path, start_server: Any) -> None:
     handler, port = start_server()
     logon = make_logon(tmp_path, port)
-    evil = ["x@example.test>\r\nRCPT TO:<victim@example.test", "a b@example.test", "<c@example.test>", "d\0@example.test"]
+    evil = [
+        "x@example.test>\r\nRCPT TO:<victim@example.test",
+        "a b@example.test",
+        "<c@example.test>",
+        "d\0@example.test",
+    ]
     message = make_message(rcpt("alice@example.test"), *(rcpt(a, kind=RecipientType.BCC) for a in evil))
     result, _ = asyncio.run(submit(logon, message))
     assert result == SubmitResult.ok()
@@ -546,6 +580,16 @@ def test_injection_addresses_fail_and_are_never_sent(tmp_path: Path, start_serve
         mark = rcpts[address].mark
         assert mark is not None and not mark.delivered and mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT
     assert [r.rcpt_tos for r in handler.received] == [["alice@example.test"]]
+    assert b"example.test>\r\nRCPT" not in handler.received[0].data
+
+    # In To or Cc such an address cannot be written into the header: nobody gets the message.
+    message = make_message(rcpt("alice@example.test"), rcpt("a b@example.test", kind=RecipientType.CC))
+    result, _ = asyncio.run(submit(logon, message))
+    assert result == SubmitResult.ok() and len(handler.received) == 1
+    rcpts = by_address(message)
+    assert rcpts["a b@example.test"].mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT  # type: ignore[union-attr]
+    mark = rcpts["alice@example.test"].mark
+    assert mark is not None and not mark.delivered and mark.reason == NDRReason.CONVERSION_NOT_PERFORMED
 
 
 def test_smtputf8_used_when_offered_else_refused(tmp_path: Path, start_server: Any) -> None:
@@ -609,7 +653,8 @@ class Authenticator:
     def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         assert isinstance(data, LoginPassword)
         self.attempts.append((mechanism, data.login))
-        return AuthResult(success=data.login == self.user and data.password == self.password)
+        ok = data.login == self.user and data.password == self.password
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 235/535 reply
 
 
 def test_auth_with_password_from_environment(
@@ -673,9 +718,7 @@ def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
-def test_starttls_checks_the_certificate(
-    tmp_path: Path, start_server: Any, certificate: tuple[Path, Path]
-) -> None:
+def test_starttls_checks_the_certificate(tmp_path: Path, start_server: Any, certificate: tuple[Path, Path]) -> None:
     handler, port = start_server(tls_context=server_tls(certificate), require_starttls=True)
 
     logon = make_logon(tmp_path, port, security="starttls")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from postroom.mapi import tags as T
 from postroom.mapi.entryid import MAPIUID
-from postroom.mapi.flags import EndMessageFlags, LogonFlags
+from postroom.mapi.flags import EndMessageFlags, FlushFlags, LogonFlags, LogonResultFlags, NotifyFlags
 from postroom.profile import register_transport_kind
 from postroom.transports.spi import (
+    InboundMessage,
     OutboundMessage,
     Registration,
     SubmitResult,
@@ -26,9 +28,38 @@ from postroom.transports.spi import (
 
 CALLS: list[tuple[str, str, Any]] = []
 LOGON_FAILS: dict[str, Exception] = {}
+#: Inbound mail waiting at each transport (by service name): (message class, subject).
+INBOUND: dict[str, list[tuple[str, str]]] = {}
 
 
 class RecordingLogon(TransportLogon):
+    def __init__(self, provider: TransportProvider, flags: LogonFlags) -> None:
+        super().__init__(provider, flags)
+        if self.options.get("poll"):
+            self.result_flags = LogonResultFlags.SP_POLL
+
+    def poll(self) -> bool:
+        CALLS.append((self.name, "poll", None))
+        return bool(INBOUND.get(self.name))
+
+    def start_message(self, message: InboundMessage) -> None:
+        CALLS.append((self.name, "start_message", message.ref))
+        waiting = INBOUND.get(self.name)
+        if not waiting:
+            return  # nothing: leave the message unsaved
+        message_class, subject = waiting.pop(0)
+        message.props[T.PR_MESSAGE_CLASS] = message_class
+        message.props[T.PR_SUBJECT] = subject
+        message.save()
+
+    def flush_queues(self, flags: FlushFlags) -> None:
+        CALLS.append((self.name, "flush_queues", int(flags)))
+        super().flush_queues(flags)
+
+    def transport_notify(self, flags: NotifyFlags, data: Any = None) -> None:
+        CALLS.append((self.name, "transport_notify", int(flags)))
+        super().transport_notify(flags, data)
+
     def address_types(self) -> Registration:
         types = self.options.get("address_types", ["SMTP"])
         uids = [MAPIUID.from_hex(u) for u in self.options.get("uids", [])]

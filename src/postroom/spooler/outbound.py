@@ -59,6 +59,7 @@ class MessageResult:
         else:
             self.failed += n
             self.failed_by[transport] = self.failed_by.get(transport, 0) + n
+
     next_attempt: datetime | None = None
     errors: list[str] = field(default_factory=list)
 

@@ -149,7 +149,9 @@ class TransportTable:
             if t.logon is not None:
                 with contextlib.suppress(Exception):
                     t.logon.transport_notify(
-                        NotifyFlags.END_INBOUND | NotifyFlags.END_OUTBOUND | NotifyFlags.END_INBOUND_FLUSH
+                        NotifyFlags.END_INBOUND
+                        | NotifyFlags.END_OUTBOUND
+                        | NotifyFlags.END_INBOUND_FLUSH
                         | NotifyFlags.END_OUTBOUND_FLUSH
                     )
 

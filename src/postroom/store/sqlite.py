@@ -750,7 +750,9 @@ class SQLiteStore(MessageStore):
     def status_rows(self) -> list[tuple[str, dict[str, Any], datetime, str]]:
         return [
             (name, json.loads(row), from_epoch(updated) or now_fallback(), owner)
-            for name, row, updated, owner in self._q("SELECT name, row, updated, owner FROM status_rows ORDER BY position")
+            for name, row, updated, owner in self._q(
+                "SELECT name, row, updated, owner FROM status_rows ORDER BY position"
+            )
         ]
 
     def finish(self, message_id: int, owner: str, now: datetime) -> str:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -72,7 +73,17 @@ import aiosmtplib
 from .. import mime
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
-from ..mapi.flags import EndMessageFlags, LogoffFlags, LogonFlags, NDRDiag, NDRReason, StatusCode, ValidateFlags
+from ..mapi.flags import (
+    EndMessageFlags,
+    LogoffFlags,
+    LogonFlags,
+    NDRDiag,
+    NDRReason,
+    RecipientType,
+    StatusCode,
+    ValidateFlags,
+)
+from ..mapi.message import MessageData, Recipient
 from .spi import (
     OutboundMessage,
     OutboundRecipient,
@@ -234,6 +245,27 @@ def reply_to_ndr(message: str) -> tuple[NDRReason, NDRDiag]:
     if match is None:
         return NDRReason.TRANSFER_FAILED, NDRDiag.NO_DIAGNOSTIC
     return mime.status_to_ndr(match.group(1))
+
+
+def _without_bcc_rows(data: MessageData) -> MessageData:
+    """The message with its Bcc rows left out, sharing its properties and attachments.
+
+    Bcc rows never reach the header (to_bytes with include_bcc=False), so the bytes are the same;
+    but the converter checks every row's address, and a Bcc row this transport has already failed
+    (say, one with a line break in its address) must not make the whole message unconvertible.
+    The property dictionary is shared, so a Message-ID the converter generates is kept.
+    """
+    rows = [row for row in data.recipients if _kind(row) != RecipientType.BCC]
+    if len(rows) == len(data.recipients):
+        return data
+    return dataclasses.replace(data, recipients=rows)
+
+
+def _kind(row: Recipient) -> int:
+    try:
+        return int(row.props.get(T.PR_RECIPIENT_TYPE, RecipientType.TO)) & 0xFFFF
+    except (TypeError, ValueError):
+        return RecipientType.TO
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -482,8 +514,9 @@ class SMTPLogon(TransportLogon):
             return SubmitResult.ok()
 
         try:
-            headers_need_utf8 = mime.needs_smtputf8(mime.to_mime(message.data))
-            data = mime.to_bytes(message.data, include_bcc=False)
+            content = _without_bcc_rows(message.data)
+            headers_need_utf8 = mime.needs_smtputf8(mime.to_mime(content))
+            data = mime.to_bytes(content, include_bcc=False)
         except MAPIError as exc:  # the message itself is malformed: no retry can help
             for rcpt in sendable:
                 rcpt.mark_failed(
