@@ -8,9 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from support.profiles import make_profile
-from support.recording import INBOUND
-
 import postroom
 from postroom.mapi.flags import LogonFlags, NotifyFlags, StatusCode
 from postroom.profile import Profile
@@ -23,6 +20,9 @@ from postroom.protocol import (
     save_group,
 )
 from postroom.store import WaitKind
+
+from support.profiles import make_profile
+from support.recording import INBOUND
 
 Calls = list[tuple[str, str, Any]]
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..mapi.flags import StatusCode
+from ..mapi.flags import ResourceType, StatusCode
 from ..profile import Profile, Service, transport_kinds
 from .context import App, json_option, pass_app
 from .output import redact
@@ -321,27 +321,36 @@ def route(app: App, addresses: tuple[str, ...]) -> None:
 
 
 def _status_names(code: int) -> str:
-    names = [f.name for f in StatusCode if f.value and code & f.value == f.value and f.name]
-    return ", ".join(n.lower() for n in names if n) or "-"
+    names = [f.name.lower() for f in StatusCode if f.name and f.value and code & f.value == f.value]
+    return ", ".join(names) or "-"
+
+
+def _resource_type(value: int) -> str:
+    try:
+        return ResourceType(value).name.lower().replace("_provider", "")
+    except ValueError:
+        return str(value)
 
 
 @click.command()
 @json_option
 @pass_app
 def status(app: App) -> None:
-    """Show the status table: one status row per transport.
+    """Show the status table: one status row per component.
 
-    A status row says whether the transport is available or failed, and why.
+    The MAPI subsystem, the spooler, then each transport: whether it is available, offline
+    or failed, what its status text says, and its last error.
     """
     rows = app.session().status()
     if app.json:
         app.out.document(
             [
                 {
-                    "transport": r.display_name,
+                    "name": r.display_name,
+                    "type": _resource_type(r.resource_type),
                     "provider": r.provider_display,
                     "status_code": int(r.status_code),
-                    "status": _status_names(int(r.status_code)).split(", "),
+                    "status": [n for n in _status_names(int(r.status_code)).split(", ") if n != "-"],
                     "status_string": r.status_string,
                     "identity": r.identity,
                     "last_error": r.last_error,
@@ -352,10 +361,17 @@ def status(app: App) -> None:
         )
         return
     app.out.table(
-        ["TRANSPORT", "PROVIDER", "STATUS", "IDENTITY", "LAST ERROR"],
+        ["NAME", "TYPE", "STATUS", "STATUS TEXT", "IDENTITY", "LAST ERROR"],
         [
-            [r.display_name, r.provider_display, _status_names(int(r.status_code)), r.identity, r.last_error or "-"]
+            [
+                r.display_name,
+                _resource_type(r.resource_type),
+                _status_names(int(r.status_code)),
+                r.status_string or "-",
+                r.identity or "-",
+                r.last_error or "-",
+            ]
             for r in rows
         ],
-        empty="(no transports)",
+        empty="(no status rows)",
     )

@@ -552,7 +552,8 @@ class SQLiteStore(MessageStore):
             deferred = props.get(T.PR_DEFERRED_SEND_TIME)
             due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
             db.execute(
-                "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, wait_kind=NULL, "
+                "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
+                "wait_kind=NULL, "
                 "lease_owner=NULL, lease_until=NULL WHERE id=?",
                 (to_epoch(now), due, message_id),
             )
