@@ -96,6 +96,8 @@ class Service:
     call_when_offline: bool = False
     #: How often a transport that asks to be polled (LOGON_SP_POLL) is polled.
     poll_seconds: float = 60.0
+    #: Retry backoff, circuit breaker and throttles (see postroom.spooler.policy).
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def to_toml(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class Service:
             "prefer_last": self.prefer_last,
             "call_when_offline": self.call_when_offline,
             "poll_seconds": self.poll_seconds,
+            "policy": self.policy,
             "options": self.options,
         }
 
@@ -119,6 +122,7 @@ class Service:
                 prefer_last=bool(data.get("prefer_last", False)),
                 call_when_offline=bool(data.get("call_when_offline", False)),
                 poll_seconds=float(data.get("poll_seconds", 60.0)),
+                policy=dict(data.get("policy", {})),
             )
         except KeyError as exc:
             raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"a [[service]] lacks {exc.args[0]!r}") from exc

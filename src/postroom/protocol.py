@@ -438,6 +438,24 @@ class ProtocolManager:
         self.core.publish_status()
         return summary
 
+    async def flush_transport(self, t: LoadedTransport) -> SendReceiveSummary:
+        """Upload-only flush of one transport, connecting it for the flush if offline."""
+        summary = SendReceiveSummary(t.name)
+        entry = TransportFlush(t.name)
+        summary.transports.append(entry)
+        table = self.core.transports
+        self.flushing.add(t.name)
+        try:
+            await table.relogon(t, self.logon_flags(t))
+            if t.logon is None:
+                entry.error = t.status.last_error or "transport not logged on"
+                return summary
+            await self._flush_one(t, entry, True, False, None)
+        finally:
+            self.flushing.discard(t.name)
+            await table.relogon(t, self.logon_flags(t))
+        return summary
+
     async def _flush_one(
         self, t: LoadedTransport, entry: TransportFlush, upload: bool, download: bool, progress: Progress | None
     ) -> None:

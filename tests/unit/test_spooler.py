@@ -65,7 +65,7 @@ def test_not_me_answer_falls_through(tmp_path: Path, calls: Calls) -> None:
         mid = s.create_message("hi").to("a@x.test").submit()
         s.deliver()
         assert states(s, mid) == {0: ("delivered", "backup")}
-        assert [c[1] for c in calls if c[0] == "picky"] == ["logon", "submit_message"]  # no end_message after NOT_ME
+        assert [c[1] for c in calls if c[0] == "picky" and "message" in c[1]] == ["submit_message"]  # no end_message after NOT_ME
 
 
 def test_uid_registration_wins_over_earlier_address_type(tmp_path: Path, calls: Calls) -> None:
@@ -269,7 +269,7 @@ def test_busy_and_network_error_wait(tmp_path: Path, calls: Calls) -> None:
         assert "MAPI_E_BUSY" in (entry.last_error or "") and "MAPI_E_NETWORK_ERROR" in (entry.last_error or "")
         status = {row.display_name: row for row in s.status()}
         assert status["net"].status_code & StatusCode.FAILURE
-        assert [c[1] for c in calls if c[0] == "busy"] == ["logon", "submit_message"]  # no end_message
+        assert [c[1] for c in calls if c[0] == "busy" and "message" in c[1]] == ["submit_message"]  # no end_message
 
 
 def test_a_crashing_transport_fails_for_itself_alone(tmp_path: Path, calls: Calls) -> None:

@@ -11,7 +11,7 @@ import click
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
-from ..mapi.flags import RecipientType
+from ..mapi.flags import RecipientType, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..session import Draft, Session
 from ..spooler import MessageResult, PassSummary
@@ -76,7 +76,9 @@ def _check_routes(session: Session, recipients: list[Recipient]) -> None:
     if unknown:
         known = ", ".join(session.enum_adr_types()) or "none"
         what = "address type" if len(unknown) == 1 else "address types"
-        raise CliError(f"no transport in this profile takes {what} {', '.join(unknown)} (known: {known})")
+        failed = [r.display_name for r in session.status() if r.status_code & StatusCode.FAILURE]
+        hint = f"; not available: {', '.join(failed)} (see `postroom status`)" if failed else ""
+        raise CliError(f"no transport in this profile takes {what} {', '.join(unknown)} (known: {known}){hint}")
 
 
 def _recipient_report(session: Session, mid: int, result: MessageResult | None) -> list[dict[str, Any]]:
@@ -170,6 +172,8 @@ def send(
     """
     if body is not None and body_file is not None:
         raise click.UsageError("give --body or --body-file, not both", ctx)
+    if body_file == "-" and eml == "-":
+        raise click.UsageError("only one of --body-file and --eml can read stdin ('-')", ctx)
     body_text = body
     if body_file is not None:
         raw = read_input(body_file, "--body-file")
@@ -212,7 +216,7 @@ def send(
     if later or mode != "online":
         why = "--later" if later else f"the profile is in {mode} mode"
         if app.json:
-            app.out.document({"message_id": mid, "submitted": True, "delivered_now": False, "reason": why})
+            app.out.document({"message_id": mid, "submitted": True, "spooler_ran": False, "reason": why})
             return
         app.out.echo(f"Message {mid} submitted ({count} recipient(s)); queued in the Outbox ({why}).")
         app.out.echo("Run `postroom spooler --once` to deliver it, `postroom queue` to see it.")
@@ -244,7 +248,7 @@ def _report_delivery(app: App, session: Session, mid: int, count: int, summary: 
         doc: dict[str, Any] = {
             "message_id": mid,
             "submitted": True,
-            "delivered_now": True,
+            "spooler_ran": True,
             "finished": finished,
             "recipients": recipients,
             "reports": reports,

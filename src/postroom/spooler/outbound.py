@@ -13,6 +13,8 @@ on to their transports, and the message comes back when the wait is over.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,21 +22,53 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..mapi import tags as T
-from ..mapi.codes import HResult
+from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
-from ..store.base import FolderRole, MessageStore, RecipientOutcome, RecipientState, WaitKind
+from ..store.base import (
+    FolderRole,
+    LeaseLost,
+    MessageStore,
+    QueueEntry,
+    RecipientOutcome,
+    RecipientState,
+    WaitKind,
+)
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
-from .reports import ReportRow, delivery_report, non_delivery_report
+from .policy import DeliveryPolicy, TransportHealth
+from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
 
 log = logging.getLogger("postroom.spooler")
 
-BUSY_RETRY_SECONDS = 30.0
-RESEND_LATER_SECONDS = 60.0
 DEFERRED_BY_TRANSPORT_SECONDS = 24 * 3600.0
 MAX_RESEND_NOW = 3
+
+
+@dataclass(frozen=True)
+class SpoolerSettings:
+    """Profile-wide reliability settings ([profile] in profile.toml)."""
+
+    lease_seconds: float = 300.0
+    max_queue_lifetime_hours: float = 120.0  # then pending recipients get an NDR (5 days, like Postfix)
+    delay_warning_hours: float = 0.0  # 0: no delay warnings
+    crash_policy: str = "resend"  # or "hold": what to do with a message whose outcome is unknown
+
+    @classmethod
+    def from_profile(cls, settings: dict[str, Any]) -> SpoolerSettings:
+        policy = str(settings.get("crash_policy", "resend"))
+        if policy not in ("resend", "hold"):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"crash_policy is 'resend' or 'hold', not {policy!r}")
+        try:
+            return cls(
+                lease_seconds=float(settings.get("lease_seconds", 300.0)),
+                max_queue_lifetime_hours=float(settings.get("max_queue_lifetime_hours", 120.0)),
+                delay_warning_hours=float(settings.get("delay_warning_hours", 0.0)),
+                crash_policy=policy,
+            )
+        except (TypeError, ValueError) as exc:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad reliability setting in the profile: {exc}") from exc
 
 
 @dataclass
@@ -47,6 +81,7 @@ class MessageResult:
     waiting: int = 0
     finished: str | None = None  # "moved" / "deleted" / "left" when the message left the queue
     offline: bool = False  # some recipients wait for Send/Receive
+    held: bool = False  # held for an operator (outcome unknown, policy "hold")
     delivered_by: dict[str, int] = field(default_factory=dict)
     failed_by: dict[str, int] = field(default_factory=dict)
 
@@ -86,21 +121,54 @@ class OutboundProcessor:
         owner: str,
         clock: Callable[[], datetime],
         may_call: Callable[[LoadedTransport], bool] = lambda t: True,
+        settings: SpoolerSettings | None = None,
     ) -> None:
         self.store = store
         self.transports = transports
         self.owner = owner
         self.clock = clock
         self.may_call = may_call
+        self.settings = settings or SpoolerSettings()
+        self.health: dict[str, TransportHealth] = {}
         self._ref = 0
 
     def _next_ref(self) -> int:
         self._ref = (self._ref + 1) & 0xFFFFFFFF or 1
         return self._ref
 
+    def health_of(self, transport: LoadedTransport) -> TransportHealth:
+        if transport.name not in self.health:
+            self.health[transport.name] = TransportHealth(DeliveryPolicy.from_options(transport.service.policy))
+        return self.health[transport.name]
+
     async def process(self, message_id: int) -> MessageResult:
         """One pass over a claimed message; it is finished or released before this returns."""
+        renewer = asyncio.create_task(self._renew_lease(message_id))
+        try:
+            return await self._process(message_id)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_lease(self, message_id: int) -> None:
+        """Keep the claim alive while a slow transport works, so nobody else takes the message over."""
+        interval = max(1.0, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.store.renew_lease(message_id, self.owner, self.clock(), self.settings.lease_seconds)
+            except LeaseLost:
+                log.error("lost the lease on message %s while delivering it", message_id)
+                return
+
+    async def _process(self, message_id: int) -> MessageResult:
         result = MessageResult(message_id)
+        entry = self.store.queue_entry(message_id)
+        now = self.clock()
+        if entry is not None and entry.previous_owner and not self._outcome_unknown(message_id, entry.previous_owner):
+            result.held = True
+            return result
         message = self.store.open_message(message_id)
         states = {s.row_id: s for s in self.store.recipient_states(message_id)}
         router = self.transports.router()
@@ -109,8 +177,15 @@ class OutboundProcessor:
             for r in message.recipients
             if states[r.row_id].state is RecipientState.PENDING
         ]
+        expires = self._expiry(message)
+        if expires is not None and now >= expires and pending:
+            self._expire(message, message_id, pending, entry, result)
+            pending = []
+        elif pending:
+            self._delay_warning(message, message_id, pending)
         waits: list[tuple[float, str]] = []
         offline = False
+        attempt = entry.attempts if entry else 1
 
         await self._run_preprocessors(message, pending)
 
@@ -130,7 +205,10 @@ class OutboundProcessor:
                 offline = True
                 result.waiting += len(mine)
                 continue
-            outcome, handled = await self._offer(message, message_id, transport, mine, result)
+            outcome: tuple[float, str] | None = self._held_back(transport)
+            handled: set[int] = set()
+            if outcome is None:
+                outcome, handled = await self._offer(message, message_id, transport, mine, result, attempt)
             for p in mine:
                 if p.recipient.row_id in handled:
                     pending.remove(p)
@@ -168,6 +246,8 @@ class OutboundProcessor:
             reason = "; ".join(dict.fromkeys(text for _, text in waits))
             next_attempt = self.clock() + timedelta(seconds=delay)
             kind = WaitKind.DEFERRED if delay >= DEFERRED_BY_TRANSPORT_SECONDS else WaitKind.RETRY
+            if expires is not None and kind is WaitKind.RETRY:
+                next_attempt = min(next_attempt, expires)  # come back in time to expire it
             self.store.release(message_id, self.owner, self.clock(), next_attempt, reason, kind)
             result.next_attempt = next_attempt
             result.errors.append(reason)
@@ -179,6 +259,84 @@ class OutboundProcessor:
         else:
             result.finished = self.store.finish(message_id, self.owner, self.clock())
         return result
+
+    # Reliability rules ------------------------------------------------------------------------------
+    def _outcome_unknown(self, message_id: int, previous: str) -> bool:
+        """The previous spooler died holding this message: a transport may have sent it already.
+
+        Policy "resend" (the default) goes on: at least once, with the same Message-ID so the
+        receiver can de-duplicate. Policy "hold" parks it for an operator. Returns whether to go on.
+        """
+        now = self.clock()
+        text = f"outcome unknown: spooler {previous} stopped while it held this message"
+        if self.settings.crash_policy == "hold":
+            self.store.add_event(message_id, now, "outcome-unknown", text + "; held for an operator (policy hold)")
+            self.store.hold(message_id, now, text, owner=self.owner)
+            return False
+        self.store.add_event(message_id, now, "outcome-unknown", text + "; resending with the same Message-ID")
+        return True
+
+    def _expiry(self, message: MessageData) -> datetime | None:
+        hours = self.settings.max_queue_lifetime_hours
+        submitted = message.submit_time
+        if not hours or submitted is None:
+            return None
+        return submitted + timedelta(hours=hours)
+
+    def _expire(
+        self,
+        message: MessageData,
+        message_id: int,
+        pending: Sequence[_Pending],
+        entry: QueueEntry | None,
+        result: MessageResult,
+    ) -> None:
+        last = f" Last error: {entry.last_error}" if entry and entry.last_error else ""
+        text = f"Maximum time expired: not delivered within {self.settings.max_queue_lifetime_hours:g} hours.{last}"
+        outcomes = [
+            RecipientOutcome(
+                p.recipient.row_id,
+                RecipientState.EXPIRED,
+                "",
+                {
+                    T.PR_NDR_REASON_CODE: int(NDRReason.TRANSFER_FAILED),
+                    T.PR_NDR_DIAG_CODE: int(NDRDiag.MAXIMUM_TIME_EXPIRED),
+                    T.PR_REPORT_TEXT: text,
+                },
+                report=self._ndr_wanted(message),
+            )
+            for p in pending
+        ]
+        self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+        result.count("", False, len(outcomes))
+
+    def _delay_warning(self, message: MessageData, message_id: int, pending: Sequence[_Pending]) -> None:
+        hours = self.settings.delay_warning_hours
+        submitted = message.submit_time
+        if not hours or submitted is None or self.clock() < submitted + timedelta(hours=hours):
+            return
+        if any(e.kind == "delay-warning" for e in self.store.events(message_id)):
+            return
+        now = self.clock()
+        entry = self.store.queue_entry(message_id)
+        why = entry.last_error if entry and entry.last_error else "not yet delivered"
+        rows = [ReportRow(p.recipient, now, True, text=f"Delayed: {why}; still trying") for p in pending]
+        report = delay_report(message, rows, now)
+        self.store.deliver_message(self._report_folder(message, report.message_class), report, now)
+        self.store.add_event(message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h")
+
+    def _held_back(self, transport: LoadedTransport) -> tuple[float, str] | None:
+        """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it."""
+        health = self.health_of(transport)
+        now = self.clock()
+        until = health.blocked_until(now)
+        if until is not None:
+            text = f"{transport.name} paused after repeated network errors ({health.last_error}); probe at {until:%H:%M:%S}"
+            return (until - now).total_seconds(), text
+        wait = health.throttle_wait(now)
+        if wait > 0:
+            return wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s"
+        return None
 
     @staticmethod
     def _no_transport_text(p: _Pending) -> str:
@@ -218,6 +376,7 @@ class OutboundProcessor:
         transport: LoadedTransport,
         mine: list[_Pending],
         result: MessageResult,
+        attempt: int = 1,
     ) -> tuple[tuple[float, str] | None, set[int]]:
         """Call one transport for its recipients.
 
@@ -236,6 +395,8 @@ class OutboundProcessor:
                 deferred,
             )
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
+            health = self.health_of(transport)
+            health.record_send(self.clock())
             try:
                 answer: SubmitResult | None = await call_transport(
                     logon.submit_message, view, BEGIN_DEFERRED if deferred else 0
@@ -258,7 +419,10 @@ class OutboundProcessor:
                 transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
 
             if answer.code != HResult.S_OK:
-                return self._whole_message_answer(message_id, transport, mine, answer), done
+                return self._whole_message_answer(message_id, transport, mine, answer, attempt), done
+            if health.paused or health.consecutive_network_errors:
+                transport.status.set(remove=StatusCode.FAILURE, text="available")
+            health.success()
 
             handled = self._record_marks(message, message_id, transport, view)
             result.count(transport.name, True, sum(1 for r in handled if r.mark is not None and r.mark.delivered))
@@ -276,7 +440,8 @@ class OutboundProcessor:
                 self.store.add_event(
                     message_id, self.clock(), "resend-later", "transport asked to resend later", transport.name
                 )
-                return (RESEND_LATER_SECONDS, f"{transport.name} asked to resend later"), done
+                delay = health.policy.backoff(attempt)
+                return (delay, f"{transport.name} asked to resend later"), done
             if end & EndMessageFlags.DONT_RESEND:
                 self.store.add_event(
                     message_id,
@@ -289,10 +454,10 @@ class OutboundProcessor:
             for p in still:  # not mine: on to the next matching transport
                 p.index += 1
             return None, done
-        return (RESEND_LATER_SECONDS, f"{transport.name} asked to resend too often"), done
+        return (health.policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
 
     def _whole_message_answer(
-        self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult
+        self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult, attempt: int
     ) -> tuple[float, str] | None:
         code = answer.code
         label = code.name
@@ -304,10 +469,12 @@ class OutboundProcessor:
             for p in mine:
                 p.index += 1
             return None
+        health = self.health_of(transport)
         if code == HResult.MAPI_E_BUSY:
-            delay = BUSY_RETRY_SECONDS
+            delay = health.policy.backoff(attempt)
         elif code in (HResult.MAPI_E_WAIT, HResult.MAPI_E_NETWORK_ERROR):
-            delay = max(0.0, answer.wait_seconds) or BUSY_RETRY_SECONDS
+            # The transport's own "wait n seconds" is honoured exactly; without one, back off.
+            delay = answer.wait_seconds if answer.wait_seconds > 0 else health.policy.backoff(attempt)
         else:
             # Any other code: the message is released unsaved for this transport; try the next one.
             self.store.add_event(message_id, self.clock(), "transport-error", text, transport.name)
@@ -317,6 +484,11 @@ class OutboundProcessor:
             return None
         if code == HResult.MAPI_E_NETWORK_ERROR:
             transport.status.failed(text)
+            if health.network_error(self.clock(), text) and health.open_until is not None:
+                transport.status.failed(
+                    f"paused (circuit breaker) until {health.open_until:%Y-%m-%d %H:%M:%S}: {text}"
+                )
+                self.store.add_event(message_id, self.clock(), "circuit-open", text, transport.name)
         self.store.add_event(message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name)
         return (delay, f"{transport.name}: {text}")
 

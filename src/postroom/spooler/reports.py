@@ -166,3 +166,25 @@ def delivery_report(original: MessageData, rows: Sequence[ReportRow], now: datet
     return MessageData(
         props={k: v for k, v in props.items() if v is not None}, recipients=[_report_row(r) for r in rows]
     )
+
+
+def delay_report(original: MessageData, rows: Sequence[ReportRow], now: datetime) -> MessageData:
+    """REPORT.<class>.Delayed.DR: a warning that delivery is taking long; nothing failed yet."""
+    lines = ["Your message has not been delivered yet to the following recipients; postroom keeps trying:", ""]
+    for row in rows:
+        lines.append(f"  {row.recipient.display_name} <{row.recipient.address}>: {row.text}")
+    props = _original_props(original, now)
+    props.update(
+        {
+            T.PR_MESSAGE_CLASS: f"REPORT.{original.message_class}.Delayed.DR",
+            T.PR_SUBJECT: f"Delayed: {original.subject}",
+            T.PR_REPORT_TEXT: "\n".join(lines[2:]),
+            T.PR_BODY: "\n".join(lines) + "\n",
+        }
+    )
+    recipients = []
+    for row in rows:
+        r = _report_row(row)
+        r.props.pop(T.PR_DELIVER_TIME, None)
+        recipients.append(r)
+    return MessageData(props={k: v for k, v in props.items() if v is not None}, recipients=recipients)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..store.base import MessageStore
-from .outbound import MessageResult, OutboundProcessor
+from .outbound import MessageResult, OutboundProcessor, SpoolerSettings
 from .transports import LoadedTransport, TransportTable
 
 DEFAULT_LEASE_SECONDS = 300.0
@@ -62,14 +62,16 @@ class Spooler:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         concurrency: int = 4,
         may_call: Callable[[LoadedTransport], bool] = lambda t: True,
+        settings: SpoolerSettings | None = None,
     ) -> None:
         self.store = store
         self.transports = transports
         self.clock = clock or (lambda: datetime.now(UTC))
         self.owner = owner or spooler_id()
-        self.lease_seconds = lease_seconds
+        self.settings = settings or SpoolerSettings(lease_seconds=lease_seconds)
+        self.lease_seconds = self.settings.lease_seconds
         self.concurrency = max(1, concurrency)
-        self.processor = OutboundProcessor(store, transports, self.owner, self.clock, may_call)
+        self.processor = OutboundProcessor(store, transports, self.owner, self.clock, may_call, self.settings)
 
     @property
     def may_call(self) -> Callable[[LoadedTransport], bool]:

@@ -110,6 +110,8 @@ class QueueEntry:
     pending: int
     recipients: int
     waiting_for: WaitKind | None = None
+    previous_owner: str | None = None  # set when this claim took over an expired lease
+    hold_reason: str | None = None
 
 
 @dataclass
@@ -226,8 +228,22 @@ class MessageStore(abc.ABC):
 
     # --- the outgoing queue (spooler side) ------------------------------------------------
     @abc.abstractmethod
-    def queue(self) -> list[QueueEntry]:
+    def queue(self, only: int | None = None) -> list[QueueEntry]:
         """The outgoing queue, oldest submit time first."""
+
+    @abc.abstractmethod
+    def queue_entry(self, message_id: int) -> QueueEntry | None: ...
+
+    @abc.abstractmethod
+    def hold(self, message_id: int, now: datetime, reason: str, owner: str | None = None) -> None:
+        """Hold a queued message (operator, or "outcome unknown"); MAPI_E_NOT_IN_QUEUE, MAPI_E_UNABLE_TO_ABORT."""
+
+    @abc.abstractmethod
+    def release_hold(self, message_id: int, now: datetime) -> None: ...
+
+    @abc.abstractmethod
+    def retry_now(self, message_id: int | None, now: datetime) -> int:
+        """Make one queued message (or all) due now, ignoring backoff; returns how many."""
 
     @abc.abstractmethod
     def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:

@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_until REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    wait_kind TEXT
+    wait_kind TEXT,
+    prev_owner TEXT,
+    hold_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder_id);
 CREATE INDEX IF NOT EXISTS outgoing_queue ON messages(queue_state, submit_time, id) WHERE queue_state IS NOT NULL;
@@ -586,15 +588,15 @@ class SQLiteStore(MessageStore):
             self._event(db, message_id, now, "aborted", "submission aborted (AbortSubmit)")
 
     # --- the outgoing queue ------------------------------------------------------------------
-    def queue(self) -> list[QueueEntry]:
+    def queue(self, only: int | None = None) -> list[QueueEntry]:
         sql = (
             "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
-            "m.wait_kind, "
+            "m.wait_kind, m.prev_owner, m.hold_reason, "
             f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_SUBJECT}), "
             f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_DISPLAY_TO}), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
-            "FROM messages m WHERE m.queue_state IS NOT NULL ORDER BY m.submit_time, m.id"
+            "FROM messages m WHERE m.queue_state IS NOT NULL AND (? IS NULL OR m.id = ?) ORDER BY m.submit_time, m.id"
         )
         return [
             QueueEntry(
@@ -610,18 +612,26 @@ class SQLiteStore(MessageStore):
                 next_attempt=None if kind == WaitKind.SEND_RECEIVE.value else from_epoch(nxt),
                 last_error=error,
                 waiting_for=WaitKind(kind) if kind else None,
+                previous_owner=prev,
+                hold_reason=hold,
                 pending=pending,
                 recipients=total,
             )
-            for mid, state, submit, nxt, owner, attempts, error, kind, subject, to, pending, total in self._q(sql)
+            for mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, subject, to, pending, total in self._q(
+                sql, (only, only)
+            )
         ]
+
+    def queue_entry(self, message_id: int) -> QueueEntry | None:
+        return next((q for q in self.queue(message_id) if q.id == message_id), None)
 
     def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
         t = to_epoch(now)
         assert t is not None
         with self._tx() as db:
             rows = db.execute(
-                "UPDATE messages SET lease_owner=?, lease_until=?, attempts=attempts+1 WHERE id IN ("
+                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
+                "WHERE id IN ("
                 " SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
                 " AND (lease_owner IS NULL OR lease_until < ?) ORDER BY submit_time, id LIMIT ?"
                 ") RETURNING id, submit_time",
@@ -719,6 +729,61 @@ class SQLiteStore(MessageStore):
             if wait_kind is WaitKind.SEND_RECEIVE:
                 when = " (offline: waiting for Send/Receive)"
             self._event(db, message_id, now, "waiting", (error or "pending recipients") + when)
+
+    def hold(self, message_id: int, now: datetime, reason: str, owner: str | None = None) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT queue_state, lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
+            if row is None or row[0] is None:
+                raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
+            if row[0] == QueueState.HELD.value:
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is already held")
+            if row[1] is not None and row[1] != owner:
+                raise MAPIError(
+                    HResult.MAPI_E_UNABLE_TO_ABORT, f"message {message_id} is being delivered by {row[1]}; try again"
+                )
+            db.execute(
+                "UPDATE messages SET queue_state='held', hold_reason=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
+                (reason, message_id),
+            )
+            self._event(db, message_id, now, "held", reason)
+
+    def release_hold(self, message_id: int, now: datetime) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT queue_state FROM messages WHERE id=?", (message_id,)).fetchone()
+            if row is None or row[0] is None:
+                raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
+            if row[0] != QueueState.HELD.value:
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is not held")
+            db.execute(
+                "UPDATE messages SET queue_state='queued', hold_reason=NULL, next_attempt=NULL, wait_kind=NULL, "
+                "prev_owner=NULL WHERE id=?",
+                (message_id,),
+            )
+            self._event(db, message_id, now, "released", "released from hold")
+        self.bus.publish("queue", message_id=message_id)
+
+    def retry_now(self, message_id: int | None, now: datetime) -> int:
+        with self._tx() as db:
+            if message_id is not None:
+                row = db.execute("SELECT queue_state, lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
+                if row is None or row[0] is None:
+                    raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
+                if row[0] == QueueState.HELD.value:
+                    raise MAPIError(
+                        HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first"
+                    )
+            cur = db.execute(
+                "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
+                "AND lease_owner IS NULL AND (? IS NULL OR id=?)",
+                (message_id, message_id),
+            )
+            count = cur.rowcount
+            for (mid,) in db.execute(
+                "SELECT id FROM messages WHERE queue_state='queued' AND (? IS NULL OR id=?)", (message_id, message_id)
+            ).fetchall():
+                self._event(db, mid, now, "retry", "retry now (ignoring backoff)")
+        self.bus.publish("queue", retry=count)
+        return count
 
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
         with self._tx() as db:

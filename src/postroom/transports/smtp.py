@@ -598,6 +598,7 @@ class SMTPLogon(TransportLogon):
             queue = tx.carry
 
         if network_error is not None:
+            log.warning("%s: %s", self.name, network_error)
             self.status.failed(network_error)
             if delivered == 0:
                 # The spooler drops every mark of this call: the whole message is tried again.
@@ -698,11 +699,11 @@ class SMTPLogon(TransportLogon):
                 raise _NetworkTrouble(f"connection to {where} lost at RCPT TO: {exc}") from exc
             if 200 <= reply.code < 300:  # 250, or 251 "will forward"
                 accepted.append(rcpt)
-            elif reply.code == 421:  # the server is closing the connection
+            elif reply.code == 421:  # the server is closing the connection: no DATA
                 conn.broken = True
                 text = reply_text(reply.code, reply.message)
-                tx.temporary += [(r, text) for r in batch[index:]]
-                break
+                tx.temporary += [(r, text) for r in [*accepted, *batch[index:]]]
+                return tx
             elif reply.code == 452 and accepted:  # too many recipients: the rest in another transaction
                 tx.carry = list(batch[index:])
                 break
