@@ -109,8 +109,11 @@ def parse_setting(text: str) -> tuple[str, Any]:
 @json_option
 @pass_app
 def service_add(app: App, kind: str, name: str, settings: tuple[str, ...], prefer_last: bool | None) -> None:
-    """Add a transport of KIND named NAME, e.g.
+    """Add a transport of KIND named NAME.
 
+    For example, a fax gateway command for the address type FAX:
+
+    \b
     postroom service add pipe fax --set command='["/usr/bin/sendfax"]' --set address_types='["FAX"]'
     """
     options: dict[str, Any] = {}
@@ -133,8 +136,9 @@ def service_add(app: App, kind: str, name: str, settings: tuple[str, ...], prefe
 @json_option
 @pass_app
 def service_list(app: App) -> None:
-    """List the message services: name, kind, provider UID, prefer-last and options.
+    """List the message services.
 
+    For each: name, kind, provider UID, prefer-last and options.
     Values of options whose name contains "password" or "secret" are shown as ***.
     """
     services = app.session().services()
@@ -156,7 +160,10 @@ def service_list(app: App) -> None:
 @json_option
 @pass_app
 def service_remove(app: App, name: str) -> None:
-    """Remove the message service NAME (and its transport from the transport order)."""
+    """Remove a message service.
+
+    Its transport also leaves the transport order.
+    """
     removed = app.session().remove_service(name)
     if app.json:
         app.out.document({"removed": service_data(removed)})
@@ -235,7 +242,9 @@ def order(ctx: click.Context) -> None:
 @json_option
 @pass_app
 def order_set(app: App, names: tuple[str, ...]) -> None:
-    """Set the transport order: every transport, each exactly once, first one first.
+    """Set the transport order.
+
+    Name every transport, each exactly once, first one first.
 
     A missing or repeated transport is MAPI_E_BUSY (as MsgServiceTransportOrder answers);
     an unknown one is MAPI_E_NOT_FOUND.
@@ -248,7 +257,10 @@ def order_set(app: App, names: tuple[str, ...]) -> None:
 @json_option
 @pass_app
 def order_reset(app: App) -> None:
-    """Back to the default order: order of addition, prefer-last transports at the end."""
+    """Go back to the default transport order.
+
+    The default is the order of addition, with prefer-last transports at the end.
+    """
     app.session().reset_transport_order()
     _show_order(app)
 
