@@ -18,8 +18,8 @@ Outbound (`to_mime`, `to_bytes`):
 * A UTF-8 address (EAI, RFC 6531) is allowed; `needs_smtputf8` tells whether a message needs the
   SMTPUTF8 extension, and `to_bytes` then serialises with `email.policy.SMTPUTF8`. Otherwise the
   output is pure ASCII (RFC 2047 words, RFC 2231 file names, base64/quoted-printable bodies).
-* Known limitation of the `email` package: a subject or display name that itself contains
-  RFC 2047 syntax (``=?utf-8?q?…?=``) is decoded on assignment, so it is sent decoded.
+* Subject and address headers are rendered with `email.header.Header` (see `_render_text`) to
+  avoid a folding bug of Python 3.11's modern header API that loses blanks between encoded words.
 
 Inbound (`from_mime`): an incoming message as a transport's start_message fills it (spec §8.3),
 never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multipart/report with
@@ -37,7 +37,7 @@ import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
@@ -114,7 +114,8 @@ def _make_policy(base: EmailPolicy[EmailMessage]) -> EmailPolicy[EmailMessage]:
 
 # cte_type="7bit": the package then picks quoted-printable/base64 for non-ASCII bodies instead of
 # 8bit, so the output needs neither 8BITMIME nor SMTPUTF8 unless an address demands it.
-_OUT_POLICY = _make_policy(email.policy.SMTP.clone(cte_type="7bit"))
+# refold_source="none": header lines rendered by `_render_*` below are written as they are.
+_OUT_POLICY = _make_policy(email.policy.SMTP.clone(cte_type="7bit", refold_source="none"))
 _IN_POLICY = email.policy.default
 # Re-serialising a parsed embedded message: keep its header lines as they arrived.
 _RAW_POLICY = email.policy.default.clone(refold_source="none")
@@ -126,8 +127,12 @@ _RAW_POLICY = email.policy.default.clone(refold_source="none")
 
 
 def _scrub(text: str) -> str:
-    """Drop lone surrogates (not encodable as UTF-8) by replacing them with '?'."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """Make text encodable as UTF-8: the parser's escaped raw bytes (8-bit or RFC 6532 UTF-8
+    headers) are decoded as UTF-8, anything else unencodable becomes U+FFFD or '?'."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _header_text(value: object) -> str:
@@ -177,6 +182,42 @@ def _msg_id(value: object, what: str) -> str:
     if not text.endswith(">"):
         text += ">"
     return text
+
+
+# Subject and address headers are rendered with `email.header.Header` and stored with set_raw():
+# Python 3.11's folder of the modern API drops the blank between two encoded words when it folds
+# there (CPython gh-144156), which loses spaces in long non-ASCII subjects and names. Header puts
+# every blank inside the encoded words, as RFC 2047 §5 wants.
+_MAX_LINE = 76  # RFC 2047 §2: a line containing an encoded word is at most 76 characters
+_MAX_PLAIN_WORD = 60
+
+
+def _needs_encoded_words(text: str) -> bool:
+    """Non-ASCII, text that looks like an encoded word, or a word too long to fold plainly."""
+    return not text.isascii() or "=?" in text or any(len(word) > _MAX_PLAIN_WORD for word in text.split())
+
+
+def _render_text(text: str, header: str) -> str:
+    """The folded value of an unstructured header (one line of `_header_text` output)."""
+    charset = "utf-8" if _needs_encoded_words(text) else "us-ascii"
+    return Header(text, charset, maxlinelen=_MAX_LINE, header_name=header).encode(linesep="\n")
+
+
+def _render_addresses(addresses: list[Address], header: str) -> str:
+    """The folded value of an address header: one address per line when they don't fit on one."""
+    rendered: list[str] = []
+    for addr in addresses:
+        name = addr.display_name
+        if not name or not _needs_encoded_words(name):
+            rendered.append(str(addr))  # the package quotes ASCII names as needed
+        else:
+            words = Header(name, "utf-8", maxlinelen=_MAX_LINE, header_name=header if not rendered else None)
+            encoded = words.encode(linesep="\n")
+            rendered.append(f"{encoded} <{addr.addr_spec}>")
+    single = ", ".join(rendered)
+    if "\n" not in single and len(header) + 2 + len(single) <= _MAX_LINE:
+        return single
+    return ",\n ".join(rendered)
 
 
 def _as_int(value: object, default: int) -> int:
@@ -300,9 +341,9 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
     author = representing or actual
     from_addr = _address(*author, "From") if author else None
     if from_addr is not None:
-        out["From"] = from_addr
+        out.set_raw("From", _render_addresses([from_addr], "From"))
     if representing and actual and representing[1].lower() != actual[1].lower():
-        out["Sender"] = _address(*actual, "Sender")
+        out.set_raw("Sender", _render_addresses([_address(*actual, "Sender")], "Sender"))
 
     # --- recipients -----------------------------------------------------------------
     by_kind: dict[int, list[Address]] = {RecipientType.TO: [], RecipientType.CC: [], RecipientType.BCC: []}
@@ -316,12 +357,12 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
             by_kind[kind_value].append(_address(name, row.email_address, "recipient"))
     for kind_value, header in ((RecipientType.TO, "To"), (RecipientType.CC, "Cc"), (RecipientType.BCC, "Bcc")):
         if by_kind[kind_value] and (kind_value != RecipientType.BCC or include_bcc):
-            out[header] = by_kind[kind_value]
+            out.set_raw(header, _render_addresses(by_kind[kind_value], header))
 
     # --- envelope-ish headers ---------------------------------------------------------
     subject = _header_text(props.get(T.PR_SUBJECT) or "")
     if subject:
-        out["Subject"] = subject
+        out.set_raw("Subject", _render_text(subject, "Subject"))
     submitted = props.get(T.PR_CLIENT_SUBMIT_TIME)
     if isinstance(submitted, datetime):
         out["Date"] = _aware(submitted)
@@ -346,7 +387,7 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
     if props.get(T.PR_READ_RECEIPT_REQUESTED):
         target = _read_receipt_target(props, from_addr)
         if target is not None:
-            out["Disposition-Notification-To"] = target
+            out.set_raw("Disposition-Notification-To", _render_addresses([target], "Disposition-Notification-To"))
 
     # --- content ----------------------------------------------------------------------
     body = props.get(T.PR_BODY)
@@ -434,7 +475,7 @@ def to_bytes(
         raise _invalid(f"linesep must be CRLF or LF, not {linesep!r}")
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     policy = email.policy.SMTPUTF8 if needs_smtputf8(em) else email.policy.SMTP
-    return em.as_bytes(policy=policy.clone(linesep=linesep))
+    return em.as_bytes(policy=policy.clone(linesep=linesep, refold_source="none"))
 
 
 # --------------------------------------------------------------------------------------

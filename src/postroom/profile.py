@@ -332,7 +332,7 @@ class Profile:
 
     @property
     def mode(self) -> str:
-        """"online" or "offline" (persisted; `postroom online` / `postroom offline`)."""
+        """ "online" or "offline" (persisted; `postroom online` / `postroom offline`)."""
         mode = str(self.settings.get("mode", "online"))
         return mode if mode in ("online", "offline") else "online"
 

@@ -265,6 +265,7 @@ class ProtocolManager:
         self.newmail: set[str] = set()
         self.wakeup = asyncio.Event() if _has_loop() else None
         self.next_poll: dict[str, datetime] = {}
+        self.iterations = 0  # daemon loop turns: an idle queue must not make this grow
 
     # State ------------------------------------------------------------------------------------
     @property
@@ -514,6 +515,7 @@ class ProtocolManager:
         assert self.wakeup is not None
         work_waiting = True
         while not stop.is_set():
+            self.iterations += 1
             now = self.core.clock()
             while not queue.empty():
                 note = queue.get_nowait()

@@ -214,6 +214,7 @@ class _SessionCore:
         self.spooler = self._new_spooler()
 
     def _new_spooler(self, owner: str | None = None) -> Spooler:
+        previous = getattr(self, "spooler", None)
         return Spooler(
             self.store,
             self.transports,
@@ -221,6 +222,7 @@ class _SessionCore:
             owner=owner,
             may_call=self.protocol.may_call,
             settings=SpoolerSettings.from_profile(self.profile.settings),
+            concurrency=previous.concurrency if previous else int(self.profile.settings.get("spooler_concurrency", 4)),
         )
 
     # --- folders --------------------------------------------------------------------------
@@ -267,6 +269,30 @@ class _SessionCore:
 
     def message_id(self, ref: str | int | bytes) -> int:
         return self.store.resolve_message(ref)
+
+    def message_folder(self, ref: str | int | bytes) -> Folder | None:
+        """The folder a message is in (None for an embedded message)."""
+        fid = self.store.message_folder(self.store.resolve_message(ref))
+        return None if fid is None else self.store.find_folder(fid)
+
+    def entry_id(self, ref: str | int | bytes) -> bytes:
+        """PR_ENTRYID of a message: save it before submitting, as MAPI clients do."""
+        return self.store.entry_id_of(self.store.resolve_message(ref))
+
+    def next_due(self) -> datetime | None:
+        """When the earliest waiting message in the outgoing queue becomes due."""
+        return self.store.next_due()
+
+    @staticmethod
+    def transport_kinds() -> dict[str, type[Any]]:
+        """Every installed transport kind (entry points in `postroom.transports`)."""
+        from .profile import transport_kinds
+
+        return dict(transport_kinds())
+
+    def has_explicit_order(self) -> bool:
+        """True when `order set` replaced the default transport order."""
+        return self.profile.explicit_order is not None
 
     def events(self, ref: str | int | bytes) -> list[Event]:
         return self.store.events(self.store.resolve_message(ref))

@@ -371,7 +371,7 @@ def test_html_only_message_gets_a_text_fallback() -> None:
     )
     msg = from_mime(raw)
     assert "Grüße" in msg.props[T.PR_HTML].decode("utf-8")
-    assert msg.body.split() == ["Grüße", "line\xa0two"]
+    assert msg.body.split() == ["Grüße", "line", "two"]
     assert "p{}" not in msg.body
 
 
@@ -455,13 +455,13 @@ def test_inbound_properties() -> None:
     p = msg.props
     assert p[T.PR_MESSAGE_CLASS] == "IPM.Note"
     assert p[T.PR_SUBJECT] == "Status"
-    assert p[T.PR_BODY] == "Hi all\n"
-    assert p[T.PR_HTML] == b"<p>Hi all</p>\n"
+    assert p[T.PR_BODY] == "Hi all"  # the CRLF before a boundary belongs to the boundary
+    assert p[T.PR_HTML] == b"<p>Hi all</p>"
     assert p[T.PR_CLIENT_SUBMIT_TIME] == datetime(2024, 6, 4, 8, 14, 57, tzinfo=UTC)
     assert p[T.PR_MESSAGE_DELIVERY_TIME].tzinfo is not None
     assert p[T.PR_INTERNET_MESSAGE_ID] == "<status-1@example.org>"
     assert p[T.PR_TRANSPORT_MESSAGE_HEADERS].startswith("Return-Path: <alice@example.org>\r\n")
-    assert p[T.PR_TRANSPORT_MESSAGE_HEADERS].endswith("Content-Type: multipart/mixed; boundary=\"b1\"")
+    assert p[T.PR_TRANSPORT_MESSAGE_HEADERS].endswith('Content-Type: multipart/mixed; boundary="b1"')
     assert p[T.PR_IMPORTANCE] == 0
     assert p[T.PR_SENDER_EMAIL_ADDRESS] == "sec@example.org"
     assert p[T.PR_SENDER_SEARCH_KEY] == search_key("SMTP", "sec@example.org")
@@ -657,14 +657,15 @@ HOSTILE = [
     b"\x00\x01\x02\xff\xfe garbage",
     b"\xff" * 1000,
     b"no colon here\r\n\r\nbody",
-    b"Subject: =?utf-8?b?!!!notbase64?=\r\nFrom: <<<@@@>>>\r\nTo: ,,,;;;:::\"\r\nDate: yesterday\r\n\r\nx",
+    b'Subject: =?utf-8?b?!!!notbase64?=\r\nFrom: <<<@@@>>>\r\nTo: ,,,;;;:::"\r\nDate: yesterday\r\n\r\nx',
     b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain; charset=nonexistent-42\r\n\r\n\xff\xfe\r\n--x",
     b"Content-Type: multipart/report; report-type=delivery-status; boundary=q\r\n\r\n--q\r\n"
     b"Content-Type: message/delivery-status\r\n\r\n\r\n\r\nAction: failed\r\n--q--",
     b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!!",
     b"Subject: x\x00y\r\nFrom: a\x00b <a\x00@b>\r\nTo: \x00\r\n\r\n\x00",
     b"".join(b"Content-Type: message/rfc822\r\n\r\n" for _ in range(200)) + b"Subject: deep\r\n\r\nbody",
-    b"Content-Type: multipart/mixed; boundary=a\r\n\r\n" + b"--a\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n" * 300,
+    b"Content-Type: multipart/mixed; boundary=a\r\n\r\n"
+    + b"--a\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n" * 300,
 ]
 
 

@@ -65,7 +65,9 @@ def test_not_me_answer_falls_through(tmp_path: Path, calls: Calls) -> None:
         mid = s.create_message("hi").to("a@x.test").submit()
         s.deliver()
         assert states(s, mid) == {0: ("delivered", "backup")}
-        assert [c[1] for c in calls if c[0] == "picky" and "message" in c[1]] == ["submit_message"]  # no end_message after NOT_ME
+        assert [c[1] for c in calls if c[0] == "picky" and "message" in c[1]] == [
+            "submit_message"
+        ]  # no end_message after NOT_ME
 
 
 def test_uid_registration_wins_over_earlier_address_type(tmp_path: Path, calls: Calls) -> None:

@@ -84,6 +84,8 @@ class MessageResult:
     held: bool = False  # held for an operator (outcome unknown, policy "hold")
     delivered_by: dict[str, int] = field(default_factory=dict)
     failed_by: dict[str, int] = field(default_factory=dict)
+    #: Every recipient outcome recorded in this pass (kept even when the message is then deleted).
+    outcomes: list[RecipientOutcome] = field(default_factory=list)
 
     def count(self, transport: str, delivered: bool, n: int = 1) -> None:
         if n <= 0:
@@ -237,6 +239,7 @@ class OutboundProcessor:
                 for p in leftovers
             ]
             self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+            result.outcomes.extend(outcomes)
             result.count("", False, len(outcomes))
 
         self._send_reports(message_id, message)
@@ -308,6 +311,7 @@ class OutboundProcessor:
             for p in pending
         ]
         self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+        result.outcomes.extend(outcomes)
         result.count("", False, len(outcomes))
 
     def _delay_warning(self, message: MessageData, message_id: int, pending: Sequence[_Pending]) -> None:
@@ -424,7 +428,7 @@ class OutboundProcessor:
                 transport.status.set(remove=StatusCode.FAILURE, text="available")
             health.success()
 
-            handled = self._record_marks(message, message_id, transport, view)
+            handled = self._record_marks(message, message_id, transport, view, result)
             result.count(transport.name, True, sum(1 for r in handled if r.mark is not None and r.mark.delivered))
             result.count(transport.name, False, sum(1 for r in handled if r.mark is not None and not r.mark.delivered))
             handled_rows = {r.row_id for r in handled}
@@ -485,15 +489,18 @@ class OutboundProcessor:
         if code == HResult.MAPI_E_NETWORK_ERROR:
             transport.status.failed(text)
             if health.network_error(self.clock(), text) and health.open_until is not None:
-                transport.status.failed(
-                    f"paused (circuit breaker) until {health.open_until:%Y-%m-%d %H:%M:%S}: {text}"
-                )
+                transport.status.failed(f"paused (circuit breaker) until {health.open_until:%Y-%m-%d %H:%M:%S}: {text}")
                 self.store.add_event(message_id, self.clock(), "circuit-open", text, transport.name)
         self.store.add_event(message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name)
         return (delay, f"{transport.name}: {text}")
 
     def _record_marks(
-        self, message: MessageData, message_id: int, transport: LoadedTransport, view: OutboundMessage
+        self,
+        message: MessageData,
+        message_id: int,
+        transport: LoadedTransport,
+        view: OutboundMessage,
+        result: MessageResult,
     ) -> list[OutboundRecipient]:
         """Make what the transport said about each recipient durable, in one transaction."""
         handled = [r for r in view.recipients if r.mark is not None]
@@ -527,6 +534,7 @@ class OutboundProcessor:
                 )
         if outcomes:
             self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+            result.outcomes.extend(outcomes)
         return handled
 
     def _send_reports(self, message_id: int, message: MessageData) -> None:

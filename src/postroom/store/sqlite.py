@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS folders (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS folder_names ON folders(coalesce(parent_id, 0), name COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: entry IDs stay unique after a delete
     folder_id INTEGER REFERENCES folders(id),
     parent_attach INTEGER,
     queue_state TEXT,
@@ -769,9 +769,7 @@ class SQLiteStore(MessageStore):
                 if row is None or row[0] is None:
                     raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
                 if row[0] == QueueState.HELD.value:
-                    raise MAPIError(
-                        HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first"
-                    )
+                    raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first")
             cur = db.execute(
                 "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
                 "AND lease_owner IS NULL AND (? IS NULL OR id=?)",

@@ -1,0 +1,299 @@
+"""Retry policy, circuit breaker, throttles, lifetime expiry, deferred send, queue operations,
+outcome unknown after a takeover, and an idle queue that costs nothing — all with a controllable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import postroom
+from postroom.mapi import tags as T
+from postroom.mapi.codes import HResult, MAPIError
+from postroom.mapi.flags import NDRDiag, StatusCode
+from postroom.profile import Profile
+from postroom.spooler.policy import DeliveryPolicy, TransportHealth
+from postroom.store import QueueState
+
+from support.profiles import make_profile
+
+Calls = list[tuple[str, str, Any]]
+T0 = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def submits(calls: Calls, name: str = "smtp") -> int:
+    return sum(1 for c in calls if c[0] == name and c[1] == "submit_message")
+
+
+def profile_with(
+    tmp_path: Path, options: dict[str, Any], policy: dict[str, Any] | None = None, **settings: Any
+) -> Profile:
+    profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"], **options}))
+    profile.service("smtp").policy = policy or {}
+    profile.settings.update(settings)
+    profile.save()
+    return profile
+
+
+def test_a_transports_wait_is_honoured_exactly(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    with postroom.logon(profile_with(tmp_path, {"answer": "wait:90"}), clock=clock) as s:
+        s.create_message("x").to("a@x.test").submit()
+        s.deliver()
+        assert s.queue()[0].next_attempt == T0 + timedelta(seconds=90)
+        clock.advance(89)
+        s.deliver()
+        assert submits(calls) == 1
+        clock.advance(1)
+        s.deliver()
+        assert submits(calls) == 2
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    policy = DeliveryPolicy(retry_min_seconds=10, retry_max_seconds=300, retry_factor=2, retry_jitter=0)
+    assert [policy.backoff(n) for n in range(1, 8)] == [10, 20, 40, 80, 160, 300, 300]
+    jittery = DeliveryPolicy(retry_min_seconds=100, retry_max_seconds=10_000, retry_jitter=0.2)
+    rng = random.Random(1)
+    samples = [jittery.backoff(3, rng) for _ in range(200)]
+    assert min(samples) >= 320 and max(samples) <= 480 and len(set(samples)) > 100
+
+
+def test_busy_backs_off_from_attempt_to_attempt(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    policy = {"retry_min_seconds": 10, "retry_max_seconds": 35, "retry_jitter": 0}
+    with postroom.logon(profile_with(tmp_path, {"answer": "busy"}, policy), clock=clock) as s:
+        s.create_message("x").to("a@x.test").submit()
+        delays = []
+        for _ in range(4):
+            s.deliver()
+            delay = (s.queue()[0].next_attempt - clock()).total_seconds()  # type: ignore[operator]
+            delays.append(delay)
+            clock.advance(delay)
+        assert delays == [10, 20, 35, 35]
+        assert s.queue()[0].attempts == 4
+
+
+def test_lifetime_expiry_sends_an_ndr_that_says_so(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    profile = profile_with(tmp_path, {"answer": "wait:3600"}, max_queue_lifetime_hours=2)
+    with postroom.logon(profile, clock=clock) as s:
+        mid = s.create_message("too late").to("a@x.test").submit()
+        s.deliver()
+        clock.advance(3600)
+        s.deliver()
+        # The next retry is clamped to the expiry time, then the message expires.
+        assert s.queue()[0].next_attempt == T0 + timedelta(hours=2)
+        clock.advance(3600)
+        s.deliver()
+        assert s.queue() == []
+        assert s.recipient_states(mid)[0].state.value == "expired"
+        ndr = s.open_message(s.list_messages("Inbox")[0].id)
+        row = ndr.recipients[0]
+        assert row[T.PR_NDR_DIAG_CODE] == NDRDiag.MAXIMUM_TIME_EXPIRED
+        assert "Maximum time expired" in row[T.PR_REPORT_TEXT] and "MAPI_E_WAIT" in row[T.PR_REPORT_TEXT]
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    profile = profile_with(tmp_path, {"answer": "wait:1800"}, delay_warning_hours=1)
+    with postroom.logon(profile, clock=clock) as s:
+        s.create_message("slow").to("a@x.test").submit()
+        for _ in range(5):
+            s.deliver()
+            clock.advance(1800)
+        warnings = [m for m in s.list_messages("Inbox") if m.message_class == "REPORT.IPM.Note.Delayed.DR"]
+        assert len(warnings) == 1
+        assert len(s.queue()) == 1  # still trying
+
+
+def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    policy = {"breaker_threshold": 3, "breaker_seconds": 600}
+    profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
+    with postroom.logon(profile, clock=clock) as s:
+        s.spooler.concurrency = 1
+        for n in range(10):
+            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        s.deliver()
+        # Three network errors open the breaker; the other seven messages are not handed over at all.
+        assert submits(calls) == 3
+        status = {r.display_name: r for r in s.status()}["smtp"]
+        assert status.status_code & StatusCode.FAILURE and "circuit breaker" in status.status_string
+        assert all("paused" in (q.last_error or "") or "NETWORK" in (q.last_error or "") for q in s.queue())
+        clock.advance(300)
+        s.deliver()
+        assert submits(calls) == 3  # still open: nobody probes yet
+        clock.advance(300)
+        s.transports.by_name("smtp").service.options = {**s.transports.by_name("smtp").service.options}
+        s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
+        s.deliver()
+        # One probe succeeded and closed the breaker; everything due went out.
+        assert s.queue() == [] or all(q.pending == 0 for q in s.queue())
+        assert not {r.display_name: r for r in s.status()}["smtp"].status_code & StatusCode.FAILURE
+
+
+def test_breaker_logic_probe_failure_reopens() -> None:
+    health = TransportHealth(DeliveryPolicy(breaker_threshold=2, breaker_seconds=60))
+    assert not health.network_error(T0, "refused")
+    assert health.network_error(T0, "refused")
+    assert health.blocked_until(T0 + timedelta(seconds=30)) == T0 + timedelta(seconds=60)
+    assert health.blocked_until(T0 + timedelta(seconds=60)) is None  # the probe
+    assert health.blocked_until(T0 + timedelta(seconds=60)) is not None  # only one probe at a time
+    assert health.network_error(T0 + timedelta(seconds=61), "refused")  # probe failed: open again
+    assert health.blocked_until(T0 + timedelta(seconds=62)) == T0 + timedelta(seconds=121)
+
+
+def test_throttle_per_minute_makes_excess_wait(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    with postroom.logon(profile_with(tmp_path, {}, {"max_per_minute": 3}), clock=clock) as s:
+        s.spooler.concurrency = 1
+        ids = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(5)]
+        summary = s.deliver()
+        assert submits(calls) == 3 and summary.failed == 0
+        waiting = s.queue()
+        assert [q.id for q in waiting] == ids[3:]
+        assert all("throttled" in (q.last_error or "") for q in waiting)
+        clock.advance(60)
+        s.deliver()
+        assert submits(calls) == 5 and s.queue() == []
+
+
+def test_throttle_windows() -> None:
+    health = TransportHealth(DeliveryPolicy(max_per_hour=2))
+    health.record_send(T0)
+    health.record_send(T0 + timedelta(minutes=10))
+    assert health.throttle_wait(T0 + timedelta(minutes=20)) == 40 * 60
+    assert health.throttle_wait(T0 + timedelta(minutes=60)) == 0
+
+
+def test_deferred_send_and_cancel_before_due(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    with postroom.logon(profile_with(tmp_path, {}), clock=clock) as s:
+        later = (
+            s.create_message("later").to("a@x.test").set(T.PR_DEFERRED_SEND_TIME, T0 + timedelta(minutes=5)).submit()
+        )
+        undone = (
+            s.create_message("undo").to("b@x.test").set(T.PR_DEFERRED_SEND_TIME, T0 + timedelta(minutes=5)).submit()
+        )
+        s.deliver()
+        assert submits(calls) == 0
+        s.cancel(undone)  # the undo-send window
+        assert [q.id for q in s.queue()] == [later]
+        clock.advance(300)
+        s.deliver()
+        assert submits(calls) == 1 and s.store.message_folder(later) == s.sent_items.id
+        assert s.store.message_folder(undone) == s.outbox.id
+
+
+def test_retry_now_ignores_backoff(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock()
+    with postroom.logon(profile_with(tmp_path, {"answer": "wait:3600"}), clock=clock) as s:
+        mid = s.create_message("x").to("a@x.test").submit()
+        s.deliver()
+        s.deliver()
+        assert submits(calls) == 1
+        assert s.retry(mid) == 1
+        s.deliver()
+        assert submits(calls) == 2
+        assert s.retry() == 1  # --all
+        s.deliver()
+        assert submits(calls) == 3
+
+
+def test_hold_and_release(tmp_path: Path, calls: Calls) -> None:
+    with postroom.logon(profile_with(tmp_path, {})) as s:
+        mid = s.create_message("x").to("a@x.test").submit()
+        s.hold(mid)
+        assert s.queue()[0].state is QueueState.HELD
+        s.deliver()
+        assert submits(calls) == 0
+        with pytest.raises(MAPIError) as err:
+            s.hold(mid)
+        assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+        with pytest.raises(MAPIError):
+            s.retry(mid)  # held: release it first
+        s.release(mid)
+        s.deliver()
+        assert submits(calls) == 1 and s.queue() == []
+        with pytest.raises(MAPIError) as err:
+            s.release(mid)
+        assert err.value.code == HResult.MAPI_E_NOT_IN_QUEUE
+        with pytest.raises(MAPIError) as err:
+            s.hold("999")
+        assert err.value.code == HResult.MAPI_E_NOT_FOUND
+
+
+def test_a_poison_message_does_not_block_the_others(tmp_path: Path, calls: Calls) -> None:
+    profile = make_profile(
+        tmp_path / "p",
+        ("buggy", {"address_types": ["X-POISON"], "answer": "raise"}),
+        ("smtp", {"address_types": ["SMTP"]}),
+    )
+    with postroom.logon(profile) as s:
+        s.spooler.concurrency = 1
+        poison = s.create_message("poison").to("X-POISON:boom").submit()
+        good = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(3)]
+        s.deliver()
+        assert all(s.store.message_folder(m) == s.sent_items.id for m in [poison, *good])
+        assert s.recipient_states(poison)[0].state.value == "failed"
+
+
+@pytest.mark.parametrize("policy", ["resend", "hold"])
+def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, calls: Calls, policy: str) -> None:
+    clock = Clock()
+    with postroom.logon(profile_with(tmp_path, {}, crash_policy=policy), clock=clock) as s:
+        mid = s.create_message("x").to("a@x.test").submit()
+        assert s.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message
+        s.deliver()
+        assert submits(calls) == 0  # the lease has not run out yet
+        clock.advance(61)
+        s.deliver()
+        kinds = [e.kind for e in s.events(mid)]
+        assert "outcome-unknown" in kinds
+        if policy == "resend":
+            assert submits(calls) == 1 and s.queue() == []
+            # Same Message-ID on the resend, so receivers can de-duplicate.
+            assert s.open_message(mid)[T.PR_INTERNET_MESSAGE_ID]
+        else:
+            assert submits(calls) == 0
+            (entry,) = s.queue()
+            assert entry.state is QueueState.HELD and "outcome unknown" in (entry.hold_reason or "")
+
+
+def test_an_idle_waiting_queue_does_not_spin(tmp_path: Path, calls: Calls) -> None:
+    """With only waiting messages the daemon sleeps until the next due time: no busy loop."""
+    profile = profile_with(tmp_path, {"answer": "wait:3600"})
+
+    async def scenario() -> int:
+        session = postroom.alogon(Profile.load(profile.directory))
+        for n in range(50):
+            session.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        stop = asyncio.Event()
+        task = asyncio.create_task(session.run_spooler(stop))
+        await asyncio.sleep(0.5)  # first pass: all 50 get "wait 3600"
+        before = session.protocol.iterations
+        calls_before = submits(calls)
+        await asyncio.sleep(1.5)
+        spins = session.protocol.iterations - before
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await session.close()
+        assert submits(calls) == calls_before == 50
+        return spins
+
+    assert asyncio.run(scenario()) <= 1
