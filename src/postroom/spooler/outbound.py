@@ -335,7 +335,10 @@ class OutboundProcessor:
         now = self.clock()
         until = health.blocked_until(now)
         if until is not None:
-            text = f"{transport.name} paused after repeated network errors ({health.last_error}); probe at {until:%H:%M:%S}"
+            text = (
+                f"{transport.name} paused after repeated network errors ({health.last_error}); "
+                f"probe at {until:%H:%M:%S}"
+            )
             return (until - now).total_seconds(), text
         wait = health.throttle_wait(now)
         if wait > 0:

@@ -617,9 +617,22 @@ class SQLiteStore(MessageStore):
                 pending=pending,
                 recipients=total,
             )
-            for mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, subject, to, pending, total in self._q(
-                sql, (only, only)
-            )
+            for (
+                mid,
+                state,
+                submit,
+                nxt,
+                owner,
+                attempts,
+                error,
+                kind,
+                prev,
+                hold,
+                subject,
+                to,
+                pending,
+                total,
+            ) in self._q(sql, (only, only))
         ]
 
     def queue_entry(self, message_id: int) -> QueueEntry | None:
@@ -704,7 +717,8 @@ class SQLiteStore(MessageStore):
                 "UPDATE recipients SET reported=1 WHERE message_id=? AND row_id=?", [(message_id, r) for r in row_ids]
             )
             self._event(db, message_id, now, "report", f"{report.message_class} stored as message {rid}")
-            return rid
+        self.bus.publish("newmail", message_id=rid, folder_id=folder_id, message_class=report.message_class)
+        return rid
 
     def release(
         self,
