@@ -615,15 +615,33 @@ def _raw_header_block(raw: bytes) -> str:
         return block.decode("latin-1")
 
 
+def _serialise(part: Message) -> bytes:
+    """A parsed part back to bytes; the generator can choke on odd input, then compat32, then b''."""
+    for policy in (_RAW_POLICY, email.policy.compat32):
+        try:
+            return part.as_bytes(policy=policy)
+        except Exception:
+            continue
+    return b""
+
+
+def _header_lines(part: Message) -> str:
+    """The header block of an already parsed message, as PR_TRANSPORT_MESSAGE_HEADERS text."""
+    return "".join(f"{key}: {_scrub(str(value))}\n" for key, value in part.raw_items())
+
+
 def _part_bytes(part: Message) -> bytes:
     """The decoded content of a leaf part; message/* parts other than rfc822 re-serialised."""
-    payload = part.get_payload(decode=True)
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
     if isinstance(payload, bytes):
         return payload
     inner = part.get_payload()
     if isinstance(inner, list):
-        return b"".join(sub.as_bytes(policy=_RAW_POLICY) for sub in inner if isinstance(sub, Message))
-    return str(inner or "").encode("utf-8", "replace")
+        return b"".join(_serialise(sub) for sub in inner if isinstance(sub, Message))
+    return _scrub(str(inner or "")).encode("utf-8")
 
 
 def _part_text(part: Message) -> str:
@@ -680,16 +698,23 @@ class _Collector:
         if id(part) in self.skip:
             return
         ctype = part.get_content_type()
-        if ctype in ("message/rfc822", "message/global"):
-            self.md.attachments.append(self._embedded(part))
-        elif part.get_content_maintype() == "multipart" and part.is_multipart():
+        if part.get_content_maintype() == "multipart" and part.is_multipart():
             for sub in part.get_payload():
                 if isinstance(sub, Message):
                     self.visit(sub, part.get_content_subtype())
-        elif parent_subtype == "alternative" and ctype in _BODY_ALTERNATIVES and not _is_attachment_like(part):
+            return
+        if parent_subtype == "alternative" and ctype in _BODY_ALTERNATIVES and not _is_attachment_like(part):
             return  # another rendering of the body we already have
-        else:
-            self.md.attachments.append(self._by_value(part))
+        # One odd part must not cost the whole message: fall back to its bytes, else drop it.
+        makers = (
+            (self._embedded, self._by_value) if ctype in ("message/rfc822", "message/global") else (self._by_value,)
+        )
+        for make in makers:
+            try:
+                self.md.attachments.append(make(part))
+                return
+            except Exception:
+                continue
 
     def _by_value(self, part: Message) -> Attachment:
         num = len(self.md.attachments)
@@ -716,19 +741,22 @@ class _Collector:
 
     def _embedded(self, part: Message) -> Attachment:
         num = len(self.md.attachments)
-        payload = part.get_payload()
-        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-            inner_bytes = payload[0].as_bytes(policy=_RAW_POLICY)
-        else:
-            inner_bytes = _part_bytes(part)
         if self.depth + 1 > _MAX_DEPTH:
             return self._by_value(part)
-        embedded = _from_mime(inner_bytes, self.depth + 1)
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], EmailMessage):
+            inner = payload[0]  # already parsed with the outer message: convert it as it is
+            size = len(_serialise(inner))
+            embedded = _convert(inner, _header_lines(inner), self.depth + 1)
+        else:  # e.g. a base64-encoded message/rfc822 (not allowed, but seen)
+            inner_bytes = _part_bytes(part)
+            size = len(inner_bytes)
+            embedded = _from_mime(inner_bytes, self.depth + 1)
         filename = _filename(part)
         props: Props = {
             T.PR_ATTACH_METHOD: int(AttachMethod.EMBEDDED_MSG),
             T.PR_ATTACH_MIME_TAG: "message/rfc822",
-            T.PR_ATTACH_SIZE: len(inner_bytes),
+            T.PR_ATTACH_SIZE: size,
             T.PR_ATTACH_NUM: num,
             T.PR_RENDERING_POSITION: -1,
             T.PR_DISPLAY_NAME: filename or embedded.subject,
@@ -736,7 +764,7 @@ class _Collector:
         if filename:
             props[T.PR_ATTACH_LONG_FILENAME] = filename
             props[T.PR_ATTACH_FILENAME] = filename
-        return Attachment(props=props, num=num, embedded=embedded, size=len(inner_bytes))
+        return Attachment(props=props, num=num, embedded=embedded, size=size)
 
 
 def _report_parts(msg: EmailMessage) -> tuple[Message | None, Message | None]:
@@ -849,9 +877,7 @@ def _unparseable(raw: bytes) -> MessageData:
     )
 
 
-def _convert(msg: EmailMessage, raw: bytes, depth: int) -> MessageData:
-    if not any(True for _ in msg.raw_items()):
-        return _unparseable(raw)  # not even one header line: not a message at all
+def _convert(msg: EmailMessage, raw_headers: str, depth: int) -> MessageData:
     md = MessageData()
     props = md.props
     props[T.PR_MESSAGE_CLASS] = "IPM.Note"
@@ -866,7 +892,7 @@ def _convert(msg: EmailMessage, raw: bytes, depth: int) -> MessageData:
     in_reply_to = _header_text(_get_text(msg, "In-Reply-To"))
     if in_reply_to:
         props[T.PR_IN_REPLY_TO_ID] = in_reply_to
-    props[T.PR_TRANSPORT_MESSAGE_HEADERS] = _raw_header_block(raw)
+    props[T.PR_TRANSPORT_MESSAGE_HEADERS] = raw_headers
 
     authors = _get_addresses(msg, "From")
     senders = _get_addresses(msg, "Sender") or authors
@@ -945,7 +971,10 @@ def _convert(msg: EmailMessage, raw: bytes, depth: int) -> MessageData:
 
 def _from_mime(data: bytes, depth: int) -> MessageData:
     try:
-        return _convert(BytesParser(policy=_IN_POLICY).parsebytes(data), data, depth)
+        parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
+        if not any(True for _ in parsed.raw_items()):
+            return _unparseable(data)  # not even one header line: not a message at all
+        return _convert(parsed, _raw_header_block(data), depth)
     except Exception:
         return _unparseable(data)
 

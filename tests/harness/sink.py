@@ -1,0 +1,73 @@
+"""A counting SMTP sink with injected faults, for the crash harness. usage: sink.py PORT LOGFILE
+
+Faults are chosen by the recipient's local part, so the harness knows what to expect:
+  ok-*        accepted
+  rcpt4xx-*   451 4.3.0 at RCPT the first time, accepted afterwards
+  rcpt5xx-*   550 5.1.1 at RCPT, always (the sender must get an NDR)
+  data421-*   421 4.3.2 after DATA the first time (nothing delivered), accepted afterwards
+  drop-*      the connection is dropped after DATA the first time (nothing delivered), accepted afterwards
+Every accepted message is logged as one line "<Message-ID> <recipient>".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+SEEN: set[str] = set()
+
+
+class FaultyHandler:
+    def __init__(self, log: Path) -> None:
+        self.log = log.open("a", buffering=1)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        local = address.split("@", 1)[0]
+        if local.startswith("rcpt5xx-"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if local.startswith("rcpt4xx-") and address not in SEEN:
+            SEEN.add(address)
+            return "451 4.3.0 <%s>: Temporary lookup failure" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for rcpt in envelope.rcpt_tos:
+            local = rcpt.split("@", 1)[0]
+            key = "data:" + rcpt
+            if local.startswith("data421-") and key not in SEEN:
+                SEEN.add(key)
+                return "421 4.3.2 Service shutting down, try later"
+            if local.startswith("drop-") and key not in SEEN:
+                SEEN.add(key)
+                server.transport.close()
+                return "421 4.4.2 dropped"
+        content = envelope.original_content or envelope.content
+        raw = content if isinstance(content, bytes) else str(content).encode()
+        message_id = BytesHeaderParser().parsebytes(raw).get("Message-ID", "<none>").strip()
+        for rcpt in envelope.rcpt_tos:
+            self.log.write(f"{message_id} {rcpt}\n")
+        return "250 2.0.0 queued"
+
+
+def main() -> None:
+    port, log = int(sys.argv[1]), Path(sys.argv[2])
+    controller = Controller(FaultyHandler(log), hostname="127.0.0.1", port=port, ready_timeout=10)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()
