@@ -25,7 +25,7 @@ Inbound (`from_mime`): an incoming message as a transport's start_message fills 
 never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multipart/report with
 report-type=delivery-status (RFC 3464) becomes a ``REPORT.IPM.Note.*`` message with one recipient
 row per per-recipient block (spec §7). The Message-ID of the original message, which MAPI has no
-property for, is stored as its ASCII bytes in PR_REPORT_TAG (a postroom convention: the spooler
+property for, is stored as its UTF-8 bytes in PR_REPORT_TAG (a postroom convention: the spooler
 finds the original by it); `dsn_original_message_id` reads it from the raw report.
 """
 
@@ -291,10 +291,10 @@ def _read_receipt_target(props: Props, from_addr: Address | None) -> Address | N
     if isinstance(entry, bytes) and is_one_off(entry):
         try:
             one_off = decode_one_off(entry)
+            if one_off.address_type.upper() == SMTP and one_off.email_address:
+                return _address("", one_off.email_address, "Disposition-Notification-To")
         except MAPIError:
-            one_off = None
-        if one_off is not None and one_off.address_type.upper() == SMTP and one_off.email_address:
-            return _address("", one_off.email_address, "Disposition-Notification-To")
+            pass  # not usable: notifications go to the author
     return None if from_addr is None else Address(addr_spec=from_addr.addr_spec)
 
 
@@ -432,10 +432,11 @@ def to_mime(msg: MessageData, *, sender: Recipient | None = None, include_bcc: b
     actually sending, e.g. the transport's logon identity) if given, else PR_SENDER_*. When both a
     representing and an actual sender exist with different addresses, Sender carries the actual one.
     A missing PR_INTERNET_MESSAGE_ID is generated and stored back into ``msg.props`` so a retry
-    sends the same ID; a missing PR_CLIENT_SUBMIT_TIME is "now" (neither is invented for embedded
-    messages). See the module docstring for header sanitising: CR/LF in the subject or a display
-    name becomes a space; an address or message ID with CR/LF/NUL/whitespace raises
-    ``MAPIError(MAPI_E_INVALID_PARAMETER)``.
+    sends the same ID; a missing PR_CLIENT_SUBMIT_TIME is "now" and a naive one is taken as UTC
+    (neither is invented for embedded messages). Header sanitising (module docstring): CR/LF in
+    the subject or a display name becomes a space; an address or message ID with CR/LF/NUL or
+    whitespace raises ``MAPIError(MAPI_E_INVALID_PARAMETER)``. Serialise with `to_bytes`, which
+    picks the SMTPUTF8 policy when a UTF-8 address needs it.
     """
     return _build(msg, sender, include_bcc, 0)
 
@@ -448,14 +449,8 @@ def needs_smtputf8(msg: EmailMessage, *, envelope: Iterable[str] = ()) -> bool:
         return True
     for part in msg.walk():
         for name in _ADDRESS_HEADERS:
-            for value in part.get_all(name) or ():
-                addresses = getattr(value, "addresses", None)
-                if addresses is not None:
-                    specs = [str(a.addr_spec) for a in addresses]
-                else:
-                    specs = [a for _, a in getaddresses([str(value)])]
-                if any(not spec.isascii() for spec in specs):
-                    return True
+            if any(not spec.isascii() for _, spec in _get_addresses(part, name)):
+                return True
     return False
 
 
@@ -791,6 +786,10 @@ def _original_headers(part: Message | None) -> Message | None:
     return Parser(policy=_IN_POLICY).parsestr(_part_text(part), headersonly=True)
 
 
+def _message_id_of(original: Message) -> str:
+    return _header_text(_get_text(original, "Message-ID"))
+
+
 def _strip_type(value: str) -> str:
     """``rfc822; bob@x`` → ``bob@x``; ``smtp; 550 …`` → ``550 …`` (RFC 3464 typed fields)."""
     head, sep, rest = value.partition(";")
@@ -859,9 +858,9 @@ def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
         submitted = _get_date(original, "Date")
         if submitted is not None:
             props[T.PR_ORIGINAL_SUBMIT_TIME] = submitted
-        original_id = _get_text(original, "Message-ID").strip()
+        original_id = _message_id_of(original)
         if original_id:
-            props[T.PR_REPORT_TAG] = _scrub(original_id).encode("utf-8")
+            props[T.PR_REPORT_TAG] = original_id.encode("utf-8")
 
 
 def _unparseable(raw: bytes) -> MessageData:
@@ -945,10 +944,14 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int) -> MessageData:
         props[T.PR_READ_RECEIPT_REQUESTED] = True
 
     skip: set[int] = set()
+    saved_props, saved_rows = dict(props), list(md.recipients)
     try:
         _apply_dsn(msg, md, skip)
-    except Exception:
-        props[T.PR_MESSAGE_CLASS] = "IPM.Note"  # a broken report is still mail: keep it readable
+    except Exception:  # a broken report is still mail: keep it as the plain message it is
+        props.clear()
+        props.update(saved_props)
+        md.recipients = saved_rows
+        skip.clear()
 
     collector = _Collector(msg, md, depth, skip)
     if collector.plain is not None:
@@ -999,7 +1002,6 @@ def dsn_original_message_id(data: bytes) -> str | None:
         original = _original_headers(_report_parts(parsed)[1])
         if original is None:
             return None
-        message_id = _get_text(original, "Message-ID").strip()
-        return message_id or None
+        return _message_id_of(original) or None
     except Exception:
         return None

@@ -183,10 +183,13 @@ class Draft:
         return self.message_id
 
     def submit(self) -> int:
-        """Save and submit; the message is read-only afterwards. Returns the message ID."""
-        mid = self.save()
-        self._session.submit(mid)
-        return mid
+        """Save and submit (one commit); the message is read-only afterwards. Returns the message ID."""
+        if self.message_id is not None:
+            self._session.submit(self.message_id)
+            return self.message_id
+        self.data.props.update(self._session._stamp(self.data))
+        self.message_id = self._session.store.create_and_submit(self.folder.id, self.data, self._session.clock())
+        return self.message_id
 
 
 def _attachment_props(filename: str, mime_type: str | None) -> dict[int, Any]:
@@ -317,9 +320,21 @@ class _SessionCore:
         return name, address
 
     def submit(self, ref: str | int | bytes) -> None:
-        """IMessage::SubmitMessage: stamps the sender and a Message-ID, then queues the message."""
+        """IMessage::SubmitMessage: stamps the sender and a Message-ID, then queues the message (one commit)."""
         mid = self.store.resolve_message(ref)
-        data = self.store.open_message(mid)
+        stamp = self._stamp(self.store.open_message(mid))
+        self.store.submit(mid, self.clock(), stamp)
+
+    def submit_many(self, drafts: Iterable[Draft]) -> list[int]:
+        """Save and submit several new messages with one durable commit (batch submission)."""
+        ids: list[int] = []
+        with self.store.batch():
+            for draft in drafts:
+                ids.append(draft.submit())
+        return ids
+
+    def _stamp(self, data: MessageData) -> dict[int, Any]:
+        """What submission adds: the sender (PR_SENDER_*, PR_SENT_REPRESENTING_*) and a fixed Message-ID."""
         name, address = self.sender_identity()
         stamp: dict[int, Any] = {}
         if not data.get(T.PR_SENDER_EMAIL_ADDRESS):
@@ -342,11 +357,9 @@ class _SessionCore:
             )
         if not data.get(T.PR_INTERNET_MESSAGE_ID):
             # Fixed once at submit so every retry and resend carries the same Message-ID.
-            domain = address.rpartition("@")[2] or "localhost"
+            domain = (data.get(T.PR_SENDER_EMAIL_ADDRESS) or address).rpartition("@")[2] or "localhost"
             stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
-        if stamp:
-            self.store.set_props(mid, stamp)
-        self.store.submit(mid, self.clock())
+        return stamp
 
     def abort_submit(self, ref: str | int | bytes) -> None:
         """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.entryid import decode_one_off, search_key
+from postroom.mapi.entryid import decode_one_off, encode_one_off, search_key
 from postroom.mapi.flags import MAPI_P1, AttachMethod, NDRDiag, NDRReason, RecipientType
 from postroom.mapi.message import Attachment, MessageData, Recipient
 from postroom.mime import (
@@ -60,7 +60,7 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def header_names(data: bytes) -> list[str]:
-    return [name.lower() for name in parse(data).keys()]
+    return [name.lower() for name in parse(data)]
 
 
 _BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -276,6 +276,50 @@ def test_utf8_address_needs_smtputf8() -> None:
     assert needs_smtputf8(plain, envelope=["jörg@bücher.example"])
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "テスト мир сообщение мир αβγ αβγ αβγ",  # folds between two encoded words (CPython gh-144156)
+        "Ελληνικά " * 12 + "end",
+        "=?utf-8?q?not_an_encoded_word?= literally",
+        "x" * 200 + " y",
+        "a;b,c " * 30,
+    ],
+)
+def test_long_and_tricky_header_text_survives(text: str) -> None:
+    name = " ".join(text.split())
+    msg = note(PR_SUBJECT=text, PR_SENDER_NAME=name)
+    msg.recipients = [rcpt("bob@example.net", name), rcpt("carol@example.net", "Carol")]
+    wire = to_bytes(msg)
+    assert wire.isascii()
+    assert max(len(line) for line in wire.split(b"\r\n")) <= 998
+    back = from_mime(wire)
+    assert back.subject == text.strip()
+    assert back.props[T.PR_SENDER_NAME] == name
+    assert [r.display_name for r in back.recipients] == [name, "Carol"]
+
+
+def test_embedded_utf8_address_needs_smtputf8() -> None:
+    inner = note()
+    inner.recipients = [rcpt("jörg@bücher.example")]
+    outer = note()
+    outer.attachments = [Attachment(embedded=inner)]
+    em = to_mime(outer)
+    assert needs_smtputf8(em)
+    back = from_mime(to_bytes(outer))
+    embedded = back.attachments[0].embedded
+    assert embedded is not None
+    assert [r.email_address for r in embedded.recipients] == ["jörg@bücher.example"]
+
+
+def test_read_receipt_goes_to_the_one_off_in_pr_read_receipt_entryid() -> None:
+    msg = note(
+        PR_READ_RECEIPT_REQUESTED=True,
+        PR_READ_RECEIPT_ENTRYID=encode_one_off("Receipts", "SMTP", "receipts@example.org"),
+    )
+    assert [a.addr_spec for a in to_mime(msg)["Disposition-Notification-To"].addresses] == ["receipts@example.org"]
+
+
 def test_from_sender_and_representing() -> None:
     msg = note(
         PR_SENT_REPRESENTING_NAME="Boss",
@@ -348,7 +392,9 @@ def test_html_body_and_attachment_types() -> None:
     ]
     em = to_mime(msg)
     assert em.get_content_type() == "multipart/mixed"
-    assert em.get_body(("html",)).get_content().strip() == "<p>Hello <b>world</b></p>"
+    html_part = em.get_body(("html",))
+    assert html_part is not None
+    assert html_part.get_content().strip() == "<p>Hello <b>world</b></p>"
     types = [part.get_content_type() for part in em.iter_attachments()]
     assert types == ["application/pdf", "image/png", "application/octet-stream"]
     back = from_mime(to_bytes(msg))
@@ -624,6 +670,33 @@ def test_dsn_delivered_and_delayed_classes() -> None:
 
     mixed = from_mime(_dsn(("x@example.net", "delivered"), ("y@example.net", "failed")))
     assert mixed.message_class == "REPORT.IPM.Note.NDR"
+
+
+def test_raw_utf8_headers_are_read_as_utf8() -> None:
+    raw = (
+        "From: Jörg <jörg@bücher.example>\r\nTo: Zoë <zoe@example.net>\r\nSubject: Grüße\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nÄpfel\r\n"
+    ).encode()
+    msg = from_mime(raw)
+    assert msg.subject == "Grüße"
+    assert msg.body == "Äpfel\n"
+    assert msg.props[T.PR_SENDER_EMAIL_ADDRESS] == "jörg@bücher.example"
+    assert msg.props[T.PR_SENDER_NAME] == "Jörg"
+    assert [(r.display_name, r.email_address) for r in msg.recipients] == [("Zoë", "zoe@example.net")]
+
+
+def test_encoded_crlf_in_inbound_names_is_flattened() -> None:
+    raw = b"From: =?utf-8?q?Eve=0D=0ABcc=3A_x?= <eve@example.org>\r\nSubject: =?utf-8?q?a=0D=0Ab?=\r\n\r\nx"
+    msg = from_mime(raw)
+    assert msg.props[T.PR_SENDER_NAME] == "Eve Bcc: x"
+    assert msg.subject == "a b"
+
+
+def test_report_without_recipient_blocks_stays_a_note() -> None:
+    data = _dsn()
+    msg = from_mime(data)
+    assert msg.message_class == "IPM.Note"
+    assert [r.email_address for r in msg.recipients] == ["alice@example.org"]
 
 
 @pytest.mark.parametrize(

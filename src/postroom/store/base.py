@@ -8,6 +8,7 @@ release or finish the message. A process that dies simply lets its lease expire.
 from __future__ import annotations
 
 import abc
+from contextlib import AbstractContextManager
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -216,7 +217,15 @@ class MessageStore(abc.ABC):
 
     # --- submission (client side) ---------------------------------------------------------
     @abc.abstractmethod
-    def submit(self, message_id: int, now: datetime) -> None:
+    def batch(self) -> AbstractContextManager[None]:
+        """Group operations into one durable commit (group commit); each still all-or-nothing."""
+
+    @abc.abstractmethod
+    def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
+        """Save and submit a new message in one transaction."""
+
+    @abc.abstractmethod
+    def submit(self, message_id: int, now: datetime, stamp: Props | None = None) -> None:
         """IMessage::SubmitMessage: MSGFLAG_SUBMIT, PR_RESPONSIBILITY FALSE, submit time, queued.
 
         MAPI_E_NO_RECIPIENTS for an empty recipient table; MAPI_E_SUBMITTED if already queued.

@@ -7,6 +7,7 @@ lets its lease run out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -143,6 +144,9 @@ class SQLiteStore(MessageStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new_file = not self.path.exists()
         self._lock = threading.RLock()
+        self._batch_depth = 0
+        self._savepoints = 0
+        self._held_notes: list[tuple[str, dict[str, Any]]] = []
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         if new_file:
             os.chmod(self.path, 0o600)
@@ -157,8 +161,24 @@ class SQLiteStore(MessageStore):
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE … COMMIT): all or nothing."""
+        """One write transaction (BEGIN IMMEDIATE … COMMIT): all or nothing.
+
+        Inside batch() it is a savepoint instead: it still succeeds or fails as a whole, and the
+        batch's single COMMIT makes everything durable with one fsync (group commit).
+        """
         with self._lock:
+            if self._batch_depth:
+                self._savepoints += 1
+                name = f"sp{self._savepoints}"
+                self._db.execute(f"SAVEPOINT {name}")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute(f"ROLLBACK TO {name}")
+                    self._db.execute(f"RELEASE {name}")
+                    raise
+                self._db.execute(f"RELEASE {name}")
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -166,6 +186,45 @@ class SQLiteStore(MessageStore):
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group several operations into one durable commit; notifications go out after it."""
+        with self._lock:
+            if self._batch_depth:
+                self._batch_depth += 1
+                try:
+                    yield
+                finally:
+                    self._batch_depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._batch_depth = 1
+            try:
+                yield
+            except BaseException:
+                self._batch_depth = 0
+                self._db.execute("ROLLBACK")
+                self._held_notes.clear()
+                raise
+            self._batch_depth = 0
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._held_notes.clear()
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            notes, self._held_notes = self._held_notes, []
+        for kind, data in notes:
+            self.bus.publish(kind, **data)
+
+    def _publish(self, kind: str, **data: Any) -> None:
+        """Notify other processes, but only of committed changes."""
+        if self._batch_depth:
+            self._held_notes.append((kind, data))
+        else:
+            self.bus.publish(kind, **data)
 
     def _q(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row | tuple[Any, ...]]:
         with self._lock:
@@ -528,45 +587,58 @@ class SQLiteStore(MessageStore):
             db.execute("UPDATE messages SET folder_id=? WHERE id=?", (folder_id, message_id))
 
     # --- submission --------------------------------------------------------------------------
-    def submit(self, message_id: int, now: datetime) -> None:
+    def submit(self, message_id: int, now: datetime, stamp: Props | None = None) -> None:
         with self._tx() as db:
-            self._check_modifiable(db, message_id)
-            rows = db.execute("SELECT row_id FROM recipients WHERE message_id=?", (message_id,)).fetchall()
-            if not rows:
-                raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, f"message {message_id} has no recipients")
-            props = self._load_props(db, message_id)
-            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0))
-            flags = (flags | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
-            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags, T.PR_CLIENT_SUBMIT_TIME: now})
-            # PR_RESPONSIBILITY FALSE everywhere, except rows already delivered (MAPI_SUBMITTED, §6.5).
-            for (rid,) in rows:
-                rtype = db.execute(
-                    "SELECT value FROM recipient_props WHERE message_id=? AND row_id=? AND tag=?",
-                    (message_id, rid, T.PR_RECIPIENT_TYPE),
-                ).fetchone()
-                submitted = bool(rtype and int(rtype[0]) & MAPI_SUBMITTED)
-                self._insert_props(db, "recipient_props", (message_id, rid), {T.PR_RESPONSIBILITY: submitted})
-                db.execute(
-                    "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=? "
-                    "WHERE message_id=? AND row_id=?",
-                    ("delivered" if submitted else "pending", 1 if submitted else 0, message_id, rid),
-                )
-            deferred = props.get(T.PR_DEFERRED_SEND_TIME)
-            due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
+            self._submit_in(db, message_id, now, stamp)
+        self._publish("submitted", message_id=message_id)
+
+    def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
+        """Save and submit a new message in one transaction (one fsync)."""
+        with self._tx() as db:
+            mid = self._insert_message(db, folder_id, message)
+            self._submit_in(db, mid, now, None)
+        self._publish("submitted", message_id=mid)
+        return mid
+
+    def _submit_in(self, db: sqlite3.Connection, message_id: int, now: datetime, stamp: Props | None) -> None:
+        self._check_modifiable(db, message_id)
+        if stamp:
+            self._insert_props(db, "props", (message_id,), stamp)
+        rows = db.execute("SELECT row_id FROM recipients WHERE message_id=?", (message_id,)).fetchall()
+        if not rows:
+            raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, f"message {message_id} has no recipients")
+        props = self._load_props(db, message_id)
+        flags = int(props.get(T.PR_MESSAGE_FLAGS, 0))
+        flags = (flags | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
+        self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags, T.PR_CLIENT_SUBMIT_TIME: now})
+        # PR_RESPONSIBILITY FALSE everywhere, except rows already delivered (MAPI_SUBMITTED, §6.5).
+        for (rid,) in rows:
+            rtype = db.execute(
+                "SELECT value FROM recipient_props WHERE message_id=? AND row_id=? AND tag=?",
+                (message_id, rid, T.PR_RECIPIENT_TYPE),
+            ).fetchone()
+            submitted = bool(rtype and int(rtype[0]) & MAPI_SUBMITTED)
+            self._insert_props(db, "recipient_props", (message_id, rid), {T.PR_RESPONSIBILITY: submitted})
             db.execute(
-                "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
-                "wait_kind=NULL, "
-                "lease_owner=NULL, lease_until=NULL WHERE id=?",
-                (to_epoch(now), due, message_id),
+                "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=? "
+                "WHERE message_id=? AND row_id=?",
+                ("delivered" if submitted else "pending", 1 if submitted else 0, message_id, rid),
             )
-            self._event(
-                db,
-                message_id,
-                now,
-                "submitted",
-                f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due and deferred else ""),
-            )
-        self.bus.publish("submitted", message_id=message_id)
+        deferred = props.get(T.PR_DEFERRED_SEND_TIME)
+        due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
+        db.execute(
+            "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
+            "wait_kind=NULL, "
+            "lease_owner=NULL, lease_until=NULL WHERE id=?",
+            (to_epoch(now), due, message_id),
+        )
+        self._event(
+            db,
+            message_id,
+            now,
+            "submitted",
+            f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due and deferred else ""),
+        )
 
     def abort_submit(self, message_id: int, now: datetime) -> None:
         with self._tx() as db:
@@ -717,7 +789,7 @@ class SQLiteStore(MessageStore):
                 "UPDATE recipients SET reported=1 WHERE message_id=? AND row_id=?", [(message_id, r) for r in row_ids]
             )
             self._event(db, message_id, now, "report", f"{report.message_class} stored as message {rid}")
-        self.bus.publish("newmail", message_id=rid, folder_id=folder_id, message_class=report.message_class)
+        self._publish("newmail", message_id=rid, folder_id=folder_id, message_class=report.message_class)
         return rid
 
     def release(
@@ -774,7 +846,7 @@ class SQLiteStore(MessageStore):
                 (message_id,),
             )
             self._event(db, message_id, now, "released", "released from hold")
-        self.bus.publish("queue", message_id=message_id)
+        self._publish("queue", message_id=message_id)
 
     def retry_now(self, message_id: int | None, now: datetime) -> int:
         with self._tx() as db:
@@ -794,7 +866,7 @@ class SQLiteStore(MessageStore):
                 "SELECT id FROM messages WHERE queue_state='queued' AND (? IS NULL OR id=?)", (message_id, message_id)
             ).fetchall():
                 self._event(db, mid, now, "retry", "retry now (ignoring backoff)")
-        self.bus.publish("queue", retry=count)
+        self._publish("queue", retry=count)
         return count
 
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
@@ -807,14 +879,14 @@ class SQLiteStore(MessageStore):
             )
             woken = cur.rowcount
         if woken:
-            self.bus.publish("queue", woken=woken)
+            self._publish("queue", woken=woken)
         return woken
 
     def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
         with self._tx() as db:
             mid = self._insert_message(db, folder_id, message)
             self._event(db, mid, now, "received", f"delivered into folder {folder_id}")
-        self.bus.publish("newmail", message_id=mid, folder_id=folder_id, message_class=message.message_class)
+        self._publish("newmail", message_id=mid, folder_id=folder_id, message_class=message.message_class)
         return mid
 
     def save_status_rows(self, owner: str, rows: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
