@@ -116,6 +116,10 @@ class Draft:
             adrtype, email = (address_type or "").upper(), ""
         if any(c in display for c in "\r\n\0"):
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"display name {display!r} contains a line break or NUL")
+        # A one-off entry ID or the address_type argument bypass parse_address: same rule for them.
+        for what, text in (("address type", adrtype), ("address", email)):
+            if any(c in text for c in "\r\n\0"):
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{what} {text!r} contains a line break or NUL")
         props: dict[int, Any] = {
             T.PR_DISPLAY_NAME: display or email,
             T.PR_ADDRTYPE: adrtype,

@@ -46,6 +46,7 @@ def encode_value(tag: int, value: Any) -> Any:
         if kind in (T.PT_UNICODE, T.PT_STRING8):
             if not isinstance(value, str):
                 raise TypeError("a string property needs text")
+            value.encode("utf-8")  # a lone surrogate cannot be stored: refuse it here, clearly
             return value
         if kind in (T.PT_BINARY, T.PT_CLSID):
             return bytes(value)
@@ -59,7 +60,7 @@ def encode_value(tag: int, value: Any) -> Any:
             base = kind & ~T.MV_FLAG
             items = [v.hex() if base == T.PT_BINARY else v for v in value]
             return json.dumps(items)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, UnicodeError) as exc:
         raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: {exc}") from exc
     raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{T.tag_name(tag)}: property type 0x{kind:04X} cannot be stored")
 
@@ -79,3 +80,32 @@ def decode_value(tag: int, value: Any) -> Any:
         items = json.loads(value)
         return [bytes.fromhex(v) for v in items] if base == T.PT_BINARY else items
     return value
+
+
+def encode_bag(props: dict[int, Any]) -> str:
+    """A whole property bag as one JSON text: {"<tag>": value}; binary values as hex.
+
+    One column per object instead of one row per property: far fewer statements per message,
+    and the tag's type still decides how each value is read back.
+    """
+    out: dict[str, Any] = {}
+    for tag, value in props.items():
+        if value is None or T.prop_type(tag) == T.PT_OBJECT:
+            continue
+        encoded = encode_value(tag, value)
+        out[str(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_bag(text: str | bytes | None) -> dict[int, Any]:
+    if not text:
+        return {}
+    out: dict[int, Any] = {}
+    for key, value in json.loads(text).items():
+        tag = int(key)
+        kind = T.prop_type(tag)
+        if kind in (T.PT_BINARY, T.PT_CLSID):
+            out[tag] = bytes.fromhex(value)
+        else:
+            out[tag] = decode_value(tag, value)
+    return out

@@ -40,7 +40,7 @@ from .base import (
     RecipientStatus,
     WaitKind,
 )
-from .codec import decode_value, encode_value, from_epoch, to_epoch
+from .codec import decode_bag, encode_bag, from_epoch, to_epoch
 from .notify import NotificationBus, notify_directory
 
 SCHEMA_VERSION = 1
@@ -69,16 +69,11 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error TEXT,
     wait_kind TEXT,
     prev_owner TEXT,
-    hold_reason TEXT
+    hold_reason TEXT,
+    props TEXT NOT NULL DEFAULT '{}'  -- the property bag (codec.encode_bag)
 );
 CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder_id);
 CREATE INDEX IF NOT EXISTS outgoing_queue ON messages(queue_state, submit_time, id) WHERE queue_state IS NOT NULL;
-CREATE TABLE IF NOT EXISTS props (
-    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    tag INTEGER NOT NULL,
-    value,
-    PRIMARY KEY (message_id, tag)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recipients (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     row_id INTEGER NOT NULL,
@@ -86,15 +81,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     transport TEXT,
     outcome_time REAL,
     reported INTEGER NOT NULL DEFAULT 0,
+    props TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (message_id, row_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS recipient_props (
-    message_id INTEGER NOT NULL,
-    row_id INTEGER NOT NULL,
-    tag INTEGER NOT NULL,
-    value,
-    PRIMARY KEY (message_id, row_id, tag),
-    FOREIGN KEY (message_id, row_id) REFERENCES recipients(message_id, row_id) ON DELETE CASCADE
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attachments (
     id INTEGER PRIMARY KEY,
@@ -102,14 +90,9 @@ CREATE TABLE IF NOT EXISTS attachments (
     num INTEGER NOT NULL,
     data BLOB,
     embedded_id INTEGER REFERENCES messages(id),
+    props TEXT NOT NULL DEFAULT '{}',
     UNIQUE (message_id, num)
 );
-CREATE TABLE IF NOT EXISTS attachment_props (
-    attachment_id INTEGER NOT NULL REFERENCES attachments(id) ON DELETE CASCADE,
-    tag INTEGER NOT NULL,
-    value,
-    PRIMARY KEY (attachment_id, tag)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receive_folders (
     message_class TEXT PRIMARY KEY,
     folder_id INTEGER NOT NULL REFERENCES folders(id)
@@ -340,19 +323,31 @@ class SQLiteStore(MessageStore):
         return self.find_folder(fid)
 
     # --- messages: writing -----------------------------------------------------------------
-    def _insert_props(self, db: sqlite3.Connection, table: str, key: tuple[Any, ...], props: Props) -> None:
-        cols = {"props": "message_id", "recipient_props": "message_id, row_id", "attachment_props": "attachment_id"}[
-            table
-        ]
-        marks = ", ".join("?" for _ in key)
-        rows = [
-            (*key, tag, encode_value(tag, value))
-            for tag, value in props.items()
-            if value is not None and T.prop_type(tag) != T.PT_OBJECT
-        ]
-        db.executemany(f"INSERT OR REPLACE INTO {table} ({cols}, tag, value) VALUES ({marks}, ?, ?)", rows)
+    _BAGS = {
+        "props": ("messages", "id=?"),
+        "recipient_props": ("recipients", "message_id=? AND row_id=?"),
+        "attachment_props": ("attachments", "id=?"),
+    }
 
-    def _insert_message(self, db: sqlite3.Connection, folder_id: int | None, message: MessageData) -> int:
+    def _insert_props(self, db: sqlite3.Connection, table: str, key: tuple[Any, ...], props: Props) -> None:
+        """Merge properties into a stored bag (a message's, a recipient's or an attachment's)."""
+        self._merge_props(db, table, key, props, ())
+
+    def _merge_props(
+        self, db: sqlite3.Connection, table: str, key: tuple[Any, ...], props: Props, delete: Iterable[int]
+    ) -> None:
+        name, where = self._BAGS[table]
+        row = db.execute(f"SELECT props FROM {name} WHERE {where}", key).fetchone()
+        bag = decode_bag(row[0]) if row else {}
+        bag.update({t: v for t, v in props.items() if v is not None})
+        for t in delete:
+            bag.pop(t, None)
+        db.execute(f"UPDATE {name} SET props=? WHERE {where}", (encode_bag(bag), *key))
+
+    def _insert_message(
+        self, db: sqlite3.Connection, folder_id: int | None, message: MessageData, submit_at: datetime | None = None
+    ) -> int:
+        """Insert a whole message; with `submit_at` it goes in already submitted (one INSERT per table)."""
         props = dict(message.props)
         props.setdefault(T.PR_MESSAGE_CLASS, "IPM.Note")
         props.setdefault(T.PR_MESSAGE_FLAGS, int(MessageFlags.UNSENT | MessageFlags.UNMODIFIED))
@@ -362,20 +357,45 @@ class SQLiteStore(MessageStore):
         for tag in (T.PR_ENTRYID, T.PR_SUBMIT_FLAGS, T.PR_INSTANCE_KEY, T.PR_ROWID):
             props.pop(tag, None)
         _refresh_display_lists(props, message.recipients)
-        mid = db.execute("INSERT INTO messages (folder_id) VALUES (?)", (folder_id,)).lastrowid
+        due: float | None = None
+        if submit_at is not None:
+            if not message.recipients:
+                raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, "the message has no recipients")
+            flags = (int(props[T.PR_MESSAGE_FLAGS]) | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
+            props[T.PR_MESSAGE_FLAGS] = flags
+            props[T.PR_CLIENT_SUBMIT_TIME] = submit_at
+            deferred = props.get(T.PR_DEFERRED_SEND_TIME)
+            due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > submit_at else None
+        mid = db.execute(
+            "INSERT INTO messages (folder_id, props, queue_state, submit_time, next_attempt) VALUES (?, ?, ?, ?, ?)",
+            (folder_id, encode_bag(props), "queued" if submit_at else None, to_epoch(submit_at), due),
+        ).lastrowid
         assert mid is not None
-        self._insert_props(db, "props", (mid,), props)
-        self._insert_recipients(db, mid, message.recipients)
+        self._insert_recipients(db, mid, message.recipients, submitted=submit_at is not None)
         for att in message.attachments:
             self._insert_attachment(db, mid, att)
+        if submit_at is not None:
+            when = f", not before {props[T.PR_DEFERRED_SEND_TIME].isoformat()}" if due else ""
+            self._event(db, mid, submit_at, "submitted", f"{len(message.recipients)} recipient(s){when}")
         return mid
 
-    def _insert_recipients(self, db: sqlite3.Connection, mid: int, recipients: Sequence[Recipient]) -> None:
+    def _insert_recipients(
+        self, db: sqlite3.Connection, mid: int, recipients: Sequence[Recipient], submitted: bool = False
+    ) -> None:
+        rows = []
         for n, recip in enumerate(recipients):
             row_props = dict(recip.props)
             row_props.pop(T.PR_ROWID, None)
-            db.execute("INSERT INTO recipients (message_id, row_id) VALUES (?, ?)", (mid, n))
-            self._insert_props(db, "recipient_props", (mid, n), row_props)
+            state, reported = "pending", 0
+            if submitted:
+                # PR_RESPONSIBILITY FALSE, except rows already delivered earlier (MAPI_SUBMITTED, §6.5).
+                done = bool(int(row_props.get(T.PR_RECIPIENT_TYPE, 1)) & MAPI_SUBMITTED)
+                row_props[T.PR_RESPONSIBILITY] = done
+                state, reported = ("delivered", 1) if done else ("pending", 0)
+            rows.append((mid, n, encode_bag(row_props), state, reported))
+        db.executemany(
+            "INSERT INTO recipients (message_id, row_id, props, state, reported) VALUES (?, ?, ?, ?, ?)", rows
+        )
 
     def _insert_attachment(self, db: sqlite3.Connection, mid: int, att: Attachment, num: int | None = None) -> int:
         if num is None:
@@ -410,7 +430,7 @@ class SQLiteStore(MessageStore):
                     raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "attachment shrank while it was being stored")
             props[T.PR_ATTACH_SIZE] = size
         assert aid is not None
-        self._insert_props(db, "attachment_props", (aid,), props)
+        db.execute("UPDATE attachments SET props=? WHERE id=?", (encode_bag(props), aid))
         return int(num)
 
     def create_message(self, folder_id: int, message: MessageData) -> int:
@@ -427,14 +447,12 @@ class SQLiteStore(MessageStore):
     def set_props(self, message_id: int, props: Props, delete: Iterable[int] = ()) -> None:
         with self._tx() as db:
             self._check_modifiable(db, message_id)
-            self._insert_props(db, "props", (message_id,), props)
-            db.executemany("DELETE FROM props WHERE message_id=? AND tag=?", [(message_id, t) for t in delete])
+            self._merge_props(db, "props", (message_id,), props, delete)
 
     def set_recipients(self, message_id: int, recipients: Sequence[Recipient]) -> None:
         """Replace the recipient table of an unsubmitted message (ModifyRecipients)."""
         with self._tx() as db:
             self._check_modifiable(db, message_id)
-            db.execute("DELETE FROM recipient_props WHERE message_id=?", (message_id,))
             db.execute("DELETE FROM recipients WHERE message_id=?", (message_id,))
             self._insert_recipients(db, message_id, recipients)
             props = self._load_props(db, message_id)
@@ -462,42 +480,35 @@ class SQLiteStore(MessageStore):
 
     # --- messages: reading -----------------------------------------------------------------
     def _load_props(self, db: sqlite3.Connection, message_id: int) -> Props:
-        return {
-            tag: decode_value(tag, v)
-            for tag, v in db.execute("SELECT tag, value FROM props WHERE message_id=?", (message_id,))
-        }
+        row = db.execute("SELECT props FROM messages WHERE id=?", (message_id,)).fetchone()
+        return decode_bag(row[0]) if row else {}
 
     def _load_message(self, db: sqlite3.Connection, message_id: int) -> MessageData:
         row = db.execute(
-            "SELECT queue_state, lease_owner, lease_until FROM messages WHERE id=?", (message_id,)
+            "SELECT queue_state, lease_owner, lease_until, props FROM messages WHERE id=?", (message_id,)
         ).fetchone()
         if row is None:
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        props = self._load_props(db, message_id)
+        props = decode_bag(row[3])
         props[T.PR_ENTRYID] = self.entry_id_of(message_id)
         props[T.PR_RECORD_KEY] = props[T.PR_ENTRYID]
         submit_flags = SubmitFlags.LOCKED if row[1] is not None else SubmitFlags.NONE
         if row[0] is not None or submit_flags:
             props[T.PR_SUBMIT_FLAGS] = int(submit_flags)
         recipients: dict[int, Recipient] = {
-            rid: Recipient(props={}, row_id=rid)
-            for (rid,) in db.execute("SELECT row_id FROM recipients WHERE message_id=? ORDER BY row_id", (message_id,))
+            rid: Recipient(props=decode_bag(bag), row_id=rid)
+            for rid, bag in db.execute(
+                "SELECT row_id, props FROM recipients WHERE message_id=? ORDER BY row_id", (message_id,)
+            )
         }
-        for rid, tag, value in db.execute(
-            "SELECT row_id, tag, value FROM recipient_props WHERE message_id=?", (message_id,)
-        ):
-            recipients[rid].props[tag] = decode_value(tag, value)
         for rec in recipients.values():
             rec.props[T.PR_ROWID] = rec.row_id
         attachments = []
-        for aid, num, embedded_id, size in db.execute(
-            "SELECT id, num, embedded_id, length(data) FROM attachments WHERE message_id=? ORDER BY num", (message_id,)
+        for aid, num, embedded_id, size, bag in db.execute(
+            "SELECT id, num, embedded_id, length(data), props FROM attachments WHERE message_id=? ORDER BY num",
+            (message_id,),
         ):
-            aprops = {
-                t: decode_value(t, v)
-                for t, v in db.execute("SELECT tag, value FROM attachment_props WHERE attachment_id=?", (aid,))
-            }
-            att = Attachment(props=aprops, num=num, size=size)
+            att = Attachment(props=decode_bag(bag), num=num, size=size)
             if embedded_id is not None:
                 att.embedded = self._load_message(db, embedded_id)
             else:
@@ -518,16 +529,14 @@ class SQLiteStore(MessageStore):
             return self._load_message(self._db, message_id)
 
     def list_messages(self, folder_id: int, limit: int | None = None) -> list[MessageSummary]:
-        sql = (
-            "SELECT m.id, m.folder_id, "
-            + ", ".join(f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={t})" for t in _SUMMARY_TAGS)
-            + " FROM messages m WHERE m.folder_id=? ORDER BY m.id"
-            + (" LIMIT ?" if limit is not None else "")
+        sql = "SELECT m.id, m.folder_id, m.props FROM messages m WHERE m.folder_id=? ORDER BY m.id" + (
+            " LIMIT ?" if limit is not None else ""
         )
         params: list[Any] = [folder_id] + ([limit] if limit is not None else [])
         out = []
-        for row in self._q(sql, params):
-            mid, fid, cls, subject, flags, submit, delivery, to, sender, rep = row
+        for mid, fid, bag in self._q(sql, params):
+            props = decode_bag(bag)
+            cls, subject, flags, submit, delivery, to, sender, rep = (props.get(t) for t in _SUMMARY_TAGS)
             out.append(
                 MessageSummary(
                     id=mid,
@@ -536,8 +545,8 @@ class SQLiteStore(MessageStore):
                     message_class=cls or "IPM.Note",
                     subject=subject or "",
                     flags=flags or 0,
-                    submit_time=decode_value(T.PR_CLIENT_SUBMIT_TIME, submit),
-                    delivery_time=decode_value(T.PR_MESSAGE_DELIVERY_TIME, delivery),
+                    submit_time=submit,
+                    delivery_time=delivery,
                     display_to=to or "",
                     sender=rep or sender or "",
                 )
@@ -595,8 +604,7 @@ class SQLiteStore(MessageStore):
     def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
         """Save and submit a new message in one transaction (one fsync)."""
         with self._tx() as db:
-            mid = self._insert_message(db, folder_id, message)
-            self._submit_in(db, mid, now, None)
+            mid = self._insert_message(db, folder_id, message, submit_at=now)
         self._publish("submitted", message_id=mid)
         return mid
 
@@ -604,26 +612,29 @@ class SQLiteStore(MessageStore):
         self._check_modifiable(db, message_id)
         if stamp:
             self._insert_props(db, "props", (message_id,), stamp)
-        rows = db.execute("SELECT row_id FROM recipients WHERE message_id=?", (message_id,)).fetchall()
+        rows = db.execute("SELECT row_id, props FROM recipients WHERE message_id=?", (message_id,)).fetchall()
         if not rows:
             raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, f"message {message_id} has no recipients")
         props = self._load_props(db, message_id)
         flags = int(props.get(T.PR_MESSAGE_FLAGS, 0))
         flags = (flags | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
-        self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags, T.PR_CLIENT_SUBMIT_TIME: now})
+        props[T.PR_MESSAGE_FLAGS] = flags
+        props[T.PR_CLIENT_SUBMIT_TIME] = now
+        db.execute("UPDATE messages SET props=? WHERE id=?", (encode_bag(props), message_id))
         # PR_RESPONSIBILITY FALSE everywhere, except rows already delivered (MAPI_SUBMITTED, §6.5).
-        for (rid,) in rows:
-            rtype = db.execute(
-                "SELECT value FROM recipient_props WHERE message_id=? AND row_id=? AND tag=?",
-                (message_id, rid, T.PR_RECIPIENT_TYPE),
-            ).fetchone()
-            submitted = bool(rtype and int(rtype[0]) & MAPI_SUBMITTED)
-            self._insert_props(db, "recipient_props", (message_id, rid), {T.PR_RESPONSIBILITY: submitted})
-            db.execute(
-                "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=? "
-                "WHERE message_id=? AND row_id=?",
-                ("delivered" if submitted else "pending", 1 if submitted else 0, message_id, rid),
+        updates = []
+        for rid, bag in rows:
+            row_props = decode_bag(bag)
+            submitted = bool(int(row_props.get(T.PR_RECIPIENT_TYPE, 1)) & MAPI_SUBMITTED)
+            row_props[T.PR_RESPONSIBILITY] = submitted
+            updates.append(
+                ("delivered" if submitted else "pending", 1 if submitted else 0, encode_bag(row_props), message_id, rid)
             )
+        db.executemany(
+            "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=?, props=? "
+            "WHERE message_id=? AND row_id=?",
+            updates,
+        )
         deferred = props.get(T.PR_DEFERRED_SEND_TIME)
         due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
         db.execute(
@@ -664,8 +675,7 @@ class SQLiteStore(MessageStore):
         sql = (
             "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
             "m.wait_kind, m.prev_owner, m.hold_reason, "
-            f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_SUBJECT}), "
-            f"(SELECT value FROM props p WHERE p.message_id=m.id AND p.tag={T.PR_DISPLAY_TO}), "
+            f"json_extract(m.props, '$.\"{T.PR_SUBJECT}\"'), json_extract(m.props, '$.\"{T.PR_DISPLAY_TO}\"'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
             "FROM messages m WHERE m.queue_state IS NOT NULL AND (? IS NULL OR m.id = ?) ORDER BY m.submit_time, m.id"
