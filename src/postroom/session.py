@@ -318,6 +318,13 @@ class _SessionCore:
 
     def sender_identity(self) -> tuple[str, str]:
         """(display name, SMTP address) of the profile's user; default `user@localhost`."""
+        if self._identity is None:
+            self._identity = self._read_identity()
+        return self._identity
+
+    _identity: tuple[str, str] | None = None
+
+    def _read_identity(self) -> tuple[str, str]:
         user = getpass.getuser()
         name = str(self.profile.settings.get("sender_name") or user)
         address = str(self.profile.settings.get("sender_address") or f"{user}@localhost")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..mapi.flags import ResourceType, StatusCode
-from ..profile import Profile, Service, transport_kinds
+from ..profile import Profile, Service, provider_class, transport_kinds
+from ..spooler.policy import POLICY_HELP, DeliveryPolicy
 from .context import App, json_option, pass_app
-from .output import redact
+from .output import redact, when
 
 
 def service_data(service: Service, position: int | None = None) -> dict[str, Any]:
@@ -21,6 +23,9 @@ def service_data(service: Service, position: int | None = None) -> dict[str, Any
         "kind": service.kind,
         "provider_uid": bytes(service.provider_uid).hex(),
         "prefer_last": service.prefer_last,
+        "call_when_offline": service.call_when_offline,
+        "poll_seconds": service.poll_seconds,
+        "policy": dict(service.policy),
         "options": redact(service.options),
     }
     if position is not None:
@@ -89,10 +94,23 @@ def parse_setting(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-@service.command("add")
-@click.argument("kind")
-@click.argument("name")
-@click.option(
+def _settings(texts: tuple[str, ...], hint: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_setting(text)
+        if key in values:
+            raise click.BadParameter(f"{key!r} is given twice", param_hint=hint)
+        values[key] = value
+    return values
+
+
+def checked_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """Validate with DeliveryPolicy.from_options; keep the given keys, as numbers of the right type."""
+    checked = DeliveryPolicy.from_options(policy)
+    return {key: getattr(checked, key) for key in policy}
+
+
+set_option = click.option(
     "--set",
     "settings",
     multiple=True,
@@ -100,36 +118,148 @@ def parse_setting(text: str) -> tuple[str, Any]:
     help="An option of the transport; repeatable. VALUE is read as TOML when it parses "
     '(30, true, \'["a.test","b.test"]\'), else as a plain string.',
 )
+policy_option = click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A delivery policy setting (retry backoff, circuit breaker, throttles); repeatable. "
+    "See `postroom service kinds` for the keys.",
+)
+
+
+@service.command("add")
+@click.argument("kind")
+@click.argument("name")
+@set_option
 @click.option(
     "--prefer-last/--no-prefer-last",
     default=None,
     help="Put the transport at the end of the default transport order (STATUS_XP_PREFER_LAST); "
     "default: what the provider asks for.",
 )
+@click.option(
+    "--call-when-offline",
+    is_flag=True,
+    help="Call this transport even offline: it connects at start-up and sends at once (KB 317412).",
+)
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="N",
+    help="How often to poll it for inbound mail, if it asks to be polled (default 60).",
+)
+@policy_option
 @json_option
 @pass_app
-def service_add(app: App, kind: str, name: str, settings: tuple[str, ...], prefer_last: bool | None) -> None:
+def service_add(
+    app: App,
+    kind: str,
+    name: str,
+    settings: tuple[str, ...],
+    prefer_last: bool | None,
+    call_when_offline: bool,
+    poll_seconds: float | None,
+    policies: tuple[str, ...],
+) -> None:
     """Add a transport of KIND named NAME.
 
-    For example, a fax gateway command for the address type FAX:
+    For example, a fax gateway command for the address type FAX, called even offline:
 
     \b
-    postroom service add pipe fax --set command='["/usr/bin/sendfax"]' --set address_types='["FAX"]'
+    postroom service add pipe fax --set command='["/usr/bin/sendfax"]' --set address_types='["FAX"]' \\
+        --call-when-offline --policy max_per_hour=60
     """
-    options: dict[str, Any] = {}
-    for text in settings:
-        key, value = parse_setting(text)
-        if key in options:
-            raise click.BadParameter(f"option {key!r} is given twice", param_hint="--set")
-        options[key] = value
+    options = _settings(settings, "--set")
+    policy = checked_policy(_settings(policies, "--policy"))
     session = app.session()
     added = session.add_service(kind, name, options, prefer_last=prefer_last)
+    if call_when_offline or poll_seconds is not None or policy:
+        added.call_when_offline = call_when_offline
+        if poll_seconds is not None:
+            added.poll_seconds = poll_seconds
+        added.policy = policy
+        session.profile.save()
     order = session.transport_order()
     if app.json:
         app.out.document({"service": service_data(added), "transport_order": [s.name for s in order]})
         return
     app.out.echo(f"Added transport {added.name!r} (kind {added.kind}, provider UID {bytes(added.provider_uid).hex()})")
+    if added.call_when_offline:
+        app.out.echo("  called even offline (call-when-offline)")
+    if added.policy:
+        app.out.echo(f"  policy: {options_text(added.policy)}")
     app.out.echo(f"Transport order: {', '.join(s.name for s in order)}")
+
+
+@service.command("set")
+@click.argument("name")
+@set_option
+@click.option(
+    "--call-when-offline/--no-call-when-offline",
+    default=None,
+    help="Call this transport even offline (or not).",
+)
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="N",
+    help="How often to poll it for inbound mail, if it asks to be polled.",
+)
+@policy_option
+@json_option
+@pass_app
+def service_set(
+    app: App,
+    name: str,
+    settings: tuple[str, ...],
+    call_when_offline: bool | None,
+    poll_seconds: float | None,
+    policies: tuple[str, ...],
+) -> None:
+    """Change a message service: its options, offline behaviour, polling and delivery policy.
+
+    --set KEY=VALUE changes one option of the transport and --policy KEY=VALUE one policy
+    setting; an empty VALUE (`--set KEY=`) removes the key, back to its default. The options
+    are checked by the transport kind as for `service add`. Running processes use the change
+    when they next log on (restart a spooler daemon).
+    """
+    session = app.session()
+    svc = session.profile.service(name)
+    options = dict(svc.options)
+    for key, value in _settings(settings, "--set").items():
+        if value == "":
+            options.pop(key, None)
+        else:
+            options[key] = value
+    policy = dict(svc.policy)
+    for key, value in _settings(policies, "--policy").items():
+        if value == "":
+            policy.pop(key, None)
+        else:
+            policy[key] = value
+    checked_options = provider_class(svc.kind).validate_options(options) if settings else svc.options
+    svc.policy = checked_policy(policy)
+    svc.options = checked_options
+    if call_when_offline is not None:
+        svc.call_when_offline = call_when_offline
+    if poll_seconds is not None:
+        svc.poll_seconds = poll_seconds
+    session.profile.save()
+    if app.json:
+        app.out.document({"service": service_data(svc)})
+        return
+    app.out.echo(f"Changed transport {svc.name!r} (kind {svc.kind})")
+    app.out.fields(
+        [
+            ("options", options_text(svc.options) or "-"),
+            ("call when offline", "yes" if svc.call_when_offline else "no"),
+            ("poll seconds", f"{svc.poll_seconds:g}"),
+            ("policy", options_text(svc.policy) or "(defaults)"),
+        ]
+    )
 
 
 @service.command("list")
@@ -138,7 +268,8 @@ def service_add(app: App, kind: str, name: str, settings: tuple[str, ...], prefe
 def service_list(app: App) -> None:
     """List the message services.
 
-    For each: name, kind, provider UID, prefer-last and options.
+    For each: name, kind, provider UID, prefer-last, whether it is called offline
+    (call-when-offline), options and delivery policy.
     Values of options whose name contains "password" or "secret" are shown as ***.
     """
     services = app.session().services()
@@ -146,9 +277,17 @@ def service_list(app: App) -> None:
         app.out.document([service_data(s) for s in services])
         return
     app.out.table(
-        ["NAME", "KIND", "PROVIDER UID", "PREFER LAST", "OPTIONS"],
+        ["NAME", "KIND", "PROVIDER UID", "PREFER LAST", "OFFLINE", "OPTIONS", "POLICY"],
         [
-            [s.name, s.kind, bytes(s.provider_uid).hex(), "yes" if s.prefer_last else "no", options_text(s.options)]
+            [
+                s.name,
+                s.kind,
+                bytes(s.provider_uid).hex(),
+                "yes" if s.prefer_last else "no",
+                "called" if s.call_when_offline else "waits",
+                options_text(s.options),
+                options_text(s.policy) or "-",
+            ]
             for s in services
         ],
         empty="(no message services: add one with `postroom service add KIND NAME`)",
@@ -175,7 +314,7 @@ def service_remove(app: App, name: str) -> None:
 @json_option
 @pass_app
 def service_kinds(app: App) -> None:
-    """List the installed transport kinds and the options each accepts."""
+    """List the installed transport kinds, the options each accepts, and the policy keys."""
     kinds = transport_kinds()
     data: list[dict[str, Any]] = [
         {
@@ -187,12 +326,15 @@ def service_kinds(app: App) -> None:
         for kind, cls in sorted(kinds.items())
     ]
     if app.json:
-        app.out.document(data)
+        app.out.document([{**item, "policy": POLICY_HELP} for item in data])
         return
     for item in data:
         app.out.heading(f"{item['kind']}: {item['display_name']}" + (" (prefer last)" if item["prefer_last"] else ""))
         for key, text in item["options"].items():
             app.out.echo(f"  {key}: {text}")
+    app.out.heading("delivery policy (--policy KEY=VALUE, every kind)")
+    for key, text in POLICY_HELP.items():
+        app.out.echo(f"  {key}: {text}")
 
 
 # --- transport order -------------------------------------------------------------------------
@@ -344,46 +486,148 @@ def _resource_type(value: int) -> str:
         return str(value)
 
 
+def _row(
+    name: str,
+    resource_type: int,
+    provider: str,
+    code: int,
+    text: str,
+    identity: str,
+    last_error: str,
+    last_error_time: datetime | str | None,
+) -> dict[str, Any]:
+    if isinstance(last_error_time, str):
+        try:
+            last_error_time = datetime.fromisoformat(last_error_time)
+        except ValueError:
+            last_error_time = None
+    return {
+        "name": name,
+        "type": _resource_type(resource_type),
+        "provider": provider,
+        "status_code": code,
+        "status": [n for n in _status_names(code).split(", ") if n != "-"],
+        "status_string": text,
+        "identity": identity,
+        "last_error": last_error,
+        "last_error_time": last_error_time,
+    }
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
 @click.command()
+@click.option(
+    "--here",
+    is_flag=True,
+    help="Log the transports on in this command and show its own rows, even when a spooler daemon published the table.",
+)
 @json_option
 @pass_app
-def status(app: App) -> None:
+def status(app: App, here: bool) -> None:
     """Show the status table: one status row per component.
 
-    The MAPI subsystem, the spooler, then each transport: whether it is available, offline
-    or failed, what its status text says, and its last error.
+    The MAPI subsystem, the spooler (online, or offline with how many messages wait for
+    Send/Receive), then each transport: its status bits (available, offline, failure,
+    inbound/outbound enabled, active, flushing), its status text, and its last error and when.
+
+    When a spooler daemon runs on the profile, the table it published last is shown: that
+    is where the transports really work. Otherwise (or with --here) this command logs the
+    transports on itself. Either way a line says who published the table and when.
     """
-    rows = app.session().status()
+    from .spool import owner_pid, running_daemon
+
+    session = app.session()
+    published = session.store.status_rows()  # before our own logon replaces it
+    daemon = running_daemon(session.profile.directory)
+    owner = published[0][3] if published else None
+    published_at = max((r[2] for r in published), default=None)
+    by_daemon = daemon is not None and owner is not None and owner_pid(owner) == daemon
+    now = datetime.now(UTC)
+    if by_daemon and not here:
+        source = "daemon"
+        rows = [
+            _row(
+                str(row.get("display_name", name)),
+                int(row.get("resource_type", 0)),
+                str(row.get("provider_display", "")),
+                int(row.get("status_code", 0)),
+                str(row.get("status_string", "")),
+                str(row.get("identity", "")),
+                str(row.get("last_error", "")),
+                row.get("last_error_time"),
+            )
+            for name, row, _, _ in published
+        ]
+    else:
+        source = "this command"
+        rows = [
+            _row(
+                r.display_name,
+                r.resource_type,
+                r.provider_display,
+                int(r.status_code),
+                r.status_string,
+                r.identity,
+                r.last_error,
+                r.last_error_time,
+            )
+            for r in session.status()
+        ]
+    publication = (
+        {
+            "owner": owner,
+            "time": published_at,
+            "age_seconds": round((now - published_at).total_seconds(), 3) if published_at else None,
+            "by_daemon": by_daemon,
+        }
+        if owner is not None
+        else None
+    )
     if app.json:
         app.out.document(
-            [
-                {
-                    "name": r.display_name,
-                    "type": _resource_type(r.resource_type),
-                    "provider": r.provider_display,
-                    "status_code": int(r.status_code),
-                    "status": [n for n in _status_names(int(r.status_code)).split(", ") if n != "-"],
-                    "status_string": r.status_string,
-                    "identity": r.identity,
-                    "last_error": r.last_error,
-                    "last_error_time": r.last_error_time,
-                }
-                for r in rows
-            ]
+            {
+                "mode": session.mode,
+                "source": source,
+                "daemon": {"running": daemon is not None, "pid": daemon},
+                "published": publication,
+                "rows": rows,
+            }
         )
         return
     app.out.table(
-        ["NAME", "TYPE", "STATUS", "STATUS TEXT", "IDENTITY", "LAST ERROR"],
+        ["NAME", "TYPE", "STATUS", "STATUS TEXT", "LAST ERROR", "WHEN"],
         [
             [
-                r.display_name,
-                _resource_type(r.resource_type),
-                _status_names(int(r.status_code)),
-                r.status_string or "-",
-                r.identity or "-",
-                r.last_error or "-",
+                r["name"],
+                r["type"],
+                ", ".join(r["status"]) or "-",
+                r["status_string"] or "-",
+                r["last_error"] or "-",
+                when(r["last_error_time"]),
             ]
             for r in rows
         ],
         empty="(no status rows)",
     )
+    app.out.echo()
+    if daemon is None:
+        app.out.echo("Spooler daemon: not running (`postroom spooler` starts it); rows from this command's logon.")
+    elif by_daemon and not here:
+        assert published_at is not None
+        app.out.echo(
+            f"Spooler daemon: running (pid {daemon}); it published these rows at {when(published_at)} "
+            f"({_age((now - published_at).total_seconds())})."
+        )
+    else:
+        app.out.echo(f"Spooler daemon: running (pid {daemon}); rows from this command's logon.")
+    if publication is not None and not by_daemon and published_at is not None:
+        app.out.echo(
+            f"Last published by {owner} at {when(published_at)} ({_age((now - published_at).total_seconds())})."
+        )

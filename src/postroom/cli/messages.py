@@ -11,10 +11,36 @@ import click
 from ..mapi import tags as T
 from ..mapi.flags import MessageFlags
 from ..mapi.message import MessageData
-from ..store import RecipientState
+from ..store import QueueEntry, QueueState, RecipientState, WaitKind
 from .context import App, json_option, pass_app
-from .output import next_try, when
+from .output import jsonable, next_try, when
 from .props import message_props, prop_rows
+
+
+def queue_state(q: QueueEntry) -> str:
+    """queued / held / locked by a spooler, in words."""
+    if q.state is QueueState.HELD:
+        return "held"
+    if q.locked:
+        return f"locked by {q.lease_owner}" if q.lease_owner else "locked"
+    return q.state.value
+
+
+def waiting_text(q: QueueEntry, now: datetime) -> str:
+    """Why a queued message is not being sent now, and until when."""
+    if q.state is QueueState.HELD:
+        return f"held: {q.hold_reason or 'by an operator'} (`postroom release {q.id}`)"
+    if q.locked:
+        return "being delivered now"
+    if q.waiting_for is WaitKind.SEND_RECEIVE:
+        return "waiting for Send/Receive (offline)"
+    if q.waiting_for is WaitKind.DEFERRED:
+        return "kept by the transport until it reports (deferred)"
+    if q.next_attempt is None or q.next_attempt <= now:
+        return "due now"
+    if q.waiting_for is None and q.attempts == 0:
+        return f"deferred send at {when(q.next_attempt)}"
+    return f"retry at {next_try(q.next_attempt, now)}"
 
 
 @click.command()
@@ -25,25 +51,26 @@ def queue(app: App) -> None:
 
     The submitted messages the spooler has not finished, oldest first.
 
-    For each: its state, whether a spooler holds it (locked, with a lease), attempts so far,
-    recipients still pending out of all, when it is tried next and the last error.
+    For each: its state (queued, held by an operator, or locked by the spooler delivering it
+    now), what it waits for (due now; a retry at a time; Send/Receive, while offline, which
+    is not a failure; a deferred send time), attempts so far, recipients still pending out
+    of all, and the last error. Change it with `hold`, `release`, `retry`, `cancel`.
     """
     entries = app.session().queue()
-    if app.json:
-        app.out.document(entries)
-        return
     now = datetime.now(UTC)
+    if app.json:
+        app.out.document([{**jsonable(q), "waiting": waiting_text(q, now)} for q in entries])
+        return
     app.out.table(
-        ["ID", "SUBMITTED", "STATE", "LOCKED", "ATTEMPTS", "PENDING", "NEXT TRY", "LAST ERROR", "SUBJECT"],
+        ["ID", "SUBMITTED", "STATE", "WAITING FOR", "ATTEMPTS", "PENDING", "LAST ERROR", "SUBJECT"],
         [
             [
                 str(q.id),
                 when(q.submit_time),
-                q.state.value,
-                f"yes ({q.lease_owner})" if q.locked and q.lease_owner else "yes" if q.locked else "no",
+                queue_state(q),
+                waiting_text(q, now),
                 str(q.attempts),
                 f"{q.pending}/{q.recipients}",
-                next_try(q.next_attempt, now),
                 q.last_error or "-",
                 q.subject,
             ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..session import Draft, Session
 from ..spooler import MessageResult, PassSummary
 from ..store import RecipientState, RecipientStatus
 from .context import App, CliError, json_option, pass_app
-from .output import next_try
+from .output import next_try, when
 
 #: What a message from --eml must not bring along: the store and the spooler set these.
 EML_SKIP: frozenset[int] = frozenset(
@@ -110,6 +111,64 @@ def _recipient_report(session: Session, mid: int, result: MessageResult | None) 
     return out
 
 
+_CLOCK = re.compile(r"^(?:(today|tomorrow)\s+)?(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\s+(today|tomorrow))?$", re.IGNORECASE)
+_DELAY_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+_DELAY = re.compile(r"^(?:\d+(?:\.\d+)?\s*[smhd]\s*)+$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DEFER = timedelta(days=366)
+
+
+def parse_at(text: str, now: datetime | None = None) -> datetime:
+    """--at: ISO 8601 (`2026-11-22T15:00`, local time unless it has an offset) or `HH:MM`.
+
+    `HH:MM` is the next time the clock shows it: today, or tomorrow when that has passed
+    (`HH:MM today` / `HH:MM tomorrow` say which). Returns an aware UTC datetime in the future.
+    """
+    local_now = (now or datetime.now(UTC)).astimezone()
+    raw = text.strip()
+    clock = _CLOCK.match(raw)
+    if clock:
+        day_word = (clock.group(1) or clock.group(5) or "").lower()
+        hour, minute, second = int(clock.group(2)), int(clock.group(3)), int(clock.group(4) or 0)
+        if hour > 23 or minute > 59 or second > 59:
+            raise click.BadParameter(f"{text!r} is not a time of day (HH:MM)", param_hint="--at")
+        naive = local_now.replace(tzinfo=None).replace(hour=hour, minute=minute, second=second, microsecond=0)
+        if day_word == "tomorrow" or (not day_word and naive <= local_now.replace(tzinfo=None)):
+            naive += timedelta(days=1)
+        when = naive.astimezone()  # local wall-clock time
+    else:
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is neither an ISO 8601 time (2026-11-22T15:00) nor HH:MM", param_hint="--at"
+            ) from None
+        when = parsed if parsed.tzinfo is not None else parsed.astimezone()
+    when = when.astimezone(UTC)
+    if when <= local_now:
+        raise click.BadParameter(f"{text!r} is in the past ({when.astimezone():%Y-%m-%d %H:%M:%S})", param_hint="--at")
+    if when - local_now > MAX_DEFER:
+        raise click.BadParameter(f"{text!r} is more than a year ahead", param_hint="--at")
+    return when
+
+
+def parse_delay(text: str) -> timedelta:
+    """--delay: `90s`, `5m`, `2h`, `1d`, or a sum such as `1h30m`."""
+    raw = text.strip()
+    if not _DELAY.match(raw):
+        raise click.BadParameter(
+            f"{text!r} is not a duration: use a number and a unit, e.g. 90s, 5m, 2h, 1d or 1h30m",
+            param_hint="--delay",
+        )
+    seconds = sum(float(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _DELAY_PART.findall(raw))
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r} is no delay at all", param_hint="--delay")
+    delay = timedelta(seconds=seconds)
+    if delay > MAX_DEFER:
+        raise click.BadParameter(f"{text!r} is more than a year", param_hint="--delay")
+    return delay
+
+
 @click.command()
 @click.option("--to", multiple=True, metavar="ADDRESS", help="A To recipient; repeatable.")
 @click.option("--cc", multiple=True, metavar="ADDRESS", help="A Cc recipient; repeatable.")
@@ -126,6 +185,21 @@ def _recipient_report(session: Session, mid: int, result: MessageResult | None) 
     "unless --to/--cc/--bcc are given. From, Message-ID and attachments are kept.",
 )
 @click.option("--later", is_flag=True, help="Only submit: leave the message queued in the Outbox for the spooler.")
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    metavar="TIME",
+    help="Send it at TIME (PR_DEFERRED_SEND_TIME): ISO 8601 such as 2026-11-22T15:00 (local time "
+    "unless an offset is given), or HH:MM (today, or tomorrow when that time has passed).",
+)
+@click.option(
+    "--delay",
+    "delay_text",
+    default=None,
+    metavar="DURATION",
+    help="Send it after DURATION: 90s, 5m, 2h, 1d (or sums such as 1h30m).",
+)
 @click.option(
     "--delivery-report", is_flag=True, help="Ask for a delivery report (PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED)."
 )
@@ -152,6 +226,8 @@ def send(
     attach: tuple[str, ...],
     eml: str | None,
     later: bool,
+    at_text: str | None,
+    delay_text: str | None,
     delivery_report: bool,
     no_ndr: bool,
     delete_after_submit: bool,
@@ -165,15 +241,28 @@ def send(
     address, which means address type SMTP. An address type no transport of the profile
     registers is refused before anything is submitted.
 
-    In online mode (the default) the spooler runs before the command returns and one line
-    per recipient says: delivered (by which transport), failed (why; an NDR, a non-delivery
-    report, goes to your Inbox) or waiting (why, and the next try). Exit code 0 when every
-    recipient was delivered or is waiting, 1 when any failed.
+    The spooler runs before the command returns and one line per recipient says: delivered
+    (by which transport), failed (why; an NDR, a non-delivery report, goes to your Inbox) or
+    waiting (why, and the next try). Offline (`postroom offline`) only transports marked
+    call-when-offline are called; the other recipients wait in the Outbox for
+    `postroom sendreceive`. Exit code 0 when every recipient was delivered or is waiting, 1
+    when any failed.
+
+    With --at or --delay the message is submitted now and sent at that time by a running
+    `postroom spooler` (or the next `spooler --once` after it); `postroom cancel ID` before
+    then takes it back.
     """
     if body is not None and body_file is not None:
         raise click.UsageError("give --body or --body-file, not both", ctx)
     if body_file == "-" and eml == "-":
         raise click.UsageError("only one of --body-file and --eml can read stdin ('-')", ctx)
+    if at_text is not None and delay_text is not None:
+        raise click.UsageError("give --at or --delay, not both", ctx)
+    deferred: datetime | None = None
+    if at_text is not None:
+        deferred = parse_at(at_text)
+    elif delay_text is not None:
+        deferred = datetime.now(UTC) + parse_delay(delay_text)
     body_text = body
     if body_file is not None:
         raw = read_input(body_file, "--body-file")
@@ -206,29 +295,69 @@ def send(
         draft.set(T.PR_ORIGINATOR_NON_DELIVERY_REPORT_REQUESTED, False)
     if delete_after_submit:
         draft.set(T.PR_DELETE_AFTER_SUBMIT, True)
+    if deferred is not None:
+        draft.set(T.PR_DEFERRED_SEND_TIME, deferred)
     if not draft.data.recipients:
         raise click.UsageError("no recipients: give --to, --cc or --bcc (or an --eml file with To/Cc/Bcc)", ctx)
     _check_routes(session, draft.data.recipients)
 
     mid = draft.submit()
     count = len(draft.data.recipients)
-    mode = session.profile.mode
-    if later or mode != "online":
-        why = "--later" if later else f"the profile is in {mode} mode"
+    if deferred is not None:
         if app.json:
-            app.out.document({"message_id": mid, "submitted": True, "spooler_ran": False, "reason": why})
+            app.out.document(
+                {
+                    "message_id": mid,
+                    "submitted": True,
+                    "spooler_ran": False,
+                    "deferred_until": deferred,
+                    "reason": "deferred send (PR_DEFERRED_SEND_TIME)",
+                }
+            )
             return
-        app.out.echo(f"Message {mid} submitted ({count} recipient(s)); queued in the Outbox ({why}).")
+        app.out.echo(
+            f"Message {mid} submitted ({count} recipient(s)); it will be sent at {when(deferred)}; "
+            f"`postroom cancel {mid}` before then to undo."
+        )
+        app.out.echo("A running `postroom spooler` sends it then (or `postroom spooler --once` after that time).")
+        return
+    if later:
+        if app.json:
+            app.out.document({"message_id": mid, "submitted": True, "spooler_ran": False, "reason": "--later"})
+            return
+        app.out.echo(f"Message {mid} submitted ({count} recipient(s)); queued in the Outbox (--later).")
         app.out.echo("Run `postroom spooler --once` to deliver it, `postroom queue` to see it.")
         return
 
     summary = session.deliver()
-    failed = _report_delivery(app, session, mid, count, summary)
+    failed = _report_delivery(app, session, mid, draft.data.recipients, summary)
     if failed:
         ctx.exit(1)
 
 
-def _report_delivery(app: App, session: Session, mid: int, count: int, summary: PassSummary) -> bool:
+def _outcome_report(recipients: list[Recipient], result: MessageResult) -> list[dict[str, Any]]:
+    """The recipients of a message that is gone (PR_DELETE_AFTER_SUBMIT), from the pass's outcomes."""
+    outcomes = {o.row_id: o for o in result.outcomes}
+    out = []
+    for r in recipients:
+        o = outcomes.get(r.row_id)
+        out.append(
+            {
+                "row_id": r.row_id,
+                "type": r.kind.name.lower(),
+                "display_name": r.display_name,
+                "address": r.address,
+                "state": o.state.value if o is not None else "unknown",
+                "transport": (o.transport or None) if o is not None else None,
+                "report_text": o.props.get(T.PR_REPORT_TEXT) if o is not None else None,
+            }
+        )
+    return out
+
+
+def _report_delivery(
+    app: App, session: Session, mid: int, draft_recipients: list[Recipient], summary: PassSummary
+) -> bool:
     """Print what became of each recipient; True when any failed."""
     result = next((m for m in summary.messages if m.message_id == mid), None)
     try:
@@ -237,27 +366,31 @@ def _report_delivery(app: App, session: Session, mid: int, count: int, summary: 
     except MAPIError as exc:
         if exc.code != HResult.MAPI_E_NOT_FOUND:
             raise
-        recipients, events = [], []  # deleted after submission (PR_DELETE_AFTER_SUBMIT)
+        # Deleted once handled (PR_DELETE_AFTER_SUBMIT): the pass's outcomes still say what happened.
+        recipients = _outcome_report(draft_recipients, result) if result is not None else []
+        events = []
     reports = [e.detail for e in events if e.kind == "report"]
     if recipients:
         failed = any(r["state"] in ("failed", "expired") for r in recipients)
     else:
         failed = bool(result and result.failed)
     finished = result.finished if result is not None else None
+    offline = any(r["state"] == "waiting" for r in recipients) and session.mode == "offline"
     if app.json:
         doc: dict[str, Any] = {
             "message_id": mid,
             "submitted": True,
             "spooler_ran": True,
+            "mode": session.mode,
             "finished": finished,
             "recipients": recipients,
             "reports": reports,
         }
-        if not recipients and result is not None:
+        if result is not None and finished == "deleted":
             doc["counts"] = {"delivered": result.delivered, "failed": result.failed, "waiting": result.waiting}
         app.out.document(doc)
         return failed
-    app.out.echo(f"Message {mid} submitted ({count} recipient(s)).")
+    app.out.echo(f"Message {mid} submitted ({len(draft_recipients)} recipient(s)).")
     if recipients:
         rows = []
         for r in recipients:
@@ -270,12 +403,13 @@ def _report_delivery(app: App, session: Session, mid: int, count: int, summary: 
             rows.append([r["state"], r["address"], detail])
         app.out.table(["STATE", "RECIPIENT", "DETAIL"], rows, state_column=0)
     elif result is not None:
-        app.out.echo(
-            f"  delivered {result.delivered}, failed {result.failed}, waiting {result.waiting}"
-            " (the message was deleted after submission, PR_DELETE_AFTER_SUBMIT)"
-        )
+        app.out.echo(f"  delivered {result.delivered}, failed {result.failed}, waiting {result.waiting}")
     for text in reports:
         app.out.echo(f"Report: {text}")
     if finished == "moved":
         app.out.echo("The message is now in Sent Items.")
+    elif finished == "deleted":
+        app.out.echo("The message was deleted once handled (PR_DELETE_AFTER_SUBMIT).")
+    if offline:
+        app.out.echo("Offline: the waiting recipients stay in the Outbox until `postroom sendreceive` or `online`.")
     return failed

@@ -74,7 +74,7 @@ class Folder:
     parent_id: int | None
     role: FolderRole | None
     entry_id: bytes
-    count: int = 0
+    count: int | None = None  # messages in the folder, when the listing counted them
 
 
 @dataclass(frozen=True)

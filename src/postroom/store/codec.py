@@ -90,11 +90,26 @@ def encode_bag(props: dict[int, Any]) -> str:
     """
     out: dict[str, Any] = {}
     for tag, value in props.items():
-        if value is None or T.prop_type(tag) == T.PT_OBJECT:
+        if value is None:
+            continue
+        kind = tag & 0xFFFF
+        if kind == T.PT_UNICODE and type(value) is str:  # the common case, kept fast
+            out[str(tag)] = value
+            continue
+        if kind == T.PT_OBJECT:
             continue
         encoded = encode_value(tag, value)
         out[str(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+    # One check for the whole bag: a lone surrogate cannot be stored as UTF-8; refuse it clearly.
+    return _check_storable(json.dumps(out, ensure_ascii=False, separators=(",", ":")))
+
+
+def _check_storable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"text that cannot be stored (lone surrogate): {exc}") from exc
+    return text
 
 
 def decode_bag(text: str | bytes | None) -> dict[int, Any]:

@@ -130,6 +130,7 @@ class SQLiteStore(MessageStore):
         self._batch_depth = 0
         self._savepoints = 0
         self._held_notes: list[tuple[str, dict[str, Any]]] = []
+        self._special: dict[FolderRole, Folder] = {}
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         if new_file:
             os.chmod(self.path, 0o600)
@@ -291,8 +292,12 @@ class SQLiteStore(MessageStore):
         ]
 
     def folder(self, role: FolderRole) -> Folder:
-        rows = self._q(self._FOLDER_SQL + " WHERE f.role=?", (role.value,))
-        return self._folder(rows[0])
+        """A special folder by role; cached, as its ID never changes (its count is not kept up to date)."""
+        cached = self._special.get(role)
+        if cached is None:
+            rows = self._q("SELECT f.id, f.name, f.parent_id, f.role, NULL FROM folders f WHERE f.role=?", (role.value,))
+            cached = self._special[role] = self._folder(rows[0])
+        return cached
 
     def find_folder(self, name_or_id: str | int | bytes) -> Folder:
         if isinstance(name_or_id, bytes):

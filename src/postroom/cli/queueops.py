@@ -1,0 +1,189 @@
+"""Working on the outgoing queue: hold, release, retry, cancel, flush one transport."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from ..mapi.codes import MAPIError
+from ..protocol import SendReceiveSummary
+from ..session import Session
+from ..store import QueueEntry, QueueState, WaitKind
+from .context import App, json_option, pass_app
+from .spool import running_daemon
+
+
+def _who_sends(session: Session) -> str:
+    """The end of a "due now" line: who will send it."""
+    if running_daemon(session.profile.directory) is not None:
+        return "the running spooler daemon sends it"
+    if session.mode == "offline":
+        return "offline: `postroom sendreceive` sends it"
+    return "`postroom spooler --once` sends it (no spooler daemon is running)"
+
+
+def _scheduled(q: QueueEntry, now: datetime) -> bool:
+    """A deferred send (--at/--delay) that is not due yet: never attempted, no wait reason."""
+    return q.waiting_for is None and q.attempts == 0 and q.next_attempt is not None and q.next_attempt > now
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@click.option("--reason", default=None, metavar="TEXT", help="Why it is held (shown by `postroom queue`).")
+@json_option
+@pass_app
+def hold(app: App, ref: str, reason: str | None) -> None:
+    """Hold a queued message: no spooler sends it until `postroom release ID`.
+
+    ID is the message number or its hex entry ID. A message that is not in the queue is
+    MAPI_E_NOT_IN_QUEUE; one a spooler is delivering right now is MAPI_E_UNABLE_TO_ABORT.
+    """
+    session = app.session()
+    mid = session.message_id(ref)
+    text = reason or "held by an operator"
+    session.hold(mid, text)
+    if app.json:
+        app.out.document({"message_id": mid, "held": True, "reason": text})
+        return
+    app.out.echo(f"Message {mid} held ({text}); `postroom release {mid}` lets it go.")
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@json_option
+@pass_app
+def release(app: App, ref: str) -> None:
+    """Release a held message: it is due at once.
+
+    A message that is not held is MAPI_E_INVALID_PARAMETER; one not in the queue
+    MAPI_E_NOT_IN_QUEUE.
+    """
+    session = app.session()
+    mid = session.message_id(ref)
+    session.release(mid)
+    if app.json:
+        app.out.document({"message_id": mid, "released": True})
+        return
+    app.out.echo(f"Message {mid} released: it is due now; {_who_sends(session)}.")
+
+
+@click.command()
+@click.argument("ref", metavar="ID", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every waiting message (deferred sends not due yet stay).")
+@json_option
+@pass_app
+@click.pass_context
+def retry(ctx: click.Context, app: App, ref: str | None, all_: bool) -> None:
+    """Make a waiting message due now, ignoring its retry backoff.
+
+    `retry ID` for one message (a deferred send, --at/--delay, is then sent at once too);
+    `retry --all` for every queued message that waits, except deferred sends whose time has
+    not come. A held message must be released first (MAPI_E_INVALID_PARAMETER).
+    """
+    if (ref is None) == (not all_):
+        raise click.UsageError("give a message ID or --all (not both)", ctx)
+    session = app.session()
+    if ref is not None:
+        mid = session.message_id(ref)
+        count = session.retry(mid)
+        if app.json:
+            app.out.document({"message_id": mid, "retried": count})
+            return
+        if count == 0:
+            app.out.echo(f"Message {mid} is being delivered by a spooler right now; nothing to retry.")
+            return
+        app.out.echo(f"Message {mid} is due now; {_who_sends(session)}.")
+        return
+    now = datetime.now(UTC)
+    retried: list[int] = []
+    scheduled: list[int] = []
+    for q in session.queue():
+        if q.state is not QueueState.QUEUED or q.locked:
+            continue
+        if _scheduled(q, now):
+            scheduled.append(q.id)
+            continue
+        if q.next_attempt is None and q.waiting_for is None:
+            continue  # due already
+        with contextlib.suppress(MAPIError):  # sent, cancelled or claimed meanwhile
+            if session.retry(q.id):
+                retried.append(q.id)
+    if app.json:
+        app.out.document({"retried": retried, "left_scheduled": scheduled})
+        return
+    if not retried:
+        app.out.echo("No waiting message to retry.")
+    else:
+        app.out.echo(f"{len(retried)} message(s) due now ({', '.join(map(str, retried))}); {_who_sends(session)}.")
+    if scheduled:
+        app.out.echo(
+            f"Left alone: {len(scheduled)} deferred send(s) not due yet ({', '.join(map(str, scheduled))}); "
+            "`postroom retry ID` sends one now."
+        )
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@json_option
+@pass_app
+def cancel(app: App, ref: str) -> None:
+    """Take a submitted message back before it is sent (AbortSubmit).
+
+    It leaves the outgoing queue and stays in the Outbox, unsent. A message already sent is
+    MAPI_E_NOT_IN_QUEUE; one a spooler is delivering right now is MAPI_E_UNABLE_TO_ABORT.
+    """
+    session = app.session()
+    mid = session.message_id(ref)
+    session.cancel(mid)
+    folder = session.message_folder(mid)
+    where = folder.name if folder is not None else "its folder"
+    if app.json:
+        app.out.document({"message_id": mid, "cancelled": True, "folder": where})
+        return
+    app.out.echo(f"Message {mid} cancelled: out of the queue, unsent in {where}.")
+
+
+def flush_data(summary: SendReceiveSummary) -> dict[str, Any]:
+    return {
+        "group": summary.group,
+        "ok": summary.ok,
+        "sent": summary.sent,
+        "failed": summary.failed,
+        "deferred": summary.deferred,
+        "received": summary.received,
+        "transports": summary.transports,
+    }
+
+
+def flush_line(summary: SendReceiveSummary) -> str:
+    return f"{summary.sent} sent, {summary.failed} failed, {summary.deferred} deferred, {summary.received} received"
+
+
+@click.command()
+@click.option("--transport", "transport", required=True, metavar="NAME", help="The transport to flush.")
+@json_option
+@pass_app
+@click.pass_context
+def flush(ctx: click.Context, app: App, transport: str) -> None:
+    """Send everything waiting for one transport now.
+
+    Retry backoff is ignored and, offline, the transport is connected for the flush (as
+    Send/Receive does for one transport). Exit code 1 when something failed.
+    """
+    session = app.session()
+    summary = session.flush(transport)
+    if app.json:
+        app.out.document(flush_data(summary))
+    else:
+        app.out.echo(f"Flushed {summary.group}: {flush_line(summary)}.")
+        for t in summary.transports:
+            if t.error:
+                app.out.echo(f"  {t.transport}: {t.error}")
+        left = [q for q in session.queue() if q.waiting_for is WaitKind.RETRY]
+        if left:
+            app.out.echo(f"{len(left)} message(s) still wait for a retry (see `postroom queue`).")
+    if not summary.ok:
+        ctx.exit(1)
