@@ -15,6 +15,8 @@ ADDRESS_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 # Deliberately plain: local@domain, no spaces, no brackets; the domain has at least one label.
 SMTP_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+$")
 NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$")
+#: RFC 5321 §4.5.3.1.3: a path is at most 256 octets, so an address at most 254 (between < and >).
+MAX_SMTP_ADDRESS = 254
 
 
 @dataclass(frozen=True)
@@ -59,4 +61,6 @@ def parse_address(text: str, default_type: str = "SMTP") -> ParsedAddress:
         raise _bad(text, "the address after the address type is empty")
     if address_type == "SMTP" and not SMTP_ADDRESS.match(address):
         raise _bad(text, "an SMTP address looks like name@domain")
+    if address_type == "SMTP" and len(address.encode("utf-8", "surrogatepass")) > MAX_SMTP_ADDRESS:
+        raise _bad(text, f"an SMTP address is at most {MAX_SMTP_ADDRESS} bytes long")
     return ParsedAddress(name or address, address_type, address)

@@ -46,6 +46,7 @@ from email.utils import getaddresses, make_msgid, parsedate_to_datetime
 from html.parser import HTMLParser
 from typing import Any, cast
 
+from .addressing import MAX_SMTP_ADDRESS
 from .mapi import tags as T
 from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
@@ -154,6 +155,8 @@ def _address(name: object, addr: object, what: str) -> Address:
     spec = str(addr)
     if not spec or _ADDR_FORBIDDEN.search(spec):
         raise _invalid(f"{what}: the e-mail address {spec!r} contains whitespace or control characters")
+    if len(spec.encode("utf-8", "surrogatepass")) > MAX_SMTP_ADDRESS:
+        raise _invalid(f"{what}: the e-mail address {spec[:40]!r}… is longer than {MAX_SMTP_ADDRESS} bytes")
     display = _display_name(name)
     if display.lower() == spec.lower():
         display = ""
@@ -190,6 +193,7 @@ def _msg_id(value: object, what: str) -> str:
 # every blank inside the encoded words, as RFC 2047 §5 wants.
 _MAX_LINE = 76  # RFC 2047 §2: a line containing an encoded word is at most 76 characters
 _MAX_PLAIN_WORD = 60
+_MAX_HEADER_LINE = 998  # RFC 5322 §2.1.1: the hard limit, CRLF excluded
 
 
 def _needs_encoded_words(text: str) -> bool:
@@ -208,8 +212,9 @@ def _render_addresses(addresses: list[Address], header: str) -> str:
     rendered: list[str] = []
     for addr in addresses:
         name = addr.display_name
-        if not name or not _needs_encoded_words(name):
-            rendered.append(str(addr))  # the package quotes ASCII names as needed
+        plain = str(addr)  # the package quotes ASCII names as needed, but never folds them
+        if not name or (not _needs_encoded_words(name) and len(header) + 3 + len(plain) <= _MAX_HEADER_LINE):
+            rendered.append(plain)
         else:
             words = Header(name, "utf-8", maxlinelen=_MAX_LINE, header_name=header if not rendered else None)
             encoded = words.encode(linesep="\n")
@@ -218,6 +223,16 @@ def _render_addresses(addresses: list[Address], header: str) -> str:
     if "\n" not in single and len(header) + 2 + len(single) <= _MAX_LINE:
         return single
     return ",\n ".join(rendered)
+
+
+def _filename_param(filename: str) -> tuple[str, str, str] | None:
+    """The filename= parameter in the (charset, language, value) form of RFC 2231.
+
+    Given a plain str, the package parses the parameter again and decodes an RFC 2047 encoded
+    word inside the quotes ("=?utf-8?q?=0D=0ABcc:...?="), then writes the decoded CR LF out
+    raw: a header injection. The RFC 2231 form is never decoded that way.
+    """
+    return ("utf-8", "", filename) if filename else None
 
 
 def _as_int(value: object, default: int) -> int:
@@ -413,12 +428,12 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         if method == AttachMethod.EMBEDDED_MSG and att.embedded is not None:
             inner = _build(att.embedded, None, False, depth + 1)
             cte = "8bit" if needs_smtputf8(inner) else "7bit"
-            out.add_attachment(inner, cte=cte, filename=filename or None)
+            out.add_attachment(inner, cte=cte, filename=_filename_param(filename))
         elif method == AttachMethod.BY_VALUE:
             maintype, subtype = _attachment_type(att, filename)
             content_id = att.props.get(T.PR_ATTACH_CONTENT_ID)
             cid = _msg_id(content_id, "Content-ID") if content_id else None
-            out.add_attachment(att.read_all(), maintype, subtype, filename=filename or None, cid=cid)
+            out.add_attachment(att.read_all(), maintype, subtype, filename=_filename_param(filename), cid=cid)
         # By reference / OLE attachments are not sent: the transport has no file system to share.
 
     _strip_part_mime_version(out)
@@ -447,10 +462,14 @@ def needs_smtputf8(msg: EmailMessage, *, envelope: Iterable[str] = ()) -> bool:
     RCPT TO, which include Bcc recipients that are not in the headers)."""
     if any(not str(addr).isascii() for addr in envelope):
         return True
+    wanted = {h.lower() for h in _ADDRESS_HEADERS}
     for part in msg.walk():
-        for name in _ADDRESS_HEADERS:
-            if any(not spec.isascii() for _, spec in _get_addresses(part, name)):
-                return True
+        for name, value in part.raw_items():
+            # Names are RFC 2047 encoded by the builder, so raw non-ASCII text in an address header
+            # can only come from a UTF-8 address; checking the raw value avoids parsing the header.
+            if name.lower() in wanted and not str(value).isascii():
+                if any(not spec.isascii() for _, spec in _get_addresses(part, name)):
+                    return True
     return False
 
 

@@ -165,8 +165,13 @@ class Profile:
         profile = data.get("profile", {})
         if not isinstance(profile, dict):
             raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{path}: [profile] must be a table")
-        services = [Service.from_toml(s) for s in data.get("service", [])]
+        tables = data.get("service", [])
+        if not isinstance(tables, list) or not all(isinstance(s, dict) for s in tables):
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{path}: [[service]] must be tables")
+        services = [Service.from_toml(s) for s in tables]
         order = profile.pop("transport_order", None)
+        if order is not None and not isinstance(order, list):
+            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{path}: transport_order must be a list of provider UIDs")
         explicit = [MAPIUID.from_hex(str(u)) for u in order] if order is not None else None
         name = str(profile.pop("name", d.name))
         groups = data.get("sendreceive_group", [])

@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import mimetypes
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -196,6 +197,17 @@ class Draft:
         return self.message_id
 
 
+def _setting_number(profile: Profile, key: str, default: int | float) -> int:
+    """A numeric [profile] setting as int; MAPI_E_CORRUPT_DATA when it is not a number."""
+    value = profile.settings.get(key, default)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(f"{type(value).__name__} is not a number")
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{profile.path}: {key} = {value!r} is not a number ({exc})") from exc
+
+
 def _attachment_props(filename: str, mime_type: str | None) -> dict[int, Any]:
     if any(c in filename for c in "\r\n\0/\\"):
         raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"invalid attachment name {filename!r}")
@@ -215,7 +227,14 @@ class _SessionCore:
     def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
         self.profile = profile
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.store = SQLiteStore(profile.store_path)
+        for key, default in (("spooler_concurrency", 4), ("online_stability_seconds", 0.0)):
+            _setting_number(profile, key, default)  # refuse a bad value before opening anything
+        try:
+            self.store = SQLiteStore(profile.store_path)
+        except (OSError, sqlite3.DatabaseError) as exc:  # `store` names a directory, or not a database
+            raise MAPIError(
+                HResult.MAPI_E_CORRUPT_DATA, f"cannot open the message store {str(profile.store_path)!r}: {exc}"
+            ) from exc
         self.transports = TransportTable(profile)
         self.protocol = ProtocolManager(self)
         self.spooler = self._new_spooler()
@@ -229,7 +248,7 @@ class _SessionCore:
             owner=owner,
             may_call=self.protocol.may_call,
             settings=SpoolerSettings.from_profile(self.profile.settings),
-            concurrency=previous.concurrency if previous else int(self.profile.settings.get("spooler_concurrency", 4)),
+            concurrency=previous.concurrency if previous else _setting_number(self.profile, "spooler_concurrency", 4),
         )
 
     # --- folders --------------------------------------------------------------------------

@@ -629,5 +629,6 @@ def status(app: App, here: bool) -> None:
         app.out.echo(f"Spooler daemon: running (pid {daemon}); rows from this command's logon.")
     if publication is not None and not by_daemon and published_at is not None:
         app.out.echo(
-            f"Last published by {owner} at {when(published_at)} ({_age((now - published_at).total_seconds())})."
+            f"Before this command the table was published by {owner} at {when(published_at)} "
+            f"({_age((now - published_at).total_seconds())})."
         )

@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..mapi.codes import MAPIError
-from . import admin, messages, send, spool
+from . import admin, messages, protocol, queueops, send, spool
 from .context import App
 from .output import one_line
 
@@ -67,11 +67,23 @@ for command in (
     admin.status,
     send.send,
     messages.queue,
+    queueops.hold,
+    queueops.release,
+    queueops.retry,
+    queueops.cancel,
+    queueops.flush,
     messages.folders,
     messages.list_,
     messages.show,
     messages.export,
     spool.spooler,
+    protocol.online,
+    protocol.offline,
+    protocol.sendreceive,
+    protocol.group,
+    protocol.receive,
+    protocol.receive_folder,
+    protocol.watch,
 ):
     cli.add_command(command)
 

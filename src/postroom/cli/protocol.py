@@ -417,7 +417,7 @@ def receive_folder_list(app: App) -> None:
         return
     app.out.table(
         ["MESSAGE CLASS", "FOLDER"],
-        [[cls or "(default)", f.name] for cls, f in rows],
+        [[cls or "(default)", f.name or f"(folder {f.id})"] for cls, f in rows],
         empty="(no receive folders)",
     )
 

@@ -16,7 +16,7 @@ from ..mapi.flags import RecipientType, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..session import Draft, Session
 from ..spooler import MessageResult, PassSummary
-from ..store import RecipientState, RecipientStatus
+from ..store import RecipientState, RecipientStatus, WaitKind
 from .context import App, CliError, json_option, pass_app
 from .output import next_try, when
 
@@ -106,7 +106,8 @@ def _recipient_report(session: Session, mid: int, result: MessageResult | None) 
             item["why"] = (entry.last_error if entry is not None else None) or errors or "queued for the spooler"
             nxt = entry.next_attempt if entry is not None else result.next_attempt if result is not None else None
             item["next_attempt"] = nxt
-            item["next_try"] = next_try(nxt, now)
+            offline = entry is not None and entry.waiting_for is WaitKind.SEND_RECEIVE
+            item["next_try"] = "at the next Send/Receive" if offline else next_try(nxt, now)
         out.append(item)
     return out
 

@@ -35,6 +35,7 @@ from ..store.base import (
     WaitKind,
 )
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
+from .commit import GroupCommit
 from .policy import DeliveryPolicy, TransportHealth
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer
@@ -132,7 +133,28 @@ class OutboundProcessor:
         self.may_call = may_call
         self.settings = settings or SpoolerSettings()
         self.health: dict[str, TransportHealth] = {}
+        self.commit = GroupCommit(store)
+        self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self._ref = 0
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A store write, durable when this returns; concurrent messages share the commit."""
+        return await self.commit.write(fn, *args)
+
+    def _stash(self, message_id: int, outcomes: Sequence[RecipientOutcome], result: MessageResult) -> None:
+        """Outcomes wait to be written with the message's next store write (one transaction), which
+        always comes before anything else happens to the message: another transport call, a report,
+        or finishing/releasing it."""
+        self._unflushed.setdefault(message_id, []).extend(outcomes)
+        result.outcomes.extend(outcomes)
+
+    def _take(self, message_id: int) -> list[RecipientOutcome]:
+        return self._unflushed.pop(message_id, [])
+
+    async def _flush(self, message_id: int) -> None:
+        outcomes = self._take(message_id)
+        if outcomes:
+            await self.write(self.store.record_outcomes, message_id, self.owner, outcomes, self.clock())
 
     def _next_ref(self) -> int:
         self._ref = (self._ref + 1) & 0xFFFFFFFF or 1
@@ -149,6 +171,10 @@ class OutboundProcessor:
         try:
             return await self._process(message_id)
         finally:
+            if self._unflushed.get(message_id):  # an error cut the pass short: outcomes are kept anyway
+                with contextlib.suppress(LeaseLost):
+                    await self._flush(message_id)
+            self._unflushed.pop(message_id, None)
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
@@ -168,7 +194,11 @@ class OutboundProcessor:
         result = MessageResult(message_id)
         entry = self.store.queue_entry(message_id)
         now = self.clock()
-        if entry is not None and entry.previous_owner and not self._outcome_unknown(message_id, entry.previous_owner):
+        if (
+            entry is not None
+            and entry.previous_owner
+            and not await self._outcome_unknown(message_id, entry.previous_owner)
+        ):
             result.held = True
             return result
         message = self.store.open_message(message_id)
@@ -181,10 +211,10 @@ class OutboundProcessor:
         ]
         expires = self._expiry(message)
         if expires is not None and now >= expires and pending:
-            self._expire(message, message_id, pending, entry, result)
+            await self._expire(message, message_id, pending, entry, result)
             pending = []
         elif pending:
-            self._delay_warning(message, message_id, pending)
+            await self._delay_warning(message, message_id, pending)
         waits: list[tuple[float, str]] = []
         offline = False
         attempt = entry.attempts if entry else 1
@@ -238,11 +268,13 @@ class OutboundProcessor:
                 )
                 for p in leftovers
             ]
-            self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
-            result.outcomes.extend(outcomes)
+            self._stash(message_id, outcomes, result)
             result.count("", False, len(outcomes))
 
-        self._send_reports(message_id, message)
+        owed_before = any(st.state.final and not st.reported for st in states.values())
+        if owed_before or any(o.report for o in self._unflushed.get(message_id, [])):
+            await self._flush(message_id)
+            await self._send_reports(message_id, message)
 
         if waits:
             delay = min(w for w, _ in waits)
@@ -251,20 +283,40 @@ class OutboundProcessor:
             kind = WaitKind.DEFERRED if delay >= DEFERRED_BY_TRANSPORT_SECONDS else WaitKind.RETRY
             if expires is not None and kind is WaitKind.RETRY:
                 next_attempt = min(next_attempt, expires)  # come back in time to expire it
-            self.store.release(message_id, self.owner, self.clock(), next_attempt, reason, kind)
+            await self.write(
+                self.store.release,
+                message_id,
+                self.owner,
+                self.clock(),
+                next_attempt,
+                reason,
+                kind,
+                self._take(message_id),
+            )
             result.next_attempt = next_attempt
             result.errors.append(reason)
         elif offline:
             # Not an error: nothing is marked failed, the message waits quietly in the Outbox.
             reason = "offline: waiting for Send/Receive"
-            self.store.release(message_id, self.owner, self.clock(), None, reason, WaitKind.SEND_RECEIVE)
+            await self.write(
+                self.store.release,
+                message_id,
+                self.owner,
+                self.clock(),
+                None,
+                reason,
+                WaitKind.SEND_RECEIVE,
+                self._take(message_id),
+            )
             result.offline = True
         else:
-            result.finished = self.store.finish(message_id, self.owner, self.clock())
+            result.finished = await self.write(
+                self.store.finish, message_id, self.owner, self.clock(), self._take(message_id)
+            )
         return result
 
     # Reliability rules ------------------------------------------------------------------------------
-    def _outcome_unknown(self, message_id: int, previous: str) -> bool:
+    async def _outcome_unknown(self, message_id: int, previous: str) -> bool:
         """The previous spooler died holding this message: a transport may have sent it already.
 
         Policy "resend" (the default) goes on: at least once, with the same Message-ID so the
@@ -273,10 +325,14 @@ class OutboundProcessor:
         now = self.clock()
         text = f"outcome unknown: spooler {previous} stopped while it held this message"
         if self.settings.crash_policy == "hold":
-            self.store.add_event(message_id, now, "outcome-unknown", text + "; held for an operator (policy hold)")
-            self.store.hold(message_id, now, text, owner=self.owner)
+            await self.write(
+                self.store.add_event, message_id, now, "outcome-unknown", text + "; held for an operator (policy hold)"
+            )
+            await self.write(self.store.hold, message_id, now, text, self.owner)
             return False
-        self.store.add_event(message_id, now, "outcome-unknown", text + "; resending with the same Message-ID")
+        await self.write(
+            self.store.add_event, message_id, now, "outcome-unknown", text + "; resending with the same Message-ID"
+        )
         return True
 
     def _expiry(self, message: MessageData) -> datetime | None:
@@ -286,7 +342,7 @@ class OutboundProcessor:
             return None
         return submitted + timedelta(hours=hours)
 
-    def _expire(
+    async def _expire(
         self,
         message: MessageData,
         message_id: int,
@@ -310,11 +366,10 @@ class OutboundProcessor:
             )
             for p in pending
         ]
-        self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
-        result.outcomes.extend(outcomes)
+        self._stash(message_id, outcomes, result)
         result.count("", False, len(outcomes))
 
-    def _delay_warning(self, message: MessageData, message_id: int, pending: Sequence[_Pending]) -> None:
+    async def _delay_warning(self, message: MessageData, message_id: int, pending: Sequence[_Pending]) -> None:
         hours = self.settings.delay_warning_hours
         submitted = message.submit_time
         if not hours or submitted is None or self.clock() < submitted + timedelta(hours=hours):
@@ -326,8 +381,10 @@ class OutboundProcessor:
         why = entry.last_error if entry and entry.last_error else "not yet delivered"
         rows = [ReportRow(p.recipient, now, True, text=f"Delayed: {why}; still trying") for p in pending]
         report = delay_report(message, rows, now)
-        self.store.deliver_message(self._report_folder(message, report.message_class), report, now)
-        self.store.add_event(message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h")
+        await self.write(self.store.deliver_message, self._report_folder(message, report.message_class), report, now)
+        await self.write(
+            self.store.add_event, message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h"
+        )
 
     def _held_back(self, transport: LoadedTransport) -> tuple[float, str] | None:
         """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it."""
@@ -401,6 +458,7 @@ class OutboundProcessor:
                 self._next_ref(),
                 deferred,
             )
+            await self._flush(message_id)  # earlier answers are durable before the next transport is called
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
             health = self.health_of(transport)
             health.record_send(self.clock())
@@ -416,7 +474,9 @@ class OutboundProcessor:
             except Exception as exc:  # a transport's bug fails this message for that transport alone
                 summary = error_summary(exc)
                 log.warning("transport %s raised on message %s: %s", transport.name, message_id, summary)
-                self.store.add_event(message_id, self.clock(), "transport-error", summary, transport.name)
+                await self.write(
+                    self.store.add_event, message_id, self.clock(), "transport-error", summary, transport.name
+                )
                 result.errors.append(f"{transport.name}: {summary}")
                 for p in mine:
                     p.last_error = f"transport {transport.name} failed: {summary}"
@@ -426,12 +486,12 @@ class OutboundProcessor:
                 transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
 
             if answer.code != HResult.S_OK:
-                return self._whole_message_answer(message_id, transport, mine, answer, attempt), done
+                return await self._whole_message_answer(message_id, transport, mine, answer, attempt), done
             if health.paused or health.consecutive_network_errors:
                 transport.status.set(remove=StatusCode.FAILURE, text="available")
             health.success()
 
-            handled = self._record_marks(message, message_id, transport, view, result)
+            handled = await self._record_marks(message, message_id, transport, view, result)
             result.count(transport.name, True, sum(1 for r in handled if r.mark is not None and r.mark.delivered))
             result.count(transport.name, False, sum(1 for r in handled if r.mark is not None and not r.mark.delivered))
             handled_rows = {r.row_id for r in handled}
@@ -444,13 +504,19 @@ class OutboundProcessor:
                 mine_rows = {p.recipient.row_id for p in mine}
                 continue
             if end & EndMessageFlags.RESEND_LATER:
-                self.store.add_event(
-                    message_id, self.clock(), "resend-later", "transport asked to resend later", transport.name
+                await self.write(
+                    self.store.add_event,
+                    message_id,
+                    self.clock(),
+                    "resend-later",
+                    "transport asked to resend later",
+                    transport.name,
                 )
                 delay = health.policy.backoff(attempt)
                 return (delay, f"{transport.name} asked to resend later"), done
             if end & EndMessageFlags.DONT_RESEND:
-                self.store.add_event(
+                await self.write(
+                    self.store.add_event,
                     message_id,
                     self.clock(),
                     "deferred",
@@ -463,15 +529,20 @@ class OutboundProcessor:
             return None, done
         return (health.policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
 
-    def _whole_message_answer(
+    async def _whole_message_answer(
         self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult, attempt: int
     ) -> tuple[float, str] | None:
         code = answer.code
         label = code.name
         text = f"{label}" + (f": {answer.reason}" if answer.reason else "")
         if code in (HResult.MAPI_E_NOT_ME, HResult.MAPI_E_CANCEL):
-            self.store.add_event(
-                message_id, self.clock(), "not-me" if code == HResult.MAPI_E_NOT_ME else "cancel", text, transport.name
+            await self.write(
+                self.store.add_event,
+                message_id,
+                self.clock(),
+                "not-me" if code == HResult.MAPI_E_NOT_ME else "cancel",
+                text,
+                transport.name,
             )
             for p in mine:
                 p.index += 1
@@ -484,7 +555,7 @@ class OutboundProcessor:
             delay = answer.wait_seconds if answer.wait_seconds > 0 else health.policy.backoff(attempt)
         else:
             # Any other code: the message is released unsaved for this transport; try the next one.
-            self.store.add_event(message_id, self.clock(), "transport-error", text, transport.name)
+            await self.write(self.store.add_event, message_id, self.clock(), "transport-error", text, transport.name)
             for p in mine:
                 p.last_error = f"transport {transport.name} answered {text}"
                 p.index += 1
@@ -493,11 +564,13 @@ class OutboundProcessor:
             transport.status.failed(text)
             if health.network_error(self.clock(), text) and health.open_until is not None:
                 transport.status.failed(f"paused (circuit breaker) until {health.open_until:%Y-%m-%d %H:%M:%S}: {text}")
-                self.store.add_event(message_id, self.clock(), "circuit-open", text, transport.name)
-        self.store.add_event(message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name)
+                await self.write(self.store.add_event, message_id, self.clock(), "circuit-open", text, transport.name)
+        await self.write(
+            self.store.add_event, message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name
+        )
         return (delay, f"{transport.name}: {text}")
 
-    def _record_marks(
+    async def _record_marks(
         self,
         message: MessageData,
         message_id: int,
@@ -536,11 +609,10 @@ class OutboundProcessor:
                     )
                 )
         if outcomes:
-            self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
-            result.outcomes.extend(outcomes)
+            self._stash(message_id, outcomes, result)
         return handled
 
-    def _send_reports(self, message_id: int, message: MessageData) -> None:
+    async def _send_reports(self, message_id: int, message: MessageData) -> None:
         """One NDR and one DR per pass for the outcomes still owed a report."""
         owed = [s for s in self.store.recipient_states(message_id) if s.state.final and not s.reported]
         if not owed:
@@ -571,8 +643,14 @@ class OutboundProcessor:
             if rows_:
                 report = build(fresh, rows_, now)
                 folder = self._report_folder(fresh, report.message_class)
-                self.store.deliver_report(
-                    message_id, self.owner, report, folder, [r.recipient.row_id for r in rows_], now
+                await self.write(
+                    self.store.deliver_report,
+                    message_id,
+                    self.owner,
+                    report,
+                    folder,
+                    [r.recipient.row_id for r in rows_],
+                    now,
                 )
 
     def _report_folder(self, message: MessageData, report_class: str) -> int:

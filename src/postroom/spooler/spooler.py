@@ -97,7 +97,7 @@ class Spooler:
                     return  # shutting down: take nothing new; what is in flight finishes
                 if remaining is not None:
                     remaining -= 1
-                claimed = self.store.claim(self.owner, self.clock(), self.lease_seconds, 1)
+                claimed = await self.processor.write(self.store.claim, self.owner, self.clock(), self.lease_seconds, 1)
                 if not claimed:
                     return
                 summary.messages.append(await self.processor.process(claimed[0]))

@@ -288,8 +288,11 @@ class MessageStore(abc.ABC):
         next_attempt: datetime | None,
         error: str | None,
         wait_kind: WaitKind = WaitKind.RETRY,
+        outcomes: Sequence[RecipientOutcome] = (),
     ) -> None:
-        """Unlock a message that still has pending recipients; it is due again at next_attempt."""
+        """Unlock a message that still has pending recipients; it is due again at next_attempt.
+
+        `outcomes` are recorded first, in the same transaction."""
 
     @abc.abstractmethod
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
@@ -307,8 +310,10 @@ class MessageStore(abc.ABC):
     def status_rows(self) -> list[tuple[str, dict[str, Any], datetime, str]]: ...
 
     @abc.abstractmethod
-    def finish(self, message_id: int, owner: str, now: datetime) -> str:
+    def finish(self, message_id: int, owner: str, now: datetime, outcomes: Sequence[RecipientOutcome] = ()) -> str:
         """FinishedMsg/DoSentMail: unlock, then move to PR_SENTMAIL_ENTRYID, delete, or leave (§6.3).
+
+        `outcomes` (the last transport's answers) are recorded first, in the same transaction.
 
         Returns what happened: "moved", "deleted" or "left".
         """

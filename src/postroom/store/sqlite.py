@@ -683,7 +683,11 @@ class SQLiteStore(MessageStore):
             f"json_extract(m.props, '$.\"{T.PR_SUBJECT}\"'), json_extract(m.props, '$.\"{T.PR_DISPLAY_TO}\"'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
-            "FROM messages m WHERE m.queue_state IS NOT NULL AND (? IS NULL OR m.id = ?) ORDER BY m.submit_time, m.id"
+            + (
+                "FROM messages m WHERE m.id = ? AND m.queue_state IS NOT NULL"
+                if only is not None
+                else "FROM messages m WHERE m.queue_state IS NOT NULL ORDER BY m.submit_time, m.id"
+            )
         )
         return [
             QueueEntry(
@@ -719,7 +723,7 @@ class SQLiteStore(MessageStore):
                 to,
                 pending,
                 total,
-            ) in self._q(sql, (only, only))
+            ) in self._q(sql, (only,) if only is not None else ())
         ]
 
     def queue_entry(self, message_id: int) -> QueueEntry | None:
@@ -773,26 +777,31 @@ class SQLiteStore(MessageStore):
     def record_outcomes(self, message_id: int, owner: str, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
-            for out in outcomes:
-                cur = db.execute(
-                    "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=? "
-                    "WHERE message_id=? AND row_id=? AND state='pending'",
-                    (out.state.value, out.transport, to_epoch(now), 0 if out.report else 1, message_id, out.row_id),
-                )
-                if cur.rowcount != 1:
-                    continue  # already final: an outcome is never overwritten (exactly one per recipient)
-                props = dict(out.props)
-                props[T.PR_RESPONSIBILITY] = True
-                self._insert_props(db, "recipient_props", (message_id, out.row_id), props)
-                text = props.get(T.PR_REPORT_TEXT)
-                self._event(
-                    db,
-                    message_id,
-                    now,
-                    out.state.value,
-                    f"recipient {out.row_id}" + (f": {text}" if text else ""),
-                    out.transport,
-                )
+            self._record_in(db, message_id, outcomes, now)
+
+    def _record_in(
+        self, db: sqlite3.Connection, message_id: int, outcomes: Sequence[RecipientOutcome], now: datetime
+    ) -> None:
+        for out in outcomes:
+            cur = db.execute(
+                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=? "
+                "WHERE message_id=? AND row_id=? AND state='pending'",
+                (out.state.value, out.transport, to_epoch(now), 0 if out.report else 1, message_id, out.row_id),
+            )
+            if cur.rowcount != 1:
+                continue  # already final: an outcome is never overwritten (exactly one per recipient)
+            props = dict(out.props)
+            props[T.PR_RESPONSIBILITY] = True
+            self._insert_props(db, "recipient_props", (message_id, out.row_id), props)
+            text = props.get(T.PR_REPORT_TEXT)
+            self._event(
+                db,
+                message_id,
+                now,
+                out.state.value,
+                f"recipient {out.row_id}" + (f": {text}" if text else ""),
+                out.transport,
+            )
 
     def deliver_report(
         self, message_id: int, owner: str, report: MessageData, folder_id: int, row_ids: Sequence[int], now: datetime
@@ -815,12 +824,14 @@ class SQLiteStore(MessageStore):
         next_attempt: datetime | None,
         error: str | None,
         wait_kind: WaitKind = WaitKind.RETRY,
+        outcomes: Sequence[RecipientOutcome] = (),
     ) -> None:
         due = to_epoch(next_attempt)
         if wait_kind is WaitKind.SEND_RECEIVE:
             due = OFFLINE_EPOCH
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
+            self._record_in(db, message_id, outcomes, now)
             db.execute(
                 "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, wait_kind=?, "
                 "last_error=coalesce(?, last_error) WHERE id=?",
@@ -920,9 +931,10 @@ class SQLiteStore(MessageStore):
             )
         ]
 
-    def finish(self, message_id: int, owner: str, now: datetime) -> str:
+    def finish(self, message_id: int, owner: str, now: datetime, outcomes: Sequence[RecipientOutcome] = ()) -> str:
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
+            self._record_in(db, message_id, outcomes, now)
             pending = db.execute(
                 "SELECT count(*) FROM recipients WHERE message_id=? AND state='pending'", (message_id,)
             ).fetchone()[0]
