@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import mime
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import MAPIError
 from ..mapi.flags import LogonFlags, NDRDiag, NDRReason
+from .options import invalid as _invalid
+from .options import string_list as _string_list
 from .spi import OutboundMessage, OutboundRecipient, Registration, SubmitResult, TransportLogon, TransportProvider
 
 DEFAULT_TIMEOUT = 60.0
@@ -47,27 +49,6 @@ MAX_ERROR_TEXT = 2000
 _MAX_STDERR_BYTES = 64 * 1024
 
 _POSIX = sys.platform != "win32"
-
-
-def _invalid(message: str) -> MAPIError:
-    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, message)
-
-
-def _string_list(name: str, value: Any) -> list[str]:
-    """A list of non-empty strings from a list/tuple of strings or a comma-separated string."""
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, list | tuple):
-        items = list(value)
-        for item in items:
-            if not isinstance(item, str):
-                raise _invalid(f"option {name!r}: every entry must be a string, not {item!r}")
-    else:
-        raise _invalid(f"option {name!r} must be a list of strings or a comma-separated string, not {value!r}")
-    out = [item.strip() for item in items if item.strip()]
-    if not out:
-        raise _invalid(f"option {name!r} must name at least one value")
-    return out
 
 
 def _parse_command(value: Any) -> list[str]:

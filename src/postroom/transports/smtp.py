@@ -59,7 +59,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import re
 import ssl
@@ -84,6 +83,12 @@ from ..mapi.flags import (
     ValidateFlags,
 )
 from ..mapi.message import MessageData, Recipient
+from .options import boolean as _boolean
+from .options import invalid as _invalid
+from .options import number as _number
+from .options import path as _path
+from .options import string_list as _string_list
+from .options import token as _token
 from .spi import (
     OutboundMessage,
     OutboundRecipient,
@@ -115,83 +120,6 @@ _BAD_ADDRESS_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
 
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
 _CONNECT_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
-
-
-def _invalid(message: str) -> MAPIError:
-    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, message)
-
-
-# --- option parsing ----------------------------------------------------------------------------
-
-
-def _string_list(name: str, value: Any) -> list[str]:
-    """A list of non-empty strings from a list/tuple of strings or a comma-separated string."""
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, list | tuple):
-        items = list(value)
-        for item in items:
-            if not isinstance(item, str):
-                raise _invalid(f"option {name!r}: every entry must be a string, not {item!r}")
-    else:
-        raise _invalid(f"option {name!r} must be a list of strings or a comma-separated string, not {value!r}")
-    out = [item.strip() for item in items if item.strip()]
-    if not out:
-        raise _invalid(f"option {name!r} must name at least one value")
-    return out
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _invalid(f"option {name!r} must be a non-empty string, not {value!r}")
-    text: str = value.strip()
-    if any(not c.isprintable() for c in text):
-        raise _invalid(f"option {name!r} contains a control character")
-    return text
-
-
-def _token(name: str, value: Any) -> str:
-    """A string without white space (a host name, a user name, a variable name)."""
-    text = _text(name, value)
-    if any(c.isspace() for c in text):
-        raise _invalid(f"option {name!r} must not contain white space: {text!r}")
-    return text
-
-
-def _number(name: str, value: Any, *, integer: bool = False) -> float:
-    what = "a whole number" if integer else "a number of seconds"
-    if isinstance(value, bool):
-        raise _invalid(f"option {name!r} must be {what}, not {value!r}")
-    if isinstance(value, str):
-        try:
-            value = int(value) if integer else float(value)
-        except ValueError:
-            raise _invalid(f"option {name!r} must be {what}, not {value!r}") from None
-    if not isinstance(value, int | float) or (integer and not float(value).is_integer()):
-        raise _invalid(f"option {name!r} must be {what}, not {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise _invalid(f"option {name!r} must be positive, not {value!r}")
-    return number
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
-        return False
-    raise _invalid(f"option {name!r} must be true or false, not {value!r}")
-
-
-def _path(name: str, value: Any) -> str:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    text = _text(name, value)
-    if "\0" in text:
-        raise _invalid(f"option {name!r} contains a NUL character")
-    return text
 
 
 def envelope_address_problem(address: str) -> str | None:
