@@ -12,7 +12,9 @@ transport never sees the store, so it keeps that in a small JSON file in the pro
 ``.imap-<service>.json`` (mode 0600, replaced atomically: written to a temporary file, fsync'ed,
 renamed, the directory fsync'ed). It names the account (user, host, port): pointing the service
 at another account starts afresh. When the server's UIDVALIDITY changes, every message in the
-mailbox is fetched again (the old UIDs mean nothing any more). A lock file beside it
+mailbox is fetched again (the old UIDs mean nothing any more); so is everything in the mailbox
+the first time. A damaged state file stops the provider at logon (MAPI_E_FAILONEPROVIDER, the
+reason in its status row) rather than fetching everything again; remove it to start afresh. A lock file beside it
 (``.imap-<service>.json.lock``, flock) lets only one session of the profile receive for the service
 at a time; another one waits (its status row says so) and takes over when the first logs off.
 
@@ -61,6 +63,7 @@ at-least-once ordering, the fallback messages) lives here too; the `pop3` transp
 from __future__ import annotations
 
 import abc
+import ast
 import contextlib
 import errno
 import imaplib
@@ -82,7 +85,7 @@ from imapclient.exceptions import CapabilityError, LoginError
 from .. import mime
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
-from ..mapi.flags import AttachMethod, LogoffFlags, LogonFlags, LogonResultFlags, StatusCode
+from ..mapi.flags import AttachMethod, LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import Attachment, MessageData
 from .spi import InboundMessage, Registration, TransportLogon, TransportProvider
 
@@ -374,10 +377,16 @@ class StateFile:
         return data
 
     def save(self) -> None:
-        """Write the document atomically: temporary file, fsync, rename, fsync of the directory."""
+        """Write the document atomically: temporary file, fsync, rename, fsync of the directory.
+
+        MAPI_E_CALL_FAILED when that fails (a full disk, say): never mistaken for network trouble.
+        """
         directory = self.path.parent
         payload = json.dumps(self.data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise MAPIError(HResult.MAPI_E_CALL_FAILED, f"cannot write {self.path}: {exc.strerror}") from None
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as out:
@@ -385,9 +394,11 @@ class StateFile:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise MAPIError(HResult.MAPI_E_CALL_FAILED, f"cannot write {self.path}: {exc.strerror}") from None
             raise
         with contextlib.suppress(OSError):
             dir_fd = os.open(directory, os.O_RDONLY)
@@ -539,9 +550,12 @@ class InboundLogon(TransportLogon, Generic[K]):
             log.warning("%s: TLS certificate checks are disabled for %s (verify_tls = false)", self.name, config.where)
         if config.security == "none":
             log.info("%s: logging in to %s without TLS sends the password in plain text", self.name, config.where)
-        self.status.status_string = (
-            "offline (no connect)" if self.offline else f"not connected yet to {config.where}{self._tls_note}"
-        )
+        if flags & LogonFlags.NO_CONNECT:
+            self.status.status_string = "offline (no connect)"
+        elif self.offline:
+            self.status.status_string = "inbound disabled for this logon (no inbound)"
+        else:
+            self.status.status_string = f"not connected yet to {config.where}{self._tls_note}"
         #: The message handed over last, not yet confirmed: (InboundMessage.ref, key).
         self._pending: tuple[int, K] | None = None
         self._queue: list[K] = []
@@ -608,7 +622,6 @@ class InboundLogon(TransportLogon, Generic[K]):
 
     # --- connection handling ---------------------------------------------------------------------
     def _connect(self) -> None:
-        self.connections_opened += 1
         try:
             self._open()
         except ConnectionLost:
@@ -621,6 +634,7 @@ class InboundLogon(TransportLogon, Generic[K]):
                     f"cannot connect to {self.protocol} server {self.config.where}: {self._explain(exc)}"
                 ) from None
             raise
+        self.connections_opened += 1
         self._need_scan = True
         self.status.set(
             add=StatusCode.AVAILABLE,
@@ -708,9 +722,9 @@ class InboundLogon(TransportLogon, Generic[K]):
         if confirmed is not None:
             try:
                 self._record(confirmed)
-            except OSError as exc:
-                # The message is stored but not recorded: it would come again. Stop here.
-                self.status.failed(f"cannot write {self.state.path}: {exc.strerror}")
+            except MAPIError as exc:
+                # Stored but not recorded: it will come again (at least once). Stop this run here.
+                self._failed(str(exc))
                 return
             self.received += 1
         try:
@@ -722,7 +736,10 @@ class InboundLogon(TransportLogon, Generic[K]):
             self._failed(str(exc))
             return
         if step is None:
-            self.status.set(text=f"connected to {self.config.where}{self._tls_note}; {self.received} received")
+            when = datetime.now(UTC).strftime("%H:%M:%S UTC")
+            self.status.set(
+                text=f"checked {self.config.where}{self._tls_note} at {when}: {self.received} message(s) received"
+            )
             return
         key, data = step
         try:
@@ -779,6 +796,12 @@ class InboundLogon(TransportLogon, Generic[K]):
         self._need_scan = True
         return None
 
+    def validate_state(self, flags: ValidateFlags) -> None:
+        """FORCE_XP_DISCONNECT drops the connection (the next poll connects again)."""
+        if flags & ValidateFlags.FORCE_XP_DISCONNECT:
+            self._close(polite=True)
+            self._need_scan = True
+
     def logoff(self, flags: LogoffFlags = LogoffFlags.NORMAL) -> None:
         if self._pending is not None:
             log.info(
@@ -830,6 +853,7 @@ class IMAPLogon(InboundLogon[ImapKey]):
         self._client: Any = None
         self._uidvalidity = 0
         self._folder_ready = False
+        self._just_selected = False
 
     @property
     def connected(self) -> bool:
@@ -883,6 +907,7 @@ class IMAPLogon(InboundLogon[ImapKey]):
             raise ConnectionLost(f"IMAP server {cfg.where} refused {step}: {_answer(exc)}") from None
         self._folder_ready = False
         self._select()
+        self._just_selected = True
 
     def _close(self, polite: bool) -> None:
         client, self._client = self._client, None
@@ -922,18 +947,25 @@ class IMAPLogon(InboundLogon[ImapKey]):
             self._need_scan = True
         self._uidvalidity = uidvalidity
 
+    def _reselect(self) -> None:
+        """SELECT again to see what arrived, unless the connection was opened just now."""
+        if self._just_selected:
+            self._just_selected = False
+        else:
+            self._select()
+
     def _search_new(self) -> list[int]:
         last = self._last_uid()
         found = self._client.search(["UID", f"{last + 1}:*"])
         return sorted(int(uid) for uid in found if int(uid) > last)
 
     def _scan(self) -> list[ImapKey]:
-        self._select()
+        self._reselect()
         self._after_record()
         return [(self._uidvalidity, uid) for uid in self._search_new()]
 
     def _check(self) -> bool:
-        self._select()
+        self._reselect()
         self._after_record()
         if self._search_new():
             return True
@@ -1031,8 +1063,20 @@ class IMAPLogon(InboundLogon[ImapKey]):
 
 
 def _answer(exc: BaseException) -> str:
-    """The server's answer inside an imaplib/imapclient/poplib error, as text."""
-    return (str(exc) or type(exc).__name__).strip()
+    """The server's answer inside an imaplib/imapclient/poplib error, as text.
+
+    These libraries put the server's reply in as bytes (or as the repr of bytes): show the text.
+    """
+    arg = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(arg, bytes):
+        return arg.decode("utf-8", "replace").strip()
+    text = (str(exc) or type(exc).__name__).strip()
+    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        with contextlib.suppress(ValueError, SyntaxError):
+            value = ast.literal_eval(text)  # a literal only, never code
+            if isinstance(value, bytes):
+                return value.decode("utf-8", "replace").strip()
+    return text
 
 
 class IMAPProvider(TransportProvider):

@@ -216,7 +216,12 @@ class OutboundMessage:
 
 
 class InboundMessage:
-    """The new, empty message handed to start_message; save() commits the delivery."""
+    """The new, empty message handed to start_message; save() commits the delivery.
+
+    `ref` counts 1, 2, 3, … within one receive run of the spooler (the StartMessage loop). When
+    start_message is called with ref n > 1, the message saved under ref n - 1 has been stored:
+    transports use that to delete or mark the source copy only after it is safe (at least once).
+    """
 
     def __init__(self, ref: int) -> None:
         self.data = MessageData()
