@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.harness.crash import run
 
 pytestmark = pytest.mark.integration
