@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes
 from email import policy as email_policy
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 
 import pytest
@@ -24,6 +25,7 @@ from postroom.mime import (
     needs_smtputf8,
     status_to_ndr,
     to_bytes,
+    to_bytes_with_flags,
     to_mime,
 )
 
@@ -441,6 +443,123 @@ def test_maildir_line_endings() -> None:
     assert from_mime(wire).body == "one\ntwo\nthree\n"
     with pytest.raises(MAPIError):
         to_bytes(msg, linesep="\r")
+
+
+GOLDEN = (
+    b"From: Alice Sender <alice@example.org>\r\n"
+    b"To: Bob <bob@example.net>\r\n"
+    b'Cc: "Carol, C." <carol@example.net>,\r\n'
+    b" a+tag@example.org,\r\n"
+    b' Q <"a,b"@example.org>,\r\n'
+    b" x@[192.0.2.1]\r\n"
+    b"Subject: Hello\r\n"
+    b"Date: Tue, 04 Jun 2024 08:00:00 +0000\r\n"
+    b"Message-ID: <fixed-1@example.org>\r\n"
+    b"In-Reply-To: <p@example.net>\r\n"
+    b"Importance: high\r\n"
+    b"X-Priority: 1\r\n"
+    b"Disposition-Notification-To: alice@example.org\r\n"
+    b'Content-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: 7bit\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"\r\n"
+    b"Body text\r\n"
+)
+
+
+def golden_note() -> MessageData:
+    msg = note(PR_IMPORTANCE=2, PR_IN_REPLY_TO_ID="<p@example.net>", PR_READ_RECEIPT_REQUESTED=True)
+    msg.recipients += [
+        rcpt("carol@example.net", "Carol, C.", RecipientType.CC),
+        rcpt("a+tag@example.org", "", RecipientType.CC),
+        rcpt('"a,b"@example.org', "Q", RecipientType.CC),
+        rcpt("x@[192.0.2.1]", "", RecipientType.CC),
+    ]
+    return msg
+
+
+def test_plain_message_is_written_exactly_and_without_parsing_a_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The modern header API parses a header whenever one is assigned or read (20-130 µs each);
+    # a plain message needs none of that on the way out. The bytes are what the package's
+    # parse-and-refold path made before.
+    calls: list[str] = []
+    parse_header = HeaderRegistry.__call__
+
+    def counting(self: HeaderRegistry, name: str, value: str) -> object:
+        calls.append(name)
+        return parse_header(self, name, value)
+
+    monkeypatch.setattr(HeaderRegistry, "__call__", counting)
+    wire, utf8 = to_bytes_with_flags(golden_note())
+    assert calls == []
+    assert wire == GOLDEN
+    assert utf8 is False
+    assert to_bytes(golden_note(), linesep="\n") == GOLDEN.replace(b"\r\n", b"\n")
+
+
+def test_to_bytes_with_flags_is_to_bytes_and_needs_smtputf8() -> None:
+    for address, utf8 in (("bob@example.net", False), ("jörg@bücher.example", True)):
+        msg = note()
+        msg.recipients = [rcpt(address, "Bob")]
+        for linesep in ("\r\n", "\n"):
+            assert to_bytes_with_flags(msg, linesep=linesep) == (to_bytes(msg, linesep=linesep), utf8)
+        assert needs_smtputf8(to_mime(msg)) is utf8
+    # a UTF-8 Bcc counts only when it is written into the headers
+    msg = note()
+    msg.recipients.append(rcpt("jörg@bücher.example", "Jörg", RecipientType.BCC))
+    assert to_bytes_with_flags(msg)[1] is False
+    wire, utf8 = to_bytes_with_flags(msg, include_bcc=True)
+    assert utf8 is True and "jörg@bücher.example".encode() in wire
+    with pytest.raises(MAPIError):
+        to_bytes_with_flags(msg, linesep="\r")
+
+
+def test_read_receipt_to_a_utf8_author() -> None:
+    msg = note(PR_SENDER_EMAIL_ADDRESS="jörg@bücher.example", PR_READ_RECEIPT_REQUESTED=True)
+    wire, utf8 = to_bytes_with_flags(msg)
+    assert utf8 is True
+    assert "Disposition-Notification-To: jörg@bücher.example\r\n".encode() in wire
+
+
+def test_message_ids_are_written_as_stored_and_must_fit_on_a_line() -> None:
+    long_id = "<" + "a" * 200 + "@example.org>"
+    wire = to_bytes(note(PR_INTERNET_MESSAGE_ID=long_id, PR_IN_REPLY_TO_ID=long_id[1:-1]))
+    assert f"\r\nMessage-ID: {long_id}\r\n".encode() in wire
+    assert f"\r\nIn-Reply-To: {long_id}\r\n".encode() in wire
+    assert from_mime(wire).props[T.PR_IN_REPLY_TO_ID] == long_id
+    for tag in ("PR_INTERNET_MESSAGE_ID", "PR_IN_REPLY_TO_ID"):
+        with pytest.raises(MAPIError) as info:
+            to_bytes(note(**{tag: "<" + "a" * 990 + "@example.org>"}))
+        assert info.value.code == HResult.MAPI_E_INVALID_PARAMETER
+
+
+@pytest.mark.parametrize("subject", [" ".join(f"word{i}" for i in range(60)), "a;b,c " * 30, "x" * 70])
+def test_long_ascii_subject_is_folded(subject: str) -> None:
+    wire = to_bytes(note(PR_SUBJECT=subject))
+    head = wire.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    assert from_mime(wire).subject == subject.strip()
+
+
+def test_multipart_with_html_and_attachment_keeps_its_structure() -> None:
+    msg = note(PR_HTML=b"<p>Hi</p>")
+    msg.attachments = [Attachment(props={T.PR_ATTACH_LONG_FILENAME: "ä" * 120 + ".txt"}, data=b"x")]
+    wire = to_bytes(msg)
+    assert max(len(line) for line in wire.split(b"\r\n")) <= 78
+    parsed = parse(wire)
+    assert parsed.get_content_type() == "multipart/mixed"
+    assert [p.get_content_type() for p in parsed.walk()] == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "text/plain",
+    ]
+    assert [k.lower() for k in parsed].count("mime-version") == 1
+    assert all("MIME-Version" not in part for part in list(parsed.walk())[1:])
+    back = from_mime(wire)
+    assert back.props[T.PR_HTML] == b"<p>Hi</p>\n"
+    assert [a.filename for a in back.attachments] == ["ä" * 120 + ".txt"]
 
 
 def test_twenty_megabyte_attachment() -> None:

@@ -443,8 +443,7 @@ class SMTPLogon(TransportLogon):
 
         try:
             content = _without_bcc_rows(message.data)
-            headers_need_utf8 = mime.needs_smtputf8(mime.to_mime(content))
-            data = mime.to_bytes(content, include_bcc=False)
+            data, headers_need_utf8 = mime.to_bytes_with_flags(content, include_bcc=False)
         except MAPIError as exc:  # the message itself is malformed: no retry can help
             for rcpt in sendable:
                 rcpt.mark_failed(
