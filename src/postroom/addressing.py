@@ -17,6 +17,9 @@ SMTP_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+$")
 NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$")
 #: RFC 5321 §4.5.3.1.3: a path is at most 256 octets, so an address at most 254 (between < and >).
 MAX_SMTP_ADDRESS = 254
+#: An RFC 2047 encoded word. Never valid in an address (RFC 2047 §5), yet readers decode it there:
+#: `a@=?utf-8?q?x=0D=0ABcc=3A_evil=40x?=` would reach them as another address and a line break.
+ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 
 
 @dataclass(frozen=True)
@@ -63,4 +66,6 @@ def parse_address(text: str, default_type: str = "SMTP") -> ParsedAddress:
         raise _bad(text, "an SMTP address looks like name@domain")
     if address_type == "SMTP" and len(address.encode("utf-8", "surrogatepass")) > MAX_SMTP_ADDRESS:
         raise _bad(text, f"an SMTP address is at most {MAX_SMTP_ADDRESS} bytes long")
+    if address_type == "SMTP" and ENCODED_WORD.search(address):
+        raise _bad(text, "an SMTP address cannot contain an RFC 2047 encoded word (=?…?=)")
     return ParsedAddress(name or address, address_type, address)
