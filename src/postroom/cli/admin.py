@@ -72,7 +72,7 @@ def init(app: App, directory: Path | None, empty: bool) -> None:
 
 @click.group()
 def service() -> None:
-    """Add, list and remove message services (transports).
+    """Add, list, change and remove message services (transports).
 
     A message service brings a transport provider (a "transport"): the component that
     delivers messages for the address types it registers (SMTP, FAX, …). Its KIND is the

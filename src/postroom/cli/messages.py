@@ -26,14 +26,16 @@ def queue_state(q: QueueEntry) -> str:
     return q.state.value
 
 
-def waiting_text(q: QueueEntry, now: datetime) -> str:
+def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
     """Why a queued message is not being sent now, and until when."""
     if q.state is QueueState.HELD:
         return f"held: {q.hold_reason or 'by an operator'} (`postroom release {q.id}`)"
     if q.locked:
         return "being delivered now"
     if q.waiting_for is WaitKind.SEND_RECEIVE:
-        return "waiting for Send/Receive (offline)"
+        if mode == "offline":
+            return "waiting for Send/Receive (offline)"
+        return "waiting for Send/Receive (parked while offline; `postroom sendreceive` sends it)"
     if q.waiting_for is WaitKind.DEFERRED:
         return "kept by the transport until it reports (deferred)"
     if q.next_attempt is None or q.next_attempt <= now:
@@ -56,10 +58,12 @@ def queue(app: App) -> None:
     is not a failure; a deferred send time), attempts so far, recipients still pending out
     of all, and the last error. Change it with `hold`, `release`, `retry`, `cancel`.
     """
-    entries = app.session().queue()
+    session = app.session()
+    entries = session.queue()
     now = datetime.now(UTC)
+    mode = session.mode
     if app.json:
-        app.out.document([{**jsonable(q), "waiting": waiting_text(q, now)} for q in entries])
+        app.out.document([{**jsonable(q), "waiting": waiting_text(q, now, mode)} for q in entries])
         return
     app.out.table(
         ["ID", "SUBMITTED", "STATE", "WAITING FOR", "ATTEMPTS", "PENDING", "LAST ERROR", "SUBJECT"],
@@ -68,7 +72,7 @@ def queue(app: App) -> None:
                 str(q.id),
                 when(q.submit_time),
                 queue_state(q),
-                waiting_text(q, now),
+                waiting_text(q, now, mode),
                 str(q.attempts),
                 f"{q.pending}/{q.recipients}",
                 q.last_error or "-",
