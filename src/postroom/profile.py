@@ -147,6 +147,33 @@ class Profile:
         return self.directory / PROFILE_FILE
 
     @property
+    def store_url(self) -> str | None:
+        """The PostgreSQL database when `store = "postgresql://…"` (None: the SQLite file store_path).
+
+        The URL never holds the password: libpq reads it from PGPASSWORD, a pgpass file or a
+        service file, or `store_password_env` names the environment variable that holds it.
+        """
+        from .store import is_postgres_url, redact_url, url_password
+
+        configured = self.settings.get("store")
+        if not is_postgres_url(configured):
+            return None
+        url = str(configured).strip()
+        if url_password(url) is not None:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"{self.path}: the store URL {redact_url(url)} contains a password; remove it and put the password "
+                "in PGPASSWORD, a pgpass or service file, or an environment variable named by store_password_env",
+            )
+        return url
+
+    @property
+    def store_password_env(self) -> str | None:
+        """The environment variable holding the PostgreSQL store's password, if the profile names one."""
+        name = self.settings.get("store_password_env")
+        return str(name) if name else None
+
+    @property
     def store_path(self) -> Path:
         configured = self.settings.get("store", STORE_FILE)
         p = Path(str(configured)).expanduser()

@@ -219,10 +219,18 @@ class TransportFlush:
 
 @dataclass
 class SendReceiveSummary:
-    """What a Send/Receive did, transport by transport."""
+    """What a Send/Receive did, transport by transport.
+
+    A spooler pass run for one transport's flush sends every message that is due to any
+    transport that may be called now, so outcomes are counted by the transport that handled
+    them (a transport outside the group can appear), and failures no transport took
+    ("no transport accepted this recipient") are counted apart.
+    """
 
     group: str
     transports: list[TransportFlush] = field(default_factory=list)
+    unrouted_failed: int = 0
+    deferred: int = 0
 
     @property
     def sent(self) -> int:
@@ -230,11 +238,28 @@ class SendReceiveSummary:
 
     @property
     def failed(self) -> int:
-        return sum(t.failed for t in self.transports)
+        return sum(t.failed for t in self.transports) + self.unrouted_failed
 
-    @property
-    def deferred(self) -> int:
-        return sum(t.deferred for t in self.transports)
+    def entry(self, transport: str) -> TransportFlush:
+        for t in self.transports:
+            if t.transport == transport:
+                return t
+        entry = TransportFlush(transport)
+        self.transports.append(entry)
+        return entry
+
+    def absorb(self, passes: PassSummary) -> None:
+        """Count a spooler pass's outcomes under the transports that produced them."""
+        for m in passes.messages:
+            for name, n in m.delivered_by.items():
+                self.entry(name).sent += n
+            for name, n in m.failed_by.items():
+                if name:
+                    self.entry(name).failed += n
+                else:
+                    self.unrouted_failed += n
+            if m.next_attempt is not None or m.offline:
+                self.deferred += 1
 
     @property
     def received(self) -> int:
@@ -299,7 +324,12 @@ class ProtocolManager:
         table = self.core.transports
         table.listeners.append(self._transport_notified)
         await table.logon_all(self.logon_flags)
-        self.schedule.reset(load_groups(self.core.profile), self.mode, self.core.clock())
+        now = self.core.clock()
+        self.schedule.reset(load_groups(self.core.profile), self.mode, now)
+        if not self.offline:
+            # Messages parked while offline go out now that this session starts online (the
+            # stability window only applies to a change of mode watched by a running spooler).
+            self.store.wake(now, (WaitKind.SEND_RECEIVE,))
 
     def _transport_notified(self, transport: str, flags: SpoolerNotifyFlags, data: Any) -> None:
         if flags & SpoolerNotifyFlags.NEWMAIL:
@@ -421,8 +451,7 @@ class ProtocolManager:
         table = self.core.transports
         for name in g.members(profile):
             t = table.by_name(name)
-            entry = TransportFlush(t.name)
-            summary.transports.append(entry)
+            entry = summary.entry(t.name)
             reconnect = self.offline and t.logon is not None and bool(t.logon.flags & LogonFlags.NO_CONNECT)
             self.flushing.add(t.name)
             try:
@@ -431,7 +460,7 @@ class ProtocolManager:
                 if t.logon is None:
                     entry.error = t.status.last_error or "transport not logged on"
                     continue
-                await self._flush_one(t, entry, upload, download, progress)
+                await self._flush_one(t, entry, summary, upload, download, progress)
             finally:
                 self.flushing.discard(t.name)
                 if reconnect:
@@ -442,8 +471,7 @@ class ProtocolManager:
     async def flush_transport(self, t: LoadedTransport) -> SendReceiveSummary:
         """Upload-only flush of one transport, connecting it for the flush if offline."""
         summary = SendReceiveSummary(t.name)
-        entry = TransportFlush(t.name)
-        summary.transports.append(entry)
+        entry = summary.entry(t.name)
         table = self.core.transports
         self.flushing.add(t.name)
         try:
@@ -451,14 +479,20 @@ class ProtocolManager:
             if t.logon is None:
                 entry.error = t.status.last_error or "transport not logged on"
                 return summary
-            await self._flush_one(t, entry, True, False, None)
+            await self._flush_one(t, entry, summary, True, False, None)
         finally:
             self.flushing.discard(t.name)
             await table.relogon(t, self.logon_flags(t))
         return summary
 
     async def _flush_one(
-        self, t: LoadedTransport, entry: TransportFlush, upload: bool, download: bool, progress: Progress | None
+        self,
+        t: LoadedTransport,
+        entry: TransportFlush,
+        summary: SendReceiveSummary,
+        upload: bool,
+        download: bool,
+        progress: Progress | None,
     ) -> None:
         assert t.logon is not None
         flags = (FlushFlags.UPLOAD if upload else FlushFlags.NONE) | (
@@ -479,12 +513,7 @@ class ProtocolManager:
             self.store.wake(self.core.clock(), (WaitKind.SEND_RECEIVE,))
             if progress:
                 progress("send", t, "")
-            passes = await self.core.spooler.process_due()
-            for m in passes.messages:
-                entry.sent += m.delivered_by.get(t.name, 0)
-                entry.failed += m.failed_by.get(t.name, 0) + m.failed_by.get("", 0)
-                if m.next_attempt is not None or m.offline:
-                    entry.deferred += 1
+            summary.absorb(await self.core.spooler.process_due())
             t.logon.transport_notify(NotifyFlags.END_OUTBOUND_FLUSH)
             t.status.set(remove=StatusCode.OUTBOUND_FLUSH)
         if download:
@@ -503,6 +532,7 @@ class ProtocolManager:
         self.wakeup = asyncio.Event()
         listener = self.store.bus.listen()
         queue = listener.attach()
+        self.core.publish_status()
         try:
             await self._daemon_loop(stop, queue, on_pass)
         finally:
@@ -523,6 +553,10 @@ class ProtocolManager:
                     fresh = self.core.profile.reload()
                     if fresh.mode != self.mode:
                         await self.apply_mode(fresh.mode)
+                elif note.kind == "config":
+                    # Services, transport order or groups changed: log on again with the new profile.
+                    await self.core.reload_configuration()
+                    self.core.publish_status()
                 work_waiting = True
             if self.transition.due(now):
                 self.store.wake(now, (WaitKind.SEND_RECEIVE,))

@@ -12,6 +12,7 @@ import getpass
 import mimetypes
 import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,17 @@ from .protocol import ProtocolManager, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
 from .spooler.outbound import SpoolerSettings
 from .spooler.routing import Offer
-from .store import Event, Folder, FolderRole, MessageSummary, QueueEntry, RecipientStatus, SQLiteStore, WaitKind
+from .store import (
+    Event,
+    Folder,
+    FolderRole,
+    MessageStore,
+    MessageSummary,
+    QueueEntry,
+    RecipientStatus,
+    WaitKind,
+    open_store,
+)
 from .transports.spi import StatusRow, status_row_dict
 
 R = TypeVar("R")
@@ -119,8 +130,10 @@ class Draft:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"display name {display!r} contains a line break or NUL")
         # A one-off entry ID or the address_type argument bypass parse_address: same rule for them.
         for what, text in (("address type", adrtype), ("address", email)):
-            if any(c in text for c in "\r\n\0"):
-                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{what} {text!r} contains a line break or NUL")
+            if any(c in "\r\n\0" or "\ud800" <= c <= "\udfff" for c in text):
+                raise MAPIError(
+                    HResult.MAPI_E_INVALID_PARAMETER, f"{what} {text!r} contains a line break, NUL or lone surrogate"
+                )
         props: dict[int, Any] = {
             T.PR_DISPLAY_NAME: display or email,
             T.PR_ADDRTYPE: adrtype,
@@ -156,13 +169,15 @@ class Draft:
         """Attach a file by value; it is streamed into the store when the draft is saved."""
         p = Path(path)
         try:
-            size = p.stat().st_size
+            st = p.stat()
+            # Before opening: opening a FIFO would block until someone writes to it.
+            if not stat.S_ISREG(st.st_mode):
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"attachment {str(p)!r} is not a regular file")
+            size = st.st_size
             with p.open("rb"):
                 pass
         except OSError as exc:
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"cannot read attachment {str(p)!r}: {exc.strerror}") from exc
-        if not p.is_file():
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"attachment {str(p)!r} is not a regular file")
         filename = name or p.name
         att = Attachment(
             props=_attachment_props(filename, mime_type),
@@ -205,7 +220,9 @@ def _setting_number(profile: Profile, key: str, default: int | float) -> int:
             raise TypeError(f"{type(value).__name__} is not a number")
         return int(float(value))
     except (TypeError, ValueError, OverflowError) as exc:
-        raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"{profile.path}: {key} = {value!r} is not a number ({exc})") from exc
+        raise MAPIError(
+            HResult.MAPI_E_CORRUPT_DATA, f"{profile.path}: {key} = {value!r} is not a number ({exc})"
+        ) from exc
 
 
 def _attachment_props(filename: str, mime_type: str | None) -> dict[int, Any]:
@@ -230,7 +247,9 @@ class _SessionCore:
         for key, default in (("spooler_concurrency", 4), ("online_stability_seconds", 0.0)):
             _setting_number(profile, key, default)  # refuse a bad value before opening anything
         try:
-            self.store = SQLiteStore(profile.store_path)
+            self.store: MessageStore = open_store(
+                profile.store_url or profile.store_path, password_env=profile.store_password_env
+            )
         except (OSError, sqlite3.DatabaseError) as exc:  # `store` names a directory, or not a database
             raise MAPIError(
                 HResult.MAPI_E_CORRUPT_DATA, f"cannot open the message store {str(profile.store_path)!r}: {exc}"
@@ -448,9 +467,21 @@ class _SessionCore:
         self.profile.save()
         self._profile_changed()
 
+    def save_profile(self) -> None:
+        """Save changes made to `session.profile` (groups, settings) and tell a running spooler."""
+        self.profile.save()
+        self._profile_changed()
+
     def _profile_changed(self) -> None:
-        """The next use logs on again with the new configuration."""
+        """The next use logs on again with the new configuration; a running spooler daemon too."""
         self._needs_relogon = True
+        self.store.bus.publish("config")
+
+    async def reload_configuration(self) -> None:
+        """Re-read the profile (another process changed it) and log on again."""
+        self.profile = self.profile.reload()
+        self._needs_relogon = True
+        await self._ensure_logged_on()
 
     # --- transports (async implementations) ------------------------------------------------------
     _needs_relogon = False
@@ -464,7 +495,6 @@ class _SessionCore:
         self.spooler = self._new_spooler(self.spooler.owner)
         self._needs_relogon = False
         await self.protocol.start()
-        self.publish_status()
 
     async def _enum_adr_types(self) -> list[str]:
         await self._ensure_logged_on()

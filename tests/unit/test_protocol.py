@@ -264,6 +264,8 @@ def test_status_table_rows(tmp_path: Path, calls: Calls) -> None:
         assert spooler.status_code & StatusCode.OFFLINE
         assert "1 message(s) waiting for Send/Receive" in spooler.status_string
         assert rows[2].status_code & StatusCode.OFFLINE
+        assert s.store.status_rows() == []  # only a spooler daemon publishes its table
+        s.publish_status()
         published = s.store.status_rows()
         assert [name for name, *_ in published] == ["MAPI subsystem", "MAPI spooler", "smtp", "fax"]
 

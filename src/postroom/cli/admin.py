@@ -180,7 +180,7 @@ def service_add(
         if poll_seconds is not None:
             added.poll_seconds = poll_seconds
         added.policy = policy
-        session.profile.save()
+        session.save_profile()
     order = session.transport_order()
     if app.json:
         app.out.document({"service": service_data(added), "transport_order": [s.name for s in order]})
@@ -247,7 +247,7 @@ def service_set(
         svc.call_when_offline = call_when_offline
     if poll_seconds is not None:
         svc.poll_seconds = poll_seconds
-    session.profile.save()
+    session.save_profile()
     if app.json:
         app.out.document({"service": service_data(svc)})
         return

@@ -40,7 +40,7 @@ def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
         return "kept by the transport until it reports (deferred)"
     if q.next_attempt is None or q.next_attempt <= now:
         return "due now"
-    if q.waiting_for is None and q.attempts == 0:
+    if q.waiting_for is WaitKind.SCHEDULED:
         return f"deferred send at {when(q.next_attempt)}"
     return f"retry at {next_try(q.next_attempt, now)}"
 

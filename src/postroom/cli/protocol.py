@@ -341,7 +341,7 @@ def group_add(
         offline=_apply(base.offline, offline_include, offline_send, offline_receive, offline_every),
     )
     save_group(profile, updated)
-    profile.save()
+    session.save_profile()
     if app.json:
         app.out.document({"group": _group_data(session, updated), "created": existing is None})
         return
@@ -367,7 +367,7 @@ def group_remove(app: App, name: str) -> None:
             f"the group {DEFAULT_GROUP!r} cannot be removed; change it with `postroom group add '{DEFAULT_GROUP}' …`",
         )
     profile.groups = [g for g in profile.groups if str(g.get("name", "")).lower() != found.name.lower()]
-    profile.save()
+    session.save_profile()
     if app.json:
         app.out.document({"removed": found.name})
         return

@@ -26,8 +26,8 @@ def _who_sends(session: Session) -> str:
 
 
 def _scheduled(q: QueueEntry, now: datetime) -> bool:
-    """A deferred send (--at/--delay) that is not due yet: never attempted, no wait reason."""
-    return q.waiting_for is None and q.attempts == 0 and q.next_attempt is not None and q.next_attempt > now
+    """A deferred send (--at/--delay) that is not due yet."""
+    return q.waiting_for is WaitKind.SCHEDULED and q.next_attempt is not None and q.next_attempt > now
 
 
 @click.command()

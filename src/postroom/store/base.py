@@ -8,8 +8,8 @@ release or finish the message. A process that dies simply lets its lease expire.
 from __future__ import annotations
 
 import abc
-from contextlib import AbstractContextManager
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -52,6 +52,7 @@ class WaitKind(StrEnum):
     RETRY = "retry"  # a transport said wait / busy / network error; due at next_attempt
     SEND_RECEIVE = "send_receive"  # offline: waits for Send/Receive or going online
     DEFERRED = "deferred"  # the transport keeps it until it notifies SENTDEFERRED
+    SCHEDULED = "scheduled"  # PR_DEFERRED_SEND_TIME: not before that time (only an explicit retry ID forces it)
 
 
 class RecipientState(StrEnum):

@@ -108,7 +108,9 @@ def _check_storable(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"text that cannot be stored (lone surrogate): {exc}") from exc
+        raise MAPIError(
+            HResult.MAPI_E_INVALID_PARAMETER, f"text that cannot be stored (lone surrogate): {exc}"
+        ) from exc
     return text
 
 

@@ -14,7 +14,7 @@ import sqlite3
 import struct
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -41,11 +41,13 @@ from .base import (
     WaitKind,
 )
 from .codec import decode_bag, encode_bag, from_epoch, to_epoch
+from .migrations import LATEST, upgrade_sqlite
 from .notify import NotificationBus, notify_directory
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = LATEST  # version 1 is SCHEMA below; later versions are in migrations.py
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
+USAGE_KEEP_SECONDS = 2 * 86_400.0  # transport_usage rows older than this are pruned (throttles look back a day)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -221,7 +223,7 @@ class SQLiteStore(MessageStore):
                     db.execute(statement)
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (1,))
                 db.execute("INSERT INTO meta VALUES ('store_uid', ?)", (uuid.uuid4().bytes_le,))
                 root = db.execute("INSERT INTO folders (parent_id, name, role) VALUES (NULL, '', 'root')").lastrowid
                 ipm = db.execute(
@@ -241,6 +243,8 @@ class SQLiteStore(MessageStore):
                     f"{self.path} was written by a newer postroom "
                     f"(store schema {row[0]}, this one knows {SCHEMA_VERSION})",
                 )
+            # An older store is migrated here, in this same transaction (all or nothing).
+            upgrade_sqlite(db, 1 if row is None else int(row[0]), where=str(self.path))
 
     def _meta(self, key: str) -> Any:
         rows = self._q("SELECT value FROM meta WHERE key=?", (key,))
@@ -295,7 +299,9 @@ class SQLiteStore(MessageStore):
         """A special folder by role; cached, as its ID never changes (its count is not kept up to date)."""
         cached = self._special.get(role)
         if cached is None:
-            rows = self._q("SELECT f.id, f.name, f.parent_id, f.role, NULL FROM folders f WHERE f.role=?", (role.value,))
+            rows = self._q(
+                "SELECT f.id, f.name, f.parent_id, f.role, NULL FROM folders f WHERE f.role=?", (role.value,)
+            )
             cached = self._special[role] = self._folder(rows[0])
         return cached
 
@@ -303,8 +309,9 @@ class SQLiteStore(MessageStore):
         if isinstance(name_or_id, bytes):
             fid = self._parse_entry_id(name_or_id, FOLDER_ENTRY)
             rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (fid,)) if fid is not None else []
-        elif isinstance(name_or_id, int) or name_or_id.isdigit():
-            rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (int(name_or_id),))
+        elif isinstance(name_or_id, int) or name_or_id.isdecimal():
+            fid = int(name_or_id)
+            rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (fid,)) if 0 < fid < 2**63 else []
         else:
             key = name_or_id.strip()
             rows = self._q(
@@ -366,14 +373,24 @@ class SQLiteStore(MessageStore):
         if submit_at is not None:
             if not message.recipients:
                 raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, "the message has no recipients")
-            flags = (int(props[T.PR_MESSAGE_FLAGS]) | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
+            flags = (
+                int(props[T.PR_MESSAGE_FLAGS]) | MessageFlags.SUBMIT | MessageFlags.UNSENT
+            ) & ~MessageFlags.UNMODIFIED
             props[T.PR_MESSAGE_FLAGS] = flags
             props[T.PR_CLIENT_SUBMIT_TIME] = submit_at
             deferred = props.get(T.PR_DEFERRED_SEND_TIME)
             due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > submit_at else None
         mid = db.execute(
-            "INSERT INTO messages (folder_id, props, queue_state, submit_time, next_attempt) VALUES (?, ?, ?, ?, ?)",
-            (folder_id, encode_bag(props), "queued" if submit_at else None, to_epoch(submit_at), due),
+            "INSERT INTO messages (folder_id, props, queue_state, submit_time, next_attempt, wait_kind) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                folder_id,
+                encode_bag(props),
+                "queued" if submit_at else None,
+                to_epoch(submit_at),
+                due,
+                WaitKind.SCHEDULED.value if due else None,
+            ),
         ).lastrowid
         assert mid is not None
         self._insert_recipients(db, mid, message.recipients, submitted=submit_at is not None)
@@ -568,14 +585,18 @@ class SQLiteStore(MessageStore):
         mid: int | None
         if isinstance(ref, bytes):
             mid = self._parse_entry_id(ref, MESSAGE_ENTRY)
-        elif isinstance(ref, int) or ref.strip().isdigit():
+        elif isinstance(ref, int) or ref.strip().isdecimal():  # not isdigit(): int("²") fails
             mid = int(ref)
         else:
             try:
                 mid = self._parse_entry_id(bytes.fromhex(ref.strip()), MESSAGE_ENTRY)
             except ValueError:
                 mid = None
-        if mid is None or not self._q("SELECT 1 FROM messages WHERE id=? AND folder_id IS NOT NULL", (mid,)):
+        if (
+            mid is None
+            or not 0 < mid < 2**63  # beyond SQLite's INTEGER: no such row (and no OverflowError)
+            or not self._q("SELECT 1 FROM messages WHERE id=? AND folder_id IS NOT NULL", (mid,))
+        ):
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {ref!r} in this store")
         return mid
 
@@ -644,9 +665,8 @@ class SQLiteStore(MessageStore):
         due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
         db.execute(
             "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
-            "wait_kind=NULL, "
-            "lease_owner=NULL, lease_until=NULL WHERE id=?",
-            (to_epoch(now), due, message_id),
+            "wait_kind=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
+            (to_epoch(now), due, WaitKind.SCHEDULED.value if due else None, message_id),
         )
         self._event(
             db,
@@ -882,9 +902,10 @@ class SQLiteStore(MessageStore):
                     raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
                 if row[0] == QueueState.HELD.value:
                     raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first")
+            # "retry --all" never sends a scheduled (deferred-send) message early; "retry ID" forces it.
             cur = db.execute(
                 "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                "AND lease_owner IS NULL AND (? IS NULL OR id=?)",
+                "AND lease_owner IS NULL AND (id=? OR (? IS NULL AND coalesce(wait_kind, '') != 'scheduled'))",
                 (message_id, message_id),
             )
             count = cur.rowcount
@@ -1016,6 +1037,84 @@ class SQLiteStore(MessageStore):
 
     def receive_folders(self) -> dict[str, int]:
         return {cls: fid for cls, fid in self._q("SELECT message_class, folder_id FROM receive_folders")}
+
+    # --- per-transport limits across processes (schema 2) ----------------------------------------
+    def record_send(self, transport: str, now: datetime, owner: str | None = None) -> None:
+        """Count one message handed to `transport` now (for throttles shared by every process)."""
+        t = to_epoch(now)
+        assert t is not None
+        with self._tx() as db:
+            db.execute("INSERT INTO transport_usage (transport, time, owner) VALUES (?, ?, ?)", (transport, t, owner))
+            db.execute(
+                "DELETE FROM transport_usage WHERE transport=? AND time < ?", (transport, t - USAGE_KEEP_SECONDS)
+            )
+
+    def count_sends(self, transport: str, since: datetime) -> int:
+        """Messages handed to `transport` after `since`, by any process."""
+        rows = self._q(
+            "SELECT count(*) FROM transport_usage WHERE transport=? AND time > ?", (transport, to_epoch(since))
+        )
+        return int(rows[0][0])
+
+    def reserve_send(
+        self, transport: str, now: datetime, limits: Sequence[tuple[int, float]], owner: str | None = None
+    ) -> float:
+        """Take a throttle slot atomically: 0.0 when the send is recorded, else seconds until a slot frees.
+
+        `limits` are (at most N messages, per W seconds) pairs; 0 as N means no limit.
+        """
+        t = to_epoch(now)
+        assert t is not None
+        with self._tx() as db:
+            wait = 0.0
+            for limit, window in limits:
+                if limit <= 0:
+                    continue
+                row = db.execute(
+                    "SELECT time FROM transport_usage WHERE transport=? AND time > ? "
+                    "ORDER BY time DESC LIMIT 1 OFFSET ?",
+                    (transport, t - window, limit - 1),
+                ).fetchone()
+                if row is not None:
+                    wait = max(wait, float(row[0]) + window - t)
+            if wait > 0:
+                return wait
+            db.execute("INSERT INTO transport_usage (transport, time, owner) VALUES (?, ?, ?)", (transport, t, owner))
+            db.execute(
+                "DELETE FROM transport_usage WHERE transport=? AND time < ?", (transport, t - USAGE_KEEP_SECONDS)
+            )
+            return 0.0
+
+    def breaker_state(self, transport: str) -> dict[str, Any]:
+        """The circuit breaker of `transport` as the spooler stored it ({} when never set)."""
+        rows = self._q("SELECT state FROM breaker_state WHERE transport=?", (transport,))
+        return dict(json.loads(rows[0][0])) if rows else {}
+
+    def set_breaker_state(self, transport: str, state: Mapping[str, Any], now: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO breaker_state (transport, state, updated) VALUES (?, ?, ?)",
+                (transport, json.dumps(dict(state)), to_epoch(now)),
+            )
+
+    def update_breaker_state(
+        self, transport: str, change: Callable[[dict[str, Any]], Mapping[str, Any] | None], now: datetime
+    ) -> dict[str, Any]:
+        """Read, change and write the breaker state in one transaction (no other process in between).
+
+        `change` gets the current state ({} when none) and returns the new one (None: unchanged).
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM breaker_state WHERE transport=?", (transport,)).fetchone()
+            current = dict(json.loads(row[0])) if row else {}
+            new = change(dict(current))
+            if new is None:
+                return current
+            db.execute(
+                "INSERT OR REPLACE INTO breaker_state (transport, state, updated) VALUES (?, ?, ?)",
+                (transport, json.dumps(dict(new)), to_epoch(now)),
+            )
+            return dict(new)
 
 
 _SUMMARY_TAGS = (

@@ -1,0 +1,65 @@
+"""The PostgreSQL server the tests use: POSTROOM_TEST_PG_URL (see `.ci/start-postgres`), one schema per test.
+
+Tests that need PostgreSQL skip, saying why, when no server is configured or it does not answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+ENV = "POSTROOM_TEST_PG_URL"
+
+
+def base_url() -> str | None:
+    return os.environ.get(ENV) or None
+
+
+@functools.cache
+def skip_reason() -> str | None:
+    """Why PostgreSQL tests cannot run here (None: they can)."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        return "psycopg 3 and psycopg-pool are not installed (pip install '.[postgres]')"
+    url = base_url()
+    if url is None:
+        return f'no PostgreSQL server for the tests: set {ENV} (eval "$(bash .ci/start-postgres)")'
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        from postroom.store import redact_url
+
+        return f"the PostgreSQL server in {ENV} ({redact_url(url)}) does not answer: {str(exc).strip()}"
+    return None
+
+
+def with_schema(url: str, schema: str) -> str:
+    """The URL with `search_path` set to one schema: a separate store in the same database."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-c search_path={schema}"))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), parts.fragment))
+
+
+@contextmanager
+def temp_schema(prefix: str = "t") -> Iterator[str]:
+    """A fresh, empty schema for one test; the URL of a store in it. Dropped afterwards."""
+    import psycopg
+
+    url = base_url()
+    assert url is not None
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"'.encode())
+    try:
+        yield with_schema(url, name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
