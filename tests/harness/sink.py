@@ -11,12 +11,10 @@ Every accepted message is logged as one line "<Message-ID> <recipient>".
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -28,13 +26,15 @@ class FaultyHandler:
     def __init__(self, log: Path) -> None:
         self.log = log.open("a", buffering=1)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         local = address.split("@", 1)[0]
         if local.startswith("rcpt5xx-"):
-            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local.startswith("rcpt4xx-") and address not in SEEN:
             SEEN.add(address)
-            return "451 4.3.0 <%s>: Temporary lookup failure" % address
+            return f"451 4.3.0 <{address}>: Temporary lookup failure"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, ClassVar, cast
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
@@ -335,7 +335,7 @@ class SQLiteStore(MessageStore):
         return self.find_folder(fid)
 
     # --- messages: writing -----------------------------------------------------------------
-    _BAGS = {
+    _BAGS: ClassVar[dict[str, tuple[str, str]]] = {
         "props": ("messages", "id=?"),
         "recipient_props": ("recipients", "message_id=? AND row_id=?"),
         "attachment_props": ("attachments", "id=?"),

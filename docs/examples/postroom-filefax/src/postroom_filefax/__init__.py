@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason
@@ -57,7 +57,7 @@ class FileFaxProvider(TransportProvider):
     """The provider: validates options when the service is added, logs on."""
 
     display_name = "File fax (example)"
-    option_help = {"spool": "directory the fax pages are written to (relative to the profile)"}
+    option_help: ClassVar[dict[str, str]] = {"spool": "directory the fax pages are written to (relative to the profile)"}
 
     @classmethod
     def validate_options(cls, options: Any) -> dict[str, Any]:
