@@ -57,7 +57,9 @@ class FileFaxProvider(TransportProvider):
     """The provider: validates options when the service is added, logs on."""
 
     display_name = "File fax (example)"
-    option_help: ClassVar[dict[str, str]] = {"spool": "directory the fax pages are written to (relative to the profile)"}
+    option_help: ClassVar[dict[str, str]] = {
+        "spool": "directory the fax pages are written to (relative to the profile)"
+    }
 
     @classmethod
     def validate_options(cls, options: Any) -> dict[str, Any]:
