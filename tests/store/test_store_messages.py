@@ -291,17 +291,7 @@ def test_large_attachment_is_streamed_not_held_twice(store: MessageStore, tmp_pa
     assert peak_write < size // 5 and peak_read < size // 5
 
 
-def test_deleting_a_message_deletes_its_embedded_messages(
-    store: MessageStore, backend: str, request: pytest.FixtureRequest
-) -> None:
-    if backend == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="SQLiteStore._delete deletes the embedded message before the attachment row that "
-                "references it (FOREIGN KEY constraint failed); reported",
-                strict=True,
-            )
-        )
+def test_deleting_a_message_deletes_its_embedded_messages(store: MessageStore) -> None:
     inner = message("i@x.test", subject="inner")
     msg = message("a@x.test")
     msg.attachments.append(Attachment(props={}, embedded=inner))

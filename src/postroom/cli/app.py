@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..mapi.codes import MAPIError
-from . import admin, messages, protocol, queueops, send, spool
+from . import admin, messages, protocol, queueops, send, spool, store
 from .context import App
 from .output import one_line
 
@@ -77,6 +77,7 @@ for command in (
     messages.show,
     messages.export,
     spool.spooler,
+    store.store,
     protocol.online,
     protocol.offline,
     protocol.sendreceive,

@@ -8,7 +8,7 @@ release or finish the message. A process that dies simply lets its lease expire.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -318,6 +318,35 @@ class MessageStore(abc.ABC):
 
         Returns what happened: "moved", "deleted" or "left".
         """
+
+    # --- limits shared by every spooler process on this store --------------------------------
+    @abc.abstractmethod
+    def record_send(self, transport: str, now: datetime, owner: str | None = None) -> None:
+        """Count one message handed to `transport` now (throttles hold across processes)."""
+
+    @abc.abstractmethod
+    def count_sends(self, transport: str, since: datetime) -> int: ...
+
+    @abc.abstractmethod
+    def reserve_send(
+        self, transport: str, now: datetime, limits: Sequence[tuple[int, float]], owner: str | None = None
+    ) -> float:
+        """Take a throttle slot atomically: 0.0 when recorded, else seconds until a slot frees.
+
+        `limits` are (maximum, window seconds) pairs, e.g. [(100, 60), (1000, 3600)]."""
+
+    @abc.abstractmethod
+    def breaker_state(self, transport: str) -> dict[str, Any]:
+        """A transport's circuit breaker as the spooler stored it ({} when closed / never set)."""
+
+    @abc.abstractmethod
+    def set_breaker_state(self, transport: str, state: Mapping[str, Any], now: datetime) -> None: ...
+
+    @abc.abstractmethod
+    def update_breaker_state(
+        self, transport: str, change: Callable[[dict[str, Any]], Mapping[str, Any] | None], now: datetime
+    ) -> dict[str, Any]:
+        """Read, change and write the breaker state in one transaction; `change` returning None writes nothing."""
 
     # --- history --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -601,11 +601,17 @@ class SQLiteStore(MessageStore):
         return mid
 
     def _delete(self, db: sqlite3.Connection, message_id: int) -> None:
-        for (embedded,) in db.execute(
-            "SELECT embedded_id FROM attachments WHERE message_id=? AND embedded_id IS NOT NULL", (message_id,)
-        ).fetchall():
-            self._delete(db, embedded)
+        # The outer message first (its attachment rows go with it), then the embedded messages
+        # those attachments pointed at: the other order breaks the attachments' foreign key.
+        embedded = [
+            row[0]
+            for row in db.execute(
+                "SELECT embedded_id FROM attachments WHERE message_id=? AND embedded_id IS NOT NULL", (message_id,)
+            ).fetchall()
+        ]
         db.execute("DELETE FROM messages WHERE id=?", (message_id,))
+        for inner in embedded:
+            self._delete(db, inner)
 
     def delete_message(self, message_id: int) -> None:
         with self._tx() as db:
