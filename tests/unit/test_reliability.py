@@ -16,7 +16,13 @@ from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.flags import NDRDiag, StatusCode
 from postroom.profile import Profile
-from postroom.spooler.policy import DeliveryPolicy, TransportHealth
+from postroom.spooler.policy import (
+    DeliveryPolicy,
+    breaker_after_error,
+    breaker_blocked_until,
+    breaker_closed,
+    breaker_probe,
+)
 from postroom.store import QueueState
 
 from support.profiles import make_profile
@@ -148,14 +154,19 @@ def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -
 
 
 def test_breaker_logic_probe_failure_reopens() -> None:
-    health = TransportHealth(DeliveryPolicy(breaker_threshold=2, breaker_seconds=60))
-    assert not health.network_error(T0, "refused")
-    assert health.network_error(T0, "refused")
-    assert health.blocked_until(T0 + timedelta(seconds=30)) == T0 + timedelta(seconds=60)
-    assert health.blocked_until(T0 + timedelta(seconds=60)) is None  # the probe
-    assert health.blocked_until(T0 + timedelta(seconds=60)) is not None  # only one probe at a time
-    assert health.network_error(T0 + timedelta(seconds=61), "refused")  # probe failed: open again
-    assert health.blocked_until(T0 + timedelta(seconds=62)) == T0 + timedelta(seconds=121)
+    policy = DeliveryPolicy(breaker_threshold=2, breaker_seconds=60)
+    t0 = T0.timestamp()
+    state = breaker_after_error({}, t0, policy, "refused", "me")
+    assert breaker_blocked_until(state, t0) is None  # one error: still closed
+    state = breaker_after_error(state, t0, policy, "refused", "me")
+    assert breaker_blocked_until(state, t0 + 30) == t0 + 60
+    assert breaker_blocked_until(state, t0 + 60) is None  # the rest is over: time for a probe
+    probing = breaker_probe(state, t0 + 60, "me", 30)
+    assert probing is not None and probing["probe_owner"] == "me"
+    assert breaker_probe(probing, t0 + 61, "other-spooler", 30) is None  # one probe, in one process
+    reopened = breaker_after_error(probing, t0 + 61, policy, "refused", "me")  # the probe failed
+    assert breaker_blocked_until(reopened, t0 + 62) == t0 + 121
+    assert breaker_closed(reopened) == {} and breaker_closed({}) is None
 
 
 def test_throttle_per_minute_makes_excess_wait(tmp_path: Path, calls: Calls) -> None:
@@ -173,12 +184,17 @@ def test_throttle_per_minute_makes_excess_wait(tmp_path: Path, calls: Calls) -> 
         assert submits(calls) == 5 and s.queue() == []
 
 
-def test_throttle_windows() -> None:
-    health = TransportHealth(DeliveryPolicy(max_per_hour=2))
-    health.record_send(T0)
-    health.record_send(T0 + timedelta(minutes=10))
-    assert health.throttle_wait(T0 + timedelta(minutes=20)) == 40 * 60
-    assert health.throttle_wait(T0 + timedelta(minutes=60)) == 0
+def test_throttle_windows(tmp_path: Path) -> None:
+    from postroom.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    hour = [(2, 3600.0)]
+    assert store.reserve_send("smtp", T0, hour) == 0
+    assert store.reserve_send("smtp", T0 + timedelta(minutes=10), hour) == 0
+    assert store.reserve_send("smtp", T0 + timedelta(minutes=20), hour) == 40 * 60
+    assert store.reserve_send("smtp", T0 + timedelta(minutes=60), hour) == 0
+    assert store.count_sends("smtp", T0 - timedelta(seconds=1)) == 3
+    store.close()
 
 
 def test_deferred_send_and_cancel_before_due(tmp_path: Path, calls: Calls) -> None:

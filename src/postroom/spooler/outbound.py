@@ -34,9 +34,16 @@ from ..store.base import (
     RecipientState,
     WaitKind,
 )
+from ..store.codec import from_epoch, to_micros
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .commit import GroupCommit
-from .policy import DeliveryPolicy, TransportHealth
+from .policy import (
+    DeliveryPolicy,
+    breaker_after_error,
+    breaker_blocked_until,
+    breaker_closed,
+    breaker_probe,
+)
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
@@ -45,6 +52,10 @@ log = logging.getLogger("postroom.spooler")
 
 DEFERRED_BY_TRANSPORT_SECONDS = 24 * 3600.0
 MAX_RESEND_NOW = 3
+
+
+def _epoch(when: datetime) -> float:
+    return to_micros(when) / 1_000_000
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,10 @@ class OutboundProcessor:
         self.clock = clock
         self.may_call = may_call
         self.settings = settings or SpoolerSettings()
-        self.health: dict[str, TransportHealth] = {}
+        self.policies: dict[str, DeliveryPolicy] = {}
+        # The circuit breaker lives in the store (shared by every spooler process); this caches
+        # each transport's state for a second so a busy queue does not read it per message.
+        self._breakers: dict[str, tuple[float, dict[str, Any]]] = {}
         self.commit = GroupCommit(store)
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self._ref = 0
@@ -160,10 +174,17 @@ class OutboundProcessor:
         self._ref = (self._ref + 1) & 0xFFFFFFFF or 1
         return self._ref
 
-    def health_of(self, transport: LoadedTransport) -> TransportHealth:
-        if transport.name not in self.health:
-            self.health[transport.name] = TransportHealth(DeliveryPolicy.from_options(transport.service.policy))
-        return self.health[transport.name]
+    def policy_of(self, transport: LoadedTransport) -> DeliveryPolicy:
+        if transport.name not in self.policies:
+            self.policies[transport.name] = DeliveryPolicy.from_options(transport.service.policy)
+        return self.policies[transport.name]
+
+    def _breaker(self, name: str, now: float) -> dict[str, Any]:
+        cached = self._breakers.get(name)
+        if cached is None or now - cached[0] > 1.0 or now < cached[0]:
+            cached = (now, self.store.breaker_state(name))
+            self._breakers[name] = cached
+        return cached[1]
 
     async def process(self, message_id: int) -> MessageResult:
         """One pass over a claimed message; it is finished or released before this returns."""
@@ -237,7 +258,7 @@ class OutboundProcessor:
                 offline = True
                 result.waiting += len(mine)
                 continue
-            outcome: tuple[float, str] | None = self._held_back(transport)
+            outcome: tuple[float, str] | None = await self._held_back(transport)
             handled: set[int] = set()
             if outcome is None:
                 outcome, handled = await self._offer(message, message_id, transport, mine, result, attempt)
@@ -386,20 +407,40 @@ class OutboundProcessor:
             self.store.add_event, message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h"
         )
 
-    def _held_back(self, transport: LoadedTransport) -> tuple[float, str] | None:
-        """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it."""
-        health = self.health_of(transport)
+    async def _held_back(self, transport: LoadedTransport) -> tuple[float, str] | None:
+        """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it.
+
+        Both hold across every spooler process on the store: the breaker state and the throttle
+        counts are kept in the store and changed atomically there.
+        """
+        policy = self.policy_of(transport)
         now = self.clock()
-        until = health.blocked_until(now)
-        if until is not None:
-            text = (
-                f"{transport.name} paused after repeated network errors ({health.last_error}); "
-                f"probe at {until:%H:%M:%S}"
-            )
-            return (until - now).total_seconds(), text
-        wait = health.throttle_wait(now)
-        if wait > 0:
-            return wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s"
+        t = _epoch(now)
+        state = self._breaker(transport.name, t)
+        if state.get("open_until") is not None:
+            until = breaker_blocked_until(state, t)
+            if until is None:  # the rest is over: one message, in one process, probes it
+                probe = min(policy.breaker_seconds, 300.0)
+                state = await self.write(
+                    self.store.update_breaker_state,
+                    transport.name,
+                    lambda s: breaker_probe(s, t, self.owner, probe),
+                    now,
+                )
+                self._breakers[transport.name] = (t, state)
+                if state.get("probe_owner") != self.owner:
+                    until = float(state.get("probe_until", t + 1))
+            if until is not None:
+                text = (
+                    f"{transport.name} paused after repeated network errors ({state.get('last_error', '')}); "
+                    f"probe at {from_epoch(until):%H:%M:%S}"
+                )
+                return max(1.0, until - t), text
+        limits = policy.throttle_limits()
+        if limits:
+            wait = await self.write(self.store.reserve_send, transport.name, now, limits, self.owner)
+            if wait > 0:
+                return wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s"
         return None
 
     @staticmethod
@@ -460,8 +501,7 @@ class OutboundProcessor:
             )
             await self._flush(message_id)  # earlier answers are durable before the next transport is called
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
-            health = self.health_of(transport)
-            health.record_send(self.clock())
+            policy = self.policy_of(transport)
             try:
                 answer: SubmitResult | None = await call_transport(
                     logon.submit_message, view, BEGIN_DEFERRED if deferred else 0
@@ -487,9 +527,10 @@ class OutboundProcessor:
 
             if answer.code != HResult.S_OK:
                 return await self._whole_message_answer(message_id, transport, mine, answer, attempt), done
-            if health.paused or health.consecutive_network_errors:
+            if self._breaker(transport.name, _epoch(self.clock())):
+                state = await self.write(self.store.update_breaker_state, transport.name, breaker_closed, self.clock())
+                self._breakers[transport.name] = (_epoch(self.clock()), state)
                 transport.status.set(remove=StatusCode.FAILURE, text="available")
-            health.success()
 
             handled = await self._record_marks(message, message_id, transport, view, result)
             result.count(transport.name, True, sum(1 for r in handled if r.mark is not None and r.mark.delivered))
@@ -512,7 +553,7 @@ class OutboundProcessor:
                     "transport asked to resend later",
                     transport.name,
                 )
-                delay = health.policy.backoff(attempt)
+                delay = policy.backoff(attempt)
                 return (delay, f"{transport.name} asked to resend later"), done
             if end & EndMessageFlags.DONT_RESEND:
                 await self.write(
@@ -527,7 +568,7 @@ class OutboundProcessor:
             for p in still:  # not mine: on to the next matching transport
                 p.index += 1
             return None, done
-        return (health.policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
+        return (policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
 
     async def _whole_message_answer(
         self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult, attempt: int
@@ -547,12 +588,12 @@ class OutboundProcessor:
             for p in mine:
                 p.index += 1
             return None
-        health = self.health_of(transport)
+        policy = self.policy_of(transport)
         if code == HResult.MAPI_E_BUSY:
-            delay = health.policy.backoff(attempt)
+            delay = policy.backoff(attempt)
         elif code in (HResult.MAPI_E_WAIT, HResult.MAPI_E_NETWORK_ERROR):
             # The transport's own "wait n seconds" is honoured exactly; without one, back off.
-            delay = answer.wait_seconds if answer.wait_seconds > 0 else health.policy.backoff(attempt)
+            delay = answer.wait_seconds if answer.wait_seconds > 0 else policy.backoff(attempt)
         else:
             # Any other code: the message is released unsaved for this transport; try the next one.
             await self.write(self.store.add_event, message_id, self.clock(), "transport-error", text, transport.name)
@@ -562,8 +603,19 @@ class OutboundProcessor:
             return None
         if code == HResult.MAPI_E_NETWORK_ERROR:
             transport.status.failed(text)
-            if health.network_error(self.clock(), text) and health.open_until is not None:
-                transport.status.failed(f"paused (circuit breaker) until {health.open_until:%Y-%m-%d %H:%M:%S}: {text}")
+            t = _epoch(self.clock())
+            before = self._breaker(transport.name, t).get("open_until")
+            state = await self.write(
+                self.store.update_breaker_state,
+                transport.name,
+                lambda s: breaker_after_error(s, t, policy, text, self.owner),
+                self.clock(),
+            )
+            self._breakers[transport.name] = (t, state)
+            if state.get("open_until") is not None and state.get("open_until") != before:
+                transport.status.failed(
+                    f"paused (circuit breaker) until {from_epoch(state['open_until']):%Y-%m-%d %H:%M:%S}: {text}"
+                )
                 await self.write(self.store.add_event, message_id, self.clock(), "circuit-open", text, transport.name)
         await self.write(
             self.store.add_event, message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name

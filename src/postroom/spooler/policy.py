@@ -10,10 +10,8 @@ messages wait for a free slot; that is not an error.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from ..mapi.codes import HResult, MAPIError
@@ -74,71 +72,47 @@ class DeliveryPolicy:
         spread = (rng or random).uniform(-self.retry_jitter, self.retry_jitter)
         return max(self.retry_min_seconds * (1 - self.retry_jitter), min(self.retry_max_seconds, base * (1 + spread)))
 
+    def throttle_limits(self) -> list[tuple[int, float]]:
+        """(at most N messages, per W seconds) pairs that are set."""
+        pairs = [(self.max_per_minute, 60.0), (self.max_per_hour, 3600.0), (self.max_per_day, 86400.0)]
+        return [(n, w) for n, w in pairs if n > 0]
 
-@dataclass
-class TransportHealth:
-    """A transport's circuit breaker and throttle windows, in this spooler process."""
 
-    policy: DeliveryPolicy
-    consecutive_network_errors: int = 0
-    open_until: datetime | None = None
-    last_error: str = ""
-    probing: bool = False
-    sent: deque[datetime] = field(default_factory=deque)
+# --- the circuit breaker, as pure functions of the state kept in the store ------------------------
+#
+# The state is shared by every spooler process on the store (store.update_breaker_state runs these
+# inside one transaction): {"failures": n, "last_error": text, "open_until": epoch,
+# "probe_owner": spooler, "probe_until": epoch}. {} means closed.
 
-    # Circuit breaker ------------------------------------------------------------------------
-    def blocked_until(self, now: datetime) -> datetime | None:
-        """When the breaker is open: the time of the next probe. One caller gets the probe slot."""
-        if self.open_until is None:
-            return None
-        if now >= self.open_until and not self.probing:
-            self.probing = True  # this message is the probe
-            return None
-        return max(self.open_until, now + timedelta(seconds=1))
+BreakerState = dict[str, Any]
 
-    def network_error(self, now: datetime, text: str) -> bool:
-        """Count a network error; True when this one opened (or re-opened) the breaker."""
-        self.consecutive_network_errors += 1
-        self.last_error = text
-        threshold = self.policy.breaker_threshold
-        if threshold and (self.probing or self.consecutive_network_errors >= threshold):
-            self.open_until = now + timedelta(seconds=self.policy.breaker_seconds)
-            self.probing = False
-            return True
-        return False
 
-    def success(self) -> None:
-        self.consecutive_network_errors = 0
-        self.open_until = None
-        self.probing = False
-        self.last_error = ""
+def breaker_after_error(state: BreakerState, now: float, policy: DeliveryPolicy, text: str, owner: str) -> BreakerState:
+    """Count a network error; open (or re-open, after a failed probe) the breaker at the threshold."""
+    failures = int(state.get("failures", 0)) + 1
+    new: BreakerState = {k: v for k, v in state.items() if k not in ("probe_owner", "probe_until")}
+    new.update({"failures": failures, "last_error": text})
+    failed_probe = state.get("probe_owner") == owner
+    if policy.breaker_threshold and (failures >= policy.breaker_threshold or failed_probe):
+        new["open_until"] = now + policy.breaker_seconds
+    return new
 
-    @property
-    def paused(self) -> bool:
-        return self.open_until is not None
 
-    # Throttles ------------------------------------------------------------------------------
-    def throttle_wait(self, now: datetime) -> float:
-        """Seconds until the transport may take another message (0: now)."""
-        windows = [
-            (self.policy.max_per_minute, timedelta(minutes=1)),
-            (self.policy.max_per_hour, timedelta(hours=1)),
-            (self.policy.max_per_day, timedelta(days=1)),
-        ]
-        longest = max((w for limit, w in windows if limit), default=None)
-        if longest is None:
-            return 0.0
-        while self.sent and self.sent[0] <= now - longest:
-            self.sent.popleft()
-        wait = 0.0
-        for limit, window in windows:
-            if not limit:
-                continue
-            recent = [t for t in self.sent if t > now - window]
-            if len(recent) >= limit:
-                wait = max(wait, (recent[-limit] + window - now).total_seconds())
-        return wait
+def breaker_blocked_until(state: BreakerState, now: float) -> float | None:
+    """While open: when it may be probed; None when closed (or the probe time has come)."""
+    until = state.get("open_until")
+    if until is None or now >= float(until):
+        return None
+    return float(until)
 
-    def record_send(self, now: datetime) -> None:
-        if self.policy.max_per_minute or self.policy.max_per_hour or self.policy.max_per_day:
-            self.sent.append(now)
+
+def breaker_probe(state: BreakerState, now: float, owner: str, probe_seconds: float) -> BreakerState | None:
+    """Claim the single probe of an open breaker whose rest is over (None: someone else probes)."""
+    if state.get("probe_owner") and float(state.get("probe_until", 0)) > now and state["probe_owner"] != owner:
+        return None
+    return {**state, "probe_owner": owner, "probe_until": now + probe_seconds}
+
+
+def breaker_closed(state: BreakerState) -> BreakerState | None:
+    """After a success: closed ({}), or None when it was closed already (nothing to write)."""
+    return {} if state else None
