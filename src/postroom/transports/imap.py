@@ -69,7 +69,6 @@ import errno
 import imaplib
 import json
 import logging
-import math
 import os
 import ssl
 import tempfile
@@ -87,6 +86,12 @@ from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import AttachMethod, LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import Attachment, MessageData
+from .options import boolean as _boolean
+from .options import invalid as _invalid
+from .options import number as _number
+from .options import path as _path
+from .options import text as _text
+from .options import token as _token
 from .spi import InboundMessage, Registration, TransportLogon, TransportProvider
 
 try:  # POSIX; elsewhere sessions of one profile are not kept from receiving at the same time
@@ -109,61 +114,7 @@ STATE_VERSION = 1
 RAW_ATTACHMENT_NAME = "original-message.eml"
 
 
-def _invalid(message: str) -> MAPIError:
-    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, message)
-
-
-# --- option parsing (shared with pop3) -----------------------------------------------------------
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _invalid(f"option {name!r} must be a non-empty string, not {value!r}")
-    text = value.strip()
-    if any(not c.isprintable() for c in text):
-        raise _invalid(f"option {name!r} contains a control character")
-    return text
-
-
-def _token(name: str, value: Any) -> str:
-    """A string without white space (a host name, a user name, a variable name)."""
-    text = _text(name, value)
-    if any(c.isspace() for c in text):
-        raise _invalid(f"option {name!r} must not contain white space: {text!r}")
-    return text
-
-
-def _number(name: str, value: Any, *, integer: bool = False) -> float:
-    what = "a whole number" if integer else "a number of seconds"
-    if isinstance(value, bool):
-        raise _invalid(f"option {name!r} must be {what}, not {value!r}")
-    if isinstance(value, str):
-        try:
-            value = int(value) if integer else float(value)
-        except ValueError:
-            raise _invalid(f"option {name!r} must be {what}, not {value!r}") from None
-    if not isinstance(value, int | float) or (integer and not float(value).is_integer()):
-        raise _invalid(f"option {name!r} must be {what}, not {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise _invalid(f"option {name!r} must be positive, not {value!r}")
-    return number
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
-        return False
-    raise _invalid(f"option {name!r} must be true or false, not {value!r}")
-
-
-def _path(name: str, value: Any) -> str:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    return _text(name, value)
+# Option parsing is shared with pop3 and the other transports (options.py).
 
 
 def refuse_password(options: Mapping[str, Any]) -> None:

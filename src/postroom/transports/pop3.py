@@ -48,11 +48,11 @@ from .imap import (
     ServerConfig,
     StateFile,
     _answer,
-    _boolean,
     refuse_password,
     state_path,
     validate_server_options,
 )
+from .options import boolean as _boolean
 from .spi import TransportProvider
 
 #: poplib refuses lines longer than 2048 bytes; real mail has longer ones (RFC 5322's 998 is
