@@ -274,16 +274,21 @@ def _render_addresses(addresses: list[Address], header: str) -> str:
     for addr in addresses:
         name = addr.display_name
         plain = str(addr)  # the package quotes ASCII names as needed, but never folds them
-        if not name or (not _needs_encoded_words(name) and len(header) + 3 + len(plain) <= _MAX_HEADER_LINE):
+        # Octets, not characters: a UTF-8 address (SMTPUTF8) is longer on the wire than in len().
+        if not name or (not _needs_encoded_words(name) and len(header) + 3 + _octets(plain) <= _MAX_HEADER_LINE):
             rendered.append(plain)
         else:
             words = Header(name, "utf-8", maxlinelen=_MAX_LINE, header_name=header if not rendered else None)
             encoded = words.encode(linesep="\n")
             rendered.append(f"{encoded} <{addr.addr_spec}>")
     single = ", ".join(rendered)
-    if "\n" not in single and len(header) + 2 + len(single) <= _MAX_LINE:
+    if "\n" not in single and len(header) + 2 + _octets(single) <= _MAX_LINE:
         return single
     return ",\n ".join(rendered)
+
+
+def _octets(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _filename_param(filename: str) -> tuple[str, str, str] | None:

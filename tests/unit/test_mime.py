@@ -880,3 +880,32 @@ def test_headerless_input_is_unparseable() -> None:
 @given(st.binary(max_size=400) | st.text(max_size=400).map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_random_bytes_never_raise(data: bytes) -> None:
     assert isinstance(from_mime(data), MessageData)
+
+
+def test_long_name_with_utf8_address_stays_within_998_octets() -> None:
+    """Found by the fuzz test: the line length was counted in characters, not octets."""
+    from postroom.mapi.message import MessageData as _MD
+    from postroom.mapi.message import Recipient as _R
+
+    address = "é" * 60 + "@" + "é" * 60
+    msg = _MD(
+        props={
+            T.PR_SUBJECT: "x",
+            T.PR_BODY: "b",
+            T.PR_SENDER_EMAIL_ADDRESS: "a@b.test",
+            T.PR_SENDER_ADDRTYPE: "SMTP",
+            T.PR_INTERNET_MESSAGE_ID: "<a@b.test>",
+        },
+        recipients=[
+            _R(
+                props={
+                    T.PR_ADDRTYPE: "SMTP",
+                    T.PR_EMAIL_ADDRESS: address,
+                    T.PR_DISPLAY_NAME: "a " * 376,
+                    T.PR_RECIPIENT_TYPE: 1,
+                }
+            )
+        ],
+    )
+    wire = mime.to_bytes(msg)
+    assert max(len(line) for line in wire.split(b"\r\n")) <= 998
