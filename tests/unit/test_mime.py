@@ -907,5 +907,7 @@ def test_long_name_with_utf8_address_stays_within_998_octets() -> None:
             )
         ],
     )
-    wire = mime.to_bytes(msg)
+    from postroom import mime as _mime
+
+    wire = _mime.to_bytes(msg)
     assert max(len(line) for line in wire.split(b"\r\n")) <= 998
