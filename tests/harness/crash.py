@@ -98,12 +98,14 @@ def start_spooler(profile: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def make_profile(work: Path, port: int) -> Path:
+def make_profile(work: Path, port: int, store: str | None = None) -> Path:
     import postroom
     from postroom.profile import Profile
 
     profile = Profile.create(work / "profile", with_defaults=False)
     profile.settings.update({"lease_seconds": 2.0, "max_queue_lifetime_hours": 24.0, "crash_policy": "resend"})
+    if store is not None:
+        profile.settings["store"] = store  # e.g. a PostgreSQL URL: the same harness against that store
     service = profile.add_service(
         "smtp",
         "mta",
@@ -141,7 +143,9 @@ def submit(profile_dir: Path, n: int, rng: random.Random) -> dict[int, str]:
     return kinds
 
 
-def run(messages: int, kills: int, work: Path, seed: int = 1, timeout: float = 600.0) -> Report:
+def run(
+    messages: int, kills: int, work: Path, seed: int = 1, timeout: float = 600.0, store: str | None = None
+) -> Report:
     """Run the harness; returns its report (the caller decides whether to fail)."""
     import postroom
     from postroom.profile import Profile
@@ -153,7 +157,7 @@ def run(messages: int, kills: int, work: Path, seed: int = 1, timeout: float = 6
     sink_log.touch()
     spool_log = work / "spooler.log"
     report = Report(messages, 0)
-    profile_dir = make_profile(work, port)
+    profile_dir = make_profile(work, port, store)
     kinds = submit(profile_dir, messages, rng)
     sink = start_sink(port, sink_log)
     spooler = start_spooler(profile_dir, spool_log)
@@ -235,12 +239,15 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--store", default=None, help="a PostgreSQL URL (default: the profile's SQLite store)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "postroom-crash")
     args = parser.parse_args()
     import shutil
 
     shutil.rmtree(args.work, ignore_errors=True)
-    report = run(args.messages, args.kills, args.work, args.seed, timeout=max(600.0, args.messages * 0.5))
+    report = run(
+        args.messages, args.kills, args.work, args.seed, timeout=max(600.0, args.messages * 0.5), store=args.store
+    )
     print(report.table())
     for p in report.problems[:20]:
         print("problem:", p)

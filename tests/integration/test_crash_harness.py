@@ -10,14 +10,23 @@ from pathlib import Path
 
 import pytest
 from tests.harness.crash import run
+from tests.store.pgutil import skip_reason, temp_schema
 
 pytestmark = pytest.mark.integration
 
 
-def test_crash_and_fault_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = run(messages=500, kills=20, work=tmp_path / "harness", seed=7, timeout=600)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_crash_and_fault_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str) -> None:
+    if backend == "postgres":
+        reason = skip_reason()
+        if reason:
+            pytest.skip(reason)
+        with temp_schema() as url:
+            report = run(messages=500, kills=20, work=tmp_path / "harness", seed=7, timeout=600, store=url)
+    else:
+        report = run(messages=500, kills=20, work=tmp_path / "harness", seed=7, timeout=600)
     with capsys.disabled():
-        print("\n" + report.table())
+        print(f"\ncrash harness ({backend}):\n" + report.table())
         for problem in report.problems[:20]:
             print("problem:", problem)
     assert report.kills == 20
