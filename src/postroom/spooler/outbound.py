@@ -26,7 +26,6 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..store.base import (
-    FolderRole,
     LeaseLost,
     MessageStore,
     QueueEntry,
@@ -709,11 +708,7 @@ class OutboundProcessor:
         """The folder named by PR_REPORT_ENTRYID if it is one of ours, else the receive folder."""
         target = message.get(T.PR_REPORT_ENTRYID)
         if target:
-            try:
+            # PR_REPORT_ENTRYID may name a recipient rather than a folder, or a folder since deleted.
+            with contextlib.suppress(MAPIError):
                 return self.store.find_folder(bytes(target)).id
-            except Exception:
-                pass
-        try:
-            return self.store.get_receive_folder(report_class)[0]
-        except Exception:
-            return self.store.folder(FolderRole.INBOX).id
+        return self.store.get_receive_folder(report_class)[0]
