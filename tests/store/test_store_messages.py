@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tracemalloc
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -175,6 +176,41 @@ def test_resolve_message_by_number_and_entry_id(store: MessageStore) -> None:
     for bad in (foreign, 9999, "zz", "99999999999999999999999999", entry.hex()[:-2]):
         with pytest.raises(MAPIError) as err:
             store.resolve_message(bad)
+        assert code(err) == HResult.MAPI_E_NOT_FOUND
+
+
+def test_ids_no_row_can_have_are_simply_not_found(store: MessageStore) -> None:
+    """IDs beyond 64 bits, zero or below, and digits int() cannot read: the same MAPI errors in both stores."""
+    outbox = store.folder(FolderRole.OUTBOX).id
+    mid = store.create_message(outbox, message("a@x.test"))
+    big = 1 << 64
+    forged = store.entry_id_of(mid)[:21] + (big - 1).to_bytes(8, "little")  # a well-formed entry ID, ID 2**64-1
+    for bad in (big, 0, -1):
+        for call in (store.open_message, store.message_folder, store.delete_message):
+            with pytest.raises(MAPIError) as err:
+                call(bad)
+            assert code(err) == HResult.MAPI_E_NOT_FOUND
+        queue_calls: list[Callable[[int], None]] = [
+            lambda m: store.abort_submit(m, NOW),
+            lambda m: store.hold(m, NOW, "r"),
+        ]
+        for queue_call in queue_calls:
+            with pytest.raises(MAPIError) as err:
+                queue_call(bad)
+            assert code(err) == HResult.MAPI_E_NOT_IN_QUEUE
+        assert store.queue(bad) == []
+        assert store.queue_entry(bad) is None
+        assert store.recipient_states(bad) == []
+        assert store.events(bad) == []
+        with pytest.raises(MAPIError) as err:
+            store.set_receive_folder("IPM.X", bad)
+        assert code(err) == HResult.MAPI_E_NOT_FOUND
+    for ref in ("²", str(big), forged):
+        with pytest.raises(MAPIError) as err:
+            store.resolve_message(ref)
+        assert code(err) == HResult.MAPI_E_NOT_FOUND
+        with pytest.raises(MAPIError) as err:
+            store.find_folder(ref)
         assert code(err) == HResult.MAPI_E_NOT_FOUND
 
 

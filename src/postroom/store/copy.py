@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
+from .sqlbase import CHUNK
 
 if TYPE_CHECKING:
     import psycopg
 
-CHUNK = 1 << 20
 BATCH = 1000
 
 #: The tables in the order they are written, with their columns (attachment data is streamed apart).

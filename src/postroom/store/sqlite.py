@@ -2,52 +2,32 @@
 
 Several processes may open the same file: claims are leases written in the database
 (an atomic UPDATE … RETURNING), never in-memory locks, so a spooler that dies only
-lets its lease run out.
+lets its lease run out. The operations themselves are sqlbase.SQLMessageStore's; this
+module has SQLite's side of them: the file and its schema, transactions (BEGIN IMMEDIATE
+excludes every other writer, so no row locks are needed), incremental blob I/O for
+attachments, and notifications on Unix sockets beside the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
-import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, ClassVar, cast
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
-from ..mapi.entryid import MAPIUID, make_entry_id
-from ..mapi.flags import MAPI_SUBMITTED, AttachMethod, MessageFlags, SubmitFlags
-from ..mapi.message import Attachment, MessageData, Props, Recipient
-from .base import (
-    SPECIAL_FOLDER_NAMES,
-    Event,
-    Folder,
-    FolderRole,
-    LeaseLost,
-    MessageStore,
-    MessageSummary,
-    QueueEntry,
-    QueueState,
-    RecipientOutcome,
-    RecipientState,
-    RecipientStatus,
-    WaitKind,
-)
-from .codec import decode_bag, encode_bag, from_epoch, to_epoch
+from ..mapi.entryid import MAPIUID
 from .migrations import LATEST, upgrade_sqlite
 from .notify import NotificationBus, notify_directory
+from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
 
 SCHEMA_VERSION = LATEST  # version 1 is SCHEMA below; later versions are in migrations.py
-OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
-CHUNK = 1 << 20
-USAGE_KEEP_SECONDS = 2 * 86_400.0  # transport_usage rows older than this are pruned (throttles look back a day)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -117,23 +97,29 @@ CREATE TABLE IF NOT EXISTS status_rows (
 );
 """
 
-MESSAGE_ENTRY = b"M"
-FOLDER_ENTRY = b"F"
 
-
-class SQLiteStore(MessageStore):
+class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
     """A message store in one SQLite file."""
 
+    _FOR_UPDATE: ClassVar[str] = ""  # BEGIN IMMEDIATE: a write transaction excludes every other writer
+    _SKIP_LOCKED: ClassVar[str] = ""
+    _NAME_MATCHES: ClassVar[str] = "f.name=? COLLATE NOCASE"
+    _QUEUE_SHOWN: ClassVar[str] = (
+        f"json_extract(m.props, '$.\"{T.PR_SUBJECT}\"'), json_extract(m.props, '$.\"{T.PR_DISPLAY_TO}\"')"
+    )
+    _integrity_error: ClassVar[type[Exception]] = sqlite3.IntegrityError
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new_file = not self.path.exists()
         self._lock = threading.RLock()
         self._batch_depth = 0
         self._savepoints = 0
-        self._held_notes: list[tuple[str, dict[str, Any]]] = []
-        self._special: dict[FolderRole, Folder] = {}
+        self._notes: list[tuple[str, dict[str, Any]]] = []
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._locked = _Locked(self._db, self._lock)
         if new_file:
             os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -173,6 +159,10 @@ class SQLiteStore(MessageStore):
                 raise
             self._db.execute("COMMIT")
 
+    def _connection(self) -> _Locked:
+        """The one connection, for reads outside a transaction (each statement sees committed data)."""
+        return self._locked
+
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Group several operations into one durable commit; notifications go out after it."""
@@ -191,30 +181,22 @@ class SQLiteStore(MessageStore):
             except BaseException:
                 self._batch_depth = 0
                 self._db.execute("ROLLBACK")
-                self._held_notes.clear()
+                self._notes.clear()
                 raise
             self._batch_depth = 0
             try:
                 self._db.execute("COMMIT")
             except BaseException:
-                self._held_notes.clear()
+                self._notes.clear()
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
                 raise
-            notes, self._held_notes = self._held_notes, []
+            notes, self._notes = self._notes, []
         for kind, data in notes:
             self.bus.publish(kind, **data)
 
-    def _publish(self, kind: str, **data: Any) -> None:
-        """Notify other processes, but only of committed changes."""
-        if self._batch_depth:
-            self._held_notes.append((kind, data))
-        else:
-            self.bus.publish(kind, **data)
-
-    def _q(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row | tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+    def _held_notes(self) -> list[tuple[str, dict[str, Any]]] | None:
+        return self._notes if self._batch_depth else None
 
     def _create_schema(self) -> None:
         with self._tx() as db:
@@ -225,18 +207,7 @@ class SQLiteStore(MessageStore):
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (1,))
                 db.execute("INSERT INTO meta VALUES ('store_uid', ?)", (uuid.uuid4().bytes_le,))
-                root = db.execute("INSERT INTO folders (parent_id, name, role) VALUES (NULL, '', 'root')").lastrowid
-                ipm = db.execute(
-                    "INSERT INTO folders (parent_id, name, role) VALUES (?, 'Top of Information Store', 'ipm_subtree')",
-                    (root,),
-                ).lastrowid
-                for role, name in SPECIAL_FOLDER_NAMES.items():
-                    db.execute("INSERT INTO folders (parent_id, name, role) VALUES (?, ?, ?)", (ipm, name, role.value))
-                inbox = db.execute("SELECT id FROM folders WHERE role='inbox'").fetchone()[0]
-                # Defaults of §8.4: IPM, REPORT.* and the empty class go to the Inbox; IPC to the root.
-                for cls in ("", "IPM", "REPORT"):
-                    db.execute("INSERT INTO receive_folders VALUES (?, ?)", (cls, inbox))
-                db.execute("INSERT INTO receive_folders VALUES ('IPC', ?)", (root,))
+                create_default_folders(db, self._insert_id)
             elif int(row[0]) > SCHEMA_VERSION:
                 raise MAPIError(
                     HResult.MAPI_E_VERSION,
@@ -254,291 +225,30 @@ class SQLiteStore(MessageStore):
         with self._lock:
             self._db.close()
 
-    @property
-    def store_uid(self) -> bytes:
-        return bytes(self._uid)
+    # --- the dialect ---------------------------------------------------------------------------
+    def _insert_id(self, db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+        rowid = db.execute(sql, params).lastrowid
+        assert rowid is not None
+        return rowid
 
-    # --- entry IDs -------------------------------------------------------------------------
-    def _entry_id(self, kind: bytes, object_id: int) -> bytes:
-        return make_entry_id(self._uid, kind + struct.pack("<Q", object_id))
+    def _text(self, value: str | None) -> str | None:
+        return value  # SQLite keeps any text as it is
 
-    def _parse_entry_id(self, entry_id: bytes, kind: bytes) -> int | None:
-        if len(entry_id) != 29 or entry_id[4:20] != self._uid or entry_id[20:21] != kind:
-            return None
-        return int(struct.unpack("<Q", entry_id[21:29])[0])
+    def _shown(self, columns: Sequence[Any]) -> tuple[str | None, str | None]:
+        subject, to = columns
+        return subject, to
 
-    def entry_id_of(self, message_id: int) -> bytes:
-        return self._entry_id(MESSAGE_ENTRY, message_id)
-
-    # --- folders ---------------------------------------------------------------------------
-    def _folder(self, row: Sequence[Any]) -> Folder:
-        fid, name, parent, role, count = row
-        return Folder(
-            id=fid,
-            name=name,
-            parent_id=parent,
-            role=FolderRole(role) if role else None,
-            entry_id=self._entry_id(FOLDER_ENTRY, fid),
-            count=count,
+    def _write_attachment_data(self, db: sqlite3.Connection, mid: int, num: int, stream: IO[bytes], size: int) -> int:
+        """The row with a zeroblob of `size` bytes, then the content streamed into it chunk by chunk."""
+        aid = self._insert_id(
+            db, "INSERT INTO attachments (message_id, num, data) VALUES (?, ?, zeroblob(?))", (mid, num, size)
         )
+        with db.blobopen("attachments", "data", aid) as blob:
+            for chunk in exactly(size, read_chunks(stream)):
+                blob.write(chunk)
+        return aid
 
-    _FOLDER_SQL = (
-        "SELECT f.id, f.name, f.parent_id, f.role, "
-        "(SELECT count(*) FROM messages m WHERE m.folder_id=f.id) FROM folders f"
-    )
-
-    def folders(self) -> list[Folder]:
-        return [
-            self._folder(r)
-            for r in self._q(
-                self._FOLDER_SQL + " WHERE f.role IS NULL OR f.role NOT IN ('root', 'ipm_subtree') ORDER BY f.id"
-            )
-        ]
-
-    def folder(self, role: FolderRole) -> Folder:
-        """A special folder by role; cached, as its ID never changes (its count is not kept up to date)."""
-        cached = self._special.get(role)
-        if cached is None:
-            rows = self._q(
-                "SELECT f.id, f.name, f.parent_id, f.role, NULL FROM folders f WHERE f.role=?", (role.value,)
-            )
-            cached = self._special[role] = self._folder(rows[0])
-        return cached
-
-    def find_folder(self, name_or_id: str | int | bytes) -> Folder:
-        if isinstance(name_or_id, bytes):
-            fid = self._parse_entry_id(name_or_id, FOLDER_ENTRY)
-            rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (fid,)) if fid is not None else []
-        elif isinstance(name_or_id, int) or name_or_id.isdecimal():
-            fid = int(name_or_id)
-            rows = self._q(self._FOLDER_SQL + " WHERE f.id=?", (fid,)) if 0 < fid < 2**63 else []
-        else:
-            key = name_or_id.strip()
-            rows = self._q(
-                self._FOLDER_SQL + " WHERE f.role=? OR f.name=? COLLATE NOCASE ORDER BY f.id", (key.lower(), key)
-            )
-        if not rows:
-            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no folder {name_or_id!r} (see `postroom folders`)")
-        return self._folder(rows[0])
-
-    def create_folder(self, name: str, parent_id: int | None = None) -> Folder:
-        clean = name.strip()
-        if not clean or any(c in clean for c in "\r\n\0/"):
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"invalid folder name {name!r}")
-        parent = parent_id if parent_id is not None else self.folder(FolderRole.IPM_SUBTREE).id
-        try:
-            with self._tx() as db:
-                fid = db.execute("INSERT INTO folders (parent_id, name) VALUES (?, ?)", (parent, clean)).lastrowid
-        except sqlite3.IntegrityError as exc:
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a folder named {clean!r} exists already") from exc
-        assert fid is not None
-        return self.find_folder(fid)
-
-    # --- messages: writing -----------------------------------------------------------------
-    _BAGS: ClassVar[dict[str, tuple[str, str]]] = {
-        "props": ("messages", "id=?"),
-        "recipient_props": ("recipients", "message_id=? AND row_id=?"),
-        "attachment_props": ("attachments", "id=?"),
-    }
-
-    def _insert_props(self, db: sqlite3.Connection, table: str, key: tuple[Any, ...], props: Props) -> None:
-        """Merge properties into a stored bag (a message's, a recipient's or an attachment's)."""
-        self._merge_props(db, table, key, props, ())
-
-    def _merge_props(
-        self, db: sqlite3.Connection, table: str, key: tuple[Any, ...], props: Props, delete: Iterable[int]
-    ) -> None:
-        name, where = self._BAGS[table]
-        row = db.execute(f"SELECT props FROM {name} WHERE {where}", key).fetchone()
-        bag = decode_bag(row[0]) if row else {}
-        bag.update({t: v for t, v in props.items() if v is not None})
-        for t in delete:
-            bag.pop(t, None)
-        db.execute(f"UPDATE {name} SET props=? WHERE {where}", (encode_bag(bag), *key))
-
-    def _insert_message(
-        self, db: sqlite3.Connection, folder_id: int | None, message: MessageData, submit_at: datetime | None = None
-    ) -> int:
-        """Insert a whole message; with `submit_at` it goes in already submitted (one INSERT per table)."""
-        props = dict(message.props)
-        props.setdefault(T.PR_MESSAGE_CLASS, "IPM.Note")
-        props.setdefault(T.PR_MESSAGE_FLAGS, int(MessageFlags.UNSENT | MessageFlags.UNMODIFIED))
-        if message.attachments:
-            props[T.PR_MESSAGE_FLAGS] = int(props[T.PR_MESSAGE_FLAGS]) | MessageFlags.HASATTACH
-            props[T.PR_HASATTACH] = True
-        for tag in (T.PR_ENTRYID, T.PR_SUBMIT_FLAGS, T.PR_INSTANCE_KEY, T.PR_ROWID):
-            props.pop(tag, None)
-        _refresh_display_lists(props, message.recipients)
-        due: float | None = None
-        if submit_at is not None:
-            if not message.recipients:
-                raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, "the message has no recipients")
-            flags = (
-                int(props[T.PR_MESSAGE_FLAGS]) | MessageFlags.SUBMIT | MessageFlags.UNSENT
-            ) & ~MessageFlags.UNMODIFIED
-            props[T.PR_MESSAGE_FLAGS] = flags
-            props[T.PR_CLIENT_SUBMIT_TIME] = submit_at
-            deferred = props.get(T.PR_DEFERRED_SEND_TIME)
-            due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > submit_at else None
-        mid = db.execute(
-            "INSERT INTO messages (folder_id, props, queue_state, submit_time, next_attempt, wait_kind) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                folder_id,
-                encode_bag(props),
-                "queued" if submit_at else None,
-                to_epoch(submit_at),
-                due,
-                WaitKind.SCHEDULED.value if due else None,
-            ),
-        ).lastrowid
-        assert mid is not None
-        self._insert_recipients(db, mid, message.recipients, submitted=submit_at is not None)
-        for att in message.attachments:
-            self._insert_attachment(db, mid, att)
-        if submit_at is not None:
-            when = f", not before {props[T.PR_DEFERRED_SEND_TIME].isoformat()}" if due else ""
-            self._event(db, mid, submit_at, "submitted", f"{len(message.recipients)} recipient(s){when}")
-        return mid
-
-    def _insert_recipients(
-        self, db: sqlite3.Connection, mid: int, recipients: Sequence[Recipient], submitted: bool = False
-    ) -> None:
-        rows = []
-        for n, recip in enumerate(recipients):
-            row_props = dict(recip.props)
-            row_props.pop(T.PR_ROWID, None)
-            state, reported = "pending", 0
-            if submitted:
-                # PR_RESPONSIBILITY FALSE, except rows already delivered earlier (MAPI_SUBMITTED, §6.5).
-                done = bool(int(row_props.get(T.PR_RECIPIENT_TYPE, 1)) & MAPI_SUBMITTED)
-                row_props[T.PR_RESPONSIBILITY] = done
-                state, reported = ("delivered", 1) if done else ("pending", 0)
-            rows.append((mid, n, encode_bag(row_props), state, reported))
-        db.executemany(
-            "INSERT INTO recipients (message_id, row_id, props, state, reported) VALUES (?, ?, ?, ?, ?)", rows
-        )
-
-    def _insert_attachment(self, db: sqlite3.Connection, mid: int, att: Attachment, num: int | None = None) -> int:
-        if num is None:
-            num = db.execute("SELECT coalesce(max(num) + 1, 0) FROM attachments WHERE message_id=?", (mid,)).fetchone()[
-                0
-            ]
-        props = dict(att.props)
-        props[T.PR_ATTACH_NUM] = num
-        if att.embedded is not None:
-            inner = self._insert_message(db, None, att.embedded)
-            props[T.PR_ATTACH_METHOD] = int(AttachMethod.EMBEDDED_MSG)
-            aid = db.execute(
-                "INSERT INTO attachments (message_id, num, embedded_id) VALUES (?, ?, ?)", (mid, num, inner)
-            ).lastrowid
-            db.execute("UPDATE messages SET parent_attach=? WHERE id=?", (aid, inner))
-        else:
-            props.setdefault(T.PR_ATTACH_METHOD, int(AttachMethod.BY_VALUE))
-            with att.open() as stream:
-                size = _stream_size(stream, att.size)
-                aid = db.execute(
-                    "INSERT INTO attachments (message_id, num, data) VALUES (?, ?, zeroblob(?))", (mid, num, size)
-                ).lastrowid
-                assert aid is not None
-                written = 0
-                with db.blobopen("attachments", "data", aid) as blob:
-                    while chunk := stream.read(CHUNK):
-                        if written + len(chunk) > size:
-                            raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "attachment grew while it was being stored")
-                        blob.write(chunk)
-                        written += len(chunk)
-                if written != size:
-                    raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "attachment shrank while it was being stored")
-            props[T.PR_ATTACH_SIZE] = size
-        assert aid is not None
-        db.execute("UPDATE attachments SET props=? WHERE id=?", (encode_bag(props), aid))
-        return int(num)
-
-    def create_message(self, folder_id: int, message: MessageData) -> int:
-        with self._tx() as db:
-            return self._insert_message(db, folder_id, message)
-
-    def _check_modifiable(self, db: sqlite3.Connection, message_id: int) -> None:
-        row = db.execute("SELECT queue_state FROM messages WHERE id=?", (message_id,)).fetchone()
-        if row is None:
-            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        if row[0] == QueueState.QUEUED.value or row[0] == QueueState.HELD.value:
-            raise MAPIError(HResult.MAPI_E_SUBMITTED, f"message {message_id} was submitted and is read-only")
-
-    def set_props(self, message_id: int, props: Props, delete: Iterable[int] = ()) -> None:
-        with self._tx() as db:
-            self._check_modifiable(db, message_id)
-            self._merge_props(db, "props", (message_id,), props, delete)
-
-    def set_recipients(self, message_id: int, recipients: Sequence[Recipient]) -> None:
-        """Replace the recipient table of an unsubmitted message (ModifyRecipients)."""
-        with self._tx() as db:
-            self._check_modifiable(db, message_id)
-            db.execute("DELETE FROM recipients WHERE message_id=?", (message_id,))
-            self._insert_recipients(db, message_id, recipients)
-            props = self._load_props(db, message_id)
-            _refresh_display_lists(props, recipients)
-            self._insert_props(
-                db, "props", (message_id,), {t: props[t] for t in (T.PR_DISPLAY_TO, T.PR_DISPLAY_CC, T.PR_DISPLAY_BCC)}
-            )
-
-    def add_attachment(self, message_id: int, props: Props, content: IO[bytes] | bytes, size: int | None = None) -> int:
-        att = Attachment(props=dict(props), data=content if isinstance(content, bytes) else None, size=size)
-        if not isinstance(content, bytes):
-            stream = content
-            att.opener = lambda: cast(IO[bytes], _NoClose(stream))
-        with self._tx() as db:
-            self._check_modifiable(db, message_id)
-            num = self._insert_attachment(db, message_id, att)
-            flags = self._load_props(db, message_id).get(T.PR_MESSAGE_FLAGS, 0)
-            self._insert_props(
-                db,
-                "props",
-                (message_id,),
-                {T.PR_MESSAGE_FLAGS: int(flags) | MessageFlags.HASATTACH, T.PR_HASATTACH: True},
-            )
-            return num
-
-    # --- messages: reading -----------------------------------------------------------------
-    def _load_props(self, db: sqlite3.Connection, message_id: int) -> Props:
-        row = db.execute("SELECT props FROM messages WHERE id=?", (message_id,)).fetchone()
-        return decode_bag(row[0]) if row else {}
-
-    def _load_message(self, db: sqlite3.Connection, message_id: int) -> MessageData:
-        row = db.execute(
-            "SELECT queue_state, lease_owner, lease_until, props FROM messages WHERE id=?", (message_id,)
-        ).fetchone()
-        if row is None:
-            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        props = decode_bag(row[3])
-        props[T.PR_ENTRYID] = self.entry_id_of(message_id)
-        props[T.PR_RECORD_KEY] = props[T.PR_ENTRYID]
-        submit_flags = SubmitFlags.LOCKED if row[1] is not None else SubmitFlags.NONE
-        if row[0] is not None or submit_flags:
-            props[T.PR_SUBMIT_FLAGS] = int(submit_flags)
-        recipients: dict[int, Recipient] = {
-            rid: Recipient(props=decode_bag(bag), row_id=rid)
-            for rid, bag in db.execute(
-                "SELECT row_id, props FROM recipients WHERE message_id=? ORDER BY row_id", (message_id,)
-            )
-        }
-        for rec in recipients.values():
-            rec.props[T.PR_ROWID] = rec.row_id
-        attachments = []
-        for aid, num, embedded_id, size, bag in db.execute(
-            "SELECT id, num, embedded_id, length(data), props FROM attachments WHERE message_id=? ORDER BY num",
-            (message_id,),
-        ):
-            att = Attachment(props=decode_bag(bag), num=num, size=size)
-            if embedded_id is not None:
-                att.embedded = self._load_message(db, embedded_id)
-            else:
-                att.opener = self._blob_opener(aid)
-            attachments.append(att)
-        return MessageData(props=props, recipients=list(recipients.values()), attachments=attachments)
-
-    def _blob_opener(self, attachment_id: int) -> Any:
+    def _blob_opener(self, attachment_id: int, size: int) -> Callable[[], IO[bytes]]:
         def opener() -> IO[bytes]:
             with self._lock:
                 reader = _BlobReader(self._db.blobopen("attachments", "data", attachment_id, readonly=True), self._lock)
@@ -546,652 +256,22 @@ class SQLiteStore(MessageStore):
 
         return opener
 
-    def open_message(self, message_id: int) -> MessageData:
-        with self._lock:
-            return self._load_message(self._db, message_id)
 
-    def list_messages(self, folder_id: int, limit: int | None = None) -> list[MessageSummary]:
-        sql = "SELECT m.id, m.folder_id, m.props FROM messages m WHERE m.folder_id=? ORDER BY m.id" + (
-            " LIMIT ?" if limit is not None else ""
-        )
-        params: list[Any] = [folder_id] + ([limit] if limit is not None else [])
-        out = []
-        for mid, fid, bag in self._q(sql, params):
-            props = decode_bag(bag)
-            cls, subject, flags, submit, delivery, to, sender, rep = (props.get(t) for t in _SUMMARY_TAGS)
-            out.append(
-                MessageSummary(
-                    id=mid,
-                    folder_id=fid,
-                    entry_id=self.entry_id_of(mid),
-                    message_class=cls or "IPM.Note",
-                    subject=subject or "",
-                    flags=flags or 0,
-                    submit_time=submit,
-                    delivery_time=delivery,
-                    display_to=to or "",
-                    sender=rep or sender or "",
-                )
-            )
-        return out
+class _Locked:
+    """The store's connection under its lock: a context manager as cheap as the lock (reads are many)."""
 
-    def message_folder(self, message_id: int) -> int | None:
-        rows = self._q("SELECT folder_id FROM messages WHERE id=?", (message_id,))
-        if not rows:
-            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        return rows[0][0]  # type: ignore[no-any-return]
+    __slots__ = ("_db", "_lock")
 
-    def resolve_message(self, ref: str | int | bytes) -> int:
-        mid: int | None
-        if isinstance(ref, bytes):
-            mid = self._parse_entry_id(ref, MESSAGE_ENTRY)
-        elif isinstance(ref, int) or ref.strip().isdecimal():  # not isdigit(): int("²") fails
-            mid = int(ref)
-        else:
-            try:
-                mid = self._parse_entry_id(bytes.fromhex(ref.strip()), MESSAGE_ENTRY)
-            except ValueError:
-                mid = None
-        if (
-            mid is None
-            or not 0 < mid < 2**63  # beyond SQLite's INTEGER: no such row (and no OverflowError)
-            or not self._q("SELECT 1 FROM messages WHERE id=? AND folder_id IS NOT NULL", (mid,))
-        ):
-            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {ref!r} in this store")
-        return mid
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._db = db
+        self._lock = lock
 
-    def _delete(self, db: sqlite3.Connection, message_id: int) -> None:
-        # The outer message first (its attachment rows go with it), then the embedded messages
-        # those attachments pointed at: the other order breaks the attachments' foreign key.
-        embedded = [
-            row[0]
-            for row in db.execute(
-                "SELECT embedded_id FROM attachments WHERE message_id=? AND embedded_id IS NOT NULL", (message_id,)
-            ).fetchall()
-        ]
-        db.execute("DELETE FROM messages WHERE id=?", (message_id,))
-        for inner in embedded:
-            self._delete(db, inner)
-
-    def delete_message(self, message_id: int) -> None:
-        with self._tx() as db:
-            row = db.execute("SELECT lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
-            if row is None:
-                raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-            if row[0] is not None:
-                raise MAPIError(HResult.MAPI_E_NO_ACCESS, f"message {message_id} is locked by the spooler")
-            self._delete(db, message_id)
-
-    def move_message(self, message_id: int, folder_id: int) -> None:
-        with self._tx() as db:
-            self._check_modifiable(db, message_id)
-            db.execute("UPDATE messages SET folder_id=? WHERE id=?", (folder_id, message_id))
-
-    # --- submission --------------------------------------------------------------------------
-    def submit(self, message_id: int, now: datetime, stamp: Props | None = None) -> None:
-        with self._tx() as db:
-            self._submit_in(db, message_id, now, stamp)
-        self._publish("submitted", message_id=message_id)
-
-    def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
-        """Save and submit a new message in one transaction (one fsync)."""
-        with self._tx() as db:
-            mid = self._insert_message(db, folder_id, message, submit_at=now)
-        self._publish("submitted", message_id=mid)
-        return mid
-
-    def _submit_in(self, db: sqlite3.Connection, message_id: int, now: datetime, stamp: Props | None) -> None:
-        self._check_modifiable(db, message_id)
-        if stamp:
-            self._insert_props(db, "props", (message_id,), stamp)
-        rows = db.execute("SELECT row_id, props FROM recipients WHERE message_id=?", (message_id,)).fetchall()
-        if not rows:
-            raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, f"message {message_id} has no recipients")
-        props = self._load_props(db, message_id)
-        flags = int(props.get(T.PR_MESSAGE_FLAGS, 0))
-        flags = (flags | MessageFlags.SUBMIT | MessageFlags.UNSENT) & ~MessageFlags.UNMODIFIED
-        props[T.PR_MESSAGE_FLAGS] = flags
-        props[T.PR_CLIENT_SUBMIT_TIME] = now
-        db.execute("UPDATE messages SET props=? WHERE id=?", (encode_bag(props), message_id))
-        # PR_RESPONSIBILITY FALSE everywhere, except rows already delivered (MAPI_SUBMITTED, §6.5).
-        updates = []
-        for rid, bag in rows:
-            row_props = decode_bag(bag)
-            submitted = bool(int(row_props.get(T.PR_RECIPIENT_TYPE, 1)) & MAPI_SUBMITTED)
-            row_props[T.PR_RESPONSIBILITY] = submitted
-            updates.append(
-                ("delivered" if submitted else "pending", 1 if submitted else 0, encode_bag(row_props), message_id, rid)
-            )
-        db.executemany(
-            "UPDATE recipients SET state=?, transport=NULL, outcome_time=NULL, reported=?, props=? "
-            "WHERE message_id=? AND row_id=?",
-            updates,
-        )
-        deferred = props.get(T.PR_DEFERRED_SEND_TIME)
-        due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
-        db.execute(
-            "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
-            "wait_kind=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
-            (to_epoch(now), due, WaitKind.SCHEDULED.value if due else None, message_id),
-        )
-        self._event(
-            db,
-            message_id,
-            now,
-            "submitted",
-            f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due and deferred else ""),
-        )
-
-    def abort_submit(self, message_id: int, now: datetime) -> None:
-        with self._tx() as db:
-            row = db.execute("SELECT queue_state, lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
-            if row is None or row[0] is None:
-                raise MAPIError(
-                    HResult.MAPI_E_NOT_IN_QUEUE,
-                    f"message {message_id} is not in the outgoing queue (already sent, or never submitted)",
-                )
-            if row[1] is not None:
-                raise MAPIError(
-                    HResult.MAPI_E_UNABLE_TO_ABORT,
-                    f"message {message_id} is locked by spooler {row[1]} and cannot be aborted now",
-                )
-            props = self._load_props(db, message_id)
-            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~MessageFlags.SUBMIT
-            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
-            db.execute("UPDATE messages SET queue_state=NULL, next_attempt=NULL WHERE id=?", (message_id,))
-            self._event(db, message_id, now, "aborted", "submission aborted (AbortSubmit)")
-
-    # --- the outgoing queue ------------------------------------------------------------------
-    def queue(self, only: int | None = None) -> list[QueueEntry]:
-        sql = (
-            "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
-            "m.wait_kind, m.prev_owner, m.hold_reason, "
-            f"json_extract(m.props, '$.\"{T.PR_SUBJECT}\"'), json_extract(m.props, '$.\"{T.PR_DISPLAY_TO}\"'), "
-            "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
-            "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
-            + (
-                "FROM messages m WHERE m.id = ? AND m.queue_state IS NOT NULL"
-                if only is not None
-                else "FROM messages m WHERE m.queue_state IS NOT NULL ORDER BY m.submit_time, m.id"
-            )
-        )
-        return [
-            QueueEntry(
-                id=mid,
-                entry_id=self.entry_id_of(mid),
-                subject=subject or "",
-                display_to=to or "",
-                submit_time=from_epoch(submit),
-                state=QueueState(state),
-                locked=owner is not None,
-                lease_owner=owner,
-                attempts=attempts,
-                next_attempt=None if kind == WaitKind.SEND_RECEIVE.value else from_epoch(nxt),
-                last_error=error,
-                waiting_for=WaitKind(kind) if kind else None,
-                previous_owner=prev,
-                hold_reason=hold,
-                pending=pending,
-                recipients=total,
-            )
-            for (
-                mid,
-                state,
-                submit,
-                nxt,
-                owner,
-                attempts,
-                error,
-                kind,
-                prev,
-                hold,
-                subject,
-                to,
-                pending,
-                total,
-            ) in self._q(sql, (only,) if only is not None else ())
-        ]
-
-    def queue_entry(self, message_id: int) -> QueueEntry | None:
-        return next((q for q in self.queue(message_id) if q.id == message_id), None)
-
-    def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
-        t = to_epoch(now)
-        assert t is not None
-        with self._tx() as db:
-            rows = db.execute(
-                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
-                "WHERE id IN ("
-                " SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
-                " AND (lease_owner IS NULL OR lease_until < ?) ORDER BY submit_time, id LIMIT ?"
-                ") RETURNING id, submit_time",
-                (owner, t + lease_seconds, t, t, limit),
-            ).fetchall()
-        return [mid for mid, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
-
-    def _check_owner(self, db: sqlite3.Connection, message_id: int, owner: str) -> None:
-        row = db.execute("SELECT lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
-        if row is None or row[0] != owner:
-            raise LeaseLost(f"message {message_id} is no longer claimed by {owner}")
-
-    def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:
-        t = to_epoch(now)
-        assert t is not None
-        with self._tx() as db:
-            self._check_owner(db, message_id, owner)
-            db.execute("UPDATE messages SET lease_until=? WHERE id=?", (t + lease_seconds, message_id))
-
-    def next_due(self) -> datetime | None:
-        rows = self._q(
-            "SELECT min(CASE WHEN lease_owner IS NOT NULL THEN lease_until ELSE coalesce(next_attempt, 0) END) "
-            "FROM messages WHERE queue_state='queued' AND coalesce(wait_kind, '') != 'send_receive'"
-        )
-        return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    def recipient_states(self, message_id: int) -> list[RecipientStatus]:
-        return [
-            RecipientStatus(
-                row_id=rid, state=RecipientState(state), transport=xp, outcome_time=from_epoch(t), reported=bool(rep)
-            )
-            for rid, state, xp, t, rep in self._q(
-                "SELECT row_id, state, transport, outcome_time, reported FROM recipients "
-                "WHERE message_id=? ORDER BY row_id",
-                (message_id,),
-            )
-        ]
-
-    def record_outcomes(self, message_id: int, owner: str, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
-        with self._tx() as db:
-            self._check_owner(db, message_id, owner)
-            self._record_in(db, message_id, outcomes, now)
-
-    def _record_in(
-        self, db: sqlite3.Connection, message_id: int, outcomes: Sequence[RecipientOutcome], now: datetime
-    ) -> None:
-        for out in outcomes:
-            cur = db.execute(
-                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=? "
-                "WHERE message_id=? AND row_id=? AND state='pending'",
-                (out.state.value, out.transport, to_epoch(now), 0 if out.report else 1, message_id, out.row_id),
-            )
-            if cur.rowcount != 1:
-                continue  # already final: an outcome is never overwritten (exactly one per recipient)
-            props = dict(out.props)
-            props[T.PR_RESPONSIBILITY] = True
-            self._insert_props(db, "recipient_props", (message_id, out.row_id), props)
-            text = props.get(T.PR_REPORT_TEXT)
-            self._event(
-                db,
-                message_id,
-                now,
-                out.state.value,
-                f"recipient {out.row_id}" + (f": {text}" if text else ""),
-                out.transport,
-            )
-
-    def deliver_report(
-        self, message_id: int, owner: str, report: MessageData, folder_id: int, row_ids: Sequence[int], now: datetime
-    ) -> int:
-        with self._tx() as db:
-            self._check_owner(db, message_id, owner)
-            rid = self._insert_message(db, folder_id, report)
-            db.executemany(
-                "UPDATE recipients SET reported=1 WHERE message_id=? AND row_id=?", [(message_id, r) for r in row_ids]
-            )
-            self._event(db, message_id, now, "report", f"{report.message_class} stored as message {rid}")
-        self._publish("newmail", message_id=rid, folder_id=folder_id, message_class=report.message_class)
-        return rid
-
-    def release(
-        self,
-        message_id: int,
-        owner: str,
-        now: datetime,
-        next_attempt: datetime | None,
-        error: str | None,
-        wait_kind: WaitKind = WaitKind.RETRY,
-        outcomes: Sequence[RecipientOutcome] = (),
-    ) -> None:
-        due = to_epoch(next_attempt)
-        if wait_kind is WaitKind.SEND_RECEIVE:
-            due = OFFLINE_EPOCH
-        with self._tx() as db:
-            self._check_owner(db, message_id, owner)
-            self._record_in(db, message_id, outcomes, now)
-            db.execute(
-                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, wait_kind=?, "
-                "last_error=coalesce(?, last_error) WHERE id=?",
-                (due, wait_kind.value, error, message_id),
-            )
-            when = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
-            if wait_kind is WaitKind.SEND_RECEIVE:
-                when = " (offline: waiting for Send/Receive)"
-            self._event(db, message_id, now, "waiting", (error or "pending recipients") + when)
-
-    def hold(self, message_id: int, now: datetime, reason: str, owner: str | None = None) -> None:
-        with self._tx() as db:
-            row = db.execute("SELECT queue_state, lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
-            if row is None or row[0] is None:
-                raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
-            if row[0] == QueueState.HELD.value:
-                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is already held")
-            if row[1] is not None and row[1] != owner:
-                raise MAPIError(
-                    HResult.MAPI_E_UNABLE_TO_ABORT, f"message {message_id} is being delivered by {row[1]}; try again"
-                )
-            db.execute(
-                "UPDATE messages SET queue_state='held', hold_reason=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
-                (reason, message_id),
-            )
-            self._event(db, message_id, now, "held", reason)
-
-    def release_hold(self, message_id: int, now: datetime) -> None:
-        with self._tx() as db:
-            row = db.execute("SELECT queue_state FROM messages WHERE id=?", (message_id,)).fetchone()
-            if row is None or row[0] is None:
-                raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
-            if row[0] != QueueState.HELD.value:
-                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is not held")
-            db.execute(
-                "UPDATE messages SET queue_state='queued', hold_reason=NULL, next_attempt=NULL, wait_kind=NULL, "
-                "prev_owner=NULL WHERE id=?",
-                (message_id,),
-            )
-            self._event(db, message_id, now, "released", "released from hold")
-        self._publish("queue", message_id=message_id)
-
-    def retry_now(self, message_id: int | None, now: datetime) -> int:
-        with self._tx() as db:
-            if message_id is not None:
-                row = db.execute("SELECT queue_state, lease_owner FROM messages WHERE id=?", (message_id,)).fetchone()
-                if row is None or row[0] is None:
-                    raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue")
-                if row[0] == QueueState.HELD.value:
-                    raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first")
-            # "retry --all" never sends a scheduled (deferred-send) message early; "retry ID" forces it.
-            cur = db.execute(
-                "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                "AND lease_owner IS NULL AND (id=? OR (? IS NULL AND coalesce(wait_kind, '') != 'scheduled'))",
-                (message_id, message_id),
-            )
-            count = cur.rowcount
-            for (mid,) in db.execute(
-                "SELECT id FROM messages WHERE queue_state='queued' AND (? IS NULL OR id=?)", (message_id, message_id)
-            ).fetchall():
-                self._event(db, mid, now, "retry", "retry now (ignoring backoff)")
-        self._publish("queue", retry=count)
-        return count
-
-    def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
-        with self._tx() as db:
-            marks = ", ".join("?" for _ in kinds)
-            cur = db.execute(
-                f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                f"AND lease_owner IS NULL AND wait_kind IN ({marks})",
-                [k.value for k in kinds],
-            )
-            woken = cur.rowcount
-        if woken:
-            self._publish("queue", woken=woken)
-        return woken
-
-    def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
-        with self._tx() as db:
-            mid = self._insert_message(db, folder_id, message)
-            self._event(db, mid, now, "received", f"delivered into folder {folder_id}")
-        self._publish("newmail", message_id=mid, folder_id=folder_id, message_class=message.message_class)
-        return mid
-
-    def save_status_rows(self, owner: str, rows: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM status_rows")
-            db.executemany(
-                "INSERT INTO status_rows (name, position, row, updated, owner) VALUES (?, ?, ?, ?, ?)",
-                [(name, n, json.dumps(row), to_epoch(now), owner) for n, (name, row) in enumerate(rows)],
-            )
-
-    def status_rows(self) -> list[tuple[str, dict[str, Any], datetime, str]]:
-        return [
-            (name, json.loads(row), from_epoch(updated) or now_fallback(), owner)
-            for name, row, updated, owner in self._q(
-                "SELECT name, row, updated, owner FROM status_rows ORDER BY position"
-            )
-        ]
-
-    def finish(self, message_id: int, owner: str, now: datetime, outcomes: Sequence[RecipientOutcome] = ()) -> str:
-        with self._tx() as db:
-            self._check_owner(db, message_id, owner)
-            self._record_in(db, message_id, outcomes, now)
-            pending = db.execute(
-                "SELECT count(*) FROM recipients WHERE message_id=? AND state='pending'", (message_id,)
-            ).fetchone()[0]
-            if pending:
-                raise MAPIError(
-                    HResult.MAPI_E_CALL_FAILED, f"message {message_id} still has {pending} pending recipient(s)"
-                )
-            props = self._load_props(db, message_id)
-            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~(MessageFlags.SUBMIT | MessageFlags.UNSENT)
-            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
-            db.execute(
-                "UPDATE messages SET queue_state=NULL, lease_owner=NULL, lease_until=NULL, next_attempt=NULL "
-                "WHERE id=?",
-                (message_id,),
-            )
-            sentmail = props.get(T.PR_SENTMAIL_ENTRYID)
-            delete = bool(props.get(T.PR_DELETE_AFTER_SUBMIT))
-            outcome = "left"
-            if sentmail:
-                fid = self._parse_entry_id(bytes(sentmail), FOLDER_ENTRY)
-                if fid is not None and db.execute("SELECT 1 FROM folders WHERE id=?", (fid,)).fetchone():
-                    db.execute("UPDATE messages SET folder_id=? WHERE id=?", (fid, message_id))
-                    outcome = "moved"
-            self._event(
-                db,
-                message_id,
-                now,
-                "finished",
-                {"left": "left in the Outbox", "moved": "moved to PR_SENTMAIL_ENTRYID"}[outcome]
-                if not delete
-                else "deleted (PR_DELETE_AFTER_SUBMIT)",
-            )
-            if delete:
-                self._delete(db, message_id)
-                outcome = "deleted"
-            return outcome
-
-    # --- history -----------------------------------------------------------------------------
-    def _event(
-        self,
-        db: sqlite3.Connection,
-        message_id: int,
-        now: datetime,
-        kind: str,
-        detail: str,
-        transport: str | None = None,
-    ) -> None:
-        db.execute(
-            "INSERT INTO events (message_id, time, kind, transport, detail) VALUES (?, ?, ?, ?, ?)",
-            (message_id, to_epoch(now), kind, transport, detail),
-        )
-
-    def add_event(self, message_id: int, now: datetime, kind: str, detail: str, transport: str | None = None) -> None:
-        with self._tx() as db:
-            self._event(db, message_id, now, kind, detail, transport)
-
-    def events(self, message_id: int) -> list[Event]:
-        return [
-            Event(time=from_epoch(t) or now_fallback(), kind=k, transport=xp, detail=d)
-            for t, k, xp, d in self._q(
-                "SELECT time, kind, transport, detail FROM events WHERE message_id=? ORDER BY id", (message_id,)
-            )
-        ]
-
-    # --- receive folders -----------------------------------------------------------------------
-    def set_receive_folder(self, message_class: str, folder_id: int | None) -> None:
-        from .receive import normalise_class
-
-        cls = normalise_class(message_class)
-        with self._tx() as db:
-            if folder_id is None:
-                if cls == "":
-                    raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "the default receive folder cannot be removed")
-                db.execute("DELETE FROM receive_folders WHERE message_class=?", (cls,))
-                return
-            if not db.execute("SELECT 1 FROM folders WHERE id=?", (folder_id,)).fetchone():
-                raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no folder {folder_id}")
-            db.execute("INSERT OR REPLACE INTO receive_folders VALUES (?, ?)", (cls, folder_id))
-
-    def receive_folders(self) -> dict[str, int]:
-        return {cls: fid for cls, fid in self._q("SELECT message_class, folder_id FROM receive_folders")}
-
-    # --- per-transport limits across processes (schema 2) ----------------------------------------
-    def record_send(self, transport: str, now: datetime, owner: str | None = None) -> None:
-        """Count one message handed to `transport` now (for throttles shared by every process)."""
-        t = to_epoch(now)
-        assert t is not None
-        with self._tx() as db:
-            db.execute("INSERT INTO transport_usage (transport, time, owner) VALUES (?, ?, ?)", (transport, t, owner))
-            db.execute(
-                "DELETE FROM transport_usage WHERE transport=? AND time < ?", (transport, t - USAGE_KEEP_SECONDS)
-            )
-
-    def count_sends(self, transport: str, since: datetime) -> int:
-        """Messages handed to `transport` after `since`, by any process."""
-        rows = self._q(
-            "SELECT count(*) FROM transport_usage WHERE transport=? AND time > ?", (transport, to_epoch(since))
-        )
-        return int(rows[0][0])
-
-    def reserve_send(
-        self, transport: str, now: datetime, limits: Sequence[tuple[int, float]], owner: str | None = None
-    ) -> float:
-        """Take a throttle slot atomically: 0.0 when the send is recorded, else seconds until a slot frees.
-
-        `limits` are (at most N messages, per W seconds) pairs; 0 as N means no limit.
-        """
-        t = to_epoch(now)
-        assert t is not None
-        with self._tx() as db:
-            wait = 0.0
-            for limit, window in limits:
-                if limit <= 0:
-                    continue
-                row = db.execute(
-                    "SELECT time FROM transport_usage WHERE transport=? AND time > ? "
-                    "ORDER BY time DESC LIMIT 1 OFFSET ?",
-                    (transport, t - window, limit - 1),
-                ).fetchone()
-                if row is not None:
-                    wait = max(wait, float(row[0]) + window - t)
-            if wait > 0:
-                return wait
-            db.execute("INSERT INTO transport_usage (transport, time, owner) VALUES (?, ?, ?)", (transport, t, owner))
-            db.execute(
-                "DELETE FROM transport_usage WHERE transport=? AND time < ?", (transport, t - USAGE_KEEP_SECONDS)
-            )
-            return 0.0
-
-    def breaker_state(self, transport: str) -> dict[str, Any]:
-        """The circuit breaker of `transport` as the spooler stored it ({} when never set)."""
-        rows = self._q("SELECT state FROM breaker_state WHERE transport=?", (transport,))
-        return dict(json.loads(rows[0][0])) if rows else {}
-
-    def set_breaker_state(self, transport: str, state: Mapping[str, Any], now: datetime) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO breaker_state (transport, state, updated) VALUES (?, ?, ?)",
-                (transport, json.dumps(dict(state)), to_epoch(now)),
-            )
-
-    def update_breaker_state(
-        self, transport: str, change: Callable[[dict[str, Any]], Mapping[str, Any] | None], now: datetime
-    ) -> dict[str, Any]:
-        """Read, change and write the breaker state in one transaction (no other process in between).
-
-        `change` gets the current state ({} when none) and returns the new one (None: unchanged).
-        """
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM breaker_state WHERE transport=?", (transport,)).fetchone()
-            current = dict(json.loads(row[0])) if row else {}
-            new = change(dict(current))
-            if new is None:
-                return current
-            db.execute(
-                "INSERT OR REPLACE INTO breaker_state (transport, state, updated) VALUES (?, ?, ?)",
-                (transport, json.dumps(dict(new)), to_epoch(now)),
-            )
-            return dict(new)
-
-
-_SUMMARY_TAGS = (
-    T.PR_MESSAGE_CLASS,
-    T.PR_SUBJECT,
-    T.PR_MESSAGE_FLAGS,
-    T.PR_CLIENT_SUBMIT_TIME,
-    T.PR_MESSAGE_DELIVERY_TIME,
-    T.PR_DISPLAY_TO,
-    T.PR_SENDER_NAME,
-    T.PR_SENT_REPRESENTING_NAME,
-)
-
-
-def now_fallback() -> datetime:
-    from datetime import UTC
-
-    return datetime.now(UTC)
-
-
-def _refresh_display_lists(props: Props, recipients: Sequence[Recipient]) -> None:
-    """PR_DISPLAY_TO/CC/BCC are computed from the recipient table, as a store does."""
-    from ..mapi.flags import MAPI_P1, RecipientType
-
-    lists: dict[RecipientType, list[str]] = {RecipientType.TO: [], RecipientType.CC: [], RecipientType.BCC: []}
-    for r in recipients:
-        if r.recipient_type & MAPI_P1:
-            continue
-        if r.kind in lists:
-            lists[r.kind].append(r.display_name)
-    props[T.PR_DISPLAY_TO] = "; ".join(lists[RecipientType.TO])
-    props[T.PR_DISPLAY_CC] = "; ".join(lists[RecipientType.CC])
-    props[T.PR_DISPLAY_BCC] = "; ".join(lists[RecipientType.BCC])
-
-
-def _stream_size(stream: IO[bytes], hint: int | None) -> int:
-    if hint is not None:
-        return hint
-    try:
-        return os.fstat(stream.fileno()).st_size - stream.tell()
-    except (OSError, AttributeError, ValueError):
-        pos = stream.tell()
-        stream.seek(0, os.SEEK_END)
-        end = stream.tell()
-        stream.seek(pos)
-        return end - pos
-
-
-class _NoClose:
-    """Lends a caller's stream to the store without closing it."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._s = stream
-
-    def read(self, n: int = -1) -> bytes:
-        return self._s.read(n)
-
-    def fileno(self) -> int:
-        return self._s.fileno()
-
-    def tell(self) -> int:
-        return self._s.tell()
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self._s.seek(pos, whence)
-
-    def __enter__(self) -> _NoClose:
-        return self
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        return self._db
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        self._lock.release()
 
 
 class _BlobReader:
