@@ -148,7 +148,9 @@ def profile_daemon(n: int, limit: int) -> str:
         "```",
         f"{'inclusive':>9}  function (file)",
     ]
-    for f, k in inclusive.most_common(limit):
+    trunk = [f for f, k in inclusive.items() if k >= total]  # in every sample: the CLI/asyncio call stack
+    out[-1] += "   (frames present in every sample — the CLI/asyncio trunk — left out)"
+    for f, k in [(f, k) for f, k in inclusive.most_common() if f not in trunk][:limit]:
         out.append(f"{k / total * 100:>8.1f}%  {f}")
     out.append("```\n\nTop by own samples:\n\n```")
     for f, k in own.most_common(15):

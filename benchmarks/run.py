@@ -1,7 +1,7 @@
 """Run every benchmark figure and render benchmarks/RESULTS.md.
 
     python benchmarks/run.py --quick          # smoke run (seconds; CI runs this): tiny N, one run each
-    python benchmarks/run.py                  # the full run (about 25-30 minutes on 2 cores)
+    python benchmarks/run.py                  # the full run (about 16 minutes on a quiet 2-core machine)
     python benchmarks/run.py --only fig3,fig4 # some figures
     python benchmarks/run.py --fig1-n 5000 --fig5-n 20000   # reduced sizes (RESULTS.md says so)
 
@@ -64,6 +64,12 @@ def main() -> int:
     ap.add_argument("--fig6-n", type=int, default=None)
     ap.add_argument("--fig6-window", type=float, default=None)
     ap.add_argument(
+        "--render-from",
+        type=Path,
+        default=None,
+        help="only write RESULTS.md again from a results directory of an earlier run (e.g. after editing analysis.md)",
+    )
+    ap.add_argument(
         "--snapshot",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -72,6 +78,16 @@ def main() -> int:
     args = ap.parse_args()
     if args.snapshot is None:
         args.snapshot = not args.quick
+
+    if args.render_from is not None:
+        saved = json.loads((args.render_from / "run.json").read_text())
+        records = [json.loads((args.render_from / f"{key}.json").read_text()) for key in saved["figures"]]
+        for r in records:
+            r.update(saved["extra"].get(r["key"], {}))
+        path = args.results or C.HERE / "RESULTS.md"
+        path.write_text(render(records, saved["info"], argparse.Namespace(**saved["args"]), saved["total"]))
+        print(f"wrote {path}")
+        return 0
 
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     out = args.out or Path(tempfile.mkdtemp(prefix="postroom-bench-results-"))
@@ -156,9 +172,26 @@ def main() -> int:
     info["loadavg_end"] = loadavg()
     total = time.time() - started
     print(f"total {total:.1f} s", flush=True)
+    saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "info": info,
+                "args": saved_args,
+                "total": total,
+                "figures": [r["key"] for r in records if not r.get("error")],
+                "extra": {r["key"]: {k: r[k] for k in ("command", "elapsed", "loadavg")} for r in records},
+            },
+            indent=2,
+        )
+    )
     if results_path is not None:
         results_path.write_text(render(records, info, args, total))
         print(f"wrote {results_path}", flush=True)
+    if args.out is None and args.quick:
+        shutil.rmtree(out, ignore_errors=True)  # a smoke run keeps nothing
+    else:
+        print(f"results in {out}", flush=True)
     return 1 if failed else 0
 
 
@@ -247,7 +280,11 @@ def render(records: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
 
     for r in records:
         o.append(f"## {r['figure']}\n")
-        o.append(f"Command: `{r.get('command', '')}` — {r.get('elapsed', 0):.0f} s, load {r.get('loadavg', '?')}\n")
+        command = r.get("command", "")
+        if getattr(args, "out", None):
+            command = command.replace(str(args.out), "RESULTS_DIR")
+        command = command.replace(C.PY, "python")
+        o.append(f"Command: `{command}` — {r.get('elapsed', 0):.0f} s, load {r.get('loadavg', '?')}\n")
         if r.get("error"):
             o.append(f"**Failed:** {r['error']}\n")
             continue

@@ -250,16 +250,14 @@ class SendReceiveSummary:
 
     def absorb(self, passes: PassSummary) -> None:
         """Count a spooler pass's outcomes under the transports that produced them."""
-        for m in passes.messages:
-            for name, n in m.delivered_by.items():
-                self.entry(name).sent += n
-            for name, n in m.failed_by.items():
-                if name:
-                    self.entry(name).failed += n
-                else:
-                    self.unrouted_failed += n
-            if m.next_attempt is not None or m.offline:
-                self.deferred += 1
+        for name, n in passes.delivered_by.items():
+            self.entry(name).sent += n
+        for name, n in passes.failed_by.items():
+            if name:
+                self.entry(name).failed += n
+            else:
+                self.unrouted_failed += n
+        self.deferred += passes.deferred
 
     @property
     def received(self) -> int:
@@ -513,7 +511,7 @@ class ProtocolManager:
             self.store.wake(self.core.clock(), (WaitKind.SEND_RECEIVE,))
             if progress:
                 progress("send", t, "")
-            summary.absorb(await self.core.spooler.process_due())
+            summary.absorb(await self.core.spooler.process_due(keep=False))
             t.logon.transport_notify(NotifyFlags.END_OUTBOUND_FLUSH)
             t.status.set(remove=StatusCode.OUTBOUND_FLUSH)
         if download:
@@ -564,8 +562,8 @@ class ProtocolManager:
             due = self.store.next_due()
             if work_waiting or (due is not None and due <= now):
                 work_waiting = False
-                summary = await self.core.spooler.process_due(stop=stop)
-                if on_pass and summary.messages:
+                summary = await self.core.spooler.process_due(stop=stop, keep=False)
+                if on_pass and summary.processed:
                     on_pass(summary)
                 self.core.publish_status()
             await self.poll_due()

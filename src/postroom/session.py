@@ -516,7 +516,7 @@ class _SessionCore:
 
     def status_table(self) -> list[StatusRow]:
         """The status table: the subsystem, the spooler, then one row per transport (§9.1)."""
-        waiting = sum(1 for q in self.store.queue() if q.waiting_for is WaitKind.SEND_RECEIVE)
+        waiting = self.store.count_waiting(WaitKind.SEND_RECEIVE)
         subsystem = StatusRow(
             "MAPI subsystem",
             "postroom",

@@ -138,7 +138,7 @@ def release_pid_file(path: Path) -> None:
 
 def summary_data(summary: PassSummary) -> dict[str, Any]:
     return {
-        "messages": len(summary.messages),
+        "messages": summary.processed,
         "delivered": summary.delivered,
         "failed": summary.failed,
         "waiting": summary.waiting,
@@ -149,7 +149,7 @@ def summary_data(summary: PassSummary) -> dict[str, Any]:
 
 def summary_line(summary: PassSummary) -> str:
     return (
-        f"{len(summary.messages)} message(s): {summary.delivered} recipient(s) delivered, "
+        f"{summary.processed} message(s): {summary.delivered} recipient(s) delivered, "
         f"{summary.failed} failed, {summary.waiting} waiting"
     )
 
@@ -212,7 +212,7 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
     def on_pass(summary: PassSummary) -> None:
         nonlocal passes
         passes += 1
-        totals.messages.extend(summary.messages)
+        totals.merge(summary)
         if not app.json:
             app.out.echo(f"{datetime.now().strftime('%H:%M:%S')} {summary_line(summary)}")
 

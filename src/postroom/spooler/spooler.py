@@ -28,25 +28,48 @@ def spooler_id() -> str:
 
 @dataclass
 class PassSummary:
-    """What one run over the queue did."""
+    """What one run over the queue did: running totals, and each message's result when kept.
+
+    A long flush or a spooler daemon keeps only the totals, so memory does not grow with the
+    number of messages (`keep=False` in Spooler.process_due).
+    """
 
     messages: list[MessageResult] = field(default_factory=list)
+    processed: int = 0
+    delivered: int = 0
+    failed: int = 0
+    waiting: int = 0
+    finished: int = 0
+    deferred: int = 0  # messages left waiting (a retry time, or Send/Receive)
+    delivered_by: dict[str, int] = field(default_factory=dict)
+    failed_by: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def delivered(self) -> int:
-        return sum(m.delivered for m in self.messages)
+    def add(self, result: MessageResult, keep: bool = True) -> None:
+        self.processed += 1
+        self.delivered += result.delivered
+        self.failed += result.failed
+        self.waiting += result.waiting
+        self.finished += 1 if result.finished else 0
+        self.deferred += 1 if (result.next_attempt is not None or result.offline) else 0
+        for name, n in result.delivered_by.items():
+            self.delivered_by[name] = self.delivered_by.get(name, 0) + n
+        for name, n in result.failed_by.items():
+            self.failed_by[name] = self.failed_by.get(name, 0) + n
+        if keep:
+            self.messages.append(result)
 
-    @property
-    def failed(self) -> int:
-        return sum(m.failed for m in self.messages)
-
-    @property
-    def waiting(self) -> int:
-        return sum(m.waiting for m in self.messages)
-
-    @property
-    def finished(self) -> int:
-        return sum(1 for m in self.messages if m.finished)
+    def merge(self, other: PassSummary) -> None:
+        """Add another pass's totals (not its per-message results)."""
+        self.processed += other.processed
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.waiting += other.waiting
+        self.finished += other.finished
+        self.deferred += other.deferred
+        for name, n in other.delivered_by.items():
+            self.delivered_by[name] = self.delivered_by.get(name, 0) + n
+        for name, n in other.failed_by.items():
+            self.failed_by[name] = self.failed_by.get(name, 0) + n
 
 
 class Spooler:
@@ -81,7 +104,9 @@ class Spooler:
     def may_call(self, rule: Callable[[LoadedTransport], bool]) -> None:
         self.processor.may_call = rule
 
-    async def process_due(self, limit: int | None = None, stop: asyncio.Event | None = None) -> PassSummary:
+    async def process_due(
+        self, limit: int | None = None, stop: asyncio.Event | None = None, keep: bool = True
+    ) -> PassSummary:
         """Claim and process due messages until none is due (or `limit` were processed).
 
         Several messages are worked on concurrently; each is claimed in the store first,
@@ -100,7 +125,7 @@ class Spooler:
                 claimed = await self.processor.write(self.store.claim, self.owner, self.clock(), self.lease_seconds, 1)
                 if not claimed:
                     return
-                summary.messages.append(await self.processor.process(claimed[0]))
+                summary.add(await self.processor.process(claimed[0]), keep)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         summary.messages.sort(key=lambda m: m.message_id)

@@ -264,6 +264,10 @@ class MessageStore(abc.ABC):
         """Extend a claim; LeaseLost if another process took the message over."""
 
     @abc.abstractmethod
+    def count_waiting(self, kind: WaitKind) -> int:
+        """How many queued messages wait for this reason (e.g. Send/Receive), without loading them."""
+
+    @abc.abstractmethod
     def next_due(self) -> datetime | None:
         """When the earliest waiting message becomes due (None: nothing queued)."""
 

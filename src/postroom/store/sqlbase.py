@@ -696,6 +696,10 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._check_owner(db, message_id, owner)
             db.execute("UPDATE messages SET lease_until=? WHERE id=?", (t + lease_seconds, message_id))
 
+    def count_waiting(self, kind: WaitKind) -> int:
+        rows = self._q("SELECT count(*) FROM messages WHERE queue_state IS NOT NULL AND wait_kind=?", (kind.value,))
+        return int(rows[0][0])
+
     def next_due(self) -> datetime | None:
         rows = self._q(
             "SELECT min(CASE WHEN lease_owner IS NOT NULL THEN lease_until ELSE coalesce(next_attempt, 0) END) "
