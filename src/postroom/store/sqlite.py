@@ -14,6 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -122,13 +123,26 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         self._locked = _Locked(self._db, self._lock)
         if new_file:
             os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._enable_wal()
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
         self._create_schema()
         self._uid = MAPIUID(self._meta("store_uid"))
         self.bus = NotificationBus(notify_directory(self.path))
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler, when
+        several processes do this on a new file together: wait and try again (bounded)."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
