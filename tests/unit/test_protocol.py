@@ -21,22 +21,12 @@ from postroom.protocol import (
 )
 from postroom.store import WaitKind
 
+from support.clock import Clock
 from support.profiles import make_profile
 from support.recording import INBOUND
 
 Calls = list[tuple[str, str, Any]]
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def offline_profile(tmp_path: Path, *, fax_when_offline: bool = False) -> Profile:
@@ -91,7 +81,7 @@ def test_call_when_offline_transport_is_logged_on_at_start_and_called_at_once(tm
 
 
 def test_going_online_flushes_only_after_the_stability_window(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     with postroom.logon(offline_profile(tmp_path), clock=clock) as s:
         s.create_message("waits").to("a@x.test").submit()
         s.deliver()
@@ -207,7 +197,7 @@ def test_inbound_messages_go_to_the_receive_folder_for_their_class(tmp_path: Pat
 
 
 def test_polling_respects_the_interval(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     profile = make_profile(tmp_path / "p", ("inbound", {"address_types": [""], "poll": True}))
     profile.service("inbound").poll_seconds = 60
     profile.save()

@@ -25,21 +25,11 @@ from postroom.spooler.policy import (
 )
 from postroom.store import QueueState
 
+from support.clock import Clock
 from support.profiles import make_profile
 
 Calls = list[tuple[str, str, Any]]
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def submits(calls: Calls, name: str = "smtp") -> int:
@@ -57,7 +47,7 @@ def profile_with(
 
 
 def test_a_transports_wait_is_honoured_exactly(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {"answer": "wait:90"}), clock=clock) as s:
         s.create_message("x").to("a@x.test").submit()
         s.deliver()
@@ -80,7 +70,7 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
 
 
 def test_busy_backs_off_from_attempt_to_attempt(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     policy = {"retry_min_seconds": 10, "retry_max_seconds": 35, "retry_jitter": 0}
     with postroom.logon(profile_with(tmp_path, {"answer": "busy"}, policy), clock=clock) as s:
         s.create_message("x").to("a@x.test").submit()
@@ -95,7 +85,7 @@ def test_busy_backs_off_from_attempt_to_attempt(tmp_path: Path, calls: Calls) ->
 
 
 def test_lifetime_expiry_sends_an_ndr_that_says_so(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     profile = profile_with(tmp_path, {"answer": "wait:3600"}, max_queue_lifetime_hours=2)
     with postroom.logon(profile, clock=clock) as s:
         mid = s.create_message("too late").to("a@x.test").submit()
@@ -115,7 +105,7 @@ def test_lifetime_expiry_sends_an_ndr_that_says_so(tmp_path: Path, calls: Calls)
 
 
 def test_delay_warning_is_sent_once(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     profile = profile_with(tmp_path, {"answer": "wait:1800"}, delay_warning_hours=1)
     with postroom.logon(profile, clock=clock) as s:
         s.create_message("slow").to("a@x.test").submit()
@@ -128,7 +118,7 @@ def test_delay_warning_is_sent_once(tmp_path: Path, calls: Calls) -> None:
 
 
 def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     policy = {"breaker_threshold": 3, "breaker_seconds": 600}
     profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
     with postroom.logon(profile, clock=clock) as s:
@@ -170,7 +160,7 @@ def test_breaker_logic_probe_failure_reopens() -> None:
 
 
 def test_throttle_per_minute_makes_excess_wait(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}, {"max_per_minute": 3}), clock=clock) as s:
         s.spooler.concurrency = 1
         ids = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(5)]
@@ -198,7 +188,7 @@ def test_throttle_windows(tmp_path: Path) -> None:
 
 
 def test_deferred_send_and_cancel_before_due(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}), clock=clock) as s:
         later = (
             s.create_message("later").to("a@x.test").set(T.PR_DEFERRED_SEND_TIME, T0 + timedelta(minutes=5)).submit()
@@ -217,7 +207,7 @@ def test_deferred_send_and_cancel_before_due(tmp_path: Path, calls: Calls) -> No
 
 
 def test_retry_now_ignores_backoff(tmp_path: Path, calls: Calls) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {"answer": "wait:3600"}), clock=clock) as s:
         mid = s.create_message("x").to("a@x.test").submit()
         s.deliver()
@@ -271,7 +261,7 @@ def test_a_poison_message_does_not_block_the_others(tmp_path: Path, calls: Calls
 
 @pytest.mark.parametrize("policy", ["resend", "hold"])
 def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, calls: Calls, policy: str) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}, crash_policy=policy), clock=clock) as s:
         mid = s.create_message("x").to("a@x.test").submit()
         assert s.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message

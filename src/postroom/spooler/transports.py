@@ -14,7 +14,6 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,7 +228,3 @@ class TransportTable:
             await self._logoff(t)
         self.logged_on = False
         self._router = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -87,6 +87,7 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import AttachMethod, LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import Attachment, MessageData
 from .options import boolean as _boolean
+from .options import client_tls_context, read_password
 from .options import invalid as _invalid
 from .options import number as _number
 from .options import path as _path
@@ -244,42 +245,11 @@ class ServerConfig:
 
     def read_password(self) -> Secret:
         """The password from the environment or the password file; MAPI_E_FAILONEPROVIDER when missing."""
-        if self.password_env is not None:
-            password = os.environ.get(self.password_env)
-            if password is None:
-                raise MAPIError(
-                    HResult.MAPI_E_FAILONEPROVIDER,
-                    f"the environment variable {self.password_env} (option 'password_env') is not set",
-                )
-            return Secret(password)
-        assert self.password_file is not None
-        try:
-            text = self.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise MAPIError(
-                HResult.MAPI_E_FAILONEPROVIDER,
-                f"cannot read the password file {self.password_file} (option 'password_file'): {why}",
-            ) from None
-        return Secret(text.rstrip("\r\n"))
+        return Secret(read_password(self.password_env, self.password_file))
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The client TLS context (certificate and host name checks on unless verify_tls is false)."""
-        if self.security == "none":
-            return None
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        if self.ca_file is not None:
-            try:
-                context.load_verify_locations(cafile=str(self.ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise MAPIError(
-                    HResult.MAPI_E_FAILONEPROVIDER,
-                    f"cannot load the CA file {self.ca_file} (option 'ca_file'): {exc}",
-                ) from None
-        if not self.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return client_tls_context(self.security, self.ca_file, self.verify_tls)
 
 
 # --- the state file ---------------------------------------------------------------------------------

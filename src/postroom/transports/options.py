@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
+from pathlib import Path
 from typing import Any
 
 from ..mapi.codes import HResult, MAPIError
@@ -84,3 +86,46 @@ def path(name: str, value: Any) -> str:
     if "\0" in cleaned:
         raise invalid(f"option {name!r} contains a NUL character")
     return cleaned
+
+
+def read_password(password_env: str | None, password_file: Path | None) -> str:
+    """A secret from the environment variable or the file the options name (never from the profile).
+
+    MAPI_E_FAILONEPROVIDER when it cannot be had: the transport is skipped for the session.
+    """
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if password is None:
+            raise MAPIError(
+                HResult.MAPI_E_FAILONEPROVIDER,
+                f"the environment variable {password_env} (option 'password_env') is not set",
+            )
+        return password
+    assert password_file is not None
+    try:
+        text = password_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise MAPIError(
+            HResult.MAPI_E_FAILONEPROVIDER,
+            f"cannot read the password file {password_file} (option 'password_file'): {why}",
+        ) from None
+    return text.rstrip("\r\n")
+
+
+def client_tls_context(security: str, ca_file: Path | None, verify_tls: bool) -> ssl.SSLContext | None:
+    """The client TLS context: certificate and host name checks on unless verify_tls is false."""
+    if security == "none":
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise MAPIError(
+                HResult.MAPI_E_FAILONEPROVIDER, f"cannot load the CA file {ca_file} (option 'ca_file'): {exc}"
+            ) from None
+    if not verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -37,7 +37,15 @@ from ..mapi.codes import MAPIError
 from ..mapi.flags import LogonFlags, NDRDiag, NDRReason
 from .options import invalid as _invalid
 from .options import string_list as _string_list
-from .spi import OutboundMessage, OutboundRecipient, Registration, SubmitResult, TransportLogon, TransportProvider
+from .spi import (
+    OutboundMessage,
+    OutboundRecipient,
+    Registration,
+    SubmitResult,
+    TransportLogon,
+    TransportProvider,
+    usable_recipients,
+)
 
 DEFAULT_TIMEOUT = 60.0
 EX_TEMPFAIL = 75
@@ -144,17 +152,7 @@ class PipeLogon(TransportLogon):
         taken = [r for r in message.pending() if self._is_mine(r)]
         if not taken:
             return SubmitResult.not_me()
-        recipients: list[OutboundRecipient] = []
-        for rcpt in taken:
-            problem = argument_problem(rcpt.email_address)
-            if problem is None:
-                recipients.append(rcpt)
-            else:
-                rcpt.mark_failed(
-                    f"Cannot pass {rcpt.email_address!r} to the command: {problem}.",
-                    reason=NDRReason.TRANSFER_IMPOSSIBLE,
-                    diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
-                )
+        recipients = usable_recipients(taken, argument_problem, "Cannot pass {address} to the command")
         if not recipients:
             return SubmitResult.ok()
 

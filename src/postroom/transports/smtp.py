@@ -59,7 +59,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
@@ -71,7 +70,7 @@ import aiosmtplib
 
 from .. import mime
 from ..mapi import tags as T
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import MAPIError
 from ..mapi.flags import (
     EndMessageFlags,
     LogoffFlags,
@@ -84,6 +83,7 @@ from ..mapi.flags import (
 )
 from ..mapi.message import MessageData, Recipient
 from .options import boolean as _boolean
+from .options import client_tls_context, read_password
 from .options import invalid as _invalid
 from .options import number as _number
 from .options import path as _path
@@ -96,6 +96,7 @@ from .spi import (
     SubmitResult,
     TransportLogon,
     TransportProvider,
+    usable_recipients,
 )
 
 log = logging.getLogger(__name__)
@@ -258,42 +259,11 @@ class SMTPConfig:
         """The password from the environment or the password file; MAPI_E_FAILONEPROVIDER when missing."""
         if self.username is None:
             return None
-        if self.password_env is not None:
-            password = os.environ.get(self.password_env)
-            if password is None:
-                raise MAPIError(
-                    HResult.MAPI_E_FAILONEPROVIDER,
-                    f"the environment variable {self.password_env} (option 'password_env') is not set",
-                )
-            return password
-        assert self.password_file is not None
-        try:
-            text = self.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise MAPIError(
-                HResult.MAPI_E_FAILONEPROVIDER,
-                f"cannot read the password file {self.password_file} (option 'password_file'): {why}",
-            ) from None
-        return text.rstrip("\r\n")
+        return read_password(self.password_env, self.password_file)
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The client TLS context (certificate and host name checks on unless verify_tls is false)."""
-        if self.security == "none":
-            return None
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        if self.ca_file is not None:
-            try:
-                context.load_verify_locations(cafile=str(self.ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise MAPIError(
-                    HResult.MAPI_E_FAILONEPROVIDER,
-                    f"cannot load the CA file {self.ca_file} (option 'ca_file'): {exc}",
-                ) from None
-        if not self.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return client_tls_context(self.security, self.ca_file, self.verify_tls)
 
 
 class _Secret:
@@ -416,17 +386,7 @@ class SMTPLogon(TransportLogon):
         if self.offline:
             return SubmitResult.wait(wait, "offline (no connect)")
 
-        sendable: list[OutboundRecipient] = []
-        for rcpt in taken:
-            problem = envelope_address_problem(rcpt.email_address)
-            if problem is None:
-                sendable.append(rcpt)
-            else:
-                rcpt.mark_failed(
-                    f"Cannot send to {rcpt.email_address!r}: {problem}.",
-                    reason=NDRReason.TRANSFER_IMPOSSIBLE,
-                    diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
-                )
+        sendable = usable_recipients(taken, envelope_address_problem, "Cannot send to {address}")
         if not sendable:
             return SubmitResult.ok()
 

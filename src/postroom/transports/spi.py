@@ -193,6 +193,25 @@ class OutboundRecipient:
         )
 
 
+def usable_recipients(
+    recipients: Sequence[OutboundRecipient], problem: Callable[[str], str | None], action: str
+) -> list[OutboundRecipient]:
+    """The recipients whose address passes `problem`; the others are failed at once with an NDR
+    that says why: `action` with `{address}` in it, then the problem (MAPI_DIAG_MAIL_ADDRESS_INCORRECT)."""
+    usable: list[OutboundRecipient] = []
+    for rcpt in recipients:
+        why = problem(rcpt.email_address)
+        if why is None:
+            usable.append(rcpt)
+        else:
+            rcpt.mark_failed(
+                f"{action.format(address=repr(rcpt.email_address))}: {why}.",
+                reason=NDRReason.TRANSFER_IMPOSSIBLE,
+                diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
+            )
+    return usable
+
+
 class OutboundMessage:
     """The message object handed to submit_message (read/write, valid until end_message)."""
 
