@@ -38,6 +38,8 @@ from postroom.transports.imap import IMAPProvider
 from postroom.transports.pop3 import POP3Provider
 from postroom.transports.spi import InboundMessage, ProviderContext, Registration, StatusRow
 
+from support.spi import FakeSupport
+
 pytestmark = pytest.mark.integration
 
 PASSWORD_ENV = "POSTROOM_TEST_PEER_PASSWORD"
@@ -111,19 +113,6 @@ def subjects(session: Session) -> list[str]:
 
 def status_row(session: Session, name: str) -> StatusRow:
     return next(r for r in session.status_table() if r.display_name == name)
-
-
-class FakeSupport:
-    def spooler_notify(self, flags: Any, data: Any = None) -> None:
-        pass
-
-    def register_preprocessor(
-        self, preprocessor: Any, *, address_type: str | None = None, uid: bytes | None = None
-    ) -> None:
-        pass
-
-    def spooler_yield(self) -> bool:
-        return False
 
 
 def logon(directory: Path, kind: str, opts: dict[str, Any], flags: LogonFlags = LogonFlags.NO_DIALOG) -> Any:

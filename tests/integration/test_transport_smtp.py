@@ -29,6 +29,8 @@ from postroom.mapi.message import MessageData, Recipient
 from postroom.transports.smtp import SMTPLogon, SMTPProvider, envelope_address_problem, reply_text
 from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
 
+from support.spi import FakeSupport
+
 pytestmark = pytest.mark.integration
 
 SENDER = "sam@sender.test"
@@ -174,22 +176,6 @@ def start_server() -> Iterator[Callable[..., tuple[Handler, int]]]:
 
 
 # --- the transport side ------------------------------------------------------------------------------
-
-
-class FakeSupport:
-    def __init__(self) -> None:
-        self.notifications: list[Any] = []
-
-    def spooler_notify(self, flags: Any, data: Any = None) -> None:
-        self.notifications.append((flags, data))
-
-    def register_preprocessor(
-        self, preprocessor: Any, *, address_type: str | None = None, uid: bytes | None = None
-    ) -> None:
-        pass
-
-    def spooler_yield(self) -> bool:
-        return False
 
 
 def make_logon(tmp_path: Path, port: int, flags: LogonFlags = LogonFlags.NONE, **options: Any) -> SMTPLogon:

@@ -283,3 +283,24 @@ def test_daemon_wakes_on_submit_and_stops_cleanly(tmp_path: Path, calls: Calls) 
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_validate_state_and_config_change_reread_registrations(tmp_path: Path, calls: Calls) -> None:
+    from postroom.mapi.flags import SpoolerNotifyFlags
+
+    profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}))
+    with postroom.logon(profile) as s:
+        assert s.enum_adr_types() == ["SMTP"]
+        # A transport says its configuration changed (NOTIFY_CONFIG_CHANGE): AddressTypes is asked again.
+        t = s.transports.by_name("smtp")
+        t.service.options["address_types"] = ["X400"]
+        assert t.provider is not None
+        t.provider.context.support.spooler_notify(SpoolerNotifyFlags.CONFIG_CHANGE)
+        assert s.enum_adr_types() == ["X400"]
+        # Another process changes the profile; ValidateState on the spooler logs every transport on again.
+        other = Profile.load(profile.directory)
+        other.service("smtp").options["address_types"] = ["SMTP", "FAX"]
+        other.save()
+        s.validate_state()
+        assert s.enum_adr_types() == ["SMTP", "FAX"]
+        assert len(logon_flags(calls, "smtp")) == 2

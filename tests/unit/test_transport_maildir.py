@@ -22,21 +22,7 @@ from postroom.transports import maildir as maildir_mod
 from postroom.transports.maildir import MaildirLogon, MaildirProvider
 from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration
 
-
-class FakeSupport:
-    def __init__(self) -> None:
-        self.notifications: list[Any] = []
-
-    def spooler_notify(self, flags: Any, data: Any = None) -> None:
-        self.notifications.append((flags, data))
-
-    def register_preprocessor(
-        self, preprocessor: Any, *, address_type: str | None = None, uid: bytes | None = None
-    ) -> None:
-        pass
-
-    def spooler_yield(self) -> bool:
-        return False
+from support.spi import FakeSupport
 
 
 def make_logon(tmp_path: Path, **options: Any) -> MaildirLogon:

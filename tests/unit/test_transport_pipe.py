@@ -22,6 +22,8 @@ from postroom.mapi.message import MessageData, Recipient
 from postroom.transports.pipe import PipeLogon, PipeProvider
 from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
 
+from support.spi import FakeSupport
+
 PY = sys.executable
 
 CAPTURE = """\
@@ -40,19 +42,6 @@ sys.stdin.buffer.read()
 sys.stderr.write(sys.argv[2])
 sys.exit(int(sys.argv[1]))
 """
-
-
-class FakeSupport:
-    def spooler_notify(self, flags: Any, data: Any = None) -> None:
-        pass
-
-    def register_preprocessor(
-        self, preprocessor: Any, *, address_type: str | None = None, uid: bytes | None = None
-    ) -> None:
-        pass
-
-    def spooler_yield(self) -> bool:
-        return False
 
 
 def make_logon(tmp_path: Path, **options: Any) -> PipeLogon:
