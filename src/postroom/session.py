@@ -254,7 +254,7 @@ class _SessionCore:
             raise MAPIError(
                 HResult.MAPI_E_CORRUPT_DATA, f"cannot open the message store {str(profile.store_path)!r}: {exc}"
             ) from exc
-        self.transports = TransportTable(profile)
+        self.transports = TransportTable(profile, self.store.connection_slots)
         self.protocol = ProtocolManager(self)
         self.spooler = self._new_spooler()
 
@@ -491,7 +491,7 @@ class _SessionCore:
             return
         if self.transports.logged_on:
             await self.transports.logoff_all()
-        self.transports = TransportTable(self.profile)
+        self.transports = TransportTable(self.profile, self.store.connection_slots)
         self.spooler = self._new_spooler(self.spooler.owner)
         self._needs_relogon = False
         await self.protocol.start()

@@ -6,20 +6,52 @@ Faults are chosen by the recipient's local part, so the harness knows what to ex
   rcpt5xx-*   550 5.1.1 at RCPT, always (the sender must get an NDR)
   data421-*   421 4.3.2 after DATA the first time (nothing delivered), accepted afterwards
   drop-*      the connection is dropped after DATA the first time (nothing delivered), accepted afterwards
-Every accepted message is logged as one line "<Message-ID> <recipient>".
+Every accepted message is logged as one line "<Message-ID> <recipient>". The connections are
+counted in LOGFILE.connections: one line "<open now> <most open at once> <opened in all>" per change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import ClassVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 SEEN: set[str] = set()
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, counting the connections open at once."""
+
+    counts: ClassVar[list[int]] = [0, 0, 0]  # open now, most open at once, opened in all
+    log: Path | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._count(+1)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._count(-1)
+        super().connection_lost(error)
+
+    def _count(self, change: int) -> None:
+        counts = CountingSMTP.counts
+        counts[0] += change
+        counts[1] = max(counts[1], counts[0])
+        counts[2] += max(change, 0)
+        if CountingSMTP.log is not None:
+            with CountingSMTP.log.open("a") as out:
+                out.write(" ".join(map(str, counts)) + "\n")
+
+
+class CountingController(Controller):
+    def factory(self) -> SMTP:
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 class FaultyHandler:
@@ -59,7 +91,8 @@ class FaultyHandler:
 
 def main() -> None:
     port, log = int(sys.argv[1]), Path(sys.argv[2])
-    controller = Controller(FaultyHandler(log), hostname="127.0.0.1", port=port, ready_timeout=10)
+    CountingSMTP.log = log.with_name(log.name + ".connections")
+    controller = CountingController(FaultyHandler(log), hostname="127.0.0.1", port=port, ready_timeout=10)
     controller.start()
     print("ready", flush=True)
     try:

@@ -44,7 +44,7 @@ def make_profile(directory: Path, url: str, port: int) -> Path:
     service = profile.add_service(
         "smtp",
         "mta",
-        {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2, "timeout": 10},
+        {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2 * SPOOLERS, "timeout": 10},
     )
     service.policy = {"retry_min_seconds": 0.5, "retry_max_seconds": 2, "breaker_threshold": 0}
     profile.save()

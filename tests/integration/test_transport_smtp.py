@@ -492,6 +492,75 @@ def test_parallel_submissions_use_at_most_the_configured_connections(tmp_path: P
     assert len(handler.received) == 6 and 1 <= logon.connections_opened <= 2
 
 
+def support_of(logon: SMTPLogon) -> FakeSupport:
+    support = logon.provider.context.support
+    assert isinstance(support, FakeSupport)
+    return support
+
+
+def test_each_connection_holds_a_slot_until_it_closes(tmp_path: Path, start_server: Any) -> None:
+    _, port = start_server()
+    logon = make_logon(tmp_path, port, connections=2)
+    slots = support_of(logon).slots
+
+    async def send() -> tuple[int, int]:
+        await asyncio.gather(*(logon.submit_message(make_message(rcpt(f"u{i}@example.test")), 0) for i in range(6)))
+        during = slots.held("transport")
+        await logon.logoff()
+        return during, slots.held("transport")
+
+    during, after = asyncio.run(send())
+    assert during == logon.connections_opened and 1 <= during <= 2
+    assert after == 0
+
+
+def test_idle_connections_close_and_give_their_slot_back(
+    tmp_path: Path, start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import postroom.transports.smtp as smtp
+
+    monkeypatch.setattr(smtp, "IDLE_SECONDS", 0.2)
+    handler, port = start_server()
+    logon = make_logon(tmp_path, port)
+    slots = support_of(logon).slots
+
+    async def send() -> list[int]:
+        held = []
+        for _ in range(2):
+            assert (await submit(logon, make_message(rcpt("alice@example.test"))))[0] == SubmitResult.ok()
+            held.append(slots.held("transport"))
+            await asyncio.sleep(0.6)
+            held.append(slots.held("transport"))
+        await logon.logoff()
+        return held
+
+    assert asyncio.run(send()) == [1, 0, 1, 0]
+    assert len(handler.ehlo) == 2 and handler.quits == 2  # closed politely, and opened again when needed
+
+
+def test_slots_taken_elsewhere_make_the_message_wait(
+    tmp_path: Path, start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import postroom.transports.smtp as smtp
+
+    monkeypatch.setattr(smtp, "SLOT_WAIT_SECONDS", 0.3)
+    handler, port = start_server()
+    logon = make_logon(tmp_path, port, connections=1)
+    slots = support_of(logon).slots
+    assert slots.try_acquire("transport", 1) == 0  # "another process" holds the only connection
+
+    result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
+    assert result.code == HResult.MAPI_E_WAIT and result.wait_seconds == smtp.SLOT_RETRY_SECONDS
+    assert "all 1 connection(s)" in result.reason and "other spooler processes" in result.reason
+    assert handler.received == [] and logon.connections_opened == 0
+    assert not logon.status.status_code & StatusCode.FAILURE  # waiting for a slot is not a failure
+
+    slots.release("transport", 0)
+    result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
+    assert result == SubmitResult.ok() and len(handler.received) == 1
+    asyncio.run(logon.logoff())
+
+
 def test_452_at_mail_reconnects_and_retries(tmp_path: Path, start_server: Any) -> None:
     handler, port = start_server(Handler(max_messages_per_session=2))
     logon = make_logon(tmp_path, port)

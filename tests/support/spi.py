@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from postroom.store.slots import LocalSlots
+
 
 class FakeSupport:
     """IMAPISupport for a transport under test: records what it tells the spooler."""
 
     def __init__(self) -> None:
         self.notifications: list[Any] = []
+        self.slots = LocalSlots()
 
     def spooler_notify(self, flags: Any, data: Any = None) -> None:
         self.notifications.append((flags, data))
@@ -21,3 +24,9 @@ class FakeSupport:
 
     def spooler_yield(self) -> bool:
         return False
+
+    def acquire_connection_slot(self, limit: int) -> int | None:
+        return self.slots.try_acquire("transport", limit)
+
+    def release_connection_slot(self, slot: int) -> None:
+        self.slots.release("transport", slot)

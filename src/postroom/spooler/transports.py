@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogoffFlags, LogonFlags, NotifyFlags, ResourceType, SpoolerNotifyFlags, StatusCode
 from ..profile import Profile, Service, provider_class
+from ..store.slots import ConnectionSlots, LocalSlots
 from ..transports.spi import (
     Preprocessor,
     ProviderContext,
@@ -81,6 +82,12 @@ class Support:
     def spooler_yield(self) -> bool:
         return False
 
+    def acquire_connection_slot(self, limit: int) -> int | None:
+        return self._table.connection_slots.try_acquire(self._service.name, limit)
+
+    def release_connection_slot(self, slot: int) -> None:
+        self._table.connection_slots.release(self._service.name, slot)
+
 
 @dataclass
 class LoadedTransport:
@@ -105,8 +112,10 @@ class LoadedTransport:
 class TransportTable:
     """Every transport of the session, in transport order."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, connection_slots: ConnectionSlots | None = None) -> None:
         self.profile = profile
+        #: The store's slots (shared across processes); without a store, this process's own.
+        self.connection_slots = connection_slots or LocalSlots()
         self.transports = [LoadedTransport(s, n) for n, s in enumerate(profile.transport_order())]
         self.preprocessors: list[RegisteredPreprocessor] = []
         self.listeners: list[Callable[[str, SpoolerNotifyFlags, Any], None]] = []

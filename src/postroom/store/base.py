@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from ..mapi.message import MessageData, Props
 from .notify import NotificationBus
+from .slots import ConnectionSlots
 
 
 class FolderRole(StrEnum):
@@ -157,6 +158,8 @@ class MessageStore(abc.ABC):
 
     #: Cross-process notifications of this store (submit, new mail, mode changes).
     bus: NotificationBus
+    #: Each transport's connection limit, held across every spooler process on this store.
+    connection_slots: ConnectionSlots
 
     # --- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -45,6 +45,7 @@ from ..mapi.entryid import MAPIUID
 from . import is_postgres_url, redact_url
 from .migrations import LATEST, newer_schema, older_schema, postgres_version, upgrade_postgres
 from .notify import Listener, Notification, NotificationBus
+from .slots import AdvisorySlots
 from .sqlbase import CHUNK, SQLMessageStore, create_default_folders, exactly, read_chunks
 
 log = logging.getLogger("postroom.store")
@@ -270,6 +271,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
                 HResult.MAPI_E_NETWORK_ERROR, f"cannot connect to the message store {self.display_url}: {exc}"
             ) from exc
         self.bus: PgNotificationBus = PgNotificationBus(self, self._channel)
+        self.connection_slots = AdvisorySlots(lambda: self._connect(timeout=5), self._channel, self._mapi_error)
 
     def _connect(self, timeout: float | None = None) -> Conn:
         try:
@@ -355,7 +357,8 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         if getattr(self._local, "conn", None) is not None:
             yield  # already inside a batch or transaction on this thread: part of it
             return
-        with self._pool.connection() as conn:
+        # A lost connection at BEGIN or COMMIT is MAPI_E_NETWORK_ERROR too, as in every other operation.
+        with self._errors_as_mapi(), self._pool.connection() as conn:
             self._local.conn = PgConnection(conn)
             self._local.notes = []
             try:
@@ -382,6 +385,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         return MAPIError(HResult.MAPI_E_NETWORK_ERROR, f"the message store {self.display_url} failed: {text}")
 
     def close(self) -> None:
+        self.connection_slots.close()
         self._pool.close()
 
     # --- the dialect ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID
 from .migrations import LATEST, upgrade_sqlite
 from .notify import NotificationBus, notify_directory
+from .slots import FileSlots
 from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
 
 SCHEMA_VERSION = LATEST  # version 1 is SCHEMA below; later versions are in migrations.py
@@ -130,6 +131,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         self._create_schema()
         self._uid = MAPIUID(self._meta("store_uid"))
         self.bus = NotificationBus(notify_directory(self.path))
+        self.connection_slots = FileSlots(self.path.with_name(self.path.name + "-slots"))
 
     def _enable_wal(self) -> None:
         """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler, when

@@ -23,10 +23,17 @@ so every recipient's own reply is seen:
   the next success clears it. A disconnect after the server answered 250 to DATA is a delivery.
 
 Connections are made lazily on the first message (never with LogonFlags.NO_CONNECT: then every
-message waits), kept in a pool of up to `connections`, and replaced after
-`max_messages_per_connection` messages, after a 421 or ``452 4.5.3`` answer to MAIL (the
-transaction is then retried once on a fresh connection) or when the connection dropped. A
-failed transaction is reset with RSET; when RSET fails too the connection is dropped.
+message waits), kept in a pool, and replaced after `max_messages_per_connection` messages, after
+a 421 or ``452 4.5.3`` answer to MAIL (the transaction is then retried once on a fresh
+connection) or when the connection dropped. A connection idle for `IDLE_SECONDS` is closed, as
+Postfix's connection cache does. A failed transaction is reset with RSET; when RSET fails too
+the connection is dropped.
+
+`connections` is the limit for the whole profile, not per process: each connection holds one of
+the transport's connection slots in the message store, so every spooler process on the store
+together opens at most that many. A process that finds every slot taken waits up to
+`SLOT_WAIT_SECONDS` for one; then the message waits `SLOT_RETRY_SECONDS` (MAPI_E_WAIT, not an
+error) and whichever spooler has a connection free takes it.
 
 Addresses with CR, LF, NUL, other control characters, white space, ``<`` or ``>`` are never put
 on the wire: such recipients fail with MAPI_DIAG_MAIL_ADDRESS_INCORRECT. A message or address that
@@ -44,7 +51,8 @@ Options:
   trust, e.g. a private CA; relative to the profile directory.
 * `helo_name`: the name sent in EHLO (default: this host's FQDN). `timeout`: seconds for connecting
   and for each reply (default 30; the reply to the end of DATA may take ten times that).
-* `connections` (default 2), `max_messages_per_connection` (default 100).
+* `connections` (default 2; the limit for every spooler process on the store together, see below),
+  `max_messages_per_connection` (default 100).
 * `address_types` (default ["SMTP"]); `domains`: only recipients in these domains are taken, the
   others are left for the next transport (default: every domain).
 * `sender`: the envelope sender (default PR_SENDER_EMAIL_ADDRESS when it is an SMTP address, else
@@ -61,7 +69,7 @@ import dataclasses
 import logging
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +123,11 @@ MAX_PATH_OCTETS = 254
 #: RFC 3461 §4.4: ENVID is at most 100 characters.
 MAX_ENVID = 100
 QUIT_TIMEOUT = 5.0
+#: An idle pooled connection is closed after this long (Postfix: smtp_connection_cache_time_limit).
+IDLE_SECONDS = 2.0
+#: How long a message waits in this process for a connection slot another process holds.
+SLOT_WAIT_SECONDS = 10.0
+SLOT_RETRY_SECONDS = 1.0
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _BAD_ADDRESS_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
@@ -290,6 +303,10 @@ class _ConnectFailed(Exception):
     """Opening a connection failed; the text is ready for the status row."""
 
 
+class _NoSlot(Exception):
+    """Every connection slot is held (by other spooler processes): not an error, the message waits."""
+
+
 class _Retry(Exception):
     """MAIL met 421, 452 4.5.3 or a dropped reused connection: try once more on a fresh one."""
 
@@ -302,13 +319,17 @@ class _Retry(Exception):
 @dataclass(eq=False)  # compared and hashed by identity: kept in a set
 class _Connection:
     smtp: aiosmtplib.SMTP
+    release_slot: Callable[[], None] = lambda: None  # gives the connection slot back, once
     messages: int = 0
     reused: bool = False
     broken: bool = False
+    idle_since: float = 0.0
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.smtp.close()
+        release, self.release_slot = self.release_slot, lambda: None
+        release()
 
     async def quit(self) -> None:
         try:
@@ -363,6 +384,8 @@ class SMTPLogon(TransportLogon):
         self._slots: asyncio.Semaphore | None = None
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        self._reaper: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.connections_opened = 0
 
     def address_types(self) -> Registration:
@@ -453,6 +476,11 @@ class SMTPLogon(TransportLogon):
                 conn = await self._checkout(fresh=fresh)
             except _ConnectFailed as exc:
                 network_error = str(exc)
+                break
+            except _NoSlot as exc:
+                if delivered == 0 and not any(r.mark is not None for r in message.recipients):
+                    return SubmitResult.wait(SLOT_RETRY_SECONDS, str(exc))
+                temporary += [(r, str(exc)) for r in queue if not r.responsibility]
                 break
             fresh = False
             try:
@@ -661,6 +689,7 @@ class SMTPLogon(TransportLogon):
             conn.abort()
         self._open.clear()
         self._idle.clear()
+        self._stop_reaper()
         self._loop = loop
         self._slots = asyncio.Semaphore(self.config.connections)
 
@@ -680,13 +709,61 @@ class SMTPLogon(TransportLogon):
             self._open.discard(conn)
             await conn.quit()
         else:
+            conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
+            if self._reaper is None:
+                self._reaper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._reap_idle)
+
+    def _reap_idle(self) -> None:
+        """Close connections idle for IDLE_SECONDS: their slots may be wanted by another process."""
+        self._reaper = None
+        if self._loop is None or self._loop.is_closed():
+            return
+        now = self._loop.time()
+        stale = [c for c in self._idle if now - c.idle_since >= IDLE_SECONDS]
+        for conn in stale:
+            self._idle.remove(conn)
+            self._open.discard(conn)
+            task = self._loop.create_task(conn.quit())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        if self._idle:
+            first = min(c.idle_since for c in self._idle)
+            self._reaper = self._loop.call_later(max(0.05, first + IDLE_SECONDS - now), self._reap_idle)
 
     def _drop(self, conn: _Connection) -> None:
         self._open.discard(conn)
         conn.abort()
 
+    async def _connection_slot(self) -> Callable[[], None]:
+        """Wait for one of the transport's connection slots (shared by every spooler process)."""
+        support = self.provider.context.support
+        limit = self.config.connections
+        deadline = asyncio.get_running_loop().time() + SLOT_WAIT_SECONDS
+        pause = 0.02
+        while True:
+            try:
+                slot = support.acquire_connection_slot(limit)
+            except MAPIError as exc:  # the store cannot say: wait as for a busy slot
+                raise _NoSlot(f"cannot take a connection slot: {exc.message}") from None
+            if slot is not None:
+                return lambda: support.release_connection_slot(slot)
+            if asyncio.get_running_loop().time() >= deadline:
+                raise _NoSlot(f"all {limit} connection(s) to {self.config.where} are in use by other spooler processes")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
     async def _connect(self) -> _Connection:
+        release = await self._connection_slot()
+        try:
+            conn = await self._open_connection()
+        except BaseException:
+            release()
+            raise
+        conn.release_slot = release
+        return conn
+
+    async def _open_connection(self) -> _Connection:
         cfg = self.config
         try:
             smtp = aiosmtplib.SMTP(
@@ -736,7 +813,13 @@ class SMTPLogon(TransportLogon):
             text=f"connected to {self.config.where}{self._tls_note}",
         )
 
+    def _stop_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
     async def _close_all(self) -> None:
+        self._stop_reaper()
         idle, self._idle = self._idle, []
         for conn in idle:
             self._open.discard(conn)
@@ -760,6 +843,7 @@ class SMTPLogon(TransportLogon):
         if self._loop is asyncio.get_running_loop():
             await self._close_all()
         else:
+            self._stop_reaper()
             for conn in list(self._open):
                 self._drop(conn)
             self._idle.clear()
@@ -783,7 +867,10 @@ class SMTPProvider(TransportProvider):
         "ca_file": "a CA bundle (PEM) to trust, e.g. a private CA; relative to the profile directory",
         "helo_name": "the name sent in EHLO (default: this host's FQDN)",
         "timeout": f"seconds for connecting and for each reply (default {DEFAULT_TIMEOUT:g})",
-        "connections": f"parallel connections to the server (default {DEFAULT_CONNECTIONS})",
+        "connections": (
+            "connections to the server at once, all spooler processes on the store together "
+            f"(default {DEFAULT_CONNECTIONS})"
+        ),
         "max_messages_per_connection": f"messages sent over one connection (default {DEFAULT_MAX_MESSAGES})",
         "address_types": "address types taken by this transport (default ['SMTP'])",
         "domains": "only recipients in these domains are taken (default: every domain)",

@@ -328,6 +328,17 @@ class TransportSupport(Protocol):
         """True when the message being processed was cancelled (MAPI_W_CANCEL_MESSAGE)."""
         ...
 
+    def acquire_connection_slot(self, limit: int) -> int | None:
+        """Take one of the transport's `limit` connection slots before opening a connection.
+
+        Slots are shared by every spooler process on the message store, so all of them
+        together never hold more than `limit` connections. None: all are in use elsewhere."""
+        ...
+
+    def release_connection_slot(self, slot: int) -> None:
+        """Give a slot back when its connection has closed."""
+        ...
+
 
 @dataclass
 class ProviderContext:

@@ -1,0 +1,105 @@
+"""Connection slots: a transport's connection limit holds across processes, and a killed holder frees its slots.
+
+The other process is real (a subprocess opening the same store), because locks held by one
+process are what the slots are made of.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from postroom.mapi.codes import HResult, MAPIError
+from postroom.store import MessageStore
+
+HOLDER = """
+import sys, time
+from postroom.store import open_store
+store = open_store(sys.argv[1])
+taken = [store.connection_slots.try_acquire(sys.argv[2], int(sys.argv[3])) for _ in range(int(sys.argv[4]))]
+print(" ".join(str(t) for t in taken), flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def holder(target: str, transport: str, limit: int, take: int) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """Another process holding `take` of the transport's slots until it is killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, target, transport, str(limit), str(take)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        taken = proc.stdout.readline().split()
+        yield proc, taken
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def eventually(take: Callable[[], int | None], seconds: float = 10.0) -> int | None:
+    deadline = time.monotonic() + seconds
+    while True:
+        slot = take()
+        if slot is not None or time.monotonic() > deadline:
+            return slot
+        time.sleep(0.05)
+
+
+def test_slots_are_numbered_up_to_the_limit_and_come_back(store: MessageStore) -> None:
+    slots = store.connection_slots
+    assert [slots.try_acquire("mta", 3) for _ in range(4)] == [0, 1, 2, None]
+    assert slots.held("MTA") == 3
+    slots.release("mta", 1)
+    slots.release("mta", 1)  # twice: the second does nothing
+    assert slots.try_acquire("Mta", 3) == 1  # transport names compare case-insensitively
+    assert slots.try_acquire("fax", 1) == 0  # every transport has slots of its own
+    for n in range(3):
+        slots.release("mta", n)
+    assert slots.held("mta") == 0
+
+
+def test_a_bad_limit_is_refused(store: MessageStore) -> None:
+    with pytest.raises(MAPIError) as caught:
+        store.connection_slots.try_acquire("mta", 0)
+    assert caught.value.code == HResult.MAPI_E_INVALID_PARAMETER
+
+
+def test_the_limit_holds_across_processes(store: MessageStore, store_target: str) -> None:
+    with holder(store_target, "mta", 3, 2) as (_, taken):
+        assert taken == ["0", "1"]
+        slots = store.connection_slots
+        assert slots.try_acquire("mta", 3) == 2
+        assert slots.try_acquire("mta", 3) is None  # two held there, one here: the limit is reached
+        assert slots.try_acquire("mta", 4) == 3  # a higher limit has room
+        slots.release("mta", 2)
+        slots.release("mta", 3)
+
+
+def test_a_killed_process_frees_its_slots_at_once(store: MessageStore, store_target: str) -> None:
+    slots = store.connection_slots
+    with holder(store_target, "mta", 2, 2) as (proc, taken):
+        assert taken == ["0", "1"]
+        assert slots.try_acquire("mta", 2) is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        slot = eventually(lambda: slots.try_acquire("mta", 2))
+        assert slot is not None, "the killed process's slots were never freed"
+        assert time.monotonic() - started < 5.0  # no lease to wait out
+    slots.release("mta", slot)
+
+
+def test_stores_in_one_process_share_its_slots(store: MessageStore, open_another: Callable[[], MessageStore]) -> None:
+    other = open_another()
+    assert store.connection_slots.try_acquire("mta", 2) == 0
+    assert other.connection_slots.try_acquire("mta", 2) == 1
+    assert store.connection_slots.try_acquire("mta", 2) is None
+    store.connection_slots.release("mta", 0)
+    other.connection_slots.release("mta", 1)
