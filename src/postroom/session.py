@@ -427,6 +427,10 @@ class _SessionCore:
         """Release a held message: it is due at once."""
         self.store.release_hold(self.store.resolve_message(ref), self.clock())
 
+    def confirm_delivered(self, ref: str | int | bytes, detail: str = "confirmed delivered by an operator") -> str:
+        """Finish a held message as delivered instead of sending it again (its outcome was unknown)."""
+        return self.store.confirm_delivered(self.store.resolve_message(ref), self.clock(), detail)
+
     def retry(self, ref: str | int | bytes | None = None) -> int:
         """Make a waiting message (or, with None, every one) due now, ignoring backoff."""
         mid = None if ref is None else self.store.resolve_message(ref)

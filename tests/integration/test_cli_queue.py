@@ -120,6 +120,24 @@ def test_hold_and_release(profile: Path) -> None:
     one_line_error(postroom("retry", profile=profile), "message ID or --all")
 
 
+def test_release_as_delivered_finishes_a_held_message_without_sending_it(profile: Path) -> None:
+    mid = as_json(ok(postroom("send", "--later", "--to", "user@localhost", "-s", "Sent?", "--json", profile=profile)))[
+        "message_id"
+    ]
+    usage = postroom("release", mid, "--note", "x", profile=profile)
+    assert usage.returncode == 2 and "--note goes with --as-delivered" in usage.stderr
+    one_line_error(postroom("release", mid, "--as-delivered", profile=profile), "MAPI_E_INVALID_PARAMETER", "not held")
+
+    ok(postroom("hold", mid, "--reason", "outcome unknown", profile=profile))
+    done = ok(postroom("release", mid, "--as-delivered", "--note", "smtp log: 250 queued as 4F2A", profile=profile))
+    assert f"Message {mid} marked delivered without sending it again" in done.stdout
+    assert queue(profile) == {}
+    assert as_json(ok(postroom("spooler", "--once", "--json", profile=profile)))["messages"] == 0
+    assert maildir_files(profile) == []  # not sent again
+    history = ok(postroom("show", mid, profile=profile)).stdout
+    assert "confirmed-delivered" in history and "250 queued as 4F2A" in history
+
+
 def test_retry_and_flush_a_waiting_message(profile: Path, busy_flag: Path, tmp_path: Path) -> None:
     first = ok(postroom("send", "--to", "TEMP:one", "-s", "Patience", "--json", profile=profile))
     mid = as_json(first)["message_id"]

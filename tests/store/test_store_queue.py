@@ -296,6 +296,32 @@ def test_hold_release_and_retry_now(store: MessageStore) -> None:
     assert kinds.count("held") == 2 and kinds.count("released") == 2 and "retry" in kinds
 
 
+def test_an_operator_confirms_a_held_message_delivered(store: MessageStore) -> None:
+    mid = submitted(store, "a@x.test", "b@x.test")
+    store.claim("me", NOW, 60)
+    store.record_outcomes(mid, "me", [delivered(0)], NOW)  # a@ was recorded before the crash; b@ was not
+    store.hold(mid, NOW, "outcome unknown", owner="me")
+    with pytest.raises(MAPIError) as err:
+        store.confirm_delivered(987654, NOW, "x")
+    assert err.value.code == HResult.MAPI_E_NOT_IN_QUEUE
+
+    assert store.confirm_delivered(mid, NOW, "the server's log shows it") == "left"
+    assert store.queue_entry(mid) is None and store.claim("me", NOW, 60) == []
+    states = store.recipient_states(mid)
+    assert [s.state for s in states] == [RecipientState.DELIVERED] * 2
+    assert all(s.reported for s in states[1:])  # no delivery report is owed for the operator's word
+    flags = store.open_message(mid).get(T.PR_MESSAGE_FLAGS)
+    assert not flags & (MessageFlags.SUBMIT | MessageFlags.UNSENT)
+    event = [e for e in store.events(mid) if e.kind == "confirmed-delivered"]
+    assert event and "1 recipient(s): the server's log shows it" in event[0].detail
+
+    other = submitted(store, "c@x.test")
+    with pytest.raises(MAPIError) as err:
+        store.confirm_delivered(other, NOW, "x")  # not held: it may be being sent right now
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert store.queue_entry(other) is not None
+
+
 def test_queue_order_and_single_entries(store: MessageStore) -> None:
     late = submitted(store, "a@x.test", at=NOW + timedelta(seconds=10))
     early = submitted(store, "b@x.test", at=NOW)

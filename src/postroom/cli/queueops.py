@@ -53,16 +53,33 @@ def hold(app: App, ref: str, reason: str | None) -> None:
 
 @click.command()
 @click.argument("ref", metavar="ID")
+@click.option(
+    "--as-delivered",
+    is_flag=True,
+    help="Do not send it again: it was delivered (e.g. the server's log shows a message whose "
+    "outcome was unknown after a crash). Its pending recipients are marked delivered.",
+)
+@click.option("--note", default=None, metavar="TEXT", help="With --as-delivered: how you know (kept in its history).")
 @json_option
 @pass_app
-def release(app: App, ref: str) -> None:
-    """Release a held message: it is due at once.
+def release(app: App, ref: str, as_delivered: bool, note: str | None) -> None:
+    """Release a held message: it is due at once (or, with --as-delivered, finished as sent).
 
     A message that is not held is MAPI_E_INVALID_PARAMETER; one not in the queue
     MAPI_E_NOT_IN_QUEUE.
     """
+    if note is not None and not as_delivered:
+        raise click.UsageError("--note goes with --as-delivered")
     session = app.session()
     mid = session.message_id(ref)
+    if as_delivered:
+        finished = session.confirm_delivered(mid, note or "confirmed delivered by an operator")
+        if app.json:
+            app.out.document({"message_id": mid, "released": True, "delivered": True, "finished": finished})
+            return
+        where = {"moved": "moved to its sent-mail folder", "deleted": "deleted", "left": "left in its folder"}[finished]
+        app.out.echo(f"Message {mid} marked delivered without sending it again ({where}).")
+        return
     session.release(mid)
     if app.json:
         app.out.document({"message_id": mid, "released": True})

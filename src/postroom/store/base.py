@@ -255,6 +255,10 @@ class MessageStore(abc.ABC):
     def release_hold(self, message_id: int, now: datetime) -> None: ...
 
     @abc.abstractmethod
+    def confirm_delivered(self, message_id: int, now: datetime, detail: str) -> str:
+        """Finish a held message as delivered on an operator's word (no report is sent); see finish()."""
+
+    @abc.abstractmethod
     def retry_now(self, message_id: int | None, now: datetime) -> int:
         """Make one queued message (or all) due now, ignoring backoff; returns how many."""
 

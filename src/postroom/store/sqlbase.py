@@ -22,6 +22,7 @@ import abc
 import json
 import os
 import struct
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -819,6 +820,34 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             self._event(db, message_id, now, "released", "released from hold")
         self._publish("queue", message_id=message_id)
+
+    def confirm_delivered(self, message_id: int, now: datetime, detail: str) -> str:
+        """An operator's word that a held message was delivered (say, after a crash left its outcome
+        unknown and the server's log shows it): its pending recipients become delivered and the
+        message is finished as if the transport had said so. Returns what finish() returns."""
+        owner = f"operator:{uuid.uuid4().hex[:8]}"
+        with self.batch(), self._tx() as db:  # one transaction, finish() included
+            (state,) = self._queued(db, message_id, "queue_state")
+            if state != QueueState.HELD.value:
+                raise MAPIError(
+                    HResult.MAPI_E_INVALID_PARAMETER,
+                    f"message {message_id} is not held: only a held message can be marked delivered",
+                )
+            db.execute(
+                "UPDATE messages SET queue_state='queued', hold_reason=NULL, lease_owner=? WHERE id=?",
+                (owner, message_id),
+            )
+            pending = db.execute(
+                "SELECT row_id FROM recipients WHERE message_id=? AND state='pending' ORDER BY row_id", (message_id,)
+            ).fetchall()
+            outcomes = [
+                RecipientOutcome(
+                    int(row), RecipientState.DELIVERED, "", {T.PR_DELIVER_TIME: now, T.PR_REPORT_TEXT: detail}, False
+                )
+                for (row,) in pending
+            ]
+            self._event(db, message_id, now, "confirmed-delivered", f"{len(outcomes)} recipient(s): {detail}")
+            return self.finish(message_id, owner, now, outcomes)
 
     def retry_now(self, message_id: int | None, now: datetime) -> int:
         with self._tx() as db:
