@@ -7,6 +7,7 @@ microseconds since the Unix epoch (exact, sortable); multi-valued properties are
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,20 +89,47 @@ def encode_bag(props: dict[int, Any]) -> str:
     One column per object instead of one row per property: far fewer statements per message,
     and the tag's type still decides how each value is read back.
     """
-    out: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    update_raw(raw, props)
+    return dump_raw(raw)
+
+
+# A bag changed in place: parsed as JSON but not decoded, so that changing one property of a
+# message does not decode and re-encode all the others (its body among them).
+def load_raw(text: str | bytes | None) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+def dump_raw(raw: dict[str, Any]) -> str:
+    # One check for the whole bag: a lone surrogate cannot be stored as UTF-8; refuse it clearly.
+    return _check_storable(json.dumps(raw, ensure_ascii=False, separators=(",", ":")))
+
+
+def update_raw(raw: dict[str, Any], props: Mapping[int, Any], delete: Iterable[int] = ()) -> None:
+    """Set (encoded) and delete properties of a raw bag; a value of None is not stored."""
     for tag, value in props.items():
         if value is None:
             continue
         kind = tag & 0xFFFF
         if kind == T.PT_UNICODE and type(value) is str:  # the common case, kept fast
-            out[str(tag)] = value
+            raw[str(tag)] = value
             continue
         if kind == T.PT_OBJECT:
             continue
         encoded = encode_value(tag, value)
-        out[str(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded
-    # One check for the whole bag: a lone surrogate cannot be stored as UTF-8; refuse it clearly.
-    return _check_storable(json.dumps(out, ensure_ascii=False, separators=(",", ":")))
+        raw[str(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded
+    for tag in delete:
+        raw.pop(str(tag), None)
+
+
+def raw_value(raw: Mapping[str, Any], tag: int) -> Any:
+    """One property of a raw bag, decoded (None when absent)."""
+    value = raw.get(str(tag))
+    if value is None:
+        return None
+    if T.prop_type(tag) in (T.PT_BINARY, T.PT_CLSID):
+        return bytes.fromhex(value)
+    return decode_value(tag, value)
 
 
 def _check_storable(text: str) -> str:

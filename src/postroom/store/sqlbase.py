@@ -48,7 +48,7 @@ from .base import (
     RecipientStatus,
     WaitKind,
 )
-from .codec import decode_bag, encode_bag, from_epoch, to_epoch
+from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
@@ -291,11 +291,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def _merge_props(self, db: DB, table: str, key: tuple[Any, ...], props: Props, delete: Iterable[int]) -> None:
         name, where = self._BAGS[table]
         row = db.execute(f"SELECT props FROM {name} WHERE {where}{self._FOR_UPDATE}", key).fetchone()
-        bag = decode_bag(row[0]) if row else {}
-        bag.update({t: v for t, v in props.items() if v is not None})
-        for t in delete:
-            bag.pop(t, None)
-        db.execute(f"UPDATE {name} SET props=? WHERE {where}", (encode_bag(bag), *key))
+        raw = load_raw(row[0] if row else None)
+        update_raw(raw, props, delete)
+        db.execute(f"UPDATE {name} SET props=? WHERE {where}", (dump_raw(raw), *key))
 
     def _insert_message(
         self, db: DB, folder_id: int | None, message: MessageData, submit_at: datetime | None = None
@@ -931,16 +929,16 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 raise MAPIError(
                     HResult.MAPI_E_CALL_FAILED, f"message {message_id} still has {pending} pending recipient(s)"
                 )
-            props = self._load_props(db, message_id)
-            flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~(MessageFlags.SUBMIT | MessageFlags.UNSENT)
-            self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
+            raw = load_raw(db.execute("SELECT props FROM messages WHERE id=?", (message_id,)).fetchone()[0])
+            flags = int(raw_value(raw, T.PR_MESSAGE_FLAGS) or 0) & ~(MessageFlags.SUBMIT | MessageFlags.UNSENT)
+            update_raw(raw, {T.PR_MESSAGE_FLAGS: flags})
             db.execute(
-                "UPDATE messages SET queue_state=NULL, lease_owner=NULL, lease_until=NULL, next_attempt=NULL "
-                "WHERE id=?",
-                (message_id,),
+                "UPDATE messages SET props=?, queue_state=NULL, lease_owner=NULL, lease_until=NULL, "
+                "next_attempt=NULL WHERE id=?",
+                (dump_raw(raw), message_id),
             )
-            sentmail = props.get(T.PR_SENTMAIL_ENTRYID)
-            delete = bool(props.get(T.PR_DELETE_AFTER_SUBMIT))
+            sentmail = raw_value(raw, T.PR_SENTMAIL_ENTRYID)
+            delete = bool(raw_value(raw, T.PR_DELETE_AFTER_SUBMIT))
             outcome = "left"
             if sentmail:
                 fid = self._parse_entry_id(bytes(sentmail), FOLDER_ENTRY)
