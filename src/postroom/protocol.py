@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from .mapi.flags import FlushFlags, LogonFlags, NotifyFlags, SpoolerNotifyFlags,
 from .mapi.message import MessageData
 from .profile import Profile
 from .spooler import LoadedTransport, PassSummary
+from .spooler.outage import StoreOutage, store_unreachable
 from .spooler.transports import call_transport, error_summary
 from .store.base import MessageStore, WaitKind
 from .transports.spi import InboundMessage
@@ -289,6 +291,8 @@ class ProtocolManager:
         self.wakeup = asyncio.Event() if _has_loop() else None
         self.next_poll: dict[str, datetime] = {}
         self.iterations = 0  # daemon loop turns: an idle queue must not make this grow
+        self.work_waiting = True  # the daemon's next turn runs a pass over the queue
+        self.redo: set[str] = set()  # daemon steps a notification asked for, until done: mode, config, flush
 
     # State ------------------------------------------------------------------------------------
     @property
@@ -528,6 +532,7 @@ class ProtocolManager:
     async def run(self, stop: asyncio.Event, *, on_pass: Callable[[PassSummary], None] | None = None) -> None:
         """The spooler daemon: outbound on notifications and due times, polling, schedules, mode changes."""
         self.wakeup = asyncio.Event()
+        self.work_waiting = True
         listener = self.store.bus.listen()
         queue = listener.attach()
         self.core.publish_status()
@@ -540,52 +545,86 @@ class ProtocolManager:
     async def _daemon_loop(
         self, stop: asyncio.Event, queue: asyncio.Queue[Any], on_pass: Callable[[PassSummary], None] | None
     ) -> None:
-        assert self.wakeup is not None
-        work_waiting = True
+        """Turn after turn until stopped; a turn cut short by a store outage is tried again, after backoff."""
+        outage = StoreOutage()
         while not stop.is_set():
             self.iterations += 1
-            now = self.core.clock()
-            while not queue.empty():
-                note = queue.get_nowait()
-                if note.kind == "mode":
-                    fresh = self.core.profile.reload()
-                    if fresh.mode != self.mode:
-                        await self.apply_mode(fresh.mode)
-                elif note.kind == "config":
-                    # Services, transport order or groups changed: log on again with the new profile.
-                    await self.core.reload_configuration()
-                    self.core.publish_status()
-                work_waiting = True
-            if self.transition.due(now):
-                self.store.wake(now, (WaitKind.SEND_RECEIVE,))
-                work_waiting = True
-            due = self.store.next_due()
-            if work_waiting or (due is not None and due <= now):
-                work_waiting = False
-                summary = await self.core.spooler.process_due(stop=stop, keep=False)
-                if on_pass and summary.processed:
-                    on_pass(summary)
-                self.core.publish_status()
-            await self.poll_due()
-            for g in self.schedule.due(load_groups(self.core.profile), self.mode, now):
-                with contextlib.suppress(MAPIError):
-                    await self.send_receive(g.name, explicit=False)
-            if stop.is_set():
-                break
-            timeout = self._sleep_seconds(self.core.clock())
-            wait_note = asyncio.ensure_future(queue.get())
-            wait_wake = asyncio.ensure_future(self.wakeup.wait())
-            wait_stop = asyncio.ensure_future(stop.wait())
-            done, pending = await asyncio.wait(
-                {wait_note, wait_wake, wait_stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for f in pending:
-                f.cancel()
-            if wait_note in done:
-                queue.put_nowait(wait_note.result())
-            if wait_wake in done:
-                self.wakeup.clear()
-                work_waiting = True
+            try:
+                await self._daemon_turn(stop, queue, on_pass)
+                timeout = self._sleep_seconds(self.core.clock())
+            except MAPIError as exc:
+                if not store_unreachable(exc):
+                    raise
+                self.work_waiting = True  # once the store answers, look at the whole queue again
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), outage.failed(exc, time.monotonic()))
+                continue
+            outage.recovered(time.monotonic())
+            if not stop.is_set():
+                await self._wait_for_work(stop, queue, timeout)
+
+    async def _daemon_turn(
+        self, stop: asyncio.Event, queue: asyncio.Queue[Any], on_pass: Callable[[PassSummary], None] | None
+    ) -> None:
+        """Notifications, due messages, polls and schedules, once.
+
+        What a notification asks for is remembered in `self.redo` until it is done, so a store
+        outage in the middle of a turn does not lose a mode change or a configuration reload.
+        """
+        now = self.core.clock()
+        while not queue.empty():
+            note = queue.get_nowait()
+            if note.kind in ("mode", "config"):
+                self.redo.add(note.kind)
+            self.work_waiting = True
+        if "mode" in self.redo:
+            fresh = self.core.profile.reload()
+            if fresh.mode != self.mode:
+                await self.apply_mode(fresh.mode)
+            self.redo.discard("mode")
+        if "config" in self.redo:
+            # Services, transport order or groups changed: log on again with the new profile.
+            await self.core.reload_configuration()
+            self.core.publish_status()
+            self.redo.discard("config")
+        if self.transition.due(now):
+            self.redo.add("flush")
+        if "flush" in self.redo:
+            self.store.wake(now, (WaitKind.SEND_RECEIVE,))
+            self.redo.discard("flush")
+            self.work_waiting = True
+        due = self.store.next_due()
+        if self.work_waiting or (due is not None and due <= now):
+            self.work_waiting = False
+            summary = await self.core.spooler.process_due(stop=stop, keep=False)
+            if on_pass and summary.processed:
+                on_pass(summary)
+            self.core.publish_status()
+        await self.poll_due()
+        for g in self.schedule.due(load_groups(self.core.profile), self.mode, now):
+            try:
+                await self.send_receive(g.name, explicit=False)
+            except MAPIError as exc:
+                if store_unreachable(exc):
+                    raise
+                log.warning("scheduled Send/Receive of group %s failed: %s", g.name, exc.message)
+
+    async def _wait_for_work(self, stop: asyncio.Event, queue: asyncio.Queue[Any], timeout: float) -> None:
+        """Sleep until a notification, a transport's wake-up, the stop, or `timeout` seconds."""
+        assert self.wakeup is not None
+        wait_note = asyncio.ensure_future(queue.get())
+        wait_wake = asyncio.ensure_future(self.wakeup.wait())
+        wait_stop = asyncio.ensure_future(stop.wait())
+        done, pending = await asyncio.wait(
+            {wait_note, wait_wake, wait_stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for f in pending:
+            f.cancel()
+        if wait_note in done:
+            queue.put_nowait(wait_note.result())
+        if wait_wake in done:
+            self.wakeup.clear()
+            self.work_waiting = True
 
     def _sleep_seconds(self, now: datetime) -> float:
         candidates = [SAFETY_SCAN_SECONDS]

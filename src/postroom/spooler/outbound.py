@@ -148,6 +148,7 @@ class OutboundProcessor:
         self._breakers: dict[str, tuple[float, dict[str, Any]]] = {}
         self.commit = GroupCommit(store)
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
+        self.in_flight: set[int] = set()  # messages a pass is working on in this process
         self._ref = 0
 
     async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -188,16 +189,22 @@ class OutboundProcessor:
     async def process(self, message_id: int) -> MessageResult:
         """One pass over a claimed message; it is finished or released before this returns."""
         renewer = asyncio.create_task(self._renew_lease(message_id))
+        self.in_flight.add(message_id)
         try:
             return await self._process(message_id)
         finally:
-            if self._unflushed.get(message_id):  # an error cut the pass short: outcomes are kept anyway
-                with contextlib.suppress(LeaseLost):
-                    await self._flush(message_id)
-            self._unflushed.pop(message_id, None)
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            try:
+                if self._unflushed.get(message_id):  # an error cut the pass short: outcomes are kept anyway
+                    with contextlib.suppress(LeaseLost):
+                        await self._flush(message_id)
+            finally:
+                # Even if that write failed too (the store is unreachable): nothing of this pass stays
+                # behind, and the lease is no longer renewed, so the claim runs out and is taken over.
+                self._unflushed.pop(message_id, None)
+                self.in_flight.discard(message_id)
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
 
     async def _renew_lease(self, message_id: int) -> None:
         """Keep the claim alive while a slow transport works, so nobody else takes the message over."""
@@ -209,6 +216,11 @@ class OutboundProcessor:
             except LeaseLost:
                 log.error("lost the lease on message %s while delivering it", message_id)
                 return
+            except MAPIError as exc:
+                if exc.code != HResult.MAPI_E_NETWORK_ERROR:
+                    raise
+                # The store is unreachable: the delivery goes on, and its own next write meets the outage.
+                log.debug("could not renew the lease on message %s: %s", message_id, exc.message)
 
     async def _process(self, message_id: int) -> MessageResult:
         result = MessageResult(message_id)

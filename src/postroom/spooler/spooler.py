@@ -7,6 +7,7 @@ with a lease, and each transport's answer is recorded before the next call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ..store.base import MessageStore
+from ..store.base import LeaseLost, MessageStore
 from .outbound import MessageResult, OutboundProcessor, SpoolerSettings
 from .transports import LoadedTransport, TransportTable
+
+log = logging.getLogger("postroom.spooler")
 
 DEFAULT_LEASE_SECONDS = 300.0
 
@@ -110,23 +113,40 @@ class Spooler:
         """Claim and process due messages until none is due (or `limit` were processed).
 
         Several messages are worked on concurrently; each is claimed in the store first,
-        so another spooler process on the same store never gets the same message.
+        so another spooler process on the same store never gets the same message. When one
+        worker fails (the store is unreachable, or a bug), the others finish the message they
+        hold and take no new one, then the pass raises that error: no worker is left running
+        behind the caller, and no delivery in flight is cut short.
         """
         summary = PassSummary()
         remaining = limit
+        errors: list[Exception] = []
 
         async def worker() -> None:
             nonlocal remaining
-            while remaining is None or remaining > 0:
+            while (remaining is None or remaining > 0) and not errors:
                 if stop is not None and stop.is_set():
                     return  # shutting down: take nothing new; what is in flight finishes
                 if remaining is not None:
                     remaining -= 1
-                claimed = await self.processor.write(self.store.claim, self.owner, self.clock(), self.lease_seconds, 1)
-                if not claimed:
-                    return
-                summary.add(await self.processor.process(claimed[0]), keep)
+                try:
+                    claimed = await self.processor.write(
+                        self.store.claim, self.owner, self.clock(), self.lease_seconds, 1
+                    )
+                    if not claimed:
+                        return
+                    if claimed[0] in self.processor.in_flight:
+                        # Our own lease on it ran out while a worker here still holds it (the event loop
+                        # waited on an unreachable store): the claim only renewed that worker's lease.
+                        continue
+                    summary.add(await self.processor.process(claimed[0]), keep)
+                except LeaseLost as exc:  # e.g. after a store outage longer than the lease
+                    log.warning("%s; it is left to the spooler that took it over", exc)
+                except Exception as exc:  # the others finish what they hold, then the pass ends with this
+                    errors.append(exc)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        if errors:
+            raise errors[0]
         summary.messages.sort(key=lambda m: m.message_id)
         return summary

@@ -261,7 +261,10 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             open=False,
             check=ConnectionPool.check_connection,
             name="postroom-store",
-            timeout=60.0,
+            # How long an operation waits for a connection while the server is unreachable before it
+            # fails with MAPI_E_NETWORK_ERROR: the spooler daemon then says so and backs off, instead
+            # of its event loop hanging silently in the pool for a minute at a time.
+            timeout=connect_timeout,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)

@@ -1,0 +1,229 @@
+"""Issue: a running spooler daemon rides out a PostgreSQL outage and resumes by itself.
+
+A real spooler process (`python -m postroom --profile DIR spooler --force`) reaches the shared
+PostgreSQL test server through a TCP proxy (tests/harness/tcpproxy.py); the test's own session
+connects directly. While the spooler delivers a batch over SMTP to a counting sink, the proxy is
+cut for several seconds (every connection dropped, new ones closed at once; a table lock taken
+just before makes sure a statement of the spooler is in flight at that moment) and more messages
+are submitted; then it is restored. The spooler must still be running, say in its log that the
+store was unreachable and when it was back, and deliver every message: at most once, except a
+message whose outcome is unknown (its outcome write failed with the connection; it stays claimed
+until its 3-second lease runs out and is then resent with the same Message-ID).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from tests.harness.crash import free_port, start_sink
+from tests.harness.tcpproxy import TCPProxy
+from tests.store.pgutil import skip_reason, temp_schema
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason())),
+]
+
+BEFORE = 300  # submitted before the outage; it starts once some have arrived
+DURING = 100  # submitted while the spooler cannot reach the store
+OUTAGE_SECONDS = 6.0
+LEASE_SECONDS = 3.0
+
+
+def via(url: str, port: int) -> str:
+    """The URL with its port replaced (the proxy's)."""
+    parts = urlsplit(url)
+    user, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme, f"{user}{at}{parts.hostname}:{port}", parts.path, parts.query, parts.fragment))
+
+
+def pgpass_for(proxy_port: int, upstream_port: int, directory: Path) -> dict[str, str]:
+    """libpq picks a pgpass line by host and port: the proxy's port gets the server's lines."""
+    source = os.environ.get("PGPASSFILE")
+    if not source:
+        return {}
+    lines = Path(source).read_text().splitlines()
+    extra: list[str] = []
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) >= 5 and fields[1] == str(upstream_port):
+            extra.append(":".join([fields[0], str(proxy_port), *fields[2:]]))
+    target = directory / "pgpass"
+    target.write_text("\n".join(lines + extra) + "\n")
+    target.chmod(0o600)
+    return {"PGPASSFILE": str(target)}
+
+
+def make_profile(directory: Path, url: str, port: int) -> Path:
+    from postroom.profile import Profile
+
+    profile = Profile.create(directory, with_defaults=False)
+    profile.settings.update({"store": url, "lease_seconds": LEASE_SECONDS, "crash_policy": "resend"})
+    service = profile.add_service(
+        "smtp",
+        "mta",
+        {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2, "timeout": 10},
+    )
+    service.policy = {"retry_min_seconds": 0.5, "retry_max_seconds": 2, "breaker_threshold": 0}
+    profile.save()
+    return profile.directory
+
+
+def sink_lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+
+    import postroom
+    from postroom.mapi import tags as T
+    from postroom.profile import Profile
+
+    smtp_port = free_port()
+    sink_log = tmp_path / "sink.log"
+    sink_log.touch()
+    spooler_log = tmp_path / "spooler.log"
+    with temp_schema("outage") as url:
+        upstream = urlsplit(url)
+        assert upstream.hostname is not None and upstream.port is not None
+        with TCPProxy((upstream.hostname, upstream.port)) as proxy:
+            env = {**os.environ, "POSTROOM_DEBUG": "1", "PYTHONUNBUFFERED": "1"}
+            env.update(pgpass_for(proxy.port, upstream.port, tmp_path))
+            spooler_profile = make_profile(tmp_path / "spooler", via(url, proxy.port), smtp_port)
+            client_profile = make_profile(tmp_path / "client", url, smtp_port)
+            sink = start_sink(smtp_port, sink_log)
+            with spooler_log.open("ab") as out:
+                spooler = subprocess.Popen(
+                    [sys.executable, "-m", "postroom", "--profile", str(spooler_profile), "spooler", "--force"],
+                    stdout=out,
+                    stderr=out,
+                    env=env,
+                )
+            started = time.monotonic()
+            try:
+                with postroom.logon(Profile.load(client_profile)) as client:
+                    assert wait_for(lambda: "Spooler running" in spooler_log.read_text(), 20), spooler_log.read_text()
+
+                    def submit(first: int, count: int) -> list[int]:
+                        drafts = [
+                            client.create_message(f"outage {i}", f"message {i}\n").to(f"ok-{i}@sink.test")
+                            for i in range(first, first + count)
+                        ]
+                        return client.submit_many(drafts)
+
+                    ids = submit(0, BEFORE)
+                    assert wait_for(lambda: len(sink_lines(sink_log)) >= BEFORE // 10, 30), "nothing delivered"
+                    with psycopg.connect(url) as locker:
+                        # The spooler's next statement on the queue waits for this lock, so the connection
+                        # goes while a statement (maybe a write) is in flight, not between two of them.
+                        locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                        time.sleep(0.5)
+                        proxy.cut()
+                    cut_at = time.monotonic()
+                    delivered_at_cut = len(sink_lines(sink_log))
+                    ids += submit(BEFORE, DURING)
+                    time.sleep(max(0.0, cut_at + OUTAGE_SECONDS - time.monotonic()))
+                    alive_during_outage = spooler.poll() is None
+                    delivered_in_outage = len(sink_lines(sink_log)) - delivered_at_cut
+                    proxy.restore()
+                    outage = time.monotonic() - cut_at
+                    restored_at = time.monotonic()
+                    drained = wait_for(lambda: not client.queue(), 40)
+                    drain_seconds = time.monotonic() - restored_at
+                    alive = spooler.poll() is None
+                    left = client.queue()
+                    counts = Counter(line.partition(" ")[0] for line in sink_lines(sink_log))
+                    once = duplicates = lost = unknown = 0
+                    problems: list[str] = []
+                    for mid in ids:
+                        message_id = str(client.open_message(mid).get(T.PR_INTERNET_MESSAGE_ID))
+                        was_unknown = any(e.kind == "outcome-unknown" for e in client.events(mid))
+                        unknown += was_unknown
+                        seen = counts.get(message_id, 0)
+                        if seen == 1:
+                            once += 1
+                        elif seen > 1:
+                            duplicates += 1
+                            if not was_unknown:
+                                history = "; ".join(
+                                    f"{e.time:%H:%M:%S.%f} {e.kind} {e.detail}" for e in client.events(mid)
+                                )
+                                problems.append(f"message {mid} delivered {seen} times, no outcome-unknown: {history}")
+                        else:
+                            lost += 1
+                            problems.append(f"message {mid} never reached the sink: {client.recipient_states(mid)}")
+            finally:
+                if spooler.poll() is None:
+                    spooler.send_signal(signal.SIGTERM)
+                try:
+                    spooler.wait(20)
+                except subprocess.TimeoutExpired:
+                    spooler.kill()
+                sink.terminate()
+                sink.wait()
+        seconds = time.monotonic() - started
+        log_text = spooler_log.read_text(errors="replace")
+        with capsys.disabled():
+            print(
+                f"\nPostgreSQL outage of {outage:.1f} s ({proxy.refused} connection(s) refused meanwhile): "
+                f"{BEFORE} + {DURING} messages, {delivered_at_cut} delivered before the cut, "
+                f"{delivered_in_outage} during it; queue drained {drain_seconds:.1f} s after the restore; "
+                f"delivered exactly once {once}, duplicates {duplicates}, outcome-unknown {unknown}, "
+                f"lost {lost}; spooler run {seconds:.1f} s, exit code {spooler.returncode}"
+            )
+            for p in problems[:20]:
+                print("problem:", p)
+    assert alive_during_outage and alive, f"the spooler died:\n{log_text[-3000:]}"
+    assert spooler.returncode == 0, log_text[-3000:]
+    assert drained and not left, f"{len(left)} message(s) still queued"
+    assert lost == 0 and not problems
+    assert once + duplicates == BEFORE + DURING
+    assert duplicates <= 8  # at most the messages in flight when the connection went
+    assert re.search(r"message store unreachable: .*; retrying in \d", log_text), log_text[-3000:]
+    assert re.search(r"message store reachable again after \d+(\.\d+)? s", log_text), log_text[-3000:]
+    assert "internal error" not in log_text
+
+
+def test_a_spooler_that_cannot_reach_the_store_at_start_fails_at_once(tmp_path: Path) -> None:
+    """Only a running daemon waits for the store; at start an unreachable store is an error (exit code 2)."""
+    with temp_schema("outage") as url:
+        upstream = urlsplit(url)
+        assert upstream.hostname is not None and upstream.port is not None
+        with TCPProxy((upstream.hostname, upstream.port)) as proxy:
+            proxy.cut()
+            profile = make_profile(tmp_path / "spooler", via(url, proxy.port), free_port())
+            env = {**os.environ, **pgpass_for(proxy.port, upstream.port, tmp_path)}
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "postroom", "--profile", str(profile), "spooler"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                check=False,
+            )
+            seconds = time.monotonic() - started
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "MAPI_E_NETWORK_ERROR: cannot connect to the message store" in done.stderr
+    assert seconds < 15
+    assert not (profile / "spooler.pid").exists()
