@@ -17,6 +17,7 @@ import pytest
 
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.store import MessageStore
+from postroom.store.slots import CONTENTION_SECONDS, Contention
 
 HOLDER = """
 import sys, time
@@ -103,3 +104,97 @@ def test_stores_in_one_process_share_its_slots(store: MessageStore, open_another
     assert store.connection_slots.try_acquire("mta", 2) is None
     store.connection_slots.release("mta", 0)
     other.connection_slots.release("mta", 1)
+
+
+PEER = """
+import sys
+from postroom.store import open_store
+slots = open_store(sys.argv[1]).connection_slots
+for line in sys.stdin:
+    verb, *args = line.split()
+    if verb == "take":
+        answer = slots.try_acquire("mta", int(args[0]))
+    elif verb == "release":
+        answer = slots.release("mta", int(args[0]))
+    elif verb == "wait":
+        answer = slots.set_waiting("mta", args[0] == "on")
+    elif verb == "give-back?":
+        answer = slots.should_give_back("mta", int(args[0]))
+    print(answer, flush=True)
+"""
+
+
+class Peer:
+    """Another process on the same store, doing what the test tells it, one line at a time."""
+
+    def __init__(self, target: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PEER, target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def __call__(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def settle() -> None:
+    """Let what each process last learned about the other grow old enough to be asked again."""
+    time.sleep(CONTENTION_SECONDS * 1.5)
+
+
+def test_slots_are_shared_fairly_while_another_process_waits(store: MessageStore, store_target: str) -> None:
+    slots = store.connection_slots
+    peer = Peer(store_target)
+    try:
+        assert [peer("take 4") for _ in range(4)] == ["0", "1", "2", "3"]
+        assert slots.try_acquire("mta", 4) is None
+        settle()
+        assert peer("give-back? 4") == "False"  # nobody waits: a busy process may use every slot
+        slots.set_waiting("mta", True)
+        settle()
+        # Two processes want the slots: the peer's share is 2, so it gives back two and no more.
+        assert peer("give-back? 4") == "True"
+        peer("release 3")
+        assert peer("give-back? 4") == "True"
+        peer("release 2")
+        assert peer("give-back? 4") == "False"
+        assert slots.try_acquire("mta", 4) == 2
+        assert slots.try_acquire("mta", 4) == 3
+        slots.set_waiting("mta", False)
+        # The peer closes one and wants it back: this process (holding its share, 2) leaves the free slot alone.
+        peer("release 1")
+        peer("wait on")
+        settle()
+        assert slots.try_acquire("mta", 4) is None
+        assert peer("take 4") == "1"
+        peer("wait off")
+        peer("release 1")
+        settle()
+        assert slots.try_acquire("mta", 4) == 1  # nobody waits: a free slot may be taken beyond the share
+        for slot in (1, 2, 3):
+            slots.release("mta", slot)
+    finally:
+        peer.close()
+
+
+def test_a_process_that_neither_holds_nor_waits_does_not_count(store: MessageStore, store_target: str) -> None:
+    slots = store.connection_slots
+    peer = Peer(store_target)
+    try:
+        assert peer("take 2") == "0"
+        assert slots.contention("mta") == Contention(1, False)
+        peer("release 0")
+        settle()
+        assert slots.contention("mta") == Contention(0, False)
+        peer("wait on")
+        settle()
+        assert slots.contention("mta") == Contention(1, True)
+        assert slots.contention("fax") == Contention(0, False)  # every transport on its own
+    finally:
+        peer.close()

@@ -30,3 +30,9 @@ class FakeSupport:
 
     def release_connection_slot(self, slot: int) -> None:
         self.slots.release("transport", slot)
+
+    def wait_for_connection_slot(self, waiting: bool) -> None:
+        self.slots.set_waiting("transport", waiting)
+
+    def should_give_back_connection_slot(self, limit: int) -> bool:
+        return self.slots.should_give_back("transport", limit)

@@ -88,6 +88,12 @@ class Support:
     def release_connection_slot(self, slot: int) -> None:
         self._table.connection_slots.release(self._service.name, slot)
 
+    def wait_for_connection_slot(self, waiting: bool) -> None:
+        self._table.connection_slots.set_waiting(self._service.name, waiting)
+
+    def should_give_back_connection_slot(self, limit: int) -> bool:
+        return self._table.connection_slots.should_give_back(self._service.name, limit)
+
 
 @dataclass
 class LoadedTransport:

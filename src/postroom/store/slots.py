@@ -13,6 +13,12 @@ with SIGKILL frees its slots at once; there is no lease to wait out:
 Both kinds of lock are re-entrant for their holder (a process re-locking a byte range or a
 session re-taking an advisory lock succeeds), so each process also remembers which slots
 it holds and never offers them twice.
+
+Slots are shared fairly. A process that waits for a slot says so (another lock), and while
+another process waits, no process takes a slot beyond its fair share (the limit divided by
+the processes holding or waiting for the transport's slots, rounded up) and one above it
+gives a connection back when that connection is next free. Without this, the first busy
+process would keep every slot and the others' messages would wait for nothing.
 """
 
 from __future__ import annotations
@@ -22,14 +28,18 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..mapi.codes import HResult, MAPIError
 
 MAX_SLOTS = 1024  # per transport: far above any sensible connection limit
+#: How long a process trusts what it last learned about the other processes' demand for slots.
+CONTENTION_SECONDS = 0.2
 
 
 def slot_key(namespace: str, transport: str, slot: int) -> int:
@@ -37,24 +47,42 @@ def slot_key(namespace: str, transport: str, slot: int) -> int:
     return (zlib.crc32(f"{namespace}\0{transport.lower()}".encode()) << 10) | slot
 
 
+@dataclass(frozen=True)
+class Contention:
+    """The other processes' demand for one transport's slots."""
+
+    processes: int = 0  # other processes holding or waiting for a slot
+    waiting: bool = False  # one of them is waiting for a slot now
+
+    def share(self, limit: int) -> int:
+        """This process's fair share of `limit` slots."""
+        return -(-limit // (self.processes + 1))
+
+
 class ConnectionSlots(abc.ABC):
-    """Numbered connection slots per transport, shared by every process on the store."""
+    """Numbered connection slots per transport, shared (fairly) by every process on the store."""
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._held: set[tuple[str, int]] = set()
+        self._waiting: dict[str, int] = {}
+        self._seen: dict[str, tuple[float, Contention]] = {}
 
     def try_acquire(self, transport: str, limit: int) -> int | None:
-        """Take a free slot among the transport's `limit` slots; None when all are taken."""
+        """Take a free slot among the transport's `limit` slots; None when all are taken, or when
+        another process waits and this one has its fair share already."""
         if not 1 <= limit <= MAX_SLOTS:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a connection limit is 1 to {MAX_SLOTS}, not {limit}")
         name = transport.lower()
         with self._mutex:
+            if self._above_share(name, limit, self._count(name) + 1):
+                return None
             for slot in range(limit):
                 if (name, slot) in self._held:
                     continue
                 if self._lock(name, slot):
                     self._held.add((name, slot))
+                    self._presence_changed(name)
                     return slot
         return None
 
@@ -66,12 +94,50 @@ class ConnectionSlots(abc.ABC):
                 return
             self._held.discard((name, slot))
             self._unlock(name, slot)
+            self._presence_changed(name)
 
     def held(self, transport: str) -> int:
         """How many of the transport's slots this process holds."""
+        with self._mutex:
+            return self._count(transport.lower())
+
+    def set_waiting(self, transport: str, waiting: bool) -> None:
+        """One more (True) or one fewer (False) task of this process waits for a slot of the transport."""
         name = transport.lower()
         with self._mutex:
-            return sum(1 for n, _ in self._held if n == name)
+            count = max(0, self._waiting.get(name, 0) + (1 if waiting else -1))
+            if count:
+                self._waiting[name] = count
+            else:
+                self._waiting.pop(name, None)
+            self._presence_changed(name)
+
+    def should_give_back(self, transport: str, limit: int) -> bool:
+        """True when another process waits for a slot and this one holds more than its fair share:
+        the connection that has just become free should be closed."""
+        name = transport.lower()
+        with self._mutex:
+            return self._above_share(name, limit, self._count(name))
+
+    def contention(self, transport: str) -> Contention:
+        """The other processes' demand for the transport's slots, learned at most CONTENTION_SECONDS ago."""
+        name = transport.lower()
+        with self._mutex:
+            return self._contention(name)
+
+    def _count(self, name: str) -> int:
+        return sum(1 for n, _ in self._held if n == name)
+
+    def _above_share(self, name: str, limit: int, holding: int) -> bool:
+        contention = self._contention(name)
+        return contention.waiting and holding > contention.share(limit)
+
+    def _contention(self, name: str) -> Contention:
+        now = time.monotonic()
+        seen = self._seen.get(name)
+        if seen is None or now - seen[0] >= CONTENTION_SECONDS:
+            seen = self._seen[name] = (now, self._probe(name))
+        return seen[1]
 
     def _forget_all(self) -> None:
         """The locks are gone (their connection was lost): nothing is held any more."""
@@ -83,6 +149,13 @@ class ConnectionSlots(abc.ABC):
 
     @abc.abstractmethod
     def _unlock(self, transport: str, slot: int) -> None: ...
+
+    def _presence_changed(self, name: str) -> None:  # noqa: B027 (a hook: only shared slots need it)
+        """This process's holding or waiting for the transport's slots changed: tell the others."""
+
+    def _probe(self, name: str) -> Contention:
+        """Ask the lock manager about the other processes (called with the mutex held)."""
+        return Contention()
 
     def close(self) -> None:
         """Release every slot this object holds."""
@@ -103,6 +176,11 @@ class LocalSlots(ConnectionSlots):
         pass
 
 
+#: Processes on one machine that can make themselves known per transport (beyond it, a process
+#: still keeps the limit but is not counted when the others work out their fair share).
+MAX_MEMBERS = 64
+
+
 class _LockFile:
     """One open descriptor per lock file and process, with the process's record of what it holds.
 
@@ -113,6 +191,10 @@ class _LockFile:
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.held: set[tuple[str, int]] = set()
+        self.waiting: dict[str, int] = {}
+        self.seen: dict[str, tuple[float, Contention]] = {}
+        self.member: dict[str, int] = {}  # transport → this process's member number
+        self.wanting: set[str] = set()  # transports whose "waiting" byte this process holds
         self.mutex = threading.Lock()
 
     @staticmethod
@@ -124,28 +206,82 @@ class _LockFile:
                 found = _LOCK_FILES[key] = _LockFile(key[1])
             return found
 
+    def try_lock(self, offset: int) -> bool:
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+        except OSError:  # EAGAIN / EACCES: another process holds it
+            return False
+        return True
+
+    def lock(self, offset: int) -> None:
+        """Lock, waiting: only for a byte that other processes lock no longer than a probe."""
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, offset, os.SEEK_SET)
+
+    def unlock(self, offset: int) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+    def locked_elsewhere(self, offset: int) -> bool:
+        """Probe a byte this process does not hold: lock and unlock it at once."""
+        if self.try_lock(offset):
+            self.unlock(offset)
+            return False
+        return True
+
 
 _LOCK_FILES: dict[tuple[int, Path], _LockFile] = {}
 _LOCK_FILES_GUARD = threading.Lock()
 
 
 class FileSlots(ConnectionSlots):
-    """Slots as one-byte fcntl locks in a file beside an SQLite store (processes on one machine)."""
+    """Slots as one-byte fcntl locks in a file beside an SQLite store (processes on one machine).
+
+    A process holding or waiting for a transport's slots also locks a member byte (the first
+    free one of MAX_MEMBERS), and while it waits a "waiting" byte of the same number: so the
+    others can count the processes that share the transport and see that one waits."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self._file = _LockFile.of(path)
         self._held, self._mutex = self._file.held, self._file.mutex
+        self._waiting, self._seen = self._file.waiting, self._file.seen
 
     def _lock(self, transport: str, slot: int) -> bool:
-        try:
-            fcntl.lockf(self._file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot_key("", transport, slot), os.SEEK_SET)
-        except OSError:  # EAGAIN / EACCES: another process holds it
-            return False
-        return True
+        return self._file.try_lock(slot_key("", transport, slot))
 
     def _unlock(self, transport: str, slot: int) -> None:
-        fcntl.lockf(self._file.fd, fcntl.LOCK_UN, 1, slot_key("", transport, slot), os.SEEK_SET)
+        self._file.unlock(slot_key("", transport, slot))
+
+    def _presence_changed(self, name: str) -> None:
+        file = self._file
+        member = file.member.get(name)
+        if self._count(name) or self._waiting.get(name):
+            if member is None:
+                member = next((m for m in range(MAX_MEMBERS) if file.try_lock(slot_key("member", name, m))), None)
+                if member is None:
+                    return  # too many processes: this one is not counted
+                file.member[name] = member
+            if self._waiting.get(name) and name not in file.wanting:
+                file.lock(slot_key("waiting", name, member))
+                file.wanting.add(name)
+            elif not self._waiting.get(name) and name in file.wanting:
+                file.unlock(slot_key("waiting", name, member))
+                file.wanting.discard(name)
+        elif member is not None:
+            if name in file.wanting:
+                file.unlock(slot_key("waiting", name, member))
+                file.wanting.discard(name)
+            file.unlock(slot_key("member", name, member))
+            del file.member[name]
+
+    def _probe(self, name: str) -> Contention:
+        file, mine = self._file, self._file.member.get(name)
+        processes, waiting = 0, False
+        for member in range(MAX_MEMBERS):
+            if member == mine or not file.locked_elsewhere(slot_key("member", name, member)):
+                continue
+            processes += 1
+            waiting = waiting or file.locked_elsewhere(slot_key("waiting", name, member))
+        return Contention(processes, waiting)
 
     def close(self) -> None:
         """Nothing to do: the slots belong to the connections that hold them, not to this store object."""
@@ -153,6 +289,10 @@ class FileSlots(ConnectionSlots):
 
 class AdvisorySlots(ConnectionSlots):
     """Slots as PostgreSQL session-level advisory locks, on one connection kept for them.
+
+    A process waiting for a transport's slots holds a shared "waiting" advisory lock of the
+    transport; the others learn from pg_locks how many processes hold or wait for the
+    transport's slots and whether one waits.
 
     When that connection is lost, the server has released its locks: every slot counts as
     given back (the connections already open stay open until they close), and the next
@@ -164,21 +304,29 @@ class AdvisorySlots(ConnectionSlots):
         self._namespace = namespace
         self._error = error
         self._conn: Any = None
+        self._wanting: set[str] = set()
 
     def _key(self, transport: str, slot: int) -> int:
         return slot_key(self._namespace, transport, slot)
 
-    def _run(self, query: str, key: int) -> bool:
+    def _waiting_key(self, transport: str) -> int:
+        return slot_key(self._namespace + "\0waiting", transport, 0)
+
+    def _fetch(self, query: str, params: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
         try:
             if self._conn is None or self._conn.closed:
                 self._forget_all()
                 self._conn = self._connect()
-            row = self._conn.execute(query, (key,)).fetchone()
+            row = self._conn.execute(query, params).fetchone()
         except MAPIError:
             raise
         except Exception as exc:  # psycopg.Error / OSError: the connection and its locks are gone
             self._drop()
             raise self._error(exc) from exc
+        return tuple(row or ())
+
+    def _run(self, query: str, key: int) -> bool:
+        row = self._fetch(query, (key,))
         return bool(row and row[0])
 
     def _lock(self, transport: str, slot: int) -> bool:
@@ -190,9 +338,37 @@ class AdvisorySlots(ConnectionSlots):
         with contextlib.suppress(MAPIError):
             self._run("SELECT pg_advisory_unlock(%s)", self._key(transport, slot))
 
+    def _presence_changed(self, name: str) -> None:
+        waiting = bool(self._waiting.get(name))
+        if waiting == (name in self._wanting):
+            return
+        with contextlib.suppress(MAPIError):  # without it, the others just do not see this process wait
+            if waiting:
+                self._run("SELECT pg_try_advisory_lock_shared(%s)", self._waiting_key(name))
+                self._wanting.add(name)
+            elif self._conn is not None:
+                self._wanting.discard(name)
+                self._run("SELECT pg_advisory_unlock_shared(%s)", self._waiting_key(name))
+
+    def _probe(self, name: str) -> Contention:
+        self._presence_changed(name)  # again, in case the connection (and the lock) was lost meanwhile
+        # An advisory lock on a bigint key shows in pg_locks as classid (high half), objid (low half).
+        first = self._key(name, 0)
+        try:
+            processes, waiting = self._fetch(
+                _CONTENTION_QUERY, {"first": first, "last": first + MAX_SLOTS - 1, "waiting": self._waiting_key(name)}
+            )
+        except MAPIError:
+            return Contention()  # the store cannot say: as if nobody else were there
+        return Contention(int(processes or 0), bool(waiting))
+
+    def _forget_all(self) -> None:
+        super()._forget_all()
+        self._wanting.clear()
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        self._held.clear()
+        self._forget_all()
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -200,3 +376,15 @@ class AdvisorySlots(ConnectionSlots):
     def close(self) -> None:
         with self._mutex:
             self._drop()
+
+
+_CONTENTION_QUERY = """
+SELECT count(DISTINCT pid), coalesce(bool_or(key = %(waiting)s), false)
+FROM (
+    SELECT pid, (classid::bigint << 32) | objid::bigint AS key
+    FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid <> pg_backend_pid()
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+) AS advisory
+WHERE key BETWEEN %(first)s AND %(last)s OR key = %(waiting)s
+"""

@@ -31,9 +31,12 @@ the connection is dropped.
 
 `connections` is the limit for the whole profile, not per process: each connection holds one of
 the transport's connection slots in the message store, so every spooler process on the store
-together opens at most that many. A process that finds every slot taken waits up to
-`SLOT_WAIT_SECONDS` for one; then the message waits `SLOT_RETRY_SECONDS` (MAPI_E_WAIT, not an
-error) and whichever spooler has a connection free takes it.
+together opens at most that many. The slots are shared fairly: while another process waits,
+none takes more than its share (the limit divided by the processes that want connections) and
+one holding more closes a connection when it is next free. A message that finds no slot waits
+up to `SLOT_WAIT_SECONDS` for one, or for a connection of its own process to become free (first
+come, first served); then it waits `SLOT_RETRY_SECONDS` (MAPI_E_WAIT, not an error) and
+whichever spooler has a connection free takes it.
 
 Addresses with CR, LF, NUL, other control characters, white space, ``<`` or ``>`` are never put
 on the wire: such recipients fail with MAPI_DIAG_MAIL_ADDRESS_INCORRECT. A message or address that
@@ -64,6 +67,7 @@ Options:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -383,6 +387,7 @@ class SMTPLogon(TransportLogon):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._idle: list[_Connection] = []
+        self._waiters: collections.deque[asyncio.Future[_Connection]] = collections.deque()
         self._open: set[_Connection] = set()
         self._reaper: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -689,30 +694,125 @@ class SMTPLogon(TransportLogon):
             conn.abort()
         self._open.clear()
         self._idle.clear()
+        self._waiters.clear()
         self._stop_reaper()
         self._loop = loop
         self._slots = asyncio.Semaphore(self.config.connections)
 
     async def _checkout(self, *, fresh: bool = False) -> _Connection:
-        while self._idle and not fresh:
+        """A free connection of this process, or a new one in a free connection slot.
+
+        Waits up to SLOT_WAIT_SECONDS, first come first served: a connection checked in while
+        tasks wait goes to the one that waited longest, and the wait is announced so that other
+        processes give back what they hold beyond their fair share."""
+        if not fresh and not self._waiters and (conn := self._take_idle()) is not None:
+            return conn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOT_WAIT_SECONDS
+        pause = 0.02
+        support = self.provider.context.support
+        announced = False
+        try:
+            while True:
+                release = self._try_slot()
+                if release is not None:
+                    return await self._connect(release)
+                if loop.time() >= deadline:
+                    raise _NoSlot(self._no_slot_text())
+                if not announced:
+                    support.wait_for_connection_slot(True)
+                    announced = True
+                handed = await self._wait_for_checkin(pause)
+                if handed is not None:
+                    return handed
+                pause = min(pause * 2, 0.25)
+        finally:
+            if announced:
+                support.wait_for_connection_slot(False)
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
             conn = self._idle.pop()
             if conn.smtp.is_connected:
                 conn.reused = True
                 return conn
             self._drop(conn)
-        return await self._connect()
+        return None
+
+    async def _wait_for_checkin(self, seconds: float) -> _Connection | None:
+        """Wait in line for a connection another task checks in; None after `seconds`."""
+        future: asyncio.Future[_Connection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await asyncio.wait((future,), timeout=seconds)
+        except BaseException:  # cancelled: a connection handed over meanwhile goes back to the pool
+            self._leave_line(future)
+            raise
+        if not future.done():
+            self._leave_line(future)
+            return None
+        conn = future.result()
+        conn.reused = True
+        return conn
+
+    def _leave_line(self, future: asyncio.Future[_Connection]) -> None:
+        if future.done():
+            self._park(future.result())
+        else:
+            self._waiters.remove(future)
+            future.cancel()
+
+    def _hand_over(self, conn: _Connection) -> bool:
+        """Give a checked-in connection to the task that has waited longest, if any."""
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(conn)
+                return True
+        return False
+
+    def _try_slot(self) -> Callable[[], None] | None:
+        """One of the transport's connection slots (shared by every spooler process), or None."""
+        support = self.provider.context.support
+        try:
+            slot = support.acquire_connection_slot(self.config.connections)
+        except MAPIError as exc:  # the store cannot say: wait as for a busy slot
+            raise _NoSlot(f"cannot take a connection slot: {exc.message}") from None
+        if slot is None:
+            return None
+        return lambda: support.release_connection_slot(slot)
+
+    def _no_slot_text(self) -> str:
+        limit, where, mine = self.config.connections, self.config.where, len(self._open)
+        if not mine:
+            return f"all {limit} connection(s) to {where} are in use by other spooler processes"
+        return (
+            f"all {limit} connection(s) to {where} are in use: {mine} by this spooler process "
+            "(its fair share while others wait), the rest by other spooler processes"
+        )
+
+    def _gives_back(self) -> bool:
+        """Another process waits for a connection slot and this one holds more than its share."""
+        try:
+            return self.provider.context.support.should_give_back_connection_slot(self.config.connections)
+        except MAPIError:
+            return False
 
     async def _checkin(self, conn: _Connection) -> None:
         if conn.broken or not conn.smtp.is_connected:
             self._drop(conn)
-        elif conn.messages >= self.config.max_messages_per_connection:
+        elif conn.messages >= self.config.max_messages_per_connection or self._gives_back():
             self._open.discard(conn)
             await conn.quit()
-        else:
-            conn.idle_since = asyncio.get_running_loop().time()
-            self._idle.append(conn)
-            if self._reaper is None:
-                self._reaper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._reap_idle)
+        elif not self._hand_over(conn):
+            self._park(conn)
+
+    def _park(self, conn: _Connection) -> None:
+        """Keep a free connection for the next message; the reaper closes it after IDLE_SECONDS."""
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(conn)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._reap_idle)
 
     def _reap_idle(self) -> None:
         """Close connections idle for IDLE_SECONDS: their slots may be wanted by another process."""
@@ -735,26 +835,8 @@ class SMTPLogon(TransportLogon):
         self._open.discard(conn)
         conn.abort()
 
-    async def _connection_slot(self) -> Callable[[], None]:
-        """Wait for one of the transport's connection slots (shared by every spooler process)."""
-        support = self.provider.context.support
-        limit = self.config.connections
-        deadline = asyncio.get_running_loop().time() + SLOT_WAIT_SECONDS
-        pause = 0.02
-        while True:
-            try:
-                slot = support.acquire_connection_slot(limit)
-            except MAPIError as exc:  # the store cannot say: wait as for a busy slot
-                raise _NoSlot(f"cannot take a connection slot: {exc.message}") from None
-            if slot is not None:
-                return lambda: support.release_connection_slot(slot)
-            if asyncio.get_running_loop().time() >= deadline:
-                raise _NoSlot(f"all {limit} connection(s) to {self.config.where} are in use by other spooler processes")
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
-
-    async def _connect(self) -> _Connection:
-        release = await self._connection_slot()
+    async def _connect(self, release: Callable[[], None]) -> _Connection:
+        """Open a connection in the slot that `release` gives back."""
         try:
             conn = await self._open_connection()
         except BaseException:

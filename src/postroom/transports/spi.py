@@ -339,6 +339,16 @@ class TransportSupport(Protocol):
         """Give a slot back when its connection has closed."""
         ...
 
+    def wait_for_connection_slot(self, waiting: bool) -> None:
+        """Say that one more (True) or one fewer (False) task waits for a slot, so that the other
+        processes give back what they hold beyond their fair share."""
+        ...
+
+    def should_give_back_connection_slot(self, limit: int) -> bool:
+        """True when another process waits for a slot and this one holds more than its fair share:
+        close the connection that has just become free."""
+        ...
+
 
 @dataclass
 class ProviderContext:
