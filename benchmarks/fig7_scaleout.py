@@ -4,6 +4,8 @@ beside 1 and 2 spooler processes on the embedded SQLite store, delivering to smt
 Each run: N messages (1 KiB, one recipient) are submitted first; then K `postroom spooler`
 daemons (separate processes, each with its own profile directory pointing at the same store)
 deliver them; the figure is N / (time from starting the daemons to the last outcome).
+The SMTP transport's `connections` is a limit for all processes together, so each run
+allows 4 per process: the connection limit is not what is measured.
 
     python benchmarks/fig7_scaleout.py --pg-url "$POSTROOM_TEST_PG_URL" [--n 4000] [--runs 3]
 """
@@ -44,16 +46,17 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     return sink
 
 
-def make_profile(directory: Path, store: str, port: int) -> Path:
+def make_profile(directory: Path, store: str, port: int, connections: int) -> Path:
     profile = Profile.create(directory, with_defaults=False)
     profile.settings.update({"store": store, "spooler_concurrency": 16})
-    profile.add_service("smtp", "sink", {"host": "127.0.0.1", "port": port, "security": "none", "connections": 4})
+    options = {"host": "127.0.0.1", "port": port, "security": "none", "connections": connections}
+    profile.add_service("smtp", "sink", options)
     profile.save()
     return directory
 
 
-def one_run(store: str, processes: int, n: int, port: int, work: Path) -> float:
-    profiles = [make_profile(work / f"p{k}", store, port) for k in range(processes)]
+def one_run(store: str, processes: int, n: int, port: int, work: Path, per_process: int = 4) -> float:
+    profiles = [make_profile(work / f"p{k}", store, port, per_process * processes) for k in range(processes)]
     # Submitting while offline keeps the daemons' first pass for the timed part.
     with postroom.logon(Profile.load(profiles[0])) as s:
         for start in range(0, n, 1000):
@@ -91,6 +94,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--connections-per-process", type=int, default=4)
+    parser.add_argument("--only", default=None, help="one configuration, e.g. postgresql-2")
     args = parser.parse_args()
     if not shutil.which("smtp-sink"):
         sys.exit("fig7: smtp-sink (Postfix) is not installed")
@@ -104,6 +109,8 @@ def main() -> None:
     configs: list[tuple[str, int]] = [("sqlite", 1), ("sqlite", 2)]
     if args.pg_url:
         configs += [("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
+    if args.only:
+        configs = [(b, p) for b, p in configs if f"{b}-{p}" == args.only]
     try:
         for backend, processes in configs:
             rates = []
@@ -112,7 +119,7 @@ def main() -> None:
                 try:
                     if backend == "sqlite":
                         store = str(work / "store.sqlite")
-                        rates.append(one_run(store, processes, args.n, port, work))
+                        rates.append(one_run(store, processes, args.n, port, work, args.connections_per_process))
                     else:
                         import psycopg
 
@@ -120,7 +127,8 @@ def main() -> None:
                         with psycopg.connect(args.pg_url, autocommit=True) as conn:
                             conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
                         try:
-                            rates.append(one_run(with_schema(args.pg_url, schema), processes, args.n, port, work))
+                            url = with_schema(args.pg_url, schema)
+                            rates.append(one_run(url, processes, args.n, port, work, args.connections_per_process))
                         finally:
                             with psycopg.connect(args.pg_url, autocommit=True) as conn:
                                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())

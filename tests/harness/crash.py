@@ -14,15 +14,15 @@ import argparse
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from tests.harness import spoolers
+from tests.harness.spoolers import Tally, free_port, message_id, outcome_was_unknown, sink_counts, start_sink, stop
+
 SPOOLER_FLAGS: list[str] = ["--force"] if os.environ.get("POSTROOM_HARNESS_FORCE", "1") == "1" else []
 FAULTS = ["ok"] * 14 + ["rcpt4xx", "rcpt5xx", "data421", "drop"]
 
@@ -31,11 +31,8 @@ FAULTS = ["ok"] * 14 + ["rcpt4xx", "rcpt5xx", "data421", "drop"]
 class Report:
     messages: int
     kills: int
-    delivered_once: int = 0
-    duplicates: int = 0
-    unknown: int = 0
-    duplicates_outside_unknown: int = 0
-    lost: int = 0
+    outcome: Tally = field(default_factory=Tally)  # the messages that should arrive (all but the 5xx ones)
+    unknown_refused: int = 0  # outcome-unknown among the 5xx ones (resent, refused again)
     ndrs: int = 0
     ndr_expected: int = 0
     sink_outages: int = 0
@@ -44,18 +41,24 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicates_outside_unknown == 0 and self.ndrs == self.ndr_expected
+        outcome = self.outcome
+        return (
+            not self.problems
+            and outcome.lost == 0
+            and outcome.unexplained_duplicates == 0
+            and self.ndrs == self.ndr_expected
+        )
 
     def table(self) -> str:
         rows = [
             ("messages", self.messages),
             ("kills (SIGKILL)", self.kills),
             ("sink outages", self.sink_outages),
-            ("delivered exactly once", self.delivered_once),
-            ("duplicates", self.duplicates),
-            ("  of which outcome unknown", self.duplicates - self.duplicates_outside_unknown),
-            ("outcome unknown (resent)", self.unknown),
-            ("lost", self.lost),
+            ("delivered exactly once", self.outcome.once),
+            ("duplicates", self.outcome.duplicates),
+            ("  of which outcome unknown", self.outcome.unknown_duplicates),
+            ("outcome unknown (resent)", self.outcome.unknown + self.unknown_refused),
+            ("lost", self.outcome.lost),
             ("NDRs (expected)", f"{self.ndrs} ({self.ndr_expected})"),
             ("seconds", f"{self.seconds:.1f}"),
         ]
@@ -63,39 +66,8 @@ class Report:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def postroom(profile: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "postroom", "--profile", str(profile), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        **kw,  # type: ignore[call-overload]
-    )
-
-
-def start_sink(port: int, log: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "sink.py"), str(port), str(log)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    proc.stdout.readline()  # "ready"
-    return proc
-
-
 def start_spooler(profile: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "postroom", "--profile", str(profile), "spooler", *SPOOLER_FLAGS],
-            stdout=out,
-            stderr=out,
-        )
+    return spoolers.start_spooler(profile, log, flags=SPOOLER_FLAGS)
 
 
 def make_profile(work: Path, port: int, store: str | None = None) -> Path:
@@ -189,48 +161,22 @@ def run(
             left = watcher.queue()
             if left:
                 report.problems.append(f"{len(left)} message(s) still queued after {timeout:.0f} s")
-            report.unknown = 0
-            counts: Counter[str] = Counter()
-            for line in sink_log.read_text().splitlines():
-                message_id, _, _ = line.partition(" ")
-                counts[message_id] += 1
-            ndr_for: set[str] = set()
             for summary in watcher.list_messages("Inbox"):
                 if summary.message_class == "REPORT.IPM.Note.NDR":
                     report.ndrs += 1
-                    ndr_for.add(summary.subject.removeprefix("Undeliverable: "))
-            from postroom.mapi import tags as T
-
+            counts = sink_counts(sink_log)
             for mid, kind in kinds.items():
-                data = watcher.open_message(mid)
-                message_id = str(data.get(T.PR_INTERNET_MESSAGE_ID))
-                unknown = any(e.kind == "outcome-unknown" for e in watcher.events(mid))
-                report.unknown += unknown
-                seen = counts.get(message_id, 0)
-                if kind == "rcpt5xx":
-                    report.ndr_expected += 1
-                    if seen:
-                        report.problems.append(f"message {mid} ({kind}) was accepted {seen} time(s)")
+                seen = counts.get(message_id(watcher, mid), 0)
+                if kind != "rcpt5xx":
+                    report.outcome.add(watcher, mid, f" ({kind})", seen)
                     continue
-                if seen == 1:
-                    report.delivered_once += 1
-                elif seen > 1:
-                    report.duplicates += 1
-                    if not unknown:
-                        report.duplicates_outside_unknown += 1
-                        report.problems.append(f"message {mid} ({kind}) delivered {seen} times without a crash")
-                else:
-                    report.lost += 1
-                    states = [(r.state.value, r.transport) for r in watcher.recipient_states(mid)]
-                    report.problems.append(f"message {mid} ({kind}) never reached the sink: {states}")
+                report.ndr_expected += 1
+                report.unknown_refused += outcome_was_unknown(watcher, mid)
+                if seen:
+                    report.problems.append(f"message {mid} ({kind}) was accepted {seen} time(s)")
+            report.problems += report.outcome.problems
     finally:
-        spooler.send_signal(signal.SIGTERM)
-        try:
-            spooler.wait(10)
-        except subprocess.TimeoutExpired:
-            spooler.kill()
-        sink.terminate()
-        sink.wait()
+        stop([spooler], sink, seconds=10)
     return report
 
 

@@ -30,8 +30,9 @@ def test_crash_and_fault_harness(tmp_path: Path, capsys: pytest.CaptureFixture[s
         for problem in report.problems[:20]:
             print("problem:", problem)
     assert report.kills == 20
-    assert report.lost == 0
-    assert report.duplicates_outside_unknown == 0
+    assert report.outcome.lost == 0
+    assert report.outcome.unexplained_duplicates == 0
     assert report.ndrs == report.ndr_expected
-    assert report.unknown <= report.kills * 4  # at most one per message in flight at each kill
+    # At most one per message in flight at each kill.
+    assert report.outcome.unknown + report.unknown_refused <= report.kills * 4
     assert not report.problems

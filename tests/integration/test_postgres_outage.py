@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from tests.harness.crash import free_port, start_sink
+from tests.harness.spoolers import free_port, sink_lines, smtp_profile, start_sink, start_spooler, stop, tally
 from tests.harness.tcpproxy import TCPProxy
 from tests.store.pgutil import skip_reason, temp_schema
 
@@ -65,22 +63,8 @@ def pgpass_for(proxy_port: int, upstream_port: int, directory: Path) -> dict[str
 
 
 def make_profile(directory: Path, url: str, port: int) -> Path:
-    from postroom.profile import Profile
-
-    profile = Profile.create(directory, with_defaults=False)
-    profile.settings.update({"store": url, "lease_seconds": LEASE_SECONDS, "crash_policy": "resend"})
-    service = profile.add_service(
-        "smtp",
-        "mta",
-        {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2, "timeout": 10},
-    )
-    service.policy = {"retry_min_seconds": 0.5, "retry_max_seconds": 2, "breaker_threshold": 0}
-    profile.save()
-    return profile.directory
-
-
-def sink_lines(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
+    settings = {"store": url, "lease_seconds": LEASE_SECONDS, "crash_policy": "resend"}
+    return smtp_profile(directory, port, settings, {"connections": 2})
 
 
 def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
@@ -96,7 +80,6 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
     import psycopg
 
     import postroom
-    from postroom.mapi import tags as T
     from postroom.profile import Profile
 
     smtp_port = free_port()
@@ -107,18 +90,11 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
         upstream = urlsplit(url)
         assert upstream.hostname is not None and upstream.port is not None
         with TCPProxy((upstream.hostname, upstream.port)) as proxy:
-            env = {**os.environ, "POSTROOM_DEBUG": "1", "PYTHONUNBUFFERED": "1"}
-            env.update(pgpass_for(proxy.port, upstream.port, tmp_path))
+            env = {"POSTROOM_DEBUG": "1", **pgpass_for(proxy.port, upstream.port, tmp_path)}
             spooler_profile = make_profile(tmp_path / "spooler", via(url, proxy.port), smtp_port)
             client_profile = make_profile(tmp_path / "client", url, smtp_port)
             sink = start_sink(smtp_port, sink_log)
-            with spooler_log.open("ab") as out:
-                spooler = subprocess.Popen(
-                    [sys.executable, "-m", "postroom", "--profile", str(spooler_profile), "spooler", "--force"],
-                    stdout=out,
-                    stderr=out,
-                    env=env,
-                )
+            spooler = start_spooler(spooler_profile, spooler_log, env=env)
             started = time.monotonic()
             try:
                 with postroom.logon(Profile.load(client_profile)) as client:
@@ -152,35 +128,9 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
                     drain_seconds = time.monotonic() - restored_at
                     alive = spooler.poll() is None
                     left = client.queue()
-                    counts = Counter(line.partition(" ")[0] for line in sink_lines(sink_log))
-                    once = duplicates = lost = unknown = 0
-                    problems: list[str] = []
-                    for mid in ids:
-                        message_id = str(client.open_message(mid).get(T.PR_INTERNET_MESSAGE_ID))
-                        was_unknown = any(e.kind == "outcome-unknown" for e in client.events(mid))
-                        unknown += was_unknown
-                        seen = counts.get(message_id, 0)
-                        if seen == 1:
-                            once += 1
-                        elif seen > 1:
-                            duplicates += 1
-                            if not was_unknown:
-                                history = "; ".join(
-                                    f"{e.time:%H:%M:%S.%f} {e.kind} {e.detail}" for e in client.events(mid)
-                                )
-                                problems.append(f"message {mid} delivered {seen} times, no outcome-unknown: {history}")
-                        else:
-                            lost += 1
-                            problems.append(f"message {mid} never reached the sink: {client.recipient_states(mid)}")
+                    outcome = tally(client, ids, sink_log)
             finally:
-                if spooler.poll() is None:
-                    spooler.send_signal(signal.SIGTERM)
-                try:
-                    spooler.wait(20)
-                except subprocess.TimeoutExpired:
-                    spooler.kill()
-                sink.terminate()
-                sink.wait()
+                stop([spooler], sink)
         seconds = time.monotonic() - started
         log_text = spooler_log.read_text(errors="replace")
         with capsys.disabled():
@@ -188,17 +138,17 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
                 f"\nPostgreSQL outage of {outage:.1f} s ({proxy.refused} connection(s) refused meanwhile): "
                 f"{BEFORE} + {DURING} messages, {delivered_at_cut} delivered before the cut, "
                 f"{delivered_in_outage} during it; queue drained {drain_seconds:.1f} s after the restore; "
-                f"delivered exactly once {once}, duplicates {duplicates}, outcome-unknown {unknown}, "
-                f"lost {lost}; spooler run {seconds:.1f} s, exit code {spooler.returncode}"
+                f"delivered exactly once {outcome.once}, duplicates {outcome.duplicates}, "
+                f"outcome-unknown {outcome.unknown}, lost {outcome.lost}; spooler run {seconds:.1f} s, exit code {spooler.returncode}"
             )
-            for p in problems[:20]:
+            for p in outcome.problems[:20]:
                 print("problem:", p)
     assert alive_during_outage and alive, f"the spooler died:\n{log_text[-3000:]}"
     assert spooler.returncode == 0, log_text[-3000:]
     assert drained and not left, f"{len(left)} message(s) still queued"
-    assert lost == 0 and not problems
-    assert once + duplicates == BEFORE + DURING
-    assert duplicates <= 8  # at most the messages in flight when the connection went
+    assert outcome.lost == 0 and not outcome.problems
+    assert outcome.once + outcome.duplicates == BEFORE + DURING
+    assert outcome.duplicates <= 8  # at most the messages in flight when the connection went
     assert re.search(r"message store unreachable: .*; retrying in \d", log_text), log_text[-3000:]
     assert re.search(r"message store reachable again after \d+(\.\d+)? s", log_text), log_text[-3000:]
     assert "internal error" not in log_text

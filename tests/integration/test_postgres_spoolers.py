@@ -18,18 +18,24 @@ message must reach the sink exactly once, with no exception.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.harness.crash import free_port, start_sink
+from tests.harness.spoolers import (
+    delivered_by,
+    free_port,
+    message_id,
+    sink_lines,
+    smtp_profile,
+    start_sink,
+    start_spooler,
+    stop,
+    tally,
+)
 from tests.store.pgutil import skip_reason, temp_schema
 
 pytestmark = [
@@ -44,38 +50,8 @@ SAFETY_SCAN_SECONDS = 30.0  # protocol.SAFETY_SCAN_SECONDS: a spooler that only 
 
 
 def make_profile(directory: Path, url: str, port: int, crash_policy: str) -> Path:
-    from postroom.profile import Profile
-
-    profile = Profile.create(directory, with_defaults=False)
-    profile.settings.update({"store": url, "lease_seconds": LEASE_SECONDS, "crash_policy": crash_policy})
-    service = profile.add_service(
-        "smtp",
-        "mta",
-        {"host": "127.0.0.1", "port": port, "security": "none", "connections": 2 * SPOOLERS, "timeout": 10},
-    )
-    service.policy = {"retry_min_seconds": 0.5, "retry_max_seconds": 2, "breaker_threshold": 0}
-    profile.save()
-    return profile.directory
-
-
-def start_spooler(profile: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "postroom", "--profile", str(profile), "spooler", "--force"],
-            stdout=out,
-            stderr=out,
-            env={**os.environ, "POSTROOM_DEBUG": "1", "PYTHONUNBUFFERED": "1"},
-        )
-
-
-def sink_lines(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def delivered_by(log: Path) -> int:
-    """Recipients a spooler process reported delivered in its pass lines."""
-    text = log.read_text(errors="replace")
-    return sum(int(n) for n in re.findall(r"(?m)^\d\d:\d\d:\d\d .*?(\d+) recipient\(s\) delivered", text))
+    settings = {"store": url, "lease_seconds": LEASE_SECONDS, "crash_policy": crash_policy}
+    return smtp_profile(directory, port, settings, {"connections": 2 * SPOOLERS})
 
 
 def kill_when_due(spooler: subprocess.Popen[bytes], sink_log: Path) -> int | None:
@@ -91,7 +67,6 @@ def kill_when_due(spooler: subprocess.Popen[bytes], sink_log: Path) -> int | Non
 def resolve_held(session: Any, sink_log: Path) -> int:
     """The operator's part under crash_policy "hold": the server's log says whether each held message
     arrived; confirm those delivered, release the others. Returns how many were resolved."""
-    from postroom.mapi import tags as T
     from postroom.store import QueueState
 
     arrived = {line.partition(" ")[0] for line in sink_lines(sink_log)}
@@ -99,9 +74,9 @@ def resolve_held(session: Any, sink_log: Path) -> int:
     for entry in session.queue():
         if entry.state is not QueueState.HELD:
             continue
-        message_id = str(session.open_message(entry.id).get(T.PR_INTERNET_MESSAGE_ID))
-        if message_id in arrived:
-            session.confirm_delivered(entry.id, f"{message_id} is in the server's log")
+        held_id = message_id(session, entry.id)
+        if held_id in arrived:
+            session.confirm_delivered(entry.id, f"{held_id} is in the server's log")
         else:
             session.release(entry.id)
         resolved += 1
@@ -113,7 +88,6 @@ def test_four_spoolers_on_postgresql_share_the_work_and_survive_a_kill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], crash_policy: str
 ) -> None:
     import postroom
-    from postroom.mapi import tags as T
     from postroom.profile import Profile
 
     port = free_port()
@@ -123,7 +97,7 @@ def test_four_spoolers_on_postgresql_share_the_work_and_survive_a_kill(
         profiles = [make_profile(tmp_path / f"node{n}", url, port, crash_policy) for n in range(SPOOLERS)]
         sink = start_sink(port, sink_log)
         logs = [tmp_path / f"spooler{n}.log" for n in range(SPOOLERS)]
-        spoolers = [start_spooler(p, log) for p, log in zip(profiles, logs, strict=True)]
+        spoolers = [start_spooler(p, log, env={"POSTROOM_DEBUG": "1"}) for p, log in zip(profiles, logs, strict=True)]
         killed_at = None
         resolved = 0
         try:
@@ -159,57 +133,30 @@ def test_four_spoolers_on_postgresql_share_the_work_and_survive_a_kill(
                     time.sleep(0.2)
                 seconds = time.monotonic() - started
                 left = watcher.queue()
-                counts = Counter(line.partition(" ")[0] for line in sink_lines(sink_log))
-                once = duplicates = unknown_duplicates = lost = unknown = 0
-                problems: list[str] = []
-                for mid in ids:
-                    message_id = str(watcher.open_message(mid).get(T.PR_INTERNET_MESSAGE_ID))
-                    was_unknown = any(e.kind == "outcome-unknown" for e in watcher.events(mid))
-                    unknown += was_unknown
-                    seen = counts.get(message_id, 0)
-                    if seen == 1:
-                        once += 1
-                    elif seen > 1:
-                        duplicates += 1
-                        if was_unknown:
-                            unknown_duplicates += 1
-                        else:
-                            problems.append(f"message {mid} delivered {seen} times without a crash to explain it")
-                    else:
-                        lost += 1
-                        problems.append(f"message {mid} never reached the sink: {watcher.recipient_states(mid)}")
+                outcome = tally(watcher, ids, sink_log)
         finally:
-            for s in spoolers:
-                if s.poll() is None:
-                    s.send_signal(signal.SIGTERM)
-            for s in spoolers:
-                try:
-                    s.wait(20)
-                except subprocess.TimeoutExpired:
-                    s.kill()
-            sink.terminate()
-            sink.wait()
+            stop(spoolers, sink)
         shares = [delivered_by(log) for log in logs]
         with capsys.disabled():
             print(
                 f"\n{SPOOLERS} spoolers on PostgreSQL, crash_policy {crash_policy}: "
                 f"{MESSAGES} messages submitted in {submitted:.1f} s, "
                 f"first delivery after {first_delivery or 0:.2f} s, all done in {seconds:.1f} s; "
-                f"1 SIGKILL after {killed_at} deliveries; delivered exactly once {once}, "
-                f"duplicates {duplicates} (outcome unknown {unknown_duplicates}), outcome-unknown {unknown}, "
-                f"lost {lost}; held and resolved by the operator {resolved}; "
+                f"1 SIGKILL after {killed_at} deliveries; delivered exactly once {outcome.once}, "
+                f"duplicates {outcome.duplicates} (outcome unknown {outcome.unknown_duplicates}), "
+                f"outcome-unknown {outcome.unknown}, lost {outcome.lost}; held and resolved by the operator {resolved}; "
                 f"recipients each spooler reported (the killed one first) {shares}"
             )
-            for p in problems[:20]:
+            for p in outcome.problems[:20]:
                 print("problem:", p)
         assert killed_at is not None, "the run ended before the kill"
         assert not left, f"{len(left)} message(s) still queued"
-        assert lost == 0 and not problems
-        assert once + duplicates == MESSAGES
-        assert unknown_duplicates <= 8  # at most the killed spooler's messages in flight
+        assert outcome.lost == 0 and not outcome.problems
+        assert outcome.once + outcome.duplicates == MESSAGES
+        assert outcome.unknown_duplicates <= 8  # at most the killed spooler's messages in flight
         if crash_policy == "hold":
-            assert duplicates == 0 and once == MESSAGES  # exactly once, with the operator's help
-            assert resolved == unknown
+            assert outcome.duplicates == 0 and outcome.once == MESSAGES  # exactly once, with the operator's help
+            assert resolved == outcome.unknown
         # Woken by NOTIFY at submit, not by the safety scan.
         assert first_delivery is not None and first_delivery < SAFETY_SCAN_SECONDS / 2
         # Every surviving spooler took part.
