@@ -28,6 +28,7 @@ from .migrations import LATEST, upgrade_sqlite
 from .notify import NotificationBus, notify_directory
 from .slots import FileSlots
 from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
+from .writer_turns import WriterTurns
 
 SCHEMA_VERSION = LATEST  # version 1 is SCHEMA below; later versions are in migrations.py
 
@@ -125,6 +126,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         if new_file:
             os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._turns = WriterTurns(self.path.with_name(self.path.name + "-writer"))
         self._enable_wal()
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -148,6 +150,19 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT in this process's writer turn; ROLLBACK after any error."""
+        with self._turns.turn():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE … COMMIT): all or nothing.
 
@@ -167,13 +182,8 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                     raise
                 self._db.execute(f"RELEASE {name}")
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing():
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def _connection(self) -> _Locked:
         """The one connection, for reads outside a transaction (each statement sees committed data)."""
@@ -190,22 +200,15 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 finally:
                     self._batch_depth -= 1
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._batch_depth = 1
             try:
-                yield
-            except BaseException:
-                self._batch_depth = 0
-                self._db.execute("ROLLBACK")
-                self._notes.clear()
-                raise
-            self._batch_depth = 0
-            try:
-                self._db.execute("COMMIT")
+                with self._writing():
+                    self._batch_depth = 1
+                    try:
+                        yield
+                    finally:
+                        self._batch_depth = 0
             except BaseException:
                 self._notes.clear()
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
                 raise
             notes, self._notes = self._notes, []
         for kind, data in notes:
@@ -240,6 +243,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._turns.close()
 
     # --- the dialect ---------------------------------------------------------------------------
     def _insert_id(self, db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:

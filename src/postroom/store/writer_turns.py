@@ -1,0 +1,60 @@
+"""Writers of one SQLite file take turns through a lock that the kernel hands over.
+
+SQLite lets one writer in at a time. A second writer's BEGIN IMMEDIATE finds the file locked,
+and SQLite's busy handler sleeps 1, 2, 5, 10 … ms between tries, so two busy spooler processes
+spend much of their time asleep while the file is free. A blocking flock() on a file beside the
+store wakes the next writer the moment the holder lets go.
+
+The turn only saves those sleeps: SQLite's own locking still decides who writes, so a writer
+that takes no turn (the sqlite3 shell, an older postroom) is as safe as before. flock() locks
+belong to an open file description, so every store object has its own and two objects in one
+process take turns too; the kernel drops the lock of a process that dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_held = threading.local()  # the turn files this thread holds, through any store object
+
+
+def _held_here() -> set[Path]:
+    if not hasattr(_held, "paths"):
+        _held.paths = set()
+    paths: set[Path] = _held.paths
+    return paths
+
+
+class WriterTurns:
+    """The turn lock of one SQLite store file, held for one write transaction at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait for this writer's turn. A thread that already holds the turn through another
+        store object on the same file does not wait for itself: SQLite's busy timeout applies
+        to it, as without turns."""
+        held = _held_here()
+        if self.path in held:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        held.add(self.path)
+        try:
+            yield
+        finally:
+            held.discard(self.path)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
