@@ -596,9 +596,12 @@ class ProtocolManager:
         due = self.store.next_due()
         if self.work_waiting or (due is not None and due <= now):
             self.work_waiting = False
-            summary = await self.core.spooler.process_due(stop=stop, keep=False)
-            if on_pass and summary.processed:
-                on_pass(summary)
+            summary = PassSummary()
+            try:
+                await self.core.spooler.process_due(stop=stop, keep=False, summary=summary)
+            finally:  # a pass cut short by a store outage still counts what it delivered
+                if on_pass and summary.processed:
+                    on_pass(summary)
             self.core.publish_status()
         await self.poll_due()
         for g in self.schedule.due(load_groups(self.core.profile), self.mode, now):

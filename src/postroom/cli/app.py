@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -102,6 +103,18 @@ def _fail(message: str, exit_code: int, code: str | None = None, hresult: int | 
     return exit_code
 
 
+def quiet_library_logs() -> None:
+    """Keep the connection pool's own warnings out of the output, unless POSTROOM_DEBUG is set.
+
+    psycopg_pool warns, with libpq's whole multi-line message, at every failed reconnect and
+    every broken connection it discards: during a database outage that is a screenful a
+    minute. postroom says it itself, once, as MAPI_E_NETWORK_ERROR or the spooler daemon's
+    "message store unreachable … / reachable again" lines (spooler/outage.py).
+    """
+    if not os.environ.get("POSTROOM_DEBUG"):
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code.
 
@@ -109,6 +122,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     2: usage error, bad input or a MAPI error; 3: an internal error (a bug); 130: interrupted.
     """
     App.current = None
+    quiet_library_logs()
     try:
         result = cli.main(args=list(argv) if argv is not None else None, prog_name="postroom", standalone_mode=False)
         return result if isinstance(result, int) else EXIT_OK

@@ -108,7 +108,11 @@ class Spooler:
         self.processor.may_call = rule
 
     async def process_due(
-        self, limit: int | None = None, stop: asyncio.Event | None = None, keep: bool = True
+        self,
+        limit: int | None = None,
+        stop: asyncio.Event | None = None,
+        keep: bool = True,
+        summary: PassSummary | None = None,
     ) -> PassSummary:
         """Claim and process due messages until none is due (or `limit` were processed).
 
@@ -116,9 +120,11 @@ class Spooler:
         so another spooler process on the same store never gets the same message. When one
         worker fails (the store is unreachable, or a bug), the others finish the message they
         hold and take no new one, then the pass raises that error: no worker is left running
-        behind the caller, and no delivery in flight is cut short.
+        behind the caller, and no delivery in flight is cut short. A `summary` passed in is
+        filled as messages finish, so the caller can count what a pass cut short achieved.
         """
-        summary = PassSummary()
+        if summary is None:
+            summary = PassSummary()
         remaining = limit
         errors: list[Exception] = []
 
