@@ -186,3 +186,46 @@ def test_a_spooler_that_cannot_reach_the_store_at_start_fails_at_once(tmp_path: 
     assert "MAPI_E_NETWORK_ERROR: cannot connect to the message store" in done.stderr
     assert seconds < 15
     assert not (profile / "spooler.pid").exists()
+
+
+def test_once_the_store_is_known_unreachable_operations_fail_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first operation after a cut may wait the full connect timeout for a pooled connection;
+    the retries after it wait OUTAGE_WAIT_SECONDS, so a daemon's stop is not held up for long."""
+    from postroom.mapi.codes import HResult, MAPIError
+    from postroom.store.postgres import OUTAGE_WAIT_SECONDS, PostgresStore
+
+    connect_timeout = 6.0
+    with temp_schema("outage") as url:
+        upstream = urlsplit(url)
+        assert upstream.hostname is not None and upstream.port is not None
+        with TCPProxy((upstream.hostname, upstream.port)) as proxy:
+            for name, value in pgpass_for(proxy.port, upstream.port, tmp_path).items():
+                monkeypatch.setenv(name, value)
+            store = PostgresStore(via(url, proxy.port), connect_timeout=connect_timeout)
+            try:
+                assert store.next_due() is None
+                proxy.cut()
+                waits = []
+                for _ in range(3):
+                    started = time.monotonic()
+                    with pytest.raises(MAPIError) as failed:
+                        store.next_due()
+                    waits.append(time.monotonic() - started)
+                    assert failed.value.code is HResult.MAPI_E_NETWORK_ERROR
+                proxy.restore()
+                assert wait_for(lambda: answers(store), 30), "the store did not come back"
+            finally:
+                store.close()
+    assert all(w < OUTAGE_WAIT_SECONDS + 2 < connect_timeout for w in waits[1:]), waits
+
+
+def answers(store: object) -> bool:
+    from postroom.mapi.codes import MAPIError
+
+    try:
+        store.next_due()  # type: ignore[attr-defined]
+    except MAPIError:
+        return False
+    return True

@@ -55,6 +55,10 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 MAX_BYTEA = (1 << 30) - 1  # PostgreSQL's limit for one value
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
 #: pg_advisory_xact_lock keys (class, object) for rows that are replaced wholesale.
+# While the server is known to be unreachable, an operation waits this long for a pooled
+# connection instead of the full connect timeout: a spooler daemon retrying through an outage
+# then blocks its event loop, and a stop, for about a second per try rather than ten.
+OUTAGE_WAIT_SECONDS = 1.0
 LOCK_STATUS_ROWS = 1
 LOCK_TRANSPORT = 2
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -109,7 +113,7 @@ class PgNotificationBus(NotificationBus):
         """Notify every listener; never raises (a notification is a hint, the store is the truth)."""
         payload = _payload(kind, data)
         try:
-            with self._store._pool.connection() as conn:
+            with self._store._pooled() as conn:
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
         except Exception as exc:  # the store is the truth: a lost hint only delays work to the safety scan
             log.debug("could not publish %s: %s", kind, exc)
@@ -241,6 +245,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         self.display_url = redact_url(url)
         self._kwargs: dict[str, Any] = {"autocommit": True, **connection_kwargs(password_env)}
         self._connect_timeout = connect_timeout
+        self._unreachable = False  # the last operation lost the server: wait OUTAGE_WAIT_SECONDS only
         super().__init__()
         self._local = threading.local()
         #: The schema version found before this open migrated it (None: created now).
@@ -316,6 +321,14 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
 
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
+    def _pooled(self) -> Iterator[Conn]:
+        """A connection from the pool; during a known outage the wait for one is short."""
+        timeout = OUTAGE_WAIT_SECONDS if self._unreachable else self._connect_timeout
+        with self._pool.connection(timeout=min(timeout, self._connect_timeout)) as conn:
+            self._unreachable = False
+            yield conn
+
+    @contextmanager
     def _errors_as_mapi(self) -> Iterator[None]:
         """A bad value or a lost connection as the MAPI error callers handle (IntegrityError passes)."""
         try:
@@ -332,7 +345,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
                 with current.raw.transaction():
                     yield current
                 return
-            with self._pool.connection() as conn:
+            with self._pooled() as conn:
                 self._local.conn = db = PgConnection(conn)
                 try:
                     with conn.transaction():
@@ -348,7 +361,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             if current is not None:
                 yield current
                 return
-            with self._pool.connection() as conn:
+            with self._pooled() as conn:
                 yield PgConnection(conn)
 
     def _reading(self) -> contextlib.AbstractContextManager[PgConnection]:
@@ -361,7 +374,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             yield  # already inside a batch or transaction on this thread: part of it
             return
         # A lost connection at BEGIN or COMMIT is MAPI_E_NETWORK_ERROR too, as in every other operation.
-        with self._errors_as_mapi(), self._pool.connection() as conn:
+        with self._errors_as_mapi(), self._pooled() as conn:
             self._local.conn = PgConnection(conn)
             self._local.notes = []
             try:
@@ -385,6 +398,9 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"the store refused a value: {text}")
         if isinstance(exc, psycopg.errors.TransactionRollback):  # deadlock or serialization failure
             return MAPIError(HResult.MAPI_E_BUSY, f"the message store is busy, try again: {text}")
+        # No SQLSTATE, class 08 (connection exception) or a pool timeout: the server itself is gone.
+        if isinstance(exc, PoolTimeout) or (exc.sqlstate or "08").startswith("08"):
+            self._unreachable = True
         return MAPIError(HResult.MAPI_E_NETWORK_ERROR, f"the message store {self.display_url} failed: {text}")
 
     def close(self) -> None:
