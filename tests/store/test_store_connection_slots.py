@@ -198,3 +198,40 @@ def test_a_process_that_neither_holds_nor_waits_does_not_count(store: MessageSto
         assert slots.contention("fax") == Contention(0, False)  # every transport on its own
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # SQLite's file locks live as long as the process
+def test_slots_whose_lock_was_lost_are_taken_again_or_given_back(
+    store: MessageStore, open_another: Callable[[], MessageStore]
+) -> None:
+    """PostgreSQL: the connection holding the advisory locks is lost while the transport's
+    connections stay open; the process learns of it when it next asks who waits (settle). The slots nobody took meanwhile are locked again; a slot another
+    process took stays this process's orphan, so it opens nothing new and closes a connection
+    as soon as one is free, until the orphan's connection is closed."""
+    import psycopg
+
+    from postroom.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    slots = store.connection_slots
+    assert [slots.try_acquire("mta", 2) for _ in range(2)] == [0, 1]
+    lock_session = slots._conn.info.backend_pid  # type: ignore[attr-defined]
+    with psycopg.connect(store.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (lock_session,))
+    other = open_another()
+    assert eventually(lambda: other.connection_slots.try_acquire("mta", 1)) == 0  # slot 0 was free for it
+
+    settle()
+    try:  # this process learns of the loss at its next use (as an error, or while it asks who waits)
+        assert slots.try_acquire("mta", 2) is None
+    except MAPIError as lost:
+        assert lost.code is HResult.MAPI_E_NETWORK_ERROR
+    assert slots.try_acquire("mta", 2) is None  # connected again, slot 1 locked again; slot 0 is the other's
+    assert slots.held("mta") == 2
+    assert slots.should_give_back("mta", 2)
+
+    slots.release("mta", 0)  # the connection in the orphaned slot closes
+    assert slots.held("mta") == 1
+    assert not slots.should_give_back("mta", 2)
+    other.connection_slots.release("mta", 0)
+    assert slots.try_acquire("mta", 2) == 0

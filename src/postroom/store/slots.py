@@ -65,22 +65,30 @@ class ConnectionSlots(abc.ABC):
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._held: set[tuple[str, int]] = set()
+        # Slots whose lock was lost with its connection while the transport connection that held
+        # it stays open: still counted as this process's, but not locked any more.
+        self._orphans: set[tuple[str, int]] = set()
         self._waiting: dict[str, int] = {}
         self._seen: dict[str, tuple[float, Contention]] = {}
 
     def try_acquire(self, transport: str, limit: int) -> int | None:
-        """Take a free slot among the transport's `limit` slots; None when all are taken, or when
-        another process waits and this one has its fair share already."""
+        """Take a free slot among the transport's `limit` slots; None when all are taken, when
+        another process waits and this one has its fair share already, or while this process
+        still has a connection open whose slot lock was lost (it may be over the limit)."""
         if not 1 <= limit <= MAX_SLOTS:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a connection limit is 1 to {MAX_SLOTS}, not {limit}")
         name = transport.lower()
         with self._mutex:
-            if self._above_share(name, limit, self._count(name) + 1):
+            self._settle_orphans()
+            if self._orphaned(name) or self._above_share(name, limit, self._count(name) + 1):
                 return None
             for slot in range(limit):
-                if (name, slot) in self._held:
+                if (name, slot) in self._held or (name, slot) in self._orphans:
                     continue
                 if self._lock(name, slot):
+                    if self._orphaned(name):  # the lock connection was lost and made again meanwhile
+                        self._unlock(name, slot)
+                        return None
                     self._held.add((name, slot))
                     self._presence_changed(name)
                     return slot
@@ -90,6 +98,10 @@ class ConnectionSlots(abc.ABC):
         """Give a slot back; releasing one not held (or already released) does nothing."""
         name = transport.lower()
         with self._mutex:
+            if (name, slot) in self._orphans:
+                self._orphans.discard((name, slot))  # its lock is gone already
+                self._presence_changed(name)
+                return
             if (name, slot) not in self._held:
                 return
             self._held.discard((name, slot))
@@ -113,11 +125,13 @@ class ConnectionSlots(abc.ABC):
             self._presence_changed(name)
 
     def should_give_back(self, transport: str, limit: int) -> bool:
-        """True when another process waits for a slot and this one holds more than its fair share:
+        """True when another process waits for a slot and this one holds more than its fair share,
+        or when a slot lock of this process was lost (another process may have taken that slot):
         the connection that has just become free should be closed."""
         name = transport.lower()
         with self._mutex:
-            return self._above_share(name, limit, self._count(name))
+            self._settle_orphans()
+            return self._orphaned(name) or self._above_share(name, limit, self._count(name))
 
     def contention(self, transport: str) -> Contention:
         """The other processes' demand for the transport's slots, learned at most CONTENTION_SECONDS ago."""
@@ -126,7 +140,10 @@ class ConnectionSlots(abc.ABC):
             return self._contention(name)
 
     def _count(self, name: str) -> int:
-        return sum(1 for n, _ in self._held if n == name)
+        return sum(1 for n, _ in self._held if n == name) + sum(1 for n, _ in self._orphans if n == name)
+
+    def _orphaned(self, name: str) -> bool:
+        return any(n == name for n, _ in self._orphans)
 
     def _above_share(self, name: str, limit: int, holding: int) -> bool:
         contention = self._contention(name)
@@ -140,8 +157,27 @@ class ConnectionSlots(abc.ABC):
         return seen[1]
 
     def _forget_all(self) -> None:
-        """The locks are gone (their connection was lost): nothing is held any more."""
+        """The locks are gone (their connection was lost): what was held is orphaned until its
+        transport connection closes, or until the lock is taken again (_relock_orphans)."""
+        self._orphans |= self._held
         self._held.clear()
+
+    def _relock_orphans(self) -> None:
+        """Lock the orphaned slots again where no other process has taken them."""
+        for name, slot in sorted(self._orphans):
+            if (name, slot) in self._orphans and self._lock(name, slot):
+                self._orphans.discard((name, slot))
+                self._held.add((name, slot))
+
+    def _settle_orphans(self) -> None:
+        """Try to lock the orphans again; while the store cannot answer, they stay orphans."""
+        if self._orphans:
+            with contextlib.suppress(MAPIError):
+                self._ensure_connected()
+                self._relock_orphans()
+
+    def _ensure_connected(self) -> None:  # noqa: B027 (a hook: only slots on a connection need it)
+        """Connect again if the locks' connection was lost (locking the orphans again)."""
 
     @abc.abstractmethod
     def _lock(self, transport: str, slot: int) -> bool:
@@ -164,6 +200,7 @@ class ConnectionSlots(abc.ABC):
                 with contextlib.suppress(Exception):
                     self._unlock(name, slot)
             self._held.clear()
+            self._orphans.clear()
 
 
 class LocalSlots(ConnectionSlots):
@@ -294,9 +331,11 @@ class AdvisorySlots(ConnectionSlots):
     transport; the others learn from pg_locks how many processes hold or wait for the
     transport's slots and whether one waits.
 
-    When that connection is lost, the server has released its locks: every slot counts as
-    given back (the connections already open stay open until they close), and the next
-    acquire connects again."""
+    When that connection is lost, the server has released its locks. The slots of connections
+    still open are then orphans: the next use connects again and locks them again, and a slot
+    another process took meanwhile stays an orphan until its connection closes. Meanwhile
+    this process takes no new slot for the transport and gives connections back as they come
+    free, so the limit is exceeded at most until then."""
 
     def __init__(self, connect: Callable[[], Any], namespace: str, error: Callable[[Any], MAPIError]) -> None:
         super().__init__()
@@ -314,9 +353,7 @@ class AdvisorySlots(ConnectionSlots):
 
     def _fetch(self, query: str, params: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
         try:
-            if self._conn is None or self._conn.closed:
-                self._forget_all()
-                self._conn = self._connect()
+            self._ensure_connected()
             row = self._conn.execute(query, params).fetchone()
         except MAPIError:
             raise
@@ -324,6 +361,12 @@ class AdvisorySlots(ConnectionSlots):
             self._drop()
             raise self._error(exc) from exc
         return tuple(row or ())
+
+    def _ensure_connected(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._forget_all()
+            self._conn = self._connect()
+            self._relock_orphans()
 
     def _run(self, query: str, key: int) -> bool:
         row = self._fetch(query, (key,))
@@ -376,6 +419,7 @@ class AdvisorySlots(ConnectionSlots):
     def close(self) -> None:
         with self._mutex:
             self._drop()
+            self._orphans.clear()
 
 
 _CONTENTION_QUERY = """
