@@ -9,6 +9,11 @@ The turn only saves those sleeps: SQLite's own locking still decides who writes,
 that takes no turn (the sqlite3 shell, an older postroom) is as safe as before. flock() locks
 belong to an open file description, so every store object has its own and two objects in one
 process take turns too; the kernel drops the lock of a process that dies.
+
+The wait has no time limit, because flock() has none: a writer stopped inside a transaction
+(Ctrl-Z, a debugger) holds the others until it goes on or dies, where SQLite alone would fail
+them after its 30 s busy timeout. Polling for the turn instead gave back the whole gain
+(two spoolers, interleaved runs: 417–456 msg/s polling every millisecond, 504–563 blocking).
 """
 
 from __future__ import annotations
