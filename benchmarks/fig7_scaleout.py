@@ -110,7 +110,10 @@ def main() -> None:
     if args.pg_url:
         configs += [("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
     if args.only:
-        configs = [(b, p) for b, p in configs if f"{b}-{p}" == args.only]
+        names = [f"{b}-{p}" for b, p in configs]
+        if args.only not in names:
+            parser.error(f"--only {args.only}: not one of {', '.join(names)} (postgresql-* needs --pg-url)")
+        configs = [configs[names.index(args.only)]]
     try:
         for backend, processes in configs:
             rates = []

@@ -18,14 +18,17 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from peers import wait_until
 from tests.harness.spoolers import free_port, sink_lines, smtp_profile, start_sink, start_spooler, stop, tally
 from tests.harness.tcpproxy import TCPProxy
 from tests.store.pgutil import skip_reason, temp_schema
+
+from postroom.mapi.codes import HResult, MAPIError
+from postroom.store import MessageStore
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,15 +71,6 @@ def make_profile(directory: Path, url: str, port: int) -> Path:
     return smtp_profile(directory, port, settings, {"connections": 2})
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import psycopg
 
@@ -99,7 +93,7 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
             started = time.monotonic()
             try:
                 with postroom.logon(Profile.load(client_profile)) as client:
-                    assert wait_for(lambda: "Spooler running" in spooler_log.read_text(), 20), spooler_log.read_text()
+                    assert wait_until(lambda: "Spooler running" in spooler_log.read_text(), 20), spooler_log.read_text()
 
                     def submit(first: int, count: int) -> list[int]:
                         drafts = [
@@ -109,7 +103,7 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
                         return client.submit_many(drafts)
 
                     ids = submit(0, BEFORE)
-                    assert wait_for(lambda: len(sink_lines(sink_log)) >= BEFORE // 10, 30), "nothing delivered"
+                    assert wait_until(lambda: len(sink_lines(sink_log)) >= BEFORE // 10, 30), "nothing delivered"
                     with psycopg.connect(url) as locker:
                         # The spooler's next statement on the queue waits for this lock, so the connection
                         # goes while a statement (maybe a write) is in flight, not between two of them.
@@ -125,7 +119,7 @@ def test_spooler_daemon_rides_out_a_postgresql_outage(tmp_path: Path, capsys: py
                     proxy.restore()
                     outage = time.monotonic() - cut_at
                     restored_at = time.monotonic()
-                    drained = wait_for(lambda: not client.queue(), 40)
+                    drained = wait_until(lambda: not client.queue(), 40)
                     drain_seconds = time.monotonic() - restored_at
                     alive = spooler.poll() is None
                     left = client.queue()
@@ -193,7 +187,6 @@ def test_once_the_store_is_known_unreachable_operations_fail_fast(
 ) -> None:
     """The first operation after a cut may wait the full connect timeout for a pooled connection;
     the retries after it wait OUTAGE_WAIT_SECONDS, so a daemon's stop is not held up for long."""
-    from postroom.mapi.codes import HResult, MAPIError
     from postroom.store.postgres import OUTAGE_WAIT_SECONDS, PostgresStore
 
     connect_timeout = 6.0
@@ -215,17 +208,15 @@ def test_once_the_store_is_known_unreachable_operations_fail_fast(
                     waits.append(time.monotonic() - started)
                     assert failed.value.code is HResult.MAPI_E_NETWORK_ERROR
                 proxy.restore()
-                assert wait_for(lambda: answers(store), 30), "the store did not come back"
+                assert wait_until(lambda: answers(store), 30), "the store did not come back"
             finally:
                 store.close()
     assert all(w < OUTAGE_WAIT_SECONDS + 2 < connect_timeout for w in waits[1:]), waits
 
 
-def answers(store: object) -> bool:
-    from postroom.mapi.codes import MAPIError
-
+def answers(store: MessageStore) -> bool:
     try:
-        store.next_due()  # type: ignore[attr-defined]
+        store.next_due()
     except MAPIError:
         return False
     return True

@@ -54,11 +54,11 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 MAX_BYTEA = (1 << 30) - 1  # PostgreSQL's limit for one value
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
-#: pg_advisory_xact_lock keys (class, object) for rows that are replaced wholesale.
 # While the server is known to be unreachable, an operation waits this long for a pooled
 # connection instead of the full connect timeout: a spooler daemon retrying through an outage
 # then blocks its event loop, and a stop, for about a second per try rather than ten.
 OUTAGE_WAIT_SECONDS = 1.0
+#: pg_advisory_xact_lock keys (class, object) for rows that are replaced wholesale.
 LOCK_STATUS_ROWS = 1
 LOCK_TRANSPORT = 2
 _BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -322,11 +322,18 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _pooled(self) -> Iterator[Conn]:
-        """A connection from the pool; during a known outage the wait for one is short."""
-        timeout = OUTAGE_WAIT_SECONDS if self._unreachable else self._connect_timeout
-        with self._pool.connection(timeout=min(timeout, self._connect_timeout)) as conn:
-            self._unreachable = False
-            yield conn
+        """A connection from the pool. Whether the server answered is noted here, where every
+        operation passes, so that during a known outage the wait for a connection is short."""
+        timeout = min(OUTAGE_WAIT_SECONDS, self._connect_timeout) if self._unreachable else self._connect_timeout
+        try:
+            with self._pool.connection(timeout=timeout) as conn:
+                self._unreachable = False
+                yield conn
+        except psycopg.OperationalError as exc:
+            # A pool timeout, no SQLSTATE, or class 08 (connection exception): the server is gone.
+            if isinstance(exc, PoolTimeout) or (exc.sqlstate or "08").startswith("08"):
+                self._unreachable = True
+            raise
 
     @contextmanager
     def _errors_as_mapi(self) -> Iterator[None]:
@@ -398,9 +405,6 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"the store refused a value: {text}")
         if isinstance(exc, psycopg.errors.TransactionRollback):  # deadlock or serialization failure
             return MAPIError(HResult.MAPI_E_BUSY, f"the message store is busy, try again: {text}")
-        # No SQLSTATE, class 08 (connection exception) or a pool timeout: the server itself is gone.
-        if isinstance(exc, PoolTimeout) or (exc.sqlstate or "08").startswith("08"):
-            self._unreachable = True
         return MAPIError(HResult.MAPI_E_NETWORK_ERROR, f"the message store {self.display_url} failed: {text}")
 
     def close(self) -> None:

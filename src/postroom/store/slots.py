@@ -158,26 +158,18 @@ class ConnectionSlots(abc.ABC):
 
     def _forget_all(self) -> None:
         """The locks are gone (their connection was lost): what was held is orphaned until its
-        transport connection closes, or until the lock is taken again (_relock_orphans)."""
+        transport connection closes, or until the lock is taken again (_settle_orphans)."""
         self._orphans |= self._held
         self._held.clear()
 
-    def _relock_orphans(self) -> None:
-        """Lock the orphaned slots again where no other process has taken them."""
-        for name, slot in sorted(self._orphans):
-            if (name, slot) in self._orphans and self._lock(name, slot):
-                self._orphans.discard((name, slot))
-                self._held.add((name, slot))
-
     def _settle_orphans(self) -> None:
-        """Try to lock the orphans again; while the store cannot answer, they stay orphans."""
-        if self._orphans:
-            with contextlib.suppress(MAPIError):
-                self._ensure_connected()
-                self._relock_orphans()
-
-    def _ensure_connected(self) -> None:  # noqa: B027 (a hook: only slots on a connection need it)
-        """Connect again if the locks' connection was lost (locking the orphans again)."""
+        """Lock the orphaned slots again where no other process has taken them; while the store
+        cannot answer, they stay orphans."""
+        with contextlib.suppress(MAPIError):
+            for name, slot in sorted(self._orphans):
+                if self._lock(name, slot):
+                    self._orphans.discard((name, slot))
+                    self._held.add((name, slot))
 
     @abc.abstractmethod
     def _lock(self, transport: str, slot: int) -> bool:
@@ -290,23 +282,24 @@ class FileSlots(ConnectionSlots):
 
     def _presence_changed(self, name: str) -> None:
         file = self._file
+        waiting = bool(self._waiting.get(name))
+        present = waiting or self._count(name) > 0
         member = file.member.get(name)
-        if self._count(name) or self._waiting.get(name):
+        if member is None and present:
+            member = next((m for m in range(MAX_MEMBERS) if file.try_lock(slot_key("member", name, m))), None)
             if member is None:
-                member = next((m for m in range(MAX_MEMBERS) if file.try_lock(slot_key("member", name, m))), None)
-                if member is None:
-                    return  # too many processes: this one is not counted
-                file.member[name] = member
-            if self._waiting.get(name) and name not in file.wanting:
+                return  # too many processes: this one is not counted
+            file.member[name] = member
+        if member is None:
+            return
+        if waiting != (name in file.wanting):
+            if waiting:
                 file.lock(slot_key("waiting", name, member))
                 file.wanting.add(name)
-            elif not self._waiting.get(name) and name in file.wanting:
+            else:
                 file.unlock(slot_key("waiting", name, member))
                 file.wanting.discard(name)
-        elif member is not None:
-            if name in file.wanting:
-                file.unlock(slot_key("waiting", name, member))
-                file.wanting.discard(name)
+        if not present:
             file.unlock(slot_key("member", name, member))
             del file.member[name]
 
@@ -332,8 +325,9 @@ class AdvisorySlots(ConnectionSlots):
     transport's slots and whether one waits.
 
     When that connection is lost, the server has released its locks. The slots of connections
-    still open are then orphans: the next use connects again and locks them again, and a slot
-    another process took meanwhile stays an orphan until its connection closes. Meanwhile
+    still open are then orphans: the next acquire or give-back question connects again and
+    locks them again, and a slot another process took meanwhile stays an orphan until its
+    connection closes. Meanwhile
     this process takes no new slot for the transport and gives connections back as they come
     free, so the limit is exceeded at most until then."""
 
@@ -353,7 +347,9 @@ class AdvisorySlots(ConnectionSlots):
 
     def _fetch(self, query: str, params: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...]:
         try:
-            self._ensure_connected()
+            if self._conn is None or self._conn.closed:
+                self._forget_all()
+                self._conn = self._connect()
             row = self._conn.execute(query, params).fetchone()
         except MAPIError:
             raise
@@ -361,12 +357,6 @@ class AdvisorySlots(ConnectionSlots):
             self._drop()
             raise self._error(exc) from exc
         return tuple(row or ())
-
-    def _ensure_connected(self) -> None:
-        if self._conn is None or self._conn.closed:
-            self._forget_all()
-            self._conn = self._connect()
-            self._relock_orphans()
 
     def _run(self, query: str, key: int) -> bool:
         row = self._fetch(query, (key,))

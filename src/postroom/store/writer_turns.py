@@ -25,14 +25,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-_held = threading.local()  # the turn files this thread holds, through any store object
+
+class _HeldByThread(threading.local):
+    """The turn files this thread holds, through any store object."""
+
+    def __init__(self) -> None:
+        self.paths: set[Path] = set()
 
 
-def _held_here() -> set[Path]:
-    if not hasattr(_held, "paths"):
-        _held.paths = set()
-    paths: set[Path] = _held.paths
-    return paths
+_held = _HeldByThread()
 
 
 class WriterTurns:
@@ -47,7 +48,7 @@ class WriterTurns:
         """Wait for this writer's turn. A thread that already holds the turn through another
         store object on the same file does not wait for itself: SQLite's busy timeout applies
         to it, as without turns."""
-        held = _held_here()
+        held = _held.paths
         if self.path in held:
             yield
             return
