@@ -34,6 +34,7 @@ from .mapi.message import MessageData
 from .profile import Profile
 from .spooler import LoadedTransport, PassSummary
 from .spooler.outage import StoreOutage, store_unreachable
+from .spooler.tally import Counts
 from .spooler.transports import call_transport, error_summary
 from .store.base import MessageStore, WaitKind
 from .transports.spi import InboundMessage
@@ -211,28 +212,52 @@ class GroupSchedule:
 
 @dataclass
 class TransportFlush:
-    transport: str
+    """One line of a Send/Receive summary: the recipients a transport had, and what it received.
+
+    `waiting` counts recipients that wait for this transport because it may not be called now
+    (offline, outside the group); `deferred` those it asked to try again later.
+    """
+
+    transport: str  # "" for recipients no transport takes (their NDRs)
     sent: int = 0
     failed: int = 0
     deferred: int = 0
+    waiting: int = 0
     received: int = 0
     error: str = ""
+
+    def add(self, counts: Counts) -> None:
+        self.sent += counts.delivered
+        self.failed += counts.failed
+        self.deferred += counts.deferred
+        self.waiting += counts.waiting
 
 
 @dataclass
 class SendReceiveSummary:
-    """What a Send/Receive did, transport by transport.
+    """What a Send/Receive did, transport by transport; the totals are the sums of the lines.
 
-    A spooler pass run for one transport's flush sends every message that is due to any
-    transport that may be called now, so outcomes are counted by the transport that handled
-    them (a transport outside the group can appear), and failures no transport took
-    ("no transport accepted this recipient") are counted apart.
+    The group's transports come first, in transport order. The outbound pass of a flush sends
+    every message that is due, so a transport outside the group can have a line too (a
+    call-when-offline transport, or one that recipients still wait for), and recipients no
+    transport takes are counted on the line of transport "" (no transport).
     """
 
     group: str
     transports: list[TransportFlush] = field(default_factory=list)
-    unrouted_failed: int = 0
-    deferred: int = 0
+
+    def entry(self, transport: str) -> TransportFlush:
+        for t in self.transports:
+            if t.transport.lower() == transport.lower():
+                return t
+        entry = TransportFlush(transport)
+        self.transports.append(entry)
+        return entry
+
+    def absorb(self, passes: PassSummary) -> None:
+        """Count a spooler pass's recipients under the transports that had them."""
+        for name, counts in passes.tally:
+            self.entry(name).add(counts)
 
     @property
     def sent(self) -> int:
@@ -240,34 +265,47 @@ class SendReceiveSummary:
 
     @property
     def failed(self) -> int:
-        return sum(t.failed for t in self.transports) + self.unrouted_failed
+        return sum(t.failed for t in self.transports)
 
-    def entry(self, transport: str) -> TransportFlush:
-        for t in self.transports:
-            if t.transport == transport:
-                return t
-        entry = TransportFlush(transport)
-        self.transports.append(entry)
-        return entry
+    @property
+    def deferred(self) -> int:
+        return sum(t.deferred for t in self.transports)
 
-    def absorb(self, passes: PassSummary) -> None:
-        """Count a spooler pass's outcomes under the transports that produced them."""
-        for name, n in passes.delivered_by.items():
-            self.entry(name).sent += n
-        for name, n in passes.failed_by.items():
-            if name:
-                self.entry(name).failed += n
-            else:
-                self.unrouted_failed += n
-        self.deferred += passes.deferred
+    @property
+    def waiting(self) -> int:
+        return sum(t.waiting for t in self.transports)
 
     @property
     def received(self) -> int:
         return sum(t.received for t in self.transports)
 
     @property
+    def errors(self) -> list[str]:
+        return [f"{t.transport}: {t.error}" for t in self.transports if t.error]
+
+    @property
     def ok(self) -> bool:
-        return self.failed == 0 and not any(t.error for t in self.transports)
+        """Nothing failed: no NDR, and every transport could log on, flush and fetch."""
+        return self.failed == 0 and not self.errors
+
+
+class Received(int):
+    """How many messages a receive run stored (it is that number), and which transports failed.
+
+    `errors` lists "transport: why" for each transport that could not log on, connect or
+    fetch, so a caller can tell "nothing new" from "could not look".
+    """
+
+    errors: tuple[str, ...]
+
+    def __new__(cls, count: int, errors: Iterable[str] = ()) -> Received:
+        obj = super().__new__(cls, count)
+        obj.errors = tuple(errors)
+        return obj
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
 
 
 Progress = Callable[[str, LoadedTransport, str], None]
@@ -437,10 +475,12 @@ class ProtocolManager:
         explicit: bool = True,
         progress: Progress | None = None,
     ) -> SendReceiveSummary:
-        """FlushQueues on the spooler's status row, for one group, transport by transport.
+        """FlushQueues on the spooler's status row, for one group.
 
         An explicit Send/Receive works offline too: it connects the group's transports for the
-        duration of the flush (that is the point of KB 317412's workaround).
+        duration of the flush (that is the point of KB 317412's workaround). All of them are
+        callable during one outbound pass, so a recipient one of them declines goes on to the
+        next in transport order within the same Send/Receive.
         """
         profile = self.core.profile
         g = find_group(profile, group or DEFAULT_GROUP)
@@ -448,85 +488,127 @@ class ProtocolManager:
         summary = SendReceiveSummary(g.name)
         if explicit and not settings.include:
             return summary
-        upload = upload and settings.send
-        download = download and settings.receive
         table = self.core.transports
-        for name in g.members(profile):
-            t = table.by_name(name)
-            entry = summary.entry(t.name)
-            reconnect = self.offline and t.logon is not None and bool(t.logon.flags & LogonFlags.NO_CONNECT)
-            self.flushing.add(t.name)
-            try:
-                if reconnect:
-                    await table.relogon(t, self.logon_flags(t))
-                if t.logon is None:
-                    entry.error = t.status.last_error or "transport not logged on"
-                    continue
-                await self._flush_one(t, entry, summary, upload, download, progress)
-            finally:
-                self.flushing.discard(t.name)
-                if reconnect:
-                    await table.relogon(t, self.logon_flags(t))
+        members = [table.by_name(name) for name in g.members(profile)]
+        await self._flush(members, summary, upload and settings.send, download and settings.receive, progress)
         self.core.publish_status()
         return summary
 
     async def flush_transport(self, t: LoadedTransport) -> SendReceiveSummary:
         """Upload-only flush of one transport, connecting it for the flush if offline."""
         summary = SendReceiveSummary(t.name)
-        entry = summary.entry(t.name)
-        table = self.core.transports
-        self.flushing.add(t.name)
-        try:
-            await table.relogon(t, self.logon_flags(t))
-            if t.logon is None:
-                entry.error = t.status.last_error or "transport not logged on"
-                return summary
-            await self._flush_one(t, entry, summary, True, False, None)
-        finally:
-            self.flushing.discard(t.name)
-            await table.relogon(t, self.logon_flags(t))
+        await self._flush([t], summary, True, False, None)
+        self.core.publish_status()
         return summary
 
-    async def _flush_one(
+    async def _flush(
         self,
-        t: LoadedTransport,
-        entry: TransportFlush,
+        members: list[LoadedTransport],
         summary: SendReceiveSummary,
         upload: bool,
         download: bool,
         progress: Progress | None,
     ) -> None:
-        assert t.logon is not None
+        """Connect every member, run one outbound pass in which all of them may be called, then
+        fetch from each, in transport order. Whatever happens, the members are disconnected
+        again afterwards if the mode says so."""
         flags = (FlushFlags.UPLOAD if upload else FlushFlags.NONE) | (
             FlushFlags.DOWNLOAD if download else FlushFlags.NONE
         )
+        for t in members:
+            summary.entry(t.name)
         if flags == FlushFlags.NONE:
             return
+        table = self.core.transports
+        ready: list[LoadedTransport] = []
+        try:
+            for t in members:
+                if progress:
+                    progress("start", t, "")
+                self.flushing.add(t.name)
+                await table.relogon(t, self.logon_flags(t))
+                error = await self._begin_flush(t, flags)
+                if error:
+                    self.flushing.discard(t.name)
+                    summary.entry(t.name).error = error
+                    if progress:
+                        progress("failed", t, error)
+                    continue
+                ready.append(t)
+            if upload and ready:
+                await self._upload(ready, summary, progress)
+            if download:
+                for t in ready:
+                    await self._download(t, summary.entry(t.name), progress)
+            for t in ready:
+                if progress and not summary.entry(t.name).error:
+                    progress("done", t, "")
+        finally:
+            for t in members:
+                self.flushing.discard(t.name)
+            for t in members:
+                if t.logon is not None:  # a failed logon is not tried again on the way out
+                    await table.relogon(t, self.logon_flags(t))
+
+    async def _begin_flush(self, t: LoadedTransport, flags: FlushFlags) -> str:
+        """FlushQueues on one transport; the error that keeps it out of this flush, or ""."""
+        if t.logon is None:
+            return t.status.last_error or "transport not logged on"
         try:
             await call_transport(t.logon.flush_queues, flags)
         except Exception as exc:
-            entry.error = f"flush_queues raised {error_summary(exc)}"
-            t.status.failed(entry.error)
-            return
-        if progress:
-            progress("start", t, "")
-        if upload:
+            error = f"flush_queues raised {error_summary(exc)}"
+            t.status.failed(error)
+            return error
+        return ""
+
+    async def _upload(
+        self, ready: list[LoadedTransport], summary: SendReceiveSummary, progress: Progress | None
+    ) -> None:
+        for t in ready:
             t.status.set(add=StatusCode.OUTBOUND_FLUSH)
-            self.store.wake(self.core.clock(), (WaitKind.SEND_RECEIVE,))
             if progress:
                 progress("send", t, "")
+        try:
+            self.store.wake_for([t.name for t in ready], self.core.clock())
             summary.absorb(await self.core.spooler.process_due(keep=False))
-            t.logon.transport_notify(NotifyFlags.END_OUTBOUND_FLUSH)
-            t.status.set(remove=StatusCode.OUTBOUND_FLUSH)
-        if download:
-            t.status.set(add=StatusCode.INBOUND_FLUSH)
-            if progress:
-                progress("receive", t, "")
-            entry.received += await self.receive(t)
-            t.logon.transport_notify(NotifyFlags.END_INBOUND_FLUSH)
-            t.status.set(remove=StatusCode.INBOUND_FLUSH)
+        finally:
+            for t in ready:
+                if t.logon is not None:
+                    t.logon.transport_notify(NotifyFlags.END_OUTBOUND_FLUSH)
+                t.status.set(remove=StatusCode.OUTBOUND_FLUSH)
+
+    async def _download(self, t: LoadedTransport, entry: TransportFlush, progress: Progress | None) -> None:
+        assert t.logon is not None
+        t.status.set(add=StatusCode.INBOUND_FLUSH)
         if progress:
-            progress("done", t, "")
+            progress("receive", t, "")
+        try:
+            got = await self.receive_from(t)
+            entry.received += got.received
+            entry.error = entry.error or got.error
+            if got.error and progress:
+                progress("failed", t, got.error)
+        finally:
+            if t.logon is not None:
+                t.logon.transport_notify(NotifyFlags.END_INBOUND_FLUSH)
+            t.status.set(remove=StatusCode.INBOUND_FLUSH)
+
+    async def receive_from(self, t: LoadedTransport) -> TransportFlush:
+        """One receive run of a transport, and whether it could log on and fetch.
+
+        Inbound transports report a failed connection, logon or fetch by setting FAILURE in their
+        status row (and clear it on the next success), so that bit after the run is the answer.
+        """
+        out = TransportFlush(t.name)
+        if t.logon is None:
+            out.error = t.status.last_error or "transport not logged on"
+            return out
+        before = t.status.last_error_time
+        out.received = await self.receive(t)
+        if t.status.status_code & StatusCode.FAILURE and t.status.last_error_time != before:
+            out.error = t.status.last_error or t.status.status_string or "failure"
+        return out
 
     # The daemon ------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, on_pass: Callable[[PassSummary], None] | None = None) -> None:

@@ -27,10 +27,10 @@ from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
 from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Profile, Service
-from .protocol import ProtocolManager, SendReceiveSummary
+from .protocol import ProtocolManager, Received, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
 from .spooler.outbound import SpoolerSettings
-from .spooler.routing import Offer
+from .spooler.routing import Offer, Skip
 from .store import (
     Event,
     Folder,
@@ -49,10 +49,12 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class RouteAnswer:
-    """The dry run for one address: who would be offered it first, and who after."""
+    """The dry run for one address: who would be offered it first, and who after; and which
+    transports of its address type are skipped because their scope leaves it out (and why)."""
 
     address: ParsedAddress
     offers: tuple[Offer, ...]
+    skipped: tuple[Skip, ...] = ()
 
     @property
     def transport(self) -> str | None:
@@ -508,7 +510,11 @@ class _SessionCore:
         parsed = [parse_address(a) for a in addresses]
         await self._ensure_logged_on()
         router = self.transports.router()
-        return [RouteAnswer(p, router.offers(p.address_type, None)) for p in parsed]
+        answers = []
+        for p in parsed:
+            plan = router.route(p.address_type, None, p.email_address)
+            answers.append(RouteAnswer(p, plan.offers, plan.skipped))
+        return answers
 
     async def _deliver(self, limit: int | None = None) -> PassSummary:
         await self._ensure_logged_on()
@@ -566,18 +572,24 @@ class _SessionCore:
     async def _flush(self, transport: str) -> SendReceiveSummary:
         """Deliver everything waiting for one transport now (postqueue -f for one transport)."""
         await self._ensure_logged_on()
-        t = self.transports.by_name(transport)
-        self.store.retry_now(None, self.clock())
-        return await self.protocol.flush_transport(t)
+        return await self.protocol.flush_transport(self.transports.by_name(transport))
 
-    async def _receive(self) -> int:
-        """Run the inbound side once: poll transports that are due, fetch what waits."""
+    async def _receive(self) -> Received:
+        """Run the inbound side once: fetch what waits from every transport that may be called now.
+
+        A transport that could not log on, connect or fetch is named in the result's `errors`.
+        """
         await self._ensure_logged_on()
         total = 0
+        errors: list[str] = []
         for t in self.transports.transports:
-            if t.logon is not None and self.protocol.may_receive(t):
-                total += await self.protocol.receive(t)
-        return total
+            if not self.protocol.may_receive(t) or (t.logon is None and not t.receives):
+                continue
+            got = await self.protocol.receive_from(t)
+            total += got.received
+            if got.error:
+                errors.append(f"{t.name}: {got.error}")
+        return Received(total, errors)
 
     async def _validate_state(self) -> None:
         """ValidateState on the spooler's row: log on again, re-read every registration."""
@@ -630,7 +642,7 @@ class AsyncSession(_SessionCore):
     async def send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
         return await self._send_receive(group, **kw)
 
-    async def receive(self) -> int:
+    async def receive(self) -> Received:
         return await self._receive()
 
     async def flush(self, transport: str) -> SendReceiveSummary:
@@ -696,8 +708,8 @@ class Session(_SessionCore):
         """Send/Receive for a group (default "All Accounts"); works offline too."""
         return self._run(self._send_receive(group, **kw))
 
-    def receive(self) -> int:
-        """Fetch inbound mail from every transport that may be called now."""
+    def receive(self) -> Received:
+        """Fetch inbound mail from every transport that may be called now (the count, and `errors`)."""
         return self._run(self._receive())
 
     def flush(self, transport: str) -> SendReceiveSummary:

@@ -18,23 +18,31 @@ from postroom.store.migrations import LATEST, migrate
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def set_version(backend: str, target: str, version: int, *, drop_v2: bool = False) -> None:
+#: What versions 2 and later added, undone to make a store look as version 1 left it.
+UNDO_AFTER_V1 = (
+    "DROP TABLE transport_usage",
+    "DROP TABLE breaker_state",
+    "ALTER TABLE recipients DROP COLUMN waiting_for",
+    "ALTER TABLE recipients DROP COLUMN detail",
+)
+
+
+def set_version(backend: str, target: str, version: int, *, undo_after_v1: bool = False) -> None:
     """Make the store look as an older (or newer) postroom left it."""
+    undo = UNDO_AFTER_V1 if undo_after_v1 else ()
     if backend == "sqlite":
         db = sqlite3.connect(target)
         with db:
-            if drop_v2:
-                db.execute("DROP TABLE transport_usage")
-                db.execute("DROP TABLE breaker_state")
+            for statement in undo:
+                db.execute(statement)
             db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (version,))
         db.close()
         return
     import psycopg
 
     with psycopg.connect(target, autocommit=True) as conn:
-        if drop_v2:
-            conn.execute("DROP TABLE transport_usage")
-            conn.execute("DROP TABLE breaker_state")
+        for statement in undo:
+            conn.execute(statement.encode())
         conn.execute("UPDATE meta SET value=%s WHERE key='schema_version'", (str(version),))
 
 
@@ -67,7 +75,7 @@ def test_an_older_store_is_migrated_and_keeps_its_data(backend: str, store_targe
     mid = store.create_message(store.folder(FolderRole.OUTBOX).id, MessageData(props={T.PR_SUBJECT: "kept"}))
     uid = store.store_uid
     store.close()
-    set_version(backend, store_target, 1, drop_v2=True)
+    set_version(backend, store_target, 1, undo_after_v1=True)
     if backend == "postgres":
         # Shared by many processes: refused with what to do, never changed behind their backs.
         with pytest.raises(MAPIError) as err:
@@ -82,6 +90,7 @@ def test_an_older_store_is_migrated_and_keeps_its_data(backend: str, store_targe
         assert read_version(backend, store_target) == LATEST
         assert store.store_uid == uid and store.open_message(mid)[T.PR_SUBJECT] == "kept"
         store.record_send("smtp", NOW)  # type: ignore[attr-defined]  # the version 2 tables are there
+        assert [s.waiting_for for s in store.recipient_states(mid)] == []  # the version 3 columns are read
         assert store.count_sends("smtp", NOW.replace(year=2025)) == 1  # type: ignore[attr-defined]
     finally:
         store.close()

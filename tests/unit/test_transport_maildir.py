@@ -20,7 +20,13 @@ from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType, S
 from postroom.mapi.message import MessageData, Recipient
 from postroom.transports import maildir as maildir_mod
 from postroom.transports.maildir import MaildirLogon, MaildirProvider
-from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration
+from postroom.transports.spi import (
+    OutboundMessage,
+    OutboundRecipient,
+    ProviderContext,
+    RecipientScope,
+    Registration,
+)
 
 from support.spi import FakeSupport
 
@@ -128,7 +134,9 @@ def test_every_option_has_help() -> None:
 
 def test_logon_registers_address_types_and_creates_root(tmp_path: Path) -> None:
     logon = make_logon(tmp_path, address_types="smtp,x-local")
-    assert logon.address_types() == Registration.of("SMTP", "X-LOCAL")
+    assert logon.address_types() == Registration.of(
+        "SMTP", "X-LOCAL", scope=RecipientScope.for_domains(["example.test"])
+    )
     assert (tmp_path / "maildir").is_dir()
     assert logon.status.provider_display == "Maildir delivery"
 
@@ -136,7 +144,7 @@ def test_logon_registers_address_types_and_creates_root(tmp_path: Path) -> None:
 def test_logon_default_address_type_and_absolute_root(tmp_path: Path) -> None:
     root = tmp_path / "elsewhere" / "mail"
     logon = make_logon(tmp_path, root=str(root))
-    assert logon.address_types() == Registration.of("SMTP")
+    assert logon.address_types().address_types == ("SMTP",)
     assert logon.config.root == root
     assert root.is_dir()
 

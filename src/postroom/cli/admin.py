@@ -454,6 +454,10 @@ def route(app: App, addresses: tuple[str, ...]) -> None:
             "offers": [
                 {"transport": o.transport, "position": o.position + 1, "matched_by": o.matched_by} for o in a.offers
             ],
+            "skipped": [
+                {"transport": k.offer.transport, "position": k.offer.position + 1, "reason": k.reason}
+                for k in a.skipped
+            ],
             "ndr": not a.offers,
         }
         for text, a in zip(addresses, answers, strict=True)
@@ -463,6 +467,8 @@ def route(app: App, addresses: tuple[str, ...]) -> None:
         return
     for item in data:
         app.out.heading(str(item["address"]))
+        for skip in item["skipped"]:
+            app.out.echo(f"  -  {skip['transport']}: skipped, {skip['reason']}")
         if not item["offers"]:
             app.out.echo("  no transport: NDR")
             continue

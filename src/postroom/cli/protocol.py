@@ -18,7 +18,7 @@ from ..spooler import LoadedTransport
 from ..store import MessageSummary, WaitKind
 from .context import App, json_option, pass_app
 from .output import jsonable, when
-from .queueops import flush_data, flush_line
+from .queueops import flush_counts, flush_data, flush_lines
 from .spool import running_daemon, stop_on_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -187,10 +187,9 @@ def sendreceive(ctx: click.Context, app: App, group_name: str | None, send_only:
             )
         elif not members:
             app.out.echo(f"Group {group.name!r} has no transports.")
-        for t in summary.transports:
-            counts = f"{t.sent} sent, {t.failed} failed, {t.deferred} deferred, {t.received} received"
-            app.out.echo(f"  {t.transport}: {counts}" + (f"; error: {t.error}" if t.error else ""))
-        app.out.echo(f"Send/Receive {group.name!r} ({mode}): {flush_line(summary)}.")
+        for line in flush_lines(summary):
+            app.out.echo(line)
+        app.out.echo(f"Send/Receive {group.name!r} ({mode}): {flush_counts(summary)}.")
     if not summary.ok:
         ctx.exit(1)
 
@@ -380,7 +379,8 @@ def group_remove(app: App, name: str) -> None:
 @click.command()
 @json_option
 @pass_app
-def receive(app: App) -> None:
+@click.pass_context
+def receive(ctx: click.Context, app: App) -> None:
     """Fetch inbound mail once from every transport that may be called now.
 
     Each message goes to the receive folder for its class (see `postroom receive-folder`).
@@ -388,13 +388,17 @@ def receive(app: App) -> None:
     from the others.
     """
     session = app.session()
-    count = session.receive()
+    got = session.receive()
     if app.json:
-        app.out.document({"received": count, "mode": session.mode})
-        return
-    app.out.echo(f"Received {count} message(s).")
-    if session.mode == "offline":
-        app.out.echo("Offline: only call-when-offline transports were called; `postroom sendreceive` fetches all.")
+        app.out.document({"ok": got.ok, "received": int(got), "errors": list(got.errors), "mode": session.mode})
+    else:
+        app.out.echo(f"Received {int(got)} message(s).")
+        for error in got.errors:
+            app.out.echo(f"  failed: {error}")
+        if session.mode == "offline":
+            app.out.echo("Offline: only call-when-offline transports were called; `postroom sendreceive` fetches all.")
+    if not got.ok:
+        ctx.exit(1)
 
 
 @click.group("receive-folder")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..mapi.codes import MAPIError
-from ..protocol import SendReceiveSummary
+from ..protocol import SendReceiveSummary, TransportFlush
 from ..session import Session
 from ..store import QueueEntry, QueueState, WaitKind
 from .context import App, json_option, pass_app
@@ -170,13 +170,25 @@ def flush_data(summary: SendReceiveSummary) -> dict[str, Any]:
         "sent": summary.sent,
         "failed": summary.failed,
         "deferred": summary.deferred,
+        "waiting": summary.waiting,
         "received": summary.received,
+        "errors": summary.errors,
         "transports": summary.transports,
     }
 
 
-def flush_line(summary: SendReceiveSummary) -> str:
-    return f"{summary.sent} sent, {summary.failed} failed, {summary.deferred} deferred, {summary.received} received"
+def flush_counts(t: SendReceiveSummary | TransportFlush) -> str:
+    """The counts of one line, or of the total: each recipient once, plus what was received."""
+    return f"{t.sent} sent, {t.failed} failed, {t.deferred} deferred, {t.waiting} waiting, {t.received} received"
+
+
+def flush_lines(summary: SendReceiveSummary) -> list[str]:
+    """One line per transport (recipients nobody takes on a line of their own)."""
+    lines = []
+    for t in summary.transports:
+        name = t.transport or "(no transport)"
+        lines.append(f"  {name}: {flush_counts(t)}" + (f"; error: {t.error}" if t.error else ""))
+    return lines
 
 
 @click.command()
@@ -195,10 +207,9 @@ def flush(ctx: click.Context, app: App, transport: str) -> None:
     if app.json:
         app.out.document(flush_data(summary))
     else:
-        app.out.echo(f"Flushed {summary.group}: {flush_line(summary)}.")
-        for t in summary.transports:
-            if t.error:
-                app.out.echo(f"  {t.transport}: {t.error}")
+        for line in flush_lines(summary):
+            app.out.echo(line)
+        app.out.echo(f"Flushed {summary.group}: {flush_counts(summary)}.")
         left = [q for q in session.queue() if q.waiting_for is WaitKind.RETRY]
         if left:
             app.out.echo(f"{len(left)} message(s) still wait for a retry (see `postroom queue`).")

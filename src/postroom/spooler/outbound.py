@@ -31,6 +31,7 @@ from ..store.base import (
     QueueEntry,
     RecipientOutcome,
     RecipientState,
+    RecipientWait,
     WaitKind,
 )
 from ..store.codec import from_epoch, to_micros
@@ -45,6 +46,7 @@ from .policy import (
 )
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer
+from .tally import Fate, Tally
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
 
 log = logging.getLogger("postroom.spooler")
@@ -87,29 +89,43 @@ class MessageResult:
     """What one pass over a message achieved (for `send`, `spooler --once` and tests)."""
 
     message_id: int
-    delivered: int = 0
-    failed: int = 0
-    waiting: int = 0
+    #: Each recipient this pass dealt with, once, under the transport that had it.
+    tally: Tally = field(default_factory=Tally)
     finished: str | None = None  # "moved" / "deleted" / "left" when the message left the queue
     offline: bool = False  # some recipients wait for Send/Receive
     held: bool = False  # held for an operator (outcome unknown, policy "hold")
-    delivered_by: dict[str, int] = field(default_factory=dict)
-    failed_by: dict[str, int] = field(default_factory=dict)
     #: Every recipient outcome recorded in this pass (kept even when the message is then deleted).
     outcomes: list[RecipientOutcome] = field(default_factory=list)
-
-    def count(self, transport: str, delivered: bool, n: int = 1) -> None:
-        if n <= 0:
-            return
-        if delivered:
-            self.delivered += n
-            self.delivered_by[transport] = self.delivered_by.get(transport, 0) + n
-        else:
-            self.failed += n
-            self.failed_by[transport] = self.failed_by.get(transport, 0) + n
-
     next_attempt: datetime | None = None
     errors: list[str] = field(default_factory=list)
+
+    def count(self, transport: str, fate: Fate, n: int = 1) -> None:
+        self.tally.count(transport, fate, n)
+
+    @property
+    def delivered(self) -> int:
+        return self.tally.totals().delivered
+
+    @property
+    def failed(self) -> int:
+        return self.tally.totals().failed
+
+    @property
+    def waiting(self) -> int:
+        """Recipients still pending: deferred to a retry, or waiting for Send/Receive."""
+        totals = self.tally.totals()
+        return totals.deferred + totals.waiting
+
+    @property
+    def delivered_by(self) -> dict[str, int]:
+        return self.tally.by(Fate.DELIVERED)
+
+    @property
+    def failed_by(self) -> dict[str, int]:
+        return self.tally.by(Fate.FAILED)
+
+
+OFFLINE_TEXT = "offline: waiting for Send/Receive"
 
 
 @dataclass
@@ -117,7 +133,17 @@ class _Pending:
     recipient: Recipient
     offers: tuple[Offer, ...]
     index: int = 0
-    last_error: str = ""
+    last_error: str = ""  # why the last transport could not take it (for the NDR when none does)
+    detail: str = ""  # the current transport's words when it asks this recipient to wait
+
+    @classmethod
+    def resume(cls, recipient: Recipient, offers: tuple[Offer, ...], waiting_for: str | None) -> _Pending:
+        """Start where the last pass left the recipient: at the transport it waits for, if still offered."""
+        index = 0
+        if waiting_for:
+            wanted = waiting_for.lower()
+            index = next((i for i, o in enumerate(offers) if o.transport.lower() == wanted), 0)
+        return cls(recipient, offers, index)
 
     @property
     def current(self) -> Offer | None:
@@ -237,7 +263,9 @@ class OutboundProcessor:
         states = {s.row_id: s for s in self.store.recipient_states(message_id)}
         router = self.transports.router()
         pending = [
-            _Pending(r, router.offers(r.address_type, r.provider_uid))
+            _Pending.resume(
+                r, router.offers(r.address_type, r.provider_uid, r.email_address), states[r.row_id].waiting_for
+            )
             for r in message.recipients
             if states[r.row_id].state is RecipientState.PENDING
         ]
@@ -247,7 +275,8 @@ class OutboundProcessor:
             pending = []
         elif pending:
             await self._delay_warning(message, message_id, pending)
-        waits: list[tuple[float, str]] = []
+        retry_waits: list[tuple[float, str]] = []
+        waits: list[RecipientWait] = []
         offline = False
         attempt = entry.attempts if entry else 1
 
@@ -263,11 +292,13 @@ class OutboundProcessor:
             assert offer is not None
             transport = self.transports.by_name(offer.transport)
             if not self.may_call(transport):
-                # Offline: these recipients wait in the Outbox for Send/Receive (or going online).
+                # Offline: these recipients wait in the Outbox for this very transport, the one
+                # online routing gives them next, until Send/Receive (or going online) calls it.
                 for p in mine:
                     pending.remove(p)
+                    waits.append(RecipientWait(p.recipient.row_id, transport.name, OFFLINE_TEXT))
                 offline = True
-                result.waiting += len(mine)
+                result.count(transport.name, Fate.WAITING, len(mine))
                 continue
             outcome: tuple[float, str] | None = await self._held_back(transport)
             handled: set[int] = set()
@@ -277,11 +308,12 @@ class OutboundProcessor:
                 if p.recipient.row_id in handled:
                     pending.remove(p)
             if outcome is not None:  # the transport asked its remaining recipients to wait
-                waits.append(outcome)
+                retry_waits.append(outcome)
                 for p in mine:
                     if p in pending:
                         pending.remove(p)
-                        result.waiting += 1
+                        waits.append(RecipientWait(p.recipient.row_id, transport.name, p.detail or outcome[1]))
+                        result.count(transport.name, Fate.DEFERRED)
 
         # Recipients no transport took: NDR (MAPI_REASON_TRANSFER_IMPOSSIBLE, spec §13).
         leftovers = [p for p in pending if p.current is None]
@@ -301,51 +333,47 @@ class OutboundProcessor:
                 for p in leftovers
             ]
             self._stash(message_id, outcomes, result)
-            result.count("", False, len(outcomes))
+            result.count("", Fate.FAILED, len(outcomes))
 
         owed_before = any(st.state.final and not st.reported for st in states.values())
         if owed_before or any(o.report for o in self._unflushed.get(message_id, [])):
             await self._flush(message_id)
             await self._send_reports(message_id, message)
 
-        if waits:
-            delay = min(w for w, _ in waits)
-            reason = "; ".join(dict.fromkeys(text for _, text in waits))
+        if retry_waits:
+            delay = min(w for w, _ in retry_waits)
+            reason = "; ".join(dict.fromkeys(text for _, text in retry_waits))
             next_attempt = self.clock() + timedelta(seconds=delay)
             kind = WaitKind.DEFERRED if delay >= DEFERRED_BY_TRANSPORT_SECONDS else WaitKind.RETRY
             if expires is not None and kind is WaitKind.RETRY:
                 next_attempt = min(next_attempt, expires)  # come back in time to expire it
-            await self.write(
-                self.store.release,
-                message_id,
-                self.owner,
-                self.clock(),
-                next_attempt,
-                reason,
-                kind,
-                self._take(message_id),
-            )
+            await self._release(message_id, next_attempt, reason, kind, waits)
             result.next_attempt = next_attempt
             result.errors.append(reason)
         elif offline:
             # Not an error: nothing is marked failed, the message waits quietly in the Outbox.
-            reason = "offline: waiting for Send/Receive"
-            await self.write(
-                self.store.release,
-                message_id,
-                self.owner,
-                self.clock(),
-                None,
-                reason,
-                WaitKind.SEND_RECEIVE,
-                self._take(message_id),
-            )
+            await self._release(message_id, None, OFFLINE_TEXT, WaitKind.SEND_RECEIVE, waits)
             result.offline = True
         else:
             result.finished = await self.write(
                 self.store.finish, message_id, self.owner, self.clock(), self._take(message_id)
             )
         return result
+
+    async def _release(
+        self, message_id: int, when: datetime | None, reason: str, kind: WaitKind, waits: Sequence[RecipientWait]
+    ) -> None:
+        await self.write(
+            self.store.release,
+            message_id,
+            self.owner,
+            self.clock(),
+            when,
+            reason,
+            kind,
+            self._take(message_id),
+            waits,
+        )
 
     # Reliability rules ------------------------------------------------------------------------------
     async def _outcome_unknown(self, message_id: int, previous: str) -> bool:
@@ -399,7 +427,7 @@ class OutboundProcessor:
             for p in pending
         ]
         self._stash(message_id, outcomes, result)
-        result.count("", False, len(outcomes))
+        result.count("", Fate.FAILED, len(outcomes))
 
     async def _delay_warning(self, message: MessageData, message_id: int, pending: Sequence[_Pending]) -> None:
         hours = self.settings.delay_warning_hours
@@ -536,6 +564,9 @@ class OutboundProcessor:
             finally:
                 transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
 
+            words = {r.row_id: r.temporary for r in view.recipients if r.temporary}
+            for p in mine:
+                p.detail = words.get(p.recipient.row_id, "")
             if answer.code != HResult.S_OK:
                 return await self._whole_message_answer(message_id, transport, mine, answer, attempt), done
             if self._breaker(transport.name, _epoch(self.clock())):
@@ -544,8 +575,8 @@ class OutboundProcessor:
                 transport.status.set(remove=StatusCode.FAILURE, text="available")
 
             handled = await self._record_marks(message, message_id, transport, view, result)
-            result.count(transport.name, True, sum(1 for r in handled if r.mark is not None and r.mark.delivered))
-            result.count(transport.name, False, sum(1 for r in handled if r.mark is not None and not r.mark.delivered))
+            result.count(transport.name, Fate.DELIVERED, sum(1 for r in handled if r.mark and r.mark.delivered))
+            result.count(transport.name, Fate.FAILED, sum(1 for r in handled if r.mark and not r.mark.delivered))
             handled_rows = {r.row_id for r in handled}
             done |= handled_rows
             still = [p for p in mine if p.recipient.row_id not in handled_rows]
@@ -556,16 +587,17 @@ class OutboundProcessor:
                 mine_rows = {p.recipient.row_id for p in mine}
                 continue
             if end & EndMessageFlags.RESEND_LATER:
+                said = "; ".join(dict.fromkeys(p.detail for p in still if p.detail))
                 await self.write(
                     self.store.add_event,
                     message_id,
                     self.clock(),
                     "resend-later",
-                    "transport asked to resend later",
+                    "transport asked to resend later" + (f": {said}" if said else ""),
                     transport.name,
                 )
                 delay = policy.backoff(attempt)
-                return (delay, f"{transport.name} asked to resend later"), done
+                return (delay, f"{transport.name} asked to resend later" + (f": {said}" if said else "")), done
             if end & EndMessageFlags.DONT_RESEND:
                 await self.write(
                     self.store.add_event,

@@ -4,7 +4,10 @@ A pure function of the recipients, the registrations and the transport order, so
 dry run (`postroom route`) and the spooler can never disagree. All UID registrations
 are tried first (in transport order), then all address-type registrations (in
 transport order, the wildcard "any" matching every type). A transport appears at most
-once in a recipient's list: its first match decides its place.
+once in a recipient's list: its first match decides its place. A transport whose
+registration has a scope (it serves only some domains, say) is left out for the
+recipients outside it: it would only answer "not mine". The rule is the same online and
+offline; the mode changes when a transport is called, never which one.
 
 Lookups are indexed by UID and by address type, so the cost of routing one recipient
 does not grow with the number of transports.
@@ -40,11 +43,28 @@ class Offer:
         return (self.pass_kind, self.position)
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A transport that matched a recipient but is not offered it, and why (its scope)."""
+
+    offer: Offer
+    reason: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """A recipient's routing: the offers in order, and the matching transports skipped."""
+
+    offers: tuple[Offer, ...]
+    skipped: tuple[Skip, ...] = ()
+
+
 class Router:
     """Routing over a fixed list of (transport name, registration), in transport order."""
 
     def __init__(self, transports: Sequence[tuple[str, Registration]]) -> None:
         self.transports = list(transports)
+        self._scoped = any(reg.scope is not None for _, reg in self.transports)
         self._by_uid: dict[bytes, list[int]] = {}
         self._by_type: dict[str, list[int]] = {}
         self._wildcards: list[int] = []
@@ -58,9 +78,29 @@ class Router:
                     self._by_type.setdefault(adrtype.upper(), []).append(pos)
         self._cached = lru_cache(maxsize=65536)(self._compute)
 
-    def offers(self, address_type: str, provider_uid: bytes | None) -> tuple[Offer, ...]:
-        """The transports a recipient is offered to, first chance first."""
-        return self._cached(address_type.upper(), bytes(provider_uid) if provider_uid else b"")
+    def offers(self, address_type: str, provider_uid: bytes | None, address: str | None = None) -> tuple[Offer, ...]:
+        """The transports a recipient is offered to, first chance first.
+
+        With the recipient's `address`, transports whose scope leaves it out are not offered it.
+        """
+        matched: tuple[Offer, ...] = self._cached(address_type.upper(), bytes(provider_uid) if provider_uid else b"")
+        if not self._scoped or address is None:
+            return matched
+        return tuple(o for o in matched if self.transports[o.position][1].takes(address_type, address))
+
+    def route(self, address_type: str, provider_uid: bytes | None, address: str) -> Route:
+        """The offers for one recipient, with the transports its address skips and why (the dry run)."""
+        matched = self.offers(address_type, provider_uid)
+        offers: list[Offer] = []
+        skipped: list[Skip] = []
+        for o in matched:
+            reg = self.transports[o.position][1]
+            if reg.takes(address_type, address):
+                offers.append(o)
+            else:
+                assert reg.scope is not None
+                skipped.append(Skip(o, reg.scope.description))
+        return Route(tuple(offers), tuple(skipped))
 
     def _compute(self, address_type: str, uid: bytes) -> tuple[Offer, ...]:
         seen: set[int] = set()
@@ -79,6 +119,6 @@ class Router:
 def route(
     recipients: Sequence[tuple[str, bytes | None]], transports: Sequence[tuple[str, Registration]]
 ) -> list[tuple[Offer, ...]]:
-    """For each (address type, provider UID), its ordered offers. Empty means NDR."""
+    """For each (address type, provider UID), its ordered offers (scopes aside). Empty means NDR."""
     router = Router(transports)
     return [router.offers(adrtype, uid) for adrtype, uid in recipients]

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from ..store.base import LeaseLost, MessageStore
 from .outbound import MessageResult, OutboundProcessor, SpoolerSettings
+from .tally import Fate, Tally
 from .transports import LoadedTransport, TransportTable
 
 log = logging.getLogger("postroom.spooler")
@@ -39,40 +40,46 @@ class PassSummary:
 
     messages: list[MessageResult] = field(default_factory=list)
     processed: int = 0
-    delivered: int = 0
-    failed: int = 0
-    waiting: int = 0
     finished: int = 0
     deferred: int = 0  # messages left waiting (a retry time, or Send/Receive)
-    delivered_by: dict[str, int] = field(default_factory=dict)
-    failed_by: dict[str, int] = field(default_factory=dict)
+    #: Every recipient the pass dealt with, once, under the transport that had it.
+    tally: Tally = field(default_factory=Tally)
 
     def add(self, result: MessageResult, keep: bool = True) -> None:
         self.processed += 1
-        self.delivered += result.delivered
-        self.failed += result.failed
-        self.waiting += result.waiting
         self.finished += 1 if result.finished else 0
         self.deferred += 1 if (result.next_attempt is not None or result.offline) else 0
-        for name, n in result.delivered_by.items():
-            self.delivered_by[name] = self.delivered_by.get(name, 0) + n
-        for name, n in result.failed_by.items():
-            self.failed_by[name] = self.failed_by.get(name, 0) + n
+        self.tally.merge(result.tally)
         if keep:
             self.messages.append(result)
 
     def merge(self, other: PassSummary) -> None:
         """Add another pass's totals (not its per-message results)."""
         self.processed += other.processed
-        self.delivered += other.delivered
-        self.failed += other.failed
-        self.waiting += other.waiting
         self.finished += other.finished
         self.deferred += other.deferred
-        for name, n in other.delivered_by.items():
-            self.delivered_by[name] = self.delivered_by.get(name, 0) + n
-        for name, n in other.failed_by.items():
-            self.failed_by[name] = self.failed_by.get(name, 0) + n
+        self.tally.merge(other.tally)
+
+    @property
+    def delivered(self) -> int:
+        return self.tally.totals().delivered
+
+    @property
+    def failed(self) -> int:
+        return self.tally.totals().failed
+
+    @property
+    def waiting(self) -> int:
+        totals = self.tally.totals()
+        return totals.deferred + totals.waiting
+
+    @property
+    def delivered_by(self) -> dict[str, int]:
+        return self.tally.by(Fate.DELIVERED)
+
+    @property
+    def failed_by(self) -> dict[str, int]:
+        return self.tally.by(Fate.FAILED)
 
 
 class Spooler:

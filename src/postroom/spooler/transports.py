@@ -114,6 +114,14 @@ class LoadedTransport:
     def available(self) -> bool:
         return self.logon is not None and self.registration is not None
 
+    @property
+    def receives(self) -> bool:
+        """Whether its provider fetches inbound mail (known even when its logon failed)."""
+        try:
+            return bool(provider_class(self.service.kind).receives)
+        except MAPIError:
+            return False
+
 
 class TransportTable:
     """Every transport of the session, in transport order."""

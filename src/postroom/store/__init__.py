@@ -24,6 +24,7 @@ from .base import (
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
+    RecipientWait,
     WaitKind,
 )
 from .receive import match_receive_folder
@@ -45,6 +46,7 @@ __all__ = [
     "RecipientOutcome",
     "RecipientState",
     "RecipientStatus",
+    "RecipientWait",
     "SQLiteStore",
     "WaitKind",
     "is_postgres_url",

@@ -129,6 +129,20 @@ class RecipientOutcome:
 
 
 @dataclass(frozen=True)
+class RecipientWait:
+    """Why a recipient is still pending after a pass: the transport it waits for, and its words.
+
+    The next pass resumes the recipient's routing at that transport, so a transport that
+    already said "not mine" is not offered it again, and offline it waits for exactly the
+    transport online routing would give it next.
+    """
+
+    row_id: int
+    transport: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class RecipientStatus:
     """The stored delivery state of one recipient."""
 
@@ -137,6 +151,8 @@ class RecipientStatus:
     transport: str | None
     outcome_time: datetime | None
     reported: bool
+    waiting_for: str | None = None  # pending: the transport it waits for (its next offer)
+    detail: str | None = None  # pending: why it waits, in that transport's words
 
 
 @dataclass(frozen=True)
@@ -301,14 +317,22 @@ class MessageStore(abc.ABC):
         error: str | None,
         wait_kind: WaitKind = WaitKind.RETRY,
         outcomes: Sequence[RecipientOutcome] = (),
+        waits: Sequence[RecipientWait] = (),
     ) -> None:
         """Unlock a message that still has pending recipients; it is due again at next_attempt.
 
-        `outcomes` are recorded first, in the same transaction."""
+        `outcomes` are recorded first, then `waits` (what each pending recipient waits for), in
+        the same transaction."""
 
     @abc.abstractmethod
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
         """Make messages waiting for these reasons due now (Send/Receive, back online); returns how many."""
+
+    @abc.abstractmethod
+    def wake_for(self, transports: Sequence[str], now: datetime) -> int:
+        """Send/Receive of these transports: make due now every unclaimed queued message with a
+        recipient waiting for one of them (offline or for a retry), or not yet routed. Scheduled
+        (deferred-send) and held messages stay as they are. Returns how many."""
 
     @abc.abstractmethod
     def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:

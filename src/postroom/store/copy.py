@@ -51,7 +51,10 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "props",
         ),
     ),
-    ("recipients", ("message_id", "row_id", "state", "transport", "outcome_time", "reported", "props")),
+    (
+        "recipients",
+        ("message_id", "row_id", "state", "transport", "outcome_time", "reported", "props", "waiting_for", "detail"),
+    ),
     ("attachments", ("id", "message_id", "num", "embedded_id", "props")),
     ("receive_folders", ("message_class", "folder_id")),
     ("events", ("id", "message_id", "time", "kind", "transport", "detail")),

@@ -17,6 +17,9 @@ History:
      folders, events, status rows.
   2. transport_usage and breaker_state: per-transport throttles and circuit breakers that
      hold across every process using the store.
+  3. recipients.waiting_for and recipients.detail: which transport a pending recipient waits
+     for (its next offer, where the next pass resumes) and that transport's last words about
+     it (a server's 4xx reply, "offline: waiting for Send/Receive").
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..mapi.codes import HResult, MAPIError
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 2
+LATEST = 3
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -44,6 +47,10 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS transport_usage_by_time ON transport_usage(transport, time)",
         "CREATE TABLE IF NOT EXISTS breaker_state ("
         " transport TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL)",
+    ),
+    3: (
+        "ALTER TABLE recipients ADD COLUMN waiting_for TEXT",
+        "ALTER TABLE recipients ADD COLUMN detail TEXT",
     ),
 }
 
@@ -152,7 +159,12 @@ _PG_V2 = (
     )""",
 )
 
-POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2}
+_PG_V3 = (
+    "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS waiting_for TEXT",
+    "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS detail TEXT",
+)
+
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3}
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).
 SCHEMA_LOCK = 0x706F7374726F6F6D

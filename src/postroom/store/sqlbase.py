@@ -46,6 +46,7 @@ from .base import (
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
+    RecipientWait,
     WaitKind,
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
@@ -709,10 +710,16 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def recipient_states(self, message_id: int) -> list[RecipientStatus]:
         return [
             RecipientStatus(
-                row_id=rid, state=RecipientState(state), transport=xp, outcome_time=from_epoch(t), reported=bool(rep)
+                row_id=rid,
+                state=RecipientState(state),
+                transport=xp,
+                outcome_time=from_epoch(t),
+                reported=bool(rep),
+                waiting_for=waiting,
+                detail=detail,
             )
-            for rid, state, xp, t, rep in self._q(
-                "SELECT row_id, state, transport, outcome_time, reported FROM recipients "
+            for rid, state, xp, t, rep, waiting, detail in self._q(
+                "SELECT row_id, state, transport, outcome_time, reported, waiting_for, detail FROM recipients "
                 "WHERE message_id=? ORDER BY row_id",
                 (valid_id(message_id),),
             )
@@ -726,7 +733,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def _record_in(self, db: DB, message_id: int, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
         for out in outcomes:
             cur = db.execute(
-                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=? "
+                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=?, waiting_for=NULL, detail=NULL "
                 "WHERE message_id=? AND row_id=? AND state='pending'",
                 (
                     out.state.value,
@@ -774,6 +781,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         error: str | None,
         wait_kind: WaitKind = WaitKind.RETRY,
         outcomes: Sequence[RecipientOutcome] = (),
+        waits: Sequence[RecipientWait] = (),
     ) -> None:
         due = to_epoch(next_attempt)
         if wait_kind is WaitKind.SEND_RECEIVE:
@@ -781,6 +789,11 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
             self._record_in(db, message_id, outcomes, now)
+            if waits:
+                db.executemany(
+                    "UPDATE recipients SET waiting_for=?, detail=? WHERE message_id=? AND row_id=? AND state='pending'",
+                    [(self._text(w.transport), self._text(w.detail), message_id, w.row_id) for w in waits],
+                )
             db.execute(
                 "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, wait_kind=?, "
                 "last_error=coalesce(?, last_error) WHERE id=?",
@@ -883,6 +896,23 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
                 f"AND lease_owner IS NULL AND wait_kind IN ({marks})",
                 [k.value for k in kinds],
+            )
+            woken = cur.rowcount
+        if woken:
+            self._publish("queue", woken=woken)
+        return woken
+
+    def wake_for(self, transports: Sequence[str], now: datetime) -> int:
+        if not transports:
+            return 0
+        marks = ", ".join("?" for _ in transports)
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
+                "AND lease_owner IS NULL AND coalesce(wait_kind, '') != 'scheduled' AND EXISTS ("
+                " SELECT 1 FROM recipients r WHERE r.message_id=messages.id AND r.state='pending'"
+                f" AND (r.waiting_for IS NULL OR lower(r.waiting_for) IN ({marks})))",
+                [t.lower() for t in transports],
             )
             woken = cur.rowcount
         if woken:

@@ -1004,6 +1004,7 @@ class IMAPProvider(TransportProvider):
     """Fetches mail from an IMAP mailbox."""
 
     display_name = "IMAP"
+    receives = True
     option_help: Mapping[str, str] = {
         **SERVER_OPTION_HELP,
         "port": "the server's port (default 993 for tls, 143 for starttls and none)",

@@ -35,6 +35,7 @@ from .options import string_list as _string_list
 from .spi import (
     OutboundMessage,
     OutboundRecipient,
+    RecipientScope,
     Registration,
     SubmitResult,
     TransportLogon,
@@ -182,7 +183,7 @@ class MaildirLogon(TransportLogon):
     def __init__(self, provider: MaildirProvider, flags: LogonFlags, config: MaildirConfig) -> None:
         super().__init__(provider, flags)
         self.config = config
-        self.registration = Registration.of(*config.address_types)
+        self.registration = Registration.of(*config.address_types, scope=RecipientScope.for_domains(config.domains))
         self.status.identity = str(config.root)
         try:
             # Creating a local directory is no external connection, so NO_CONNECT does not matter.
@@ -197,8 +198,7 @@ class MaildirLogon(TransportLogon):
     def _is_mine(self, rcpt: OutboundRecipient) -> bool:
         if rcpt.address_type.upper() not in self.config.address_types:
             return False
-        _, at, domain = rcpt.email_address.rpartition("@")
-        return bool(at) and domain.lower() in self.config.domains
+        return self.registration.takes(rcpt.address_type, rcpt.email_address)
 
     def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
         taken = [r for r in message.pending() if self._is_mine(r)]

@@ -256,6 +256,7 @@ class POP3Provider(TransportProvider):
     """Fetches mail from a POP3 maildrop."""
 
     display_name = "POP3"
+    receives = True
     option_help: Mapping[str, str] = {
         **SERVER_OPTION_HELP,
         "security": "'tls' (default, TLS from the start), 'starttls' (STLS) or 'none' (plain text)",

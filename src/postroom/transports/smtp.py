@@ -104,6 +104,7 @@ from .options import token as _token
 from .spi import (
     OutboundMessage,
     OutboundRecipient,
+    RecipientScope,
     Registration,
     SubmitResult,
     TransportLogon,
@@ -369,7 +370,8 @@ class SMTPLogon(TransportLogon):
         self.config = config
         self._password = password
         self._tls = config.tls_context()
-        self.registration = Registration.of(*config.address_types)
+        scope = None if config.domains is None else RecipientScope.for_domains(config.domains)
+        self.registration = Registration.of(*config.address_types, scope=scope)
         self.offline = bool(flags & LogonFlags.NO_CONNECT)
         self.status.identity = f"{config.username}@{config.where}" if config.username else config.where
         self._tls_note = ""
@@ -399,10 +401,7 @@ class SMTPLogon(TransportLogon):
     def _is_mine(self, rcpt: OutboundRecipient) -> bool:
         if rcpt.address_type.upper() not in self.config.address_types:
             return False
-        if self.config.domains is None:
-            return True
-        _, at, domain = rcpt.email_address.rpartition("@")
-        return bool(at) and domain.lower() in self.config.domains
+        return self.registration.takes(rcpt.address_type, rcpt.email_address)
 
     # --- submit --------------------------------------------------------------------------------
 
@@ -526,6 +525,9 @@ class SMTPLogon(TransportLogon):
         pending = [r for r in recipients if not r.responsibility]
         if not pending:
             return SubmitResult.ok()
+        for rcpt, reply in temporary:
+            if not rcpt.responsibility:
+                rcpt.defer(reply)  # the server's own words, shown while the recipient waits
         if any(r.mark is not None for r in message.recipients):
             # Some were marked in this call; keeping those marks needs S_OK, so the rest are
             # left unmarked and end_message asks the spooler to offer them again later.

@@ -14,7 +14,8 @@ store: they get message views and report through the support object.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,28 +44,77 @@ from ..mapi.message import MessageData, Recipient
 
 
 @dataclass(frozen=True)
+class RecipientScope:
+    """Which recipients of its registration a transport takes, said up front (a postroom extension).
+
+    MAPI learns that a transport declines a recipient only by calling it ("not mine"). A
+    transport that knows in advance (it serves only some domains, or addresses matching a
+    pattern) says so here, and the spooler never offers it a recipient outside its scope, in
+    either mode. So offline, a recipient never waits for a transport that would only decline
+    it; routing is the same online and offline, and `postroom route` shows the skip.
+
+    A transport with a scope must leave every recipient outside it pending in submit_message.
+    """
+
+    description: str  # why a recipient is skipped, e.g. "serves only localhost"
+    domains: frozenset[str] | None = None  # lower-case domains of `local@domain` addresses
+    pattern: re.Pattern[str] | None = None  # matched (fullmatch) against the whole address
+    predicate: Callable[[str, str], bool] | None = None  # (address type, address) -> takes it
+
+    @classmethod
+    def for_domains(cls, domains: Iterable[str]) -> RecipientScope:
+        names = frozenset(d.lower() for d in domains)
+        return cls(f"serves only {', '.join(sorted(names))}", domains=names)
+
+    @classmethod
+    def matching(cls, pattern: str, flags: int = re.IGNORECASE) -> RecipientScope:
+        return cls(f"serves only addresses matching {pattern!r}", pattern=re.compile(pattern, flags))
+
+    @classmethod
+    def custom(cls, predicate: Callable[[str, str], bool], description: str) -> RecipientScope:
+        return cls(description, predicate=predicate)
+
+    def takes(self, address_type: str, address: str) -> bool:
+        """False when the transport would certainly leave this recipient "not mine"."""
+        if self.domains is not None:
+            _, at, domain = address.rpartition("@")
+            if not at or domain.lower() not in self.domains:
+                return False
+        if self.pattern is not None and self.pattern.fullmatch(address) is None:
+            return False
+        return self.predicate is None or bool(self.predicate(address_type, address))
+
+
+@dataclass(frozen=True)
 class Registration:
     """What a logon can deliver to (IXPLogon::AddressTypes).
 
     `address_types=None` is the NULL wildcard ("any address type"); `("",)`, a single
     empty string, means "no address-type-dispatched mail". Address types compare
     case-insensitively (the spec leaves case unconfirmed; types are upper-case by convention).
+    `scope`, when set, narrows the recipients of those types the transport takes (see
+    RecipientScope); without it every matching recipient is offered to the transport.
     """
 
     address_types: tuple[str, ...] | None
     uids: tuple[MAPIUID, ...] = ()
+    scope: RecipientScope | None = None
 
     @classmethod
-    def of(cls, *address_types: str, uids: Sequence[bytes] = ()) -> Registration:
-        return cls(tuple(a.upper() for a in address_types), tuple(MAPIUID(u) for u in uids))
+    def of(cls, *address_types: str, uids: Sequence[bytes] = (), scope: RecipientScope | None = None) -> Registration:
+        return cls(tuple(a.upper() for a in address_types), tuple(MAPIUID(u) for u in uids), scope)
 
     @classmethod
-    def any(cls, uids: Sequence[bytes] = ()) -> Registration:
-        return cls(None, tuple(MAPIUID(u) for u in uids))
+    def any(cls, uids: Sequence[bytes] = (), scope: RecipientScope | None = None) -> Registration:
+        return cls(None, tuple(MAPIUID(u) for u in uids), scope)
 
     @classmethod
     def none(cls, uids: Sequence[bytes] = ()) -> Registration:
         return cls(("",), tuple(MAPIUID(u) for u in uids))
+
+    def takes(self, address_type: str, address: str) -> bool:
+        """Whether the transport's scope includes this recipient (always, without a scope)."""
+        return self.scope is None or self.scope.takes(address_type, address)
 
     @property
     def is_wildcard(self) -> bool:
@@ -134,6 +184,7 @@ class OutboundRecipient:
         self.row = recipient
         self._responsibility = responsibility
         self.mark: RecipientMark | None = None
+        self.temporary: str | None = None  # why it stays pending for now, in the server's words
 
     # Read-only access to the row.
     @property
@@ -177,6 +228,17 @@ class OutboundRecipient:
         """Sent (PR_RESPONSIBILITY TRUE). `report=False` for a relay that cannot confirm final delivery."""
         self._take()
         self.mark = RecipientMark(delivered=True, time=when or datetime.now(UTC), report=report)
+
+    def defer(self, text: str) -> None:
+        """A temporary problem with this recipient (e.g. the server's ``450 4.2.1 …``): it stays
+        pending (PR_RESPONSIBILITY FALSE) and `text` is shown in `postroom queue` and `show` while it
+        waits. Use it with END_RESEND_LATER from end_message, or before a non-OK result."""
+        if self._responsibility:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"recipient {self.row_id} ({self.row.address}) was not assigned to this transport",
+            )
+        self.temporary = text
 
     def mark_failed(
         self,
@@ -455,6 +517,9 @@ class TransportProvider(abc.ABC):
     prefer_last: bool = False
     #: The options a service of this kind accepts, with a one-line description each.
     option_help: Mapping[str, str] = {}
+    #: True for a transport that fetches inbound mail: `postroom receive` then reports its failed
+    #: logons (a wrong password, say) as failures of the receive.
+    receives: bool = False
 
     def __init__(self, context: ProviderContext) -> None:
         self.context = context
