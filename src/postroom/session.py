@@ -14,7 +14,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import make_msgid
 from pathlib import Path
@@ -38,6 +38,7 @@ from .store import (
     MessageStore,
     MessageSummary,
     QueueEntry,
+    QueueState,
     RecipientStatus,
     WaitKind,
     open_store,
@@ -59,6 +60,29 @@ class RouteAnswer:
     @property
     def transport(self) -> str | None:
         return self.offers[0].transport if self.offers else None
+
+
+@dataclass(frozen=True)
+class RecipientReport:
+    """What became of one recipient, in words a user reads (`postroom show`, `postroom send`).
+
+    `state` is delivered, failed or expired (final); waiting (still in the queue: `waiting_for`
+    names the transport it waits for and `why` says why, in that transport's words); unsent (a
+    draft, or taken back with `cancel`); or received (a message that came in, or a report).
+    """
+
+    row_id: int
+    type: str  # to / cc / bcc
+    display_name: str
+    address: str
+    state: str
+    transport: str | None  # the transport that gave the final outcome
+    outcome_time: datetime | None
+    report_text: str | None
+    waiting_for: str | None = None
+    why: str | None = None
+    next_attempt: datetime | None = None  # None while waiting: due now, or at the next Send/Receive
+    at_send_receive: bool = False  # waits for a Send/Receive (offline)
 
 
 class Draft:
@@ -355,6 +379,43 @@ class _SessionCore:
 
     def recipient_states(self, ref: str | int | bytes) -> list[RecipientStatus]:
         return self.store.recipient_states(self.store.resolve_message(ref))
+
+    def recipient_report(self, ref: str | int | bytes) -> list[RecipientReport]:
+        """Each recipient's outcome, or what it waits for and why (one row per recipient)."""
+        mid = self.store.resolve_message(ref)
+        message = self.store.open_message(mid)
+        states = {s.row_id: s for s in self.store.recipient_states(mid)}
+        entry = self.store.queue_entry(mid)
+        unsent = bool(int(message.get(T.PR_MESSAGE_FLAGS, 0) or 0) & MessageFlags.UNSENT)
+        out = []
+        for r in message.recipients:
+            st = states.get(r.row_id)
+            final = st is not None and st.state.final
+            report = RecipientReport(
+                row_id=r.row_id,
+                type=r.kind.name.lower(),
+                display_name=r.display_name,
+                address=r.address,
+                state=st.state.value if st is not None and final else "unsent" if unsent else "received",
+                transport=(st.transport or None) if st is not None else None,
+                outcome_time=st.outcome_time if st is not None else None,
+                report_text=r.get(T.PR_REPORT_TEXT),
+            )
+            if entry is not None and not final:
+                at_send_receive = entry.waiting_for is WaitKind.SEND_RECEIVE
+                why = (st.detail if st is not None else None) or entry.last_error or "queued for the spooler"
+                if entry.state is QueueState.HELD:
+                    why = f"held: {entry.hold_reason or 'by an operator'}"
+                report = replace(
+                    report,
+                    state="waiting",
+                    waiting_for=st.waiting_for if st is not None else None,
+                    why=why,
+                    next_attempt=None if at_send_receive else entry.next_attempt,
+                    at_send_receive=at_send_receive,
+                )
+            out.append(report)
+        return out
 
     def sender_identity(self) -> tuple[str, str]:
         """(display name, SMTP address) of the profile's user; default `user@localhost`."""

@@ -178,7 +178,7 @@ def test_offline_message_waits_for_sendreceive(profile: Path) -> None:
     flushed = ok(postroom("sendreceive", profile=profile))
     assert "local: connecting" in flushed.stdout and "local: sending" in flushed.stdout
     assert "local: done" in flushed.stdout
-    assert "1 sent, 0 failed, 0 deferred, 0 received" in flushed.stdout.splitlines()[-1]
+    assert "1 sent, 0 failed, 0 deferred, 0 waiting, 0 received" in flushed.stdout.splitlines()[-1]
     assert len(maildir_files(profile)) == 1
     assert queue_entries(profile) == []
 
@@ -346,7 +346,11 @@ def test_groups_and_sendreceive_by_group(profile: Path, tmp_path: Path) -> None:
     ok(postroom("send", "--to", "user@localhost", "--to", "CNT:c1", "-b", "x", profile=profile))
     doc = as_json(ok(postroom("sendreceive", "--group", "outgoing", "--json", profile=profile)))
     assert doc["group"] == "outgoing" and doc["sent"] == 1 and doc["ok"] is True
-    assert [t["transport"] for t in doc["transports"]] == ["local"]
+    # Each recipient counted once: the counter's waits for its transport, outside the group.
+    assert [(t["transport"], t["sent"], t["waiting"]) for t in doc["transports"]] == [
+        ("local", 1, 0),
+        ("counter", 0, 1),
+    ]
     assert len(maildir_files(profile)) == 1
     [entry] = queue_entries(profile)  # the counter recipient still waits
     assert entry["pending"] == 1 and entry["waiting_for"] == "send_receive"
@@ -360,7 +364,9 @@ def test_groups_and_sendreceive_by_group(profile: Path, tmp_path: Path) -> None:
     # The default group can be redefined: offline it now leaves the counter out.
     ok(postroom("group", "add", "All Accounts", "--transports", "local", profile=profile))
     doc = as_json(ok(postroom("sendreceive", "--json", profile=profile)))
-    assert [t["transport"] for t in doc["transports"]] == ["local"] and doc["sent"] == 0
+    # The message waits only for the counter, outside the group: it is left untouched.
+    assert [(t["transport"], t["sent"], t["waiting"]) for t in doc["transports"]] == [("local", 0, 0)]
+    assert doc["sent"] == 0
     assert len(queue_entries(profile)) == 1
     ok(postroom("group", "add", "All Accounts", "--transports", "all", profile=profile))
     doc = as_json(ok(postroom("sendreceive", "--send-only", "--json", profile=profile)))

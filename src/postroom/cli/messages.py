@@ -11,7 +11,8 @@ import click
 from ..mapi import tags as T
 from ..mapi.flags import MessageFlags
 from ..mapi.message import MessageData
-from ..store import QueueEntry, QueueState, RecipientState, WaitKind
+from ..session import Session
+from ..store import QueueEntry, QueueState, WaitKind
 from .context import App, json_option, pass_app
 from .output import jsonable, next_try, when
 from .props import message_props, prop_rows
@@ -33,16 +34,36 @@ def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
     if q.locked:
         return "being delivered now"
     if q.waiting_for is WaitKind.SEND_RECEIVE:
+        of = f" of {', '.join(q.waiting_transports)}" if q.waiting_transports else ""
         if mode == "offline":
-            return "waiting for Send/Receive (offline)"
-        return "waiting for Send/Receive (parked while offline; `postroom sendreceive` sends it)"
+            return f"waiting for Send/Receive{of} (offline)"
+        return f"waiting for Send/Receive{of} (parked while offline; `postroom sendreceive` sends it)"
     if q.waiting_for is WaitKind.DEFERRED:
         return "kept by the transport until it reports (deferred)"
     if q.next_attempt is None or q.next_attempt <= now:
         return "due now"
     if q.waiting_for is WaitKind.SCHEDULED:
         return f"deferred send at {when(q.next_attempt)}"
-    return f"retry at {next_try(q.next_attempt, now)}"
+    by = f" ({', '.join(q.waiting_transports)})" if q.waiting_transports else ""
+    return f"retry at {next_try(q.next_attempt, now)}{by}"
+
+
+def recipient_rows(session: Session, mid: int) -> list[dict[str, Any]]:
+    """The face's recipient report as plain data, with the next try in words."""
+    now = datetime.now(UTC)
+    out = []
+    for r in session.recipient_report(mid):
+        item = jsonable(r)
+        if r.state == "waiting":
+            item["next_try"] = "at the next Send/Receive" if r.at_send_receive else next_try(r.next_attempt, now)
+        out.append(item)
+    return out
+
+
+def waiting_detail(r: dict[str, Any]) -> str:
+    """'waiting for work: 450 4.2.1 mailbox busy; next try at 12:00:00' for a waiting recipient."""
+    who = f"waiting for {r['waiting_for']}: " if r.get("waiting_for") else ""
+    return f"{who}{r['why']}; next try {r['next_try']}"
 
 
 @click.command()
@@ -188,25 +209,10 @@ def show(app: App, ref: str, props: bool) -> None:
     if props:
         _show_props(app, message, mid)
         return
-    states = {s.row_id: s for s in session.recipient_states(mid)}
     events = session.events(mid)
     fid = session.store.message_folder(mid)
     folder = session.folder(fid).name if fid is not None else None
-    recipients: list[dict[str, Any]] = []
-    for r in message.recipients:
-        st = states.get(r.row_id)
-        recipients.append(
-            {
-                "row_id": r.row_id,
-                "type": r.kind.name.lower(),
-                "display_name": r.display_name,
-                "address": r.address,
-                "state": st.state.value if st is not None else None,
-                "transport": (st.transport or None) if st is not None else None,
-                "outcome_time": st.outcome_time if st is not None else None,
-                "report_text": r.get(T.PR_REPORT_TEXT),
-            }
-        )
+    recipients = recipient_rows(session, mid)
     attachments = [
         {
             "num": a.num,
@@ -277,9 +283,9 @@ def show(app: App, ref: str, props: bool) -> None:
                 r["type"],
                 r["display_name"],
                 r["address"],
-                ("waiting" if r["state"] == RecipientState.PENDING.value else r["state"]) or "-",
-                r["transport"] or "-",
-                r["report_text"] or "",
+                r["state"],
+                (r["waiting_for"] if r["state"] == "waiting" else r["transport"]) or "-",
+                waiting_detail(r) if r["state"] == "waiting" else r["report_text"] or "",
             ]
             for r in recipients
         ],

@@ -16,9 +16,9 @@ from ..mapi.flags import RecipientType, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..session import Draft, Session
 from ..spooler import MessageResult, PassSummary
-from ..store import RecipientState, RecipientStatus, WaitKind
 from .context import App, CliError, json_option, pass_app
-from .output import next_try, when
+from .messages import recipient_rows, waiting_detail
+from .output import when
 
 #: What a message from --eml must not bring along: the store and the spooler set these.
 EML_SKIP: frozenset[int] = frozenset(
@@ -73,43 +73,13 @@ def _check_routes(session: Session, recipients: list[Recipient]) -> None:
     """Refuse recipients whose address type no logged-on transport registers."""
     addresses = list(dict.fromkeys(r.address for r in recipients))
     answers = session.route(addresses)
-    unknown = list(dict.fromkeys(a.address.address_type for a in answers if not a.offers))
+    unknown = list(dict.fromkeys(a.address.address_type for a in answers if not a.offers and not a.skipped))
     if unknown:
         known = ", ".join(session.enum_adr_types()) or "none"
         what = "address type" if len(unknown) == 1 else "address types"
         failed = [r.display_name for r in session.status() if r.status_code & StatusCode.FAILURE]
         hint = f"; not available: {', '.join(failed)} (see `postroom status`)" if failed else ""
         raise CliError(f"no transport in this profile takes {what} {', '.join(unknown)} (known: {known}){hint}")
-
-
-def _recipient_report(session: Session, mid: int, result: MessageResult | None) -> list[dict[str, Any]]:
-    """One entry per recipient: state, transport, report text, and for waiting ones why and when."""
-    message = session.open_message(mid)
-    states: dict[int, RecipientStatus] = {s.row_id: s for s in session.recipient_states(mid)}
-    entry = next((q for q in session.queue() if q.id == mid), None)
-    now = datetime.now(UTC)
-    out = []
-    for r in message.recipients:
-        st = states.get(r.row_id)
-        state = st.state if st is not None else RecipientState.PENDING
-        item: dict[str, Any] = {
-            "row_id": r.row_id,
-            "type": r.kind.name.lower(),
-            "display_name": r.display_name,
-            "address": r.address,
-            "state": "waiting" if state is RecipientState.PENDING else state.value,
-            "transport": (st.transport or None) if st is not None else None,
-            "report_text": r.get(T.PR_REPORT_TEXT),
-        }
-        if state is RecipientState.PENDING:
-            errors = "; ".join(result.errors) if result is not None else ""
-            item["why"] = (entry.last_error if entry is not None else None) or errors or "queued for the spooler"
-            nxt = entry.next_attempt if entry is not None else result.next_attempt if result is not None else None
-            item["next_attempt"] = nxt
-            offline = entry is not None and entry.waiting_for is WaitKind.SEND_RECEIVE
-            item["next_try"] = "at the next Send/Receive" if offline else next_try(nxt, now)
-        out.append(item)
-    return out
 
 
 _CLOCK = re.compile(r"^(?:(today|tomorrow)\s+)?(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\s+(today|tomorrow))?$", re.IGNORECASE)
@@ -362,7 +332,7 @@ def _report_delivery(
     """Print what became of each recipient; True when any failed."""
     result = next((m for m in summary.messages if m.message_id == mid), None)
     try:
-        recipients = _recipient_report(session, mid, result)
+        recipients = recipient_rows(session, mid)
         events = session.events(mid)
     except MAPIError as exc:
         if exc.code != HResult.MAPI_E_NOT_FOUND:
@@ -398,7 +368,7 @@ def _report_delivery(
             if r["state"] == "delivered":
                 detail = f"by {r['transport']}" + (f": {r['report_text']}" if r["report_text"] else "")
             elif r["state"] == "waiting":
-                detail = f"{r['why']}; next try {r['next_try']}"
+                detail = waiting_detail(r)
             else:
                 detail = str(r["report_text"] or "no reason given")
             rows.append([r["state"], r["address"], detail])

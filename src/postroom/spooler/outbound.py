@@ -45,7 +45,7 @@ from .policy import (
     breaker_probe,
 )
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
-from .routing import Offer
+from .routing import Offer, Router
 from .tally import Fate, Tally
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
 
@@ -126,6 +126,7 @@ class MessageResult:
 
 
 OFFLINE_TEXT = "offline: waiting for Send/Receive"
+NOT_CALLED_OFFLINE = "not called while offline"  # a recipient's words while it waits for Send/Receive
 
 
 @dataclass
@@ -296,7 +297,7 @@ class OutboundProcessor:
                 # online routing gives them next, until Send/Receive (or going online) calls it.
                 for p in mine:
                     pending.remove(p)
-                    waits.append(RecipientWait(p.recipient.row_id, transport.name, OFFLINE_TEXT))
+                    waits.append(RecipientWait(p.recipient.row_id, transport.name, NOT_CALLED_OFFLINE))
                 offline = True
                 result.count(transport.name, Fate.WAITING, len(mine))
                 continue
@@ -326,7 +327,7 @@ class OutboundProcessor:
                     props={
                         T.PR_NDR_REASON_CODE: int(NDRReason.TRANSFER_IMPOSSIBLE),
                         T.PR_NDR_DIAG_CODE: int(NDRDiag.NO_DIAGNOSTIC),
-                        T.PR_REPORT_TEXT: p.last_error or self._no_transport_text(p),
+                        T.PR_REPORT_TEXT: p.last_error or self._no_transport_text(p, router),
                     },
                     report=self._ndr_wanted(message),
                 )
@@ -483,11 +484,15 @@ class OutboundProcessor:
         return None
 
     @staticmethod
-    def _no_transport_text(p: _Pending) -> str:
+    def _no_transport_text(p: _Pending, router: Router) -> str:
+        r = p.recipient
         if p.offers:
             tried = ", ".join(o.transport for o in p.offers)
-            return f"No transport accepted {p.recipient.address} (offered to: {tried})"
-        r = p.recipient
+            return f"No transport accepted {r.address} (offered to: {tried})"
+        skipped = router.route(r.address_type, r.provider_uid, r.email_address).skipped
+        if skipped:
+            why = "; ".join(f"{k.offer.transport} {k.reason}" for k in skipped)
+            return f"No transport takes {r.address} ({why})"
         return f"No transport in this profile accepts the address type {r.address_type!r} of {r.address}"
 
     @staticmethod

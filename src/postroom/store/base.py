@@ -115,6 +115,8 @@ class QueueEntry:
     waiting_for: WaitKind | None = None
     previous_owner: str | None = None  # set when this claim took over an expired lease
     hold_reason: str | None = None
+    #: The transports its pending recipients wait for (in recipient order), once each.
+    waiting_transports: tuple[str, ...] = ()
 
 
 @dataclass

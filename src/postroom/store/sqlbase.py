@@ -637,6 +637,17 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 else "FROM messages m WHERE m.queue_state IS NOT NULL ORDER BY m.submit_time, m.id"
             )
         )
+        transports: dict[int, list[str]] = {}
+        for mid, name in self._q(
+            "SELECT r.message_id, r.waiting_for FROM recipients r JOIN messages m ON m.id = r.message_id "
+            "WHERE m.queue_state IS NOT NULL AND r.state = 'pending' AND r.waiting_for IS NOT NULL"
+            + (" AND m.id = ?" if only is not None else "")
+            + " ORDER BY r.message_id, r.row_id",
+            (only,) if only is not None else (),
+        ):
+            names = transports.setdefault(int(mid), [])
+            if name not in names:
+                names.append(name)
         out = []
         for mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, *shown, pending, total in self._q(
             sql, (only,) if only is not None else ()
@@ -660,6 +671,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                     hold_reason=hold,
                     pending=int(pending),
                     recipients=int(total),
+                    waiting_transports=tuple(transports.get(int(mid), ())),
                 )
             )
         return out
@@ -799,10 +811,12 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 "last_error=coalesce(?, last_error) WHERE id=?",
                 (due, wait_kind.value, self._text(error), message_id),
             )
-            when = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
             if wait_kind is WaitKind.SEND_RECEIVE:
-                when = " (offline: waiting for Send/Receive)"
-            self._event(db, message_id, now, "waiting", (error or "pending recipients") + when)
+                detail = error or "offline: waiting for Send/Receive"
+            else:
+                until = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
+                detail = (error or "pending recipients") + until
+            self._event(db, message_id, now, "waiting", detail)
 
     def hold(self, message_id: int, now: datetime, reason: str, owner: str | None = None) -> None:
         with self._tx() as db:
