@@ -565,6 +565,7 @@ class ProtocolManager:
     async def _upload(
         self, ready: list[LoadedTransport], summary: SendReceiveSummary, progress: Progress | None
     ) -> None:
+        errors_before = {t.name: t.status.last_error_time for t in ready}
         for t in ready:
             t.status.set(add=StatusCode.OUTBOUND_FLUSH)
             if progress:
@@ -577,6 +578,11 @@ class ProtocolManager:
                 if t.logon is not None:
                     t.logon.transport_notify(NotifyFlags.END_OUTBOUND_FLUSH)
                 t.status.set(remove=StatusCode.OUTBOUND_FLUSH)
+        for t in ready:  # a transport that went into failure while sending (server down, misconfigured)
+            if t.status.status_code & StatusCode.FAILURE and t.status.last_error_time != errors_before[t.name]:
+                summary.entry(t.name).error = t.status.last_error
+                if progress:
+                    progress("failed", t, t.status.last_error)
 
     async def _download(self, t: LoadedTransport, entry: TransportFlush, progress: Progress | None) -> None:
         assert t.logon is not None

@@ -26,7 +26,7 @@ from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
 from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
 from .mapi.message import Attachment, MessageData, Recipient
-from .profile import Profile, Service
+from .profile import Profile, Service, provider_class
 from .protocol import ProtocolManager, Received, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
 from .spooler.outbound import SpoolerSettings
@@ -508,12 +508,72 @@ class _SessionCore:
         return list(self.profile.services)
 
     def add_service(
-        self, kind: str, name: str, options: dict[str, Any] | None = None, *, prefer_last: bool | None = None
+        self,
+        kind: str,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        prefer_last: bool | None = None,
+        call_when_offline: bool = False,
+        poll_seconds: float | None = None,
+        policy: dict[str, Any] | None = None,
     ) -> Service:
-        service = self.profile.add_service(kind, name, options, prefer_last=prefer_last)
+        """Add a message service. Its options are checked by its kind (MAPI_E_INVALID_PARAMETER),
+        and what they name must work here now (MAPI_E_UNCONFIGURED: a program that does not exist,
+        a password variable that is not set, an unreadable file); nothing is saved otherwise."""
+        service = self.profile.add_service(
+            kind,
+            name,
+            options,
+            prefer_last=prefer_last,
+            call_when_offline=call_when_offline,
+            **({} if poll_seconds is None else {"poll_seconds": poll_seconds}),
+        )
+        service.policy = dict(policy or {})
+        try:
+            self._check_setup(service)
+        except MAPIError:
+            self.profile.remove_service(service.name)
+            raise
         self.profile.save()
         self._profile_changed()
         return service
+
+    def configure_service(
+        self,
+        name: str,
+        *,
+        options: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
+        call_when_offline: bool | None = None,
+        poll_seconds: float | None = None,
+    ) -> Service:
+        """Change a message service: `options` and `policy` replace the old ones when given. The
+        same checks as add_service; the profile is unchanged when one fails. A running spooler
+        daemon logs the transport on again with the change."""
+        service = self.profile.service(name)
+        checked = provider_class(service.kind).validate_options(options) if options is not None else service.options
+        if poll_seconds is not None and poll_seconds <= 0:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "poll_seconds must be positive")
+        changed = replace(service, options=checked)
+        self._check_setup(changed)
+        service.options = checked
+        if policy is not None:
+            service.policy = dict(policy)
+        if call_when_offline is not None:
+            service.call_when_offline = call_when_offline
+        if poll_seconds is not None:
+            service.poll_seconds = poll_seconds
+        self.profile.save()
+        self._profile_changed()
+        return service
+
+    def _check_setup(self, service: Service) -> None:
+        problems = provider_class(service.kind).setup_problems(service.options, self.profile.directory)
+        if problems:
+            raise MAPIError(
+                HResult.MAPI_E_UNCONFIGURED, f"transport {service.name!r} would not work here: {'; '.join(problems)}"
+            )
 
     def remove_service(self, name: str) -> Service:
         service = self.profile.remove_service(name)
@@ -540,8 +600,10 @@ class _SessionCore:
         self._profile_changed()
 
     def _profile_changed(self) -> None:
-        """The next use logs on again with the new configuration; a running spooler daemon too."""
+        """The next use logs on again with the new configuration; a running spooler daemon too.
+        Messages that wait for a misconfigured transport are looked at again at once."""
         self._needs_relogon = True
+        self.store.wake(self.clock(), (WaitKind.UNCONFIGURED,))
         self.store.bus.publish("config")
 
     async def reload_configuration(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..mapi.flags import ResourceType, StatusCode
-from ..profile import Profile, Service, provider_class, transport_kinds
+from ..profile import Profile, Service, transport_kinds
 from ..spooler.policy import POLICY_HELP, DeliveryPolicy
 from .context import App, json_option, pass_app
 from .output import redact, when
@@ -174,13 +174,15 @@ def service_add(
     options = _settings(settings, "--set")
     policy = checked_policy(_settings(policies, "--policy"))
     session = app.session()
-    added = session.add_service(kind, name, options, prefer_last=prefer_last)
-    if call_when_offline or poll_seconds is not None or policy:
-        added.call_when_offline = call_when_offline
-        if poll_seconds is not None:
-            added.poll_seconds = poll_seconds
-        added.policy = policy
-        session.save_profile()
+    added = session.add_service(
+        kind,
+        name,
+        options,
+        prefer_last=prefer_last,
+        call_when_offline=call_when_offline,
+        poll_seconds=poll_seconds,
+        policy=policy,
+    )
     order = session.transport_order()
     if app.json:
         app.out.document({"service": service_data(added), "transport_order": [s.name for s in order]})
@@ -223,8 +225,8 @@ def service_set(
 
     --set KEY=VALUE changes one option of the transport and --policy KEY=VALUE one policy
     setting; an empty VALUE (`--set KEY=`) removes the key, back to its default. The options
-    are checked by the transport kind as for `service add`. Running processes use the change
-    when they next log on (restart a spooler daemon).
+    are checked by the transport kind as for `service add`. A running spooler daemon logs
+    the transport on again with the change.
     """
     session = app.session()
     svc = session.profile.service(name)
@@ -240,14 +242,13 @@ def service_set(
             policy.pop(key, None)
         else:
             policy[key] = value
-    checked_options = provider_class(svc.kind).validate_options(options) if settings else svc.options
-    svc.policy = checked_policy(policy)
-    svc.options = checked_options
-    if call_when_offline is not None:
-        svc.call_when_offline = call_when_offline
-    if poll_seconds is not None:
-        svc.poll_seconds = poll_seconds
-    session.save_profile()
+    svc = session.configure_service(
+        name,
+        options=options if settings else None,
+        policy=checked_policy(policy),
+        call_when_offline=call_when_offline,
+        poll_seconds=poll_seconds,
+    )
     if app.json:
         app.out.document({"service": service_data(svc)})
         return

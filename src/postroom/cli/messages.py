@@ -38,6 +38,10 @@ def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
         if mode == "offline":
             return f"waiting for Send/Receive{of} (offline)"
         return f"waiting for Send/Receive{of} (parked while offline; `postroom sendreceive` sends it)"
+    if q.waiting_for is WaitKind.UNCONFIGURED:
+        names = ", ".join(q.waiting_transports) or "a transport"
+        again = next_try(q.next_attempt, now)
+        return f"waiting for {names} to be configured (`postroom status`); looked at again {again}"
     if q.waiting_for is WaitKind.DEFERRED:
         return "kept by the transport until it reports (deferred)"
     if q.next_attempt is None or q.next_attempt <= now:

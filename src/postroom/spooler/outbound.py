@@ -52,6 +52,9 @@ from .transports import LoadedTransport, TransportTable, call_transport, error_s
 log = logging.getLogger("postroom.spooler")
 
 DEFERRED_BY_TRANSPORT_SECONDS = 24 * 3600.0
+#: A misconfigured transport's messages are looked at again this often (and at once when the profile
+#: changes): a password file or a program may be fixed without touching the profile.
+UNCONFIGURED_RECHECK_SECONDS = 900.0
 MAX_RESEND_NOW = 3
 
 
@@ -127,6 +130,16 @@ class MessageResult:
 
 OFFLINE_TEXT = "offline: waiting for Send/Receive"
 NOT_CALLED_OFFLINE = "not called while offline"  # a recipient's words while it waits for Send/Receive
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """A transport's "not now" for the recipients it was offered: how long, why, and what kind."""
+
+    seconds: float
+    reason: str  # for the message: names the transport
+    kind: WaitKind = WaitKind.RETRY
+    detail: str = ""  # for each recipient that waits for the transport (default: the reason)
 
 
 @dataclass
@@ -276,7 +289,7 @@ class OutboundProcessor:
             pending = []
         elif pending:
             await self._delay_warning(message, message_id, pending)
-        retry_waits: list[tuple[float, str]] = []
+        retry_waits: list[_Wait] = []
         waits: list[RecipientWait] = []
         offline = False
         attempt = entry.attempts if entry else 1
@@ -301,7 +314,7 @@ class OutboundProcessor:
                 offline = True
                 result.count(transport.name, Fate.WAITING, len(mine))
                 continue
-            outcome: tuple[float, str] | None = await self._held_back(transport)
+            outcome: _Wait | None = await self._held_back(transport)
             handled: set[int] = set()
             if outcome is None:
                 outcome, handled = await self._offer(message, message_id, transport, mine, result, attempt)
@@ -313,7 +326,8 @@ class OutboundProcessor:
                 for p in mine:
                     if p in pending:
                         pending.remove(p)
-                        waits.append(RecipientWait(p.recipient.row_id, transport.name, p.detail or outcome[1]))
+                        words = p.detail or outcome.detail or outcome.reason
+                        waits.append(RecipientWait(p.recipient.row_id, transport.name, words))
                         result.count(transport.name, Fate.DEFERRED)
 
         # Recipients no transport took: NDR (MAPI_REASON_TRANSFER_IMPOSSIBLE, spec §13).
@@ -342,10 +356,11 @@ class OutboundProcessor:
             await self._send_reports(message_id, message)
 
         if retry_waits:
-            delay = min(w for w, _ in retry_waits)
-            reason = "; ".join(dict.fromkeys(text for _, text in retry_waits))
+            delay = min(w.seconds for w in retry_waits)
+            reason = "; ".join(dict.fromkeys(w.reason for w in retry_waits))
             next_attempt = self.clock() + timedelta(seconds=delay)
-            kind = WaitKind.DEFERRED if delay >= DEFERRED_BY_TRANSPORT_SECONDS else WaitKind.RETRY
+            kinds = {w.kind for w in retry_waits}
+            kind = kinds.pop() if len(kinds) == 1 else WaitKind.RETRY
             if expires is not None and kind is WaitKind.RETRY:
                 next_attempt = min(next_attempt, expires)  # come back in time to expire it
             await self._release(message_id, next_attempt, reason, kind, waits)
@@ -447,7 +462,7 @@ class OutboundProcessor:
             self.store.add_event, message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h"
         )
 
-    async def _held_back(self, transport: LoadedTransport) -> tuple[float, str] | None:
+    async def _held_back(self, transport: LoadedTransport) -> _Wait | None:
         """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it.
 
         Both hold across every spooler process on the store: the breaker state and the throttle
@@ -475,12 +490,12 @@ class OutboundProcessor:
                     f"{transport.name} paused after repeated network errors ({state.get('last_error', '')}); "
                     f"probe at {from_epoch(until):%H:%M:%S}"
                 )
-                return max(1.0, until - t), text
+                return _Wait(max(1.0, until - t), text)
         limits = policy.throttle_limits()
         if limits:
             wait = await self.write(self.store.reserve_send, transport.name, now, limits, self.owner)
             if wait > 0:
-                return wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s"
+                return _Wait(wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s")
         return None
 
     @staticmethod
@@ -526,7 +541,7 @@ class OutboundProcessor:
         mine: list[_Pending],
         result: MessageResult,
         attempt: int = 1,
-    ) -> tuple[tuple[float, str] | None, set[int]]:
+    ) -> tuple[_Wait | None, set[int]]:
         """Call one transport for its recipients.
 
         Returns (seconds, why) when the remaining ones must wait, and the rows it handled.
@@ -602,7 +617,7 @@ class OutboundProcessor:
                     transport.name,
                 )
                 delay = policy.backoff(attempt)
-                return (delay, f"{transport.name} asked to resend later" + (f": {said}" if said else "")), done
+                return _Wait(delay, f"{transport.name} asked to resend later" + (f": {said}" if said else "")), done
             if end & EndMessageFlags.DONT_RESEND:
                 await self.write(
                     self.store.add_event,
@@ -612,15 +627,15 @@ class OutboundProcessor:
                     "the transport keeps the message until it notifies SENTDEFERRED",
                     transport.name,
                 )
-                return (DEFERRED_BY_TRANSPORT_SECONDS, f"deferred by {transport.name}"), done
+                return _Wait(DEFERRED_BY_TRANSPORT_SECONDS, f"deferred by {transport.name}", WaitKind.DEFERRED), done
             for p in still:  # not mine: on to the next matching transport
                 p.index += 1
             return None, done
-        return (policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
+        return _Wait(policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
 
     async def _whole_message_answer(
         self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult, attempt: int
-    ) -> tuple[float, str] | None:
+    ) -> _Wait | None:
         code = answer.code
         label = code.name
         text = f"{label}" + (f": {answer.reason}" if answer.reason else "")
@@ -637,6 +652,15 @@ class OutboundProcessor:
                 p.index += 1
             return None
         policy = self.policy_of(transport)
+        if code == HResult.MAPI_E_UNCONFIGURED:
+            transport.status.failed(f"misconfigured: {answer.reason}")
+            await self.write(self.store.add_event, message_id, self.clock(), "unconfigured", text, transport.name)
+            return _Wait(
+                UNCONFIGURED_RECHECK_SECONDS,
+                f"{transport.name} misconfigured: {answer.reason}",
+                WaitKind.UNCONFIGURED,
+                f"misconfigured: {answer.reason}",
+            )
         if code == HResult.MAPI_E_BUSY:
             delay = policy.backoff(attempt)
         elif code in (HResult.MAPI_E_WAIT, HResult.MAPI_E_NETWORK_ERROR):
@@ -668,7 +692,7 @@ class OutboundProcessor:
         await self.write(
             self.store.add_event, message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name
         )
-        return (delay, f"{transport.name}: {text}")
+        return _Wait(delay, f"{transport.name}: {text}", detail=answer.reason or text)
 
     async def _record_marks(
         self,

@@ -54,6 +54,7 @@ class WaitKind(StrEnum):
     SEND_RECEIVE = "send_receive"  # offline: waits for Send/Receive or going online
     DEFERRED = "deferred"  # the transport keeps it until it notifies SENTDEFERRED
     SCHEDULED = "scheduled"  # PR_DEFERRED_SEND_TIME: not before that time (only an explicit retry ID forces it)
+    UNCONFIGURED = "unconfigured"  # a transport cannot work as configured: until the profile changes (or a recheck)
 
 
 class RecipientState(StrEnum):

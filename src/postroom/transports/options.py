@@ -1,6 +1,9 @@
 """Checking transport options when a service is added: one vocabulary of clear errors.
 
-Every problem is a MAPIError(MAPI_E_INVALID_PARAMETER) that names the option and the value.
+Every problem with an option's value is a MAPIError(MAPI_E_INVALID_PARAMETER) that names the
+option and the value. Problems of the surroundings an option names (an unset variable, an
+unreadable file) are MAPI_E_UNCONFIGURED: `setup_problems` finds them when a service is added
+or changed, and a transport meets them again at delivery, where its messages then wait.
 """
 
 from __future__ import annotations
@@ -129,3 +132,33 @@ def client_tls_context(security: str, ca_file: Path | None, verify_tls: bool) ->
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def resolve_path(value: str | None, profile_dir: Path) -> Path | None:
+    """A path option: `~` expanded, relative to the profile directory."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else profile_dir / path
+
+
+def unconfigured(message: str) -> MAPIError:
+    return MAPIError(HResult.MAPI_E_UNCONFIGURED, message)
+
+
+def setup_problems(options: dict[str, Any], profile_dir: Path) -> list[str]:
+    """What stops the password and CA options of checked `options` from working on this machine now."""
+    problems: list[str] = []
+    password_file = resolve_path(options.get("password_file"), profile_dir)
+    if options.get("username") is not None and (options.get("password_env") or password_file):
+        try:
+            read_password(options.get("password_env"), password_file)
+        except MAPIError as exc:
+            problems.append(exc.message)
+    ca_file = resolve_path(options.get("ca_file"), profile_dir)
+    if ca_file is not None and options.get("security", "none") != "none":
+        try:
+            client_tls_context(str(options.get("security")), ca_file, True)
+        except MAPIError as exc:
+            problems.append(exc.message)
+    return problems

@@ -95,7 +95,7 @@ from ..mapi.flags import (
 )
 from ..mapi.message import MessageData, Recipient
 from .options import boolean as _boolean
-from .options import client_tls_context, read_password
+from .options import client_tls_context, read_password, setup_problems
 from .options import invalid as _invalid
 from .options import number as _number
 from .options import path as _path
@@ -308,6 +308,10 @@ class _ConnectFailed(Exception):
     """Opening a connection failed; the text is ready for the status row."""
 
 
+class _Unconfigured(_ConnectFailed):
+    """The connection cannot work as configured (no AUTH offered, the password refused, no password)."""
+
+
 class _NoSlot(Exception):
     """Every connection slot is held (by other spooler processes): not an error, the message waits."""
 
@@ -365,11 +369,21 @@ class _NetworkTrouble(Exception):
 
 
 class SMTPLogon(TransportLogon):
-    def __init__(self, provider: SMTPProvider, flags: LogonFlags, config: SMTPConfig, password: _Secret | None) -> None:
+    def __init__(self, provider: SMTPProvider, flags: LogonFlags, config: SMTPConfig) -> None:
         super().__init__(provider, flags)
         self.config = config
-        self._password = password
-        self._tls = config.tls_context()
+        # A password or CA file that cannot be read is a configuration problem, not a failed logon:
+        # the transport keeps its place in routing, and its messages wait until it is fixed.
+        self.unconfigured = ""
+        self._password: _Secret | None = None
+        self._tls: ssl.SSLContext | None = None
+        try:
+            password = config.read_password()
+            self._password = None if password is None else _Secret(password)
+            self._tls = config.tls_context()
+        except MAPIError as exc:
+            self.unconfigured = exc.message
+            self.status.failed(exc.message)
         scope = None if config.domains is None else RecipientScope.for_domains(config.domains)
         self.registration = Registration.of(*config.address_types, scope=scope)
         self.offline = bool(flags & LogonFlags.NO_CONNECT)
@@ -412,6 +426,9 @@ class SMTPLogon(TransportLogon):
         wait = self.config.temporary_failure_wait
         if self.offline:
             return SubmitResult.wait(wait, "offline (no connect)")
+        if self.unconfigured:
+            self.status.failed(self.unconfigured)
+            return SubmitResult.unconfigured(self.unconfigured)
 
         sendable = usable_recipients(taken, envelope_address_problem, "Cannot send to {address}")
         if not sendable:
@@ -478,6 +495,13 @@ class SMTPLogon(TransportLogon):
         while queue:
             try:
                 conn = await self._checkout(fresh=fresh)
+            except _Unconfigured as exc:
+                self.status.failed(str(exc))
+                log.warning("%s: %s", self.name, exc)
+                if delivered == 0 and not any(r.mark is not None for r in message.recipients):
+                    return SubmitResult.unconfigured(str(exc))
+                temporary += [(r, str(exc)) for r in queue if not r.responsibility]
+                break
             except _ConnectFailed as exc:
                 network_error = str(exc)
                 break
@@ -870,17 +894,27 @@ class SMTPLogon(TransportLogon):
                     await smtp.ehlo()
                 except aiosmtplib.SMTPHeloError:
                     await smtp.helo()
-            if cfg.username is not None and self._password is not None:
+            if cfg.username is not None:
                 step = "AUTH"
-                await smtp.login(cfg.username, self._password.reveal())
+                if not smtp.supports_extension("auth"):
+                    smtp.close()
+                    raise _Unconfigured(
+                        f"the SMTP server {cfg.where} offers no AUTH, but the option 'username' is set"
+                        + (" (it may offer AUTH only after TLS: security starttls or tls)" if self._tls is None else "")
+                    )
+                await smtp.login(cfg.username, self._password_now().reveal())
         except asyncio.CancelledError:
+            smtp.close()
+            raise
+        except _ConnectFailed:
             smtp.close()
             raise
         except aiosmtplib.SMTPAuthenticationError as exc:
             smtp.close()
-            raise _ConnectFailed(
-                f"authentication as {cfg.username} at {cfg.where} failed: {reply_text(exc.code, exc.message)}"
-            ) from None
+            text = f"authentication as {cfg.username} at {cfg.where} failed: {reply_text(exc.code, exc.message)}"
+            if 500 <= exc.code < 600:  # refused for good (wrong password); 4xx is the server's own trouble
+                raise _Unconfigured(text) from None
+            raise _ConnectFailed(text) from None
         except _CONNECT_ERRORS as exc:
             smtp.close()
             raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where} ({step}): {exc}") from None
@@ -889,6 +923,11 @@ class SMTPLogon(TransportLogon):
         self.connections_opened += 1
         self._connected()
         return conn
+
+    def _password_now(self) -> _Secret:
+        if self._password is None:  # read_password() raised at logon; unconfigured says why
+            raise _Unconfigured(self.unconfigured or "no password")
+        return self._password
 
     def _connected(self) -> None:
         self.status.set(
@@ -1043,7 +1082,10 @@ class SMTPProvider(TransportProvider):
         )
         return out
 
+    @classmethod
+    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
+        return setup_problems(cls.validate_options(options), profile_dir)
+
     def logon(self, flags: LogonFlags) -> SMTPLogon:
         config = SMTPConfig.from_options(self.context.options, self.context.profile_dir)
-        password = config.read_password()
-        return SMTPLogon(self, flags, config, None if password is None else _Secret(password))
+        return SMTPLogon(self, flags, config)

@@ -160,6 +160,14 @@ class SubmitResult:
     def cancel(cls, reason: str = "") -> SubmitResult:
         return cls(HResult.MAPI_E_CANCEL, 0.0, reason)
 
+    @classmethod
+    def unconfigured(cls, reason: str) -> SubmitResult:
+        """The transport cannot work as configured (a password that cannot be read, a missing
+        program, a server that offers no AUTH for the username): its status row goes into
+        failure with `reason`, and its recipients wait until the configuration changes. Retrying
+        every few minutes cannot help, and failing them would lose mail over a typo."""
+        return cls(HResult.MAPI_E_UNCONFIGURED, 0.0, reason)
+
 
 # --- message views --------------------------------------------------------------------------
 
@@ -532,6 +540,13 @@ class TransportProvider(abc.ABC):
             known = ", ".join(sorted(cls.option_help))
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"unknown option {unknown[0]!r} (known: {known})")
         return dict(options)
+
+    @classmethod
+    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
+        """What would stop a service with these (checked) options from working here and now: a
+        program that does not exist, a password variable that is not set, an unreadable file.
+        `postroom service add` and `service set` refuse the change while there are any."""
+        return []
 
     @abc.abstractmethod
     def logon(self, flags: LogonFlags) -> TransportLogon | Awaitable[TransportLogon]:
