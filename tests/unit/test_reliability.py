@@ -291,7 +291,11 @@ def test_an_idle_waiting_queue_does_not_spin(tmp_path: Path, calls: Calls) -> No
             session.create_message(f"m{n}").to(f"r{n}@x.test").submit()
         stop = asyncio.Event()
         task = asyncio.create_task(session.run_spooler(stop))
-        await asyncio.sleep(0.5)  # first pass: all 50 get "wait 3600"
+        for _ in range(300):  # first pass: all 50 get "wait 3600" (however slow the machine is)
+            if submits(calls) == 50 and not session.queue()[-1].locked:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
         before = session.protocol.iterations
         calls_before = submits(calls)
         await asyncio.sleep(1.5)
