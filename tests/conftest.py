@@ -14,7 +14,7 @@ from support import recording
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test ever touches the real user's default profile."""
-    monkeypatch.setenv("POSTROOM_PROFILE", str(tmp_path / "default-profile"))
+    monkeypatch.delenv("POSTROOM_PROFILE", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
 
 

@@ -33,11 +33,15 @@ SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def default_profile_dir() -> Path:
-    """Where the default profile lives: POSTROOM_PROFILE, else the user's data directory."""
+    """The profile used without --profile: POSTROOM_PROFILE, else the default one in the data directory."""
+    return environment_profile_dir() or Path(user_data_dir("postroom", appauthor=False)) / "profiles" / "default"
+
+
+def environment_profile_dir() -> Path | None:
+    """The profile POSTROOM_PROFILE names, if set. Like --profile, it must exist: only the default
+    profile in the data directory is created on first use, so a typo never makes a new, empty one."""
     env = os.environ.get("POSTROOM_PROFILE")
-    if env:
-        return Path(env).expanduser()
-    return Path(user_data_dir("postroom", appauthor=False)) / "profiles" / "default"
+    return Path(env).expanduser() if env else None
 
 
 _REGISTERED: dict[str, type[TransportProvider]] = {}
@@ -241,8 +245,27 @@ class Profile:
         return p
 
     @classmethod
+    def load_from_environment(cls) -> Profile:
+        """The profile POSTROOM_PROFILE names; MAPI_E_NOT_FOUND, saying so, when there is none."""
+        d = environment_profile_dir()
+        assert d is not None
+        try:
+            return cls.load(d)
+        except MAPIError as exc:
+            if exc.code != HResult.MAPI_E_NOT_FOUND:
+                raise
+            raise MAPIError(
+                HResult.MAPI_E_NOT_FOUND,
+                f"POSTROOM_PROFILE names {d}, which holds no profile (create it with `postroom init {d}`, "
+                "or unset POSTROOM_PROFILE to use the default profile)",
+            ) from None
+
+    @classmethod
     def open_or_create(cls, directory: str | os.PathLike[str] | None = None) -> Profile:
-        """The named profile; the default one is created on first use, a named one must exist."""
+        """The named profile; the default one is created on first use, a named one (also through
+        POSTROOM_PROFILE) must exist."""
+        if directory is None and environment_profile_dir() is not None:
+            return cls.load_from_environment()
         if directory is None:
             d = default_profile_dir()
             if not (d / PROFILE_FILE).exists():

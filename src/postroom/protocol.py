@@ -474,6 +474,7 @@ class ProtocolManager:
         download: bool = True,
         explicit: bool = True,
         progress: Progress | None = None,
+        stop: asyncio.Event | None = None,
     ) -> SendReceiveSummary:
         """FlushQueues on the spooler's status row, for one group.
 
@@ -490,14 +491,14 @@ class ProtocolManager:
             return summary
         table = self.core.transports
         members = [table.by_name(name) for name in g.members(profile)]
-        await self._flush(members, summary, upload and settings.send, download and settings.receive, progress)
+        await self._flush(members, summary, upload and settings.send, download and settings.receive, progress, stop)
         self.core.publish_status()
         return summary
 
-    async def flush_transport(self, t: LoadedTransport) -> SendReceiveSummary:
+    async def flush_transport(self, t: LoadedTransport, stop: asyncio.Event | None = None) -> SendReceiveSummary:
         """Upload-only flush of one transport, connecting it for the flush if offline."""
         summary = SendReceiveSummary(t.name)
-        await self._flush([t], summary, True, False, None)
+        await self._flush([t], summary, True, False, None, stop)
         self.core.publish_status()
         return summary
 
@@ -508,10 +509,11 @@ class ProtocolManager:
         upload: bool,
         download: bool,
         progress: Progress | None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         """Connect every member, run one outbound pass in which all of them may be called, then
         fetch from each, in transport order. Whatever happens, the members are disconnected
-        again afterwards if the mode says so."""
+        again afterwards if the mode says so. Once `stop` is set nothing new starts."""
         flags = (FlushFlags.UPLOAD if upload else FlushFlags.NONE) | (
             FlushFlags.DOWNLOAD if download else FlushFlags.NONE
         )
@@ -536,9 +538,11 @@ class ProtocolManager:
                     continue
                 ready.append(t)
             if upload and ready:
-                await self._upload(ready, summary, progress)
+                await self._upload(ready, summary, progress, stop)
             if download:
                 for t in ready:
+                    if stop is not None and stop.is_set():
+                        break
                     await self._download(t, summary.entry(t.name), progress)
             for t in ready:
                 if progress and not summary.entry(t.name).error:
@@ -563,7 +567,11 @@ class ProtocolManager:
         return ""
 
     async def _upload(
-        self, ready: list[LoadedTransport], summary: SendReceiveSummary, progress: Progress | None
+        self,
+        ready: list[LoadedTransport],
+        summary: SendReceiveSummary,
+        progress: Progress | None,
+        stop: asyncio.Event | None,
     ) -> None:
         errors_before = {t.name: t.status.last_error_time for t in ready}
         for t in ready:
@@ -572,7 +580,7 @@ class ProtocolManager:
                 progress("send", t, "")
         try:
             self.store.wake_for([t.name for t in ready], self.core.clock())
-            summary.absorb(await self.core.spooler.process_due(keep=False))
+            summary.absorb(await self.core.spooler.process_due(keep=False, stop=stop))
         finally:
             for t in ready:
                 if t.logon is not None:

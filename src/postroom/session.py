@@ -639,9 +639,9 @@ class _SessionCore:
             answers.append(RouteAnswer(p, plan.offers, plan.skipped))
         return answers
 
-    async def _deliver(self, limit: int | None = None) -> PassSummary:
+    async def _deliver(self, limit: int | None = None, stop: asyncio.Event | None = None) -> PassSummary:
         await self._ensure_logged_on()
-        return await self.spooler.process_due(limit)
+        return await self.spooler.process_due(limit, stop=stop)
 
     async def _status(self) -> list[StatusRow]:
         await self._ensure_logged_on()
@@ -692,10 +692,10 @@ class _SessionCore:
         await self._ensure_logged_on()
         return await self.protocol.send_receive(group, **kw)
 
-    async def _flush(self, transport: str) -> SendReceiveSummary:
+    async def _flush(self, transport: str, stop: asyncio.Event | None = None) -> SendReceiveSummary:
         """Deliver everything waiting for one transport now (postqueue -f for one transport)."""
         await self._ensure_logged_on()
-        return await self.protocol.flush_transport(self.transports.by_name(transport))
+        return await self.protocol.flush_transport(self.transports.by_name(transport), stop=stop)
 
     async def _receive(self) -> Received:
         """Run the inbound side once: fetch what waits from every transport that may be called now.
@@ -752,9 +752,9 @@ class AsyncSession(_SessionCore):
     async def route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
         return await self._route(addresses)
 
-    async def deliver(self, limit: int | None = None) -> PassSummary:
-        """Run the spooler over every due message (one pass)."""
-        return await self._deliver(limit)
+    async def deliver(self, limit: int | None = None, *, stop: asyncio.Event | None = None) -> PassSummary:
+        """Run the spooler over every due message (one pass); once `stop` is set, nothing new starts."""
+        return await self._deliver(limit, stop)
 
     async def status(self) -> list[StatusRow]:
         return await self._status()
@@ -768,8 +768,8 @@ class AsyncSession(_SessionCore):
     async def receive(self) -> Received:
         return await self._receive()
 
-    async def flush(self, transport: str) -> SendReceiveSummary:
-        return await self._flush(transport)
+    async def flush(self, transport: str, *, stop: asyncio.Event | None = None) -> SendReceiveSummary:
+        return await self._flush(transport, stop)
 
     async def validate_state(self) -> None:
         await self._validate_state()
@@ -805,7 +805,21 @@ class Session(_SessionCore):
         self._runner = asyncio.Runner()
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
-        return self._runner.run(coro)
+        try:
+            return self._runner.run(coro)
+        except KeyboardInterrupt:
+            self._cancel_leftovers()
+            raise
+
+    def _cancel_leftovers(self) -> None:
+        """A hard interrupt stopped the loop in the middle of a call: cancel what it left running, so
+        every claim it holds is given back now rather than when its lease runs out."""
+        loop = self._runner.get_loop()
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
     def enum_adr_types(self) -> list[str]:
         """The address types of the transports logged on now (IMAPISession::EnumAdrTypes)."""
@@ -815,9 +829,12 @@ class Session(_SessionCore):
         """Dry run: which transport would be offered each address, and which ones after it."""
         return self._run(self._route(addresses))
 
-    def deliver(self, limit: int | None = None) -> PassSummary:
-        """Run the spooler over every due message (one pass)."""
-        return self._run(self._deliver(limit))
+    def deliver(self, limit: int | None = None, *, stop: asyncio.Event | None = None) -> PassSummary:
+        """Run the spooler over every due message (one pass).
+
+        Once `stop` is set (say, from a signal handler), no new message is started; the ones in
+        flight finish. A hard interrupt (KeyboardInterrupt) gives every claimed message back."""
+        return self._run(self._deliver(limit, stop))
 
     def status(self) -> list[StatusRow]:
         """The status table after logging on (subsystem, spooler, one row per transport)."""
@@ -835,9 +852,9 @@ class Session(_SessionCore):
         """Fetch inbound mail from every transport that may be called now (the count, and `errors`)."""
         return self._run(self._receive())
 
-    def flush(self, transport: str) -> SendReceiveSummary:
+    def flush(self, transport: str, *, stop: asyncio.Event | None = None) -> SendReceiveSummary:
         """Send everything waiting for one transport now, ignoring backoff (and offline mode)."""
-        return self._run(self._flush(transport))
+        return self._run(self._flush(transport, stop))
 
     def validate_state(self) -> None:
         self._run(self._validate_state())

@@ -89,13 +89,21 @@ def test_init_default_profile_and_version(tmp_path: Path) -> None:
     assert postroom("init", empty, "--empty").returncode == 0
     assert as_json(postroom("adrtypes", "--json", profile=empty)) == []
 
-    # No --profile: POSTROOM_PROFILE names the default profile, created on first use.
-    default = tmp_path / "fresh-default"
-    first = postroom("folders", "--json", env={"POSTROOM_PROFILE": str(default)})
+    # No --profile and no POSTROOM_PROFILE: the default profile, created on first use.
+    data_home = tmp_path / "data-home"
+    first = postroom("folders", "--json", env={"XDG_DATA_HOME": str(data_home)})
     assert first.returncode == 0, first.stderr
     assert {"Inbox", "Outbox", "Sent Items", "Deleted Items"} <= {f["name"] for f in as_json(first)}
-    assert (default / "profile.toml").is_file()
+    assert (data_home / "postroom" / "profiles" / "default" / "profile.toml").is_file()
     assert "created the default profile" in first.stderr
+    # A mistyped POSTROOM_PROFILE is refused like a mistyped --profile: no new, empty profile.
+    typo = tmp_path / "typo-profile"
+    one_line_error(
+        postroom("folders", env={"POSTROOM_PROFILE": str(typo)}), "MAPI_E_NOT_FOUND", "POSTROOM_PROFILE names"
+    )
+    assert not typo.exists()
+    named = postroom("folders", "--json", env={"POSTROOM_PROFILE": str(target)})
+    assert named.returncode == 0 and "created" not in named.stderr
 
     version = postroom("--version")
     assert version.returncode == 0 and "0.1.0" in version.stdout

@@ -91,6 +91,10 @@ def test_store_migrate_on_the_embedded_store(tmp_path: Path, capsys: pytest.Capt
     assert run(["--profile", str(profile.directory), "--json", "store", "migrate"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["kind"] == "sqlite" and doc["changed"] is False and doc["schema"] == doc["schema_before"]
+    # A mistyped --store never creates the directories it names.
+    typo = tmp_path / "no" / "such" / "dir" / "store.sqlite"
+    assert run(["--profile", str(profile.directory), "store", "migrate", "--store", str(typo)]) == 2
+    assert "MAPI_E_NOT_FOUND" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 @needs_pg

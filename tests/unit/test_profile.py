@@ -114,7 +114,7 @@ def test_service_errors(tmp_path: Path) -> None:
 
 def test_default_profile_is_created_on_first_use_with_a_maildir_transport(tmp_path: Path) -> None:
     p = Profile.open_or_create(None)
-    assert p.directory == default_profile_dir() == tmp_path / "default-profile"
+    assert p.directory == default_profile_dir() == tmp_path / "xdg" / "postroom" / "profiles" / "default"
     assert [(s.kind, s.name, s.options["domains"]) for s in p.services] == [("maildir", "local", ["localhost"])]
     with pytest.raises(MAPIError) as err:
         Profile.open_or_create(tmp_path / "nowhere")

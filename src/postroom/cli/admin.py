@@ -11,10 +11,12 @@ from typing import Any
 import click
 
 from ..mapi.flags import ResourceType, StatusCode
+from ..pidfile import running_daemon
 from ..profile import Profile, Service, transport_kinds
 from ..spooler.policy import POLICY_HELP, DeliveryPolicy
 from .context import App, json_option, pass_app
 from .output import redact, when
+from .spool import owner_pid
 
 
 def service_data(service: Service, position: int | None = None) -> dict[str, Any]:
@@ -548,8 +550,6 @@ def status(app: App, here: bool) -> None:
     is where the transports really work. Otherwise (or with --here) this command logs the
     transports on itself. Either way a line says who published the table and when.
     """
-    from .spool import owner_pid, running_daemon
-
     session = app.session()
     published = session.store.status_rows()  # before our own logon replaces it
     daemon = running_daemon(session.profile.directory)

@@ -115,6 +115,14 @@ def quiet_library_logs() -> None:
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
+def _interrupted_or(code: int) -> int:
+    """A command whose work a signal cut short exits 130, after saying what it did get done."""
+    if App.current is not None and App.current.interrupted and code in (EXIT_OK, 1):
+        click.echo("postroom: interrupted; what was in flight finished, the rest waits in the queue", err=True)
+        return EXIT_INTERRUPTED
+    return code
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code.
 
@@ -125,12 +133,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     quiet_library_logs()
     try:
         result = cli.main(args=list(argv) if argv is not None else None, prog_name="postroom", standalone_mode=False)
-        return result if isinstance(result, int) else EXIT_OK
+        code = result if isinstance(result, int) else EXIT_OK
+        return _interrupted_or(code)
+    except click.exceptions.Exit as exc:
+        return _interrupted_or(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
         return EXIT_OK
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("postroom: interrupted", err=True)
         return EXIT_INTERRUPTED

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
-from ..profile import PROFILE_FILE, Profile, default_profile_dir
+from ..profile import PROFILE_FILE, Profile, default_profile_dir, environment_profile_dir
 from ..session import Session, logon
 from .output import Output
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 class CliError(click.ClickException):
@@ -31,6 +36,7 @@ class App:
         self.profile_dir = profile_dir
         self.out = Output(json_mode)
         self._session: Session | None = None
+        self.interrupted = False  # a signal stopped the command's work early (exit 130 at the end)
         App.current = self
 
     @property
@@ -42,9 +48,11 @@ class App:
         return self.profile_dir if self.profile_dir is not None else default_profile_dir()
 
     def profile(self) -> Profile:
-        """--profile must name an existing profile; the default one is created on first use."""
+        """--profile and POSTROOM_PROFILE must name an existing profile; the default one is created on first use."""
         if self.profile_dir is not None:
             return Profile.load(self.profile_dir)
+        if environment_profile_dir() is not None:
+            return Profile.load_from_environment()
         directory = default_profile_dir()
         if (directory / PROFILE_FILE).exists():
             return Profile.load(directory)
@@ -87,3 +95,43 @@ def json_option(fn: F) -> F:
         callback=_set_json,
         help="Machine output: one JSON document on stdout.",
     )(fn)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM set `stop` (on the running event loop, thread-safely) instead of killing.
+
+    A second Ctrl-C gives up waiting for the work in flight (KeyboardInterrupt, exit 130).
+    Yields the list of signals received.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+        try:
+            loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the loop
+        except RuntimeError:
+            stop.set()  # between loop runs: nobody is waiting on the event yet
+        else:
+            loop.call_soon_threadsafe(stop.set)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def interruptible(app: App, work: Callable[[asyncio.Event], R]) -> R:
+    """Run `work(stop)` with SIGINT and SIGTERM setting `stop`: what is in flight finishes, nothing new
+    starts, every claim is given back. Then the command says so and exits 130 (interrupted), after
+    `work`'s result was used by the caller; a second Ctrl-C gives up waiting (KeyboardInterrupt)."""
+    stop = asyncio.Event()
+    with stop_on_signals(stop) as received:
+        result = work(stop)
+    if received:
+        app.interrupted = True
+    return result

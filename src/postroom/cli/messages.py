@@ -18,10 +18,17 @@ from .output import jsonable, next_try, when
 from .props import message_props, prop_rows
 
 
-def queue_state(q: QueueEntry) -> str:
-    """queued / held / locked by a spooler, in words."""
+def lease_ran_out(q: QueueEntry, now: datetime) -> bool:
+    """Locked, but the claim was not renewed in time: its spooler stopped; the next one takes it over."""
+    return q.locked and q.lease_until is not None and q.lease_until < now
+
+
+def queue_state(q: QueueEntry, now: datetime) -> str:
+    """queued / held / locked by a spooler / being taken back, in words."""
     if q.state is QueueState.HELD:
         return "held"
+    if lease_ran_out(q, now):
+        return "being taken back"
     if q.locked:
         return f"locked by {q.lease_owner}" if q.lease_owner else "locked"
     return q.state.value
@@ -31,6 +38,8 @@ def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
     """Why a queued message is not being sent now, and until when."""
     if q.state is QueueState.HELD:
         return f"held: {q.hold_reason or 'by an operator'} (`postroom release {q.id}`)"
+    if lease_ran_out(q, now):
+        return f"being taken back: the lease of {q.lease_owner} ran out (`cancel`, `retry` act at once)"
     if q.locked:
         return "being delivered now"
     if q.waiting_for is WaitKind.SEND_RECEIVE:
@@ -96,7 +105,7 @@ def queue(app: App) -> None:
             [
                 str(q.id),
                 when(q.submit_time),
-                queue_state(q),
+                queue_state(q, now),
                 waiting_text(q, now, mode),
                 str(q.attempts),
                 f"{q.pending}/{q.recipients}",

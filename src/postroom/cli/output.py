@@ -104,6 +104,10 @@ class Output:
         click.echo(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
 
     # --- human output -------------------------------------------------------------------------
+    def json_line(self, data: Any) -> None:
+        """One JSON object on one line, flushed at once (a stream a program reads as it goes)."""
+        click.echo(json.dumps(jsonable(data), ensure_ascii=False))
+
     def echo(self, text: str = "", *, style: str | None = None) -> None:
         if self.rich:
             from rich.text import Text

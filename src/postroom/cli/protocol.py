@@ -12,14 +12,14 @@ from typing import Any, TypeVar
 import click
 
 from ..mapi.codes import HResult, MAPIError
+from ..pidfile import running_daemon
 from ..protocol import DEFAULT_GROUP, GroupSettings, SendReceiveGroup, find_group, load_groups, save_group
 from ..session import Session
 from ..spooler import LoadedTransport
 from ..store import MessageSummary, WaitKind
-from .context import App, json_option, pass_app
+from .context import App, interruptible, json_option, pass_app, stop_on_signals
 from .output import jsonable, when
 from .queueops import flush_counts, flush_data, flush_lines
-from .spool import running_daemon, stop_on_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -173,7 +173,12 @@ def sendreceive(ctx: click.Context, app: App, group_name: str | None, send_only:
     settings = group.settings(mode)
     members = group.members(session.profile)
     with _Progress(app, members) as progress:
-        summary = session.send_receive(group.name, upload=not receive_only, download=not send_only, progress=progress)
+        summary = interruptible(
+            app,
+            lambda stop: session.send_receive(
+                group.name, upload=not receive_only, download=not send_only, progress=progress, stop=stop
+            ),
+        )
         for t in summary.transports:
             if t.error:
                 progress.set(t.transport, f"failed: {t.error}")

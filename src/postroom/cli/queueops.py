@@ -9,11 +9,11 @@ from typing import Any
 import click
 
 from ..mapi.codes import MAPIError
+from ..pidfile import running_daemon
 from ..protocol import SendReceiveSummary, TransportFlush
 from ..session import Session
 from ..store import QueueEntry, QueueState, WaitKind
-from .context import App, json_option, pass_app
-from .spool import running_daemon
+from .context import App, interruptible, json_option, pass_app
 
 
 def _who_sends(session: Session) -> str:
@@ -203,7 +203,7 @@ def flush(ctx: click.Context, app: App, transport: str) -> None:
     Send/Receive does for one transport). Exit code 1 when something failed.
     """
     session = app.session()
-    summary = session.flush(transport)
+    summary = interruptible(app, lambda stop: session.flush(transport, stop=stop))
     if app.json:
         app.out.document(flush_data(summary))
     else:

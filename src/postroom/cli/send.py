@@ -16,7 +16,7 @@ from ..mapi.flags import RecipientType, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..session import Draft, Session
 from ..spooler import MessageResult, PassSummary
-from .context import App, CliError, json_option, pass_app
+from .context import App, CliError, interruptible, json_option, pass_app
 from .messages import recipient_rows, waiting_detail
 from .output import when
 
@@ -300,7 +300,7 @@ def send(
         app.out.echo("Run `postroom spooler --once` to deliver it, `postroom queue` to see it.")
         return
 
-    summary = session.deliver()
+    summary = interruptible(app, lambda stop: session.deliver(stop=stop))
     failed = _report_delivery(app, session, mid, draft.data.recipients, summary)
     if failed:
         ctx.exit(1)

@@ -3,87 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import socket
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
-from ..mapi.codes import HResult, MAPIError
+from ..pidfile import DaemonPidFile
 from ..spooler import PassSummary
-from .context import App, json_option, pass_app
-
-PID_FILE = "spooler.pid"
-
-
-# --- signals -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event) -> Iterator[list[int]]:
-    """SIGINT and SIGTERM set `stop` (on the running event loop, thread-safely) instead of killing.
-
-    A second Ctrl-C gives up waiting for the work in flight (KeyboardInterrupt, exit 130).
-    Yields the list of signals received.
-    """
-    received: list[int] = []
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(signum)
-        try:
-            loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the loop
-        except RuntimeError:
-            stop.set()  # between loop runs: nobody is waiting on the event yet
-        else:
-            loop.call_soon_threadsafe(stop.set)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
+from .context import App, interruptible, json_option, pass_app, stop_on_signals
 
 # --- the pid file ------------------------------------------------------------------------------
-
-
-def pid_file(profile_dir: Path) -> Path:
-    return profile_dir / PID_FILE
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def running_daemon(profile_dir: Path) -> int | None:
-    """The pid of the spooler daemon running on this profile (from its pid file), if alive."""
-    pid = read_pid(pid_file(profile_dir))
-    return pid if pid is not None and pid != os.getpid() and pid_alive(pid) else None
 
 
 def owner_pid(owner: str) -> int | None:
@@ -93,44 +24,6 @@ def owner_pid(owner: str) -> int | None:
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
     return int(pid_text)
-
-
-def _write_pid(path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
-    os.replace(tmp, path)
-
-
-def acquire_pid_file(path: Path, force: bool) -> str | None:
-    """Write our pid; refuse (MAPI_E_BUSY) when a live daemon holds the file, unless `force`.
-
-    Returns a note for the user when a stale or overridden file was replaced.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        pid = read_pid(path)
-        alive = pid is not None and pid != os.getpid() and pid_alive(pid)
-        if alive and not force:
-            raise MAPIError(
-                HResult.MAPI_E_BUSY,
-                f"a spooler daemon is already running on this profile (pid {pid}, {path}); "
-                "stop it first, or use --force to start another one anyway",
-            ) from None
-        _write_pid(path)
-        if alive:
-            return f"started although the spooler daemon {pid} is running (--force)"
-        return f"replaced a stale pid file (pid {pid} is not running)" if pid is not None else None
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(f"{os.getpid()}\n")
-    return None
-
-
-def release_pid_file(path: Path) -> None:
-    """Remove the pid file if it is still ours."""
-    if read_pid(path) == os.getpid():
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -183,7 +76,7 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
     """
     if once:
         session = app.session()
-        summary = session.deliver()
+        summary = interruptible(app, lambda stop: session.deliver(stop=stop))
         if app.json:
             app.out.document(summary_data(summary))
         else:
@@ -213,26 +106,24 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
         nonlocal passes
         passes += 1
         totals.merge(summary)
-        if not app.json:
+        if app.json:
+            app.out.json_line({"pass": passes, "time": datetime.now().astimezone(), **summary_data(summary)})
+        else:
             app.out.echo(f"{datetime.now().strftime('%H:%M:%S')} {summary_line(summary)}")
 
     # The handlers go in first: a SIGTERM while the transports log on still stops cleanly.
     with stop_on_signals(stop):
         session = app.session()
-        path = pid_file(session.profile.directory)
-        note = acquire_pid_file(path, force)
-        try:
-            if note:
-                click.echo(f"postroom: {note}", err=True)
+        with DaemonPidFile(session.profile.directory, force) as held:
+            if held.note:
+                click.echo(f"postroom: {held.note}", err=True)
             if not app.json:
                 app.out.echo(
                     f"Spooler running on {session.profile.directory} ({session.mode}, pid {os.getpid()}); "
                     "Ctrl-C or SIGTERM stops it."
                 )
             session.run_spooler(stop, on_pass=on_pass)
-        finally:
-            release_pid_file(path)
-    if app.json:
-        app.out.document({"passes": passes, **summary_data(totals)})
+    if app.json:  # the last line: the totals
+        app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:
         app.out.echo(f"Spooler stopped after {passes} pass(es): {summary_line(totals)}.")

@@ -189,6 +189,7 @@ class OutboundProcessor:
         self.commit = GroupCommit(store)
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
+        self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
         self._ref = 0
 
     async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -232,6 +233,9 @@ class OutboundProcessor:
         self.in_flight.add(message_id)
         try:
             return await self._process(message_id)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self._give_back(message_id)
+            raise
         finally:
             try:
                 if self._unflushed.get(message_id):  # an error cut the pass short: outcomes are kept anyway
@@ -245,6 +249,23 @@ class OutboundProcessor:
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
+
+    def _give_back(self, message_id: int) -> None:
+        """Interrupted (Ctrl-C, a cancelled task): keep what transports said, and return the claim
+        at once instead of letting the lease run out. When a transport call was cut short, nobody
+        knows whether it sent the message: the next claim applies the crash policy to it.
+
+        Plain store calls, not the group commit: the event loop may be shutting down."""
+        unknown = message_id in self._calling
+        self._calling.discard(message_id)
+        try:
+            outcomes = self._take(message_id)
+            if outcomes:
+                self.store.record_outcomes(message_id, self.owner, outcomes, self.clock())
+            reason = "interrupted" + (" while a transport was sending it: outcome unknown" if unknown else "")
+            self.store.give_back(message_id, self.owner, self.clock(), reason, unknown)
+        except (LeaseLost, MAPIError) as exc:  # taken over already, or the store is unreachable
+            log.warning("could not give message %s back: %s; its lease runs out instead", message_id, exc)
 
     async def _renew_lease(self, message_id: int) -> None:
         """Keep the claim alive while a slow transport works, so nobody else takes the message over."""
@@ -561,6 +582,7 @@ class OutboundProcessor:
             await self._flush(message_id)  # earlier answers are durable before the next transport is called
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
             policy = self.policy_of(transport)
+            self._calling.add(message_id)
             try:
                 answer: SubmitResult | None = await call_transport(
                     logon.submit_message, view, BEGIN_DEFERRED if deferred else 0
@@ -571,6 +593,7 @@ class OutboundProcessor:
                 if answer.code == HResult.S_OK:
                     end = EndMessageFlags(await call_transport(logon.end_message, view.ref) or 0)
             except Exception as exc:  # a transport's bug fails this message for that transport alone
+                self._calling.discard(message_id)
                 summary = error_summary(exc)
                 log.warning("transport %s raised on message %s: %s", transport.name, message_id, summary)
                 await self.write(
@@ -587,7 +610,8 @@ class OutboundProcessor:
             words = {r.row_id: r.temporary for r in view.recipients if r.temporary}
             for p in mine:
                 p.detail = words.get(p.recipient.row_id, "")
-            if answer.code != HResult.S_OK:
+            if answer.code != HResult.S_OK:  # every mark of the call is discarded: nothing was sent
+                self._calling.discard(message_id)
                 return await self._whole_message_answer(message_id, transport, mine, answer, attempt), done
             if self._breaker(transport.name, _epoch(self.clock())):
                 state = await self.write(self.store.update_breaker_state, transport.name, breaker_closed, self.clock())
@@ -595,6 +619,7 @@ class OutboundProcessor:
                 transport.status.set(remove=StatusCode.FAILURE, text="available")
 
             handled = await self._record_marks(message, message_id, transport, view, result)
+            self._calling.discard(message_id)  # the answers are stashed: written by any later store write
             result.count(transport.name, Fate.DELIVERED, sum(1 for r in handled if r.mark and r.mark.delivered))
             result.count(transport.name, Fate.FAILED, sum(1 for r in handled if r.mark and not r.mark.delivered))
             handled_rows = {r.row_id for r in handled}

@@ -118,6 +118,7 @@ class QueueEntry:
     hold_reason: str | None = None
     #: The transports its pending recipients wait for (in recipient order), once each.
     waiting_transports: tuple[str, ...] = ()
+    lease_until: datetime | None = None  # while locked: when the claim runs out unless renewed
 
 
 @dataclass
@@ -284,6 +285,10 @@ class MessageStore(abc.ABC):
     @abc.abstractmethod
     def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
         """Lock up to `limit` due messages for `owner` (SUBMITFLAG_LOCKED), oldest first."""
+
+    @abc.abstractmethod
+    def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
+        """Return a claimed message unfinished (the spooler was interrupted); due at once."""
 
     @abc.abstractmethod
     def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:

@@ -268,6 +268,9 @@ def migrate(target: str | os.PathLike[str], *, password_env: str | None = None) 
             store.close()
     from .sqlite import SQLiteStore
 
+    folder = Path(target).expanduser().parent
+    if not folder.is_dir():  # a typo in --store must not leave a tree of new directories behind
+        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no directory {folder} for the SQLite store {target}")
     before = sqlite_version(target)
     SQLiteStore(target).close()
     return MigrationReport(str(target), "sqlite", before, LATEST)

@@ -607,10 +607,18 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             raise MAPIError(HResult.MAPI_E_NOT_IN_QUEUE, f"message {message_id} is not in the outgoing queue{why}")
         return row
 
+    def _locked_now(self, db: DB, message_id: int, owner: str | None, now: datetime) -> bool:
+        """Whether a live claim holds the message. A claim whose lease ran out is being taken back:
+        an operator's command may take it over at once (its holder stopped, or lost its turn)."""
+        if owner is None:
+            return False
+        row = db.execute("SELECT lease_until FROM messages WHERE id=?", (message_id,)).fetchone()
+        return row is None or row[0] is None or float(row[0]) >= (to_epoch(now) or 0.0)
+
     def abort_submit(self, message_id: int, now: datetime) -> None:
         with self._tx() as db:
             _, owner = self._queued(db, message_id, why=" (already sent, or never submitted)")
-            if owner is not None:
+            if self._locked_now(db, message_id, owner, now):
                 raise MAPIError(
                     HResult.MAPI_E_UNABLE_TO_ABORT,
                     f"message {message_id} is locked by spooler {owner} and cannot be aborted now",
@@ -618,8 +626,27 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             props = self._load_props(db, message_id)
             flags = int(props.get(T.PR_MESSAGE_FLAGS, 0)) & ~MessageFlags.SUBMIT
             self._insert_props(db, "props", (message_id,), {T.PR_MESSAGE_FLAGS: flags})
-            db.execute("UPDATE messages SET queue_state=NULL, next_attempt=NULL WHERE id=?", (message_id,))
-            self._event(db, message_id, now, "aborted", "submission aborted (AbortSubmit)")
+            db.execute(
+                "UPDATE messages SET queue_state=NULL, next_attempt=NULL, lease_owner=NULL, lease_until=NULL "
+                "WHERE id=?",
+                (message_id,),
+            )
+            taken = f"; taken back from spooler {owner}, whose lease had run out" if owner else ""
+            self._event(db, message_id, now, "aborted", f"submission aborted (AbortSubmit){taken}")
+
+    def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
+        """An interrupted spooler returns a claimed message, due at once. With `outcome_unknown` (a
+        transport call was cut short) the next claim treats it as taken over from a crashed spooler,
+        so the profile's crash_policy decides whether it is sent again."""
+        with self._tx() as db:
+            self._check_owner(db, message_id, owner)
+            db.execute(
+                "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=NULL, wait_kind=NULL, "
+                "prev_owner=? WHERE id=?",
+                (self._text(owner) if outcome_unknown else None, message_id),
+            )
+            self._event(db, message_id, now, "given-back", reason)
+        self._publish("queue", message_id=message_id)
 
     # --- the outgoing queue ------------------------------------------------------------------
     def queue(self, only: int | None = None) -> list[QueueEntry]:
@@ -627,7 +654,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             return []
         sql = (
             "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
-            "m.wait_kind, m.prev_owner, m.hold_reason, "
+            "m.wait_kind, m.prev_owner, m.hold_reason, m.lease_until, "
             + self._QUEUE_SHOWN
             + ", (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
@@ -649,7 +676,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             if name not in names:
                 names.append(name)
         out = []
-        for mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, *shown, pending, total in self._q(
+        for mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, until, *shown, pending, total in self._q(
             sql, (only,) if only is not None else ()
         ):
             subject, to = self._shown(shown)
@@ -672,6 +699,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                     pending=int(pending),
                     recipients=int(total),
                     waiting_transports=tuple(transports.get(int(mid), ())),
+                    lease_until=from_epoch(until) if owner is not None else None,
                 )
             )
         return out
@@ -823,7 +851,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             state, holder = self._queued(db, message_id)
             if state == QueueState.HELD.value:
                 raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is already held")
-            if holder is not None and holder != owner:
+            if holder != owner and self._locked_now(db, message_id, holder, now):
                 raise MAPIError(
                     HResult.MAPI_E_UNABLE_TO_ABORT, f"message {message_id} is being delivered by {holder}; try again"
                 )
@@ -882,8 +910,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                     raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first")
                 cur = db.execute(
                     "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                    "AND lease_owner IS NULL AND id=?",
-                    (message_id,),
+                    "AND (lease_owner IS NULL OR lease_until < ?) AND id=?",
+                    (to_epoch(now), message_id),
                 )
                 ids = db.execute(
                     "SELECT id FROM messages WHERE queue_state='queued' AND id=?", (message_id,)
@@ -892,7 +920,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 # "retry --all" never sends a scheduled (deferred-send) message early; "retry ID" forces it.
                 cur = db.execute(
                     "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                    "AND lease_owner IS NULL AND coalesce(wait_kind, '') != 'scheduled'"
+                    "AND (lease_owner IS NULL OR lease_until < ?) AND coalesce(wait_kind, '') != 'scheduled'",
+                    (to_epoch(now),),
                 )
                 ids = db.execute("SELECT id FROM messages WHERE queue_state='queued' ORDER BY id").fetchall()
             count = cur.rowcount
@@ -908,8 +937,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             marks = ", ".join("?" for _ in kinds)
             cur = db.execute(
                 f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                f"AND lease_owner IS NULL AND wait_kind IN ({marks})",
-                [k.value for k in kinds],
+                f"AND (lease_owner IS NULL OR lease_until < ?) AND wait_kind IN ({marks})",
+                [to_epoch(now), *(k.value for k in kinds)],
             )
             woken = cur.rowcount
         if woken:
@@ -923,10 +952,10 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                "AND lease_owner IS NULL AND coalesce(wait_kind, '') != 'scheduled' AND EXISTS ("
+                "AND (lease_owner IS NULL OR lease_until < ?) AND coalesce(wait_kind, '') != 'scheduled' AND EXISTS ("
                 " SELECT 1 FROM recipients r WHERE r.message_id=messages.id AND r.state='pending'"
                 f" AND (r.waiting_for IS NULL OR lower(r.waiting_for) IN ({marks})))",
-                [t.lower() for t in transports],
+                [to_epoch(now), *(t.lower() for t in transports)],
             )
             woken = cur.rowcount
         if woken:
