@@ -364,6 +364,7 @@ class ProtocolManager:
         table = self.core.transports
         table.listeners.append(self._transport_notified)
         await table.logon_all(self.logon_flags)
+        table.remember_errors(row for name, row, _, _ in self.store.status_rows())
         now = self.core.clock()
         self.schedule.reset(load_groups(self.core.profile), self.mode, now)
         if not self.offline:
@@ -533,8 +534,6 @@ class ProtocolManager:
                 if error:
                     self.flushing.discard(t.name)
                     summary.entry(t.name).error = error
-                    if progress:
-                        progress("failed", t, error)
                     continue
                 ready.append(t)
             if upload and ready:
@@ -589,8 +588,6 @@ class ProtocolManager:
         for t in ready:  # a transport that went into failure while sending (server down, misconfigured)
             if t.status.status_code & StatusCode.FAILURE and t.status.last_error_time != errors_before[t.name]:
                 summary.entry(t.name).error = t.status.last_error
-                if progress:
-                    progress("failed", t, t.status.last_error)
 
     async def _download(self, t: LoadedTransport, entry: TransportFlush, progress: Progress | None) -> None:
         assert t.logon is not None
@@ -601,8 +598,6 @@ class ProtocolManager:
             got = await self.receive_from(t)
             entry.received += got.received
             entry.error = entry.error or got.error
-            if got.error and progress:
-                progress("failed", t, got.error)
         finally:
             if t.logon is not None:
                 t.logon.transport_notify(NotifyFlags.END_INBOUND_FLUSH)

@@ -323,24 +323,26 @@ def test_timeout_kills_and_waits(tmp_path: Path) -> None:
     assert msg.recipients[0].mark is None
 
 
-def test_missing_command_is_a_network_error(tmp_path: Path) -> None:
+def test_missing_command_is_a_configuration_error_not_a_network_error(tmp_path: Path) -> None:
+    """Retrying every few minutes for days cannot bring a program into being: the messages wait,
+    and the transport's status row says why, until the profile changes."""
     logon = make_logon(tmp_path, command=[str(tmp_path / "no-such-program"), "--flag"])
     msg = make_message(rcpt("+1"))
     result = submit(logon, msg)
-    assert result.code == HResult.MAPI_E_NETWORK_ERROR
-    assert result.wait_seconds == 300
+    assert result.code == HResult.MAPI_E_UNCONFIGURED
     assert result.reason.startswith("cannot run ")
+    assert logon.status.last_error == result.reason
     assert "no-such-program" in result.reason
     assert msg.recipients[0].mark is None
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
-def test_non_executable_command_is_a_network_error(tmp_path: Path) -> None:
+def test_non_executable_command_is_a_configuration_error(tmp_path: Path) -> None:
     prog = script(tmp_path, "not-executable.sh", "#!/bin/sh\nexit 0\n")
     prog.chmod(0o644)
     logon = make_logon(tmp_path, command=[str(prog)])
     result = submit(logon, make_message(rcpt("+1")))
-    assert result.code == HResult.MAPI_E_NETWORK_ERROR
+    assert result.code == HResult.MAPI_E_UNCONFIGURED
     assert result.reason.startswith("cannot run ")
 
 
@@ -354,3 +356,15 @@ def test_shell_script_command(tmp_path: Path) -> None:
     assert submit(logon, msg).code == HResult.S_OK
     assert email.message_from_bytes(out.read_bytes(), policy=email.policy.default)["Subject"] == "Shell"
     assert Path(f"{out}.args").read_text() == "+1 +2\n"
+
+
+def test_service_add_refuses_a_command_that_is_missing_or_not_executable(tmp_path: Path) -> None:
+    missing = PipeProvider.setup_problems({"command": [str(tmp_path / "nope")], "address_types": "FAX"}, tmp_path)
+    assert missing == [f"the command {str(tmp_path / 'nope')!r} was not found"]
+    prog = script(tmp_path, "plain.sh", "#!/bin/sh\nexit 0\n")
+    prog.chmod(0o644)
+    assert PipeProvider.setup_problems({"command": [str(prog)], "address_types": "FAX"}, tmp_path) == [
+        f"the command {str(prog)!r} is not executable"
+    ]
+    prog.chmod(0o755)
+    assert PipeProvider.setup_problems({"command": [str(prog)], "address_types": "FAX"}, tmp_path) == []

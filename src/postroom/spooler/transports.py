@@ -12,8 +12,9 @@ import contextlib
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +51,15 @@ def error_summary(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def keep_last_error(before: StatusRow, after: StatusRow) -> None:
+    """A new logon's row keeps the old row's last error (and failure) until a success clears it."""
+    if after is before or after.last_error or not before.last_error:
+        return
+    after.last_error, after.last_error_time = before.last_error, before.last_error_time
+    if before.status_code & StatusCode.FAILURE:
+        after.set(add=StatusCode.FAILURE)
 
 
 @dataclass
@@ -177,7 +187,28 @@ class TransportTable:
                         | NotifyFlags.END_OUTBOUND_FLUSH
                     )
 
+    def remember_errors(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Carry the last errors of published status rows (an earlier process's) into this table's
+        rows: a status row keeps its last error until a later success clears it."""
+        by_name = {str(r.get("display_name", "")).lower(): r for r in rows}
+        for t in self.transports:
+            row = by_name.get(t.name.lower())
+            if row is None or not row.get("last_error") or t.status.last_error:
+                continue
+            t.status.last_error = str(row["last_error"])
+            when = row.get("last_error_time")
+            t.status.last_error_time = datetime.fromisoformat(when) if isinstance(when, str) else None
+            if int(row.get("status_code", 0)) & StatusCode.FAILURE:
+                t.status.set(add=StatusCode.FAILURE)
+
     async def _logon(self, t: LoadedTransport, flags: LogonFlags) -> None:
+        previous = t.status
+        try:
+            await self._logon_once(t, flags)
+        finally:
+            keep_last_error(previous, t.status)
+
+    async def _logon_once(self, t: LoadedTransport, flags: LogonFlags) -> None:
         t.status = StatusRow(t.name, t.service.kind, int(ResourceType.TRANSPORT_PROVIDER))
         try:
             cls = provider_class(t.service.kind)
@@ -238,7 +269,7 @@ class TransportTable:
             except Exception as exc:
                 log.warning("transport %s: logoff raised %s", t.name, error_summary(exc))
             t.logon = None
-            t.status.set(code=StatusCode.OFFLINE, text="logged off")
+            t.status.set(code=StatusCode.OFFLINE | (t.status.status_code & StatusCode.FAILURE), text="logged off")
         if t.provider is not None:
             try:
                 await call_transport(t.provider.shutdown)

@@ -87,7 +87,7 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import AttachMethod, LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import Attachment, MessageData
 from .options import boolean as _boolean
-from .options import client_tls_context, read_password
+from .options import client_tls_context, read_password, setup_problems
 from .options import invalid as _invalid
 from .options import number as _number
 from .options import path as _path
@@ -1043,6 +1043,10 @@ class IMAPProvider(TransportProvider):
             raise _invalid(f"option 'idle_seconds' must be at most {MAX_IDLE_SECONDS:g}, not {idle_seconds:g}")
         out["idle_seconds"] = idle_seconds
         return out
+
+    @classmethod
+    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
+        return setup_problems(cls.validate_options(options), profile_dir)
 
     def logon(self, flags: LogonFlags) -> IMAPLogon:
         config = IMAPConfig.from_options(self.context.options, self.context.profile_dir)

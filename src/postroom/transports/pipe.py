@@ -8,8 +8,9 @@ the message (CRLF line ends) on its standard input. Its exit status decides:
 * 75 (EX_TEMPFAIL): try the whole message again later;
 * anything else: every recipient failed, with the command's standard error as the NDR text.
 
-A command that cannot be started at all is a configuration problem: the message waits and
-the spooler retries it later, so mail is not lost while someone fixes the profile.
+A command that cannot be started at all is a configuration problem: `service add` refuses it,
+and at delivery the transport goes into failure and its messages wait (MAPI_E_UNCONFIGURED)
+until the profile changes or the program appears, so mail is not lost while someone fixes it.
 
 Options:
 
@@ -30,6 +31,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import mime
@@ -50,7 +52,6 @@ from .spi import (
 DEFAULT_TIMEOUT = 60.0
 EX_TEMPFAIL = 75
 RETRY_SECONDS = 60
-CANNOT_RUN_RETRY_SECONDS = 300
 #: At most this many characters of the command's standard error go into an NDR.
 MAX_ERROR_TEXT = 2000
 #: At most this many bytes of standard error are kept; the rest is read and dropped.
@@ -174,10 +175,10 @@ class PipeLogon(TransportLogon):
         except TimeoutError:
             self.status.failed(f"{self.config.command[0]}: command timed out")
             return SubmitResult.wait(RETRY_SECONDS, "command timed out")
-        except OSError as exc:
+        except OSError as exc:  # no such program, or not executable: waiting until it is fixed
             text = f"cannot run {self.config.command[0]!r}: {exc.strerror or exc}"
             self.status.failed(text)
-            return SubmitResult.network_error(CANNOT_RUN_RETRY_SECONDS, text)
+            return SubmitResult.unconfigured(text)
 
         rc = outcome.returncode
         if rc == 0:
@@ -273,6 +274,15 @@ class PipeProvider(TransportProvider):
             address_types = list(dict.fromkeys(types))
         timeout = _parse_timeout(opts.get("timeout", DEFAULT_TIMEOUT))
         return {"command": command, "address_types": address_types, "timeout": timeout}
+
+    @classmethod
+    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
+        program = cls.validate_options(options)["command"][0]
+        found = shutil.which(program)
+        if found is None:
+            exists = os.path.sep in program and os.path.exists(program)
+            return [f"the command {program!r} " + ("is not executable" if exists else "was not found")]
+        return []
 
     def logon(self, flags: LogonFlags) -> PipeLogon:
         return PipeLogon(self, flags, PipeConfig.from_options(self.context.options))

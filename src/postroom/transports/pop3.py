@@ -53,6 +53,7 @@ from .imap import (
     validate_server_options,
 )
 from .options import boolean as _boolean
+from .options import setup_problems
 from .spi import TransportProvider
 
 #: poplib refuses lines longer than 2048 bytes; real mail has longer ones (RFC 5322's 998 is
@@ -271,6 +272,10 @@ class POP3Provider(TransportProvider):
         out = validate_server_options(opts, default_ports={"tls": 995, "starttls": 110, "none": 110}, protocol="POP3")
         out["leave_on_server"] = _boolean("leave_on_server", opts.get("leave_on_server", True))
         return out
+
+    @classmethod
+    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
+        return setup_problems(cls.validate_options(options), profile_dir)
 
     def logon(self, flags: LogonFlags) -> POP3Logon:
         config = POP3Config.from_options(self.context.options, self.context.profile_dir)

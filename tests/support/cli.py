@@ -1,0 +1,64 @@
+"""Running the `postroom` command in a subprocess, as a user would, and reading what it said."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def argv(profile: Path | None, *args: str | Path) -> list[str]:
+    head = [sys.executable, "-m", "postroom"]
+    if profile is not None:
+        head += ["--profile", str(profile)]
+    return head + [str(a) for a in args]
+
+
+def environment(env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment with `env` applied (a None value removes the variable)."""
+    out = {**os.environ, "POSTROOM_DEBUG": ""}
+    for key, value in (env or {}).items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def postroom(
+    *args: str | Path, profile: Path | None = None, env: dict[str, str | None] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """One command, to its end; a traceback on stderr is always a bug."""
+    proc = subprocess.run(argv(profile, *args), capture_output=True, text=True, env=environment(env), timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def popen(
+    *args: str | Path, profile: Path | None = None, env: dict[str, str | None] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv(profile, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(env)
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
+    """A failed command: the given exit code and exactly one `postroom: error:` line on stderr."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("postroom: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
