@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from postroom import mime
+from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.flags import StatusCode
 from postroom.mime import RAW_ATTACHMENT_NAME
+from postroom.transports.imap import IMAPProvider
+from postroom.transports.pop3 import POP3Provider
 
 from support.inbound import inbox, logon, run, session_for, status_row, subjects
 from support.mailservers import FakeIMAPServer, FakePOP3Server, Fault, Mail, running
@@ -112,6 +115,22 @@ def test_a_message_the_server_would_not_return_is_retried_later_and_never_delete
             assert StatusCode.FAILURE not in status_row(session, "in").status_code
             assert session.receive() == 0
             assert shy.fetched == 2 and fine.fetched == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_poll_says_mail_waits_while_a_message_the_server_refused_is_owed(tmp_path: Path, kind: str) -> None:
+    """The spooler daemon receives only when poll() says so: an owed message must say so."""
+    with running(server_for(kind)) as server:
+        server.add(Mail(message("shy"), faults=[Fault.REFUSE]))
+        server.add(Mail(message("fine")))
+        direct = logon(tmp_path, kind, options(server))
+        try:
+            assert [m.subject for m in run(direct)] == ["fine"]
+            assert direct.poll() is True
+            assert [m.subject for m in run(direct)] == ["shy"]
+            assert direct.poll() is False
+        finally:
+            direct.logoff()
 
 
 # --- 4: unparseable mail keeps its exact bytes -----------------------------------------------------------
@@ -240,7 +259,9 @@ def test_an_oversize_message_is_skipped_reported_once_and_left_on_the_server(tmp
             assert not fetched_content_of(server, big)  # its size said enough: never downloaded
             assert not big.deleted and small.deleted
             assert "too large" in direct.status.status_string
+            assert direct.poll() is False
             assert run(direct) == []  # said once; it does not block or repeat
+            assert "too large" in direct.status.status_string  # but the status row still says so
         finally:
             direct.logoff()
         # With a limit it fits, it comes (and only now goes from the server).
@@ -284,3 +305,21 @@ def test_a_pop3_message_far_larger_than_listed_is_cut_off(tmp_path: Path) -> Non
             assert not liar.deleted
             assert server.replies_cut_short(1) == 1  # postroom stopped reading long before the 30 MB were through
             assert server.sent_in_cut_short < 30_000_000
+
+
+def test_the_size_limit_and_the_read_deadline_are_checked_options() -> None:
+    base = {"host": "mail.test", "username": "u", "password_env": "X"}
+    for provider in (IMAPProvider, POP3Provider):
+        checked = provider.validate_options(base)
+        assert checked["max_message_bytes"] == 50 * 1024 * 1024
+        assert checked["read_timeout"] == 120
+        checked = provider.validate_options({**base, "max_message_bytes": "2000000", "read_timeout": "2.5"})
+        assert checked["max_message_bytes"] == 2_000_000 and checked["read_timeout"] == 2.5
+        for bad in ({"max_message_bytes": 50}, {"max_message_bytes": "lots"}, {"max_message_bytes": 1e3 + 0.5}):
+            with pytest.raises(MAPIError) as info:
+                provider.validate_options({**base, **bad})
+            assert info.value.code == HResult.MAPI_E_INVALID_PARAMETER
+            assert "max_message_bytes" in str(info.value)
+        for bad_seconds in (0, -1, "soon"):
+            with pytest.raises(MAPIError, match="read_timeout"):
+                provider.validate_options({**base, "read_timeout": bad_seconds})
