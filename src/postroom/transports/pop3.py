@@ -16,10 +16,11 @@ the server sent it, line endings included, only the dot-stuffing undone.
 The state file, ``.pop3-<service>.json``, holds the messages delivered and still on the server
 (`delivered`) and those reported as too large, with their size (`oversize`). A message is named
 by its UIDL, unless the server gives two messages the same UIDL (it should not, RFC 1939 §7, but
-some do): then each of them is named by the UIDL and a digest of its header (from TOP n 0; from
-the whole message where TOP is refused), so that each is delivered once, and a message whose twin
-has gone keeps its name. (A UIDL that turns up twice only after its first message was delivered
-may bring that one once more: at least once, never lost.)
+some do): then each of them is named by the UIDL and a digest of its header (from TOP n 0), so
+that each is delivered once, and a message whose twin has gone keeps its name. (A UIDL that turns
+up twice only after its first message was delivered may bring that one once more. A server that
+refuses TOP leaves only the size to tell twins apart: twins of the same size are then told apart
+by their order alone, and one could be missed if the other left the server before it came.)
 
 A message's UIDL is recorded as delivered when the spooler asks for the next message in the same
 run (it stored the previous one by then); only then, with ``leave_on_server = false``, is it
@@ -283,14 +284,11 @@ class POP3Logon(InboundLogon[str]):
         self._exchange()
         try:
             _, lines, _ = self._client.top(number, 0)
-            return _digest(b"\r\n".join(lines))
         except poplib.error_proto as exc:
             if _connection_error(exc):
                 raise
-        if size is not None and size > self.config.max_message_bytes:
-            return f"size-{size}"  # never downloaded, never deleted: a name that only keeps it apart
-        self._exchange()
-        return _digest(self._client.retrieve(number))
+            return f"size-{size}"  # TOP is optional (RFC 1939): the size is all there is to go by
+        return _digest(b"\r\n".join(lines))
 
     def _scan(self) -> list[Candidate[str]]:
         if self._numbers or self._deleted:
