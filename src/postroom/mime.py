@@ -34,17 +34,22 @@ never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multip
 report-type=delivery-status (RFC 3464) becomes a ``REPORT.IPM.Note.*`` message with one recipient
 row per per-recipient block (spec §7). The Message-ID of the original message, which MAPI has no
 property for, is stored as its UTF-8 bytes in PR_REPORT_TAG (a postroom convention: the spooler
-finds the original by it); `dsn_original_message_id` reads it from the raw report.
+finds the original by it); `dsn_original_message_id` reads it from the raw report. Whatever
+cannot be converted exactly (no headers at all, a header that is not UTF-8, text not valid in its
+charset, a broken MIME structure) keeps the bytes as received in an ``original-message.eml``
+attachment: a transport may delete the message on the server once it is stored.
 """
 
 from __future__ import annotations
 
+import codecs
 import email.policy
 import mimetypes
 import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from email import errors
 from email.contentmanager import raw_data_manager
 from email.header import Header, decode_header, make_header
 from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
@@ -63,9 +68,11 @@ from .mapi.flags import MAPI_P1, AttachMethod, NDRDiag, NDRReason, RecipientType
 from .mapi.message import Attachment, MessageData, Props, Recipient
 
 __all__ = [
+    "RAW_ATTACHMENT_NAME",
     "dsn_original_message_id",
     "from_mime",
     "needs_smtputf8",
+    "raw_attachment",
     "status_to_ndr",
     "to_bytes",
     "to_bytes_with_flags",
@@ -74,6 +81,10 @@ __all__ = [
 
 SMTP = "SMTP"
 UNPARSEABLE_SUBJECT = "(unparseable message)"
+#: The attachment holding a message exactly as it was received, when converting it lost something.
+RAW_ATTACHMENT_NAME = "original-message.eml"
+#: How much of an unparseable message's text its body shows (all of it is in the attachment).
+_PREVIEW_CHARS = 100_000
 
 # Recipient-row constants not (yet) in postroom.mapi (mapidefs.h): PR_OBJECT_TYPE / PR_DISPLAY_TYPE values.
 _MAPI_MAILUSER = 6
@@ -175,11 +186,32 @@ _WRITE_POLICIES = {
 # --------------------------------------------------------------------------------------
 
 
+def _legacy_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: bytes that are not UTF-8 are read as Windows-1252 (Latin-1 where it
+    has a gap), which is what 8-bit header text that is not UTF-8 almost always is."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    chunk = exc.object[exc.start : exc.end]
+    return "".join(_windows_1252(byte) for byte in chunk), exc.end
+
+
+def _windows_1252(byte: int) -> str:
+    try:
+        return bytes([byte]).decode("cp1252")
+    except UnicodeDecodeError:
+        return chr(byte)
+
+
+_LEGACY_ERRORS = "postroom-legacy-8bit"
+codecs.register_error(_LEGACY_ERRORS, _legacy_bytes)
+
+
 def _scrub(text: str) -> str:
     """Make text encodable as UTF-8: the parser's escaped raw bytes (8-bit or RFC 6532 UTF-8
-    headers) are decoded as UTF-8, anything else unencodable becomes U+FFFD or '?'."""
+    headers) are decoded as UTF-8, bytes that are not UTF-8 as Windows-1252 (`_legacy_bytes`),
+    anything else unencodable becomes '?'."""
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", _LEGACY_ERRORS)
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
 
@@ -638,7 +670,12 @@ def status_to_ndr(enhanced: str) -> tuple[NDRReason, NDRDiag]:
 
 
 def _get_text(part: Message, name: str) -> str:
-    """A header's decoded value, or its raw value if the package chokes on it; '' when absent."""
+    """A header's decoded value, or its raw value if the package chokes on it; '' when absent.
+
+    8-bit text that is not UTF-8 is read by `_scrub` (the package would make it U+FFFD)."""
+    for key, raw in part.raw_items():
+        if key.lower() == name.lower() and _undecodable(str(raw)):
+            return _decode_words(_scrub("".join(str(raw).splitlines())))
     try:
         value = part.get(name)
         return "" if value is None else str(value)
@@ -678,7 +715,7 @@ def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:
         raw = "".join(str(value).splitlines())
         # Python 3.11's phrase parser keeps the blank between two adjacent encoded words, which
         # RFC 2047 §6.2 says to drop (long names are folded exactly so); drop it before parsing.
-        unfolded = _ENCODED_WORD_GAP.sub(r"\1", raw)
+        unfolded = _ENCODED_WORD_GAP.sub(r"\1", _scrub(raw) if _undecodable(raw) else raw)
         try:
             header = _IN_POLICY.header_factory(name, unfolded)
             pairs.extend((str(a.display_name), str(a.addr_spec)) for a in header.addresses)
@@ -722,10 +759,7 @@ def _recipient(name: str, addr: str, kind: int, row_id: int) -> Recipient:
 def _raw_header_block(raw: bytes) -> str:
     ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
     block = raw[: min(ends)] if ends else raw
-    try:
-        return block.decode("utf-8")
-    except UnicodeDecodeError:
-        return block.decode("latin-1")
+    return block.decode("utf-8", _LEGACY_ERRORS)
 
 
 def _serialise(part: Message) -> bytes:
@@ -981,16 +1015,119 @@ def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
             props[T.PR_REPORT_TAG] = original_id.encode("utf-8")
 
 
-def _unparseable(raw: bytes) -> MessageData:
+def raw_attachment(raw: bytes, num: int) -> Attachment:
+    """A message exactly as it was received, as an attachment by value (``original-message.eml``).
+
+    application/octet-stream rather than message/rfc822: the bytes may not be a valid message at all.
+    """
+    return Attachment(
+        props={
+            T.PR_ATTACH_METHOD: int(AttachMethod.BY_VALUE),
+            T.PR_ATTACH_LONG_FILENAME: RAW_ATTACHMENT_NAME,
+            T.PR_ATTACH_FILENAME: RAW_ATTACHMENT_NAME,
+            T.PR_ATTACH_EXTENSION: ".eml",
+            T.PR_ATTACH_MIME_TAG: "application/octet-stream",
+            T.PR_ATTACH_SIZE: len(raw),
+            T.PR_ATTACH_NUM: num,
+            T.PR_RENDERING_POSITION: -1,
+        },
+        num=num,
+        data=raw,
+        size=len(raw),
+    )
+
+
+def _unparseable(raw: bytes, why: str) -> MessageData:
+    text = raw.decode("utf-8", "replace")
+    preview = text[:_PREVIEW_CHARS]
+    more = "\n… (the rest is in the attachment)\n" if len(text) > _PREVIEW_CHARS else ""
     return MessageData(
         props={
             T.PR_MESSAGE_CLASS: "IPM.Note",
             T.PR_SUBJECT: UNPARSEABLE_SUBJECT,
-            T.PR_BODY: raw.decode("utf-8", "replace"),
+            T.PR_BODY: (
+                f"postroom could not read this as an Internet message ({why}). The message as it was "
+                f"received ({len(raw)} bytes) is attached as {RAW_ATTACHMENT_NAME}; its text, as far as "
+                f"it can be shown, follows.\n\n{preview}{more}"
+            ),
             T.PR_MESSAGE_DELIVERY_TIME: datetime.now(UTC),
             T.PR_IMPORTANCE: 1,
             T.PR_PRIORITY: 0,
-        }
+            T.PR_HASATTACH: True,
+        },
+        attachments=[raw_attachment(raw, 0)],
+    )
+
+
+# Defects after which the converted message no longer holds everything the bytes said.
+_LOSSY_DEFECTS: dict[type[errors.MessageDefect], str] = {
+    errors.StartBoundaryNotFoundDefect: "its MIME boundary never occurs",
+    errors.CloseBoundaryNotFoundDefect: "a MIME part is never closed",
+    errors.NoBoundaryInMultipartDefect: "a multipart part has no boundary",
+    errors.FirstHeaderLineIsContinuationDefect: "its first header line is a continuation line",
+    errors.InvalidBase64CharactersDefect: "a base64 part holds invalid characters",
+    errors.InvalidBase64PaddingDefect: "a base64 part is badly padded",
+    errors.InvalidBase64LengthDefect: "a base64 part has an impossible length",
+}
+
+
+def _undecodable(text: str) -> bool:
+    """Whether a raw header value (bytes escaped by the parser) is not valid UTF-8."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return True
+    return False
+
+
+def _text_loses(part: Message) -> bool:
+    """Whether showing a text part as text replaces bytes that are not valid in its charset."""
+    try:
+        payload = part.get_payload(decode=True)
+        charset = part.get_content_charset() or "us-ascii"
+    except Exception:
+        return True
+    if not isinstance(payload, bytes):
+        return False
+    try:
+        try:
+            payload.decode(charset)
+        except LookupError:  # an unknown charset is read as UTF-8 (`_part_text`)
+            payload.decode("utf-8")
+    except UnicodeError:
+        return True
+    return False
+
+
+def _loss(parsed: Message) -> str | None:
+    """Why the conversion of `parsed` cannot be exact (the first reason found), or None when it is.
+
+    The checks run after the conversion, which decoded the parts and so noted their defects.
+    """
+    for part in parsed.walk():
+        for name, value in part.raw_items():
+            if _undecodable(str(value)):
+                return f"its {name} header is not valid UTF-8"
+        for defect in part.defects:
+            why = _LOSSY_DEFECTS.get(type(defect))
+            if why is not None:
+                return why
+        if part.get_content_maintype() == "text" and not _is_attachment_like(part) and _text_loses(part):
+            charset = part.get_content_charset() or "us-ascii"
+            return f"a {part.get_content_type()} part is not valid {charset}"
+    return None
+
+
+def _keep_raw(md: MessageData, raw: bytes, why: str) -> None:
+    """Attach the message as received to its lossy conversion, and say so at the end of the body."""
+    md.attachments.append(raw_attachment(raw, len(md.attachments)))
+    md.props[T.PR_HASATTACH] = True
+    body = str(md.props.get(T.PR_BODY, ""))
+    md.props[T.PR_BODY] = (
+        f"{body.rstrip()}\n\n[postroom: {why}, so this message may not show exactly as it was sent. "
+        f"The message as it was received is attached as {RAW_ATTACHMENT_NAME}.]\n"
     )
 
 
@@ -1094,19 +1231,31 @@ def _from_mime(data: bytes, depth: int) -> MessageData:
     try:
         parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
         if not any(True for _ in parsed.raw_items()):
-            return _unparseable(data)  # not even one header line: not a message at all
-        return _convert(parsed, _raw_header_block(data), depth)
-    except Exception:
-        return _unparseable(data)
+            return _unparseable(data, "it has no header lines")
+        md = _convert(parsed, _raw_header_block(data), depth)
+    except Exception as exc:
+        return _unparseable(data, f"the parser failed: {type(exc).__name__}")
+    if depth == 0:  # an embedded message's bytes are inside its parent's
+        try:
+            why = _loss(parsed)
+        except Exception:
+            why = "it could not be checked"
+        if why is not None:
+            _keep_raw(md, data, why)
+    return md
 
 
 def from_mime(data: bytes) -> MessageData:
     """Convert an RFC 5322/MIME message to MAPI, as a transport's start_message fills it.
 
-    Never raises: input without a single header line (or that the `email` package cannot digest)
-    becomes an IPM.Note with subject ``"(unparseable message)"`` and the raw text as PR_BODY.
-    Delivery status notifications become report messages (see the module docstring). The message
-    gets no PR_ENTRYID (the store assigns it); recipients and originators get one-off entry IDs.
+    Never raises, and never loses the bytes it was given: input without a single header line (or
+    that the `email` package cannot digest) becomes an IPM.Note with subject
+    ``"(unparseable message)"``, a body saying why and showing what text it can, and the bytes as
+    received attached as ``original-message.eml``. A message that converts, but not exactly (a
+    header that is not UTF-8, text not valid in its charset, a broken MIME structure, bad base64),
+    gets that attachment too, and a line at the end of its body saying why. Delivery status
+    notifications become report messages (see the module docstring). The message gets no
+    PR_ENTRYID (the store assigns it); recipients and originators get one-off entry IDs.
     """
     return _from_mime(bytes(data), 0)
 

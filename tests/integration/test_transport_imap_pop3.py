@@ -6,7 +6,6 @@ Messages are written straight into Dovecot's Maildirs; every test takes a fresh 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -27,18 +26,16 @@ import postroom
 from postroom import mime
 from postroom.mapi import tags as T
 from postroom.mapi.codes import MAPIError
-from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import LogonFlags, LogonResultFlags, StatusCode
 from postroom.mapi.message import MessageData
 from postroom.profile import Profile
-from postroom.session import Session
 from postroom.transports import imap as imap_module
 from postroom.transports import pop3 as pop3_module
 from postroom.transports.imap import IMAPProvider
 from postroom.transports.pop3 import POP3Provider
-from postroom.transports.spi import InboundMessage, ProviderContext, Registration, StatusRow
+from postroom.transports.spi import InboundMessage, Registration
 
-from support.spi import FakeSupport
+from support.inbound import inbox, logon, run, session_for, status_row, subjects
 
 pytestmark = pytest.mark.integration
 
@@ -85,63 +82,6 @@ def options(peers: Peers, kind: str, user: str, **extra: Any) -> dict[str, Any]:
     }
     opts.update(extra)
     return opts
-
-
-def make_profile(directory: Path, *services: tuple[str, str, dict[str, Any]]) -> Profile:
-    if (directory / "profile.toml").exists():
-        return Profile.load(directory)
-    profile = Profile.create(directory, with_defaults=False)
-    for kind, name, opts in services:
-        profile.add_service(kind, name, opts)
-    profile.save()
-    return profile
-
-
-@contextlib.contextmanager
-def session_for(directory: Path, *services: tuple[str, str, dict[str, Any]]) -> Iterator[Session]:
-    with postroom.logon(make_profile(directory, *services)) as session:
-        yield session
-
-
-def inbox(session: Session) -> list[MessageData]:
-    return [session.open_message(m.id) for m in session.list_messages(session.inbox)]
-
-
-def subjects(session: Session) -> list[str]:
-    return [m.subject for m in session.list_messages(session.inbox)]
-
-
-def status_row(session: Session, name: str) -> StatusRow:
-    return next(r for r in session.status_table() if r.display_name == name)
-
-
-def logon(directory: Path, kind: str, opts: dict[str, Any], flags: LogonFlags = LogonFlags.NO_DIALOG) -> Any:
-    """A logon driven straight through the SPI (no session, no store)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cls = IMAPProvider if kind == "imap" else POP3Provider
-    context = ProviderContext(
-        service_name=f"{kind}-direct",
-        kind=kind,
-        provider_uid=MAPIUID.new(),
-        options=cls.validate_options(opts),
-        profile_dir=directory,
-        support=FakeSupport(),
-    )
-    return cls(context).logon(flags)
-
-
-def run(logon_: Any, *, stop_after: int | None = None) -> list[MessageData]:
-    """One receive run as the protocol manager does it: refs 1, 2, … until a message stays unsaved."""
-    got: list[MessageData] = []
-    ref = 1
-    while stop_after is None or len(got) < stop_after:
-        msg = InboundMessage(ref)
-        logon_.start_message(msg)
-        if not msg.saved:
-            break
-        got.append(msg.data)
-        ref += 1
-    return got
 
 
 # --- fetching ---------------------------------------------------------------------------------------------
@@ -452,7 +392,7 @@ def test_no_connect_never_connects(peers: Peers, tmp_path: Path, kind: str, monk
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("connected despite LogonFlags.NO_CONNECT")
 
-    monkeypatch.setattr(imap_module, "IMAPClient", explode)
+    monkeypatch.setattr(imap_module, "_Client", explode)
     monkeypatch.setattr(pop3_module, "_POP3", explode)
     direct = logon(tmp_path, kind, options(peers, kind, user), LogonFlags.NO_DIALOG | LogonFlags.NO_CONNECT)
     try:

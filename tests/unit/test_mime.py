@@ -20,6 +20,7 @@ from postroom.mapi.entryid import decode_one_off, encode_one_off, search_key
 from postroom.mapi.flags import MAPI_P1, AttachMethod, NDRDiag, NDRReason, RecipientType
 from postroom.mapi.message import Attachment, MessageData, Recipient
 from postroom.mime import (
+    RAW_ATTACHMENT_NAME,
     dsn_original_message_id,
     from_mime,
     needs_smtputf8,
@@ -874,6 +875,93 @@ def test_headerless_input_is_unparseable() -> None:
     assert msg.subject == "(unparseable message)"
     assert msg.message_class == "IPM.Note"
     assert "this is not mail" in msg.body
+
+
+# Issue 14, item 4: what cannot be converted exactly keeps the bytes as received (a transport may
+# delete the message on the server once it is stored).
+
+
+def kept_bytes(msg: MessageData) -> bytes | None:
+    originals = [a for a in msg.attachments if a.filename == RAW_ATTACHMENT_NAME]
+    assert len(originals) <= 1
+    return originals[0].read_all() if originals else None
+
+
+LOSSY = {
+    "no header lines, Latin-1 text": b"caf\xe9 cr\xe8me, no header at all\r\njust text\r\n",
+    "a Subject in Latin-1": b"From: a@sender.test\r\nSubject: caf\xe9 cr\xe8me\r\n\r\nbody\r\n",
+    "a display name in Latin-1": b"From: Ren\xe9 <r@sender.test>\r\nSubject: x\r\n\r\nbody\r\n",
+    "a boundary that never occurs": (
+        b'Content-Type: multipart/mixed; boundary="never"\r\nSubject: x\r\n\r\n'
+        b"--other\r\nContent-Type: text/plain\r\n\r\nhello\r\n--other--\r\n"
+    ),
+    "a part never closed": (
+        b'Content-Type: multipart/mixed; boundary="b"\r\nSubject: x\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+    ),
+    "text not valid in its charset": (
+        b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\xe9\r\n"
+    ),
+    "8-bit text declared ASCII": b"Subject: x\r\nContent-Type: text/plain\r\n\r\ncaf\xc3\xa9\r\n",
+    "an unknown charset, not UTF-8 either": (
+        b"Subject: x\r\nContent-Type: text/plain; charset=x-unheard-of\r\n\r\ncaf\xe9\r\n"
+    ),
+    "base64 with invalid characters": (
+        b"Subject: x\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=a.pdf\r\n\r\nSGVsbG8*gd29ybGQ=\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("raw", LOSSY.values(), ids=list(LOSSY))
+def test_what_cannot_be_converted_exactly_keeps_its_bytes_attached(raw: bytes) -> None:
+    msg = from_mime(raw)
+    assert kept_bytes(msg) == raw
+    assert msg.get(T.PR_HASATTACH) is True
+    assert RAW_ATTACHMENT_NAME in msg.body  # the body says why the attachment is there
+    original = next(a for a in msg.attachments if a.filename == RAW_ATTACHMENT_NAME)
+    assert original.mime_type == "application/octet-stream"
+    assert original.num == len(msg.attachments) - 1
+
+
+def test_header_text_that_is_not_utf8_is_read_as_windows_1252() -> None:
+    msg = from_mime(LOSSY["a Subject in Latin-1"])
+    assert msg.subject == "café crème"  # not "caf\ufffd cr\ufffdme"
+    assert from_mime(LOSSY["a display name in Latin-1"]).get(T.PR_SENDER_NAME) == "René"
+    assert "Subject: café crème" in str(msg.get(T.PR_TRANSPORT_MESSAGE_HEADERS))
+    assert "its Subject header is not valid UTF-8" in msg.body
+
+
+def test_unparseable_input_says_why_and_shows_what_text_it_can() -> None:
+    raw = LOSSY["no header lines, Latin-1 text"]
+    msg = from_mime(raw)
+    assert msg.subject == "(unparseable message)"
+    assert "it has no header lines" in msg.body and f"({len(raw)} bytes)" in msg.body
+    assert "just text" in msg.body
+    assert [a.filename for a in msg.attachments] == [RAW_ATTACHMENT_NAME]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # 8-bit UTF-8 headers (RFC 6532) and body, RFC 2047 words, quoted-printable, base64, a report
+        "From: Jürgen <j@sender.test>\r\nSubject: Grüße\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\nSchöne Grüße\r\n",
+        "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\nSch=F6ne Gr=FC=DFe\r\n",
+        'Subject: x\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n'
+        "hi\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+        "Content-Disposition: attachment; filename=a.pdf\r\n\r\nSGVsbG8gd29ybGQ=\r\n--b--\r\n",
+        "Subject: binary attachment\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Disposition: attachment; filename=notes.txt\r\n\r\nnot \udce9 utf-8\r\n",
+    ],
+    ids=["utf8-8bit", "qp-latin1", "base64-attachment", "text-attachment-raw"],
+)
+def test_a_message_converted_exactly_gets_no_copy_of_its_bytes(raw: str) -> None:
+    msg = from_mime(raw.encode("utf-8", "surrogateescape"))
+    assert kept_bytes(msg) is None
+    assert RAW_ATTACHMENT_NAME not in msg.body
+    assert "\ufffd" not in msg.subject + msg.body
 
 
 @settings(max_examples=150, deadline=None)

@@ -1,21 +1,32 @@
 """The `pop3` transport: fetches new mail from a POP3 maildrop (inbound only), with `poplib`.
 
-Like the `imap` transport (whose shared machinery it uses; see there for the details): it
-registers no address type, asks to be polled, keeps what it delivered in a JSON file in the
-profile directory (``.pop3-<service>.json``, 0600, replaced atomically; here the UIDLs delivered
-and still on the server), receives in one session of the profile at a time, delivers a note
-instead of a message it cannot convert or fetch, and reports connection trouble in the status row,
-connecting again at the next poll. With LogonFlags.NO_CONNECT it never connects.
+Like the `imap` transport, and with the same shared machinery (`inbound.py`: the state file and
+its lock, when a message is acknowledged, what is never acknowledged, the bounds on every
+exchange): it registers no address type, asks to be polled, receives in one session of the
+profile at a time, and reports connection trouble in the status row, connecting again at the next
+poll. With LogonFlags.NO_CONNECT it never connects.
 
 A POP3 session sees the maildrop as it was at login, and deletions happen only at QUIT. So every
-poll() is a session of its own (login, UIDL, QUIT), and so is every receive run: login, UIDL, then
-RETR one message per `start_message` call, QUIT when everything new was handed over.
+poll() is a session of its own (login, UIDL, LIST, QUIT), and so is every receive run: login,
+UIDL and LIST, then RETR one message per `start_message` call, QUIT when everything new was
+handed over. A message larger than max_message_bytes by its LIST size is never retrieved, and a
+retrieval is cut off as soon as it goes past the limit. The bytes delivered are the message as
+the server sent it, line endings included, only the dot-stuffing undone.
 
-Ordering, at least once: a message's UIDL is recorded as delivered when the spooler asks for the
-next message in the same run (it stored the previous one by then); only then, with
-``leave_on_server = false``, is it marked for deletion (DELE), which the server carries out at the
-QUIT that ends the run. A message handed over but never confirmed is fetched again. A recorded
-message still on the server (its DELE was lost with the connection) is deleted at the next session.
+The state file, ``.pop3-<service>.json``, holds the messages delivered and still on the server
+(`delivered`) and those reported as too large, with their size (`oversize`). A message is named
+by its UIDL, unless the server gives two messages the same UIDL (it should not, RFC 1939 §7, but
+some do): then each of them is named by the UIDL and a digest of its header (from TOP n 0), so
+that each is delivered once, and a message whose twin has gone keeps its name. (A UIDL that turns
+up twice only after its first message was delivered may bring that one once more. A server that
+refuses TOP leaves only the size to tell twins apart: twins of the same size are then told apart
+by their order alone, and one could be missed if the other left the server before it came.)
+
+A message's UIDL is recorded as delivered when the spooler asks for the next message in the same
+run (it stored the previous one by then); only then, with ``leave_on_server = false``, is it
+marked for deletion (DELE), which the server carries out at the QUIT that ends the run. A
+recorded message still on the server (its DELE was lost with the connection) is deleted at the
+next session; a message reported as too large never is.
 
 Options:
 
@@ -25,13 +36,18 @@ Options:
   a plain `password` option is refused; the password never reaches the profile, a log or the status.
 * `verify_tls` (default true), `ca_file` (a PEM bundle to trust; relative to the profile directory).
 * `leave_on_server` (default true): false deletes each message from the server once delivered.
-* `timeout`: seconds for connecting and for each reply (default 30).
+* `timeout`: seconds for connecting and for each wait for data (default 30); `read_timeout`:
+  seconds one exchange may take in all (default 120); `max_message_bytes` (default 50 MiB).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import poplib
+import re
+import socket
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +55,19 @@ from typing import Any
 
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogonFlags
-from .imap import (
+from .exchange import ExchangeGuard
+from .inbound import (
     SERVER_OPTION_HELP,
+    Candidate,
     ConnectionLost,
     InboundLogon,
     MessageFailed,
+    Outcome,
     Secret,
     ServerConfig,
     StateFile,
-    _answer,
     refuse_password,
+    server_answer,
     state_path,
     validate_server_options,
 )
@@ -56,43 +75,95 @@ from .options import boolean as _boolean
 from .options import setup_problems
 from .spi import TransportProvider
 
-#: poplib refuses lines longer than 2048 bytes; real mail has longer ones (RFC 5322's 998 is
-#: often ignored), and a refused line leaves the rest of the message unread on the connection.
-MAX_LINE = 64 * 1024 * 1024
+#: Header fields some servers add or change as they serve a message (mbox status, keywords):
+#: left out of the digest that tells messages with the same UIDL apart.
+_VOLATILE_FIELDS = re.compile(
+    rb"(status|x-status|x-keywords|x-uid|x-uidl|x-imap|x-imapbase|content-length|lines)\s*:", re.IGNORECASE
+)
 
 
-class _LongLines:
-    """poplib's line reader without its 2048-byte limit (mixed into POP3 and POP3_SSL)."""
+# --- the client: poplib with every read counted and every connection watched --------------------------
 
-    file: Any
 
-    def _getline(self) -> tuple[bytes, int]:
-        line: bytes = self.file.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise poplib.error_proto("line too long")
+class _Guarded(poplib.POP3):
+    """poplib with the exchange guard on its socket and behind every line it reads.
+
+    Without poplib's 2048-byte line limit (real mail has longer lines; a refused line leaves the
+    rest of the message unread on the connection): the budget bounds every line instead.
+    """
+
+    def __init__(self, guard: ExchangeGuard, *args: Any, **kwargs: Any) -> None:
+        self._guard = guard
+        super().__init__(*args, **kwargs)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout)
+        self._guard.attach(sock)  # before the handshake, which a slow server can trickle too
+        context = getattr(self, "context", None)
+        if isinstance(self, poplib.POP3_SSL) and context is not None:
+            wrapped: socket.socket = context.wrap_socket(sock, server_hostname=self.host)
+            return wrapped
+        return sock
+
+    def _readline(self) -> bytes:
+        """One line as it came, terminator included."""
+        line: bytes = self.file.readline(self._guard.remaining() + 1)
         if not line:
             raise poplib.error_proto("-ERR EOF")
+        self._guard.spend(len(line))
+        return line
+
+    def _getline(self) -> tuple[bytes, int]:
+        line = self._readline()
         octets = len(line)
-        if line[-2:] == b"\r\n":
+        if line.endswith(b"\r\n"):
             return line[:-2], octets
-        if line[:1] == b"\r":
-            return line[1:-1], octets
-        return line[:-1], octets
+        return line.rstrip(b"\r\n"), octets
+
+    def retrieve(self, which: int) -> bytes:
+        """RETR: the message exactly as the server sent it, only the dot-stuffing undone."""
+        self.sock.sendall(f"RETR {which}\r\n".encode(self.encoding))
+        status, _ = self._getline()
+        if not status.startswith(b"+"):
+            raise poplib.error_proto(status)
+        out = bytearray()
+        while True:
+            line = self._readline()
+            if line in (b".\r\n", b".\n"):
+                return bytes(out)
+            out += line[1:] if line.startswith(b".") else line
 
 
-class _POP3(_LongLines, poplib.POP3):
+class _POP3(_Guarded):
     pass
 
 
-class _POP3_SSL(_LongLines, poplib.POP3_SSL):
+class _POP3_SSL(_Guarded, poplib.POP3_SSL):
     pass
 
 
 def _connection_error(exc: Exception) -> bool:
     if isinstance(exc, OSError | EOFError):
         return True
-    # poplib signals a closed connection and a desynchronised one as protocol errors.
-    return isinstance(exc, poplib.error_proto) and str(exc).startswith(("-ERR EOF", "line too long"))
+    # poplib signals a closed connection as a protocol error.
+    return isinstance(exc, poplib.error_proto) and str(exc).startswith("-ERR EOF")
+
+
+def _digest(header: bytes) -> str:
+    """A digest of a header block that is the same however the server reports it (TOP or RETR)."""
+    head = re.split(rb"\r?\n\r?\n", header, maxsplit=1)[0]
+    lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+    kept: list[bytes] = []
+    volatile = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):  # a continuation belongs to the field above
+            if not volatile:
+                kept.append(line)
+            continue
+        volatile = bool(_VOLATILE_FIELDS.match(line))
+        if not volatile:
+            kept.append(line)
+    return hashlib.sha256(b"\n".join(kept)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -113,8 +184,8 @@ class POP3Logon(InboundLogon[str]):
     ) -> None:
         super().__init__(provider, flags, config, password, state)
         self.pop3_config = config
-        self._client: poplib.POP3 | None = None
-        self._numbers: dict[str, int] = {}  # UIDL -> message number in this session
+        self._client: _Guarded | None = None
+        self._numbers: dict[str, int] = {}  # key -> message number in this session
         self._deleted: set[str] = set()  # DELE sent in this session
 
     @property
@@ -128,7 +199,7 @@ class POP3Logon(InboundLogon[str]):
         return isinstance(exc, poplib.error_proto)
 
     def _describe(self, key: str) -> str:
-        return f"UIDL {key} at {self.config.where}"
+        return f"UIDL {key.partition(' ')[0]} at {self.config.where}"
 
     # --- state ------------------------------------------------------------------------------------
     def _delivered(self) -> list[str]:
@@ -137,14 +208,20 @@ class POP3Logon(InboundLogon[str]):
             value = self.state.data["delivered"] = []
         return value
 
+    def _oversize(self) -> dict[str, int]:
+        value = self.state.data.setdefault("oversize", {})
+        if not isinstance(value, dict):
+            value = self.state.data["oversize"] = {}
+        return value
+
     # --- connection -------------------------------------------------------------------------------
     def _open(self) -> None:
         cfg = self.config
-        client: poplib.POP3
+        client: _Guarded
         if cfg.security == "tls":
-            client = _POP3_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=self._tls)
+            client = _POP3_SSL(self._guard, cfg.host, cfg.port, timeout=cfg.timeout, context=self._tls)
         else:
-            client = _POP3(cfg.host, cfg.port, timeout=cfg.timeout)
+            client = _POP3(self._guard, cfg.host, cfg.port, timeout=cfg.timeout)
         self._client = client
         self._numbers = {}
         self._deleted = set()
@@ -160,10 +237,10 @@ class POP3Logon(InboundLogon[str]):
             if _connection_error(exc):
                 raise
             if step == "STLS":
-                raise ConnectionLost(f"POP3 server {cfg.where} refused STLS: {_answer(exc)}") from None
-            raise ConnectionLost(f"login as {cfg.username} at {cfg.where} failed: {_answer(exc)}") from None
+                raise ConnectionLost(f"POP3 server {cfg.where} refused STLS: {server_answer(exc)}") from None
+            raise ConnectionLost(f"login as {cfg.username} at {cfg.where} failed: {server_answer(exc)}") from None
 
-    def _close(self, polite: bool) -> None:
+    def _disconnect(self, polite: bool) -> None:
         client, self._client = self._client, None
         self._numbers = {}
         self._deleted = set()
@@ -176,36 +253,79 @@ class POP3Logon(InboundLogon[str]):
         with contextlib.suppress(Exception):
             client.close()
 
-    def _listing(self) -> list[tuple[int, str]]:
+    def _listing(self, command: str) -> dict[int, str]:
+        """Message number → the second column of a UIDL or LIST answer."""
         assert self._client is not None
-        _, lines, _ = self._client.uidl()
-        out: list[tuple[int, str]] = []
+        _, lines, _ = self._client.uidl() if command == "UIDL" else self._client.list()
+        out: dict[int, str] = {}
         for line in lines:
             parts = line.split()
             if len(parts) >= 2 and parts[0].isdigit():
-                out.append((int(parts[0]), parts[1].decode("ascii", "replace")))
+                out[int(parts[0])] = parts[1].decode("ascii", "replace")
         return out
 
-    def _scan(self) -> list[str]:
+    def _keys(self, uidls: dict[int, str], sizes: dict[int, int]) -> dict[int, str]:
+        """Message number → key: the UIDL, or the UIDL and a header digest where UIDLs repeat."""
+        counts = Counter(uidls.values())
+        known = [*self._delivered(), *self._oversize()]
+        twinned = {key.partition(" ")[0] for key in known if " " in key}
+        keys: dict[int, str] = {}
+        seen: Counter[str] = Counter()
+        for number, uidl in sorted(uidls.items()):
+            if counts[uidl] == 1 and uidl not in twinned:
+                keys[number] = uidl
+                continue
+            key = f"{uidl} {self._head_digest(number, sizes.get(number))}"
+            seen[key] += 1
+            keys[number] = key if seen[key] == 1 else f"{key} {seen[key]}"
+        return keys
+
+    def _head_digest(self, number: int, size: int | None) -> str:
+        assert self._client is not None
+        self._exchange()
+        try:
+            _, lines, _ = self._client.top(number, 0)
+        except poplib.error_proto as exc:
+            if _connection_error(exc):
+                raise
+            return f"size-{size}"  # TOP is optional (RFC 1939): the size is all there is to go by
+        return _digest(b"\r\n".join(lines))
+
+    def _scan(self) -> list[Candidate[str]]:
         if self._numbers or self._deleted:
             # A session that already served a run: start a new one to see what arrived since.
             self._close(polite=True)
             self._connect()
-        listing = self._listing()
-        self._numbers = {uidl: number for number, uidl in listing}
-        delivered = self._delivered()
+        self._exchange()
+        uidls = self._listing("UIDL")
+        sizes = {n: int(size) for n, size in self._listing("LIST").items() if size.isdigit()}
+        keys = self._keys(uidls, sizes)
+        self._numbers = {key: number for number, key in keys.items()}
         on_server = set(self._numbers)
-        kept = [uidl for uidl in delivered if uidl in on_server]
-        if len(kept) != len(delivered):  # forget UIDLs no longer on the server (they are never reused)
-            self.state.data["delivered"] = kept
+        delivered, oversize = self._delivered(), self._oversize()
+        kept = [key for key in delivered if key in on_server]
+        still = {key: size for key, size in oversize.items() if key in on_server}
+        if len(kept) != len(delivered) or len(still) != len(oversize):
+            # forget what is no longer on the server (a UIDL is never reused)
+            self.state.data["delivered"], self.state.data["oversize"] = kept, still
             self.state.save()
         self._after_record()
         known = set(kept)
-        return [uidl for _, uidl in listing if uidl not in known]
+        limit = self.config.max_message_bytes
+        out: list[Candidate[str]] = []
+        for number, key in sorted(keys.items()):
+            if key in known:
+                continue
+            reported = still.get(key)
+            if isinstance(reported, int) and reported > limit:
+                out.append(Candidate(key, max(sizes.get(number, 0), reported), noted=True))
+            else:
+                out.append(Candidate(key, sizes.get(number)))
+        return out
 
     def _check(self) -> bool:
         try:
-            return bool(self._scan())
+            return any(not candidate.noted for candidate in self._scan())
         finally:
             self._close(polite=True)  # a session sees only what was there at login
 
@@ -219,38 +339,42 @@ class POP3Logon(InboundLogon[str]):
         if number is None:
             return None
         try:
-            _, lines, _ = self._client.retr(number)
+            return self._client.retrieve(number)
         except poplib.error_proto as exc:
             if _connection_error(exc):
                 raise
-            raise MessageFailed(_answer(exc)) from None
-        return b"\r\n".join(lines) + b"\r\n"
+            raise MessageFailed(server_answer(exc)) from None
 
     def _end_run(self) -> None:
         self._close(polite=True)
 
     # --- recording and deleting -------------------------------------------------------------------
-    def _record(self, key: str) -> None:
-        delivered = self._delivered()
-        if key not in delivered:
-            delivered.append(key)
+    def _record(self, key: str, outcome: Outcome, size: int | None) -> None:
+        oversize = self._oversize()
+        if outcome is Outcome.STORED:
+            delivered = self._delivered()
+            if key not in delivered:
+                delivered.append(key)
+            oversize.pop(key, None)
+        else:  # reported as too large: noted, never deleted
+            oversize[key] = max(size or 0, self.config.max_message_bytes + 1)
         self.state.save()
 
     def _after_record(self) -> None:
         if self.pop3_config.leave_on_server or self._client is None:
             return
-        for uidl in self._delivered():
-            number = self._numbers.get(uidl)
-            if number is None or uidl in self._deleted:
+        for key in self._delivered():
+            number = self._numbers.get(key)
+            if number is None or key in self._deleted:
                 continue
+            self._exchange()
             try:
                 self._client.dele(number)
             except poplib.error_proto as exc:
                 if _connection_error(exc):
                     raise
-                text = f"cannot delete {self._describe(uidl)}: {_answer(exc)}"
-                self.status.failed(text)
-            self._deleted.add(uidl)
+                self._trouble(f"cannot delete {self._describe(key)}: {server_answer(exc)}")
+            self._deleted.add(key)
 
 
 class POP3Provider(TransportProvider):

@@ -310,6 +310,9 @@ class InboundMessage:
     `ref` counts 1, 2, 3, … within one receive run of the spooler (the StartMessage loop). When
     start_message is called with ref n > 1, the message saved under ref n - 1 has been stored:
     transports use that to delete or mark the source copy only after it is safe (at least once).
+    A run that starts again at ref 1 instead means the last message saved was not stored. (The
+    mail-access transports also hand over nothing they could not fetch whole, and keep the exact
+    bytes of whatever `mime.from_mime` cannot convert exactly: see transports/inbound.py.)
     """
 
     def __init__(self, ref: int) -> None:
