@@ -24,6 +24,8 @@ UNDO_AFTER_V1 = (
     "DROP TABLE breaker_state",
     "ALTER TABLE recipients DROP COLUMN waiting_for",
     "ALTER TABLE recipients DROP COLUMN detail",
+    "ALTER TABLE messages DROP COLUMN first_try",
+    "ALTER TABLE messages DROP COLUMN failures",
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ from ..mapi.message import MessageData, Recipient
 from ..store.base import (
     LeaseLost,
     MessageStore,
-    QueueEntry,
     RecipientOutcome,
     RecipientState,
     RecipientWait,
@@ -140,6 +140,7 @@ class _Wait:
     reason: str  # for the message: names the transport
     kind: WaitKind = WaitKind.RETRY
     detail: str = ""  # for each recipient that waits for the transport (default: the reason)
+    failure: bool = True  # a failed delivery attempt (backoff, expiry); not a throttle or a pause
 
 
 @dataclass
@@ -286,7 +287,6 @@ class OutboundProcessor:
     async def _process(self, message_id: int) -> MessageResult:
         result = MessageResult(message_id)
         entry = self.store.queue_entry(message_id)
-        now = self.clock()
         if (
             entry is not None
             and entry.previous_owner
@@ -304,16 +304,16 @@ class OutboundProcessor:
             for r in message.recipients
             if states[r.row_id].state is RecipientState.PENDING
         ]
-        expires = self._expiry(message)
-        if expires is not None and now >= expires and pending:
-            await self._expire(message, message_id, pending, entry, result)
-            pending = []
-        elif pending:
-            await self._delay_warning(message, message_id, pending)
+        # The queue lifetime counts from the first real delivery attempt (a deferred send, or an
+        # offline wait, is not "in the queue" yet), and runs out only when an attempt fails.
+        first_try = entry.first_try if entry is not None else None
+        tried_at: datetime | None = None
+        if pending and first_try is not None:
+            await self._delay_warning(message, message_id, pending, first_try)
         retry_waits: list[_Wait] = []
         waits: list[RecipientWait] = []
         offline = False
-        attempt = entry.attempts if entry else 1
+        failures = (entry.failures if entry is not None else 0) + 1  # this pass's, if it meets one
 
         await self._run_preprocessors(message, pending)
 
@@ -338,18 +338,24 @@ class OutboundProcessor:
             outcome: _Wait | None = await self._held_back(transport)
             handled: set[int] = set()
             if outcome is None:
-                outcome, handled = await self._offer(message, message_id, transport, mine, result, attempt)
+                tried_at = tried_at or self.clock()
+                outcome, handled = await self._offer(message, message_id, transport, mine, result, failures)
             for p in mine:
                 if p.recipient.row_id in handled:
                     pending.remove(p)
-            if outcome is not None:  # the transport asked its remaining recipients to wait
-                retry_waits.append(outcome)
-                for p in mine:
-                    if p in pending:
-                        pending.remove(p)
-                        words = p.detail or outcome.detail or outcome.reason
-                        waits.append(RecipientWait(p.recipient.row_id, transport.name, words))
-                        result.count(transport.name, Fate.DEFERRED)
+            if outcome is None:
+                continue
+            left = [p for p in mine if p in pending]  # the transport asked these to wait
+            for p in left:
+                pending.remove(p)
+            if outcome.failure and self._lifetime_over(first_try or tried_at):
+                self._expire(message, message_id, left, outcome.reason, result)
+                continue
+            retry_waits.append(outcome)
+            for p in left:
+                words = p.detail or outcome.detail or outcome.reason
+                waits.append(RecipientWait(p.recipient.row_id, transport.name, words))
+                result.count(transport.name, Fate.DEFERRED)
 
         # Recipients no transport took: NDR (MAPI_REASON_TRANSFER_IMPOSSIBLE, spec §13).
         leftovers = [p for p in pending if p.current is None]
@@ -382,14 +388,16 @@ class OutboundProcessor:
             next_attempt = self.clock() + timedelta(seconds=delay)
             kinds = {w.kind for w in retry_waits}
             kind = kinds.pop() if len(kinds) == 1 else WaitKind.RETRY
+            expires = self._expiry(first_try or tried_at)
             if expires is not None and kind is WaitKind.RETRY:
-                next_attempt = min(next_attempt, expires)  # come back in time to expire it
-            await self._release(message_id, next_attempt, reason, kind, waits)
+                next_attempt = min(next_attempt, max(expires, self.clock()))  # come back in time to expire it
+            failed = any(w.failure for w in retry_waits)
+            await self._release(message_id, next_attempt, reason, kind, waits, tried_at, failed)
             result.next_attempt = next_attempt
             result.errors.append(reason)
         elif offline:
             # Not an error: nothing is marked failed, the message waits quietly in the Outbox.
-            await self._release(message_id, None, OFFLINE_TEXT, WaitKind.SEND_RECEIVE, waits)
+            await self._release(message_id, None, OFFLINE_TEXT, WaitKind.SEND_RECEIVE, waits, tried_at)
             result.offline = True
         else:
             result.finished = await self.write(
@@ -398,10 +406,17 @@ class OutboundProcessor:
         return result
 
     async def _release(
-        self, message_id: int, when: datetime | None, reason: str, kind: WaitKind, waits: Sequence[RecipientWait]
+        self,
+        message_id: int,
+        when: datetime | None,
+        reason: str,
+        kind: WaitKind,
+        waits: Sequence[RecipientWait],
+        tried_at: datetime | None,
+        failed: bool = False,
     ) -> None:
         await self.write(
-            self.store.release,
+            functools.partial(self.store.release, tried_at=tried_at, failed=failed),
             message_id,
             self.owner,
             self.clock(),
@@ -432,23 +447,24 @@ class OutboundProcessor:
         )
         return True
 
-    def _expiry(self, message: MessageData) -> datetime | None:
+    def _expiry(self, first_try: datetime | None) -> datetime | None:
+        """When the queue lifetime runs out: max_queue_lifetime_hours after the first real attempt."""
         hours = self.settings.max_queue_lifetime_hours
-        submitted = message.submit_time
-        if not hours or submitted is None:
+        if not hours or first_try is None:
             return None
-        return submitted + timedelta(hours=hours)
+        return first_try + timedelta(hours=hours)
 
-    async def _expire(
-        self,
-        message: MessageData,
-        message_id: int,
-        pending: Sequence[_Pending],
-        entry: QueueEntry | None,
-        result: MessageResult,
+    def _lifetime_over(self, first_try: datetime | None) -> bool:
+        expires = self._expiry(first_try)
+        return expires is not None and self.clock() >= expires
+
+    def _expire(
+        self, message: MessageData, message_id: int, pending: Sequence[_Pending], last_error: str, result: MessageResult
     ) -> None:
-        last = f" Last error: {entry.last_error}" if entry and entry.last_error else ""
-        text = f"Maximum time expired: not delivered within {self.settings.max_queue_lifetime_hours:g} hours.{last}"
+        """An attempt failed after the queue lifetime ran out: these recipients get an NDR (as
+        Postfix's maximal_queue_lifetime: only a failure ends the wait, never the clock alone)."""
+        hours = self.settings.max_queue_lifetime_hours
+        text = f"Maximum time expired: not delivered within {hours:g} hours. Last error: {last_error}"
         outcomes = [
             RecipientOutcome(
                 p.recipient.row_id,
@@ -466,10 +482,11 @@ class OutboundProcessor:
         self._stash(message_id, outcomes, result)
         result.count("", Fate.FAILED, len(outcomes))
 
-    async def _delay_warning(self, message: MessageData, message_id: int, pending: Sequence[_Pending]) -> None:
+    async def _delay_warning(
+        self, message: MessageData, message_id: int, pending: Sequence[_Pending], first_try: datetime
+    ) -> None:
         hours = self.settings.delay_warning_hours
-        submitted = message.submit_time
-        if not hours or submitted is None or self.clock() < submitted + timedelta(hours=hours):
+        if not hours or self.clock() < first_try + timedelta(hours=hours):
             return
         if any(e.kind == "delay-warning" for e in self.store.events(message_id)):
             return
@@ -511,12 +528,14 @@ class OutboundProcessor:
                     f"{transport.name} paused after repeated network errors ({state.get('last_error', '')}); "
                     f"probe at {from_epoch(until):%H:%M:%S}"
                 )
-                return _Wait(max(1.0, until - t), text)
+                return _Wait(max(1.0, until - t), text, failure=False)
         limits = policy.throttle_limits()
         if limits:
             wait = await self.write(self.store.reserve_send, transport.name, now, limits, self.owner)
             if wait > 0:
-                return _Wait(wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s")
+                return _Wait(
+                    wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s", failure=False
+                )
         return None
 
     @staticmethod
@@ -561,7 +580,7 @@ class OutboundProcessor:
         transport: LoadedTransport,
         mine: list[_Pending],
         result: MessageResult,
-        attempt: int = 1,
+        failures: int = 1,
     ) -> tuple[_Wait | None, set[int]]:
         """Call one transport for its recipients.
 
@@ -612,7 +631,7 @@ class OutboundProcessor:
                 p.detail = words.get(p.recipient.row_id, "")
             if answer.code != HResult.S_OK:  # every mark of the call is discarded: nothing was sent
                 self._calling.discard(message_id)
-                return await self._whole_message_answer(message_id, transport, mine, answer, attempt), done
+                return await self._whole_message_answer(message_id, transport, mine, answer, failures), done
             if self._breaker(transport.name, _epoch(self.clock())):
                 state = await self.write(self.store.update_breaker_state, transport.name, breaker_closed, self.clock())
                 self._breakers[transport.name] = (_epoch(self.clock()), state)
@@ -641,7 +660,7 @@ class OutboundProcessor:
                     "transport asked to resend later" + (f": {said}" if said else ""),
                     transport.name,
                 )
-                delay = policy.backoff(attempt)
+                delay = policy.backoff(failures)
                 return _Wait(delay, f"{transport.name} asked to resend later" + (f": {said}" if said else "")), done
             if end & EndMessageFlags.DONT_RESEND:
                 await self.write(
@@ -652,14 +671,17 @@ class OutboundProcessor:
                     "the transport keeps the message until it notifies SENTDEFERRED",
                     transport.name,
                 )
-                return _Wait(DEFERRED_BY_TRANSPORT_SECONDS, f"deferred by {transport.name}", WaitKind.DEFERRED), done
+                deferred_wait = _Wait(
+                    DEFERRED_BY_TRANSPORT_SECONDS, f"deferred by {transport.name}", WaitKind.DEFERRED, failure=False
+                )
+                return deferred_wait, done
             for p in still:  # not mine: on to the next matching transport
                 p.index += 1
             return None, done
-        return _Wait(policy.backoff(attempt), f"{transport.name} asked to resend too often"), done
+        return _Wait(policy.backoff(failures), f"{transport.name} asked to resend too often"), done
 
     async def _whole_message_answer(
-        self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult, attempt: int
+        self, message_id: int, transport: LoadedTransport, mine: list[_Pending], answer: SubmitResult, failures: int
     ) -> _Wait | None:
         code = answer.code
         label = code.name
@@ -685,12 +707,13 @@ class OutboundProcessor:
                 f"{transport.name} misconfigured: {answer.reason}",
                 WaitKind.UNCONFIGURED,
                 f"misconfigured: {answer.reason}",
+                failure=False,  # waits until fixed: a typo in the profile never bounces mail
             )
         if code == HResult.MAPI_E_BUSY:
-            delay = policy.backoff(attempt)
+            delay = policy.backoff(failures)
         elif code in (HResult.MAPI_E_WAIT, HResult.MAPI_E_NETWORK_ERROR):
             # The transport's own "wait n seconds" is honoured exactly; without one, back off.
-            delay = answer.wait_seconds if answer.wait_seconds > 0 else policy.backoff(attempt)
+            delay = answer.wait_seconds if answer.wait_seconds > 0 else policy.backoff(failures)
         else:
             # Any other code: the message is released unsaved for this transport; try the next one.
             await self.write(self.store.add_event, message_id, self.clock(), "transport-error", text, transport.name)

@@ -1,7 +1,9 @@
 """Per-transport delivery policy: retry backoff, circuit breaker, throttles.
 
 A transport's own "wait n seconds" is honoured exactly. Otherwise, retries back off
-exponentially with jitter, between a minimum and a maximum. A transport with several
+exponentially with jitter, between a minimum and a maximum: Postfix's shape by default
+(300 s, doubling, at most 4000 s), so a server answering 4xx for five days costs about a
+hundred tries per message, not seven thousand. A transport with several
 network errors in a row is paused as a whole (the circuit breaker) instead of being
 hammered by every message; after a while one message probes it. Throttles make excess
 messages wait for a free slot; that is not an error.
@@ -17,8 +19,8 @@ from typing import Any
 from ..mapi.codes import HResult, MAPIError
 
 POLICY_HELP: dict[str, str] = {
-    "retry_min_seconds": "first retry delay when the transport gives none (default 60)",
-    "retry_max_seconds": "longest retry delay (default 3600)",
+    "retry_min_seconds": "first retry delay when the transport gives none (default 300)",
+    "retry_max_seconds": "longest retry delay (default 4000)",
     "retry_factor": "backoff growth per attempt (default 2)",
     "retry_jitter": "random spread of each delay, 0..1 (default 0.2)",
     "breaker_threshold": "consecutive network errors that pause the transport (default 5; 0 = never)",
@@ -31,8 +33,8 @@ POLICY_HELP: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    retry_min_seconds: float = 60.0
-    retry_max_seconds: float = 3600.0
+    retry_min_seconds: float = 300.0
+    retry_max_seconds: float = 4000.0
     retry_factor: float = 2.0
     retry_jitter: float = 0.2
     breaker_threshold: int = 5

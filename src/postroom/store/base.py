@@ -119,6 +119,8 @@ class QueueEntry:
     #: The transports its pending recipients wait for (in recipient order), once each.
     waiting_transports: tuple[str, ...] = ()
     lease_until: datetime | None = None  # while locked: when the claim runs out unless renewed
+    first_try: datetime | None = None  # when a transport was first really called for it
+    failures: int = 0  # passes that met a temporary failure (the retry backoff grows with them)
 
 
 @dataclass
@@ -326,11 +328,15 @@ class MessageStore(abc.ABC):
         wait_kind: WaitKind = WaitKind.RETRY,
         outcomes: Sequence[RecipientOutcome] = (),
         waits: Sequence[RecipientWait] = (),
+        *,
+        tried_at: datetime | None = None,
+        failed: bool = False,
     ) -> None:
         """Unlock a message that still has pending recipients; it is due again at next_attempt.
 
         `outcomes` are recorded first, then `waits` (what each pending recipient waits for), in
-        the same transaction."""
+        the same transaction. `tried_at`: when this pass first called a transport (kept as the
+        message's first try if it has none); `failed`: the pass met a temporary failure."""
 
     @abc.abstractmethod
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:

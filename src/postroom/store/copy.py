@@ -49,6 +49,8 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "prev_owner",
             "hold_reason",
             "props",
+            "first_try",
+            "failures",
         ),
     ),
     (

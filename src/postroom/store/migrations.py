@@ -19,7 +19,9 @@ History:
      hold across every process using the store.
   3. recipients.waiting_for and recipients.detail: which transport a pending recipient waits
      for (its next offer, where the next pass resumes) and that transport's last words about
-     it (a server's 4xx reply, "offline: waiting for Send/Receive").
+     it (a server's 4xx reply, "offline: waiting for Send/Receive"). messages.first_try and
+     messages.failures: when a transport was first really called for the message (its queue
+     lifetime counts from there) and how many passes met a temporary failure (the backoff).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (
         "ALTER TABLE recipients ADD COLUMN waiting_for TEXT",
         "ALTER TABLE recipients ADD COLUMN detail TEXT",
+        "ALTER TABLE messages ADD COLUMN first_try REAL",
+        "ALTER TABLE messages ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
     ),
 }
 
@@ -162,6 +166,8 @@ _PG_V2 = (
 _PG_V3 = (
     "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS waiting_for TEXT",
     "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS detail TEXT",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS first_try DOUBLE PRECISION",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS failures INTEGER NOT NULL DEFAULT 0",
 )
 
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3}

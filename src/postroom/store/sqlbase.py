@@ -587,7 +587,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > now else None
         db.execute(
             "UPDATE messages SET queue_state='queued', submit_time=?, next_attempt=?, attempts=0, last_error=NULL, "
-            "wait_kind=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
+            "wait_kind=?, lease_owner=NULL, lease_until=NULL, first_try=NULL, failures=0 WHERE id=?",
             (to_epoch(now), due, WaitKind.SCHEDULED.value if due else None, message_id),
         )
         self._event(
@@ -654,7 +654,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             return []
         sql = (
             "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
-            "m.wait_kind, m.prev_owner, m.hold_reason, m.lease_until, "
+            "m.wait_kind, m.prev_owner, m.hold_reason, m.lease_until, m.first_try, m.failures, "
             + self._QUEUE_SHOWN
             + ", (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
@@ -676,9 +676,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             if name not in names:
                 names.append(name)
         out = []
-        for mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, until, *shown, pending, total in self._q(
-            sql, (only,) if only is not None else ()
-        ):
+        for row in self._q(sql, (only,) if only is not None else ()):
+            mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, until, first, failures = row[:13]
+            *shown, pending, total = row[13:]
             subject, to = self._shown(shown)
             out.append(
                 QueueEntry(
@@ -700,6 +700,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                     recipients=int(total),
                     waiting_transports=tuple(transports.get(int(mid), ())),
                     lease_until=from_epoch(until) if owner is not None else None,
+                    first_try=from_epoch(first),
+                    failures=int(failures or 0),
                 )
             )
         return out
@@ -822,6 +824,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         wait_kind: WaitKind = WaitKind.RETRY,
         outcomes: Sequence[RecipientOutcome] = (),
         waits: Sequence[RecipientWait] = (),
+        *,
+        tried_at: datetime | None = None,
+        failed: bool = False,
     ) -> None:
         due = to_epoch(next_attempt)
         if wait_kind is WaitKind.SEND_RECEIVE:
@@ -836,8 +841,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 )
             db.execute(
                 "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, wait_kind=?, "
-                "last_error=coalesce(?, last_error) WHERE id=?",
-                (due, wait_kind.value, self._text(error), message_id),
+                "last_error=coalesce(?, last_error), first_try=coalesce(first_try, ?), failures=failures+? "
+                "WHERE id=?",
+                (due, wait_kind.value, self._text(error), to_epoch(tried_at), 1 if failed else 0, message_id),
             )
             if wait_kind is WaitKind.SEND_RECEIVE:
                 detail = error or "offline: waiting for Send/Receive"

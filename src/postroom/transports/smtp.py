@@ -12,7 +12,7 @@ so every recipient's own reply is seen:
   PR_NDR_STATUS_CODE and reason/diagnostic from the enhanced status code (`mime.status_to_ndr`).
   5xx at MAIL fails every recipient, 5xx after DATA every recipient accepted at RCPT.
 * 4xx: a temporary failure. On a non-OK result the spooler discards every mark of the call, so:
-  when nothing was marked, the answer is MAPI_E_WAIT (`temporary_failure_wait` seconds) with the
+  when nothing was marked, the answer is MAPI_E_WAIT (the spooler's backoff) with the
   reply; when some recipients were marked (delivered, or failed for good), the answer is S_OK
   with the temporarily failed recipients left unmarked, and `end_message` answers
   END_RESEND_LATER, so the spooler keeps them for this transport and offers them again later.
@@ -61,7 +61,7 @@ Options:
 * `sender`: the envelope sender (default PR_SENDER_EMAIL_ADDRESS when it is an SMTP address, else
   the username when it is an address). Reports (REPORT.* classes) are sent with the null sender.
 * `temporary_failure_wait`: seconds before a message that met a temporary failure is tried again
-  (default 60).
+  (default: none of our own; the spooler backs off, 300 s doubling up to 4000 s).
 """
 
 from __future__ import annotations
@@ -120,7 +120,6 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONNECTIONS = 2
 DEFAULT_MAX_MESSAGES = 100
 DEFAULT_ADDRESS_TYPES = ("SMTP",)
-DEFAULT_TEMPORARY_FAILURE_WAIT = 60.0
 #: The reply to the end of DATA may take this many times `timeout` (RFC 5321 §4.5.3.2: 10 minutes).
 DATA_TIMEOUT_FACTOR = 10
 #: RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the angle brackets.
@@ -237,7 +236,7 @@ class SMTPConfig:
     address_types: tuple[str, ...]
     domains: frozenset[str] | None
     sender: str | None
-    temporary_failure_wait: float
+    temporary_failure_wait: float  # 0: no wait of our own, the spooler backs off
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], profile_dir: Path) -> SMTPConfig:
@@ -266,7 +265,7 @@ class SMTPConfig:
             address_types=tuple(opts["address_types"]),
             domains=None if domains is None else frozenset(domains),
             sender=opts.get("sender"),
-            temporary_failure_wait=opts["temporary_failure_wait"],
+            temporary_failure_wait=opts.get("temporary_failure_wait", 0.0),
         )
 
     @property
@@ -999,7 +998,8 @@ class SMTPProvider(TransportProvider):
         "domains": "only recipients in these domains are taken (default: every domain)",
         "sender": "the envelope sender (default: the message's SMTP sender, else the username)",
         "temporary_failure_wait": (
-            f"seconds before retrying after a temporary failure (default {DEFAULT_TEMPORARY_FAILURE_WAIT:g})"
+            "seconds before retrying after a temporary failure (default: the spooler's backoff, "
+            "300 s doubling up to 4000 s, see `postroom service set --policy`)"
         ),
     }
 
@@ -1077,9 +1077,8 @@ class SMTPProvider(TransportProvider):
             if problem is not None:
                 raise _invalid(f"option 'sender': {problem}")
             out["sender"] = sender.strip()
-        out["temporary_failure_wait"] = _number(
-            "temporary_failure_wait", opts.get("temporary_failure_wait", DEFAULT_TEMPORARY_FAILURE_WAIT)
-        )
+        if "temporary_failure_wait" in opts:
+            out["temporary_failure_wait"] = _number("temporary_failure_wait", opts["temporary_failure_wait"])
         return out
 
     @classmethod
