@@ -12,5 +12,5 @@ class Clock:
     def __call__(self) -> datetime:
         return self.now
 
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+    def advance(self, seconds: float | timedelta) -> None:
+        self.now += seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)

@@ -307,3 +307,74 @@ def test_an_idle_waiting_queue_does_not_spin(tmp_path: Path, calls: Calls) -> No
         return spins
 
     assert asyncio.run(scenario()) <= 1
+
+
+# --- issue 14: timers that mean what they say ----------------------------------------------------------
+
+
+def test_a_deferred_send_is_not_bounced_when_it_falls_due(tmp_path: Path, calls: Calls) -> None:
+    """The queue lifetime counts from the first delivery attempt, not from submission: a message
+    deferred by seven days goes out when due, and then has its whole lifetime to be delivered."""
+    clock = Clock(T0)
+    profile = profile_with(tmp_path, {"answer": "ok"}, max_queue_lifetime_hours=120)
+    with postroom.logon(profile, clock=clock) as s:
+        draft = s.create_message("later").to("a@x.test")
+        draft.set(T.PR_DEFERRED_SEND_TIME, T0 + timedelta(days=7))
+        mid = draft.submit()
+        s.deliver()
+        assert submits(calls) == 0
+        clock.advance(timedelta(days=7))
+        s.deliver()
+        assert submits(calls) == 1 and s.queue() == []
+        assert s.recipient_states(mid)[0].state.value == "delivered"
+
+
+def test_a_message_that_waited_offline_for_days_is_sent_by_send_receive(tmp_path: Path, calls: Calls) -> None:
+    """Offline waits never expire: six days in the Outbox, then Send/Receive sends it."""
+    clock = Clock(T0)
+    profile = profile_with(tmp_path, {"answer": "ok"}, max_queue_lifetime_hours=120)
+    with postroom.logon(profile, clock=clock) as s:
+        s.set_mode("offline")
+        mid = s.create_message("written offline").to("a@x.test").submit()
+        s.deliver()
+        clock.advance(timedelta(days=6))
+        s.deliver()
+        assert submits(calls) == 0 and s.queue()[0].first_try is None
+        summary = s.send_receive()
+        assert summary.sent == 1 and summary.failed == 0
+        assert s.recipient_states(mid)[0].state.value == "delivered"
+
+
+def test_a_queue_left_alone_for_days_is_tried_before_it_expires(tmp_path: Path, calls: Calls) -> None:
+    """The spooler was off for five days: the first attempt happens, and only a failed attempt
+    after the lifetime ran out bounces the message."""
+    clock = Clock(T0)
+    profile = profile_with(tmp_path, {"answer": "wait:600"}, max_queue_lifetime_hours=120)
+    with postroom.logon(profile, clock=clock) as s:
+        mid = s.create_message("queued").to("a@x.test").submit()
+        clock.advance(timedelta(days=5, hours=1))
+        s.deliver()
+        assert submits(calls) == 1 and s.recipient_states(mid)[0].state.value == "pending"
+        entry = s.queue()[0]
+        assert entry.first_try == clock() and entry.failures == 1
+        clock.advance(timedelta(hours=120))
+        s.deliver()  # attempted, failed, and the lifetime (from the first try) is over
+        assert submits(calls) == 2 and s.recipient_states(mid)[0].state.value == "expired"
+
+
+def test_temporary_failures_back_off_to_about_a_hundred_tries_in_five_days(tmp_path: Path, calls: Calls) -> None:
+    """A server answering 4xx for five days (no wait of its own): 300 s doubling up to 4000 s."""
+    clock = Clock(T0)
+    profile = profile_with(tmp_path, {"answer": "wait:0"}, {"retry_jitter": 0}, max_queue_lifetime_hours=120)
+    with postroom.logon(profile, clock=clock) as s:
+        s.create_message("4xx").to("a@x.test").submit()
+        delays = []
+        while s.queue() and len(delays) < 1000:
+            s.deliver()
+            if not s.queue():
+                break
+            delay = (s.queue()[0].next_attempt - clock()).total_seconds()  # type: ignore[operator]
+            delays.append(delay)
+            clock.advance(delay)
+        assert delays[:6] == [300, 600, 1200, 2400, 4000, 4000]
+        assert 100 <= submits(calls) <= 115  # not 7,200 (a try a minute)
