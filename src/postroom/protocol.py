@@ -47,6 +47,9 @@ log = logging.getLogger("postroom.protocol")
 DEFAULT_GROUP = "All Accounts"
 DEFAULT_STABILITY_SECONDS = 5.0
 SAFETY_SCAN_SECONDS = 30.0
+#: A daemon pass takes no new message after this long, so mode and configuration changes,
+#: inbound polls and schedules are seen within seconds while a long backlog drains.
+PASS_SECONDS = 5.0
 MAX_INBOUND_PER_RUN = 10_000
 
 
@@ -689,10 +692,12 @@ class ProtocolManager:
             self.work_waiting = False
             summary = PassSummary()
             try:
-                await self.core.spooler.process_due(stop=stop, keep=False, summary=summary)
+                await self.core.spooler.process_due(stop=stop, keep=False, summary=summary, max_seconds=PASS_SECONDS)
             finally:  # a pass cut short by a store outage still counts what it delivered
                 if on_pass and summary.processed:
                     on_pass(summary)
+            if summary.cut_short:  # a long backlog: notifications, polls and schedules get their turn first
+                self.work_waiting = True
             self.core.publish_status()
         await self.poll_due()
         for g in self.schedule.due(load_groups(self.core.profile), self.mode, now):

@@ -5,12 +5,14 @@ Registered as kind "recording"; its options say what it registers and how it ans
   take: "all" | "none" | list of address substrings it handles,
   fail: list of address substrings it marks failed,
   answer: "ok" | "not_me" | "busy" | "wait:N" | "network:N" | "cancel" | "raise",
-  end: "none" | "resend_later" | "resend_now" | "dont_resend".
+  end: "none" | "resend_later" | "resend_now" | "dont_resend",
+  sleep: seconds each submit_message takes (a slow transport; it runs in a worker thread).
 Calls are appended to CALLS as (service name, method, details).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from postroom.mapi import tags as T
@@ -70,6 +72,7 @@ class RecordingLogon(TransportLogon):
     def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
         seen = {r.row_id: (r.email_address, r.responsibility) for r in message.recipients}
         CALLS.append((self.name, "submit_message", seen))
+        time.sleep(float(self.options.get("sleep", 0)))
         answer = str(self.options.get("answer", "ok"))
         if answer == "raise":
             raise RuntimeError("transport plug-in bug")

@@ -378,3 +378,41 @@ def test_temporary_failures_back_off_to_about_a_hundred_tries_in_five_days(tmp_p
             clock.advance(delay)
         assert delays[:6] == [300, 600, 1200, 2400, 4000, 4000]
         assert 100 <= submits(calls) <= 115  # not 7,200 (a try a minute)
+
+
+# --- issue 14: no transport starves another ------------------------------------------------------
+
+
+def test_a_slow_transports_backlog_does_not_starve_another_transport(tmp_path: Path, calls: Calls) -> None:
+    """Oldest first alone would make the fax wait behind twenty slow SMTP messages; fair lanes hand
+    it to the first free worker."""
+    profile = make_profile(
+        tmp_path / "p",
+        ("slow", {"address_types": ["SMTP"], "sleep": 0.05}),
+        ("fax", {"address_types": ["FAX"]}),
+    )
+    with postroom.logon(profile) as s:
+        for n in range(20):
+            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        s.create_message("fax").to("FAX:+1").submit()
+        summary = s.deliver()
+        assert summary.delivered == 21
+    order = [c[0] for c in calls if c[1] == "submit_message"]
+    assert order.index("fax") <= 2, order  # not 20th: among the first messages taken
+
+
+def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Path, calls: Calls) -> None:
+    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
+
+    async def scenario() -> tuple[int, bool, int]:
+        s = postroom.alogon(Profile.load(profile.directory))
+        for n in range(30):
+            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        await s.deliver(limit=0)  # log on
+        summary = await s.spooler.process_due(max_seconds=0.15)
+        left = len(s.queue())
+        await s.close()
+        return summary.processed, summary.cut_short, left
+
+    processed, cut_short, left = asyncio.run(scenario())
+    assert cut_short and 0 < processed < 30 and left == 30 - processed

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 
 from ..store.base import LeaseLost, MessageStore
 from .outbound import MessageResult, OutboundProcessor, SpoolerSettings
+from .scheduler import FairScheduler
 from .tally import Fate, Tally
 from .transports import LoadedTransport, TransportTable
 
@@ -44,6 +46,7 @@ class PassSummary:
     deferred: int = 0  # messages left waiting (a retry time, or Send/Receive)
     #: Every recipient the pass dealt with, once, under the transport that had it.
     tally: Tally = field(default_factory=Tally)
+    cut_short: bool = False  # the pass stopped at its time limit: more may be due
 
     def add(self, result: MessageResult, keep: bool = True) -> None:
         self.processed += 1
@@ -120,8 +123,13 @@ class Spooler:
         stop: asyncio.Event | None = None,
         keep: bool = True,
         summary: PassSummary | None = None,
+        max_seconds: float | None = None,
     ) -> PassSummary:
-        """Claim and process due messages until none is due (or `limit` were processed).
+        """Claim and process due messages until none is due (or `limit` were processed, or
+        `max_seconds` have passed: then `summary.cut_short` says that more may be due).
+
+        Workers take messages fairly across transports (see scheduler.py), each message at most
+        once per pass.
 
         Several messages are worked on concurrently; each is claimed in the store first,
         so another spooler process on the same store never gets the same message. When one
@@ -134,29 +142,32 @@ class Spooler:
             summary = PassSummary()
         remaining = limit
         errors: list[Exception] = []
+        scheduler = FairScheduler(self.store, self.transports.router, self.owner, self.clock, self.lease_seconds)
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
 
         async def worker() -> None:
             nonlocal remaining
             while (remaining is None or remaining > 0) and not errors:
                 if stop is not None and stop.is_set():
                     return  # shutting down: take nothing new; what is in flight finishes
+                if deadline is not None and time.monotonic() >= deadline:
+                    summary.cut_short = True  # the caller comes back for the rest
+                    return
                 if remaining is not None:
                     remaining -= 1
+                message_id: int | None = None
                 try:
-                    claimed = await self.processor.write(
-                        self.store.claim, self.owner, self.clock(), self.lease_seconds, 1
-                    )
-                    if not claimed:
+                    message_id = scheduler.take(self.processor.in_flight)
+                    if message_id is None:
                         return
-                    if claimed[0] in self.processor.in_flight:
-                        # Our own lease on it ran out while a worker here still holds it (the event loop
-                        # waited on an unreachable store): the claim only renewed that worker's lease.
-                        continue
-                    summary.add(await self.processor.process(claimed[0]), keep)
+                    summary.add(await self.processor.process(message_id), keep)
                 except LeaseLost as exc:  # e.g. after a store outage longer than the lease
                     log.warning("%s; it is left to the spooler that took it over", exc)
                 except Exception as exc:  # the others finish what they hold, then the pass ends with this
                     errors.append(exc)
+                finally:
+                    if message_id is not None:
+                        scheduler.done(message_id)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         if errors:

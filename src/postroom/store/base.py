@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import IO, Any
 
-from ..mapi.message import MessageData, Props
+from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
 from .slots import ConnectionSlots
 
@@ -287,6 +287,18 @@ class MessageStore(abc.ABC):
     @abc.abstractmethod
     def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:
         """Lock up to `limit` due messages for `owner` (SUBMITFLAG_LOCKED), oldest first."""
+
+    @abc.abstractmethod
+    def due_messages(self, now: datetime, limit: int, exclude: Iterable[int] = ()) -> list[int]:
+        """Up to `limit` messages a spooler may claim now, oldest first (read only: nothing is locked)."""
+
+    @abc.abstractmethod
+    def pending_recipients(self, message_ids: Sequence[int]) -> dict[int, list[tuple[Recipient, str | None]]]:
+        """The pending recipients of these messages, each with the transport it waits for (if any)."""
+
+    @abc.abstractmethod
+    def claim_message(self, owner: str, message_id: int, now: datetime, lease_seconds: float) -> bool:
+        """Claim one chosen message if it is still due and free; False when another spooler has it."""
 
     @abc.abstractmethod
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:

@@ -725,6 +725,49 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             ).fetchall()
         return [int(mid) for mid, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
+    def due_messages(self, now: datetime, limit: int, exclude: Iterable[int] = ()) -> list[int]:
+        """Up to `limit` messages a spooler may claim now, oldest first (read only: nothing is locked)."""
+        t = to_epoch(now)
+        skip = [valid_id(m) for m in exclude]
+        marks = ", ".join("?" for _ in skip)
+        rows = self._q(
+            "SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ? "
+            "AND (lease_owner IS NULL OR lease_until < ?)"
+            + (f" AND id NOT IN ({marks})" if skip else "")
+            + " ORDER BY submit_time, id LIMIT ?",
+            (t, t, *skip, limit),
+        )
+        return [int(mid) for (mid,) in rows]
+
+    def pending_recipients(self, message_ids: Sequence[int]) -> dict[int, list[tuple[Recipient, str | None]]]:
+        """The pending recipients of these messages, each with the transport it waits for (if any)."""
+        out: dict[int, list[tuple[Recipient, str | None]]] = {}
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        if not ids:
+            return out
+        marks = ", ".join("?" for _ in ids)
+        for mid, rid, bag, waiting in self._q(
+            f"SELECT message_id, row_id, props, waiting_for FROM recipients WHERE message_id IN ({marks}) "
+            "AND state='pending' ORDER BY message_id, row_id",
+            ids,
+        ):
+            out.setdefault(int(mid), []).append((Recipient(props=decode_bag(bag), row_id=int(rid)), waiting))
+        return out
+
+    def claim_message(self, owner: str, message_id: int, now: datetime, lease_seconds: float) -> bool:
+        """Claim one chosen message if it is still due and free (another spooler may have taken it)."""
+        t = to_epoch(now)
+        assert t is not None
+        with self._tx() as db:
+            row = db.execute(
+                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
+                "WHERE id IN ("
+                " SELECT id FROM messages WHERE id=? AND queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
+                " AND (lease_owner IS NULL OR lease_until < ?)" + self._SKIP_LOCKED + ") RETURNING id",
+                (self._text(owner), t + lease_seconds, valid_id(message_id), t, t),
+            ).fetchone()
+        return row is not None
+
     def _check_owner(self, db: DB, message_id: int, owner: str) -> None:
         """Ours, and nobody can take it over before this transaction ends."""
         row = db.execute(f"SELECT lease_owner FROM messages WHERE id=?{self._FOR_UPDATE}", (message_id,)).fetchone()
