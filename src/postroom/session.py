@@ -438,10 +438,14 @@ class _SessionCore:
         self.store.submit(mid, self.clock(), stamp)
 
     def submit_many(self, drafts: Iterable[Draft]) -> list[int]:
-        """Save and submit several new messages with one durable commit (batch submission)."""
+        """Save and submit several new messages with one durable commit (batch submission).
+
+        The drafts are all taken from `drafts` before the transaction begins: a generator that
+        stalls (waiting on its own input) must not hold the store's write lock meanwhile."""
+        ready = list(drafts)
         ids: list[int] = []
         with self.store.batch():
-            for draft in drafts:
+            for draft in ready:
                 ids.append(draft.submit())
         return ids
 

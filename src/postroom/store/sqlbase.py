@@ -982,8 +982,14 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
         if not kinds:
             return 0
+        marks = ", ".join("?" for _ in kinds)
+        waiting = self._q(
+            f"SELECT 1 FROM messages WHERE queue_state='queued' AND wait_kind IN ({marks}) LIMIT 1",
+            [k.value for k in kinds],
+        )
+        if not waiting:  # nothing to wake: no write transaction (a reader never waits for a writer)
+            return 0
         with self._tx() as db:
-            marks = ", ".join("?" for _ in kinds)
             cur = db.execute(
                 f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
                 f"AND (lease_owner IS NULL OR lease_until < ?) AND wait_kind IN ({marks})",

@@ -218,6 +218,10 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         return self._notes if self._batch_depth else None
 
     def _create_schema(self) -> None:
+        """Create or migrate the schema; a store already at this version is only read, so opening
+        it never waits for a writer (a reader must never queue behind a stalled transaction)."""
+        if self._schema_is_current():
+            return
         with self._tx() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -235,6 +239,13 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 )
             # An older store is migrated here, in this same transaction (all or nothing).
             upgrade_sqlite(db, 1 if row is None else int(row[0]), where=str(self.path))
+
+    def _schema_is_current(self) -> bool:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no meta table yet: a new file
+            return False
+        return row is not None and int(row[0]) == SCHEMA_VERSION
 
     def _meta(self, key: str) -> Any:
         rows = self._q("SELECT value FROM meta WHERE key=?", (key,))
