@@ -159,6 +159,23 @@ def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path
     assert len(maildir_files(profile)) == 3
 
 
+def test_eml_files_with_malformed_message_ids_get_distinct_ones(profile: Path, tmp_path: Path) -> None:
+    # Both were cut to "<a>" once, so two unrelated messages shared one Message-ID.
+    ids = []
+    for n, written in enumerate(["<a b@c>", "<a c@d>"]):
+        eml = tmp_path / f"m{n}.eml"
+        eml.write_bytes(f"To: user@localhost\r\nSubject: m{n}\r\nMessage-ID: {written}\r\n\r\nhi\r\n".encode())
+        sent = postroom("send", "--eml", eml, "--json", profile=profile)
+        assert sent.returncode == 0, sent.stderr
+        shown = as_json(postroom("show", str(as_json(sent)["message_id"]), "--json", profile=profile))
+        ids.append(shown["message_id_header"])
+    assert ids[0] != ids[1] and "<a>" not in ids
+    headers = sorted(
+        line for f in maildir_files(profile) for line in f.read_text().splitlines() if "Message-ID" in line
+    )
+    assert headers == sorted(f"Message-ID: {i}" for i in ids)
+
+
 def test_foreign_domain_fails_with_ndr_in_inbox(profile: Path) -> None:
     result = postroom(
         "send", "--to", "someone@elsewhere.test", "--cc", "user@localhost", "-s", "Far away", "-b", "x",
