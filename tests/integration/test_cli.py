@@ -176,6 +176,26 @@ def test_eml_files_with_malformed_message_ids_get_distinct_ones(profile: Path, t
     assert headers == sorted(f"Message-ID: {i}" for i in ids)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell")
+def test_a_pipe_command_that_leaves_a_process_behind_is_delivered_without_a_traceback(
+    profile: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "leftover.pid"
+    script = f'cat >/dev/null; sleep 30 & echo $! > "{pidfile}"; exit 0'
+    command = json.dumps(["/bin/sh", "-c", script])
+    added = postroom(
+        "service", "add", "pipe", "fax", "--set", f"command={command}", "--set", 'address_types=["FAX"]',
+        "--set", "timeout=10", profile=profile,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        sent = postroom("send", "--to", "FAX:+15551234", "-s", "A fax", "-b", "x", "--json", profile=profile)
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert sent.returncode == 0, sent.stderr  # postroom() also checks: no traceback ("Event loop is closed")
+    assert [r["state"] for r in as_json(sent)["recipients"]] == ["delivered"]
+
+
 def test_foreign_domain_fails_with_ndr_in_inbox(profile: Path) -> None:
     result = postroom(
         "send", "--to", "someone@elsewhere.test", "--cc", "user@localhost", "-s", "Far away", "-b", "x",
