@@ -244,7 +244,7 @@ def sqlite_version(path: str | os.PathLike[str]) -> int | None:
 
 def migrate(target: str | os.PathLike[str], *, password_env: str | None = None) -> MigrationReport:
     """Create or migrate the store at `target` (a postgresql:// URL or an SQLite file) to LATEST."""
-    from . import is_postgres_url, redact_url
+    from . import check_store_location, is_postgres_url, redact_url
 
     if isinstance(target, str) and is_postgres_url(target):
         from .postgres import PostgresStore
@@ -256,6 +256,7 @@ def migrate(target: str | os.PathLike[str], *, password_env: str | None = None) 
             store.close()
     from .sqlite import SQLiteStore
 
+    check_store_location(target)
     before = sqlite_version(target)
     SQLiteStore(target).close()
     return MigrationReport(str(target), "sqlite", before, LATEST)
