@@ -277,13 +277,14 @@ class PipeLogon(TransportLogon):
             os.close(err_write)
         assert proc.stdin is not None
         stdin = proc.stdin
-        loop = asyncio.get_running_loop()
-        stderr = asyncio.StreamReader(loop=loop)
+        stderr = asyncio.StreamReader()
+        err_file = os.fdopen(err_read, "rb", buffering=0)
         try:
-            err_pipe, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(stderr, loop=loop), os.fdopen(err_read, "rb", buffering=0)
+            err_pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stderr), err_file
             )
         except BaseException:
+            err_file.close()
             _kill(proc)
             await proc.wait()
             raise
