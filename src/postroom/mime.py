@@ -34,10 +34,12 @@ never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multip
 report-type=delivery-status (RFC 3464) becomes a ``REPORT.IPM.Note.*`` message with one recipient
 row per per-recipient block (spec §7). The Message-ID of the original message, which MAPI has no
 property for, is stored as its UTF-8 bytes in PR_REPORT_TAG (a postroom convention: the spooler
-finds the original by it); `dsn_original_message_id` reads it from the raw report. Whatever
-cannot be converted exactly (no headers at all, a header that is not UTF-8, text not valid in its
-charset, a broken MIME structure) keeps the bytes as received in an ``original-message.eml``
-attachment: a transport may delete the message on the server once it is stored.
+finds the original by it); `dsn_original_message_id` reads it from the raw report. A Message-ID
+is kept only when it is one usable ID, exactly as written (`_message_id_of`); a malformed one is
+dropped rather than cut short, so it can never make two messages share an ID. Whatever cannot be
+converted exactly (no headers at all, a header that is not UTF-8, text not valid in its charset,
+a broken MIME structure) keeps the bytes as received in an ``original-message.eml`` attachment:
+a transport may delete the message on the server once it is stored.
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ _MAX_DEPTH = 16
 
 _HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _ID_FORBIDDEN = re.compile(r"[^\x21-\x7e]")
+#: One message ID as a whole header value: printable ASCII, no white space, `<` and `>` only around it.
+_ONE_MSG_ID = re.compile(r"<?[\x21-\x3b=\x3f-\x7e]+>?")
+_COMMENT = re.compile(r"\([^()]*\)")
 _ADDR_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
@@ -939,7 +944,16 @@ def _original_headers(part: Message | None) -> Message | None:
 
 
 def _message_id_of(original: Message) -> str:
-    return _header_text(_get_text(original, "Message-ID"))
+    """The Message-ID exactly as the sender wrote it, or '' when it is not one usable ID.
+
+    Read from the raw header: the `email` package's parser cuts a malformed ID at its first
+    blank (`<a b@c>` reads as `<a`), and so would give unrelated messages one ID. A value with
+    white space, control or non-ASCII characters, or more than one ID, is not kept at all:
+    a message without one gets a fresh, unique ID when it is submitted."""
+    raw = next((str(v) for k, v in original.raw_items() if k.lower() == "message-id"), "")
+    text = _COMMENT.sub(" ", _LINE_BREAK.sub("", raw)).strip()
+    fits = len(text) <= _MAX_HEADER_LINE - len("Message-ID: <>")
+    return text if fits and _ONE_MSG_ID.fullmatch(text) else ""
 
 
 def _strip_type(value: str) -> str:
@@ -1140,7 +1154,7 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int) -> MessageData:
     if submitted is not None:
         props[T.PR_CLIENT_SUBMIT_TIME] = submitted
     props[T.PR_MESSAGE_DELIVERY_TIME] = datetime.now(UTC)
-    message_id = _header_text(_get_text(msg, "Message-ID"))
+    message_id = _message_id_of(msg)
     if message_id:
         props[T.PR_INTERNET_MESSAGE_ID] = message_id
     in_reply_to = _header_text(_get_text(msg, "In-Reply-To"))

@@ -179,7 +179,16 @@ class Profile:
 
     @property
     def store_path(self) -> Path:
+        """The SQLite file: `store` in the profile (relative to the profile directory), or store.sqlite.
+
+        A libpq connection string there is refused (MAPI_E_INVALID_PARAMETER), never taken for a file name."""
+        from .store import check_store_location
+
         configured = self.settings.get("store", STORE_FILE)
+        try:
+            check_store_location(str(configured))
+        except MAPIError as exc:
+            raise MAPIError(exc.code, f"{self.path}: {exc.message}") from None
         p = Path(str(configured)).expanduser()
         return p if p.is_absolute() else self.directory / p
 

@@ -3,6 +3,11 @@
 A session opens a profile's message store; its transports are logged on when the
 session first needs them (routing, `enum_adr_types`, delivery). The CLI is a thin
 layer over this API.
+
+Every method checks the types of its arguments: a wrong one is ArgumentTypeError, which is
+MAPIError(MAPI_E_INVALID_PARAMETER) and TypeError at once. A closed session answers every
+call with MAPI_E_END_OF_SESSION; closing it again does nothing. A `Session` may be shared by
+threads: its calls run one at a time (a long one, such as `run_spooler`, holds the others).
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ import mimetypes
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from .addressing import ParsedAddress, parse_address
 from .mapi import tags as T
-from .mapi.codes import HResult, MAPIError
+from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
 from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
 from .mapi.message import Attachment, MessageData, Recipient
@@ -46,6 +52,39 @@ from .store import (
 from .transports.spi import StatusRow, status_row_dict
 
 R = TypeVar("R")
+
+
+# --- argument checks -----------------------------------------------------------------------------
+def _type_names(types: tuple[type, ...]) -> str:
+    names = ["None" if t is type(None) else t.__name__ for t in types]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _check(value: object, types: type | tuple[type, ...], what: str) -> None:
+    """ArgumentTypeError unless `value` is one of `types` (a bool is never taken for an int)."""
+    wanted = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+        shown = "None" if value is None else type(value).__name__
+        raise ArgumentTypeError(f"{what} must be {_type_names(wanted)}, not {shown}")
+
+
+def _check_ref(ref: object, method: str) -> None:
+    """A message reference: its ID (int), entry ID (bytes) or either as text (str)."""
+    _check(ref, (int, str, bytes), f"{method}(): the message (an ID or entry ID)")
+
+
+def _check_strings(values: object, method: str, what: str) -> None:
+    """A list of strings; one string on its own is refused, not taken letter by letter."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        shown = "None" if values is None else type(values).__name__
+        raise ArgumentTypeError(f"{method}(): {what} must be a list of str, not {shown}")
+
+
+class _ClosedStore:
+    """What a closed session has in place of its store: every use is MAPI_E_END_OF_SESSION."""
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise MAPIError(HResult.MAPI_E_END_OF_SESSION, "the session is closed; log on again")
 
 
 @dataclass(frozen=True)
@@ -108,6 +147,7 @@ class Draft:
 
     @subject.setter
     def subject(self, value: str) -> None:
+        _check(value, str, "subject")
         self.data.props[T.PR_SUBJECT] = value
 
     @property
@@ -116,10 +156,12 @@ class Draft:
 
     @body.setter
     def body(self, value: str) -> None:
+        _check(value, str, "body")
         self.data.props[T.PR_BODY] = value
 
     def set(self, tag: int, value: Any) -> Draft:
         """Set any property (PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED, PR_DELETE_AFTER_SUBMIT, …)."""
+        _check(tag, int, "set(): the property tag")
         self.data.props[tag] = value
         return self
 
@@ -138,6 +180,14 @@ class Draft:
         With only an entry ID, a one-off entry ID gives name, type and address; any other
         entry ID is routed by the provider UID in its bytes 4..19.
         """
+        _check(address, (str, type(None)), "add_recipient(): the address")
+        _check(name, (str, type(None)), "add_recipient(): name")
+        _check(address_type, (str, type(None)), "add_recipient(): address_type")
+        _check(entry_id, (bytes, type(None)), "add_recipient(): entry_id")
+        _check(kind, int, "add_recipient(): kind")
+        if kind not in tuple(RecipientType):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"add_recipient(): kind {kind!r} is not a RecipientType")
+        kind = RecipientType(kind)
         if address is None and entry_id is None:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "a recipient needs an address or an entry ID")
         if address is not None:
@@ -174,18 +224,19 @@ class Draft:
         return recipient
 
     def to(self, *addresses: str) -> Draft:
-        for a in addresses:
-            self.add_recipient(a, kind=RecipientType.TO)
-        return self
+        return self._add_all(addresses, RecipientType.TO, "to")
 
     def cc(self, *addresses: str) -> Draft:
-        for a in addresses:
-            self.add_recipient(a, kind=RecipientType.CC)
-        return self
+        return self._add_all(addresses, RecipientType.CC, "cc")
 
     def bcc(self, *addresses: str) -> Draft:
+        return self._add_all(addresses, RecipientType.BCC, "bcc")
+
+    def _add_all(self, addresses: tuple[str, ...], kind: RecipientType, method: str) -> Draft:
+        for a in addresses:  # all checked first: a bad one adds none of them
+            _check(a, str, f"{method}(): an address")
         for a in addresses:
-            self.add_recipient(a, kind=RecipientType.BCC)
+            self.add_recipient(a, kind=kind)
         return self
 
     # Attachments.
@@ -193,6 +244,9 @@ class Draft:
         self, path: str | os.PathLike[str], *, mime_type: str | None = None, name: str | None = None
     ) -> Attachment:
         """Attach a file by value; it is streamed into the store when the draft is saved."""
+        _check(path, (str, os.PathLike), "attach_file(): the path")
+        _check(mime_type, (str, type(None)), "attach_file(): mime_type")
+        _check(name, (str, type(None)), "attach_file(): name")
         p = Path(path)
         try:
             st = p.stat()
@@ -215,6 +269,10 @@ class Draft:
         return att
 
     def attach_bytes(self, name: str, data: bytes, *, mime_type: str | None = None) -> Attachment:
+        _check(name, str, "attach_bytes(): the name")
+        _check(data, (bytes, bytearray, memoryview), "attach_bytes(): the data")
+        _check(mime_type, (str, type(None)), "attach_bytes(): mime_type")
+        data = bytes(data)
         att = Attachment(
             props=_attachment_props(name, mime_type), num=len(self.data.attachments), data=data, size=len(data)
         )
@@ -268,8 +326,12 @@ class _SessionCore:
     """What the sync and async sessions share: the store, the profile and the spooler."""
 
     def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
+        _check(profile, Profile, "the profile")
         self.profile = profile
         self.clock = clock or (lambda: datetime.now(UTC))
+        #: Serialises what must not run twice at once: the event loop, profile changes, close.
+        self._lock = threading.RLock()
+        self.closed = False
         for key, default in (("spooler_concurrency", 4), ("online_stability_seconds", 0.0)):
             _setting_number(profile, key, default)  # refuse a bad value before opening anything
         try:
@@ -317,17 +379,24 @@ class _SessionCore:
         return self.store.folders()
 
     def folder(self, name: str | int) -> Folder:
+        _check(name, (str, int), "folder(): the folder (a name or ID)")
         return self.store.find_folder(name)
 
     def create_folder(self, name: str) -> Folder:
+        _check(name, str, "create_folder(): the name")
         return self.store.create_folder(name)
 
     def list_messages(self, folder: str | int | Folder, limit: int | None = None) -> list[MessageSummary]:
+        _check(folder, (str, int, Folder), "list_messages(): the folder")
+        _check(limit, (int, type(None)), "list_messages(): limit")
         f = folder if isinstance(folder, Folder) else self.folder(folder)
         return self.store.list_messages(f.id, limit)
 
     # --- messages -------------------------------------------------------------------------
     def create_message(self, subject: str = "", body: str = "", *, folder: Folder | None = None) -> Draft:
+        _check(subject, str, "create_message(): the subject")
+        _check(body, str, "create_message(): the body")
+        _check(folder, (Folder, type(None)), "create_message(): folder")
         draft = Draft(self, folder or self.outbox)
         if subject:
             draft.subject = subject
@@ -336,18 +405,22 @@ class _SessionCore:
         return draft
 
     def open_message(self, ref: str | int | bytes) -> MessageData:
+        _check_ref(ref, "open_message")
         return self.store.open_message(self.store.resolve_message(ref))
 
     def message_id(self, ref: str | int | bytes) -> int:
+        _check_ref(ref, "message_id")
         return self.store.resolve_message(ref)
 
     def message_folder(self, ref: str | int | bytes) -> Folder | None:
         """The folder a message is in (None for an embedded message)."""
+        _check_ref(ref, "message_folder")
         fid = self.store.message_folder(self.store.resolve_message(ref))
         return None if fid is None else self.store.find_folder(fid)
 
     def entry_id(self, ref: str | int | bytes) -> bytes:
         """PR_ENTRYID of a message: save it before submitting, as MAPI clients do."""
+        _check_ref(ref, "entry_id")
         return self.store.entry_id_of(self.store.resolve_message(ref))
 
     def next_due(self) -> datetime | None:
@@ -366,6 +439,7 @@ class _SessionCore:
         return self.profile.explicit_order is not None
 
     def events(self, ref: str | int | bytes) -> list[Event]:
+        _check_ref(ref, "events")
         return self.store.events(self.store.resolve_message(ref))
 
     def _summary(self, message_id: int) -> MessageSummary | None:
@@ -378,6 +452,7 @@ class _SessionCore:
         return next((m for m in self.store.list_messages(folder) if m.id == message_id), None)
 
     def recipient_states(self, ref: str | int | bytes) -> list[RecipientStatus]:
+        _check_ref(ref, "recipient_states")
         return self.store.recipient_states(self.store.resolve_message(ref))
 
     def recipient_report(self, ref: str | int | bytes) -> list[RecipientReport]:
@@ -433,6 +508,7 @@ class _SessionCore:
 
     def submit(self, ref: str | int | bytes) -> None:
         """IMessage::SubmitMessage: stamps the sender and a Message-ID, then queues the message (one commit)."""
+        _check_ref(ref, "submit")
         mid = self.store.resolve_message(ref)
         stamp = self._stamp(self.store.open_message(mid))
         self.store.submit(mid, self.clock(), stamp)
@@ -443,6 +519,8 @@ class _SessionCore:
         The drafts are all taken from `drafts` before the transaction begins: a generator that
         stalls (waiting on its own input) must not hold the store's write lock meanwhile."""
         ready = list(drafts)
+        for draft in ready:
+            _check(draft, Draft, "submit_many(): each draft")
         ids: list[int] = []
         with self.store.batch():
             for draft in ready:
@@ -480,6 +558,7 @@ class _SessionCore:
     def abort_submit(self, ref: str | int | bytes) -> None:
         """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it
         was already sent; MAPI_E_UNABLE_TO_ABORT while a spooler holds it."""
+        _check_ref(ref, "abort_submit")
         self.store.abort_submit(self.store.resolve_message(ref), self.clock())
 
     def queue(self) -> list[QueueEntry]:
@@ -488,88 +567,109 @@ class _SessionCore:
 
     def hold(self, ref: str | int | bytes, reason: str = "held by an operator") -> None:
         """Keep a queued message from being sent until release(); MAPI_E_NOT_IN_QUEUE if it is not queued."""
+        _check_ref(ref, "hold")
+        _check(reason, str, "hold(): the reason")
         self.store.hold(self.store.resolve_message(ref), self.clock(), reason)
 
     def release(self, ref: str | int | bytes) -> None:
         """Release a held message: it is due at once."""
+        _check_ref(ref, "release")
         self.store.release_hold(self.store.resolve_message(ref), self.clock())
 
     def confirm_delivered(self, ref: str | int | bytes, detail: str = "confirmed delivered by an operator") -> str:
         """Finish a held message as delivered instead of sending it again (its outcome was unknown)."""
+        _check_ref(ref, "confirm_delivered")
+        _check(detail, str, "confirm_delivered(): the detail")
         return self.store.confirm_delivered(self.store.resolve_message(ref), self.clock(), detail)
 
     def retry(self, ref: str | int | bytes | None = None) -> int:
         """Make a waiting message (or, with None, every one) due now, ignoring backoff."""
+        if ref is not None:
+            _check_ref(ref, "retry")
         mid = None if ref is None else self.store.resolve_message(ref)
         return self.store.retry_now(mid, self.clock())
 
     def cancel(self, ref: str | int | bytes) -> None:
         """Cancel a queued message before it is sent (abort submit: it stays in the Outbox, unsent)."""
+        _check_ref(ref, "cancel")
         self.abort_submit(ref)
 
     # --- message services ---------------------------------------------------------------------
     def services(self) -> list[Service]:
+        self._check_open()
         return list(self.profile.services)
 
     def add_service(
         self,
         kind: str,
         name: str,
-        options: dict[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
         *,
         prefer_last: bool | None = None,
         call_when_offline: bool = False,
         poll_seconds: float | None = None,
-        policy: dict[str, Any] | None = None,
+        policy: Mapping[str, Any] | None = None,
     ) -> Service:
         """Add a message service. Its options are checked by its kind (MAPI_E_INVALID_PARAMETER),
         and what they name must work here now (MAPI_E_UNCONFIGURED: a program that does not exist,
         a password variable that is not set, an unreadable file); nothing is saved otherwise."""
-        service = self.profile.add_service(
-            kind,
-            name,
-            options,
-            prefer_last=prefer_last,
-            call_when_offline=call_when_offline,
-            **({} if poll_seconds is None else {"poll_seconds": poll_seconds}),
-        )
-        service.policy = dict(policy or {})
-        try:
-            self._check_setup(service)
-        except MAPIError:
-            self.profile.remove_service(service.name)
-            raise
-        self.profile.save()
-        self._profile_changed()
+        _check(kind, str, "add_service(): the kind")
+        _check(name, str, "add_service(): the name")
+        _check(options, (Mapping, type(None)), "add_service(): options")
+        _check(prefer_last, (bool, type(None)), "add_service(): prefer_last")
+        _check(policy, (Mapping, type(None)), "add_service(): policy")
+        with self._lock:
+            self._check_open()
+            service = self.profile.add_service(
+                kind,
+                name,
+                dict(options or {}),
+                prefer_last=prefer_last,
+                call_when_offline=call_when_offline,
+                **({} if poll_seconds is None else {"poll_seconds": poll_seconds}),
+            )
+            service.policy = dict(policy or {})
+            try:
+                self._check_setup(service)
+            except MAPIError:
+                self.profile.remove_service(service.name)
+                raise
+            self.profile.save()
+            self._profile_changed()
         return service
 
     def configure_service(
         self,
         name: str,
         *,
-        options: dict[str, Any] | None = None,
-        policy: dict[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        policy: Mapping[str, Any] | None = None,
         call_when_offline: bool | None = None,
         poll_seconds: float | None = None,
     ) -> Service:
         """Change a message service: `options` and `policy` replace the old ones when given. The
         same checks as add_service; the profile is unchanged when one fails. A running spooler
         daemon logs the transport on again with the change."""
-        service = self.profile.service(name)
-        checked = provider_class(service.kind).validate_options(options) if options is not None else service.options
-        if poll_seconds is not None and poll_seconds <= 0:
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "poll_seconds must be positive")
-        changed = replace(service, options=checked)
-        self._check_setup(changed)
-        service.options = checked
-        if policy is not None:
-            service.policy = dict(policy)
-        if call_when_offline is not None:
-            service.call_when_offline = call_when_offline
-        if poll_seconds is not None:
-            service.poll_seconds = poll_seconds
-        self.profile.save()
-        self._profile_changed()
+        _check(name, str, "configure_service(): the name")
+        _check(options, (Mapping, type(None)), "configure_service(): options")
+        _check(policy, (Mapping, type(None)), "configure_service(): policy")
+        with self._lock:
+            self._check_open()
+            service = self.profile.service(name)
+            kind = provider_class(service.kind)
+            checked = kind.validate_options(dict(options)) if options is not None else service.options
+            if poll_seconds is not None and poll_seconds <= 0:
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "poll_seconds must be positive")
+            self._check_setup(replace(service, options=checked))
+            service.options = checked
+            if policy is not None:
+                service.policy = dict(policy)
+            if call_when_offline is not None:
+                service.call_when_offline = call_when_offline
+            if poll_seconds is not None:
+                service.poll_seconds = poll_seconds
+            self.profile.save()
+            self._profile_changed()
         return service
 
     def _check_setup(self, service: Service) -> None:
@@ -580,28 +680,46 @@ class _SessionCore:
             )
 
     def remove_service(self, name: str) -> Service:
-        service = self.profile.remove_service(name)
-        self.profile.save()
-        self._profile_changed()
+        _check(name, str, "remove_service(): the name")
+        with self._lock:
+            self._check_open()
+            service = self.profile.remove_service(name)
+            self.profile.save()
+            self._profile_changed()
         return service
 
     def transport_order(self) -> list[Service]:
+        self._check_open()
         return self.profile.transport_order()
 
     def set_transport_order(self, transports: Sequence[str | bytes]) -> None:
-        self.profile.set_transport_order(transports)
-        self.profile.save()
-        self._profile_changed()
+        _check_strings(transports, "set_transport_order", "the transports")
+        transports = list(transports)
+        for t in transports:
+            _check(t, (str, bytes), "set_transport_order(): each transport (a name or provider UID)")
+        with self._lock:
+            self._check_open()
+            self.profile.set_transport_order(transports)
+            self.profile.save()
+            self._profile_changed()
 
     def reset_transport_order(self) -> None:
-        self.profile.reset_transport_order()
-        self.profile.save()
-        self._profile_changed()
+        with self._lock:
+            self._check_open()
+            self.profile.reset_transport_order()
+            self.profile.save()
+            self._profile_changed()
 
     def save_profile(self) -> None:
         """Save changes made to `session.profile` (groups, settings) and tell a running spooler."""
-        self.profile.save()
-        self._profile_changed()
+        with self._lock:
+            self._check_open()
+            self.profile.save()
+            self._profile_changed()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise MAPIError(HResult.MAPI_E_END_OF_SESSION, "the session is closed; log on again")
 
     def _profile_changed(self) -> None:
         """The next use logs on again with the new configuration; a running spooler daemon too.
@@ -620,6 +738,7 @@ class _SessionCore:
     _needs_relogon = False
 
     async def _ensure_logged_on(self) -> None:
+        self._check_open()
         if self.transports.logged_on and not self._needs_relogon:
             return
         if self.transports.logged_on:
@@ -634,7 +753,7 @@ class _SessionCore:
         return self.transports.enum_adr_types()
 
     async def _route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
-        parsed = [parse_address(a) for a in addresses]
+        parsed = [parse_address(a) for a in addresses]  # checked by route()
         await self._ensure_logged_on()
         router = self.transports.router()
         answers = []
@@ -685,6 +804,7 @@ class _SessionCore:
         return self.profile.mode
 
     async def _set_mode(self, mode: str) -> None:
+        self._check_open()
         if self.transports.logged_on:
             await self.protocol.set_mode(mode)
         else:
@@ -731,6 +851,8 @@ class _SessionCore:
     # --- receive folders -----------------------------------------------------------------------------
     def set_receive_folder(self, message_class: str, folder: str | int | None) -> None:
         """SetReceiveFolder: `IPM.Note.Fax` → "Faxes"; None removes the association."""
+        _check(message_class, str, "set_receive_folder(): the message class")
+        _check(folder, (str, int, type(None)), "set_receive_folder(): the folder")
         self.store.set_receive_folder(message_class, None if folder is None else self.folder(folder).id)
 
     def receive_folders(self) -> list[tuple[str, Folder]]:
@@ -742,9 +864,29 @@ class _SessionCore:
         return rows
 
     async def _close(self) -> None:
-        if self.transports.logged_on:
-            await self.transports.logoff_all()
-        self.store.close()
+        """Log off and close the store, once; afterwards every call is MAPI_E_END_OF_SESSION."""
+        if self.closed:
+            return
+        try:
+            if self.transports.logged_on:
+                await self.transports.logoff_all()
+        finally:
+            self.closed = True
+            store, self.store = self.store, cast(MessageStore, _ClosedStore())
+            store.close()
+
+    # --- argument checks of the methods both sessions have ------------------------------------
+    @staticmethod
+    def _check_route(addresses: Iterable[str]) -> list[str]:
+        _check_strings(addresses, "route", "the addresses")
+        listed = list(addresses)
+        for a in listed:
+            _check(a, str, "route(): each address")
+        return listed
+
+    @staticmethod
+    def _check_limit(limit: int | None) -> None:
+        _check(limit, (int, type(None)), "deliver(): limit")
 
 
 class AsyncSession(_SessionCore):
@@ -754,25 +896,29 @@ class AsyncSession(_SessionCore):
         return await self._enum_adr_types()
 
     async def route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
-        return await self._route(addresses)
+        return await self._route(self._check_route(addresses))
 
     async def deliver(self, limit: int | None = None, *, stop: asyncio.Event | None = None) -> PassSummary:
         """Run the spooler over every due message (one pass); once `stop` is set, nothing new starts."""
+        self._check_limit(limit)
         return await self._deliver(limit, stop)
 
     async def status(self) -> list[StatusRow]:
         return await self._status()
 
     async def set_mode(self, mode: str) -> None:
+        _check(mode, str, "set_mode(): the mode")
         await self._set_mode(mode)
 
     async def send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
+        _check(group, (str, type(None)), "send_receive(): the group")
         return await self._send_receive(group, **kw)
 
     async def receive(self) -> Received:
         return await self._receive()
 
     async def flush(self, transport: str, *, stop: asyncio.Event | None = None) -> SendReceiveSummary:
+        _check(transport, str, "flush(): the transport")
         return await self._flush(transport, stop)
 
     async def validate_state(self) -> None:
@@ -802,7 +948,11 @@ class AsyncSession(_SessionCore):
 
 
 class Session(_SessionCore):
-    """The synchronous session; transports run on a private event loop."""
+    """The synchronous session; transports run on a private event loop.
+
+    Threads may share it: the loop runs one call at a time (the session's lock), so a call from a
+    second thread waits for the first instead of failing with "This event loop is already running".
+    """
 
     def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
         super().__init__(profile, clock=clock)
@@ -810,10 +960,25 @@ class Session(_SessionCore):
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         try:
-            return self._runner.run(coro)
-        except KeyboardInterrupt:
-            self._cancel_leftovers()
-            raise
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop running in this thread: the normal case
+        else:
+            coro.close()
+            raise MAPIError(
+                HResult.MAPI_E_CALL_FAILED,
+                "a Session cannot be used inside a running event loop (in async code or a Session callback); "
+                "use postroom.alogon() there",
+            )
+        with self._lock:
+            if self.closed:
+                coro.close()
+                self._check_open()
+            try:
+                return self._runner.run(coro)
+            except KeyboardInterrupt:
+                self._cancel_leftovers()
+                raise
 
     def _cancel_leftovers(self) -> None:
         """A hard interrupt stopped the loop in the middle of a call: cancel what it left running, so
@@ -831,13 +996,14 @@ class Session(_SessionCore):
 
     def route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
         """Dry run: which transport would be offered each address, and which ones after it."""
-        return self._run(self._route(addresses))
+        return self._run(self._route(self._check_route(addresses)))
 
     def deliver(self, limit: int | None = None, *, stop: asyncio.Event | None = None) -> PassSummary:
         """Run the spooler over every due message (one pass).
 
         Once `stop` is set (say, from a signal handler), no new message is started; the ones in
         flight finish. A hard interrupt (KeyboardInterrupt) gives every claimed message back."""
+        self._check_limit(limit)
         return self._run(self._deliver(limit, stop))
 
     def status(self) -> list[StatusRow]:
@@ -846,10 +1012,12 @@ class Session(_SessionCore):
 
     def set_mode(self, mode: str) -> None:
         """Go "online" or "offline" (persisted in the profile; a running spooler daemon follows)."""
+        _check(mode, str, "set_mode(): the mode")
         self._run(self._set_mode(mode))
 
     def send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
         """Send/Receive for a group (default "All Accounts"); works offline too."""
+        _check(group, (str, type(None)), "send_receive(): the group")
         return self._run(self._send_receive(group, **kw))
 
     def receive(self) -> Received:
@@ -858,6 +1026,7 @@ class Session(_SessionCore):
 
     def flush(self, transport: str, *, stop: asyncio.Event | None = None) -> SendReceiveSummary:
         """Send everything waiting for one transport now, ignoring backoff (and offline mode)."""
+        _check(transport, str, "flush(): the transport")
         return self._run(self._flush(transport, stop))
 
     def validate_state(self) -> None:
@@ -885,10 +1054,15 @@ class Session(_SessionCore):
         self._run(loop())
 
     def close(self) -> None:
-        try:
-            self._run(self._close())
-        finally:
-            self._runner.close()
+        """Log off and close the store; closing a closed session does nothing."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self._run(self._close())
+            finally:
+                self.closed = True
+                self._runner.close()
 
     def __enter__(self) -> Session:
         return self
@@ -898,6 +1072,7 @@ class Session(_SessionCore):
 
 
 def _open_profile(profile: str | os.PathLike[str] | Profile | None) -> Profile:
+    _check(profile, (str, os.PathLike, Profile, type(None)), "logon(): the profile")
     if isinstance(profile, Profile):
         return profile
     return Profile.open_or_create(profile)

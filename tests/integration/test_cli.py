@@ -167,6 +167,43 @@ def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path
     assert len(maildir_files(profile)) == 3
 
 
+def test_eml_files_with_malformed_message_ids_get_distinct_ones(profile: Path, tmp_path: Path) -> None:
+    # Both were cut to "<a>" once, so two unrelated messages shared one Message-ID.
+    ids = []
+    for n, written in enumerate(["<a b@c>", "<a c@d>"]):
+        eml = tmp_path / f"m{n}.eml"
+        eml.write_bytes(f"To: user@localhost\r\nSubject: m{n}\r\nMessage-ID: {written}\r\n\r\nhi\r\n".encode())
+        sent = postroom("send", "--eml", eml, "--json", profile=profile)
+        assert sent.returncode == 0, sent.stderr
+        shown = as_json(postroom("show", str(as_json(sent)["message_id"]), "--json", profile=profile))
+        ids.append(shown["message_id_header"])
+    assert ids[0] != ids[1] and "<a>" not in ids
+    headers = sorted(
+        line for f in maildir_files(profile) for line in f.read_text().splitlines() if "Message-ID" in line
+    )
+    assert headers == sorted(f"Message-ID: {i}" for i in ids)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell")
+def test_a_pipe_command_that_leaves_a_process_behind_is_delivered_without_a_traceback(
+    profile: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "leftover.pid"
+    script = f'cat >/dev/null; sleep 30 & echo $! > "{pidfile}"; exit 0'
+    command = json.dumps(["/bin/sh", "-c", script])
+    added = postroom(
+        "service", "add", "pipe", "fax", "--set", f"command={command}", "--set", 'address_types=["FAX"]',
+        "--set", "timeout=10", profile=profile,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        sent = postroom("send", "--to", "FAX:+15551234", "-s", "A fax", "-b", "x", "--json", profile=profile)
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert sent.returncode == 0, sent.stderr  # postroom() also checks: no traceback ("Event loop is closed")
+    assert [r["state"] for r in as_json(sent)["recipients"]] == ["delivered"]
+
+
 def test_foreign_domain_fails_with_ndr_in_inbox(profile: Path) -> None:
     result = postroom(
         "send", "--to", "someone@elsewhere.test", "--cc", "user@localhost", "-s", "Far away", "-b", "x",

@@ -13,7 +13,7 @@ from postroom.cli.app import cli, run
 from postroom.cli.store import store as store_commands
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.profile import Profile
-from postroom.store import FolderRole, open_store, redact_url, url_password
+from postroom.store import FolderRole, open_store, redact_secrets, redact_url, url_password
 
 needs_pg = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
@@ -36,6 +36,71 @@ def test_urls_are_recognised_and_passwords_never_shown() -> None:
     assert url_password("postgresql://alice@db/mail?password=s3cret") == "s3cret"
     assert "s3cret" not in redact_url("postgresql://alice@db/mail?password=s3cret")
     assert url_password("postgresql:///mail?service=postroom") is None
+
+
+@pytest.mark.parametrize("key", ["password", "sslpassword", "SSLPassword", "my_password_too"])
+def test_every_password_in_a_store_url_is_a_secret(key: str) -> None:
+    url = f"postgresql://alice@db.example/mail?sslmode=require&{key}=s3cret%21&application_name=x"
+    assert url_password(url) == "s3cret!"
+    shown = redact_url(url)
+    assert "s3cret" not in shown and f"{key}=***" in shown and "sslmode=require" in shown
+    assert redact_secrets("could not read key: s3cret! / s3cret%21", url) == "could not read key: *** / ***"
+
+
+def test_a_profile_store_url_with_an_ssl_key_password_is_refused(tmp_path: Path) -> None:
+    profile = profile_with_store(tmp_path, "postgresql://alice@127.0.0.1:1/mail?sslpassword=s3cret")
+    with pytest.raises(MAPIError) as err:
+        postroom.logon(profile)
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert "s3cret" not in err.value.message and "sslpassword=***" in err.value.message
+
+
+def test_store_migrate_never_prints_an_ssl_key_password(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("psycopg")
+    url = "postgresql://alice@127.0.0.1:1/mail?connect_timeout=1&sslpassword=SeKrEt42"
+    assert run(["store", "migrate", "--store", url]) == 2
+    out = capsys.readouterr()
+    assert "MAPI_E_NETWORK_ERROR" in out.err and "sslpassword=***" in out.err
+    assert "SeKrEt42" not in out.err + out.out
+
+
+@needs_pg
+def test_store_migrate_reports_a_store_without_its_ssl_key_password(capsys: pytest.CaptureFixture[str]) -> None:
+    with temp_schema() as url:
+        assert run(["store", "migrate", "--store", url + "&sslpassword=SeKrEt42"]) == 0
+        out = capsys.readouterr().out
+        assert "Created the postgresql store" in out and "sslpassword=***" in out and "SeKrEt42" not in out
+
+
+CONNINFO = "host=127.0.0.1 dbname=mail password=Hunter2"
+
+
+def test_a_libpq_connection_string_is_refused_never_made_an_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for argv in (["store", "migrate", "--store", CONNINFO], ["store", "copy", "--from", CONNINFO, "--to", "x.db"]):
+        assert run(argv) == 2
+        err = capsys.readouterr().err
+        assert "MAPI_E_INVALID_PARAMETER" in err and "libpq connection string" in err and "postgresql://" in err
+        assert "host=… dbname=… password=…" in err and "Hunter2" not in err
+    for target in (CONNINFO, " dbname = mail", "service=postroom"):
+        with pytest.raises(MAPIError) as info:
+            open_store(target)
+        assert info.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert list(tmp_path.iterdir()) == []
+    # A file name that merely contains "=" is still a file name.
+    open_store(tmp_path / "a=b c.sqlite").close()
+
+
+def test_a_profile_whose_store_is_a_libpq_connection_string_is_refused(tmp_path: Path) -> None:
+    profile = profile_with_store(tmp_path, CONNINFO)
+    before = sorted(p.name for p in profile.directory.iterdir())
+    with pytest.raises(MAPIError) as err:
+        postroom.logon(profile)
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert "libpq connection string" in err.value.message and "Hunter2" not in err.value.message
+    assert sorted(p.name for p in profile.directory.iterdir()) == before
 
 
 def test_a_profile_store_url_with_a_password_is_refused(tmp_path: Path) -> None:

@@ -522,6 +522,26 @@ def test_read_receipt_to_a_utf8_author() -> None:
     assert "Disposition-Notification-To: jörg@bücher.example\r\n".encode() in wire
 
 
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        ("<fine-1@example.org>", "<fine-1@example.org>"),
+        (" <fine-2@example.org> (a comment)", "<fine-2@example.org>"),
+        ("\r\n <folded-3@example.org>", "<folded-3@example.org>"),
+        ("bare-4@example.org", "bare-4@example.org"),
+        ("<a b@c>", None),
+        ("<a c@d>", None),
+        ("<a@b> <c@d>", None),
+        ("a@b c", None),
+        ("<ünï@example.org>", None),
+        ("<>", None),
+    ],
+)
+def test_a_message_id_is_kept_as_written_or_not_at_all(written: str, kept: str | None) -> None:
+    raw = f"From: a@example.org\r\nMessage-ID: {written}\r\nSubject: x\r\n\r\nbody\r\n".encode()
+    assert from_mime(raw).props.get(T.PR_INTERNET_MESSAGE_ID) == kept
+
+
 def test_message_ids_are_written_as_stored_and_must_fit_on_a_line() -> None:
     long_id = "<" + "a" * 200 + "@example.org>"
     wire = to_bytes(note(PR_INTERNET_MESSAGE_ID=long_id, PR_IN_REPLY_TO_ID=long_id[1:-1]))

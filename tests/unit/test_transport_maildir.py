@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import errno
 import os
 import stat
 import sys
@@ -13,11 +14,14 @@ from typing import Any
 
 import pytest
 
+import postroom
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.entryid import MAPIUID
-from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
+from postroom.mapi.flags import EndMessageFlags, LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
 from postroom.mapi.message import MessageData, Recipient
+from postroom.profile import Profile
+from postroom.store import RecipientState
 from postroom.transports import maildir as maildir_mod
 from postroom.transports.maildir import MaildirLogon, MaildirProvider
 from postroom.transports.spi import (
@@ -332,7 +336,7 @@ def test_bcc_copies_reveal_no_bcc(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="needs POSIX permissions as non-root")
-def test_write_error_waits_and_delivers_nothing(tmp_path: Path) -> None:
+def test_a_mailbox_that_cannot_be_created_delays_that_recipient_alone(tmp_path: Path) -> None:
     logon = make_logon(tmp_path)
     root = tmp_path / "maildir"
     # alice's Maildir exists; bob's cannot be created.
@@ -343,33 +347,117 @@ def test_write_error_waits_and_delivers_nothing(tmp_path: Path) -> None:
         result = logon.submit_message(msg, 0)
     finally:
         (root / "example.test").chmod(stat.S_IRWXU)
+    assert result.code == HResult.S_OK
+    alice, bob = msg.recipients
+    assert alice.mark is not None and alice.mark.delivered
+    assert bob.mark is None and not bob.responsibility
+    assert logon.end_message(msg.ref) == EndMessageFlags.RESEND_LATER
+    assert len(delivered_files(root, "example.test", "alice")) == 1
+    assert list((root / "example.test" / "alice" / "tmp").iterdir()) == []
+    assert logon.status.last_error.startswith("Maildir write failed for 'bob@example.test':")
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="needs POSIX permissions as non-root")
+def test_an_unwritable_root_makes_the_whole_message_wait(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path)
+    root = tmp_path / "maildir"
+    root.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+        result = logon.submit_message(msg, 0)
+    finally:
+        root.chmod(stat.S_IRWXU)
+    # Nothing marked: the whole message waits, as for any temporary trouble.
     assert result.code == HResult.MAPI_E_WAIT
     assert result.wait_seconds == 60
-    assert result.reason.startswith("Maildir write failed:")
-    assert delivered_files(root, "example.test", "alice") == []
-    assert list((root / "example.test" / "alice" / "tmp").iterdir()) == []
-    assert logon.status.last_error.startswith("Maildir write failed:")
+    assert result.reason.startswith("Maildir write failed for ")
+    assert all(r.mark is None for r in msg.recipients)
+    assert logon.end_message(msg.ref) == EndMessageFlags.NONE
+    assert logon.status.status_code & StatusCode.FAILURE
 
 
-def test_unwritable_mailbox_waits_and_delivers_nothing(tmp_path: Path) -> None:
+def test_a_file_in_the_way_of_one_mailbox_delays_that_recipient_alone(tmp_path: Path) -> None:
     logon = make_logon(tmp_path)
     root = tmp_path / "maildir" / "example.test"
     root.mkdir(parents=True)
     (root / "bob").write_text("a file where bob's Maildir should be")  # fails even for root
     msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
     result = logon.submit_message(msg, 0)
-    assert result.code == HResult.MAPI_E_WAIT
-    assert result.reason.startswith("Maildir write failed:")
-    assert list((root / "alice" / "tmp").iterdir()) == []
-    assert list((root / "alice" / "new").iterdir()) == []
+    assert result.code == HResult.S_OK
+    alice, bob = msg.recipients
+    assert alice.mark is not None and alice.mark.delivered
+    assert bob.mark is None
+    assert logon.end_message(msg.ref) == EndMessageFlags.RESEND_LATER
+    assert len(list((root / "alice" / "new").iterdir())) == 1
     assert logon.status.status_code & StatusCode.FAILURE
-    # Fixed: the next attempt delivers and clears the failure from the status row.
+    # Fixed: the next attempt (bob alone) delivers and clears the failure from the status row.
     (root / "bob").unlink()
-    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    msg = make_message((rcpt("alice@example.test"), True), rcpt("bob@example.test"))
     assert logon.submit_message(msg, 0).code == HResult.S_OK
+    assert logon.end_message(msg.ref) == EndMessageFlags.NONE
     assert len(delivered_files(tmp_path / "maildir", "example.test", "alice")) == 1
     assert len(delivered_files(tmp_path / "maildir", "example.test", "bob")) == 1
     assert not logon.status.status_code & StatusCode.FAILURE
+
+
+def test_a_local_part_too_long_once_lower_cased_fails_that_recipient_alone(tmp_path: Path) -> None:
+    # 122 x "İ" is 244 bytes in UTF-8, but its lower-case form ("i" + U+0307 each) is 366 bytes:
+    # longer than a file name may be. (A short domain keeps the address within 254 bytes.)
+    logon = make_logon(tmp_path, domains=["ex.test"])
+    long_local = "İ" * 122
+    msg = make_message(rcpt(f"{long_local}@ex.test"), rcpt("ok@ex.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    bad, ok = msg.recipients
+    assert bad.mark is not None and not bad.mark.delivered
+    assert bad.mark.reason == NDRReason.TRANSFER_IMPOSSIBLE
+    assert bad.mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT
+    assert "longer than 255 bytes" in bad.mark.text
+    assert ok.mark is not None and ok.mark.delivered
+    assert logon.end_message(msg.ref) == EndMessageFlags.NONE
+
+
+@pytest.mark.parametrize(
+    ("code", "words"), [(errno.ENAMETOOLONG, "File name too long"), (errno.EILSEQ, "Invalid or incomplete")]
+)
+def test_a_mailbox_name_the_file_system_refuses_fails_that_recipient_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, words: str
+) -> None:
+    # No file system here refuses a name the local-part check lets through, so this one is made to.
+    logon = make_logon(tmp_path)
+    real_ensure = maildir_mod.ensure_maildir
+
+    def refusing(path: Path) -> None:
+        if path.name == "bob":
+            raise OSError(code, os.strerror(code), str(path))
+        real_ensure(path)
+
+    monkeypatch.setattr(maildir_mod, "ensure_maildir", refusing)
+    msg = make_message(rcpt("alice@example.test"), rcpt("bob@example.test"))
+    assert logon.submit_message(msg, 0).code == HResult.S_OK
+    alice, bob = msg.recipients
+    assert alice.mark is not None and alice.mark.delivered
+    assert bob.mark is not None and not bob.mark.delivered
+    assert bob.mark.diag == NDRDiag.MAIL_ADDRESS_INCORRECT
+    assert "refuses the mailbox name" in bob.mark.text and words in bob.mark.text
+    assert logon.end_message(msg.ref) == EndMessageFlags.NONE
+
+
+def test_a_recipient_with_an_impossible_mailbox_gets_an_ndr_and_the_others_their_mail(tmp_path: Path) -> None:
+    profile = Profile.create(tmp_path / "p")  # the default maildir transport for localhost
+    long_local = "İ" * 122
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Minutes", "body").to(f"{long_local}@localhost", "ok@localhost").submit()
+        summary = session.deliver()
+        assert (summary.delivered, summary.failed, summary.waiting) == (1, 1, 0)
+        states = {s.row_id: s.state for s in session.recipient_states(mid)}
+        assert states == {0: RecipientState.FAILED, 1: RecipientState.DELIVERED}
+        (ndr,) = session.list_messages("Inbox")
+        report = session.open_message(ndr.id)
+        assert report.message_class == "REPORT.IPM.Note.NDR"
+        (row,) = report.recipients
+        assert row.get(T.PR_NDR_DIAG_CODE) == int(NDRDiag.MAIL_ADDRESS_INCORRECT)
+        assert "longer than 255 bytes" in str(row.get(T.PR_REPORT_TEXT))
+    assert len(delivered_files(profile.directory / "maildir", "localhost", "ok")) == 1
 
 
 def test_rename_error_waits_and_cleans_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -426,3 +514,22 @@ def test_write_error_in_tmp_removes_earlier_tmp_files(tmp_path: Path, monkeypatc
 def test_unique_names_differ() -> None:
     names = {maildir_mod.unique_name() for _ in range(100)}
     assert len(names) == 100
+
+
+def test_a_mailbox_in_trouble_waits_alone_and_is_delivered_once_fixed(tmp_path: Path) -> None:
+    profile = Profile.create(tmp_path / "p")
+    domain = profile.directory / "maildir" / "localhost"
+    domain.mkdir(parents=True)
+    (domain / "bob").write_text("a file where bob's Maildir should be")
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Minutes", "body").to("alice@localhost", "bob@localhost").submit()
+        summary = session.deliver()
+        assert (summary.delivered, summary.failed, summary.waiting) == (1, 0, 1)
+        states = {s.row_id: s.state for s in session.recipient_states(mid)}
+        assert states == {0: RecipientState.DELIVERED, 1: RecipientState.PENDING}
+        (domain / "bob").unlink()
+        session.retry(mid)
+        assert session.deliver().delivered == 1
+        assert {s.state for s in session.recipient_states(mid)} == {RecipientState.DELIVERED}
+    assert len(delivered_files(profile.directory / "maildir", "localhost", "alice")) == 1
+    assert len(delivered_files(profile.directory / "maildir", "localhost", "bob")) == 1

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
+import gc
 import json
+import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,11 +18,14 @@ from typing import Any
 
 import pytest
 
+import postroom
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
 from postroom.mapi.message import MessageData, Recipient
+from postroom.profile import Profile
+from postroom.store import RecipientState
 from postroom.transports.pipe import PipeLogon, PipeProvider
 from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
 
@@ -133,6 +140,8 @@ def test_validate_options_normalises() -> None:
     opts = PipeProvider.validate_options({"command": ["prog", "a b"], "address_types": ["*"], "timeout": "2.5"})
     assert opts == {"command": ["prog", "a b"], "address_types": ["*"], "timeout": 2.5}
     assert PipeProvider.validate_options({"command": ["p"], "address_types": "*", "timeout": 5})["timeout"] == 5.0
+    opts = PipeProvider.validate_options({"command": ["p"], "address_types": "*", "environment": "FAX_DEVICE, _X,"})
+    assert opts["environment"] == ["FAX_DEVICE", "_X"]
 
 
 @pytest.mark.parametrize(
@@ -153,6 +162,10 @@ def test_validate_options_normalises() -> None:
         ({"command": ["prog"], "address_types": ["FAX"], "timeout": "soon"}, "'timeout'"),
         ({"command": ["prog"], "address_types": ["FAX"], "timeout": [1]}, "'timeout'"),
         ({"command": ["prog"], "address_types": ["FAX"], "shell": True}, "unknown option 'shell'"),
+        ({"command": ["prog"], "address_types": ["FAX"], "environment": ["FAX DEVICE"]}, "not an environment"),
+        ({"command": ["prog"], "address_types": ["FAX"], "environment": ["A=b"]}, "not an environment"),
+        ({"command": ["prog"], "address_types": ["FAX"], "environment": {"A": "b"}}, "'environment'"),
+        ({"command": ["prog"], "address_types": ["FAX"], "environment": []}, "at least one"),
     ],
 )
 def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
@@ -164,7 +177,7 @@ def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
 
 def test_provider_metadata() -> None:
     assert PipeProvider.display_name == "Pipe to command"
-    assert set(PipeProvider.option_help) == {"command", "address_types", "timeout"}
+    assert set(PipeProvider.option_help) == {"command", "address_types", "timeout", "environment"}
 
 
 def test_registration(tmp_path: Path) -> None:
@@ -310,17 +323,97 @@ def test_command_ignoring_large_stdin(tmp_path: Path) -> None:
     assert mark is not None and mark.delivered
 
 
-def test_timeout_kills_and_waits(tmp_path: Path) -> None:
+def test_a_command_that_times_out_fails_its_recipients_outcome_unknown(tmp_path: Path) -> None:
     sleeper = script(tmp_path, "sleeper.py", "import time\ntime.sleep(30)\n")
     logon = make_logon(tmp_path, command=[PY, str(sleeper)], timeout=0.5)
-    msg = make_message(rcpt("+1"))
+    msg = make_message(rcpt("+1"), rcpt("+2"))
     started = time.monotonic()
     result = submit(logon, msg)
-    assert time.monotonic() - started < 10
-    assert result.code == HResult.MAPI_E_WAIT
-    assert result.wait_seconds == 60
-    assert result.reason == "command timed out"
-    assert msg.recipients[0].mark is None
+    assert time.monotonic() - started < 10  # killed, not waited for
+    # It had the message and may have sent it: failed for good, never run again at a retry.
+    assert result.code == HResult.S_OK
+    for r in msg.recipients:
+        assert r.mark is not None and not r.mark.delivered
+        assert r.mark.text.startswith("Outcome unknown: the command ")
+        assert "did not finish within 0.5 s" in r.mark.text and "not run again" in r.mark.text
+    assert "outcome unknown" in logon.status.last_error
+
+
+def _kill_leftover(pidfile: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell")
+@pytest.mark.parametrize("reads_stdin", [True, False])
+def test_the_exit_status_counts_even_when_a_background_process_holds_the_pipes(
+    tmp_path: Path, reads_stdin: bool
+) -> None:
+    # The command exits 0 at once; the process it leaves behind keeps its stderr (and stdin)
+    # open. Waiting for their end made this a timeout, run again at every retry.
+    pidfile = tmp_path / "leftover.pid"
+    body = "cat >/dev/null; " if reads_stdin else ""
+    command = ["/bin/sh", "-c", body + f'sleep 30 & echo $! > "{pidfile}"; exit 0']
+    logon = make_logon(tmp_path, command=command, timeout=5)
+    unraisable: list[Any] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        # More than a pipe holds, so writing it waits for a reader when the command reads nothing.
+        msg = make_message(rcpt("+1"), body="x" * 1_000_000)
+        result = submit(logon, msg)
+        gc.collect()  # a pipe left open would now be closed on the closed loop: "Event loop is closed"
+    finally:
+        sys.unraisablehook = old_hook
+        _kill_leftover(pidfile)
+    assert result.code == HResult.S_OK
+    mark = msg.recipients[0].mark
+    assert mark is not None and mark.delivered
+    assert unraisable == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell")
+def test_stderr_written_before_exit_is_the_ndr_text_despite_a_background_process(tmp_path: Path) -> None:
+    pidfile = tmp_path / "leftover.pid"
+    command = ["/bin/sh", "-c", f'cat >/dev/null; sleep 30 & echo $! > "{pidfile}"; echo "line busy" >&2; exit 3']
+    logon = make_logon(tmp_path, command=command, timeout=5)
+    try:
+        msg = make_message(rcpt("+1"))
+        assert submit(logon, msg).code == HResult.S_OK
+    finally:
+        _kill_leftover(pidfile)
+    mark = msg.recipients[0].mark
+    assert mark is not None and not mark.delivered and mark.text == "line busy"
+
+
+ENV_DUMP = """\
+import json, os, sys
+sys.stdin.buffer.read()
+with open(sys.argv[1], "w") as f:
+    json.dump(dict(os.environ), f)
+"""
+
+
+def test_a_command_gets_only_the_allowed_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIL_PASSWORD", "mail-secret")
+    monkeypatch.setenv("PGPASSWORD", "pg-secret")
+    monkeypatch.setenv("FAX_DEVICE", "/dev/ttyS1")
+    monkeypatch.setenv("UNLISTED", "no")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    out = tmp_path / "env.json"
+    command = [PY, str(script(tmp_path, "env_dump.py", ENV_DUMP)), str(out)]
+    logon = make_logon(tmp_path, command=command, environment=["FAX_DEVICE", "NOT_SET_AT_ALL"])
+    msg = make_message(rcpt("+1"))
+    assert submit(logon, msg).code == HResult.S_OK
+    env = json.loads(out.read_text())
+    assert "MAIL_PASSWORD" not in env and "PGPASSWORD" not in env and "UNLISTED" not in env
+    assert "NOT_SET_AT_ALL" not in env
+    assert env["FAX_DEVICE"] == "/dev/ttyS1"
+    assert env["PATH"] == os.environ["PATH"]
+    assert env["LC_TIME"] == "C" and env["TZ"] == "Europe/Paris"
+    assert env["POSTROOM_PROFILE"] == str(tmp_path)
+    assert not [name for name in env if "PASSWORD" in name]
 
 
 def test_missing_command_is_a_configuration_error_not_a_network_error(tmp_path: Path) -> None:
@@ -368,3 +461,22 @@ def test_service_add_refuses_a_command_that_is_missing_or_not_executable(tmp_pat
     ]
     prog.chmod(0o755)
     assert PipeProvider.setup_problems({"command": [str(prog)], "address_types": "FAX"}, tmp_path) == []
+
+
+def test_a_command_that_timed_out_is_not_run_again_and_its_sender_learns_why(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    slow = script(tmp_path, "slow.py", f"import time\nopen({str(runs)!r}, 'a').write('run\\n')\ntime.sleep(30)\n")
+    profile = Profile.create(tmp_path / "p")
+    profile.add_service("pipe", "fax", {"command": [PY, str(slow)], "address_types": ["FAX"], "timeout": 0.5})
+    profile.save()
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Cover", "page").to("FAX:+15551234").submit()
+        summary = session.deliver()
+        assert (summary.delivered, summary.failed, summary.waiting) == (0, 1, 0)
+        assert session.retry() == 0  # nothing left to retry
+        session.deliver()
+        assert [s.state for s in session.recipient_states(mid)] == [RecipientState.FAILED]
+        (ndr,) = session.list_messages("Inbox")
+        text = str(session.open_message(ndr.id).recipients[0].get(T.PR_REPORT_TEXT))
+        assert text.startswith("Outcome unknown: the command ")
+    assert runs.read_text() == "run\n"

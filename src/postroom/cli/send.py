@@ -89,11 +89,17 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DEFER = timedelta(days=366)
 
 
+def _bad_time(option: str, message: str) -> MAPIError:
+    """A refused --at/--delay: one line with its MAPI code, exit 2, nothing submitted."""
+    return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{option}: {message}")
+
+
 def parse_at(text: str, now: datetime | None = None) -> datetime:
     """--at: ISO 8601 (`2026-11-22T15:00`, local time unless it has an offset) or `HH:MM`.
 
     `HH:MM` is the next time the clock shows it: today, or tomorrow when that has passed
-    (`HH:MM today` / `HH:MM tomorrow` say which). Returns an aware UTC datetime in the future.
+    (`HH:MM today` / `HH:MM tomorrow` say which). Returns an aware UTC datetime in the future;
+    anything else is MAPI_E_INVALID_PARAMETER.
     """
     local_now = (now or datetime.now(UTC)).astimezone()
     raw = text.strip()
@@ -102,7 +108,7 @@ def parse_at(text: str, now: datetime | None = None) -> datetime:
         day_word = (clock.group(1) or clock.group(5) or "").lower()
         hour, minute, second = int(clock.group(2)), int(clock.group(3)), int(clock.group(4) or 0)
         if hour > 23 or minute > 59 or second > 59:
-            raise click.BadParameter(f"{text!r} is not a time of day (HH:MM)", param_hint="--at")
+            raise _bad_time("--at", f"{text!r} is not a time of day (HH:MM)")
         naive = local_now.replace(tzinfo=None).replace(hour=hour, minute=minute, second=second, microsecond=0)
         if day_word == "tomorrow" or (not day_word and naive <= local_now.replace(tzinfo=None)):
             naive += timedelta(days=1)
@@ -111,33 +117,34 @@ def parse_at(text: str, now: datetime | None = None) -> datetime:
         try:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
-            raise click.BadParameter(
-                f"{text!r} is neither an ISO 8601 time (2026-11-22T15:00) nor HH:MM", param_hint="--at"
-            ) from None
-        when = parsed if parsed.tzinfo is not None else parsed.astimezone()
+            raise _bad_time("--at", f"{text!r} is neither an ISO 8601 time (2026-11-22T15:00) nor HH:MM") from None
+        try:
+            # The ends of the calendar (year 1 at +14:00, year 9999 at -14:00) have no UTC time.
+            when = parsed if parsed.tzinfo is not None else parsed.astimezone()
+            when = when.astimezone(UTC)
+        except (OverflowError, ValueError, OSError):
+            raise _bad_time("--at", f"{text!r} is out of range") from None
     when = when.astimezone(UTC)
     if when <= local_now:
-        raise click.BadParameter(f"{text!r} is in the past ({when.astimezone():%Y-%m-%d %H:%M:%S})", param_hint="--at")
+        raise _bad_time("--at", f"{text!r} is in the past ({when.astimezone():%Y-%m-%d %H:%M:%S})")
     if when - local_now > MAX_DEFER:
-        raise click.BadParameter(f"{text!r} is more than a year ahead", param_hint="--at")
+        raise _bad_time("--at", f"{text!r} is more than a year ahead")
     return when
 
 
 def parse_delay(text: str) -> timedelta:
-    """--delay: `90s`, `5m`, `2h`, `1d`, or a sum such as `1h30m`."""
+    """--delay: `90s`, `5m`, `2h`, `1d`, or a sum such as `1h30m`; else MAPI_E_INVALID_PARAMETER."""
     raw = text.strip()
     if not _DELAY.match(raw):
-        raise click.BadParameter(
-            f"{text!r} is not a duration: use a number and a unit, e.g. 90s, 5m, 2h, 1d or 1h30m",
-            param_hint="--delay",
-        )
+        example = "use a number and a unit, e.g. 90s, 5m, 2h, 1d or 1h30m"
+        raise _bad_time("--delay", f"{text!r} is not a duration: {example}")
     seconds = sum(float(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _DELAY_PART.findall(raw))
     if seconds <= 0:
-        raise click.BadParameter(f"{text!r} is no delay at all", param_hint="--delay")
-    delay = timedelta(seconds=seconds)
-    if delay > MAX_DEFER:
-        raise click.BadParameter(f"{text!r} is more than a year", param_hint="--delay")
-    return delay
+        raise _bad_time("--delay", f"{text!r} is no delay at all")
+    # Compared as seconds: a timedelta of 999999999999999 s cannot even be made.
+    if seconds > MAX_DEFER.total_seconds():
+        raise _bad_time("--delay", f"{text!r} is more than a year")
+    return timedelta(seconds=seconds)
 
 
 @click.command()

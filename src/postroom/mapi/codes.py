@@ -30,6 +30,7 @@ class HResult(IntEnum):
     MAPI_E_FAILONEPROVIDER = 0x8004011D
     MAPI_E_UNKNOWN_CPID = 0x8004011E
     MAPI_E_UNKNOWN_LCID = 0x8004011F
+    MAPI_E_END_OF_SESSION = 0x80040200
     MAPI_E_WAIT = 0x80040500
     MAPI_E_CANCEL = 0x80040501
     MAPI_E_NOT_ME = 0x80040502
@@ -53,3 +54,11 @@ class MAPIError(Exception):
     @property
     def hresult(self) -> int:
         return int(self.code)
+
+
+class ArgumentTypeError(MAPIError, TypeError):
+    """An argument of the wrong type: MAPI_E_INVALID_PARAMETER, and a TypeError too, so that both
+    MAPI-minded and Python-minded callers catch it the way they expect."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(HResult.MAPI_E_INVALID_PARAMETER, message)

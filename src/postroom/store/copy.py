@@ -105,11 +105,12 @@ class StoreLocation:
 def locate(name: str | os.PathLike[str]) -> StoreLocation:
     """A postgresql:// URL as is; a profile directory by its `store` setting; else an SQLite file path."""
     from ..profile import PROFILE_FILE, Profile
-    from . import is_postgres_url
+    from . import check_store_location, is_postgres_url
 
     text = os.fspath(name)
     if is_postgres_url(text):
         return StoreLocation(text.strip())
+    check_store_location(text)
     path = Path(text).expanduser()
     if (path / PROFILE_FILE).is_file():
         profile = Profile.load(path)

@@ -262,7 +262,7 @@ def sqlite_version(path: str | os.PathLike[str]) -> int | None:
 
 def migrate(target: str | os.PathLike[str], *, password_env: str | None = None) -> MigrationReport:
     """Create or migrate the store at `target` (a postgresql:// URL or an SQLite file) to LATEST."""
-    from . import is_postgres_url, redact_url
+    from . import check_store_location, is_postgres_url, redact_url
 
     if isinstance(target, str) and is_postgres_url(target):
         from .postgres import PostgresStore
@@ -274,6 +274,7 @@ def migrate(target: str | os.PathLike[str], *, password_env: str | None = None) 
             store.close()
     from .sqlite import SQLiteStore
 
+    check_store_location(target)
     folder = Path(target).expanduser().parent
     if not folder.is_dir():  # a typo in --store must not leave a tree of new directories behind
         raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no directory {folder} for the SQLite store {target}")

@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID
-from . import is_postgres_url, redact_url
+from . import is_postgres_url, redact_secrets, redact_url
 from .migrations import LATEST, newer_schema, older_schema, postgres_version, upgrade_postgres
 from .notify import Listener, Notification, NotificationBus
 from .slots import AdvisorySlots
@@ -256,7 +256,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             except psycopg.Error as exc:
                 raise MAPIError(
                     HResult.MAPI_E_CALL_FAILED,
-                    f"cannot set up the message store {self.display_url}: {_first_line(exc)}",
+                    f"cannot set up the message store {self.display_url}: {self._error_text(exc)}",
                 ) from exc
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
@@ -276,7 +276,8 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         except PoolTimeout as exc:
             self._pool.close()
             raise MAPIError(
-                HResult.MAPI_E_NETWORK_ERROR, f"cannot connect to the message store {self.display_url}: {exc}"
+                HResult.MAPI_E_NETWORK_ERROR,
+                f"cannot connect to the message store {self.display_url}: {self._error_text(exc)}",
             ) from exc
         self.bus: PgNotificationBus = PgNotificationBus(self, self._channel)
         self.connection_slots = AdvisorySlots(lambda: self._connect(timeout=5), self._channel, self._mapi_error)
@@ -289,7 +290,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         except psycopg.Error as exc:
             raise MAPIError(
                 HResult.MAPI_E_NETWORK_ERROR,
-                f"cannot connect to the message store {self.display_url}: {_first_line(exc)}",
+                f"cannot connect to the message store {self.display_url}: {self._error_text(exc)}",
             ) from exc
 
     def _setup(self, conn: Conn, migrate: bool) -> None:
@@ -398,9 +399,13 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         notes: list[tuple[str, dict[str, Any]]] | None = getattr(self._local, "notes", None)
         return notes
 
+    def _error_text(self, exc: BaseException) -> str:
+        """The first line of a driver error, without any secret of the URL (libpq may quote it)."""
+        return redact_secrets(_first_line(exc), self.url)
+
     def _mapi_error(self, exc: psycopg.Error) -> MAPIError:
         """A database error as the MAPI error the callers handle (the store's other errors are MAPI ones)."""
-        text = _first_line(exc)
+        text = self._error_text(exc)
         if isinstance(exc, psycopg.DataError):
             return MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"the store refused a value: {text}")
         if isinstance(exc, psycopg.errors.TransactionRollback):  # deadlock or serialization failure

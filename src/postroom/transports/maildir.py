@@ -6,6 +6,14 @@ the configured `domains` gets the RFC 5322 form of the message in `ROOT/<domain>
 fsync'ed, renamed into `new/`, and the directory fsync'ed. Recipients of other domains or
 address types are left pending ("not mine") for the next transport.
 
+One recipient's trouble is its own. A local part that cannot name a directory (too long once
+lower-cased, a slash, a control character), or a name the file system refuses
+(ENAMETOOLONG, EILSEQ, EINVAL), fails that recipient alone with an NDR
+(MAPI_DIAG_MAIL_ADDRESS_INCORRECT). A mailbox that cannot be written for now (a file where its
+directory should be, no permission, over quota) delays that recipient alone: the others are
+delivered, and `end_message` asks the spooler to offer the rest again later (END_RESEND_LATER).
+Trouble of the whole file system (full, read-only, I/O errors) makes the whole message wait.
+
 Options:
 
 * `root`: the directory holding the domains; relative to the profile directory. Default `maildir`.
@@ -16,6 +24,7 @@ Options:
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
@@ -29,7 +38,7 @@ from typing import Any
 
 from .. import mime
 from ..mapi.codes import MAPIError
-from ..mapi.flags import LogonFlags, NDRDiag, NDRReason, StatusCode
+from ..mapi.flags import EndMessageFlags, LogonFlags, NDRDiag, NDRReason, StatusCode
 from .options import invalid as _invalid
 from .options import string_list as _string_list
 from .spi import (
@@ -45,8 +54,13 @@ from .spi import (
 DEFAULT_ROOT = "maildir"
 DEFAULT_ADDRESS_TYPES = ("SMTP",)
 RETRY_SECONDS = 60
-#: The longest local part accepted, in UTF-8 bytes (a file name's limit on common file systems).
+#: The longest local part accepted, in UTF-8 bytes of its lower-cased form (the mailbox directory's
+#: name): a file name's limit on common file systems.
 MAX_LOCAL_PART_BYTES = 255
+#: OSErrors that say the file system will never take this mailbox name: that recipient fails.
+_NAME_REFUSED = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL})
+#: OSErrors of the whole file system, not of one mailbox: the whole message waits.
+_WHOLE_FILE_SYSTEM = frozenset({errno.ENOSPC, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -112,8 +126,10 @@ def local_part_problem(local: str) -> str | None:
         return "the local part contains a NUL character"
     if any(not c.isprintable() for c in local):
         return f"the local part {local!r} contains a control character"
-    if len(local.encode("utf-8", "surrogatepass")) > MAX_LOCAL_PART_BYTES:
-        return f"the local part is longer than {MAX_LOCAL_PART_BYTES} bytes"
+    # The directory is named by the lower-cased form, which can be longer: "İ" (2 bytes in UTF-8)
+    # lower-cases to "i" + U+0307 (3 bytes).
+    if len(local.lower().encode("utf-8", "surrogatepass")) > MAX_LOCAL_PART_BYTES:
+        return f"the local part is longer than {MAX_LOCAL_PART_BYTES} bytes as a lower-case mailbox name"
     return None
 
 
@@ -185,6 +201,8 @@ class MaildirLogon(TransportLogon):
         self.config = config
         self.registration = Registration.of(*config.address_types, scope=RecipientScope.for_domains(config.domains))
         self.status.identity = str(config.root)
+        #: Refs of messages whose delayed recipients end_message sends back for later.
+        self._resend_later: set[int] = set()
         try:
             # Creating a local directory is no external connection, so NO_CONNECT does not matter.
             config.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
@@ -240,21 +258,33 @@ class MaildirLogon(TransportLogon):
 
         # Two phases, so a retry does not deliver a file twice. On a non-OK result the spooler
         # discards every mark of this call and retries all these recipients later; so first
-        # every file is written (and fsync'ed) to tmp/, which readers ignore, and an OSError
-        # there (disk full, permissions) removes the tmp files and asks for a retry with
-        # nothing delivered. Only when all tmp writes succeeded are the files renamed into
+        # every file is written (and fsync'ed) to tmp/, which readers ignore. An error of the
+        # whole file system there (disk full, read-only, I/O) removes the tmp files and asks for
+        # a retry with nothing delivered; an error of one mailbox fails or delays that recipient
+        # alone (module docstring). Only when the tmp writes are done are the files renamed into
         # new/. A rename within one file system does not fail for lack of space; should one
         # (or the directory fsync) fail anyway, the files renamed before it stay delivered and
         # the retry delivers them again: a duplicate, never a loss.
         written: list[tuple[OutboundRecipient, Path, Path]] = []
-        try:
-            for rcpt, maildir in deliveries:
+        delayed: list[str] = []
+        for rcpt, maildir in deliveries:
+            try:
                 ensure_maildir(maildir)
                 written.append((rcpt, maildir, write_tmp(maildir, data)))
-        except OSError as exc:
-            for _, _, tmp in written:
-                _unlink_quietly(tmp)
-            return self._write_failed(exc)
+            except OSError as exc:
+                if exc.errno in _WHOLE_FILE_SYSTEM:
+                    for _, _, tmp in written:
+                        _unlink_quietly(tmp)
+                    return self._write_failed(exc)
+                if exc.errno in _NAME_REFUSED:
+                    rcpt.mark_failed(
+                        f"Cannot deliver to {rcpt.email_address!r}: the file system refuses the mailbox name "
+                        f"({exc.strerror or exc}).",
+                        reason=NDRReason.TRANSFER_IMPOSSIBLE,
+                        diag=NDRDiag.MAIL_ADDRESS_INCORRECT,
+                    )
+                else:
+                    delayed.append(f"Maildir write failed for {rcpt.email_address!r}: {exc}")
 
         try:
             for _, maildir, tmp in written:
@@ -268,9 +298,23 @@ class MaildirLogon(TransportLogon):
         for rcpt, _, _ in written:
             rcpt.mark_delivered()
 
+        if delayed:
+            self.status.failed(delayed[-1])
+            if not any(r.mark is not None for r in message.recipients):
+                return SubmitResult.wait(RETRY_SECONDS, delayed[-1])
+            # Keeping the marks of this call needs S_OK: the delayed recipients stay unmarked and
+            # end_message asks the spooler to offer them to this transport again later.
+            self._resend_later.add(message.ref)
+            return SubmitResult.ok()
         if self.status.status_code & StatusCode.FAILURE:
             self.status.set(remove=StatusCode.FAILURE, text="")
         return SubmitResult.ok()
+
+    def end_message(self, ref: int) -> EndMessageFlags:
+        if ref in self._resend_later:
+            self._resend_later.discard(ref)
+            return EndMessageFlags.RESEND_LATER
+        return EndMessageFlags.NONE
 
     def _write_failed(self, exc: OSError) -> SubmitResult:
         text = f"Maildir write failed: {exc}"

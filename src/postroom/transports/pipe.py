@@ -8,15 +8,35 @@ the message (CRLF line ends) on its standard input. Its exit status decides:
 * 75 (EX_TEMPFAIL): try the whole message again later;
 * anything else: every recipient failed, with the command's standard error as the NDR text.
 
+The exit status is what counts. The standard error is read while the command runs and, once it
+has exited, for at most `STDERR_GRACE_SECONDS` more: a background process the command left
+behind holding standard error open (or its standard input) does not hold up the answer.
+
+A command that does not exit within `timeout` is killed, with everything it started (its
+process group). Its outcome is unknown: it had the message and may have delivered it. Running
+it again at every retry could deliver it again and again, so its recipients fail for good with
+an NDR that says so ("outcome unknown"), as Postfix's pipe(8) bounces on its time limit. (The
+SPI has no per-recipient "outcome unknown" answer; the spooler's own one is for a spooler that
+died holding a message.) A command that may legitimately take long needs a longer `timeout`;
+one that knows it failed and wants a retry exits 75.
+
 A command that cannot be started at all is a configuration problem: `service add` refuses it,
 and at delivery the transport goes into failure and its messages wait (MAPI_E_UNCONFIGURED)
 until the profile changes or the program appears, so mail is not lost while someone fixes it.
+
+The command does not inherit postroom's environment, which may hold secrets (MAIL_PASSWORD,
+PGPASSWORD, …). It gets only `PATH`, `HOME`, `LANG`, the `LC_*` locale variables and `TZ` (when
+set), `POSTROOM_DEBUG` (when set), `POSTROOM_PROFILE` (the profile directory, so a command that
+runs `postroom` works on the same profile), and the variables its service names in `environment`.
 
 Options:
 
 * `command`: the command, as a list of arguments or a string split like a shell would (required).
 * `address_types`: the address types taken, e.g. `["FAX"]`; `"*"` takes every type (required).
 * `timeout`: seconds the command may run before it is killed (default 60).
+* `environment`: names of further environment variables passed to the command when set, as a
+  list or a comma-separated string, e.g. `["FAX_DEVICE"]`. Only names: values stay in the
+  environment (or wherever they come from), never in the profile.
 """
 
 from __future__ import annotations
@@ -25,6 +45,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -56,6 +77,12 @@ RETRY_SECONDS = 60
 MAX_ERROR_TEXT = 2000
 #: At most this many bytes of standard error are kept; the rest is read and dropped.
 _MAX_STDERR_BYTES = 64 * 1024
+#: How long standard error is still read after the command exited (a background process it left
+#: behind may hold it open for ever).
+STDERR_GRACE_SECONDS = 0.5
+#: The variables a command inherits from postroom's environment, when set (module docstring).
+INHERITED_ENVIRONMENT = ("PATH", "HOME", "LANG", "TZ", "POSTROOM_DEBUG")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _POSIX = sys.platform != "win32"
 
@@ -96,6 +123,25 @@ def _parse_timeout(value: Any) -> float:
     return timeout
 
 
+def _parse_environment(value: Any) -> list[str]:
+    names = list(dict.fromkeys(_string_list("environment", value)))
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise _invalid(f"option 'environment': {name!r} is not an environment variable name")
+    return names
+
+
+def command_environment(extra: tuple[str, ...], profile_dir: Path) -> dict[str, str]:
+    """The environment a command runs with: the allow-list, the service's own names, POSTROOM_PROFILE."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in INHERITED_ENVIRONMENT or name.startswith("LC_") or name in extra
+    }
+    env["POSTROOM_PROFILE"] = str(profile_dir)
+    return env
+
+
 def argument_problem(address: str) -> str | None:
     """Why `address` cannot be passed to the command as an argument, or None when it can."""
     if not address:
@@ -115,12 +161,18 @@ class PipeConfig:
     command: tuple[str, ...]
     address_types: tuple[str, ...] | None  # None: every address type
     timeout: float
+    environment: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PipeConfig:
         opts = PipeProvider.validate_options(options)
         types = opts["address_types"]
-        return cls(tuple(opts["command"]), None if types == ["*"] else tuple(types), opts["timeout"])
+        return cls(
+            tuple(opts["command"]),
+            None if types == ["*"] else tuple(types),
+            opts["timeout"],
+            tuple(opts.get("environment", ())),
+        )
 
 
 @dataclass
@@ -173,8 +225,16 @@ class PipeLogon(TransportLogon):
         try:
             outcome = await self._run(argv, data)
         except TimeoutError:
-            self.status.failed(f"{self.config.command[0]}: command timed out")
-            return SubmitResult.wait(RETRY_SECONDS, "command timed out")
+            # Outcome unknown: failed for good rather than run again (module docstring).
+            text = (
+                f"Outcome unknown: the command {self.config.command[0]!r} did not finish within "
+                f"{self.config.timeout:g} s and was stopped. It may have delivered the message already, "
+                "so it is not run again (that could deliver it twice)."
+            )
+            self.status.failed(f"{self.config.command[0]}: command timed out (outcome unknown)")
+            for rcpt in recipients:
+                rcpt.mark_failed(text, reason=NDRReason.TRANSFER_FAILED, diag=NDRDiag.NO_DIAGNOSTIC)
+            return SubmitResult.ok()
         except OSError as exc:  # no such program, or not executable: waiting until it is fixed
             text = f"cannot run {self.config.command[0]!r}: {exc.strerror or exc}"
             self.status.failed(text)
@@ -186,52 +246,88 @@ class PipeLogon(TransportLogon):
                 rcpt.mark_delivered()
             return SubmitResult.ok()
         if rc == EX_TEMPFAIL:
-            return SubmitResult.wait(RETRY_SECONDS, outcome.stderr or f"exit code {rc} (temporary failure)")
+            # No wait of our own: the spooler backs off (300 s doubling up to 4000 s by default).
+            return SubmitResult.wait(0, outcome.stderr or f"exit code {rc} (temporary failure)")
         text = outcome.stderr or (f"exit code {rc}" if rc >= 0 else f"exit code {rc} (killed by signal {-rc})")
         for rcpt in recipients:
             rcpt.mark_failed(text, reason=NDRReason.TRANSFER_FAILED, diag=NDRDiag.NO_DIAGNOSTIC)
         return SubmitResult.ok()
 
     async def _run(self, argv: list[str], data: bytes) -> _Outcome:
-        """Run `argv` with `data` on stdin; TimeoutError after the configured timeout."""
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            # Its own process group, so a timeout also ends whatever the command started.
-            start_new_session=_POSIX,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
-        stdin, stderr = proc.stdin, proc.stderr
+        """Run `argv` with `data` on stdin; TimeoutError after the configured timeout.
+
+        Every pipe is closed before this returns, whatever the command left running: a pipe
+        left to the garbage collector would be closed after the event loop ("Event loop is
+        closed"). Standard error is a pipe of our own, so that it can be closed at will."""
+        env = command_environment(self.config.environment, self.provider.context.profile_dir)
+        err_read, err_write = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=err_write,
+                env=env,
+                # Its own process group, so a timeout also ends whatever the command started.
+                start_new_session=_POSIX,
+            )
+        except BaseException:
+            os.close(err_read)
+            raise
+        finally:
+            os.close(err_write)
+        assert proc.stdin is not None
+        stdin = proc.stdin
+        stderr = asyncio.StreamReader()
+        err_file = os.fdopen(err_read, "rb", buffering=0)
+        try:
+            err_pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stderr), err_file
+            )
+        except BaseException:
+            err_file.close()
+            _kill(proc)
+            await proc.wait()
+            raise
 
         async def feed() -> None:
             try:
                 stdin.write(data)
                 await stdin.drain()
+                stdin.close()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the command did not read all of its input; its exit status tells
-            finally:
-                stdin.close()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    await stdin.wait_closed()
 
-        async def collect() -> bytes:
-            kept = bytearray()
+        kept = bytearray()
+
+        async def collect() -> None:
             while chunk := await stderr.read(65536):
                 if len(kept) < _MAX_STDERR_BYTES:
-                    kept += chunk[: _MAX_STDERR_BYTES - len(kept)]
-            return bytes(kept)
+                    kept.extend(chunk[: _MAX_STDERR_BYTES - len(kept)])
 
+        feeding = asyncio.ensure_future(feed())
+        collecting = asyncio.ensure_future(collect())
         try:
             async with asyncio.timeout(self.config.timeout):
-                _, err, rc = await asyncio.gather(feed(), collect(), proc.wait())
+                rc = await proc.wait()
+            # Exited: what it wrote is in the pipe by now; a process it left behind may keep
+            # the pipe open, so EOF is awaited only briefly.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(collecting), STDERR_GRACE_SECONDS)
         finally:
             if proc.returncode is None:  # timed out or cancelled: end it and reap it
                 _kill(proc)
                 with contextlib.suppress(ProcessLookupError):
                     await proc.wait()
-        text = err.decode("utf-8", errors="replace").strip()[:MAX_ERROR_TEXT]
+            for task in (feeding, collecting):
+                task.cancel()
+            await asyncio.gather(feeding, collecting, return_exceptions=True)
+            if not stdin.transport.is_closing():
+                stdin.transport.abort()  # unread input a leftover process would keep us waiting for
+            if not err_pipe.is_closing():
+                err_pipe.close()
+            await asyncio.sleep(0)  # the transports close their pipes in the next loop iteration
+        text = bytes(kept).decode("utf-8", errors="replace").strip()[:MAX_ERROR_TEXT]
         return _Outcome(rc, text)
 
 
@@ -253,7 +349,10 @@ class PipeProvider(TransportProvider):
     option_help: Mapping[str, str] = {
         "command": "the command to run: a list of arguments, or a string split like a shell (required)",
         "address_types": "address types taken, e.g. ['FAX']; '*' takes every address type (required)",
-        "timeout": f"seconds the command may run before it is killed (default {DEFAULT_TIMEOUT:g})",
+        "timeout": f"seconds the command may run before it is killed; its recipients then fail, outcome unknown "
+        f"(default {DEFAULT_TIMEOUT:g})",
+        "environment": "names of further environment variables the command gets (it inherits only PATH, HOME, "
+        "LANG, LC_*, TZ and POSTROOM_*), e.g. ['FAX_DEVICE']",
     }
 
     @classmethod
@@ -273,7 +372,10 @@ class PipeProvider(TransportProvider):
                     raise _invalid(f"option 'address_types': {adrtype!r} is not an address type")
             address_types = list(dict.fromkeys(types))
         timeout = _parse_timeout(opts.get("timeout", DEFAULT_TIMEOUT))
-        return {"command": command, "address_types": address_types, "timeout": timeout}
+        out: dict[str, Any] = {"command": command, "address_types": address_types, "timeout": timeout}
+        if "environment" in opts:
+            out["environment"] = _parse_environment(opts["environment"])
+        return out
 
     @classmethod
     def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
