@@ -273,12 +273,12 @@ def test_option_like_address_is_refused(tmp_path: Path) -> None:
     assert json.loads((out / "args.json").read_text()) == ["+2"]
 
 
-def test_exit_75_waits(tmp_path: Path) -> None:
+def test_exit_75_waits_with_the_spoolers_backoff(tmp_path: Path) -> None:
     logon = exit_logon(tmp_path, 75, "  line busy, try later \n")
     msg = make_message(rcpt("+1"), rcpt("+2"))
     result = submit(logon, msg)
     assert result.code == HResult.MAPI_E_WAIT
-    assert result.wait_seconds == 60
+    assert result.wait_seconds == 0  # no fixed wait of its own: 300 s doubling, not a try a minute
     assert result.reason == "line busy, try later"
     assert all(r.mark is None for r in msg.recipients)
 
