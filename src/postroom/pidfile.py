@@ -79,8 +79,11 @@ class DaemonPidFile:
         stale = read_pid(self.path)
         if stale is not None and stale != os.getpid():
             self.note = f"replaced a stale pid file (pid {stale} no longer runs a daemon here)"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as exc:  # a full disk: the lock still marks the daemon; only the pid is missing
+            self.note = f"cannot write the pid into {self.path}: {exc.strerror}"
         self._fd = fd
         return self
 

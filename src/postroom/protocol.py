@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("postroom.protocol")
 
 DEFAULT_GROUP = "All Accounts"
+MAX_EVERY_MINUTES = 525_600.0  # a year: beyond it a schedule means nothing (and `inf` breaks the timer)
 DEFAULT_STABILITY_SECONDS = 5.0
 SAFETY_SCAN_SECONDS = 30.0
 #: A daemon pass takes no new message after this long, so mode and configuration changes,
@@ -65,6 +67,14 @@ class GroupSettings:
     receive: bool = True
     every_minutes: float = 0.0  # automatic Send/Receive every n minutes; 0 = never
 
+    def __post_init__(self) -> None:
+        every = self.every_minutes
+        if not math.isfinite(every) or not 0 <= every <= MAX_EVERY_MINUTES:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"a Send/Receive schedule is 0 (never) to {MAX_EVERY_MINUTES:g} minutes (a year), not {every!r}",
+            )
+
     def to_toml(self) -> dict[str, Any]:
         return {
             "include": self.include,
@@ -83,8 +93,6 @@ class GroupSettings:
             every = float(data.get("every_minutes", default.every_minutes))
         except (TypeError, ValueError) as exc:
             raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"every_minutes: {exc}") from exc
-        if every < 0:
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "every_minutes cannot be negative")
         return cls(
             include=bool(data.get("include", default.include)),
             send=bool(data.get("send", default.send)),
@@ -373,7 +381,12 @@ class ProtocolManager:
         if not self.offline:
             # Messages parked while offline go out now that this session starts online (the
             # stability window only applies to a change of mode watched by a running spooler).
-            self.store.wake(now, (WaitKind.SEND_RECEIVE,))
+            try:
+                self.store.wake(now, (WaitKind.SEND_RECEIVE,))
+            except MAPIError as exc:
+                if not store_unreachable(exc):
+                    raise
+                self.redo.add("flush")  # the daemon's first usable turn does it
 
     def _transport_notified(self, transport: str, flags: SpoolerNotifyFlags, data: Any) -> None:
         if flags & SpoolerNotifyFlags.NEWMAIL:
@@ -629,8 +642,7 @@ class ProtocolManager:
         self.work_waiting = True
         listener = self.store.bus.listen()
         queue = listener.attach()
-        self.core.publish_status()
-        try:
+        try:  # the first turn publishes the status table (the store may not take writes yet)
             await self._daemon_loop(stop, queue, on_pass)
         finally:
             listener.close()
@@ -666,6 +678,7 @@ class ProtocolManager:
         outage in the middle of a turn does not lose a mode change or a configuration reload.
         """
         now = self.core.clock()
+        self.store.check_file()  # deleted or replaced under us: stop, rather than write into a lost file
         while not queue.empty():
             note = queue.get_nowait()
             if note.kind in ("mode", "config"):

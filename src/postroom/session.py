@@ -339,9 +339,8 @@ class _SessionCore:
                 profile.store_url or profile.store_path, password_env=profile.store_password_env
             )
         except (OSError, sqlite3.DatabaseError) as exc:  # `store` names a directory, or not a database
-            raise MAPIError(
-                HResult.MAPI_E_CORRUPT_DATA, f"cannot open the message store {str(profile.store_path)!r}: {exc}"
-            ) from exc
+            code = HResult.MAPI_E_NO_ACCESS if isinstance(exc, OSError) else HResult.MAPI_E_CORRUPT_DATA
+            raise MAPIError(code, f"cannot open the message store {str(profile.store_path)!r}: {exc}") from exc
         self.transports = TransportTable(profile, self.store.connection_slots)
         self.protocol = ProtocolManager(self)
         self.spooler = self._new_spooler()

@@ -5,14 +5,36 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from datetime import datetime
 from typing import Any
 
 import click
 
+from ..mapi.codes import MAPIError
 from ..pidfile import DaemonPidFile
+from ..session import Session
 from ..spooler import PassSummary
+from ..spooler.outage import StoreOutage, store_unreachable
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
+
+
+def open_when_usable(app: App, stop: asyncio.Event) -> Session | None:
+    """The daemon's session, once its store can be opened: a full disk or an unreachable database
+    at start-up is waited out as it is while running (None: stopped meanwhile)."""
+    outage = StoreOutage()
+    while True:
+        try:
+            return app.session()
+        except MAPIError as exc:
+            if not store_unreachable(exc):
+                raise
+            deadline = time.monotonic() + outage.failed(exc, time.monotonic())
+            while time.monotonic() < deadline:
+                if stop.is_set():
+                    return None
+                time.sleep(0.1)
+
 
 # --- the pid file ------------------------------------------------------------------------------
 
@@ -113,16 +135,18 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
 
     # The handlers go in first: a SIGTERM while the transports log on still stops cleanly.
     with stop_on_signals(stop):
-        session = app.session()
-        with DaemonPidFile(session.profile.directory, force) as held:
+        daemon_session = open_when_usable(app, stop)
+        if daemon_session is None:
+            return  # stopped while the store could not be opened
+        with DaemonPidFile(daemon_session.profile.directory, force) as held:
             if held.note:
                 click.echo(f"postroom: {held.note}", err=True)
             if not app.json:
                 app.out.echo(
-                    f"Spooler running on {session.profile.directory} ({session.mode}, pid {os.getpid()}); "
-                    "Ctrl-C or SIGTERM stops it."
+                    f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
+                    f"pid {os.getpid()}); Ctrl-C or SIGTERM stops it."
                 )
-            session.run_spooler(stop, on_pass=on_pass)
+            daemon_session.run_spooler(stop, on_pass=on_pass)
     if app.json:  # the last line: the totals
         app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:

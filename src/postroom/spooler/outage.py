@@ -1,7 +1,8 @@
 """Riding out a message store outage: which errors are one, how long to wait, what to log.
 
 A shared store (PostgreSQL) can be unreachable for a while: the server restarts, the network
-is cut. The store reports that as MAPI_E_NETWORK_ERROR. A running spooler daemon must not die
+is cut. The store reports that as MAPI_E_NETWORK_ERROR. The disk under an SQLite store can fill
+up (MAPI_E_NOT_ENOUGH_DISK) or fail for a moment (MAPI_E_DISK_ERROR). A running spooler daemon must not die
 of it: nothing is lost by waiting, because every claim and outcome is in the store, written
 transactionally, and a claim whose outcome could not be written runs out and is taken over
 ("outcome unknown"). So the daemon waits with capped exponential backoff and carries on by
@@ -20,13 +21,18 @@ FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 
 
+#: Store errors the daemon waits out: unreachable (a shared store), or its disk full or failing.
+#: Nothing is lost meanwhile: each failed transaction was rolled back whole.
+PASSING_TROUBLE = frozenset({HResult.MAPI_E_NETWORK_ERROR, HResult.MAPI_E_NOT_ENOUGH_DISK, HResult.MAPI_E_DISK_ERROR})
+
+
 def store_unreachable(exc: BaseException) -> bool:
-    """Whether `exc` says the message store cannot be reached (MAPI_E_NETWORK_ERROR).
+    """Whether `exc` says the message store cannot be used for now (unreachable, disk full, I/O error).
 
     Transports' network errors never get here: the spooler turns them into their recipients'
-    retries, so in the daemon loop this code can only come from the store.
+    retries, so in the daemon loop these codes can only come from the store.
     """
-    return isinstance(exc, MAPIError) and exc.code == HResult.MAPI_E_NETWORK_ERROR
+    return isinstance(exc, MAPIError) and exc.code in PASSING_TROUBLE
 
 
 def retry_delay(failures: int, first: float = FIRST_RETRY_SECONDS, cap: float = MAX_RETRY_SECONDS) -> float:
@@ -50,6 +56,7 @@ class StoreOutage:
         self.cap = cap
         self.since: float | None = None  # when the current outage began; None: the store answers
         self.failures = 0
+        self.word = "reachable"  # or "usable": what the store is not, for the log lines
 
     def failed(self, exc: BaseException, now: float) -> float:
         """Count a failure; returns how long to wait before trying again."""
@@ -58,10 +65,11 @@ class StoreOutage:
         text = exc.message if isinstance(exc, MAPIError) else str(exc)
         if self.since is None:
             self.since = now
-            log.warning("message store unreachable: %s; retrying in %g s", text, delay)
+            self.word = "reachable" if getattr(exc, "code", None) == HResult.MAPI_E_NETWORK_ERROR else "usable"
+            log.warning("message store un%s: %s; retrying in %g s", self.word, text, delay)
         else:
             gone = now - self.since
-            log.debug("message store still unreachable after %.1f s: %s; retrying in %g s", gone, text, delay)
+            log.debug("message store still un%s after %.1f s: %s; retrying in %g s", self.word, gone, text, delay)
         return delay
 
     def recovered(self, now: float) -> float | None:
@@ -71,5 +79,5 @@ class StoreOutage:
         gone = now - self.since
         self.since = None
         self.failures = 0
-        log.warning("message store reachable again after %.1f s; resuming", gone)
+        log.warning("message store %s again after %.1f s; resuming", self.word, gone)
         return gone

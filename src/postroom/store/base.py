@@ -191,6 +191,11 @@ class MessageStore(abc.ABC):
     @abc.abstractmethod
     def store_uid(self) -> bytes: ...
 
+    def check_file(self) -> None:
+        """Raise MAPI_E_NOT_FOUND when the store's file was deleted or replaced under this process
+        (a store with no file of its own, like PostgreSQL, has nothing to check)."""
+        return None
+
     # --- folders --------------------------------------------------------------------------
     @abc.abstractmethod
     def folders(self) -> list[Folder]: ...

@@ -28,6 +28,7 @@ from .migrations import LATEST, upgrade_sqlite
 from .notify import NotificationBus, notify_directory
 from .slots import FileSlots
 from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
+from .sqlite_errors import store_error
 from .writer_turns import WriterTurns
 
 SCHEMA_VERSION = LATEST  # version 1 is SCHEMA below; later versions are in migrations.py
@@ -115,6 +116,15 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
         self.path = Path(path)
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            mapped = store_error(exc, self.path)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new_file = not self.path.exists()
         self._lock = threading.RLock()
@@ -122,9 +132,11 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         self._savepoints = 0
         self._notes: list[tuple[str, dict[str, Any]]] = []
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._locked = _Locked(self._db, self._lock)
+        self._locked = _Locked(self._db, self._lock, self.path)
         if new_file:
             os.chmod(self.path, 0o600)
+        opened = os.stat(self.path)
+        self._identity = (opened.st_dev, opened.st_ino)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._turns = WriterTurns(self.path.with_name(self.path.name + "-writer"))
         self._enable_wal()
@@ -151,8 +163,9 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT in this process's writer turn; ROLLBACK after any error."""
-        with self._turns.turn():
+        """BEGIN IMMEDIATE … COMMIT in this process's writer turn; ROLLBACK after any error.
+        SQLite's own errors leave as the MAPI code they mean (sqlite_errors.py)."""
+        with self._turns.turn(), self._sqlite_errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -161,6 +174,26 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            mapped = store_error(exc, self.path)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def check_file(self) -> None:
+        """MAPI_E_NOT_FOUND when the store file was deleted or replaced since it was opened: a
+        daemon writing on into the old, unlinked file would lose everything it does."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"the message store {self.path} was deleted") from None
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"the message store {self.path} was replaced by another file")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -291,18 +324,23 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
 class _Locked:
     """The store's connection under its lock: a context manager as cheap as the lock (reads are many)."""
 
-    __slots__ = ("_db", "_lock")
+    __slots__ = ("_db", "_lock", "_path")
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
         self._db = db
         self._lock = lock
+        self._path = path
 
     def __enter__(self) -> sqlite3.Connection:
         self._lock.acquire()
         return self._db
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            mapped = store_error(exc, self._path)
+            if mapped is not None:
+                raise mapped from exc
 
 
 class _BlobReader:
