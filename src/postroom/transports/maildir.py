@@ -53,7 +53,6 @@ from .spi import (
 
 DEFAULT_ROOT = "maildir"
 DEFAULT_ADDRESS_TYPES = ("SMTP",)
-RETRY_SECONDS = 60
 #: The longest local part accepted, in UTF-8 bytes of its lower-cased form (the mailbox directory's
 #: name): a file name's limit on common file systems.
 MAX_LOCAL_PART_BYTES = 255
@@ -285,6 +284,7 @@ class MaildirLogon(TransportLogon):
                     )
                 else:
                     delayed.append(f"Maildir write failed for {rcpt.email_address!r}: {exc}")
+                    rcpt.defer(delayed[-1])  # shown while it waits (`postroom queue`, `show`)
 
         try:
             for _, maildir, tmp in written:
@@ -301,7 +301,7 @@ class MaildirLogon(TransportLogon):
         if delayed:
             self.status.failed(delayed[-1])
             if not any(r.mark is not None for r in message.recipients):
-                return SubmitResult.wait(RETRY_SECONDS, delayed[-1])
+                return SubmitResult.wait(0, delayed[-1])  # no wait of our own: the spooler backs off
             # Keeping the marks of this call needs S_OK: the delayed recipients stay unmarked and
             # end_message asks the spooler to offer them to this transport again later.
             self._resend_later.add(message.ref)
@@ -319,7 +319,7 @@ class MaildirLogon(TransportLogon):
     def _write_failed(self, exc: OSError) -> SubmitResult:
         text = f"Maildir write failed: {exc}"
         self.status.failed(text)
-        return SubmitResult.wait(RETRY_SECONDS, text)
+        return SubmitResult.wait(0, text)  # no wait of our own: the spooler backs off
 
 
 class MaildirProvider(TransportProvider):
