@@ -701,7 +701,8 @@ class ProtocolManager:
             self.redo.discard("flush")
             self.work_waiting = True
         due = self.store.next_due()
-        if self.work_waiting or (due is not None and due <= now):
+        probe = self.core.spooler.processor.next_probe()
+        if self.work_waiting or (due is not None and due <= now) or (probe is not None and probe <= now):
             self.work_waiting = False
             summary = PassSummary()
             try:
@@ -745,6 +746,9 @@ class ProtocolManager:
             candidates.append((due - now).total_seconds())
         if self.transition.flush_at is not None:
             candidates.append((self.transition.flush_at - now).total_seconds())
+        probe = self.core.spooler.processor.next_probe()
+        if probe is not None:  # a paused transport's rest ends: one parked message probes it
+            candidates.append(max(1.0, (probe - now).total_seconds()))
         nxt = self.schedule.next_time()
         if nxt is not None:
             candidates.append((nxt - now).total_seconds())

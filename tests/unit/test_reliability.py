@@ -416,3 +416,31 @@ def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Pa
 
     processed, cut_short, left = asyncio.run(scenario())
     assert cut_short and 0 < processed < 30 and left == 30 - processed
+
+
+def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: Path, calls: Calls) -> None:
+    """While the breaker is open its backlog is parked: no claims, no calls; when the rest is over
+    one message probes, and once that works the whole backlog goes out."""
+    clock = Clock(T0)
+    policy = {"breaker_threshold": 2, "breaker_seconds": 600}
+    profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
+    with postroom.logon(profile, clock=clock) as s:
+        s.spooler.concurrency = 1
+        for n in range(30):
+            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        s.deliver()
+        assert submits(calls) == 2
+        parked = [q for q in s.queue() if q.waiting_for is not None and q.waiting_for.value == "paused"]
+        assert len(parked) == 28
+        claims = sum(q.attempts for q in s.queue())
+        for _ in range(5):  # the rest: passes find nothing to claim
+            clock.advance(100)
+            assert s.deliver().processed <= 2  # at most the two retrying messages, never the parked backlog
+        assert sum(q.attempts for q in s.queue()) - claims <= 2 * 5
+        assert submits(calls) <= 4
+        clock.advance(200)  # the rest is over
+        s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
+        before = submits(calls)
+        s.deliver()
+        assert s.queue() == []  # the probe worked: the parked backlog was woken and sent in the same pass
+        assert submits(calls) - before >= 28

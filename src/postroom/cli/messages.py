@@ -51,6 +51,9 @@ def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
         names = ", ".join(q.waiting_transports) or "a transport"
         again = next_try(q.next_attempt, now)
         return f"waiting for {names} to be configured (`postroom status`); looked at again {again}"
+    if q.waiting_for is WaitKind.PAUSED:
+        names = ", ".join(q.waiting_transports) or "its transport"
+        return f"waiting for {names} to work again (paused after repeated network errors; one message probes it)"
     if q.waiting_for is WaitKind.DEFERRED:
         return "kept by the transport until it reports (deferred)"
     if q.next_attempt is None or q.next_attempt <= now:

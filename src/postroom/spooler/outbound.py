@@ -52,6 +52,9 @@ from .transports import LoadedTransport, TransportTable, call_transport, error_s
 log = logging.getLogger("postroom.spooler")
 
 DEFERRED_BY_TRANSPORT_SECONDS = 24 * 3600.0
+#: How long a message parked behind a paused transport waits at most; it is woken as soon as the
+#: transport is probed and works again, so this only bounds a wait nobody ends.
+PAUSED_SECONDS = 6 * 3600.0
 #: A misconfigured transport's messages are looked at again this often (and at once when the profile
 #: changes): a password file or a program may be fixed without touching the profile.
 UNCONFIGURED_RECHECK_SECONDS = 900.0
@@ -60,6 +63,13 @@ MAX_RESEND_NOW = 3
 
 def _epoch(when: datetime) -> float:
     return to_micros(when) / 1_000_000
+
+
+def _probe_time(state: dict[str, Any]) -> float | None:
+    """When an open breaker may next be probed: the end of its rest, or of a probe under way."""
+    if state.get("open_until") is None:
+        return None
+    return max(float(state["open_until"]), float(state.get("probe_until") or 0.0))
 
 
 @dataclass(frozen=True)
@@ -500,6 +510,21 @@ class OutboundProcessor:
             self.store.add_event, message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h"
         )
 
+    async def wake_probes(self) -> None:
+        """For each paused transport whose rest is over, make one parked message due to probe it."""
+        now = self.clock()
+        t = _epoch(now)
+        for transport in self.transports.transports:
+            at = _probe_time(self._breaker(transport.name, t))
+            if at is not None and at <= t:
+                await self.write(self.store.wake_paused, transport.name, now, 1)
+
+    def next_probe(self) -> datetime | None:
+        """When the next paused transport may be probed (the daemon wakes up for it)."""
+        t = _epoch(self.clock())
+        times = [at for x in self.transports.transports if (at := _probe_time(self._breaker(x.name, t))) is not None]
+        return from_epoch(min(times)) if times else None
+
     async def _held_back(self, transport: LoadedTransport) -> _Wait | None:
         """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it.
 
@@ -528,7 +553,9 @@ class OutboundProcessor:
                     f"{transport.name} paused after repeated network errors ({state.get('last_error', '')}); "
                     f"probe at {from_epoch(until):%H:%M:%S}"
                 )
-                return _Wait(max(1.0, until - t), text, failure=False)
+                # Parked until one message has probed the transport and it works again: a paused
+                # transport's backlog costs nothing meanwhile (wake_probes, wake_paused).
+                return _Wait(PAUSED_SECONDS, text, WaitKind.PAUSED, failure=False)
         limits = policy.throttle_limits()
         if limits:
             wait = await self.write(self.store.reserve_send, transport.name, now, limits, self.owner)
@@ -636,6 +663,7 @@ class OutboundProcessor:
                 state = await self.write(self.store.update_breaker_state, transport.name, breaker_closed, self.clock())
                 self._breakers[transport.name] = (_epoch(self.clock()), state)
                 transport.status.set(remove=StatusCode.FAILURE, text="available")
+                await self.write(self.store.wake_paused, transport.name, self.clock())  # it works again
 
             handled = await self._record_marks(message, message_id, transport, view, result)
             self._calling.discard(message_id)  # the answers are stashed: written by any later store write

@@ -50,14 +50,12 @@ class FairScheduler:
         self._busy: dict[str, int] = {}  # lane -> messages in flight here
         self._lane_of: dict[int, str] = {}  # in flight: message -> lane
         self._taken: set[int] = set()  # this pass's, in flight or done
-        self._exhausted = False
 
     def take(self, in_flight: set[int]) -> int | None:
         """Claim the next message to work on, or None when nothing is due (for now)."""
         while True:
-            empty = not any(self._lanes.values())
-            if empty and (self._exhausted or not self._refill(self._taken | in_flight)):
-                return None
+            if not any(self._lanes.values()) and not self._refill(in_flight):
+                return None  # nothing due that this pass has not taken already
             lane = min(
                 (name for name, queue in self._lanes.items() if queue),
                 key=lambda name: (self._busy.get(name, 0), self._lanes[name][0]),
@@ -76,10 +74,11 @@ class FairScheduler:
         if lane is not None:
             self._busy[lane] -= 1
 
-    def _refill(self, exclude: set[int]) -> bool:
-        due = self.store.due_messages(self.clock(), WINDOW, exclude)
-        if len(due) < WINDOW:
-            self._exhausted = True  # what comes due later waits for the next pass
+    def _refill(self, in_flight: set[int]) -> bool:
+        """Read the next window of due messages, leaving out what this pass took already (a message
+        given back due at once must not keep a pass going round it)."""
+        window = self.store.due_messages(self.clock(), WINDOW, in_flight)
+        due = [m for m in window if m not in self._taken]
         if not due:
             return False
         router = self.router()

@@ -142,6 +142,7 @@ class Spooler:
             summary = PassSummary()
         remaining = limit
         errors: list[Exception] = []
+        await self.processor.wake_probes()
         scheduler = FairScheduler(self.store, self.transports.router, self.owner, self.clock, self.lease_seconds)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
 

@@ -55,6 +55,7 @@ class WaitKind(StrEnum):
     DEFERRED = "deferred"  # the transport keeps it until it notifies SENTDEFERRED
     SCHEDULED = "scheduled"  # PR_DEFERRED_SEND_TIME: not before that time (only an explicit retry ID forces it)
     UNCONFIGURED = "unconfigured"  # a transport cannot work as configured: until the profile changes (or a recheck)
+    PAUSED = "paused"  # its transport's circuit breaker is open: until one message probes it and it closes
 
 
 class RecipientState(StrEnum):
@@ -364,6 +365,11 @@ class MessageStore(abc.ABC):
         """Send/Receive of these transports: make due now every unclaimed queued message with a
         recipient waiting for one of them (offline or for a retry), or not yet routed. Scheduled
         (deferred-send) and held messages stay as they are. Returns how many."""
+
+    @abc.abstractmethod
+    def wake_paused(self, transport: str, now: datetime, limit: int | None = None) -> int:
+        """Make due the messages parked because `transport` was paused (at most `limit`, oldest
+        first: one to probe it; all once it works again). Returns how many."""
 
     @abc.abstractmethod
     def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:

@@ -1017,6 +1017,27 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._publish("queue", woken=woken)
         return woken
 
+    def wake_paused(self, transport: str, now: datetime, limit: int | None = None) -> int:
+        parked = (
+            "SELECT m.id FROM messages m WHERE m.queue_state='queued' AND m.wait_kind='paused' "
+            "AND (m.lease_owner IS NULL OR m.lease_until < ?) AND EXISTS ("
+            " SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state='pending'"
+            " AND lower(r.waiting_for) = ?) ORDER BY m.submit_time, m.id"
+        )
+        params: list[Any] = [to_epoch(now), transport.lower()]
+        if not self._q(parked + " LIMIT 1", params):
+            return 0  # nothing parked: no write transaction
+        if limit is not None:
+            parked += " LIMIT ?"
+            params.append(limit)
+        with self._tx() as db:
+            woken = db.execute(
+                f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE id IN ({parked})", params
+            ).rowcount
+        if woken:
+            self._publish("queue", woken=woken)
+        return woken
+
     def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
         with self._tx() as db:
             mid = self._insert_message(db, folder_id, message)
