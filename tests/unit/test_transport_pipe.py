@@ -480,3 +480,12 @@ def test_a_command_that_timed_out_is_not_run_again_and_its_sender_learns_why(tmp
         text = str(session.open_message(ndr.id).recipients[0].get(T.PR_REPORT_TEXT))
         assert text.startswith("Outcome unknown: the command ")
     assert runs.read_text() == "run\n"
+
+
+def test_an_addresses_pattern_is_the_transports_scope(tmp_path: Path) -> None:
+    logon = make_logon(tmp_path, command=["true"], address_types=["FAX"], addresses=r"\+1[0-9]+")
+    scope = logon.address_types().scope
+    assert scope is not None and scope.takes("FAX", "+15551234") and not scope.takes("FAX", "+4930123")
+    with pytest.raises(MAPIError) as err:
+        PipeProvider.validate_options({"command": "true", "address_types": "FAX", "addresses": "(["})
+    assert err.value.code == HResult.MAPI_E_INVALID_PARAMETER and "regular expression" in err.value.message

@@ -34,6 +34,8 @@ Options:
 * `command`: the command, as a list of arguments or a string split like a shell would (required).
 * `address_types`: the address types taken, e.g. `["FAX"]`; `"*"` takes every type (required).
 * `timeout`: seconds the command may run before it is killed (default 60).
+* `addresses`: a regular expression that every address the transport takes matches in full
+  (case-insensitive); the others are never offered to it (its scope), online or offline.
 * `environment`: names of further environment variables passed to the command when set, as a
   list or a comma-separated string, e.g. `["FAX_DEVICE"]`. Only names: values stay in the
   environment (or wherever they come from), never in the profile.
@@ -63,6 +65,7 @@ from .options import string_list as _string_list
 from .spi import (
     OutboundMessage,
     OutboundRecipient,
+    RecipientScope,
     Registration,
     SubmitResult,
     TransportLogon,
@@ -142,6 +145,16 @@ def command_environment(extra: tuple[str, ...], profile_dir: Path) -> dict[str, 
     return env
 
 
+def _parse_pattern(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"option 'addresses' must be a regular expression, not {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise _invalid(f"option 'addresses': {value!r} is not a regular expression ({exc})") from None
+    return value
+
+
 def argument_problem(address: str) -> str | None:
     """Why `address` cannot be passed to the command as an argument, or None when it can."""
     if not address:
@@ -162,6 +175,7 @@ class PipeConfig:
     address_types: tuple[str, ...] | None  # None: every address type
     timeout: float
     environment: tuple[str, ...] = ()
+    addresses: str | None = None  # a pattern every taken address matches (the transport's scope)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PipeConfig:
@@ -172,6 +186,7 @@ class PipeConfig:
             None if types == ["*"] else tuple(types),
             opts["timeout"],
             tuple(opts.get("environment", ())),
+            opts.get("addresses"),
         )
 
 
@@ -185,10 +200,11 @@ class PipeLogon(TransportLogon):
     def __init__(self, provider: PipeProvider, flags: LogonFlags, config: PipeConfig) -> None:
         super().__init__(provider, flags)
         self.config = config
+        scope = None if config.addresses is None else RecipientScope.matching(config.addresses)
         if config.address_types is None:
-            self.registration = Registration.any()
+            self.registration = Registration.any(scope=scope)
         else:
-            self.registration = Registration.of(*config.address_types)
+            self.registration = Registration.of(*config.address_types, scope=scope)
         self.status.identity = shlex.join(config.command)
         if shutil.which(config.command[0]) is None:
             # Only a hint in the status table: the program may be installed before the first message.
@@ -199,7 +215,8 @@ class PipeLogon(TransportLogon):
 
     def _is_mine(self, rcpt: OutboundRecipient) -> bool:
         types = self.config.address_types
-        return types is None or rcpt.address_type.upper() in types
+        in_types = types is None or rcpt.address_type.upper() in types
+        return in_types and self.registration.takes(rcpt.address_type, rcpt.email_address)
 
     async def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
         taken = [r for r in message.pending() if self._is_mine(r)]
@@ -353,6 +370,8 @@ class PipeProvider(TransportProvider):
         f"(default {DEFAULT_TIMEOUT:g})",
         "environment": "names of further environment variables the command gets (it inherits only PATH, HOME, "
         "LANG, LC_*, TZ and POSTROOM_*), e.g. ['FAX_DEVICE']",
+        "addresses": "a regular expression every address it takes matches in full, case-insensitive, e.g. "
+        "'\\+1[0-9]+' (default: every address of its types); the others go to the next transport",
     }
 
     @classmethod
@@ -375,6 +394,8 @@ class PipeProvider(TransportProvider):
         out: dict[str, Any] = {"command": command, "address_types": address_types, "timeout": timeout}
         if "environment" in opts:
             out["environment"] = _parse_environment(opts["environment"])
+        if "addresses" in opts:
+            out["addresses"] = _parse_pattern(opts["addresses"])
         return out
 
     @classmethod
