@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..profile import PROFILE_FILE, Profile, default_profile_dir
-from ..session import Session, logon
 from .output import Output
+
+if TYPE_CHECKING:
+    from ..profile import Profile
+    from ..session import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,10 +41,17 @@ class App:
 
     def target_dir(self) -> Path:
         """The profile directory this command works on: --profile, else the default one."""
+        # Imported here, not at the top: this module is loaded by every command, also by
+        # `postroom --version` and `--help`, which must not load the profile code, the store,
+        # the spooler and asyncio (a measured start-up cost: benchmarks/fig9_startup.py).
+        from ..profile import default_profile_dir
+
         return self.profile_dir if self.profile_dir is not None else default_profile_dir()
 
     def profile(self) -> Profile:
         """--profile must name an existing profile; the default one is created on first use."""
+        from ..profile import PROFILE_FILE, Profile, default_profile_dir  # start-up: see target_dir
+
         if self.profile_dir is not None:
             return Profile.load(self.profile_dir)
         directory = default_profile_dir()
@@ -57,6 +66,8 @@ class App:
         return profile
 
     def session(self) -> Session:
+        from ..session import logon  # start-up: see target_dir
+
         if self._session is None:
             self._session = logon(self.profile())
         return self._session
