@@ -84,7 +84,10 @@ def test_a_mistyped_command_still_gets_a_suggestion() -> None:
     proc = subprocess.run([sys.executable, "-m", "postroom", "sned"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "No such command 'sned'" in proc.stderr
-    if "Did you mean" in subprocess.run(  # the suggestion is click's (8.2 and later)
-        [sys.executable, "-m", "postroom", "service", "ad"], capture_output=True, text=True, timeout=60
-    ).stderr:
+    if (
+        "Did you mean"
+        in subprocess.run(  # the suggestion is click's (8.2 and later)
+            [sys.executable, "-m", "postroom", "service", "ad"], capture_output=True, text=True, timeout=60
+        ).stderr
+    ):
         assert "Did you mean 'send'?" in proc.stderr
