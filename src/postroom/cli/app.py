@@ -35,9 +35,7 @@ COMMANDS = {
     "status": LazyCommand("admin", "status", "Show the status table: one status row per component."),
     "send": LazyCommand("send", "send", "Compose a message in the Outbox and submit it."),
     "queue": LazyCommand("messages", "queue", "Show the outgoing queue."),
-    "hold": LazyCommand(
-        "queueops", "hold", "Hold a queued message: no spooler sends it until `postroom release ID`."
-    ),
+    "hold": LazyCommand("queueops", "hold", "Hold a queued message: no spooler sends it until `postroom release ID`."),
     "release": LazyCommand(
         "queueops",
         "release",
@@ -54,9 +52,7 @@ COMMANDS = {
     "store": LazyCommand(
         "store", "store", "The message store: migrate its schema, or copy it between SQLite and PostgreSQL."
     ),
-    "online": LazyCommand(
-        "protocol", "online", "Go online: submitted messages are passed to the transports at once."
-    ),
+    "online": LazyCommand("protocol", "online", "Go online: submitted messages are passed to the transports at once."),
     "offline": LazyCommand(
         "protocol", "offline", "Go offline: submitted messages wait in the Outbox for `postroom sendreceive`."
     ),
