@@ -188,7 +188,7 @@ def test_every_readme_command_works_as_written(workdir: Path, tmp_path: Path) ->
             assert status == expected, f"{block.section}: `{line}` exited {status}, not {expected}:\n{output}"
             assert "Traceback" not in output, output
             ran += 1
-    assert ran >= 50, "the README's commands were not found"
+    assert ran >= 30, "the README's commands were not found"
     special = [*SKIPPED_SECTIONS, *SKIPPED_LINES, *DROPPED_PREFIXES, *UNTIL_CTRL_C, *NOT_COMMANDS, *STAND_INS]
     assert [entry for entry in special if entry not in used] == [], "no README line needs these any more"
     # The worked example's fax went through the stand-in, even offline (call_when_offline).
