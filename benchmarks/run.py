@@ -41,6 +41,7 @@ FIGURES = [
     ("fig4", "fig4_latency.py", "Figure 4: online latency"),
     ("fig5", "fig5_offline_flush.py", "Figure 5: offline flush at scale"),
     ("fig6", "fig6_idle.py", "Figure 6: idle cost"),
+    ("fig9", "fig9_startup.py", "Figure 9: start-up time"),
 ]
 
 
@@ -54,7 +55,7 @@ def loadavg() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny N, one run each (CI)")
-    ap.add_argument("--only", default="", help="comma-separated figure keys (fig1,…,fig6)")
+    ap.add_argument("--only", default="", help="comma-separated figure keys (fig1,…,fig6, fig9)")
     ap.add_argument("--out", type=Path, default=None, help="directory for the figures' JSON")
     ap.add_argument("--results", type=Path, default=None, help="where to write RESULTS.md")
     ap.add_argument("--runs", type=int, default=None, help="repetitions for every figure")

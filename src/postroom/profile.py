@@ -14,7 +14,6 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,10 @@ def register_transport_kind(kind: str, provider: type[TransportProvider]) -> Non
 
 def transport_kinds() -> dict[str, type[TransportProvider]]:
     """Every installed transport provider, by kind (entry-point name), plus registered ones."""
+    # Imported here: importlib.metadata is a measured part of every command's start-up
+    # (benchmarks/fig9_startup.py), and only the commands that load transports need it.
+    from importlib.metadata import entry_points
+
     kinds: dict[str, type[TransportProvider]] = dict(_REGISTERED)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in kinds:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -374,7 +375,9 @@ def test_hostile_profile_file(tmp_path: Path, content: bytes) -> None:
 # message IDs that are not
 # --------------------------------------------------------------------------------------
 
-ID_COMMANDS = [c for c in ("show", "export", "hold", "release", "cancel", "retry") if c in cli.commands]
+ID_COMMANDS = [
+    c for c in ("show", "export", "hold", "release", "cancel", "retry") if c in cli.list_commands(click.Context(cli))
+]
 junk_ids = st.one_of(
     nasty_text,
     st.integers(min_value=-(2**70), max_value=2**70).map(str),

@@ -14,8 +14,8 @@ import click
 
 from .. import __version__
 from ..mapi.codes import MAPIError
-from . import admin, messages, protocol, queueops, send, spool, store
 from .context import App
+from .lazy import LazyCommand, LazyGroup
 from .output import one_line
 
 EXIT_OK = 0
@@ -24,8 +24,63 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
+#: Every subcommand: its module and attribute under postroom.cli, and its summary in `--help`.
+#: A module is imported only when its command runs (cli/lazy.py says why).
+COMMANDS = {
+    "init": LazyCommand("admin", "init", "Create a profile."),
+    "service": LazyCommand("admin", "service", "Add, list, change and remove message services (transports)."),
+    "order": LazyCommand("admin", "order", "Show or set the transport order."),
+    "adrtypes": LazyCommand("admin", "adrtypes", "List the address types the transports register."),
+    "route": LazyCommand("admin", "route", "Dry run: which transports would take each address."),
+    "status": LazyCommand("admin", "status", "Show the status table: one status row per component."),
+    "send": LazyCommand("send", "send", "Compose a message in the Outbox and submit it."),
+    "queue": LazyCommand("messages", "queue", "Show the outgoing queue."),
+    "hold": LazyCommand("queueops", "hold", "Hold a queued message: no spooler sends it until `postroom release ID`."),
+    "release": LazyCommand(
+        "queueops",
+        "release",
+        "Release a held message: it is due at once (or, with --as-delivered, finished as sent).",
+    ),
+    "retry": LazyCommand("queueops", "retry", "Make a waiting message due now, ignoring its retry backoff."),
+    "cancel": LazyCommand("queueops", "cancel", "Take a submitted message back before it is sent (AbortSubmit)."),
+    "flush": LazyCommand("queueops", "flush", "Send everything waiting for one transport now."),
+    "folders": LazyCommand("messages", "folders", "List the folders of the message store."),
+    "list": LazyCommand("messages", "list_", "List the messages in a folder."),
+    "show": LazyCommand("messages", "show", "Show a message, its recipients' delivery states and its history."),
+    "export": LazyCommand("messages", "export", "Write a message as RFC 5322 (MIME) to stdout."),
+    "spooler": LazyCommand("spool", "spooler", "Run the spooler over the outgoing queue."),
+    "store": LazyCommand(
+        "store", "store", "The message store: migrate its schema, or copy it between SQLite and PostgreSQL."
+    ),
+    "online": LazyCommand("protocol", "online", "Go online: submitted messages are passed to the transports at once."),
+    "offline": LazyCommand(
+        "protocol", "offline", "Go offline: submitted messages wait in the Outbox for `postroom sendreceive`."
+    ),
+    "sendreceive": LazyCommand(
+        "protocol",
+        "sendreceive",
+        "Send/Receive: flush the queues of a group's transports, one by one in transport order.",
+    ),
+    "group": LazyCommand(
+        "protocol",
+        "group",
+        "Send/Receive groups: which transports `sendreceive` flushes, and how, online and offline.",
+    ),
+    "receive": LazyCommand(
+        "protocol", "receive", "Fetch inbound mail once from every transport that may be called now."
+    ),
+    "receive-folder": LazyCommand(
+        "protocol", "receive_folder", "Receive folders: which folder incoming messages of a class go to."
+    ),
+    "watch": LazyCommand(
+        "protocol", "watch", "Print one line per new message, delivered into any folder by any process."
+    ),
+}
+
 
 @click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     no_args_is_help=True,
 )
@@ -57,37 +112,6 @@ def cli(ctx: click.Context, profile_dir: Path | None, json_mode: bool) -> None:
     app = App(profile_dir, json_mode)
     ctx.obj = app
     ctx.call_on_close(app.close)
-
-
-for command in (
-    admin.init,
-    admin.service,
-    admin.order,
-    admin.adrtypes,
-    admin.route,
-    admin.status,
-    send.send,
-    messages.queue,
-    queueops.hold,
-    queueops.release,
-    queueops.retry,
-    queueops.cancel,
-    queueops.flush,
-    messages.folders,
-    messages.list_,
-    messages.show,
-    messages.export,
-    spool.spooler,
-    store.store,
-    protocol.online,
-    protocol.offline,
-    protocol.sendreceive,
-    protocol.group,
-    protocol.receive,
-    protocol.receive_folder,
-    protocol.watch,
-):
-    cli.add_command(command)
 
 
 def _fail(message: str, exit_code: int, code: str | None = None, hresult: int | None = None) -> int:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..profile import PROFILE_FILE, Profile, default_profile_dir, environment_profile_dir
-from ..session import Session, logon
 from .output import Output
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..profile import Profile
+    from ..session import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -45,10 +48,17 @@ class App:
 
     def target_dir(self) -> Path:
         """The profile directory this command works on: --profile, else the default one."""
+        # Imported here, not at the top: this module is loaded by every command, also by
+        # `postroom --version` and `--help`, which must not load the profile code, the store,
+        # the spooler and asyncio (a measured start-up cost: benchmarks/fig9_startup.py).
+        from ..profile import default_profile_dir
+
         return self.profile_dir if self.profile_dir is not None else default_profile_dir()
 
     def profile(self) -> Profile:
         """--profile and POSTROOM_PROFILE must name an existing profile; the default one is created on first use."""
+        from ..profile import PROFILE_FILE, Profile, default_profile_dir, environment_profile_dir  # see target_dir
+
         if self.profile_dir is not None:
             return Profile.load(self.profile_dir)
         if environment_profile_dir() is not None:
@@ -65,6 +75,8 @@ class App:
         return profile
 
     def session(self) -> Session:
+        from ..session import logon  # start-up: see target_dir
+
         if self._session is None:
             self._session = logon(self.profile())
         return self._session
@@ -111,6 +123,8 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[list[int]]:
             raise KeyboardInterrupt
         received.append(signum)
         try:
+            import asyncio  # loaded by then: the work runs on an event loop (start-up: see target_dir)
+
             loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the loop
         except RuntimeError:
             stop.set()  # between loop runs: nobody is waiting on the event yet
@@ -129,6 +143,8 @@ def interruptible(app: App, work: Callable[[asyncio.Event], R]) -> R:
     """Run `work(stop)` with SIGINT and SIGTERM setting `stop`: what is in flight finishes, nothing new
     starts, every claim is given back. Then the command says so and exits 130 (interrupted), after
     `work`'s result was used by the caller; a second Ctrl-C gives up waiting (KeyboardInterrupt)."""
+    import asyncio  # start-up: see target_dir
+
     stop = asyncio.Event()
     with stop_on_signals(stop) as received:
         result = work(stop)
