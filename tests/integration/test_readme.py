@@ -1,8 +1,8 @@
 """The README, run as written: every command of its `sh` blocks in order, then its Python.
 
 A reader who copies the README's commands one after the other, into one shell, gets what it
-says. So every line runs in one fresh default profile (HOME, XDG_DATA_HOME and POSTROOM_PROFILE
-in a temporary directory), through bash, in a working directory that holds the files the
+says. So every line runs in one fresh default profile (HOME and XDG_DATA_HOME in a temporary
+directory, POSTROOM_PROFILE unset), through bash, in a working directory that holds the files the
 commands name (minutes.txt, message.eml, …). Outside programs are stand-ins: `sendfax` and
 `page` are small scripts, and the intranet Maildir's root is a temporary directory. Each command
 must exit 0, unless its comment announces another status (`… exit 2`).
@@ -108,10 +108,10 @@ def workdir(tmp_path: Path) -> Path:
 
 def environment(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("POSTROOM_PROFILE", None)  # the default profile, created on first use as for a new user
     env.update(
         HOME=str(tmp_path / "home"),
         XDG_DATA_HOME=str(tmp_path / "xdg"),
-        POSTROOM_PROFILE=str(tmp_path / "profile"),
         USER="reader",
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         POSTROOM_DEBUG="",
