@@ -251,7 +251,7 @@ def test_validate_options_defaults_and_ports() -> None:
     opts = SMTPProvider.validate_options({"host": "mail.example.test"})
     assert opts["port"] == 587 and opts["security"] == "starttls" and opts["verify_tls"] is True
     assert opts["timeout"] == 30 and opts["connections"] == 2 and opts["max_messages_per_connection"] == 100
-    assert opts["address_types"] == ["SMTP"] and opts["temporary_failure_wait"] == 60
+    assert opts["address_types"] == ["SMTP"] and "temporary_failure_wait" not in opts  # the spooler backs off
     assert "domains" not in opts and "sender" not in opts
     assert SMTPProvider.validate_options({"host": "h", "security": "TLS"})["port"] == 465
     assert SMTPProvider.validate_options({"host": "h", "security": "none"})["port"] == 25
@@ -288,11 +288,16 @@ def test_validate_options_refuses(options: dict[str, Any], words: list[str]) -> 
     assert "hunter2" not in info.value.message
 
 
-def test_missing_password_env_fails_this_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_password_env_is_a_configuration_error_its_messages_wait_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transport keeps its place in routing (its mail is not bounced as "no transport"), its
+    status row says what is wrong, and each message waits until the profile is fixed."""
     monkeypatch.delenv("POSTROOM_TEST_NO_SUCH_VAR", raising=False)
-    with pytest.raises(MAPIError) as info:
-        make_logon(tmp_path, 25, username="u", password_env="POSTROOM_TEST_NO_SUCH_VAR")
-    assert info.value.code == HResult.MAPI_E_FAILONEPROVIDER
+    logon = make_logon(tmp_path, 25, username="u", password_env="POSTROOM_TEST_NO_SUCH_VAR")
+    assert logon.status.status_code & StatusCode.FAILURE and "POSTROOM_TEST_NO_SUCH_VAR" in logon.status.last_error
+    result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
+    assert result.code == HResult.MAPI_E_UNCONFIGURED and "is not set" in result.reason
 
 
 def test_envelope_address_problems() -> None:
@@ -753,11 +758,12 @@ def test_auth_with_password_from_environment(
     assert secret not in status_text(logon) and secret not in caplog.text
     assert logon.status.identity == f"sam@127.0.0.1:{port}"
 
-    # A wrong password: a network error that names the user, never the password.
+    # A refused password: a configuration error (retrying cannot help) that names the user, never
+    # the password; the messages wait until the profile or the password is fixed.
     monkeypatch.setenv("POSTROOM_TEST_SMTP_PASSWORD", "wrong-Pa55word")
     logon = make_logon(tmp_path, port, username="sam", password_env="POSTROOM_TEST_SMTP_PASSWORD")
     result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
-    assert result.code == HResult.MAPI_E_NETWORK_ERROR and "authentication as sam" in result.reason
+    assert result.code == HResult.MAPI_E_UNCONFIGURED and "authentication as sam" in result.reason
     assert "wrong-Pa55word" not in status_text(logon) and "wrong-Pa55word" not in result.reason
     assert logon.status.status_code & StatusCode.FAILURE
 
@@ -771,9 +777,10 @@ def test_auth_with_password_file(tmp_path: Path, start_server: Any) -> None:
     result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
     assert result == SubmitResult.ok() and len(handler.received) == 1
 
-    with pytest.raises(MAPIError) as info:
-        make_logon(tmp_path, port, username="sam", password_file="missing.pw")
-    assert info.value.code == HResult.MAPI_E_FAILONEPROVIDER
+    missing = make_logon(tmp_path, port, username="sam", password_file="missing.pw")
+    result, _ = asyncio.run(submit(missing, make_message(rcpt("alice@example.test"))))
+    assert result.code == HResult.MAPI_E_UNCONFIGURED and "cannot read the password file" in result.reason
+    assert len(handler.received) == 1  # nothing sent without the password
 
 
 @pytest.fixture(scope="module")

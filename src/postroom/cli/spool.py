@@ -11,23 +11,24 @@ from typing import Any
 
 import click
 
-from ..mapi.codes import MAPIError
+from ..mapi.codes import HResult, MAPIError
 from ..pidfile import DaemonPidFile
 from ..session import Session
 from ..spooler import PassSummary
-from ..spooler.outage import StoreOutage, store_unreachable
+from ..spooler.outage import StoreOutage
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
 
 
 def open_when_usable(app: App, stop: asyncio.Event) -> Session | None:
-    """The daemon's session, once its store can be opened: a full disk or an unreachable database
-    at start-up is waited out as it is while running (None: stopped meanwhile)."""
+    """The daemon's session, once its store can be opened: a full or failing disk at start-up is
+    waited out as it is while running (None: stopped meanwhile). A database that cannot be reached
+    at start is still an error at once: most likely a wrong URL, which waiting would only hide."""
     outage = StoreOutage()
     while True:
         try:
             return app.session()
         except MAPIError as exc:
-            if not store_unreachable(exc):
+            if exc.code not in (HResult.MAPI_E_NOT_ENOUGH_DISK, HResult.MAPI_E_DISK_ERROR):
                 raise
             deadline = time.monotonic() + outage.failed(exc, time.monotonic())
             while time.monotonic() < deadline:
