@@ -354,3 +354,31 @@ def test_a_recipient_declined_in_one_flush_waits_for_the_next_transport_and_is_n
         assert (state.state, state.transport) == (RecipientState.DELIVERED, "work")
         assert handler.counts() == {"bob@example.test": 1}
         assert [c[0] for c in calls if c[1] == "submit_message"] == ["gate"], "gate is not asked twice"
+
+
+def test_a_recipient_waiting_for_a_removed_transport_goes_where_routing_sends_it_now_at_send_receive(
+    tmp_path: Path, sink: tuple[RecordingHandler, int]
+) -> None:
+    """bob waits for `work`; then `work` is removed. Online routing now gives bob `backup`, so the
+    next Send/Receive of every transport sends him through backup: no Send/Receive can call a
+    transport that no longer exists, so waiting for it would leave him in the Outbox for good."""
+    handler, port = sink
+    profile = Profile.create(tmp_path / "profile")
+    profile.add_service("smtp", "work", smtp_options(port, helo_name="work.test"))
+    profile.add_service("smtp", "backup", smtp_options(port, helo_name="backup.test"))
+    profile.set_mode("offline")
+    profile.save()
+
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Removed", "…").to("bob@example.test").submit()
+        session.deliver()
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["work"]
+        session.remove_service("work")
+
+        summary = session.send_receive()
+
+        assert lines_of(summary) == {"backup": (1, 0, 0, 0)}
+        (state,) = session.recipient_states(mid)
+        assert (state.state, state.transport) == (RecipientState.DELIVERED, "backup")
+        assert handler.counts() == {"bob@example.test": 1}
+        assert session.queue() == []

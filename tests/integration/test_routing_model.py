@@ -5,9 +5,10 @@ A hypothesis state machine builds a random profile from real transports (a `mail
 localhost; `smtp` with and without `domains`, each to its own SMTP server on 127.0.0.1; two
 `pipe` fax gateways that append their arguments to a file; third-party transports that register
 a provider UID, one of which declares its scope up front; a wildcard transport that declines most
-recipients "not mine"), and then submits messages to random recipients, changes the transport
-order, switches online and offline, toggles call-when-offline, makes Send/Receive groups and runs
-Send/Receive and `flush` for them, and logs on again.
+recipients "not mine"; a PAGER transport that always asks to be tried again in an hour), and then
+submits messages to random recipients, changes the transport order, switches online and offline,
+toggles call-when-offline, makes Send/Receive groups and runs Send/Receive and `flush` for them,
+and logs on again.
 
 Beside the real session runs a tiny reference model of the rule, computed independently of
 postroom's router: a recipient is offered first to the transports registering its UID, in
@@ -65,7 +66,8 @@ from support.smtp_sink import RecordingHandler, running_sink
 pytestmark = pytest.mark.integration
 
 UID = MAPIUID(bytes([0x13]) * 16)
-NAMES = ("local", "corp", "work", "fax", "fax2", "dir", "vip", "gw")
+NAMES = ("local", "corp", "work", "fax", "fax2", "dir", "vip", "gw", "slow")
+TRY_LATER = "try later"  # what `slow` says when it asks to be tried again in an hour
 _numbers = itertools.count(1)
 
 
@@ -80,7 +82,7 @@ class ModelTransport:
     types: tuple[str, ...] | None  # None: any address type
     uid: bool  # registers UID
     scope: Callable[[str, str], bool] | None  # (address type, address) -> in scope; None: cannot say
-    accepts: Callable[[str], str | None]  # address -> "delivered" / "failed" / None ("not mine")
+    accepts: Callable[[str], str | None]  # address -> "delivered" / "failed" / "deferred" / None ("not mine")
     cwo: bool = False
 
 
@@ -103,6 +105,7 @@ def _catalogue() -> dict[str, ModelTransport]:
         "dir": ModelTransport("dir", (), True, None, lambda a: "delivered" if "dir-" in a else None),
         "vip": ModelTransport("vip", (), True, lambda _t, a: "vip-" in a, lambda a: "delivered"),
         "gw": ModelTransport("gw", None, False, None, lambda a: "delivered" if "gw-" in a else None),
+        "slow": ModelTransport("slow", ("PAGER",), False, None, lambda a: "deferred"),
     }
 
 
@@ -113,6 +116,7 @@ class ModelRecipient:
     uid: bool
     state: str = "pending"  # pending (waiting) / delivered / failed / ndr
     transport: str | None = None  # who delivered or failed it; or the one it waits for
+    detail: str = ""  # pending: why it waits (not called offline, or the transport's words)
     declined: set[str] = field(default_factory=set)  # transports that said "not mine" when called
 
     @property
@@ -124,7 +128,8 @@ class ModelRecipient:
 class ModelMessage:
     message_id: int
     recipients: list[ModelRecipient]
-    parked: bool = False  # waits for a Send/Receive (not due)
+    parked: bool = False  # not due: waits for a Send/Receive, or a retry an hour away
+    retry: bool = False  # parked with a retry time (a transport asked to try again later)
 
     @property
     def pending(self) -> list[ModelRecipient]:
@@ -170,6 +175,7 @@ RECIPIENT_KINDS: tuple[tuple[str, bool], ...] = (
     ("SMTP:vip-{n}@corp.test", True),
     ("SMTP:u{n}@corp.test", True),
     ("SMTP:vip-{n}@localhost", True),
+    ("PAGER:{n}", False),
 )
 
 # --- the machine -----------------------------------------------------------------------------------
@@ -245,6 +251,8 @@ class RoutingMachine(RuleBasedStateMachine):
             return "recording", {"address_types": [], "uids": [bytes(UID).hex()], "take": ["dir-"]}
         if name == "vip":
             return "recording", {"address_types": [], "uids": [bytes(UID).hex()], "scope": ["vip-"]}
+        if name == "slow":
+            return "recording", {"address_types": ["PAGER"], "answer": "wait:3600"}
         assert name == "gw"
         return "recording", {"address_types": "*", "take": ["gw-"]}
 
@@ -273,7 +281,7 @@ class RoutingMachine(RuleBasedStateMachine):
 
     def _logged_on(self) -> list[ModelMessage]:
         """The messages a (re)logon makes due: online, every one that waits for Send/Receive."""
-        woken = [m for m in self.messages if m.parked] if self.relogon and self.online else []
+        woken = [m for m in self.messages if m.parked and not m.retry] if self.relogon and self.online else []
         self.relogon = False
         return woken
 
@@ -290,13 +298,17 @@ class RoutingMachine(RuleBasedStateMachine):
                     if t.name in r.declined:
                         continue
                     if not self._callable(t, flushing):
-                        r.transport = t.name
+                        r.transport, r.detail = t.name, NOT_CALLED_OFFLINE
                         lines[(t.name, "waiting")] += 1
                         break
                     answer = t.accepts(r.address)
                     if answer is None:
                         r.declined.add(t.name)
                         continue
+                    if answer == "deferred":
+                        r.transport, r.detail = t.name, TRY_LATER
+                        lines[(t.name, "deferred")] += 1
+                        break
                     r.state, r.transport = answer, t.name
                     lines[(t.name, answer)] += 1
                     break
@@ -304,14 +316,15 @@ class RoutingMachine(RuleBasedStateMachine):
                     r.state, r.transport = "ndr", None
                     lines[("", "failed")] += 1
                 RoutingMachine.seen[
-                    f"recipient {r.state}"
+                    f"recipient {'deferred' if r.detail == TRY_LATER and r.state == 'pending' else r.state}"
                     + (" after a decline" if r.declined else "")
                     + (" in a flush" if flushing else "")
                 ] += 1
-                if r.state != "pending":  # the model's own answer is what online routing gives
-                    got = None if r.state == "ndr" else (r.transport, r.state)
+                if r.state != "pending" or r.detail == TRY_LATER:  # the model's answer is online routing's
+                    got = None if r.state == "ndr" else (r.transport, "deferred" if r.detail == TRY_LATER else r.state)
                     assert got == expected, (r.text, got, expected)
             m.parked = bool(m.pending)
+            m.retry = any(r.detail == TRY_LATER for r in m.pending)
         return lines
 
     @staticmethod
@@ -488,14 +501,15 @@ class RoutingMachine(RuleBasedStateMachine):
                 else:
                     assert st_.state is RecipientState.PENDING, (where, st_, r)
                     assert st_.waiting_for == r.transport, (where, "waits for", st_.waiting_for, r.transport)
-                    assert st_.detail == NOT_CALLED_OFFLINE, (where, st_.detail)
-                    assert (rep.state, rep.waiting_for, rep.why) == ("waiting", r.transport, NOT_CALLED_OFFLINE)
-                    assert rep.at_send_receive, (where, rep)
+                    assert st_.detail == r.detail, (where, st_.detail, r.detail)
+                    assert (rep.state, rep.waiting_for, rep.why) == ("waiting", r.transport, r.detail), (where, rep)
+                    assert rep.at_send_receive is not m.retry, (where, rep)
             entry = queue.pop(m.message_id, None)
             if not m.pending:
                 assert entry is None, (m.message_id, "left the queue", entry)
                 continue
-            assert entry is not None and entry.waiting_for is WaitKind.SEND_RECEIVE, (m.message_id, entry)
+            kind = WaitKind.RETRY if m.retry else WaitKind.SEND_RECEIVE
+            assert entry is not None and entry.waiting_for is kind, (m.message_id, entry)
             assert entry.waiting_transports == tuple(dict.fromkeys(r.transport for r in m.pending)), entry
         assert queue == {}, queue
 
