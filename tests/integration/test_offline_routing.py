@@ -382,3 +382,70 @@ def test_a_recipient_waiting_for_a_removed_transport_goes_where_routing_sends_it
         assert (state.state, state.transport) == (RecipientState.DELIVERED, "backup")
         assert handler.counts() == {"bob@example.test": 1}
         assert session.queue() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a waiting recipient resumes at the stored transport it waits for even when that transport's "
+    "scope no longer includes it; only a flush that includes that transport routes it again",
+)
+def test_a_recipient_whose_transport_no_longer_takes_it_goes_with_the_flush_of_the_transport_routing_gives_it(
+    tmp_path: Path, sink: tuple[RecordingHandler, int]
+) -> None:
+    """bob waits for `corp`, which served example.test; then corp is set to serve only corp.test.
+    Online routing now gives bob `work`, so `flush --transport work` sends him. Instead he stays
+    "waiting for corp", a transport that is never offered him again, until a Send/Receive that
+    includes corp happens to wake his message."""
+    handler, port = sink
+    profile = Profile.create(tmp_path / "profile", with_defaults=False)
+    profile.add_service("smtp", "corp", smtp_options(port, domains=["example.test"]))
+    profile.add_service("smtp", "work", smtp_options(port))
+    profile.set_mode("offline")
+    profile.save()
+
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Rescoped", "…").to("bob@example.test").submit()
+        session.deliver()
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["corp"]
+        session.configure_service("corp", options=smtp_options(port, domains=["corp.test"]))
+        assert [o.transport for o in session.route(["bob@example.test"])[0].offers] == ["work"]
+
+        summary = session.flush("work")
+
+        assert lines_of(summary) == {"work": (1, 0, 0, 0)}
+        assert handler.counts() == {"bob@example.test": 1}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a waiting recipient resumes at the transport it waits for, so a transport the new order puts "
+    "before that one (and that never declined it) is skipped",
+)
+def test_a_recipient_waiting_when_the_order_changes_goes_to_the_transport_the_new_order_gives_it(
+    tmp_path: Path, sink: tuple[RecordingHandler, int], corp_sink: tuple[RecordingHandler, int], calls: list[Any]
+) -> None:
+    """Order gate, work, corp. `flush --transport gate`: gate declines ann@corp.test, so she waits for
+    work. Then the order becomes gate, corp, work: online routing now gives her corp (gate declined
+    her; corp, which serves corp.test, takes her). Send/Receive sends her through work instead."""
+    work, work_port = sink
+    corp, corp_port = corp_sink
+    profile = Profile.create(tmp_path / "profile", with_defaults=False)
+    profile.add_service("recording", "gate", {"address_types": ["SMTP"], "take": "none"})
+    profile.add_service("smtp", "work", smtp_options(work_port))
+    profile.add_service("smtp", "corp", smtp_options(corp_port, domains=["corp.test"]))
+    profile.set_transport_order(["gate", "work", "corp"])
+    profile.set_mode("offline")
+    profile.save()
+
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Reordered", "…").to("ann@corp.test").submit()
+        session.deliver()
+        session.flush("gate")
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["work"]
+        session.set_transport_order(["gate", "corp", "work"])
+
+        session.send_receive()
+
+        (state,) = session.recipient_states(mid)
+        assert (state.state, state.transport) == (RecipientState.DELIVERED, "corp")
+        assert corp.counts() == {"ann@corp.test": 1} and work.accepted == []
