@@ -21,9 +21,11 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def calls() -> Iterator[list[tuple[str, str, object]]]:
     recording.CALLS.clear()
+    recording.MARKS.clear()
     recording.LOGON_FAILS.clear()
     recording.INBOUND.clear()
     yield recording.CALLS
     recording.CALLS.clear()
+    recording.MARKS.clear()
     recording.LOGON_FAILS.clear()
     recording.INBOUND.clear()

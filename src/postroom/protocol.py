@@ -594,7 +594,8 @@ class ProtocolManager:
             if progress:
                 progress("send", t, "")
         try:
-            self.store.wake_for([t.name for t in ready], self.core.clock())
+            known = [s.name for s in self.core.profile.services]
+            self.store.wake_for([t.name for t in ready], self.core.clock(), known)
             summary.absorb(await self.core.spooler.process_due(keep=False, stop=stop))
         finally:
             for t in ready:

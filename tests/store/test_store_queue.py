@@ -19,6 +19,7 @@ from postroom.store import (
     QueueState,
     RecipientOutcome,
     RecipientState,
+    RecipientWait,
     WaitKind,
 )
 
@@ -211,6 +212,20 @@ def test_offline_waits_until_woken(store: MessageStore) -> None:
     assert store.wake(NOW, (WaitKind.RETRY,)) == 0
     assert store.wake(NOW) == 1
     assert store.claim("me", NOW, 60) == [mid]
+
+
+def test_send_receive_wakes_messages_waiting_for_its_transports_or_for_a_removed_one(store: MessageStore) -> None:
+    waits = {}
+    for transport in ("work", "local", "gone"):
+        mid = submitted(store, f"{transport}@x.test")
+        store.claim("me", NOW, 60)
+        store.release(mid, "me", NOW, None, "offline", WaitKind.SEND_RECEIVE, waits=[RecipientWait(0, transport, "")])
+        waits[transport] = mid
+    assert [q.waiting_transports for q in store.queue()] == [("work",), ("local",), ("gone",)]
+
+    assert store.wake_for(["WORK"], NOW, known=["work", "local"]) == 2  # "gone" is no transport any more
+    assert sorted(store.claim("me", NOW, 60, 10)) == sorted([waits["work"], waits["gone"]])
+    assert store.wake_for(["work"], NOW) == 0  # claimed now; and "local" waits for another transport
 
 
 def test_finish_moves_leaves_or_deletes(store: MessageStore) -> None:

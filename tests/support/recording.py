@@ -3,11 +3,14 @@
 Registered as kind "recording"; its options say what it registers and how it answers:
   address_types: list (or "*" for the wildcard), uids: list of hex UIDs,
   take: "all" | "none" | list of address substrings it handles,
+  scope: list of address substrings it declares up front (a RecipientScope predicate): it is
+         never offered other recipients (and takes exactly these; "take" is then ignored),
   fail: list of address substrings it marks failed,
   answer: "ok" | "not_me" | "busy" | "wait:N" | "network:N" | "cancel" | "raise",
   end: "none" | "resend_later" | "resend_now" | "dont_resend",
   sleep: seconds each submit_message takes (a slow transport; it runs in a worker thread).
-Calls are appended to CALLS as (service name, method, details).
+Calls are appended to CALLS as (service name, method, details), and every recipient it marks to
+MARKS as (service name, address, delivered?).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from postroom.profile import register_transport_kind
 from postroom.transports.spi import (
     InboundMessage,
     OutboundMessage,
+    RecipientScope,
     Registration,
     SubmitResult,
     TransportLogon,
@@ -29,6 +33,7 @@ from postroom.transports.spi import (
 )
 
 CALLS: list[tuple[str, str, Any]] = []
+MARKS: list[tuple[str, str, bool]] = []
 LOGON_FAILS: dict[str, Exception] = {}
 #: Inbound mail waiting at each transport (by service name): (message class, subject).
 INBOUND: dict[str, list[tuple[str, str]]] = {}
@@ -65,9 +70,19 @@ class RecordingLogon(TransportLogon):
     def address_types(self) -> Registration:
         types = self.options.get("address_types", ["SMTP"])
         uids = [MAPIUID.from_hex(u) for u in self.options.get("uids", [])]
+        scope = self._scope()
         if types == "*":
-            return Registration.any(uids)
-        return Registration.of(*types, uids=uids)
+            return Registration.any(uids, scope=scope)
+        return Registration.of(*types, uids=uids, scope=scope)
+
+    def _scope(self) -> RecipientScope | None:
+        declared = self.options.get("scope")
+        if declared is None:
+            return None
+        parts = [str(p) for p in declared]
+        return RecipientScope.custom(
+            lambda _type, address: any(p in address for p in parts), f"serves only addresses with {', '.join(parts)}"
+        )
 
     def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
         seen = {r.row_id: (r.email_address, r.responsibility) for r in message.recipients}
@@ -86,16 +101,18 @@ class RecordingLogon(TransportLogon):
             return SubmitResult.wait(float(answer[5:]), "try later")
         if answer.startswith("network:"):
             return SubmitResult.network_error(float(answer[8:]), "connection refused")
-        take = self.options.get("take", "all")
+        take = self.options.get("scope", self.options.get("take", "all"))
         fail = self.options.get("fail", [])
         marked: dict[int, bool] = {}
         for r in message.pending():
             if any(f in r.email_address for f in fail):
                 r.mark_failed("550 5.1.1 no such user", status_code=550)
                 marked[r.row_id] = False
+                MARKS.append((self.name, r.email_address, False))
             elif take == "all" or (isinstance(take, list) and any(t in r.email_address for t in take)):
                 r.mark_delivered()
                 marked[r.row_id] = True
+                MARKS.append((self.name, r.email_address, True))
         CALLS.append((self.name, "marked", marked))
         return SubmitResult.ok()
 

@@ -1,19 +1,58 @@
-"""An SMTP server on 127.0.0.1 in this test process (aiosmtpd), with per-recipient replies.
+"""SMTP servers on 127.0.0.1 in this test process (aiosmtpd, in a thread), for transport tests.
 
-    with SmtpSink(replies={"busy@x.test": "450 4.2.1 mailbox busy"}) as sink:
-        ... deliver to 127.0.0.1:sink.port ...
-        assert sink.delivered == [["ok@x.test"]]
-
-`replies` maps a recipient address to the reply RCPT gets; every other recipient is accepted.
+* `running_sink()`: accepts every recipient except those whose local part starts with `reject-`
+  (550 5.1.1 at RCPT, so the sender gets an NDR from the transport), and records each accepted
+  recipient of each message, so a test can count deliveries per address and see none twice.
+* `SmtpSink(replies={"busy@x.test": "450 4.2.1 mailbox busy"})`: answers RCPT as `replies` says
+  per address (everything else accepted) and keeps each message's envelope recipients.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.parser import BytesHeaderParser
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class RecordingHandler:
+    """Keeps (recipient, subject) for every accepted message; thread-safe reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._accepted: list[tuple[str, str]] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address.split("@", 1)[0].lower().startswith("reject-"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        headers = BytesHeaderParser().parsebytes(bytes(envelope.original_content or envelope.content))
+        subject = str(headers.get("Subject", ""))
+        with self._lock:
+            self._accepted.extend((rcpt.lower(), subject) for rcpt in envelope.rcpt_tos)
+        return "250 2.0.0 Ok: queued"
+
+    @property
+    def accepted(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._accepted)
+
+    def counts(self) -> Counter[str]:
+        """How many times each recipient address was accepted (lower case)."""
+        return Counter(rcpt for rcpt, _ in self.accepted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._accepted.clear()
 
 
 def free_port() -> int:
@@ -21,6 +60,19 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextmanager
+def running_sink() -> Iterator[tuple[RecordingHandler, int]]:
+    """A recording SMTP server on a free loopback port, for the duration of the block."""
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, server_hostname="sink.test", ready_timeout=10)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
 
 
 class _Handler:

@@ -361,10 +361,14 @@ class MessageStore(abc.ABC):
         """Make messages waiting for these reasons due now (Send/Receive, back online); returns how many."""
 
     @abc.abstractmethod
-    def wake_for(self, transports: Sequence[str], now: datetime) -> int:
+    def wake_for(self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None) -> int:
         """Send/Receive of these transports: make due now every unclaimed queued message with a
         recipient waiting for one of them (offline or for a retry), or not yet routed. Scheduled
-        (deferred-send) and held messages stay as they are. Returns how many."""
+        (deferred-send) and held messages stay as they are. Returns how many.
+
+        With `known` (every transport of the profile), a recipient waiting for a transport that is
+        none of them (it was removed) wakes its message too: no Send/Receive could ever call the
+        transport it waits for, and its routing starts over."""
 
     @abc.abstractmethod
     def wake_paused(self, transport: str, now: datetime, limit: int | None = None) -> int:

@@ -1000,17 +1000,21 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._publish("queue", woken=woken)
         return woken
 
-    def wake_for(self, transports: Sequence[str], now: datetime) -> int:
+    def wake_for(self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None) -> int:
         if not transports:
             return 0
-        marks = ", ".join("?" for _ in transports)
+        params = [t.lower() for t in transports]
+        waits = f"r.waiting_for IS NULL OR lower(r.waiting_for) IN ({', '.join('?' for _ in transports)})"
+        if known:
+            params += [k.lower() for k in known]
+            waits += f" OR lower(r.waiting_for) NOT IN ({', '.join('?' for _ in known)})"
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
                 "AND (lease_owner IS NULL OR lease_until < ?) AND coalesce(wait_kind, '') != 'scheduled' AND EXISTS ("
                 " SELECT 1 FROM recipients r WHERE r.message_id=messages.id AND r.state='pending'"
-                f" AND (r.waiting_for IS NULL OR lower(r.waiting_for) IN ({marks})))",
-                [to_epoch(now), *(t.lower() for t in transports)],
+                f" AND ({waits}))",
+                [to_epoch(now), *params],
             )
             woken = cur.rowcount
         if woken:
