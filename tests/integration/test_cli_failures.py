@@ -10,7 +10,6 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,18 +18,11 @@ import pytest
 import postroom
 from postroom.pidfile import DaemonPidFile, read_pid, running_daemon
 
-from support.cli import as_json, ok, one_line_error, popen
+from support.cli import as_json, ok, one_line_error, popen, wait_for
 from support.cli import postroom as run
 from support.smtp_sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture

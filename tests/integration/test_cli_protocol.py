@@ -4,12 +4,10 @@ groups, call-when-offline transports, the spooler daemon under concurrency and S
 from __future__ import annotations
 
 import json
-import os
 import queue
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,41 +18,9 @@ from typing import Any
 
 import pytest
 
+from support.cli import as_json, ok, one_line_error, popen, postroom
+
 pytestmark = pytest.mark.integration
-
-ENV = {**os.environ, "POSTROOM_DEBUG": ""}
-
-
-def argv(profile: Path, *args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "postroom", "--profile", str(profile), *(str(a) for a in args)]
-
-
-def postroom(*args: str | Path, profile: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv(profile, *args), capture_output=True, text=True, env=ENV, timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def popen(*args: str | Path, profile: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(argv(profile, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(result.stdout)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("postroom: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def maildir_files(profile: Path, user: str = "user") -> list[Path]:

@@ -4,9 +4,6 @@ deferred sends (--at, --delay), and the errors for unknown IDs and wrong states.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,34 +12,9 @@ import pytest
 
 from postroom.mapi.codes import HResult, MAPIError
 
+from support.cli import as_json, ok, one_line_error, postroom
+
 pytestmark = pytest.mark.integration
-
-ENV = {**os.environ, "POSTROOM_DEBUG": ""}
-
-
-def postroom(*args: str | Path, profile: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "postroom", "--profile", str(profile), *(str(a) for a in args)]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(result.stdout)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("postroom: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def maildir_files(profile: Path) -> list[Path]:

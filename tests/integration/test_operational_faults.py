@@ -7,25 +7,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from postroom.pidfile import running_daemon
 
-from support.cli import as_json, ok, one_line_error, popen
+from support.cli import as_json, ok, one_line_error, popen, wait_for
 from support.cli import postroom as run
 from support.disk import fill, remount, small_disk
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture

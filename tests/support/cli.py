@@ -6,8 +6,21 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: The environment of the commands (POSTROOM_DEBUG off: errors as users see them).
+ENV = {**os.environ, "POSTROOM_DEBUG": ""}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until `predicate()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def argv(profile: Path | None, *args: str | Path) -> list[str]:

@@ -46,7 +46,7 @@ from .policy import (
 )
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer, Router
-from .tally import Fate, Tally
+from .tally import Fate, Tallied, Tally
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
 
 log = logging.getLogger("postroom.spooler")
@@ -98,7 +98,7 @@ class SpoolerSettings:
 
 
 @dataclass
-class MessageResult:
+class MessageResult(Tallied):
     """What one pass over a message achieved (for `send`, `spooler --once` and tests)."""
 
     message_id: int
@@ -114,28 +114,6 @@ class MessageResult:
 
     def count(self, transport: str, fate: Fate, n: int = 1) -> None:
         self.tally.count(transport, fate, n)
-
-    @property
-    def delivered(self) -> int:
-        return self.tally.totals().delivered
-
-    @property
-    def failed(self) -> int:
-        return self.tally.totals().failed
-
-    @property
-    def waiting(self) -> int:
-        """Recipients still pending: deferred to a retry, or waiting for Send/Receive."""
-        totals = self.tally.totals()
-        return totals.deferred + totals.waiting
-
-    @property
-    def delivered_by(self) -> dict[str, int]:
-        return self.tally.by(Fate.DELIVERED)
-
-    @property
-    def failed_by(self) -> dict[str, int]:
-        return self.tally.by(Fate.FAILED)
 
 
 OFFLINE_TEXT = "offline: waiting for Send/Receive"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from ..store.base import LeaseLost, MessageStore
 from .outbound import MessageResult, OutboundProcessor, SpoolerSettings
 from .scheduler import FairScheduler
-from .tally import Fate, Tally
+from .tally import Tallied, Tally
 from .transports import LoadedTransport, TransportTable
 
 log = logging.getLogger("postroom.spooler")
@@ -33,7 +33,7 @@ def spooler_id() -> str:
 
 
 @dataclass
-class PassSummary:
+class PassSummary(Tallied):
     """What one run over the queue did: running totals, and each message's result when kept.
 
     A long flush or a spooler daemon keeps only the totals, so memory does not grow with the
@@ -62,27 +62,6 @@ class PassSummary:
         self.finished += other.finished
         self.deferred += other.deferred
         self.tally.merge(other.tally)
-
-    @property
-    def delivered(self) -> int:
-        return self.tally.totals().delivered
-
-    @property
-    def failed(self) -> int:
-        return self.tally.totals().failed
-
-    @property
-    def waiting(self) -> int:
-        totals = self.tally.totals()
-        return totals.deferred + totals.waiting
-
-    @property
-    def delivered_by(self) -> dict[str, int]:
-        return self.tally.by(Fate.DELIVERED)
-
-    @property
-    def failed_by(self) -> dict[str, int]:
-        return self.tally.by(Fate.FAILED)
 
 
 class Spooler:

@@ -74,3 +74,31 @@ class Tally:
 
     def __iter__(self) -> Iterator[tuple[str, Counts]]:
         return iter(self.by_transport.items())
+
+
+class Tallied:
+    """The totals of anything that keeps a `tally` (a message's pass, a spooler pass)."""
+
+    tally: Tally
+
+    @property
+    def delivered(self) -> int:
+        return self.tally.totals().delivered
+
+    @property
+    def failed(self) -> int:
+        return self.tally.totals().failed
+
+    @property
+    def waiting(self) -> int:
+        """Recipients still pending: deferred to a retry, or waiting for Send/Receive."""
+        totals = self.tally.totals()
+        return totals.deferred + totals.waiting
+
+    @property
+    def delivered_by(self) -> dict[str, int]:
+        return self.tally.by(Fate.DELIVERED)
+
+    @property
+    def failed_by(self) -> dict[str, int]:
+        return self.tally.by(Fate.FAILED)
