@@ -17,6 +17,8 @@ expects is worked out here, independently of `spooler.routing`):
   don't resend) it waits for a later pass; when no transport is left it gets an NDR then;
 * once a transport took it (marked delivered or failed) nobody is offered it again, in this pass
   or any later one, and its outcome names that transport.
+And for the message as a whole: each call is one step of routing for every recipient it is given,
+and the steps come in order, the whole UID pass before the address-type pass.
 """
 
 from __future__ import annotations
