@@ -29,7 +29,7 @@ from tests.harness.spoolers import (
     start_spooler,
     stop,
 )
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import require_server, temp_schema
 
 from postroom.transports.smtp import SLOT_WAIT_SECONDS
 
@@ -45,9 +45,7 @@ def store_setting(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     if request.param == "sqlite":
         yield str(tmp_path / "shared.sqlite")
         return
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_server()
     with temp_schema("slots") as url:
         yield url
 

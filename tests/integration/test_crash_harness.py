@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 from tests.harness.crash import run
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import require_server, temp_schema
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(900)  # longer than the harness's own limit (600 s), so that its report comes first
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_crash_and_fault_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str) -> None:
     if backend == "postgres":
-        reason = skip_reason()
-        if reason:
-            pytest.skip(reason)
+        require_server()
         with temp_schema() as url:
             report = run(messages=500, kills=20, work=tmp_path / "harness", seed=7, timeout=600, store=url)
     else:

@@ -25,14 +25,14 @@ import pytest
 from peers import wait_until
 from tests.harness.spoolers import free_port, sink_lines, smtp_profile, start_sink, start_spooler, stop, tally
 from tests.harness.tcpproxy import TCPProxy
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import temp_schema
 
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.store import MessageStore
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason())),
+    pytest.mark.postgres,
 ]
 
 BEFORE = 300  # submitted before the outage; it starts once some have arrived

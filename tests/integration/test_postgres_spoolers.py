@@ -36,11 +36,11 @@ from tests.harness.spoolers import (
     stop,
     tally,
 )
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import temp_schema
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason())),
+    pytest.mark.postgres,
 ]
 
 MESSAGES = 2000
@@ -83,6 +83,7 @@ def resolve_held(session: Any, sink_log: Path) -> int:
     return resolved
 
 
+@pytest.mark.timeout(900)  # longer than its own 600 s wait for the queue to drain, so that its report comes first
 @pytest.mark.parametrize("crash_policy", ["resend", "hold"])
 def test_four_spoolers_on_postgresql_share_the_work_and_survive_a_kill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], crash_policy: str

@@ -36,6 +36,7 @@ from postroom.transports.pop3 import POP3Provider
 from postroom.transports.spi import InboundMessage, Registration
 
 from support.inbound import inbox, logon, run, session_for, status_row, subjects
+from support.prerequisites import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -473,7 +474,7 @@ def test_imap_idle_poll_wakes_up_on_new_mail(peers: Peers, tmp_path: Path) -> No
 @pytest.mark.parametrize("security", ["tls", "starttls"])
 def test_tls_with_a_private_ca(peers: Peers, tmp_path: Path, kind: str, security: str) -> None:
     if peers.ca_file is None:
-        pytest.skip("needs openssl to make a test certificate")
+        unavailable("needs openssl to make a test certificate")
     user = peers.new_user()
     peers.put_message(user, message("over TLS", to=user))
     if security == "tls":

@@ -29,6 +29,7 @@ from postroom.mapi.message import MessageData, Recipient
 from postroom.transports.smtp import SMTPLogon, SMTPProvider, envelope_address_problem, reply_text
 from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
 
+from support.prerequisites import unavailable
 from support.spi import FakeSupport
 
 pytestmark = pytest.mark.integration
@@ -786,7 +787,7 @@ def test_auth_with_password_file(tmp_path: Path, start_server: Any) -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
+        unavailable("openssl is needed to make a test certificate")
     where = tmp_path_factory.mktemp("tls")
     cert, key = where / "cert.pem", where / "key.pem"
     subprocess.run(

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import require_server, temp_schema
 
 from postroom.store import MessageStore, open_store
 
@@ -17,9 +17,7 @@ BACKENDS = ["sqlite", "postgres"]
 def backend(request: pytest.FixtureRequest) -> str:
     name = str(request.param)
     if name == "postgres":
-        reason = skip_reason()
-        if reason:
-            pytest.skip(reason)
+        require_server()
     return name
 
 

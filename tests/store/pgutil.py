@@ -1,6 +1,9 @@
 """The PostgreSQL server the tests use: POSTROOM_TEST_PG_URL (see `.ci/start-postgres`), one schema per test.
 
-Tests that need PostgreSQL skip, saying why, when no server is configured or it does not answer.
+Without POSTROOM_TEST_PG_URL, the test session starts a throwaway cluster itself when PostgreSQL's
+server binaries are installed (`support.pgcluster`). Tests that need PostgreSQL are marked
+`@pytest.mark.postgres` (or call `require_server()`): when there is still no server they skip,
+saying why, and under CI they fail with that reason (`support.prerequisites`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-ENV = "POSTROOM_TEST_PG_URL"
+from support import pgcluster
+from support.prerequisites import unavailable
+
+ENV = pgcluster.ENV
 
 
 def base_url() -> str | None:
@@ -27,9 +33,10 @@ def skip_reason() -> str | None:
         import psycopg_pool  # noqa: F401
     except ImportError:
         return "psycopg 3 and psycopg-pool are not installed (pip install '.[postgres]')"
+    problem = pgcluster.ensure_server()
     url = base_url()
     if url is None:
-        return f'no PostgreSQL server for the tests: set {ENV} (eval "$(bash .ci/start-postgres)")'
+        return problem or f'no PostgreSQL server for the tests: set {ENV} (eval "$(bash .ci/start-postgres)")'
     try:
         with psycopg.connect(url, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
@@ -38,6 +45,13 @@ def skip_reason() -> str | None:
 
         return f"the PostgreSQL server in {ENV} ({redact_url(url)}) does not answer: {str(exc).strip()}"
     return None
+
+
+def require_server() -> None:
+    """Skip the current test (fail it under CI) unless a PostgreSQL server answers."""
+    reason = skip_reason()
+    if reason:
+        unavailable(reason)
 
 
 def with_schema(url: str, schema: str) -> str:

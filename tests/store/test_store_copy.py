@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import temp_schema
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
@@ -18,7 +18,7 @@ from postroom.store.copy import TABLES, StoreLocation, _open, copy_store, locate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
-pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+pytestmark = pytest.mark.postgres
 
 
 def message(*addresses: str, subject: str = "s") -> MessageData:

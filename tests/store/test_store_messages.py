@@ -328,13 +328,25 @@ def test_large_attachment_is_streamed_not_held_twice(store: MessageStore, tmp_pa
 
 
 def test_deleting_a_message_deletes_its_embedded_messages(store: MessageStore) -> None:
+    def rows(table: str) -> int:
+        return int(store._q(f"SELECT count(*) FROM {table}")[0][0])
+
+    before = {table: rows(table) for table in ("messages", "recipients", "attachments")}
+    innermost = message("j@x.test", subject="innermost")
     inner = message("i@x.test", subject="inner")
+    inner.attachments.append(Attachment(props={}, embedded=innermost))
     msg = message("a@x.test")
     msg.attachments.append(Attachment(props={}, embedded=inner))
     mid = store.create_message(store.folder(FolderRole.OUTBOX).id, msg)
+    (attachment,) = store.open_message(mid).attachments
+    assert attachment.embedded is not None and attachment.embedded.subject == "inner"
+    assert rows("messages") == before["messages"] + 3  # the outer message and the two embedded ones
+
     store.delete_message(mid)
     with pytest.raises(MAPIError):
         store.open_message(mid)
+    # The embedded messages (which live in no folder) are gone too, with their recipients and attachments.
+    assert {table: rows(table) for table in before} == before
 
 
 # --- receive folders --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.store.pgutil import skip_reason, temp_schema
+from tests.store.pgutil import temp_schema
 
 import postroom
 from postroom.cli.app import cli, run
@@ -15,7 +15,7 @@ from postroom.mapi.codes import HResult, MAPIError
 from postroom.profile import Profile
 from postroom.store import FolderRole, open_store, redact_secrets, redact_url, url_password
 
-needs_pg = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+needs_pg = pytest.mark.postgres
 
 # The app module registers the command group; registering it again here is harmless.
 cli.add_command(store_commands)

@@ -8,14 +8,19 @@ Registered as kind "recording"; its options say what it registers and how it ans
   fail: list of address substrings it marks failed,
   answer: "ok" | "not_me" | "busy" | "wait:N" | "network:N" | "cancel" | "raise",
   end: "none" | "resend_later" | "resend_now" | "dont_resend",
-  sleep: seconds each submit_message takes (a slow transport; it runs in a worker thread).
+  sleep: seconds each submit_message takes (a slow transport; it runs in a worker thread),
+  script: a list of "ANSWER" or "ANSWER/END" for its successive submit_message calls (the n-th
+      call in CALLS, counted over every logon of that service name); past its end, answer and end.
 Calls are appended to CALLS as (service name, method, details), and every recipient it marks to
-MARKS as (service name, address, delivered?).
+MARKS as (service name, address, delivered?). Every function in ON_SUBMIT is called with the
+service name at the start of each submit_message (in the transport's thread), for tests that line
+up concurrent spoolers.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from postroom.mapi import tags as T
@@ -37,11 +42,28 @@ MARKS: list[tuple[str, str, bool]] = []
 LOGON_FAILS: dict[str, Exception] = {}
 #: Inbound mail waiting at each transport (by service name): (message class, subject).
 INBOUND: dict[str, list[tuple[str, str]]] = {}
+ON_SUBMIT: list[Callable[[str], None]] = []
+ENDS = {
+    "none": EndMessageFlags.NONE,
+    "resend_later": EndMessageFlags.RESEND_LATER,
+    "resend_now": EndMessageFlags.RESEND_NOW,
+    "dont_resend": EndMessageFlags.DONT_RESEND,
+}
+
+
+def scripted(options: dict[str, Any], call: int) -> tuple[str, str]:
+    """(answer, end) for a transport's `call`-th submit_message (0-based)."""
+    script = options.get("script", [])
+    if call < len(script):
+        answer, _, end = str(script[call]).partition("/")
+        return answer, end or "none"
+    return str(options.get("answer", "ok")), str(options.get("end", "none"))
 
 
 class RecordingLogon(TransportLogon):
     def __init__(self, provider: TransportProvider, flags: LogonFlags) -> None:
         super().__init__(provider, flags)
+        self._end = "none"  # what end_message answers after the last submit_message
         if self.options.get("poll"):
             self.result_flags = LogonResultFlags.SP_POLL
 
@@ -85,10 +107,15 @@ class RecordingLogon(TransportLogon):
         )
 
     def submit_message(self, message: OutboundMessage, flags: int) -> SubmitResult:
+        for hook in ON_SUBMIT:
+            hook(self.name)
         seen = {r.row_id: (r.email_address, r.responsibility) for r in message.recipients}
+        call = 0
+        if "script" in self.options:
+            call = sum(1 for name, method, _ in CALLS if name == self.name and method == "submit_message")
         CALLS.append((self.name, "submit_message", seen))
         time.sleep(float(self.options.get("sleep", 0)))
-        answer = str(self.options.get("answer", "ok"))
+        answer, self._end = scripted(self.options, call)
         if answer == "raise":
             raise RuntimeError("transport plug-in bug")
         if answer == "not_me":
@@ -118,12 +145,7 @@ class RecordingLogon(TransportLogon):
 
     def end_message(self, ref: int) -> EndMessageFlags:
         CALLS.append((self.name, "end_message", ref))
-        return {
-            "none": EndMessageFlags.NONE,
-            "resend_later": EndMessageFlags.RESEND_LATER,
-            "resend_now": EndMessageFlags.RESEND_NOW,
-            "dont_resend": EndMessageFlags.DONT_RESEND,
-        }[str(self.options.get("end", "none"))]
+        return ENDS[self._end]
 
 
 class RecordingProvider(TransportProvider):

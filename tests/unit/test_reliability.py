@@ -123,8 +123,7 @@ def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -
     profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
     with postroom.logon(profile, clock=clock) as s:
         s.spooler.concurrency = 1
-        for n in range(10):
-            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        ids = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(10)]
         s.deliver()
         # Three network errors open the breaker; the other seven messages are not handed over at all.
         assert submits(calls) == 3
@@ -135,11 +134,22 @@ def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -
         s.deliver()
         assert submits(calls) == 3  # still open: nobody probes yet
         clock.advance(300)
-        s.transports.by_name("smtp").service.options = {**s.transports.by_name("smtp").service.options}
+        s.deliver()
+        # The rest is over: exactly one message probes the transport. It fails, the breaker opens
+        # again, and the other nine wait without being handed over.
+        assert submits(calls) == 4
+        assert {r.display_name: r for r in s.status()}["smtp"].status_code & StatusCode.FAILURE
+        assert len(s.queue()) == 10
+        clock.advance(600)
         s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
         s.deliver()
-        # One probe succeeded and closed the breaker; everything due went out.
-        assert s.queue() == [] or all(q.pending == 0 for q in s.queue())
+        # Again exactly one probe; it succeeded and closed the breaker, and then every message went out,
+        # each handed over once more.
+        assert submits(calls) == 4 + 10
+        assert s.queue() == []
+        assert [(r.state.value, r.transport) for mid in ids for r in s.recipient_states(mid)] == [
+            ("delivered", "smtp")
+        ] * 10
         assert not {r.display_name: r for r in s.status()}["smtp"].status_code & StatusCode.FAILURE
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from postroom.mapi.flags import AttachMethod, MessageFlags, NDRDiag, NDRReason, 
 from postroom.transports.spi import OutboundMessage
 
 from support.profiles import make_profile
-from support.recording import LOGON_FAILS
+from support.recording import LOGON_FAILS, ON_SUBMIT
 
 Calls = list[tuple[str, str, Any]]
 
@@ -356,11 +359,32 @@ def test_oldest_message_first(tmp_path: Path, calls: Calls) -> None:
 
 def test_two_sessions_never_process_one_message_twice(tmp_path: Path, calls: Calls) -> None:
     profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}))
+    # The first two submit_message calls wait for each other. Each session has one worker, so the
+    # two calls come from the two sessions: both are in the middle of a pass over the same queue.
+    meeting = threading.Barrier(2, timeout=30)
+    arrivals = itertools.count()
+    met: list[bool] = []
+
+    def meet(name: str) -> None:
+        if next(arrivals) < 2:
+            try:
+                meeting.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+
+    ON_SUBMIT.append(meet)
     with postroom.logon(profile) as a, postroom.logon(profile) as b:
+        a.spooler.concurrency = b.spooler.concurrency = 1
         ids = [a.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(20)]
         a.store.claim("a-spooler-that-died", a.clock(), 3600, 3)  # three are held by someone else
-        ra, rb = a.deliver(), b.deliver()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_a = pool.submit(a.deliver)
+            rb = b.deliver()
+            ra = in_a.result(timeout=60)
+        assert met == [True, True]  # the two passes did overlap
         processed = [m.message_id for m in ra.messages] + [m.message_id for m in rb.messages]
+        assert ra.messages and rb.messages
         assert len(processed) == len(set(processed)) == 17
         delivered_by = [c for c in calls if c[1] == "marked"]
         assert len(delivered_by) == 17
