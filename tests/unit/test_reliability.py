@@ -454,3 +454,26 @@ def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: 
         s.deliver()
         assert s.queue() == []  # the probe worked: the parked backlog was woken and sent in the same pass
         assert submits(calls) - before >= 28
+
+
+def test_one_message_probes_a_paused_transport_however_many_workers(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock(T0)
+    policy = {"breaker_threshold": 2, "breaker_seconds": 600}
+    profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
+    with postroom.logon(profile, clock=clock) as s:
+        assert s.spooler.concurrency == 4
+        for n in range(12):
+            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        s.deliver()
+        opened = submits(calls)
+        assert 2 <= opened <= 4  # the workers in flight when the breaker opened
+        clock.advance(601)
+        s.deliver()
+        assert submits(calls) == opened + 1  # one probe, which fails: the breaker opens again
+        clock.advance(601)
+        s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
+        s.deliver()
+        # A message a worker parked while another's probe closed the breaker is due at once, not in 6 h.
+        assert all(q.next_attempt is None or q.next_attempt <= clock() for q in s.queue())
+        s.deliver()
+        assert s.queue() == [] and submits(calls) == opened + 1 + 12

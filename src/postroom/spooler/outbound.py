@@ -323,7 +323,7 @@ class OutboundProcessor:
                 offline = True
                 result.count(transport.name, Fate.WAITING, len(mine))
                 continue
-            outcome: _Wait | None = await self._held_back(transport)
+            outcome: _Wait | None = await self._held_back(transport, message_id)
             handled: set[int] = set()
             if outcome is None:
                 tried_at = tried_at or self.clock()
@@ -381,6 +381,8 @@ class OutboundProcessor:
                 next_attempt = min(next_attempt, max(expires, self.clock()))  # come back in time to expire it
             failed = any(w.failure for w in retry_waits)
             await self._release(message_id, next_attempt, reason, kind, waits, tried_at, failed)
+            if kind is WaitKind.PAUSED:
+                await self._unless_closed_meanwhile({w.transport for w in waits})
             result.next_attempt = next_attempt
             result.errors.append(reason)
         elif offline:
@@ -503,7 +505,18 @@ class OutboundProcessor:
         times = [at for x in self.transports.transports if (at := _probe_time(self._breaker(x.name, t))) is not None]
         return from_epoch(min(times)) if times else None
 
-    async def _held_back(self, transport: LoadedTransport) -> _Wait | None:
+    async def _unless_closed_meanwhile(self, transports: set[str]) -> None:
+        """A message parked behind a breaker that another worker closed while this one decided (from
+        its cached state) is woken at once: the closer's wake may have come before the parking."""
+        for name in transports:
+            if self.store.breaker_state(name).get("open_until") is None:
+                await self.write(self.store.wake_paused, name, self.clock())
+
+    def _prober(self, message_id: int) -> str:
+        """Who probes a paused transport: one message of one spooler, so exactly one call goes out."""
+        return f"{self.owner}#{message_id}"
+
+    async def _held_back(self, transport: LoadedTransport, message_id: int) -> _Wait | None:
         """A paused (circuit breaker) or throttled transport makes its recipients wait, without calling it.
 
         Both hold across every spooler process on the store: the breaker state and the throttle
@@ -520,12 +533,14 @@ class OutboundProcessor:
                 state = await self.write(
                     self.store.update_breaker_state,
                     transport.name,
-                    lambda s: breaker_probe(s, t, self.owner, probe),
+                    lambda s: breaker_probe(s, t, self._prober(message_id), probe),
                     now,
                 )
                 self._breakers[transport.name] = (t, state)
-                if state.get("probe_owner") != self.owner:
-                    until = float(state.get("probe_until", t + 1))
+                # Decided in the store's transaction: closed meanwhile (go on), ours to probe (go on),
+                # or resting again / probed by another message (wait).
+                if state.get("open_until") is not None and state.get("probe_owner") != self._prober(message_id):
+                    until = _probe_time(state) or t + 1
             if until is not None:
                 text = (
                     f"{transport.name} paused after repeated network errors ({state.get('last_error', '')}); "
@@ -734,7 +749,7 @@ class OutboundProcessor:
             state = await self.write(
                 self.store.update_breaker_state,
                 transport.name,
-                lambda s: breaker_after_error(s, t, policy, text, self.owner),
+                lambda s: breaker_after_error(s, t, policy, text, self._prober(message_id)),
                 self.clock(),
             )
             self._breakers[transport.name] = (t, state)

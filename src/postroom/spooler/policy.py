@@ -109,7 +109,10 @@ def breaker_blocked_until(state: BreakerState, now: float) -> float | None:
 
 
 def breaker_probe(state: BreakerState, now: float, owner: str, probe_seconds: float) -> BreakerState | None:
-    """Claim the single probe of an open breaker whose rest is over (None: someone else probes)."""
+    """Claim the single probe of an open breaker whose rest is over (None: someone else probes, or
+    the breaker closed or opened again meanwhile: the state in the store decides, not a stale copy)."""
+    if state.get("open_until") is None or now < float(state["open_until"]):
+        return None
     if state.get("probe_owner") and float(state.get("probe_until", 0)) > now and state["probe_owner"] != owner:
         return None
     return {**state, "probe_owner": owner, "probe_until": now + probe_seconds}
