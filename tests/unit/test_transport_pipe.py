@@ -177,7 +177,7 @@ def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
 
 def test_provider_metadata() -> None:
     assert PipeProvider.display_name == "Pipe to command"
-    assert set(PipeProvider.option_help) == {"command", "address_types", "timeout", "environment"}
+    assert set(PipeProvider.option_help) == {"command", "address_types", "timeout", "environment", "addresses"}
 
 
 def test_registration(tmp_path: Path) -> None:

@@ -495,7 +495,12 @@ class OutboundProcessor:
         now = self.clock()
         t = _epoch(now)
         for transport in self.transports.transports:
-            at = _probe_time(self._breaker(transport.name, t))
+            try:
+                at = _probe_time(self._breaker(transport.name, t))
+            except MAPIError as exc:  # the store is away: the pass meets it where it matters
+                if exc.code != HResult.MAPI_E_NETWORK_ERROR:
+                    raise
+                return
             if at is not None and at <= t:
                 await self.write(self.store.wake_paused, transport.name, now, 1)
 
