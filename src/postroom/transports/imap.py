@@ -66,7 +66,6 @@ from .inbound import (
     InboundLogon,
     MessageFailed,
     Outcome,
-    Secret,
     ServerConfig,
     StateFile,
     refuse_password,
@@ -74,10 +73,10 @@ from .inbound import (
     state_path,
     validate_server_options,
 )
+from .options import Secret, setup_problems
 from .options import boolean as _boolean
 from .options import invalid as _invalid
 from .options import number as _number
-from .options import setup_problems
 from .options import text as _text
 from .spi import TransportProvider
 

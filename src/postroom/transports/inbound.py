@@ -73,8 +73,8 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import MessageData
 from .exchange import ExchangeGuard, ReplyTooLarge
+from .options import Secret, client_tls_context, read_password, resolve_path
 from .options import boolean as _boolean
-from .options import client_tls_context, read_password
 from .options import invalid as _invalid
 from .options import number as _number
 from .options import path as _path
@@ -184,23 +184,6 @@ SERVER_OPTION_HELP: Mapping[str, str] = {
 }
 
 
-class Secret:
-    """Holds the password; never shows it in a repr or a traceback's locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<password hidden>"
-
-    __str__ = __repr__
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """The validated connection options of a mail-access service (never the password itself)."""
@@ -219,21 +202,15 @@ class ServerConfig:
 
     @staticmethod
     def server_fields(opts: Mapping[str, Any], profile_dir: Path) -> dict[str, Any]:
-        def resolve(name: str) -> Path | None:
-            if name not in opts:
-                return None
-            path = Path(opts[name]).expanduser()
-            return path if path.is_absolute() else profile_dir / path
-
         return {
             "host": opts["host"],
             "port": opts["port"],
             "security": opts["security"],
             "username": opts["username"],
             "password_env": opts.get("password_env"),
-            "password_file": resolve("password_file"),
+            "password_file": resolve_path(opts.get("password_file"), profile_dir),
             "verify_tls": opts["verify_tls"],
-            "ca_file": resolve("ca_file"),
+            "ca_file": resolve_path(opts.get("ca_file"), profile_dir),
             "timeout": opts["timeout"],
             "read_timeout": opts["read_timeout"],
             "max_message_bytes": opts["max_message_bytes"],

@@ -91,6 +91,23 @@ def path(name: str, value: Any) -> str:
     return cleaned
 
 
+class Secret:
+    """Holds the password; never shows it in a repr or a traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<password hidden>"
+
+    __str__ = __repr__
+
+
 def read_password(password_env: str | None, password_file: Path | None) -> str:
     """A secret from the environment variable or the file the options name (never from the profile).
 

@@ -63,7 +63,6 @@ from .inbound import (
     InboundLogon,
     MessageFailed,
     Outcome,
-    Secret,
     ServerConfig,
     StateFile,
     refuse_password,
@@ -71,8 +70,8 @@ from .inbound import (
     state_path,
     validate_server_options,
 )
+from .options import Secret, setup_problems
 from .options import boolean as _boolean
-from .options import setup_problems
 from .spi import TransportProvider
 
 #: Header fields some servers add or change as they serve a message (mbox status, keywords):
