@@ -16,10 +16,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .mapi.codes import HResult, MAPIError
     from .session import AsyncSession, Draft, RouteAnswer, Session, alogon, logon
+    from .transports.registry import register_transport_kind, transport_kinds
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncSession", "Draft", "HResult", "MAPIError", "RouteAnswer", "Session", "__version__", "alogon", "logon"]
+__all__ = [
+    "AsyncSession",
+    "Draft",
+    "HResult",
+    "MAPIError",
+    "RouteAnswer",
+    "Session",
+    "__version__",
+    "alogon",
+    "logon",
+    "register_transport_kind",
+    "transport_kinds",
+]
 
 #: Where each public name lives.
 _HOMES = {
@@ -31,6 +44,8 @@ _HOMES = {
     "Session": ".session",
     "alogon": ".session",
     "logon": ".session",
+    "register_transport_kind": ".transports.registry",
+    "transport_kinds": ".transports.registry",
 }
 
 

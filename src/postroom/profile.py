@@ -22,12 +22,10 @@ from platformdirs import user_data_dir
 
 from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import MAPIUID
-from .mapi.flags import LogonFlags
-from .transports.spi import TransportLogon, TransportProvider
+from .transports.registry import provider_class
 
 PROFILE_FILE = "profile.toml"
 STORE_FILE = "store.sqlite"
-ENTRY_POINT_GROUP = "postroom.transports"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -41,53 +39,6 @@ def environment_profile_dir() -> Path | None:
     profile in the data directory is created on first use, so a typo never makes a new, empty one."""
     env = os.environ.get("POSTROOM_PROFILE")
     return Path(env).expanduser() if env else None
-
-
-_REGISTERED: dict[str, type[TransportProvider]] = {}
-
-
-def register_transport_kind(kind: str, provider: type[TransportProvider]) -> None:
-    """Make a provider class available in this process without an entry point (embedding, tests)."""
-    _REGISTERED[kind] = provider
-
-
-def transport_kinds() -> dict[str, type[TransportProvider]]:
-    """Every installed transport provider, by kind (entry-point name), plus registered ones."""
-    # Imported here: importlib.metadata is a measured part of every command's start-up
-    # (benchmarks/fig9_startup.py), and only the commands that load transports need it.
-    from importlib.metadata import entry_points
-
-    kinds: dict[str, type[TransportProvider]] = dict(_REGISTERED)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in kinds:
-            try:
-                kinds[ep.name] = ep.load()
-            except Exception as exc:  # a broken plug-in must not hide the others
-                kinds[ep.name] = _broken_provider(ep.name, exc)
-    return kinds
-
-
-def _broken_provider(kind: str, exc: Exception) -> type[TransportProvider]:
-    message = f"transport kind {kind!r} could not be loaded: {type(exc).__name__}: {exc}"
-
-    class Broken(TransportProvider):
-        display_name = f"{kind} (broken)"
-
-        def logon(self, flags: LogonFlags) -> TransportLogon:
-            raise MAPIError(HResult.MAPI_E_VERSION, message)
-
-    return Broken
-
-
-def provider_class(kind: str) -> type[TransportProvider]:
-    kinds = transport_kinds()
-    if kind not in kinds:
-        known = ", ".join(sorted(kinds)) or "none"
-        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no transport kind {kind!r} is installed (installed: {known})")
-    cls = kinds[kind]
-    if not (isinstance(cls, type) and issubclass(cls, TransportProvider)):
-        raise MAPIError(HResult.MAPI_E_VERSION, f"entry point {kind!r} is not a postroom TransportProvider")
-    return cls
 
 
 @dataclass

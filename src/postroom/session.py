@@ -32,7 +32,7 @@ from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
 from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
 from .mapi.message import Attachment, MessageData, Recipient
-from .profile import Profile, Service, provider_class
+from .profile import Profile, Service
 from .protocol import ProtocolManager, Received, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
 from .spooler.outbound import SpoolerSettings
@@ -49,6 +49,7 @@ from .store import (
     WaitKind,
     open_store,
 )
+from .transports.registry import provider_class, transport_kinds
 from .transports.spi import StatusRow, status_row_dict
 
 R = TypeVar("R")
@@ -429,8 +430,6 @@ class _SessionCore:
     @staticmethod
     def transport_kinds() -> dict[str, type[Any]]:
         """Every installed transport kind (entry points in `postroom.transports`)."""
-        from .profile import transport_kinds
-
         return dict(transport_kinds())
 
     def has_explicit_order(self) -> bool:

@@ -77,6 +77,8 @@ def surface() -> dict[str, str]:
 def _classes(hint: Any) -> Iterator[type]:
     """The classes in a type hint: `list[QueueEntry] | None` → QueueEntry."""
     origin = typing.get_origin(hint)
+    if origin is type:
+        return  # a class handed out (a transport kind's provider), not a value of it
     if origin is not None or isinstance(hint, types.UnionType):
         for arg in typing.get_args(hint):
             yield from _classes(arg)

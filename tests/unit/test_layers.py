@@ -84,7 +84,6 @@ KNOWN_LOCAL = {
     "postroom.profile → postroom.store",
     "postroom.protocol → postroom.mapi.flags",
     "postroom.protocol → postroom.mapi.tags",
-    "postroom.session → postroom.profile",
     "postroom.store.base → postroom.store.receive",
     "postroom.store.copy → postroom.profile",
     "postroom.store.copy → postroom.store",

@@ -12,9 +12,11 @@ import postroom
 from support.surface import returned_types, surface
 
 SURFACE = {
-    "__all__": "AsyncSession, Draft, HResult, MAPIError, RouteAnswer, Session, __version__, alogon, logon",
+    "__all__": "AsyncSession, Draft, HResult, MAPIError, RouteAnswer, Session, __version__, alogon, logon, register_transport_kind, transport_kinds",
     "alogon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> AsyncSession",
     "logon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> Session",
+    "register_transport_kind": "(kind: str, provider: type[TransportProvider]) -> None",
+    "transport_kinds": "() -> dict[str, type[TransportProvider]]",
     "AsyncSession.__aenter__": "() -> AsyncSession",
     "AsyncSession.__aexit__": "(*exc: object) -> None",
     "AsyncSession.abort_submit": "(ref: str | int | bytes) -> None",

@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
+from .. import transport_kinds
 from ..mapi.flags import ResourceType, StatusCode
 from ..pidfile import running_daemon
-from ..profile import Profile, Service, transport_kinds
+from ..profile import Profile, Service
 from ..spooler.policy import POLICY_HELP, DeliveryPolicy
 from .context import App, json_option, pass_app
 from .output import redact, when

@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogoffFlags, LogonFlags, NotifyFlags, ResourceType, SpoolerNotifyFlags, StatusCode
-from ..profile import Profile, Service, provider_class
+from ..profile import Profile, Service
 from ..store.slots import ConnectionSlots, LocalSlots
+from ..transports.registry import provider_class
 from ..transports.spi import (
     Preprocessor,
     ProviderContext,
