@@ -22,6 +22,7 @@ from platformdirs import user_data_dir
 
 from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import MAPIUID
+from .store.urls import check_store_location, is_postgres_url, redact_url, url_password
 from .transports.registry import provider_class
 
 PROFILE_FILE = "profile.toml"
@@ -111,8 +112,6 @@ class Profile:
         The URL never holds the password: libpq reads it from PGPASSWORD, a pgpass file or a
         service file, or `store_password_env` names the environment variable that holds it.
         """
-        from .store import is_postgres_url, redact_url, url_password
-
         configured = self.settings.get("store")
         if not is_postgres_url(configured):
             return None
@@ -136,8 +135,6 @@ class Profile:
         """The SQLite file: `store` in the profile (relative to the profile directory), or store.sqlite.
 
         A libpq connection string there is refused (MAPI_E_INVALID_PARAMETER), never taken for a file name."""
-        from .store import check_store_location
-
         configured = self.settings.get("store", STORE_FILE)
         try:
             check_store_location(str(configured))

@@ -32,6 +32,7 @@ LOCAL_IMPORTS = {
     "postroom.cli.send → postroom.mime",  # start-up: the email package, for `send --eml` only
     "postroom.store → postroom.store.postgres",  # optional: psycopg
     "postroom.store.copy → postroom.store.postgres",  # optional: psycopg
+    "postroom.storeadmin → postroom.store.postgres",  # optional: psycopg
 }
 
 #: Today's exceptions, each to be removed by issue 15 until none is left.
@@ -56,11 +57,9 @@ KNOWN_UPWARD = {
     "postroom.protocol → postroom.store.base",
     "postroom.protocol → postroom.transports.spi",
     "postroom.session → postroom.protocol",
-    "postroom.store.copy → postroom.profile",
 }
 KNOWN_CYCLES = [
     ["postroom.protocol", "postroom.session"],
-    ["postroom.store", "postroom.store.migrations", "postroom.store.postgres", "postroom.store.sqlite"],
 ]
 KNOWN_FRONT_END = {
     "postroom.cli.admin → postroom.pidfile",
@@ -77,21 +76,10 @@ KNOWN_FRONT_END = {
     "postroom.cli.spool → postroom.pidfile",
     "postroom.cli.spool → postroom.spooler",
     "postroom.cli.spool → postroom.spooler.outage",
-    "postroom.cli.store → postroom.store.copy",
-    "postroom.cli.store → postroom.store.migrations",
 }
 KNOWN_LOCAL = {
-    "postroom.profile → postroom.store",
     "postroom.protocol → postroom.mapi.flags",
     "postroom.protocol → postroom.mapi.tags",
-    "postroom.store.base → postroom.store.receive",
-    "postroom.store.copy → postroom.profile",
-    "postroom.store.copy → postroom.store",
-    "postroom.store.migrations → postroom.store",
-    "postroom.store.migrations → postroom.store.postgres",
-    "postroom.store.migrations → postroom.store.sqlite",
-    "postroom.store.sqlbase → postroom.mapi.flags",
-    "postroom.store.sqlbase → postroom.store.receive",
 }
 
 

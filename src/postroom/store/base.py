@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
+from .receive import match_receive_folder
 from .slots import ConnectionSlots
 
 
@@ -444,6 +445,4 @@ class MessageStore(abc.ABC):
 
     def get_receive_folder(self, message_class: str) -> tuple[int, str]:
         """The folder for the longest dotted prefix of the class (case-insensitive), and that prefix."""
-        from .receive import match_receive_folder
-
         return match_receive_folder(self.receive_folders(), message_class)

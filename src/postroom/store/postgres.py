@@ -42,11 +42,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID
-from . import is_postgres_url, redact_secrets, redact_url
 from .migrations import LATEST, newer_schema, older_schema, postgres_version, upgrade_postgres
 from .notify import Listener, Notification, NotificationBus
 from .slots import AdvisorySlots
 from .sqlbase import CHUNK, SQLMessageStore, create_default_folders, exactly, read_chunks
+from .urls import is_postgres_url, redact_secrets, redact_url
 
 log = logging.getLogger("postroom.store")
 

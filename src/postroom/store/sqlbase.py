@@ -31,7 +31,7 @@ from typing import IO, Any, ClassVar, Generic, Protocol, TypeVar, cast
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID, make_entry_id
-from ..mapi.flags import MAPI_SUBMITTED, AttachMethod, MessageFlags, SubmitFlags
+from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, Props, Recipient
 from .base import (
     SPECIAL_FOLDER_NAMES,
@@ -50,6 +50,7 @@ from .base import (
     WaitKind,
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
+from .receive import normalise_class
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
@@ -1133,8 +1134,6 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     # --- receive folders -----------------------------------------------------------------------
     def set_receive_folder(self, message_class: str, folder_id: int | None) -> None:
-        from .receive import normalise_class
-
         cls = normalise_class(message_class)
         with self._tx() as db:
             if folder_id is None:
@@ -1235,8 +1234,6 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
 def refresh_display_lists(props: Props, recipients: Sequence[Recipient]) -> None:
     """PR_DISPLAY_TO/CC/BCC are computed from the recipient table, as a store does."""
-    from ..mapi.flags import MAPI_P1, RecipientType
-
     lists: dict[RecipientType, list[str]] = {RecipientType.TO: [], RecipientType.CC: [], RecipientType.BCC: []}
     for r in recipients:
         if r.recipient_type & MAPI_P1:
