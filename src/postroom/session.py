@@ -26,7 +26,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
-from .addressing import ParsedAddress, parse_address
+from .addressing import ParsedAddress, has_break, has_lone_surrogate, parse_address
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
@@ -203,11 +203,11 @@ class Draft:
         else:
             display = name or ""
             adrtype, email = (address_type or "").upper(), ""
-        if any(c in display for c in "\r\n\0"):
+        if has_break(display):
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"display name {display!r} contains a line break or NUL")
         # A one-off entry ID or the address_type argument bypass parse_address: same rule for them.
         for what, text in (("address type", adrtype), ("address", email)):
-            if any(c in "\r\n\0" or "\ud800" <= c <= "\udfff" for c in text):
+            if has_break(text) or has_lone_surrogate(text):
                 raise MAPIError(
                     HResult.MAPI_E_INVALID_PARAMETER, f"{what} {text!r} contains a line break, NUL or lone surrogate"
                 )

@@ -72,6 +72,7 @@ from typing import Any
 import aiosmtplib
 
 from .. import mime
+from ..addressing import MAX_SMTP_ADDRESS, NOT_IN_EMAIL_ADDRESS, has_break, longer_than_smtp_allows
 from ..mapi import tags as T
 from ..mapi.codes import MAPIError
 from ..mapi.flags import (
@@ -114,14 +115,14 @@ DEFAULT_MAX_MESSAGES = 100
 DEFAULT_ADDRESS_TYPES = ("SMTP",)
 #: The reply to the end of DATA may take this many times `timeout` (RFC 5321 §4.5.3.2: 10 minutes).
 DATA_TIMEOUT_FACTOR = 10
-#: RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the angle brackets.
-MAX_PATH_OCTETS = 254
 #: RFC 3461 §4.4: ENVID is at most 100 characters.
 MAX_ENVID = 100
 SLOT_RETRY_SECONDS = 1.0
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
-_BAD_ADDRESS_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
+#: What an SMTP path never holds: the characters no e-mail address holds, and '<' or '>' (which
+#: would end the path early).
+_BAD_ADDRESS_CHARS = re.compile(f"[{NOT_IN_EMAIL_ADDRESS}<>]")
 
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
 _CONNECT_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
@@ -136,7 +137,7 @@ def envelope_address_problem(address: str) -> str | None:
     """
     if not address:
         return "the address is empty"
-    if "\r" in address or "\n" in address or "\0" in address:
+    if has_break(address):
         return "the address contains a line break or a NUL character"
     bad = _BAD_ADDRESS_CHARS.search(address)
     if bad is not None:
@@ -149,8 +150,8 @@ def envelope_address_problem(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return "the address is not of the form local-part@domain"
-    if len(address.encode("utf-8", "surrogatepass")) > MAX_PATH_OCTETS:
-        return f"the address is longer than {MAX_PATH_OCTETS} octets"
+    if longer_than_smtp_allows(address):
+        return f"the address is longer than {MAX_SMTP_ADDRESS} octets"
     return None
 
 
