@@ -14,19 +14,36 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .mapi.codes import HResult, MAPIError
+    from .mapi.codes import (
+        ArgumentTypeError,
+        HResult,
+        MAPIError,
+        NotFound,
+        ProviderFailed,
+        StoreDiskTrouble,
+        StoreUnavailable,
+        StoreUnreachable,
+    )
+    from .profile import Mode
     from .session import AsyncSession, Draft, RouteAnswer, Session, alogon, logon
     from .transports.registry import register_transport_kind, transport_kinds
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
     "AsyncSession",
     "Draft",
     "HResult",
     "MAPIError",
+    "Mode",
+    "NotFound",
+    "ProviderFailed",
     "RouteAnswer",
     "Session",
+    "StoreDiskTrouble",
+    "StoreUnavailable",
+    "StoreUnreachable",
     "__version__",
     "alogon",
     "logon",
@@ -36,12 +53,19 @@ __all__ = [
 
 #: Where each public name lives.
 _HOMES = {
+    "ArgumentTypeError": ".mapi.codes",
     "AsyncSession": ".session",
     "Draft": ".session",
     "HResult": ".mapi.codes",
     "MAPIError": ".mapi.codes",
+    "Mode": ".profile",
+    "NotFound": ".mapi.codes",
+    "ProviderFailed": ".mapi.codes",
     "RouteAnswer": ".session",
     "Session": ".session",
+    "StoreDiskTrouble": ".mapi.codes",
+    "StoreUnavailable": ".mapi.codes",
+    "StoreUnreachable": ".mapi.codes",
     "alogon": ".session",
     "logon": ".session",
     "register_transport_kind": ".transports.registry",

@@ -14,16 +14,32 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 from platformdirs import user_data_dir
 
-from .mapi.codes import HResult, MAPIError
+from .mapi.codes import HResult, MAPIError, NotFound
 from .mapi.entryid import MAPIUID
 from .store.urls import check_store_location, is_postgres_url, redact_url, url_password
 from .transports.registry import provider_class
+
+
+class Mode(StrEnum):
+    """Whether transports may be called now (online) or wait for Send/Receive (offline)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+    @classmethod
+    def parse(cls, mode: object) -> Mode:
+        """The mode a caller names; MAPI_E_INVALID_PARAMETER for anything else."""
+        if mode not in tuple(cls):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"mode is 'online' or 'offline', not {mode!r}")
+        return cls(str(mode))
+
 
 PROFILE_FILE = "profile.toml"
 STORE_FILE = "store.sqlite"
@@ -198,7 +214,7 @@ class Profile:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a profile exists already at {d}")
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
-        p = cls(directory=d, name=d.name, settings={"store": STORE_FILE, "mode": "online"})
+        p = cls(directory=d, name=d.name, settings={"store": STORE_FILE, "mode": Mode.ONLINE.value})
         if with_defaults:
             p.add_service("maildir", "local", {"root": "maildir", "domains": ["localhost"]})
         p.save()
@@ -211,9 +227,7 @@ class Profile:
         assert d is not None
         try:
             return cls.load(d)
-        except MAPIError as exc:
-            if exc.code != HResult.MAPI_E_NOT_FOUND:
-                raise
+        except NotFound:
             raise MAPIError(
                 HResult.MAPI_E_NOT_FOUND,
                 f"POSTROOM_PROFILE names {d}, which holds no profile (create it with `postroom init {d}`, "
@@ -346,15 +360,13 @@ class Profile:
         return next((s.name for s in self.services if s.provider_uid == uid), str(uid))
 
     @property
-    def mode(self) -> str:
-        """ "online" or "offline" (persisted; `postroom online` / `postroom offline`)."""
-        mode = str(self.settings.get("mode", "online"))
-        return mode if mode in ("online", "offline") else "online"
+    def mode(self) -> Mode:
+        """Online or offline (persisted; `postroom online` / `postroom offline`); online unless it says offline."""
+        mode = str(self.settings.get("mode", Mode.ONLINE))
+        return Mode(mode) if mode in tuple(Mode) else Mode.ONLINE
 
-    def set_mode(self, mode: str) -> None:
-        if mode not in ("online", "offline"):
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"mode is 'online' or 'offline', not {mode!r}")
-        self.settings["mode"] = mode
+    def set_mode(self, mode: Mode | str) -> None:
+        self.settings["mode"] = Mode.parse(mode).value
 
     def reload(self) -> Profile:
         """A fresh copy from disk (another process may have changed mode, services or order)."""

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 from .mapi.codes import HResult, MAPIError
 from .mapi.flags import FlushFlags, LogonFlags, NotifyFlags, SpoolerNotifyFlags, StatusCode
 from .mapi.message import MessageData
-from .profile import Profile
+from .profile import Mode, Profile
 from .spooler import LoadedTransport, PassSummary
 from .spooler.outage import StoreOutage, store_unreachable
 from .spooler.tally import Counts
 from .spooler.transports import call_transport, error_summary
 from .store.base import MessageStore, WaitKind
+from .store.notify import NoteKind
 from .transports.spi import InboundMessage
 
 if TYPE_CHECKING:
@@ -110,8 +111,8 @@ class SendReceiveGroup:
     online: GroupSettings = field(default_factory=lambda: GroupSettings(every_minutes=5.0))
     offline: GroupSettings = field(default_factory=GroupSettings)
 
-    def settings(self, mode: str) -> GroupSettings:
-        return self.online if mode == "online" else self.offline
+    def settings(self, mode: Mode) -> GroupSettings:
+        return self.online if mode == Mode.ONLINE else self.offline
 
     def members(self, profile: Profile) -> list[str]:
         """The group's transports, in transport order."""
@@ -181,8 +182,8 @@ class OnlineTransition:
         self.stability = timedelta(seconds=stability_seconds)
         self.flush_at: datetime | None = None
 
-    def mode_changed(self, mode: str, now: datetime) -> None:
-        self.flush_at = now + self.stability if mode == "online" else None
+    def mode_changed(self, mode: Mode, now: datetime) -> None:
+        self.flush_at = now + self.stability if mode == Mode.ONLINE else None
 
     def due(self, now: datetime) -> bool:
         """True once, when the window has passed without going offline again."""
@@ -198,14 +199,14 @@ class GroupSchedule:
     def __init__(self) -> None:
         self.next_run: dict[str, datetime] = {}
 
-    def reset(self, groups: Iterable[SendReceiveGroup], mode: str, now: datetime) -> None:
+    def reset(self, groups: Iterable[SendReceiveGroup], mode: Mode, now: datetime) -> None:
         self.next_run = {}
         for g in groups:
             every = g.settings(mode).every_minutes
             if every > 0:
                 self.next_run[g.name] = now + timedelta(minutes=every)
 
-    def due(self, groups: Iterable[SendReceiveGroup], mode: str, now: datetime) -> list[SendReceiveGroup]:
+    def due(self, groups: Iterable[SendReceiveGroup], mode: Mode, now: datetime) -> list[SendReceiveGroup]:
         out = []
         for g in groups:
             at = self.next_run.get(g.name)
@@ -349,12 +350,12 @@ class ProtocolManager:
         return self.core.store
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return self.core.profile.mode
 
     @property
     def offline(self) -> bool:
-        return self.mode == "offline"
+        return self.mode is Mode.OFFLINE
 
     def logon_flags(self, t: LoadedTransport) -> LogonFlags:
         """Offline transports make no connections, except those marked call_when_offline."""
@@ -397,15 +398,15 @@ class ProtocolManager:
             if self.wakeup is not None:
                 self.wakeup.set()
 
-    async def set_mode(self, mode: str) -> None:
+    async def set_mode(self, mode: Mode) -> None:
         """Go online or offline: persist, log transports on again with the right flags, tell others."""
         profile = self.core.profile
         profile.set_mode(mode)
         profile.save()
         await self.apply_mode(mode)
-        self.store.bus.publish("mode", mode=mode)
+        self.store.bus.publish(NoteKind.MODE, mode=mode)
 
-    async def apply_mode(self, mode: str) -> None:
+    async def apply_mode(self, mode: Mode) -> None:
         self.core.profile.set_mode(mode)
         now = self.core.clock()
         self.transition.mode_changed(mode, now)
@@ -682,7 +683,7 @@ class ProtocolManager:
         self.store.check_file()  # deleted or replaced under us: stop, rather than write into a lost file
         while not queue.empty():
             note = queue.get_nowait()
-            if note.kind in ("mode", "config"):
+            if note.kind in (NoteKind.MODE, NoteKind.CONFIG):
                 self.redo.add(note.kind)
             self.work_waiting = True
         if "mode" in self.redo:

@@ -32,7 +32,7 @@ from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
 from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
 from .mapi.message import Attachment, MessageData, Recipient
-from .profile import Profile, Service
+from .profile import Mode, Profile, Service
 from .protocol import ProtocolManager, Received, SendReceiveSummary
 from .spooler import PassSummary, Spooler, TransportTable
 from .spooler.outbound import SpoolerSettings
@@ -49,6 +49,7 @@ from .store import (
     WaitKind,
     open_store,
 )
+from .store.notify import NoteKind
 from .transports.registry import provider_class, transport_kinds
 from .transports.spi import StatusRow, status_row_dict
 
@@ -724,7 +725,7 @@ class _SessionCore:
         Messages that wait for a misconfigured transport are looked at again at once."""
         self._needs_relogon = True
         self.store.wake(self.clock(), (WaitKind.UNCONFIGURED,))
-        self.store.bus.publish("config")
+        self.store.bus.publish(NoteKind.CONFIG)
 
     async def reload_configuration(self) -> None:
         """Re-read the profile (another process changed it) and log on again."""
@@ -778,7 +779,7 @@ class _SessionCore:
             StatusCode.AVAILABLE,
             f"profile {self.profile.name}",
         )
-        offline = self.profile.mode == "offline"
+        offline = self.profile.mode is Mode.OFFLINE
         spooler = StatusRow(
             "MAPI spooler",
             "postroom spooler",
@@ -798,17 +799,18 @@ class _SessionCore:
 
     # --- mode, Send/Receive, inbound -------------------------------------------------------------
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return self.profile.mode
 
-    async def _set_mode(self, mode: str) -> None:
+    async def _set_mode(self, wanted: Mode | str) -> None:
         self._check_open()
+        mode = Mode.parse(wanted)
         if self.transports.logged_on:
             await self.protocol.set_mode(mode)
         else:
             self.profile.set_mode(mode)
             self.profile.save()
-            self.store.bus.publish("mode", mode=mode)
+            self.store.bus.publish(NoteKind.MODE, mode=mode)
 
     async def _send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
         await self._ensure_logged_on()
@@ -904,7 +906,7 @@ class AsyncSession(_SessionCore):
     async def status(self) -> list[StatusRow]:
         return await self._status()
 
-    async def set_mode(self, mode: str) -> None:
+    async def set_mode(self, mode: Mode | str) -> None:
         _check(mode, str, "set_mode(): the mode")
         await self._set_mode(mode)
 
@@ -930,7 +932,7 @@ class AsyncSession(_SessionCore):
         """New messages as they are delivered, by any process on this profile (fnevNewMail)."""
         with self.store.bus.listen() as listener:
             async for note in listener:
-                if note.kind == "newmail":
+                if note.kind == NoteKind.NEWMAIL:
                     summary = self._summary(int(note.data.get("message_id", 0)))
                     if summary is not None:
                         yield summary
@@ -1008,7 +1010,7 @@ class Session(_SessionCore):
         """The status table after logging on (subsystem, spooler, one row per transport)."""
         return self._run(self._status())
 
-    def set_mode(self, mode: str) -> None:
+    def set_mode(self, mode: Mode | str) -> None:
         """Go "online" or "offline" (persisted in the profile; a running spooler daemon follows)."""
         _check(mode, str, "set_mode(): the mode")
         self._run(self._set_mode(mode))
@@ -1044,7 +1046,7 @@ class Session(_SessionCore):
             with self.store.bus.listen() as listener:
                 while not done.is_set():
                     note = await listener.get(timeout=0.5)
-                    if note is not None and note.kind == "newmail":
+                    if note is not None and note.kind == NoteKind.NEWMAIL:
                         summary = self._summary(int(note.data.get("message_id", 0)))
                         if summary is not None:
                             callback(summary)

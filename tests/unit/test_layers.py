@@ -55,6 +55,7 @@ KNOWN_UPWARD = {
     "postroom.protocol → postroom.spooler.tally",
     "postroom.protocol → postroom.spooler.transports",
     "postroom.protocol → postroom.store.base",
+    "postroom.protocol → postroom.store.notify",
     "postroom.protocol → postroom.transports.spi",
     "postroom.session → postroom.protocol",
 }

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError, NotFound
 from ..pidfile import running_daemon
 from ..protocol import DEFAULT_GROUP, GroupSettings, SendReceiveGroup, find_group, load_groups, save_group
 from ..session import Session
@@ -446,8 +446,8 @@ def receive_folder_set(app: App, message_class: str, folder: str, create: bool) 
     session = app.session()
     try:
         target = session.folder(folder)
-    except MAPIError as exc:
-        if exc.code != HResult.MAPI_E_NOT_FOUND or not create:
+    except NotFound:
+        if not create:
             raise
         target = session.create_folder(folder)
     session.set_receive_folder(message_class, target.id)

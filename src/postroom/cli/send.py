@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..mapi import tags as T
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError, NotFound
 from ..mapi.flags import RecipientType, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..session import Draft, Session
@@ -341,9 +341,7 @@ def _report_delivery(
     try:
         recipients = recipient_rows(session, mid)
         events = session.events(mid)
-    except MAPIError as exc:
-        if exc.code != HResult.MAPI_E_NOT_FOUND:
-            raise
+    except NotFound:
         # Deleted once handled (PR_DELETE_AFTER_SUBMIT): the pass's outcomes still say what happened.
         recipients = _outcome_report(draft_recipients, result) if result is not None else []
         events = []

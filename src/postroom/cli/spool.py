@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import StoreDiskTrouble
 from ..pidfile import DaemonPidFile
 from ..session import Session
 from ..spooler import PassSummary
@@ -27,9 +27,7 @@ def open_when_usable(app: App, stop: asyncio.Event) -> Session | None:
     while True:
         try:
             return app.session()
-        except MAPIError as exc:
-            if exc.code not in (HResult.MAPI_E_NOT_ENOUGH_DISK, HResult.MAPI_E_DISK_ERROR):
-                raise
+        except StoreDiskTrouble as exc:
             deadline = time.monotonic() + outage.failed(exc, time.monotonic())
             while time.monotonic() < deadline:
                 if stop.is_set():
