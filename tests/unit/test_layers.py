@@ -35,54 +35,6 @@ LOCAL_IMPORTS = {
     "postroom.storeadmin → postroom.store.postgres",  # optional: psycopg
 }
 
-#: Today's exceptions, each to be removed by issue 15 until none is left.
-KNOWN_UPWARD = {
-    "postroom.cli.admin → postroom.pidfile",
-    "postroom.cli.protocol → postroom.pidfile",
-    "postroom.cli.protocol → postroom.protocol",
-    "postroom.cli.queueops → postroom.pidfile",
-    "postroom.cli.queueops → postroom.protocol",
-    "postroom.cli.spool → postroom.pidfile",
-    "postroom.pidfile → postroom.mapi.codes",
-    "postroom.protocol → postroom.mapi.codes",
-    "postroom.protocol → postroom.mapi.flags",
-    "postroom.protocol → postroom.mapi.message",
-    "postroom.protocol → postroom.mapi.tags",
-    "postroom.protocol → postroom.profile",
-    "postroom.protocol → postroom.session",
-    "postroom.protocol → postroom.spooler",
-    "postroom.protocol → postroom.spooler.outage",
-    "postroom.protocol → postroom.spooler.tally",
-    "postroom.protocol → postroom.spooler.transports",
-    "postroom.protocol → postroom.store.base",
-    "postroom.protocol → postroom.store.notify",
-    "postroom.protocol → postroom.transports.spi",
-    "postroom.session → postroom.protocol",
-}
-KNOWN_CYCLES = [
-    ["postroom.protocol", "postroom.session"],
-]
-KNOWN_FRONT_END = {
-    "postroom.cli.admin → postroom.pidfile",
-    "postroom.cli.admin → postroom.spooler.policy",
-    "postroom.cli.messages → postroom.store",
-    "postroom.cli.protocol → postroom.pidfile",
-    "postroom.cli.protocol → postroom.protocol",
-    "postroom.cli.protocol → postroom.spooler",
-    "postroom.cli.protocol → postroom.store",
-    "postroom.cli.queueops → postroom.pidfile",
-    "postroom.cli.queueops → postroom.protocol",
-    "postroom.cli.queueops → postroom.store",
-    "postroom.cli.send → postroom.spooler",
-    "postroom.cli.spool → postroom.pidfile",
-    "postroom.cli.spool → postroom.spooler",
-    "postroom.cli.spool → postroom.spooler.outage",
-}
-KNOWN_LOCAL = {
-    "postroom.protocol → postroom.mapi.flags",
-    "postroom.protocol → postroom.mapi.tags",
-}
-
 
 def pair(problem: str) -> str:
     """`a → b (line 3): …` → `a → b`: the allow-lists name pairs, not lines."""
@@ -95,15 +47,11 @@ def test_the_readme_names_every_layer_of_the_house_in_order() -> None:
 
 
 def test_no_module_imports_from_a_higher_layer() -> None:
-    problems = {pair(p) for p in upward(import_edges(SRC, "postroom"), LAYERS)}
-    assert problems - KNOWN_UPWARD == set()
-    assert KNOWN_UPWARD - problems == set(), "fixed: take these off the list"
+    assert upward(import_edges(SRC, "postroom"), LAYERS) == []
 
 
 def test_no_modules_import_one_another_in_a_circle() -> None:
-    found = cycles(import_edges(SRC, "postroom"))
-    assert [c for c in found if c not in KNOWN_CYCLES] == []
-    assert [c for c in KNOWN_CYCLES if c not in found] == [], "fixed: take these off the list"
+    assert cycles(import_edges(SRC, "postroom")) == []
 
 
 def test_the_front_ends_import_only_the_face_and_what_they_read() -> None:
@@ -111,22 +59,17 @@ def test_the_front_ends_import_only_the_face_and_what_they_read() -> None:
     own = ("postroom.cli", "postroom.__main__.")
     store_commands = [e for e in edges if e.source == "postroom.cli.store"]
     others = [e for e in edges if e.source != "postroom.cli.store"]
-    problems = {
-        pair(p)
-        for p in [
-            *outside(others, "postroom.cli", (*own, *FRONT_END_READS)),
-            *outside(others, "postroom.__main__.", (*own, *FRONT_END_READS)),
-            *outside(store_commands, "postroom.cli", (*own, *FRONT_END_READS, *STORE_COMMANDS_READ)),
-        ]
-    }
-    assert problems - KNOWN_FRONT_END == set()
-    assert KNOWN_FRONT_END - problems == set(), "fixed: take these off the list"
+    problems = [
+        *outside(others, "postroom.cli", (*own, *FRONT_END_READS)),
+        *outside(others, "postroom.__main__.", (*own, *FRONT_END_READS)),
+        *outside(store_commands, "postroom.cli", (*own, *FRONT_END_READS, *STORE_COMMANDS_READ)),
+    ]
+    assert problems == []
 
 
 def test_imports_inside_functions_are_only_for_start_up_time_or_optional_dependencies() -> None:
     local = {f"{e.source} → {e.target}" for e in import_edges(SRC, "postroom") if e.local}
-    assert local - LOCAL_IMPORTS - KNOWN_LOCAL == set()
-    assert KNOWN_LOCAL & local == KNOWN_LOCAL, "fixed: take these off the list"
+    assert local - LOCAL_IMPORTS == set()
 
 
 # --- the checks themselves, on a planted tree --------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..mapi.codes import HResult, MAPIError
 from .base import (
     Event,
+    EventKind,
     Folder,
     FolderRole,
     LeaseLost,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Event",
+    "EventKind",
     "Folder",
     "FolderRole",
     "LeaseLost",
