@@ -19,6 +19,7 @@ from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
 from .receive import match_receive_folder
 from .slots import ConnectionSlots
+from .words import StoredWords
 
 
 class FolderRole(StrEnum):
@@ -163,7 +164,7 @@ class RecipientStatus:
     detail: str | None = None  # pending: why it waits, in that transport's words
 
 
-class EventKind(StrEnum):
+class EventKind(StoredWords):
     """What one line of a message's history says happened."""
 
     SUBMITTED = "submitted"
@@ -189,14 +190,6 @@ class EventKind(StrEnum):
     ABORTED = "aborted"  # AbortSubmit
     FINISHED = "finished"  # left the queue: moved, left or deleted
     RECEIVED = "received"  # came in (inbound)
-
-    @classmethod
-    def read(cls, text: str) -> EventKind | str:
-        """The kind of a stored event; a word this postroom does not know stays as it is."""
-        try:
-            return cls(text)
-        except ValueError:
-            return text
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,15 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from .words import StoredWords
 
 MAX_DATAGRAM = 8192
 
 
-class NoteKind(StrEnum):
+class NoteKind(StoredWords):
     """What a store notification tells its listeners."""
 
     SUBMITTED = "submitted"  # a message was submitted: the spooler has work
@@ -33,14 +34,6 @@ class NoteKind(StrEnum):
     NEWMAIL = "newmail"  # a message was delivered into a folder (fnevNewMail)
     MODE = "mode"  # the profile went online or offline
     CONFIG = "config"  # services, transport order or groups changed
-
-    @classmethod
-    def read(cls, text: str) -> NoteKind | str:
-        """The kind of a received notification; one this postroom does not know stays a word."""
-        try:
-            return cls(text)
-        except ValueError:
-            return text
 
 
 @dataclass(frozen=True)
