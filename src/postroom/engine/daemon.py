@@ -19,9 +19,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ..mapi.codes import MAPIError, StoreDiskTrouble
+from ..mapi.codes import MAPIError, StoreDiskTrouble, StoreUnavailable
 from ..spooler import PassSummary
-from ..spooler.outage import StoreOutage, store_unreachable
+from ..spooler.outage import StoreOutage
 from ..store import WaitKind
 from ..store.notify import NoteKind
 from .groups import load_groups
@@ -85,9 +85,7 @@ class Daemon:
             try:
                 await self._daemon_turn(stop, queue, on_pass)
                 timeout = self._sleep_seconds(self.runtime.clock())
-            except MAPIError as exc:
-                if not store_unreachable(exc):
-                    raise
+            except StoreUnavailable as exc:
                 self.work_waiting = True  # once the store answers, look at the whole queue again
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), outage.failed(exc, time.monotonic()))
@@ -144,9 +142,9 @@ class Daemon:
         for g in self.protocol.schedule.due(load_groups(self.runtime.profile), self.protocol.mode, now):
             try:
                 await self.protocol.send_receive(g.name, explicit=False)
+            except StoreUnavailable:
+                raise
             except MAPIError as exc:
-                if store_unreachable(exc):
-                    raise
                 log.warning("scheduled Send/Receive of group %s failed: %s", g.name, exc.message)
 
     async def _wait_for_work(self, stop: asyncio.Event, queue: asyncio.Queue[Any], timeout: float) -> None:

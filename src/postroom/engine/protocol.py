@@ -31,12 +31,11 @@ from enum import StrEnum
 from typing import Any
 
 from ..mapi import tags as T
-from ..mapi.codes import MAPIError
+from ..mapi.codes import StoreUnavailable
 from ..mapi.flags import FlushFlags, LogonFlags, LogonResultFlags, NotifyFlags, SpoolerNotifyFlags, StatusCode
 from ..mapi.message import MessageData
 from ..profile import Mode
 from ..spooler import LoadedTransport
-from ..spooler.outage import store_unreachable
 from ..spooler.transports import call_transport, error_summary
 from ..store import MessageStore, WaitKind
 from ..store.notify import NoteKind
@@ -142,9 +141,7 @@ class ProtocolManager:
             # stability window only applies to a change of mode watched by a running spooler).
             try:
                 self.store.wake(now, (WaitKind.SEND_RECEIVE,))
-            except MAPIError as exc:
-                if not store_unreachable(exc):
-                    raise
+            except StoreUnavailable:
                 self.redo.add(Redo.FLUSH)  # the daemon's first usable turn does it
 
     async def reload_configuration(self) -> None:
