@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,16 @@ def path(name: str, value: Any) -> str:
     if "\0" in cleaned:
         raise invalid(f"option {name!r} contains a NUL character")
     return cleaned
+
+
+def refuse_password(options: Mapping[str, Any]) -> None:
+    """A password never goes into the profile: an option `password` is refused, saying where to put it."""
+    if "password" in options:
+        raise invalid(
+            "option 'password' is not accepted: a password never goes into the profile. Put it in an "
+            "environment variable and name that in 'password_env', or in a file readable only by you "
+            "and name that in 'password_file'"
+        )
 
 
 class Secret:

@@ -82,11 +82,10 @@ from ..mapi.flags import (
     NDRDiag,
     NDRReason,
     RecipientType,
-    StatusCode,
     ValidateFlags,
 )
 from ..mapi.message import MessageData, Recipient
-from .options import Secret, client_tls_context, read_password, resolve_path, setup_problems
+from .options import Secret, client_tls_context, read_password, refuse_password, resolve_path, setup_problems
 from .options import boolean as _boolean
 from .options import invalid as _invalid
 from .options import number as _number
@@ -701,11 +700,7 @@ class SMTPLogon(TransportLogon):
         return self._password
 
     def _connected(self) -> None:
-        self.status.set(
-            add=StatusCode.AVAILABLE,
-            remove=StatusCode.FAILURE | StatusCode.OFFLINE,
-            text=f"connected to {self.config.where}{self._tls_note}",
-        )
+        self.status.connected(f"connected to {self.config.where}{self._tls_note}")
 
     # --- the rest of IXPLogon ------------------------------------------------------------------
 
@@ -760,12 +755,7 @@ class SMTPProvider(TransportProvider):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        if "password" in options:
-            raise _invalid(
-                "option 'password' is not accepted: a password never goes into the profile. Put it in an "
-                "environment variable and name that in 'password_env', or in a file readable only by you "
-                "and name that in 'password_file'"
-            )
+        refuse_password(options)
         opts = super().validate_options(options)
         out: dict[str, Any] = {}
         if "host" not in opts:

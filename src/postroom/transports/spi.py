@@ -360,6 +360,10 @@ class StatusRow:
         if text is not None:
             self.status_string = text
 
+    def connected(self, text: str) -> None:
+        """A connection works (again): available, no failure, not offline; the failure's last error stays."""
+        self.set(add=StatusCode.AVAILABLE, remove=StatusCode.FAILURE | StatusCode.OFFLINE, text=text)
+
     def failed(self, error: str) -> None:
         self.status_code |= StatusCode.FAILURE
         self.last_error = error
