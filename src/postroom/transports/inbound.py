@@ -85,11 +85,19 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import MessageData
 from .exchange import ExchangeGuard, ReplyTooLarge
-from .options import Secret, client_tls_context, read_password, refuse_password, resolve_path, setup_problems
-from .options import boolean as _boolean
+from .options import (
+    Secret,
+    client_tls_context,
+    password_source,
+    read_password,
+    refuse_password,
+    resolve_path,
+    server,
+    setup_problems,
+    tls_checks,
+)
 from .options import invalid as _invalid
 from .options import number as _number
-from .options import path as _path
 from .options import token as _token
 from .spi import InboundMessage, Registration, TransportLogon, TransportProvider
 
@@ -129,36 +137,24 @@ def validate_server_options(
     """
     refuse_password(options)
     out: dict[str, Any] = dict(options)
-    if "host" not in options:
-        raise _invalid(f"option 'host' is required: the {protocol} server to fetch mail from")
-    out["host"] = _token("host", options["host"])
-    security = str(options.get("security", "tls")).strip().lower()
-    if security not in SECURITY_MODES:
-        raise _invalid(f"option 'security' must be one of {', '.join(SECURITY_MODES)}, not {options['security']!r}")
-    out["security"] = security
-    port = options.get("port", default_ports[security])
-    port_number = _number("port", port, integer=True)
-    if port_number > 65535:
-        raise _invalid(f"option 'port' must be a port number (1-65535), not {port!r}")
-    out["port"] = int(port_number)
+    address = server(
+        options,
+        security_modes=SECURITY_MODES,
+        default_security="tls",
+        default_ports=default_ports,
+        host_missing=f"option 'host' is required: the {protocol} server to fetch mail from",
+    )
+    out.update(address)
 
     if "username" not in options:
         raise _invalid(f"option 'username' is required: the {protocol} account to log in as")
     out["username"] = _token("username", options["username"])
-    if "password_env" in options and "password_file" in options:
-        raise _invalid("options 'password_env' and 'password_file' exclude each other: give one of them")
-    if "password_env" in options:
-        out["password_env"] = _token("password_env", options["password_env"])
-    elif "password_file" in options:
-        out["password_file"] = _path("password_file", options["password_file"])
-    else:
+    password = password_source(options)
+    if not password:
         raise _invalid("give 'password_env' or 'password_file' to say where the password is")
+    out.update(password)
 
-    out["verify_tls"] = _boolean("verify_tls", options.get("verify_tls", True))
-    if "ca_file" in options:
-        if security == "none":
-            raise _invalid("option 'ca_file' needs security 'tls' or 'starttls'")
-        out["ca_file"] = _path("ca_file", options["ca_file"])
+    out.update(tls_checks(options, address["security"], SECURITY_MODES))
     out["timeout"] = _number("timeout", options.get("timeout", DEFAULT_TIMEOUT))
     out["read_timeout"] = _number("read_timeout", options.get("read_timeout", DEFAULT_READ_TIMEOUT))
     limit = options.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)

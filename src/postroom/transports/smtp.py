@@ -86,11 +86,12 @@ from ..mapi.flags import (
 )
 from ..mapi.message import MessageData, Recipient
 from .options import Secret, client_tls_context, read_password, refuse_password, resolve_path, setup_problems
-from .options import boolean as _boolean
 from .options import invalid as _invalid
 from .options import number as _number
-from .options import path as _path
+from .options import password_source as _password_source
+from .options import server as _server
 from .options import string_list as _string_list
+from .options import tls_checks as _tls_checks
 from .options import token as _token
 from .smtp_pool import Connection, ConnectionPool, NoSlot
 from .spi import (
@@ -757,39 +758,25 @@ class SMTPProvider(TransportProvider):
     def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         refuse_password(options)
         opts = super().validate_options(options)
-        out: dict[str, Any] = {}
-        if "host" not in opts:
-            raise _invalid("option 'host' is required: the SMTP server to send to")
-        out["host"] = _token("host", opts["host"])
-        security = str(opts.get("security", "starttls")).strip().lower()
-        if security not in SECURITY_MODES:
-            raise _invalid(f"option 'security' must be one of {', '.join(SECURITY_MODES)}, not {opts['security']!r}")
-        out["security"] = security
-        port = opts.get("port", DEFAULT_PORTS[security])
-        port_number = _number("port", port, integer=True)
-        if port_number > 65535:
-            raise _invalid(f"option 'port' must be a port number (1-65535), not {port!r}")
-        out["port"] = int(port_number)
+        out = _server(
+            opts,
+            security_modes=SECURITY_MODES,
+            default_security="starttls",
+            default_ports=DEFAULT_PORTS,
+            host_missing="option 'host' is required: the SMTP server to send to",
+        )
+        security = out["security"]
 
         if "username" in opts:
             out["username"] = _token("username", opts["username"])
-        if "password_env" in opts and "password_file" in opts:
-            raise _invalid("options 'password_env' and 'password_file' exclude each other: give one of them")
-        if "password_env" in opts:
-            out["password_env"] = _token("password_env", opts["password_env"])
-        if "password_file" in opts:
-            out["password_file"] = _path("password_file", opts["password_file"])
+        out.update(_password_source(opts))
         has_password = "password_env" in out or "password_file" in out
         if "username" in out and not has_password:
             raise _invalid("option 'username' needs 'password_env' or 'password_file' to say where the password is")
         if has_password and "username" not in out:
             raise _invalid("a password ('password_env' or 'password_file') needs the option 'username'")
 
-        out["verify_tls"] = _boolean("verify_tls", opts.get("verify_tls", True))
-        if "ca_file" in opts:
-            if security == "none":
-                raise _invalid("option 'ca_file' needs security 'starttls' or 'tls'")
-            out["ca_file"] = _path("ca_file", opts["ca_file"])
+        out.update(_tls_checks(opts, security, SECURITY_MODES))
         if "helo_name" in opts:
             out["helo_name"] = _token("helo_name", opts["helo_name"])
             if not out["helo_name"].isascii():
