@@ -39,9 +39,10 @@ UID_PASS = RoutingPass.UID
 ADDRTYPE_PASS = RoutingPass.ADDRESS_TYPE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Offer:
-    """One place in a recipient's routing: offer it to `transport` at this step."""
+    """One place in a recipient's routing: offer it to `transport` at this step (offers sort in
+    routing order: "UID" sorts before "address type", as the UID pass comes first)."""
 
     pass_kind: RoutingPass
     position: int  # the transport's position in transport order
