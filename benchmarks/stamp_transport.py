@@ -1,6 +1,6 @@
 """A benchmark transport that records when its submit_message is called, and a daemon launcher.
 
-Kind "stamp" (registered in-process with `postroom.profile.register_transport_kind` on import):
+Kind "stamp" (registered in-process with `postroom.register_transport_kind` on import):
 registers the address types in option `address_types` (default SMTP), and for each message writes
 one line "<subject>\\t<time.monotonic()>" to the file in option `file` (CLOCK_MONOTONIC is one
 clock for every process on the machine), then marks its recipients delivered. It is `async def`,
@@ -19,9 +19,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from postroom import register_transport_kind
 from postroom.mapi import tags as T
 from postroom.mapi.flags import LogoffFlags, LogonFlags
-from postroom.profile import register_transport_kind
 from postroom.transports.spi import (
     OutboundMessage,
     Registration,

@@ -1,7 +1,10 @@
 """postroom: the MAPI messaging subsystem in Python.
 
 `postroom.logon(profile)` opens a profile's message store and returns a `Session`;
-`postroom.alogon(profile)` returns the asyncio flavour.
+`postroom.alogon(profile)` returns the asyncio flavour. This package is the face: the
+functions and classes below, and every value type they return, are the public API; the
+command line and every other front end use nothing else (beside `postroom.mapi`,
+`postroom.mime` and reading `postroom.profile`).
 
 The names are imported on first use (module `__getattr__`), not with the package: every
 `postroom` command imports this package, and `postroom --version` must not pay for the
@@ -14,24 +17,171 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .mapi.codes import HResult, MAPIError
-    from .session import AsyncSession, Draft, RouteAnswer, Session, alogon, logon
+    from .addressing import ParsedAddress
+    from .engine.groups import DEFAULT_GROUP, GroupChange, GroupSettings, SendReceiveGroup
+    from .engine.pidfile import DaemonPidFile
+    from .engine.report import RecipientReport
+    from .engine.results import Received, RouteAnswer, SendReceiveSummary, TransportFlush
+    from .engine.status import StatusPublication, StatusReport, StatusSource
+    from .mapi.codes import (
+        ArgumentTypeError,
+        HResult,
+        MAPIError,
+        NotFound,
+        ProviderFailed,
+        StoreDiskTrouble,
+        StoreUnavailable,
+        StoreUnreachable,
+    )
+    from .mapi.message import Attachment, MessageData, Recipient
+    from .profile import Mode, Profile, Service
+    from .session import AsyncSession, Draft, Session, alogon, logon, logon_when_usable
+    from .spooler import LoadedTransport, MessageResult, PassSummary
+    from .spooler.policy import POLICY_HELP, check_policy
+    from .spooler.routing import Offer, RoutingPass, Skip
+    from .store import (
+        Event,
+        EventKind,
+        Folder,
+        FolderRole,
+        MessageSummary,
+        QueueEntry,
+        QueueState,
+        RecipientOutcome,
+        RecipientState,
+        RecipientStatus,
+        WaitKind,
+    )
+    from .transports.registry import register_transport_kind, transport_kinds
+    from .transports.spi import StatusRow
+
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncSession", "Draft", "HResult", "MAPIError", "RouteAnswer", "Session", "__version__", "alogon", "logon"]
-
 #: Where each public name lives.
 _HOMES = {
+    # logging on
     "AsyncSession": ".session",
     "Draft": ".session",
-    "HResult": ".mapi.codes",
-    "MAPIError": ".mapi.codes",
-    "RouteAnswer": ".session",
     "Session": ".session",
     "alogon": ".session",
     "logon": ".session",
+    "logon_when_usable": ".session",
+    # errors
+    "ArgumentTypeError": ".mapi.codes",
+    "HResult": ".mapi.codes",
+    "MAPIError": ".mapi.codes",
+    "NotFound": ".mapi.codes",
+    "ProviderFailed": ".mapi.codes",
+    "StoreDiskTrouble": ".mapi.codes",
+    "StoreUnavailable": ".mapi.codes",
+    "StoreUnreachable": ".mapi.codes",
+    # the profile and its transports
+    "Mode": ".profile",
+    "Profile": ".profile",
+    "Service": ".profile",
+    "POLICY_HELP": ".spooler.policy",
+    "check_policy": ".spooler.policy",
+    "register_transport_kind": ".transports.registry",
+    "transport_kinds": ".transports.registry",
+    # messages, folders, the queue, history
+    "Attachment": ".mapi.message",
+    "MessageData": ".mapi.message",
+    "Recipient": ".mapi.message",
+    "Event": ".store",
+    "EventKind": ".store",
+    "Folder": ".store",
+    "FolderRole": ".store",
+    "MessageSummary": ".store",
+    "QueueEntry": ".store",
+    "QueueState": ".store",
+    "RecipientOutcome": ".store",
+    "RecipientState": ".store",
+    "RecipientStatus": ".store",
+    "WaitKind": ".store",
+    "RecipientReport": ".engine.report",
+    # delivery, routing, status
+    "LoadedTransport": ".spooler",
+    "MessageResult": ".spooler",
+    "PassSummary": ".spooler",
+    "Offer": ".spooler.routing",
+    "RoutingPass": ".spooler.routing",
+    "Skip": ".spooler.routing",
+    "ParsedAddress": ".addressing",
+    "RouteAnswer": ".engine.results",
+    "StatusRow": ".transports.spi",
+    "StatusPublication": ".engine.status",
+    "StatusReport": ".engine.status",
+    "StatusSource": ".engine.status",
+    "DaemonPidFile": ".engine.pidfile",
+    # Send/Receive and its groups, inbound
+    "DEFAULT_GROUP": ".engine.groups",
+    "GroupChange": ".engine.groups",
+    "GroupSettings": ".engine.groups",
+    "SendReceiveGroup": ".engine.groups",
+    "Received": ".engine.results",
+    "SendReceiveSummary": ".engine.results",
+    "TransportFlush": ".engine.results",
 }
+__all__ = [
+    "DEFAULT_GROUP",
+    "POLICY_HELP",
+    "ArgumentTypeError",
+    "AsyncSession",
+    "Attachment",
+    "DaemonPidFile",
+    "Draft",
+    "Event",
+    "EventKind",
+    "Folder",
+    "FolderRole",
+    "GroupChange",
+    "GroupSettings",
+    "HResult",
+    "LoadedTransport",
+    "MAPIError",
+    "MessageData",
+    "MessageResult",
+    "MessageSummary",
+    "Mode",
+    "NotFound",
+    "Offer",
+    "ParsedAddress",
+    "PassSummary",
+    "Profile",
+    "ProviderFailed",
+    "QueueEntry",
+    "QueueState",
+    "Received",
+    "Recipient",
+    "RecipientOutcome",
+    "RecipientReport",
+    "RecipientState",
+    "RecipientStatus",
+    "RouteAnswer",
+    "RoutingPass",
+    "SendReceiveGroup",
+    "SendReceiveSummary",
+    "Service",
+    "Session",
+    "Skip",
+    "StatusPublication",
+    "StatusReport",
+    "StatusRow",
+    "StatusSource",
+    "StoreDiskTrouble",
+    "StoreUnavailable",
+    "StoreUnreachable",
+    "TransportFlush",
+    "WaitKind",
+    "__version__",
+    "alogon",
+    "check_policy",
+    "logon",
+    "logon_when_usable",
+    "register_transport_kind",
+    "transport_kinds",
+]
 
 
 def __getattr__(name: str) -> object:

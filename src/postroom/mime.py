@@ -62,7 +62,13 @@ from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, cast
 
-from .addressing import ENCODED_WORD, MAX_SMTP_ADDRESS
+from .addressing import (
+    ENCODED_WORD,
+    ENCODED_WORD_PATTERN,
+    FORBIDDEN_IN_EMAIL_ADDRESS,
+    MAX_SMTP_ADDRESS,
+    longer_than_smtp_allows,
+)
 from .mapi import tags as T
 from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
@@ -100,12 +106,10 @@ _ID_FORBIDDEN = re.compile(r"[^\x21-\x7e]")
 #: One message ID as a whole header value: printable ASCII, no white space, `<` and `>` only around it.
 _ONE_MSG_ID = re.compile(r"<?[\x21-\x3b=\x3f-\x7e]+>?")
 _COMMENT = re.compile(r"\([^()]*\)")
-_ADDR_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _ENHANCED_STATUS = re.compile(r"(?<![\d.])\d\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
-_ENCODED_WORD_GAP = re.compile(f"({_ENCODED_WORD})[ \t]+(?={_ENCODED_WORD})")
+_ENCODED_WORD_GAP = re.compile(f"({ENCODED_WORD_PATTERN})[ \t]+(?={ENCODED_WORD_PATTERN})")
 _SMTP_CODE = re.compile(r"([2-5]\d\d)(?!\d)")
 _LINE_BREAK = re.compile(r"[\r\n]")
 # A plain ASCII dot-atom address (RFC 5322 §3.4.1 without quoting, comments or domain literals):
@@ -238,9 +242,9 @@ def _invalid(message: str) -> MAPIError:
 def _address(name: object, addr: object, what: str) -> Address:
     """An `Address` for a header, validated by the `email` package; MAPIError when unusable."""
     spec = str(addr)
-    if not spec or _ADDR_FORBIDDEN.search(spec):
+    if not spec or FORBIDDEN_IN_EMAIL_ADDRESS.search(spec):
         raise _invalid(f"{what}: the e-mail address {spec!r} contains whitespace or control characters")
-    if len(spec.encode("utf-8", "surrogatepass")) > MAX_SMTP_ADDRESS:
+    if longer_than_smtp_allows(spec):
         raise _invalid(f"{what}: the e-mail address {spec[:40]!r}… is longer than {MAX_SMTP_ADDRESS} bytes")
     if ENCODED_WORD.search(spec):
         raise _invalid(f"{what}: the e-mail address {spec!r} contains an RFC 2047 encoded word")

@@ -14,20 +14,35 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 from platformdirs import user_data_dir
 
-from .mapi.codes import HResult, MAPIError
+from .mapi.codes import HResult, MAPIError, NotFound
 from .mapi.entryid import MAPIUID
-from .mapi.flags import LogonFlags
-from .transports.spi import TransportLogon, TransportProvider
+from .store.urls import check_store_location, is_postgres_url, redact_url, url_password
+from .transports.registry import provider_class
+
+
+class Mode(StrEnum):
+    """Whether transports may be called now (online) or wait for Send/Receive (offline)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+    @classmethod
+    def parse(cls, mode: object) -> Mode:
+        """The mode a caller names; MAPI_E_INVALID_PARAMETER for anything else."""
+        if mode not in tuple(cls):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"mode is 'online' or 'offline', not {mode!r}")
+        return cls(str(mode))
+
 
 PROFILE_FILE = "profile.toml"
 STORE_FILE = "store.sqlite"
-ENTRY_POINT_GROUP = "postroom.transports"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -41,53 +56,6 @@ def environment_profile_dir() -> Path | None:
     profile in the data directory is created on first use, so a typo never makes a new, empty one."""
     env = os.environ.get("POSTROOM_PROFILE")
     return Path(env).expanduser() if env else None
-
-
-_REGISTERED: dict[str, type[TransportProvider]] = {}
-
-
-def register_transport_kind(kind: str, provider: type[TransportProvider]) -> None:
-    """Make a provider class available in this process without an entry point (embedding, tests)."""
-    _REGISTERED[kind] = provider
-
-
-def transport_kinds() -> dict[str, type[TransportProvider]]:
-    """Every installed transport provider, by kind (entry-point name), plus registered ones."""
-    # Imported here: importlib.metadata is a measured part of every command's start-up
-    # (benchmarks/fig9_startup.py), and only the commands that load transports need it.
-    from importlib.metadata import entry_points
-
-    kinds: dict[str, type[TransportProvider]] = dict(_REGISTERED)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in kinds:
-            try:
-                kinds[ep.name] = ep.load()
-            except Exception as exc:  # a broken plug-in must not hide the others
-                kinds[ep.name] = _broken_provider(ep.name, exc)
-    return kinds
-
-
-def _broken_provider(kind: str, exc: Exception) -> type[TransportProvider]:
-    message = f"transport kind {kind!r} could not be loaded: {type(exc).__name__}: {exc}"
-
-    class Broken(TransportProvider):
-        display_name = f"{kind} (broken)"
-
-        def logon(self, flags: LogonFlags) -> TransportLogon:
-            raise MAPIError(HResult.MAPI_E_VERSION, message)
-
-    return Broken
-
-
-def provider_class(kind: str) -> type[TransportProvider]:
-    kinds = transport_kinds()
-    if kind not in kinds:
-        known = ", ".join(sorted(kinds)) or "none"
-        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no transport kind {kind!r} is installed (installed: {known})")
-    cls = kinds[kind]
-    if not (isinstance(cls, type) and issubclass(cls, TransportProvider)):
-        raise MAPIError(HResult.MAPI_E_VERSION, f"entry point {kind!r} is not a postroom TransportProvider")
-    return cls
 
 
 @dataclass
@@ -160,8 +128,6 @@ class Profile:
         The URL never holds the password: libpq reads it from PGPASSWORD, a pgpass file or a
         service file, or `store_password_env` names the environment variable that holds it.
         """
-        from .store import is_postgres_url, redact_url, url_password
-
         configured = self.settings.get("store")
         if not is_postgres_url(configured):
             return None
@@ -185,8 +151,6 @@ class Profile:
         """The SQLite file: `store` in the profile (relative to the profile directory), or store.sqlite.
 
         A libpq connection string there is refused (MAPI_E_INVALID_PARAMETER), never taken for a file name."""
-        from .store import check_store_location
-
         configured = self.settings.get("store", STORE_FILE)
         try:
             check_store_location(str(configured))
@@ -250,7 +214,7 @@ class Profile:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"a profile exists already at {d}")
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
-        p = cls(directory=d, name=d.name, settings={"store": STORE_FILE, "mode": "online"})
+        p = cls(directory=d, name=d.name, settings={"store": STORE_FILE, "mode": Mode.ONLINE.value})
         if with_defaults:
             p.add_service("maildir", "local", {"root": "maildir", "domains": ["localhost"]})
         p.save()
@@ -263,9 +227,7 @@ class Profile:
         assert d is not None
         try:
             return cls.load(d)
-        except MAPIError as exc:
-            if exc.code != HResult.MAPI_E_NOT_FOUND:
-                raise
+        except NotFound:
             raise MAPIError(
                 HResult.MAPI_E_NOT_FOUND,
                 f"POSTROOM_PROFILE names {d}, which holds no profile (create it with `postroom init {d}`, "
@@ -398,15 +360,13 @@ class Profile:
         return next((s.name for s in self.services if s.provider_uid == uid), str(uid))
 
     @property
-    def mode(self) -> str:
-        """ "online" or "offline" (persisted; `postroom online` / `postroom offline`)."""
-        mode = str(self.settings.get("mode", "online"))
-        return mode if mode in ("online", "offline") else "online"
+    def mode(self) -> Mode:
+        """Online or offline (persisted; `postroom online` / `postroom offline`); online unless it says offline."""
+        mode = str(self.settings.get("mode", Mode.ONLINE))
+        return Mode(mode) if mode in tuple(Mode) else Mode.ONLINE
 
-    def set_mode(self, mode: str) -> None:
-        if mode not in ("online", "offline"):
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"mode is 'online' or 'offline', not {mode!r}")
-        self.settings["mode"] = mode
+    def set_mode(self, mode: Mode | str) -> None:
+        self.settings["mode"] = Mode.parse(mode).value
 
     def reload(self) -> Profile:
         """A fresh copy from disk (another process may have changed mode, services or order)."""

@@ -1,8 +1,9 @@
 """The public facade: `postroom.logon(profile)` → `Session` (or `alogon` → `AsyncSession`).
 
 A session opens a profile's message store; its transports are logged on when the
-session first needs them (routing, `enum_adr_types`, delivery). The CLI is a thin
-layer over this API.
+session first needs them (routing, `enum_adr_types`, delivery). The session is the face
+only: it checks its callers' arguments and runs the engine underneath (`postroom.engine`),
+which does the work. The CLI, and every other front end, calls only this face.
 
 Every method checks the types of its arguments: a wrong one is ArgumentTypeError, which is
 MAPIError(MAPI_E_INVALID_PARAMETER) and TypeError at once. A closed session answers every
@@ -16,40 +17,33 @@ import asyncio
 import getpass
 import mimetypes
 import os
-import sqlite3
 import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, TypeVar
 
-from .addressing import ParsedAddress, parse_address
+from .addressing import has_break, has_lone_surrogate, parse_address
+from .engine import Engine
+from .engine.daemon import open_when_usable
+from .engine.groups import GroupChange, SendReceiveGroup
+from .engine.pidfile import DaemonPidFile
+from .engine.report import RecipientReport
+from .engine.results import Received, RouteAnswer, SendReceiveSummary
+from .engine.status import StatusReport
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
-from .mapi.flags import MessageFlags, RecipientType, ResourceMethods, ResourceType, StatusCode
+from .mapi.flags import MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
-from .profile import Profile, Service, provider_class
-from .protocol import ProtocolManager, Received, SendReceiveSummary
-from .spooler import PassSummary, Spooler, TransportTable
-from .spooler.outbound import SpoolerSettings
-from .spooler.routing import Offer, Skip
-from .store import (
-    Event,
-    Folder,
-    FolderRole,
-    MessageStore,
-    MessageSummary,
-    QueueEntry,
-    QueueState,
-    RecipientStatus,
-    WaitKind,
-    open_store,
-)
-from .transports.spi import StatusRow, status_row_dict
+from .profile import Mode, Profile, Service
+from .spooler import PassSummary
+from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus
+from .store.notify import NoteKind
+from .transports.registry import transport_kinds
+from .transports.spi import StatusRow
 
 R = TypeVar("R")
 
@@ -80,50 +74,6 @@ def _check_strings(values: object, method: str, what: str) -> None:
         raise ArgumentTypeError(f"{method}(): {what} must be a list of str, not {shown}")
 
 
-class _ClosedStore:
-    """What a closed session has in place of its store: every use is MAPI_E_END_OF_SESSION."""
-
-    def __getattr__(self, name: str) -> NoReturn:
-        raise MAPIError(HResult.MAPI_E_END_OF_SESSION, "the session is closed; log on again")
-
-
-@dataclass(frozen=True)
-class RouteAnswer:
-    """The dry run for one address: who would be offered it first, and who after; and which
-    transports of its address type are skipped because their scope leaves it out (and why)."""
-
-    address: ParsedAddress
-    offers: tuple[Offer, ...]
-    skipped: tuple[Skip, ...] = ()
-
-    @property
-    def transport(self) -> str | None:
-        return self.offers[0].transport if self.offers else None
-
-
-@dataclass(frozen=True)
-class RecipientReport:
-    """What became of one recipient, in words a user reads (`postroom show`, `postroom send`).
-
-    `state` is delivered, failed or expired (final); waiting (still in the queue: `waiting_for`
-    names the transport it waits for and `why` says why, in that transport's words); unsent (a
-    draft, or taken back with `cancel`); or received (a message that came in, or a report).
-    """
-
-    row_id: int
-    type: str  # to / cc / bcc
-    display_name: str
-    address: str
-    state: str
-    transport: str | None  # the transport that gave the final outcome
-    outcome_time: datetime | None
-    report_text: str | None
-    waiting_for: str | None = None
-    why: str | None = None
-    next_attempt: datetime | None = None  # None while waiting: due now, or at the next Send/Receive
-    at_send_receive: bool = False  # waits for a Send/Receive (offline)
-
-
 class Draft:
     """A message being composed in a folder (normally the Outbox); `submit()` sends it."""
 
@@ -134,7 +84,7 @@ class Draft:
             props={
                 T.PR_MESSAGE_CLASS: "IPM.Note",
                 T.PR_MESSAGE_FLAGS: int(MessageFlags.UNSENT | MessageFlags.FROMME),
-                T.PR_SENTMAIL_ENTRYID: session.store.folder(FolderRole.SENT_ITEMS).entry_id,
+                T.PR_SENTMAIL_ENTRYID: session.engine.store.folder(FolderRole.SENT_ITEMS).entry_id,
                 T.PR_CREATION_TIME: session.clock(),
             }
         )
@@ -202,11 +152,11 @@ class Draft:
         else:
             display = name or ""
             adrtype, email = (address_type or "").upper(), ""
-        if any(c in display for c in "\r\n\0"):
+        if has_break(display):
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"display name {display!r} contains a line break or NUL")
         # A one-off entry ID or the address_type argument bypass parse_address: same rule for them.
         for what, text in (("address type", adrtype), ("address", email)):
-            if any(c in "\r\n\0" or "\ud800" <= c <= "\udfff" for c in text):
+            if has_break(text) or has_lone_surrogate(text):
                 raise MAPIError(
                     HResult.MAPI_E_INVALID_PARAMETER, f"{what} {text!r} contains a line break, NUL or lone surrogate"
                 )
@@ -283,7 +233,7 @@ class Draft:
     def save(self) -> int:
         """Save the draft in its folder (once); returns the message ID."""
         if self.message_id is None:
-            self.message_id = self._session.store.create_message(self.folder.id, self.data)
+            self.message_id = self._session.engine.store.create_message(self.folder.id, self.data)
         return self.message_id
 
     def submit(self) -> int:
@@ -292,21 +242,8 @@ class Draft:
             self._session.submit(self.message_id)
             return self.message_id
         self.data.props.update(self._session._stamp(self.data))
-        self.message_id = self._session.store.create_and_submit(self.folder.id, self.data, self._session.clock())
+        self.message_id = self._session.engine.store.create_and_submit(self.folder.id, self.data, self._session.clock())
         return self.message_id
-
-
-def _setting_number(profile: Profile, key: str, default: int | float) -> int:
-    """A numeric [profile] setting as int; MAPI_E_CORRUPT_DATA when it is not a number."""
-    value = profile.settings.get(key, default)
-    try:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise TypeError(f"{type(value).__name__} is not a number")
-        return int(float(value))
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MAPIError(
-            HResult.MAPI_E_CORRUPT_DATA, f"{profile.path}: {key} = {value!r} is not a number ({exc})"
-        ) from exc
 
 
 def _attachment_props(filename: str, mime_type: str | None) -> dict[int, Any]:
@@ -323,73 +260,64 @@ def _attachment_props(filename: str, mime_type: str | None) -> dict[int, Any]:
 
 
 class _SessionCore:
-    """What the sync and async sessions share: the store, the profile and the spooler."""
+    """What the sync and async sessions share: the engine underneath, and every call that needs no
+    event loop (folders, messages, the queue, the profile)."""
 
     def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
         _check(profile, Profile, "the profile")
-        self.profile = profile
-        self.clock = clock or (lambda: datetime.now(UTC))
         #: Serialises what must not run twice at once: the event loop, profile changes, close.
         self._lock = threading.RLock()
         self.closed = False
-        for key, default in (("spooler_concurrency", 4), ("online_stability_seconds", 0.0)):
-            _setting_number(profile, key, default)  # refuse a bad value before opening anything
-        try:
-            self.store: MessageStore = open_store(
-                profile.store_url or profile.store_path, password_env=profile.store_password_env
-            )
-        except (OSError, sqlite3.DatabaseError) as exc:  # `store` names a directory, or not a database
-            code = HResult.MAPI_E_NO_ACCESS if isinstance(exc, OSError) else HResult.MAPI_E_CORRUPT_DATA
-            raise MAPIError(code, f"cannot open the message store {str(profile.store_path)!r}: {exc}") from exc
-        self.transports = TransportTable(profile, self.store.connection_slots)
-        self.protocol = ProtocolManager(self)
-        self.spooler = self._new_spooler()
+        #: The machine room (postroom.engine): the runtime, the protocol manager, the daemon. For tests
+        #: and tools that look inside; its interface is not the public one.
+        self.engine = Engine(profile, clock=clock)
 
-    def _new_spooler(self, owner: str | None = None) -> Spooler:
-        previous = getattr(self, "spooler", None)
-        return Spooler(
-            self.store,
-            self.transports,
-            clock=self.clock,
-            owner=owner,
-            may_call=self.protocol.may_call,
-            settings=SpoolerSettings.from_profile(self.profile.settings),
-            concurrency=previous.concurrency if previous else _setting_number(self.profile, "spooler_concurrency", 4),
-        )
+    @property
+    def profile(self) -> Profile:
+        """The profile as this session knows it (re-read when another process changed it)."""
+        return self.engine.profile
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self.engine.clock
+
+    @property
+    def _store(self) -> MessageStore:
+        return self.engine.store
 
     # --- folders --------------------------------------------------------------------------
     @property
     def outbox(self) -> Folder:
-        return self.store.folder(FolderRole.OUTBOX)
+        return self._store.folder(FolderRole.OUTBOX)
 
     @property
     def inbox(self) -> Folder:
-        return self.store.folder(FolderRole.INBOX)
+        return self._store.folder(FolderRole.INBOX)
 
     @property
     def sent_items(self) -> Folder:
-        return self.store.folder(FolderRole.SENT_ITEMS)
+        return self._store.folder(FolderRole.SENT_ITEMS)
 
     @property
     def deleted_items(self) -> Folder:
-        return self.store.folder(FolderRole.DELETED_ITEMS)
+        return self._store.folder(FolderRole.DELETED_ITEMS)
 
     def folders(self) -> list[Folder]:
-        return self.store.folders()
+        return self._store.folders()
 
     def folder(self, name: str | int) -> Folder:
         _check(name, (str, int), "folder(): the folder (a name or ID)")
-        return self.store.find_folder(name)
+        return self._store.find_folder(name)
 
     def create_folder(self, name: str) -> Folder:
         _check(name, str, "create_folder(): the name")
-        return self.store.create_folder(name)
+        return self._store.create_folder(name)
 
     def list_messages(self, folder: str | int | Folder, limit: int | None = None) -> list[MessageSummary]:
         _check(folder, (str, int, Folder), "list_messages(): the folder")
         _check(limit, (int, type(None)), "list_messages(): limit")
         f = folder if isinstance(folder, Folder) else self.folder(folder)
-        return self.store.list_messages(f.id, limit)
+        return self._store.list_messages(f.id, limit)
 
     # --- messages -------------------------------------------------------------------------
     def create_message(self, subject: str = "", body: str = "", *, folder: Folder | None = None) -> Draft:
@@ -405,32 +333,30 @@ class _SessionCore:
 
     def open_message(self, ref: str | int | bytes) -> MessageData:
         _check_ref(ref, "open_message")
-        return self.store.open_message(self.store.resolve_message(ref))
+        return self._store.open_message(self._store.resolve_message(ref))
 
     def message_id(self, ref: str | int | bytes) -> int:
         _check_ref(ref, "message_id")
-        return self.store.resolve_message(ref)
+        return self._store.resolve_message(ref)
 
     def message_folder(self, ref: str | int | bytes) -> Folder | None:
         """The folder a message is in (None for an embedded message)."""
         _check_ref(ref, "message_folder")
-        fid = self.store.message_folder(self.store.resolve_message(ref))
-        return None if fid is None else self.store.find_folder(fid)
+        fid = self._store.message_folder(self._store.resolve_message(ref))
+        return None if fid is None else self._store.find_folder(fid)
 
     def entry_id(self, ref: str | int | bytes) -> bytes:
         """PR_ENTRYID of a message: save it before submitting, as MAPI clients do."""
         _check_ref(ref, "entry_id")
-        return self.store.entry_id_of(self.store.resolve_message(ref))
+        return self._store.entry_id_of(self._store.resolve_message(ref))
 
     def next_due(self) -> datetime | None:
         """When the earliest waiting message in the outgoing queue becomes due."""
-        return self.store.next_due()
+        return self._store.next_due()
 
     @staticmethod
     def transport_kinds() -> dict[str, type[Any]]:
         """Every installed transport kind (entry points in `postroom.transports`)."""
-        from .profile import transport_kinds
-
         return dict(transport_kinds())
 
     def has_explicit_order(self) -> bool:
@@ -439,57 +365,24 @@ class _SessionCore:
 
     def events(self, ref: str | int | bytes) -> list[Event]:
         _check_ref(ref, "events")
-        return self.store.events(self.store.resolve_message(ref))
+        return self._store.events(self._store.resolve_message(ref))
 
     def _summary(self, message_id: int) -> MessageSummary | None:
         try:
-            folder = self.store.message_folder(message_id)
+            folder = self._store.message_folder(message_id)
         except MAPIError:
             return None
         if folder is None:
             return None
-        return next((m for m in self.store.list_messages(folder) if m.id == message_id), None)
+        return next((m for m in self._store.list_messages(folder) if m.id == message_id), None)
 
     def recipient_states(self, ref: str | int | bytes) -> list[RecipientStatus]:
         _check_ref(ref, "recipient_states")
-        return self.store.recipient_states(self.store.resolve_message(ref))
+        return self._store.recipient_states(self._store.resolve_message(ref))
 
     def recipient_report(self, ref: str | int | bytes) -> list[RecipientReport]:
         """Each recipient's outcome, or what it waits for and why (one row per recipient)."""
-        mid = self.store.resolve_message(ref)
-        message = self.store.open_message(mid)
-        states = {s.row_id: s for s in self.store.recipient_states(mid)}
-        entry = self.store.queue_entry(mid)
-        unsent = bool(int(message.get(T.PR_MESSAGE_FLAGS, 0) or 0) & MessageFlags.UNSENT)
-        out = []
-        for r in message.recipients:
-            st = states.get(r.row_id)
-            final = st is not None and st.state.final
-            report = RecipientReport(
-                row_id=r.row_id,
-                type=r.kind.name.lower(),
-                display_name=r.display_name,
-                address=r.address,
-                state=st.state.value if st is not None and final else "unsent" if unsent else "received",
-                transport=(st.transport or None) if st is not None else None,
-                outcome_time=st.outcome_time if st is not None else None,
-                report_text=r.get(T.PR_REPORT_TEXT),
-            )
-            if entry is not None and not final:
-                at_send_receive = entry.waiting_for is WaitKind.SEND_RECEIVE
-                why = (st.detail if st is not None else None) or entry.last_error or "queued for the spooler"
-                if entry.state is QueueState.HELD:
-                    why = f"held: {entry.hold_reason or 'by an operator'}"
-                report = replace(
-                    report,
-                    state="waiting",
-                    waiting_for=st.waiting_for if st is not None else None,
-                    why=why,
-                    next_attempt=None if at_send_receive else entry.next_attempt,
-                    at_send_receive=at_send_receive,
-                )
-            out.append(report)
-        return out
+        return self.engine.recipient_report(self._store.resolve_message(ref))
 
     def sender_identity(self) -> tuple[str, str]:
         """(display name, SMTP address) of the profile's user; default `user@localhost`."""
@@ -508,9 +401,9 @@ class _SessionCore:
     def submit(self, ref: str | int | bytes) -> None:
         """IMessage::SubmitMessage: stamps the sender and a Message-ID, then queues the message (one commit)."""
         _check_ref(ref, "submit")
-        mid = self.store.resolve_message(ref)
-        stamp = self._stamp(self.store.open_message(mid))
-        self.store.submit(mid, self.clock(), stamp)
+        mid = self._store.resolve_message(ref)
+        stamp = self._stamp(self._store.open_message(mid))
+        self._store.submit(mid, self.clock(), stamp)
 
     def submit_many(self, drafts: Iterable[Draft]) -> list[int]:
         """Save and submit several new messages with one durable commit (batch submission).
@@ -521,7 +414,7 @@ class _SessionCore:
         for draft in ready:
             _check(draft, Draft, "submit_many(): each draft")
         ids: list[int] = []
-        with self.store.batch():
+        with self._store.batch():
             for draft in ready:
                 ids.append(draft.submit())
         return ids
@@ -558,35 +451,35 @@ class _SessionCore:
         """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it
         was already sent; MAPI_E_UNABLE_TO_ABORT while a spooler holds it."""
         _check_ref(ref, "abort_submit")
-        self.store.abort_submit(self.store.resolve_message(ref), self.clock())
+        self._store.abort_submit(self._store.resolve_message(ref), self.clock())
 
     def queue(self) -> list[QueueEntry]:
         """The outgoing queue, oldest first: state, attempts, last error, next try."""
-        return self.store.queue()
+        return self._store.queue()
 
     def hold(self, ref: str | int | bytes, reason: str = "held by an operator") -> None:
         """Keep a queued message from being sent until release(); MAPI_E_NOT_IN_QUEUE if it is not queued."""
         _check_ref(ref, "hold")
         _check(reason, str, "hold(): the reason")
-        self.store.hold(self.store.resolve_message(ref), self.clock(), reason)
+        self._store.hold(self._store.resolve_message(ref), self.clock(), reason)
 
     def release(self, ref: str | int | bytes) -> None:
         """Release a held message: it is due at once."""
         _check_ref(ref, "release")
-        self.store.release_hold(self.store.resolve_message(ref), self.clock())
+        self._store.release_hold(self._store.resolve_message(ref), self.clock())
 
     def confirm_delivered(self, ref: str | int | bytes, detail: str = "confirmed delivered by an operator") -> str:
         """Finish a held message as delivered instead of sending it again (its outcome was unknown)."""
         _check_ref(ref, "confirm_delivered")
         _check(detail, str, "confirm_delivered(): the detail")
-        return self.store.confirm_delivered(self.store.resolve_message(ref), self.clock(), detail)
+        return self._store.confirm_delivered(self._store.resolve_message(ref), self.clock(), detail)
 
     def retry(self, ref: str | int | bytes | None = None) -> int:
         """Make a waiting message (or, with None, every one) due now, ignoring backoff."""
         if ref is not None:
             _check_ref(ref, "retry")
-        mid = None if ref is None else self.store.resolve_message(ref)
-        return self.store.retry_now(mid, self.clock())
+        mid = None if ref is None else self._store.resolve_message(ref)
+        return self._store.retry_now(mid, self.clock())
 
     def cancel(self, ref: str | int | bytes) -> None:
         """Cancel a queued message before it is sent (abort submit: it stays in the Outbox, unsent)."""
@@ -619,23 +512,15 @@ class _SessionCore:
         _check(policy, (Mapping, type(None)), "add_service(): policy")
         with self._lock:
             self._check_open()
-            service = self.profile.add_service(
+            return self.engine.add_service(
                 kind,
                 name,
-                dict(options or {}),
+                options or {},
                 prefer_last=prefer_last,
                 call_when_offline=call_when_offline,
-                **({} if poll_seconds is None else {"poll_seconds": poll_seconds}),
+                poll_seconds=poll_seconds,
+                policy=policy or {},
             )
-            service.policy = dict(policy or {})
-            try:
-                self._check_setup(service)
-            except MAPIError:
-                self.profile.remove_service(service.name)
-                raise
-            self.profile.save()
-            self._profile_changed()
-        return service
 
     def configure_service(
         self,
@@ -654,38 +539,15 @@ class _SessionCore:
         _check(policy, (Mapping, type(None)), "configure_service(): policy")
         with self._lock:
             self._check_open()
-            service = self.profile.service(name)
-            kind = provider_class(service.kind)
-            checked = kind.validate_options(dict(options)) if options is not None else service.options
-            if poll_seconds is not None and poll_seconds <= 0:
-                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "poll_seconds must be positive")
-            self._check_setup(replace(service, options=checked))
-            service.options = checked
-            if policy is not None:
-                service.policy = dict(policy)
-            if call_when_offline is not None:
-                service.call_when_offline = call_when_offline
-            if poll_seconds is not None:
-                service.poll_seconds = poll_seconds
-            self.profile.save()
-            self._profile_changed()
-        return service
-
-    def _check_setup(self, service: Service) -> None:
-        problems = provider_class(service.kind).setup_problems(service.options, self.profile.directory)
-        if problems:
-            raise MAPIError(
-                HResult.MAPI_E_UNCONFIGURED, f"transport {service.name!r} would not work here: {'; '.join(problems)}"
+            return self.engine.configure_service(
+                name, options=options, policy=policy, call_when_offline=call_when_offline, poll_seconds=poll_seconds
             )
 
     def remove_service(self, name: str) -> Service:
         _check(name, str, "remove_service(): the name")
         with self._lock:
             self._check_open()
-            service = self.profile.remove_service(name)
-            self.profile.save()
-            self._profile_changed()
-        return service
+            return self.engine.remove_service(name)
 
     def transport_order(self) -> list[Service]:
         self._check_open()
@@ -698,167 +560,151 @@ class _SessionCore:
             _check(t, (str, bytes), "set_transport_order(): each transport (a name or provider UID)")
         with self._lock:
             self._check_open()
-            self.profile.set_transport_order(transports)
-            self.profile.save()
-            self._profile_changed()
+            self.engine.set_transport_order(transports)
 
     def reset_transport_order(self) -> None:
         with self._lock:
             self._check_open()
-            self.profile.reset_transport_order()
-            self.profile.save()
-            self._profile_changed()
+            self.engine.reset_transport_order()
 
     def save_profile(self) -> None:
         """Save changes made to `session.profile` (groups, settings) and tell a running spooler."""
         with self._lock:
             self._check_open()
-            self.profile.save()
-            self._profile_changed()
+            self.engine.save_profile()
 
     def _check_open(self) -> None:
         if self.closed:
             raise MAPIError(HResult.MAPI_E_END_OF_SESSION, "the session is closed; log on again")
 
-    def _profile_changed(self) -> None:
-        """The next use logs on again with the new configuration; a running spooler daemon too.
-        Messages that wait for a misconfigured transport are looked at again at once."""
-        self._needs_relogon = True
-        self.store.wake(self.clock(), (WaitKind.UNCONFIGURED,))
-        self.store.bus.publish("config")
-
-    async def reload_configuration(self) -> None:
-        """Re-read the profile (another process changed it) and log on again."""
-        self.profile = self.profile.reload()
-        self._needs_relogon = True
-        await self._ensure_logged_on()
-
-    # --- transports (async implementations) ------------------------------------------------------
-    _needs_relogon = False
-
-    async def _ensure_logged_on(self) -> None:
+    # --- Send/Receive groups ------------------------------------------------------------------------
+    def groups(self) -> list[SendReceiveGroup]:
+        """The profile's Send/Receive groups; "All Accounts" (every transport) is always one of them."""
         self._check_open()
-        if self.transports.logged_on and not self._needs_relogon:
-            return
-        if self.transports.logged_on:
-            await self.transports.logoff_all()
-        self.transports = TransportTable(self.profile, self.store.connection_slots)
-        self.spooler = self._new_spooler(self.spooler.owner)
-        self._needs_relogon = False
-        await self.protocol.start()
+        return self.engine.groups()
 
-    async def _enum_adr_types(self) -> list[str]:
-        await self._ensure_logged_on()
-        return self.transports.enum_adr_types()
+    def group(self, name: str | None = None) -> SendReceiveGroup:
+        """The group of that name (default "All Accounts"); MAPI_E_NOT_FOUND naming the groups there are."""
+        _check(name, (str, type(None)), "group(): the name")
+        self._check_open()
+        return self.engine.group(name)
 
-    async def _route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
-        parsed = [parse_address(a) for a in addresses]  # checked by route()
-        await self._ensure_logged_on()
-        router = self.transports.router()
-        answers = []
-        for p in parsed:
-            plan = router.route(p.address_type, None, p.email_address)
-            answers.append(RouteAnswer(p, plan.offers, plan.skipped))
-        return answers
+    def edit_group(
+        self,
+        name: str,
+        *,
+        transports: Sequence[str] | None = None,
+        online: GroupChange | None = None,
+        offline: GroupChange | None = None,
+    ) -> tuple[SendReceiveGroup, bool]:
+        """Add a Send/Receive group, or change one: what is not given stays as it is. `transports`
+        names its transports, or is ["all"] for every transport (a new group's default). Returns the
+        group and whether it is new; a running spooler daemon uses it from its next start."""
+        _check(name, str, "edit_group(): the name")
+        if transports is not None:
+            _check_strings(transports, "edit_group", "transports")
+            for t in transports:
+                _check(t, str, "edit_group(): each transport")
+        _check(online, (GroupChange, type(None)), "edit_group(): online")
+        _check(offline, (GroupChange, type(None)), "edit_group(): offline")
+        with self._lock:
+            self._check_open()
+            return self.engine.edit_group(
+                name, transports=transports, online=online or GroupChange(), offline=offline or GroupChange()
+            )
 
-    async def _deliver(self, limit: int | None = None, stop: asyncio.Event | None = None) -> PassSummary:
-        await self._ensure_logged_on()
-        return await self.spooler.process_due(limit, stop=stop)
+    def remove_group(self, name: str) -> SendReceiveGroup:
+        """Remove a Send/Receive group; "All Accounts" cannot be removed (MAPI_E_NO_ACCESS), only changed."""
+        _check(name, str, "remove_group(): the name")
+        with self._lock:
+            self._check_open()
+            return self.engine.remove_group(name)
 
-    async def _status(self) -> list[StatusRow]:
-        await self._ensure_logged_on()
-        return self.status_table()
+    # --- the mode, the status table, the spooler daemon ---------------------------------------------
+    @property
+    def mode(self) -> Mode:
+        return self.engine.mode
+
+    @property
+    def online_stability_seconds(self) -> float:
+        """How long the connection must stay up after going online before the Outbox is flushed."""
+        return self.engine.online_stability_seconds
 
     def status_table(self) -> list[StatusRow]:
-        """The status table: the subsystem, the spooler, then one row per transport (§9.1)."""
-        waiting = self.store.count_waiting(WaitKind.SEND_RECEIVE)
-        subsystem = StatusRow(
-            "MAPI subsystem",
-            "postroom",
-            int(ResourceType.SUBSYSTEM),
-            StatusCode.AVAILABLE,
-            f"profile {self.profile.name}",
-        )
-        offline = self.profile.mode == "offline"
-        spooler = StatusRow(
-            "MAPI spooler",
-            "postroom spooler",
-            int(ResourceType.SPOOLER),
-            StatusCode.OFFLINE if offline else StatusCode.AVAILABLE,
-            ("offline" + (f", {waiting} message(s) waiting for Send/Receive" if waiting else ""))
-            if offline
-            else "online",
-            resource_methods=ResourceMethods.FLUSH_QUEUES | ResourceMethods.VALIDATE_STATE,
-        )
-        return [subsystem, spooler, *(t.status for t in self.transports.transports)]
+        """The status table as it is now, without logging on: subsystem, spooler, one row per transport."""
+        return self.engine.status_table()
 
     def publish_status(self) -> None:
         """Write the status table into the store so other processes (`postroom status`) see it."""
-        rows = [(r.display_name, status_row_dict(r)) for r in self.status_table()]
-        self.store.save_status_rows(self.spooler.owner, rows, self.clock())
+        self.engine.publish_status()
 
-    # --- mode, Send/Receive, inbound -------------------------------------------------------------
-    @property
-    def mode(self) -> str:
-        return self.profile.mode
+    def daemon_pid(self) -> int | None:
+        """The pid of the spooler daemon running on this profile, if one runs (its pid file says so)."""
+        return self.engine.daemon_pid()
 
-    async def _set_mode(self, mode: str) -> None:
+    def daemon_pid_file(self, *, force: bool = False) -> DaemonPidFile:
+        """The pid file of a spooler daemon about to run in this process (a context manager): it refuses
+        (MAPI_E_BUSY) while another daemon runs on the profile, unless `force`."""
+        _check(force, bool, "daemon_pid_file(): force")
+        return self.engine.daemon_pid_file(force)
+
+    # --- the async implementations both sessions run ------------------------------------------------
+    async def _enum_adr_types(self) -> list[str]:
         self._check_open()
-        if self.transports.logged_on:
-            await self.protocol.set_mode(mode)
-        else:
-            self.profile.set_mode(mode)
-            self.profile.save()
-            self.store.bus.publish("mode", mode=mode)
+        return await self.engine.enum_adr_types()
+
+    async def _route(self, addresses: Iterable[str]) -> list[RouteAnswer]:
+        parsed = [parse_address(a) for a in addresses]  # checked by route()
+        self._check_open()
+        return await self.engine.route(parsed)
+
+    async def _deliver(self, limit: int | None = None, stop: asyncio.Event | None = None) -> PassSummary:
+        self._check_open()
+        return await self.engine.deliver(limit, stop)
+
+    async def _status(self) -> list[StatusRow]:
+        self._check_open()
+        return await self.engine.status()
+
+    async def _status_report(self, here: bool) -> StatusReport:
+        self._check_open()
+        return await self.engine.status_report(here=here)
+
+    async def _set_mode(self, wanted: Mode | str) -> None:
+        self._check_open()
+        await self.engine.set_mode(Mode.parse(wanted))
 
     async def _send_receive(self, group: str | None = None, **kw: Any) -> SendReceiveSummary:
-        await self._ensure_logged_on()
-        return await self.protocol.send_receive(group, **kw)
+        self._check_open()
+        return await self.engine.send_receive(group, **kw)
 
     async def _flush(self, transport: str, stop: asyncio.Event | None = None) -> SendReceiveSummary:
-        """Deliver everything waiting for one transport now (postqueue -f for one transport)."""
-        await self._ensure_logged_on()
-        return await self.protocol.flush_transport(self.transports.by_name(transport), stop=stop)
+        self._check_open()
+        return await self.engine.flush(transport, stop)
 
     async def _receive(self) -> Received:
-        """Run the inbound side once: fetch what waits from every transport that may be called now.
-
-        A transport that could not log on, connect or fetch is named in the result's `errors`.
-        """
-        await self._ensure_logged_on()
-        total = 0
-        errors: list[str] = []
-        for t in self.transports.transports:
-            if not self.protocol.may_receive(t) or (t.logon is None and not t.receives):
-                continue
-            got = await self.protocol.receive_from(t)
-            total += got.received
-            if got.error:
-                errors.append(f"{t.name}: {got.error}")
-        return Received(total, errors)
+        self._check_open()
+        return await self.engine.receive()
 
     async def _validate_state(self) -> None:
-        """ValidateState on the spooler's row: log on again, re-read every registration."""
-        self._needs_relogon = True
-        self.profile = self.profile.reload()
-        await self._ensure_logged_on()
+        await self.engine.validate_state()
 
     async def _run_spooler(self, stop: asyncio.Event, on_pass: Callable[[PassSummary], None] | None = None) -> None:
-        await self._ensure_logged_on()
-        await self.protocol.run(stop, on_pass=on_pass)
+        self._check_open()
+        await self.engine.run_daemon(stop, on_pass)
 
     # --- receive folders -----------------------------------------------------------------------------
     def set_receive_folder(self, message_class: str, folder: str | int | None) -> None:
         """SetReceiveFolder: `IPM.Note.Fax` → "Faxes"; None removes the association."""
         _check(message_class, str, "set_receive_folder(): the message class")
         _check(folder, (str, int, type(None)), "set_receive_folder(): the folder")
-        self.store.set_receive_folder(message_class, None if folder is None else self.folder(folder).id)
+        self._store.set_receive_folder(message_class, None if folder is None else self.folder(folder).id)
 
     def receive_folders(self) -> list[tuple[str, Folder]]:
-        by_id = {f.id: f for f in self.store.folders()}
+        by_id = {f.id: f for f in self._store.folders()}
         rows = []
-        for cls, fid in sorted(self.store.receive_folders().items()):
-            folder = by_id.get(fid) or self.store.find_folder(fid)
+        for cls, fid in sorted(self._store.receive_folders().items()):
+            folder = by_id.get(fid) or self._store.find_folder(fid)
             rows.append((cls, folder))
         return rows
 
@@ -867,12 +713,9 @@ class _SessionCore:
         if self.closed:
             return
         try:
-            if self.transports.logged_on:
-                await self.transports.logoff_all()
+            await self.engine.close()
         finally:
             self.closed = True
-            store, self.store = self.store, cast(MessageStore, _ClosedStore())
-            store.close()
 
     # --- argument checks of the methods both sessions have ------------------------------------
     @staticmethod
@@ -905,7 +748,13 @@ class AsyncSession(_SessionCore):
     async def status(self) -> list[StatusRow]:
         return await self._status()
 
-    async def set_mode(self, mode: str) -> None:
+    async def status_report(self, *, here: bool = False) -> StatusReport:
+        """The status table to show and whose it is: the one a running spooler daemon published, or
+        (without a daemon, or `here`) this session's own after logging the transports on."""
+        _check(here, bool, "status_report(): here")
+        return await self._status_report(here)
+
+    async def set_mode(self, mode: Mode | str) -> None:
         _check(mode, str, "set_mode(): the mode")
         await self._set_mode(mode)
 
@@ -929,9 +778,9 @@ class AsyncSession(_SessionCore):
 
     async def new_mail(self) -> AsyncIterator[MessageSummary]:
         """New messages as they are delivered, by any process on this profile (fnevNewMail)."""
-        with self.store.bus.listen() as listener:
+        with self._store.bus.listen() as listener:
             async for note in listener:
-                if note.kind == "newmail":
+                if note.kind == NoteKind.NEWMAIL:
                     summary = self._summary(int(note.data.get("message_id", 0)))
                     if summary is not None:
                         yield summary
@@ -1009,7 +858,13 @@ class Session(_SessionCore):
         """The status table after logging on (subsystem, spooler, one row per transport)."""
         return self._run(self._status())
 
-    def set_mode(self, mode: str) -> None:
+    def status_report(self, *, here: bool = False) -> StatusReport:
+        """The status table to show and whose it is: the one a running spooler daemon published, or
+        (without a daemon, or `here`) this session's own after logging the transports on."""
+        _check(here, bool, "status_report(): here")
+        return self._run(self._status_report(here))
+
+    def set_mode(self, mode: Mode | str) -> None:
         """Go "online" or "offline" (persisted in the profile; a running spooler daemon follows)."""
         _check(mode, str, "set_mode(): the mode")
         self._run(self._set_mode(mode))
@@ -1042,10 +897,10 @@ class Session(_SessionCore):
 
         async def loop() -> None:
             done = stop or asyncio.Event()
-            with self.store.bus.listen() as listener:
+            with self._store.bus.listen() as listener:
                 while not done.is_set():
                     note = await listener.get(timeout=0.5)
-                    if note is not None and note.kind == "newmail":
+                    if note is not None and note.kind == NoteKind.NEWMAIL:
                         summary = self._summary(int(note.data.get("message_id", 0)))
                         if summary is not None:
                             callback(summary)
@@ -1082,6 +937,18 @@ def logon(
 ) -> Session:
     """Open a profile (the default one, created on first use, when None) and return a Session."""
     return Session(_open_profile(profile), clock=clock)
+
+
+def logon_when_usable(
+    profile: str | os.PathLike[str] | Profile | None,
+    stop: asyncio.Event,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> Session | None:
+    """logon(), once the store can be opened: a full or failing disk (StoreDiskTrouble) is waited out
+    with backoff, as a running spooler daemon waits it out; None when `stop` is set meanwhile. A store
+    that cannot be reached is an error at once (most likely a wrong URL, which waiting would hide)."""
+    return open_when_usable(lambda: logon(profile, clock=clock), stop)
 
 
 def alogon(

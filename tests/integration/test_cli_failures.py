@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import postroom
-from postroom.pidfile import DaemonPidFile, read_pid, running_daemon
+from postroom.engine.pidfile import DaemonPidFile, read_pid, running_daemon
 
 from support.cli import as_json, ok, one_line_error, popen, wait_for
 from support.cli import postroom as run
@@ -200,7 +200,7 @@ def test_an_expired_lease_is_shown_as_being_taken_back_and_cancel_and_retry_act_
     ids = [as_json(ok(run("send", "--later", "--to", f"u{n}@localhost", "-b", "x", "--json", profile=profile)))
            ["message_id"] for n in (1, 2)]  # fmt: skip
     with postroom.logon(profile) as session:
-        claimed = session.store.claim("elsewhere:1:gone", datetime.now(UTC), 0.05, 2)
+        claimed = session.engine.store.claim("elsewhere:1:gone", datetime.now(UTC), 0.05, 2)
     assert sorted(claimed) == sorted(ids)
     time.sleep(0.1)
     text = ok(run("queue", profile=profile)).stdout

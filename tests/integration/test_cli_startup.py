@@ -20,7 +20,7 @@ from postroom.cli.app import COMMANDS, cli
 pytestmark = pytest.mark.integration
 
 #: What only the commands that deliver, receive or open the store need.
-HEAVY = ("postroom.session", "postroom.store", "postroom.spooler", "postroom.protocol", "postroom.transports")
+HEAVY = ("postroom.session", "postroom.engine", "postroom.store", "postroom.spooler", "postroom.transports")
 HEAVY_STDLIB = ("asyncio", "sqlite3", "ssl", "importlib.metadata", "rich")
 COMMAND_MODULES = tuple(f"postroom.cli.{where.module}" for where in COMMANDS.values())
 

@@ -31,7 +31,7 @@ from tests.harness.spoolers import (
 )
 from tests.store.pgutil import require_server, temp_schema
 
-from postroom.transports.smtp import SLOT_WAIT_SECONDS
+from postroom.transports.smtp_pool import SLOT_WAIT_SECONDS
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 import postroom
+from postroom.engine.groups import SendReceiveGroup, save_group
+from postroom.engine.results import SendReceiveSummary
 from postroom.profile import Profile
-from postroom.protocol import SendReceiveGroup, SendReceiveSummary, save_group
 from postroom.spooler.outbound import NOT_CALLED_OFFLINE
 from postroom.store import RecipientState, WaitKind
 

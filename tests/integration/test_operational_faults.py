@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from postroom.pidfile import running_daemon
+from postroom.engine.pidfile import running_daemon
 
 from support.cli import as_json, ok, one_line_error, popen, wait_for
 from support.cli import postroom as run
@@ -30,7 +30,7 @@ def profile(tmp_path: Path) -> Path:
 STALLED_WRITER = """
 import sys, time, postroom
 session = postroom.logon(sys.argv[1])
-with session.store.batch():  # a writer stopped inside its transaction
+with session.engine.store.batch():  # a writer stopped inside its transaction
     session.create_message("stalled").to("x@localhost").submit()
     print("holding", flush=True)
     time.sleep(120)

@@ -53,9 +53,10 @@ from hypothesis.stateful import (
 )
 
 import postroom
+from postroom.engine.groups import DEFAULT_GROUP, SendReceiveGroup, save_group
+from postroom.engine.results import SendReceiveSummary
 from postroom.mapi.entryid import MAPIUID, make_entry_id
 from postroom.profile import Profile
-from postroom.protocol import DEFAULT_GROUP, SendReceiveGroup, SendReceiveSummary, save_group
 from postroom.spooler import PassSummary
 from postroom.spooler.outbound import NOT_CALLED_OFFLINE
 from postroom.store import RecipientState, WaitKind

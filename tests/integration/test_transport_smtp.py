@@ -523,9 +523,9 @@ def test_each_connection_holds_a_slot_until_it_closes(tmp_path: Path, start_serv
 def test_idle_connections_close_and_give_their_slot_back(
     tmp_path: Path, start_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import postroom.transports.smtp as smtp
+    import postroom.transports.smtp_pool as smtp_pool
 
-    monkeypatch.setattr(smtp, "IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(smtp_pool, "IDLE_SECONDS", 0.2)
     handler, port = start_server()
     logon = make_logon(tmp_path, port)
     slots = support_of(logon).slots
@@ -548,8 +548,9 @@ def test_slots_taken_elsewhere_make_the_message_wait(
     tmp_path: Path, start_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import postroom.transports.smtp as smtp
+    import postroom.transports.smtp_pool as smtp_pool
 
-    monkeypatch.setattr(smtp, "SLOT_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(smtp_pool, "SLOT_WAIT_SECONDS", 0.3)
     handler, port = start_server()
     logon = make_logon(tmp_path, port, connections=1)
     slots = support_of(logon).slots

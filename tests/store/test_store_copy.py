@@ -14,7 +14,8 @@ from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.message import Attachment, MessageData, Recipient
 from postroom.store import FolderRole, MessageStore, RecipientOutcome, RecipientState, WaitKind, open_store
-from postroom.store.copy import TABLES, StoreLocation, _open, copy_store, locate
+from postroom.store.copy import TABLES, _open
+from postroom.storeadmin import StoreLocation, copy_store, locate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -13,7 +13,8 @@ from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.message import MessageData
 from postroom.store import FolderRole, open_store
-from postroom.store.migrations import LATEST, migrate
+from postroom.store.migrations import LATEST
+from postroom.storeadmin import migrate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -141,9 +141,9 @@ def test_a_session_on_a_postgresql_profile_sends_mail(tmp_path: Path) -> None:
             mid = session.create_message("hello", "body").to("bob@localhost").submit()
             summary = session.deliver()
             assert summary.delivered == 1
-            assert session.store.message_folder(mid) in (
-                session.store.folder(FolderRole.SENT_ITEMS).id,
-                session.store.folder(FolderRole.OUTBOX).id,
+            assert session.engine.store.message_folder(mid) in (
+                session.engine.store.folder(FolderRole.SENT_ITEMS).id,
+                session.engine.store.folder(FolderRole.OUTBOX).id,
             )
             assert [e.kind for e in session.events(mid)][:2] == ["submitted", "delivered"]
         assert list((profile.directory / "maildir").rglob("*"))
@@ -167,7 +167,7 @@ def test_moving_a_profile_to_postgresql_with_the_cli(tmp_path: Path, capsys: pyt
     profile = Profile.create(tmp_path / "p")
     with postroom.logon(profile) as session:
         mid = session.create_message("moved", "body").to("bob@localhost").submit()
-        entry = session.store.entry_id_of(mid)
+        entry = session.engine.store.entry_id_of(mid)
     with temp_schema("cli") as url:
         assert run(["--profile", str(profile.directory), "store", "migrate", "--store", url]) == 0
         assert "Created the postgresql store" in capsys.readouterr().out
@@ -178,7 +178,7 @@ def test_moving_a_profile_to_postgresql_with_the_cli(tmp_path: Path, capsys: pyt
         moved = Profile.load(profile.directory)
         assert moved.store_url == url
         with postroom.logon(moved) as session:
-            assert session.store.resolve_message(entry) == mid
+            assert session.engine.store.resolve_message(entry) == mid
             assert session.deliver().delivered == 1
         # And back to a new SQLite file.
         back = tmp_path / "back.sqlite"

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from postroom import register_transport_kind
 from postroom.mapi import tags as T
 from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import EndMessageFlags, FlushFlags, LogonFlags, LogonResultFlags, NotifyFlags
-from postroom.profile import register_transport_kind
 from postroom.transports.spi import (
     InboundMessage,
     OutboundMessage,

@@ -218,8 +218,8 @@ UNCOUNTED = {"status_rows"}
 
 def row_counts(s: Session) -> dict[str, int]:
     """Rows in every table of the store (messages, recipients, attachments, events, …)."""
-    tables = [str(r[0]) for r in s.store._q("SELECT name FROM sqlite_master WHERE type='table'")]
-    return {t: int(s.store._q(f'SELECT count(*) FROM "{t}"')[0][0]) for t in tables if t not in UNCOUNTED}
+    tables = [str(r[0]) for r in s.engine.store._q("SELECT name FROM sqlite_master WHERE type='table'")]
+    return {t: int(s.engine.store._q(f'SELECT count(*) FROM "{t}"')[0][0]) for t in tables if t not in UNCOUNTED}
 
 
 def header_block(wire: bytes) -> list[bytes]:
@@ -442,7 +442,7 @@ def test_hostile_text_through_the_maildir_transport(session: Session) -> None:
         session.deliver()
         states = (
             [s.state.value for s in session.recipient_states(mid)]
-            if session.store._q("SELECT 1 FROM messages WHERE id=?", (mid,))
+            if session.engine.store._q("SELECT 1 FROM messages WHERE id=?", (mid,))
             else []
         )
         new = sorted(set(maildir.iterdir()) - seen) if maildir.is_dir() else []
@@ -694,7 +694,7 @@ def test_a_parsed_message_can_be_stored_and_sent_again(session: Session) -> None
         md = mime.from_mime(data)
         before = row_counts(session)
         try:
-            mid = session.store.create_message(session.outbox.id, md)
+            mid = session.engine.store.create_message(session.outbox.id, md)
         except MAPIError:
             branches.took("refused by the store")
             assert row_counts(session) == before

@@ -9,16 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import postroom
+from postroom.engine.groups import GroupSchedule, GroupSettings, SendReceiveGroup, load_groups, save_group
+from postroom.engine.protocol import OnlineTransition
 from postroom.mapi.flags import LogonFlags, NotifyFlags, StatusCode
 from postroom.profile import Profile
-from postroom.protocol import (
-    GroupSchedule,
-    GroupSettings,
-    OnlineTransition,
-    SendReceiveGroup,
-    load_groups,
-    save_group,
-)
 from postroom.store import WaitKind
 
 from support.clock import Clock
@@ -52,7 +46,7 @@ def test_offline_message_waits_in_the_outbox_until_send_receive(tmp_path: Path, 
         summary = s.deliver()
         assert submits(calls, "smtp") == 0
         assert summary.failed == 0 and summary.messages[0].offline
-        assert s.store.message_folder(mid) == s.outbox.id
+        assert s.engine.store.message_folder(mid) == s.outbox.id
         (entry,) = s.queue()
         assert entry.waiting_for is WaitKind.SEND_RECEIVE and entry.next_attempt is None
         assert all(flags & LogonFlags.NO_CONNECT for flags in logon_flags(calls, "smtp"))
@@ -63,7 +57,7 @@ def test_offline_message_waits_in_the_outbox_until_send_receive(tmp_path: Path, 
         result = s.send_receive()
         assert submits(calls, "smtp") == 1
         assert (result.sent, result.failed) == (1, 0) and result.ok
-        assert s.store.message_folder(mid) == s.sent_items.id
+        assert s.engine.store.message_folder(mid) == s.sent_items.id
         assert s.queue() == []
 
 
@@ -85,7 +79,7 @@ def test_going_online_flushes_only_after_the_stability_window(tmp_path: Path, ca
     with postroom.logon(offline_profile(tmp_path), clock=clock) as s:
         s.create_message("waits").to("a@x.test").submit()
         s.deliver()
-        pm = s.protocol
+        pm = s.engine.protocol
         pm.transition = OnlineTransition(5)
 
         async def go(mode: str) -> None:
@@ -104,7 +98,7 @@ def test_going_online_flushes_only_after_the_stability_window(tmp_path: Path, ca
         clock.advance(5)
         assert pm.transition.due(clock())
         assert not pm.transition.due(clock())  # once
-        assert s.store.wake(clock(), (WaitKind.SEND_RECEIVE,)) == 1
+        assert s.engine.store.wake(clock(), (WaitKind.SEND_RECEIVE,)) == 1
         s.deliver()
         assert submits(calls, "smtp") == 1 and s.queue() == []
 
@@ -203,7 +197,7 @@ def test_polling_respects_the_interval(tmp_path: Path, calls: Calls) -> None:
     profile.save()
     with postroom.logon(profile, clock=clock) as s:
         s.status()
-        pm = s.protocol
+        pm = s.engine.protocol
 
         def polls() -> int:
             return sum(1 for c in calls if c[1] == "poll")
@@ -254,9 +248,9 @@ def test_status_table_rows(tmp_path: Path, calls: Calls) -> None:
         assert spooler.status_code & StatusCode.OFFLINE
         assert "1 message(s) waiting for Send/Receive" in spooler.status_string
         assert rows[2].status_code & StatusCode.OFFLINE
-        assert s.store.status_rows() == []  # only a spooler daemon publishes its table
+        assert s.engine.store.status_rows() == []  # only a spooler daemon publishes its table
         s.publish_status()
-        published = s.store.status_rows()
+        published = s.engine.store.status_rows()
         assert [name for name, *_ in published] == ["MAPI subsystem", "MAPI spooler", "smtp", "fax"]
 
 
@@ -272,9 +266,9 @@ def test_daemon_wakes_on_submit_and_stops_cleanly(tmp_path: Path, calls: Calls) 
         mid = client.create_message("wake up").to("a@x.test").submit()
         for _ in range(100):  # woken by the notification, long before the 30 s safety scan
             await asyncio.sleep(0.02)
-            if client.store.recipient_states(mid)[0].state.final:
+            if client.engine.store.recipient_states(mid)[0].state.final:
                 break
-        assert client.store.recipient_states(mid)[0].state.value == "delivered"
+        assert client.engine.store.recipient_states(mid)[0].state.value == "delivered"
         stop.set()
         await asyncio.wait_for(task, 5)
         ends = [c[2] for c in calls if c[1] == "transport_notify"]
@@ -292,7 +286,7 @@ def test_validate_state_and_config_change_reread_registrations(tmp_path: Path, c
     with postroom.logon(profile) as s:
         assert s.enum_adr_types() == ["SMTP"]
         # A transport says its configuration changed (NOTIFY_CONFIG_CHANGE): AddressTypes is asked again.
-        t = s.transports.by_name("smtp")
+        t = s.engine.transports.by_name("smtp")
         t.service.options["address_types"] = ["X400"]
         assert t.provider is not None
         t.provider.context.support.spooler_notify(SpoolerNotifyFlags.CONFIG_CHANGE)

@@ -122,7 +122,7 @@ def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -
     policy = {"breaker_threshold": 3, "breaker_seconds": 600}
     profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
     with postroom.logon(profile, clock=clock) as s:
-        s.spooler.concurrency = 1
+        s.engine.spooler.concurrency = 1
         ids = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(10)]
         s.deliver()
         # Three network errors open the breaker; the other seven messages are not handed over at all.
@@ -141,7 +141,7 @@ def test_circuit_breaker_opens_probes_and_closes(tmp_path: Path, calls: Calls) -
         assert {r.display_name: r for r in s.status()}["smtp"].status_code & StatusCode.FAILURE
         assert len(s.queue()) == 10
         clock.advance(600)
-        s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
+        s.engine.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
         s.deliver()
         # Again exactly one probe; it succeeded and closed the breaker, and then every message went out,
         # each handed over once more.
@@ -172,7 +172,7 @@ def test_breaker_logic_probe_failure_reopens() -> None:
 def test_throttle_per_minute_makes_excess_wait(tmp_path: Path, calls: Calls) -> None:
     clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}, {"max_per_minute": 3}), clock=clock) as s:
-        s.spooler.concurrency = 1
+        s.engine.spooler.concurrency = 1
         ids = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(5)]
         summary = s.deliver()
         assert submits(calls) == 3 and summary.failed == 0
@@ -212,8 +212,8 @@ def test_deferred_send_and_cancel_before_due(tmp_path: Path, calls: Calls) -> No
         assert [q.id for q in s.queue()] == [later]
         clock.advance(300)
         s.deliver()
-        assert submits(calls) == 1 and s.store.message_folder(later) == s.sent_items.id
-        assert s.store.message_folder(undone) == s.outbox.id
+        assert submits(calls) == 1 and s.engine.store.message_folder(later) == s.sent_items.id
+        assert s.engine.store.message_folder(undone) == s.outbox.id
 
 
 def test_retry_now_ignores_backoff(tmp_path: Path, calls: Calls) -> None:
@@ -261,11 +261,11 @@ def test_a_poison_message_does_not_block_the_others(tmp_path: Path, calls: Calls
         ("smtp", {"address_types": ["SMTP"]}),
     )
     with postroom.logon(profile) as s:
-        s.spooler.concurrency = 1
+        s.engine.spooler.concurrency = 1
         poison = s.create_message("poison").to("X-POISON:boom").submit()
         good = [s.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(3)]
         s.deliver()
-        assert all(s.store.message_folder(m) == s.sent_items.id for m in [poison, *good])
+        assert all(s.engine.store.message_folder(m) == s.sent_items.id for m in [poison, *good])
         assert s.recipient_states(poison)[0].state.value == "failed"
 
 
@@ -274,7 +274,7 @@ def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, 
     clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}, crash_policy=policy), clock=clock) as s:
         mid = s.create_message("x").to("a@x.test").submit()
-        assert s.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message
+        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message
         s.deliver()
         assert submits(calls) == 0  # the lease has not run out yet
         clock.advance(61)
@@ -306,10 +306,10 @@ def test_an_idle_waiting_queue_does_not_spin(tmp_path: Path, calls: Calls) -> No
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
-        before = session.protocol.iterations
+        before = session.engine.daemon.iterations
         calls_before = submits(calls)
         await asyncio.sleep(1.5)
-        spins = session.protocol.iterations - before
+        spins = session.engine.daemon.iterations - before
         stop.set()
         await asyncio.wait_for(task, 5)
         await session.close()
@@ -419,7 +419,7 @@ def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Pa
         for n in range(30):
             s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
         await s.deliver(limit=0)  # log on
-        summary = await s.spooler.process_due(max_seconds=0.15)
+        summary = await s.engine.spooler.process_due(max_seconds=0.15)
         left = len(s.queue())
         await s.close()
         return summary.processed, summary.cut_short, left
@@ -435,7 +435,7 @@ def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: 
     policy = {"breaker_threshold": 2, "breaker_seconds": 600}
     profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
     with postroom.logon(profile, clock=clock) as s:
-        s.spooler.concurrency = 1
+        s.engine.spooler.concurrency = 1
         for n in range(30):
             s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
         s.deliver()
@@ -449,7 +449,7 @@ def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: 
         assert sum(q.attempts for q in s.queue()) - claims <= 2 * 5
         assert submits(calls) <= 4
         clock.advance(200)  # the rest is over
-        s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
+        s.engine.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
         before = submits(calls)
         s.deliver()
         assert s.queue() == []  # the probe worked: the parked backlog was woken and sent in the same pass
@@ -461,7 +461,7 @@ def test_one_message_probes_a_paused_transport_however_many_workers(tmp_path: Pa
     policy = {"breaker_threshold": 2, "breaker_seconds": 600}
     profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
     with postroom.logon(profile, clock=clock) as s:
-        assert s.spooler.concurrency == 4
+        assert s.engine.spooler.concurrency == 4
         for n in range(12):
             s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
         s.deliver()
@@ -471,7 +471,7 @@ def test_one_message_probes_a_paused_transport_however_many_workers(tmp_path: Pa
         s.deliver()
         assert submits(calls) == opened + 1  # one probe, which fails: the breaker opens again
         clock.advance(601)
-        s.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
+        s.engine.transports.by_name("smtp").logon.provider.context.options["answer"] = "ok"  # type: ignore[union-attr,index]
         s.deliver()
         # A message a worker parked while another's probe closed the breaker is due at once, not in 6 h.
         assert all(q.next_attempt is None or q.next_attempt <= clock() for q in s.queue())

@@ -67,3 +67,10 @@ def test_steps_are_a_common_order_for_all_recipients() -> None:
     for adrtype, uid in [("SMTP", UID_A), ("SMTP", UID_B), ("FAX", None), ("SMTP", None)]:
         steps = [o.step for o in router.offers(adrtype, uid)]
         assert steps == sorted(steps)
+
+
+def test_offers_sort_in_routing_order_the_uid_pass_first() -> None:
+    router = Router([("early", Registration.of("SMTP")), ("late", Registration.none(uids=[UID_A]))])
+    offers = router.offers("SMTP", UID_A)
+    assert sorted(reversed(offers)) == list(offers)
+    assert [o.step for o in offers] == [(0, 1), (1, 0)]

@@ -122,7 +122,7 @@ def test_leftovers_get_an_ndr_with_the_original_attached(tmp_path: Path, calls: 
         assert all(T.PR_RESPONSIBILITY not in r for r in original.recipients)
         assert original.attachments[0].read_all() == b"a,b\n1,2\n"
         # The sent message itself went to Sent Items.
-        assert s.store.message_folder(mid) == s.sent_items.id
+        assert s.engine.store.message_folder(mid) == s.sent_items.id
 
 
 def test_no_ndr_when_the_originator_asked_for_none(tmp_path: Path, calls: Calls) -> None:
@@ -192,7 +192,7 @@ def test_fate_after_sending(tmp_path: Path, calls: Calls, sentmail: bool, delete
             assert err.value.code == HResult.MAPI_E_NOT_FOUND
         else:
             folder = s.sent_items if fate == "sentmail" else s.outbox
-            assert s.store.message_folder(mid) == folder.id
+            assert s.engine.store.message_folder(mid) == folder.id
             flags = s.open_message(mid)[T.PR_MESSAGE_FLAGS]
             assert not flags & (MessageFlags.SUBMIT | MessageFlags.UNSENT)
         assert s.queue() == []
@@ -211,7 +211,7 @@ def test_submit_rules(tmp_path: Path, calls: Calls) -> None:
         assert all(r.responsibility is False for r in data.recipients)
         assert T.PR_CLIENT_SUBMIT_TIME in data and T.PR_INTERNET_MESSAGE_ID in data
         with pytest.raises(MAPIError) as err:
-            s.store.set_props(mid, {T.PR_SUBJECT: "changed"})
+            s.engine.store.set_props(mid, {T.PR_SUBJECT: "changed"})
         assert err.value.code == HResult.MAPI_E_SUBMITTED
 
 
@@ -220,16 +220,16 @@ def test_abort_submit_answers(tmp_path: Path, calls: Calls) -> None:
     with postroom.logon(profile) as s:
         removed = s.create_message("undo me").to("a@x.test").submit()
         s.abort_submit(removed)  # removed
-        assert s.queue() == [] and s.store.message_folder(removed) == s.outbox.id
+        assert s.queue() == [] and s.engine.store.message_folder(removed) == s.outbox.id
         assert not s.open_message(removed)[T.PR_MESSAGE_FLAGS] & MessageFlags.SUBMIT
 
         locked = s.create_message("in flight").to("a@x.test").submit()
-        assert s.store.claim("another-spooler", s.clock(), 60) == [locked]
+        assert s.engine.store.claim("another-spooler", s.clock(), 60) == [locked]
         with pytest.raises(MAPIError) as err:
             s.abort_submit(locked)
         assert err.value.code == HResult.MAPI_E_UNABLE_TO_ABORT
         assert s.open_message(locked)[T.PR_SUBMIT_FLAGS] & 1  # SUBMITFLAG_LOCKED shown while held
-        s.store.release(locked, "another-spooler", s.clock(), None, None)
+        s.engine.store.release(locked, "another-spooler", s.clock(), None, None)
 
         s.deliver()
         with pytest.raises(MAPIError) as err:
@@ -257,7 +257,7 @@ def test_wait_holds_only_that_transports_recipients(tmp_path: Path, calls: Calls
         before = len(submissions(calls, "smtp"))
         s.deliver()
         assert len(submissions(calls, "smtp")) == before
-        assert s.store.message_folder(first) == s.outbox.id
+        assert s.engine.store.message_folder(first) == s.outbox.id
 
 
 def test_busy_and_network_error_wait(tmp_path: Path, calls: Calls) -> None:
@@ -329,7 +329,7 @@ def test_preprocessors_run_only_for_their_transports_messages_in_order(tmp_path:
     seen: list[tuple[str, str]] = []
     with postroom.logon(profile) as s:
         s.enum_adr_types()  # log on
-        fax = s.transports.by_name("fax")
+        fax = s.engine.transports.by_name("fax")
 
         def cover_page(msg: OutboundMessage) -> None:
             seen.append(("cover", msg.data.subject))
@@ -349,7 +349,7 @@ def test_preprocessors_run_only_for_their_transports_messages_in_order(tmp_path:
 def test_oldest_message_first(tmp_path: Path, calls: Calls) -> None:
     profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}))
     with postroom.logon(profile) as s:
-        s.spooler.concurrency = 1
+        s.engine.spooler.concurrency = 1
         for n in range(5):
             s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
         s.deliver()
@@ -375,9 +375,9 @@ def test_two_sessions_never_process_one_message_twice(tmp_path: Path, calls: Cal
 
     ON_SUBMIT.append(meet)
     with postroom.logon(profile) as a, postroom.logon(profile) as b:
-        a.spooler.concurrency = b.spooler.concurrency = 1
+        a.engine.spooler.concurrency = b.engine.spooler.concurrency = 1
         ids = [a.create_message(f"m{n}").to(f"r{n}@x.test").submit() for n in range(20)]
-        a.store.claim("a-spooler-that-died", a.clock(), 3600, 3)  # three are held by someone else
+        a.engine.store.claim("a-spooler-that-died", a.clock(), 3600, 3)  # three are held by someone else
         with ThreadPoolExecutor(max_workers=1) as pool:
             in_a = pool.submit(a.deliver)
             rb = b.deliver()

@@ -105,7 +105,7 @@ def test_the_daemon_rides_out_a_store_outage(
     async def scenario() -> None:
         daemon = postroom.alogon(Profile.load(profile.directory))
         client = postroom.alogon(Profile.load(profile.directory))
-        outage = Outage(daemon.store, monkeypatch)
+        outage = Outage(daemon.engine.store, monkeypatch)
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run_spooler(stop))
         await asyncio.sleep(0.2)
@@ -145,13 +145,13 @@ def test_a_stop_during_an_outage_ends_the_daemon_at_once(
 
     async def scenario() -> None:
         daemon = postroom.alogon(Profile.load(profile.directory))
-        outage = Outage(daemon.store, monkeypatch)
+        outage = Outage(daemon.engine.store, monkeypatch)
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run_spooler(stop))
         await asyncio.sleep(0.2)
         outage.down = True
-        assert daemon.protocol.wakeup is not None
-        daemon.protocol.wakeup.set()
+        assert daemon.engine.protocol.wakeup is not None
+        daemon.engine.protocol.wakeup.set()
         assert await until(lambda: outage.failures > 0, 2)  # now it waits 1 s before trying again
         stop.set()
         await asyncio.wait_for(task, 0.5)  # without waiting for the backoff to end
@@ -168,7 +168,7 @@ def test_other_errors_still_end_the_daemon(
 
     async def scenario() -> None:
         daemon = postroom.alogon(Profile.load(profile.directory))
-        outage = Outage(daemon.store, monkeypatch)
+        outage = Outage(daemon.engine.store, monkeypatch)
         outage.error = lambda: error
         outage.down = True
         with pytest.raises(type(error)) as raised:
@@ -193,24 +193,24 @@ def test_an_outcome_that_could_not_be_written_leaves_the_claim_to_run_out(
     async def scenario() -> None:
         s = postroom.alogon(Profile.load(profile.directory), clock=clock)
         mid = s.create_message("x").to("a@x.test").submit()
-        finish = s.store.finish
+        finish = s.engine.store.finish
 
         def unreachable_finish(*args: Any) -> str:
             raise unreachable()
 
-        monkeypatch.setattr(s.store, "finish", unreachable_finish)
+        monkeypatch.setattr(s.engine.store, "finish", unreachable_finish)
         with pytest.raises(MAPIError) as raised:
             await s.deliver()
         assert raised.value.code == HResult.MAPI_E_NETWORK_ERROR
-        processor = s.spooler.processor
+        processor = s.engine.spooler.processor
         assert processor._unflushed == {} and processor.in_flight == set()
         assert processor.commit._pending == [] and not processor.commit._scheduled
         assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []  # no lease renewer left
         (entry,) = s.queue()
-        assert entry.lease_owner == s.spooler.owner  # still claimed: its outcome is unknown to the store
+        assert entry.lease_owner == s.engine.spooler.owner  # still claimed: its outcome is unknown to the store
         assert submits(calls) == 1
 
-        monkeypatch.setattr(s.store, "finish", finish)
+        monkeypatch.setattr(s.engine.store, "finish", finish)
         assert (await s.deliver()).processed == 0  # the lease has not run out yet
         clock.advance(61)
         summary = await s.deliver()
@@ -234,7 +234,7 @@ def test_a_pass_cut_short_with_outcomes_unwritten_stops_renewing_the_lease(
     async def scenario() -> None:
         s = postroom.alogon(Profile.load(profile.directory), clock=clock)
         s.create_message("x").to("a@x.test", "FAX:1").submit()
-        breaker_state = s.store.breaker_state
+        breaker_state = s.engine.store.breaker_state
 
         def breaker_state_unreachable(name: str) -> dict[str, Any]:
             if name == "fax":
@@ -244,13 +244,13 @@ def test_a_pass_cut_short_with_outcomes_unwritten_stops_renewing_the_lease(
         def record_outcomes_unreachable(*args: Any) -> None:
             raise unreachable()
 
-        monkeypatch.setattr(s.store, "breaker_state", breaker_state_unreachable)
-        monkeypatch.setattr(s.store, "record_outcomes", record_outcomes_unreachable)
+        monkeypatch.setattr(s.engine.store, "breaker_state", breaker_state_unreachable)
+        monkeypatch.setattr(s.engine.store, "record_outcomes", record_outcomes_unreachable)
         with pytest.raises(MAPIError) as raised:
             await s.deliver()
         assert raised.value.code == HResult.MAPI_E_NETWORK_ERROR
         assert submits(calls) == 1  # smtp delivered; fax was never called
-        processor = s.spooler.processor
+        processor = s.engine.spooler.processor
         assert processor._unflushed == {} and processor.in_flight == set()
         assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []  # no lease renewer left
         await s.close()
@@ -268,7 +268,7 @@ def test_a_message_this_process_still_delivers_is_not_taken_over_by_itself(tmp_p
         s = postroom.alogon(Profile.load(profile.directory), clock=clock)
         await s.deliver()  # logged on: the session's spooler is the one that will claim
         mid = s.create_message("x").to("a@x.test").submit()
-        processor = s.spooler.processor
+        processor = s.engine.spooler.processor
         processor.in_flight.add(mid)  # as if a worker were still in the transport with it
         summary = await s.deliver()
         assert summary.processed == 0 and submits(calls) == 0

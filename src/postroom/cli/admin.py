@@ -10,13 +10,10 @@ from typing import Any
 
 import click
 
+from .. import POLICY_HELP, Profile, Service, StatusRow, StatusSource, check_policy, transport_kinds
 from ..mapi.flags import ResourceType, StatusCode
-from ..pidfile import running_daemon
-from ..profile import Profile, Service, transport_kinds
-from ..spooler.policy import POLICY_HELP, DeliveryPolicy
 from .context import App, json_option, pass_app
 from .output import redact, when
-from .spool import owner_pid
 
 
 def service_data(service: Service, position: int | None = None) -> dict[str, Any]:
@@ -106,12 +103,6 @@ def _settings(texts: tuple[str, ...], hint: str) -> dict[str, Any]:
     return values
 
 
-def checked_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    """Validate with DeliveryPolicy.from_options; keep the given keys, as numbers of the right type."""
-    checked = DeliveryPolicy.from_options(policy)
-    return {key: getattr(checked, key) for key in policy}
-
-
 set_option = click.option(
     "--set",
     "settings",
@@ -174,7 +165,7 @@ def service_add(
         --call-when-offline --policy max_per_hour=60
     """
     options = _settings(settings, "--set")
-    policy = checked_policy(_settings(policies, "--policy"))
+    policy = check_policy(_settings(policies, "--policy"))
     session = app.session()
     added = session.add_service(
         kind,
@@ -247,7 +238,7 @@ def service_set(
     svc = session.configure_service(
         name,
         options=options if settings else None,
-        policy=checked_policy(policy),
+        policy=check_policy(policy),
         call_when_offline=call_when_offline,
         poll_seconds=poll_seconds,
     )
@@ -346,7 +337,7 @@ def service_kinds(app: App) -> None:
 def _show_order(app: App) -> None:
     session = app.session()
     order = session.transport_order()
-    explicit = session.profile.explicit_order is not None
+    explicit = session.has_explicit_order()
     if app.json:
         app.out.document({"explicit": explicit, "transports": [service_data(s, n) for n, s in enumerate(order, 1)]})
         return
@@ -495,31 +486,18 @@ def _resource_type(value: int) -> str:
         return str(value)
 
 
-def _row(
-    name: str,
-    resource_type: int,
-    provider: str,
-    code: int,
-    text: str,
-    identity: str,
-    last_error: str,
-    last_error_time: datetime | str | None,
-) -> dict[str, Any]:
-    if isinstance(last_error_time, str):
-        try:
-            last_error_time = datetime.fromisoformat(last_error_time)
-        except ValueError:
-            last_error_time = None
+def _row(r: StatusRow) -> dict[str, Any]:
+    code = int(r.status_code)
     return {
-        "name": name,
-        "type": _resource_type(resource_type),
-        "provider": provider,
+        "name": r.display_name,
+        "type": _resource_type(r.resource_type),
+        "provider": r.provider_display,
         "status_code": code,
         "status": [n for n in _status_names(code).split(", ") if n != "-"],
-        "status_string": text,
-        "identity": identity,
-        "last_error": last_error,
-        "last_error_time": last_error_time,
+        "status_string": r.status_string,
+        "identity": r.identity,
+        "last_error": r.last_error,
+        "last_error_time": r.last_error_time,
     }
 
 
@@ -551,57 +529,28 @@ def status(app: App, here: bool) -> None:
     transports on itself. Either way a line says who published the table and when.
     """
     session = app.session()
-    published = session.store.status_rows()  # before our own logon replaces it
-    daemon = running_daemon(session.profile.directory)
-    owner = published[0][3] if published else None
-    published_at = max((r[2] for r in published), default=None)
-    by_daemon = daemon is not None and owner is not None and owner_pid(owner) == daemon
     now = datetime.now(UTC)
-    if by_daemon and not here:
-        source = "daemon"
-        rows = [
-            _row(
-                str(row.get("display_name", name)),
-                int(row.get("resource_type", 0)),
-                str(row.get("provider_display", "")),
-                int(row.get("status_code", 0)),
-                str(row.get("status_string", "")),
-                str(row.get("identity", "")),
-                str(row.get("last_error", "")),
-                row.get("last_error_time"),
-            )
-            for name, row, _, _ in published
-        ]
-    else:
-        source = "this command"
-        rows = [
-            _row(
-                r.display_name,
-                r.resource_type,
-                r.provider_display,
-                int(r.status_code),
-                r.status_string,
-                r.identity,
-                r.last_error,
-                r.last_error_time,
-            )
-            for r in session.status()
-        ]
+    report = session.status_report(here=here)
+    rows = [_row(r) for r in report.rows]
+    daemon = report.daemon_pid
+    published = report.published
+    by_daemon = published is not None and published.by_daemon
+    published_at = published.time if published is not None else None
     publication = (
         {
-            "owner": owner,
+            "owner": published.owner,
             "time": published_at,
             "age_seconds": round((now - published_at).total_seconds(), 3) if published_at else None,
             "by_daemon": by_daemon,
         }
-        if owner is not None
+        if published is not None
         else None
     )
     if app.json:
         app.out.document(
             {
-                "mode": session.mode,
-                "source": source,
+                "mode": report.mode,
+                "source": report.source,
                 "daemon": {"running": daemon is not None, "pid": daemon},
                 "published": publication,
                 "rows": rows,
@@ -626,7 +575,7 @@ def status(app: App, here: bool) -> None:
     app.out.echo()
     if daemon is None:
         app.out.echo("Spooler daemon: not running (`postroom spooler` starts it); rows from this command's logon.")
-    elif by_daemon and not here:
+    elif report.source is StatusSource.DAEMON:
         assert published_at is not None
         app.out.echo(
             f"Spooler daemon: running (pid {daemon}); it published these rows at {when(published_at)} "
@@ -634,8 +583,8 @@ def status(app: App, here: bool) -> None:
         )
     else:
         app.out.echo(f"Spooler daemon: running (pid {daemon}); rows from this command's logon.")
-    if publication is not None and not by_daemon and published_at is not None:
+    if published is not None and not by_daemon and published_at is not None:
         app.out.echo(
-            f"Before this command the table was published by {owner} at {when(published_at)} "
+            f"Before this command the table was published by {published.owner} at {when(published_at)} "
             f"({_age((now - published_at).total_seconds())})."
         )

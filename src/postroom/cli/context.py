@@ -81,6 +81,15 @@ class App:
             self._session = logon(self.profile())
         return self._session
 
+    def session_when_usable(self, stop: asyncio.Event) -> Session | None:
+        """The session, once its store can be opened: a full or failing disk is waited out (the spooler
+        daemon's start); None when `stop` is set meanwhile."""
+        from ..session import logon_when_usable  # start-up: see target_dir
+
+        if self._session is None:
+            self._session = logon_when_usable(self.profile(), stop)
+        return self._session
+
     def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:

@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
+from .. import Mode, QueueEntry, QueueState, Session, WaitKind
 from ..mapi import tags as T
 from ..mapi.flags import MessageFlags
 from ..mapi.message import MessageData
-from ..session import Session
-from ..store import QueueEntry, QueueState, WaitKind
 from .context import App, json_option, pass_app
 from .output import jsonable, next_try, when
 from .props import message_props, prop_rows
@@ -34,7 +33,7 @@ def queue_state(q: QueueEntry, now: datetime) -> str:
     return q.state.value
 
 
-def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
+def waiting_text(q: QueueEntry, now: datetime, mode: Mode = Mode.OFFLINE) -> str:
     """Why a queued message is not being sent now, and until when."""
     if q.state is QueueState.HELD:
         return f"held: {q.hold_reason or 'by an operator'} (`postroom release {q.id}`)"
@@ -44,7 +43,7 @@ def waiting_text(q: QueueEntry, now: datetime, mode: str = "offline") -> str:
         return "being delivered now"
     if q.waiting_for is WaitKind.SEND_RECEIVE:
         of = f" of {', '.join(q.waiting_transports)}" if q.waiting_transports else ""
-        if mode == "offline":
+        if mode is Mode.OFFLINE:
             return f"waiting for Send/Receive{of} (offline)"
         return f"waiting for Send/Receive{of} (parked while offline; `postroom sendreceive` sends it)"
     if q.waiting_for is WaitKind.UNCONFIGURED:
@@ -226,8 +225,8 @@ def show(app: App, ref: str, props: bool) -> None:
         _show_props(app, message, mid)
         return
     events = session.events(mid)
-    fid = session.store.message_folder(mid)
-    folder = session.folder(fid).name if fid is not None else None
+    where = session.message_folder(mid)
+    folder = where.name if where is not None else None
     recipients = recipient_rows(session, mid)
     attachments = [
         {
@@ -242,7 +241,7 @@ def show(app: App, ref: str, props: bool) -> None:
     flags = int(message.get(T.PR_MESSAGE_FLAGS, 0) or 0)
     envelope = {
         "id": mid,
-        "entry_id": session.store.entry_id_of(mid),
+        "entry_id": session.entry_id(mid),
         "folder": folder,
         "message_class": message.message_class,
         "subject": message.subject,
@@ -283,7 +282,7 @@ def show(app: App, ref: str, props: bool) -> None:
     pairs += [
         ("Message-ID", str(envelope["message_id_header"] or "-")),
         ("Flags", _flags(flags)),
-        ("Entry ID", session.store.entry_id_of(mid).hex().upper()),
+        ("Entry ID", session.entry_id(mid).hex().upper()),
     ]
     out.fields(pairs)
     out.echo()

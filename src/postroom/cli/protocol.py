@@ -11,12 +11,18 @@ from typing import Any, TypeVar
 
 import click
 
-from ..mapi.codes import HResult, MAPIError
-from ..pidfile import running_daemon
-from ..protocol import DEFAULT_GROUP, GroupSettings, SendReceiveGroup, find_group, load_groups, save_group
-from ..session import Session
-from ..spooler import LoadedTransport
-from ..store import MessageSummary, WaitKind
+from .. import (
+    DEFAULT_GROUP,
+    GroupChange,
+    GroupSettings,
+    LoadedTransport,
+    MessageSummary,
+    Mode,
+    SendReceiveGroup,
+    Session,
+    WaitKind,
+)
+from ..mapi.codes import HResult, MAPIError, NotFound
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
 from .output import jsonable, when
 from .queueops import flush_counts, flush_data, flush_lines
@@ -26,13 +32,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 # --- online / offline ----------------------------------------------------------------------------
 
 
-def _mode_change(app: App, mode: str) -> None:
+def _mode_change(app: App, mode: Mode) -> None:
     session = app.session()
     previous = session.mode
     session.set_mode(mode)
     waiting = sum(1 for q in session.queue() if q.waiting_for is WaitKind.SEND_RECEIVE)
     callers = [s.name for s in session.services() if s.call_when_offline]
-    daemon = running_daemon(session.profile.directory)
+    daemon = session.daemon_pid()
     if app.json:
         app.out.document(
             {
@@ -45,7 +51,7 @@ def _mode_change(app: App, mode: str) -> None:
         )
         return
     was = f" (was {previous})" if previous != mode else " (already)"
-    if mode == "offline":
+    if mode is Mode.OFFLINE:
         app.out.echo(f"Offline{was}.")
         text = "Submitted messages wait in the Outbox for `postroom sendreceive`"
         if callers:
@@ -54,11 +60,10 @@ def _mode_change(app: App, mode: str) -> None:
         return
     app.out.echo(f"Online{was}. Submitted messages go out at once.")
     if waiting:
-        stability = session.profile.settings.get("online_stability_seconds", 5)
         if daemon is not None:
             app.out.echo(
                 f"{waiting} message(s) wait for Send/Receive: the spooler daemon (pid {daemon}) sends them once "
-                f"the connection has stayed up {stability} s."
+                f"the connection has stayed up {session.online_stability_seconds:g} s."
             )
         else:
             app.out.echo(
@@ -77,7 +82,7 @@ def online(app: App) -> None:
     waiting from an offline period are sent by the daemon once the connection has stayed up
     a few seconds (a short blip flushes nothing), or now by `postroom sendreceive`.
     """
-    _mode_change(app, "online")
+    _mode_change(app, Mode.ONLINE)
 
 
 @click.command()
@@ -90,7 +95,7 @@ def offline(app: App) -> None:
     those added with --call-when-offline (they are called at once, even offline). Waiting
     for Send/Receive is not a failure: nothing gets an NDR for it.
     """
-    _mode_change(app, "offline")
+    _mode_change(app, Mode.OFFLINE)
 
 
 # --- Send/Receive --------------------------------------------------------------------------------
@@ -145,10 +150,6 @@ class _Progress:
             self.app.out.echo(f"{name}: {label}")
 
 
-def _group_or_default(session: Session, name: str | None) -> SendReceiveGroup:
-    return find_group(session.profile, name or DEFAULT_GROUP)
-
-
 @click.command()
 @click.option("--group", "group_name", default=None, metavar="NAME", help=f'The group (default "{DEFAULT_GROUP}").')
 @click.option("--send-only", is_flag=True, help="Only send what waits in the Outbox.")
@@ -168,7 +169,7 @@ def sendreceive(ctx: click.Context, app: App, group_name: str | None, send_only:
     if send_only and receive_only:
         raise click.UsageError("give --send-only or --receive-only, not both", ctx)
     session = app.session()
-    group = _group_or_default(session, group_name)
+    group = session.group(group_name)
     mode = session.mode
     settings = group.settings(mode)
     members = group.members(session.profile)
@@ -239,7 +240,7 @@ def group() -> None:
 def group_list(app: App) -> None:
     """List the Send/Receive groups and their online and offline settings."""
     session = app.session()
-    groups = load_groups(session.profile)
+    groups = session.groups()
     if app.json:
         app.out.document([_group_data(session, g) for g in groups])
         return
@@ -283,17 +284,6 @@ def mode_options(fn: F) -> F:
     return fn
 
 
-def _apply(
-    settings: GroupSettings, include: bool | None, send: bool | None, receive: bool | None, every: float | None
-) -> GroupSettings:
-    return GroupSettings(
-        include=settings.include if include is None else include,
-        send=settings.send if send is None else send,
-        receive=settings.receive if receive is None else receive,
-        every_minutes=settings.every_minutes if every is None else every,
-    )
-
-
 @group.command("add")
 @click.argument("name")
 @click.option(
@@ -326,31 +316,18 @@ def group_add(
     A running spooler daemon uses the change from its next start.
     """
     session = app.session()
-    profile = session.profile
-    name = name.strip()
-    if not name:
-        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "a group needs a name")
-    existing = next((g for g in load_groups(profile) if g.name.lower() == name.lower()), None)
-    base = existing or SendReceiveGroup(name)
-    members = base.transports
-    if transports is not None:
-        names = [t.strip() for t in transports.split(",") if t.strip()]
-        if not names:
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "--transports names no transport (or `all`)")
-        members = None if [n.lower() for n in names] in (["all"], ["*"]) else names
-    updated = SendReceiveGroup(
-        name=base.name,
-        transports=members,
-        online=_apply(base.online, online_include, online_send, online_receive, online_every),
-        offline=_apply(base.offline, offline_include, offline_send, offline_receive, offline_every),
+    updated, created = session.edit_group(
+        name,
+        transports=None if transports is None else transports.split(","),
+        online=GroupChange(online_include, online_send, online_receive, online_every),
+        offline=GroupChange(offline_include, offline_send, offline_receive, offline_every),
     )
-    save_group(profile, updated)
-    session.save_profile()
+    members = updated.transports
     if app.json:
-        app.out.document({"group": _group_data(session, updated), "created": existing is None})
+        app.out.document({"group": _group_data(session, updated), "created": created})
         return
-    verb = "Added" if existing is None else "Changed"
-    who = ", ".join(updated.members(profile)) or "no transports"
+    verb = "Added" if created else "Changed"
+    who = ", ".join(updated.members(session.profile)) or "no transports"
     app.out.echo(f"{verb} Send/Receive group {updated.name!r}: {who}" + (" (all)" if members is None else ""))
     app.out.echo(f"  online:  {_settings_text(updated.online)}")
     app.out.echo(f"  offline: {_settings_text(updated.offline)}")
@@ -362,16 +339,7 @@ def group_add(
 @pass_app
 def group_remove(app: App, name: str) -> None:
     """Remove a Send/Receive group ("All Accounts" cannot be removed, only redefined)."""
-    session = app.session()
-    profile = session.profile
-    found = find_group(profile, name)
-    if found.name.lower() == DEFAULT_GROUP.lower():
-        raise MAPIError(
-            HResult.MAPI_E_NO_ACCESS,
-            f"the group {DEFAULT_GROUP!r} cannot be removed; change it with `postroom group add '{DEFAULT_GROUP}' …`",
-        )
-    profile.groups = [g for g in profile.groups if str(g.get("name", "")).lower() != found.name.lower()]
-    session.save_profile()
+    found = app.session().remove_group(name)
     if app.json:
         app.out.document({"removed": found.name})
         return
@@ -400,7 +368,7 @@ def receive(ctx: click.Context, app: App) -> None:
         app.out.echo(f"Received {int(got)} message(s).")
         for error in got.errors:
             app.out.echo(f"  failed: {error}")
-        if session.mode == "offline":
+        if session.mode is Mode.OFFLINE:
             app.out.echo("Offline: only call-when-offline transports were called; `postroom sendreceive` fetches all.")
     if not got.ok:
         ctx.exit(1)
@@ -446,8 +414,8 @@ def receive_folder_set(app: App, message_class: str, folder: str, create: bool) 
     session = app.session()
     try:
         target = session.folder(folder)
-    except MAPIError as exc:
-        if exc.code != HResult.MAPI_E_NOT_FOUND or not create:
+    except NotFound:
+        if not create:
             raise
         target = session.create_folder(folder)
     session.set_receive_folder(message_class, target.id)

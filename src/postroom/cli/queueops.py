@@ -8,19 +8,16 @@ from typing import Any
 
 import click
 
+from .. import Mode, QueueEntry, QueueState, SendReceiveSummary, Session, TransportFlush, WaitKind
 from ..mapi.codes import MAPIError
-from ..pidfile import running_daemon
-from ..protocol import SendReceiveSummary, TransportFlush
-from ..session import Session
-from ..store import QueueEntry, QueueState, WaitKind
 from .context import App, interruptible, json_option, pass_app
 
 
 def _who_sends(session: Session) -> str:
     """The end of a "due now" line: who will send it."""
-    if running_daemon(session.profile.directory) is not None:
+    if session.daemon_pid() is not None:
         return "the running spooler daemon sends it"
-    if session.mode == "offline":
+    if session.mode is Mode.OFFLINE:
         return "offline: `postroom sendreceive` sends it"
     return "`postroom spooler --once` sends it (no spooler daemon is running)"
 

@@ -10,12 +10,11 @@ from typing import Any
 
 import click
 
+from .. import Draft, EventKind, MessageResult, Mode, PassSummary, Session
 from ..mapi import tags as T
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError, NotFound
 from ..mapi.flags import RecipientType, StatusCode
 from ..mapi.message import MessageData, Recipient
-from ..session import Draft, Session
-from ..spooler import MessageResult, PassSummary
 from .context import App, CliError, interruptible, json_option, pass_app
 from .messages import recipient_rows, waiting_detail
 from .output import when
@@ -341,19 +340,17 @@ def _report_delivery(
     try:
         recipients = recipient_rows(session, mid)
         events = session.events(mid)
-    except MAPIError as exc:
-        if exc.code != HResult.MAPI_E_NOT_FOUND:
-            raise
+    except NotFound:
         # Deleted once handled (PR_DELETE_AFTER_SUBMIT): the pass's outcomes still say what happened.
         recipients = _outcome_report(draft_recipients, result) if result is not None else []
         events = []
-    reports = [e.detail for e in events if e.kind == "report"]
+    reports = [e.detail for e in events if e.kind == EventKind.REPORT]
     if recipients:
         failed = any(r["state"] in ("failed", "expired") for r in recipients)
     else:
         failed = bool(result and result.failed)
     finished = result.finished if result is not None else None
-    offline = any(r["state"] == "waiting" for r in recipients) and session.mode == "offline"
+    offline = any(r["state"] == "waiting" for r in recipients) and session.mode is Mode.OFFLINE
     if app.json:
         doc: dict[str, Any] = {
             "message_id": mid,

@@ -4,50 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import time
 from datetime import datetime
 from typing import Any
 
 import click
 
-from ..mapi.codes import HResult, MAPIError
-from ..pidfile import DaemonPidFile
-from ..session import Session
-from ..spooler import PassSummary
-from ..spooler.outage import StoreOutage
+from .. import PassSummary
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
-
-
-def open_when_usable(app: App, stop: asyncio.Event) -> Session | None:
-    """The daemon's session, once its store can be opened: a full or failing disk at start-up is
-    waited out as it is while running (None: stopped meanwhile). A database that cannot be reached
-    at start is still an error at once: most likely a wrong URL, which waiting would only hide."""
-    outage = StoreOutage()
-    while True:
-        try:
-            return app.session()
-        except MAPIError as exc:
-            if exc.code not in (HResult.MAPI_E_NOT_ENOUGH_DISK, HResult.MAPI_E_DISK_ERROR):
-                raise
-            deadline = time.monotonic() + outage.failed(exc, time.monotonic())
-            while time.monotonic() < deadline:
-                if stop.is_set():
-                    return None
-                time.sleep(0.1)
-
-
-# --- the pid file ------------------------------------------------------------------------------
-
-
-def owner_pid(owner: str) -> int | None:
-    """The pid in a spooler owner name (`host:pid:suffix`) when it is on this host."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    return int(pid_text)
-
 
 # --- output ------------------------------------------------------------------------------------
 
@@ -136,10 +99,10 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
 
     # The handlers go in first: a SIGTERM while the transports log on still stops cleanly.
     with stop_on_signals(stop):
-        daemon_session = open_when_usable(app, stop)
+        daemon_session = app.session_when_usable(stop)
         if daemon_session is None:
             return  # stopped while the store could not be opened
-        with DaemonPidFile(daemon_session.profile.directory, force) as held:
+        with daemon_session.daemon_pid_file(force=force) as held:
             if held.note:
                 click.echo(f"postroom: {held.note}", err=True)
             if not app.json:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ..profile import Profile
-from ..store.copy import copy_store, locate
-from ..store.migrations import migrate as migrate_store
+from ..storeadmin import copy_store, locate
+from ..storeadmin import migrate as migrate_store
 from .context import App, CliError, json_option, pass_app
 
 

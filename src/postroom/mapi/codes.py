@@ -1,12 +1,23 @@
-"""MAPI result codes (HRESULTs) and the exception that carries them.
+"""MAPI result codes (HRESULTs) and the exceptions that carry them.
 
 Errors keep their MAPI code so someone who knows MAPI recognises them, and the
-message says in plain words what went wrong.
+message says in plain words what went wrong. Where callers branch on a code, the code has
+its own subclass, so they catch a class instead of comparing codes; `MAPIError(code, …)`
+makes the subclass of its code by itself, so no raise can forget it:
+
+    MAPIError                  any MAPI code; `.code`, `.message`, `.hresult`
+    ├── ArgumentTypeError      MAPI_E_INVALID_PARAMETER for an argument of the wrong type (a TypeError too)
+    ├── NotFound               MAPI_E_NOT_FOUND: no such message, folder, service, profile, …
+    ├── ProviderFailed         MAPI_E_FAILONEPROVIDER: skip this provider alone, the service goes on
+    └── StoreUnavailable       the message store cannot be used for now; nothing is lost by waiting
+        ├── StoreUnreachable   MAPI_E_NETWORK_ERROR: a shared store (PostgreSQL) does not answer
+        └── StoreDiskTrouble   MAPI_E_NOT_ENOUGH_DISK, MAPI_E_DISK_ERROR: the disk under it is full or failing
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any, ClassVar
 
 
 class HResult(IntEnum):
@@ -48,6 +59,21 @@ class HResult(IntEnum):
 class MAPIError(Exception):
     """An error with a MAPI code: `MAPI_E_NOT_FOUND: no transport named 'fax'`."""
 
+    #: The subclass that stands for each code (see the module docstring).
+    by_code: ClassVar[dict[HResult, type[MAPIError]]] = {}
+    codes: ClassVar[tuple[HResult, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for code in cls.__dict__.get("codes", ()):
+            MAPIError.by_code[code] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MAPIError:
+        if cls is MAPIError:
+            code = args[0] if args else kwargs.get("code")
+            cls = MAPIError.by_code.get(code, MAPIError) if isinstance(code, HResult) else MAPIError
+        return super().__new__(cls)
+
     def __init__(self, code: HResult, message: str = "") -> None:
         self.code = code
         self.message = message or code.name
@@ -64,3 +90,32 @@ class ArgumentTypeError(MAPIError, TypeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(HResult.MAPI_E_INVALID_PARAMETER, message)
+
+
+class NotFound(MAPIError):
+    """MAPI_E_NOT_FOUND: no such message, folder, service, transport, group or profile."""
+
+    codes = (HResult.MAPI_E_NOT_FOUND,)
+
+
+class ProviderFailed(MAPIError):
+    """MAPI_E_FAILONEPROVIDER: this provider cannot work now and is skipped alone (spec §2.1)."""
+
+    codes = (HResult.MAPI_E_FAILONEPROVIDER,)
+
+
+class StoreUnavailable(MAPIError):
+    """The message store cannot be used for now. Each failed transaction was rolled back whole,
+    so a spooler daemon waits it out (spooler/outage.py) instead of stopping."""
+
+
+class StoreUnreachable(StoreUnavailable):
+    """MAPI_E_NETWORK_ERROR: a shared store (PostgreSQL) does not answer."""
+
+    codes = (HResult.MAPI_E_NETWORK_ERROR,)
+
+
+class StoreDiskTrouble(StoreUnavailable):
+    """MAPI_E_NOT_ENOUGH_DISK or MAPI_E_DISK_ERROR: the disk under the store is full or failing."""
+
+    codes = (HResult.MAPI_E_NOT_ENOUGH_DISK, HResult.MAPI_E_DISK_ERROR)

@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import logging
 
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import MAPIError, StoreUnavailable, StoreUnreachable
 
 log = logging.getLogger("postroom.spooler")
 
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
-
-
-#: Store errors the daemon waits out: unreachable (a shared store), or its disk full or failing.
-#: Nothing is lost meanwhile: each failed transaction was rolled back whole.
-PASSING_TROUBLE = frozenset({HResult.MAPI_E_NETWORK_ERROR, HResult.MAPI_E_NOT_ENOUGH_DISK, HResult.MAPI_E_DISK_ERROR})
 
 
 def store_unreachable(exc: BaseException) -> bool:
@@ -32,7 +27,7 @@ def store_unreachable(exc: BaseException) -> bool:
     Transports' network errors never get here: the spooler turns them into their recipients'
     retries, so in the daemon loop these codes can only come from the store.
     """
-    return isinstance(exc, MAPIError) and exc.code in PASSING_TROUBLE
+    return isinstance(exc, StoreUnavailable)
 
 
 def retry_delay(failures: int, first: float = FIRST_RETRY_SECONDS, cap: float = MAX_RETRY_SECONDS) -> float:
@@ -65,7 +60,7 @@ class StoreOutage:
         text = exc.message if isinstance(exc, MAPIError) else str(exc)
         if self.since is None:
             self.since = now
-            self.word = "reachable" if getattr(exc, "code", None) == HResult.MAPI_E_NETWORK_ERROR else "usable"
+            self.word = "reachable" if isinstance(exc, StoreUnreachable) else "usable"
             log.warning("message store un%s: %s; retrying in %g s", self.word, text, delay)
         else:
             gone = now - self.since

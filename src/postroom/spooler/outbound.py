@@ -23,10 +23,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..mapi import tags as T
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError, StoreUnreachable
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..store.base import (
+    EventKind,
     LeaseLost,
     MessageStore,
     RecipientOutcome,
@@ -266,9 +267,7 @@ class OutboundProcessor:
             except LeaseLost:
                 log.error("lost the lease on message %s while delivering it", message_id)
                 return
-            except MAPIError as exc:
-                if exc.code != HResult.MAPI_E_NETWORK_ERROR:
-                    raise
+            except StoreUnreachable as exc:
                 # The store is unreachable: the delivery goes on, and its own next write meets the outage.
                 log.debug("could not renew the lease on message %s: %s", message_id, exc.message)
 
@@ -428,12 +427,20 @@ class OutboundProcessor:
         text = f"outcome unknown: spooler {previous} stopped while it held this message"
         if self.settings.crash_policy == "hold":
             await self.write(
-                self.store.add_event, message_id, now, "outcome-unknown", text + "; held for an operator (policy hold)"
+                self.store.add_event,
+                message_id,
+                now,
+                EventKind.OUTCOME_UNKNOWN,
+                text + "; held for an operator (policy hold)",
             )
             await self.write(self.store.hold, message_id, now, text, self.owner)
             return False
         await self.write(
-            self.store.add_event, message_id, now, "outcome-unknown", text + "; resending with the same Message-ID"
+            self.store.add_event,
+            message_id,
+            now,
+            EventKind.OUTCOME_UNKNOWN,
+            text + "; resending with the same Message-ID",
         )
         return True
 
@@ -478,7 +485,7 @@ class OutboundProcessor:
         hours = self.settings.delay_warning_hours
         if not hours or self.clock() < first_try + timedelta(hours=hours):
             return
-        if any(e.kind == "delay-warning" for e in self.store.events(message_id)):
+        if any(e.kind == EventKind.DELAY_WARNING for e in self.store.events(message_id)):
             return
         now = self.clock()
         entry = self.store.queue_entry(message_id)
@@ -487,7 +494,11 @@ class OutboundProcessor:
         report = delay_report(message, rows, now)
         await self.write(self.store.deliver_message, self._report_folder(message, report.message_class), report, now)
         await self.write(
-            self.store.add_event, message_id, now, "delay-warning", f"{len(rows)} recipient(s) delayed for {hours:g} h"
+            self.store.add_event,
+            message_id,
+            now,
+            EventKind.DELAY_WARNING,
+            f"{len(rows)} recipient(s) delayed for {hours:g} h",
         )
 
     async def wake_probes(self) -> None:
@@ -641,7 +652,7 @@ class OutboundProcessor:
                 summary = error_summary(exc)
                 log.warning("transport %s raised on message %s: %s", transport.name, message_id, summary)
                 await self.write(
-                    self.store.add_event, message_id, self.clock(), "transport-error", summary, transport.name
+                    self.store.add_event, message_id, self.clock(), EventKind.TRANSPORT_ERROR, summary, transport.name
                 )
                 result.errors.append(f"{transport.name}: {summary}")
                 for p in mine:
@@ -682,7 +693,7 @@ class OutboundProcessor:
                     self.store.add_event,
                     message_id,
                     self.clock(),
-                    "resend-later",
+                    EventKind.RESEND_LATER,
                     "transport asked to resend later" + (f": {said}" if said else ""),
                     transport.name,
                 )
@@ -693,7 +704,7 @@ class OutboundProcessor:
                     self.store.add_event,
                     message_id,
                     self.clock(),
-                    "deferred",
+                    EventKind.DEFERRED,
                     "the transport keeps the message until it notifies SENTDEFERRED",
                     transport.name,
                 )
@@ -717,7 +728,7 @@ class OutboundProcessor:
                 self.store.add_event,
                 message_id,
                 self.clock(),
-                "not-me" if code == HResult.MAPI_E_NOT_ME else "cancel",
+                EventKind.NOT_ME if code == HResult.MAPI_E_NOT_ME else EventKind.CANCEL,
                 text,
                 transport.name,
             )
@@ -727,7 +738,9 @@ class OutboundProcessor:
         policy = self.policy_of(transport)
         if code == HResult.MAPI_E_UNCONFIGURED:
             transport.status.failed(f"misconfigured: {answer.reason}")
-            await self.write(self.store.add_event, message_id, self.clock(), "unconfigured", text, transport.name)
+            await self.write(
+                self.store.add_event, message_id, self.clock(), EventKind.UNCONFIGURED, text, transport.name
+            )
             return _Wait(
                 UNCONFIGURED_RECHECK_SECONDS,
                 f"{transport.name} misconfigured: {answer.reason}",
@@ -742,7 +755,9 @@ class OutboundProcessor:
             delay = answer.wait_seconds if answer.wait_seconds > 0 else policy.backoff(failures)
         else:
             # Any other code: the message is released unsaved for this transport; try the next one.
-            await self.write(self.store.add_event, message_id, self.clock(), "transport-error", text, transport.name)
+            await self.write(
+                self.store.add_event, message_id, self.clock(), EventKind.TRANSPORT_ERROR, text, transport.name
+            )
             for p in mine:
                 p.last_error = f"transport {transport.name} answered {text}"
                 p.index += 1
@@ -762,9 +777,16 @@ class OutboundProcessor:
                 transport.status.failed(
                     f"paused (circuit breaker) until {from_epoch(state['open_until']):%Y-%m-%d %H:%M:%S}: {text}"
                 )
-                await self.write(self.store.add_event, message_id, self.clock(), "circuit-open", text, transport.name)
+                await self.write(
+                    self.store.add_event, message_id, self.clock(), EventKind.CIRCUIT_OPEN, text, transport.name
+                )
         await self.write(
-            self.store.add_event, message_id, self.clock(), "wait", f"{text}; retry in {delay:g} s", transport.name
+            self.store.add_event,
+            message_id,
+            self.clock(),
+            EventKind.WAIT,
+            f"{text}; retry in {delay:g} s",
+            transport.name,
         )
         return _Wait(delay, f"{transport.name}: {text}", detail=answer.reason or text)
 

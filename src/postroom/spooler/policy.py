@@ -121,3 +121,10 @@ def breaker_probe(state: BreakerState, now: float, owner: str, probe_seconds: fl
 def breaker_closed(state: BreakerState) -> BreakerState | None:
     """After a success: closed ({}), or None when it was closed already (nothing to write)."""
     return {} if state else None
+
+
+def check_policy(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy settings given, checked as DeliveryPolicy.from_options checks them, as numbers of
+    the right type (MAPI_E_INVALID_PARAMETER for an unknown key or a bad value)."""
+    policy = DeliveryPolicy.from_options(options)
+    return {key: getattr(policy, key) for key in options}

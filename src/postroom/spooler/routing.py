@@ -17,30 +17,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 
 from ..transports.spi import Registration
 
-UID_PASS = 0
-ADDRTYPE_PASS = 1
+
+class RoutingPass(StrEnum):
+    """How a transport matched a recipient: by the provider UID in its entry ID, or by its address
+    type. The UID pass comes first, whatever the transport order."""
+
+    UID = "UID"
+    ADDRESS_TYPE = "address type"
+
+    @property
+    def rank(self) -> int:
+        return 0 if self is RoutingPass.UID else 1
+
+
+UID_PASS = RoutingPass.UID
+ADDRTYPE_PASS = RoutingPass.ADDRESS_TYPE
 
 
 @dataclass(frozen=True, order=True)
 class Offer:
-    """One place in a recipient's routing: offer it to `transport` at this step."""
+    """One place in a recipient's routing: offer it to `transport` at this step (offers sort in
+    routing order: "UID" sorts before "address type", as the UID pass comes first)."""
 
-    pass_kind: int  # UID_PASS or ADDRTYPE_PASS
+    pass_kind: RoutingPass
     position: int  # the transport's position in transport order
     transport: str
 
     @property
     def matched_by(self) -> str:
-        return "UID" if self.pass_kind == UID_PASS else "address type"
+        return self.pass_kind.value
 
     @property
     def step(self) -> tuple[int, int]:
         """Global order of steps: every recipient's offers are a subsequence of it."""
-        return (self.pass_kind, self.position)
+        return (self.pass_kind.rank, self.position)
 
 
 @dataclass(frozen=True)

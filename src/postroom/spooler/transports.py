@@ -18,10 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError, ProviderFailed
 from ..mapi.flags import LogoffFlags, LogonFlags, NotifyFlags, ResourceType, SpoolerNotifyFlags, StatusCode
-from ..profile import Profile, Service, provider_class
+from ..profile import Profile, Service
 from ..store.slots import ConnectionSlots, LocalSlots
+from ..transports.registry import provider_class
 from ..transports.spi import (
     Preprocessor,
     ProviderContext,
@@ -229,7 +230,7 @@ class TransportTable:
             t.logon.transport_notify(NotifyFlags.BEGIN_OUTBOUND | NotifyFlags.BEGIN_INBOUND)
         except MAPIError as exc:
             t.logon = None
-            if exc.code == HResult.MAPI_E_FAILONEPROVIDER:
+            if isinstance(exc, ProviderFailed):
                 t.status.failed(f"provider skipped for this session: {exc}")
             else:
                 t.status.failed(f"message service disabled for this session: {exc}")

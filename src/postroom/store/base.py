@@ -17,7 +17,9 @@ from typing import IO, Any
 
 from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
+from .receive import match_receive_folder
 from .slots import ConnectionSlots
+from .words import StoredWords
 
 
 class FolderRole(StrEnum):
@@ -162,12 +164,40 @@ class RecipientStatus:
     detail: str | None = None  # pending: why it waits, in that transport's words
 
 
+class EventKind(StoredWords):
+    """What one line of a message's history says happened."""
+
+    SUBMITTED = "submitted"
+    WAITING = "waiting"  # a pass left recipients waiting (its detail says for what)
+    WAIT = "wait"  # a transport said wait (MAPI_E_WAIT, busy, a network error)
+    NOT_ME = "not-me"  # a transport left the whole message to the next one
+    CANCEL = "cancel"  # a transport cancelled its part of the message
+    RESEND_LATER = "resend-later"
+    DEFERRED = "deferred"  # the transport keeps the message until it notifies SENTDEFERRED
+    UNCONFIGURED = "unconfigured"
+    TRANSPORT_ERROR = "transport-error"
+    CIRCUIT_OPEN = "circuit-open"
+    DELIVERED = "delivered"  # a recipient's outcome (RecipientState)
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REPORT = "report"  # an NDR, DR or delay report was stored
+    DELAY_WARNING = "delay-warning"
+    OUTCOME_UNKNOWN = "outcome-unknown"  # a spooler died while a transport had the message
+    GIVEN_BACK = "given-back"  # a spooler gave its claim back
+    HELD = "held"
+    RELEASED = "released"
+    CONFIRMED_DELIVERED = "confirmed-delivered"
+    ABORTED = "aborted"  # AbortSubmit
+    FINISHED = "finished"  # left the queue: moved, left or deleted
+    RECEIVED = "received"  # came in (inbound)
+
+
 @dataclass(frozen=True)
 class Event:
     """One line of a message's history (`postroom show ID`)."""
 
     time: datetime
-    kind: str
+    kind: EventKind | str  # a str only for a kind this postroom does not know (written by another)
     transport: str | None
     detail: str
 
@@ -427,7 +457,7 @@ class MessageStore(abc.ABC):
     # --- history --------------------------------------------------------------------------
     @abc.abstractmethod
     def add_event(
-        self, message_id: int, now: datetime, kind: str, detail: str, transport: str | None = None
+        self, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
     ) -> None: ...
 
     @abc.abstractmethod
@@ -444,6 +474,4 @@ class MessageStore(abc.ABC):
 
     def get_receive_folder(self, message_class: str) -> tuple[int, str]:
         """The folder for the longest dotted prefix of the class (case-insensitive), and that prefix."""
-        from .receive import match_receive_folder
-
         return match_receive_folder(self.receive_folders(), message_class)

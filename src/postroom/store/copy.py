@@ -14,7 +14,6 @@ is not copied.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
+from . import open_store
 from .sqlbase import CHUNK
+from .urls import StoreLocation, redact_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -78,49 +79,6 @@ class CopyReport:
     rows: dict[str, int] = field(default_factory=dict)
     attachment_bytes: int = 0
     store_uid: str = ""
-
-
-# --- where a store is -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StoreLocation:
-    """A store named on the command line: a postgresql:// URL, a profile directory, or an SQLite file."""
-
-    target: str  # URL or file path
-    password_env: str | None = None
-    profile_dir: Path | None = None
-
-    @property
-    def postgres(self) -> bool:
-        from . import is_postgres_url
-
-        return is_postgres_url(self.target)
-
-    @property
-    def label(self) -> str:
-        from . import redact_url
-
-        return redact_url(self.target) if self.postgres else self.target
-
-
-def locate(name: str | os.PathLike[str]) -> StoreLocation:
-    """A postgresql:// URL as is; a profile directory by its `store` setting; else an SQLite file path."""
-    from ..profile import PROFILE_FILE, Profile
-    from . import check_store_location, is_postgres_url
-
-    text = os.fspath(name)
-    if is_postgres_url(text):
-        return StoreLocation(text.strip())
-    check_store_location(text)
-    path = Path(text).expanduser()
-    if (path / PROFILE_FILE).is_file():
-        profile = Profile.load(path)
-        url = profile.store_url
-        if url is not None:
-            return StoreLocation(url, profile.store_password_env, path)
-        return StoreLocation(str(profile.store_path), None, path)
-    if path.is_dir():
-        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"{path} is a directory without a profile.toml")
-    return StoreLocation(str(path))
 
 
 # --- one side of a copy -------------------------------------------------------------------------
@@ -279,7 +237,6 @@ class _PgSide(_Side):
     def __init__(self, url: str, password_env: str | None, *, write: bool) -> None:
         import psycopg
 
-        from . import redact_url
         from .postgres import connection_kwargs
 
         self.label = redact_url(url)
@@ -408,8 +365,6 @@ def _open(location: StoreLocation, *, write: bool) -> _Side:
 
 def _prepare(location: StoreLocation) -> None:
     """Open the store once the normal way: it gets its schema (and migrations) before the raw copy."""
-    from . import open_store
-
     open_store(location.target, password_env=location.password_env).close()
 
 

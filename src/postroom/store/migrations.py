@@ -26,11 +26,8 @@ History:
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
@@ -230,54 +227,3 @@ def older_schema(where: str, version: int) -> MAPIError:
         f"{where} has store schema {version}, this postroom needs {LATEST}: stop every postroom process "
         "that uses it, then run `postroom store migrate` (it is migrated in one transaction)",
     )
-
-
-# --- `postroom store migrate` ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class MigrationReport:
-    store: str  # where, with any password removed
-    kind: str  # "sqlite" or "postgresql"
-    before: int | None  # None: the store did not exist (it was created)
-    after: int
-
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
-
-
-def sqlite_version(path: str | os.PathLike[str]) -> int | None:
-    """The schema version of an SQLite store file, without changing it (None: no store there)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=30.0)
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        db.close()
-    return int(row[0]) if row else None
-
-
-def migrate(target: str | os.PathLike[str], *, password_env: str | None = None) -> MigrationReport:
-    """Create or migrate the store at `target` (a postgresql:// URL or an SQLite file) to LATEST."""
-    from . import check_store_location, is_postgres_url, redact_url
-
-    if isinstance(target, str) and is_postgres_url(target):
-        from .postgres import PostgresStore
-
-        store = PostgresStore(target, password_env=password_env, migrate=True)
-        try:
-            return MigrationReport(redact_url(target), "postgresql", store.migrated_from, LATEST)
-        finally:
-            store.close()
-    from .sqlite import SQLiteStore
-
-    check_store_location(target)
-    folder = Path(target).expanduser().parent
-    if not folder.is_dir():  # a typo in --store must not leave a tree of new directories behind
-        raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no directory {folder} for the SQLite store {target}")
-    before = sqlite_version(target)
-    SQLiteStore(target).close()
-    return MigrationReport(str(target), "sqlite", before, LATEST)

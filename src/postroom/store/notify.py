@@ -21,14 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .words import StoredWords
+
 MAX_DATAGRAM = 8192
+
+
+class NoteKind(StoredWords):
+    """What a store notification tells its listeners."""
+
+    SUBMITTED = "submitted"  # a message was submitted: the spooler has work
+    QUEUE = "queue"  # the queue changed otherwise (released, retried, woken, given back)
+    NEWMAIL = "newmail"  # a message was delivered into a folder (fnevNewMail)
+    MODE = "mode"  # the profile went online or offline
+    CONFIG = "config"  # services, transport order or groups changed
 
 
 @dataclass(frozen=True)
 class Notification:
-    """One store event: `kind` is "submitted", "newmail", "mode", "flush", "queue"."""
+    """One store event, and what it is about (`message_id`, `mode`, …)."""
 
-    kind: str
+    kind: NoteKind | str  # a str only for a kind this postroom does not know (sent by another)
     data: dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
@@ -38,7 +50,7 @@ class Notification:
     def decode(cls, raw: bytes) -> Notification | None:
         try:
             obj = json.loads(raw)
-            return cls(str(obj["kind"]), dict(obj.get("data") or {}))
+            return cls(NoteKind.read(str(obj["kind"])), dict(obj.get("data") or {}))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -49,7 +61,7 @@ class NotificationBus:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def publish(self, kind: str, **data: Any) -> None:
+    def publish(self, kind: NoteKind, **data: Any) -> None:
         """Send to every listener; never raises (a notification is a hint, the store is the truth)."""
         if not self.directory.is_dir():
             return

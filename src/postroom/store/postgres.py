@@ -42,11 +42,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID
-from . import is_postgres_url, redact_secrets, redact_url
 from .migrations import LATEST, newer_schema, older_schema, postgres_version, upgrade_postgres
-from .notify import Listener, Notification, NotificationBus
+from .notify import Listener, NoteKind, Notification, NotificationBus
 from .slots import AdvisorySlots
 from .sqlbase import CHUNK, SQLMessageStore, create_default_folders, exactly, read_chunks
+from .urls import is_postgres_url, redact_secrets, redact_url
 
 log = logging.getLogger("postroom.store")
 
@@ -109,7 +109,7 @@ class PgNotificationBus(NotificationBus):
         self._store = store
         self.channel = channel
 
-    def publish(self, kind: str, **data: Any) -> None:
+    def publish(self, kind: NoteKind, **data: Any) -> None:
         """Notify every listener; never raises (a notification is a hint, the store is the truth)."""
         payload = _payload(kind, data)
         try:
@@ -122,7 +122,7 @@ class PgNotificationBus(NotificationBus):
         return PgListener(self)
 
 
-def _payload(kind: str, data: Mapping[str, Any]) -> str:
+def _payload(kind: NoteKind, data: Mapping[str, Any]) -> str:
     text = Notification(kind, dict(data)).encode().decode()
     if len(text.encode()) > MAX_PAYLOAD:
         text = Notification(kind, {}).encode().decode()
@@ -174,7 +174,7 @@ class PgListener(Listener):
         except (psycopg.Error, OSError) as exc:
             log.warning("lost the notification connection to the store (%s); reconnecting", _first_line(exc))
             self._drop()
-            queue.put_nowait(Notification("queue", {"reconnect": True}))
+            queue.put_nowait(Notification(NoteKind.QUEUE, {"reconnect": True}))
             self._schedule_reconnect()
 
     def _watch(self, conn: Conn) -> None:
@@ -207,7 +207,7 @@ class PgListener(Listener):
             return
         self._watch(self._conn)
         if self._queue is not None:  # anything may have happened meanwhile: rescan
-            self._queue.put_nowait(Notification("queue", {"reconnect": True}))
+            self._queue.put_nowait(Notification(NoteKind.QUEUE, {"reconnect": True}))
 
     def close(self) -> None:
         self._closed = True
@@ -395,8 +395,8 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
                 self._local.conn = None
                 self._local.notes = None
 
-    def _held_notes(self) -> list[tuple[str, dict[str, Any]]] | None:
-        notes: list[tuple[str, dict[str, Any]]] | None = getattr(self._local, "notes", None)
+    def _held_notes(self) -> list[tuple[NoteKind, dict[str, Any]]] | None:
+        notes: list[tuple[NoteKind, dict[str, Any]]] | None = getattr(self._local, "notes", None)
         return notes
 
     def _error_text(self, exc: BaseException) -> str:

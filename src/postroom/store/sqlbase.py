@@ -31,11 +31,12 @@ from typing import IO, Any, ClassVar, Generic, Protocol, TypeVar, cast
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID, make_entry_id
-from ..mapi.flags import MAPI_SUBMITTED, AttachMethod, MessageFlags, SubmitFlags
+from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, Props, Recipient
 from .base import (
     SPECIAL_FOLDER_NAMES,
     Event,
+    EventKind,
     Folder,
     FolderRole,
     LeaseLost,
@@ -50,6 +51,8 @@ from .base import (
     WaitKind,
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
+from .notify import NoteKind
+from .receive import normalise_class
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
@@ -156,7 +159,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return self._connection()
 
     @abc.abstractmethod
-    def _held_notes(self) -> list[tuple[str, dict[str, Any]]] | None:
+    def _held_notes(self) -> list[tuple[NoteKind, dict[str, Any]]] | None:
         """The notifications waiting for the current batch to commit (None: not in a batch)."""
 
     @abc.abstractmethod
@@ -186,7 +189,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         """Take turns with other writers of `transport`'s throttle and breaker (a write transaction may be enough)."""
 
     # --- plumbing ------------------------------------------------------------------------------
-    def _publish(self, kind: str, **data: Any) -> None:
+    def _publish(self, kind: NoteKind, **data: Any) -> None:
         """Notify other processes, but only of committed changes."""
         held = self._held_notes()
         if held is not None:
@@ -338,7 +341,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._insert_attachment(db, mid, att)
         if submit_at is not None:
             when = f", not before {props[T.PR_DEFERRED_SEND_TIME].isoformat()}" if due else ""
-            self._event(db, mid, submit_at, "submitted", f"{len(message.recipients)} recipient(s){when}")
+            self._event(db, mid, submit_at, EventKind.SUBMITTED, f"{len(message.recipients)} recipient(s){when}")
         return mid
 
     def _insert_recipients(self, db: DB, mid: int, recipients: Sequence[Recipient], submitted: bool = False) -> None:
@@ -547,13 +550,13 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def submit(self, message_id: int, now: datetime, stamp: Props | None = None) -> None:
         with self._tx() as db:
             self._submit_in(db, message_id, now, stamp)
-        self._publish("submitted", message_id=message_id)
+        self._publish(NoteKind.SUBMITTED, message_id=message_id)
 
     def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
         """Save and submit a new message in one transaction (one durable commit)."""
         with self._tx() as db:
             mid = self._insert_message(db, folder_id, message, submit_at=now)
-        self._publish("submitted", message_id=mid)
+        self._publish(NoteKind.SUBMITTED, message_id=mid)
         return mid
 
     def _submit_in(self, db: DB, message_id: int, now: datetime, stamp: Props | None) -> None:
@@ -594,7 +597,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             db,
             message_id,
             now,
-            "submitted",
+            EventKind.SUBMITTED,
             f"{len(rows)} recipient(s)" + (f", not before {deferred.isoformat()}" if due and deferred else ""),
         )
 
@@ -632,7 +635,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 (message_id,),
             )
             taken = f"; taken back from spooler {owner}, whose lease had run out" if owner else ""
-            self._event(db, message_id, now, "aborted", f"submission aborted (AbortSubmit){taken}")
+            self._event(db, message_id, now, EventKind.ABORTED, f"submission aborted (AbortSubmit){taken}")
 
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """An interrupted spooler returns a claimed message, due at once. With `outcome_unknown` (a
@@ -645,8 +648,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 "prev_owner=? WHERE id=?",
                 (self._text(owner) if outcome_unknown else None, message_id),
             )
-            self._event(db, message_id, now, "given-back", reason)
-        self._publish("queue", message_id=message_id)
+            self._event(db, message_id, now, EventKind.GIVEN_BACK, reason)
+        self._publish(NoteKind.QUEUE, message_id=message_id)
 
     # --- the outgoing queue ------------------------------------------------------------------
     def queue(self, only: int | None = None) -> list[QueueEntry]:
@@ -839,7 +842,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 db,
                 message_id,
                 now,
-                out.state.value,
+                EventKind(out.state.value),
                 f"recipient {out.row_id}" + (f": {text}" if text else ""),
                 out.transport,
             )
@@ -853,8 +856,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             db.executemany(
                 "UPDATE recipients SET reported=1 WHERE message_id=? AND row_id=?", [(message_id, r) for r in row_ids]
             )
-            self._event(db, message_id, now, "report", f"{report.message_class} stored as message {rid}")
-        self._publish("newmail", message_id=rid, folder_id=folder_id, message_class=report.message_class)
+            self._event(db, message_id, now, EventKind.REPORT, f"{report.message_class} stored as message {rid}")
+        self._publish(NoteKind.NEWMAIL, message_id=rid, folder_id=folder_id, message_class=report.message_class)
         return rid
 
     def release(
@@ -893,7 +896,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             else:
                 until = f" until {next_attempt.isoformat(timespec='seconds')}" if next_attempt else ""
                 detail = (error or "pending recipients") + until
-            self._event(db, message_id, now, "waiting", detail)
+            self._event(db, message_id, now, EventKind.WAITING, detail)
 
     def hold(self, message_id: int, now: datetime, reason: str, owner: str | None = None) -> None:
         with self._tx() as db:
@@ -908,7 +911,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 "UPDATE messages SET queue_state='held', hold_reason=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
                 (self._text(reason), message_id),
             )
-            self._event(db, message_id, now, "held", reason)
+            self._event(db, message_id, now, EventKind.HELD, reason)
 
     def release_hold(self, message_id: int, now: datetime) -> None:
         with self._tx() as db:
@@ -920,8 +923,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 "prev_owner=NULL WHERE id=?",
                 (message_id,),
             )
-            self._event(db, message_id, now, "released", "released from hold")
-        self._publish("queue", message_id=message_id)
+            self._event(db, message_id, now, EventKind.RELEASED, "released from hold")
+        self._publish(NoteKind.QUEUE, message_id=message_id)
 
     def confirm_delivered(self, message_id: int, now: datetime, detail: str) -> str:
         """An operator's word that a held message was delivered (say, after a crash left its outcome
@@ -948,7 +951,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 )
                 for (row,) in pending
             ]
-            self._event(db, message_id, now, "confirmed-delivered", f"{len(outcomes)} recipient(s): {detail}")
+            self._event(db, message_id, now, EventKind.CONFIRMED_DELIVERED, f"{len(outcomes)} recipient(s): {detail}")
             return self.finish(message_id, owner, now, outcomes)
 
     def retry_now(self, message_id: int | None, now: datetime) -> int:
@@ -976,7 +979,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             count = cur.rowcount
             t = to_epoch(now)
             db.executemany(_EVENT_SQL, [(mid, t, "retry", None, "retry now (ignoring backoff)") for (mid,) in ids])
-        self._publish("queue", retry=count)
+        self._publish(NoteKind.QUEUE, retry=count)
         return count
 
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
@@ -997,7 +1000,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             woken = cur.rowcount
         if woken:
-            self._publish("queue", woken=woken)
+            self._publish(NoteKind.QUEUE, woken=woken)
         return woken
 
     def wake_for(self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None) -> int:
@@ -1018,7 +1021,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             woken = cur.rowcount
         if woken:
-            self._publish("queue", woken=woken)
+            self._publish(NoteKind.QUEUE, woken=woken)
         return woken
 
     def wake_paused(self, transport: str, now: datetime, limit: int | None = None) -> int:
@@ -1039,14 +1042,14 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 f"UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE id IN ({parked})", params
             ).rowcount
         if woken:
-            self._publish("queue", woken=woken)
+            self._publish(NoteKind.QUEUE, woken=woken)
         return woken
 
     def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
         with self._tx() as db:
             mid = self._insert_message(db, folder_id, message)
-            self._event(db, mid, now, "received", f"delivered into folder {folder_id}")
-        self._publish("newmail", message_id=mid, folder_id=folder_id, message_class=message.message_class)
+            self._event(db, mid, now, EventKind.RECEIVED, f"delivered into folder {folder_id}")
+        self._publish(NoteKind.NEWMAIL, message_id=mid, folder_id=folder_id, message_class=message.message_class)
         return mid
 
     def save_status_rows(self, owner: str, rows: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
@@ -1102,7 +1105,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 db,
                 message_id,
                 now,
-                "finished",
+                EventKind.FINISHED,
                 {"left": "left in the Outbox", "moved": "moved to PR_SENTMAIL_ENTRYID"}[outcome]
                 if not delete
                 else "deleted (PR_DELETE_AFTER_SUBMIT)",
@@ -1114,17 +1117,19 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     # --- history -----------------------------------------------------------------------------
     def _event(
-        self, db: DB, message_id: int, now: datetime, kind: str, detail: str, transport: str | None = None
+        self, db: DB, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
     ) -> None:
         db.execute(_EVENT_SQL, (message_id, to_epoch(now), self._text(kind), self._text(transport), self._text(detail)))
 
-    def add_event(self, message_id: int, now: datetime, kind: str, detail: str, transport: str | None = None) -> None:
+    def add_event(
+        self, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
+    ) -> None:
         with self._tx() as db:
             self._event(db, message_id, now, kind, detail, transport)
 
     def events(self, message_id: int) -> list[Event]:
         return [
-            Event(time=from_epoch(t) or now_fallback(), kind=k, transport=xp, detail=d)
+            Event(time=from_epoch(t) or now_fallback(), kind=EventKind.read(k), transport=xp, detail=d)
             for t, k, xp, d in self._q(
                 "SELECT time, kind, transport, detail FROM events WHERE message_id=? ORDER BY id",
                 (valid_id(message_id),),
@@ -1133,8 +1138,6 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     # --- receive folders -----------------------------------------------------------------------
     def set_receive_folder(self, message_class: str, folder_id: int | None) -> None:
-        from .receive import normalise_class
-
         cls = normalise_class(message_class)
         with self._tx() as db:
             if folder_id is None:
@@ -1235,8 +1238,6 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
 def refresh_display_lists(props: Props, recipients: Sequence[Recipient]) -> None:
     """PR_DISPLAY_TO/CC/BCC are computed from the recipient table, as a store does."""
-    from ..mapi.flags import MAPI_P1, RecipientType
-
     lists: dict[RecipientType, list[str]] = {RecipientType.TO: [], RecipientType.CC: [], RecipientType.BCC: []}
     for r in recipients:
         if r.recipient_type & MAPI_P1:

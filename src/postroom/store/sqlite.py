@@ -25,7 +25,7 @@ from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID
 from .migrations import LATEST, upgrade_sqlite
-from .notify import NotificationBus, notify_directory
+from .notify import NoteKind, NotificationBus, notify_directory
 from .slots import FileSlots
 from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
 from .sqlite_errors import store_error
@@ -130,7 +130,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         self._lock = threading.RLock()
         self._batch_depth = 0
         self._savepoints = 0
-        self._notes: list[tuple[str, dict[str, Any]]] = []
+        self._notes: list[tuple[NoteKind, dict[str, Any]]] = []
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._locked = _Locked(self._db, self._lock, self.path)
         if new_file:
@@ -247,7 +247,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         for kind, data in notes:
             self.bus.publish(kind, **data)
 
-    def _held_notes(self) -> list[tuple[str, dict[str, Any]]] | None:
+    def _held_notes(self) -> list[tuple[NoteKind, dict[str, Any]]] | None:
         return self._notes if self._batch_depth else None
 
     def _create_schema(self) -> None:

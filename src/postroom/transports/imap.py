@@ -24,20 +24,12 @@ the state file until done, so a connection lost in between only delays it ("seen
 EXPUNGE; "delete" sets ``\\Deleted`` and expunges that UID, with UID EXPUNGE when the server has
 UIDPLUS). A message reported as too large is never touched.
 
-Options:
+Options: those of every mail-access transport (`inbound.py`), the `port` defaulting to 993 with
+`security` "tls" (the default) and to 143 with "starttls" (STARTTLS) or "none"; and:
 
-* `host` (required); `port`: default 993 with `security` "tls" (the default, TLS from the start),
-  143 with "starttls" (STARTTLS, never falling back to plain text) or "none" (plain text).
-* `username` (required), with `password_env` (the name of an environment variable holding the
-  password) or `password_file` (a file holding it; relative to the profile directory). The password
-  is read at logon and never goes into the profile, a log or the status table; a plain `password`
-  option is refused.
-* `verify_tls` (default true), `ca_file` (a PEM bundle to trust; relative to the profile directory).
 * `mailbox` (default "INBOX"); `after_download`: "keep" (default), "seen", "move:FOLDER", "delete".
 * `idle` (default false): wait in IDLE inside poll() for up to `idle_seconds` (default 5) when
   nothing is new. Keep it short: the spooler waits for poll() to return.
-* `timeout`: seconds for connecting and for each wait for data (default 30); `read_timeout`:
-  seconds one exchange may take in all (default 120); `max_message_bytes` (default 50 MiB).
 """
 
 from __future__ import annotations
@@ -56,30 +48,14 @@ from imapclient.exceptions import CapabilityError, LoginError
 from imapclient.imap4 import IMAP4WithTimeout
 from imapclient.tls import IMAP4_TLS, wrap_socket
 
-from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogonFlags
+from . import inbound
 from .exchange import ExchangeGuard
-from .inbound import (
-    SERVER_OPTION_HELP,
-    Candidate,
-    ConnectionLost,
-    InboundLogon,
-    MessageFailed,
-    Outcome,
-    Secret,
-    ServerConfig,
-    StateFile,
-    refuse_password,
-    server_answer,
-    state_path,
-    validate_server_options,
-)
+from .options import Secret
 from .options import boolean as _boolean
 from .options import invalid as _invalid
 from .options import number as _number
-from .options import setup_problems
 from .options import text as _text
-from .spi import TransportProvider
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +135,7 @@ class _Client(IMAPClient):  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
-class IMAPConfig(ServerConfig):
+class IMAPConfig(inbound.ServerConfig):
     mailbox: str
     after_download: str  # keep | seen | delete | move
     move_to: str | None
@@ -180,22 +156,17 @@ class IMAPConfig(ServerConfig):
         )
 
 
-class IMAPLogon(InboundLogon[ImapKey]):
+class IMAPLogon(inbound.InboundLogon[ImapKey]):
     protocol = "IMAP"
 
     def __init__(
-        self, provider: IMAPProvider, flags: LogonFlags, config: IMAPConfig, password: Secret, state: StateFile
+        self, provider: IMAPProvider, flags: LogonFlags, config: IMAPConfig, password: Secret, state: inbound.StateFile
     ) -> None:
         super().__init__(provider, flags, config, password, state)
         self.imap_config = config
-        self._client: Any = None
         self._uidvalidity = 0
         self._folder_ready = False
         self._just_selected = False
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None
 
     def _connection_error(self, exc: Exception) -> bool:
         return isinstance(exc, _IMAP_CONNECTION_ERRORS)
@@ -256,13 +227,19 @@ class IMAPLogon(InboundLogon[ImapKey]):
             step = "LOGIN"
             client.login(cfg.username, self._password.reveal())
         except CapabilityError:
-            raise ConnectionLost(f"IMAP server {cfg.where} does not offer STARTTLS (security 'starttls')") from None
+            raise inbound.ConnectionLost(
+                f"IMAP server {cfg.where} does not offer STARTTLS (security 'starttls')"
+            ) from None
         except LoginError as exc:
-            raise ConnectionLost(f"login as {cfg.username} at {cfg.where} failed: {server_answer(exc)}") from None
+            raise inbound.ConnectionLost(
+                f"login as {cfg.username} at {cfg.where} failed: {inbound.server_answer(exc)}"
+            ) from None
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
-            raise ConnectionLost(f"IMAP server {cfg.where} refused {step}: {server_answer(exc)}") from None
+            raise inbound.ConnectionLost(
+                f"IMAP server {cfg.where} refused {step}: {inbound.server_answer(exc)}"
+            ) from None
         self._folder_ready = False
         self._select()
         self._just_selected = True
@@ -286,8 +263,8 @@ class IMAPLogon(InboundLogon[ImapKey]):
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
-            raise ConnectionLost(
-                f"cannot select mailbox {mailbox!r} at {self.config.where}: {server_answer(exc)}"
+            raise inbound.ConnectionLost(
+                f"cannot select mailbox {mailbox!r} at {self.config.where}: {inbound.server_answer(exc)}"
             ) from None
         uidvalidity = int(info.get(b"UIDVALIDITY", 0) or 0)
         box = self._box()
@@ -331,7 +308,7 @@ class IMAPLogon(InboundLogon[ImapKey]):
                 out[int(uid)] = size if isinstance(size, int) and size >= 0 else None
         return out
 
-    def _scan(self) -> list[Candidate[ImapKey]]:
+    def _scan(self) -> list[inbound.Candidate[ImapKey]]:
         self._reselect()
         self._after_record()
         self._exchange()
@@ -341,14 +318,14 @@ class IMAPLogon(InboundLogon[ImapKey]):
         self._forget(owed - set(sizes))
         oversize = self._oversize()
         limit = self.config.max_message_bytes
-        out: list[Candidate[ImapKey]] = []
+        out: list[inbound.Candidate[ImapKey]] = []
         for uid in sorted(sizes):
             key = (self._uidvalidity, uid)
             reported = oversize.get(str(uid))
             if isinstance(reported, int) and reported > limit:
-                out.append(Candidate(key, max(sizes[uid] or 0, reported), noted=True))
+                out.append(inbound.Candidate(key, max(sizes[uid] or 0, reported), noted=True))
             else:
-                out.append(Candidate(key, sizes[uid]))
+                out.append(inbound.Candidate(key, sizes[uid]))
         return out
 
     def _forget(self, gone: set[int]) -> None:
@@ -387,16 +364,16 @@ class IMAPLogon(InboundLogon[ImapKey]):
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
-            raise MessageFailed(server_answer(exc)) from None
+            raise inbound.MessageFailed(inbound.server_answer(exc)) from None
         if not isinstance(item, dict):
-            raise MessageFailed("the server answered without the message")
+            raise inbound.MessageFailed("the server answered without the message")
         body = item.get(b"BODY[]")
         if not isinstance(body, bytes):
-            raise MessageFailed("the server returned no content (BODY[] NIL)")
+            raise inbound.MessageFailed("the server returned no content (BODY[] NIL)")
         return body
 
     # --- recording and after_download -------------------------------------------------------------
-    def _record(self, key: ImapKey, outcome: Outcome, size: int | None) -> None:
+    def _record(self, key: ImapKey, outcome: inbound.Outcome, size: int | None) -> None:
         uidvalidity, uid = key
         box = self._box()
         if box.get("uidvalidity") != uidvalidity:
@@ -404,7 +381,7 @@ class IMAPLogon(InboundLogon[ImapKey]):
         box["last_uid"] = max(self._last_uid(), uid)
         box["retry"] = [owed for owed in self._retry() if owed != uid]
         oversize = self._oversize()
-        if outcome is Outcome.STORED:
+        if outcome is inbound.Outcome.STORED:
             oversize.pop(str(uid), None)
             if self.imap_config.after_download != "keep":
                 todo = box.setdefault("after_download", [])
@@ -437,7 +414,7 @@ class IMAPLogon(InboundLogon[ImapKey]):
                 raise
             except imaplib.IMAP4.error as exc:
                 action = self._after_download_text()
-                self._trouble(f"after_download {action} failed for UID {uid}: {server_answer(exc)}")
+                self._trouble(f"after_download {action} failed for UID {uid}: {inbound.server_answer(exc)}")
             todo.remove(uid)
             self.state.save()
 
@@ -474,13 +451,14 @@ class IMAPLogon(InboundLogon[ImapKey]):
             self._client.expunge()
 
 
-class IMAPProvider(TransportProvider):
+class IMAPProvider(inbound.InboundProvider):
     """Fetches mail from an IMAP mailbox."""
 
     display_name = "IMAP"
-    receives = True
+    protocol = "IMAP"
+    default_ports: Mapping[str, int] = {"tls": 993, "starttls": 143, "none": 143}
     option_help: Mapping[str, str] = {
-        **SERVER_OPTION_HELP,
+        **inbound.SERVER_OPTION_HELP,
         "port": "the server's port (default 993 for tls, 143 for starttls and none)",
         "mailbox": f"the mailbox to fetch from (default {DEFAULT_MAILBOX!r})",
         "after_download": "what to do on the server with a delivered message: keep (default), seen, "
@@ -490,10 +468,7 @@ class IMAPProvider(TransportProvider):
     }
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        refuse_password(options)
-        opts = super().validate_options(options)
-        out = validate_server_options(opts, default_ports={"tls": 993, "starttls": 143, "none": 143}, protocol="IMAP")
+    def own_options(cls, opts: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         out["mailbox"] = _text("mailbox", opts.get("mailbox", DEFAULT_MAILBOX))
         after = opts.get("after_download", "keep")
         if not isinstance(after, str):
@@ -518,16 +493,8 @@ class IMAPProvider(TransportProvider):
         out["idle_seconds"] = idle_seconds
         return out
 
-    @classmethod
-    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
-        return setup_problems(cls.validate_options(options), profile_dir)
+    def config(self) -> IMAPConfig:
+        return IMAPConfig.from_options(self.context.options, self.context.profile_dir)
 
-    def logon(self, flags: LogonFlags) -> IMAPLogon:
-        config = IMAPConfig.from_options(self.context.options, self.context.profile_dir)
-        password = config.read_password()
-        state = StateFile(state_path(self.context.profile_dir, "imap", self.context.service_name), config.account)
-        try:
-            state.load()  # a damaged file stops the provider now, not at the first poll
-        except MAPIError as exc:
-            raise MAPIError(HResult.MAPI_E_FAILONEPROVIDER, str(exc)) from None
+    def new_logon(self, flags: LogonFlags, config: IMAPConfig, password: Secret, state: inbound.StateFile) -> IMAPLogon:
         return IMAPLogon(self, flags, config, password, state)

@@ -47,6 +47,18 @@ retry, when a connection that had been working breaks under a command) and a suc
 connection clears FAILURE, as does a run in which every message came. With LogonFlags.NO_CONNECT
 (or NO_INBOUND) a transport never connects: poll() answers False and start_message() delivers
 nothing.
+
+Options every mail-access transport takes (each transport adds its own, and its default ports):
+
+* `host` (required); `port`; `security`: "tls" (the default, TLS from the start), "starttls"
+  (never falling back to plain text) or "none" (plain text).
+* `username` (required), with `password_env` (the name of an environment variable holding the
+  password) or `password_file` (a file holding it; relative to the profile directory). The password
+  is read at logon and never goes into the profile, a log or the status table; a plain `password`
+  option is refused.
+* `verify_tls` (default true), `ca_file` (a PEM bundle to trust; relative to the profile directory).
+* `timeout`: seconds for connecting and for each wait for data (default 30); `read_timeout`:
+  seconds one exchange may take in all (default 120); `max_message_bytes` (default 50 MiB).
 """
 
 from __future__ import annotations
@@ -73,11 +85,19 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import MessageData
 from .exchange import ExchangeGuard, ReplyTooLarge
-from .options import boolean as _boolean
-from .options import client_tls_context, read_password
+from .options import (
+    Secret,
+    client_tls_context,
+    password_source,
+    read_password,
+    refuse_password,
+    resolve_path,
+    server,
+    setup_problems,
+    tls_checks,
+)
 from .options import invalid as _invalid
 from .options import number as _number
-from .options import path as _path
 from .options import token as _token
 from .spi import InboundMessage, Registration, TransportLogon, TransportProvider
 
@@ -106,15 +126,6 @@ RAW_ATTACHMENT_NAME = mime.RAW_ATTACHMENT_NAME
 # --- options (their parsing is shared with the other transports: options.py) ------------------------
 
 
-def refuse_password(options: Mapping[str, Any]) -> None:
-    if "password" in options:
-        raise _invalid(
-            "option 'password' is not accepted: a password never goes into the profile. Put it in an "
-            "environment variable and name that in 'password_env', or in a file readable only by you "
-            "and name that in 'password_file'"
-        )
-
-
 def validate_server_options(
     options: Mapping[str, Any], *, default_ports: Mapping[str, int], protocol: str
 ) -> dict[str, Any]:
@@ -126,36 +137,24 @@ def validate_server_options(
     """
     refuse_password(options)
     out: dict[str, Any] = dict(options)
-    if "host" not in options:
-        raise _invalid(f"option 'host' is required: the {protocol} server to fetch mail from")
-    out["host"] = _token("host", options["host"])
-    security = str(options.get("security", "tls")).strip().lower()
-    if security not in SECURITY_MODES:
-        raise _invalid(f"option 'security' must be one of {', '.join(SECURITY_MODES)}, not {options['security']!r}")
-    out["security"] = security
-    port = options.get("port", default_ports[security])
-    port_number = _number("port", port, integer=True)
-    if port_number > 65535:
-        raise _invalid(f"option 'port' must be a port number (1-65535), not {port!r}")
-    out["port"] = int(port_number)
+    address = server(
+        options,
+        security_modes=SECURITY_MODES,
+        default_security="tls",
+        default_ports=default_ports,
+        host_missing=f"option 'host' is required: the {protocol} server to fetch mail from",
+    )
+    out.update(address)
 
     if "username" not in options:
         raise _invalid(f"option 'username' is required: the {protocol} account to log in as")
     out["username"] = _token("username", options["username"])
-    if "password_env" in options and "password_file" in options:
-        raise _invalid("options 'password_env' and 'password_file' exclude each other: give one of them")
-    if "password_env" in options:
-        out["password_env"] = _token("password_env", options["password_env"])
-    elif "password_file" in options:
-        out["password_file"] = _path("password_file", options["password_file"])
-    else:
+    password = password_source(options)
+    if not password:
         raise _invalid("give 'password_env' or 'password_file' to say where the password is")
+    out.update(password)
 
-    out["verify_tls"] = _boolean("verify_tls", options.get("verify_tls", True))
-    if "ca_file" in options:
-        if security == "none":
-            raise _invalid("option 'ca_file' needs security 'tls' or 'starttls'")
-        out["ca_file"] = _path("ca_file", options["ca_file"])
+    out.update(tls_checks(options, address["security"], SECURITY_MODES))
     out["timeout"] = _number("timeout", options.get("timeout", DEFAULT_TIMEOUT))
     out["read_timeout"] = _number("read_timeout", options.get("read_timeout", DEFAULT_READ_TIMEOUT))
     limit = options.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
@@ -184,23 +183,6 @@ SERVER_OPTION_HELP: Mapping[str, str] = {
 }
 
 
-class Secret:
-    """Holds the password; never shows it in a repr or a traceback's locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<password hidden>"
-
-    __str__ = __repr__
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """The validated connection options of a mail-access service (never the password itself)."""
@@ -219,21 +201,15 @@ class ServerConfig:
 
     @staticmethod
     def server_fields(opts: Mapping[str, Any], profile_dir: Path) -> dict[str, Any]:
-        def resolve(name: str) -> Path | None:
-            if name not in opts:
-                return None
-            path = Path(opts[name]).expanduser()
-            return path if path.is_absolute() else profile_dir / path
-
         return {
             "host": opts["host"],
             "port": opts["port"],
             "security": opts["security"],
             "username": opts["username"],
             "password_env": opts.get("password_env"),
-            "password_file": resolve("password_file"),
+            "password_file": resolve_path(opts.get("password_file"), profile_dir),
             "verify_tls": opts["verify_tls"],
-            "ca_file": resolve("ca_file"),
+            "ca_file": resolve_path(opts.get("ca_file"), profile_dir),
             "timeout": opts["timeout"],
             "read_timeout": opts["read_timeout"],
             "max_message_bytes": opts["max_message_bytes"],
@@ -547,14 +523,16 @@ class InboundLogon(TransportLogon, Generic[K]):
         self._too_large = 0
         self.connections_opened = 0
         self.received = 0
+        self._client: Any = None  # the protocol's connection while there is one
 
     def address_types(self) -> Registration:
         return Registration.none()
 
-    # --- what a protocol implements ------------------------------------------------------------
     @property
-    @abc.abstractmethod
-    def connected(self) -> bool: ...
+    def connected(self) -> bool:
+        return self._client is not None
+
+    # --- what a protocol implements ------------------------------------------------------------
 
     @abc.abstractmethod
     def _open(self) -> None:
@@ -635,11 +613,7 @@ class InboundLogon(TransportLogon, Generic[K]):
             raise
         self.connections_opened += 1
         self._need_scan = True
-        self.status.set(
-            add=StatusCode.AVAILABLE,
-            remove=StatusCode.FAILURE | StatusCode.OFFLINE,
-            text=f"connected to {self.config.where}{self._tls_note}",
-        )
+        self.status.connected(f"connected to {self.config.where}{self._tls_note}")
 
     def _close(self, polite: bool) -> None:
         """Close the connection (a polite goodbye gets `timeout` seconds); never raises."""
@@ -904,3 +878,56 @@ class InboundLogon(TransportLogon, Generic[K]):
             self._pending = None
         self._close(polite=True)
         self.state.unlock()
+
+
+# --- the provider --------------------------------------------------------------------------------
+
+
+class InboundProvider(TransportProvider):
+    """What the IMAP and POP3 providers share: the server options every mail-access transport takes,
+    and a logon that reads the password and loads the state file first.
+
+    A subclass names its protocol and default ports, checks its own options in `own_options`, and
+    makes its configuration and its logon.
+    """
+
+    receives = True
+    protocol = ""  # "IMAP", "POP3": in messages
+    default_ports: Mapping[str, int] = {}
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        refuse_password(options)
+        opts = super().validate_options(options)
+        return cls.own_options(
+            opts, validate_server_options(opts, default_ports=cls.default_ports, protocol=cls.protocol)
+        )
+
+    @classmethod
+    def own_options(cls, options: Mapping[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
+        """Check the options of this protocol (`options`, as given) into `checked` (the shared ones)."""
+        return checked
+
+    @classmethod
+    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
+        return setup_problems(cls.validate_options(options), profile_dir)
+
+    @abc.abstractmethod
+    def config(self) -> ServerConfig:
+        """This service's checked options (`self.context.options`)."""
+
+    @abc.abstractmethod
+    def new_logon(self, flags: LogonFlags, config: Any, password: Secret, state: StateFile) -> InboundLogon[Any]:
+        """The logon, once the password is read and the state file loaded."""
+
+    def logon(self, flags: LogonFlags) -> InboundLogon[Any]:
+        config = self.config()
+        password = config.read_password()
+        state = StateFile(
+            state_path(self.context.profile_dir, self.protocol.lower(), self.context.service_name), config.account
+        )
+        try:
+            state.load()  # a damaged file stops the provider now, not at the first poll
+        except MAPIError as exc:
+            raise MAPIError(HResult.MAPI_E_FAILONEPROVIDER, str(exc)) from None
+        return self.new_logon(flags, config, password, state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import ssl
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,82 @@ def path(name: str, value: Any) -> str:
     if "\0" in cleaned:
         raise invalid(f"option {name!r} contains a NUL character")
     return cleaned
+
+
+# --- what every transport that talks to a server takes ----------------------------------------------
+
+
+def server(
+    options: Mapping[str, Any],
+    *,
+    security_modes: Sequence[str],
+    default_security: str,
+    default_ports: Mapping[str, int],
+    host_missing: str,
+) -> dict[str, Any]:
+    """`host` (required: `host_missing` says what it is), `security` and `port` (its default by security)."""
+    if "host" not in options:
+        raise invalid(host_missing)
+    out: dict[str, Any] = {"host": token("host", options["host"])}
+    security = str(options.get("security", default_security)).strip().lower()
+    if security not in security_modes:
+        raise invalid(f"option 'security' must be one of {', '.join(security_modes)}, not {options['security']!r}")
+    out["security"] = security
+    port = options.get("port", default_ports[security])
+    port_number = number("port", port, integer=True)
+    if port_number > 65535:
+        raise invalid(f"option 'port' must be a port number (1-65535), not {port!r}")
+    out["port"] = int(port_number)
+    return out
+
+
+def password_source(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`password_env` or `password_file`, never both: where the password is (it is never an option)."""
+    if "password_env" in options and "password_file" in options:
+        raise invalid("options 'password_env' and 'password_file' exclude each other: give one of them")
+    if "password_env" in options:
+        return {"password_env": token("password_env", options["password_env"])}
+    if "password_file" in options:
+        return {"password_file": path("password_file", options["password_file"])}
+    return {}
+
+
+def tls_checks(options: Mapping[str, Any], security: str, security_modes: Sequence[str]) -> dict[str, Any]:
+    """`verify_tls` (default true), and `ca_file`, which needs a security mode with TLS."""
+    out: dict[str, Any] = {"verify_tls": boolean("verify_tls", options.get("verify_tls", True))}
+    if "ca_file" in options:
+        if security == "none":
+            with_tls = " or ".join(repr(mode) for mode in security_modes if mode != "none")
+            raise invalid(f"option 'ca_file' needs security {with_tls}")
+        out["ca_file"] = path("ca_file", options["ca_file"])
+    return out
+
+
+def refuse_password(options: Mapping[str, Any]) -> None:
+    """A password never goes into the profile: an option `password` is refused, saying where to put it."""
+    if "password" in options:
+        raise invalid(
+            "option 'password' is not accepted: a password never goes into the profile. Put it in an "
+            "environment variable and name that in 'password_env', or in a file readable only by you "
+            "and name that in 'password_file'"
+        )
+
+
+class Secret:
+    """Holds the password; never shows it in a repr or a traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<password hidden>"
+
+    __str__ = __repr__
 
 
 def read_password(password_env: str | None, password_file: Path | None) -> str:

@@ -28,16 +28,9 @@ marked for deletion (DELE), which the server carries out at the QUIT that ends t
 recorded message still on the server (its DELE was lost with the connection) is deleted at the
 next session; a message reported as too large never is.
 
-Options:
-
-* `host` (required); `port`: default 995 with `security` "tls" (the default, TLS from the start),
-  110 with "starttls" (STLS, never falling back to plain text) or "none" (plain text).
-* `username` (required), with `password_env` or `password_file` (relative to the profile directory);
-  a plain `password` option is refused; the password never reaches the profile, a log or the status.
-* `verify_tls` (default true), `ca_file` (a PEM bundle to trust; relative to the profile directory).
-* `leave_on_server` (default true): false deletes each message from the server once delivered.
-* `timeout`: seconds for connecting and for each wait for data (default 30); `read_timeout`:
-  seconds one exchange may take in all (default 120); `max_message_bytes` (default 50 MiB).
+Options: those of every mail-access transport (`inbound.py`), the `port` defaulting to 995 with
+`security` "tls" (the default) and to 110 with "starttls" (STLS) or "none"; and `leave_on_server`
+(default true): false deletes each message from the server once delivered.
 """
 
 from __future__ import annotations
@@ -53,27 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogonFlags
+from . import inbound
 from .exchange import ExchangeGuard
-from .inbound import (
-    SERVER_OPTION_HELP,
-    Candidate,
-    ConnectionLost,
-    InboundLogon,
-    MessageFailed,
-    Outcome,
-    Secret,
-    ServerConfig,
-    StateFile,
-    refuse_password,
-    server_answer,
-    state_path,
-    validate_server_options,
-)
+from .options import Secret
 from .options import boolean as _boolean
-from .options import setup_problems
-from .spi import TransportProvider
 
 #: Header fields some servers add or change as they serve a message (mbox status, keywords):
 #: left out of the digest that tells messages with the same UIDL apart.
@@ -167,7 +144,7 @@ def _digest(header: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class POP3Config(ServerConfig):
+class POP3Config(inbound.ServerConfig):
     leave_on_server: bool
 
     @classmethod
@@ -176,21 +153,17 @@ class POP3Config(ServerConfig):
         return cls(**cls.server_fields(opts, profile_dir), leave_on_server=opts["leave_on_server"])
 
 
-class POP3Logon(InboundLogon[str]):
+class POP3Logon(inbound.InboundLogon[str]):
     protocol = "POP3"
 
     def __init__(
-        self, provider: POP3Provider, flags: LogonFlags, config: POP3Config, password: Secret, state: StateFile
+        self, provider: POP3Provider, flags: LogonFlags, config: POP3Config, password: Secret, state: inbound.StateFile
     ) -> None:
         super().__init__(provider, flags, config, password, state)
         self.pop3_config = config
         self._client: _Guarded | None = None
         self._numbers: dict[str, int] = {}  # key -> message number in this session
         self._deleted: set[str] = set()  # DELE sent in this session
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None
 
     def _connection_error(self, exc: Exception) -> bool:
         return _connection_error(exc)
@@ -237,8 +210,12 @@ class POP3Logon(InboundLogon[str]):
             if _connection_error(exc):
                 raise
             if step == "STLS":
-                raise ConnectionLost(f"POP3 server {cfg.where} refused STLS: {server_answer(exc)}") from None
-            raise ConnectionLost(f"login as {cfg.username} at {cfg.where} failed: {server_answer(exc)}") from None
+                raise inbound.ConnectionLost(
+                    f"POP3 server {cfg.where} refused STLS: {inbound.server_answer(exc)}"
+                ) from None
+            raise inbound.ConnectionLost(
+                f"login as {cfg.username} at {cfg.where} failed: {inbound.server_answer(exc)}"
+            ) from None
 
     def _disconnect(self, polite: bool) -> None:
         client, self._client = self._client, None
@@ -291,7 +268,7 @@ class POP3Logon(InboundLogon[str]):
             return f"size-{size}"  # TOP is optional (RFC 1939): the size is all there is to go by
         return _digest(b"\r\n".join(lines))
 
-    def _scan(self) -> list[Candidate[str]]:
+    def _scan(self) -> list[inbound.Candidate[str]]:
         if self._numbers or self._deleted:
             # A session that already served a run: start a new one to see what arrived since.
             self._close(polite=True)
@@ -312,15 +289,15 @@ class POP3Logon(InboundLogon[str]):
         self._after_record()
         known = set(kept)
         limit = self.config.max_message_bytes
-        out: list[Candidate[str]] = []
+        out: list[inbound.Candidate[str]] = []
         for number, key in sorted(keys.items()):
             if key in known:
                 continue
             reported = still.get(key)
             if isinstance(reported, int) and reported > limit:
-                out.append(Candidate(key, max(sizes.get(number, 0), reported), noted=True))
+                out.append(inbound.Candidate(key, max(sizes.get(number, 0), reported), noted=True))
             else:
-                out.append(Candidate(key, sizes.get(number)))
+                out.append(inbound.Candidate(key, sizes.get(number)))
         return out
 
     def _check(self) -> bool:
@@ -343,15 +320,15 @@ class POP3Logon(InboundLogon[str]):
         except poplib.error_proto as exc:
             if _connection_error(exc):
                 raise
-            raise MessageFailed(server_answer(exc)) from None
+            raise inbound.MessageFailed(inbound.server_answer(exc)) from None
 
     def _end_run(self) -> None:
         self._close(polite=True)
 
     # --- recording and deleting -------------------------------------------------------------------
-    def _record(self, key: str, outcome: Outcome, size: int | None) -> None:
+    def _record(self, key: str, outcome: inbound.Outcome, size: int | None) -> None:
         oversize = self._oversize()
-        if outcome is Outcome.STORED:
+        if outcome is inbound.Outcome.STORED:
             delivered = self._delivered()
             if key not in delivered:
                 delivered.append(key)
@@ -373,40 +350,30 @@ class POP3Logon(InboundLogon[str]):
             except poplib.error_proto as exc:
                 if _connection_error(exc):
                     raise
-                self._trouble(f"cannot delete {self._describe(key)}: {server_answer(exc)}")
+                self._trouble(f"cannot delete {self._describe(key)}: {inbound.server_answer(exc)}")
             self._deleted.add(key)
 
 
-class POP3Provider(TransportProvider):
+class POP3Provider(inbound.InboundProvider):
     """Fetches mail from a POP3 maildrop."""
 
     display_name = "POP3"
-    receives = True
+    protocol = "POP3"
+    default_ports: Mapping[str, int] = {"tls": 995, "starttls": 110, "none": 110}
     option_help: Mapping[str, str] = {
-        **SERVER_OPTION_HELP,
+        **inbound.SERVER_OPTION_HELP,
         "security": "'tls' (default, TLS from the start), 'starttls' (STLS) or 'none' (plain text)",
         "port": "the server's port (default 995 for tls, 110 for starttls and none)",
         "leave_on_server": "keep delivered messages on the server (default true); false deletes them",
     }
 
     @classmethod
-    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        refuse_password(options)
-        opts = super().validate_options(options)
-        out = validate_server_options(opts, default_ports={"tls": 995, "starttls": 110, "none": 110}, protocol="POP3")
+    def own_options(cls, opts: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         out["leave_on_server"] = _boolean("leave_on_server", opts.get("leave_on_server", True))
         return out
 
-    @classmethod
-    def setup_problems(cls, options: Mapping[str, Any], profile_dir: Path) -> list[str]:
-        return setup_problems(cls.validate_options(options), profile_dir)
+    def config(self) -> POP3Config:
+        return POP3Config.from_options(self.context.options, self.context.profile_dir)
 
-    def logon(self, flags: LogonFlags) -> POP3Logon:
-        config = POP3Config.from_options(self.context.options, self.context.profile_dir)
-        password = config.read_password()
-        state = StateFile(state_path(self.context.profile_dir, "pop3", self.context.service_name), config.account)
-        try:
-            state.load()
-        except MAPIError as exc:
-            raise MAPIError(HResult.MAPI_E_FAILONEPROVIDER, str(exc)) from None
+    def new_logon(self, flags: LogonFlags, config: POP3Config, password: Secret, state: inbound.StateFile) -> POP3Logon:
         return POP3Logon(self, flags, config, password, state)

@@ -23,19 +23,12 @@ so every recipient's own reply is seen:
   the next success clears it. A disconnect after the server answered 250 to DATA is a delivery.
 
 Connections are made lazily on the first message (never with LogonFlags.NO_CONNECT: then every
-message waits), kept in a pool, and replaced after `max_messages_per_connection` messages, after
-a 421 or ``452 4.5.3`` answer to MAIL (the transaction is then retried once on a fresh
-connection) or when the connection dropped. A connection idle for `IDLE_SECONDS` is closed, as
-Postfix's connection cache does. A failed transaction is reset with RSET; when RSET fails too
-the connection is dropped.
-
-`connections` is the limit for the whole profile, not per process: each connection holds one of
-the transport's connection slots in the message store, so every spooler process on the store
-together opens at most that many. The slots are shared fairly: while another process waits,
-none takes more than its share (the limit divided by the processes that want connections) and
-one holding more closes a connection when it is next free. A message that finds no slot waits
-up to `SLOT_WAIT_SECONDS` for one, or for a connection of its own process to become free (first
-come, first served); then it waits `SLOT_RETRY_SECONDS` (MAPI_E_WAIT, not an error) and
+message waits) and kept in a pool (`smtp_pool.py`, which says how idle connections close and how
+`connections`, the limit for every spooler process on the store together, is shared). A
+connection is replaced after `max_messages_per_connection` messages, after a 421 or ``452 4.5.3``
+answer to MAIL (the transaction is then retried once on a fresh connection) or when it dropped.
+A failed transaction is reset with RSET; when RSET fails too the connection is dropped. A message
+that finds no connection slot free waits `SLOT_RETRY_SECONDS` (MAPI_E_WAIT, not an error) and
 whichever spooler has a connection free takes it.
 
 Addresses with CR, LF, NUL, other control characters, white space, ``<`` or ``>`` are never put
@@ -67,13 +60,11 @@ Options:
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import logging
 import re
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +72,7 @@ from typing import Any
 import aiosmtplib
 
 from .. import mime
+from ..addressing import MAX_SMTP_ADDRESS, NOT_IN_EMAIL_ADDRESS, has_break, longer_than_smtp_allows
 from ..mapi import tags as T
 from ..mapi.codes import MAPIError
 from ..mapi.flags import (
@@ -90,17 +82,18 @@ from ..mapi.flags import (
     NDRDiag,
     NDRReason,
     RecipientType,
-    StatusCode,
     ValidateFlags,
 )
 from ..mapi.message import MessageData, Recipient
-from .options import boolean as _boolean
-from .options import client_tls_context, read_password, setup_problems
+from .options import Secret, client_tls_context, read_password, refuse_password, resolve_path, setup_problems
 from .options import invalid as _invalid
 from .options import number as _number
-from .options import path as _path
+from .options import password_source as _password_source
+from .options import server as _server
 from .options import string_list as _string_list
+from .options import tls_checks as _tls_checks
 from .options import token as _token
+from .smtp_pool import Connection, ConnectionPool, NoSlot
 from .spi import (
     OutboundMessage,
     OutboundRecipient,
@@ -122,19 +115,14 @@ DEFAULT_MAX_MESSAGES = 100
 DEFAULT_ADDRESS_TYPES = ("SMTP",)
 #: The reply to the end of DATA may take this many times `timeout` (RFC 5321 §4.5.3.2: 10 minutes).
 DATA_TIMEOUT_FACTOR = 10
-#: RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the angle brackets.
-MAX_PATH_OCTETS = 254
 #: RFC 3461 §4.4: ENVID is at most 100 characters.
 MAX_ENVID = 100
-QUIT_TIMEOUT = 5.0
-#: An idle pooled connection is closed after this long (Postfix: smtp_connection_cache_time_limit).
-IDLE_SECONDS = 2.0
-#: How long a message waits in this process for a connection slot another process holds.
-SLOT_WAIT_SECONDS = 10.0
 SLOT_RETRY_SECONDS = 1.0
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
-_BAD_ADDRESS_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
+#: What an SMTP path never holds: the characters no e-mail address holds, and '<' or '>' (which
+#: would end the path early).
+_BAD_ADDRESS_CHARS = re.compile(f"[{NOT_IN_EMAIL_ADDRESS}<>]")
 
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
 _CONNECT_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
@@ -149,7 +137,7 @@ def envelope_address_problem(address: str) -> str | None:
     """
     if not address:
         return "the address is empty"
-    if "\r" in address or "\n" in address or "\0" in address:
+    if has_break(address):
         return "the address contains a line break or a NUL character"
     bad = _BAD_ADDRESS_CHARS.search(address)
     if bad is not None:
@@ -162,8 +150,8 @@ def envelope_address_problem(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return "the address is not of the form local-part@domain"
-    if len(address.encode("utf-8", "surrogatepass")) > MAX_PATH_OCTETS:
-        return f"the address is longer than {MAX_PATH_OCTETS} octets"
+    if longer_than_smtp_allows(address):
+        return f"the address is longer than {MAX_SMTP_ADDRESS} octets"
     return None
 
 
@@ -241,13 +229,6 @@ class SMTPConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], profile_dir: Path) -> SMTPConfig:
         opts = SMTPProvider.validate_options(options)
-
-        def resolve(name: str) -> Path | None:
-            if name not in opts:
-                return None
-            path = Path(opts[name]).expanduser()
-            return path if path.is_absolute() else profile_dir / path
-
         domains = opts.get("domains")
         return cls(
             host=opts["host"],
@@ -255,9 +236,9 @@ class SMTPConfig:
             security=opts["security"],
             username=opts.get("username"),
             password_env=opts.get("password_env"),
-            password_file=resolve("password_file"),
+            password_file=resolve_path(opts.get("password_file"), profile_dir),
             verify_tls=opts["verify_tls"],
-            ca_file=resolve("ca_file"),
+            ca_file=resolve_path(opts.get("ca_file"), profile_dir),
             helo_name=opts.get("helo_name"),
             timeout=opts["timeout"],
             connections=opts["connections"],
@@ -283,23 +264,6 @@ class SMTPConfig:
         return client_tls_context(self.security, self.ca_file, self.verify_tls)
 
 
-class _Secret:
-    """Holds the password; never shows it in a repr or a traceback's locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<password hidden>"
-
-    __str__ = __repr__
-
-
 # --- connections ---------------------------------------------------------------------------------
 
 
@@ -311,10 +275,6 @@ class _Unconfigured(_ConnectFailed):
     """The connection cannot work as configured (no AUTH offered, the password refused, no password)."""
 
 
-class _NoSlot(Exception):
-    """Every connection slot is held (by other spooler processes): not an error, the message waits."""
-
-
 class _Retry(Exception):
     """MAIL met 421, 452 4.5.3 or a dropped reused connection: try once more on a fresh one."""
 
@@ -322,31 +282,6 @@ class _Retry(Exception):
         super().__init__(text)
         self.text = text
         self.reply = reply  # the server's reply, None for a dropped connection
-
-
-@dataclass(eq=False)  # compared and hashed by identity: kept in a set
-class _Connection:
-    smtp: aiosmtplib.SMTP
-    release_slot: Callable[[], None] = lambda: None  # gives the connection slot back, once
-    messages: int = 0
-    reused: bool = False
-    broken: bool = False
-    idle_since: float = 0.0
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.smtp.close()
-        release, self.release_slot = self.release_slot, lambda: None
-        release()
-
-    async def quit(self) -> None:
-        try:
-            if self.smtp.is_connected:
-                await self.smtp.quit(timeout=QUIT_TIMEOUT)
-        except Exception:  # QUIT is a courtesy: any error just closes the socket
-            pass
-        finally:
-            self.abort()
 
 
 @dataclass
@@ -374,11 +309,11 @@ class SMTPLogon(TransportLogon):
         # A password or CA file that cannot be read is a configuration problem, not a failed logon:
         # the transport keeps its place in routing, and its messages wait until it is fixed.
         self.unconfigured = ""
-        self._password: _Secret | None = None
+        self._password: Secret | None = None
         self._tls: ssl.SSLContext | None = None
         try:
             password = config.read_password()
-            self._password = None if password is None else _Secret(password)
+            self._password = None if password is None else Secret(password)
             self._tls = config.tls_context()
         except MAPIError as exc:
             self.unconfigured = exc.message
@@ -398,15 +333,17 @@ class SMTPLogon(TransportLogon):
             "offline (no connect)" if self.offline else f"not connected yet to {config.where}{self._tls_note}"
         )
         self._resend_later: set[int] = set()
-        # The pool belongs to one event loop: created on first use, replaced if the loop changes.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._idle: list[_Connection] = []
-        self._waiters: collections.deque[asyncio.Future[_Connection]] = collections.deque()
-        self._open: set[_Connection] = set()
-        self._reaper: asyncio.TimerHandle | None = None
-        self._closing: set[asyncio.Task[None]] = set()
-        self.connections_opened = 0
+        self.pool = ConnectionPool(
+            limit=config.connections,
+            max_messages=config.max_messages_per_connection,
+            where=config.where,
+            opener=self._open_connection,
+            support=lambda: self.provider.context.support,
+        )
+
+    @property
+    def connections_opened(self) -> int:
+        return self.pool.opened
 
     def address_types(self) -> Registration:
         return self.registration
@@ -459,9 +396,7 @@ class SMTPLogon(TransportLogon):
             return SubmitResult.wait(wait, f"cannot read the message: {exc}")
         needs_utf8 = headers_need_utf8 or not sender.isascii()
 
-        self._bind_loop()
-        assert self._slots is not None
-        async with self._slots:
+        async with self.pool.bind_loop():
             return await self._deliver(message, sendable, sender, data, needs_utf8)
 
     def _envelope_sender(self, message: OutboundMessage) -> str:
@@ -493,7 +428,7 @@ class SMTPLogon(TransportLogon):
         network_error: str | None = None
         while queue:
             try:
-                conn = await self._checkout(fresh=fresh)
+                conn = await self.pool.checkout(fresh=fresh)
             except _Unconfigured as exc:
                 self.status.failed(str(exc))
                 log.warning("%s: %s", self.name, exc)
@@ -504,7 +439,7 @@ class SMTPLogon(TransportLogon):
             except _ConnectFailed as exc:
                 network_error = str(exc)
                 break
-            except _NoSlot as exc:
+            except NoSlot as exc:
                 if delivered == 0 and not any(r.mark is not None for r in message.recipients):
                     return SubmitResult.wait(SLOT_RETRY_SECONDS, str(exc))
                 temporary += [(r, str(exc)) for r in queue if not r.responsibility]
@@ -514,7 +449,7 @@ class SMTPLogon(TransportLogon):
                 tx = await self._transaction(conn, message, queue, sender, data, needs_utf8)
             except _Retry as exc:
                 conn.broken = True
-                await self._checkin(conn)
+                await self.pool.checkin(conn)
                 if not retried:
                     retried, fresh = True, True
                     continue
@@ -525,15 +460,15 @@ class SMTPLogon(TransportLogon):
                 break
             except _NetworkTrouble as exc:
                 conn.broken = True
-                await self._checkin(conn)
+                await self.pool.checkin(conn)
                 network_error = exc.text
                 break
             except BaseException:
                 # A bug or a cancellation mid-transaction: never leave a transaction open.
                 conn.broken = True
-                await self._checkin(conn)
+                await self.pool.checkin(conn)
                 raise
-            await self._checkin(conn)
+            await self.pool.checkin(conn)
             self._connected()
             delivered += tx.delivered
             temporary += tx.temporary
@@ -561,7 +496,7 @@ class SMTPLogon(TransportLogon):
 
     async def _transaction(
         self,
-        conn: _Connection,
+        conn: Connection,
         message: OutboundMessage,
         recipients: Sequence[OutboundRecipient],
         sender: str,
@@ -696,7 +631,7 @@ class SMTPLogon(TransportLogon):
         else:
             tx.temporary += [(r, text) for r in recipients]
 
-    async def _rset(self, conn: _Connection) -> None:
+    async def _rset(self, conn: Connection) -> None:
         """End a failed transaction; a connection that cannot even do RSET is dropped."""
         if conn.broken or not conn.smtp.is_connected:
             conn.broken = True
@@ -709,168 +644,8 @@ class SMTPLogon(TransportLogon):
         if reply.code != 250:
             conn.broken = True
 
-    # --- the connection pool -----------------------------------------------------------------
-
-    def _bind_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is self._loop:
-            return
-        for conn in list(self._open):
-            conn.abort()
-        self._open.clear()
-        self._idle.clear()
-        self._waiters.clear()
-        self._stop_reaper()
-        self._loop = loop
-        self._slots = asyncio.Semaphore(self.config.connections)
-
-    async def _checkout(self, *, fresh: bool = False) -> _Connection:
-        """A free connection of this process, or a new one in a free connection slot.
-
-        Waits up to SLOT_WAIT_SECONDS, first come first served: a connection checked in while
-        tasks wait goes to the one that waited longest, and the wait is announced so that other
-        processes give back what they hold beyond their fair share."""
-        if not fresh and not self._waiters and (conn := self._take_idle()) is not None:
-            return conn
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SLOT_WAIT_SECONDS
-        pause = 0.02
-        support = self.provider.context.support
-        announced = False
-        try:
-            while True:
-                release = self._try_slot()
-                if release is not None:
-                    return await self._connect(release)
-                if loop.time() >= deadline:
-                    raise _NoSlot(self._no_slot_text())
-                if not announced:
-                    support.wait_for_connection_slot(True)
-                    announced = True
-                handed = await self._wait_for_checkin(pause)
-                if handed is not None:
-                    return handed
-                pause = min(pause * 2, 0.25)
-        finally:
-            if announced:
-                support.wait_for_connection_slot(False)
-
-    def _take_idle(self) -> _Connection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.smtp.is_connected:
-                conn.reused = True
-                return conn
-            self._drop(conn)
-        return None
-
-    async def _wait_for_checkin(self, seconds: float) -> _Connection | None:
-        """Wait in line for a connection another task checks in; None after `seconds`."""
-        future: asyncio.Future[_Connection] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        try:
-            await asyncio.wait((future,), timeout=seconds)
-        except BaseException:  # cancelled: a connection handed over meanwhile goes back to the pool
-            self._leave_line(future)
-            raise
-        if not future.done():
-            self._leave_line(future)
-            return None
-        conn = future.result()
-        conn.reused = True
-        return conn
-
-    def _leave_line(self, future: asyncio.Future[_Connection]) -> None:
-        if future.done():
-            self._park(future.result())
-        else:
-            self._waiters.remove(future)
-            future.cancel()
-
-    def _hand_over(self, conn: _Connection) -> bool:
-        """Give a checked-in connection to the task that has waited longest, if any."""
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(conn)
-                return True
-        return False
-
-    def _try_slot(self) -> Callable[[], None] | None:
-        """One of the transport's connection slots (shared by every spooler process), or None."""
-        support = self.provider.context.support
-        try:
-            slot = support.acquire_connection_slot(self.config.connections)
-        except MAPIError as exc:  # the store cannot say: wait as for a busy slot
-            raise _NoSlot(f"cannot take a connection slot: {exc.message}") from None
-        if slot is None:
-            return None
-        return lambda: support.release_connection_slot(slot)
-
-    def _no_slot_text(self) -> str:
-        limit, where, mine = self.config.connections, self.config.where, len(self._open)
-        if not mine:
-            return f"all {limit} connection(s) to {where} are in use by other spooler processes"
-        return (
-            f"all {limit} connection(s) to {where} are in use: {mine} by this spooler process "
-            "(its fair share while others wait), the rest by other spooler processes"
-        )
-
-    def _gives_back(self) -> bool:
-        """Another process waits for a connection slot and this one holds more than its share."""
-        try:
-            return self.provider.context.support.should_give_back_connection_slot(self.config.connections)
-        except MAPIError:
-            return False
-
-    async def _checkin(self, conn: _Connection) -> None:
-        if conn.broken or not conn.smtp.is_connected:
-            self._drop(conn)
-        elif conn.messages >= self.config.max_messages_per_connection or self._gives_back():
-            self._open.discard(conn)
-            await conn.quit()
-        elif not self._hand_over(conn):
-            self._park(conn)
-
-    def _park(self, conn: _Connection) -> None:
-        """Keep a free connection for the next message; the reaper closes it after IDLE_SECONDS."""
-        conn.idle_since = asyncio.get_running_loop().time()
-        self._idle.append(conn)
-        if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._reap_idle)
-
-    def _reap_idle(self) -> None:
-        """Close connections idle for IDLE_SECONDS: their slots may be wanted by another process."""
-        self._reaper = None
-        if self._loop is None or self._loop.is_closed():
-            return
-        now = self._loop.time()
-        stale = [c for c in self._idle if now - c.idle_since >= IDLE_SECONDS]
-        for conn in stale:
-            self._idle.remove(conn)
-            self._open.discard(conn)
-            task = self._loop.create_task(conn.quit())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        if self._idle:
-            first = min(c.idle_since for c in self._idle)
-            self._reaper = self._loop.call_later(max(0.05, first + IDLE_SECONDS - now), self._reap_idle)
-
-    def _drop(self, conn: _Connection) -> None:
-        self._open.discard(conn)
-        conn.abort()
-
-    async def _connect(self, release: Callable[[], None]) -> _Connection:
-        """Open a connection in the slot that `release` gives back."""
-        try:
-            conn = await self._open_connection()
-        except BaseException:
-            release()
-            raise
-        conn.release_slot = release
-        return conn
-
-    async def _open_connection(self) -> _Connection:
+    async def _open_connection(self) -> aiosmtplib.SMTP:
+        """Connect, EHLO and AUTH: a connection ready for a transaction (the pool keeps it)."""
         cfg = self.config
         try:
             smtp = aiosmtplib.SMTP(
@@ -917,37 +692,16 @@ class SMTPLogon(TransportLogon):
         except _CONNECT_ERRORS as exc:
             smtp.close()
             raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where} ({step}): {exc}") from None
-        conn = _Connection(smtp)
-        self._open.add(conn)
-        self.connections_opened += 1
         self._connected()
-        return conn
+        return smtp
 
-    def _password_now(self) -> _Secret:
+    def _password_now(self) -> Secret:
         if self._password is None:  # read_password() raised at logon; unconfigured says why
             raise _Unconfigured(self.unconfigured or "no password")
         return self._password
 
     def _connected(self) -> None:
-        self.status.set(
-            add=StatusCode.AVAILABLE,
-            remove=StatusCode.FAILURE | StatusCode.OFFLINE,
-            text=f"connected to {self.config.where}{self._tls_note}",
-        )
-
-    def _stop_reaper(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
-
-    async def _close_all(self) -> None:
-        self._stop_reaper()
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            self._open.discard(conn)
-            await conn.quit()
-        for conn in list(self._open):  # in use elsewhere: just close the socket
-            self._drop(conn)
+        self.status.connected(f"connected to {self.config.where}{self._tls_note}")
 
     # --- the rest of IXPLogon ------------------------------------------------------------------
 
@@ -958,17 +712,14 @@ class SMTPLogon(TransportLogon):
         return EndMessageFlags.NONE
 
     async def validate_state(self, flags: ValidateFlags) -> None:
-        if flags & ValidateFlags.FORCE_XP_DISCONNECT and self._loop is asyncio.get_running_loop():
-            await self._close_all()
+        if flags & ValidateFlags.FORCE_XP_DISCONNECT and self.pool.loop is asyncio.get_running_loop():
+            await self.pool.close_all()
 
     async def logoff(self, flags: LogoffFlags = LogoffFlags.NORMAL) -> None:
-        if self._loop is asyncio.get_running_loop():
-            await self._close_all()
+        if self.pool.loop is asyncio.get_running_loop():
+            await self.pool.close_all()
         else:
-            self._stop_reaper()
-            for conn in list(self._open):
-                self._drop(conn)
-            self._idle.clear()
+            self.pool.abort_all()
 
 
 # --- the provider ------------------------------------------------------------------------------------
@@ -1005,46 +756,27 @@ class SMTPProvider(TransportProvider):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        if "password" in options:
-            raise _invalid(
-                "option 'password' is not accepted: a password never goes into the profile. Put it in an "
-                "environment variable and name that in 'password_env', or in a file readable only by you "
-                "and name that in 'password_file'"
-            )
+        refuse_password(options)
         opts = super().validate_options(options)
-        out: dict[str, Any] = {}
-        if "host" not in opts:
-            raise _invalid("option 'host' is required: the SMTP server to send to")
-        out["host"] = _token("host", opts["host"])
-        security = str(opts.get("security", "starttls")).strip().lower()
-        if security not in SECURITY_MODES:
-            raise _invalid(f"option 'security' must be one of {', '.join(SECURITY_MODES)}, not {opts['security']!r}")
-        out["security"] = security
-        port = opts.get("port", DEFAULT_PORTS[security])
-        port_number = _number("port", port, integer=True)
-        if port_number > 65535:
-            raise _invalid(f"option 'port' must be a port number (1-65535), not {port!r}")
-        out["port"] = int(port_number)
+        out = _server(
+            opts,
+            security_modes=SECURITY_MODES,
+            default_security="starttls",
+            default_ports=DEFAULT_PORTS,
+            host_missing="option 'host' is required: the SMTP server to send to",
+        )
+        security = out["security"]
 
         if "username" in opts:
             out["username"] = _token("username", opts["username"])
-        if "password_env" in opts and "password_file" in opts:
-            raise _invalid("options 'password_env' and 'password_file' exclude each other: give one of them")
-        if "password_env" in opts:
-            out["password_env"] = _token("password_env", opts["password_env"])
-        if "password_file" in opts:
-            out["password_file"] = _path("password_file", opts["password_file"])
+        out.update(_password_source(opts))
         has_password = "password_env" in out or "password_file" in out
         if "username" in out and not has_password:
             raise _invalid("option 'username' needs 'password_env' or 'password_file' to say where the password is")
         if has_password and "username" not in out:
             raise _invalid("a password ('password_env' or 'password_file') needs the option 'username'")
 
-        out["verify_tls"] = _boolean("verify_tls", opts.get("verify_tls", True))
-        if "ca_file" in opts:
-            if security == "none":
-                raise _invalid("option 'ca_file' needs security 'starttls' or 'tls'")
-            out["ca_file"] = _path("ca_file", opts["ca_file"])
+        out.update(_tls_checks(opts, security, SECURITY_MODES))
         if "helo_name" in opts:
             out["helo_name"] = _token("helo_name", opts["helo_name"])
             if not out["helo_name"].isascii():

@@ -360,6 +360,10 @@ class StatusRow:
         if text is not None:
             self.status_string = text
 
+    def connected(self, text: str) -> None:
+        """A connection works (again): available, no failure, not offline; the failure's last error stays."""
+        self.set(add=StatusCode.AVAILABLE, remove=StatusCode.FAILURE | StatusCode.OFFLINE, text=text)
+
     def failed(self, error: str) -> None:
         self.status_code |= StatusCode.FAILURE
         self.last_error = error
@@ -381,6 +385,26 @@ def status_row_dict(row: StatusRow) -> dict[str, Any]:
         "last_error": row.last_error,
         "last_error_time": row.last_error_time.isoformat() if row.last_error_time else None,
     }
+
+
+def status_row_from_dict(name: str, row: Mapping[str, Any]) -> StatusRow:
+    """A status row read back from plain data (a table another process published under `name`)."""
+    when = row.get("last_error_time")
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when)
+        except ValueError:
+            when = None
+    return StatusRow(
+        display_name=str(row.get("display_name", name)),
+        provider_display=str(row.get("provider_display", "")),
+        resource_type=int(row.get("resource_type", 0)),
+        status_code=StatusCode(int(row.get("status_code", 0))),
+        status_string=str(row.get("status_string", "")),
+        identity=str(row.get("identity", "")),
+        last_error=str(row.get("last_error", "")),
+        last_error_time=when if isinstance(when, datetime) else None,
+    )
 
 
 # --- the support object ------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from pathlib import Path
 
-from .mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError
 
 PID_FILE = "spooler.pid"
 
@@ -31,6 +32,15 @@ def read_pid(path: Path) -> int | None:
     except (OSError, UnicodeDecodeError):
         return None
     return int(text) if text.isdigit() else None
+
+
+def owner_pid(owner: str) -> int | None:
+    """The pid in a spooler owner name (`host:pid:suffix`) when it is on this host."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    return int(pid_text)
 
 
 def running_daemon(profile_dir: Path) -> int | None:
