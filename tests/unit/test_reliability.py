@@ -401,6 +401,20 @@ def test_a_slow_transports_backlog_does_not_starve_another_transport(tmp_path: P
     assert order.index("fax") <= 2, order  # not 20th: among the first messages taken
 
 
+def test_a_backlog_longer_than_one_read_of_due_messages_does_not_starve_another_transport(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """The soak found it: lanes were made from the oldest 256 due messages only, so behind a
+    backlog of 300 SMTP messages the fax was not seen until 256 of them had been sent."""
+    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"]}), ("fax", {"address_types": ["FAX"]}))
+    with postroom.logon(profile) as s:
+        s.submit_many(s.create_message(f"m{n}").to(f"r{n}@x.test") for n in range(300))
+        s.create_message("fax").to("FAX:+1").submit()
+        assert s.deliver().delivered == 301
+    order = [c[0] for c in calls if c[1] == "submit_message"]
+    assert order.index("fax") <= 2, order.index("fax")
+
+
 def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Path, calls: Calls) -> None:
     profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
 
