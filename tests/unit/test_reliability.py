@@ -415,6 +415,38 @@ def test_a_backlog_longer_than_one_read_of_due_messages_does_not_starve_another_
     assert order.index("fax") <= 2, order.index("fax")
 
 
+def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_last(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """A pass with no time limit (deliver(), a Send/Receive) reads the due messages again every
+    second: a fax submitted while 120 slow SMTP messages go out is taken long before the last of
+    them. The soak found the daemon's scheduled Send/Receive delivering a backlog for minutes in
+    one such pass while maildir messages waited."""
+    profile = make_profile(
+        tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}), ("fax", {"address_types": ["FAX"]})
+    )
+
+    async def scenario() -> None:
+        s = postroom.alogon(Profile.load(profile.directory))
+        s.submit_many(s.create_message(f"m{n}").to(f"r{n}@x.test") for n in range(120))
+        await s.deliver(limit=0)  # log on
+
+        async def fax_after(calls_made: int) -> None:
+            while sum(1 for c in calls if c[1] == "submit_message") < calls_made:
+                await asyncio.sleep(0.01)
+            s.create_message("fax").to("FAX:+1").submit()
+
+        submitter = asyncio.create_task(fax_after(20))
+        summary = await s.spooler.process_due()
+        await submitter
+        assert summary.delivered == 121
+        await s.close()
+
+    asyncio.run(scenario())
+    order = [c[0] for c in calls if c[1] == "submit_message"]
+    assert order.index("fax") < 100, order.index("fax")  # about 20 + one second's worth (40), not 120th
+
+
 def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Path, calls: Calls) -> None:
     profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
 

@@ -15,11 +15,14 @@ process took it meanwhile. Every lane with a message among those SCAN is found, 
 thousands for one transport does not hide another transport's message behind it (Postfix's
 active queue has the same kind of bound). Placing a message in its lane means reading its
 recipients, so the lane of each due message is remembered across passes (`LaneMemory`) and a
-long backlog is read once, not at every pass.
+long backlog is read once, not at every pass. They are read again every REREAD_SECONDS even
+while the lanes still hold work: a pass without a time limit (deliver(), a Send/Receive) may
+last minutes, and a message submitted meanwhile must not wait for its end.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -32,6 +35,8 @@ from .routing import Router
 SCAN = 20_000
 #: Messages whose recipients are read in one query when they are placed in lanes.
 CHUNK = 500
+#: How often the due messages are read again while the lanes still hold work.
+REREAD_SECONDS = 1.0
 NO_LANE = ""  # no transport takes any pending recipient: the message only needs its NDR
 
 
@@ -72,11 +77,13 @@ class FairScheduler:
         self._busy: dict[str, int] = {}  # lane -> messages in flight here
         self._lane_of: dict[int, str] = {}  # in flight: message -> lane
         self._taken: set[int] = set()  # this pass's, in flight or done
+        self._read_at = 0.0  # time.monotonic() of the last read of the due messages
 
     def take(self, in_flight: set[int]) -> int | None:
         """Claim the next message to work on, or None when nothing is due (for now)."""
         while True:
-            if not any(self._lanes.values()) and not self._refill(in_flight):
+            stale = time.monotonic() - self._read_at >= REREAD_SECONDS
+            if (stale or not any(self._lanes.values())) and not self._refill(in_flight):
                 return None  # nothing due that this pass has not taken already
             lane = min(
                 (name for name, queue in self._lanes.items() if queue),
@@ -100,8 +107,10 @@ class FairScheduler:
     def _refill(self, in_flight: set[int]) -> bool:
         """Read the due messages again, leaving out what this pass took already (a message given
         back due at once must not keep a pass going round it), and sort them into lanes."""
+        self._read_at = time.monotonic()
         due = [m for m in self.store.due_messages(self.clock(), SCAN, in_flight) if m not in self._taken]
         if not due:
+            self._lanes = {}
             return False
         router = self.router()
         memory = self.memory
