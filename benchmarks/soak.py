@@ -35,6 +35,7 @@ import contextlib
 import email.parser
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -54,7 +55,7 @@ import common as C
 
 sys.path.insert(0, str(C.REPO))  # the crash harness's sink and accounting (tests/harness)
 
-from tests.harness.spoolers import Tally, sink_counts, start_sink, start_spooler
+from tests.harness.spoolers import Tally, sink_counts, start_sink
 from tests.store.pgutil import with_schema
 
 KINDS = ("fast", "slow", "flaky", "local")
@@ -63,6 +64,7 @@ MIX = {"fast": 0.45, "slow": 0.25, "flaky": 0.10, "local": 0.20}
 SMTP_BACKLOG = ("fast", "slow")  # the backlog the maildir messages must not wait behind
 BACKLOG_MIN = 100  # "while the SMTP backlog drains": submitted while at least this many were queued
 MAILDIR_P99_TARGET = 10.0
+PASS_LINE = re.compile(rb"(?m)^\d\d:\d\d:\d\d \d+ message\(s\)")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Plan:
     sample_every: float
     table_every: float
     drain_timeout: float
+    stall_seconds: float  # no delivery this long while SMTP mail is queued: a hang (B silent this long: a note)
 
     @classmethod
     def full(cls, n: int) -> Plan:
@@ -101,6 +104,7 @@ class Plan:
             sample_every=5.0,
             table_every=120.0,
             drain_timeout=1800.0,
+            stall_seconds=60.0,
         )
 
     @classmethod
@@ -120,6 +124,7 @@ class Plan:
             sample_every=1.0,
             table_every=5.0,
             drain_timeout=120.0,
+            stall_seconds=20.0,
         )
 
 
@@ -234,10 +239,40 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     peak_kib: int = 0  # VmHWM over all its lives
+    progress_at: float = 0.0
+    log_size: int = 0
+    silences: list[list[float]] = field(default_factory=list)  # [from t, seconds] without a pass line
 
     def start(self) -> None:
-        self.proc = start_spooler(self.profile, self.log, flags=())
+        """`postroom spooler` through soak_daemon.py (the CLI, plus stack dumps on SIGUSR1/SIGUSR2)."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [C.PY, str(C.HERE / "soak_daemon.py"), "--profile", str(self.profile), "spooler"],
+                stdout=out,
+                stderr=out,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.starts += 1
+        self.progress_at = time.monotonic()
+        self.log_size = self.log.stat().st_size
+
+    def silent_for(self) -> float:
+        """Seconds since its last pass line (written after every daemon pass that did something)."""
+        size = self.log.stat().st_size
+        if size > self.log_size:
+            with self.log.open("rb") as f:
+                f.seek(self.log_size)
+                if PASS_LINE.search(f.read(size - self.log_size)):
+                    self.progress_at = time.monotonic()
+            self.log_size = size
+        return time.monotonic() - self.progress_at
+
+    def dump_stacks(self) -> None:
+        """Where it is: threads (works while the event loop is blocked), then asyncio tasks."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            self.proc.send_signal(signal.SIGUSR2)
 
     def note_memory(self) -> int:
         """The current VmRSS (KiB); keeps the peak (VmHWM) up to date."""
@@ -366,6 +401,7 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     kills: int = 0
     restarts: list[float] = field(default_factory=list)  # seconds the server was being restarted
+    kill_times: list[float] = field(default_factory=list)
     restart_t: float | None = None
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -449,8 +485,19 @@ def run_soak(plan: Plan, store_kind: str, work: Path, seed: int) -> dict[str, An
                     else:
                         a.kill()
                         r.kills += 1
+                        r.kill_times.append(elapsed)
                     a.start()
                     next_kill = now + plan.kill_every * rng.uniform(0.8, 1.2)
+                busy = bool(r.samples) and any(r.samples[-1].backlog[k] for k in SMTP_BACKLOG)
+                silent = b.silent_for()
+                if busy and silent > plan.stall_seconds:
+                    if not b.silences or sum(b.silences[-1]) < elapsed - silent - 1:  # a new silence
+                        C.log(
+                            f"t={elapsed:.0f} s: daemon B has written no pass line for {silent:.0f} s (stacks: B.log)"
+                        )
+                        b.silences.append([elapsed - silent, silent])
+                        b.dump_stacks()
+                    b.silences[-1][1] = silent
                 if b.proc is not None and b.proc.poll() is not None:
                     r.problems.append(f"daemon B exited by itself at t={elapsed:.0f} s (status {b.proc.returncode})")
                     b.start()
@@ -468,6 +515,7 @@ def run_soak(plan: Plan, store_kind: str, work: Path, seed: int) -> dict[str, An
                     break
                 time.sleep(0.05)
             r.seconds = time.monotonic() - t0
+            r.problems += hangs(r.samples, plan.stall_seconds)
             # B's last figure before it stops (A's lives are in its VmHWM peak).
             b.note_memory()
             statuses = {d.name: d.stop() for d in daemons}
@@ -488,6 +536,19 @@ def run_soak(plan: Plan, store_kind: str, work: Path, seed: int) -> dict[str, An
         if pg is not None:
             pg.stop()
     return result
+
+
+def hangs(samples: list[Sample], seconds: float) -> list[str]:
+    """Stretches longer than `seconds` in which nothing was delivered while SMTP mail was queued."""
+    out = []
+    since: Sample | None = None
+    for s in samples:
+        if since is None or s.delivered != since.delivered or not any(s.backlog[k] for k in SMTP_BACKLOG):
+            since = s
+        elif s.t - since.t > seconds:
+            out.append(f"nothing was delivered from t={since.t:.0f} s to t={s.t:.0f} s while SMTP mail was queued")
+            since = s
+    return out
 
 
 def take_sample(probe: Probe, sub: Submitted, a: Daemon, b: Daemon, elapsed: float) -> Sample | None:
@@ -570,6 +631,7 @@ def judge(
     outcome = Tally()
     per_kind: dict[str, Tally] = {k: Tally() for k in KINDS}
     waits: list[tuple[float, float]] = []  # (submitted at, seconds waited) of each maildir message
+    slow_ones: list[dict[str, Any]] = []  # the maildir messages that waited longer than the target
     for i, (kind, mid) in enumerate(zip(sub.kinds, sub.mids, strict=True)):
         message_id = sub.message_id(i, run_tag)
         count = seen[kind].get(message_id, 0)
@@ -582,6 +644,18 @@ def judge(
             submitted = next((e.time.timestamp() for e in history.events(mid) if e.kind == "submitted"), None)
             if submitted is not None:
                 waits.append((submitted, first_file[message_id] - submitted))
+                if first_file[message_id] - submitted > MAILDIR_P99_TARGET:
+                    slow_ones.append(
+                        {
+                            "mid": mid,
+                            "t": round(submitted - started, 1),
+                            "wait": round(first_file[message_id] - submitted, 1),
+                            "history": [
+                                f"{e.time:%H:%M:%S.%f} {e.kind} {e.transport or ''} {e.detail}"[:200]
+                                for e in history.events(mid)
+                            ],
+                        }
+                    )
     ndrs = sum(1 for s in session.list_messages("Inbox") if s.message_class == "REPORT.IPM.Note.NDR")
     left = len(session.queue())
     if left:
@@ -652,6 +726,9 @@ def judge(
         "submit_seconds": r.submit_seconds,
         "drained": r.drained,
         "samples": [s.__dict__ for s in r.samples],
+        "kill_times": r.kill_times,
+        "b_silences": daemons[1].silences,
+        "maildir_over_target": slow_ones[:300],
         "problems": r.problems,
         "logs": str(work),
     }
@@ -717,6 +794,11 @@ def render_lines(x: dict[str, Any], r: Run) -> list[str]:
             f"{s.store_bytes / mib / mib:9.1f}  {s.events:12}  {s.load}"
         )
     lines.append("")
+    for since, seconds in x["b_silences"]:
+        lines.append(
+            f"daemon B wrote no pass line for {seconds:.0f} s from t={since:.0f} s (a pass without a time limit; "
+            "its stacks are in B.log)"
+        )
     lines.append(
         f"settings: lease_seconds {plan.lease_seconds:g}, crash_policy resend, spooler_concurrency "
         f"{plan.concurrency} per daemon; flaky transport's policy "
