@@ -38,6 +38,7 @@ from .spooler.outage import StoreOutage, store_unreachable
 from .spooler.tally import Counts
 from .spooler.transports import call_transport, error_summary
 from .store.base import MessageStore, WaitKind
+from .store.notify import Listener
 from .transports.spi import InboundMessage
 
 if TYPE_CHECKING:
@@ -640,13 +641,33 @@ class ProtocolManager:
         """The spooler daemon: outbound on notifications and due times, polling, schedules, mode changes."""
         self.wakeup = asyncio.Event()
         self.work_waiting = True
-        listener = self.store.bus.listen()
-        queue = listener.attach()
+        listener: Listener | None = None
         try:  # the first turn publishes the status table (the store may not take writes yet)
-            await self._daemon_loop(stop, queue, on_pass)
+            listener = await self._listen(stop)
+            if listener is not None:
+                await self._daemon_loop(stop, listener.attach(), on_pass)
         finally:
-            listener.close()
+            if listener is not None:
+                listener.close()
             await self.core.transports.end_traffic()
+
+    async def _listen(self, stop: asyncio.Event) -> Listener | None:
+        """The store's notifications. The store was opened a moment ago, so it cannot be reached
+        now only for a while (PostgreSQL restarting): wait, as the loop waits out an outage,
+        instead of ending a daemon that has started (None: stopped meanwhile)."""
+        outage = StoreOutage()
+        while not stop.is_set():
+            try:
+                listener = self.store.bus.listen()
+            except MAPIError as exc:
+                if not store_unreachable(exc):
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), outage.failed(exc, time.monotonic()))
+                continue
+            outage.recovered(time.monotonic())
+            return listener
+        return None
 
     async def _daemon_loop(
         self, stop: asyncio.Event, queue: asyncio.Queue[Any], on_pass: Callable[[PassSummary], None] | None
