@@ -1,4 +1,6 @@
-"""A counting SMTP sink with injected faults, for the crash harness. usage: sink.py PORT LOGFILE
+"""A counting SMTP sink with injected faults, for the crash harness and the soak (benchmarks/soak.py).
+
+    usage: sink.py PORT LOGFILE [--data-delay MIN:MAX] [--refuse-rcpt-until EPOCH]
 
 Faults are chosen by the recipient's local part, so the harness knows what to expect:
   ok-*        accepted
@@ -6,14 +8,18 @@ Faults are chosen by the recipient's local part, so the harness knows what to ex
   rcpt5xx-*   550 5.1.1 at RCPT, always (the sender must get an NDR)
   data421-*   421 4.3.2 after DATA the first time (nothing delivered), accepted afterwards
   drop-*      the connection is dropped after DATA the first time (nothing delivered), accepted afterwards
+Two options make a whole server slow or failing, for the soak: `--data-delay 0.2:0.5` answers
+the end of DATA after a random delay between those seconds; `--refuse-rcpt-until EPOCH` answers
+every RCPT with 451 until that time (time.time()), then accepts.
 Every accepted message is logged as one line "<Message-ID> <recipient>". The connections are
 counted in LOGFILE.connections: one line "<open now> <most open at once> <opened in all>" per change.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
+import random
 import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -55,12 +61,16 @@ class CountingController(Controller):
 
 
 class FaultyHandler:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, data_delay: tuple[float, float] = (0.0, 0.0), refuse_until: float = 0.0) -> None:
         self.log = log.open("a", buffering=1)
+        self.data_delay = data_delay
+        self.refuse_until = refuse_until
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if time.time() < self.refuse_until:
+            return f"451 4.3.2 <{address}>: System not accepting network messages, try again later"
         local = address.split("@", 1)[0]
         if local.startswith("rcpt5xx-"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
@@ -71,6 +81,8 @@ class FaultyHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_delay[1] > 0:
+            await asyncio.sleep(random.uniform(*self.data_delay))
         for rcpt in envelope.rcpt_tos:
             local = rcpt.split("@", 1)[0]
             key = "data:" + rcpt
@@ -89,10 +101,22 @@ class FaultyHandler:
         return "250 2.0.0 queued"
 
 
+def seconds_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(":")
+    return float(low), float(high or low)
+
+
 def main() -> None:
-    port, log = int(sys.argv[1]), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("port", type=int)
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--data-delay", type=seconds_range, default=(0.0, 0.0), metavar="MIN:MAX")
+    parser.add_argument("--refuse-rcpt-until", type=float, default=0.0, metavar="EPOCH")
+    args = parser.parse_args()
+    log: Path = args.log
     CountingSMTP.log = log.with_name(log.name + ".connections")
-    controller = CountingController(FaultyHandler(log), hostname="127.0.0.1", port=port, ready_timeout=10)
+    handler = FaultyHandler(log, args.data_delay, args.refuse_rcpt_until)
+    controller = CountingController(handler, hostname="127.0.0.1", port=args.port, ready_timeout=10)
     controller.start()
     print("ready", flush=True)
     try:

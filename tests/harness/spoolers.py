@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_sink(port: int, log: Path) -> subprocess.Popen[str]:
-    """The counting SMTP sink (sink.py): one line per accepted message, `<Message-ID> <recipients>`."""
+def start_sink(port: int, log: Path, options: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """The counting SMTP sink (sink.py): one line per accepted message, `<Message-ID> <recipients>`.
+    `options`: sink.py's own (--data-delay, --refuse-rcpt-until)."""
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "sink.py"), str(port), str(log)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HERE / "sink.py"), str(port), str(log), *options], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     proc.stdout.readline()  # "ready"

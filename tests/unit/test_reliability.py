@@ -69,6 +69,25 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     assert min(samples) >= 320 and max(samples) <= 480 and len(set(samples)) > 100
 
 
+def test_the_daemons_automatic_send_receive_does_not_cut_a_retry_wait_short(tmp_path: Path, calls: Calls) -> None:
+    profile = profile_with(tmp_path, {"answer": "busy"})  # the default backoff: 300 s before the second try
+    profile.groups = [{"name": "All Accounts", "online": {"every_minutes": 0.01}}]  # every 0.6 s
+    profile.save()
+
+    async def scenario() -> None:
+        daemon = postroom.alogon(Profile.load(profile.directory))
+        daemon.create_message("x").to("a@x.test").submit()
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run_spooler(stop))
+        await asyncio.sleep(2.5)  # four automatic Send/Receives
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await daemon.close()
+
+    asyncio.run(scenario())
+    assert submits(calls) == 1
+
+
 def test_busy_backs_off_from_attempt_to_attempt(tmp_path: Path, calls: Calls) -> None:
     clock = Clock(T0)
     policy = {"retry_min_seconds": 10, "retry_max_seconds": 35, "retry_jitter": 0}
@@ -409,6 +428,52 @@ def test_a_slow_transports_backlog_does_not_starve_another_transport(tmp_path: P
         assert summary.delivered == 21
     order = [c[0] for c in calls if c[1] == "submit_message"]
     assert order.index("fax") <= 2, order  # not 20th: among the first messages taken
+
+
+def test_a_backlog_longer_than_one_read_of_due_messages_does_not_starve_another_transport(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """The soak found it: lanes were made from the oldest 256 due messages only, so behind a
+    backlog of 300 SMTP messages the fax was not seen until 256 of them had been sent."""
+    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"]}), ("fax", {"address_types": ["FAX"]}))
+    with postroom.logon(profile) as s:
+        s.submit_many(s.create_message(f"m{n}").to(f"r{n}@x.test") for n in range(300))
+        s.create_message("fax").to("FAX:+1").submit()
+        assert s.deliver().delivered == 301
+    order = [c[0] for c in calls if c[1] == "submit_message"]
+    assert order.index("fax") <= 2, order.index("fax")
+
+
+def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_last(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """A pass with no time limit (deliver(), a Send/Receive) reads the due messages again every
+    second: a fax submitted while 120 slow SMTP messages go out is taken long before the last of
+    them. The soak found the daemon's scheduled Send/Receive delivering a backlog for minutes in
+    one such pass while maildir messages waited."""
+    profile = make_profile(
+        tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}), ("fax", {"address_types": ["FAX"]})
+    )
+
+    async def scenario() -> None:
+        s = postroom.alogon(Profile.load(profile.directory))
+        s.submit_many(s.create_message(f"m{n}").to(f"r{n}@x.test") for n in range(120))
+        await s.deliver(limit=0)  # log on
+
+        async def fax_after(calls_made: int) -> None:
+            while sum(1 for c in calls if c[1] == "submit_message") < calls_made:
+                await asyncio.sleep(0.01)
+            s.create_message("fax").to("FAX:+1").submit()
+
+        submitter = asyncio.create_task(fax_after(20))
+        summary = await s.engine.spooler.process_due()
+        await submitter
+        assert summary.delivered == 121
+        await s.close()
+
+    asyncio.run(scenario())
+    order = [c[0] for c in calls if c[1] == "submit_message"]
+    assert order.index("fax") < 100, order.index("fax")  # about 20 + one second's worth (40), not 120th
 
 
 def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Path, calls: Calls) -> None:

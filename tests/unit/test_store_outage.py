@@ -138,6 +138,41 @@ def test_the_daemon_rides_out_a_store_outage(
     assert warnings[1].startswith("message store reachable again after ")
 
 
+def test_a_daemon_that_cannot_listen_for_notifications_at_start_waits_for_the_store(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The soak found it: a daemon had opened its store and logged on ("Spooler running"), then met a
+    PostgreSQL restart as it began to LISTEN, and ended with exit code 2 instead of waiting."""
+    caplog.set_level(logging.DEBUG, logger="postroom.spooler")
+    profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}))
+
+    async def scenario() -> None:
+        daemon = postroom.alogon(Profile.load(profile.directory))
+        listen = daemon.engine.store.bus.listen
+        refusals = [unreachable()]
+
+        def listen_after_a_refusal() -> Any:
+            if refusals:
+                raise refusals.pop()
+            return listen()
+
+        monkeypatch.setattr(daemon.engine.store.bus, "listen", listen_after_a_refusal)
+        mid = daemon.create_message("x").to("a@x.test").submit()
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run_spooler(stop))
+        assert await until(lambda: daemon.recipient_states(mid)[0].state.final, 5)  # after 1 s of backoff
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await daemon.close()
+
+    asyncio.run(scenario())
+    assert submits(calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0].startswith("message store unreachable: ") and warnings[0].endswith("; retrying in 1 s")
+    assert warnings[1].startswith("message store reachable again after ")
+
+
 def test_a_stop_during_an_outage_ends_the_daemon_at_once(
     tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
 ) -> None:

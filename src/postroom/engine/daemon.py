@@ -23,7 +23,7 @@ from ..mapi.codes import MAPIError, StoreDiskTrouble, StoreUnavailable
 from ..spooler import PassSummary
 from ..spooler.outage import StoreOutage
 from ..store import WaitKind
-from ..store.notify import NoteKind
+from ..store.notify import Listener, NoteKind
 from .groups import load_groups
 from .protocol import ProtocolManager, Redo
 
@@ -67,13 +67,31 @@ class Daemon:
         schedules, mode changes. A store outage is waited out with backoff."""
         self.protocol.wakeup = asyncio.Event()
         self.work_waiting = True
-        listener = self.runtime.store.bus.listen()
-        queue = listener.attach()
+        listener: Listener | None = None
         try:  # the first turn publishes the status table (the store may not take writes yet)
-            await self._daemon_loop(stop, queue, on_pass)
+            listener = await self._listen(stop)
+            if listener is not None:
+                await self._daemon_loop(stop, listener.attach(), on_pass)
         finally:
-            listener.close()
+            if listener is not None:
+                listener.close()
             await self.runtime.transports.end_traffic()
+
+    async def _listen(self, stop: asyncio.Event) -> Listener | None:
+        """The store's notifications. The store was opened a moment ago, so it cannot be reached
+        now only for a while (PostgreSQL restarting): wait, as the loop waits out an outage,
+        instead of ending a daemon that has started (None: stopped meanwhile)."""
+        outage = StoreOutage()
+        while not stop.is_set():
+            try:
+                listener = self.runtime.store.bus.listen()
+            except StoreUnavailable as exc:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), outage.failed(exc, time.monotonic()))
+                continue
+            outage.recovered(time.monotonic())
+            return listener
+        return None
 
     async def _daemon_loop(
         self, stop: asyncio.Event, queue: asyncio.Queue[Any], on_pass: Callable[[PassSummary], None] | None
@@ -141,7 +159,8 @@ class Daemon:
         await self.protocol.poll_due()
         for g in self.protocol.schedule.due(load_groups(self.runtime.profile), self.protocol.mode, now):
             try:
-                await self.protocol.send_receive(g.name, explicit=False)
+                await self.protocol.send_receive(g.name, explicit=False, stop=stop, max_seconds=PASS_SECONDS)
+                self.work_waiting = True  # what its bounded pass left is the next turn's
             except StoreUnavailable:
                 raise
             except MAPIError as exc:

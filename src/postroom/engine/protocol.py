@@ -262,13 +262,16 @@ class ProtocolManager:
         explicit: bool = True,
         progress: Progress | None = None,
         stop: asyncio.Event | None = None,
+        max_seconds: float | None = None,
     ) -> SendReceiveSummary:
         """FlushQueues on the spooler's status row, for one group.
 
         An explicit Send/Receive works offline too: it connects the group's transports for the
         duration of the flush (that is the point of KB 317412's workaround). All of them are
         callable during one outbound pass, so a recipient one of them declines goes on to the
-        next in transport order within the same Send/Receive.
+        next in transport order within the same Send/Receive. A scheduled one (`explicit=False`)
+        leaves messages that wait for a retry alone (their backoff holds), and its outbound pass
+        takes no new message after `max_seconds`.
         """
         profile = self.runtime.profile
         g = find_group(profile, group or DEFAULT_GROUP)
@@ -278,7 +281,8 @@ class ProtocolManager:
             return summary
         table = self.runtime.transports
         members = [table.by_name(name) for name in g.members(profile)]
-        await self._flush(members, summary, upload and settings.send, download and settings.receive, progress, stop)
+        upload, download = upload and settings.send, download and settings.receive
+        await self._flush(members, summary, upload, download, progress, stop, retries=explicit, max_seconds=max_seconds)
         self.runtime.publish_status()
         return summary
 
@@ -297,6 +301,9 @@ class ProtocolManager:
         download: bool,
         progress: Progress | None,
         stop: asyncio.Event | None = None,
+        *,
+        retries: bool = True,
+        max_seconds: float | None = None,
     ) -> None:
         """Connect every member, run one outbound pass in which all of them may be called, then
         fetch from each, in transport order. Whatever happens, the members are disconnected
@@ -323,7 +330,7 @@ class ProtocolManager:
                     continue
                 ready.append(t)
             if upload and ready:
-                await self._upload(ready, summary, progress, stop)
+                await self._upload(ready, summary, progress, stop, retries, max_seconds)
             if download:
                 for t in ready:
                     if stop is not None and stop.is_set():
@@ -357,6 +364,8 @@ class ProtocolManager:
         summary: SendReceiveSummary,
         progress: Progress | None,
         stop: asyncio.Event | None,
+        retries: bool = True,
+        max_seconds: float | None = None,
     ) -> None:
         errors_before = {t.name: t.status.last_error_time for t in ready}
         for t in ready:
@@ -365,8 +374,8 @@ class ProtocolManager:
                 progress("send", t, "")
         try:
             known = [s.name for s in self.runtime.profile.services]
-            self.store.wake_for([t.name for t in ready], self.runtime.clock(), known)
-            summary.absorb(await self.runtime.spooler.process_due(keep=False, stop=stop))
+            self.store.wake_for([t.name for t in ready], self.runtime.clock(), known, retries=retries)
+            summary.absorb(await self.runtime.spooler.process_due(keep=False, stop=stop, max_seconds=max_seconds))
         finally:
             for t in ready:
                 if t.logon is not None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from ..store.base import LeaseLost, MessageStore
 from .outbound import MessageResult, OutboundProcessor, SpoolerSettings
-from .scheduler import FairScheduler
+from .scheduler import FairScheduler, LaneMemory
 from .tally import Tallied, Tally
 from .transports import LoadedTransport, TransportTable
 
@@ -87,6 +87,7 @@ class Spooler:
         self.lease_seconds = self.settings.lease_seconds
         self.concurrency = max(1, concurrency)
         self.processor = OutboundProcessor(store, transports, self.owner, self.clock, may_call, self.settings)
+        self.lanes = LaneMemory()  # each due message's lane, from one pass to the next
 
     @property
     def may_call(self) -> Callable[[LoadedTransport], bool]:
@@ -122,7 +123,9 @@ class Spooler:
         remaining = limit
         errors: list[Exception] = []
         await self.processor.wake_probes()
-        scheduler = FairScheduler(self.store, self.transports.router, self.owner, self.clock, self.lease_seconds)
+        scheduler = FairScheduler(
+            self.store, self.transports.router, self.owner, self.clock, self.lease_seconds, self.lanes
+        )
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
 
         async def worker() -> None:

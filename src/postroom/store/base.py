@@ -391,10 +391,14 @@ class MessageStore(abc.ABC):
         """Make messages waiting for these reasons due now (Send/Receive, back online); returns how many."""
 
     @abc.abstractmethod
-    def wake_for(self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None) -> int:
+    def wake_for(
+        self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None, *, retries: bool = True
+    ) -> int:
         """Send/Receive of these transports: make due now every unclaimed queued message with a
-        recipient waiting for one of them (offline or for a retry), or not yet routed. Scheduled
-        (deferred-send) and held messages stay as they are. Returns how many.
+        recipient waiting for one of them (offline or, with `retries`, for a retry), or not yet
+        routed. Scheduled (deferred-send) and held messages stay as they are. Returns how many.
+        A group's own schedule passes `retries=False`: only a person's Send/Receive cuts a retry
+        wait short, or the schedule would defeat the backoff.
 
         With `known` (every transport of the profile), a recipient waiting for a transport that is
         none of them (it was removed) wakes its message too: no Send/Receive could ever call the

@@ -1003,9 +1003,12 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._publish(NoteKind.QUEUE, woken=woken)
         return woken
 
-    def wake_for(self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None) -> int:
+    def wake_for(
+        self, transports: Sequence[str], now: datetime, known: Sequence[str] | None = None, *, retries: bool = True
+    ) -> int:
         if not transports:
             return 0
+        kinds = "coalesce(wait_kind, '') != 'scheduled'" if retries else "wait_kind = 'send_receive'"
         params = [t.lower() for t in transports]
         waits = f"r.waiting_for IS NULL OR lower(r.waiting_for) IN ({', '.join('?' for _ in transports)})"
         if known:
@@ -1014,7 +1017,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                "AND (lease_owner IS NULL OR lease_until < ?) AND coalesce(wait_kind, '') != 'scheduled' AND EXISTS ("
+                f"AND (lease_owner IS NULL OR lease_until < ?) AND {kinds} AND EXISTS ("
                 " SELECT 1 FROM recipients r WHERE r.message_id=messages.id AND r.state='pending'"
                 f" AND ({waits}))",
                 [to_epoch(now), *params],
