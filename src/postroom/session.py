@@ -40,7 +40,7 @@ from .mapi.flags import MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
 from .spooler import PassSummary
-from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus
+from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
 from .store.notify import NoteKind
 from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
@@ -475,11 +475,17 @@ class _SessionCore:
         return self._store.confirm_delivered(self._store.resolve_message(ref), self.clock(), detail)
 
     def retry(self, ref: str | int | bytes | None = None) -> int:
-        """Make a waiting message (or, with None, every one) due now, ignoring backoff."""
-        if ref is not None:
-            _check_ref(ref, "retry")
-        mid = None if ref is None else self._store.resolve_message(ref)
-        return self._store.retry_now(mid, self.clock())
+        """Make a waiting message (or, with None, every one `retry_all` takes) due now, ignoring
+        backoff; returns how many."""
+        if ref is None:
+            return len(self.retry_all().retried)
+        _check_ref(ref, "retry")
+        return self._store.retry_now(self._store.resolve_message(ref), self.clock())
+
+    def retry_all(self) -> RetryAll:
+        """Every queued message that waits (a retry, a Send/Receive, a paused transport) due now,
+        ignoring backoff; deferred sends whose time has not come and held messages are left alone."""
+        return self._store.retry_all(self.clock())
 
     def cancel(self, ref: str | int | bytes) -> None:
         """Cancel a queued message before it is sent (abort submit: it stays in the Outbox, unsent)."""
