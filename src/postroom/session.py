@@ -384,6 +384,13 @@ class _SessionCore:
         """Each recipient's outcome, or what it waits for and why (one row per recipient)."""
         return self.engine.recipient_report(self._store.resolve_message(ref))
 
+    def delivery_report(
+        self, message_id: int, recipients: Sequence[Recipient], summary: PassSummary
+    ) -> list[RecipientReport]:
+        """`recipient_report` of a message that `summary`'s pass handled; when that pass deleted it
+        (PR_DELETE_AFTER_SUBMIT), what the pass's outcomes say of its `recipients` (as submitted)."""
+        return self.engine.delivery_report(message_id, recipients, summary)
+
     def sender_identity(self) -> tuple[str, str]:
         """(display name, SMTP address) of the profile's user; default `user@localhost`."""
         if self._identity is None:
