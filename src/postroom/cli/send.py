@@ -251,7 +251,7 @@ def send(
     if eml is not None:
         from .. import mime
 
-        eml_data = mime.from_mime(read_input(eml, "--eml file"))
+        eml_data = mime.from_mime(read_input(eml, "--eml file"), submission=True)
 
     session = app.session()
     draft = session.create_message()
