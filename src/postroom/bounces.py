@@ -26,10 +26,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import Message
+from email.generator import BytesGenerator
+from email.message import EmailMessage, Message
 from email.parser import Parser
 from email.policy import default as _DEFAULT_POLICY
 from email.utils import getaddresses, parsedate_to_datetime
+from io import BytesIO
+from typing import cast
 
 from flufl.bounce import all_failures
 
@@ -40,6 +43,8 @@ __all__ = ["Bounce", "BouncedRecipient", "ndr_codes", "read_bounce"]
 #: The parser flufl.bounce runs is Mailman's; its per-detector chatter is not ours to log.
 logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
+#: Writes a parsed part back as the bytes it was read from, 8-bit UTF-8 included.
+_RAW_8BIT = _DEFAULT_POLICY.clone(utf8=True, cte_type="8bit", refold_source="none")
 _STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _ORIGINAL_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers")
 _SMTP_ADDRESS_TYPES = frozenset({"rfc822", "utf-8"})
@@ -68,6 +73,7 @@ class BouncedRecipient:
     status: str = ""  # the enhanced status code, "5.1.1"
     diagnostic: str = ""  # the server's words, without the "smtp;" type
     last_attempt: datetime | None = None
+    reply_code: int | None = None  # the SMTP reply code in the server's words (550), if any
 
     @property
     def is_smtp(self) -> bool:
@@ -135,14 +141,27 @@ def _blocks(part: Message) -> list[Message]:
     """The header blocks of a status part; a global one (RFC 6533) is UTF-8 text the email
     package leaves unparsed, so it is split and parsed here."""
     payload = part.get_payload()
-    if isinstance(payload, list):
+    if part.get_content_type() == "message/delivery-status" and isinstance(payload, list):
         return [b for b in payload if isinstance(b, Message)]
-    raw = part.get_payload(decode=True)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _unparsed_text(part).replace("\r\n", "\n").replace("\r", "\n")
     parser = Parser(policy=_DEFAULT_POLICY)
     chunks = [c for c in re.split(r"\n[ \t]*\n", text) if c.strip()]
     return [parser.parsestr(chunk.strip("\n") + "\n", headersonly=True) for chunk in chunks]
+
+
+def _unparsed_text(part: Message) -> str:
+    """A message/* part's content as UTF-8 text. The email package reads any message/* part as an
+    embedded message (its first header block as headers, the rest as body) with 8-bit bytes
+    escaped; the generator, told that 8-bit UTF-8 is fine, gives those bytes back as they came."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        if not payload or not isinstance(payload[0], Message):
+            return ""
+        out = BytesIO()
+        BytesGenerator(out, mangle_from_=False, policy=_RAW_8BIT).flatten(cast(EmailMessage, payload[0]))
+        return out.getvalue().decode("utf-8", "replace")
+    raw = part.get_payload(decode=True)  # e.g. a base64-encoded one (RFC 6533 allows it)
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
 
 
 def _field(block: Message, name: str) -> str:
@@ -198,14 +217,17 @@ def _read_status(msg: Message, part: Message) -> Bounce | None:
         if not address:
             continue
         action = (_field(block, "Action").lower().split() or [""])[0]
+        diagnostic = _typed(_field(block, "Diagnostic-Code"))[1]
+        reply = _SMTP_REPLY.match(diagnostic)
         rows.append(
             BouncedRecipient(
                 address=address,
                 address_type=address_type,
                 action=action,
                 status=_field(block, "Status"),
-                diagnostic=_typed(_field(block, "Diagnostic-Code"))[1],
+                diagnostic=diagnostic,
                 last_attempt=_date(block, "Last-Attempt-Date"),
+                reply_code=int(reply.group(1)) if reply else None,
             )
         )
     if not rows:
@@ -261,13 +283,15 @@ def _bounce_text(msg: Message) -> str:
 
 
 def _read_heuristic(msg: Message) -> Bounce | None:
+    text = _bounce_text(msg)
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector tripped over odd input: not a bounce we can read
-        return None
+        temporary, permanent = frozenset(), frozenset()
+    if not temporary and not permanent:
+        permanent = _exchange_2003(text)
     if not temporary and not permanent:
         return None
-    text = _bounce_text(msg)
     quoted_at, quoted = _quoted_original(text)
     own_words = text[:quoted_at]
     found = [(a, "failed") for a in sorted(permanent)] + [(a, "delayed") for a in sorted(temporary - permanent)]
@@ -278,6 +302,7 @@ def _read_heuristic(msg: Message) -> Bounce | None:
             continue
         words = _words_about(own_words, address, alone=len(found) == 1)
         enhanced = _ENHANCED.search(words)
+        reply = _SMTP_REPLY.search(words)
         rows.append(
             BouncedRecipient(
                 address=address,
@@ -285,12 +310,28 @@ def _read_heuristic(msg: Message) -> Bounce | None:
                 action=action,
                 status=enhanced.group(0) if enhanced else "",
                 diagnostic=words,
+                reply_code=int(reply.group(1)) if reply else None,
             )
         )
     if not rows:
         return None
     original = _original_of(msg) or quoted
     return Bounce(tuple(rows), None, None, original, "heuristic")
+
+
+_EXCHANGE_2003_START = re.compile(r"^\s*The following recipient\(s\) could not be reached:", re.MULTILINE)
+_EXCHANGE_2003_RECIPIENT = re.compile(r"^[ \t]+(\S+@[^\s@]+) on \S", re.MULTILINE)
+
+
+def _exchange_2003(text: str) -> frozenset[bytes]:
+    """The failed addresses of an Exchange 2003 NDR ("The following recipient(s) could not be
+    reached:", then "<address> on <date>" lines, indented), which flufl.bounce's Exchange
+    detector (Exchange 5.5/2000 wording) and its generic patterns (unindented) do not read."""
+    start = _EXCHANGE_2003_START.search(text)
+    if start is None:
+        return frozenset()
+    found = _EXCHANGE_2003_RECIPIENT.findall(text, start.end())
+    return frozenset(a.encode("ascii") for a in found if a.isascii())
 
 
 def _words_about(text: str, address: str, *, alone: bool) -> str:

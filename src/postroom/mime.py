@@ -110,7 +110,6 @@ _COMMENT = re.compile(r"\([^()]*\)")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _ENCODED_WORD_GAP = re.compile(f"({ENCODED_WORD_PATTERN})[ \t]+(?={ENCODED_WORD_PATTERN})")
-_SMTP_CODE = re.compile(r"([2-5]\d\d)(?!\d)")
 _LINE_BREAK = re.compile(r"[\r\n]")
 # A plain ASCII dot-atom address (RFC 5322 §3.4.1 without quoting, comments or domain literals):
 # every one the `email` package accepts as it is, with this very local part and domain.
@@ -947,9 +946,8 @@ def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
         row = _report_recipient(status.address, status.mapi_address_type, len(rows))
         row[T.PR_REPORT_TEXT] = diagnostic or status.status
         row[T.PR_REPORT_TIME] = status.last_attempt or bounce.arrival or now
-        code = _SMTP_CODE.match(diagnostic)
-        if code:
-            row[T.PR_NDR_STATUS_CODE] = int(code.group(1))
+        if status.reply_code is not None:
+            row[T.PR_NDR_STATUS_CODE] = status.reply_code
         if status.action in _DR_ACTIONS:
             row[T.PR_DELIVER_TIME] = status.last_attempt or bounce.arrival or now
         elif status.action != "delayed":  # "failed", or something unknown: report it as not delivered
@@ -1094,11 +1092,22 @@ def _text_loses(part: Message) -> bool:
     return False
 
 
+_UTF8_FIELD_PARTS = frozenset({"message/global-delivery-status", "message/global-disposition-notification"})
+
+
 def _loss(parsed: Message) -> str | None:
     """Why the conversion of `parsed` cannot be exact (the first reason found), or None when it is.
 
     The checks run after the conversion, which decoded the parts and so noted their defects.
     """
+    # The fields of an RFC 6533 status part are UTF-8 that the package reads as a text/plain
+    # message without a charset; `bounces` reads them as UTF-8, so they lose nothing.
+    fields = {
+        id(inner)
+        for p in parsed.walk()
+        if p.get_content_type() in _UTF8_FIELD_PARTS and p.is_multipart()
+        for inner in cast("list[Message]", p.get_payload())
+    }
     for part in parsed.walk():
         for name, value in part.raw_items():
             if _undecodable(str(value)):
@@ -1107,7 +1116,12 @@ def _loss(parsed: Message) -> str | None:
             why = _LOSSY_DEFECTS.get(type(defect))
             if why is not None:
                 return why
-        if part.get_content_maintype() == "text" and not _is_attachment_like(part) and _text_loses(part):
+        if (
+            part.get_content_maintype() == "text"
+            and id(part) not in fields
+            and not _is_attachment_like(part)
+            and _text_loses(part)
+        ):
             charset = part.get_content_charset() or "us-ascii"
             return f"a {part.get_content_type()} part is not valid {charset}"
     return None
