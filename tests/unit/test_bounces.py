@@ -45,6 +45,11 @@ SAMPLES = [
         NDRDiag.MAIL_RECIPIENT_UNKNOWN, 550, "<gruesse-1@xn--bcher-kva.example>", "Grüße", id="postfix-smtputf8",
     ),
     pytest.param(
+        "postfix-3.7-smtputf8-captured.eml", "jörg@bounce.test", NDRReason.TRANSFER_IMPOSSIBLE,
+        NDRDiag.OR_NAME_UNRECOGNIZED, None, "<179619809733.11520.10684534998263795819@example.test>",
+        "Grüße 74cab10f", id="postfix-smtputf8-captured",
+    ),
+    pytest.param(
         "report-without-report-type.eml", "erin@example.com", NDRReason.RESTRICTED_DELIVERY, NDRDiag.MAIL_REFUSED,
         550, "<minutes-14@example.org>", "Minutes", id="no-report-type",
     ),
