@@ -30,11 +30,13 @@ Outbound (`to_mime`, `to_bytes`, `to_bytes_with_flags`):
   headers are still made by the modern API (their RFC 2231 parameters need its folding).
 
 Inbound (`from_mime`): an incoming message as a transport's start_message fills it (spec §8.3),
-never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multipart/report with
-report-type=delivery-status (RFC 3464) becomes a ``REPORT.IPM.Note.*`` message with one recipient
-row per per-recipient block (spec §7). The Message-ID of the original message, which MAPI has no
-property for, is stored as its UTF-8 bytes in PR_REPORT_TAG (a postroom convention: the spooler
-finds the original by it); `dsn_original_message_id` reads it from the raw report. A Message-ID
+never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A bounce (what
+`bounces.read_bounce` recognises: RFC 3464 and RFC 6533 reports, and the non-standard bounces of
+Exim, qmail, Exchange …) becomes a ``REPORT.IPM.Note.*`` message with one recipient row per
+reported recipient (spec §7). ``from_mime(data, submission=True)`` reads a message about to be
+sent instead: a report stays a note, and the recipients are its To/Cc/Bcc (or Resent-*).
+The Message-ID of the original message, which MAPI has no property for, is stored as its UTF-8
+bytes in PR_REPORT_TAG (a postroom convention: the spooler finds the original by it); `dsn_original_message_id` reads it from the raw report. A Message-ID
 is kept only when it is one usable ID, exactly as written (`_message_id_of`); a malformed one is
 dropped rather than cut short, so it can never make two messages share an ID. Whatever cannot be
 converted exactly (no headers at all, a header that is not UTF-8, text not valid in its charset,

@@ -61,3 +61,6 @@ def test_resent_to_is_the_envelope_and_to_stays_a_header(profile: Path, tmp_path
     assert delivered(profile, "alice") == []  # To: was delivered before; a resend does not repeat it
     assert carols["To"] == "alice@localhost"  # and it is still the message's To
     assert "carol" not in str(carols.get("To", "")) + str(carols.get("Cc", ""))
+    # The command says what became of alice's row, and that it was not sent.
+    again = postroom("send", "--eml", eml, profile=profile)
+    assert "SMTP:alice@localhost  earlier (a resend: shown in the headers, not sent again)" in again.stdout

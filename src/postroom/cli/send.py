@@ -369,7 +369,9 @@ def _report_delivery(
     if recipients:
         rows = []
         for r in recipients:
-            if r["state"] == "delivered":
+            if r["state"] == "delivered" and r["transport"] is None:  # a resend's MAPI_SUBMITTED row
+                detail = "earlier (a resend: shown in the headers, not sent again)"
+            elif r["state"] == "delivered":
                 detail = f"by {r['transport']}" + (f": {r['report_text']}" if r["report_text"] else "")
             elif r["state"] == "waiting":
                 detail = waiting_detail(r)
