@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+import postroom
 from postroom import bounces
 from postroom.mapi import tags as T
 from postroom.mapi.entryid import decode_one_off, encode_one_off, one_off_entry_id
 from postroom.mapi.flags import MAPI_P1, MAPI_SUBMITTED, NDRDiag, NDRReason, RecipientType
 from postroom.mime import RAW_ATTACHMENT_NAME, dsn_original_message_id, from_mime, status_to_ndr
+from postroom.profile import Profile
 
 BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
 
@@ -205,6 +207,21 @@ def test_every_smtp_one_off_postroom_makes_carries_no_rich_info() -> None:
     entry_ids += [msg.props[T.PR_SENDER_ENTRYID], msg.props[T.PR_SENT_REPRESENTING_ENTRYID]]
     assert [decode_one_off(e).flags for e in entry_ids] == [0x8001] * 4
     assert msg.recipients[0].entry_id == encode_one_off("B", "SMTP", "b@example.org", no_rich_info=True)
+
+
+def test_a_submitted_message_carries_outlooks_one_offs(tmp_path: Path) -> None:
+    """Through the face: recipient rows and the sender stamped at submit."""
+    with postroom.logon(Profile.create(tmp_path / "p")) as session:
+        draft = session.create_message("one-offs", "x")
+        draft.to("Alice <alice@localhost>")
+        draft.add_recipient("FAX:+15551234")
+        mid = draft.submit()
+        sent = session.open_message(mid)
+    smtp, fax = sent.recipients
+    assert smtp.entry_id[:24] == GROMMUNIO_ROESLER[:24]  # the header of a real Outlook one-off
+    assert decode_one_off(smtp.entry_id).flags == 0x8001
+    assert decode_one_off(fax.entry_id).flags == 0x8000
+    assert decode_one_off(sent.props[T.PR_SENDER_ENTRYID]).flags == 0x8001
 
 
 # --- the envelope of a message read for submission --------------------------------------------
