@@ -52,7 +52,7 @@ _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _SMTP_REPLY = re.compile(r"(?<![\d.])([245]\d\d)(?:[ -]|$)")
 _UTF8_ESCAPE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 _TYPED = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9.+-]*)\s*;(.*)", re.DOTALL)
-_BREAKS = re.compile(r"[\x00-\x1f\x7f]+")
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _HEADER_LINE = re.compile(r"[!-9;-~]+:[ \t]")
 _MESSAGE_ID_LINE = re.compile(r"message-id:[ \t]*<", re.IGNORECASE)
 _BOUNCE_SENDERS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "mdaemon"})
@@ -189,11 +189,12 @@ def _typed(value: str) -> tuple[str, str]:
 
 
 def _clean_address(address: str, address_type: str) -> str:
+    """The address alone: escapes decoded first, so that an escaped CR or LF is dropped too."""
+    if address_type == "utf-8":  # RFC 6533 §3: utf-8-addr-xtext / utf-8-addr-unitext
+        address = _UTF8_ESCAPE.sub(lambda m: _code_point(m.group(1)), address)
     address = _BREAKS.sub("", address).strip()
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1].strip()
-    if address_type == "utf-8":  # RFC 6533 §3: utf-8-addr-xtext / utf-8-addr-unitext
-        address = _UTF8_ESCAPE.sub(lambda m: _code_point(m.group(1)), address)
     return address
 
 
@@ -297,7 +298,7 @@ def _read_heuristic(msg: Message) -> Bounce | None:
     found = [(a, "failed") for a in sorted(permanent)] + [(a, "delayed") for a in sorted(temporary - permanent)]
     rows: list[BouncedRecipient] = []
     for raw, action in found:
-        address = raw.decode("ascii", "replace").strip().strip("<>")
+        address = _clean_address(raw.decode("ascii", "replace"), "rfc822")
         if not address:
             continue
         words = _words_about(own_words, address, alone=len(found) == 1)

@@ -120,6 +120,9 @@ def test_utf8_escapes_in_a_global_report_are_decoded() -> None:
     (row,) = from_mime(data).recipients
     assert row.email_address == "jörg@bücher.example"
     assert row[T.PR_NDR_DIAG_CODE] == NDRDiag.LENGTH_CONSTRAINT_VIOLATD
+    # An escaped CR LF is no way into a header: control characters never reach the address.
+    (row,) = from_mime(data.replace(b"j\\x{F6}rg", b"j\\x{D}\\x{A}Bcc: x")).recipients
+    assert row.email_address == "jBcc: x@bücher.example"
 
 
 def test_ordinary_mail_is_never_read_as_a_bounce() -> None:
