@@ -36,9 +36,10 @@ Exim, qmail, Exchange …) becomes a ``REPORT.IPM.Note.*`` message with one reci
 reported recipient (spec §7). ``from_mime(data, submission=True)`` reads a message about to be
 sent instead: a report stays a note, and the recipients are its To/Cc/Bcc (or Resent-*).
 The Message-ID of the original message, which MAPI has no property for, is stored as its UTF-8
-bytes in PR_REPORT_TAG (a postroom convention: the spooler finds the original by it); `dsn_original_message_id` reads it from the raw report. A Message-ID
-is kept only when it is one usable ID, exactly as written (`_message_id_of`); a malformed one is
-dropped rather than cut short, so it can never make two messages share an ID. Whatever cannot be
+bytes in PR_REPORT_TAG (a postroom convention: the spooler finds the original by it);
+`dsn_original_message_id` reads it from the raw report. A Message-ID is kept only when it is one
+usable ID, exactly as written (`_message_id_of`); a malformed one is dropped rather than cut
+short, so it can never make two messages share an ID. Whatever cannot be
 converted exactly (no headers at all, a header that is not UTF-8, text not valid in its charset,
 a broken MIME structure) keeps the bytes as received in an ``original-message.eml`` attachment:
 a transport may delete the message on the server once it is stored.
