@@ -40,8 +40,10 @@ from .mapi.flags import NDRDiag, NDRReason
 
 __all__ = ["Bounce", "BouncedRecipient", "ndr_codes", "read_bounce"]
 
-#: The parser flufl.bounce runs is Mailman's; its per-detector chatter is not ours to log.
-logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
+# flufl.bounce logs each detector it runs (INFO) and the traceback of one that raises (ERROR)
+# before re-raising; `_read_heuristic` handles that (the message stays ordinary mail), so neither
+# belongs on a user's terminal.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 #: Writes a parsed part back as the bytes it was read from, 8-bit UTF-8 included.
 _RAW_8BIT = _DEFAULT_POLICY.clone(utf8=True, cte_type="8bit", refold_source="none")
