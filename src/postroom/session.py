@@ -35,7 +35,7 @@ from .engine.results import Received, RouteAnswer, SendReceiveSummary
 from .engine.status import StatusReport
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
-from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
+from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
 from .mapi.flags import MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
@@ -165,7 +165,7 @@ class Draft:
             T.PR_ADDRTYPE: adrtype,
             T.PR_EMAIL_ADDRESS: email,
             T.PR_RECIPIENT_TYPE: int(kind),
-            T.PR_ENTRYID: entry_id if entry_id is not None else encode_one_off(display or email, adrtype, email),
+            T.PR_ENTRYID: entry_id if entry_id is not None else one_off_entry_id(display or email, adrtype, email),
         }
         if adrtype:
             props[T.PR_SEARCH_KEY] = search_key(adrtype, email)
@@ -436,7 +436,7 @@ class _SessionCore:
                     T.PR_SENDER_NAME: name,
                     T.PR_SENDER_ADDRTYPE: "SMTP",
                     T.PR_SENDER_EMAIL_ADDRESS: address,
-                    T.PR_SENDER_ENTRYID: encode_one_off(name, "SMTP", address),
+                    T.PR_SENDER_ENTRYID: one_off_entry_id(name, "SMTP", address),
                     T.PR_SENDER_SEARCH_KEY: search_key("SMTP", address),
                 }
             )

@@ -251,7 +251,7 @@ def send(
     if eml is not None:
         from .. import mime
 
-        eml_data = mime.from_mime(read_input(eml, "--eml file"))
+        eml_data = mime.from_mime(read_input(eml, "--eml file"), submission=True)
 
     session = app.session()
     draft = session.create_message()
@@ -347,7 +347,9 @@ def _report_delivery(
     if recipients:
         rows = []
         for r in recipients:
-            if r["state"] == "delivered":
+            if r["state"] == "delivered" and r["transport"] is None:  # a resend's MAPI_SUBMITTED row
+                detail = "earlier (a resend: shown in the headers, not sent again)"
+            elif r["state"] == "delivered":
                 detail = f"by {r['transport']}" + (f": {r['report_text']}" if r["report_text"] else "")
             elif r["state"] == "waiting":
                 detail = waiting_detail(r)
