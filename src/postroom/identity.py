@@ -96,6 +96,8 @@ def check_address(address: object, what: str = "the address") -> str:
     text = address.strip()
     if not text:
         raise _invalid(f"{what} is empty: give an e-mail address such as alice@example.org")
+    if "<" in text or ">" in text:
+        raise _invalid(f"{what} {address!r} is not a plain address: give name@domain alone, without a display name")
     if FORBIDDEN_IN_EMAIL_ADDRESS.search(text) or has_lone_surrogate(text):
         raise _invalid(f"{what} {address!r} contains white space, a line break or a control character")
     if text.upper().startswith("SMTP:"):
