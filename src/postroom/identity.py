@@ -44,6 +44,7 @@ FALLBACK_DOMAIN = "localhost"
 #: A display name longer than this is refused (a header line stays readable).
 MAX_NAME = 256
 #: An RFC 5322 dot-atom: what a login name must look like to be a local part as it is.
+_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 
 
@@ -150,6 +151,7 @@ def fallback_identity() -> Identity:
 
 
 def message_id_domain(address: str) -> str:
-    """The domain for a Message-ID made for mail from `address`; localhost when it has none we can use."""
-    domain = address.rpartition("@")[2].strip("[]")
-    return domain if domain and domain.isascii() and _DOT_ATOM.match(domain) else FALLBACK_DOMAIN
+    """The domain for a Message-ID made for mail from `address`; localhost when it has none we can use
+    (no `@`, an address literal, a non-ASCII domain)."""
+    local, at, domain = address.rpartition("@")
+    return domain if local and at and _HOST_NAME.match(domain) else FALLBACK_DOMAIN

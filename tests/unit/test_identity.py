@@ -12,7 +12,7 @@ import pytest
 
 import postroom
 from postroom import Identity, IdentitySource, MAPIError, Profile
-from postroom.identity import check_address, check_name, fallback_identity, login_name
+from postroom.identity import check_address, check_name, fallback_identity, login_name, message_id_domain
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult
 
@@ -163,3 +163,16 @@ def test_a_bad_account_identity_is_refused_when_the_service_is_added(
         session.add_service("smtp", "work", {"host": "127.0.0.1", **options})
     assert caught.value.code == HResult.MAPI_E_INVALID_PARAMETER and why in caught.value.message
     assert [s.name for s in session.services()] == ["local"]
+
+
+@pytest.mark.parametrize(
+    ("address", "domain"),
+    [
+        ("alice@example.org", "example.org"),
+        ("alice@[192.0.2.1]", "localhost"),
+        ("/o=Org/cn=boss", "localhost"),
+        ("alice@exämple.org", "localhost"),
+    ],
+)
+def test_a_message_id_is_made_in_the_from_domain_when_it_is_a_host_name(address: str, domain: str) -> None:
+    assert message_id_domain(address) == domain
