@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .engine.report import RecipientReport
     from .engine.results import Received, RouteAnswer, SendReceiveSummary, TransportFlush
     from .engine.status import StatusPublication, StatusReport, StatusSource
+    from .identity import Identity, IdentitySource
     from .mapi.codes import (
         ArgumentTypeError,
         HResult,
@@ -81,6 +82,8 @@ _HOMES = {
     "Mode": ".profile",
     "Profile": ".profile",
     "Service": ".profile",
+    "Identity": ".identity",
+    "IdentitySource": ".identity",
     "POLICY_HELP": ".spooler.policy",
     "check_policy": ".spooler.policy",
     "register_transport_kind": ".transports.registry",
@@ -140,6 +143,8 @@ __all__ = [
     "GroupChange",
     "GroupSettings",
     "HResult",
+    "Identity",
+    "IdentitySource",
     "LoadedTransport",
     "MAPIError",
     "MessageData",

@@ -14,7 +14,6 @@ threads: its calls run one at a time (a long one, such as `run_spooler`, holds t
 from __future__ import annotations
 
 import asyncio
-import getpass
 import mimetypes
 import os
 import stat
@@ -33,6 +32,17 @@ from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport
 from .engine.results import Received, RouteAnswer, SendReceiveSummary
 from .engine.status import StatusReport
+from .identity import ADDRESS_KEY as IDENTITY_ADDRESS_KEY
+from .identity import NAME_KEY as IDENTITY_NAME_KEY
+from .identity import (
+    Identity,
+    IdentitySource,
+    check_address,
+    check_name,
+    fallback_identity,
+    message_id_domain,
+    profile_identity,
+)
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
@@ -74,6 +84,19 @@ def _check_strings(values: object, method: str, what: str) -> None:
         raise ArgumentTypeError(f"{method}(): {what} must be a list of str, not {shown}")
 
 
+#: The originator properties `Draft.set_sender` sets: name, address type, address, entry ID, search key.
+_SENDER_TAGS = (
+    (T.PR_SENDER_NAME, T.PR_SENDER_ADDRTYPE, T.PR_SENDER_EMAIL_ADDRESS, T.PR_SENDER_ENTRYID, T.PR_SENDER_SEARCH_KEY),
+    (
+        T.PR_SENT_REPRESENTING_NAME,
+        T.PR_SENT_REPRESENTING_ADDRTYPE,
+        T.PR_SENT_REPRESENTING_EMAIL_ADDRESS,
+        T.PR_SENT_REPRESENTING_ENTRYID,
+        T.PR_SENT_REPRESENTING_SEARCH_KEY,
+    ),
+)
+
+
 class Draft:
     """A message being composed in a folder (normally the Outbox); `submit()` sends it."""
 
@@ -113,6 +136,27 @@ class Draft:
         """Set any property (PR_ORIGINATOR_DELIVERY_REPORT_REQUESTED, PR_DELETE_AFTER_SUBMIT, …)."""
         _check(tag, int, "set(): the property tag")
         self.data.props[tag] = value
+        return self
+
+    def set_sender(self, address: str, name: str | None = None) -> Draft:
+        """Send as this sender (`send --from`): `a@b` or `Name <a@b>`, an SMTP address.
+
+        It becomes PR_SENDER_* and PR_SENT_REPRESENTING_*, and so the From, ahead of the account's
+        from_address and the profile's identity; a bad address or name is MAPI_E_INVALID_PARAMETER."""
+        _check(address, str, "set_sender(): the address")
+        _check(name, (str, type(None)), "set_sender(): name")
+        parsed = parse_address(address)
+        if parsed.address_type != "SMTP":
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"the sender {address!r} is a {parsed.address_type} address; a sender must be an SMTP address",
+            )
+        email = check_address(parsed.email_address, "the sender's address")
+        display = check_name(name if name is not None else parsed.display_name, "the sender's name")
+        display = "" if display == email else display
+        entry_id, key = one_off_entry_id(display or email, "SMTP", email), search_key("SMTP", email)
+        for tags in _SENDER_TAGS:
+            self.data.props.update(zip(tags, (display, "SMTP", email, entry_id, key), strict=True))
         return self
 
     # Recipients.
@@ -392,18 +436,36 @@ class _SessionCore:
         return self.engine.delivery_report(message_id, recipients, summary)
 
     def sender_identity(self) -> tuple[str, str]:
-        """(display name, SMTP address) of the profile's user; default `user@localhost`."""
-        if self._identity is None:
-            self._identity = self._read_identity()
-        return self._identity
+        """(display name, SMTP address) of the profile's user: its identity, else the fallback one."""
+        who = self.identity()
+        return who.name, who.address
 
-    _identity: tuple[str, str] | None = None
+    def identity(self) -> Identity:
+        """The profile's identity (`set_identity`), else the fallback identity (postroom.identity says which)."""
+        return profile_identity(self.profile.settings, str(self.profile.path)) or fallback_identity()
 
-    def _read_identity(self) -> tuple[str, str]:
-        user = getpass.getuser()
-        name = str(self.profile.settings.get("sender_name") or user)
-        address = str(self.profile.settings.get("sender_address") or f"{user}@localhost")
-        return name, address
+    def set_identity(self, name: str, address: str) -> Identity:
+        """Set the profile's identity: the From of mail whose message and account name no sender.
+
+        A bad address or a name with a line break is MAPI_E_INVALID_PARAMETER, and nothing changes."""
+        _check(name, str, "set_identity(): the name")
+        _check(address, str, "set_identity(): the address")
+        checked = Identity(check_name(name), check_address(address), IdentitySource.PROFILE)
+        with self._lock:
+            self._check_open()
+            self.profile.settings[IDENTITY_NAME_KEY] = checked.name
+            self.profile.settings[IDENTITY_ADDRESS_KEY] = checked.address
+            self.engine.save_profile()
+        return checked
+
+    def clear_identity(self) -> Identity:
+        """Forget the profile's identity; returns the fallback identity that mail is from now."""
+        with self._lock:
+            self._check_open()
+            self.profile.settings.pop(IDENTITY_NAME_KEY, None)
+            self.profile.settings.pop(IDENTITY_ADDRESS_KEY, None)
+            self.engine.save_profile()
+        return fallback_identity()
 
     def submit(self, ref: str | int | bytes) -> None:
         """IMessage::SubmitMessage: stamps the sender and a Message-ID, then queues the message (one commit)."""
@@ -427,10 +489,15 @@ class _SessionCore:
         return ids
 
     def _stamp(self, data: MessageData) -> dict[int, Any]:
-        """What submission adds: the sender (PR_SENDER_*, PR_SENT_REPRESENTING_*) and a fixed Message-ID."""
-        name, address = self.sender_identity()
+        """What submission adds: the sender (PR_SENDER_*) and a fixed Message-ID.
+
+        PR_SENT_REPRESENTING_* is copied from a sender the client set itself, and otherwise left
+        unset: its presence is what tells a transport that the message names its own sender, so
+        an account's from_address may stand in for the profile's identity (postroom.identity)."""
         stamp: dict[int, Any] = {}
+        explicit = data.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS) or data.get(T.PR_SENDER_EMAIL_ADDRESS)
         if not data.get(T.PR_SENDER_EMAIL_ADDRESS):
+            name, address = self.sender_identity()
             stamp.update(
                 {
                     T.PR_SENDER_NAME: name,
@@ -440,19 +507,28 @@ class _SessionCore:
                     T.PR_SENDER_SEARCH_KEY: search_key("SMTP", address),
                 }
             )
-        if not data.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS):
+        elif not data.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS):
             stamp.update(
                 {
-                    T.PR_SENT_REPRESENTING_NAME: data.get(T.PR_SENDER_NAME) or name,
+                    T.PR_SENT_REPRESENTING_NAME: data.get(T.PR_SENDER_NAME) or "",
                     T.PR_SENT_REPRESENTING_ADDRTYPE: data.get(T.PR_SENDER_ADDRTYPE) or "SMTP",
-                    T.PR_SENT_REPRESENTING_EMAIL_ADDRESS: data.get(T.PR_SENDER_EMAIL_ADDRESS) or address,
+                    T.PR_SENT_REPRESENTING_EMAIL_ADDRESS: data.get(T.PR_SENDER_EMAIL_ADDRESS),
                 }
             )
         if not data.get(T.PR_INTERNET_MESSAGE_ID):
-            # Fixed once at submit so every retry and resend carries the same Message-ID.
-            domain = (data.get(T.PR_SENDER_EMAIL_ADDRESS) or address).rpartition("@")[2] or "localhost"
-            stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
+            # Fixed once at submit so every retry, resend and transport carries the same Message-ID.
+            author = str(explicit or self._likely_from())
+            stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=message_id_domain(author))
         return stamp
+
+    def _likely_from(self) -> str:
+        """The From address of a message that names no sender, as far as submission can know it: the
+        from_address of the first account in transport order that has one, else the profile's identity."""
+        for service in self.profile.transport_order():
+            address = service.options.get("from_address")
+            if isinstance(address, str) and address:
+                return address
+        return self.sender_identity()[1]
 
     def abort_submit(self, ref: str | int | bytes) -> None:
         """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it

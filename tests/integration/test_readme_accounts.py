@@ -6,9 +6,12 @@ The only changes are the test servers' address: host 127.0.0.1, their ports, and
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -39,11 +42,7 @@ def readme_commands() -> list[str]:
 def adapt(command: str, peers: Peers, alice: str, bob: str) -> list[str]:
     """Point a README command at the test servers."""
     command = command.replace("alice@example.org", alice).replace("bob@example.org", bob)
-    args = command.split()[1:]
-    out: list[str] = []
-    for arg in args:
-        out.append(arg.strip('"'))
-    joined = " ".join(out)
+    joined = shlex.join(shlex.split(command)[1:])  # the words as the shell reads them, quoted again
     if " smtp " in f" {joined} ":
         joined = joined.replace("host=mail.example.org", f"host=127.0.0.1 --set port={peers.smtp_port}")
         joined = joined.replace("security=starttls", "security=none")
@@ -58,10 +57,7 @@ def adapt(command: str, peers: Peers, alice: str, bob: str) -> list[str]:
         joined = joined.replace(
             "host=mail.example.org", f"host=127.0.0.1 --set port={peers.pop3_port} --set security=none"
         )
-    # Re-split, keeping the quoted subject/body words the README uses.
-    if joined.startswith("send "):
-        return ["send", "--to", bob, "--subject", "Hello", "--body", "Hi Bob"]
-    return joined.split()
+    return shlex.split(joined)
 
 
 def test_readme_account_commands_work(peers: Peers, tmp_path: Path) -> None:
@@ -107,5 +103,13 @@ def test_readme_account_commands_work(peers: Peers, tmp_path: Path) -> None:
         time.sleep(0.5)
     else:
         raise AssertionError("the message did not come back through IMAP/POP3")
+    # It went out from the account's identity (from_name, from_address), with a Message-ID in its
+    # domain and the same address as the envelope sender: Postfix delivered these very headers.
+    box = peers.maildir(alice)
+    [delivered] = [p for p in (*box.glob("new/*"), *box.glob("cur/*")) if b"Subject: Hello" in p.read_bytes()]
+    wire = email.message_from_bytes(delivered.read_bytes(), policy=email.policy.default)
+    assert wire["From"] == f"Alice Example <{alice}>"
+    assert wire["Message-ID"].endswith(f"@{alice.partition('@')[2]}>")
+    assert wire["Return-Path"] == f"<{alice}>"
     listed = run("--json", "service", "list")
     assert peers.password not in listed.stdout

@@ -4,7 +4,8 @@
   (550 5.1.1 at RCPT, so the sender gets an NDR from the transport), and records each accepted
   recipient of each message, so a test can count deliveries per address and see none twice.
 * `SmtpSink(replies={"busy@x.test": "450 4.2.1 mailbox busy"})`: answers RCPT as `replies` says
-  per address (everything else accepted) and keeps each message's envelope recipients.
+  per address (everything else accepted) and keeps each message's envelope recipients, bytes and
+  envelope sender.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class _Handler:
         self.replies = replies
         self.delivered: list[list[str]] = []
         self.messages: list[bytes] = []
+        self.senders: list[str] = []  # each message's MAIL FROM
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -93,6 +95,7 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.delivered.append(list(envelope.rcpt_tos))
         self.messages.append(bytes(envelope.original_content or b""))
+        self.senders.append(str(envelope.mail_from))
         return "250 2.0.0 queued"
 
 

@@ -31,6 +31,9 @@ COMMANDS = {
     "service": LazyCommand("admin", "service", "Add, list, change and remove message services (transports)."),
     "order": LazyCommand("admin", "order", "Show or set the transport order."),
     "adrtypes": LazyCommand("admin", "adrtypes", "List the address types the transports register."),
+    "identity": LazyCommand(
+        "identity", "identity", "Show, set or clear who your mail is from (the profile's identity)."
+    ),
     "route": LazyCommand("admin", "route", "Dry run: which transports would take each address."),
     "status": LazyCommand("admin", "status", "Show the status table: one status row per component."),
     "send": LazyCommand("send", "send", "Compose a message in the Outbox and submit it."),

@@ -150,6 +150,14 @@ def parse_delay(text: str) -> timedelta:
 @click.option("--to", multiple=True, metavar="ADDRESS", help="A To recipient; repeatable.")
 @click.option("--cc", multiple=True, metavar="ADDRESS", help="A Cc recipient; repeatable.")
 @click.option("--bcc", multiple=True, metavar="ADDRESS", help="A Bcc recipient; repeatable.")
+@click.option(
+    "--from",
+    "from_",
+    default=None,
+    metavar="ADDRESS",
+    help='Send as ADDRESS ("Name <a@b>" or a@b): the From, ahead of the account\'s from_address and '
+    "`postroom identity` (PR_SENDER_*, PR_SENT_REPRESENTING_*).",
+)
 @click.option("--subject", "-s", default=None, help="The subject (PR_SUBJECT).")
 @click.option("--body", "-b", default=None, help="The text body (PR_BODY).")
 @click.option("--body-file", default=None, metavar="FILE", help="Read the body from FILE (UTF-8; '-' = stdin).")
@@ -197,6 +205,7 @@ def send(
     to: tuple[str, ...],
     cc: tuple[str, ...],
     bcc: tuple[str, ...],
+    from_: str | None,
     subject: str | None,
     body: str | None,
     body_file: str | None,
@@ -257,6 +266,8 @@ def send(
     draft = session.create_message()
     if eml_data is not None:
         _copy_eml(draft, eml_data, with_recipients=not (to or cc or bcc))
+    if from_ is not None:
+        draft.set_sender(from_)
     if subject is not None:
         draft.subject = subject
     if body_text is not None:

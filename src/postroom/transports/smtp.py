@@ -51,8 +51,14 @@ Options:
   `max_messages_per_connection` (default 100).
 * `address_types` (default ["SMTP"]); `domains`: only recipients in these domains are taken, the
   others are left for the next transport (default: every domain).
-* `sender`: the envelope sender (default PR_SENDER_EMAIL_ADDRESS when it is an SMTP address, else
-  the username when it is an address). Reports (REPORT.* classes) are sent with the null sender.
+* `from_address`, `from_name`: the account's identity, the From of the messages it sends that name
+  no sender of their own (no PR_SENT_REPRESENTING_*: neither `send --from` nor an --eml From).
+  It comes before the profile's identity (postroom.identity gives the whole order) and never adds a
+  Sender header.
+* `sender`: the envelope sender (default: the address the message goes out from, i.e. the
+  account's from_address for a message it gives its From, else PR_SENDER_EMAIL_ADDRESS when it is
+  an SMTP address, else the username when it is an address). Reports (REPORT.* classes) are sent
+  with the null sender.
 * `temporary_failure_wait`: seconds before a message that met a temporary failure is tried again
   (default: none of our own; the spooler backs off, 300 s doubling up to 4000 s).
 """
@@ -73,6 +79,7 @@ import aiosmtplib
 
 from .. import mime
 from ..addressing import MAX_SMTP_ADDRESS, NOT_IN_EMAIL_ADDRESS, has_break, longer_than_smtp_allows
+from ..identity import check_address, check_name
 from ..mapi import tags as T
 from ..mapi.codes import MAPIError
 from ..mapi.flags import (
@@ -195,6 +202,21 @@ def _without_bcc_rows(data: MessageData) -> MessageData:
     return dataclasses.replace(data, recipients=rows)
 
 
+def _account_identity(opts: Mapping[str, Any]) -> dict[str, str]:
+    """The checked from_address and from_name options (a from_name alone says nothing)."""
+    out: dict[str, str] = {}
+    try:
+        if "from_address" in opts:
+            out["from_address"] = check_address(opts["from_address"], "option 'from_address'")
+        if "from_name" in opts:
+            out["from_name"] = check_name(opts["from_name"], "option 'from_name'")
+    except MAPIError as exc:
+        raise _invalid(exc.message) from None
+    if "from_name" in out and "from_address" not in out:
+        raise _invalid("option 'from_name' needs 'from_address': the address the name goes with")
+    return out
+
+
 def _kind(row: Recipient) -> int:
     try:
         return int(row.props.get(T.PR_RECIPIENT_TYPE, RecipientType.TO)) & 0xFFFF
@@ -224,6 +246,8 @@ class SMTPConfig:
     address_types: tuple[str, ...]
     domains: frozenset[str] | None
     sender: str | None
+    from_address: str | None
+    from_name: str
     temporary_failure_wait: float  # 0: no wait of our own, the spooler backs off
 
     @classmethod
@@ -246,6 +270,8 @@ class SMTPConfig:
             address_types=tuple(opts["address_types"]),
             domains=None if domains is None else frozenset(domains),
             sender=opts.get("sender"),
+            from_address=opts.get("from_address"),
+            from_name=opts.get("from_name", ""),
             temporary_failure_wait=opts.get("temporary_failure_wait", 0.0),
         )
 
@@ -383,7 +409,9 @@ class SMTPLogon(TransportLogon):
 
         try:
             content = _without_bcc_rows(message.data)
-            data, headers_need_utf8 = mime.to_bytes_with_flags(content, include_bcc=False)
+            data, headers_need_utf8 = mime.to_bytes_with_flags(
+                content, sender=self._account_author(message), include_bcc=False
+            )
         except MAPIError as exc:  # the message itself is malformed: no retry can help
             for rcpt in sendable:
                 rcpt.mark_failed(
@@ -399,11 +427,26 @@ class SMTPLogon(TransportLogon):
         async with self.pool.bind_loop():
             return await self._deliver(message, sendable, sender, data, needs_utf8)
 
+    def _account_author(self, message: OutboundMessage) -> Recipient | None:
+        """The account's identity as the From, for a message that names no sender of its own."""
+        if not self.config.from_address or message.props.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS):
+            return None
+        return Recipient(
+            props={
+                T.PR_DISPLAY_NAME: self.config.from_name,
+                T.PR_ADDRTYPE: "SMTP",
+                T.PR_EMAIL_ADDRESS: self.config.from_address,
+            }
+        )
+
     def _envelope_sender(self, message: OutboundMessage) -> str:
         if message.data.message_class.upper().startswith("REPORT."):
             return ""  # reports go out with the null reverse-path, so they never bounce (RFC 3461, 8098)
         if self.config.sender:
             return self.config.sender
+        author = self._account_author(message)
+        if author is not None:
+            return author.email_address
         if str(message.props.get(T.PR_SENDER_ADDRTYPE) or "").upper() == "SMTP":
             address = str(message.props.get(T.PR_SENDER_EMAIL_ADDRESS) or "")
             if address:
@@ -747,7 +790,12 @@ class SMTPProvider(TransportProvider):
         "max_messages_per_connection": f"messages sent over one connection (default {DEFAULT_MAX_MESSAGES})",
         "address_types": "address types taken by this transport (default ['SMTP'])",
         "domains": "only recipients in these domains are taken (default: every domain)",
-        "sender": "the envelope sender (default: the message's SMTP sender, else the username)",
+        "from_address": (
+            "the From of messages this account sends that name no sender of their own "
+            "(default: the profile's identity, `postroom identity`)"
+        ),
+        "from_name": "the display name that goes with from_address",
+        "sender": "the envelope sender (default: the address the message goes out from, else the username)",
         "temporary_failure_wait": (
             "seconds before retrying after a temporary failure (default: the spooler's backoff, "
             "300 s doubling up to 4000 s, see `postroom service set --policy`)"
@@ -809,6 +857,7 @@ class SMTPProvider(TransportProvider):
             if problem is not None:
                 raise _invalid(f"option 'sender': {problem}")
             out["sender"] = sender.strip()
+        out.update(_account_identity(opts))
         if "temporary_failure_wait" in opts:
             out["temporary_failure_wait"] = _number("temporary_failure_wait", opts["temporary_failure_wait"])
         return out
