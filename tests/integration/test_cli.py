@@ -9,47 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from support.cli import as_json, one_line_error, postroom
+
 pytestmark = pytest.mark.integration
-
-
-def postroom(
-    *args: str | Path, profile: Path | None = None, stdin: bytes | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "postroom"]
-    if profile is not None:
-        argv += ["--profile", str(profile)]
-    argv += [str(a) for a in args]
-    proc = subprocess.run(
-        argv,
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, "POSTROOM_DEBUG": "", **(env or {})},
-        timeout=60,
-    )
-    out = subprocess.CompletedProcess(
-        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-    )
-    assert "Traceback" not in out.stderr, out.stderr
-    return out
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(result.stdout)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
-    """A failed command: the given exit code and exactly one `postroom: error:` line on stderr."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("postroom: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def maildir_files(profile: Path, domain: str = "localhost", user: str = "user") -> list[Path]:

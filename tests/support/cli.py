@@ -42,12 +42,20 @@ def environment(env: dict[str, str | None] | None = None) -> dict[str, str]:
 
 
 def postroom(
-    *args: str | Path, profile: Path | None = None, env: dict[str, str | None] | None = None, timeout: float = 60
+    *args: str | Path,
+    profile: Path | None = None,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 60,
+    stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """One command, to its end; a traceback on stderr is always a bug."""
-    proc = subprocess.run(argv(profile, *args), capture_output=True, text=True, env=environment(env), timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+    """One command, to its end, with `stdin` as its input; a traceback on stderr is always a bug.
+    Its output is read as UTF-8 (a byte that is not shows as U+FFFD)."""
+    proc = subprocess.run(argv(profile, *args), input=stdin, capture_output=True, env=environment(env), timeout=timeout)
+    out = subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
 
 
 def popen(
