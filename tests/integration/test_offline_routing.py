@@ -387,11 +387,6 @@ def test_a_recipient_waiting_for_a_removed_transport_goes_where_routing_sends_it
         assert session.queue() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a waiting recipient resumes at the stored transport it waits for even when that transport's "
-    "scope no longer includes it; only a flush that includes that transport routes it again",
-)
 def test_a_recipient_whose_transport_no_longer_takes_it_goes_with_the_flush_of_the_transport_routing_gives_it(
     tmp_path: Path, sink: tuple[RecordingHandler, int]
 ) -> None:
@@ -419,11 +414,6 @@ def test_a_recipient_whose_transport_no_longer_takes_it_goes_with_the_flush_of_t
         assert handler.counts() == {"bob@example.test": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a waiting recipient resumes at the transport it waits for, so a transport the new order puts "
-    "before that one (and that never declined it) is skipped",
-)
 def test_a_recipient_waiting_when_the_order_changes_goes_to_the_transport_the_new_order_gives_it(
     tmp_path: Path, sink: tuple[RecordingHandler, int], corp_sink: tuple[RecordingHandler, int], calls: list[Any]
 ) -> None:

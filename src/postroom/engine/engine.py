@@ -17,6 +17,7 @@ from typing import Any
 
 from ..addressing import ParsedAddress
 from ..mapi.codes import HResult, MAPIError
+from ..mapi.flags import LogonFlags
 from ..profile import Mode, Profile, Service
 from ..spooler import PassSummary, Spooler, TransportTable
 from ..store import MessageStore
@@ -228,6 +229,22 @@ class Engine:
         removed = remove_group(self.runtime.profile, name)
         self.save_profile()
         return removed
+
+    async def place_waiting(self) -> None:
+        """The routing may have changed here (the order, a service added, removed or reconfigured):
+        move the recipients that wait now, so that `queue`, `show`, `flush` and Send/Receive see the
+        transport routing gives them at once. The routing is known only from logons, so the
+        transports are logged on in a table of their own, without connecting, and off again: this
+        session's own logon (and what a new one starts, like waking what waits when online) is
+        left for its next use, as for any change of the profile."""
+        runtime = self.runtime
+        runtime.check_open()
+        table = TransportTable(runtime.profile, runtime.store.connection_slots)
+        await table.logon_all(LogonFlags.NO_DIALOG | LogonFlags.NO_CONNECT)
+        try:
+            runtime.place_waiting(table)
+        finally:
+            await table.logoff_all()
 
     def save_profile(self) -> None:
         """Save the profile and tell a running spooler daemon; the next use logs on again with it."""

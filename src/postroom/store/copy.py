@@ -56,7 +56,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "recipients",
-        ("message_id", "row_id", "state", "transport", "outcome_time", "reported", "props", "waiting_for", "detail"),
+        ("message_id", "row_id", "state", "transport", "outcome_time", "reported", "props", "waiting_for", "detail", "declined"),
     ),
     ("attachments", ("id", "message_id", "num", "embedded_id", "props")),
     ("receive_folders", ("message_class", "folder_id")),
