@@ -25,9 +25,7 @@ from .routing import Offer
 def fingerprint(service: Service) -> str:
     """A short digest of what decides a transport's answers: its kind, options and provider UID
     (not call_when_offline, its polling or its retry policy, which change when, not whether)."""
-    text = json.dumps(
-        [service.kind, bytes(service.provider_uid).hex(), service.options], sort_keys=True, default=str
-    )
+    text = json.dumps([service.kind, bytes(service.provider_uid).hex(), service.options], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
 from .base import (
+    Declined,
     Event,
     EventKind,
     Folder,
@@ -22,7 +23,6 @@ from .base import (
     MessageSummary,
     QueueEntry,
     QueueState,
-    Declined,
     RecipientMove,
     RecipientOutcome,
     RecipientState,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 __all__ = [
+    "Declined",
     "Event",
     "EventKind",
     "Folder",
@@ -49,7 +50,6 @@ __all__ = [
     "PostgresStore",
     "QueueEntry",
     "QueueState",
-    "Declined",
     "RecipientMove",
     "RecipientOutcome",
     "RecipientState",

@@ -44,10 +44,10 @@ from .base import (
     MessageSummary,
     QueueEntry,
     QueueState,
+    RecipientMove,
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
-    RecipientMove,
     RecipientWait,
     WaitingRecipient,
     WaitKind,
@@ -826,8 +826,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 declined=decode_declined(declined),
             )
             for rid, state, xp, t, rep, waiting, detail, declined in self._q(
-                "SELECT row_id, state, transport, outcome_time, reported, waiting_for, detail, declined FROM recipients "
-                "WHERE message_id=? ORDER BY row_id",
+                "SELECT row_id, state, transport, outcome_time, reported, waiting_for, detail, declined "
+                "FROM recipients WHERE message_id=? ORDER BY row_id",
                 (valid_id(message_id),),
             )
         ]
@@ -840,9 +840,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def _record_in(self, db: DB, message_id: int, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
         for out in outcomes:
             cur = db.execute(
-                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=?, waiting_for=NULL, detail=NULL, "
-                "declined=NULL "
-                "WHERE message_id=? AND row_id=? AND state='pending'",
+                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=?, waiting_for=NULL, "
+                "detail=NULL, declined=NULL WHERE message_id=? AND row_id=? AND state='pending'",
                 (
                     out.state.value,
                     self._text(out.transport),
@@ -905,7 +904,13 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                     "UPDATE recipients SET waiting_for=?, detail=?, declined=? "
                     "WHERE message_id=? AND row_id=? AND state='pending'",
                     [
-                        (self._text(w.transport), self._text(w.detail), encode_declined(w.declined), message_id, w.row_id)
+                        (
+                            self._text(w.transport),
+                            self._text(w.detail),
+                            encode_declined(w.declined),
+                            message_id,
+                            w.row_id,
+                        )
                         for w in waits
                     ],
                 )
