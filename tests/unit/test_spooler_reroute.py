@@ -4,6 +4,7 @@ when the routing changed, and what no transport takes any more gets its NDR."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,36 @@ def test_a_held_message_keeps_its_hold_when_its_recipients_are_moved(tmp_path: P
 
         (entry,) = session.queue()
         assert entry.hold_reason == "check it" and entry.waiting_transports == ("b",)
+
+
+def test_a_running_daemon_moves_waiting_recipients_when_another_process_changes_the_order(tmp_path: Path) -> None:
+    """An async session leaves the move to whoever logs on next with the new profile: here the
+    spooler daemon, which reloads the profile when told it changed."""
+    profile = offline(
+        make_profile(tmp_path / "p", ("a", {"address_types": ["SMTP"]}), ("b", {"address_types": ["SMTP"]}))
+    )
+    with postroom.logon(profile) as session:
+        mid = session.create_message("m").to("u@x.test").submit()
+        session.deliver()
+
+    async def scenario() -> None:
+        daemon = postroom.alogon(Profile.load(profile.directory))
+        client = postroom.alogon(Profile.load(profile.directory))
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run_spooler(stop))
+        try:
+            await asyncio.sleep(0.2)
+            client.set_transport_order(["b", "a"])
+            assert [s.waiting_for for s in client.recipient_states(mid)] == ["a"]
+            for _ in range(250):  # the daemon follows the change notification, long before its 30 s scan
+                await asyncio.sleep(0.02)
+                if [s.waiting_for for s in client.recipient_states(mid)] == ["b"]:
+                    break
+            assert [q.waiting_transports for q in client.queue()] == [("b",)]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            await daemon.close()
+            await client.close()
+
+    asyncio.run(scenario())
