@@ -8,7 +8,7 @@ a provider UID, one of which declares its scope up front; a wildcard transport t
 recipients "not mine"; a PAGER transport that always asks to be tried again in an hour), and then
 submits messages to random recipients, changes the transport order, switches online and offline,
 toggles call-when-offline, makes Send/Receive groups and runs Send/Receive and `flush` for them,
-removes a transport, and logs on again.
+changes the declared scope of `corp`, removes a transport, and logs on again.
 
 Beside the real session runs a tiny reference model of the rule, computed independently of
 postroom's router: a recipient is offered first to the transports registering its UID, in
@@ -23,7 +23,7 @@ its sink (the Maildir, the SMTP servers, the fax logs, the test transports' mark
 arrives twice. Each pass's and each Send/Receive's per-transport lines count every recipient it
 processed exactly once, and the totals are the sums of the lines.
 
-The transport order changes, and a transport is removed, while recipients wait: a waiting
+The transport order changes, a scope changes and a transport is removed while recipients wait: a waiting
 recipient remembers the transports that declined it, and a change of routing moves it at once to
 the first transport of the new routing that has not (spooler/reroute.py). Its message waits on
 quietly if it waited for Send/Receive and that transport may not be called now either; otherwise
@@ -464,6 +464,21 @@ class RoutingMachine(RuleBasedStateMachine):
         self._step("reorder")
         self.order = data.draw(st.permutations(self.present), label="order")
         self.s.set_transport_order(self.order)
+        self._routing_changed()
+        self.relogon = True
+
+    @precondition(lambda self: self.seen_here["rescope"] < 2 and "corp" in self.present)
+    @rule(domain=st.sampled_from(["corp.test", "example.test"]))
+    def rescope(self, domain: str) -> None:
+        """`postroom service set corp --set domains=[...]`: corp's declared scope changes, also while
+        recipients wait; they go where routing with the new scope sends them."""
+        self._step("rescope")
+        _, options = self._service("corp")
+        self.s.configure_service("corp", options={**options, "domains": [domain]})
+        self.catalogue["corp"].scope = _domain_scope(domain)
+        for m in self.messages:  # a decline was corp's answer as configured then (corp never declines)
+            for r in m.pending:
+                r.declined.discard("corp")
         self._routing_changed()
         self.relogon = True
 
