@@ -28,6 +28,7 @@ from .base import (
     RecipientState,
     RecipientStatus,
     RecipientWait,
+    RetryAll,
     WaitingRecipient,
     WaitKind,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "RecipientState",
     "RecipientStatus",
     "RecipientWait",
+    "RetryAll",
     "SQLiteStore",
     "WaitKind",
     "WaitingRecipient",
