@@ -26,7 +26,9 @@ History:
      error that passed it on), each with the fingerprint of its configuration then, so that a
      change of routing moves a waiting recipient to the first transport that has not declined it
      (spooler/declines.py, spooler/reroute.py). meta 'routing' names the routing the waiting
-     recipients were last placed by.
+     recipients were last placed by. A recipient that waited before this version has no
+     declines stored: the first logon places it at the first transport of its routing, which
+     may ask a transport that declined it once more.
 """
 
 from __future__ import annotations
