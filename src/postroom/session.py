@@ -601,7 +601,7 @@ class _SessionCore:
         _check(policy, (Mapping, type(None)), "add_service(): policy")
         with self._lock:
             self._check_open()
-            return self.engine.add_service(
+            service = self.engine.add_service(
                 kind,
                 name,
                 options or {},
@@ -610,6 +610,8 @@ class _SessionCore:
                 poll_seconds=poll_seconds,
                 policy=policy or {},
             )
+            self._routing_changed()
+            return service
 
     def configure_service(
         self,
@@ -628,15 +630,19 @@ class _SessionCore:
         _check(policy, (Mapping, type(None)), "configure_service(): policy")
         with self._lock:
             self._check_open()
-            return self.engine.configure_service(
+            service = self.engine.configure_service(
                 name, options=options, policy=policy, call_when_offline=call_when_offline, poll_seconds=poll_seconds
             )
+            self._routing_changed()
+            return service
 
     def remove_service(self, name: str) -> Service:
         _check(name, str, "remove_service(): the name")
         with self._lock:
             self._check_open()
-            return self.engine.remove_service(name)
+            service = self.engine.remove_service(name)
+            self._routing_changed()
+            return service
 
     def transport_order(self) -> list[Service]:
         self._check_open()
@@ -650,17 +656,24 @@ class _SessionCore:
         with self._lock:
             self._check_open()
             self.engine.set_transport_order(transports)
+            self._routing_changed()
 
     def reset_transport_order(self) -> None:
         with self._lock:
             self._check_open()
             self.engine.reset_transport_order()
+            self._routing_changed()
 
     def save_profile(self) -> None:
         """Save changes made to `session.profile` (groups, settings) and tell a running spooler."""
         with self._lock:
             self._check_open()
             self.engine.save_profile()
+
+    def _routing_changed(self) -> None:
+        """The routing may have changed: recipients that wait are moved to the transports it gives
+        them at the next logon (an async session's next call that logs on); a sync session moves
+        them at once (Session._routing_changed)."""
 
     def _check_open(self) -> None:
         if self.closed:
@@ -916,6 +929,15 @@ class Session(_SessionCore):
             except KeyboardInterrupt:
                 self._cancel_leftovers()
                 raise
+
+    def _routing_changed(self) -> None:
+        """Move the recipients that wait now, so that queue(), recipient_report(), flush() and
+        Send/Receive see the transport the new routing gives them (inside a running event loop this
+        cannot run: then the next call that logs on does it)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._run(self.engine.place_waiting())
 
     def _cancel_leftovers(self) -> None:
         """A hard interrupt stopped the loop in the middle of a call: cancel what it left running, so

@@ -5,8 +5,8 @@ The README's "Mail accounts" example offline, through the command line (real pro
 server on 127.0.0.1); KB 317412's call-when-offline fax gateway in every position of the transport
 order, beside transports that declare their domains; a call-when-offline transport behind a
 transport of the same address type, with and without a declared scope; a recipient declined in
-one flush; and recipients whose transport is removed, rescoped or moved in the order while they
-wait (the last two are expected failures: see their reasons).
+one flush; and recipients whose transport is removed, rescoped, moved in the order or reconfigured
+while they wait: they go at once to the transport routing now gives them (spooler/reroute.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from postroom.profile import Profile
 from postroom.spooler.outbound import NOT_CALLED_OFFLINE
 from postroom.store import RecipientState, WaitKind
 
-from support import recording  # noqa: F401  (registers the "recording" kind)
+from support import recording  # registers the "recording" kind
 from support.pipes import logged, logging_pipe
 from support.smtp_sink import RecordingHandler, running_sink
 
@@ -387,18 +387,12 @@ def test_a_recipient_waiting_for_a_removed_transport_goes_where_routing_sends_it
         assert session.queue() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a waiting recipient resumes at the stored transport it waits for even when that transport's "
-    "scope no longer includes it; only a flush that includes that transport routes it again",
-)
 def test_a_recipient_whose_transport_no_longer_takes_it_goes_with_the_flush_of_the_transport_routing_gives_it(
     tmp_path: Path, sink: tuple[RecordingHandler, int]
 ) -> None:
     """bob waits for `corp`, which served example.test; then corp is set to serve only corp.test.
-    Online routing now gives bob `work`, so `flush --transport work` sends him. Instead he stays
-    "waiting for corp", a transport that is never offered him again, until a Send/Receive that
-    includes corp happens to wake his message."""
+    Online routing now gives bob `work`: from that change on he waits for work (queue and show say
+    so), so `flush --transport work` sends him."""
     handler, port = sink
     profile = Profile.create(tmp_path / "profile", with_defaults=False)
     profile.add_service("smtp", "corp", smtp_options(port, domains=["example.test"]))
@@ -412,6 +406,10 @@ def test_a_recipient_whose_transport_no_longer_takes_it_goes_with_the_flush_of_t
         assert [s.waiting_for for s in session.recipient_states(mid)] == ["corp"]
         session.configure_service("corp", options=smtp_options(port, domains=["corp.test"]))
         assert [o.transport for o in session.route(["bob@example.test"])[0].offers] == ["work"]
+        (report,) = session.recipient_report(mid)
+        assert (report.state, report.waiting_for, report.why) == ("waiting", "work", NOT_CALLED_OFFLINE)
+        (entry,) = session.queue()
+        assert (entry.waiting_for, entry.waiting_transports) == (WaitKind.SEND_RECEIVE, ("work",))
 
         summary = session.flush("work")
 
@@ -419,17 +417,13 @@ def test_a_recipient_whose_transport_no_longer_takes_it_goes_with_the_flush_of_t
         assert handler.counts() == {"bob@example.test": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a waiting recipient resumes at the transport it waits for, so a transport the new order puts "
-    "before that one (and that never declined it) is skipped",
-)
 def test_a_recipient_waiting_when_the_order_changes_goes_to_the_transport_the_new_order_gives_it(
     tmp_path: Path, sink: tuple[RecordingHandler, int], corp_sink: tuple[RecordingHandler, int], calls: list[Any]
 ) -> None:
     """Order gate, work, corp. `flush --transport gate`: gate declines ann@corp.test, so she waits for
     work. Then the order becomes gate, corp, work: online routing now gives her corp (gate declined
-    her; corp, which serves corp.test, takes her). Send/Receive sends her through work instead."""
+    her; corp, which serves corp.test, takes her), so she waits for corp from then on, and
+    Send/Receive sends her through corp without asking gate again."""
     work, work_port = sink
     corp, corp_port = corp_sink
     profile = Profile.create(tmp_path / "profile", with_defaults=False)
@@ -446,9 +440,74 @@ def test_a_recipient_waiting_when_the_order_changes_goes_to_the_transport_the_ne
         session.flush("gate")
         assert [s.waiting_for for s in session.recipient_states(mid)] == ["work"]
         session.set_transport_order(["gate", "corp", "work"])
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["corp"]
+        assert session.queue()[0].waiting_transports == ("corp",)
 
         session.send_receive()
 
         (state,) = session.recipient_states(mid)
         assert (state.state, state.transport) == (RecipientState.DELIVERED, "corp")
         assert corp.counts() == {"ann@corp.test": 1} and work.accepted == []
+        assert [c[0] for c in calls if c[1] == "submit_message"] == ["gate"], "gate is not asked twice"
+        assert any(e.kind == "rerouted" and "work -> corp" in e.detail for e in session.events(mid))
+
+
+def test_a_transport_reconfigured_after_it_declined_a_recipient_is_offered_it_again(
+    tmp_path: Path, sink: tuple[RecordingHandler, int], calls: list[Any]
+) -> None:
+    """gate declines bob, so he waits for work. A decline is the answer of gate as it was then:
+    once gate is set to take everyone, online routing gives bob gate again, so he waits for gate,
+    and Send/Receive sends him through it (work gets nothing)."""
+    handler, port = sink
+    profile = Profile.create(tmp_path / "profile", with_defaults=False)
+    profile.add_service("recording", "gate", {"address_types": ["SMTP"], "take": "none"})
+    profile.add_service("smtp", "work", smtp_options(port))
+    profile.set_transport_order(["gate", "work"])
+    profile.set_mode("offline")
+    profile.save()
+
+    with postroom.logon(profile) as session:
+        mid = session.create_message("Declined, then taken", "…").to("bob@example.test").submit()
+        session.deliver()
+        session.flush("gate")
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["work"]
+        session.configure_service("work", policy={"breaker_threshold": 7})  # not routing: nothing moves
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["work"]
+
+        session.configure_service("gate", options={"address_types": ["SMTP"], "take": "all"})
+
+        assert [s.waiting_for for s in session.recipient_states(mid)] == ["gate"]
+        summary = session.send_receive()
+        assert lines_of(summary) == {"gate": (1, 0, 0, 0)}
+        assert recording.MARKS == [("gate", "bob@example.test", True)] and handler.accepted == []
+        assert [c[0] for c in calls if c[1] == "submit_message"] == ["gate", "gate"]
+
+
+def test_a_change_of_order_from_the_command_line_moves_waiting_recipients_at_once(
+    accounts: Path, corp_sink: tuple[RecordingHandler, int]
+) -> None:
+    """The README's accounts plus `corp` (smtp for corp.test) after `work`: offline, ann@corp.test
+    waits for work, the first transport that takes her. `postroom order set local corp work`, in a
+    process of its own, makes corp hers: `queue` and `show` say so at once, and
+    `flush --transport corp` sends her."""
+    corp, corp_port = corp_sink
+    ok(
+        postroom_cli(
+            accounts, "service", "add", "smtp", "corp", "--set", "host=127.0.0.1", "--set", f"port={corp_port}",
+            "--set", "security=none", "--set", "domains=[\"corp.test\"]",
+        )
+    )  # fmt: skip
+    ok(postroom_cli(accounts, "send", "--to", "ann@corp.test", "-s", "Order", "-b", "…"))
+    assert [e["waiting_transports"] for e in queue_of(accounts)] == [["work"]]
+
+    ok(postroom_cli(accounts, "order", "set", "local", "corp", "work"))
+
+    (entry,) = queue_of(accounts)
+    assert (entry["waiting_for"], entry["waiting_transports"]) == ("send_receive", ["corp"]), entry
+    shown = ok(postroom_cli(accounts, "show", str(entry["id"]))).stdout
+    ann_row = next(line for line in shown.splitlines() if "SMTP:ann@corp.test" in line)
+    assert "waiting for corp" in ann_row, shown
+    flushed = json.loads(ok(postroom_cli(accounts, "flush", "--transport", "corp", "--json")).stdout)
+    assert (flushed["sent"], flushed["waiting"]) == (1, 0), flushed
+    assert corp.counts() == {"ann@corp.test": 1}
+    assert queue_of(accounts) == []

@@ -8,7 +8,7 @@ a provider UID, one of which declares its scope up front; a wildcard transport t
 recipients "not mine"; a PAGER transport that always asks to be tried again in an hour), and then
 submits messages to random recipients, changes the transport order, switches online and offline,
 toggles call-when-offline, makes Send/Receive groups and runs Send/Receive and `flush` for them,
-removes a transport, and logs on again.
+changes the declared scope of `corp`, removes a transport, and logs on again.
 
 Beside the real session runs a tiny reference model of the rule, computed independently of
 postroom's router: a recipient is offered first to the transports registering its UID, in
@@ -23,10 +23,11 @@ its sink (the Maildir, the SMTP servers, the fax logs, the test transports' mark
 arrives twice. Each pass's and each Send/Receive's per-transport lines count every recipient it
 processed exactly once, and the totals are the sums of the lines.
 
-The transport order changes only while no recipient waits: a recipient that waits resumes at the
-transport it waits for, so after a change of order under it, it can end with another transport
-than the new order gives it (test_offline_routing.py has that case, as an expected failure). A
-recipient that waits for a transport that is then removed is routed again from the start.
+The transport order changes, a scope changes and a transport is removed while recipients wait: a waiting
+recipient remembers the transports that declined it, and a change of routing moves it at once to
+the first transport of the new routing that has not (spooler/reroute.py). Its message waits on
+quietly if it waited for Send/Receive and that transport may not be called now either; otherwise
+it is due at once, and the next pass offers the recipient to its new transport.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from postroom.mapi.entryid import MAPIUID, make_entry_id
 from postroom.profile import Profile
 from postroom.spooler import PassSummary
 from postroom.spooler.outbound import NOT_CALLED_OFFLINE
+from postroom.spooler.reroute import ROUTED_AGAIN
 from postroom.store import RecipientState, WaitKind
 
 from support import recording
@@ -117,7 +119,7 @@ class ModelRecipient:
     address: str
     uid: bool
     state: str = "pending"  # pending (waiting) / delivered / failed / ndr
-    transport: str | None = None  # who delivered or failed it; or the one it waits for
+    transport: str | None = None  # who delivered or failed it; or the one it waits for (None: no transport left)
     detail: str = ""  # pending: why it waits (not called offline, or the transport's words)
     declined: set[str] = field(default_factory=set)  # transports that said "not mine" when called
 
@@ -130,7 +132,7 @@ class ModelRecipient:
 class ModelMessage:
     message_id: int
     recipients: list[ModelRecipient]
-    parked: bool = False  # not due: waits for a Send/Receive, or a retry an hour away
+    parked: bool = False  # not due: waits for a Send/Receive, or a retry an hour away (else due now)
     retry: bool = False  # parked with a retry time (a transport asked to try again later)
 
     @property
@@ -282,10 +284,33 @@ class RoutingMachine(RuleBasedStateMachine):
         return self.online or t.cwo or t.name in flushing
 
     def _logged_on(self) -> list[ModelMessage]:
-        """The messages a (re)logon makes due: online, every one that waits for Send/Receive."""
+        """The messages the next pass takes: those due already (a change of routing moved one of their
+        recipients), and what a (re)logon makes due: online, every one that waits for Send/Receive."""
+        due = [m for m in self.messages if m.pending and not m.parked]
         woken = [m for m in self.messages if m.parked and not m.retry] if self.relogon and self.online else []
         self.relogon = False
-        return woken
+        return due + woken
+
+    def _routing_changed(self) -> None:
+        """What a change of routing does to the recipients that wait (spooler/reroute.py): each goes to
+        the first transport of the new routing that has not declined it. Its message stays parked if
+        it waited for Send/Receive and that transport may not be called now; otherwise it is due."""
+        order = self._order()
+        for m in self.messages:
+            for r in m.pending:
+                target = next((t.name for t in offers(r, order) if t.name not in r.declined), None)
+                if target == r.transport:
+                    continue
+                RoutingMachine.seen["recipient moved by a change of routing"] += 1
+                quiet = (
+                    m.parked
+                    and not m.retry
+                    and target is not None
+                    and not self._callable(self.catalogue[target], set())
+                )
+                r.transport, r.detail = target, NOT_CALLED_OFFLINE if quiet else ROUTED_AGAIN
+                if not quiet:
+                    m.parked = False
 
     # The model's pass ---------------------------------------------------------------------------------
     def _process(self, due: list[ModelMessage], flushing: set[str]) -> Counter[tuple[str, str]]:
@@ -295,8 +320,6 @@ class RoutingMachine(RuleBasedStateMachine):
         for m in due:
             m.parked = False
             for r in m.pending:
-                if r.transport not in self.present:  # it waited for a removed transport: routed from the start
-                    r.declined.clear()
                 expected = online_transport(r, order)
                 for t in offers(r, order):
                     if t.name in r.declined:
@@ -372,8 +395,8 @@ class RoutingMachine(RuleBasedStateMachine):
             recipients.append(ModelRecipient(address_type, address, uid))
         mid = draft.submit()
         message = ModelMessage(mid, recipients)
-        self.messages.append(message)
         woken = self._logged_on()
+        self.messages.append(message)
         summary = self.s.deliver()
         expected = self._process([*woken, message], set())
         assert self._lines_of_pass(summary) == expected, (summary.tally, expected)
@@ -423,25 +446,40 @@ class RoutingMachine(RuleBasedStateMachine):
     def _check_flush(self, summary: SendReceiveSummary, members: set[str], woken: list[ModelMessage]) -> None:
         assert summary.errors == [], summary.errors
         members &= set(self.present)
-        if members:  # a recipient waiting for a transport that was removed is woken too: it is routed again
+        if members:
             woken += [
                 m
                 for m in self.messages
-                if m.parked
-                and m not in woken
-                and any(r.transport in members or r.transport not in self.present for r in m.pending)
+                if m.parked and m not in woken and any(r.transport in members for r in m.pending)
             ]
         untouched = [m for m in self.messages if m.parked and m not in woken]
         expected = self._process(woken, members)
         assert self._lines_of_flush(summary) == expected, (summary.transports, expected)
         assert all(m.parked for m in untouched)
 
-    @precondition(lambda self: self.seen_here["reorder"] < 2 and not any(m.pending for m in self.messages))
+    @precondition(lambda self: self.seen_here["reorder"] < 3)
     @rule(data=st.data())
     def reorder(self, data: st.DataObject) -> None:
+        """`postroom order set`, also while recipients wait: they go where the new order sends them."""
         self._step("reorder")
         self.order = data.draw(st.permutations(self.present), label="order")
         self.s.set_transport_order(self.order)
+        self._routing_changed()
+        self.relogon = True
+
+    @precondition(lambda self: self.seen_here["rescope"] < 2 and "corp" in self.present)
+    @rule(domain=st.sampled_from(["corp.test", "example.test"]))
+    def rescope(self, domain: str) -> None:
+        """`postroom service set corp --set domains=[...]`: corp's declared scope changes, also while
+        recipients wait; they go where routing with the new scope sends them."""
+        self._step("rescope")
+        _, options = self._service("corp")
+        self.s.configure_service("corp", options={**options, "domains": [domain]})
+        self.catalogue["corp"].scope = _domain_scope(domain)
+        for m in self.messages:  # a decline was corp's answer as configured then (corp never declines)
+            for r in m.pending:
+                r.declined.discard("corp")
+        self._routing_changed()
         self.relogon = True
 
     @precondition(lambda self: self.seen_here["toggle_call_when_offline"] < 2)
@@ -456,7 +494,7 @@ class RoutingMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.seen_here["remove_transport"] < 1 and len(self.present) > 1)
     @rule(data=st.data())
     def remove_transport(self, data: st.DataObject) -> None:
-        """`postroom service remove`: what waited for it is routed again at the next Send/Receive."""
+        """`postroom service remove`: what waited for it goes to the transport routing now gives it."""
         self._step("remove_transport")
         waited_for = sorted({r.transport for m in self.messages for r in m.pending} & set(self.present))
         name = data.draw(st.sampled_from(waited_for or self.present), label="transport")
@@ -466,6 +504,7 @@ class RoutingMachine(RuleBasedStateMachine):
         for members in self.groups.values():
             if name in members:
                 members.remove(name)
+        self._routing_changed()
         self.relogon = True
 
     @precondition(lambda self: self.seen_here["log_on_again"] < 2 and any(m.parked for m in self.messages))
@@ -528,14 +567,15 @@ class RoutingMachine(RuleBasedStateMachine):
                     assert st_.waiting_for == r.transport, (where, "waits for", st_.waiting_for, r.transport)
                     assert st_.detail == r.detail, (where, st_.detail, r.detail)
                     assert (rep.state, rep.waiting_for, rep.why) == ("waiting", r.transport, r.detail), (where, rep)
-                    assert rep.at_send_receive is not m.retry, (where, rep)
+                    assert rep.at_send_receive is (m.parked and not m.retry), (where, rep)
             entry = queue.pop(m.message_id, None)
             if not m.pending:
                 assert entry is None, (m.message_id, "left the queue", entry)
                 continue
-            kind = WaitKind.RETRY if m.retry else WaitKind.SEND_RECEIVE
+            kind = (WaitKind.RETRY if m.retry else WaitKind.SEND_RECEIVE) if m.parked else None
             assert entry is not None and entry.waiting_for is kind, (m.message_id, entry)
-            assert entry.waiting_transports == tuple(dict.fromkeys(r.transport for r in m.pending)), entry
+            waits = tuple(dict.fromkeys(r.transport for r in m.pending if r.transport is not None))
+            assert entry.waiting_transports == waits, entry
         assert queue == {}, queue
 
 

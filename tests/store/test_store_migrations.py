@@ -27,6 +27,7 @@ UNDO_AFTER_V1 = (
     "ALTER TABLE recipients DROP COLUMN detail",
     "ALTER TABLE messages DROP COLUMN first_try",
     "ALTER TABLE messages DROP COLUMN failures",
+    "ALTER TABLE recipients DROP COLUMN declined",
 )
 
 
@@ -93,7 +94,7 @@ def test_an_older_store_is_migrated_and_keeps_its_data(backend: str, store_targe
         assert read_version(backend, store_target) == LATEST
         assert store.store_uid == uid and store.open_message(mid)[T.PR_SUBJECT] == "kept"
         store.record_send("smtp", NOW)  # type: ignore[attr-defined]  # the version 2 tables are there
-        assert [s.waiting_for for s in store.recipient_states(mid)] == []  # the version 3 columns are read
+        assert [s.waiting_for for s in store.recipient_states(mid)] == []  # the version 3 and 4 columns are read
         assert store.count_sends("smtp", NOW.replace(year=2025)) == 1  # type: ignore[attr-defined]
     finally:
         store.close()

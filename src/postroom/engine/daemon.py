@@ -137,6 +137,9 @@ class Daemon:
             await self.protocol.reload_configuration()
             self.runtime.publish_status()
             self.protocol.redo.discard(Redo.CONFIG)
+        if Redo.ROUTING in self.protocol.redo:
+            self.runtime.place_waiting()
+            self.protocol.redo.discard(Redo.ROUTING)
         if self.protocol.transition.due(now):
             self.protocol.redo.add(Redo.FLUSH)
         if Redo.FLUSH in self.protocol.redo:

@@ -10,13 +10,15 @@ reports built from the store (what became of each recipient, which status table 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from ..addressing import ParsedAddress
-from ..mapi.codes import HResult, MAPIError
+from ..mapi.codes import HResult, MAPIError, StoreUnavailable
+from ..mapi.flags import LogonFlags
 from ..mapi.message import Recipient
 from ..profile import Mode, Profile, Service
 from ..spooler import PassSummary, Spooler, TransportTable
@@ -31,6 +33,8 @@ from .report import RecipientReport, delivery_report, recipient_report
 from .results import Received, RouteAnswer, SendReceiveSummary
 from .runtime import Runtime, online_stability_seconds
 from .status import StatusReport, status_report
+
+log = logging.getLogger("postroom.protocol")
 
 
 class Engine:
@@ -229,6 +233,25 @@ class Engine:
         removed = remove_group(self.runtime.profile, name)
         self.save_profile()
         return removed
+
+    async def place_waiting(self) -> None:
+        """The routing may have changed here (the order, a service added, removed or reconfigured):
+        move the recipients that wait now, so that `queue`, `show`, `flush` and Send/Receive see the
+        transport routing gives them at once. The routing is known only from logons, so the
+        transports are logged on in a table of their own, without connecting, and off again: this
+        session's own logon (and what a new one starts, like waking what waits when online) is
+        left for its next use, as for any change of the profile. The change is saved already: a
+        store that cannot be reached now leaves the move to the next logon."""
+        runtime = self.runtime
+        runtime.check_open()
+        table = TransportTable(runtime.profile, runtime.store.connection_slots)
+        await table.logon_all(LogonFlags.NO_DIALOG | LogonFlags.NO_CONNECT)
+        try:
+            runtime.place_waiting(table)
+        except StoreUnavailable as exc:
+            log.warning("waiting recipients are moved at the next logon: %s", exc.message)
+        finally:
+            await table.logoff_all()
 
     def save_profile(self) -> None:
         """Save the profile and tell a running spooler daemon; the next use logs on again with it."""

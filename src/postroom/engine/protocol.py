@@ -55,6 +55,7 @@ class Redo(StrEnum):
     MODE = "mode"  # another process changed the mode: take it
     CONFIG = "config"  # another process changed the profile: log on again with it
     FLUSH = "flush"  # wake what waits for Send/Receive (online again, after the stability window)
+    ROUTING = "routing"  # move waiting recipients to the transports a new routing gives them
 
 
 Progress = Callable[[str, LoadedTransport, str], None]
@@ -134,6 +135,10 @@ class ProtocolManager:
         table.listeners.append(self._transport_notified)
         await table.logon_all(self.logon_flags)
         table.remember_errors(row for name, row, _, _ in self.store.status_rows())
+        try:
+            self.runtime.place_waiting()  # the routing may have changed since recipients began to wait
+        except StoreUnavailable:
+            self.redo.add(Redo.ROUTING)  # the daemon's first usable turn does it
         now = self.runtime.clock()
         self.schedule.reset(load_groups(self.runtime.profile), self.mode, now)
         if not self.offline:

@@ -19,6 +19,7 @@ from ..mapi.flags import LogonFlags, ResourceMethods, ResourceType, StatusCode
 from ..profile import Mode, Profile
 from ..spooler import LoadedTransport, Spooler, TransportTable
 from ..spooler.outbound import SpoolerSettings
+from ..spooler.reroute import place_waiting
 from ..store import MessageStore, WaitKind, open_store
 from ..transports.spi import StatusRow, status_row_dict
 
@@ -75,6 +76,8 @@ class Runtime:
         self.spooler = self._new_spooler()
         #: The next use logs on again (the profile changed, or ValidateState asked for it).
         self.needs_relogon = False
+        #: The signature of the routing this process last placed waiting recipients by (reroute.py).
+        self.routing_seen: str | None = None
         self.closed = False
 
     # --- the mode: what it allows --------------------------------------------------------------
@@ -89,6 +92,18 @@ class Runtime:
     def may_call(self, t: LoadedTransport) -> bool:
         """Whether the spooler may pass messages to this transport now."""
         return not self.offline or t.service.call_when_offline or t.name in self.flushing
+
+    def may_call_now(self, table: TransportTable) -> Callable[[str], bool]:
+        """may_call by transport name, for the transports of `table`."""
+        return lambda name: self.may_call(table.by_name(name))
+
+    def place_waiting(self, table: TransportTable | None = None) -> None:
+        """Move the recipients that wait to the transports the routing of `table` (default: this
+        runtime's, logged on) gives them, if that routing changed (spooler/reroute.py)."""
+        table = table or self.transports
+        self.routing_seen = place_waiting(
+            self.store, table, self.may_call_now(table), self.clock(), seen=self.routing_seen
+        )
 
     def logon_flags(self, t: LoadedTransport) -> LogonFlags:
         """Offline transports make no connections, except those marked call_when_offline."""

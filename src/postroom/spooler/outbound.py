@@ -38,6 +38,7 @@ from ..store.base import (
 from ..store.codec import from_epoch, to_micros
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .commit import GroupCommit
+from .declines import Declines
 from .policy import (
     DeliveryPolicy,
     breaker_after_error,
@@ -136,22 +137,30 @@ class _Wait:
 class _Pending:
     recipient: Recipient
     offers: tuple[Offer, ...]
+    declines: Declines
     index: int = 0
     last_error: str = ""  # why the last transport could not take it (for the NDR when none does)
     detail: str = ""  # the current transport's words when it asks this recipient to wait
 
     @classmethod
-    def resume(cls, recipient: Recipient, offers: tuple[Offer, ...], waiting_for: str | None) -> _Pending:
-        """Start where the last pass left the recipient: at the transport it waits for, if still offered."""
-        index = 0
-        if waiting_for:
-            wanted = waiting_for.lower()
-            index = next((i for i, o in enumerate(offers) if o.transport.lower() == wanted), 0)
-        return cls(recipient, offers, index)
+    def resume(cls, recipient: Recipient, offers: tuple[Offer, ...], declines: Declines) -> _Pending:
+        """Start at the first transport of the routing now that has not declined the recipient, so a
+        decliner is not asked again and a change of routing meanwhile is followed (declines.py)."""
+        return cls(recipient, offers, declines, declines.first_open(offers))
 
     @property
     def current(self) -> Offer | None:
         return self.offers[self.index] if self.index < len(self.offers) else None
+
+    def decline(self) -> None:
+        """The current transport passed the recipient on: remember it, go on to the next one."""
+        offer = self.current
+        assert offer is not None
+        self.declines.add(offer.transport)
+        self.index = self.declines.first_open(self.offers, self.index + 1)
+
+    def wait(self, transport: str, detail: str) -> RecipientWait:
+        return RecipientWait(self.recipient.row_id, transport, detail, self.declines.stored)
 
 
 class OutboundProcessor:
@@ -284,9 +293,12 @@ class OutboundProcessor:
         message = self.store.open_message(message_id)
         states = {s.row_id: s for s in self.store.recipient_states(message_id)}
         router = self.transports.router()
+        now_prints = self.transports.fingerprints()
         pending = [
             _Pending.resume(
-                r, router.offers(r.address_type, r.provider_uid, r.email_address), states[r.row_id].waiting_for
+                r,
+                router.offers(r.address_type, r.provider_uid, r.email_address),
+                Declines(states[r.row_id].declined, now_prints),
             )
             for r in message.recipients
             if states[r.row_id].state is RecipientState.PENDING
@@ -318,7 +330,7 @@ class OutboundProcessor:
                 # online routing gives them next, until Send/Receive (or going online) calls it.
                 for p in mine:
                     pending.remove(p)
-                    waits.append(RecipientWait(p.recipient.row_id, transport.name, NOT_CALLED_OFFLINE))
+                    waits.append(p.wait(transport.name, NOT_CALLED_OFFLINE))
                 offline = True
                 result.count(transport.name, Fate.WAITING, len(mine))
                 continue
@@ -341,7 +353,7 @@ class OutboundProcessor:
             retry_waits.append(outcome)
             for p in left:
                 words = p.detail or outcome.detail or outcome.reason
-                waits.append(RecipientWait(p.recipient.row_id, transport.name, words))
+                waits.append(p.wait(transport.name, words))
                 result.count(transport.name, Fate.DEFERRED)
 
         # Recipients no transport took: NDR (MAPI_REASON_TRANSFER_IMPOSSIBLE, spec §13).
@@ -657,7 +669,7 @@ class OutboundProcessor:
                 result.errors.append(f"{transport.name}: {summary}")
                 for p in mine:
                     p.last_error = f"transport {transport.name} failed: {summary}"
-                    p.index += 1
+                    p.decline()
                 return None, done
             finally:
                 transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
@@ -713,7 +725,7 @@ class OutboundProcessor:
                 )
                 return deferred_wait, done
             for p in still:  # not mine: on to the next matching transport
-                p.index += 1
+                p.decline()
             return None, done
         return _Wait(policy.backoff(failures), f"{transport.name} asked to resend too often"), done
 
@@ -733,7 +745,7 @@ class OutboundProcessor:
                 transport.name,
             )
             for p in mine:
-                p.index += 1
+                p.decline()
             return None
         policy = self.policy_of(transport)
         if code == HResult.MAPI_E_UNCONFIGURED:
@@ -760,7 +772,7 @@ class OutboundProcessor:
             )
             for p in mine:
                 p.last_error = f"transport {transport.name} answered {text}"
-                p.index += 1
+                p.decline()
             return None
         if code == HResult.MAPI_E_NETWORK_ERROR:
             transport.status.failed(text)

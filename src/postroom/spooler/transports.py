@@ -31,6 +31,7 @@ from ..transports.spi import (
     TransportLogon,
     TransportProvider,
 )
+from .declines import fingerprint
 from .routing import Router
 
 log = logging.getLogger("postroom.spooler")
@@ -145,6 +146,7 @@ class TransportTable:
         self.preprocessors: list[RegisteredPreprocessor] = []
         self.listeners: list[Callable[[str, SpoolerNotifyFlags, Any], None]] = []
         self._router: Router | None = None
+        self._fingerprints = {t.name.lower(): fingerprint(t.service) for t in self.transports}
         self.logged_on = False
 
     def notify(self, transport: str, flags: SpoolerNotifyFlags, data: Any) -> None:
@@ -251,6 +253,10 @@ class TransportTable:
         if self._router is None:
             self._router = Router([(t.name, t.registration) for t in self.transports if t.available and t.registration])
         return self._router
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each transport's configuration fingerprint (declines.py), by lower-case name."""
+        return self._fingerprints
 
     def enum_adr_types(self) -> list[str]:
         """The union of the address types of the transports logged on now (EnumAdrTypes)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
 from .base import (
+    Declined,
     Event,
     EventKind,
     Folder,
@@ -22,11 +23,13 @@ from .base import (
     MessageSummary,
     QueueEntry,
     QueueState,
+    RecipientMove,
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
     RecipientWait,
     RetryAll,
+    WaitingRecipient,
     WaitKind,
 )
 from .receive import match_receive_folder
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 __all__ = [
+    "Declined",
     "Event",
     "EventKind",
     "Folder",
@@ -47,6 +51,7 @@ __all__ = [
     "PostgresStore",
     "QueueEntry",
     "QueueState",
+    "RecipientMove",
     "RecipientOutcome",
     "RecipientState",
     "RecipientStatus",
@@ -54,6 +59,7 @@ __all__ = [
     "RetryAll",
     "SQLiteStore",
     "WaitKind",
+    "WaitingRecipient",
     "check_store_location",
     "is_postgres_url",
     "match_receive_folder",

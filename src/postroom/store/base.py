@@ -145,17 +145,47 @@ class RecipientOutcome:
     report: bool = True  # a DR/NDR is still owed for this outcome
 
 
+#: The transports that declined a pending recipient: name (lower case) -> the fingerprint of the
+#: transport's configuration when it declined (spooler/declines.py says what that means).
+Declined = Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class RecipientWait:
-    """Why a recipient is still pending after a pass: the transport it waits for, and its words.
+    """Why a recipient is still pending after a pass: the transport it waits for, its words, and
+    the transports that declined it so far.
 
-    The next pass resumes the recipient's routing at that transport, so a transport that
-    already said "not mine" is not offered it again, and offline it waits for exactly the
-    transport online routing would give it next.
+    The next pass resumes the recipient's routing at the first transport that has not declined
+    it, so a transport that already said "not mine" is not offered it again, and offline it
+    waits for exactly the transport online routing would give it next.
     """
 
     row_id: int
     transport: str
+    detail: str
+    declined: Declined = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WaitingRecipient:
+    """A pending recipient that waits for a transport, as a change of routing needs to see it."""
+
+    message_id: int
+    recipient: Recipient
+    waiting_for: str
+    declined: Declined
+    wait_kind: WaitKind | None  # its message's
+    held: bool
+
+
+@dataclass(frozen=True)
+class RecipientMove:
+    """A waiting recipient that a new routing gives another transport (None: none; its NDR is due)."""
+
+    message_id: int
+    row_id: int
+    was: str  # the transport it waited for (written only if it still waits for it)
+    transport: str | None
     detail: str
 
 
@@ -170,6 +200,7 @@ class RecipientStatus:
     reported: bool
     waiting_for: str | None = None  # pending: the transport it waits for (its next offer)
     detail: str | None = None  # pending: why it waits, in that transport's words
+    declined: Declined = field(default_factory=dict)  # pending: the transports that declined it
 
 
 class EventKind(StoredWords):
@@ -199,6 +230,7 @@ class EventKind(StoredWords):
     ABORTED = "aborted"  # AbortSubmit
     FINISHED = "finished"  # left the queue: moved, left or deleted
     RECEIVED = "received"  # came in (inbound)
+    REROUTED = "rerouted"  # the routing changed while recipients waited: they wait for another transport
 
 
 @dataclass(frozen=True)
@@ -419,6 +451,21 @@ class MessageStore(abc.ABC):
         With `known` (every transport of the profile), a recipient waiting for a transport that is
         none of them (it was removed) wakes its message too: no Send/Receive could ever call the
         transport it waits for, and its routing starts over."""
+
+    @abc.abstractmethod
+    def waiting_recipients(self) -> list[WaitingRecipient]:
+        """Every pending recipient of a queued or held message that waits for a transport."""
+
+    @abc.abstractmethod
+    def routing(self) -> str | None:
+        """The signature of the routing the waiting recipients were last placed by (None: never)."""
+
+    @abc.abstractmethod
+    def reroute(self, moves: Sequence[RecipientMove], wake: Sequence[int], routing: str, now: datetime) -> int:
+        """In one transaction: move waiting recipients to the transports a new routing gives them
+        (each only if it still waits for the one it waited for), make the messages `wake` due now
+        (unless held, or claimed by a spooler), note each moved message in its history, and record
+        `routing` as the routing waiting recipients are placed by. Returns how many were moved."""
 
     @abc.abstractmethod
     def wake_paused(self, transport: str, now: datetime, limit: int | None = None) -> int:

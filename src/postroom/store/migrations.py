@@ -22,6 +22,13 @@ History:
      it (a server's 4xx reply, "offline: waiting for Send/Receive"). messages.first_try and
      messages.failures: when a transport was first really called for the message (its queue
      lifetime counts from there) and how many passes met a temporary failure (the backoff).
+  4. recipients.declined: the transports that declined a pending recipient ("not mine", or an
+     error that passed it on), each with the fingerprint of its configuration then, so that a
+     change of routing moves a waiting recipient to the first transport that has not declined it
+     (spooler/declines.py, spooler/reroute.py). meta 'routing' names the routing the waiting
+     recipients were last placed by. A recipient that waited before this version has no
+     declines stored: the first logon places it at the first transport of its routing, which
+     may ask a transport that declined it once more.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from ..mapi.codes import HResult, MAPIError
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 3
+LATEST = 4
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -53,6 +60,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE messages ADD COLUMN first_try REAL",
         "ALTER TABLE messages ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
     ),
+    4: ("ALTER TABLE recipients ADD COLUMN declined TEXT",),
 }
 
 
@@ -167,7 +175,9 @@ _PG_V3 = (
     "ALTER TABLE messages ADD COLUMN IF NOT EXISTS failures INTEGER NOT NULL DEFAULT 0",
 )
 
-POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3}
+_PG_V4 = ("ALTER TABLE recipients ADD COLUMN IF NOT EXISTS declined TEXT",)
+
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4}
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).
 SCHEMA_LOCK = 0x706F7374726F6F6D

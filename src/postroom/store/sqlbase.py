@@ -44,11 +44,13 @@ from .base import (
     MessageSummary,
     QueueEntry,
     QueueState,
+    RecipientMove,
     RecipientOutcome,
     RecipientState,
     RecipientStatus,
     RecipientWait,
     RetryAll,
+    WaitingRecipient,
     WaitKind,
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
@@ -105,6 +107,22 @@ DB = TypeVar("DB", bound=Connection)
 def valid_id(value: int | None) -> int | None:
     """An ID a row can have, else None (which matches no row: never an overflow in the driver)."""
     return value if value is not None and 0 < value <= MAX_ID else None
+
+
+def encode_declined(declined: Mapping[str, str]) -> str | None:
+    """A recipient's declines as stored: JSON, or NULL for none."""
+    return json.dumps(dict(sorted(declined.items()))) if declined else None
+
+
+def decode_declined(text: str | None) -> dict[str, str]:
+    """The stored declines; anything unreadable counts as none (the transport is asked again)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def now_fallback() -> datetime:
@@ -806,10 +824,11 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 reported=bool(rep),
                 waiting_for=waiting,
                 detail=detail,
+                declined=decode_declined(declined),
             )
-            for rid, state, xp, t, rep, waiting, detail in self._q(
-                "SELECT row_id, state, transport, outcome_time, reported, waiting_for, detail FROM recipients "
-                "WHERE message_id=? ORDER BY row_id",
+            for rid, state, xp, t, rep, waiting, detail, declined in self._q(
+                "SELECT row_id, state, transport, outcome_time, reported, waiting_for, detail, declined "
+                "FROM recipients WHERE message_id=? ORDER BY row_id",
                 (valid_id(message_id),),
             )
         ]
@@ -822,8 +841,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def _record_in(self, db: DB, message_id: int, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
         for out in outcomes:
             cur = db.execute(
-                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=?, waiting_for=NULL, detail=NULL "
-                "WHERE message_id=? AND row_id=? AND state='pending'",
+                "UPDATE recipients SET state=?, transport=?, outcome_time=?, reported=?, waiting_for=NULL, "
+                "detail=NULL, declined=NULL WHERE message_id=? AND row_id=? AND state='pending'",
                 (
                     out.state.value,
                     self._text(out.transport),
@@ -883,8 +902,18 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._record_in(db, message_id, outcomes, now)
             if waits:
                 db.executemany(
-                    "UPDATE recipients SET waiting_for=?, detail=? WHERE message_id=? AND row_id=? AND state='pending'",
-                    [(self._text(w.transport), self._text(w.detail), message_id, w.row_id) for w in waits],
+                    "UPDATE recipients SET waiting_for=?, detail=?, declined=? "
+                    "WHERE message_id=? AND row_id=? AND state='pending'",
+                    [
+                        (
+                            self._text(w.transport),
+                            self._text(w.detail),
+                            encode_declined(w.declined),
+                            message_id,
+                            w.row_id,
+                        )
+                        for w in waits
+                    ],
                 )
             db.execute(
                 "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=?, wait_kind=?, "
@@ -1040,6 +1069,72 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         if woken:
             self._publish(NoteKind.QUEUE, woken=woken)
         return woken
+
+    def waiting_recipients(self) -> list[WaitingRecipient]:
+        return [
+            WaitingRecipient(
+                message_id=int(mid),
+                recipient=Recipient(props=decode_bag(bag), row_id=int(rid)),
+                waiting_for=str(waiting),
+                declined=decode_declined(declined),
+                wait_kind=WaitKind(kind) if kind else None,
+                held=state == QueueState.HELD.value,
+            )
+            for mid, rid, bag, waiting, declined, kind, state in self._q(
+                "SELECT r.message_id, r.row_id, r.props, r.waiting_for, r.declined, m.wait_kind, m.queue_state "
+                "FROM recipients r JOIN messages m ON m.id = r.message_id "
+                "WHERE m.queue_state IS NOT NULL AND r.state = 'pending' AND r.waiting_for IS NOT NULL "
+                "ORDER BY r.message_id, r.row_id"
+            )
+        ]
+
+    def routing(self) -> str | None:
+        rows = self._q("SELECT value FROM meta WHERE key='routing'")
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def reroute(self, moves: Sequence[RecipientMove], wake: Sequence[int], routing: str, now: datetime) -> int:
+        t = to_epoch(now)
+        moved: dict[int, list[str]] = {}
+        with self._tx() as db:
+            for m in moves:
+                cur = db.execute(
+                    "UPDATE recipients SET waiting_for=?, detail=? "
+                    "WHERE message_id=? AND row_id=? AND state='pending' AND waiting_for=?",
+                    (
+                        None if m.transport is None else self._text(m.transport),
+                        self._text(m.detail),
+                        m.message_id,
+                        m.row_id,
+                        m.was,
+                    ),
+                )
+                if cur.rowcount == 1:
+                    moved.setdefault(m.message_id, []).append(
+                        f"recipient {m.row_id}: {m.was} -> {m.transport or 'no transport'}"
+                    )
+            woken = [m for m in wake if valid_id(m) is not None]
+            for start in range(0, len(woken), 500):
+                chunk = woken[start : start + 500]
+                db.execute(
+                    "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
+                    f"AND (lease_owner IS NULL OR lease_until < ?) AND id IN ({', '.join('?' for _ in chunk)})",
+                    [t, *chunk],
+                )
+            db.executemany(
+                _EVENT_SQL,
+                [
+                    (mid, t, EventKind.REROUTED.value, None, "the routing changed; " + "; ".join(lines))
+                    for mid, lines in moved.items()
+                ],
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('routing', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (routing,),
+            )
+        if woken:
+            self._publish(NoteKind.QUEUE, woken=len(woken))
+        return sum(len(lines) for lines in moved.values())
 
     def wake_paused(self, transport: str, now: datetime, limit: int | None = None) -> int:
         parked = (
