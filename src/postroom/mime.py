@@ -5,6 +5,10 @@ standard `email` package's; this module only decides which MAPI property goes wh
 
 Outbound (`to_mime`, `to_bytes`, `to_bytes_with_flags`):
 
+* A message that arrived as RFC 5322 and was not edited since is its original bytes, with only
+  the transport's changes (`postroom.original`); an edited one is rendered from its properties
+  as below and keeps what nobody edited of its original (`postroom.mime_reuse`).
+
 * Only SMTP addresses reach address headers; recipients of other address types (FAX, X400 …)
   belong to other transports and are left out. Rows with the MAPI_P1 bit (envelope-only resends)
   never appear, and Bcc rows appear only with ``include_bcc=True``.
@@ -1387,7 +1391,9 @@ def from_mime(data: bytes) -> MessageData:
     header that is not UTF-8, text not valid in its charset, a broken MIME structure, bad base64),
     gets that attachment too, and a line at the end of its body saying why. Delivery status
     notifications become report messages (see the module docstring). The message gets no
-    PR_ENTRYID (the store assigns it); recipients and originators get one-off entry IDs.
+    PR_ENTRYID (the store assigns it); recipients and originators get one-off entry IDs. A message
+    with header lines keeps `data` as its original MIME stream (`MessageData.original`, see
+    `postroom.original`): sent unedited, it goes out as those bytes.
     """
     return _from_mime(bytes(data), 0)
 

@@ -159,7 +159,8 @@ def parse_delay(text: str) -> timedelta:
     default=None,
     metavar="FILE",
     help="Build the message from an RFC 5322 file ('-' = stdin); its To/Cc/Bcc are the recipients "
-    "unless --to/--cc/--bcc are given. From, Message-ID and attachments are kept.",
+    "unless --to/--cc/--bcc are given. It goes out as the file's own bytes (Bcc removed, a missing "
+    "Date or Message-ID added) unless other options change it.",
 )
 @click.option("--later", is_flag=True, help="Only submit: leave the message queued in the Outbox for the spooler.")
 @click.option(
