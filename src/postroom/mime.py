@@ -563,6 +563,8 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         except ValueError:
             continue
         filename = _header_text(att.filename)
+        if reuse is not None and num in reuse.held:
+            continue
         kept = reuse.parts.get(num) if reuse is not None else None
         typed = att.mime_type.split(";", 1)[0].strip().lower()
         if kept is not None or (method == AttachMethod.BY_VALUE and typed in _TYPED_PARTS):
@@ -590,8 +592,11 @@ class _Plan:
     """What a re-rendering keeps of the original (`mime_reuse`): its header block, and either its
     whole content or the parts of the unedited attachments."""
 
-    def __init__(self, block: bytes, root: EmailMessage, whole: bool, parts: dict[int, Message]) -> None:
+    def __init__(
+        self, block: bytes, root: EmailMessage, whole: bool, parts: dict[int, Message], held: set[int] | None = None
+    ) -> None:
         self.block, self.root, self.whole, self.parts = block, root, whole, parts
+        self.held = held or set()  # attachments that a reused signed or encrypted entity holds
 
 
 def _reuse_plan(msg: MessageData) -> _Plan | None:
@@ -606,9 +611,30 @@ def _reuse_plan(msg: MessageData) -> _Plan | None:
     block = _original.split(raw)[0]
     if any(len(line.rstrip(b"\r")) > _MAX_HEADER_LINE for line in raw.split(b"\n")):
         return _Plan(block, trace.root, False, {})
-    whole = _reuse.same_content(msg, imported) and _writable(trace.root)
-    parts = {} if whole else _reuse.reused_parts(msg, imported, [p if _writable(p) else None for p in trace.parts])
-    return _Plan(block, trace.root, whole, parts)
+    if _reuse.same_content(msg, imported) and _writable(trace.root):
+        return _Plan(block, trace.root, True, {})
+    units = [
+        (_content_entity(unit, trace.root), inside)
+        for unit, inside in _reuse.sealed_units(trace.root, trace.parts, trace.bodies)
+        if _writable(unit)
+    ]
+    writable = [p if _writable(p) else None for p in trace.parts]
+    parts, held = _reuse.reused_parts(msg, imported, writable, units)
+    return _Plan(block, trace.root, False, parts, held)
+
+
+def _content_entity(part: Message, root: EmailMessage) -> Message:
+    """`part` as a body part: the root of the message stands for its content only (its Content-*
+    fields and body), without the message's other header fields."""
+    if part is not root:
+        return part
+    entity = EmailMessage(policy=_IN_POLICY)
+    for name, value in root.raw_items():
+        if name.lower().startswith("content-"):
+            entity.set_raw(name, value)
+    entity.set_payload(root.get_payload())  # a multipart's list of parts, as parsed
+    entity.preamble, entity.epilogue = root.preamble, root.epilogue
+    return entity
 
 
 def _writable(part: Message) -> bool:
@@ -1262,6 +1288,7 @@ class _Trace:
     def __init__(self) -> None:
         self.root: EmailMessage | None = None
         self.parts: list[Message] = []
+        self.bodies: set[int] = set()  # ids of the parts the text and HTML came from
 
 
 def _convert(msg: EmailMessage, raw_headers: str, depth: int, trace: _Trace | None = None) -> MessageData:
@@ -1359,6 +1386,7 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int, trace: _Trace | No
     props[T.PR_HASATTACH] = bool(md.attachments)
     if trace is not None:
         trace.root, trace.parts = msg, collector.parts
+        trace.bodies = {id(b) for b in (collector.plain, collector.html) if b is not None}
     return md
 
 
