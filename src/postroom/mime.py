@@ -556,6 +556,11 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         alternative = EmailMessage(policy=_OUT_POLICY)
         _set_text(alternative, html, "html")
         out.attach(alternative)
+    if reuse is not None and reuse.wrap is not None:  # attachments only added: the original content first
+        for name in [n for n in out if n.lower().startswith("content-")]:
+            del out[name]
+        out.set_raw("Content-Type", "multipart/mixed")
+        out.set_payload([reuse.wrap])
 
     for num, att in enumerate(msg.attachments):
         try:
@@ -589,14 +594,22 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
 
 
 class _Plan:
-    """What a re-rendering keeps of the original (`mime_reuse`): its header block, and either its
-    whole content or the parts of the unedited attachments."""
+    """What a re-rendering keeps of the original (`mime_reuse`): its header block, and its whole
+    content (as the message's, or as the first part beside added attachments) or the parts of the
+    unedited attachments."""
 
     def __init__(
-        self, block: bytes, root: EmailMessage, whole: bool, parts: dict[int, Message], held: set[int] | None = None
+        self,
+        block: bytes,
+        root: EmailMessage,
+        whole: bool,
+        parts: dict[int, Message],
+        held: set[int] | None = None,
+        wrap: Message | None = None,
     ) -> None:
         self.block, self.root, self.whole, self.parts = block, root, whole, parts
-        self.held = held or set()  # attachments that a reused signed or encrypted entity holds
+        self.held = held or set()  # attachments that a reused entity already holds
+        self.wrap = wrap  # attachments were only added: the original content, as the first part
 
 
 def _reuse_plan(msg: MessageData) -> _Plan | None:
@@ -613,6 +626,10 @@ def _reuse_plan(msg: MessageData) -> _Plan | None:
         return _Plan(block, trace.root, False, {})
     if _reuse.same_content(msg, imported) and _writable(trace.root):
         return _Plan(block, trace.root, True, {})
+    if _reuse.only_added(msg, imported) and _writable(trace.root):
+        entity = _content_entity(trace.root, trace.root)
+        setattr(entity, _reuse.REUSED, True)
+        return _Plan(block, trace.root, False, {}, set(range(len(imported.attachments))), entity)
     units = [
         (_content_entity(unit, trace.root), inside)
         for unit, inside in _reuse.sealed_units(trace.root, trace.parts, trace.bodies)

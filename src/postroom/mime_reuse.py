@@ -14,6 +14,8 @@ recipients, attachments) is rendered from its properties, and keeps of the origi
 * **the whole original content** (every Content-* field and the body, so a multipart/signed,
   multipart/encrypted or multipart/report structure with it) when the text, the HTML and every
   attachment are as they came: only header fields were edited;
+* when attachments were only added, the whole original content as the first part of a
+  multipart/mixed, the new attachments after it;
 * otherwise **each unedited attachment as its original part** (`reused_parts`): same place,
   name, type, Content-ID and size (an embedded message: same content), so a signature
   (application/pgp-signature, application/pkcs7-signature) or an encrypted part
@@ -35,7 +37,16 @@ from email.message import EmailMessage, Message
 from .mapi.message import MessageData
 from .original import attachment_key, header_fields, text_key
 
-__all__ = ["OWNED", "REUSED", "SEALED", "merge_headers", "reused_parts", "same_content", "sealed_units"]
+__all__ = [
+    "OWNED",
+    "REUSED",
+    "SEALED",
+    "merge_headers",
+    "only_added",
+    "reused_parts",
+    "same_content",
+    "sealed_units",
+]
 
 #: Header fields rendered from MAPI properties (every Content-* field too).
 OWNED = frozenset(
@@ -110,6 +121,16 @@ def same_content(md: MessageData, imported: MessageData) -> bool:
     if [attachment_key(a) for a in md.attachments] != [attachment_key(a) for a in imported.attachments]:
         return False
     return text_key(md) == text_key(imported)
+
+
+def only_added(md: MessageData, imported: MessageData) -> bool:
+    """Whether `md` is `imported` with attachments added after the ones it came with, and nothing else."""
+    count = len(imported.attachments)
+    return (
+        len(md.attachments) > count
+        and text_key(md) == text_key(imported)
+        and [attachment_key(a) for a in md.attachments[:count]] == [attachment_key(a) for a in imported.attachments]
+    )
 
 
 def _unedited(md: MessageData, imported: MessageData, i: int) -> bool:

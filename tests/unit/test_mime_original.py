@@ -286,3 +286,13 @@ def test_a_signed_entity_without_the_text_goes_out_whole_when_the_text_is_edited
     wire = mime.to_bytes(md)
     assert entity(FORWARDED_SIGNED, b"Content-Type: multipart/signed", b"--s--") in wire
     assert wire.count(b"-----BEGIN PGP SIGNATURE-----") == 1 and b"cover note" not in wire.replace(b"new cover", b"")
+
+
+def test_a_signed_message_with_an_added_attachment_keeps_its_whole_content_as_the_first_part() -> None:
+    md = imported(SIGNED)
+    md.attachments.append(Attachment(props={T.PR_ATTACH_LONG_FILENAME: "notes.txt"}, data=b"notes", size=5))
+    wire = mime.to_bytes(md)
+    assert entity(SIGNED, b"Content-Type: multipart/signed", b"--s--") in wire
+    parsed = message_from_bytes(wire, policy=policy.default)
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["multipart/signed", "text/plain"]
+    assert parsed["Message-ID"] == "<signed.1@example.org>" and parsed.get_content_type() == "multipart/mixed"
