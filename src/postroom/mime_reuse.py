@@ -41,6 +41,7 @@ __all__ = [
     "OWNED",
     "REUSED",
     "SEALED",
+    "WHOLE_BODY",
     "merge_headers",
     "only_added",
     "reused_parts",
@@ -68,6 +69,9 @@ OWNED = frozenset(
 )
 #: Entities whose bytes are covered by a signature or are ciphertext: reused whole or not at all.
 SEALED = frozenset({"multipart/signed", "multipart/encrypted"})
+#: The attribute of a message that keeps its whole original content: the original body's bytes,
+#: written as they are after the header block (the generator may not give every byte back).
+WHOLE_BODY = "_postroom_whole_body"
 #: The attribute that marks a part taken from the original (`mime` leaves it as it is).
 REUSED = "_postroom_reused"
 _UNSAFE = re.compile(rb"[\r\x00\x0b\x0c\x1c-\x1e]")

@@ -41,6 +41,7 @@ __all__ = [
     "fingerprint",
     "header_fields",
     "keep",
+    "line_ends",
     "sendable",
     "split",
     "text_key",
@@ -237,10 +238,10 @@ def as_sent(md: MessageData, *, include_bcc: bool = False, linesep: str = "\r\n"
     if "message-id" not in names:
         lines.append(b"Message-ID: " + _message_id(md, _sender_domain(md)).encode("ascii"))
     end = linesep.encode("ascii")
-    return _line_ends(b"\n".join(lines), end) + end + end + _line_ends(body, end)
+    return line_ends(b"\n".join(lines), end) + end + end + line_ends(body, end)
 
 
-def _line_ends(data: bytes, end: bytes) -> bytes:
+def line_ends(data: bytes, end: bytes) -> bytes:
     """Every CRLF or LF made `end` (as `_LINE_END.sub`, many times faster on a large message)."""
     if end == b"\r\n" and data.count(b"\n") == data.count(b"\r\n"):
         return data  # CRLF already, as messages from servers and most files are

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from pathlib import Path
 
 from postroom import mime, original
 from postroom.mapi import tags as T
@@ -296,3 +297,14 @@ def test_a_signed_message_with_an_added_attachment_keeps_its_whole_content_as_th
     parsed = message_from_bytes(wire, policy=policy.default)
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["multipart/signed", "text/plain"]
     assert parsed["Message-ID"] == "<signed.1@example.org>" and parsed.get_content_type() == "multipart/mixed"
+
+
+def test_a_bounce_sent_on_and_edited_keeps_its_report_whether_it_was_read_to_send_or_received() -> None:
+    raw = (Path(__file__).parents[1] / "data" / "bounces" / "postfix-smtputf8-global.eml").read_bytes()
+    for submission in (True, False):
+        md = mime.from_mime(raw, submission=submission)
+        md.props[T.PR_SUBJECT] = "passed on"
+        wire = mime.to_bytes(md)
+        assert body(wire) == body(raw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), submission
+        parsed = message_from_bytes(wire, policy=policy.default)
+        assert parsed.get_content_type() == "multipart/report" and parsed["Subject"] == "passed on"
