@@ -5,6 +5,10 @@ standard `email` package's; this module only decides which MAPI property goes wh
 
 Outbound (`to_mime`, `to_bytes`, `to_bytes_with_flags`):
 
+* A message that arrived as RFC 5322 and was not edited since is its original bytes, with only
+  the transport's changes (`postroom.original`); an edited one is rendered from its properties
+  as below and keeps what nobody edited of its original (`postroom.mime_reuse`).
+
 * Only SMTP addresses reach address headers; recipients of other address types (FAX, X400 …)
   belong to other transports and are left out. Rows with the MAPI_P1 bit (envelope-only resends)
   never appear, and Bcc rows appear only with ``include_bcc=True``.
@@ -65,6 +69,8 @@ from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, cast
 
+from . import mime_reuse as _reuse
+from . import original as _original
 from .addressing import (
     ENCODED_WORD,
     ENCODED_WORD_PATTERN,
@@ -84,6 +90,7 @@ __all__ = [
     "dsn_original_message_id",
     "from_mime",
     "needs_smtputf8",
+    "original_bytes",
     "raw_attachment",
     "status_to_ndr",
     "to_bytes",
@@ -438,7 +445,7 @@ def _strip_part_mime_version(msg: Message) -> None:
     if not msg.is_multipart() or msg.get_content_maintype() != "multipart":
         return
     for part in msg.get_payload():
-        if isinstance(part, Message):
+        if isinstance(part, Message) and not getattr(part, _reuse.REUSED, False):
             del part["MIME-Version"]
             _strip_part_mime_version(part)
 
@@ -462,6 +469,7 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
     top = depth == 0
     props = msg.props
     out = EmailMessage(policy=_OUT_POLICY)
+    reuse = _reuse_plan(msg) if top and msg.original is not None else None
 
     # --- originator ---------------------------------------------------------------
     representing = _originator(
@@ -527,6 +535,13 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         if target is not None:
             out.set_raw("Disposition-Notification-To", _render_addresses([target], "Disposition-Notification-To"))
 
+    if reuse is not None and reuse.whole:  # only header fields were edited: the original content stays
+        whole = _take_content(out, reuse.root)
+        _reuse.merge_headers(whole, reuse.block)
+        assert msg.original is not None
+        setattr(whole, _reuse.WHOLE_BODY, _original.split(msg.original.read_all())[1])
+        return whole
+
     # --- content ----------------------------------------------------------------------
     body = props.get(T.PR_BODY)
     html_value = props.get(T.PR_HTML)
@@ -545,14 +560,27 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         alternative = EmailMessage(policy=_OUT_POLICY)
         _set_text(alternative, html, "html")
         out.attach(alternative)
+    if reuse is not None and reuse.wrap is not None:  # attachments only added: the original content first
+        for name in [n for n in out if n.lower().startswith("content-")]:
+            del out[name]
+        out.set_raw("Content-Type", "multipart/mixed")
+        out.set_payload([reuse.wrap])
 
-    for att in msg.attachments:
+    for num, att in enumerate(msg.attachments):
         try:
             method = att.method
         except ValueError:
             continue
         filename = _header_text(att.filename)
-        if method == AttachMethod.EMBEDDED_MSG and att.embedded is not None:
+        if reuse is not None and num in reuse.held:
+            continue
+        kept = reuse.parts.get(num) if reuse is not None else None
+        typed = att.mime_type.split(";", 1)[0].strip().lower()
+        if kept is not None or (method == AttachMethod.BY_VALUE and typed in _TYPED_PARTS):
+            if out.get_content_type() != "multipart/mixed":
+                out.make_mixed()
+            out.attach(cast(EmailMessage, kept or _typed_part(att.read_all(), typed, filename)))
+        elif method == AttachMethod.EMBEDDED_MSG and att.embedded is not None:
             inner = _build(att.embedded, None, False, depth + 1)
             cte = "8bit" if needs_smtputf8(inner) else "7bit"
             out.add_attachment(inner, cte=cte, filename=_filename_param(filename))
@@ -564,7 +592,125 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         # By reference / OLE attachments are not sent: the transport has no file system to share.
 
     _strip_part_mime_version(out)
+    if reuse is not None:
+        _reuse.merge_headers(out, reuse.block)
     return out
+
+
+class _Plan:
+    """What a re-rendering keeps of the original (`mime_reuse`): its header block, and its whole
+    content (as the message's, or as the first part beside added attachments) or the parts of the
+    unedited attachments."""
+
+    def __init__(
+        self,
+        block: bytes,
+        root: EmailMessage,
+        whole: bool,
+        parts: dict[int, Message],
+        held: set[int] | None = None,
+        wrap: Message | None = None,
+    ) -> None:
+        self.block, self.root, self.whole, self.parts = block, root, whole, parts
+        self.held = held or set()  # attachments that a reused entity already holds
+        self.wrap = wrap  # attachments were only added: the original content, as the first part
+
+
+def _reuse_plan(msg: MessageData) -> _Plan | None:
+    """How to render `msg` again keeping what is unedited of its original; None when the original
+    cannot be parsed. Original content with a line over 998 octets is never reused."""
+    assert msg.original is not None
+    raw = msg.original.read_all()
+    trace = _Trace()
+    imported = _from_mime(raw, 0, trace=trace)
+    if imported.original is not None and imported.original.fingerprint != msg.original.fingerprint:
+        # Not as it arrived: read as a message to send (`send --eml`), when that is how it was read.
+        submitted = _Trace()
+        as_submitted = _from_mime(raw, 0, submission=True, trace=submitted)
+        if as_submitted.original is not None and as_submitted.original.fingerprint == msg.original.fingerprint:
+            imported, trace = as_submitted, submitted
+    if trace.root is None:
+        return None
+    block = _original.split(raw)[0]
+    if any(len(line.rstrip(b"\r")) > _MAX_HEADER_LINE for line in raw.split(b"\n")):
+        return _Plan(block, trace.root, False, {})
+    if _reuse.same_content(msg, imported) and _writable(trace.root):
+        return _Plan(block, trace.root, True, {})
+    if _reuse.only_added(msg, imported) and _writable(trace.root):
+        entity = _content_entity(trace.root, trace.root)
+        setattr(entity, _reuse.REUSED, True)
+        return _Plan(block, trace.root, False, {}, set(range(len(imported.attachments))), entity)
+    units = [
+        (_content_entity(unit, trace.root), inside)
+        for unit, inside in _reuse.sealed_units(trace.root, trace.parts, trace.bodies)
+        if _writable(unit)
+    ]
+    writable = [p if _writable(p) else None for p in trace.parts]
+    parts, held = _reuse.reused_parts(msg, imported, writable, units)
+    return _Plan(block, trace.root, False, parts, held)
+
+
+def _content_entity(part: Message, root: EmailMessage) -> Message:
+    """`part` as a body part: the root of the message stands for its content only (its Content-*
+    fields and body), without the message's other header fields."""
+    if part is not root:
+        return part
+    entity = EmailMessage(policy=_IN_POLICY)
+    for name, value in root.raw_items():
+        if name.lower().startswith("content-"):
+            entity.set_raw(name, value)
+    entity.set_payload(root.get_payload())  # a multipart's list of parts, as parsed
+    entity.preamble, entity.epilogue = root.preamble, root.epilogue
+    return entity
+
+
+def _writable(part: Message) -> bool:
+    """Whether the generator can write a parsed part back (odd input can make it choke)."""
+    try:
+        part.as_bytes(policy=_WRITE_POLICIES[False, "\r\n"])
+    except Exception:
+        return False
+    return True
+
+
+def _take_content(out: EmailMessage, root: EmailMessage) -> EmailMessage:
+    """The parsed original `root` (its Content-* fields and its body, untouched) with the other
+    header fields of `out`; `root` is this rendering's own parse, so it may be changed."""
+    content = [(n, v) for n, v in root.raw_items() if n.lower().startswith("content-")]
+    for name in {n for n in root}:
+        del root[name]
+    for name, value in out.raw_items():
+        if not name.lower().startswith("content-") and name.lower() != "mime-version":
+            root.set_raw(name, value)
+    root.set_raw("MIME-Version", "1.0")
+    for name, value in content:
+        root.set_raw(name, value)
+    return root
+
+
+#: Attachment types sent as they came (7bit or 8bit, never base64): RFC 3464, 6533, 2046, 6522.
+_TYPED_PARTS = frozenset(
+    {
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/external-body",
+        "message/disposition-notification",
+        "message/global-headers",
+        "text/rfc822-headers",
+    }
+)
+
+
+def _typed_part(data: bytes, ctype: str, filename: str) -> Message:
+    """A part of one of `_TYPED_PARTS` holding `data` as it is, parsed as the `email` package reads
+    such a part so that its generator writes it back unchanged."""
+    cte = "7bit" if data.isascii() else "8bit"
+    part = BytesParser(policy=_OUT_POLICY).parsebytes(
+        f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii") + data
+    )
+    if filename:
+        part.add_header("Content-Disposition", "attachment", filename=_filename_param(filename))
+    return part
 
 
 def to_mime(msg: MessageData, *, sender: Recipient | None = None, include_bcc: bool = False) -> EmailMessage:
@@ -613,9 +759,23 @@ def to_bytes_with_flags(
     envelope addresses are the caller's to check), from a single conversion."""
     if linesep not in ("\r\n", "\n"):
         raise _invalid(f"linesep must be CRLF or LF, not {linesep!r}")
+    if _original.sendable(msg):  # the original bytes, with only the transport's changes
+        data = _original.as_sent(msg, include_bcc=include_bcc, linesep=linesep)
+        head = BytesParser(policy=_IN_POLICY).parsebytes(_original.split(data)[0] + b"\n\n", headersonly=True)
+        return data, needs_smtputf8(head)
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     utf8 = needs_smtputf8(em)
-    return em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep]), utf8
+    data = em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep])
+    body = getattr(em, _reuse.WHOLE_BODY, None)
+    if body is not None:  # the original content, byte for byte, after the rendered header block
+        end = linesep.encode("ascii")
+        data = _original.split(data)[0] + end + end + _original.line_ends(body, end)
+    return data, utf8
+
+
+def original_bytes(msg: MessageData) -> bytes | None:
+    """The bytes `msg` arrived as, exactly, when it has them and was not edited since; else None."""
+    return _original.exact(msg)
 
 
 def to_bytes(
@@ -820,6 +980,7 @@ class _Collector:
         self.md = md
         self.depth = depth
         self.skip = skip
+        self.parts: list[Message] = []  # the part each attachment came from, in order
         self.plain = _find_body(root, "plain")
         self.html = _find_body(root, "html")
         for body in (self.plain, self.html):
@@ -844,6 +1005,7 @@ class _Collector:
         for make in makers:
             try:
                 self.md.attachments.append(make(part))
+                self.parts.append(part)
                 return
             except Exception:
                 continue
@@ -1032,7 +1194,8 @@ def raw_attachment(raw: bytes, num: int) -> Attachment:
 
 
 def _unparseable(raw: bytes, why: str) -> MessageData:
-    text = raw.decode("utf-8", "replace")
+    # PR_BODY has \n line ends whatever the input used, as for a message that parses.
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
     preview = text[:_PREVIEW_CHARS]
     more = "\n… (the rest is in the attachment)\n" if len(text) > _PREVIEW_CHARS else ""
     return MessageData(
@@ -1141,7 +1304,18 @@ def _keep_raw(md: MessageData, raw: bytes, why: str) -> None:
     )
 
 
-def _convert(msg: EmailMessage, raw_headers: str, depth: int, submission: bool = False) -> MessageData:
+class _Trace:
+    """Where a conversion found things: the parsed message, and the part of each attachment."""
+
+    def __init__(self) -> None:
+        self.root: EmailMessage | None = None
+        self.parts: list[Message] = []
+        self.bodies: set[int] = set()  # ids of the parts the text and HTML came from
+
+
+def _convert(
+    msg: EmailMessage, raw_headers: str, depth: int, submission: bool = False, trace: _Trace | None = None
+) -> MessageData:
     md = MessageData()
     props = md.props
     props[T.PR_MESSAGE_CLASS] = "IPM.Note"
@@ -1237,6 +1411,9 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int, submission: bool =
     else:
         collector.visit(msg, None)
     props[T.PR_HASATTACH] = bool(md.attachments)
+    if trace is not None:
+        trace.root, trace.parts = msg, collector.parts
+        trace.bodies = {id(b) for b in (collector.plain, collector.html) if b is not None}
     return md
 
 
@@ -1264,12 +1441,12 @@ def _resent_envelope(msg: EmailMessage, md: MessageData) -> None:
             md.recipients.append(row)
 
 
-def _from_mime(data: bytes, depth: int, submission: bool = False) -> MessageData:
+def _from_mime(data: bytes, depth: int, submission: bool = False, trace: _Trace | None = None) -> MessageData:
     try:
         parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
         if not any(True for _ in parsed.raw_items()):
             return _unparseable(data, "it has no header lines")
-        md = _convert(parsed, _raw_header_block(data), depth, submission)
+        md = _convert(parsed, _raw_header_block(data), depth, submission, trace)
     except Exception as exc:
         return _unparseable(data, f"the parser failed: {type(exc).__name__}")
     if depth == 0:  # an embedded message's bytes are inside its parent's
@@ -1279,6 +1456,7 @@ def _from_mime(data: bytes, depth: int, submission: bool = False) -> MessageData
             why = "it could not be checked"
         if why is not None:
             _keep_raw(md, data, why)
+        _original.keep(md, data)
     return md
 
 
@@ -1298,6 +1476,9 @@ def from_mime(data: bytes, *, submission: bool = False) -> MessageData:
     arrived: a report stays the IPM.Note it is, its status part an attachment, and its
     recipients are its To/Cc/Bcc (or Resent-To/Cc/Bcc, as ``sendmail -t`` takes them; see
     `_resent_envelope`), never the addresses the report is about.
+
+    A message with header lines keeps `data` as its original MIME stream (`MessageData.original`,
+    see `postroom.original`): sent unedited, it goes out as those bytes.
     """
     return _from_mime(bytes(data), 0, submission)
 

@@ -29,7 +29,6 @@ EML_SKIP: frozenset[int] = frozenset(
         T.PR_LAST_MODIFICATION_TIME,
         T.PR_CLIENT_SUBMIT_TIME,
         T.PR_MESSAGE_DELIVERY_TIME,
-        T.PR_TRANSPORT_MESSAGE_HEADERS,
         T.PR_DISPLAY_TO,
         T.PR_DISPLAY_CC,
         T.PR_DISPLAY_BCC,
@@ -66,6 +65,7 @@ def _copy_eml(draft: Draft, data: MessageData, with_recipients: bool) -> None:
     for att in data.attachments:
         att.num = len(draft.data.attachments)
         draft.data.attachments.append(att)
+    draft.data.original = data.original  # the file's exact bytes: sent as they are while unedited
 
 
 def _check_routes(session: Session, recipients: list[Recipient]) -> None:
@@ -167,7 +167,8 @@ def parse_delay(text: str) -> timedelta:
     default=None,
     metavar="FILE",
     help="Build the message from an RFC 5322 file ('-' = stdin); its To/Cc/Bcc are the recipients "
-    "unless --to/--cc/--bcc are given. From, Message-ID and attachments are kept.",
+    "unless --to/--cc/--bcc are given. It goes out as the file's own bytes (Bcc removed, a missing "
+    "Date or Message-ID added) unless other options change it.",
 )
 @click.option("--later", is_flag=True, help="Only submit: leave the message queued in the Outbox for the spooler.")
 @click.option(

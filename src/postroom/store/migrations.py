@@ -29,6 +29,10 @@ History:
      recipients were last placed by. A recipient that waited before this version has no
      declines stored: the first logon places it at the first transport of its routing, which
      may ask a transport that declined it once more.
+     mime_originals: the exact bytes of a message that arrived as RFC 5322 (`send --eml`, IMAP,
+     POP3) and the fingerprint of its properties then (postroom.original), one row per message,
+     deleted with it. A table of its own, so opening a message to list or route it never reads
+     the bytes.
 """
 
 from __future__ import annotations
@@ -60,7 +64,12 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE messages ADD COLUMN first_try REAL",
         "ALTER TABLE messages ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
     ),
-    4: ("ALTER TABLE recipients ADD COLUMN declined TEXT",),
+    4: (
+        "ALTER TABLE recipients ADD COLUMN declined TEXT",
+        "CREATE TABLE IF NOT EXISTS mime_originals ("
+        " message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,"
+        " fingerprint TEXT NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)",
+    ),
 }
 
 
@@ -175,7 +184,15 @@ _PG_V3 = (
     "ALTER TABLE messages ADD COLUMN IF NOT EXISTS failures INTEGER NOT NULL DEFAULT 0",
 )
 
-_PG_V4 = ("ALTER TABLE recipients ADD COLUMN IF NOT EXISTS declined TEXT",)
+_PG_V4 = (
+    "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS declined TEXT",
+    """CREATE TABLE IF NOT EXISTS mime_originals (
+        message_id BIGINT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        data BYTEA NOT NULL
+    )""",
+)
 
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4}
 
