@@ -20,7 +20,11 @@ tests use real processes.
 
 from __future__ import annotations
 
+import email.message
+import email.policy
 import os
+import re
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -35,6 +39,7 @@ from postroom.cli import run
 from postroom.profile import Profile
 from postroom.session import Session
 
+from support.cli import ENV, argv
 from support.cli import postroom as postroom_process
 from support.fidelity import corpus_files, corpus_id, split, to_crlf, to_lf, transport_differences
 
@@ -192,3 +197,157 @@ def test_every_corpus_message_received_and_exported_with_export_eml_is_byte_iden
         detail = "; ".join(transport_differences(served, near[0])) if near else "no export with its body"
         problems.append(f"{corpus_id(path)}: not exported byte for byte ({detail})")
     assert not problems, f"{len(problems)} of {len(CORPUS)} differ over {kind}:\n" + "\n".join(problems)
+
+
+# --- signatures: gpg (PGP/MIME) and openssl (S/MIME) ---------------------------------------------------------
+
+SIGNED_TEXT = "Grüße aus Köln.\nThe signature covers these bytes, quoted-printable and all.\nFrom here on.\n"
+
+
+def signed_part() -> bytes:
+    """The part to sign, as its canonical CRLF bytes (RFC 3156 §5, RFC 8551 §3.1.1)."""
+    part = email.message.MIMEPart(policy=email.policy.SMTP)
+    part.set_content(SIGNED_TEXT, cte="quoted-printable")
+    return to_crlf(part.as_bytes())
+
+
+def multipart_signed(headers: str, protocol: str, micalg: str, content: bytes, signature: bytes, ctype: str) -> bytes:
+    """A multipart/signed message around `content`, assembled as bytes: the email package would
+    serialize the signed part again, and a signature is over these exact bytes."""
+    boundary = f"signed-{secrets.token_hex(8)}"
+    head = (
+        f"{headers}MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/signed; protocol="{protocol}"; micalg={micalg};\r\n boundary="{boundary}"\r\n\r\n'
+        "This is an OpenPGP/MIME or S/MIME signed message.\r\n"
+    )
+    sig_part = f"Content-Type: {ctype}\r\nContent-Disposition: attachment\r\n\r\n".encode("ascii") + to_crlf(signature)
+    return (
+        head.encode("utf-8")
+        + f"--{boundary}\r\n".encode("ascii")
+        + content
+        + f"\r\n--{boundary}\r\n".encode("ascii")
+        + sig_part
+        + f"\r\n--{boundary}--\r\n".encode("ascii")
+    )
+
+
+def signed_parts(message: bytes) -> tuple[bytes, bytes]:
+    """The signed part's bytes and the signature part's body, cut out of a multipart/signed
+    message as it arrived (line ends made CRLF again, as a verifying MUA does)."""
+    data = to_crlf(message)
+    boundary = re.search(rb'boundary="([^"]+)"', data)
+    assert boundary is not None, data[:500]
+    delimiter = b"\r\n--" + boundary.group(1)
+    pieces = data.split(delimiter)
+    assert len(pieces) == 4, f"expected two parts, got {len(pieces) - 2}"
+    content = pieces[1].removeprefix(b"\r\n")
+    signature = pieces[2].removeprefix(b"\r\n").partition(b"\r\n\r\n")[2]
+    return content, signature
+
+
+def verified(argv: list[str], env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, f"{argv[0]} does not verify: {done.stderr.strip()}"
+    return done.stderr
+
+
+def roundtrip_signed(peers: Peers, tmp_path: Path, message: bytes) -> tuple[bytes, bytes]:
+    """`message` sent with `postroom send --eml` through Postfix to a fresh mailbox, then received
+    over IMAP by another profile and written out with `postroom export ID --eml` (real processes):
+    the bytes that arrived in the Maildir, and the exported bytes."""
+    source = tmp_path / "signed.eml"
+    source.write_bytes(message)
+    sender = sending_profile(peers, tmp_path / "sender", port=peers.smtp_port)
+    sent = postroom_process("send", "--eml", source, profile=sender)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    recipient = re.search(rb"^To: .*<([^>]+)>", message, re.MULTILINE)
+    assert recipient is not None
+    arrived = new_maildir_files(peers, recipient.group(1).decode(), set(), 1)
+    assert len(arrived) == 1
+    with receiving_session(peers, tmp_path / "receiver", "imap", recipient.group(1).decode()) as session:
+        assert session.receive() == 1
+        (mid,) = [m.id for m in session.list_messages(session.inbox)]
+    exported = subprocess.run(
+        argv(tmp_path / "receiver", "export", str(mid), "--eml"), capture_output=True, env=ENV, timeout=60, check=False
+    )
+    assert exported.returncode == 0, exported.stderr.decode("utf-8", "replace")
+    return arrived[0].read_bytes(), exported.stdout
+
+
+def test_a_pgp_mime_message_signed_with_gpg_verifies_after_postfix_and_after_imap(peers: Peers, tmp_path: Path) -> None:
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        pytest.skip("needs gpg (Debian package gnupg, in .ci/install-system-packages)")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    batch = [gpg, "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run(
+        [*batch, "--quick-gen-key", "Signer <signer@example.test>", "ed25519", "sign", "1d"],
+        env=env, capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    content = signed_part()
+    (tmp_path / "content").write_bytes(content)
+    signature = subprocess.run(
+        [*batch, "--armor", "--digest-algo", "SHA256", "--detach-sign", "--output", "-", str(tmp_path / "content")],
+        env=env, capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    recipient = peers.new_postfix_user()
+    headers = (
+        f"From: Signer <signer@example.test>\r\nTo: Reader <{recipient}>\r\nSubject: PGP/MIME signed\r\n"
+        "Date: Wed, 02 Dec 2026 08:00:00 +0000\r\nMessage-ID: <pgp-mime.1@example.test>\r\n"
+    )
+    message = multipart_signed(
+        headers, "application/pgp-signature", "pgp-sha256", content, signature, "application/pgp-signature"
+    )
+    for stage, data in zip(
+        ("through Postfix", "back over IMAP"), roundtrip_signed(peers, tmp_path, message), strict=True
+    ):
+        got_content, got_signature = signed_parts(data)
+        assert got_content == content, stage
+        (tmp_path / "got-content").write_bytes(got_content)
+        (tmp_path / "got-signature.asc").write_bytes(got_signature)
+        said = verified(
+            [gpg, "--batch", "--verify", str(tmp_path / "got-signature.asc"), str(tmp_path / "got-content")], env
+        )
+        assert 'Good signature from "Signer <signer@example.test>"' in said, (stage, said)
+
+
+def test_an_s_mime_message_signed_with_openssl_verifies_after_postfix_and_after_imap(
+    peers: Peers, tmp_path: Path
+) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs openssl (in .ci/install-system-packages)")
+    key, cert = tmp_path / "signer.key", tmp_path / "signer.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=Signer/emailAddress=signer@example.test",
+         "-addext", "keyUsage=digitalSignature", "-addext", "extendedKeyUsage=emailProtection"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    content = signed_part()
+    (tmp_path / "content").write_bytes(content)
+    signature = subprocess.run(
+        [openssl, "cms", "-sign", "-binary", "-in", str(tmp_path / "content"), "-signer", str(cert),
+         "-inkey", str(key), "-outform", "PEM", "-md", "sha256"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    b64 = b"".join(line for line in signature.splitlines(keepends=True) if not line.startswith(b"-----"))
+    recipient = peers.new_postfix_user()
+    headers = (
+        f"From: Signer <signer@example.test>\r\nTo: Reader <{recipient}>\r\nSubject: S/MIME signed\r\n"
+        "Date: Wed, 02 Dec 2026 08:00:00 +0000\r\nMessage-ID: <s-mime.1@example.test>\r\n"
+    )
+    message = multipart_signed(
+        headers, "application/pkcs7-signature", "sha-256", content, b64,
+        'application/pkcs7-signature; name="smime.p7s"\r\nContent-Transfer-Encoding: base64',
+    )  # fmt: skip
+    for stage, data in zip(
+        ("through Postfix", "back over IMAP"), roundtrip_signed(peers, tmp_path, message), strict=True
+    ):
+        assert signed_parts(data)[0] == content, stage
+        (tmp_path / "got.eml").write_bytes(to_crlf(data))
+        verified([openssl, "smime", "-verify", "-in", str(tmp_path / "got.eml"), "-CAfile", str(cert),
+                  "-out", str(tmp_path / "verified")])  # fmt: skip
+        assert to_crlf((tmp_path / "verified").read_bytes()) == content, stage
