@@ -62,6 +62,7 @@ from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, cast
 
+from . import original as _original
 from .addressing import (
     ENCODED_WORD,
     ENCODED_WORD_PATTERN,
@@ -80,6 +81,7 @@ __all__ = [
     "dsn_original_message_id",
     "from_mime",
     "needs_smtputf8",
+    "original_bytes",
     "raw_attachment",
     "status_to_ndr",
     "to_bytes",
@@ -611,9 +613,18 @@ def to_bytes_with_flags(
     envelope addresses are the caller's to check), from a single conversion."""
     if linesep not in ("\r\n", "\n"):
         raise _invalid(f"linesep must be CRLF or LF, not {linesep!r}")
+    if _original.sendable(msg):  # the original bytes, with only the transport's changes
+        data = _original.as_sent(msg, include_bcc=include_bcc, linesep=linesep)
+        head = BytesParser(policy=_IN_POLICY).parsebytes(_original.split(data)[0] + b"\n\n", headersonly=True)
+        return data, needs_smtputf8(head)
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     utf8 = needs_smtputf8(em)
     return em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep]), utf8
+
+
+def original_bytes(msg: MessageData) -> bytes | None:
+    """The bytes `msg` arrived as, exactly, when it has them and was not edited since; else None."""
+    return _original.exact(msg)
 
 
 def to_bytes(
@@ -1056,7 +1067,8 @@ def raw_attachment(raw: bytes, num: int) -> Attachment:
 
 
 def _unparseable(raw: bytes, why: str) -> MessageData:
-    text = raw.decode("utf-8", "replace")
+    # PR_BODY has \n line ends whatever the input used, as for a message that parses.
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
     preview = text[:_PREVIEW_CHARS]
     more = "\n… (the rest is in the attachment)\n" if len(text) > _PREVIEW_CHARS else ""
     return MessageData(
@@ -1260,6 +1272,7 @@ def _from_mime(data: bytes, depth: int) -> MessageData:
             why = "it could not be checked"
         if why is not None:
             _keep_raw(md, data, why)
+        _original.keep(md, data)
     return md
 
 

@@ -12,7 +12,7 @@ from tests.store.pgutil import temp_schema
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.message import Attachment, MessageData, Recipient
+from postroom.mapi.message import Attachment, MessageData, OriginalMime, Recipient
 from postroom.store import FolderRole, MessageStore, RecipientOutcome, RecipientState, WaitKind, open_store
 from postroom.store.copy import TABLES, _open
 from postroom.storeadmin import StoreLocation, copy_store, locate
@@ -84,7 +84,9 @@ def fill(store: MessageStore) -> dict[str, int]:
         WaitKind.SEND_RECEIVE,
         [RecipientOutcome(1, RecipientState.DELIVERED, "smtp")],
     )
-    ids["inbox"] = store.deliver_message(store.folder(FolderRole.INBOX).id, message("me@x.test", subject="in"), NOW)
+    received = message("me@x.test", subject="in")
+    received.original = OriginalMime("0" * 64, 9, data=b"S: in\r\n\r\nx")
+    ids["inbox"] = store.deliver_message(store.folder(FolderRole.INBOX).id, received, NOW)
     store.save_status_rows("spooler-b", [("smtp", {"status": "available"})], NOW)
     store.record_send("smtp", NOW)  # type: ignore[attr-defined]
     store.set_breaker_state("smtp", {"failures": 2}, NOW)  # type: ignore[attr-defined]
@@ -142,6 +144,8 @@ def test_sqlite_to_postgres_and_back_loses_nothing(tmp_path: Path) -> None:
             big, embedded, _ = rich.attachments
             assert big.read_all() == bytes(n % 253 for n in range(3_000_000))
             assert embedded.embedded is not None and embedded.embedded.attachments[0].read_all() == b"deep bytes"
+            kept = pg.open_message(ids["inbox"]).original
+            assert kept is not None and (kept.fingerprint, kept.read_all()) == ("0" * 64, b"S: in\r\n\r\nx")
             queue = {q.id: q for q in pg.queue()}
             assert queue[ids["held"]].hold_reason == "operator"
             assert queue[ids["leased"]].lease_owner == "spooler-b"

@@ -328,9 +328,15 @@ def show(app: App, ref: str, props: bool) -> None:
 @click.argument("ref", metavar="ID")
 @click.option("--crlf", is_flag=True, help="CRLF line ends (as on the wire) instead of LF.")
 @click.option("--bcc", "include_bcc", is_flag=True, help="Include a Bcc header.")
+@click.option(
+    "--eml",
+    "exact",
+    is_flag=True,
+    help="The bytes the message arrived as (send --eml, IMAP, POP3), exactly, unless it was edited since.",
+)
 @json_option
 @pass_app
-def export(app: App, ref: str, crlf: bool, include_bcc: bool) -> None:
+def export(app: App, ref: str, crlf: bool, include_bcc: bool, exact: bool) -> None:
     """Write a message as RFC 5322 (MIME) to stdout.
 
     For example: postroom export 3 > m.eml
@@ -339,7 +345,10 @@ def export(app: App, ref: str, crlf: bool, include_bcc: bool) -> None:
 
     session = app.session()
     mid = session.message_id(ref)
-    data = mime.to_bytes(session.open_message(mid), include_bcc=include_bcc, linesep="\r\n" if crlf else "\n")
+    message = session.open_message(mid)
+    data = mime.original_bytes(message) if exact else None
+    if data is None:
+        data = mime.to_bytes(message, include_bcc=include_bcc, linesep="\r\n" if crlf else "\n")
     if app.json:
         app.out.document({"message_id": mid, "size": len(data), "rfc822": data.decode("utf-8", "replace")})
         return

@@ -29,7 +29,6 @@ EML_SKIP: frozenset[int] = frozenset(
         T.PR_LAST_MODIFICATION_TIME,
         T.PR_CLIENT_SUBMIT_TIME,
         T.PR_MESSAGE_DELIVERY_TIME,
-        T.PR_TRANSPORT_MESSAGE_HEADERS,
         T.PR_DISPLAY_TO,
         T.PR_DISPLAY_CC,
         T.PR_DISPLAY_BCC,
@@ -66,6 +65,7 @@ def _copy_eml(draft: Draft, data: MessageData, with_recipients: bool) -> None:
     for att in data.attachments:
         att.num = len(draft.data.attachments)
         draft.data.attachments.append(att)
+    draft.data.original = data.original  # the file's exact bytes: sent as they are while unedited
 
 
 def _check_routes(session: Session, recipients: list[Recipient]) -> None:

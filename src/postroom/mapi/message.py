@@ -129,12 +129,36 @@ class Attachment(PropertyBag):
 
 
 @dataclass
+class OriginalMime:
+    """The exact bytes of a message that arrived as RFC 5322, kept beside its properties (as
+    Exchange keeps the MIME stream), and the fingerprint of the properties its MIME rendering
+    depends on as they were then: a different fingerprint now means the message was edited.
+
+    The bytes are opened on demand (`opener`), so loading a message to route it or list it
+    never reads them."""
+
+    fingerprint: str
+    size: int
+    data: bytes | None = None
+    opener: Callable[[], IO[bytes]] | None = None
+
+    def read_all(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        if self.opener is None:
+            return b""
+        with self.opener() as stream:
+            return stream.read()
+
+
+@dataclass
 class MessageData(PropertyBag):
-    """A message: properties, recipients, attachments."""
+    """A message: properties, recipients, attachments, and the original MIME stream if it has one."""
 
     props: Props = field(default_factory=dict)
     recipients: list[Recipient] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
+    original: OriginalMime | None = None
 
     @property
     def message_class(self) -> str:

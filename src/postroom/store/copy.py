@@ -64,8 +64,14 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("status_rows", ("name", "position", "row", "updated", "owner")),
     ("transport_usage", ("id", "transport", "time", "owner")),
     ("breaker_state", ("transport", "state", "updated")),
+    ("mime_originals", ("message_id", "fingerprint", "size", "data")),
 )
-ORDER = {"recipients": "message_id, row_id", "receive_folders": "message_class", "status_rows": "position"}
+ORDER = {
+    "recipients": "message_id, row_id",
+    "receive_folders": "message_class",
+    "status_rows": "position",
+    "mime_originals": "message_id",
+}
 ORDER_DEFAULT = "id"
 ORDER_BY_KEY = {"breaker_state": "transport"}
 #: Tables whose IDs come from a counter that must not go back (never-reused IDs).
@@ -127,6 +133,11 @@ class _Side:
         raise NotImplementedError
 
 
+def _batch(table: str) -> int:
+    """Rows read or written at once: an original MIME stream may be tens of megabytes."""
+    return 1 if table == "mime_originals" else BATCH
+
+
 def _order(table: str) -> str:
     return ORDER.get(table) or ORDER_BY_KEY.get(table) or ORDER_DEFAULT
 
@@ -144,7 +155,7 @@ class _SQLiteSide(_Side):
 
     def rows(self, table: str, columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         cur = self.db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {_order(table)}")
-        while batch := cur.fetchmany(BATCH):
+        while batch := cur.fetchmany(_batch(table)):
             yield from batch
 
     def attachment_size(self, attachment_id: int) -> int | None:
@@ -188,7 +199,7 @@ class _SQLiteSide(_Side):
         n = 0
         it = iter(rows)
         while True:
-            batch = [r for _, r in zip(range(BATCH), it, strict=False)]
+            batch = [r for _, r in zip(range(_batch(table)), it, strict=False)]
             if not batch:
                 return n
             self.db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", batch)
@@ -256,7 +267,7 @@ class _PgSide(_Side):
     def rows(self, table: str, columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         self._cursors += 1
         with self.conn.cursor(name=f"postroom_copy_{self._cursors}") as cur:
-            cur.itersize = BATCH
+            cur.itersize = _batch(table)
             cur.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {_order(table)}".encode())
             yield from cur
 
@@ -301,7 +312,7 @@ class _PgSide(_Side):
     def clear(self) -> None:
         self.conn.execute(
             "TRUNCATE folders, messages, recipients, attachments, receive_folders, events, status_rows, "
-            "transport_usage, breaker_state"
+            "transport_usage, breaker_state, mime_originals"
         )
 
     def set_store_uid(self, uid: bytes) -> None:

@@ -22,6 +22,10 @@ History:
      it (a server's 4xx reply, "offline: waiting for Send/Receive"). messages.first_try and
      messages.failures: when a transport was first really called for the message (its queue
      lifetime counts from there) and how many passes met a temporary failure (the backoff).
+  4. mime_originals: the exact bytes of a message that arrived as RFC 5322 (`send --eml`, IMAP,
+     POP3) and the fingerprint of its properties then (postroom.original), one row per message,
+     deleted with it. A table of its own, so opening a message to list or route it never reads
+     the bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..mapi.codes import HResult, MAPIError
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 3
+LATEST = 4
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -52,6 +56,11 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE recipients ADD COLUMN detail TEXT",
         "ALTER TABLE messages ADD COLUMN first_try REAL",
         "ALTER TABLE messages ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+    ),
+    4: (
+        "CREATE TABLE IF NOT EXISTS mime_originals ("
+        " message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,"
+        " fingerprint TEXT NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)",
     ),
 }
 
@@ -167,7 +176,16 @@ _PG_V3 = (
     "ALTER TABLE messages ADD COLUMN IF NOT EXISTS failures INTEGER NOT NULL DEFAULT 0",
 )
 
-POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3}
+_PG_V4 = (
+    """CREATE TABLE IF NOT EXISTS mime_originals (
+        message_id BIGINT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        data BYTEA NOT NULL
+    )""",
+)
+
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4}
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).
 SCHEMA_LOCK = 0x706F7374726F6F6D

@@ -19,6 +19,7 @@ translates them). A store class adds only what really differs, its dialect:
 from __future__ import annotations
 
 import abc
+import io
 import json
 import os
 import struct
@@ -32,7 +33,7 @@ from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID, make_entry_id
 from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
-from ..mapi.message import Attachment, MessageData, Props, Recipient
+from ..mapi.message import Attachment, MessageData, OriginalMime, Props, Recipient
 from .base import (
     SPECIAL_FOLDER_NAMES,
     Event,
@@ -339,6 +340,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         self._insert_recipients(db, mid, message.recipients, submitted=submit_at is not None)
         for att in message.attachments:
             self._insert_attachment(db, mid, att)
+        if message.original is not None:
+            self._insert_original(db, mid, message.original)
         if submit_at is not None:
             when = f", not before {props[T.PR_DEFERRED_SEND_TIME].isoformat()}" if due else ""
             self._event(db, mid, submit_at, EventKind.SUBMITTED, f"{len(message.recipients)} recipient(s){when}")
@@ -381,6 +384,24 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             props[T.PR_ATTACH_SIZE] = size
         db.execute("UPDATE attachments SET props=? WHERE id=?", (encode_bag(props), aid))
         return num
+
+    def _insert_original(self, db: DB, mid: int, original: OriginalMime) -> None:
+        """The message's original MIME stream (schema 4), in a table of its own: loading the
+        message reads only its size and fingerprint."""
+        data = original.read_all()
+        db.execute(
+            "INSERT INTO mime_originals (message_id, fingerprint, size, data) VALUES (?, ?, ?, ?)",
+            (mid, original.fingerprint, len(data), data),
+        )
+
+    def _original_opener(self, message_id: int) -> Callable[[], IO[bytes]]:
+        def opener() -> IO[bytes]:
+            rows = self._q("SELECT data FROM mime_originals WHERE message_id=?", (message_id,))
+            if not rows:
+                raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"message {message_id} has no original MIME stream")
+            return io.BytesIO(bytes(rows[0][0]))
+
+        return opener
 
     def create_message(self, folder_id: int, message: MessageData) -> int:
         with self._tx() as db:
@@ -463,7 +484,17 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             else:
                 att.opener = self._blob_opener(int(aid), int(size or 0))
             attachments.append(att)
-        return MessageData(props=props, recipients=list(recipients.values()), attachments=attachments)
+        original = db.execute(
+            "SELECT fingerprint, size FROM mime_originals WHERE message_id=?", (message_id,)
+        ).fetchone()
+        return MessageData(
+            props=props,
+            recipients=list(recipients.values()),
+            attachments=attachments,
+            original=None
+            if original is None
+            else OriginalMime(str(original[0]), int(original[1]), opener=self._original_opener(message_id)),
+        )
 
     def open_message(self, message_id: int) -> MessageData:
         if valid_id(message_id) is None:
