@@ -444,7 +444,7 @@ class _SessionCore:
         if not data.get(T.PR_INTERNET_MESSAGE_ID):
             # Fixed once at submit so every retry and resend carries the same Message-ID.
             domain = (data.get(T.PR_SENDER_EMAIL_ADDRESS) or address).rpartition("@")[2] or "localhost"
-            stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
+            stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=_ascii_domain(domain))
         return stamp
 
     def abort_submit(self, ref: str | int | bytes) -> None:
@@ -930,6 +930,17 @@ def _open_profile(profile: str | os.PathLike[str] | Profile | None) -> Profile:
     if isinstance(profile, Profile):
         return profile
     return Profile.open_or_create(profile)
+
+
+def _ascii_domain(domain: str) -> str:
+    """A domain as a Message-ID may carry it: an internationalized one (RFC 6532 sender) in its
+    IDNA form, for a Message-ID must be ASCII (RFC 5322 msg-id); "localhost" if it has none."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "localhost"
 
 
 def logon(

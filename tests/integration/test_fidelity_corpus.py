@@ -195,6 +195,9 @@ def test_every_corpus_message_received_and_exported_with_export_eml_is_byte_iden
             continue
         near = [e for e in exported if split(to_lf(e)).body == split(to_lf(served)).body]
         detail = "; ".join(transport_differences(served, near[0])) if near else "no export with its body"
+        if not near:
+            headed = [e for e in exported if e[:60] == served[:60]]
+            detail += f"; exported as {headed[0][:150]!r}" if headed else ""
         problems.append(f"{corpus_id(path)}: not exported byte for byte ({detail})")
     assert not problems, f"{len(problems)} of {len(CORPUS)} differ over {kind}:\n" + "\n".join(problems)
 
