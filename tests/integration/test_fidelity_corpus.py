@@ -248,9 +248,9 @@ def signed_parts(message: bytes) -> tuple[bytes, bytes]:
     return content, signature
 
 
-def verified(argv: list[str], env: dict[str, str] | None = None) -> str:
+def verified(stage: str, argv: list[str], env: dict[str, str] | None = None) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
-    assert done.returncode == 0, f"{argv[0]} does not verify: {done.stderr.strip()}"
+    assert done.returncode == 0, f"{stage}: {argv[0]} does not verify: {done.stderr.strip()}"
     return done.stderr
 
 
@@ -267,6 +267,7 @@ def roundtrip_signed(peers: Peers, tmp_path: Path, message: bytes) -> tuple[byte
     assert recipient is not None
     arrived = new_maildir_files(peers, recipient.group(1).decode(), set(), 1)
     assert len(arrived) == 1
+    delivered = arrived[0].read_bytes()  # before Dovecot moves it to cur/
     with receiving_session(peers, tmp_path / "receiver", "imap", recipient.group(1).decode()) as session:
         assert session.receive() == 1
         (mid,) = [m.id for m in session.list_messages(session.inbox)]
@@ -274,7 +275,7 @@ def roundtrip_signed(peers: Peers, tmp_path: Path, message: bytes) -> tuple[byte
         argv(tmp_path / "receiver", "export", str(mid), "--eml"), capture_output=True, env=ENV, timeout=60, check=False
     )
     assert exported.returncode == 0, exported.stderr.decode("utf-8", "replace")
-    return arrived[0].read_bytes(), exported.stdout
+    return delivered, exported.stdout
 
 
 def test_a_pgp_mime_message_signed_with_gpg_verifies_after_postfix_and_after_imap(peers: Peers, tmp_path: Path) -> None:
@@ -311,7 +312,7 @@ def test_a_pgp_mime_message_signed_with_gpg_verifies_after_postfix_and_after_ima
         (tmp_path / "got-content").write_bytes(got_content)
         (tmp_path / "got-signature.asc").write_bytes(got_signature)
         said = verified(
-            [gpg, "--batch", "--verify", str(tmp_path / "got-signature.asc"), str(tmp_path / "got-content")], env
+            stage, [gpg, "--batch", "--verify", str(tmp_path / "got-signature.asc"), str(tmp_path / "got-content")], env
         )
         assert 'Good signature from "Signer <signer@example.test>"' in said, (stage, said)
 
@@ -351,6 +352,6 @@ def test_an_s_mime_message_signed_with_openssl_verifies_after_postfix_and_after_
     ):
         assert signed_parts(data)[0] == content, stage
         (tmp_path / "got.eml").write_bytes(to_crlf(data))
-        verified([openssl, "smime", "-verify", "-in", str(tmp_path / "got.eml"), "-CAfile", str(cert),
+        verified(stage, [openssl, "smime", "-verify", "-in", str(tmp_path / "got.eml"), "-CAfile", str(cert),
                   "-out", str(tmp_path / "verified")])  # fmt: skip
         assert to_crlf((tmp_path / "verified").read_bytes()) == content, stage
