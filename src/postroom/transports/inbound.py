@@ -388,6 +388,7 @@ def fill(message: InboundMessage, data: MessageData) -> None:
     message.data.props.update(data.props)
     message.data.recipients = list(data.recipients)
     message.data.attachments = list(data.attachments)
+    message.data.original = data.original  # the bytes as the server gave them (`export --eml`)
 
 
 def server_answer(exc: BaseException) -> str:
