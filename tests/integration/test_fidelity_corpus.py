@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+import json
 import os
 import re
 import secrets
@@ -149,6 +150,18 @@ def match_arrivals(originals: dict[str, bytes], arrived: list[bytes]) -> list[st
     return problems
 
 
+def headers_not_shown(profile: Path, mid: int, message: bytes) -> list[str]:
+    """The header fields of `message` (those in ASCII) that `postroom show ID --props` does not
+    show in full, in PR_TRANSPORT_MESSAGE_HEADERS."""
+    code, out, err = cli(profile, "--json", "show", str(mid), "--props")
+    if code != 0:
+        return [f"show {mid} --props: exit {code}: {err.strip()}"]
+    props = {p["name"]: p["value"] for p in json.loads(out)["props"]}
+    shown = to_lf(str(props.get("PR_TRANSPORT_MESSAGE_HEADERS", "")).encode("utf-8"))
+    missing = [f.raw for f in split(to_lf(message)).fields if f.raw.isascii() and f.raw not in shown]
+    return [f"message {mid}: show --props lacks {field[:100]!r}" for field in missing[:3]]
+
+
 # --- outbound: the corpus through Postfix --------------------------------------------------------------------
 
 
@@ -189,6 +202,7 @@ def test_every_corpus_message_received_and_exported_with_export_eml_is_byte_iden
         if code != 0:
             problems.append(f"export {mid} --eml: exit {code}: {err.strip()}")
         exported.append(out)
+        problems += headers_not_shown(tmp_path / kind, mid, out)
     for path in CORPUS:
         served = to_crlf(path.read_bytes())
         if kind == "pop3" and not served.endswith(b"\r\n"):
