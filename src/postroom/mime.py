@@ -62,6 +62,7 @@ from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, cast
 
+from . import mime_reuse as _reuse
 from . import original as _original
 from .addressing import (
     ENCODED_WORD,
@@ -438,7 +439,7 @@ def _strip_part_mime_version(msg: Message) -> None:
     if not msg.is_multipart() or msg.get_content_maintype() != "multipart":
         return
     for part in msg.get_payload():
-        if isinstance(part, Message):
+        if isinstance(part, Message) and not getattr(part, _reuse.REUSED, False):
             del part["MIME-Version"]
             _strip_part_mime_version(part)
 
@@ -462,6 +463,7 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
     top = depth == 0
     props = msg.props
     out = EmailMessage(policy=_OUT_POLICY)
+    reuse = _reuse_plan(msg) if top and msg.original is not None else None
 
     # --- originator ---------------------------------------------------------------
     representing = _originator(
@@ -527,6 +529,11 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         if target is not None:
             out.set_raw("Disposition-Notification-To", _render_addresses([target], "Disposition-Notification-To"))
 
+    if reuse is not None and reuse.whole:  # only header fields were edited: the original content stays
+        whole = _take_content(out, reuse.root)
+        _reuse.merge_headers(whole, reuse.block)
+        return whole
+
     # --- content ----------------------------------------------------------------------
     body = props.get(T.PR_BODY)
     html_value = props.get(T.PR_HTML)
@@ -546,13 +553,19 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         _set_text(alternative, html, "html")
         out.attach(alternative)
 
-    for att in msg.attachments:
+    for num, att in enumerate(msg.attachments):
         try:
             method = att.method
         except ValueError:
             continue
         filename = _header_text(att.filename)
-        if method == AttachMethod.EMBEDDED_MSG and att.embedded is not None:
+        kept = reuse.parts.get(num) if reuse is not None else None
+        typed = att.mime_type.split(";", 1)[0].strip().lower()
+        if kept is not None or (method == AttachMethod.BY_VALUE and typed in _TYPED_PARTS):
+            if out.get_content_type() != "multipart/mixed":
+                out.make_mixed()
+            out.attach(cast(EmailMessage, kept or _typed_part(att.read_all(), typed, filename)))
+        elif method == AttachMethod.EMBEDDED_MSG and att.embedded is not None:
             inner = _build(att.embedded, None, False, depth + 1)
             cte = "8bit" if needs_smtputf8(inner) else "7bit"
             out.add_attachment(inner, cte=cte, filename=_filename_param(filename))
@@ -564,7 +577,83 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         # By reference / OLE attachments are not sent: the transport has no file system to share.
 
     _strip_part_mime_version(out)
+    if reuse is not None:
+        _reuse.merge_headers(out, reuse.block)
     return out
+
+
+class _Plan:
+    """What a re-rendering keeps of the original (`mime_reuse`): its header block, and either its
+    whole content or the parts of the unedited attachments."""
+
+    def __init__(self, block: bytes, root: EmailMessage, whole: bool, parts: dict[int, Message]) -> None:
+        self.block, self.root, self.whole, self.parts = block, root, whole, parts
+
+
+def _reuse_plan(msg: MessageData) -> _Plan | None:
+    """How to render `msg` again keeping what is unedited of its original; None when the original
+    cannot be parsed. Original content with a line over 998 octets is never reused."""
+    assert msg.original is not None
+    raw = msg.original.read_all()
+    trace = _Trace()
+    imported = _from_mime(raw, 0, trace)
+    if trace.root is None:
+        return None
+    block = _original.split(raw)[0]
+    if any(len(line.rstrip(b"\r")) > _MAX_HEADER_LINE for line in raw.split(b"\n")):
+        return _Plan(block, trace.root, False, {})
+    whole = _reuse.same_content(msg, imported) and _writable(trace.root)
+    parts = {} if whole else _reuse.reused_parts(msg, imported, [p if _writable(p) else None for p in trace.parts])
+    return _Plan(block, trace.root, whole, parts)
+
+
+def _writable(part: Message) -> bool:
+    """Whether the generator can write a parsed part back (odd input can make it choke)."""
+    try:
+        part.as_bytes(policy=_WRITE_POLICIES[False, "\r\n"])
+    except Exception:
+        return False
+    return True
+
+
+def _take_content(out: EmailMessage, root: EmailMessage) -> EmailMessage:
+    """The parsed original `root` (its Content-* fields and its body, untouched) with the other
+    header fields of `out`; `root` is this rendering's own parse, so it may be changed."""
+    content = [(n, v) for n, v in root.raw_items() if n.lower().startswith("content-")]
+    for name in {n for n in root}:
+        del root[name]
+    for name, value in out.raw_items():
+        if not name.lower().startswith("content-") and name.lower() != "mime-version":
+            root.set_raw(name, value)
+    root.set_raw("MIME-Version", "1.0")
+    for name, value in content:
+        root.set_raw(name, value)
+    return root
+
+
+#: Attachment types sent as they came (7bit or 8bit, never base64): RFC 3464, 6533, 2046, 6522.
+_TYPED_PARTS = frozenset(
+    {
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/external-body",
+        "message/disposition-notification",
+        "message/global-headers",
+        "text/rfc822-headers",
+    }
+)
+
+
+def _typed_part(data: bytes, ctype: str, filename: str) -> Message:
+    """A part of one of `_TYPED_PARTS` holding `data` as it is, parsed as the `email` package reads
+    such a part so that its generator writes it back unchanged."""
+    cte = "7bit" if data.isascii() else "8bit"
+    part = BytesParser(policy=_OUT_POLICY).parsebytes(
+        f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii") + data
+    )
+    if filename:
+        part.add_header("Content-Disposition", "attachment", filename=_filename_param(filename))
+    return part
 
 
 def to_mime(msg: MessageData, *, sender: Recipient | None = None, include_bcc: bool = False) -> EmailMessage:
@@ -855,6 +944,7 @@ class _Collector:
         self.md = md
         self.depth = depth
         self.skip = skip
+        self.parts: list[Message] = []  # the part each attachment came from, in order
         self.plain = _find_body(root, "plain")
         self.html = _find_body(root, "html")
         for body in (self.plain, self.html):
@@ -879,6 +969,7 @@ class _Collector:
         for make in makers:
             try:
                 self.md.attachments.append(make(part))
+                self.parts.append(part)
                 return
             except Exception:
                 continue
@@ -1161,7 +1252,15 @@ def _keep_raw(md: MessageData, raw: bytes, why: str) -> None:
     )
 
 
-def _convert(msg: EmailMessage, raw_headers: str, depth: int) -> MessageData:
+class _Trace:
+    """Where a conversion found things: the parsed message, and the part of each attachment."""
+
+    def __init__(self) -> None:
+        self.root: EmailMessage | None = None
+        self.parts: list[Message] = []
+
+
+def _convert(msg: EmailMessage, raw_headers: str, depth: int, trace: _Trace | None = None) -> MessageData:
     md = MessageData()
     props = md.props
     props[T.PR_MESSAGE_CLASS] = "IPM.Note"
@@ -1254,15 +1353,17 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int) -> MessageData:
     else:
         collector.visit(msg, None)
     props[T.PR_HASATTACH] = bool(md.attachments)
+    if trace is not None:
+        trace.root, trace.parts = msg, collector.parts
     return md
 
 
-def _from_mime(data: bytes, depth: int) -> MessageData:
+def _from_mime(data: bytes, depth: int, trace: _Trace | None = None) -> MessageData:
     try:
         parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
         if not any(True for _ in parsed.raw_items()):
             return _unparseable(data, "it has no header lines")
-        md = _convert(parsed, _raw_header_block(data), depth)
+        md = _convert(parsed, _raw_header_block(data), depth, trace)
     except Exception as exc:
         return _unparseable(data, f"the parser failed: {type(exc).__name__}")
     if depth == 0:  # an embedded message's bytes are inside its parent's

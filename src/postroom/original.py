@@ -36,12 +36,14 @@ from .mapi.message import Attachment, MessageData, OriginalMime
 __all__ = [
     "TRANSPORT_CHANGES",
     "as_sent",
+    "attachment_key",
     "exact",
     "fingerprint",
     "header_fields",
     "keep",
     "sendable",
     "split",
+    "text_key",
     "unchanged",
     "well_formed",
 ]
@@ -94,7 +96,8 @@ def _value(value: Any) -> Any:
     return str(value)
 
 
-def _attachment_key(att: Attachment) -> list[Any]:
+def attachment_key(att: Attachment) -> list[Any]:
+    """What of an attachment its rendering depends on (an embedded message: its whole content)."""
     props = att.props
     head = [
         _value(props.get(T.PR_ATTACH_METHOD)),
@@ -108,6 +111,11 @@ def _attachment_key(att: Attachment) -> list[Any]:
     return [*head, _value(size)]
 
 
+def text_key(md: MessageData) -> list[Any]:
+    """The text and HTML of a message, as the fingerprint sees them."""
+    return [_value(md.props.get(T.PR_BODY)), _value(md.props.get(T.PR_HTML))]
+
+
 def _content(md: MessageData) -> list[Any]:
     props = [[tag, _value(md.props.get(tag))] for tag in _RENDERED_PROPS]
     rows = []
@@ -116,7 +124,7 @@ def _content(md: MessageData) -> list[Any]:
         if kind & MAPI_P1 or kind & 0xFFFF == RecipientType.BCC:
             continue  # envelope-only rows never reach the header, and a transport never sends Bcc
         rows.append([kind & 0xFFFF, row.address_type.upper(), row.email_address, _value(row.get(T.PR_DISPLAY_NAME))])
-    return [props, rows, [_attachment_key(a) for a in md.attachments]]
+    return [props, rows, [attachment_key(a) for a in md.attachments]]
 
 
 def fingerprint(md: MessageData) -> str:

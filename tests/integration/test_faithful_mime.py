@@ -87,3 +87,24 @@ def test_a_message_sent_unchanged_goes_over_smtp_as_its_own_bytes_without_bcc_an
     assert sorted(delivered) == ["bob@example.test", "hidden@example.test"]
     # The stored message still is the file, byte for byte.
     assert export_eml(profile, sent["message_id"]) == SIGNED
+
+
+def test_a_message_edited_on_the_command_line_keeps_its_headers_and_its_signed_content(
+    profile: Path, tmp_path: Path
+) -> None:
+    eml = tmp_path / "signed.eml"
+    eml.write_bytes(SIGNED)
+    with SmtpSink() as sink:
+        ok(run("service", "add", "smtp", "work", *sink.options(), profile=profile))
+        sent = as_json(ok(run("send", "--eml", eml, "--subject", "Re-sent", "--json", profile=profile)))
+        [wire] = sink.handler.messages
+    head, body = wire.split(b"\r\n\r\n", 1)
+    assert body == SIGNED.split(b"\r\n\r\n", 1)[1]  # the signed part and its signature, byte for byte
+    for field in (b"References: <first@example.test>\r\n <earlier@example.test>", b"X-Tag: one\r\nX-Tag: two"):
+        assert field in head
+    assert b"Subject: Re-sent" in head and b"Bcc" not in head
+    # show --props shows the headers as they came; export --eml no longer claims the file's bytes.
+    shown = ok(run("show", str(sent["message_id"]), "--props", profile=profile)).stdout
+    assert "List-Unsubscribe: <mailto:unsubscribe@example.test>" in shown
+    exported = export_eml(profile, sent["message_id"])
+    assert b"Subject: Re-sent" in exported and exported.endswith(SIGNED.split(b"\r\n\r\n", 1)[1].replace(b"\r", b""))

@@ -532,3 +532,23 @@ def test_damaged_state_file_skips_the_provider(peers: Peers, tmp_path: Path) -> 
         row = status_row(session, "in")
         assert StatusCode.FAILURE in row.status_code
         assert "damaged" in row.last_error
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_received_message_keeps_the_exact_bytes_the_server_gave(peers: Peers, tmp_path: Path, kind: str) -> None:
+    user = peers.new_user()
+    signed = (
+        f"From: Sam Sender <sam@sender.test>\r\nTo: {user}\r\nSubject: signed\r\nX-Tag: kept\r\n"
+        f"Date: {formatdate()}\r\nMessage-ID: {make_msgid(domain='sender.test')}\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/signed; micalg=pgp-sha256; protocol="application/pgp-signature"; boundary="s"\r\n'
+        "\r\n--s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsigned text   \r\n--s\r\n"
+        "Content-Type: application/pgp-signature\r\n\r\n-----BEGIN PGP SIGNATURE-----\r\n"
+        "iQEz\r\n-----END PGP SIGNATURE-----\r\n--s--\r\n"
+    ).encode()
+    peers.put_message(user, signed)
+    with session_for(tmp_path / "p", (kind, "in", options(peers, kind, user))) as session:
+        assert session.receive() == 1
+        [received] = inbox(session)
+        assert mime.original_bytes(received) == signed
+        assert mime.to_bytes(received) == signed  # sent on unchanged, it is the same message

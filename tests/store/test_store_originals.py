@@ -65,3 +65,18 @@ def test_a_large_original_is_kept_whole(store: MessageStore) -> None:
     stored = store.open_message(mid)
     assert stored.original is not None and stored.original.size == len(raw)
     assert stored.original.read_all() == raw
+
+
+def test_a_stored_and_submitted_message_is_unchanged_until_its_properties_change(store: MessageStore) -> None:
+    outbox = store.folder(FolderRole.OUTBOX).id
+    rich = RAW.replace(
+        b"To: bob@example.net", b'To: "Bob B." <bob@example.net>, carol@example.net\r\nCc: d@example.net'
+    )
+    sent = store.create_and_submit(outbox, mime.from_mime(rich), NOW)
+    assert original.unchanged(store.open_message(sent))
+    draft = store.create_message(outbox, mime.from_mime(rich))
+    assert original.unchanged(store.open_message(draft))
+    store.set_props(draft, {T.PR_SUBJECT: "edited in the store"})
+    edited = store.open_message(draft)
+    assert not original.unchanged(edited) and mime.original_bytes(edited) is None
+    assert b"Subject: edited in the store" in mime.to_bytes(edited)

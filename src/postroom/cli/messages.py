@@ -205,6 +205,12 @@ def _show_props(app: App, message: MessageData, mid: int) -> None:
                 dump(a.embedded, f"{label}, attachment {a.num}, embedded message")
 
     dump(message, f"Message {mid}")
+    headers = message.get(T.PR_TRANSPORT_MESSAGE_HEADERS)
+    if headers:  # the table cuts long text short: the Internet headers in full, as they came
+        app.out.echo()
+        app.out.heading("PR_TRANSPORT_MESSAGE_HEADERS")
+        for line in str(headers).splitlines():
+            app.out.echo(f"  {line}")
 
 
 @click.command()

@@ -107,7 +107,8 @@ def transmittable_copy(message: MessageData) -> MessageData:
         Attachment(props=dict(a.props), opener=a.opener, data=a.data, size=a.size, embedded=a.embedded)
         for a in message.attachments
     ]
-    return MessageData(props=props, recipients=recipients, attachments=attachments)
+    # The original MIME stream goes along: the returned message is what was sent, byte for byte.
+    return MessageData(props=props, recipients=recipients, attachments=attachments, original=message.original)
 
 
 def non_delivery_report(original: MessageData, rows: Sequence[ReportRow], now: datetime) -> MessageData:
