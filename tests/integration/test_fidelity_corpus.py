@@ -11,11 +11,12 @@ after going out and after coming back in.
 The corpus messages keep their own To/Cc (addresses all over the world): they are sent to the
 Postfix peer's corpus listener, which takes any recipient and redirects the whole message to
 corpus@example.test without touching a header (peers.py). Rewriting their To/Cc instead would
-change the very bytes under test, and `send --eml --to` makes postroom render the message again.
+change the very bytes under test, and `send --eml` has no envelope-only recipients (its `--to`
+replaces the message's own).
 
-The `postroom` commands of the batches run in this process (`postroom.cli.run`, the same code as
-the console script) because ~50 of them as processes would cost half a minute; the signature
-tests use real processes.
+The `postroom` commands of the batches run in this process (`support.cli.in_process`, the
+console script's own code) because ~150 of them as processes would cost two minutes; the
+signature tests use real processes.
 """
 
 from __future__ import annotations
@@ -32,15 +33,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from peers import CORPUS_MAILBOX, Peers, running_peers, wait_until
 
 import postroom
-from postroom.cli import run
 from postroom.profile import Profile
 from postroom.session import Session
 
-from support.cli import ENV, argv
+from support.cli import ENV, argv, in_process
 from support.cli import postroom as postroom_process
 from support.fidelity import corpus_files, corpus_id, split, to_crlf, to_lf, transport_differences
 
@@ -64,13 +63,6 @@ def _peer_password(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-
-
-def cli(profile: Path, *args: str | Path) -> tuple[int, bytes, str]:
-    """One `postroom` command in this process: exit code, stdout bytes, stderr text."""
-    with CliRunner().isolation() as (out, err, _):
-        code = run(["--profile", str(profile), *(str(a) for a in args)])
-    return code, out.getvalue(), err.getvalue().decode("utf-8", "replace")
 
 
 def sending_profile(peers: Peers, directory: Path, *, port: int | None = None) -> Path:
@@ -118,10 +110,10 @@ def send_through_postfix(profile: Path, files: list[Path]) -> list[str]:
     """Submit every file with `send --eml --later`, then deliver them in one spooler pass."""
     failures = []
     for path in files:
-        code, out, err = cli(profile, "send", "--eml", path, "--later")
+        code, out, err = in_process(profile, "send", "--eml", path, "--later")
         if code != 0:
             failures.append(f"{corpus_id(path)}: send --eml exit {code}: {err.strip() or out.decode()[-300:]}")
-    code, out, err = cli(profile, "spooler", "--once")
+    code, out, err = in_process(profile, "spooler", "--once")
     if code != 0:
         lines = [line for line in out.decode().splitlines() if " 0 failed" not in line]
         failures.append(f"spooler --once: exit {code}: {err.strip()} " + "\n".join(lines[-20:]))
@@ -153,7 +145,7 @@ def match_arrivals(originals: dict[str, bytes], arrived: list[bytes]) -> list[st
 def headers_not_shown(profile: Path, mid: int, message: bytes) -> list[str]:
     """The header fields of `message` (those in ASCII) that `postroom show ID --props` does not
     show in full, in PR_TRANSPORT_MESSAGE_HEADERS."""
-    code, out, err = cli(profile, "--json", "show", str(mid), "--props")
+    code, out, err = in_process(profile, "--json", "show", str(mid), "--props")
     if code != 0:
         return [f"show {mid} --props: exit {code}: {err.strip()}"]
     props = {p["name"]: p["value"] for p in json.loads(out)["props"]}
@@ -198,7 +190,7 @@ def test_every_corpus_message_received_and_exported_with_export_eml_is_byte_iden
     exported: list[bytes] = []
     problems: list[str] = []
     for mid in ids:
-        code, out, err = cli(tmp_path / kind, "export", str(mid), "--eml")
+        code, out, err = in_process(tmp_path / kind, "export", str(mid), "--eml")
         if code != 0:
             problems.append(f"export {mid} --eml: exit {code}: {err.strip()}")
         exported.append(out)

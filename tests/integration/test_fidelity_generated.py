@@ -27,13 +27,12 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from click.testing import CliRunner
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from postroom.cli import run
 from postroom.profile import Profile
 
+from support.cli import in_process
 from support.fidelity import transport_differences
 from support.smtp_sink import free_port
 
@@ -77,12 +76,6 @@ def sink() -> Iterator[tuple[WireRecorder, int]]:
         yield recorder, port
     finally:
         controller.stop()
-
-
-def cli(profile: Path, *args: str | Path) -> tuple[int, bytes, str]:
-    with CliRunner().isolation() as (out, err, _):
-        code = run(["--profile", str(profile), *(str(a) for a in args)])
-    return code, out.getvalue(), err.getvalue().decode("utf-8", "replace")
 
 
 # --- the messages ---------------------------------------------------------------------------------------------
@@ -235,14 +228,14 @@ def test_generated_messages_keep_their_bytes_through_the_store_export_and_smtp(
         recorder.take()
         source = directory / "in.eml"
         source.write_bytes(message)
-        code, out, err = cli(directory, "--json", "send", "--eml", source, "--later")
+        code, out, err = in_process(directory, "--json", "send", "--eml", source, "--later")
         assert code == 0, err
         mid = json.loads(out)["message_id"]
-        code, exported, err = cli(directory, "export", str(mid), "--eml")
+        code, exported, err = in_process(directory, "export", str(mid), "--eml")
         assert code == 0, err
         assert exported == message
 
-        code, out, err = cli(directory, "spooler", "--once")
+        code, out, err = in_process(directory, "spooler", "--once")
         assert code == 0, err + out.decode()
         (envelope, sent), *more = recorder.take()
         assert not more
