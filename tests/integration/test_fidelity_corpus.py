@@ -42,6 +42,7 @@ from postroom.session import Session
 from support.cli import ENV, argv, in_process
 from support.cli import postroom as postroom_process
 from support.fidelity import corpus_files, corpus_id, split, to_crlf, to_lf, transport_differences
+from support.prerequisites import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -287,13 +288,27 @@ def roundtrip_signed(peers: Peers, tmp_path: Path, message: bytes) -> tuple[byte
     return delivered, exported.stdout
 
 
-def test_a_pgp_mime_message_signed_with_gpg_verifies_after_postfix_and_after_imap(peers: Peers, tmp_path: Path) -> None:
+@pytest.fixture
+def gnupg(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """gpg with a throw-away home in tmp_path (and its agent stopped afterwards)."""
     gpg = shutil.which("gpg")
     if gpg is None:
-        pytest.skip("needs gpg (Debian package gnupg, in .ci/install-system-packages)")
+        unavailable("needs gpg (Debian package gnupg, installed by .ci/install-system-packages)")
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
+    try:
+        yield gpg, env
+    finally:
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf is not None:
+            subprocess.run([gpgconf, "--kill", "all"], env=env, capture_output=True, timeout=30, check=False)
+
+
+def test_a_pgp_mime_message_signed_with_gpg_verifies_after_postfix_and_after_imap(
+    peers: Peers, tmp_path: Path, gnupg: tuple[str, dict[str, str]]
+) -> None:
+    gpg, env = gnupg
     batch = [gpg, "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
     subprocess.run(
         [*batch, "--quick-gen-key", "Signer <signer@example.test>", "ed25519", "sign", "1d"],
@@ -331,7 +346,7 @@ def test_an_s_mime_message_signed_with_openssl_verifies_after_postfix_and_after_
 ) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("needs openssl (in .ci/install-system-packages)")
+        unavailable("needs openssl (installed by .ci/install-system-packages)")
     key, cert = tmp_path / "signer.key", tmp_path / "signer.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
