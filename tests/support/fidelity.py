@@ -5,7 +5,7 @@ change when it sends such a message, and nothing else:
 
 * line endings: CRLF on the wire, LF in a Maildir (so both sides are compared with LF);
 * `Bcc` (and `Resent-Bcc`) removed;
-* a missing `Date` or `Message-ID` added (one each, anywhere in the header);
+* a missing `Date` or `Message-ID` added (exactly one each, well formed, anywhere in the header);
 * trace fields prepended (`Received`, and the receiving server's `Return-Path`, `Delivered-To`,
   `X-Original-To`);
 * a final line end added to a message that has none (SMTP DATA ends with CRLF.CRLF).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus"
@@ -101,6 +102,9 @@ def transport_differences(original: bytes, sent: bytes) -> list[str]:
         has = [f for f in fields if f.name == name]
         if not had and len(has) == 1:
             fields.remove(has[0])
+            problems += _malformed_addition(has[0])
+        elif not had:
+            problems.append(f"{len(has)} {name} field(s) sent for none in the original (one must be added)")
         elif len(has) != len(had):
             problems.append(f"{len(had)} {name} field(s) in the original, {len(has)} sent")
     problems += _field_differences(want.fields, tuple(fields))
@@ -112,6 +116,21 @@ def transport_differences(original: bytes, sent: bytes) -> list[str]:
             f"{want.body[max(0, at - 40) : at + 40]!r} became {got.body[max(0, at - 40) : at + 40]!r}"
         )
     return problems
+
+
+_MSG_ID = re.compile(rb"^Message-ID: *<[\x21-\x3d\x3f-\x7e]+@[\x21-\x3d\x3f-\x7e]+>$", re.IGNORECASE)
+
+
+def _malformed_addition(field: Field) -> list[str]:
+    """What is wrong with a Date or Message-ID field a transport added ([] if nothing)."""
+    if field.name == "message-id":
+        return [] if _MSG_ID.match(field.raw) else [f"added a malformed Message-ID: {_short(field)}"]
+    value = field.raw.partition(b":")[2].strip().decode("ascii", "replace")
+    try:
+        parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return [f"added a malformed Date: {_short(field)}"]
+    return []
 
 
 def _short(field: Field) -> str:
