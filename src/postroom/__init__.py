@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         RecipientOutcome,
         RecipientState,
         RecipientStatus,
+        RetryAll,
         WaitKind,
     )
     from .transports.registry import register_transport_kind, transport_kinds
@@ -94,6 +95,7 @@ _HOMES = {
     "FolderRole": ".store",
     "MessageSummary": ".store",
     "QueueEntry": ".store",
+    "RetryAll": ".store",
     "QueueState": ".store",
     "RecipientOutcome": ".store",
     "RecipientState": ".store",
@@ -158,6 +160,7 @@ __all__ = [
     "RecipientReport",
     "RecipientState",
     "RecipientStatus",
+    "RetryAll",
     "RouteAnswer",
     "RoutingPass",
     "SendReceiveGroup",

@@ -5,6 +5,10 @@ standard `email` package's; this module only decides which MAPI property goes wh
 
 Outbound (`to_mime`, `to_bytes`, `to_bytes_with_flags`):
 
+* A message that arrived as RFC 5322 and was not edited since is its original bytes, with only
+  the transport's changes (`postroom.original`); an edited one is rendered from its properties
+  as below and keeps what nobody edited of its original (`postroom.mime_reuse`).
+
 * Only SMTP addresses reach address headers; recipients of other address types (FAX, X400 …)
   belong to other transports and are left out. Rows with the MAPI_P1 bit (envelope-only resends)
   never appear, and Bcc rows appear only with ``include_bcc=True``.
@@ -30,13 +34,16 @@ Outbound (`to_mime`, `to_bytes`, `to_bytes_with_flags`):
   headers are still made by the modern API (their RFC 2231 parameters need its folding).
 
 Inbound (`from_mime`): an incoming message as a transport's start_message fills it (spec §8.3),
-never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A multipart/report with
-report-type=delivery-status (RFC 3464) becomes a ``REPORT.IPM.Note.*`` message with one recipient
-row per per-recipient block (spec §7). The Message-ID of the original message, which MAPI has no
-property for, is stored as its UTF-8 bytes in PR_REPORT_TAG (a postroom convention: the spooler
-finds the original by it); `dsn_original_message_id` reads it from the raw report. A Message-ID
-is kept only when it is one usable ID, exactly as written (`_message_id_of`); a malformed one is
-dropped rather than cut short, so it can never make two messages share an ID. Whatever cannot be
+never raising. PR_BODY has ``\\n`` line endings whatever the wire used. A bounce (what
+`bounces.read_bounce` recognises: RFC 3464 and RFC 6533 reports, and the non-standard bounces of
+Exim, qmail, Exchange …) becomes a ``REPORT.IPM.Note.*`` message with one recipient row per
+reported recipient (spec §7). ``from_mime(data, submission=True)`` reads a message about to be
+sent instead: a report stays a note, and the recipients are its To/Cc/Bcc (or Resent-*).
+The Message-ID of the original message, which MAPI has no property for, is stored as its UTF-8
+bytes in PR_REPORT_TAG (a postroom convention: the spooler finds the original by it);
+`dsn_original_message_id` reads it from the raw report. A Message-ID is kept only when it is one
+usable ID, exactly as written (`_message_id_of`); a malformed one is dropped rather than cut
+short, so it can never make two messages share an ID. Whatever cannot be
 converted exactly (no headers at all, a header that is not UTF-8, text not valid in its charset,
 a broken MIME structure) keeps the bytes as received in an ``original-message.eml`` attachment:
 a transport may delete the message on the server once it is stored.
@@ -71,10 +78,11 @@ from .addressing import (
     MAX_SMTP_ADDRESS,
     longer_than_smtp_allows,
 )
+from .bounces import ndr_codes, read_bounce
 from .mapi import tags as T
 from .mapi.codes import HResult, MAPIError
-from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
-from .mapi.flags import MAPI_P1, AttachMethod, NDRDiag, NDRReason, RecipientType
+from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
+from .mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, NDRDiag, NDRReason, RecipientType
 from .mapi.message import Attachment, MessageData, Props, Recipient
 
 __all__ = [
@@ -111,9 +119,7 @@ _ONE_MSG_ID = re.compile(r"<?[\x21-\x3b=\x3f-\x7e]+>?")
 _COMMENT = re.compile(r"\([^()]*\)")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
-_ENHANCED_STATUS = re.compile(r"(?<![\d.])\d\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _ENCODED_WORD_GAP = re.compile(f"({ENCODED_WORD_PATTERN})[ \t]+(?={ENCODED_WORD_PATTERN})")
-_SMTP_CODE = re.compile(r"([2-5]\d\d)(?!\d)")
 _LINE_BREAK = re.compile(r"[\r\n]")
 # A plain ASCII dot-atom address (RFC 5322 §3.4.1 without quoting, comments or domain literals):
 # every one the `email` package accepts as it is, with this very local part and domain.
@@ -532,6 +538,8 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
     if reuse is not None and reuse.whole:  # only header fields were edited: the original content stays
         whole = _take_content(out, reuse.root)
         _reuse.merge_headers(whole, reuse.block)
+        assert msg.original is not None
+        setattr(whole, _reuse.WHOLE_BODY, _original.split(msg.original.read_all())[1])
         return whole
 
     # --- content ----------------------------------------------------------------------
@@ -552,6 +560,11 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         alternative = EmailMessage(policy=_OUT_POLICY)
         _set_text(alternative, html, "html")
         out.attach(alternative)
+    if reuse is not None and reuse.wrap is not None:  # attachments only added: the original content first
+        for name in [n for n in out if n.lower().startswith("content-")]:
+            del out[name]
+        out.set_raw("Content-Type", "multipart/mixed")
+        out.set_payload([reuse.wrap])
 
     for num, att in enumerate(msg.attachments):
         try:
@@ -559,6 +572,8 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
         except ValueError:
             continue
         filename = _header_text(att.filename)
+        if reuse is not None and num in reuse.held:
+            continue
         kept = reuse.parts.get(num) if reuse is not None else None
         typed = att.mime_type.split(";", 1)[0].strip().lower()
         if kept is not None or (method == AttachMethod.BY_VALUE and typed in _TYPED_PARTS):
@@ -583,11 +598,22 @@ def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth:
 
 
 class _Plan:
-    """What a re-rendering keeps of the original (`mime_reuse`): its header block, and either its
-    whole content or the parts of the unedited attachments."""
+    """What a re-rendering keeps of the original (`mime_reuse`): its header block, and its whole
+    content (as the message's, or as the first part beside added attachments) or the parts of the
+    unedited attachments."""
 
-    def __init__(self, block: bytes, root: EmailMessage, whole: bool, parts: dict[int, Message]) -> None:
+    def __init__(
+        self,
+        block: bytes,
+        root: EmailMessage,
+        whole: bool,
+        parts: dict[int, Message],
+        held: set[int] | None = None,
+        wrap: Message | None = None,
+    ) -> None:
         self.block, self.root, self.whole, self.parts = block, root, whole, parts
+        self.held = held or set()  # attachments that a reused entity already holds
+        self.wrap = wrap  # attachments were only added: the original content, as the first part
 
 
 def _reuse_plan(msg: MessageData) -> _Plan | None:
@@ -596,15 +622,46 @@ def _reuse_plan(msg: MessageData) -> _Plan | None:
     assert msg.original is not None
     raw = msg.original.read_all()
     trace = _Trace()
-    imported = _from_mime(raw, 0, trace)
+    imported = _from_mime(raw, 0, trace=trace)
+    if imported.original is not None and imported.original.fingerprint != msg.original.fingerprint:
+        # Not as it arrived: read as a message to send (`send --eml`), when that is how it was read.
+        submitted = _Trace()
+        as_submitted = _from_mime(raw, 0, submission=True, trace=submitted)
+        if as_submitted.original is not None and as_submitted.original.fingerprint == msg.original.fingerprint:
+            imported, trace = as_submitted, submitted
     if trace.root is None:
         return None
     block = _original.split(raw)[0]
     if any(len(line.rstrip(b"\r")) > _MAX_HEADER_LINE for line in raw.split(b"\n")):
         return _Plan(block, trace.root, False, {})
-    whole = _reuse.same_content(msg, imported) and _writable(trace.root)
-    parts = {} if whole else _reuse.reused_parts(msg, imported, [p if _writable(p) else None for p in trace.parts])
-    return _Plan(block, trace.root, whole, parts)
+    if _reuse.same_content(msg, imported) and _writable(trace.root):
+        return _Plan(block, trace.root, True, {})
+    if _reuse.only_added(msg, imported) and _writable(trace.root):
+        entity = _content_entity(trace.root, trace.root)
+        setattr(entity, _reuse.REUSED, True)
+        return _Plan(block, trace.root, False, {}, set(range(len(imported.attachments))), entity)
+    units = [
+        (_content_entity(unit, trace.root), inside)
+        for unit, inside in _reuse.sealed_units(trace.root, trace.parts, trace.bodies)
+        if _writable(unit)
+    ]
+    writable = [p if _writable(p) else None for p in trace.parts]
+    parts, held = _reuse.reused_parts(msg, imported, writable, units)
+    return _Plan(block, trace.root, False, parts, held)
+
+
+def _content_entity(part: Message, root: EmailMessage) -> Message:
+    """`part` as a body part: the root of the message stands for its content only (its Content-*
+    fields and body), without the message's other header fields."""
+    if part is not root:
+        return part
+    entity = EmailMessage(policy=_IN_POLICY)
+    for name, value in root.raw_items():
+        if name.lower().startswith("content-"):
+            entity.set_raw(name, value)
+    entity.set_payload(root.get_payload())  # a multipart's list of parts, as parsed
+    entity.preamble, entity.epilogue = root.preamble, root.epilogue
+    return entity
 
 
 def _writable(part: Message) -> bool:
@@ -708,7 +765,12 @@ def to_bytes_with_flags(
         return data, needs_smtputf8(head)
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     utf8 = needs_smtputf8(em)
-    return em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep]), utf8
+    data = em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep])
+    body = getattr(em, _reuse.WHOLE_BODY, None)
+    if body is not None:  # the original content, byte for byte, after the rendered header block
+        end = linesep.encode("ascii")
+        data = _original.split(data)[0] + end + end + _original.line_ends(body, end)
+    return data, utf8
 
 
 def original_bytes(msg: MessageData) -> bytes | None:
@@ -740,37 +802,11 @@ def to_bytes(
 def status_to_ndr(enhanced: str) -> tuple[NDRReason, NDRDiag]:
     """Map an SMTP enhanced status code (RFC 3463 ``X.Y.Z``) to PR_NDR_REASON_CODE/PR_NDR_DIAG_CODE.
 
-    The gromox mapping (spec §7). ``enhanced`` may be the bare code or text that contains it
-    (``"550 5.1.1 User unknown"``); without a code the answer is (TRANSFER_FAILED, NO_DIAGNOSTIC).
-    The reason is TRANSFER_IMPOSSIBLE for addressing failures (X.1.*), TRANSFER_FAILED otherwise.
+    ``enhanced`` may be the bare code or text that contains it (``"550 5.1.1 User unknown"``);
+    without a code the answer is (TRANSFER_FAILED, NO_DIAGNOSTIC). The table, every code of
+    RFC 3463 and the IANA registry (X.1.0 to X.7.30), is `bounces.ndr_codes`'.
     """
-    match = _ENHANCED_STATUS.search(enhanced or "")
-    if match is None:
-        return NDRReason.TRANSFER_FAILED, NDRDiag.NO_DIAGNOSTIC
-    subject, detail = int(match.group(1)), int(match.group(2))
-    if subject == 1:
-        addressing = {
-            1: NDRDiag.MAIL_RECIPIENT_UNKNOWN,
-            3: NDRDiag.MAIL_ADDRESS_INCORRECT,
-            4: NDRDiag.OR_NAME_AMBIGUOUS,
-            6: NDRDiag.MAIL_RECIPIENT_MOVED,
-        }
-        return NDRReason.TRANSFER_IMPOSSIBLE, addressing.get(detail, NDRDiag.OR_NAME_UNRECOGNIZED)
-    diag = NDRDiag.NO_DIAGNOSTIC
-    if subject == 2:
-        mailbox = {
-            2: NDRDiag.LENGTH_CONSTRAINT_VIOLATD,
-            3: NDRDiag.LENGTH_CONSTRAINT_VIOLATD,
-            4: NDRDiag.EXPANSION_FAILED,
-        }
-        diag = mailbox.get(detail, NDRDiag.MAIL_REFUSED)
-    elif subject == 3 and detail in (3, 5):
-        diag = NDRDiag.CRITICAL_FUNC_UNSUPPORTED
-    elif subject == 3 and detail == 4:
-        diag = NDRDiag.LENGTH_CONSTRAINT_VIOLATD
-    elif subject == 4 and detail == 7:
-        diag = NDRDiag.MAXIMUM_TIME_EXPIRED
-    return NDRReason.TRANSFER_FAILED, diag
+    return ndr_codes(enhanced)
 
 
 # --------------------------------------------------------------------------------------
@@ -838,7 +874,7 @@ def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:
 def _smtp_identity(name: str, addr: str) -> tuple[str, bytes, bytes]:
     """(display name, one-off entry ID, search key) of an SMTP address."""
     display = name or addr
-    return display, encode_one_off(display, SMTP, addr), search_key(SMTP, addr)
+    return display, one_off_entry_id(display, SMTP, addr), search_key(SMTP, addr)
 
 
 def _set_originator(props: Props, tags: tuple[int, int, int, int, int], who: tuple[str, str]) -> None:
@@ -1062,51 +1098,29 @@ def _message_id_of(original: Message) -> str:
     return text if fits and _ONE_MSG_ID.fullmatch(text) else ""
 
 
-def _strip_type(value: str) -> str:
-    """``rfc822; bob@x`` → ``bob@x``; ``smtp; 550 …`` → ``550 …`` (RFC 3464 typed fields)."""
-    head, sep, rest = value.partition(";")
-    if sep and re.fullmatch(r"\s*[A-Za-z0-9][A-Za-z0-9.+-]*\s*", head):
-        return rest.strip()
-    return value.strip()
-
-
 def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
-    """Turn a delivery status notification into REPORT.IPM.Note.(N)DR properties and rows."""
-    status_part, original_part = _report_parts(msg)
-    if status_part is None or str(msg.get_param("report-type", "")).lower() != "delivery-status":
+    """Turn a bounce (`bounces.read_bounce`) into REPORT.IPM.Note.(N)DR properties and rows."""
+    bounce = read_bounce(msg)
+    if bounce is None:
         return
-    blocks = [b for b in status_part.get_payload() if isinstance(b, Message)]
-    if len(blocks) < 2:
-        return
-    per_message, per_recipient = blocks[0], blocks[1:]
     now = datetime.now(UTC)
-    arrival = _get_date(per_message, "Arrival-Date")
     rows: list[Recipient] = []
     actions: list[str] = []
-    for block in per_recipient:
-        addr = _strip_type(_get_text(block, "Final-Recipient") or _get_text(block, "Original-Recipient"))
-        addr = _HEADER_BREAKS.sub("", addr).strip().strip("<>")
-        if not addr:
-            continue
-        action = (_get_text(block, "Action").strip().lower().split() or [""])[0]
-        status = _get_text(block, "Status").strip()
-        diagnostic = " ".join(_strip_type(_get_text(block, "Diagnostic-Code")).split())
-        row = _recipient("", addr, RecipientType.TO, len(rows))
-        row[T.PR_REPORT_TEXT] = diagnostic or status
-        row[T.PR_REPORT_TIME] = _get_date(block, "Last-Attempt-Date") or arrival or now
-        code = _SMTP_CODE.match(diagnostic)
-        if code:
-            row[T.PR_NDR_STATUS_CODE] = int(code.group(1))
-        if action in _DR_ACTIONS:
-            row[T.PR_DELIVER_TIME] = _get_date(block, "Last-Attempt-Date") or arrival or now
-        elif action != "delayed":  # "failed", or something unknown: report it as not delivered
-            reason, diag = status_to_ndr(status or diagnostic)
+    for status in bounce.recipients:
+        diagnostic = status.diagnostic
+        row = _report_recipient(status.address, status.mapi_address_type, len(rows))
+        row[T.PR_REPORT_TEXT] = diagnostic or status.status
+        row[T.PR_REPORT_TIME] = status.last_attempt or bounce.arrival or now
+        if status.reply_code is not None:
+            row[T.PR_NDR_STATUS_CODE] = status.reply_code
+        if status.action in _DR_ACTIONS:
+            row[T.PR_DELIVER_TIME] = status.last_attempt or bounce.arrival or now
+        elif status.action != "delayed":  # "failed", or something unknown: report it as not delivered
+            reason, diag = status_to_ndr(status.status or diagnostic)
             row[T.PR_NDR_REASON_CODE] = int(reason)
             row[T.PR_NDR_DIAG_CODE] = int(diag)
         rows.append(row)
-        actions.append(action)
-    if not rows:
-        return
+        actions.append(status.action)
     if any(a not in _DR_ACTIONS and a != "delayed" for a in actions):
         suffix = "NDR"
     elif "delayed" in actions:
@@ -1120,8 +1134,9 @@ def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
     props[T.PR_DISPLAY_TO] = "; ".join(r.display_name for r in rows)
     props[T.PR_DISPLAY_CC] = ""
     props.pop(T.PR_DISPLAY_BCC, None)
-    skip.add(id(status_part))
-    original = _original_headers(original_part)
+    if bounce.status_part is not None:
+        skip.add(id(bounce.status_part))
+    original = bounce.original
     if original is not None:
         props[T.PR_ORIG_MESSAGE_CLASS] = "IPM.Note"
         props[T.PR_ORIGINAL_SUBJECT] = _header_text(_get_text(original, "Subject"))
@@ -1133,6 +1148,27 @@ def _apply_dsn(msg: EmailMessage, md: MessageData, skip: set[int]) -> None:
         original_id = _message_id_of(original)
         if original_id:
             props[T.PR_REPORT_TAG] = original_id.encode("utf-8")
+
+
+def _report_recipient(addr: str, address_type: str, row_id: int) -> Recipient:
+    """A report row: an SMTP row as `_recipient` makes it; another address type (``unknown``,
+    ``X400`` …) keeps its type, so no transport takes it for an e-mail address."""
+    if address_type == SMTP:
+        return _recipient("", addr, RecipientType.TO, row_id)
+    display = _display_name(addr) or addr
+    return Recipient(
+        props={
+            T.PR_DISPLAY_NAME: display,
+            T.PR_ADDRTYPE: address_type,
+            T.PR_EMAIL_ADDRESS: addr,
+            T.PR_RECIPIENT_TYPE: int(RecipientType.TO),
+            T.PR_ENTRYID: one_off_entry_id(display, address_type, addr),
+            T.PR_SEARCH_KEY: search_key(address_type, addr),
+            T.PR_OBJECT_TYPE: _MAPI_MAILUSER,
+            T.PR_DISPLAY_TYPE: _DT_MAILUSER,
+        },
+        row_id=row_id,
+    )
 
 
 def raw_attachment(raw: bytes, num: int) -> Attachment:
@@ -1222,11 +1258,22 @@ def _text_loses(part: Message) -> bool:
     return False
 
 
+_UTF8_FIELD_PARTS = frozenset({"message/global-delivery-status", "message/global-disposition-notification"})
+
+
 def _loss(parsed: Message) -> str | None:
     """Why the conversion of `parsed` cannot be exact (the first reason found), or None when it is.
 
     The checks run after the conversion, which decoded the parts and so noted their defects.
     """
+    # The fields of an RFC 6533 status part are UTF-8 that the package reads as a text/plain
+    # message without a charset; `bounces` reads them as UTF-8, so they lose nothing.
+    fields = {
+        id(inner)
+        for p in parsed.walk()
+        if p.get_content_type() in _UTF8_FIELD_PARTS and p.is_multipart()
+        for inner in cast("list[Message]", p.get_payload())
+    }
     for part in parsed.walk():
         for name, value in part.raw_items():
             if _undecodable(str(value)):
@@ -1235,7 +1282,12 @@ def _loss(parsed: Message) -> str | None:
             why = _LOSSY_DEFECTS.get(type(defect))
             if why is not None:
                 return why
-        if part.get_content_maintype() == "text" and not _is_attachment_like(part) and _text_loses(part):
+        if (
+            part.get_content_maintype() == "text"
+            and id(part) not in fields
+            and not _is_attachment_like(part)
+            and _text_loses(part)
+        ):
             charset = part.get_content_charset() or "us-ascii"
             return f"a {part.get_content_type()} part is not valid {charset}"
     return None
@@ -1258,9 +1310,12 @@ class _Trace:
     def __init__(self) -> None:
         self.root: EmailMessage | None = None
         self.parts: list[Message] = []
+        self.bodies: set[int] = set()  # ids of the parts the text and HTML came from
 
 
-def _convert(msg: EmailMessage, raw_headers: str, depth: int, trace: _Trace | None = None) -> MessageData:
+def _convert(
+    msg: EmailMessage, raw_headers: str, depth: int, submission: bool = False, trace: _Trace | None = None
+) -> MessageData:
     md = MessageData()
     props = md.props
     props[T.PR_MESSAGE_CLASS] = "IPM.Note"
@@ -1329,13 +1384,16 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int, trace: _Trace | No
 
     skip: set[int] = set()
     saved_props, saved_rows = dict(props), list(md.recipients)
-    try:
-        _apply_dsn(msg, md, skip)
-    except Exception:  # a broken report is still mail: keep it as the plain message it is
-        props.clear()
-        props.update(saved_props)
-        md.recipients = saved_rows
-        skip.clear()
+    if submission:
+        _resent_envelope(msg, md)
+    else:
+        try:
+            _apply_dsn(msg, md, skip)
+        except Exception:  # a broken report is still mail: keep it as the plain message it is
+            props.clear()
+            props.update(saved_props)
+            md.recipients = saved_rows
+            skip.clear()
 
     collector = _Collector(msg, md, depth, skip)
     if collector.plain is not None:
@@ -1355,15 +1413,40 @@ def _convert(msg: EmailMessage, raw_headers: str, depth: int, trace: _Trace | No
     props[T.PR_HASATTACH] = bool(md.attachments)
     if trace is not None:
         trace.root, trace.parts = msg, collector.parts
+        trace.bodies = {id(b) for b in (collector.plain, collector.html) if b is not None}
     return md
 
 
-def _from_mime(data: bytes, depth: int, trace: _Trace | None = None) -> MessageData:
+def _resent_envelope(msg: EmailMessage, md: MessageData) -> None:
+    """What ``sendmail -t`` does with Resent-To/Cc/Bcc: when there are any, they and not To/Cc/Bcc
+    are the envelope. In MAPI's words (spec §6.5) the header rows were delivered earlier
+    (MAPI_SUBMITTED: shown, not sent again) and the resent addresses are envelope-only rows
+    (MAPI_P1: sent, never written into the headers)."""
+    resent = [
+        (kind, _get_addresses(msg, header))
+        for kind, header in (
+            (RecipientType.TO, "Resent-To"),
+            (RecipientType.CC, "Resent-Cc"),
+            (RecipientType.BCC, "Resent-Bcc"),
+        )
+    ]
+    if not any(pairs for _, pairs in resent):
+        return
+    for row in md.recipients:
+        row[T.PR_RECIPIENT_TYPE] = _as_int(row.get(T.PR_RECIPIENT_TYPE), RecipientType.TO) | MAPI_SUBMITTED
+    for kind, pairs in resent:
+        for name, addr in pairs:
+            row = _recipient(name, addr, kind, len(md.recipients))
+            row[T.PR_RECIPIENT_TYPE] = int(kind) | MAPI_P1
+            md.recipients.append(row)
+
+
+def _from_mime(data: bytes, depth: int, submission: bool = False, trace: _Trace | None = None) -> MessageData:
     try:
         parsed = BytesParser(policy=_IN_POLICY).parsebytes(data)
         if not any(True for _ in parsed.raw_items()):
             return _unparseable(data, "it has no header lines")
-        md = _convert(parsed, _raw_header_block(data), depth, trace)
+        md = _convert(parsed, _raw_header_block(data), depth, submission, trace)
     except Exception as exc:
         return _unparseable(data, f"the parser failed: {type(exc).__name__}")
     if depth == 0:  # an embedded message's bytes are inside its parent's
@@ -1377,7 +1460,7 @@ def _from_mime(data: bytes, depth: int, trace: _Trace | None = None) -> MessageD
     return md
 
 
-def from_mime(data: bytes) -> MessageData:
+def from_mime(data: bytes, *, submission: bool = False) -> MessageData:
     """Convert an RFC 5322/MIME message to MAPI, as a transport's start_message fills it.
 
     Never raises, and never loses the bytes it was given: input without a single header line (or
@@ -1388,17 +1471,27 @@ def from_mime(data: bytes) -> MessageData:
     gets that attachment too, and a line at the end of its body saying why. Delivery status
     notifications become report messages (see the module docstring). The message gets no
     PR_ENTRYID (the store assigns it); recipients and originators get one-off entry IDs.
+
+    ``submission=True`` reads a message that is about to be sent (``send --eml``), not one that
+    arrived: a report stays the IPM.Note it is, its status part an attachment, and its
+    recipients are its To/Cc/Bcc (or Resent-To/Cc/Bcc, as ``sendmail -t`` takes them; see
+    `_resent_envelope`), never the addresses the report is about.
+
+    A message with header lines keeps `data` as its original MIME stream (`MessageData.original`,
+    see `postroom.original`): sent unedited, it goes out as those bytes.
     """
-    return _from_mime(bytes(data), 0)
+    return _from_mime(bytes(data), 0, submission)
 
 
 def dsn_original_message_id(data: bytes) -> str | None:
     """The Message-ID of the original message returned in a multipart/report (DSN or MDN), from
-    its third part (message/rfc822 or text/rfc822-headers); None when there is none. `from_mime`
+    its third part (message/rfc822 or text/rfc822-headers), or quoted by a non-standard bounce
+    (`bounces.read_bounce`); None when there is none. `from_mime`
     stores the same value, as bytes, in PR_REPORT_TAG of the report."""
     try:
         parsed = BytesParser(policy=_IN_POLICY).parsebytes(bytes(data))
-        original = _original_headers(_report_parts(parsed)[1])
+        bounce = read_bounce(parsed)
+        original = bounce.original if bounce is not None else _original_headers(_report_parts(parsed)[1])
         if original is None:
             return None
         return _message_id_of(original) or None

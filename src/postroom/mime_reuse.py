@@ -14,10 +14,14 @@ recipients, attachments) is rendered from its properties, and keeps of the origi
 * **the whole original content** (every Content-* field and the body, so a multipart/signed,
   multipart/encrypted or multipart/report structure with it) when the text, the HTML and every
   attachment are as they came: only header fields were edited;
+* when attachments were only added, the whole original content as the first part of a
+  multipart/mixed, the new attachments after it;
 * otherwise **each unedited attachment as its original part** (`reused_parts`): same place,
   name, type, Content-ID and size (an embedded message: same content), so a signature
   (application/pgp-signature, application/pkcs7-signature) or an encrypted part
-  (application/pkcs7-mime) goes out as it came. The text and HTML are rendered again.
+  (application/pkcs7-mime) goes out as it came; and a multipart/signed or multipart/encrypted
+  entity that holds none of the text goes out whole when none of its attachments was edited.
+  The text and HTML are rendered again.
 
 The parts are the `email` package's parse of the original, written back by its generator:
 their header fields and content lines come out as they went in (line ends made the
@@ -33,7 +37,17 @@ from email.message import EmailMessage, Message
 from .mapi.message import MessageData
 from .original import attachment_key, header_fields, text_key
 
-__all__ = ["OWNED", "REUSED", "merge_headers", "reused_parts", "same_content"]
+__all__ = [
+    "OWNED",
+    "REUSED",
+    "SEALED",
+    "WHOLE_BODY",
+    "merge_headers",
+    "only_added",
+    "reused_parts",
+    "same_content",
+    "sealed_units",
+]
 
 #: Header fields rendered from MAPI properties (every Content-* field too).
 OWNED = frozenset(
@@ -53,6 +67,11 @@ OWNED = frozenset(
         "mime-version",
     }
 )
+#: Entities whose bytes are covered by a signature or are ciphertext: reused whole or not at all.
+SEALED = frozenset({"multipart/signed", "multipart/encrypted"})
+#: The attribute of a message that keeps its whole original content: the original body's bytes,
+#: written as they are after the header block (the generator may not give every byte back).
+WHOLE_BODY = "_postroom_whole_body"
 #: The attribute that marks a part taken from the original (`mime` leaves it as it is).
 REUSED = "_postroom_reused"
 _UNSAFE = re.compile(rb"[\r\x00\x0b\x0c\x1c-\x1e]")
@@ -108,13 +127,64 @@ def same_content(md: MessageData, imported: MessageData) -> bool:
     return text_key(md) == text_key(imported)
 
 
-def reused_parts(md: MessageData, imported: MessageData, parts: Sequence[Message | None]) -> dict[int, Message]:
-    """The original part of each attachment of `md` that is as it came (by position), marked REUSED."""
+def only_added(md: MessageData, imported: MessageData) -> bool:
+    """Whether `md` is `imported` with attachments added after the ones it came with, and nothing else."""
+    count = len(imported.attachments)
+    return (
+        len(md.attachments) > count
+        and text_key(md) == text_key(imported)
+        and [attachment_key(a) for a in md.attachments[:count]] == [attachment_key(a) for a in imported.attachments]
+    )
+
+
+def _unedited(md: MessageData, imported: MessageData, i: int) -> bool:
+    return (
+        i < len(md.attachments)
+        and i < len(imported.attachments)
+        and attachment_key(md.attachments[i]) == attachment_key(imported.attachments[i])
+    )
+
+
+def sealed_units(root: Message, parts: Sequence[Message | None], bodies: set[int]) -> list[tuple[Message, list[int]]]:
+    """Each outermost multipart/signed or multipart/encrypted entity of the parsed original that
+    holds no part of the text (`bodies`: ids of the text and HTML parts), with the positions of
+    the attachments that came from inside it."""
+    index = {id(p): i for i, p in enumerate(parts) if p is not None}
+    units: list[tuple[Message, list[int]]] = []
+
+    def walk(node: Message) -> None:
+        if node.get_content_type() in SEALED:
+            inside = sorted(index[id(p)] for p in node.walk() if id(p) in index)
+            if inside and not any(id(p) in bodies for p in node.walk()):
+                units.append((node, inside))
+            return
+        if node.is_multipart():
+            for child in node.get_payload():
+                if isinstance(child, Message):
+                    walk(child)
+
+    walk(root)
+    return units
+
+
+def reused_parts(
+    md: MessageData,
+    imported: MessageData,
+    parts: Sequence[Message | None],
+    units: Sequence[tuple[Message, list[int]]] = (),
+) -> tuple[dict[int, Message], set[int]]:
+    """The original part to send for each attachment of `md` that is as it came (by position),
+    marked REUSED, and the attachments a reused signed or encrypted entity already holds: such an
+    entity goes out whole, in the place of its first attachment, when none of those was edited."""
     reused: dict[int, Message] = {}
-    for i, att in enumerate(md.attachments):
-        if i < len(imported.attachments) and i < len(parts):
-            part = parts[i]
-            if part is not None and attachment_key(att) == attachment_key(imported.attachments[i]):
-                setattr(part, REUSED, True)
-                reused[i] = part
-    return reused
+    held: set[int] = set()
+    for unit, inside in units:
+        if all(_unedited(md, imported, i) for i in inside):
+            setattr(unit, REUSED, True)
+            reused[inside[0]] = unit
+            held.update(inside[1:])
+    for i, part in enumerate(parts):
+        if i not in reused and i not in held and part is not None and _unedited(md, imported, i):
+            setattr(part, REUSED, True)
+            reused[i] = part
+    return reused, held

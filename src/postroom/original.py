@@ -41,6 +41,7 @@ __all__ = [
     "fingerprint",
     "header_fields",
     "keep",
+    "line_ends",
     "sendable",
     "split",
     "text_key",
@@ -161,7 +162,13 @@ def sendable(md: MessageData) -> bool:
     if md.original is None or not unchanged(md):
         return False
     raw = md.original.read_all()
-    return well_formed(split(raw)[0]) and all(len(line.rstrip(b"\r")) <= _MAX_LINE for line in raw.split(b"\n"))
+    return well_formed(split(raw)[0]) and not _overlong(raw)
+
+
+def _overlong(raw: bytes) -> bool:
+    """Whether a line (without its line end) is longer than 998 octets; the quick test first."""
+    lines = raw.split(b"\n")
+    return max(map(len, lines)) > _MAX_LINE + 1 and any(len(line.rstrip(b"\r")) > _MAX_LINE for line in lines)
 
 
 def exact(md: MessageData) -> bytes | None:
@@ -231,5 +238,12 @@ def as_sent(md: MessageData, *, include_bcc: bool = False, linesep: str = "\r\n"
     if "message-id" not in names:
         lines.append(b"Message-ID: " + _message_id(md, _sender_domain(md)).encode("ascii"))
     end = linesep.encode("ascii")
-    head = _LINE_END.sub(end, b"\n".join(lines))
-    return head + end + end + _LINE_END.sub(end, body)
+    return line_ends(b"\n".join(lines), end) + end + end + line_ends(body, end)
+
+
+def line_ends(data: bytes, end: bytes) -> bytes:
+    """Every CRLF or LF made `end` (as `_LINE_END.sub`, many times faster on a large message)."""
+    if end == b"\r\n" and data.count(b"\n") == data.count(b"\r\n"):
+        return data  # CRLF already, as messages from servers and most files are
+    lf = data.replace(b"\r\n", b"\n")
+    return lf if end == b"\n" else lf.replace(b"\n", end)

@@ -35,12 +35,12 @@ from .engine.results import Received, RouteAnswer, SendReceiveSummary
 from .engine.status import StatusReport
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
-from .mapi.entryid import decode_one_off, encode_one_off, is_one_off, search_key
+from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
 from .mapi.flags import MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
 from .spooler import PassSummary
-from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus
+from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
 from .store.notify import NoteKind
 from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
@@ -165,7 +165,7 @@ class Draft:
             T.PR_ADDRTYPE: adrtype,
             T.PR_EMAIL_ADDRESS: email,
             T.PR_RECIPIENT_TYPE: int(kind),
-            T.PR_ENTRYID: entry_id if entry_id is not None else encode_one_off(display or email, adrtype, email),
+            T.PR_ENTRYID: entry_id if entry_id is not None else one_off_entry_id(display or email, adrtype, email),
         }
         if adrtype:
             props[T.PR_SEARCH_KEY] = search_key(adrtype, email)
@@ -384,6 +384,13 @@ class _SessionCore:
         """Each recipient's outcome, or what it waits for and why (one row per recipient)."""
         return self.engine.recipient_report(self._store.resolve_message(ref))
 
+    def delivery_report(
+        self, message_id: int, recipients: Sequence[Recipient], summary: PassSummary
+    ) -> list[RecipientReport]:
+        """`recipient_report` of a message that `summary`'s pass handled; when that pass deleted it
+        (PR_DELETE_AFTER_SUBMIT), what the pass's outcomes say of its `recipients` (as submitted)."""
+        return self.engine.delivery_report(message_id, recipients, summary)
+
     def sender_identity(self) -> tuple[str, str]:
         """(display name, SMTP address) of the profile's user; default `user@localhost`."""
         if self._identity is None:
@@ -429,7 +436,7 @@ class _SessionCore:
                     T.PR_SENDER_NAME: name,
                     T.PR_SENDER_ADDRTYPE: "SMTP",
                     T.PR_SENDER_EMAIL_ADDRESS: address,
-                    T.PR_SENDER_ENTRYID: encode_one_off(name, "SMTP", address),
+                    T.PR_SENDER_ENTRYID: one_off_entry_id(name, "SMTP", address),
                     T.PR_SENDER_SEARCH_KEY: search_key("SMTP", address),
                 }
             )
@@ -475,11 +482,17 @@ class _SessionCore:
         return self._store.confirm_delivered(self._store.resolve_message(ref), self.clock(), detail)
 
     def retry(self, ref: str | int | bytes | None = None) -> int:
-        """Make a waiting message (or, with None, every one) due now, ignoring backoff."""
-        if ref is not None:
-            _check_ref(ref, "retry")
-        mid = None if ref is None else self._store.resolve_message(ref)
-        return self._store.retry_now(mid, self.clock())
+        """Make a waiting message (or, with None, every one `retry_all` takes) due now, ignoring
+        backoff; returns how many."""
+        if ref is None:
+            return len(self.retry_all().retried)
+        _check_ref(ref, "retry")
+        return self._store.retry_now(self._store.resolve_message(ref), self.clock())
+
+    def retry_all(self) -> RetryAll:
+        """Every queued message that waits (a retry, a Send/Receive, a paused transport) due now,
+        ignoring backoff; deferred sends whose time has not come and held messages are left alone."""
+        return self._store.retry_all(self.clock())
 
     def cancel(self, ref: str | int | bytes) -> None:
         """Cancel a queued message before it is sent (abort submit: it stays in the Outbox, unsent)."""

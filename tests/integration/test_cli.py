@@ -167,6 +167,18 @@ def test_send_delivers_into_maildir_and_sent_items(profile: Path, tmp_path: Path
     assert len(maildir_files(profile)) == 3
 
 
+def test_send_with_delete_after_submit_still_says_what_became_of_each_recipient(profile: Path) -> None:
+    sent = postroom(
+        "send", "--to", "user@localhost", "--to", "bob@example.test", "-s", "gone", "-b", "x",
+        "--delete-after-submit", "--json", profile=profile,
+    )  # fmt: skip
+    doc = as_json(sent)
+    assert sent.returncode == 1 and doc["finished"] == "deleted"  # no transport takes bob: an NDR
+    states = {r["address"]: (r["state"], r["transport"]) for r in doc["recipients"]}
+    assert states == {"SMTP:user@localhost": ("delivered", "local"), "SMTP:bob@example.test": ("failed", None)}
+    assert postroom("show", str(doc["message_id"]), profile=profile).returncode != 0
+
+
 def test_eml_files_with_malformed_message_ids_get_distinct_ones(profile: Path, tmp_path: Path) -> None:
     # Both were cut to "<a>" once, so two unrelated messages shared one Message-ID.
     ids = []

@@ -192,6 +192,34 @@ def test_one_message_three_fates(peers: Peers, tmp_path: Path) -> None:
     )
 
 
+def test_postfix_bounce_of_smtputf8_mail_is_read_as_an_ndr(peers: Peers, tmp_path: Path) -> None:
+    """Mail to a UTF-8 address goes out with SMTPUTF8; Postfix bounces it with an RFC 6533
+    message/global-delivery-status, whose UTF-8 fields become the NDR row (issue 16, item 6)."""
+    marker = uuid.uuid4().hex[:8]
+    bounced = "jörg@bounce.test"
+    sender = peers.new_postfix_user()
+    with open_session(peers, tmp_path / "p", sender) as session:
+        draft = session.create_message(f"Grüße {marker}", "Hallo.\n")
+        draft.to(bounced)
+        mid = draft.submit()
+        assert session.deliver().delivered == 1  # accepted by Postfix, bounced afterwards
+        message_id = str(session.open_message(mid).get(T.PR_INTERNET_MESSAGE_ID))
+
+        def bounce_arrived() -> MessageData | None:
+            session.receive()
+            return next((m for m in inbox(session) if m.message_class == "REPORT.IPM.Note.NDR"), None)
+
+        dsn = wait_for("Postfix's SMTPUTF8 bounce in postroom's Inbox", bounce_arrived, BOUNCE_WAIT_SECONDS, 0.5)
+        row = row_for(dsn, bounced)
+        assert row.address_type == "SMTP"
+        assert row[T.PR_NDR_REASON_CODE] == NDRReason.TRANSFER_IMPOSSIBLE
+        assert "simulated: bad destination system address" in row[T.PR_REPORT_TEXT]
+        assert bytes(dsn[T.PR_REPORT_TAG]).decode("ascii") == message_id
+    # It really was RFC 6533, as Postfix writes it: the raw bounce in the sender's mailbox.
+    (raw,) = [r for r in peers.fetch_all(sender) if b"global-delivery-status" in r]
+    assert "Final-Recipient: utf-8; jörg@bounce.test".encode() in raw
+
+
 def test_deferred_at_rcpt_waits_in_the_outbox(peers: Peers, tmp_path: Path) -> None:
     sender = peers.new_postfix_user()
     with open_session(peers, tmp_path / "p", sender) as session:

@@ -11,7 +11,7 @@ import pytest
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.message import MessageData
+from postroom.mapi.message import MessageData, OriginalMime
 from postroom.store import FolderRole, open_store
 from postroom.store.migrations import LATEST
 from postroom.storeadmin import migrate
@@ -27,6 +27,7 @@ UNDO_AFTER_V1 = (
     "ALTER TABLE recipients DROP COLUMN detail",
     "ALTER TABLE messages DROP COLUMN first_try",
     "ALTER TABLE messages DROP COLUMN failures",
+    "DROP TABLE mime_originals",
 )
 
 
@@ -95,6 +96,9 @@ def test_an_older_store_is_migrated_and_keeps_its_data(backend: str, store_targe
         store.record_send("smtp", NOW)  # type: ignore[attr-defined]  # the version 2 tables are there
         assert [s.waiting_for for s in store.recipient_states(mid)] == []  # the version 3 columns are read
         assert store.count_sends("smtp", NOW.replace(year=2025)) == 1  # type: ignore[attr-defined]
+        kept = MessageData(props={T.PR_SUBJECT: "imported"}, original=OriginalMime("f" * 64, 3, data=b"A:b"))
+        with_original = store.create_message(store.folder(FolderRole.INBOX).id, kept)  # the version 4 table
+        assert store.open_message(with_original).original is not None
     finally:
         store.close()
 

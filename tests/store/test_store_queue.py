@@ -13,6 +13,7 @@ from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.flags import MessageFlags, SubmitFlags
 from postroom.mapi.message import MessageData, Recipient
 from postroom.store import (
+    EventKind,
     FolderRole,
     LeaseLost,
     MessageStore,
@@ -179,6 +180,25 @@ def test_retry_all_leaves_a_scheduled_send_alone_but_retry_id_forces_it(store: M
     assert store.claim("me", NOW, 60) == []
     assert store.retry_now(scheduled, NOW) == 1
     assert store.claim("me", NOW, 60) == [scheduled]
+
+
+def test_retry_all_says_which_messages_it_made_due_and_which_deferred_sends_it_left(store: MessageStore) -> None:
+    msg = message("a@x.test")
+    msg.props[T.PR_DEFERRED_SEND_TIME] = NOW + timedelta(minutes=5)
+    scheduled = store.create_and_submit(store.folder(FolderRole.OUTBOX).id, msg, NOW)
+    due = submitted(store, "due@x.test")
+    waiting, held = submitted(store, "wait@x.test"), submitted(store, "held@x.test")
+    assert set(store.claim("me", NOW, 60, limit=10)) == {due, waiting, held}
+    for mid in (due, waiting, held):
+        store.release(mid, "me", NOW, NOW + timedelta(hours=1), "450 busy")
+    store.retry_now(due, NOW)
+    store.hold(held, NOW, "operator says wait")
+
+    done = store.retry_all(NOW)
+
+    assert (done.retried, done.left_scheduled) == ([waiting], [scheduled])
+    assert store.claim("me", NOW, 60, limit=10) == [due, waiting]
+    assert [e.kind for e in store.events(scheduled)].count(EventKind.RETRY) == 0
 
 
 def test_release_with_outcomes_then_retry_later(store: MessageStore) -> None:

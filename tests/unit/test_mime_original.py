@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from pathlib import Path
 
 from postroom import mime, original
 from postroom.mapi import tags as T
@@ -244,3 +245,66 @@ def test_report_parts_keep_their_types_when_rendered_from_properties() -> None:
     assert all(p.get("Content-Transfer-Encoding") in ("7bit", "8bit") for p in sent)
     for ctype, data in parts.items():
         assert data.rstrip(b"\r\n") in wire, ctype
+
+
+ENCRYPTED = (
+    b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: sealed\r\n"
+    b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <enc.1@example.org>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="e"\r\n'
+    b"\r\n--e\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+    b'--e\r\nContent-Type: application/octet-stream; name="encrypted.asc"\r\n\r\n'
+    b"-----BEGIN PGP MESSAGE-----\r\nhQEMA0xyz\r\n-----END PGP MESSAGE-----\r\n--e--\r\n"
+)
+FORWARDED_SIGNED = (
+    b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: see the signed part\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n'
+    b"--m\r\nContent-Type: text/plain\r\n\r\ncover note\r\n"
+    b'--m\r\nContent-Type: multipart/signed; protocol="application/pgp-signature"; micalg=pgp-sha256; boundary="s"\r\n\r\n'
+    b'--s\r\nContent-Type: application/octet-stream; name="contract.bin"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+    b"AAEC\r\n--s\r\nContent-Type: application/pgp-signature\r\n\r\n-----BEGIN PGP SIGNATURE-----\r\n"
+    b"iQEz\r\n-----END PGP SIGNATURE-----\r\n--s--\r\n"
+    b"--m--\r\n"
+)
+
+
+def entity(raw: bytes, start: bytes, end: bytes) -> bytes:
+    return raw[raw.index(start) : raw.index(end) + len(end)]
+
+
+def test_an_encrypted_message_goes_out_whole_beside_a_new_text() -> None:
+    md = imported(ENCRYPTED)
+    md.props[T.PR_BODY] = "a note in clear beside the ciphertext"
+    wire = mime.to_bytes(md)
+    sealed = entity(ENCRYPTED, b"Content-Type: multipart/encrypted", b"-----END PGP MESSAGE-----\r\n--e--")
+    assert sealed in wire
+    parsed = message_from_bytes(wire, policy=policy.default)
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "multipart/encrypted"]
+
+
+def test_a_signed_entity_without_the_text_goes_out_whole_when_the_text_is_edited() -> None:
+    md = imported(FORWARDED_SIGNED)
+    md.props[T.PR_BODY] = "a new cover note"
+    wire = mime.to_bytes(md)
+    assert entity(FORWARDED_SIGNED, b"Content-Type: multipart/signed", b"--s--") in wire
+    assert wire.count(b"-----BEGIN PGP SIGNATURE-----") == 1 and b"cover note" not in wire.replace(b"new cover", b"")
+
+
+def test_a_signed_message_with_an_added_attachment_keeps_its_whole_content_as_the_first_part() -> None:
+    md = imported(SIGNED)
+    md.attachments.append(Attachment(props={T.PR_ATTACH_LONG_FILENAME: "notes.txt"}, data=b"notes", size=5))
+    wire = mime.to_bytes(md)
+    assert entity(SIGNED, b"Content-Type: multipart/signed", b"--s--") in wire
+    parsed = message_from_bytes(wire, policy=policy.default)
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["multipart/signed", "text/plain"]
+    assert parsed["Message-ID"] == "<signed.1@example.org>" and parsed.get_content_type() == "multipart/mixed"
+
+
+def test_a_bounce_sent_on_and_edited_keeps_its_report_whether_it_was_read_to_send_or_received() -> None:
+    raw = (Path(__file__).parents[1] / "data" / "bounces" / "postfix-smtputf8-global.eml").read_bytes()
+    for submission in (True, False):
+        md = mime.from_mime(raw, submission=submission)
+        md.props[T.PR_SUBJECT] = "passed on"
+        wire = mime.to_bytes(md)
+        assert body(wire) == body(raw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), submission
+        parsed = message_from_bytes(wire, policy=policy.default)
+        assert parsed.get_content_type() == "multipart/report" and parsed["Subject"] == "passed on"

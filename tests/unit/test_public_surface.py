@@ -12,7 +12,7 @@ import postroom
 from support.surface import returned_types, surface
 
 SURFACE = {
-    "__all__": "ArgumentTypeError, AsyncSession, Attachment, DEFAULT_GROUP, DaemonPidFile, Draft, Event, EventKind, Folder, FolderRole, GroupChange, GroupSettings, HResult, LoadedTransport, MAPIError, MessageData, MessageResult, MessageSummary, Mode, NotFound, Offer, POLICY_HELP, ParsedAddress, PassSummary, Profile, ProviderFailed, QueueEntry, QueueState, Received, Recipient, RecipientOutcome, RecipientReport, RecipientState, RecipientStatus, RouteAnswer, RoutingPass, SendReceiveGroup, SendReceiveSummary, Service, Session, Skip, StatusPublication, StatusReport, StatusRow, StatusSource, StoreDiskTrouble, StoreUnavailable, StoreUnreachable, TransportFlush, WaitKind, __version__, alogon, check_policy, logon, logon_when_usable, register_transport_kind, transport_kinds",
+    "__all__": "ArgumentTypeError, AsyncSession, Attachment, DEFAULT_GROUP, DaemonPidFile, Draft, Event, EventKind, Folder, FolderRole, GroupChange, GroupSettings, HResult, LoadedTransport, MAPIError, MessageData, MessageResult, MessageSummary, Mode, NotFound, Offer, POLICY_HELP, ParsedAddress, PassSummary, Profile, ProviderFailed, QueueEntry, QueueState, Received, Recipient, RecipientOutcome, RecipientReport, RecipientState, RecipientStatus, RetryAll, RouteAnswer, RoutingPass, SendReceiveGroup, SendReceiveSummary, Service, Session, Skip, StatusPublication, StatusReport, StatusRow, StatusSource, StoreDiskTrouble, StoreUnavailable, StoreUnreachable, TransportFlush, WaitKind, __version__, alogon, check_policy, logon, logon_when_usable, register_transport_kind, transport_kinds",
     "alogon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> AsyncSession",
     "check_policy": "(options: Mapping[str, Any]) -> dict[str, Any]",
     "logon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> Session",
@@ -33,6 +33,7 @@ SURFACE = {
     "AsyncSession.daemon_pid": "() -> int | None",
     "AsyncSession.daemon_pid_file": "(*, force: bool = False) -> DaemonPidFile",
     "AsyncSession.deleted_items": "property -> Folder",
+    "AsyncSession.delivery_report": "(message_id: int, recipients: Sequence[Recipient], summary: PassSummary) -> list[RecipientReport]",
     "AsyncSession.deliver": "(limit: int | None = None, *, stop: asyncio.Event | None = None) -> PassSummary",
     "AsyncSession.edit_group": "(name: str, *, transports: Sequence[str] | None = None, online: GroupChange | None = None, offline: GroupChange | None = None) -> tuple[SendReceiveGroup, bool]",
     "AsyncSession.entry_id": "(ref: str | int | bytes) -> bytes",
@@ -67,6 +68,7 @@ SURFACE = {
     "AsyncSession.remove_service": "(name: str) -> Service",
     "AsyncSession.reset_transport_order": "() -> None",
     "AsyncSession.retry": "(ref: str | int | bytes | None = None) -> int",
+    "AsyncSession.retry_all": "() -> RetryAll",
     "AsyncSession.route": "(addresses: Iterable[str]) -> list[RouteAnswer]",
     "AsyncSession.run_spooler": "(stop: asyncio.Event) -> None",
     "AsyncSession.save_profile": "() -> None",
@@ -110,6 +112,7 @@ SURFACE = {
     "Session.daemon_pid": "() -> int | None",
     "Session.daemon_pid_file": "(*, force: bool = False) -> DaemonPidFile",
     "Session.deleted_items": "property -> Folder",
+    "Session.delivery_report": "(message_id: int, recipients: Sequence[Recipient], summary: PassSummary) -> list[RecipientReport]",
     "Session.deliver": "(limit: int | None = None, *, stop: asyncio.Event | None = None) -> PassSummary",
     "Session.edit_group": "(name: str, *, transports: Sequence[str] | None = None, online: GroupChange | None = None, offline: GroupChange | None = None) -> tuple[SendReceiveGroup, bool]",
     "Session.entry_id": "(ref: str | int | bytes) -> bytes",
@@ -144,6 +147,7 @@ SURFACE = {
     "Session.remove_service": "(name: str) -> Service",
     "Session.reset_transport_order": "() -> None",
     "Session.retry": "(ref: str | int | bytes | None = None) -> int",
+    "Session.retry_all": "() -> RetryAll",
     "Session.route": "(addresses: Iterable[str]) -> list[RouteAnswer]",
     "Session.run_spooler": "(stop: asyncio.Event | None = None, on_pass: Callable[[PassSummary], None] | None = None) -> None",
     "Session.save_profile": "() -> None",

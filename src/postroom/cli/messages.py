@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from .. import Mode, QueueEntry, QueueState, Session, WaitKind
+from .. import Mode, QueueEntry, QueueState, RecipientReport, WaitKind
 from ..mapi import tags as T
 from ..mapi.flags import MessageFlags
 from ..mapi.message import MessageData
@@ -63,11 +64,11 @@ def waiting_text(q: QueueEntry, now: datetime, mode: Mode = Mode.OFFLINE) -> str
     return f"retry at {next_try(q.next_attempt, now)}{by}"
 
 
-def recipient_rows(session: Session, mid: int) -> list[dict[str, Any]]:
+def recipient_rows(reports: Iterable[RecipientReport]) -> list[dict[str, Any]]:
     """The face's recipient report as plain data, with the next try in words."""
     now = datetime.now(UTC)
     out = []
-    for r in session.recipient_report(mid):
+    for r in reports:
         item = jsonable(r)
         if r.state == "waiting":
             item["next_try"] = "at the next Send/Receive" if r.at_send_receive else next_try(r.next_attempt, now)
@@ -233,7 +234,7 @@ def show(app: App, ref: str, props: bool) -> None:
     events = session.events(mid)
     where = session.message_folder(mid)
     folder = where.name if where is not None else None
-    recipients = recipient_rows(session, mid)
+    recipients = recipient_rows(session.recipient_report(mid))
     attachments = [
         {
             "num": a.num,

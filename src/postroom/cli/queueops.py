@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
 
-from .. import Mode, QueueEntry, QueueState, SendReceiveSummary, Session, TransportFlush, WaitKind
-from ..mapi.codes import MAPIError
+from .. import Mode, QueueEntry, SendReceiveSummary, Session, TransportFlush, WaitKind
 from .context import App, interruptible, json_option, pass_app
 
 
@@ -111,20 +109,8 @@ def retry(ctx: click.Context, app: App, ref: str | None, all_: bool) -> None:
             return
         app.out.echo(f"Message {mid} is due now; {_who_sends(session)}.")
         return
-    now = datetime.now(UTC)
-    retried: list[int] = []
-    scheduled: list[int] = []
-    for q in session.queue():
-        if q.state is not QueueState.QUEUED or q.locked:
-            continue
-        if _scheduled(q, now):
-            scheduled.append(q.id)
-            continue
-        if q.next_attempt is None and q.waiting_for is None:
-            continue  # due already
-        with contextlib.suppress(MAPIError):  # sent, cancelled or claimed meanwhile
-            if session.retry(q.id):
-                retried.append(q.id)
+    done = session.retry_all()
+    retried, scheduled = done.retried, done.left_scheduled
     if app.json:
         app.out.document({"retried": retried, "left_scheduled": scheduled})
         return

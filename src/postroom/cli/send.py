@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .. import Draft, EventKind, MessageResult, Mode, PassSummary, Session
+from .. import Draft, EventKind, Mode, PassSummary, Session
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError, NotFound
 from ..mapi.flags import RecipientType, StatusCode
@@ -159,7 +159,8 @@ def parse_delay(text: str) -> timedelta:
     default=None,
     metavar="FILE",
     help="Build the message from an RFC 5322 file ('-' = stdin); its To/Cc/Bcc are the recipients "
-    "unless --to/--cc/--bcc are given. From, Message-ID and attachments are kept.",
+    "unless --to/--cc/--bcc are given. It goes out as the file's own bytes (Bcc removed, a missing "
+    "Date or Message-ID added) unless other options change it.",
 )
 @click.option("--later", is_flag=True, help="Only submit: leave the message queued in the Outbox for the spooler.")
 @click.option(
@@ -251,7 +252,7 @@ def send(
     if eml is not None:
         from .. import mime
 
-        eml_data = mime.from_mime(read_input(eml, "--eml file"))
+        eml_data = mime.from_mime(read_input(eml, "--eml file"), submission=True)
 
     session = app.session()
     draft = session.create_message()
@@ -312,37 +313,15 @@ def send(
         ctx.exit(1)
 
 
-def _outcome_report(recipients: list[Recipient], result: MessageResult) -> list[dict[str, Any]]:
-    """The recipients of a message that is gone (PR_DELETE_AFTER_SUBMIT), from the pass's outcomes."""
-    outcomes = {o.row_id: o for o in result.outcomes}
-    out = []
-    for r in recipients:
-        o = outcomes.get(r.row_id)
-        out.append(
-            {
-                "row_id": r.row_id,
-                "type": r.kind.name.lower(),
-                "display_name": r.display_name,
-                "address": r.address,
-                "state": o.state.value if o is not None else "unknown",
-                "transport": (o.transport or None) if o is not None else None,
-                "report_text": o.props.get(T.PR_REPORT_TEXT) if o is not None else None,
-            }
-        )
-    return out
-
-
 def _report_delivery(
     app: App, session: Session, mid: int, draft_recipients: list[Recipient], summary: PassSummary
 ) -> bool:
     """Print what became of each recipient; True when any failed."""
     result = next((m for m in summary.messages if m.message_id == mid), None)
+    recipients = recipient_rows(session.delivery_report(mid, draft_recipients, summary))
     try:
-        recipients = recipient_rows(session, mid)
         events = session.events(mid)
-    except NotFound:
-        # Deleted once handled (PR_DELETE_AFTER_SUBMIT): the pass's outcomes still say what happened.
-        recipients = _outcome_report(draft_recipients, result) if result is not None else []
+    except NotFound:  # deleted once handled (PR_DELETE_AFTER_SUBMIT)
         events = []
     reports = [e.detail for e in events if e.kind == EventKind.REPORT]
     if recipients:
@@ -369,7 +348,9 @@ def _report_delivery(
     if recipients:
         rows = []
         for r in recipients:
-            if r["state"] == "delivered":
+            if r["state"] == "delivered" and r["transport"] is None:  # a resend's MAPI_SUBMITTED row
+                detail = "earlier (a resend: shown in the headers, not sent again)"
+            elif r["state"] == "delivered":
                 detail = f"by {r['transport']}" + (f": {r['report_text']}" if r["report_text"] else "")
             elif r["state"] == "waiting":
                 detail = waiting_detail(r)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..addressing import ParsedAddress
 from ..mapi.codes import HResult, MAPIError
+from ..mapi.message import Recipient
 from ..profile import Mode, Profile, Service
 from ..spooler import PassSummary, Spooler, TransportTable
 from ..store import MessageStore
@@ -26,7 +27,7 @@ from .daemon import Daemon
 from .groups import DEFAULT_GROUP, GroupChange, SendReceiveGroup, edit_group, find_group, load_groups, remove_group
 from .pidfile import DaemonPidFile, running_daemon
 from .protocol import ProtocolManager
-from .report import RecipientReport, recipient_report
+from .report import RecipientReport, delivery_report, recipient_report
 from .results import Received, RouteAnswer, SendReceiveSummary
 from .runtime import Runtime, online_stability_seconds
 from .status import StatusReport, status_report
@@ -238,6 +239,12 @@ class Engine:
     # --- reports ------------------------------------------------------------------------------------------
     def recipient_report(self, message_id: int) -> list[RecipientReport]:
         return recipient_report(self.runtime.store, message_id)
+
+    def delivery_report(
+        self, message_id: int, recipients: Sequence[Recipient], summary: PassSummary
+    ) -> list[RecipientReport]:
+        result = next((m for m in summary.messages if m.message_id == message_id), None)
+        return delivery_report(self.runtime.store, message_id, recipients, result)
 
     def status_table(self) -> list[StatusRow]:
         return self.runtime.status_table()

@@ -7,11 +7,15 @@ through the face (`Session.recipient_report`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..mapi import tags as T
+from ..mapi.codes import NotFound
 from ..mapi.flags import MessageFlags
+from ..mapi.message import Recipient
+from ..spooler import MessageResult
 from ..store import MessageStore, QueueState, WaitKind
 
 
@@ -72,4 +76,34 @@ def recipient_report(store: MessageStore, mid: int) -> list[RecipientReport]:
                 at_send_receive=at_send_receive,
             )
         out.append(report)
+    return out
+
+
+def delivery_report(
+    store: MessageStore, mid: int, recipients: Sequence[Recipient], result: MessageResult | None
+) -> list[RecipientReport]:
+    """`recipient_report` of a message a pass has just handled; for one that pass deleted once
+    handled (PR_DELETE_AFTER_SUBMIT), the pass's own outcomes for `recipients` (its rows as
+    submitted), since the store no longer has them."""
+    try:
+        return recipient_report(store, mid)
+    except NotFound:
+        if result is None:
+            return []
+    outcomes = {o.row_id: o for o in result.outcomes}
+    out = []
+    for r in recipients:
+        o = outcomes.get(r.row_id)
+        out.append(
+            RecipientReport(
+                row_id=r.row_id,
+                type=r.kind.name.lower(),
+                display_name=r.display_name,
+                address=r.address,
+                state=o.state.value if o is not None else "unknown",
+                transport=(o.transport or None) if o is not None else None,
+                outcome_time=None,
+                report_text=o.props.get(T.PR_REPORT_TEXT) if o is not None else None,
+            )
+        )
     return out

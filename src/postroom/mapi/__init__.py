@@ -12,6 +12,7 @@ from .entryid import (
     encode_one_off,
     is_one_off,
     make_entry_id,
+    one_off_entry_id,
     provider_uid_of,
     search_key,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "encode_one_off",
     "is_one_off",
     "make_entry_id",
+    "one_off_entry_id",
     "provider_uid_of",
     "search_key",
 ]

@@ -136,6 +136,14 @@ def encode_one_off(
     )
 
 
+def one_off_entry_id(display_name: str, address_type: str, email_address: str) -> bytes:
+    """A one-off entry ID as Outlook writes one: Unicode, with MAPI_ONE_OFF_NO_RICH_INFO for an
+    Internet (SMTP) address (flag word 0x8001, bytes ``01 80``), which never gets TNEF; other
+    address types keep rich info (0x8000), as CreateOneOff without MAPI_SEND_NO_RICH_INFO makes."""
+    smtp = address_type.upper() == "SMTP"
+    return encode_one_off(display_name, address_type, email_address, no_rich_info=smtp)
+
+
 def is_one_off(entry_id: bytes) -> bool:
     return len(entry_id) >= 24 and entry_id[4:20] == MAPI_ONE_OFF_UID
 

@@ -143,12 +143,10 @@ class OriginalMime:
     opener: Callable[[], IO[bytes]] | None = None
 
     def read_all(self) -> bytes:
-        if self.data is not None:
-            return self.data
-        if self.opener is None:
-            return b""
-        with self.opener() as stream:
-            return stream.read()
+        if self.data is None and self.opener is not None:
+            with self.opener() as stream:
+                self.data = stream.read()  # read once: sending looks at them more than once
+        return self.data or b""
 
 
 @dataclass

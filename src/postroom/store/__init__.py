@@ -26,6 +26,7 @@ from .base import (
     RecipientState,
     RecipientStatus,
     RecipientWait,
+    RetryAll,
     WaitKind,
 )
 from .receive import match_receive_folder
@@ -50,6 +51,7 @@ __all__ = [
     "RecipientState",
     "RecipientStatus",
     "RecipientWait",
+    "RetryAll",
     "SQLiteStore",
     "WaitKind",
     "check_store_location",

@@ -100,6 +100,14 @@ class MessageSummary:
 
 
 @dataclass(frozen=True)
+class RetryAll:
+    """What `retry_all` did: the messages now due, and the deferred sends it left waiting."""
+
+    retried: list[int]
+    left_scheduled: list[int]
+
+
+@dataclass(frozen=True)
 class QueueEntry:
     """One row of the outgoing queue table, with what a user needs to see why it waits."""
 
@@ -186,6 +194,7 @@ class EventKind(StoredWords):
     GIVEN_BACK = "given-back"  # a spooler gave its claim back
     HELD = "held"
     RELEASED = "released"
+    RETRY = "retry"  # an operator made it due now, ignoring backoff
     CONFIRMED_DELIVERED = "confirmed-delivered"
     ABORTED = "aborted"  # AbortSubmit
     FINISHED = "finished"  # left the queue: moved, left or deleted
@@ -318,7 +327,14 @@ class MessageStore(abc.ABC):
 
     @abc.abstractmethod
     def retry_now(self, message_id: int | None, now: datetime) -> int:
-        """Make one queued message (or all) due now, ignoring backoff; returns how many."""
+        """Make one queued message (or, with None, `retry_all`'s) due now, ignoring backoff;
+        returns how many."""
+
+    @abc.abstractmethod
+    def retry_all(self, now: datetime) -> RetryAll:
+        """`retry --all`: make every queued, unclaimed message that waits (for a retry, a
+        Send/Receive, a paused or unconfigured transport) due now. A deferred send whose time has
+        not come is left alone (`retry ID` forces one), and so is a held message."""
 
     @abc.abstractmethod
     def claim(self, owner: str, now: datetime, lease_seconds: float, limit: int = 1) -> list[int]:

@@ -49,6 +49,7 @@ from .base import (
     RecipientState,
     RecipientStatus,
     RecipientWait,
+    RetryAll,
     WaitKind,
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
@@ -986,32 +987,45 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             return self.finish(message_id, owner, now, outcomes)
 
     def retry_now(self, message_id: int | None, now: datetime) -> int:
+        if message_id is None:
+            return len(self.retry_all(now).retried)
         with self._tx() as db:
-            if message_id is not None:
-                state, _ = self._queued(db, message_id)
-                if state == QueueState.HELD.value:
-                    raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first")
-                cur = db.execute(
-                    "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                    "AND (lease_owner IS NULL OR lease_until < ?) AND id=?",
-                    (to_epoch(now), message_id),
-                )
-                ids = db.execute(
-                    "SELECT id FROM messages WHERE queue_state='queued' AND id=?", (message_id,)
-                ).fetchall()
-            else:
-                # "retry --all" never sends a scheduled (deferred-send) message early; "retry ID" forces it.
-                cur = db.execute(
-                    "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
-                    "AND (lease_owner IS NULL OR lease_until < ?) AND coalesce(wait_kind, '') != 'scheduled'",
-                    (to_epoch(now),),
-                )
-                ids = db.execute("SELECT id FROM messages WHERE queue_state='queued' ORDER BY id").fetchall()
+            state, _ = self._queued(db, message_id)
+            if state == QueueState.HELD.value:
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"message {message_id} is held: release it first")
+            cur = db.execute(
+                "UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE queue_state='queued' "
+                "AND (lease_owner IS NULL OR lease_until < ?) AND id=?",
+                (to_epoch(now), message_id),
+            )
             count = cur.rowcount
-            t = to_epoch(now)
-            db.executemany(_EVENT_SQL, [(mid, t, "retry", None, "retry now (ignoring backoff)") for (mid,) in ids])
+            if count:
+                db.execute(_EVENT_SQL, (message_id, to_epoch(now), "retry", None, "retry now (ignoring backoff)"))
         self._publish(NoteKind.QUEUE, retry=count)
         return count
+
+    def retry_all(self, now: datetime) -> RetryAll:
+        t = to_epoch(now)
+        unclaimed = "queue_state='queued' AND (lease_owner IS NULL OR lease_until < ?)"
+        waits = "(next_attempt IS NOT NULL OR wait_kind IS NOT NULL)"
+        not_yet = "(wait_kind = 'scheduled' AND next_attempt > ?)"
+        with self._tx() as db:
+            scheduled = [
+                mid
+                for (mid,) in db.execute(
+                    f"SELECT id FROM messages WHERE {unclaimed} AND {not_yet} ORDER BY id", (t, t)
+                ).fetchall()
+            ]
+            retried = [
+                mid
+                for (mid,) in db.execute(
+                    f"SELECT id FROM messages WHERE {unclaimed} AND {waits} AND NOT {not_yet} ORDER BY id", (t, t)
+                ).fetchall()
+            ]
+            db.executemany("UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE id=?", [(m,) for m in retried])
+            db.executemany(_EVENT_SQL, [(mid, t, "retry", None, "retry now (ignoring backoff)") for mid in retried])
+        self._publish(NoteKind.QUEUE, retry=len(retried))
+        return RetryAll(retried, scheduled)
 
     def wake(self, now: datetime, kinds: Sequence[WaitKind] = (WaitKind.SEND_RECEIVE,)) -> int:
         if not kinds:
