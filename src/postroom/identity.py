@@ -151,7 +151,13 @@ def fallback_identity() -> Identity:
 
 
 def message_id_domain(address: str) -> str:
-    """The domain for a Message-ID made for mail from `address`; localhost when it has none we can use
-    (no `@`, an address literal, a non-ASCII domain)."""
+    """The domain for a Message-ID made for mail from `address`: an internationalized one (an
+    RFC 6532 sender) in its IDNA form, for a Message-ID must be ASCII (RFC 5322 msg-id); localhost
+    when it has none we can use (no `@`, an address literal, a domain IDNA cannot encode)."""
     local, at, domain = address.rpartition("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return FALLBACK_DOMAIN
     return domain if local and at and _HOST_NAME.match(domain) else FALLBACK_DOMAIN

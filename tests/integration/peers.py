@@ -9,6 +9,10 @@ without systemd, and stops them when the session ends. Both serve the same Maild
   are refused at RCPT with ``550 5.1.1``; `@bounce.test` is accepted and then bounced by Postfix
   with a real DSN (``5.1.2``); `@defer.test` is refused at RCPT with ``450 4.4.1``; `@sink.test`
   is accepted and discarded.
+* A second SMTP listener (`Peers.corpus_smtp_port`) redirects every message, whatever its
+  recipients, to `corpus@example.test` and changes no header (no header rewriting, no header
+  dropped), so a test can send real-world messages with their own To/Cc unchanged and compare
+  what arrives byte for byte (tests/integration/test_fidelity_corpus.py).
 * Dovecot logs in any user of any domain with `Peers.password` (a static passdb) and serves
   `<root>/mail/<domain>/<user>/`, so a test that only needs a mailbox takes a fresh user
   (`Peers.new_user()`) and writes messages straight into its Maildir (`Peers.put_message`).
@@ -53,6 +57,8 @@ TEMPLATES = Path(__file__).parent / "peers"
 MAIL_UID = 5000
 #: The Postfix users of example.test (besides these, every other local part is unknown).
 POSTFIX_USERS = ("alice", "bob", *(f"user{n:02d}" for n in range(1, 41)))
+#: Where the corpus listener delivers every message (see the module docstring).
+CORPUS_MAILBOX = "corpus@example.test"
 SKIP_REASON = "needs postfix and dovecot (installed by .ci/install-system-packages)"
 START_TIMEOUT = 20.0
 
@@ -153,6 +159,7 @@ class Peers:
     root: Path
     password: str
     smtp_port: int
+    corpus_smtp_port: int
     imap_port: int
     pop3_port: int
     imaps_port: int | None
@@ -332,7 +339,7 @@ class Peers:
 
 def _build(root: Path) -> Peers:
     password = f"pw-{secrets.token_hex(8)}"
-    ports = {"smtp": free_port(), "imap": free_port(), "pop3": free_port()}
+    ports = {"smtp": free_port(), "corpus_smtp": free_port(), "imap": free_port(), "pop3": free_port()}
     ca_file = _make_test_ca(root / "tls")
     tls_ports = {"imaps": free_port(), "pop3s": free_port()} if ca_file else {"imaps": 0, "pop3s": 0}
 
@@ -355,6 +362,7 @@ def _build(root: Path) -> Peers:
         "ROOT": str(root),
         "MAIL_UID": str(MAIL_UID),
         "SMTP_LISTEN": f"127.0.0.1:{ports['smtp']}",
+        "CORPUS_SMTP_LISTEN": f"127.0.0.1:{ports['corpus_smtp']}",
         "PASSWORD": password,
         "PORT_IMAP": str(ports["imap"]),
         "PORT_POP3": str(ports["pop3"]),
@@ -369,8 +377,10 @@ def _build(root: Path) -> Peers:
     (conf / "master.cf").write_text(_render("master.cf", values), encoding="utf-8")
     (conf / "transport").write_text(_render("transport", values), encoding="utf-8")
     (conf / "rcpt_checks").write_text(_render("rcpt_checks", values), encoding="utf-8")
+    (conf / "corpus_checks").write_text(_render("corpus_checks", values), encoding="utf-8")
     (conf / "vmailbox").write_text(
-        "".join(f"{user}@example.test  example.test/{user}/\n" for user in POSTFIX_USERS), encoding="utf-8"
+        "".join(f"{user}@example.test  example.test/{user}/\n" for user in (*POSTFIX_USERS, "corpus")),
+        encoding="utf-8",
     )
 
     # Dovecot.
@@ -383,6 +393,7 @@ def _build(root: Path) -> Peers:
         root=root,
         password=password,
         smtp_port=ports["smtp"],
+        corpus_smtp_port=ports["corpus_smtp"],
         imap_port=ports["imap"],
         pop3_port=ports["pop3"],
         imaps_port=tls_ports["imaps"] or None,

@@ -11,6 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+
+from postroom.cli import run
+
 #: The environment of the commands (POSTROOM_DEBUG off: errors as users see them).
 ENV = {**os.environ, "POSTROOM_DEBUG": ""}
 
@@ -83,3 +87,12 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def in_process(profile: Path, *args: str | Path) -> tuple[int, bytes, str]:
+    """One `postroom` command run in this process by `postroom.cli.run` (the console script's
+    own code): exit code, stdout bytes, stderr text. For batches of commands, where a process
+    each would cost most of a second."""
+    with CliRunner().isolation() as (out, err, _):
+        code = run(["--profile", str(profile), *(str(a) for a in args)])
+    return code, out.getvalue(), err.getvalue().decode("utf-8", "replace")

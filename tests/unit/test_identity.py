@@ -171,7 +171,8 @@ def test_a_bad_account_identity_is_refused_when_the_service_is_added(
         ("alice@example.org", "example.org"),
         ("alice@[192.0.2.1]", "localhost"),
         ("/o=Org/cn=boss", "localhost"),
-        ("alice@exämple.org", "localhost"),
+        ("alice@exämple.org", "xn--exmple-cua.org"),  # IDNA: a Message-ID is ASCII
+        ("alice@ex\u00e4mple..org", "localhost"),
     ],
 )
 def test_a_message_id_is_made_in_the_from_domain_when_it_is_a_host_name(address: str, domain: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import postroom
+from postroom.mapi import tags as T
 from postroom.mapi.codes import ArgumentTypeError, HResult, MAPIError
 from postroom.profile import Profile
 from postroom.session import Draft, Session
@@ -190,3 +191,18 @@ def test_a_session_inside_a_running_event_loop_says_to_use_alogon(session: Sessi
 
     asyncio.run(main())
     assert session.deliver().processed == 0  # the session is still fine afterwards
+
+
+def test_a_sender_with_a_non_ascii_domain_gets_an_ascii_message_id(tmp_path: Path) -> None:
+    """An RFC 6532 sender (`send --eml` of a message with raw UTF-8 headers and no Message-ID)
+    gets its domain in IDNA form in the Message-ID, which must be ASCII, instead of an NDR."""
+    profile = Profile.create(tmp_path / "p")
+    profile.settings["sender_address"] = "jdöe@mächine.example"
+    profile.save()
+    with postroom.logon(profile) as session:
+        draft = session.create_message("Säying Hello", "body\n")
+        draft.to("bob@localhost")
+        mid = draft.submit()
+        message_id = str(session.open_message(mid).get(T.PR_INTERNET_MESSAGE_ID))
+    assert message_id.isascii()
+    assert message_id.endswith("@xn--mchine-bua.example>")
