@@ -24,13 +24,8 @@ postfix, dovecot-imapd and dovecot-pop3d (`.ci/install-system-packages`); withou
 that use these servers are skipped with that reason, or fail with it under CI
 (`support.prerequisites`).
 
-Test modules use it as::
-
-    @pytest.fixture(scope="session")
-    def peers() -> Iterator[Peers]:
-        yield from running_peers()
-
-(one shared instance however many modules ask for it).
+Test modules ask for the `peers` fixture (tests/integration/conftest.py: one shared instance
+however many modules ask for it, with its password in `PASSWORD_ENV` while a test uses it).
 """
 
 from __future__ import annotations
@@ -61,6 +56,8 @@ POSTFIX_USERS = ("alice", "bob", *(f"user{n:02d}" for n in range(1, 41)))
 CORPUS_MAILBOX = "corpus@example.test"
 SKIP_REASON = "needs postfix and dovecot (installed by .ci/install-system-packages)"
 START_TIMEOUT = 20.0
+#: The environment variable the tests give the servers' password in (a profile's `password_env`).
+PASSWORD_ENV = "POSTROOM_TEST_PEER_PASSWORD"
 
 _POSTFIX_SBIN = Path("/usr/lib/postfix/sbin")
 _DOVECOT_LIBEXEC = Path("/usr/lib/dovecot")
@@ -171,6 +168,8 @@ class Peers:
     _dovecot: subprocess.Popen[bytes] | None = None
     _counter: Iterator[int] = field(default_factory=itertools.count)
     _users: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # Postfix users are few (user01..user40): their own count, so Dovecot-only mailboxes never use them up.
+    _postfix_users: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- paths and mailboxes -------------------------------------------------------------------
@@ -200,7 +199,7 @@ class Peers:
     def new_postfix_user(self) -> str:
         """A fresh example.test user Postfix delivers to (user01..user40, each handed out once)."""
         with self._lock:
-            n = next(self._users)
+            n = next(self._postfix_users)
         if n > 40:
             raise RuntimeError("ran out of Postfix test users (user01..user40)")
         return f"user{n:02d}@example.test"

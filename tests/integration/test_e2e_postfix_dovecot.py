@@ -15,12 +15,12 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from peers import Peers, running_peers
+from peers import PASSWORD_ENV, Peers
 
 import postroom
 from postroom.mapi import tags as T
@@ -32,22 +32,8 @@ from postroom.store import RecipientState
 
 pytestmark = pytest.mark.integration
 
-PASSWORD_ENV = "POSTROOM_TEST_PEER_PASSWORD"
 BOUNCE_WAIT_SECONDS = 30.0
 V = TypeVar("V")
-
-
-@pytest.fixture(scope="session")
-def peers() -> Iterator[Peers]:
-    yield from running_peers()
-
-
-@pytest.fixture(autouse=True)
-def _peer_password(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The servers' password in the environment, for `password_env` (only for tests using them)."""
-    if "peers" in request.fixturenames:
-        peers: Peers = request.getfixturevalue("peers")
-        monkeypatch.setenv(PASSWORD_ENV, peers.password)
 
 
 def open_session(peers: Peers, directory: Path, address: str, *, smtp: bool = True) -> Session:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import CORPUS_MAILBOX, Peers, running_peers, wait_until
+from peers import CORPUS_MAILBOX, PASSWORD_ENV, Peers, wait_until
 
 import postroom
 from postroom.profile import Profile
@@ -46,21 +46,8 @@ from support.prerequisites import unavailable
 
 pytestmark = pytest.mark.integration
 
-PASSWORD_ENV = "POSTROOM_TEST_PEER_PASSWORD"
 ENVELOPE_SENDER = "corpus-sender@example.test"
 CORPUS = corpus_files()
-
-
-@pytest.fixture(scope="session")
-def peers() -> Iterator[Peers]:
-    yield from running_peers()
-
-
-@pytest.fixture(autouse=True)
-def _peer_password(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    if "peers" in request.fixturenames:
-        peers: Peers = request.getfixturevalue("peers")
-        monkeypatch.setenv(PASSWORD_ENV, peers.password)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

@@ -15,20 +15,14 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import Peers, running_peers
+from peers import Peers
 
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-@pytest.fixture(scope="session")
-def peers() -> Iterator[Peers]:
-    yield from running_peers()
 
 
 def readme_commands() -> list[str]:

@@ -12,7 +12,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import Peers, running_peers
+from peers import PASSWORD_ENV, Peers
 
 import postroom
 from postroom import mime
@@ -40,21 +39,7 @@ from support.prerequisites import unavailable
 
 pytestmark = pytest.mark.integration
 
-PASSWORD_ENV = "POSTROOM_TEST_PEER_PASSWORD"
 KINDS = ("imap", "pop3")
-
-
-@pytest.fixture(scope="session")
-def peers() -> Iterator[Peers]:
-    yield from running_peers()
-
-
-@pytest.fixture(autouse=True)
-def _peer_password(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The servers' password in the environment, for `password_env` (only for tests using them)."""
-    if "peers" in request.fixturenames:
-        peers: Peers = request.getfixturevalue("peers")
-        monkeypatch.setenv(PASSWORD_ENV, peers.password)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
