@@ -297,17 +297,13 @@ class RoutingMachine(RuleBasedStateMachine):
         it waited for Send/Receive and that transport may not be called now; otherwise it is due."""
         order = self._order()
         for m in self.messages:
+            at_send_receive = m.parked and not m.retry  # as the message waited before the change
             for r in m.pending:
                 target = next((t.name for t in offers(r, order) if t.name not in r.declined), None)
                 if target == r.transport:
                     continue
                 RoutingMachine.seen["recipient moved by a change of routing"] += 1
-                quiet = (
-                    m.parked
-                    and not m.retry
-                    and target is not None
-                    and not self._callable(self.catalogue[target], set())
-                )
+                quiet = at_send_receive and target is not None and not self._callable(self.catalogue[target], set())
                 r.transport, r.detail = target, NOT_CALLED_OFFLINE if quiet else ROUTED_AGAIN
                 if not quiet:
                     m.parked = False

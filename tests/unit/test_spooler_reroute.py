@@ -111,6 +111,25 @@ def test_a_recipient_no_transport_takes_after_a_change_gets_its_ndr_at_the_next_
         assert session.queue() == []
 
 
+def test_a_recipient_a_change_left_to_no_transport_goes_to_the_one_a_later_change_gives_it(tmp_path: Path) -> None:
+    """mail is removed (bob has no transport: his NDR is due), then added again before any pass:
+    bob waits for mail again, quietly, as online routing would give him mail."""
+    profile = offline(make_profile(tmp_path / "p", ("mail", {"address_types": ["SMTP"]})))
+    with postroom.logon(profile) as session:
+        mid = session.create_message("m").to("bob@x.test").submit()
+        session.deliver()
+        session.remove_service("mail")
+        assert [s.waiting_for for s in session.recipient_states(mid)] == [None]
+
+        session.add_service("recording", "mail", {"address_types": ["SMTP"]})
+
+        (state,) = session.recipient_states(mid)
+        assert (state.waiting_for, state.detail) == ("mail", ROUTED_AGAIN)
+        assert [e.detail for e in session.events(mid)][-1].endswith("recipient 0: no transport -> mail")
+        session.deliver()
+        assert waiting(session) == [("mail",)]
+
+
 def test_a_call_when_offline_transport_the_new_order_puts_first_takes_a_waiting_recipient_at_once(
     tmp_path: Path, calls: Calls
 ) -> None:

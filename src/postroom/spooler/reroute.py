@@ -88,7 +88,7 @@ def place_waiting(
         offers = router.offers(r.address_type, r.provider_uid, r.email_address)
         index = Declines(w.declined, prints).first_open(offers)
         target = offers[index].transport if index < len(offers) else None
-        if target is not None and target.lower() == w.waiting_for.lower():
+        if (target or "").lower() == (w.waiting_for or "").lower():
             continue
         quiet = w.wait_kind is WaitKind.SEND_RECEIVE and target is not None and not may_call(target)
         moves.append(

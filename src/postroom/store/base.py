@@ -168,11 +168,12 @@ class RecipientWait:
 
 @dataclass(frozen=True)
 class WaitingRecipient:
-    """A pending recipient that waits for a transport, as a change of routing needs to see it."""
+    """A pending recipient that waits for a transport, as a change of routing needs to see it
+    (`waiting_for` None: an earlier change left it to no transport, and its NDR is due)."""
 
     message_id: int
     recipient: Recipient
-    waiting_for: str
+    waiting_for: str | None
     declined: Declined
     wait_kind: WaitKind | None  # its message's
     held: bool
@@ -184,7 +185,7 @@ class RecipientMove:
 
     message_id: int
     row_id: int
-    was: str  # the transport it waited for (written only if it still waits for it)
+    was: str | None  # the transport it waited for (written only if it still waits for it)
     transport: str | None
     detail: str
 

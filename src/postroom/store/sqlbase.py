@@ -1106,7 +1106,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             WaitingRecipient(
                 message_id=int(mid),
                 recipient=Recipient(props=decode_bag(bag), row_id=int(rid)),
-                waiting_for=str(waiting),
+                waiting_for=None if waiting is None else str(waiting),
                 declined=decode_declined(declined),
                 wait_kind=WaitKind(kind) if kind else None,
                 held=state == QueueState.HELD.value,
@@ -1114,7 +1114,10 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             for mid, rid, bag, waiting, declined, kind, state in self._q(
                 "SELECT r.message_id, r.row_id, r.props, r.waiting_for, r.declined, m.wait_kind, m.queue_state "
                 "FROM recipients r JOIN messages m ON m.id = r.message_id "
-                "WHERE m.queue_state IS NOT NULL AND r.state = 'pending' AND r.waiting_for IS NOT NULL "
+                # With a detail but no transport: a change of routing left it to no transport (its
+                # NDR is due at the next pass); a later change may give it one again.
+                "WHERE m.queue_state IS NOT NULL AND r.state = 'pending' "
+                "AND (r.waiting_for IS NOT NULL OR r.detail IS NOT NULL) "
                 "ORDER BY r.message_id, r.row_id"
             )
         ]
@@ -1128,20 +1131,21 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         moved: dict[int, list[str]] = {}
         with self._tx() as db:
             for m in moves:
+                still = "waiting_for IS NULL" if m.was is None else "waiting_for=?"
                 cur = db.execute(
                     "UPDATE recipients SET waiting_for=?, detail=? "
-                    "WHERE message_id=? AND row_id=? AND state='pending' AND waiting_for=?",
+                    f"WHERE message_id=? AND row_id=? AND state='pending' AND {still}",
                     (
                         None if m.transport is None else self._text(m.transport),
                         self._text(m.detail),
                         m.message_id,
                         m.row_id,
-                        m.was,
+                        *(() if m.was is None else (m.was,)),
                     ),
                 )
                 if cur.rowcount == 1:
                     moved.setdefault(m.message_id, []).append(
-                        f"recipient {m.row_id}: {m.was} -> {m.transport or 'no transport'}"
+                        f"recipient {m.row_id}: {m.was or 'no transport'} -> {m.transport or 'no transport'}"
                     )
             woken = [m for m in wake if valid_id(m) is not None]
             for start in range(0, len(woken), 500):
