@@ -56,6 +56,7 @@ from .base import (
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
 from .notify import NoteKind
+from .queue_sql import due_params, due_sql, next_due_sql
 from .receive import normalise_class
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
@@ -152,6 +153,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     _FOR_UPDATE: ClassVar[str]
     #: Appended to the SELECT that picks messages to claim: rows being claimed elsewhere are skipped.
     _SKIP_LOCKED: ClassVar[str]
+    #: The queue's hot queries name their indexes (queue_sql.py): SQLite plans without statistics.
+    _INDEX_HINTS: ClassVar[bool] = False
     #: `f.name` equals the parameter, ASCII letters compared case-insensitively (SQLite's NOCASE).
     _NAME_MATCHES: ClassVar[str]
     #: The queue table's columns for a message's subject and To; `_shown()` reads them.
@@ -769,12 +772,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
-                "WHERE id IN ("
-                " SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
-                " AND (lease_owner IS NULL OR lease_until < ?) ORDER BY submit_time, id LIMIT ?"
-                + self._SKIP_LOCKED
-                + ") RETURNING id, submit_time",
-                (self._text(owner), t + lease_seconds, t, t, limit),
+                "WHERE id IN (" + due_sql(self._SKIP_LOCKED, hints=self._INDEX_HINTS) + ") RETURNING id, submit_time",
+                (self._text(owner), t + lease_seconds, *due_params(t, limit)),
             ).fetchall()
         return [int(mid) for mid, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
@@ -783,12 +782,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         t = to_epoch(now)
         skip = [valid_id(m) for m in exclude]
         marks = ", ".join("?" for _ in skip)
+        assert t is not None
         rows = self._q(
-            "SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ? "
-            "AND (lease_owner IS NULL OR lease_until < ?)"
-            + (f" AND id NOT IN ({marks})" if skip else "")
-            + " ORDER BY submit_time, id LIMIT ?",
-            (t, t, *skip, limit),
+            due_sql("", f" AND id NOT IN ({marks})" if skip else "", hints=self._INDEX_HINTS), due_params(t, limit, skip)
         )
         return [int(mid) for (mid,) in rows]
 
@@ -839,10 +835,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return int(rows[0][0])
 
     def next_due(self) -> datetime | None:
-        rows = self._q(
-            "SELECT min(CASE WHEN lease_owner IS NOT NULL THEN lease_until ELSE coalesce(next_attempt, 0) END) "
-            "FROM messages WHERE queue_state='queued' AND coalesce(wait_kind, '') != 'send_receive'"
-        )
+        rows = self._q(next_due_sql(hints=self._INDEX_HINTS), (OFFLINE_EPOCH,))
         return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def recipient_states(self, message_id: int) -> list[RecipientStatus]:
