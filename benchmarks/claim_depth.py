@@ -35,7 +35,9 @@ WAIT_SECONDS = 3600.0
 
 def rows(waiting: int, now: float) -> list[tuple[Any, ...]]:
     """(queue_state, submit_time, next_attempt, wait_kind): the waiting first (older), then the due."""
-    out: list[tuple[Any, ...]] = [("queued", now - 86400 + i * 0.01, now + WAIT_SECONDS, "retry") for i in range(waiting)]
+    out: list[tuple[Any, ...]] = [
+        ("queued", now - 86400 + i * 0.01, now + WAIT_SECONDS, "retry") for i in range(waiting)
+    ]
     out += [("queued", now - 3600 + i * 0.01, None, None) for i in range(DUE)]
     return out
 
@@ -45,7 +47,8 @@ def load_sqlite(path: Path, waiting: int, now: float) -> None:
 
     db = sqlite3.connect(path)
     db.executemany(
-        "INSERT INTO messages (queue_state, submit_time, next_attempt, wait_kind) VALUES (?, ?, ?, ?)", rows(waiting, now)
+        "INSERT INTO messages (queue_state, submit_time, next_attempt, wait_kind) VALUES (?, ?, ?, ?)",
+        rows(waiting, now),
     )
     db.commit()
     db.close()
@@ -55,7 +58,10 @@ def load_postgres(url: str, waiting: int, now: float) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        with conn.cursor() as cur, cur.copy("COPY messages (queue_state, submit_time, next_attempt, wait_kind) FROM STDIN") as cp:
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY messages (queue_state, submit_time, next_attempt, wait_kind) FROM STDIN") as cp,
+        ):
             for row in rows(waiting, now):
                 cp.write_row(row)
         conn.execute("ANALYZE messages")

@@ -784,7 +784,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         marks = ", ".join("?" for _ in skip)
         assert t is not None
         rows = self._q(
-            due_sql("", f" AND id NOT IN ({marks})" if skip else "", hints=self._INDEX_HINTS), due_params(t, limit, skip)
+            due_sql("", f" AND id NOT IN ({marks})" if skip else "", hints=self._INDEX_HINTS),
+            due_params(t, limit, skip),
         )
         return [int(mid) for (mid,) in rows]
 
