@@ -78,7 +78,8 @@ def next_due_sql(*, hints: bool = False) -> str:
         f"SELECT min(lease_until) AS t FROM messages{_using('queue_leases', hints)} WHERE lease_owner IS NOT NULL"
         f" AND queue_state='queued' AND {_NOT_OFFLINE}"
         f" UNION ALL SELECT * FROM (SELECT 0.0 AS t FROM messages{_using('queue_due_now', hints)}"
-        f" WHERE queue_state='queued' AND next_attempt IS NULL AND lease_owner IS NULL AND {_NOT_OFFLINE} LIMIT 1)"
+        f" WHERE queue_state='queued' AND next_attempt IS NULL AND lease_owner IS NULL AND {_NOT_OFFLINE}"
+        " ORDER BY submit_time, id LIMIT 1)"  # the order of its index: PostgreSQL then reads that, not the table
         " AS due_now"
         f" UNION ALL SELECT * FROM (SELECT next_attempt AS t FROM messages{_using('queue_due_retry', hints)}"
         " WHERE queue_state='queued' AND next_attempt IS NOT NULL AND next_attempt < ? AND lease_owner IS NULL"
