@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import common as C
 from common import arg_parser, emit, log, machine, workdir
 from fig7_scaleout import with_schema
 
@@ -119,16 +120,45 @@ def measure(backend: str, target: str, waiting: int, claims: int) -> dict[str, A
         store.close()
 
 
+def idle_cpu(waiting: int, window: float, work: Path) -> float:
+    """CPU seconds per minute of an idle spooler daemon (SQLite profile) with `waiting` messages
+    waiting for a retry an hour away: what it spends looking at the queue on each turn."""
+    import sqlite3
+
+    import postroom
+
+    prof = C.make_profile(work / "profile", smtp_port=C.free_port())
+    with postroom.logon(prof) as session:
+        store_path = session.profile.store_path
+    load_sqlite(store_path, waiting, time.time())
+    db = sqlite3.connect(store_path)
+    db.execute("DELETE FROM messages WHERE next_attempt IS NULL")  # idle: nothing due
+    db.commit()
+    db.close()
+    daemon = C.spooler_daemon(prof, work / "daemon.log")
+    try:
+        C.wait_daemon_ready(prof, daemon)
+        time.sleep(2.0)  # start-up done
+        cpu0, w0 = C.cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(window)
+        cpu1, w1 = C.cpu_seconds(daemon.pid), time.monotonic()
+    finally:
+        C.stop_process(daemon, 30)
+    return (cpu1 - cpu0) * 60 / (w1 - w0)
+
+
 def main() -> None:
     ap = arg_parser(__doc__.splitlines()[0])
     ap.add_argument("--pg-url", default=os.environ.get("POSTROOM_TEST_PG_URL"))
     ap.add_argument("--depths", default="0,10000,100000")
     ap.add_argument("--claims", type=int, default=200)
+    ap.add_argument("--idle-window", type=float, default=60.0, help="seconds of idle daemon CPU measured (0: none)")
     args = ap.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
     claims = min(args.claims, DUE)
+    window = args.idle_window
     if args.quick:
-        depths, claims = [0, 1000], 20
+        depths, claims, window = [0, 1000], 20, 2.0
     backends = ["sqlite"] + (["postgresql"] if args.pg_url else [])
     result: dict[str, Any] = {"figure": "claim cost against retry-waiting depth", "machine": machine(), "data": {}}
     lines = []
@@ -151,6 +181,19 @@ def main() -> None:
                 f"({got['next_due_s'] / base['next_due_s']:6.1f}x)"
             )
             lines.append(f"           plan: {got['plan'][0]}")
+    if window > 0:
+        idle: dict[int, float] = {}
+        for waiting in (depths[0], depths[-1]):
+            log(f"idle daemon: {waiting} waiting, {window:g} s")
+            with workdir("claim-idle") as work:
+                idle[waiting] = idle_cpu(waiting, window, work)
+        result["data"]["idle_cpu_per_minute"] = idle
+        ref = idle[depths[0]]
+        for waiting, cpu in idle.items():
+            lines.append(
+                f"idle daemon (sqlite), {waiting:>7} waiting: {cpu:.3f} CPU s/min"
+                + (f" ({cpu / ref:.1f}x)" if ref > 0 else "")
+            )
     result["lines"] = lines
     result["notes"] = [f"ratios against {depths[0]} waiting on the same store, same run; medians of {claims} claims"]
     emit(result, args.json)
