@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from tests.store.test_store_queue import NOW, delivered, message, submitted
@@ -144,8 +145,10 @@ def fill_waiting(backend: str, target: str, n: int) -> None:
     size makes an index worth it; PostgreSQL also gets its statistics)."""
     rows = [("queued", i, 2e9, "retry") for i in range(n)] + [("queued", n + i, None, None) for i in range(n)]
     with raw(backend, target) as run:
+        run("BEGIN", ())  # one commit, not one per row
         for row in rows:
             run("INSERT INTO messages (queue_state, submit_time, next_attempt, wait_kind) VALUES (?, ?, ?, ?)", row)
+        run("COMMIT", ())
         if backend != "sqlite":
             run("ANALYZE messages", ())
 
@@ -188,9 +191,8 @@ def test_the_claim_and_the_next_due_time_read_the_queue_indexes_and_never_scan_m
     assert_reads_only_queue_indexes(backend, nxt, "queue_due_now", "queue_due_retry", "queue_leases")
 
 
-def test_a_store_made_at_version_4_before_the_queue_indexes_gets_them_when_opened(store_target: str) -> None:
-    if not store_target.endswith(".sqlite"):
-        return  # PostgreSQL stores of this working copy live in throwaway schemas
+def test_an_sqlite_store_made_at_version_4_before_the_queue_indexes_gets_them_when_opened(tmp_path: Path) -> None:
+    store_target = str(tmp_path / "store.sqlite")
     open_store(store_target).close()
     db = sqlite3.connect(store_target, isolation_level=None)
     for name in QUEUE_INDEX_NAMES:
