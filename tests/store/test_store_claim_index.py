@@ -12,10 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.store.test_store_queue import NOW, delivered, message, submitted
 
 from postroom.mapi import tags as T
-from postroom.store import FolderRole, MessageStore, QueueState, WaitKind, open_store
+from postroom.store import FolderRole, MessageStore, QueueState, WaitKind, open_store, queue_sql
 from postroom.store.queue_sql import QUEUE_INDEX_NAMES, due_params, due_sql, next_due_sql
 from postroom.store.sqlbase import OFFLINE_EPOCH
 
@@ -51,7 +52,16 @@ def raw(backend: str, target: str) -> Iterator[Callable[[str, Sequence[Any]], li
         yield run
 
 
-def test_the_oldest_due_messages_are_claimed_first_past_the_ones_waiting_ahead_of_them(store: MessageStore) -> None:
+#: On SQLite, the retries due now are sorted while few, else found by a walk in submission order
+#: (queue_sql.RETRY_SORT_MAX); a large negative bound makes every claim walk.
+SORT_OR_WALK = pytest.mark.parametrize("sort_max", [queue_sql.RETRY_SORT_MAX, -(10**6)], ids=["sorted", "walked"])
+
+
+@SORT_OR_WALK
+def test_the_oldest_due_messages_are_claimed_first_past_the_ones_waiting_ahead_of_them(
+    store: MessageStore, sort_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_sql, "RETRY_SORT_MAX", sort_max)
     ahead = waiting(store, 0, timedelta(hours=1))
     # Created out of submission order, so that id order is not the claim order by chance.
     fresh_too = submitted(store, "g@x.test", at=NOW + timedelta(seconds=4))
@@ -81,7 +91,11 @@ def test_the_oldest_due_messages_are_claimed_first_past_the_ones_waiting_ahead_o
     assert store.claim("me", NOW + timedelta(hours=1), 60, 10) == [ahead, retry_due, fresh, retry_due_too, fresh_too]
 
 
-def test_a_lease_that_ran_out_is_claimable_past_waiting_messages_and_a_live_one_is_not(store: MessageStore) -> None:
+@SORT_OR_WALK
+def test_a_lease_that_ran_out_is_claimable_past_waiting_messages_and_a_live_one_is_not(
+    store: MessageStore, sort_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_sql, "RETRY_SORT_MAX", sort_max)
     for n in range(5):
         waiting(store, n, timedelta(hours=1))
     retry = waiting(store, 10, timedelta(seconds=30))
@@ -187,6 +201,10 @@ def test_the_claim_and_the_next_due_time_read_the_queue_indexes_and_never_scan_m
         assert claim.count("LockRows") == 2, claim  # each part skips what other claimers locked as it reads
     due = plan(backend, store_target, due_sql("", " AND id NOT IN (?)", hints=sqlite), due_params(1e9, 20000, [1]))
     assert_reads_only_queue_indexes(backend, due, "queue_due_now", "queue_due_retry")
+    if sqlite:  # many retries due at once: the retry part walks outgoing_queue from the oldest instead
+        walk = plan(backend, store_target, due_sql("", hints=True, retries="outgoing_queue"), due_params(1e9, 1))
+        assert "SEARCH messages USING INDEX outgoing_queue (queue_state=?)" in walk, walk
+        assert not re.search(r"SCAN messages(?! USING)", walk), walk
     nxt = plan(backend, store_target, next_due_sql(hints=sqlite), (OFFLINE_EPOCH,))
     assert_reads_only_queue_indexes(backend, nxt, "queue_due_now", "queue_due_retry", "queue_leases")
 

@@ -46,15 +46,37 @@ def _using(index: str, hints: bool) -> str:
     return f" INDEXED BY {index}" if hints else ""
 
 
-def due_sql(lock: str, extra: str = "", *, hints: bool = False) -> str:
+#: SQLite only: when more than `limit` + this many retries are due at once (the daemon was stopped
+#: for hours), sorting them all on every claim would cost more than walking `outgoing_queue` in
+#: order until enough due ones are found. A bounded count on `queue_due_retry` decides (retry_probe).
+RETRY_SORT_MAX = 200
+
+#: How many retries are due, counted up to the second parameter (an index-only read).
+RETRY_PROBE_SQL = (
+    "SELECT count(*) FROM (SELECT 1 FROM messages INDEXED BY queue_due_retry WHERE queue_state='queued' "
+    "AND next_attempt IS NOT NULL AND next_attempt <= ? LIMIT ?) AS due"
+)
+
+
+def retry_probe_params(t: float, limit: int) -> tuple[float, int]:
+    return (t, limit + RETRY_SORT_MAX)
+
+
+def retry_index(due_retries: int, limit: int) -> str:
+    """The index the retry part reads, from RETRY_PROBE_SQL's count."""
+    return "queue_due_retry" if due_retries < limit + RETRY_SORT_MAX else "outgoing_queue"
+
+
+def due_sql(lock: str, extra: str = "", *, hints: bool = False, retries: str = "queue_due_retry") -> str:
     """`SELECT id` of up to `limit` due messages, oldest first; `extra` narrows both parts
-    (its parameters are due_params' `skip`). Parameters: due_params()."""
+    (its parameters are due_params' `skip`). Parameters: due_params(). `retries` names the index
+    of the retry part where `hints` are given (retry_index)."""
     now = (
         f"SELECT id, submit_time FROM messages{_using('queue_due_now', hints)} WHERE queue_state='queued' "
         f"AND next_attempt IS NULL AND {_FREE}{extra} ORDER BY submit_time, id LIMIT ?{lock}"
     )
     retry = (
-        f"SELECT id, submit_time FROM messages{_using('queue_due_retry', hints)} WHERE queue_state='queued' "
+        f"SELECT id, submit_time FROM messages{_using(retries, hints)} WHERE queue_state='queued' "
         f"AND next_attempt IS NOT NULL AND next_attempt <= ? AND {_FREE}{extra} ORDER BY submit_time, id LIMIT ?{lock}"
     )
     return (

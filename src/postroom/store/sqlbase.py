@@ -34,6 +34,7 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID, make_entry_id
 from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, OriginalMime, Props, Recipient
+from . import queue_sql
 from .base import (
     SPECIAL_FOLDER_NAMES,
     Event,
@@ -772,7 +773,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
-                "WHERE id IN (" + due_sql(self._SKIP_LOCKED, hints=self._INDEX_HINTS) + ") RETURNING id, submit_time",
+                "WHERE id IN ("
+                + due_sql(self._SKIP_LOCKED, hints=self._INDEX_HINTS, retries=self._retry_index(db, t, limit))
+                + ") RETURNING id, submit_time",
                 (self._text(owner), t + lease_seconds, *due_params(t, limit)),
             ).fetchall()
         return [int(mid) for mid, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
@@ -784,10 +787,25 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         marks = ", ".join("?" for _ in skip)
         assert t is not None
         rows = self._q(
-            due_sql("", f" AND id NOT IN ({marks})" if skip else "", hints=self._INDEX_HINTS),
+            due_sql(
+                "",
+                f" AND id NOT IN ({marks})" if skip else "",
+                hints=self._INDEX_HINTS,
+                retries=self._retry_index(None, t, limit),
+            ),
             due_params(t, limit, skip),
         )
         return [int(mid) for (mid,) in rows]
+
+    def _retry_index(self, db: DB | None, t: float, limit: int) -> str:
+        """Where SQLite reads the retries due now (queue_sql.RETRY_SORT_MAX); PostgreSQL's planner
+        chooses by itself. `db`: the transaction to read in (None: a read of its own)."""
+        if not self._INDEX_HINTS:
+            return "queue_due_retry"
+        params = queue_sql.retry_probe_params(t, limit)
+        rows = db.execute(queue_sql.RETRY_PROBE_SQL, params).fetchall() if db is not None else None
+        (count,) = (rows or self._q(queue_sql.RETRY_PROBE_SQL, params))[0]
+        return queue_sql.retry_index(int(count), limit)
 
     def pending_recipients(self, message_ids: Sequence[int]) -> dict[int, list[tuple[Recipient, str | None]]]:
         """The pending recipients of these messages, each with the transport it waits for (if any)."""
