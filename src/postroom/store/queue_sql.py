@@ -8,7 +8,8 @@ as two parts, each from an index that holds only what it may return:
 
 * due at once: `queue_due_now`, in (submit_time, id) order; only leased rows are skipped;
 * due again after a wait: `queue_due_retry`, by next_attempt; only those whose time has come are
-  read, then sorted.
+  read, then sorted. (When very many are due at once, SQLite walks `outgoing_queue` in order for
+  this part instead: RETRY_SORT_MAX.)
 
 Each part is limited, then the two are merged oldest first, so the order is exactly that of one
 walk. On PostgreSQL each part locks with FOR UPDATE SKIP LOCKED as it reads: a concurrent claimer
