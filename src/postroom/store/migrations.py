@@ -33,6 +33,10 @@ History:
      POP3) and the fingerprint of its properties then (postroom.original), one row per message,
      deleted with it. A table of its own, so opening a message to list or route it never reads
      the bytes.
+     The queue indexes of queue_sql.py (queue_due_now, queue_due_retry, queue_leases,
+     queue_waits): a claim and the idle daemon's look at the queue read only what is due, not
+     every message waiting for a retry. (An SQLite store made at version 4 before they were
+     added gets them when it is opened.)
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
+from .queue_sql import QUEUE_INDEXES
 
 if TYPE_CHECKING:
     import psycopg
@@ -69,6 +74,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE IF NOT EXISTS mime_originals ("
         " message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,"
         " fingerprint TEXT NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)",
+        *QUEUE_INDEXES,
     ),
 }
 
@@ -192,6 +198,7 @@ _PG_V4 = (
         size BIGINT NOT NULL,
         data BYTEA NOT NULL
     )""",
+    *QUEUE_INDEXES,
 )
 
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4}

@@ -34,6 +34,7 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID, make_entry_id
 from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, OriginalMime, Props, Recipient
+from . import queue_sql
 from .base import (
     SPECIAL_FOLDER_NAMES,
     Event,
@@ -56,6 +57,7 @@ from .base import (
 )
 from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_value, to_epoch, update_raw
 from .notify import NoteKind
+from .queue_sql import due_params, due_sql, next_due_sql
 from .receive import normalise_class
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
@@ -152,6 +154,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     _FOR_UPDATE: ClassVar[str]
     #: Appended to the SELECT that picks messages to claim: rows being claimed elsewhere are skipped.
     _SKIP_LOCKED: ClassVar[str]
+    #: The queue's hot queries name their indexes (queue_sql.py): SQLite plans without statistics.
+    _INDEX_HINTS: ClassVar[bool] = False
     #: `f.name` equals the parameter, ASCII letters compared case-insensitively (SQLite's NOCASE).
     _NAME_MATCHES: ClassVar[str]
     #: The queue table's columns for a message's subject and To; `_shown()` reads them.
@@ -770,11 +774,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             rows = db.execute(
                 "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
                 "WHERE id IN ("
-                " SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
-                " AND (lease_owner IS NULL OR lease_until < ?) ORDER BY submit_time, id LIMIT ?"
-                + self._SKIP_LOCKED
+                + due_sql(self._SKIP_LOCKED, hints=self._INDEX_HINTS, retries=self._retry_index(db, t, limit))
                 + ") RETURNING id, submit_time",
-                (self._text(owner), t + lease_seconds, t, t, limit),
+                (self._text(owner), t + lease_seconds, *due_params(t, limit)),
             ).fetchall()
         return [int(mid) for mid, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
@@ -783,14 +785,27 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         t = to_epoch(now)
         skip = [valid_id(m) for m in exclude]
         marks = ", ".join("?" for _ in skip)
+        assert t is not None
         rows = self._q(
-            "SELECT id FROM messages WHERE queue_state='queued' AND coalesce(next_attempt, 0) <= ? "
-            "AND (lease_owner IS NULL OR lease_until < ?)"
-            + (f" AND id NOT IN ({marks})" if skip else "")
-            + " ORDER BY submit_time, id LIMIT ?",
-            (t, t, *skip, limit),
+            due_sql(
+                "",
+                f" AND id NOT IN ({marks})" if skip else "",
+                hints=self._INDEX_HINTS,
+                retries=self._retry_index(None, t, limit),
+            ),
+            due_params(t, limit, skip),
         )
         return [int(mid) for (mid,) in rows]
+
+    def _retry_index(self, db: DB | None, t: float, limit: int) -> str:
+        """Where SQLite reads the retries due now (queue_sql.RETRY_SORT_MAX); PostgreSQL's planner
+        chooses by itself. `db`: the transaction to read in (None: a read of its own)."""
+        if not self._INDEX_HINTS:
+            return "queue_due_retry"
+        params = queue_sql.retry_probe_params(t, limit)
+        rows = db.execute(queue_sql.RETRY_PROBE_SQL, params).fetchall() if db is not None else None
+        (count,) = (rows or self._q(queue_sql.RETRY_PROBE_SQL, params))[0]
+        return queue_sql.retry_index(int(count), limit)
 
     def pending_recipients(self, message_ids: Sequence[int]) -> dict[int, list[tuple[Recipient, str | None]]]:
         """The pending recipients of these messages, each with the transport it waits for (if any)."""
@@ -839,10 +854,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return int(rows[0][0])
 
     def next_due(self) -> datetime | None:
-        rows = self._q(
-            "SELECT min(CASE WHEN lease_owner IS NOT NULL THEN lease_until ELSE coalesce(next_attempt, 0) END) "
-            "FROM messages WHERE queue_state='queued' AND coalesce(wait_kind, '') != 'send_receive'"
-        )
+        rows = self._q(next_due_sql(hints=self._INDEX_HINTS), (OFFLINE_EPOCH,))
         return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def recipient_states(self, message_id: int) -> list[RecipientStatus]:

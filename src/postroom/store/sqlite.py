@@ -26,6 +26,7 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.entryid import MAPIUID
 from .migrations import LATEST, upgrade_sqlite
 from .notify import NoteKind, NotificationBus, notify_directory
+from .queue_sql import QUEUE_INDEX_NAMES, QUEUE_INDEXES
 from .slots import FileSlots
 from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
 from .sqlite_errors import store_error
@@ -99,7 +100,7 @@ CREATE TABLE IF NOT EXISTS status_rows (
     updated REAL NOT NULL,
     owner TEXT NOT NULL
 );
-"""
+""" + "".join(f"{index};\n" for index in QUEUE_INDEXES)  # the claim's indexes (queue_sql.py)
 
 
 class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
@@ -107,6 +108,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
 
     _FOR_UPDATE: ClassVar[str] = ""  # BEGIN IMMEDIATE: a write transaction excludes every other writer
     _SKIP_LOCKED: ClassVar[str] = ""
+    _INDEX_HINTS: ClassVar[bool] = True
     _NAME_MATCHES: ClassVar[str] = "f.name=? COLLATE NOCASE"
     _QUEUE_SHOWN: ClassVar[str] = (
         f"json_extract(m.props, '$.\"{T.PR_SUBJECT}\"'), json_extract(m.props, '$.\"{T.PR_DISPLAY_TO}\"')"
@@ -254,6 +256,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         """Create or migrate the schema; a store already at this version is only read, so opening
         it never waits for a writer (a reader must never queue behind a stalled transaction)."""
         if self._schema_is_current():
+            self._add_queue_indexes()
             return
         with self._tx() as db:
             for statement in SCHEMA.split(";"):
@@ -272,6 +275,19 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 )
             # An older store is migrated here, in this same transaction (all or nothing).
             upgrade_sqlite(db, 1 if row is None else int(row[0]), where=str(self.path))
+
+    def _add_queue_indexes(self) -> None:
+        """A store made at version 4 before the queue indexes were part of it gets them now (version 4
+        was not released without them). Only read when they are there: opening never waits for a writer."""
+        marks = ", ".join("?" for _ in QUEUE_INDEX_NAMES)
+        (present,) = self._db.execute(
+            f"SELECT count(*) FROM sqlite_master WHERE type='index' AND name IN ({marks})", QUEUE_INDEX_NAMES
+        ).fetchone()
+        if present == len(QUEUE_INDEX_NAMES):
+            return
+        with self._tx() as db:
+            for statement in QUEUE_INDEXES:
+                db.execute(statement)
 
     def _schema_is_current(self) -> bool:
         try:
