@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from peers import PASSWORD_ENV, Peers, running_peers
+
+from support.cli import ok, postroom
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +23,11 @@ def _peer_password(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     if "peers" in request.fixturenames:
         peers: Peers = request.getfixturevalue("peers")
         monkeypatch.setenv(PASSWORD_ENV, peers.password)
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Path:
+    """A fresh profile made by `postroom init`: the default `local` transport, online."""
+    directory = tmp_path / "profile"
+    ok(postroom("init", directory))
+    return directory

@@ -22,14 +22,6 @@ def maildir_files(profile: Path, domain: str = "localhost", user: str = "user") 
     return sorted(new.iterdir()) if new.is_dir() else []
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    directory = tmp_path / "profile"
-    result = postroom("init", directory)
-    assert result.returncode == 0, result.stderr
-    return directory
-
-
 def add_fax(profile: Path, outdir: Path) -> None:
     """A `pipe` transport for FAX: the command writes each message to OUTDIR/<number>.eml."""
     outdir.mkdir(exist_ok=True)

@@ -25,13 +25,6 @@ from support.smtp_sink import SmtpSink, free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    directory = tmp_path / "profile"
-    ok(run("init", directory))
-    return directory
-
-
 def slow_fax(profile: Path, tmp_path: Path, seconds: float = 2.0) -> Path:
     """A FAX pipe transport that says when it starts, then takes `seconds`; returns its log."""
     log = tmp_path / "fax.log"

@@ -28,13 +28,6 @@ pytestmark = pytest.mark.integration
 NOBODY_KNOWS = 4242
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    directory = tmp_path / "profile"
-    ok(run("init", directory))
-    return directory
-
-
 def headers(raw: bytes) -> email.message.EmailMessage:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, email.message.EmailMessage)

@@ -27,13 +27,6 @@ def queue(profile: Path) -> dict[int, dict[str, Any]]:
 
 
 @pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    directory = tmp_path / "profile"
-    ok(postroom("init", directory, profile=directory))
-    return directory
-
-
-@pytest.fixture
 def busy_flag(profile: Path, tmp_path: Path) -> Path:
     """A `pipe` transport `slow` for TEMP addresses: "busy, try later" (exit 75) while the flag exists."""
     flag = tmp_path / "busy"

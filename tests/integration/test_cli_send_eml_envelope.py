@@ -20,13 +20,6 @@ pytestmark = pytest.mark.integration
 BOUNCE = (Path(__file__).parents[1] / "data" / "bounces" / "exchange-online-5.1.10.eml").read_bytes()
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    directory = tmp_path / "profile"
-    assert postroom("init", directory).returncode == 0
-    return directory
-
-
 def delivered(profile: Path, user: str) -> list[email.message.Message]:
     new = profile / "maildir" / "localhost" / user / "new"
     files = sorted(new.iterdir()) if new.is_dir() else []

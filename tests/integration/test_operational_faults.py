@@ -20,13 +20,6 @@ from support.disk import fill, remount, small_disk
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    directory = tmp_path / "profile"
-    ok(run("init", directory))
-    return directory
-
-
 STALLED_WRITER = """
 import sys, time, postroom
 session = postroom.logon(sys.argv[1])

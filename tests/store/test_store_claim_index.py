@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.store.test_store_queue import NOW, delivered, message, submitted
+from tests.store.test_store_queue import NOW, claim_in_threads, delivered, message, submitted
 
 from postroom.mapi import tags as T
 from postroom.store import FolderRole, MessageStore, QueueState, WaitKind, open_store, queue_sql
@@ -130,25 +129,7 @@ def test_concurrent_claimers_share_no_message_due_for_a_retry_behind_waiting_one
     for n in range(30):
         waiting(store, n, timedelta(hours=1))
     ids = [waiting(store, 100 + n, timedelta(seconds=n % 7)) for n in range(60)]
-    others = [open_another() for _ in range(4)]
-    claimed: list[int] = []
-    errors: list[BaseException] = []
-
-    def worker(n: int, s: MessageStore) -> None:
-        try:
-            while got := s.claim(f"w{n}", LATER, 60, 3):
-                claimed.extend(got)
-                for mid in got:
-                    s.finish(mid, f"w{n}", LATER, [delivered(0)])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n, s)) for n, s in enumerate(others)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    claimed = [mid for got in claim_in_threads([open_another() for _ in range(4)], LATER).values() for mid in got]
     assert sorted(claimed) == ids  # each exactly once, and none of the waiting ones
     assert len(store.queue()) == 30
 

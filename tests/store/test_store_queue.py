@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -418,30 +418,36 @@ def test_claims_in_a_batch_and_lease_checks(store: MessageStore) -> None:
 
 
 # --- several processes ----------------------------------------------------------------------------------------
-def test_concurrent_claims_never_share_a_message(store: MessageStore, open_another: Callable[[], MessageStore]) -> None:
-    outbox = store.folder(FolderRole.OUTBOX).id
-    with store.batch():
-        ids = [store.create_and_submit(outbox, message(f"r{n}@x.test"), NOW) for n in range(120)]
-    others = [open_another() for _ in range(4)]
+def claim_in_threads(stores: Sequence[MessageStore], now: datetime) -> dict[str, list[int]]:
+    """One thread per store claims (3 at a time) and finishes messages until none is due; what each
+    claimed, by its owner name. A worker's exception fails the caller."""
     claimed: dict[str, list[int]] = {}
     errors: list[BaseException] = []
 
     def worker(n: int, s: MessageStore) -> None:
         mine = claimed.setdefault(f"w{n}", [])
         try:
-            while got := s.claim(f"w{n}", NOW, 60, 3):
+            while got := s.claim(f"w{n}", now, 60, 3):
                 mine.extend(got)
                 for mid in got:
-                    s.finish(mid, f"w{n}", NOW, [delivered(0)])
+                    s.finish(mid, f"w{n}", now, [delivered(0)])
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n, s)) for n, s in enumerate(others)]
+    threads = [threading.Thread(target=worker, args=(n, s)) for n, s in enumerate(stores)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors
+    assert not errors, errors
+    return claimed
+
+
+def test_concurrent_claims_never_share_a_message(store: MessageStore, open_another: Callable[[], MessageStore]) -> None:
+    outbox = store.folder(FolderRole.OUTBOX).id
+    with store.batch():
+        ids = [store.create_and_submit(outbox, message(f"r{n}@x.test"), NOW) for n in range(120)]
+    claimed = claim_in_threads([open_another() for _ in range(4)], NOW)
     every = [mid for got in claimed.values() for mid in got]
     assert sorted(every) == ids  # each exactly once
     assert store.queue() == []

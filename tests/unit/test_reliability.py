@@ -493,6 +493,24 @@ def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Pa
     assert cut_short and 0 < processed < 30 and left == 30 - processed
 
 
+def test_a_scheduled_send_receive_takes_no_new_message_after_its_time_limit(tmp_path: Path, calls: Calls) -> None:
+    """The daemon's automatic Send/Receive (explicit=False) is bounded like its own passes, so a
+    long backlog never keeps the daemon from its notifications; what it leaves is the next turn's."""
+    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
+
+    async def scenario() -> tuple[int, int]:
+        s = postroom.alogon(Profile.load(profile.directory))
+        for n in range(30):
+            s.create_message(f"m{n}").to(f"r{n}@x.test").submit()
+        summary = await s.send_receive(explicit=False, max_seconds=0.15)
+        left = len(s.queue())
+        await s.close()
+        return summary.sent, left
+
+    sent, left = asyncio.run(scenario())
+    assert 0 < sent < 30 and left == 30 - sent
+
+
 def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: Path, calls: Calls) -> None:
     """While the breaker is open its backlog is parked: no claims, no calls; when the rest is over
     one message probes, and once that works the whole backlog goes out."""

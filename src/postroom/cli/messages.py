@@ -354,11 +354,19 @@ def export(app: App, ref: str, crlf: bool, include_bcc: bool, exact: bool) -> No
     mid = session.message_id(ref)
     message = session.open_message(mid)
     data = mime.original_bytes(message) if exact else None
+    original = data is not None
     if data is None:
         data = mime.to_bytes(message, include_bcc=include_bcc, linesep="\r\n" if crlf else "\n")
     if app.json:
-        app.out.document({"message_id": mid, "size": len(data), "rfc822": data.decode("utf-8", "replace")})
+        doc = {"message_id": mid, "size": len(data), "rfc822": data.decode("utf-8", "replace")}
+        app.out.document({**doc, "original": original} if exact else doc)
         return
+    if exact and not original:  # say so: a rendering is not the bytes that were asked for
+        click.echo(
+            f"postroom: note: message {mid} has no original bytes (made here, or edited since it arrived); "
+            "this is its rendering from its properties",
+            err=True,
+        )
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
