@@ -52,6 +52,9 @@ COMMANDS = {
     "show": LazyCommand("messages", "show", "Show a message, its recipients' delivery states and its history."),
     "export": LazyCommand("messages", "export", "Write a message as RFC 5322 (MIME) to stdout."),
     "spooler": LazyCommand("spool", "spooler", "Run the spooler over the outgoing queue."),
+    "serve": LazyCommand(
+        "serve", "serve", "Run a server in front of the profile: the SMTP submission listener or the status page."
+    ),
     "store": LazyCommand(
         "store", "store", "The message store: migrate its schema, or copy it between SQLite and PostgreSQL."
     ),

@@ -1,0 +1,19 @@
+"""`postroom serve`: the long-running front ends other programs talk to.
+
+Each server lives in a module of its own (`serve_smtp`, `serve_http`) and is imported only when
+it runs, like every other command (cli/lazy.py says why).
+"""
+
+from __future__ import annotations
+
+import click
+
+from .lazy import LazyCommand, LazyGroup
+
+#: Every server: its module and attribute under postroom.cli, and its summary in `--help`.
+SERVE_COMMANDS: dict[str, LazyCommand] = {}
+
+
+@click.group(cls=LazyGroup, lazy=SERVE_COMMANDS, no_args_is_help=True)
+def serve() -> None:
+    """Run a server in front of the profile: the SMTP submission listener or the status page."""
