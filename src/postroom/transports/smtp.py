@@ -67,15 +67,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import aiosmtplib
 
 from .. import mime
 from ..addressing import MAX_SMTP_ADDRESS, NOT_IN_EMAIL_ADDRESS, has_break, longer_than_smtp_allows
@@ -100,6 +100,7 @@ from .options import server as _server
 from .options import string_list as _string_list
 from .options import tls_checks as _tls_checks
 from .options import token as _token
+from .smtp_client import END_OF_DATA, AuthenticationFailed, Reply, ServerDisconnected, SMTPClient, wire_content
 from .smtp_pool import Connection, ConnectionPool, NoSlot
 from .spi import (
     OutboundMessage,
@@ -131,8 +132,18 @@ _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 #: would end the path early).
 _BAD_ADDRESS_CHARS = re.compile(f"[{NOT_IN_EMAIL_ADDRESS}<>]")
 
-_NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
-_CONNECT_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
+_NETWORK_ERRORS = (OSError,)  # smtp_client's errors are OSErrors, as are TLS and socket errors
+_CONNECT_ERRORS = (OSError, ValueError)
+_DATA = b"DATA\r\n"
+_RSET = b"RSET\r\n"
+_CRLF = b"\r\n"
+
+
+@functools.cache
+def _default_helo_name() -> str:
+    """This host's FQDN, looked up once per process (it may ask the resolver)."""
+    name = socket.getfqdn()
+    return name if name.isascii() else "localhost"
 
 
 def envelope_address_problem(address: str) -> str | None:
@@ -319,6 +330,20 @@ class _Transaction:
     delivered: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Content:
+    """The message as it goes on the wire, made once per message and reused by every transaction
+    and connection it takes (not rendered or dot-stuffed again per recipient batch or retry)."""
+
+    wire: bytes  # CRLF line ends, dots doubled, the final ".CRLF" (smtp_client.wire_content)
+    size: int  # the message's size for MAIL's SIZE= (RFC 1870)
+    ascii: bool  # 7-bit: no BODY=8BITMIME needed
+
+    @classmethod
+    def of(cls, data: bytes) -> _Content:
+        return cls(wire_content(data), len(data), data.isascii())
+
+
 class _NetworkTrouble(Exception):
     def __init__(self, text: str) -> None:
         super().__init__(text)
@@ -408,9 +433,8 @@ class SMTPLogon(TransportLogon):
             return SubmitResult.ok()
 
         try:
-            content = _without_bcc_rows(message.data)
             data, headers_need_utf8 = mime.to_bytes_with_flags(
-                content, sender=self._account_author(message), include_bcc=False
+                _without_bcc_rows(message.data), sender=self._account_author(message), include_bcc=False
             )
         except MAPIError as exc:  # the message itself is malformed: no retry can help
             for rcpt in sendable:
@@ -425,7 +449,7 @@ class SMTPLogon(TransportLogon):
         needs_utf8 = headers_need_utf8 or not sender.isascii()
 
         async with self.pool.bind_loop():
-            return await self._deliver(message, sendable, sender, data, needs_utf8)
+            return await self._deliver(message, sendable, sender, _Content.of(data), needs_utf8)
 
     def _account_author(self, message: OutboundMessage) -> Recipient | None:
         """The account's identity as the From, for a message that names no sender of its own."""
@@ -460,7 +484,7 @@ class SMTPLogon(TransportLogon):
         message: OutboundMessage,
         recipients: list[OutboundRecipient],
         sender: str,
-        data: bytes,
+        content: _Content,
         needs_utf8: bool,
     ) -> SubmitResult:
         temporary: list[tuple[OutboundRecipient, str]] = []
@@ -489,7 +513,7 @@ class SMTPLogon(TransportLogon):
                 break
             fresh = False
             try:
-                tx = await self._transaction(conn, message, queue, sender, data, needs_utf8)
+                tx = await self._transaction(conn, message, queue, sender, content, needs_utf8)
             except _Retry as exc:
                 conn.broken = True
                 await self.pool.checkin(conn)
@@ -543,14 +567,14 @@ class SMTPLogon(TransportLogon):
         message: OutboundMessage,
         recipients: Sequence[OutboundRecipient],
         sender: str,
-        data: bytes,
+        content: _Content,
         needs_utf8: bool,
     ) -> _Transaction:
         """One MAIL/RCPT…/DATA transaction; marks recipients; raises _Retry/_NetworkTrouble."""
         smtp = conn.smtp
         tx = _Transaction()
         where = self.config.where
-        utf8_ok = smtp.supports_extension("smtputf8")
+        utf8_ok = smtp.supports("smtputf8")
         batch: list[OutboundRecipient] = []
         for rcpt in recipients:
             if rcpt.responsibility:
@@ -577,72 +601,110 @@ class SMTPLogon(TransportLogon):
         encoding = "utf-8" if use_utf8 else "ascii"
 
         # MAIL FROM, with the extensions the server offers.
-        options: list[bytes] = []
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={len(data)}".encode())
+        mail = [b"MAIL FROM:<", sender.encode(encoding), b">"]
+        if smtp.supports("size"):
+            mail.append(b" SIZE=%d" % content.size)
         if use_utf8:
-            options.append(b"SMTPUTF8")
-        if (use_utf8 or not data.isascii()) and smtp.supports_extension("8bitmime"):
-            options.append(b"BODY=8BITMIME")
-        notify = self._dsn_notify(message) if smtp.supports_extension("dsn") else None
+            mail.append(b" SMTPUTF8")
+        if (use_utf8 or not content.ascii) and smtp.supports("8bitmime"):
+            mail.append(b" BODY=8BITMIME")
+        notify = self._dsn_notify(message) if smtp.supports("dsn") else None
         if notify is not None:
-            options.append(b"RET=HDRS")
+            mail.append(b" RET=HDRS")
             envid = str(message.props.get(T.PR_INTERNET_MESSAGE_ID) or "")
             if envid and envid.isascii() and len(xtext(envid)) <= MAX_ENVID:
-                options.append(f"ENVID={xtext(envid)}".encode("ascii"))
+                mail.append(f" ENVID={xtext(envid)}".encode("ascii"))
+        mail.append(_CRLF)
+        rcpt_lines = [self._rcpt_line(rcpt, notify, encoding) for rcpt in batch]
+        mail_line = b"".join(mail)
         conn.messages += 1
+
+        # With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go in one write and the replies are
+        # read in order; without it, each command waits for its reply (lock-step).
+        pipelined = smtp.supports("pipelining")
         try:
-            reply = await smtp.execute_command(b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *options)
+            if pipelined:
+                await smtp.pipeline([mail_line, *rcpt_lines, _DATA])
+                reply = await smtp.read_reply()
+            else:
+                reply = await smtp.command(mail_line)
         except _NETWORK_ERRORS as exc:
             text = f"connection to {where} lost at MAIL FROM: {exc}"
-            if conn.reused and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+            if conn.reused and isinstance(exc, ServerDisconnected):
                 raise _Retry(text, None) from exc
             raise _NetworkTrouble(text) from exc
         text = reply_text(reply.code, reply.message)
         if reply.code == 421 or (reply.code == 452 and reply.message.startswith("4.5.3")):
             raise _Retry(text, text)
-        if not 200 <= reply.code < 300:
+        if not reply.ok:
             self._refused(batch, reply.code, reply.message, tx)
+            if pipelined:  # the RCPTs' and DATA's replies (503: no MAIL) are still to come
+                await self._skip_replies(conn, len(batch) + 1)
             await self._rset(conn)
             return tx
 
-        # RCPT TO, one by one so every recipient gets its own answer.
+        # RCPT TO: every recipient gets its own answer.
         accepted: list[OutboundRecipient] = []
+        too_many: list[tuple[OutboundRecipient, Reply]] = []
         for index, rcpt in enumerate(batch):
-            rcpt_options: list[bytes] = []
-            if notify is not None:
-                rcpt_options.append(f"NOTIFY={notify}".encode("ascii"))
-                if rcpt.email_address.isascii():
-                    rcpt_options.append(f"ORCPT=rfc822;{xtext(rcpt.email_address)}".encode("ascii"))
             try:
-                reply = await smtp.execute_command(
-                    b"RCPT", b"TO:<" + rcpt.email_address.encode(encoding) + b">", *rcpt_options
-                )
+                reply = await (smtp.read_reply() if pipelined else smtp.command(rcpt_lines[index]))
             except _NETWORK_ERRORS as exc:
                 raise _NetworkTrouble(f"connection to {where} lost at RCPT TO: {exc}") from exc
-            if 200 <= reply.code < 300:  # 250, or 251 "will forward"
+            if reply.ok:  # 250, or 251 "will forward"
                 accepted.append(rcpt)
             elif reply.code == 421:  # the server is closing the connection: no DATA
                 conn.broken = True
                 text = reply_text(reply.code, reply.message)
                 tx.temporary += [(r, text) for r in [*accepted, *batch[index:]]]
                 return tx
+            elif reply.code == 452 and pipelined:  # decided once every reply is in, below
+                too_many.append((rcpt, reply))
             elif reply.code == 452 and accepted:  # too many recipients: the rest in another transaction
                 tx.carry = list(batch[index:])
                 break
             else:
                 self._refused([rcpt], reply.code, reply.message, tx)
-        if not accepted:
+        for rcpt, reply in too_many:
+            if accepted:  # too many recipients: those in another transaction
+                tx.carry.append(rcpt)
+            else:
+                self._refused([rcpt], reply.code, reply.message, tx)
+
+        # DATA. Pipelined, it was sent already: when no recipient was accepted the server refuses
+        # it (RFC 2920 §3.1: 503 or 554); one that says 354 anyway gets an empty message that it
+        # cannot deliver to anyone, then RSET.
+        try:
+            if pipelined:
+                reply = await smtp.read_reply()
+                if not accepted:
+                    if reply.code == 354:
+                        await smtp.send_content(END_OF_DATA, self.config.timeout)
+                    await self._rset(conn)
+                    return tx
+            elif not accepted:
+                await self._rset(conn)
+                return tx
+            else:
+                reply = await smtp.command(_DATA)
+        except _NETWORK_ERRORS as exc:
+            raise _NetworkTrouble(f"connection to {where} lost at DATA: {exc}") from exc
+        if reply.code != 354:
+            self._refused(accepted, reply.code, reply.message, tx)
             await self._rset(conn)
             return tx
-
-        # DATA.
         try:
-            reply = await smtp.data(data, timeout=self.config.timeout * DATA_TIMEOUT_FACTOR)
-        except aiosmtplib.SMTPDataError as exc:
-            reply = aiosmtplib.SMTPResponse(exc.code, exc.message)
+            reply = await smtp.send_content(content.wire, self.config.timeout * DATA_TIMEOUT_FACTOR)
         except _NETWORK_ERRORS as exc:
-            raise _NetworkTrouble(f"connection to {where} lost during DATA: {exc}") from exc
+            # The message went (or was going) out; whether the server took it is unknown
+            # (RFC 1047). It is sent again later, so it may arrive twice: the recipients say so.
+            text = (
+                f"outcome unknown: connection to {where} lost after the message was sent, before the "
+                f"server's reply ({exc}); it will be sent again and may arrive twice"
+            )
+            for rcpt in accepted:
+                rcpt.defer(text)
+            raise _NetworkTrouble(text) from exc
         if reply.code == 250:
             for rcpt in accepted:
                 # Relayed: the server cannot confirm final delivery; a DSN may come back later.
@@ -652,6 +714,15 @@ class SMTPLogon(TransportLogon):
         self._refused(accepted, reply.code, reply.message, tx)
         await self._rset(conn)
         return tx
+
+    @staticmethod
+    def _rcpt_line(rcpt: OutboundRecipient, notify: str | None, encoding: str) -> bytes:
+        line = b"RCPT TO:<" + rcpt.email_address.encode(encoding) + b">"
+        if notify is not None:
+            line += f" NOTIFY={notify}".encode("ascii")
+            if rcpt.email_address.isascii():
+                line += f" ORCPT=rfc822;{xtext(rcpt.email_address)}".encode("ascii")
+        return line + _CRLF
 
     @staticmethod
     def _dsn_notify(message: OutboundMessage) -> str | None:
@@ -674,67 +745,65 @@ class SMTPLogon(TransportLogon):
         else:
             tx.temporary += [(r, text) for r in recipients]
 
+    @staticmethod
+    async def _skip_replies(conn: Connection, count: int) -> None:
+        """Read and drop the replies to commands sent in a pipelined group that no longer matter."""
+        try:
+            for _ in range(count):
+                await conn.smtp.read_reply()
+        except _NETWORK_ERRORS:
+            conn.broken = True
+
     async def _rset(self, conn: Connection) -> None:
         """End a failed transaction; a connection that cannot even do RSET is dropped."""
         if conn.broken or not conn.smtp.is_connected:
             conn.broken = True
             return
         try:
-            reply = await conn.smtp.execute_command(b"RSET")
+            reply = await conn.smtp.command(_RSET)
         except Exception:
             conn.broken = True
             return
         if reply.code != 250:
             conn.broken = True
 
-    async def _open_connection(self) -> aiosmtplib.SMTP:
-        """Connect, EHLO and AUTH: a connection ready for a transaction (the pool keeps it)."""
+    async def _open_connection(self) -> SMTPClient:
+        """Connect, EHLO (STARTTLS, EHLO) and AUTH: a connection ready for a transaction (the pool keeps it)."""
         cfg = self.config
-        try:
-            smtp = aiosmtplib.SMTP(
-                hostname=cfg.host,
-                port=cfg.port,
-                local_hostname=cfg.helo_name,
-                timeout=cfg.timeout,
-                use_tls=cfg.security == "tls",
-                start_tls=cfg.security == "starttls",  # must succeed: never falls back to plain text
-                tls_context=self._tls,
-            )
-        except ValueError as exc:
-            raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where}: {exc}") from None
+        helo_name = cfg.helo_name
+        if helo_name is None:
+            helo_name = await asyncio.get_running_loop().run_in_executor(None, _default_helo_name)
         step = "connect"
+        smtp: SMTPClient | None = None
         try:
-            await smtp.connect()
-            step = "EHLO"
-            if smtp.is_ehlo_or_helo_needed:
-                try:
-                    await smtp.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await smtp.helo()
+            smtp = await SMTPClient.open(
+                cfg.host,
+                cfg.port,
+                timeout=cfg.timeout,
+                helo_name=helo_name,
+                tls=self._tls,
+                starttls=cfg.security == "starttls",  # must succeed: never falls back to plain text
+            )
             if cfg.username is not None:
                 step = "AUTH"
-                if not smtp.supports_extension("auth"):
-                    smtp.close()
+                if not smtp.supports("auth"):
                     raise _Unconfigured(
                         f"the SMTP server {cfg.where} offers no AUTH, but the option 'username' is set"
                         + (" (it may offer AUTH only after TLS: security starttls or tls)" if self._tls is None else "")
                     )
                 await smtp.login(cfg.username, self._password_now().reveal())
-        except asyncio.CancelledError:
-            smtp.close()
+        except BaseException as exc:
+            if smtp is not None:
+                smtp.close()
+            if isinstance(exc, AuthenticationFailed):
+                code = exc.reply.code
+                text = f"authentication as {cfg.username} at {cfg.where} failed: {reply_text(code, exc.reply.message)}"
+                if 500 <= code < 600:  # refused for good (wrong password); 4xx is the server's own trouble
+                    raise _Unconfigured(text) from None
+                raise _ConnectFailed(text) from None
+            if isinstance(exc, _CONNECT_ERRORS):
+                raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where} ({step}): {exc}") from None
             raise
-        except _ConnectFailed:
-            smtp.close()
-            raise
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            smtp.close()
-            text = f"authentication as {cfg.username} at {cfg.where} failed: {reply_text(exc.code, exc.message)}"
-            if 500 <= exc.code < 600:  # refused for good (wrong password); 4xx is the server's own trouble
-                raise _Unconfigured(text) from None
-            raise _ConnectFailed(text) from None
-        except _CONNECT_ERRORS as exc:
-            smtp.close()
-            raise _ConnectFailed(f"cannot connect to SMTP server {cfg.where} ({step}): {exc}") from None
         self._connected()
         return smtp
 

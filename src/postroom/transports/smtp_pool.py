@@ -23,9 +23,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiosmtplib
-
 from ..mapi.codes import MAPIError
+from .smtp_client import SMTPClient
 from .spi import TransportSupport
 
 QUIT_TIMEOUT = 5.0
@@ -41,7 +40,7 @@ class NoSlot(Exception):
 
 @dataclass(eq=False)  # compared and hashed by identity: kept in a set
 class Connection:
-    smtp: aiosmtplib.SMTP
+    smtp: SMTPClient
     release_slot: Callable[[], None] = lambda: None  # gives the connection slot back, once
     messages: int = 0
     reused: bool = False
@@ -77,7 +76,7 @@ class ConnectionPool:
         limit: int,
         max_messages: int,
         where: str,
-        opener: Callable[[], Awaitable[aiosmtplib.SMTP]],
+        opener: Callable[[], Awaitable[SMTPClient]],
         support: Callable[[], TransportSupport],
     ) -> None:
         self.limit = limit
