@@ -155,14 +155,18 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def start_server() -> Iterator[Callable[..., tuple[Handler, int]]]:
+@pytest.fixture(params=["lock-step", "pipelined"])
+def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple[Handler, int]]]:
+    """Starts scriptable servers; every test that uses it runs twice: against a server that does
+    not offer PIPELINING (the client waits for each reply) and one that does (RFC 2920)."""
     controllers: list[Controller] = []
 
     def start(
         handler: Handler | None = None, *, port: int | None = None, dsn: bool = False, **kwargs: Any
     ) -> tuple[Handler, int]:
         handler = handler or Handler()
+        if request.param == "pipelined":
+            handler.extra_ehlo.append("250-PIPELINING")
         port = port or free_port()
         kwargs.setdefault("server_hostname", "mx.test")
         cls = DSNController if dsn else Controller
