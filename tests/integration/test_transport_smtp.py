@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import itertools
 import logging
 import shutil
 import socket
@@ -21,20 +20,16 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTPServer
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import EndMessageFlags, LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
-from postroom.mapi.message import MessageData, Recipient
 from postroom.transports.smtp import SMTPLogon, SMTPProvider, envelope_address_problem, reply_text
-from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
+from postroom.transports.spi import Registration, SubmitResult
 
 from support.prerequisites import unavailable
+from support.smtp_transport import SENDER, by_address, make_logon, make_message, rcpt, submit
 from support.spi import FakeSupport
 
 pytestmark = pytest.mark.integration
-
-SENDER = "sam@sender.test"
 
 
 # --- a scriptable SMTP server ------------------------------------------------------------------------
@@ -181,68 +176,6 @@ def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple
 
 
 # --- the transport side ------------------------------------------------------------------------------
-
-
-def make_logon(tmp_path: Path, port: int, flags: LogonFlags = LogonFlags.NONE, **options: Any) -> SMTPLogon:
-    options.setdefault("host", "127.0.0.1")
-    options.setdefault("port", port)
-    options.setdefault("security", "none")
-    options.setdefault("helo_name", "client.test")
-    options.setdefault("timeout", 5)
-    context = ProviderContext(
-        service_name="smarthost",
-        kind="smtp",
-        provider_uid=MAPIUID(bytes(range(16))),
-        options=options,
-        profile_dir=tmp_path,
-        support=FakeSupport(),
-    )
-    logon = SMTPProvider(context).logon(flags)
-    assert isinstance(logon, SMTPLogon)
-    return logon
-
-
-_refs = itertools.count(1)
-
-
-def rcpt(address: str, *, adrtype: str = "SMTP", kind: RecipientType = RecipientType.TO) -> Recipient:
-    return Recipient(
-        props={
-            T.PR_DISPLAY_NAME: address.partition("@")[0].title() or address,
-            T.PR_ADDRTYPE: adrtype,
-            T.PR_EMAIL_ADDRESS: address,
-            T.PR_RECIPIENT_TYPE: int(kind),
-        }
-    )
-
-
-def make_message(*recipients: Recipient, subject: str = "Hello there", **props: Any) -> OutboundMessage:
-    for i, row in enumerate(recipients):
-        row.row_id = i
-    data = MessageData(
-        props={
-            T.PR_MESSAGE_CLASS: "IPM.Note",
-            T.PR_SUBJECT: subject,
-            T.PR_BODY: "Body text\n.leading dot\n",
-            T.PR_SENDER_NAME: "Sam Sender",
-            T.PR_SENDER_ADDRTYPE: "SMTP",
-            T.PR_SENDER_EMAIL_ADDRESS: SENDER,
-            **{getattr(T, name): value for name, value in props.items()},
-        },
-        recipients=list(recipients),
-    )
-    views = [OutboundRecipient(r, responsibility=False) for r in recipients]
-    return OutboundMessage(data, views, ref=next(_refs), deferred=False)
-
-
-def by_address(message: OutboundMessage) -> dict[str, OutboundRecipient]:
-    return {r.email_address: r for r in message.recipients}
-
-
-async def submit(logon: SMTPLogon, message: OutboundMessage) -> tuple[SubmitResult, EndMessageFlags]:
-    result = await logon.submit_message(message, 0)
-    end = logon.end_message(message.ref) if result.code == HResult.S_OK else EndMessageFlags.NONE
-    return result, end
 
 
 def status_text(logon: SMTPLogon) -> str:
