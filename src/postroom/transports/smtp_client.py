@@ -40,6 +40,7 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 #: Longest reply line we accept (RFC 5321 §4.5.3.1.5 says 512 octets; servers exceed it in text).
 MAX_LINE = 8192
@@ -130,8 +131,8 @@ class _ReplyReader(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
