@@ -775,6 +775,11 @@ def test_starttls_is_never_skipped(tmp_path: Path, start_server: Any) -> None:
 
 def test_implicit_tls(tmp_path: Path, start_server: Any, certificate: tuple[Path, Path]) -> None:
     handler, port = start_server(ssl_context=server_tls(certificate))
+    untrusted = make_logon(tmp_path, port, security="tls")  # a self-signed certificate, not in the trust store
+    result, _ = asyncio.run(submit(untrusted, make_message(rcpt("alice@example.test"))))
+    assert result.code == HResult.MAPI_E_NETWORK_ERROR and "certificate verify failed" in result.reason
+    assert handler.received == [] and handler.ehlo == []  # refused before a word of SMTP
+
     logon = make_logon(tmp_path, port, security="tls", ca_file=str(certificate[0]))
     result, _ = asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))
     assert result == SubmitResult.ok() and len(handler.received) == 1
