@@ -89,6 +89,7 @@ from ..mapi.flags import (
     NDRDiag,
     NDRReason,
     RecipientType,
+    StatusCode,
     ValidateFlags,
 )
 from ..mapi.message import MessageData, Recipient
@@ -384,6 +385,8 @@ class SMTPLogon(TransportLogon):
             "offline (no connect)" if self.offline else f"not connected yet to {config.where}{self._tls_note}"
         )
         self._resend_later: set[int] = set()
+        self._connected_text = f"connected to {config.where}{self._tls_note}"
+        self._connected_code: StatusCode | None = None
         self.pool = ConnectionPool(
             limit=config.connections,
             max_messages=config.max_messages_per_connection,
@@ -813,7 +816,12 @@ class SMTPLogon(TransportLogon):
         return self._password
 
     def _connected(self) -> None:
-        self.status.connected(f"connected to {self.config.where}{self._tls_note}")
+        """The status row says "connected" (after every transaction: set only when it said otherwise)."""
+        status = self.status
+        if status.status_string == self._connected_text and status.status_code == self._connected_code:
+            return
+        status.connected(self._connected_text)
+        self._connected_code = status.status_code
 
     # --- the rest of IXPLogon ------------------------------------------------------------------
 
