@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from .addressing import has_break, has_lone_surrogate, parse_address
 from .engine import Engine
 from .engine.daemon import open_when_usable
+from .engine.eventloop import EventLoopKind, daemon_loop_kind, loop_factory
 from .engine.groups import GroupChange, SendReceiveGroup
 from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport
@@ -904,9 +905,18 @@ class Session(_SessionCore):
     second thread waits for the first instead of failing with "This event loop is already running".
     """
 
-    def __init__(self, profile: Profile, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        event_loop: EventLoopKind | str = EventLoopKind.ASYNCIO,
+    ) -> None:
         super().__init__(profile, clock=clock)
-        self._runner = asyncio.Runner()
+        #: The kind of event loop the transports run on: "asyncio", or "uvloop" (the spooler
+        #: daemon's, when installed: engine/eventloop.py says why).
+        self.event_loop = EventLoopKind(event_loop)
+        self._runner = asyncio.Runner(loop_factory=loop_factory(self.event_loop))
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         try:
@@ -1056,10 +1066,13 @@ def logon_when_usable(
     *,
     clock: Callable[[], datetime] | None = None,
 ) -> Session | None:
-    """logon(), once the store can be opened: a full or failing disk (StoreDiskTrouble) is waited out
-    with backoff, as a running spooler daemon waits it out; None when `stop` is set meanwhile. A store
-    that cannot be reached is an error at once (most likely a wrong URL, which waiting would hide)."""
-    return open_when_usable(lambda: logon(profile, clock=clock), stop)
+    """logon() for the spooler daemon, once the store can be opened: a full or failing disk
+    (StoreDiskTrouble) is waited out with backoff, as a running spooler daemon waits it out; None
+    when `stop` is set meanwhile. A store that cannot be reached is an error at once (most likely a
+    wrong URL, which waiting would hide). The session runs on uvloop when it is installed
+    (`pip install 'postroom[fast]'`; POSTROOM_EVENT_LOOP=asyncio says no)."""
+    kind = daemon_loop_kind()
+    return open_when_usable(lambda: Session(_open_profile(profile), clock=clock, event_loop=kind), stop)
 
 
 def alogon(

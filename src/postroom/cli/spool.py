@@ -108,7 +108,7 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
             if not app.json:
                 app.out.echo(
                     f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
-                    f"pid {os.getpid()}); Ctrl-C or SIGTERM stops it."
+                    f"pid {os.getpid()}, event loop {daemon_session.event_loop}); Ctrl-C or SIGTERM stops it."
                 )
             daemon_session.run_spooler(stop, on_pass=on_pass)
     if app.json:  # the last line: the totals

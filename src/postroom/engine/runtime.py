@@ -22,6 +22,7 @@ from ..spooler.outbound import SpoolerSettings
 from ..spooler.reroute import place_waiting
 from ..store import MessageStore, WaitKind, open_store
 from ..transports.spi import StatusRow, status_row_dict
+from .eventloop import running_loop_kind
 
 #: How long the connection must have stayed up before going online flushes the Outbox.
 DEFAULT_STABILITY_SECONDS = 5.0
@@ -143,6 +144,7 @@ class Runtime:
             f"profile {self.profile.name}",
         )
         offline = self.offline
+        loop = running_loop_kind()
         spooler = StatusRow(
             "MAPI spooler",
             "postroom spooler",
@@ -153,6 +155,8 @@ class Runtime:
             else "online",
             resource_methods=ResourceMethods.FLUSH_QUEUES | ResourceMethods.VALIDATE_STATE,
         )
+        if loop is not None:  # the daemon's row says whether it runs on uvloop (engine/eventloop.py)
+            spooler.status_string += f"; event loop {loop}"
         return [subsystem, spooler, *(t.status for t in self.transports.transports)]
 
     def publish_status(self) -> None:
