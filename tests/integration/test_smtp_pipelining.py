@@ -330,3 +330,30 @@ def test_postfix_pipelined_with_mixed_recipients(peers: Peers, tmp_path: Path, l
     deferred = got["later@defer.test"]
     assert deferred.mark is None and (deferred.temporary or "").startswith("450 4.")
     assert wait_until(lambda: bool(peers.maildir_files(user)), 30)  # Postfix delivers from its queue
+
+
+async def refuses_the_sender(peer: Peer) -> None:
+    """MAIL refused; then a careless server answers the pipelined DATA with 354 all the same."""
+    await peer.greet(EHLO_PIPELINING)
+    await peer.commands_until("DATA")
+    await peer.reply(
+        b"553 5.7.1 <sam@sender.test>: Sender address rejected\r\n", b"503 5.5.1 need MAIL\r\n", b"354 go\r\n"
+    )
+    await peer.content()
+    await peer.reply(b"554 5.5.1 no valid recipients\r\n")
+    while line := await peer.command():
+        await peer.reply(b"250 2.0.0 Ok\r\n" if line == "RSET" else b"221 2.0.0 Bye\r\n")
+
+
+def test_a_refused_sender_fails_every_recipient_and_the_pipelined_rest_is_wound_up(tmp_path: Path) -> None:
+    with ScriptedServer(refuses_the_sender) as server:
+        logon = make_logon(tmp_path, server.port)
+        message = make_message(rcpt("alice@example.test"))
+        result, _ = run(submit(logon, message))
+        assert result == SubmitResult.ok()
+        mark = message.recipients[0].mark
+        assert mark is not None and mark.text == "553 5.7.1 <sam@sender.test>: Sender address rejected"
+        assert server.contents == [b""]  # the end of data alone, never the message
+        assert server.commands[-1] == "RSET"
+        assert logon.pool._idle  # the connection is still good for the next message
+        run(logon.logoff())

@@ -748,12 +748,14 @@ class SMTPLogon(TransportLogon):
         else:
             tx.temporary += [(r, text) for r in recipients]
 
-    @staticmethod
-    async def _skip_replies(conn: Connection, count: int) -> None:
-        """Read and drop the replies to commands sent in a pipelined group that no longer matter."""
+    async def _skip_replies(self, conn: Connection, count: int) -> None:
+        """Read and drop the replies to commands sent in a pipelined group that no longer matter
+        (the last is DATA's: a server that says 354 to it anyway gets the end of data at once)."""
         try:
             for _ in range(count):
-                await conn.smtp.read_reply()
+                reply = await conn.smtp.read_reply()
+            if reply.code == 354:
+                await conn.smtp.send_content(END_OF_DATA, self.config.timeout)
         except _NETWORK_ERRORS:
             conn.broken = True
 
