@@ -1,8 +1,11 @@
 """The `smtp` transport: sends messages to an SMTP server (a smarthost or submission server).
 
-The RFC 5322 form of the message (`mime.to_bytes`, no Bcc header) is sent once per message to
-the pending recipients this transport takes, with the low-level SMTP commands (MAIL, RCPT, DATA),
-so every recipient's own reply is seen:
+The RFC 5322 form of the message (`mime.to_bytes`, no Bcc header) is made once per message (and
+its wire form, dots doubled, once too) and sent to the pending recipients this transport takes,
+with the low-level SMTP commands (MAIL, RCPT, DATA) through postroom's own client
+(`smtp_client.py`), so every recipient's own reply is seen. When the server offers PIPELINING
+(RFC 2920), MAIL, every RCPT and DATA go in one write and the replies are read in order; otherwise
+each command waits for its reply. Either way the replies mean the same:
 
 * 250/251 at RCPT and 250 after DATA: delivered, without a delivery report from us (the server
   only relays; a DSN that comes back later becomes the report). When the server offers DSN and
@@ -21,6 +24,10 @@ so every recipient's own reply is seen:
 * Network trouble (refused or dropped connection, timeouts, TLS and certificate failures, failed
   AUTH) before any recipient was delivered: MAPI_E_NETWORK_ERROR and the status row says FAILURE;
   the next success clears it. A disconnect after the server answered 250 to DATA is a delivery.
+  A connection lost (or a reply timed out) after the message went but before the server's reply
+  is an outcome unknown (RFC 1047): the message is sent again later and may arrive twice, and its
+  recipients' deferral text and the network error say so. Pipelined, when every RCPT failed the
+  server refuses DATA (RFC 2920 §3.1); one that says 354 anyway gets the end of data alone.
 
 Connections are made lazily on the first message (never with LogonFlags.NO_CONNECT: then every
 message waits) and kept in a pool (`smtp_pool.py`, which says how idle connections close and how
