@@ -19,6 +19,7 @@ from peers import Peers, wait_until
 
 from postroom.mapi.codes import HResult
 from postroom.mapi.flags import EndMessageFlags, NDRDiag, NDRReason, StatusCode
+from postroom.transports.smtp_client import ReplyTimeout, SMTPClient, wire_content
 from postroom.transports.spi import SubmitResult
 
 from support.scripted_smtp import EHLO_LOCK_STEP, EHLO_PIPELINING, Peer, ScriptedServer
@@ -357,3 +358,23 @@ def test_a_refused_sender_fails_every_recipient_and_the_pipelined_rest_is_wound_
         assert server.commands[-1] == "RSET"
         assert logon.pool._idle  # the connection is still good for the next message
         run(logon.logoff())
+
+
+async def stops_reading(peer: Peer) -> None:
+    await peer.greet(EHLO_PIPELINING)
+    await asyncio.sleep(30)  # reads nothing more: the client's socket buffer fills up
+
+
+def test_a_server_that_stops_reading_the_message_cannot_hold_the_connection() -> None:
+    async def send() -> str:
+        client = await SMTPClient.open("127.0.0.1", server.port, timeout=2, helo_name="client.test")
+        try:
+            await client.send_content(wire_content(b"x" * 1000 + b"\r\n") * 16_000, 0.3)  # ~16 MB, more than the socket buffers hold
+        except ReplyTimeout as exc:
+            return str(exc)
+        finally:
+            client.close()
+        return "sent"
+
+    with ScriptedServer(stops_reading) as server:
+        assert "took nothing for 0.3 s" in run(send())

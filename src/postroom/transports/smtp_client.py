@@ -204,6 +204,10 @@ class _ReplyReader(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def writing_paused(self) -> bool:
+        return self._can_write is not None and not self._can_write.done()
+
     async def drain(self) -> None:
         if self._can_write is not None and not self._can_write.done():
             await self._can_write
@@ -410,13 +414,26 @@ class SMTPClient:
         """Send a group of command lines in one write (RFC 2920); read their replies with
         `read_reply`, one per line, in order."""
         self.write(b"".join(lines))
-        await self._protocol.drain()
+        await self._drain(self.timeout)
 
     async def send_content(self, content: bytes, timeout: float) -> Reply:
         """After a 354: the message from `wire_content`, then the reply to its end (`timeout`)."""
         self.write(content)
-        await self._protocol.drain()
+        await self._drain(timeout)
         return await self.read_reply(timeout)
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait while the socket's buffer is full (rare: a large message, or a server that stopped
+        reading), at most `timeout` seconds; then the connection is closed."""
+        if not self._protocol.writing_paused:
+            return
+        try:
+            await asyncio.wait_for(self._protocol.drain(), timeout)
+        except TimeoutError:
+            self.close()
+            raise ReplyTimeout(f"the SMTP server {self.where} took nothing for {timeout:g} s") from None
+        if self._protocol.error is not None:
+            raise self._protocol.error
 
     async def quit(self, timeout: float) -> None:
         """QUIT politely, then close, whatever the server says."""
