@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from peers import Peers, wait_until
 
+import postroom
 from postroom.mapi.codes import HResult
 from postroom.mapi.flags import EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from postroom.transports.smtp_client import ReplyTimeout, SMTPClient, wire_content
@@ -252,8 +253,8 @@ def test_a_drop_in_the_middle_of_a_pipelined_group_is_a_network_error_with_nothi
 
 async def drops_after_the_message(peer: Peer) -> None:
     await peer.greet(EHLO_PIPELINING)
-    await peer.commands_until("DATA")
-    await peer.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n")
+    group = await peer.commands_until("DATA")
+    await peer.reply(b"250 2.1.5 Ok\r\n" * (len(group) - 1), b"354 go ahead\r\n")
     await peer.content()  # took the whole message, then gone without a reply
 
 
@@ -369,7 +370,9 @@ def test_a_server_that_stops_reading_the_message_cannot_hold_the_connection() ->
     async def send() -> str:
         client = await SMTPClient.open("127.0.0.1", server.port, timeout=2, helo_name="client.test")
         try:
-            await client.send_content(wire_content(b"x" * 1000 + b"\r\n") * 16_000, 0.3)  # ~16 MB, more than the socket buffers hold
+            await client.send_content(
+                wire_content(b"x" * 1000 + b"\r\n") * 16_000, 0.3
+            )  # ~16 MB, more than the socket buffers hold
         except ReplyTimeout as exc:
             return str(exc)
         finally:
@@ -378,3 +381,18 @@ def test_a_server_that_stops_reading_the_message_cannot_hold_the_connection() ->
 
     with ScriptedServer(stops_reading) as server:
         assert "took nothing for 0.3 s" in run(send())
+
+
+def test_an_outcome_unknown_is_kept_in_the_store(profile: Path) -> None:
+    """Through the face: the drop after the message went is kept in the store (the queue's last
+    error, the recipient's "why" and the WAIT event) while the message waits to go again."""
+    with ScriptedServer(drops_after_the_message) as flaky, postroom.logon(profile) as session:
+        session.add_service("smtp", "relay", {"host": "127.0.0.1", "port": flaky.port, "security": "none"})
+        mid = session.create_message("Twice?", "Maybe").to("alice@example.test").submit()
+        session.deliver()
+        [entry] = session.queue()
+        assert entry.last_error is not None and "outcome unknown" in entry.last_error
+        [report] = session.recipient_report(mid)
+        assert report.state == "waiting" and "may arrive twice" in (report.why or "")
+        assert any("outcome unknown" in event.detail for event in session.events(mid))
+        assert len(flaky.contents) == 1
