@@ -396,3 +396,24 @@ def test_an_outcome_unknown_is_kept_in_the_store(profile: Path) -> None:
         assert report.state == "waiting" and "may arrive twice" in (report.why or "")
         assert any("outcome unknown" in event.detail for event in session.events(mid))
         assert len(flaky.contents) == 1
+
+
+async def login_only_in_the_old_form(peer: Peer) -> None:
+    """Offers AUTH only as `AUTH=LOGIN` (before RFC 2554), and takes the user name as an initial response."""
+    await peer.greet(b"250-scripted.test\r\n250-AUTH=LOGIN\r\n250 PIPELINING\r\n")
+    verb, _, user = (await peer.command()).rpartition(" ")
+    await peer.reply(b"334 UGFzc3dvcmQ6\r\n")
+    password = base64.b64decode(await peer.command())
+    if (verb, base64.b64decode(user), password) != ("AUTH LOGIN", b"sam", b"l0gin-Pa55word"):
+        await peer.reply(b"535 5.7.8 Authentication credentials invalid\r\n")
+        return
+    await peer.reply(b"235 2.7.0 Authentication successful\r\n")
+    await answers_only_whole_groups_after_greeting(peer)
+
+
+def test_auth_login_offered_in_the_old_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTROOM_TEST_SMTP_PASSWORD", "l0gin-Pa55word")
+    with ScriptedServer(login_only_in_the_old_form) as server:
+        logon = make_logon(tmp_path, server.port, username="sam", password_env="POSTROOM_TEST_SMTP_PASSWORD")
+        result, _ = run(submit(logon, make_message(rcpt("alice@example.test"))))
+        assert result == SubmitResult.ok() and len(server.contents) == 1

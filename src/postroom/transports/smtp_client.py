@@ -288,8 +288,12 @@ class SMTPClient:
             extensions: dict[str, str] = {}
             for line in reply.message.split("\n")[1:]:
                 keyword, _, params = line.strip().partition(" ")
+                keyword = keyword.lower()
+                if keyword.startswith("auth="):  # the pre-RFC 2554 form some servers still send
+                    keyword, params = "auth", f"{keyword[5:]} {params}"
+                    params = f"{extensions.get('auth', '')} {params}"
                 if keyword:
-                    extensions[keyword.lower()] = params.strip()
+                    extensions[keyword] = params.strip()
             self.extensions = extensions
             return
         if reply.code == 421:
