@@ -10,7 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,11 @@ from support.smtp_transport import SENDER, by_address, make_logon, make_message,
 from support.spi import FakeSupport
 
 pytestmark = pytest.mark.integration
+
+try:
+    import uvloop
+except ImportError:  # the [fast] extra is not installed: the uvloop runs are skipped
+    uvloop = None
 
 
 # --- a scriptable SMTP server ------------------------------------------------------------------------
@@ -150,17 +155,34 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(params=["lock-step", "pipelined"])
-def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple[Handler, int]]]:
-    """Starts scriptable servers; every test that uses it runs twice: against a server that does
-    not offer PIPELINING (the client waits for each reply) and one that does (RFC 2920)."""
+def _on_uvloop(coro: Coroutine[Any, Any, Any]) -> Any:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+@pytest.fixture(
+    params=[
+        "lock-step",
+        "pipelined",
+        pytest.param("pipelined on uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed")),
+    ]
+)
+def start_server(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., tuple[Handler, int]]]:
+    """Starts scriptable servers; every test that uses it runs three times: against a server that
+    does not offer PIPELINING (the client waits for each reply), one that does (RFC 2920), and that
+    one with the transport on uvloop (the tests' `asyncio.run` runs on a uvloop loop; the servers
+    keep their own asyncio loops)."""
+    if request.param == "pipelined on uvloop":
+        monkeypatch.setattr(asyncio, "run", _on_uvloop)
     controllers: list[Controller] = []
 
     def start(
         handler: Handler | None = None, *, port: int | None = None, dsn: bool = False, **kwargs: Any
     ) -> tuple[Handler, int]:
         handler = handler or Handler()
-        if request.param == "pipelined":
+        if request.param != "lock-step":
             handler.extra_ehlo.append("250-PIPELINING")
         port = port or free_port()
         kwargs.setdefault("server_hostname", "mx.test")
