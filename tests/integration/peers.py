@@ -13,6 +13,8 @@ without systemd, and stops them when the session ends. Both serve the same Maild
   recipients, to `corpus@example.test` and changes no header (no header rewriting, no header
   dropped), so a test can send real-world messages with their own To/Cc unchanged and compare
   what arrives byte for byte (tests/integration/test_fidelity_corpus.py).
+* A third SMTP listener (`Peers.lockstep_smtp_port`) is the first one without PIPELINING in its
+  EHLO reply, for the SMTP client's lock-step path (tests/integration/test_smtp_pipelining.py).
 * Dovecot logs in any user of any domain with `Peers.password` (a static passdb) and serves
   `<root>/mail/<domain>/<user>/`, so a test that only needs a mailbox takes a fresh user
   (`Peers.new_user()`) and writes messages straight into its Maildir (`Peers.put_message`).
@@ -157,6 +159,7 @@ class Peers:
     password: str
     smtp_port: int
     corpus_smtp_port: int
+    lockstep_smtp_port: int
     imap_port: int
     pop3_port: int
     imaps_port: int | None
@@ -269,7 +272,7 @@ class Peers:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self._wait_up("postfix", self._postfix, (self.smtp_port,), self.postfix_log)
+        self._wait_up("postfix", self._postfix, (self.smtp_port, self.lockstep_smtp_port), self.postfix_log)
 
     def stop_postfix(self) -> None:
         proc, self._postfix = self._postfix, None
@@ -338,7 +341,13 @@ class Peers:
 
 def _build(root: Path) -> Peers:
     password = f"pw-{secrets.token_hex(8)}"
-    ports = {"smtp": free_port(), "corpus_smtp": free_port(), "imap": free_port(), "pop3": free_port()}
+    ports = {
+        "smtp": free_port(),
+        "corpus_smtp": free_port(),
+        "lockstep_smtp": free_port(),
+        "imap": free_port(),
+        "pop3": free_port(),
+    }
     ca_file = _make_test_ca(root / "tls")
     tls_ports = {"imaps": free_port(), "pop3s": free_port()} if ca_file else {"imaps": 0, "pop3s": 0}
 
@@ -362,6 +371,7 @@ def _build(root: Path) -> Peers:
         "MAIL_UID": str(MAIL_UID),
         "SMTP_LISTEN": f"127.0.0.1:{ports['smtp']}",
         "CORPUS_SMTP_LISTEN": f"127.0.0.1:{ports['corpus_smtp']}",
+        "LOCKSTEP_SMTP_LISTEN": f"127.0.0.1:{ports['lockstep_smtp']}",
         "PASSWORD": password,
         "PORT_IMAP": str(ports["imap"]),
         "PORT_POP3": str(ports["pop3"]),
@@ -393,6 +403,7 @@ def _build(root: Path) -> Peers:
         password=password,
         smtp_port=ports["smtp"],
         corpus_smtp_port=ports["corpus_smtp"],
+        lockstep_smtp_port=ports["lockstep_smtp"],
         imap_port=ports["imap"],
         pop3_port=ports["pop3"],
         imaps_port=tls_ports["imaps"] or None,

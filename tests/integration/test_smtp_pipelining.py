@@ -308,22 +308,33 @@ def test_auth_cram_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # --- real Postfix -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_postfix_pipelined_with_mixed_recipients(peers: Peers, tmp_path: Path, loop: str) -> None:
-    """Postfix offers PIPELINING: one delivered, one unknown user (550 5.1.1), one deferred (450)."""
+@pytest.mark.parametrize(
+    ("listener", "loop"),
+    [
+        ("pipelined", "asyncio"),
+        ("lock-step", "asyncio"),
+        pytest.param("pipelined", "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed")),
+    ],
+)
+def test_postfix_with_mixed_recipients(peers: Peers, tmp_path: Path, listener: str, loop: str) -> None:
+    """Postfix: one delivered, one unknown user (550 5.1.1), one deferred (450), on its listener
+    that offers PIPELINING and on the one that does not."""
+    port = peers.smtp_port if listener == "pipelined" else peers.lockstep_smtp_port
     user = peers.new_postfix_user()
-    logon = make_logon(tmp_path, peers.smtp_port, timeout=30)
+    logon = make_logon(tmp_path, port, timeout=30)
     message = make_message(rcpt(user), rcpt("nobody-here@example.test"), rcpt("later@defer.test"))
 
     async def send() -> tuple[SubmitResult, EndMessageFlags, bool]:
         result, end = await submit(logon, message)
         conn = logon.pool._idle[0] if logon.pool._idle else None
-        pipelined = conn is not None and conn.smtp.supports("pipelining")
+        assert conn is not None
+        pipelined = conn.smtp.supports("pipelining")
         await logon.logoff()
         return result, end, pipelined
 
     result, end, pipelined = run(send(), loop)
-    assert pipelined and result == SubmitResult.ok() and end == EndMessageFlags.RESEND_LATER
+    assert pipelined == (listener == "pipelined")
+    assert result == SubmitResult.ok() and end == EndMessageFlags.RESEND_LATER
     got = by_address(message)
     delivered = got[user].mark
     assert delivered is not None and delivered.delivered
