@@ -18,12 +18,13 @@ import mimetypes
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import mime
 from .addressing import has_break, has_lone_surrogate, parse_address
 from .engine import Engine
 from .engine.daemon import open_when_usable
@@ -32,6 +33,8 @@ from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport
 from .engine.results import Received, RouteAnswer, SendReceiveSummary
 from .engine.status import StatusReport
+from .formats import mailboxes, msg
+from .formats.mailboxes import ImportResult, ImportStatus, SourceKind
 from .identity import ADDRESS_KEY as IDENTITY_ADDRESS_KEY
 from .identity import NAME_KEY as IDENTITY_NAME_KEY
 from .identity import (
@@ -393,6 +396,66 @@ class _SessionCore:
         """PR_ENTRYID of a message: save it before submitting, as MAPI clients do."""
         _check_ref(ref, "entry_id")
         return self._store.entry_id_of(self._store.resolve_message(ref))
+
+    # --- files: import and export (postroom.formats) ----------------------------------------
+    def import_files(
+        self, paths: Iterable[str | os.PathLike[str]], *, folder: str | int | Folder | None = None
+    ) -> Iterator[ImportResult]:
+        """Import every message in `paths` (.eml and .msg files, mbox files, Maildir
+        directories) into `folder` (the Inbox by default), one at a time, yielding what became
+        of each: imported, skipped (already imported: the same bytes were saved before and are
+        still in the store) or failed (unreadable, with the reason; the import goes on)."""
+        _check(folder, (str, int, Folder, type(None)), "import_files(): the folder")
+        names = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        for name in names:
+            _check(name, (str, os.PathLike), "import_files(): a path")
+        target = self.inbox if folder is None else folder if isinstance(folder, Folder) else self.folder(folder)
+        for item in mailboxes.scan(names):
+            if item.data is None:
+                yield ImportResult(item.source, ImportStatus.FAILED, detail=item.error or "unreadable")
+                continue
+            try:
+                data = msg.read_msg(item.data) if item.kind == SourceKind.MSG else mime.from_mime(item.data)
+                mid = self._store.import_message(target.id, data, item.key)
+            except MAPIError as exc:
+                yield ImportResult(item.source, ImportStatus.FAILED, detail=str(exc))
+                continue
+            if mid is None:
+                yield ImportResult(item.source, ImportStatus.SKIPPED, detail="already imported")
+            else:
+                yield ImportResult(item.source, ImportStatus.IMPORTED, message_id=mid)
+
+    def export_folder(
+        self,
+        folder: str | int | Folder,
+        *,
+        mbox: str | os.PathLike[str] | None = None,
+        maildir: str | os.PathLike[str] | None = None,
+    ) -> int:
+        """Write every message of `folder` to an mbox file or a Maildir directory (exactly one of
+        the two), each as the bytes it arrived as when it has them and was not edited since,
+        else as its RFC 5322 rendering. Messages are loaded one at a time. Returns the count."""
+        _check(folder, (str, int, Folder), "export_folder(): the folder")
+        if (mbox is None) == (maildir is None):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "export_folder(): give exactly one of mbox and maildir")
+        f = folder if isinstance(folder, Folder) else self.folder(folder)
+        messages = (self.export_rfc822(row.id) for row in self._store.list_messages(f.id))
+        if mbox is not None:
+            return mailboxes.write_mbox(mbox, messages)
+        assert maildir is not None
+        return mailboxes.write_maildir(maildir, messages)
+
+    def export_rfc822(self, ref: str | int | bytes) -> bytes:
+        """A message as RFC 5322: its original bytes when unedited, else its rendering."""
+        _check_ref(ref, "export_rfc822")
+        data = self.open_message(ref)
+        return mime.original_bytes(data) or mime.to_bytes(data)
+
+    def export_msg(self, ref: str | int | bytes) -> bytes:
+        """A message as an Outlook `.msg` file (MS-OXMSG): its properties, recipients and
+        attachments (embedded messages included), in a compound file postroom writes itself."""
+        _check_ref(ref, "export_msg")
+        return msg.write_msg(self.open_message(ref))
 
     def next_due(self) -> datetime | None:
         """When the earliest waiting message in the outgoing queue becomes due."""
