@@ -174,7 +174,7 @@ def test_a_file_that_is_not_an_outlook_message_is_refused_as_corrupt_data(tmp_pa
         msg.read_msg(b"not a compound file at all" * 40)
     assert caught.value.code is HResult.MAPI_E_CORRUPT_DATA
     other = cfb.write_cfb({"WordDocument": b"x" * 100})  # a compound file, but no message in it
-    with pytest.raises(MAPIError, match="__properties_version1.0"):
+    with pytest.raises(MAPIError, match=r"__properties_version1\.0"):
         msg.read_msg(other)
 
 
@@ -274,7 +274,10 @@ def messages(draw: st.DrawFn, depth: int = 0) -> MessageData:
     md = MessageData(props={**props, **named})
     if named and depth == 0:
         guids = st.sampled_from([msg.PS_MAPI, msg.PS_PUBLIC_STRINGS, "00062008-0000-0000-c000-000000000046"])
-        names = st.one_of(st.integers(0, 2**31 - 1), st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12))
+        names = st.one_of(
+            st.integers(0, 2**31 - 1),
+            st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12),
+        )
         mapping = {f"{T.prop_id(tag):04X}": [draw(guids), draw(names)] for tag in named}
         md.props[msg.PR_POSTROOM_NAMEID_MAP] = json.dumps(mapping, separators=(",", ":"))
     for _ in range(draw(st.integers(0, 2))):
@@ -348,7 +351,9 @@ def test_a_message_with_one_property_of_every_type_survives_the_store_and_msg_ex
 
 
 def test_the_property_stream_header_of_a_top_level_message_counts_its_recipients_and_attachments() -> None:
-    md = MessageData(props={T.PR_SUBJECT: "x"}, recipients=[Recipient(), Recipient()], attachments=[Attachment(data=b"a")])
+    md = MessageData(
+        props={T.PR_SUBJECT: "x"}, recipients=[Recipient(), Recipient()], attachments=[Attachment(data=b"a")]
+    )
     ole = olefile.OleFileIO(msg.write_msg(md))
     try:
         head = ole.openstream("__properties_version1.0").read()[:32]
