@@ -424,7 +424,10 @@ class _SessionCore:
                 yield ImportResult(item.source, ImportStatus.FAILED, detail=item.error or "unreadable")
                 continue
             try:
-                data = msg.read_msg(item.data) if item.kind == SourceKind.MSG else mime.from_mime(item.data)
+                if item.kind == SourceKind.MSG:
+                    data = msg.add_unicode_twins(msg.read_msg(item.data))
+                else:
+                    data = mime.from_mime(item.data)
             except MAPIError as exc:
                 yield from self._import_batch(target, pending)
                 pending, size = [], 0

@@ -23,7 +23,6 @@ import json
 import struct
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import olefile
@@ -32,45 +31,33 @@ from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import AttachMethod
 from ..mapi.message import Attachment, MessageData, Props, Recipient
-from . import rtf
 from .cfb import Tree, write_cfb
+from .mapiprops import (
+    FIXED,
+    MV_FIXED,
+    PR_INTERNET_CPID,
+    PR_MESSAGE_CODEPAGE,
+    PR_POSTROOM_NAMEID_MAP,
+    PS_MAPI,
+    PS_PUBLIC_STRINGS,
+    VARIABLE,
+    add_unicode_twins,
+    filetime,
+    fill_body,
+    from_filetime,
+)
 
 __all__ = [
     "PR_POSTROOM_NAMEID_MAP",
     "PS_MAPI",
     "PS_PUBLIC_STRINGS",
+    "add_unicode_twins",
     "filetime",
+    "fill_body",
     "from_filetime",
     "read_msg",
     "write_msg",
 ]
-
-PR_POSTROOM_NAMEID_MAP = T.prop_tag(T.PT_UNICODE, 0x67F0)
-T.TAG_NAMES.setdefault(PR_POSTROOM_NAMEID_MAP, "PR_POSTROOM_NAMEID_MAP")
-PR_RTF_COMPRESSED = T.prop_tag(T.PT_BINARY, 0x1009)
-T.TAG_NAMES.setdefault(PR_RTF_COMPRESSED, "PR_RTF_COMPRESSED")
-PR_MESSAGE_CODEPAGE = T.prop_tag(T.PT_LONG, 0x3FFD)
-PR_INTERNET_CPID = T.prop_tag(T.PT_LONG, 0x3FDE)
-PS_MAPI = "00020328-0000-0000-c000-000000000046"
-PS_PUBLIC_STRINGS = "00020329-0000-0000-c000-000000000046"
-
-PT_FLOAT, PT_CURRENCY, PT_APPTIME = 0x0004, 0x0006, 0x0007
-#: Fixed-size types: their struct format (little-endian). The value sits in the property stream.
-FIXED: dict[int, str] = {
-    T.PT_SHORT: "<h",
-    T.PT_LONG: "<i",
-    PT_FLOAT: "<f",
-    T.PT_DOUBLE: "<d",
-    PT_CURRENCY: "<q",
-    PT_APPTIME: "<d",
-    T.PT_ERROR: "<I",
-    T.PT_BOOLEAN: "<H",
-    T.PT_I8: "<q",
-    T.PT_SYSTIME: "<Q",
-}
-#: Fixed-size types whose multi-valued form is one stream of packed values (CLSID: 16 bytes each).
-MV_FIXED = {**{t: f for t, f in FIXED.items() if t not in (T.PT_ERROR, T.PT_BOOLEAN)}, T.PT_CLSID: "16s"}
-VARIABLE = (T.PT_STRING8, T.PT_UNICODE, T.PT_BINARY)
 
 PROPS = "__properties_version1.0"
 NAMEID = "__nameid_version1.0"
@@ -78,23 +65,6 @@ RECIP = "__recip_version1.0_#{:08X}"
 ATTACH = "__attach_version1.0_#{:08X}"
 EMBEDDED = "__substg1.0_3701000D"
 _ENTRY = struct.Struct("<IIQ")
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
-
-
-def from_filetime(value: int) -> datetime:
-    """A FILETIME (100 ns ticks since 1601) as a datetime, to the microsecond; the largest
-    datetime for a FILETIME past the year 9999 (Outlook's "none" dates)."""
-    try:
-        return _FILETIME_EPOCH + timedelta(microseconds=value // 10)
-    except OverflowError:
-        return datetime.max.replace(tzinfo=UTC)
-
-
-def filetime(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    delta = value - _FILETIME_EPOCH
-    return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 10
 
 
 def _corrupt(why: str) -> MAPIError:
@@ -206,7 +176,7 @@ class _Reader:
         for name in names:
             if name.startswith("__attach_version1.0_#"):
                 md.attachments.append(self.attachment([*path, name], len(md.attachments)))
-        _fill_body(md)
+        fill_body(md)
         return md
 
     def attachment(self, path: list[str], num: int) -> Attachment:
@@ -246,19 +216,6 @@ class _Reader:
                 name = ident
             out[f"{0x8000 + index:04X}"] = [guid, name]
         return out
-
-
-def _fill_body(md: MessageData) -> None:
-    """PR_BODY or PR_HTML from PR_RTF_COMPRESSED when the file has neither (see the docstring)."""
-    packed = md.props.get(PR_RTF_COMPRESSED)
-    if not isinstance(packed, bytes) or (T.PR_HTML in md.props and T.PR_BODY in md.props):
-        return
-    try:
-        text = rtf.decompress(packed)
-    except MAPIError:
-        return
-    if rtf.is_html_wrapper(text) and T.PR_HTML not in md.props:
-        md.props[T.PR_HTML] = rtf.html_from_rtf(text)
 
 
 def read_msg(data: bytes) -> MessageData:

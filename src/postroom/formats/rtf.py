@@ -38,14 +38,17 @@ def _table() -> list[int]:
     return table
 
 
-_CRC = _table()
+_CRC: list[int] = []  # made on first use: importing `mime` (which reads TNEF) must stay cheap
 
 
 def crc32(data: bytes) -> int:
     """The CRC of MS-OXRTFCP §2.1.3.2: the CRC-32 table, started at 0 and not inverted."""
+    if not _CRC:
+        _CRC.extend(_table())
+    table = _CRC
     crc = 0
     for byte in data:
-        crc = _CRC[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc
 
 
