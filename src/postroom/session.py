@@ -33,7 +33,7 @@ from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport
 from .engine.results import Received, RouteAnswer, SendReceiveSummary
 from .engine.status import StatusReport
-from .formats import mailboxes, msg
+from .formats import mailboxes, msg, tnef
 from .formats.mailboxes import ImportResult, ImportStatus, SourceKind
 from .identity import ADDRESS_KEY as IDENTITY_ADDRESS_KEY
 from .identity import NAME_KEY as IDENTITY_NAME_KEY
@@ -484,6 +484,11 @@ class _SessionCore:
         _check_ref(ref, "export_rfc822")
         data = self.open_message(ref)
         return mime.original_bytes(data) or mime.to_bytes(data)
+
+    def export_tnef(self, ref: str | int | bytes) -> bytes:
+        """A message as a TNEF stream (`winmail.dat`, MS-OXTNEF), its recipient table included."""
+        _check_ref(ref, "export_tnef")
+        return tnef.write_tnef(self.open_message(ref), recipients=True)
 
     def export_msg(self, ref: str | int | bytes) -> bytes:
         """A message as an Outlook `.msg` file (MS-OXMSG): its properties, recipients and

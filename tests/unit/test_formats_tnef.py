@@ -10,12 +10,16 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import postroom
-from postroom import HResult, MAPIError, Session
+from postroom import HResult, MAPIError, MessageData, Recipient, Session
 from postroom.formats import mapiprops, rtf, tnef
 from postroom.mapi import tags as T
+from postroom.mapi.entryid import one_off_entry_id
 from postroom.mime import from_mime
+
+from support.propbags import messages, strip
 
 DATA = Path(__file__).parents[1] / "data" / "tnef"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.tnef"))
@@ -107,3 +111,83 @@ def test_an_imported_message_with_tnef_keeps_its_original_bytes_and_shows_the_at
     assert [a.filename for a in stored.attachments] == ["AUTHORS"]
     assert stored.attachments[0].read_all() == baseline("AUTHORS")
     assert session.export_rfc822(result.message_id) == raw
+
+
+# --- TNEF out ---------------------------------------------------------------------------------------
+def without_text_twins(md: MessageData) -> MessageData:
+    """What `read_tnef` adds (Unicode twins of ANSI strings, PR_ATTACH_SIZE) taken back out, so a
+    message read back compares with the one written."""
+    for bag in (md.props, *(r.props for r in md.recipients), *(a.props for a in md.attachments)):
+        for tag in [t for t in bag if T.prop_type(t) == T.PT_UNICODE]:
+            twin = T.prop_tag(T.PT_STRING8, T.prop_id(tag))
+            if twin in bag and bag[twin] == bag[tag]:
+                del bag[tag]
+    for att in md.attachments:
+        if att.embedded is not None:
+            without_text_twins(att.embedded)
+    return md
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_random_property_bags_of_every_type_survive_tnef_out_and_in_unchanged(md: MessageData) -> None:
+    again = without_text_twins(tnef.read_tnef(tnef.write_tnef(md, recipients=True)))
+    assert strip(again) == strip(with_class(md))
+
+
+def with_class(md: MessageData) -> MessageData:
+    """attMessageClass always says the class: a message without PR_MESSAGE_CLASS reads back as IPM.Note."""
+    md.props.setdefault(T.PR_MESSAGE_CLASS, "IPM.Note")
+    for att in md.attachments:
+        if att.embedded is not None:
+            with_class(att.embedded)
+    return md
+
+
+def test_a_message_written_as_tnef_is_read_by_an_independent_reader() -> None:
+    import tnefparse  # LGPL-3: a test dependency only
+
+    md = tnef.read_tnef((DATA / "two-files.tnef").read_bytes())
+    theirs = tnefparse.TNEF(tnef.write_tnef(md))
+    assert [(a.long_filename(), a.data) for a in theirs.attachments] == [
+        ("AUTHORS", baseline("AUTHORS")),
+        ("README", baseline("README")),
+    ]
+    subject = next(p for p in theirs.mapiprops if p.name == T.prop_id(T.PR_CONVERSATION_TOPIC))
+    assert str(subject.data).rstrip("\0") == "two files"
+
+
+def test_a_message_sent_as_tnef_carries_its_attachments_in_a_winmail_dat_part(session: Session) -> None:
+    draft = session.create_message("rich", "the text")
+    draft.attach_bytes("a.bin", b"\x00\x01 attachment")
+    draft.set(T.prop_tag(T.PT_LONG, 0x6100), 42)
+    md = session.open_message(draft.save())
+    out = with_mime(tnef.with_tnef(md))
+    (winmail,) = [p for p in out.walk() if p.get_content_type() == "application/ms-tnef"]
+    payload = winmail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    inner = tnef.read_tnef(payload)
+    assert [(a.filename, a.read_all()) for a in inner.attachments] == [("a.bin", b"\x00\x01 attachment")]
+    assert inner.props[T.prop_tag(T.PT_LONG, 0x6100)] == 42
+    assert from_mime(out.as_bytes()).props[T.prop_tag(T.PT_LONG, 0x6100)] == 42  # and postroom reads it back
+
+
+def with_mime(md: MessageData) -> EmailMessage:
+    from postroom.mime import to_mime
+
+    return to_mime(md)
+
+
+def test_rich_info_is_wanted_as_the_one_off_entry_id_or_pr_send_rich_info_says() -> None:
+    smtp = Recipient(props={T.PR_ENTRYID: one_off_entry_id("A", "SMTP", "a@example.org")})
+    rich = Recipient(props={T.PR_ENTRYID: one_off_entry_id("B", "EX", "/o=org/cn=b")})
+    told = Recipient(props={T.PR_ENTRYID: smtp.entry_id, T.PR_SEND_RICH_INFO: True})
+    assert [tnef.wants_rich_info(r) for r in (smtp, rich, told, Recipient())] == [False, True, True, False]
+
+
+def test_export_tnef_writes_a_winmail_dat_with_the_recipient_table(session: Session, tmp_path: Path) -> None:
+    draft = session.create_message("to two", "hello").to("a@example.org").cc("b@example.org")
+    mid = draft.save()
+    inner = tnef.read_tnef(session.export_tnef(mid))
+    assert [r.email_address for r in inner.recipients] == ["a@example.org", "b@example.org"]
+    assert inner.subject == "to two" and inner.body == "hello"

@@ -349,6 +349,13 @@ def show(app: App, ref: str, props: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the message as an Outlook .msg file (MS-OXMSG) to FILE.",
 )
+@click.option(
+    "--tnef",
+    "tnef_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the message as TNEF (a winmail.dat, MS-OXTNEF) to FILE.",
+)
 @click.option("--folder", metavar="F", help="With --mbox or --maildir: the folder to export (a name or ID).")
 @click.option(
     "--mbox",
@@ -373,16 +380,18 @@ def export(
     include_bcc: bool,
     exact: bool,
     msg_file: Path | None,
+    tnef_file: Path | None,
     folder: str | None,
     mbox_file: Path | None,
     maildir_dir: Path | None,
 ) -> None:
-    """Write a message as RFC 5322 (MIME) to stdout, or as a .msg file; or a whole folder as an
-    mbox file or a Maildir directory.
+    """Write a message as RFC 5322 (MIME) to stdout, or as a .msg or TNEF file; or a whole folder
+    as an mbox file or a Maildir directory.
 
     \b
     For example: postroom export 3 > m.eml
                  postroom export 3 --msg m.msg
+                 postroom export 3 --tnef winmail.dat
                  postroom export --folder Inbox --mbox inbox.mbox
     """
     from .. import mime
@@ -396,13 +405,17 @@ def export(
         raise click.UsageError("give a message ID (or --folder F with --mbox or --maildir)")
     session = app.session()
     mid = session.message_id(ref)
-    if msg_file is not None:
-        data = session.export_msg(mid)
-        msg_file.write_bytes(data)
+    if msg_file is not None or tnef_file is not None:
+        if msg_file is not None and tnef_file is not None:
+            raise click.UsageError("give one of --msg and --tnef")
+        target = msg_file if msg_file is not None else tnef_file
+        assert target is not None
+        data = session.export_msg(mid) if msg_file is not None else session.export_tnef(mid)
+        target.write_bytes(data)
         if app.json:
-            app.out.document({"message_id": mid, "size": len(data), "msg": str(msg_file)})
+            app.out.document({"message_id": mid, "size": len(data), "msg" if msg_file else "tnef": str(target)})
         else:
-            app.out.echo(f"wrote message {mid} to {msg_file} ({len(data)} bytes)")
+            app.out.echo(f"wrote message {mid} to {target} ({len(data)} bytes)")
         return
     message = session.open_message(mid)
     kept = mime.original_bytes(message) if exact else None

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
+from ..mapi.entryid import decode_one_off, is_one_off
 from ..mapi.flags import AttachMethod
 from ..mapi.message import Attachment, MessageData, Props, Recipient
 from . import mapiprops as props_
 
-__all__ = ["SIGNATURE", "expand", "is_tnef", "read_tnef"]
+__all__ = ["SIGNATURE", "expand", "is_tnef", "read_tnef", "wants_rich_info", "with_tnef", "write_tnef"]
 
 
 def _guid_bytes(text: str) -> bytes:
@@ -178,14 +180,16 @@ def _codepage(number: int) -> str:
     return name
 
 
-def read_tnef(data: bytes, *, depth: int = 0) -> MessageData:
-    """The MAPI message in a TNEF stream; MAPI_E_CORRUPT_DATA when it is not one."""
+def read_tnef(data: bytes, *, depth: int = 0, names: dict[str, list[Any]] | None = None) -> MessageData:
+    """The MAPI message in a TNEF stream; MAPI_E_CORRUPT_DATA when it is not one. The names of
+    named properties go to the top message's PR_POSTROOM_NAMEID_MAP (an embedded message's too,
+    as in a .msg file, whose embedded messages share their parent's mapping)."""
     if not is_tnef(data):
         raise _corrupt("no TNEF signature")
     if depth > 8:
         raise _corrupt("embedded messages nested too deep")
     md = MessageData()
-    names: dict[str, list[Any]] = {}
+    names = {} if names is None else names
     codepage = "cp1252"
     att: Attachment | None = None
     pos = 6
@@ -275,7 +279,7 @@ def _attachment_attribute(
         if isinstance(obj, bytes):
             inner = obj[16:]
             if obj[:16] == IID_IMESSAGE and is_tnef(inner):
-                att.embedded = read_tnef(inner, depth=depth + 1)
+                att.embedded = read_tnef(inner, depth=depth + 1, names=names)
                 att.props[T.PR_ATTACH_METHOD] = int(AttachMethod.EMBEDDED_MSG)
                 att.data = None
             else:
@@ -308,3 +312,147 @@ def expand(md: MessageData) -> MessageData:
     for n, item in enumerate(md.attachments):
         item.num = n
     return md
+
+
+# --- writing ------------------------------------------------------------------------------------------
+#: attAttachRenddata of a file attachment: AttachTypeFile, position -1, no size, no flags.
+_RENDDATA_FILE = struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0)
+#: The legacy class Outlook writes in attMessageClass for an IPM.Note.
+_LEGACY = {mapi: legacy for legacy, mapi in _CLASSES.items()}
+#: Properties never written to attMAPIProps: the store's own, and what TNEF carries elsewhere.
+_NOT_WRITTEN = frozenset(
+    {T.PR_ENTRYID, T.PR_RECORD_KEY, T.PR_INSTANCE_KEY, T.PR_MESSAGE_SIZE, T.PR_ATTACH_DATA_BIN, T.PR_ATTACH_DATA_OBJ}
+) | {props_.PR_POSTROOM_NAMEID_MAP}
+
+
+def _attribute(level: int, attr: int, data: bytes) -> bytes:
+    return struct.pack("<BII", level, attr, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+
+class _PropWriter:
+    def __init__(self, codepage: str, names: dict[str, list[Any]]) -> None:
+        self.codepage = codepage
+        self.names = names
+
+    def bag(self, props: Props, extra: Sequence[bytes] = ()) -> bytes:
+        items: list[bytes] = []
+        for tag in sorted(props):
+            value = props[tag]
+            kind, pid = T.prop_type(tag), T.prop_id(tag)
+            if value is None or tag in _NOT_WRITTEN or kind in (T.PT_OBJECT, T.PT_NULL, T.PT_UNSPECIFIED):
+                continue
+            head = struct.pack("<HH", kind, pid)
+            if pid >= 0x8000:
+                name = self.names.get(f"{pid:04X}")
+                if name is None:
+                    continue  # a named property whose name is unknown cannot be written
+                head += self.name(name)
+            items.append(head + self.value(kind, value))
+        items.extend(extra)
+        return struct.pack("<I", len(items)) + b"".join(items)
+
+    @staticmethod
+    def name(entry: list[Any]) -> bytes:
+        guid, name = entry
+        if isinstance(name, str):
+            raw = (name + "\0").encode("utf-16-le")
+            return _guid_bytes(guid) + struct.pack("<II", 1, len(raw)) + _padded(raw)
+        return _guid_bytes(guid) + struct.pack("<II", 0, int(name))
+
+    def value(self, kind: int, value: Any) -> bytes:
+        base = kind & ~T.MV_FLAG
+        if kind & T.MV_FLAG:
+            return struct.pack("<I", len(value)) + b"".join(self.one(base, v) for v in value)
+        if base in _VARIABLE:
+            return struct.pack("<I", 1) + self.one(base, value)
+        return self.one(base, value)
+
+    def one(self, base: int, value: Any) -> bytes:
+        if base in _VARIABLE:
+            if base == T.PT_UNICODE:
+                raw = (str(value) + "\0").encode("utf-16-le", "surrogatepass")
+            elif base == T.PT_STRING8:
+                raw = (str(value) + "\0").encode(self.codepage, "replace")
+            else:
+                raw = bytes(value)
+            return struct.pack("<I", len(raw)) + _padded(raw)
+        if base == T.PT_SYSTIME:
+            value = props_.filetime(value)
+        elif base == T.PT_BOOLEAN:
+            value = 1 if value else 0
+        return _padded(struct.pack(_FIXED[base], value))
+
+
+def _padded(raw: bytes) -> bytes:
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def write_tnef(
+    md: MessageData, *, recipients: bool = False, key: int = 0x0001, names: dict[str, list[Any]] | None = None
+) -> bytes:
+    """`md` as a TNEF stream: the legacy attributes Outlook writes, every property in attMAPIProps
+    (named ones with their names, from PR_POSTROOM_NAMEID_MAP), each attachment with its data and
+    attAttachment properties, an embedded message as a TNEF stream of its own. The recipient table
+    only with `recipients=True` (`export --tnef`): a message sent as TNEF has its recipients in
+    its MIME header, and a Bcc row must never travel in its body."""
+    mapping = md.props.get(props_.PR_POSTROOM_NAMEID_MAP)
+    if names is None:  # an embedded message is written with its parent's names
+        names = json.loads(mapping) if isinstance(mapping, str) and mapping else {}
+    cpid = md.props.get(props_.PR_MESSAGE_CODEPAGE) or md.props.get(props_.PR_INTERNET_CPID) or 1252
+    codepage = _codepage(int(cpid)) if isinstance(cpid, int) and cpid not in (1200,) else "cp1252"
+    number = 65001 if codepage == "utf-8" else int(codepage[2:])
+    writer = _PropWriter(codepage, names)
+    out = [struct.pack("<IH", SIGNATURE, key)]
+    out.append(_attribute(LEVEL_MESSAGE, 0x00089006, struct.pack("<I", 0x00010000)))
+    out.append(_attribute(LEVEL_MESSAGE, 0x00060000 | ATT_OEM_CODEPAGE, struct.pack("<II", number, 0)))
+    klass = md.message_class
+    out.append(_attribute(LEVEL_MESSAGE, 0x00070000 | ATT_MESSAGE_CLASS, (_LEGACY.get(klass, klass) + "\0").encode()))
+    if recipients and md.recipients:
+        rows = b"".join(writer.bag(r.props) for r in md.recipients)
+        out.append(
+            _attribute(LEVEL_MESSAGE, 0x00060000 | ATT_RECIP_TABLE, struct.pack("<I", len(md.recipients)) + rows)
+        )
+    out.append(_attribute(LEVEL_MESSAGE, 0x00060000 | ATT_MAPI_PROPS, writer.bag(md.props)))
+    for att in md.attachments:
+        out.append(_attribute(LEVEL_ATTACHMENT, 0x00060000 | ATT_ATTACH_RENDDATA, _RENDDATA_FILE))
+        extra: list[bytes] = []
+        if att.embedded is not None:
+            inner = IID_IMESSAGE + write_tnef(att.embedded, recipients=True, key=key, names=names)
+            extra.append(
+                struct.pack("<HHI", T.PT_OBJECT, T.prop_id(T.PR_ATTACH_DATA_OBJ), 1) + writer.one(T.PT_BINARY, inner)
+            )
+        else:
+            if att.filename:
+                title = (att.filename + "\0").encode(codepage, "replace")
+                out.append(_attribute(LEVEL_ATTACHMENT, 0x00010000 | ATT_ATTACH_TITLE, title))
+            out.append(_attribute(LEVEL_ATTACHMENT, 0x00060000 | ATT_ATTACH_DATA, att.read_all()))
+        out.append(_attribute(LEVEL_ATTACHMENT, 0x00060000 | ATT_ATTACHMENT, writer.bag(att.props, extra)))
+    return b"".join(out)
+
+
+def wants_rich_info(recipient: Recipient) -> bool:
+    """Whether a recipient takes MAPI's rich information (TNEF), as Outlook decides: its
+    PR_SEND_RICH_INFO when it has one, else whether its one-off entry ID lacks
+    MAPI_ONE_OFF_NO_RICH_INFO; a recipient with neither does not."""
+    flag = recipient.props.get(T.PR_SEND_RICH_INFO)
+    if flag is not None:
+        return bool(flag)
+    entry = recipient.entry_id
+    if entry and is_one_off(entry):
+        try:
+            return not decode_one_off(entry).no_rich_info
+        except MAPIError:
+            return False
+    return False
+
+
+def with_tnef(md: MessageData) -> MessageData:
+    """The message to render as MIME when it goes out as TNEF: its text body and header as they
+    are, and in place of its attachments one `winmail.dat` (application/ms-tnef) carrying the
+    whole message: attachments, RTF, named properties."""
+    carrier = Attachment(
+        props={T.PR_ATTACH_LONG_FILENAME: "winmail.dat", T.PR_ATTACH_MIME_TAG: "application/ms-tnef"},
+        data=write_tnef(md),
+    )
+    carrier.size = len(carrier.data or b"")
+    return MessageData(props=dict(md.props), recipients=list(md.recipients), attachments=[carrier], original=None)
