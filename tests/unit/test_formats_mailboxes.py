@@ -179,3 +179,10 @@ def test_export_with_options_that_do_not_fit_says_so_in_one_line(
     result = run_postroom(*args, profile=profile_dir)
     assert result.returncode == 2
     assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_empty_folder_exports_an_empty_mbox_that_imports_nothing(session: Session, tmp_path: Path) -> None:
+    session.create_folder("Empty")
+    assert session.export_folder("Empty", mbox=tmp_path / "empty.mbox") == 0
+    assert (tmp_path / "empty.mbox").read_bytes() == b""
+    assert list(session.import_files([tmp_path / "empty.mbox"])) == []

@@ -87,15 +87,15 @@ def import_key(data: bytes) -> str:
 
 def kind_of(path: Path) -> SourceKind:
     """A directory with cur/ and new/ is a Maildir; a file is a `.msg` by its signature, an mbox
-    when it starts with a `From ` line, and otherwise one RFC 5322 message."""
+    when it starts with a `From ` line (or is empty), and otherwise one RFC 5322 message."""
     if path.is_dir():
         return SourceKind.MAILDIR
     with path.open("rb") as stream:
         head = stream.read(8)
     if head == CFB_SIGNATURE:
         return SourceKind.MSG
-    if head.startswith(b"From "):
-        return SourceKind.MBOX
+    if head.startswith(b"From ") or not head:
+        return SourceKind.MBOX  # an empty file is an mbox with no messages in it
     return SourceKind.EML
 
 
@@ -162,6 +162,8 @@ def write_mbox(path: str | os.PathLike[str], messages: Iterable[bytes]) -> int:
     """Append each message (RFC 5322 bytes) to the mbox at `path` (created if missing), with
     mboxrd quoting of body lines that start with `From `, as the stdlib `mailbox` writes them.
     Returns how many were written."""
+    with open(path, "ab"):
+        pass  # an empty folder still makes a file: an import of it then finds nothing, not an error
     box = mailbox.mbox(os.fspath(path), create=True)
     count = 0
     box.lock()
