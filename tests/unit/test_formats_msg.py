@@ -257,3 +257,18 @@ def test_the_property_stream_header_of_a_top_level_message_counts_its_recipients
     finally:
         ole.close()
     assert struct.unpack_from("<8xIIII8x", head) == (2, 1, 2, 1)
+
+
+def test_the_named_property_streams_of_a_sample_are_written_back_byte_for_byte() -> None:
+    """The GUID, entry and string streams and the name-to-ID mapping streams Outlook looks names up in."""
+    written = olefile.OleFileIO(msg.write_msg(msg.read_msg((DATA / "strangeDate.msg").read_bytes())))
+    original = olefile.OleFileIO(str(DATA / "strangeDate.msg"))
+    try:
+        names = sorted(e[1] for e in original.listdir() if e[0] == "__nameid_version1.0")
+        assert sorted(e[1] for e in written.listdir() if e[0] == "__nameid_version1.0") == names
+        for name in names:
+            path = f"__nameid_version1.0/{name}"
+            assert written.openstream(path).read() == original.openstream(path).read(), name
+    finally:
+        written.close()
+        original.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import struct
 import uuid
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -324,6 +325,7 @@ def _nameid(mapping: dict[str, list[Any]]) -> dict[str, bytes]:
     guids: list[str] = []
     entries = bytearray()
     strings = bytearray()
+    buckets: dict[int, bytearray] = {}
     for key in sorted(mapping, key=lambda k: int(k, 16)):
         guid, name = mapping[key]
         index = int(key, 16) - 0x8000
@@ -344,12 +346,20 @@ def _nameid(mapping: dict[str, list[Any]]) -> dict[str, bytes]:
             kind = 1
         else:
             ident, kind = int(name), 0
-        entries += struct.pack("<II", ident, (index << 16) | (guid_index << 1) | kind)
-    return {
+        info = (index << 16) | (guid_index << 1) | kind
+        entries += struct.pack("<II", ident, info)
+        # The name-to-ID mapping streams (MS-OXMSG §2.2.3.1.3), which Outlook looks names up in:
+        # numeric names by their ID, string names by the CRC-32 of their UTF-16LE form.
+        key = int(name) if kind == 0 else zlib.crc32(str(name).encode("utf-16-le"))
+        bucket = 0x1000 + ((key ^ ((guid_index << 1) | kind)) % 0x1F)
+        buckets.setdefault(bucket, bytearray()).extend(struct.pack("<II", key, info))
+    streams = {
         "__substg1.0_00020102": b"".join(uuid.UUID(g).bytes_le for g in guids),
         "__substg1.0_00030102": bytes(entries),
         "__substg1.0_00040102": bytes(strings),
     }
+    streams.update({f"__substg1.0_{bucket:04X}0102": bytes(data) for bucket, data in buckets.items()})
+    return streams
 
 
 def write_msg(md: MessageData) -> bytes:
