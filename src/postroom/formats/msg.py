@@ -350,9 +350,9 @@ def _nameid(mapping: dict[str, list[Any]]) -> dict[str, bytes]:
         entries += struct.pack("<II", ident, info)
         # The name-to-ID mapping streams (MS-OXMSG §2.2.3.1.3), which Outlook looks names up in:
         # numeric names by their ID, string names by the CRC-32 of their UTF-16LE form.
-        key = int(name) if kind == 0 else zlib.crc32(str(name).encode("utf-16-le"))
-        bucket = 0x1000 + ((key ^ ((guid_index << 1) | kind)) % 0x1F)
-        buckets.setdefault(bucket, bytearray()).extend(struct.pack("<II", key, info))
+        lookup = int(name) if kind == 0 else zlib.crc32(str(name).encode("utf-16-le"))
+        bucket = 0x1000 + ((lookup ^ ((guid_index << 1) | kind)) % 0x1F)
+        buckets.setdefault(bucket, bytearray()).extend(struct.pack("<II", lookup, info))
     streams = {
         "__substg1.0_00020102": b"".join(uuid.UUID(g).bytes_le for g in guids),
         "__substg1.0_00030102": bytes(entries),
