@@ -23,7 +23,6 @@ import json
 import struct
 import uuid
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import olefile
@@ -381,5 +380,3 @@ def write_msg(md: MessageData) -> bytes:
     tree: Tree = storage
     return write_cfb(tree)
 
-
-Loader = Callable[[bytes], MessageData]
