@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postroom import HResult, MAPIError
-from postroom.formats import msg, rtf
+from postroom.formats import mapiprops, msg, rtf
 
 DATA = Path(__file__).parents[1] / "data" / "msg"
 rtf_like = st.lists(
@@ -37,7 +37,7 @@ def test_the_stored_form_postroom_writes_is_read_by_an_independent_reader(data: 
 
 
 def test_the_crc_of_a_samples_compressed_rtf_is_the_one_its_header_carries() -> None:
-    packed = msg.read_msg((DATA / "strangeDate.msg").read_bytes()).props[msg.PR_RTF_COMPRESSED]
+    packed = msg.read_msg((DATA / "strangeDate.msg").read_bytes()).props[mapiprops.PR_RTF_COMPRESSED]
     assert struct.unpack_from("<I", packed, 12)[0] == rtf.crc32(packed[16:])
     assert rtf.decompress(packed) == compressed_rtf.decompress(packed)
     assert rtf.is_html_wrapper(rtf.decompress(packed))
