@@ -338,3 +338,24 @@ def without_store_owned(md: MessageData) -> dict[str, Any]:
         }
 
     return whole(stripped)
+
+
+def test_an_ole_attachment_keeps_its_object_storage_through_import_and_export() -> None:
+    """PR_ATTACH_METHOD 6: the object lives in the storage __substg1.0_3701000D; postroom keeps it
+    as a compound file of its own and writes it back as the storage it was."""
+    obj = cfb.write_cfb({"\x01Ole": b"\x01\x00\x00\x02" + bytes(16), "CONTENTS": b"the object", "sub": {"x": b"y"}})
+    att = Attachment(props={T.PR_ATTACH_METHOD: 6, T.PR_ATTACH_FILENAME: "chart"}, data=obj)
+    written = msg.write_msg(MessageData(props={T.PR_SUBJECT: "ole"}, attachments=[att]))
+    ole = olefile.OleFileIO(written)
+    try:
+        assert ole.openstream("__attach_version1.0_#00000000/__substg1.0_3701000D/CONTENTS").read() == b"the object"
+        assert ole.openstream("__attach_version1.0_#00000000/__substg1.0_3701000D/sub/x").read() == b"y"
+    finally:
+        ole.close()
+    (back,) = msg.read_msg(written).attachments
+    inner = olefile.OleFileIO(back.read_all())
+    try:
+        assert inner.openstream("CONTENTS").read() == b"the object"
+        assert inner.openstream("sub/x").read() == b"y"
+    finally:
+        inner.close()

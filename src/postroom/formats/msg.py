@@ -187,10 +187,24 @@ class _Reader:
             "/".join([*path, EMBEDDED])
         ):
             att.embedded = self.message([*path, EMBEDDED], 24)
+        elif int(props.get(T.PR_ATTACH_METHOD, 1)) == AttachMethod.OLE and self.ole.exists("/".join([*path, EMBEDDED])):
+            # An OLE object's storage, kept whole as a compound file of its own (written back as
+            # the storage it was, see _Writer.message).
+            att.data = write_cfb(self.tree([*path, EMBEDDED]))
+            att.size = len(att.data)
         elif isinstance(data, bytes):
             att.data = data
             att.size = len(data)
         return att
+
+    def tree(self, path: list[str]) -> dict[str, Any]:
+        """Every stream and storage under `path`, as `cfb.write_cfb` takes them."""
+        out: dict[str, Any] = {}
+        for name in self.children(path):
+            where = [*path, name]
+            data = self.stream(where)
+            out[name] = data if data is not None else self.tree(where)
+        return out
 
     def names(self) -> dict[str, list[Any]]:
         guids = self.stream([NAMEID, "__substg1.0_00020102"]) or b""
@@ -312,12 +326,25 @@ class _Writer:
                 self.message(att.embedded, False, inner)
                 sub[EMBEDDED] = inner
                 entries_extra = _ENTRY.pack(T.PR_ATTACH_DATA_OBJ, 6, 0xFFFFFFFF)
+            elif att.method == AttachMethod.OLE and olefile.isOleFile(data=(content := att.read_all())):
+                props[T.PR_ATTACH_DATA_OBJ] = None
+                sub[EMBEDDED] = _storage_of(content)
+                entries_extra = _ENTRY.pack(T.PR_ATTACH_DATA_OBJ, 6, 0xFFFFFFFF)
             else:
                 props[T.PR_ATTACH_DATA_BIN] = att.read_all()
                 entries_extra = b""
             self.bag(props, b"\0" * 8, sub)
             sub[PROPS] += entries_extra
             storage[ATTACH.format(n)] = sub
+
+
+def _storage_of(content: bytes) -> dict[str, Any]:
+    """The tree of streams and storages of a compound file (an OLE attachment kept as one)."""
+    ole = olefile.OleFileIO(content)
+    try:
+        return _Reader(ole).tree([])
+    finally:
+        ole.close()
 
 
 def _nameid(mapping: dict[str, list[Any]]) -> dict[str, bytes]:
@@ -379,4 +406,3 @@ def write_msg(md: MessageData) -> bytes:
     storage[NAMEID] = _nameid(names)
     tree: Tree = storage
     return write_cfb(tree)
-
