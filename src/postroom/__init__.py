@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .engine.report import RecipientReport
     from .engine.results import Received, RouteAnswer, SendReceiveSummary, TransportFlush
     from .engine.status import StatusPublication, StatusReport, StatusSource
+    from .formats.mailboxes import ImportResult, ImportStatus
     from .identity import Identity, IdentitySource
     from .mapi.codes import (
         ArgumentTypeError,
@@ -105,6 +106,9 @@ _HOMES = {
     "RecipientStatus": ".store",
     "WaitKind": ".store",
     "RecipientReport": ".engine.report",
+    # files: import and export
+    "ImportResult": ".formats.mailboxes",
+    "ImportStatus": ".formats.mailboxes",
     # delivery, routing, status
     "LoadedTransport": ".spooler",
     "MessageResult": ".spooler",
@@ -145,6 +149,8 @@ __all__ = [
     "HResult",
     "Identity",
     "IdentitySource",
+    "ImportResult",
+    "ImportStatus",
     "LoadedTransport",
     "MAPIError",
     "MessageData",

@@ -79,6 +79,7 @@ from .addressing import (
     longer_than_smtp_allows,
 )
 from .bounces import ndr_codes, read_bounce
+from .formats import tnef as _tnef
 from .mapi import tags as T
 from .mapi.codes import HResult, MAPIError
 from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
@@ -1447,6 +1448,7 @@ def _from_mime(data: bytes, depth: int, submission: bool = False, trace: _Trace 
         if not any(True for _ in parsed.raw_items()):
             return _unparseable(data, "it has no header lines")
         md = _convert(parsed, _raw_header_block(data), depth, submission, trace)
+        md = _tnef.expand(md)  # winmail.dat: the MAPI message it carries (formats/tnef.py)
     except Exception as exc:
         return _unparseable(data, f"the parser failed: {type(exc).__name__}")
     if depth == 0:  # an embedded message's bytes are inside its parent's

@@ -18,12 +18,13 @@ import mimetypes
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import mime
 from .addressing import has_break, has_lone_surrogate, parse_address
 from .engine import Engine
 from .engine.daemon import open_when_usable
@@ -33,6 +34,8 @@ from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport
 from .engine.results import Received, RouteAnswer, SendReceiveSummary
 from .engine.status import StatusReport
+from .formats import mailboxes, msg, tnef
+from .formats.mailboxes import ImportResult, ImportStatus, SourceKind
 from .identity import ADDRESS_KEY as IDENTITY_ADDRESS_KEY
 from .identity import NAME_KEY as IDENTITY_NAME_KEY
 from .identity import (
@@ -57,6 +60,11 @@ from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
 
 R = TypeVar("R")
+
+#: An import commits every this many messages (or bytes of them), whichever comes first: few
+#: fsyncs, and what waits for the commit stays small (memory stays flat on a long mbox).
+_IMPORT_BATCH = 200
+_IMPORT_BATCH_BYTES = 16 << 20
 
 
 # --- argument checks -----------------------------------------------------------------------------
@@ -394,6 +402,100 @@ class _SessionCore:
         """PR_ENTRYID of a message: save it before submitting, as MAPI clients do."""
         _check_ref(ref, "entry_id")
         return self._store.entry_id_of(self._store.resolve_message(ref))
+
+    # --- files: import and export (postroom.formats) ----------------------------------------
+    def import_files(
+        self, paths: Iterable[str | os.PathLike[str]], *, folder: str | int | Folder | None = None
+    ) -> Iterator[ImportResult]:
+        """Import every message in `paths` (.eml and .msg files, mbox files, Maildir
+        directories) into `folder` (the Inbox by default), one at a time, yielding what became
+        of each: imported, skipped (already imported: the same bytes were saved before and are
+        still in the store) or failed (unreadable, with the reason; the import goes on)."""
+        _check(folder, (str, int, Folder, type(None)), "import_files(): the folder")
+        names = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        for name in names:
+            _check(name, (str, os.PathLike), "import_files(): a path")
+        target = self.inbox if folder is None else folder if isinstance(folder, Folder) else self.folder(folder)
+        pending: list[tuple[str, str, MessageData]] = []
+        size = 0
+        for item in mailboxes.scan(names):
+            if item.data is None:
+                yield from self._import_batch(target, pending)
+                pending, size = [], 0
+                yield ImportResult(item.source, ImportStatus.FAILED, detail=item.error or "unreadable")
+                continue
+            try:
+                if item.kind == SourceKind.MSG:
+                    data = msg.add_unicode_twins(msg.read_msg(item.data))
+                else:
+                    data = mime.from_mime(item.data)
+            except MAPIError as exc:
+                yield from self._import_batch(target, pending)
+                pending, size = [], 0
+                yield ImportResult(item.source, ImportStatus.FAILED, detail=str(exc))
+                continue
+            pending.append((item.source, item.key, data))
+            size += len(item.data)
+            if len(pending) >= _IMPORT_BATCH or size >= _IMPORT_BATCH_BYTES:
+                yield from self._import_batch(target, pending)
+                pending, size = [], 0
+        yield from self._import_batch(target, pending)
+
+    def _import_batch(self, target: Folder, pending: list[tuple[str, str, MessageData]]) -> Iterator[ImportResult]:
+        """Save parsed messages in one durable commit (group commit: one fsync for up to
+        `_IMPORT_BATCH` messages, so a long import is not one fsync per message); each message
+        is still its own savepoint, so one that cannot be saved fails alone."""
+        results: list[ImportResult] = []
+        if pending:
+            with self._store.batch():
+                for source, key, data in pending:
+                    try:
+                        mid = self._store.import_message(target.id, data, key)
+                    except MAPIError as exc:
+                        results.append(ImportResult(source, ImportStatus.FAILED, detail=str(exc)))
+                        continue
+                    if mid is None:
+                        results.append(ImportResult(source, ImportStatus.SKIPPED, detail="already imported"))
+                    else:
+                        results.append(ImportResult(source, ImportStatus.IMPORTED, message_id=mid))
+        yield from results
+
+    def export_folder(
+        self,
+        folder: str | int | Folder,
+        *,
+        mbox: str | os.PathLike[str] | None = None,
+        maildir: str | os.PathLike[str] | None = None,
+    ) -> int:
+        """Write every message of `folder` to an mbox file or a Maildir directory (exactly one of
+        the two), each as the bytes it arrived as when it has them and was not edited since,
+        else as its RFC 5322 rendering. Messages are loaded one at a time. Returns the count."""
+        _check(folder, (str, int, Folder), "export_folder(): the folder")
+        if (mbox is None) == (maildir is None):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "export_folder(): give exactly one of mbox and maildir")
+        f = folder if isinstance(folder, Folder) else self.folder(folder)
+        messages = (self.export_rfc822(row.id) for row in self._store.list_messages(f.id))
+        if mbox is not None:
+            return mailboxes.write_mbox(mbox, messages)
+        assert maildir is not None
+        return mailboxes.write_maildir(maildir, messages)
+
+    def export_rfc822(self, ref: str | int | bytes) -> bytes:
+        """A message as RFC 5322: its original bytes when unedited, else its rendering."""
+        _check_ref(ref, "export_rfc822")
+        data = self.open_message(ref)
+        return mime.original_bytes(data) or mime.to_bytes(data)
+
+    def export_tnef(self, ref: str | int | bytes) -> bytes:
+        """A message as a TNEF stream (`winmail.dat`, MS-OXTNEF), its recipient table included."""
+        _check_ref(ref, "export_tnef")
+        return tnef.write_tnef(self.open_message(ref), recipients=True)
+
+    def export_msg(self, ref: str | int | bytes) -> bytes:
+        """A message as an Outlook `.msg` file (MS-OXMSG): its properties, recipients and
+        attachments (embedded messages included), in a compound file postroom writes itself."""
+        _check_ref(ref, "export_msg")
+        return msg.write_msg(self.open_message(ref))
 
     def next_due(self) -> datetime | None:
         """When the earliest waiting message in the outgoing queue becomes due."""

@@ -147,6 +147,8 @@ def run_until_ctrl_c(command: str, cwd: Path, env: dict[str, str]) -> tuple[int,
     return proc.returncode, first + rest
 
 
+# The README runs dozens of commands, each a fresh process: under load that takes minutes.
+@pytest.mark.timeout(600)
 def test_every_readme_command_works_as_written(workdir: Path, tmp_path: Path) -> None:
     env = environment(tmp_path)
     ran = 0

@@ -50,7 +50,10 @@ COMMANDS = {
     "folders": LazyCommand("messages", "folders", "List the folders of the message store."),
     "list": LazyCommand("messages", "list_", "List the messages in a folder."),
     "show": LazyCommand("messages", "show", "Show a message, its recipients' delivery states and its history."),
-    "export": LazyCommand("messages", "export", "Write a message as RFC 5322 (MIME) to stdout."),
+    "export": LazyCommand(
+        "messages", "export", "Write a message as RFC 5322 (MIME) or .msg; a folder as an mbox or a Maildir."
+    ),
+    "import": LazyCommand("importing", "import_", "Import .eml and .msg files, mbox files and Maildir directories."),
     "spooler": LazyCommand("spool", "spooler", "Run the spooler over the outgoing queue."),
     "serve": LazyCommand(
         "serve", "serve", "Run a server in front of the profile: the SMTP submission listener or the status page."

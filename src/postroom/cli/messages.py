@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -332,7 +333,7 @@ def show(app: App, ref: str, props: bool) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="ID")
+@click.argument("ref", metavar="[ID]", required=False)
 @click.option("--crlf", is_flag=True, help="CRLF line ends (as on the wire) instead of LF.")
 @click.option("--bcc", "include_bcc", is_flag=True, help="Include a Bcc header.")
 @click.option(
@@ -341,21 +342,87 @@ def show(app: App, ref: str, props: bool) -> None:
     is_flag=True,
     help="The bytes the message arrived as (send --eml, IMAP, POP3), exactly, unless it was edited since.",
 )
+@click.option(
+    "--msg",
+    "msg_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the message as an Outlook .msg file (MS-OXMSG) to FILE.",
+)
+@click.option(
+    "--tnef",
+    "tnef_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the message as TNEF (a winmail.dat, MS-OXTNEF) to FILE.",
+)
+@click.option("--folder", metavar="F", help="With --mbox or --maildir: the folder to export (a name or ID).")
+@click.option(
+    "--mbox",
+    "mbox_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append every message of --folder to the mbox FILE (created if missing).",
+)
+@click.option(
+    "--maildir",
+    "maildir_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Deliver every message of --folder into the Maildir DIR (created if missing).",
+)
 @json_option
 @pass_app
-def export(app: App, ref: str, crlf: bool, include_bcc: bool, exact: bool) -> None:
-    """Write a message as RFC 5322 (MIME) to stdout.
+def export(
+    app: App,
+    ref: str | None,
+    crlf: bool,
+    include_bcc: bool,
+    exact: bool,
+    msg_file: Path | None,
+    tnef_file: Path | None,
+    folder: str | None,
+    mbox_file: Path | None,
+    maildir_dir: Path | None,
+) -> None:
+    """Write a message as RFC 5322 (MIME) to stdout, or as a .msg or TNEF file; or a whole folder
+    as an mbox file or a Maildir directory.
 
+    \b
     For example: postroom export 3 > m.eml
+                 postroom export 3 --msg m.msg
+                 postroom export 3 --tnef winmail.dat
+                 postroom export --folder Inbox --mbox inbox.mbox
     """
     from .. import mime
 
+    if mbox_file is not None or maildir_dir is not None:
+        _export_folder(app, ref, folder, mbox_file, maildir_dir)
+        return
+    if folder is not None:
+        raise click.UsageError("--folder goes with --mbox or --maildir")
+    if ref is None:
+        raise click.UsageError("give a message ID (or --folder F with --mbox or --maildir)")
     session = app.session()
     mid = session.message_id(ref)
+    if msg_file is not None or tnef_file is not None:
+        if msg_file is not None and tnef_file is not None:
+            raise click.UsageError("give one of --msg and --tnef")
+        target = msg_file if msg_file is not None else tnef_file
+        assert target is not None
+        data = session.export_msg(mid) if msg_file is not None else session.export_tnef(mid)
+        target.write_bytes(data)
+        if app.json:
+            app.out.document({"message_id": mid, "size": len(data), "msg" if msg_file else "tnef": str(target)})
+        else:
+            app.out.echo(f"wrote message {mid} to {target} ({len(data)} bytes)")
+        return
     message = session.open_message(mid)
-    data = mime.original_bytes(message) if exact else None
-    original = data is not None
-    if data is None:
+    kept = mime.original_bytes(message) if exact else None
+    original = kept is not None
+    if kept is not None:
+        data = kept
+    else:
         data = mime.to_bytes(message, include_bcc=include_bcc, linesep="\r\n" if crlf else "\n")
     if app.json:
         doc = {"message_id": mid, "size": len(data), "rfc822": data.decode("utf-8", "replace")}
@@ -370,3 +437,22 @@ def export(app: App, ref: str, crlf: bool, include_bcc: bool, exact: bool) -> No
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def _export_folder(
+    app: App, ref: str | None, folder: str | None, mbox_file: Path | None, maildir_dir: Path | None
+) -> None:
+    if ref is not None:
+        raise click.UsageError("--mbox and --maildir export a whole --folder, not a message ID")
+    if folder is None:
+        raise click.UsageError("--mbox and --maildir need --folder F")
+    if mbox_file is not None and maildir_dir is not None:
+        raise click.UsageError("give one of --mbox and --maildir")
+    session = app.session()
+    target = session.folder(folder)
+    count = session.export_folder(target, mbox=mbox_file, maildir=maildir_dir)
+    where = str(mbox_file if mbox_file is not None else maildir_dir)
+    if app.json:
+        app.out.document({"folder": target.name, "exported": count, "to": where})
+    else:
+        app.out.echo(f"exported {count} message(s) from {target.name} to {where}")

@@ -289,6 +289,13 @@ class MessageStore(abc.ABC):
         """Save a whole message (props, recipients, attachments) in one transaction."""
 
     @abc.abstractmethod
+    def import_message(self, folder_id: int, message: MessageData, key: str) -> int | None:
+        """Save a message read from a file (`postroom import`) unless one with the same import
+        key (a digest of its bytes) is still in the store: the key and the message are written in
+        one transaction, so an import that is run again, or broken off and rerun, never saves a
+        message twice. Returns the new message's ID, or None when it was already there."""
+
+    @abc.abstractmethod
     def open_message(self, message_id: int) -> MessageData:
         """Load a message; attachments stream their content from the store on open()."""
 

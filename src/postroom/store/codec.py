@@ -40,7 +40,7 @@ def encode_value(tag: int, value: Any) -> Any:
     """A property value as an SQL parameter; MAPI_E_INVALID_PARAMETER when it doesn't fit the type."""
     kind = T.prop_type(tag)
     try:
-        if kind in (T.PT_LONG, T.PT_SHORT, T.PT_I8):
+        if kind in _INTEGERS:
             return int(value)
         if kind == T.PT_BOOLEAN:
             return 1 if value else 0
@@ -55,15 +55,47 @@ def encode_value(tag: int, value: Any) -> Any:
             if not isinstance(value, datetime):
                 raise TypeError("a time property needs a datetime")
             return to_micros(value)
-        if kind == T.PT_DOUBLE:
+        if kind in _FLOATS:
             return float(value)
         if kind & T.MV_FLAG:
             base = kind & ~T.MV_FLAG
-            items = [v.hex() if base == T.PT_BINARY else v for v in value]
-            return json.dumps(items)
+            return json.dumps([_mv_item(base, v) for v in value])
     except (TypeError, ValueError, UnicodeError) as exc:
         raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: {exc}") from exc
     raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{T.tag_name(tag)}: property type 0x{kind:04X} cannot be stored")
+
+
+#: Integer-valued types: PT_SHORT, PT_LONG, PT_CURRENCY (scaled by 10,000), PT_ERROR, PT_I8.
+_INTEGERS = frozenset({T.PT_SHORT, T.PT_LONG, 0x0006, T.PT_ERROR, T.PT_I8})
+#: Floating-point types: PT_FLOAT, PT_DOUBLE, PT_APPTIME (kept as Python floats; a .msg keeps
+#: PT_FLOAT as 4 bytes, so a value read from one survives the round trip exactly).
+_FLOATS = frozenset({0x0004, T.PT_DOUBLE, 0x0007})
+
+
+def _mv_item(base: int, value: Any) -> Any:
+    """One value of a multi-valued property in its JSON form (binary and CLSID as hex, times as
+    microseconds); the .msg import (branch i20formats) brings every multi-valued type MAPI has."""
+    if base in (T.PT_BINARY, T.PT_CLSID):
+        return bytes(value).hex()
+    if base == T.PT_SYSTIME:
+        if not isinstance(value, datetime):
+            raise TypeError("a time property needs a datetime")
+        return to_micros(value)
+    if base in _INTEGERS:
+        return int(value)
+    if base in _FLOATS:
+        return float(value)
+    if base in (T.PT_UNICODE, T.PT_STRING8) and not isinstance(value, str):
+        raise TypeError("a string property needs text")
+    return value
+
+
+def _mv_decode(base: int, value: Any) -> Any:
+    if base in (T.PT_BINARY, T.PT_CLSID):
+        return bytes.fromhex(value)
+    if base == T.PT_SYSTIME:
+        return from_micros(value)
+    return value
 
 
 def decode_value(tag: int, value: Any) -> Any:
@@ -78,8 +110,7 @@ def decode_value(tag: int, value: Any) -> Any:
         return bytes(value)
     if kind & T.MV_FLAG:
         base = kind & ~T.MV_FLAG
-        items = json.loads(value)
-        return [bytes.fromhex(v) for v in items] if base == T.PT_BINARY else items
+        return [_mv_decode(base, v) for v in json.loads(value)]
     return value
 
 

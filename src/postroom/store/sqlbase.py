@@ -430,6 +430,22 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             return self._insert_message(db, folder_id, message)
 
+    def import_message(self, folder_id: int, message: MessageData, key: str) -> int | None:
+        # The key lives in `meta` ('import:<key>' -> message ID), which both stores have since
+        # schema 1: no migration (branch i20formats). A key whose message was deleted since is
+        # taken again, so deleting an imported message and importing it once more brings it back.
+        name = "import:" + key
+        with self._tx() as db:
+            row = db.execute(f"SELECT value FROM meta WHERE key=?{self._FOR_UPDATE}", (name,)).fetchone()
+            if row is not None and db.execute("SELECT 1 FROM messages WHERE id=?", (int(row[0]),)).fetchone():
+                return None
+            mid = self._insert_message(db, folder_id, message)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (name, str(mid)),
+            )
+        return mid
+
     def _check_modifiable(self, db: DB, message_id: int) -> None:
         row = db.execute(f"SELECT queue_state FROM messages WHERE id=?{self._FOR_UPDATE}", (message_id,)).fetchone()
         if row is None:

@@ -68,6 +68,10 @@ Options:
   with the null sender.
 * `temporary_failure_wait`: seconds before a message that met a temporary failure is tried again
   (default: none of our own; the spooler backs off, 300 s doubling up to 4000 s).
+* `tnef` (issue 20): "never" (the default), "auto" or "always". With "auto" a message goes out
+  with its MAPI properties in a `winmail.dat` part (TNEF, `formats/tnef.py`) when every recipient
+  it sends to takes rich information, as Outlook decides it (`tnef.wants_rich_info`: PR_SEND_RICH_INFO,
+  else a one-off entry ID without MAPI_ONE_OFF_NO_RICH_INFO); with "always", every message.
 """
 
 from __future__ import annotations
@@ -81,11 +85,13 @@ import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from .. import mime
 from ..addressing import MAX_SMTP_ADDRESS, NOT_IN_EMAIL_ADDRESS, has_break, longer_than_smtp_allows
+from ..formats import tnef
 from ..identity import check_address, check_name
 from ..mapi import tags as T
 from ..mapi.codes import MAPIError
@@ -246,6 +252,14 @@ def _kind(row: Recipient) -> int:
 # --- configuration ------------------------------------------------------------------------------
 
 
+class TnefMode(StrEnum):
+    """When a message goes out as TNEF (the `tnef` option)."""
+
+    NEVER = "never"
+    AUTO = "auto"
+    ALWAYS = "always"
+
+
 @dataclass(frozen=True)
 class SMTPConfig:
     """The validated options of one smtp service (never the password itself)."""
@@ -268,6 +282,7 @@ class SMTPConfig:
     from_address: str | None
     from_name: str
     temporary_failure_wait: float  # 0: no wait of our own, the spooler backs off
+    tnef: TnefMode = field(default_factory=lambda: TnefMode.NEVER)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], profile_dir: Path) -> SMTPConfig:
@@ -292,6 +307,7 @@ class SMTPConfig:
             from_address=opts.get("from_address"),
             from_name=opts.get("from_name", ""),
             temporary_failure_wait=opts.get("temporary_failure_wait", 0.0),
+            tnef=TnefMode(opts.get("tnef", TnefMode.NEVER)),
         )
 
     @property
@@ -443,8 +459,13 @@ class SMTPLogon(TransportLogon):
             return SubmitResult.ok()
 
         try:
+            content = _without_bcc_rows(message.data)
+            if self.config.tnef is TnefMode.ALWAYS or (
+                self.config.tnef is TnefMode.AUTO and all(tnef.wants_rich_info(r.row) for r in sendable)
+            ):
+                content = tnef.with_tnef(content)
             data, headers_need_utf8 = mime.to_bytes_with_flags(
-                _without_bcc_rows(message.data), sender=self._account_author(message), include_bcc=False
+                content, sender=self._account_author(message), include_bcc=False
             )
         except MAPIError as exc:  # the message itself is malformed: no retry can help
             for rcpt in sendable:
@@ -886,6 +907,10 @@ class SMTPProvider(TransportProvider):
             "seconds before retrying after a temporary failure (default: the spooler's backoff, "
             "300 s doubling up to 4000 s, see `postroom service set --policy`)"
         ),
+        "tnef": (
+            "'never' (default), 'auto' (send the MAPI properties in a winmail.dat part when every "
+            "recipient takes rich information) or 'always'"
+        ),
     }
 
     @classmethod
@@ -946,6 +971,10 @@ class SMTPProvider(TransportProvider):
         out.update(_account_identity(opts))
         if "temporary_failure_wait" in opts:
             out["temporary_failure_wait"] = _number("temporary_failure_wait", opts["temporary_failure_wait"])
+        if "tnef" in opts:
+            if opts["tnef"] not in {m.value for m in TnefMode}:
+                raise _invalid(f"option 'tnef' must be 'never', 'auto' or 'always', not {opts['tnef']!r}")
+            out["tnef"] = str(opts["tnef"])
         return out
 
     @classmethod
