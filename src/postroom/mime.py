@@ -765,12 +765,34 @@ def to_bytes_with_flags(
         return data, needs_smtputf8(head)
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     utf8 = needs_smtputf8(em)
-    data = em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep])
     body = getattr(em, _reuse.WHOLE_BODY, None)
+    if body is None:
+        body = _large_ascii_body(em)
+    data = em.as_bytes(policy=_WRITE_POLICIES[utf8, linesep])
     if body is not None:  # the original content, byte for byte, after the rendered header block
         end = linesep.encode("ascii")
         data = _original.split(data)[0] + end + end + _original.line_ends(body, end)
     return data, utf8
+
+
+#: From this size on, a single-part ASCII body is written by `_large_ascii_body`'s splice.
+_LARGE_BODY = 64 * 1024
+
+
+def _large_ascii_body(em: EmailMessage) -> bytes | None:
+    """The body of a large single-part message whose encoded payload is plain ASCII, taken out of
+    `em` so the generator writes only its header block; None (and `em` untouched) otherwise.
+
+    The generator writes such a payload line by line, each line end made the output's: 50 ms for
+    a 1 MiB body. Making every LF the output's line end at once gives the same bytes, hundreds of
+    times faster. ASCII without CR only: any other payload may be re-encoded by the generator."""
+    if em.is_multipart():
+        return None
+    payload = em.get_payload()
+    if not isinstance(payload, str) or len(payload) < _LARGE_BODY or not payload.isascii() or "\r" in payload:
+        return None
+    em.set_payload("")
+    return payload.encode("ascii")
 
 
 def original_bytes(msg: MessageData) -> bytes | None:

@@ -229,3 +229,48 @@ class TemplateBags:
         if self._prefix == "{":
             return own
         return self._prefix + "," + own[1:]
+
+
+#: A text or binary property at least this large is kept outside its message's bag
+#: (message_streams, schema 5): a change of the message's state then rewrites a small row, never
+#: its body. Below it, one bag is cheaper than one more row.
+STREAM_THRESHOLD = 16 * 1024
+_STREAM_KINDS = (T.PT_UNICODE, T.PT_STRING8, T.PT_BINARY)
+
+
+def split_streams(props: Mapping[int, Any]) -> tuple[Mapping[int, Any], dict[int, bytes]]:
+    """(the properties kept in the bag, the large ones as the bytes stored apart)."""
+    streams: dict[int, bytes] = {}
+    for tag, value in props.items():
+        if (
+            isinstance(value, (str, bytes, bytearray, memoryview))
+            and len(value) >= STREAM_THRESHOLD
+            and tag & 0xFFFF in _STREAM_KINDS
+        ):
+            streams[tag] = stream_bytes(tag, value)
+    if not streams:
+        return props, streams
+    return {t: v for t, v in props.items() if t not in streams}, streams
+
+
+def stream_bytes(tag: int, value: Any) -> bytes:
+    """A large property as stored apart: text as UTF-8, binary as is."""
+    if isinstance(value, str):
+        if tag & 0xFFFF == T.PT_BINARY:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: a binary property")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER, f"text that cannot be stored (lone surrogate): {exc}"
+            ) from exc
+    if tag & 0xFFFF != T.PT_BINARY:
+        raise MAPIError(
+            HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: a string property needs text"
+        )
+    return bytes(value)
+
+
+def stream_value(tag: int, data: bytes) -> str | bytes:
+    """A large property read back from its stream."""
+    return bytes(data) if tag & 0xFFFF == T.PT_BINARY else bytes(data).decode("utf-8")

@@ -76,12 +76,14 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("transport_usage", ("id", "transport", "time", "owner")),
     ("breaker_state", ("transport", "state", "updated")),
     ("mime_originals", ("message_id", "fingerprint", "size", "data")),
+    ("message_streams", ("message_id", "tag", "data")),
 )
 ORDER = {
     "recipients": "message_id, row_id",
     "receive_folders": "message_class",
     "status_rows": "position",
     "mime_originals": "message_id",
+    "message_streams": "message_id, tag",
 }
 ORDER_DEFAULT = "id"
 ORDER_BY_KEY = {"breaker_state": "transport"}

@@ -63,6 +63,8 @@ from .codec import (
     from_epoch,
     load_raw,
     raw_value,
+    split_streams,
+    stream_value,
     to_epoch,
     update_raw,
 )
@@ -328,29 +330,56 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     def _merge_props(self, db: DB, table: str, key: tuple[Any, ...], props: Props, delete: Iterable[int]) -> None:
         name, where = self._BAGS[table]
+        delete = tuple(delete)
+        kept: Mapping[int, Any] = props
+        if table == "props":  # a message's: its large properties live apart (message_streams)
+            changed = [t for t in (*props, *delete) if T.prop_type(t) in (T.PT_UNICODE, T.PT_STRING8, T.PT_BINARY)]
+            if changed:
+                db.executemany(
+                    "DELETE FROM message_streams WHERE message_id=? AND tag=?", [(key[0], t) for t in changed]
+                )
+            kept, streams = split_streams(props)
+            self._write_streams(db, key[0], streams)
+            delete = (*delete, *streams)
         row = db.execute(f"SELECT props FROM {name} WHERE {where}{self._FOR_UPDATE}", key).fetchone()
         raw = load_raw(row[0] if row else None)
-        update_raw(raw, props, delete)
+        update_raw(raw, kept, delete)
         db.execute(f"UPDATE {name} SET props=? WHERE {where}", (dump_raw(raw), *key))
+
+    def _write_streams(self, db: DB, mid: int, streams: Mapping[int, bytes]) -> None:
+        """A message's large properties, each in a row of its own (schema 5)."""
+        if streams:
+            db.executemany(
+                "INSERT INTO message_streams (message_id, tag, data) VALUES (?, ?, ?)",
+                [(mid, tag, data) for tag, data in streams.items()],
+            )
+
+    def _read_streams(self, db: DB, message_id: int, props: Props) -> None:
+        for tag, data in db.execute(
+            "SELECT tag, data FROM message_streams WHERE message_id=?", (message_id,)
+        ).fetchall():
+            props[int(tag)] = stream_value(int(tag), data)
 
     def _insert_message(
         self, db: DB, folder_id: int | None, message: MessageData, submit_at: datetime | None = None
     ) -> int:
         """Insert a whole message; with `submit_at` it goes in already submitted (one INSERT per table)."""
         props, due = _message_props(message, submit_at)
+        bag, streams = split_streams(props)
         mid = self._insert_id(
             db,
             "INSERT INTO messages (folder_id, props, queue_state, submit_time, next_attempt, wait_kind) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 folder_id,
-                encode_bag(props),
+                encode_bag(bag),
                 "queued" if submit_at else None,
                 to_epoch(submit_at),
                 due,
                 WaitKind.SCHEDULED.value if due else None,
             ),
         )
+        self._write_streams(db, mid, streams)
         self._insert_recipients(db, mid, message.recipients, submitted=submit_at is not None)
         for att in message.attachments:
             self._insert_attachment(db, mid, att)
@@ -392,6 +421,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         recipient_bags = _LastBag()
         submit_time = to_epoch(now)
         message_rows: list[tuple[Any, ...]] = []
+        stream_rows: list[tuple[int, int, bytes]] = []
         recipient_rows: list[tuple[Any, ...]] = []
         event_rows: list[tuple[Any, ...]] = []
         prepared = []
@@ -402,11 +432,13 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             ids = self._reserve_message_ids(db, len(messages))
             for mid, message, (props, due) in zip(ids, messages, prepared, strict=True):
+                bag, streams = split_streams(props)
+                stream_rows.extend((mid, tag, data) for tag, data in streams.items())
                 message_rows.append(
                     (
                         mid,
                         folder_id,
-                        bags.encode(props),
+                        bags.encode(bag),
                         submit_time,
                         due,
                         WaitKind.SCHEDULED.value if due else None,
@@ -425,6 +457,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 "INSERT INTO recipients (message_id, row_id, props, state, reported) VALUES (?, ?, ?, ?, ?)",
                 recipient_rows,
             )
+            if stream_rows:
+                db.executemany("INSERT INTO message_streams (message_id, tag, data) VALUES (?, ?, ?)", stream_rows)
             db.executemany(_EVENT_SQL, event_rows)
         return ids
 
@@ -525,6 +559,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         if row is None:
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
         props = decode_bag(row[3])
+        self._read_streams(db, message_id, props)
         props[T.PR_ENTRYID] = self.entry_id_of(message_id)
         props[T.PR_RECORD_KEY] = props[T.PR_ENTRYID]
         submit_flags = SubmitFlags.LOCKED if row[1] is not None else SubmitFlags.NONE
