@@ -228,6 +228,8 @@ def _scrub(text: str) -> str:
     """Make text encodable as UTF-8: the parser's escaped raw bytes (8-bit or RFC 6532 UTF-8
     headers) are decoded as UTF-8, bytes that are not UTF-8 as Windows-1252 (`_legacy_bytes`),
     anything else unencodable becomes '?'."""
+    if text.isascii():  # a flag of the string, no scan: nothing to scrub (a large body, at once)
+        return text
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", _LEGACY_ERRORS)
     except UnicodeEncodeError:
@@ -455,10 +457,22 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
     (same Content-Type, transfer encoding and payload), but with header values stored as strings:
     the content manager works on a scratch part with the compat32 `_TEXT_POLICY`."""
     scratch = MIMEPart(policy=_TEXT_POLICY)
-    raw_data_manager.set_content(scratch, text, subtype)
+    payload = _seven_bit_payload(text)
+    raw_data_manager.set_content(scratch, "" if payload is not None else text, subtype)
     for name, value in scratch.raw_items():
         part.set_raw(name, value)
-    part.set_payload(scratch.get_payload())
+    part.set_payload(scratch.get_payload() if payload is None else payload)
+
+
+def _seven_bit_payload(text: str) -> str | None:
+    """The payload the content manager makes of a large ASCII text whose lines all fit (7bit, each
+    line end LF, one at the end), made at once instead of line by line; None for any other text
+    (the content manager decides). An empty text is 7bit as well, so the headers are the same."""
+    if len(text) < _LARGE_BODY or not text.isascii() or "\r" in text:
+        return None
+    if max(map(len, text.split("\n"))) > _TEXT_POLICY.max_line_length:
+        return None
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _build(msg: MessageData, sender: Recipient | None, include_bcc: bool, depth: int) -> EmailMessage:
