@@ -470,7 +470,7 @@ def _seven_bit_payload(text: str) -> str | None:
     (the content manager decides). An empty text is 7bit as well, so the headers are the same."""
     if len(text) < _LARGE_BODY or not text.isascii() or "\r" in text:
         return None
-    if max(map(len, text.split("\n"))) > _TEXT_POLICY.max_line_length:
+    if max(map(len, text.split("\n"))) > (_TEXT_POLICY.max_line_length or 78):
         return None
     return text if text.endswith("\n") else text + "\n"
 

@@ -325,7 +325,7 @@ class _PgSide(_Side):
     def clear(self) -> None:
         self.conn.execute(
             "TRUNCATE folders, messages, recipients, attachments, receive_folders, events, status_rows, "
-            "transport_usage, breaker_state, mime_originals"
+            "transport_usage, breaker_state, mime_originals, message_streams"
         )
 
     def set_store_uid(self, uid: bytes) -> None:

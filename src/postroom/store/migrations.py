@@ -114,9 +114,10 @@ def move_large_properties(db: Any, mark: str = "?") -> int:
                 continue
             del raw[key]
         if streams:
-            db.executemany(
-                f"INSERT INTO message_streams (message_id, tag, data) VALUES ({mark}, {mark}, {mark})", streams
-            )
+            for stream in streams:  # a few per message; psycopg's connection has no executemany
+                db.execute(
+                    f"INSERT INTO message_streams (message_id, tag, data) VALUES ({mark}, {mark}, {mark})", stream
+                )
             db.execute(f"UPDATE messages SET props={mark} WHERE id={mark}", (dump_raw(raw), mid))
             moved += len(streams)
     return moved
