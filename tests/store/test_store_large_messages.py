@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.store.test_store_migrations import read_version
 
 from postroom.mapi import tags as T
