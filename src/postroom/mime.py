@@ -462,6 +462,8 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
     for name, value in scratch.raw_items():
         part.set_raw(name, value)
     part.set_payload(scratch.get_payload() if payload is None else payload)
+    if payload is not None:
+        setattr(part, _SEVEN_BIT_BODY, payload)  # for `_large_ascii_body`, without reading a header
 
 
 def _seven_bit_payload(text: str) -> str | None:
@@ -791,22 +793,22 @@ def to_bytes_with_flags(
 
 #: From this size on, a single-part ASCII body is written by `_large_ascii_body`'s splice.
 _LARGE_BODY = 64 * 1024
+#: The attribute by which `_set_text` marks a part whose payload `_seven_bit_payload` made.
+_SEVEN_BIT_BODY = "_postroom_seven_bit_body"
 
 
 def _large_ascii_body(em: EmailMessage) -> bytes | None:
-    """The body of a large single-part message whose encoded payload is plain ASCII, taken out of
-    `em` so the generator writes only its header block; None (and `em` untouched) otherwise.
+    """The body of a large single-part message whose payload `_seven_bit_payload` made (7bit ASCII),
+    taken out of `em` so the generator writes only its header block; None (`em` untouched) otherwise.
 
     The generator writes such a payload line by line, each line end made the output's: 50 ms for
     a 1 MiB body. Making every LF the output's line end at once gives the same bytes, hundreds of
-    times faster. ASCII without CR only: any other payload may be re-encoded by the generator."""
-    if em.is_multipart():
-        return None
-    payload = em.get_payload()
-    if not isinstance(payload, str) or len(payload) < _LARGE_BODY or not payload.isascii() or "\r" in payload:
+    times faster. 7bit ASCII without CR only: any other payload may be re-encoded by the generator."""
+    payload = getattr(em, _SEVEN_BIT_BODY, None)
+    if payload is None or em.is_multipart():
         return None
     em.set_payload("")
-    return payload.encode("ascii")
+    return str(payload).encode("ascii")
 
 
 def original_bytes(msg: MessageData) -> bytes | None:
