@@ -134,3 +134,17 @@ def test_a_large_submit_killed_midway_leaves_nothing_or_the_whole_message(tmp_pa
         assert session.queue() == []
     delivered = list((profile.directory / "maildir" / "localhost" / "big" / "new").iterdir())
     assert len(delivered) == len(ids)
+
+
+def test_the_large_message_benchmark_runs_quick(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "large_messages.py"
+    out = tmp_path / "large.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "-n", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "postroom deliver() through maildir" in proc.stdout and "disk floor" in proc.stdout
+    assert out.is_file()
