@@ -35,14 +35,18 @@ ENCODED_WORD_PATTERN = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
 ENCODED_WORD = re.compile(ENCODED_WORD_PATTERN)
 
 
+_BREAK = re.compile(f"[{re.escape(BREAKS)}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def has_break(text: str) -> bool:
     """Whether `text` holds a line break or a NUL (see BREAKS)."""
-    return any(c in BREAKS for c in text)
+    return _BREAK.search(text) is not None  # one C scan: called for every address and name
 
 
 def has_lone_surrogate(text: str) -> bool:
     """Whether `text` holds half of a UTF-16 surrogate pair, which no encoding can store."""
-    return any("\ud800" <= c <= "\udfff" for c in text)
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def longer_than_smtp_allows(address: str) -> bool:

@@ -245,5 +245,5 @@ def line_ends(data: bytes, end: bytes) -> bytes:
     """Every CRLF or LF made `end` (as `_LINE_END.sub`, many times faster on a large message)."""
     if end == b"\r\n" and data.count(b"\n") == data.count(b"\r\n"):
         return data  # CRLF already, as messages from servers and most files are
-    lf = data.replace(b"\r\n", b"\n")
+    lf = data.replace(b"\r\n", b"\n") if b"\r" in data else data
     return lf if end == b"\n" else lf.replace(b"\n", end)

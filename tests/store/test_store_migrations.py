@@ -29,6 +29,7 @@ UNDO_AFTER_V1 = (
     "ALTER TABLE messages DROP COLUMN failures",
     "ALTER TABLE recipients DROP COLUMN declined",
     "DROP TABLE mime_originals",
+    "DROP TABLE message_streams",
 )
 
 

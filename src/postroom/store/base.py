@@ -336,6 +336,10 @@ class MessageStore(abc.ABC):
         """Save and submit a new message in one transaction."""
 
     @abc.abstractmethod
+    def create_and_submit_many(self, folder_id: int, messages: Sequence[MessageData], now: datetime) -> list[int]:
+        """Save and submit new messages in one transaction (batch submission); their IDs in order."""
+
+    @abc.abstractmethod
     def submit(self, message_id: int, now: datetime, stamp: Props | None = None) -> None:
         """IMessage::SubmitMessage: MSGFLAG_SUBMIT, PR_RESPONSIBILITY FALSE, submit time, queued.
 

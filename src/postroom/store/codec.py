@@ -7,7 +7,7 @@ microseconds since the Unix epoch (exact, sortable); multi-valued properties are
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -114,7 +114,7 @@ def decode_value(tag: int, value: Any) -> Any:
     return value
 
 
-def encode_bag(props: dict[int, Any]) -> str:
+def encode_bag(props: Mapping[int, Any]) -> str:
     """A whole property bag as one JSON text: {"<tag>": value}; binary values as hex.
 
     One column per object instead of one row per property: far fewer statements per message,
@@ -131,9 +131,36 @@ def load_raw(text: str | bytes | None) -> dict[str, Any]:
     return json.loads(text) if text else {}
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def dump_raw(raw: dict[str, Any]) -> str:
     # One check for the whole bag: a lone surrogate cannot be stored as UTF-8; refuse it clearly.
-    return _check_storable(json.dumps(raw, ensure_ascii=False, separators=(",", ":")))
+    return _check_storable(_dumps(raw))
+
+
+# The per-tag work is looked up once per tag, not worked out per property: a bag's cost is then
+# the dict walk and the C JSON codec (about a microsecond a property). Bounded, since a bag may
+# name any of 2**32 tags.
+_KEY_CACHE_LIMIT = 4096
+_KEYS: dict[int, str] = {}
+_DECODERS: dict[str, tuple[int, Callable[[Any], Any] | None]] = {}
+_PLAIN_ENCODE = {
+    T.PT_UNICODE: str,
+    T.PT_STRING8: str,
+    T.PT_LONG: int,
+    T.PT_SHORT: int,
+    T.PT_I8: int,
+}
+
+
+def _key(tag: int) -> str:
+    key = _KEYS.get(tag)
+    if key is None:
+        key = str(tag)
+        if len(_KEYS) < _KEY_CACHE_LIMIT:
+            _KEYS[tag] = key
+    return key
 
 
 def update_raw(raw: dict[str, Any], props: Mapping[int, Any], delete: Iterable[int] = ()) -> None:
@@ -142,13 +169,13 @@ def update_raw(raw: dict[str, Any], props: Mapping[int, Any], delete: Iterable[i
         if value is None:
             continue
         kind = tag & 0xFFFF
-        if kind == T.PT_UNICODE and type(value) is str:  # the common case, kept fast
-            raw[str(tag)] = value
+        if _PLAIN_ENCODE.get(kind) is type(value):  # text as text, integers as integers: the common case
+            raw[_KEYS.get(tag) or _key(tag)] = value
             continue
         if kind == T.PT_OBJECT:
             continue
         encoded = encode_value(tag, value)
-        raw[str(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded
+        raw[_key(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded
     for tag in delete:
         raw.pop(str(tag), None)
 
@@ -173,15 +200,111 @@ def _check_storable(text: str) -> str:
     return text
 
 
+def _mv_decoder(base: int) -> Callable[[Any], Any]:
+    """How a multi-valued property of this base type is read back: JSON, then each item as
+    `_mv_decode` reads it (binary, CLSID and times are not JSON types)."""
+    if base in (T.PT_BINARY, T.PT_CLSID, T.PT_SYSTIME):
+        return lambda value: [_mv_decode(base, v) for v in json.loads(value)]
+    return json.loads
+
+
+def _decoder(key: str) -> tuple[int, Callable[[Any], Any] | None]:
+    """The tag of a stored key and how its value is read back (None: as JSON gave it)."""
+    entry = _DECODERS.get(key)
+    if entry is not None:
+        return entry
+    tag = int(key)
+    kind = T.prop_type(tag)
+    fn: Callable[[Any], Any] | None = None
+    if kind in (T.PT_BINARY, T.PT_CLSID):
+        fn = bytes.fromhex
+    elif kind == T.PT_BOOLEAN:
+        fn = bool
+    elif kind == T.PT_SYSTIME:
+        fn = from_micros
+    elif kind & T.MV_FLAG:
+        fn = _mv_decoder(kind & ~T.MV_FLAG)
+    entry = (tag, fn)
+    if len(_DECODERS) < _KEY_CACHE_LIMIT:
+        _DECODERS[key] = entry
+    return entry
+
+
 def decode_bag(text: str | bytes | None) -> dict[int, Any]:
     if not text:
         return {}
     out: dict[int, Any] = {}
     for key, value in json.loads(text).items():
-        tag = int(key)
-        kind = T.prop_type(tag)
-        if kind in (T.PT_BINARY, T.PT_CLSID):
-            out[tag] = bytes.fromhex(value)
-        else:
-            out[tag] = decode_value(tag, value)
+        tag, fn = _DECODERS.get(key) or _decoder(key)
+        out[tag] = value if fn is None or value is None else fn(value)
     return out
+
+
+class TemplateBags:
+    """Bags of many messages that share all but a few properties (a batch of one message to many
+    people): the shared properties are encoded once, and each bag adds only its own ones.
+
+    The text is the same JSON as encode_bag's, so nothing that reads a bag can tell the difference.
+    """
+
+    def __init__(self, own: Iterable[int]) -> None:
+        self._own = frozenset(own)
+        self._shared: dict[int, Any] | None = None
+        self._prefix = "{"
+
+    def encode(self, props: Mapping[int, Any]) -> str:
+        own_tags = self._own
+        shared = {t: v for t, v in props.items() if t not in own_tags}
+        if shared != self._shared:
+            text = encode_bag(shared)
+            self._shared, self._prefix = shared, text[:-1]
+        own = encode_bag({t: props[t] for t in own_tags if t in props})
+        if own == "{}":
+            return self._prefix + "}"
+        if self._prefix == "{":
+            return own
+        return self._prefix + "," + own[1:]
+
+
+#: A text or binary property at least this large is kept outside its message's bag
+#: (message_streams, schema 5): a change of the message's state then rewrites a small row, never
+#: its body. Below it, one bag is cheaper than one more row.
+STREAM_THRESHOLD = 16 * 1024
+_STREAM_KINDS = frozenset((T.PT_UNICODE, T.PT_STRING8, T.PT_BINARY))
+_SIZED = frozenset((str, bytes, bytearray, memoryview))
+
+
+def split_streams(props: Mapping[int, Any]) -> tuple[Mapping[int, Any], dict[int, bytes]]:
+    """(the properties kept in the bag, the large ones as the bytes stored apart)."""
+    streams: dict[int, bytes] = {}
+    for tag, value in props.items():
+        # By exact type (the cheap test, made for every property of every message); a subclass of
+        # str stays in the bag, which is only slower.
+        if type(value) in _SIZED and len(value) >= STREAM_THRESHOLD and tag & 0xFFFF in _STREAM_KINDS:
+            streams[tag] = stream_bytes(tag, value)
+    if not streams:
+        return props, streams
+    return {t: v for t, v in props.items() if t not in streams}, streams
+
+
+def stream_bytes(tag: int, value: Any) -> bytes:
+    """A large property as stored apart: text as UTF-8, binary as is."""
+    if isinstance(value, str):
+        if tag & 0xFFFF == T.PT_BINARY:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: a binary property")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER, f"text that cannot be stored (lone surrogate): {exc}"
+            ) from exc
+    if tag & 0xFFFF != T.PT_BINARY:
+        raise MAPIError(
+            HResult.MAPI_E_INVALID_PARAMETER, f"bad value for {T.tag_name(tag)}: a string property needs text"
+        )
+    return bytes(value)
+
+
+def stream_value(tag: int, data: bytes) -> str | bytes:
+    """A large property read back from its stream."""
+    return bytes(data) if tag & 0xFFFF == T.PT_BINARY else bytes(data).decode("utf-8")

@@ -76,12 +76,14 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("transport_usage", ("id", "transport", "time", "owner")),
     ("breaker_state", ("transport", "state", "updated")),
     ("mime_originals", ("message_id", "fingerprint", "size", "data")),
+    ("message_streams", ("message_id", "tag", "data")),
 )
 ORDER = {
     "recipients": "message_id, row_id",
     "receive_folders": "message_class",
     "status_rows": "position",
     "mime_originals": "message_id",
+    "message_streams": "message_id, tag",
 }
 ORDER_DEFAULT = "id"
 ORDER_BY_KEY = {"breaker_state": "transport"}
@@ -323,7 +325,7 @@ class _PgSide(_Side):
     def clear(self) -> None:
         self.conn.execute(
             "TRUNCATE folders, messages, recipients, attachments, receive_folders, events, status_rows, "
-            "transport_usage, breaker_state, mime_originals"
+            "transport_usage, breaker_state, mime_originals, message_streams"
         )
 
     def set_store_uid(self, uid: bytes) -> None:

@@ -422,6 +422,12 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         assert row is not None
         return int(row[0])
 
+    def _reserve_message_ids(self, db: PgConnection, count: int) -> list[int]:
+        rows = db.execute(
+            "SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, ?)", (count,)
+        ).fetchall()
+        return sorted(int(r[0]) for r in rows)
+
     def _text(self, value: str | None) -> str | None:
         return _clean(value)
 

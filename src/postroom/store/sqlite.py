@@ -311,6 +311,16 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         assert rowid is not None
         return rowid
 
+    def _reserve_message_ids(self, db: sqlite3.Connection, count: int) -> list[int]:
+        # Inside BEGIN IMMEDIATE no other writer runs: the next IDs AUTOINCREMENT would give are
+        # ours. Inserting them explicitly moves sqlite_sequence on, so none is ever given twice.
+        row = db.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name='messages'), 0), "
+            "coalesce((SELECT max(id) FROM messages), 0))"
+        ).fetchone()
+        first = int(row[0]) + 1
+        return list(range(first, first + count))
+
     def _text(self, value: str | None) -> str | None:
         return value  # SQLite keeps any text as it is
 
