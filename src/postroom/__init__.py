@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         RetryAll,
         WaitKind,
     )
+    from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage
     from .transports.registry import register_transport_kind, transport_kinds
     from .transports.spi import StatusRow
 
@@ -104,6 +105,10 @@ _HOMES = {
     "RecipientState": ".store",
     "RecipientStatus": ".store",
     "WaitKind": ".store",
+    "ActivityBucket": ".store.base",
+    "DeliveryStats": ".store.base",
+    "QueueCounts": ".store.base",
+    "QueuePage": ".store.base",
     "RecipientReport": ".engine.report",
     # delivery, routing, status
     "LoadedTransport": ".spooler",
@@ -131,10 +136,12 @@ _HOMES = {
 __all__ = [
     "DEFAULT_GROUP",
     "POLICY_HELP",
+    "ActivityBucket",
     "ArgumentTypeError",
     "AsyncSession",
     "Attachment",
     "DaemonPidFile",
+    "DeliveryStats",
     "Draft",
     "Event",
     "EventKind",
@@ -157,7 +164,9 @@ __all__ = [
     "PassSummary",
     "Profile",
     "ProviderFailed",
+    "QueueCounts",
     "QueueEntry",
+    "QueuePage",
     "QueueState",
     "Received",
     "Recipient",

@@ -51,6 +51,7 @@ from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
 from .spooler import PassSummary
 from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
+from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState
 from .store.notify import NoteKind
 from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
@@ -539,6 +540,62 @@ class _SessionCore:
     def queue(self) -> list[QueueEntry]:
         """The outgoing queue, oldest first: state, attempts, last error, next try."""
         return self._store.queue()
+
+    def queue_page(
+        self,
+        after: int | None = None,
+        limit: int = 50,
+        *,
+        state: QueueState | str | None = None,
+        transport: str | None = None,
+        text: str | None = None,
+    ) -> QueuePage:
+        """A page of the outgoing queue in queue order, after message `after` (its `next_after`
+        starts the next page): as fast at the 1,000th page as at the first. `state` ("queued" or
+        "held"), `transport` (the transport a pending recipient waits for) and `text` (in the subject,
+        To or last reply) filter it."""
+        _check(after, (int, type(None)), "queue_page(): after")
+        _check(limit, int, "queue_page(): limit")
+        _check(state, (str, type(None)), "queue_page(): state")
+        _check(transport, (str, type(None)), "queue_page(): transport")
+        _check(text, (str, type(None)), "queue_page(): text")
+        if not 1 <= limit <= 1000:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"queue_page(): limit {limit} is not between 1 and 1000")
+        wanted: QueueState | None = None
+        if state:
+            try:
+                wanted = QueueState(state)
+            except ValueError:
+                names = ", ".join(s.value for s in QueueState)
+                raise MAPIError(
+                    HResult.MAPI_E_INVALID_PARAMETER, f"no queue state {state!r} (one of {names})"
+                ) from None
+        return self._store.queue_page(after, limit, wanted, transport or None, text or None)
+
+    def queue_counts(self) -> QueueCounts:
+        """How many messages are queued, by state and by the transport they wait for; the oldest."""
+        return self._store.queue_counts()
+
+    def activity(
+        self, since: datetime, until: datetime | None = None, *, step_seconds: int = 60
+    ) -> list[ActivityBucket]:
+        """Deliveries, failures and the queue's depth step by step from `since`, as every spooler
+        process on the store recorded them in the messages' history."""
+        _check(since, datetime, "activity(): since")
+        _check(until, (datetime, type(None)), "activity(): until")
+        _check(step_seconds, int, "activity(): step_seconds")
+        if step_seconds < 1:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "activity(): step_seconds must be at least 1")
+        return self._store.activity(since, until or self.clock(), step_seconds)
+
+    def delivery_stats(self) -> DeliveryStats:
+        """Totals from the whole history: outcomes and retries by transport, inbound, latencies."""
+        return self._store.delivery_stats()
+
+    def breaker_state(self, transport: str) -> dict[str, Any]:
+        """The circuit breaker of a transport as every process shares it (empty: closed, never opened)."""
+        _check(transport, str, "breaker_state(): the transport")
+        return dict(self._store.breaker_state(transport))
 
     def hold(self, ref: str | int | bytes, reason: str = "held by an operator") -> None:
         """Keep a queued message from being sent until release(); MAPI_E_NOT_IN_QUEUE if it is not queued."""

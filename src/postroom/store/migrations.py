@@ -51,7 +51,15 @@ from .queue_sql import QUEUE_INDEXES
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 4
+LATEST = 5
+
+#: Version 5 (branch i19web): what the status page and /metrics read. The history of every message
+#: (events) is the store's record of what every spooler process did, so the chart and the counters
+#: read it by time; the queue page pages through the queue by (submit_time, id) whatever its state.
+_WEB_V5 = (
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events(time, kind)",
+    "CREATE INDEX IF NOT EXISTS queue_by_submit ON messages(submit_time, id) WHERE queue_state IS NOT NULL",
+)
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -76,6 +84,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         " fingerprint TEXT NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)",
         *QUEUE_INDEXES,
     ),
+    5: _WEB_V5,
 }
 
 
@@ -201,7 +210,7 @@ _PG_V4 = (
     *QUEUE_INDEXES,
 )
 
-POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4}
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4, 5: _WEB_V5}
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).
 SCHEMA_LOCK = 0x706F7374726F6F6D
