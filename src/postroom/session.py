@@ -18,7 +18,7 @@ import mimetypes
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
@@ -572,6 +572,11 @@ class _SessionCore:
                 ) from None
         return self._store.queue_page(after, limit, wanted, transport or None, text or None)
 
+    def queue_entry(self, ref: str | int | bytes) -> QueueEntry | None:
+        """The queue row of one message (None when it is not queued)."""
+        _check_ref(ref, "queue_entry")
+        return self._store.queue_entry(self._store.resolve_message(ref))
+
     def queue_counts(self) -> QueueCounts:
         """How many messages are queued, by state and by the transport they wait for; the oldest."""
         return self._store.queue_counts()
@@ -943,6 +948,13 @@ class AsyncSession(_SessionCore):
                     summary = self._summary(int(note.data.get("message_id", 0)))
                     if summary is not None:
                         yield summary
+
+    async def changes(self) -> AsyncGenerator[str, None]:
+        """The kind of every store notification, from any process on this profile, as it comes
+        ("submitted", "queue", "newmail", "mode", "config"): what a live page refreshes on."""
+        with self._store.bus.listen() as listener:
+            async for note in listener:
+                yield str(note.kind)
 
     async def close(self) -> None:
         await self._close()
