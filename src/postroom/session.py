@@ -830,9 +830,9 @@ class _SessionCore:
         self._check_open()
         return await self.engine.status()
 
-    async def _status_report(self, here: bool) -> StatusReport:
+    async def _status_report(self, here: bool, daemon_here: bool = False) -> StatusReport:
         self._check_open()
-        return await self.engine.status_report(here=here)
+        return await self.engine.status_report(here=here, daemon_here=daemon_here)
 
     async def _set_mode(self, wanted: Mode | str) -> None:
         self._check_open()
@@ -912,11 +912,13 @@ class AsyncSession(_SessionCore):
     async def status(self) -> list[StatusRow]:
         return await self._status()
 
-    async def status_report(self, *, here: bool = False) -> StatusReport:
+    async def status_report(self, *, here: bool = False, daemon_here: bool = False) -> StatusReport:
         """The status table to show and whose it is: the one a running spooler daemon published, or
-        (without a daemon, or `here`) this session's own after logging the transports on."""
+        (without a daemon, or `here`) this session's own after logging the transports on.
+        `daemon_here`: the spooler daemon runs in this process (a page served beside it)."""
         _check(here, bool, "status_report(): here")
-        return await self._status_report(here)
+        _check(daemon_here, bool, "status_report(): daemon_here")
+        return await self._status_report(here, daemon_here)
 
     async def set_mode(self, mode: Mode | str) -> None:
         _check(mode, str, "set_mode(): the mode")

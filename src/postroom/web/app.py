@@ -61,9 +61,11 @@ def _when(value: datetime | None) -> str:
 class StatusPage:
     """The application's state: the session, the gate, the templates, this server's store errors."""
 
-    def __init__(self, session: AsyncSession, gate: Gate) -> None:
+    def __init__(self, session: AsyncSession, gate: Gate, *, beside_daemon: bool = False) -> None:
         self.session = session
         self.gate = gate
+        #: Served inside the spooler daemon's process (`spooler --http`): its rows are the daemon's.
+        self.beside_daemon = beside_daemon
         self.store_errors = 0
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
@@ -100,7 +102,7 @@ class StatusPage:
     # --- pages -----------------------------------------------------------------------------------
     async def overview(self, request: Request) -> Response:
         session = self.session
-        report = await session.status_report()
+        report = await session.status_report(daemon_here=self.beside_daemon)
         counts = session.queue_counts()
         now = session.clock()
         hour = session.activity(now - timedelta(hours=1), now, step_seconds=60)
@@ -304,14 +306,15 @@ class StatusPage:
         session = self.session
         try:
             transports = session.transport_order()
+            report = await session.status_report(daemon_here=self.beside_daemon)
             snap = Snapshot(
                 counts=session.queue_counts(),
                 stats=session.delivery_stats(),
                 breakers={t.name: session.breaker_state(t.name) for t in transports},
-                rows=(await session.status_report()).rows,
+                rows=report.rows,
                 transports=transports,
                 online=session.mode == Mode.ONLINE,
-                daemon_running=session.daemon_pid() is not None,
+                daemon_running=report.daemon_pid is not None,
                 now=session.clock(),
                 store_errors=self.store_errors,
             )
@@ -360,9 +363,9 @@ def _refusal(code: HResult, message: str, status: int) -> Response:
     return JSONResponse({"ok": False, "code": code.name, "message": message}, status_code=status)
 
 
-def create_app(session: AsyncSession, gate: Gate) -> Starlette:
+def create_app(session: AsyncSession, gate: Gate, *, beside_daemon: bool = False) -> Starlette:
     """The status page's ASGI application over `session` (which the caller opens and closes)."""
-    page = StatusPage(session, gate)
+    page = StatusPage(session, gate, beside_daemon=beside_daemon)
     routes = [
         Route("/", page.overview),
         Route("/queue", page.queue),

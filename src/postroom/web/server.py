@@ -188,7 +188,7 @@ class BackgroundPage:
         async def main() -> None:
             session = postroom.alogon(self._profile)
             try:
-                self._server = _Server(_config(create_app(session, self._gate), self.listen))
+                self._server = _Server(_config(create_app(session, self._gate, beside_daemon=True), self.listen))
                 await _serve(self._server, self.listen, self._started)
             finally:
                 await session.close()
