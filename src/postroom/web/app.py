@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -230,7 +231,10 @@ class StatusPage:
 
     # --- actions ---------------------------------------------------------------------------------
     async def login(self, request: Request) -> Response:
-        form = await request.form()
+        try:
+            form = await _form(request)
+        except MAPIError as exc:
+            return self.error(request, exc)
         token = str(form.get("token") or "")
         back = _safe_back(str(form.get("back") or "/"))
         if not self.gate.is_operator(token):
@@ -246,7 +250,10 @@ class StatusPage:
 
     async def action(self, request: Request) -> Response:
         name = request.path_params["name"]
-        form = await request.form()
+        try:
+            form = await _form(request)
+        except MAPIError as exc:
+            return _refusal(exc.code, exc.message, 400)
         wants_json = "application/json" in request.headers.get("accept", "")
         if not self.operator(request):
             return _refusal(HResult.MAPI_E_NO_ACCESS, "actions need the operator token", 403)
@@ -258,7 +265,7 @@ class StatusPage:
         if handler is None:
             return _refusal(HResult.MAPI_E_NOT_FOUND, f"no action {name!r}", 404)
         try:
-            said = await handler(self, {k: str(v) for k, v in form.items()})
+            said = await handler(self, form)
         except MAPIError as exc:
             return _refusal(exc.code, exc.message, 400)
         if wants_json:
@@ -345,6 +352,21 @@ _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+#: The largest form body read (the forms here carry a few short fields).
+MAX_FORM_BYTES = 16 * 1024
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The fields of a urlencoded form (the only kind these pages send), first value of each."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "the form is too large")
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items()}
 
 
 def _ref(form: dict[str, str]) -> int | str:

@@ -54,6 +54,10 @@
     refresh();
   });
 
+  if (live && live.dataset.poll) {
+    window.setInterval(refresh, Number(live.dataset.poll) * 1000);
+  }
+
   if (live && window.EventSource) {
     const source = new EventSource("/events");
     source.addEventListener("change", refresh);
