@@ -17,10 +17,8 @@ import pytest
 import postroom
 from postroom.profile import Profile
 
-from support.cli import ok
-from support.cli import postroom as run_postroom
-from support.smtp_sink import SmtpSink
-from support.web import chromium, new_token, served
+from support.smtp_sink import free_port
+from support.web import chromium, make_profile, new_token, served
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +34,6 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
-
-
-def make_profile(directory: Path, *, offline: bool = False) -> Path:
-    ok(run_postroom("init", directory))
-    if offline:
-        ok(run_postroom("--profile", directory, "offline"))
-    return directory
 
 
 def wait_for(what: Callable[[], Any], seconds: float = 20.0, why: str = "") -> Any:
@@ -96,11 +87,10 @@ def test_the_overview_shows_the_status_rows_mode_and_queue(browser: Any, shots: 
 
 def test_a_transport_shows_failure_after_its_smtp_server_is_stopped(browser: Any, shots: Path, tmp_path: Path) -> None:
     profile = make_profile(tmp_path / "p")
-    sink = SmtpSink().__enter__()
-    try:
-        ok(run_postroom("--profile", profile, "service", "add", "smtp", "mta", *sink.options(domains='["sink.test"]')))
-    finally:
-        sink.__exit__()  # the server is gone before the daemon ever connects
+    with postroom.logon(Profile.load(profile)) as session:
+        # Nothing listens there any more: the server was stopped.
+        options = {"host": "127.0.0.1", "port": free_port(), "security": "none", "domains": ["sink.test"]}
+        session.add_service("smtp", "mta", options)
     with served(profile, spooler=True) as url:
         browser.get(url + "/")
         live(browser)

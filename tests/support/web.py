@@ -42,7 +42,26 @@ def http(url: str, *, data: dict[str, str] | None = None, headers: dict[str, str
         return exc.code, exc.read().decode()
 
 
+def make_profile(directory: Path, *, offline: bool = False) -> Path:
+    """What `postroom init` makes (the `local` maildir transport), made in this process (cheaper)."""
+    import postroom
+    from postroom.profile import Profile
+
+    profile = Profile.create(directory)
+    if offline:
+        with postroom.logon(profile) as session:
+            session.set_mode("offline")
+    return directory
+
+
 def new_token(profile: Path) -> str:
+    """`postroom serve http --new-token` (its own test runs the command; the others make one here)."""
+    from postroom.web.auth import new_token as make
+
+    return make(profile)
+
+
+def new_token_by_command(profile: Path) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "postroom", "--profile", str(profile), "--json", "serve", "http", "--new-token"],
         capture_output=True,
@@ -53,11 +72,16 @@ def new_token(profile: Path) -> str:
 
 
 @contextmanager
-def served(profile: Path, *, spooler: bool = False, extra: Sequence[str] = ()) -> Iterator[str]:
-    """`postroom serve http` (or the spooler daemon with --http) on a free loopback port; its URL."""
+def served(
+    profile: Path, *, spooler: bool = False, extra: Sequence[str] = (), socket_path: Path | None = None
+) -> Iterator[str]:
+    """`postroom serve http` (or the spooler daemon with --http) on a free loopback port; its URL.
+    `socket_path`: it listens on that Unix socket instead (wait until the socket is there, private)."""
     port = free_port()
     where = f"127.0.0.1:{port}"
     command = ["spooler", "--http", where] if spooler else ["serve", "http", "--listen", where]
+    if socket_path is not None:
+        command += ["--socket", str(socket_path)]
     log = profile.parent / f"{'spooler' if spooler else 'page'}-{port}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -72,11 +96,15 @@ def served(profile: Path, *, spooler: bool = False, extra: Sequence[str] = ()) -
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"the page did not start: {log.read_text()}")
-            try:
-                if http(url + "/healthz")[0] == 200:
+            if socket_path is not None:
+                if socket_path.exists() and socket_path.stat().st_mode & 0o077 == 0:
                     break
-            except OSError:
-                pass
+            else:
+                try:
+                    if http(url + "/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
             if time.monotonic() > deadline:
                 pytest.fail(f"the page did not answer in 30 s: {log.read_text()}")
             time.sleep(0.1)

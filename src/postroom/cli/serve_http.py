@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..web.auth import TOKEN_FILE, new_token
-from ..web.server import DEFAULT_HOST, DEFAULT_PORT, Listen, parse_listen, serve
+from ..web.auth import TOKEN_FILE, new_token, stored_hash
+from ..web.server import DEFAULT_HOST, DEFAULT_PORT, Listen, check_listen, parse_listen, serve
 from .context import App, pass_app
 
 #: One source for the options `serve http` and `spooler --http` share.
@@ -61,5 +61,6 @@ def http(
         return
     host, port = parse_listen(listen_at)
     listen = Listen(host, port, socket_path, tls_cert, tls_key)
+    check_listen(listen, stored_hash(profile.directory))  # before saying where it listens
     click.echo(f"postroom: status page on {listen.url} for {profile.directory}; Ctrl-C or SIGTERM stops it", err=True)
     asyncio.run(serve(profile, listen))
