@@ -62,5 +62,5 @@ def http(
     host, port = parse_listen(listen_at)
     listen = Listen(host, port, socket_path, tls_cert, tls_key)
     check_listen(listen, stored_hash(profile.directory))  # before saying where it listens
-    click.echo(f"postroom: status page on {listen.url} for {profile.directory}; Ctrl-C or SIGTERM stops it", err=True)
-    asyncio.run(serve(profile, listen))
+    banner = f"Status page on {listen.url} for {profile.directory}; Ctrl-C or SIGTERM stops it."
+    asyncio.run(serve(profile, listen, ready=lambda: app.out.echo(banner)))

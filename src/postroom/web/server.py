@@ -20,7 +20,7 @@ import ipaddress
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -135,18 +135,21 @@ def _gate(profile_dir: Path, listen: Listen) -> Gate:
     return Gate(token_hash, trust_all=listen.socket is not None)
 
 
-async def serve(profile: postroom.Profile, listen: Listen, *, started: threading.Event | None = None) -> None:
-    """Serve the page until SIGINT/SIGTERM (uvicorn's own handlers): `postroom serve http`."""
+async def serve(profile: postroom.Profile, listen: Listen, *, ready: Callable[[], None] | None = None) -> None:
+    """Serve the page until SIGINT/SIGTERM: `postroom serve http`. `ready` is called once it listens
+    (and its signal handlers are in place)."""
     gate = _gate(profile.directory, listen)
     session = postroom.alogon(profile)
     try:
         server = _Server(_config(create_app(session, gate), listen))
-        await _serve(server, listen, started)
+        await _serve(server, listen, None, ready)
     finally:
         await session.close()
 
 
-async def _serve(server: _Server, listen: Listen, started: threading.Event | None) -> None:
+async def _serve(
+    server: _Server, listen: Listen, started: threading.Event | None, ready: Callable[[], None] | None = None
+) -> None:
     async def chmod_socket() -> None:
         while not server.started and not server.should_exit:
             await asyncio.sleep(0.02)
@@ -154,6 +157,8 @@ async def _serve(server: _Server, listen: Listen, started: threading.Event | Non
             os.chmod(listen.socket, 0o600)
         if started is not None:
             started.set()
+        if ready is not None and server.started:
+            ready()
 
     watcher = asyncio.create_task(chmod_socket())
     try:
