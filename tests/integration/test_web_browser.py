@@ -114,6 +114,7 @@ def test_holding_a_message_from_the_queue_page_changes_its_state_without_reloadi
     token = new_token(profile)
     with postroom.logon(Profile.load(profile)) as session:
         mid = session.create_message("hold me", "b").to("someone@localhost").submit()
+        other = session.create_message("held elsewhere", "b").to("someone@localhost").submit()
     with served(profile) as url:
         log_in(browser, url + "/queue", token)
         live(browser)
@@ -123,10 +124,17 @@ def test_holding_a_message_from_the_queue_page_changes_its_state_without_reloadi
         browser.find_element(By.CSS_SELECTOR, row + ' button[data-action="hold"]').click()
         wait_for(lambda: text_of(browser, row + " .state") == "held", why="the row to say held")
         assert browser.execute_script("return window.__same_page === true"), "the page was reloaded"
-        browser.save_screenshot(str(shots / "queue.png"))
         with postroom.logon(Profile.load(profile)) as session:
             entry = session.queue_entry(mid)
             assert entry is not None and entry.state == "held"
+            # Held by another process: the store's notification comes to the page as a server-sent event.
+            events = "return Number(document.body.dataset.events || 0)"
+            before = browser.execute_script(events)
+            session.hold(other)
+        wait_for(lambda: browser.execute_script(events) > before, why="a server-sent event")
+        wait_for(lambda: text_of(browser, f'#queue tr[data-id="{other}"] .state') == "held", why="the live update")
+        assert browser.execute_script("return window.__same_page === true"), "the page was reloaded"
+        browser.save_screenshot(str(shots / "queue.png"))
         browser.get(url + f"/message/{mid}")
         assert "held" in text_of(browser, "#queue-state")
         browser.save_screenshot(str(shots / "message.png"))

@@ -695,6 +695,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             taken = f"; taken back from spooler {owner}, whose lease had run out" if owner else ""
             self._event(db, message_id, now, EventKind.ABORTED, f"submission aborted (AbortSubmit){taken}")
+        self._publish(NoteKind.QUEUE, message_id=message_id, aborted=True)  # for a live status page, as hold()
 
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """An interrupted spooler returns a claimed message, due at once. With `outcome_unknown` (a
@@ -1131,6 +1132,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 (self._text(reason), message_id),
             )
             self._event(db, message_id, now, EventKind.HELD, reason)
+        # Nothing becomes due, but a status page shows the queue live (store notifications are hints).
+        self._publish(NoteKind.QUEUE, message_id=message_id, held=True)
 
     def release_hold(self, message_id: int, now: datetime) -> None:
         with self._tx() as db:

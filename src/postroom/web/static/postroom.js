@@ -60,7 +60,11 @@
 
   if (live && window.EventSource) {
     const source = new EventSource("/events");
-    source.addEventListener("change", refresh);
+    source.addEventListener("change", function () {
+      // Counted, so a test can tell a live update from a periodic look.
+      document.body.dataset.events = String(Number(document.body.dataset.events || 0) + 1);
+      refresh();
+    });
     source.addEventListener("open", function () { document.body.dataset.live = "1"; });
   }
 })();
