@@ -593,9 +593,14 @@ class _SessionCore:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "activity(): step_seconds must be at least 1")
         return self._store.activity(since, until or self.clock(), step_seconds)
 
-    def delivery_stats(self) -> DeliveryStats:
-        """Totals from the whole history: outcomes and retries by transport, inbound, latencies."""
-        return self._store.delivery_stats()
+    def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats:
+        """Totals from the whole history: outcomes and retries by transport, inbound, and a histogram
+        of the seconds from submission to each outcome over `latency_bounds` (each bound a number)."""
+        if isinstance(latency_bounds, str | bytes) or not isinstance(latency_bounds, Iterable):
+            raise ArgumentTypeError("delivery_stats(): latency_bounds must be a list of numbers")
+        for bound in latency_bounds:
+            _check(bound, (int, float), "delivery_stats(): each latency bound")
+        return self._store.delivery_stats(sorted(float(b) for b in latency_bounds))
 
     def breaker_state(self, transport: str) -> dict[str, Any]:
         """The circuit breaker of a transport as every process shares it (empty: closed, never opened)."""

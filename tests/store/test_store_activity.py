@@ -65,10 +65,9 @@ def test_delivery_stats_count_outcomes_by_transport_and_time_them_from_submissio
     finish(store, ids[0], RecipientState.DELIVERED, "SMTP", 2)
     finish(store, ids[1], RecipientState.DELIVERED, "smtp", 4)
     finish(store, ids[2], RecipientState.FAILED, "", 8)
-    stats = store.delivery_stats()
+    stats = store.delivery_stats([3.0, 5.0])
     assert stats.outcomes == {("smtp", "delivered"): 2, ("", "failed"): 1}
-    assert sorted(stats.latencies) == [
-        ("", pytest.approx(8.0)),
-        ("smtp", pytest.approx(2.0)),
-        ("smtp", pytest.approx(4.0)),
-    ]
+    assert stats.latency_bounds == (3.0, 5.0)
+    assert stats.latency_buckets == {"smtp": [1, 2], "": [0, 0]}
+    assert stats.latency_count == {"smtp": 2, "": 1}
+    assert stats.latency_sum == {"smtp": pytest.approx(6.0), "": pytest.approx(8.0)}

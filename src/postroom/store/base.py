@@ -179,8 +179,13 @@ class DeliveryStats:
     #: operator retries ("retry now").
     operator_retries: int = 0
     inbound: int = 0
-    #: (transport, seconds from submission to the outcome), one per recipient outcome.
-    latencies: list[tuple[str, float]] = field(default_factory=list)
+    #: Seconds from submission to each recipient's outcome, by transport: a histogram over the
+    #: `latency_bounds` asked for (counted in the database: the history may hold millions).
+    latency_bounds: tuple[float, ...] = ()
+    #: transport -> how many outcomes took at most each bound (cumulative, as Prometheus has them).
+    latency_buckets: dict[str, list[int]] = field(default_factory=dict)
+    latency_count: dict[str, int] = field(default_factory=dict)
+    latency_sum: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -461,7 +466,7 @@ class MessageStore(abc.ABC):
     def activity(self, since: datetime, until: datetime, step_seconds: int) -> list[ActivityBucket]: ...
 
     @abc.abstractmethod
-    def delivery_stats(self) -> DeliveryStats: ...
+    def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats: ...
 
     @abc.abstractmethod
     def count_waiting(self, kind: WaitKind) -> int:

@@ -881,8 +881,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             out.append(ActivityBucket(from_epoch(start + i * step) or since, delivered[i], failed[i], depth))
         return out
 
-    def delivery_stats(self) -> DeliveryStats:
-        """Totals from the whole history: outcomes and retries by transport, inbound, latencies."""
+    def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats:
+        """Totals from the whole history: outcomes and retries by transport, inbound, and a histogram
+        of the latencies from submission to outcome over `latency_bounds` (seconds)."""
         outcomes = ", ".join(f"'{k}'" for k in OUTCOME_KINDS)
         retries = ", ".join(f"'{k}'" for k in RETRY_KINDS)
         by_outcome: dict[tuple[str, str], int] = {}
@@ -900,15 +901,21 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 operator += int(count)
             else:
                 inbound += int(count)
-        latencies = [
-            (str(name or ""), max(0.0, float(seconds)))
-            for name, seconds in self._q(
-                "SELECT lower(e.transport), e.time - s.first FROM events e JOIN "
-                "(SELECT message_id, min(time) AS first FROM events WHERE kind = 'submitted' GROUP BY message_id) s "
-                f"ON s.message_id = e.message_id WHERE e.kind IN ({outcomes})"
-            )
-        ]
-        return DeliveryStats(by_outcome, by_retry, operator, inbound, latencies)
+        bounds = tuple(float(b) for b in latency_bounds)
+        under = "".join(f", sum(CASE WHEN lat <= {b!r} THEN 1 ELSE 0 END)" for b in bounds)
+        buckets: dict[str, list[int]] = {}
+        counts: dict[str, int] = {}
+        sums: dict[str, float] = {}
+        for name, count, total, *below in self._q(
+            f"SELECT name, count(*), sum(lat){under} FROM "
+            "(SELECT coalesce(lower(e.transport), '') AS name, e.time - s.first AS lat FROM events e JOIN "
+            "(SELECT message_id, min(time) AS first FROM events WHERE kind = 'submitted' GROUP BY message_id) s "
+            f"ON s.message_id = e.message_id WHERE e.kind IN ({outcomes})) t GROUP BY name"
+        ):
+            buckets[str(name)] = [int(n or 0) for n in below]
+            counts[str(name)] = int(count)
+            sums[str(name)] = max(0.0, float(total or 0.0))
+        return DeliveryStats(by_outcome, by_retry, operator, inbound, bounds, buckets, counts, sums)
 
     def queue_entry(self, message_id: int) -> QueueEntry | None:
         return next((q for q in self.queue(message_id) if q.id == message_id), None)

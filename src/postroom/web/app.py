@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -41,9 +41,10 @@ from postroom.mapi import tags as T
 from postroom.mapi.flags import StatusCode
 
 from .auth import COOKIE, Gate
-from .metrics import Snapshot, SnapshotCollector
+from .metrics import LATENCY_BUCKETS, Snapshot, SnapshotCollector
 
 HERE = Path(__file__).parent
+T_ = TypeVar("T_")
 PAGE_SIZE = 50
 #: Properties never shown on the message page (binary or bulky; none of a message's is a secret).
 _HIDDEN_TYPES = (0x0102,)  # PT_BINARY
@@ -68,6 +69,7 @@ class StatusPage:
         #: Served inside the spooler daemon's process (`spooler --http`): its rows are the daemon's.
         self.beside_daemon = beside_daemon
         self.store_errors = 0
+        self._cache: dict[str, tuple[float, object]] = {}
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -79,6 +81,16 @@ class StatusPage:
         self.env.filters["hex"] = lambda value: bytes(value).hex()
 
     # --- helpers ---------------------------------------------------------------------------------
+    def _cached(self, key: str, seconds: float, read: Callable[[], T_]) -> T_:
+        """`read()`, or what it gave less than `seconds` ago."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < seconds:
+            return cast(T_, hit[1])
+        value = read()
+        self._cache[key] = (now, value)
+        return value
+
     def operator(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
         bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
@@ -104,10 +116,12 @@ class StatusPage:
     async def overview(self, request: Request) -> Response:
         session = self.session
         report = await session.status_report(daemon_here=self.beside_daemon)
-        counts = session.queue_counts()
+        # The overview looks again every few seconds, in every open browser: its costlier reads of a
+        # deep queue and a long history are shared for a while (the day's chart moves in 30 minutes).
+        counts = self._cached("counts", 2.0, session.queue_counts)
         now = session.clock()
-        hour = session.activity(now - timedelta(hours=1), now, step_seconds=60)
-        day = session.activity(now - timedelta(days=1), now, step_seconds=1800)
+        hour = self._cached("hour", 5.0, lambda: session.activity(now - timedelta(hours=1), now, step_seconds=60))
+        day = self._cached("day", 60.0, lambda: session.activity(now - timedelta(days=1), now, step_seconds=1800))
         return self.render(
             request,
             "overview.html",
@@ -141,7 +155,6 @@ class StatusPage:
             text=text or "",
             states=[s.value for s in QueueState if s is not QueueState.DONE],
             transports=[s.name for s in self.session.transport_order()],
-            counts=self.session.queue_counts(),
         )
 
     async def message(self, request: Request) -> Response:
@@ -316,7 +329,7 @@ class StatusPage:
             report = await session.status_report(daemon_here=self.beside_daemon)
             snap = Snapshot(
                 counts=session.queue_counts(),
-                stats=session.delivery_stats(),
+                stats=session.delivery_stats(LATENCY_BUCKETS),
                 breakers={t.name: session.breaker_state(t.name) for t in transports},
                 rows=report.rows,
                 transports=transports,

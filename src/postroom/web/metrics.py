@@ -114,11 +114,10 @@ class SnapshotCollector(Collector):
             "Seconds from submission to each recipient's outcome, by transport.",
             labels=["transport"],
         )
-        by_transport: dict[str, list[float]] = {}
-        for transport, seconds in self.snap.stats.latencies:
-            by_transport.setdefault(_name(transport), []).append(seconds)
-        for transport, values in sorted(by_transport.items()):
-            buckets = [(str(b), float(sum(1 for v in values if v <= b))) for b in LATENCY_BUCKETS]
-            buckets.append(("+Inf", float(len(values))))
-            hist.add_metric([transport], buckets, sum_value=sum(values))
+        stats = self.snap.stats
+        for transport in sorted(stats.latency_count):
+            below = stats.latency_buckets.get(transport, [])
+            buckets = [(str(b), float(n)) for b, n in zip(stats.latency_bounds, below, strict=True)]
+            buckets.append(("+Inf", float(stats.latency_count[transport])))
+            hist.add_metric([_name(transport)], buckets, sum_value=stats.latency_sum.get(transport, 0.0))
         yield hist
