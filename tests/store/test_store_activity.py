@@ -71,3 +71,18 @@ def test_delivery_stats_count_outcomes_by_transport_and_time_them_from_submissio
     assert stats.latency_buckets == {"smtp": [1, 2], "": [0, 0]}
     assert stats.latency_count == {"smtp": 2, "": 1}
     assert stats.latency_sum == {"smtp": pytest.approx(6.0), "": pytest.approx(8.0)}
+
+
+def test_a_text_filter_pages_through_every_match_ascii_or_not(store: MessageStore) -> None:
+    ids = [submitted(store, f"u{i}@x.test", at=NOW + timedelta(seconds=i)) for i in range(30)]
+    accented = submitted(store, "zoé@x.test", at=NOW + timedelta(seconds=40))
+    seen, after = [], None
+    while True:
+        page = store.queue_page(after, 2, text="U1")
+        seen += [e.id for e in page.entries]
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert seen == [ids[1], *ids[10:20]]
+    assert [e.id for e in store.queue_page(None, 5, text="ZOÉ").entries] == [accented]
+    assert store.queue_page(None, 5, text='50%"').entries == []

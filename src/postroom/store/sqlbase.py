@@ -805,6 +805,13 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             params.append(transport.lower())
         needle = (text or "").casefold()
+        if needle.isascii() and needle.isprintable() and not any(c in needle for c in '"\\'):
+            # The subject and To are in the message's property bag, stored as JSON text that keeps
+            # such a needle as it is: a LIKE over the bag narrows the rows in the database, and
+            # the check below keeps only those whose subject, To or last reply holds it.
+            like = "%" + needle.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+            where.append("(lower(m.props) LIKE ? ESCAPE '!' OR lower(coalesce(m.last_error, '')) LIKE ? ESCAPE '!')")
+            params += [like, like]
         found: list[QueueEntry] = []
         batch = limit + 1 if not needle else max(200, limit * 4)
         while True:
@@ -819,11 +826,12 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             if len(rows) < batch:
                 return QueuePage(found, None)
             last = rows[-1]
-            where_base = [w for w in where if not w.startswith("(m.submit_time >")]
-            base_params = params[3:] if len(where_base) < len(where) else params
-            where = [*where_base, "(m.submit_time > ? OR (m.submit_time = ? AND m.id > ?))"]
             t = to_epoch(last.submit_time)
-            params = [*base_params, t, t, last.id]
+            keyset = "(m.submit_time > ? OR (m.submit_time = ? AND m.id > ?))"
+            if where[1:2] == [keyset]:  # the cursor is always the first condition after TRUE
+                where, params = [where[0], *where[2:]], params[3:]
+            where = [where[0], keyset, *where[1:]]
+            params = [t, t, last.id, *params]
 
     def queue_counts(self) -> QueueCounts:
         """Queued messages by state, by the transport their pending recipients wait for, and both."""
