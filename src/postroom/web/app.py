@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,7 @@ from .metrics import LATENCY_BUCKETS, Snapshot, SnapshotCollector
 HERE = Path(__file__).parent
 T_ = TypeVar("T_")
 PAGE_SIZE = 50
+_REPORT_ID = re.compile(r"stored as message (\d+)")
 #: Properties never shown on the message page (binary or bulky; none of a message's is a secret).
 _HIDDEN_TYPES = (0x0102,)  # PT_BINARY
 #: How often the event stream sends a comment, so proxies and the browser keep it open.
@@ -54,6 +56,12 @@ KEEPALIVE_SECONDS = 15.0
 
 def _status_words(code: int) -> list[str]:
     return [bit.name or "" for bit in StatusCode if bit and code & bit]
+
+
+def _shown_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return _when(value)
+    return value if isinstance(value, str) else repr(value)
 
 
 def _when(value: datetime | None) -> str:
@@ -178,12 +186,13 @@ class StatusPage:
             routes = await session.route(addresses)
         except MAPIError:
             routes = []
-        props = sorted(
-            (f"0x{tag:08X}", repr(value) if not isinstance(value, str) else value)
-            for tag, value in data.props.items()
+        props = [
+            (T.tag_name(tag), f"0x{tag:08X}", _shown_value(value))
+            for tag, value in sorted(data.props.items())
             if (tag & 0xFFFF) not in _HIDDEN_TYPES
-        )
-        reports = [e for e in events if str(e.kind) == "report"]
+        ]
+        # "IPM.Report.… stored as message 12": the NDR/DR this message produced, to link to.
+        reports = [(e, _REPORT_ID.search(e.detail)) for e in events if str(e.kind) == "report"]
         return self.render(
             request,
             "message.html",
