@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from .prerequisites import unavailable
 from .smtp_sink import free_port
 
 
@@ -123,7 +124,7 @@ def chromium() -> Iterator[Any]:
     """A headless Chromium (one per test module: starting one costs a second or two)."""
     reason = chromium_missing()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)  # a skip here, a failure under CI
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
