@@ -78,6 +78,10 @@ class StatusPage:
         self.beside_daemon = beside_daemon
         self.store_errors = 0
         self._cache: dict[str, tuple[float, object]] = {}
+        #: The session's calls that log transports on run one at a time (as a command's would), and
+        #: so do the actions that drive the engine; a long Send/Receive does not hold up the reads.
+        self._logon_turns = asyncio.Lock()
+        self._action_turns = asyncio.Lock()
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -123,7 +127,8 @@ class StatusPage:
     # --- pages -----------------------------------------------------------------------------------
     async def overview(self, request: Request) -> Response:
         session = self.session
-        report = await session.status_report(daemon_here=self.beside_daemon)
+        async with self._logon_turns:
+            report = await session.status_report(daemon_here=self.beside_daemon)
         # The overview looks again every few seconds, in every open browser: its costlier reads of a
         # deep queue and a long history are shared for a while (the day's chart moves in 30 minutes).
         counts = self._cached("counts", 2.0, session.queue_counts)
@@ -183,7 +188,8 @@ class StatusPage:
             if r.get(T.PR_EMAIL_ADDRESS)
         ]
         try:
-            routes = await session.route(addresses)
+            async with self._logon_turns:
+                routes = await session.route(addresses)
         except MAPIError:
             routes = []
         props = [
@@ -215,7 +221,8 @@ class StatusPage:
         answer, problem = None, None
         if address:
             try:
-                answer = (await self.session.route([address]))[0]
+                async with self._logon_turns:
+                    answer = (await self.session.route([address]))[0]
             except MAPIError as exc:
                 problem = f"{exc.code.name}: {exc.message}"
         transports = self.session.transport_order()
@@ -227,8 +234,12 @@ class StatusPage:
             problem=problem,
             transports=transports,
             explicit=self.session.has_explicit_order(),
-            address_types=await self.session.enum_adr_types(),
+            address_types=await self._adr_types(),
         )
+
+    async def _adr_types(self) -> list[str]:
+        async with self._logon_turns:
+            return await self.session.enum_adr_types()
 
     # --- live updates ----------------------------------------------------------------------------
     async def events(self, request: Request) -> Response:
@@ -311,14 +322,16 @@ class StatusPage:
         return f"message {_ref(form)} taken back into the Outbox"
 
     async def _send_receive(self, form: dict[str, str]) -> str:
-        summary = await self.session.send_receive(form.get("group") or None)
+        async with self._action_turns:
+            summary = await self.session.send_receive(form.get("group") or None)
         return (
             f"Send/Receive of {summary.group}: {summary.sent} sent, {summary.failed} failed, {summary.waiting} waiting"
         )
 
     async def _mode(self, form: dict[str, str]) -> str:
         mode = Mode.parse(form.get("mode", ""))
-        await self.session.set_mode(mode)
+        async with self._action_turns:
+            await self.session.set_mode(mode)
         return f"now {mode}"
 
     _actions: ClassVar[dict[str, Callable[[StatusPage, dict[str, str]], Awaitable[str]]]] = {
@@ -335,7 +348,8 @@ class StatusPage:
         session = self.session
         try:
             transports = session.transport_order()
-            report = await session.status_report(daemon_here=self.beside_daemon)
+            async with self._logon_turns:
+                report = await session.status_report(daemon_here=self.beside_daemon)
             snap = Snapshot(
                 counts=session.queue_counts(),
                 stats=session.delivery_stats(LATENCY_BUCKETS),
