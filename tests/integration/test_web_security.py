@@ -138,3 +138,12 @@ def test_no_password_or_token_appears_in_any_page_or_metric(profile: Path) -> No
                 status, body = http(url + path, headers=headers)
                 assert status == 200, (path, body)
                 assert SECRET not in body and token not in body, path
+
+
+def test_an_address_in_use_is_one_line_with_its_mapi_code(profile: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_postroom("--profile", profile, "serve", "http", "--listen", f"127.0.0.1:{port}", timeout=60)
+    one_line_error(result, "MAPI_E_NETWORK_ERROR", f"127.0.0.1:{port}")

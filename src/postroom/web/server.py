@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import signal
 import threading
@@ -114,8 +115,18 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+class _NoBindNoise(logging.Filter):
+    """uvicorn logs a failed bind itself; the command says it once, with its MAPI code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "error while attempting to bind" not in record.getMessage()
+
+
+_NO_BIND_NOISE = _NoBindNoise()
+
+
 def _config(app: object, listen: Listen) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=listen.host,
         port=listen.port,
@@ -127,6 +138,8 @@ def _config(app: object, listen: Listen) -> uvicorn.Config:
         lifespan="off",
         timeout_graceful_shutdown=2,
     )
+    logging.getLogger("uvicorn.error").addFilter(_NO_BIND_NOISE)  # after Config, which sets logging up
+    return config
 
 
 def _gate(profile_dir: Path, listen: Listen) -> Gate:
@@ -163,6 +176,8 @@ async def _serve(
     watcher = asyncio.create_task(chmod_socket())
     try:
         await server.serve()
+    except SystemExit:  # uvicorn's answer to an address it cannot bind: said below, in one line
+        pass
     finally:
         watcher.cancel()
     if not server.started:
