@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import ssl
 import stat
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ from postroom.profile import Profile
 
 from support.cli import one_line_error
 from support.cli import postroom as run_postroom
+from support.prerequisites import unavailable
 from support.smtp_sink import free_port
 from support.web import http, make_profile, new_token, new_token_by_command, served
 
@@ -147,3 +153,30 @@ def test_an_address_in_use_is_one_line_with_its_mapi_code(profile: Path) -> None
         port = taken.getsockname()[1]
         result = run_postroom("--profile", profile, "serve", "http", "--listen", f"127.0.0.1:{port}", timeout=60)
     one_line_error(result, "MAPI_E_NETWORK_ERROR", f"127.0.0.1:{port}")
+
+
+def test_the_page_is_served_over_tls_when_given_a_certificate_and_key(profile: Path, tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        unavailable("openssl is not installed (.ci/install-system-packages installs it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postroom", "--profile", str(profile), "serve", "http", "--listen", f"127.0.0.1:{port}",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "https://127.0.0.1" in proc.stdout.readline()  # said once it listens
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=30) as answer:
+            assert json.loads(answer.read())["ok"] is True
+    finally:
+        proc.terminate()
+        proc.wait(20)
