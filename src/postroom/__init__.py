@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         RetryAll,
         WaitKind,
     )
+    from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage
     from .transports.registry import register_transport_kind, transport_kinds
     from .transports.spi import StatusRow
 
@@ -105,6 +106,10 @@ _HOMES = {
     "RecipientState": ".store",
     "RecipientStatus": ".store",
     "WaitKind": ".store",
+    "ActivityBucket": ".store.base",
+    "DeliveryStats": ".store.base",
+    "QueueCounts": ".store.base",
+    "QueuePage": ".store.base",
     "RecipientReport": ".engine.report",
     # files: import and export
     "ImportResult": ".formats.mailboxes",
@@ -135,10 +140,12 @@ _HOMES = {
 __all__ = [
     "DEFAULT_GROUP",
     "POLICY_HELP",
+    "ActivityBucket",
     "ArgumentTypeError",
     "AsyncSession",
     "Attachment",
     "DaemonPidFile",
+    "DeliveryStats",
     "Draft",
     "Event",
     "EventKind",
@@ -163,7 +170,9 @@ __all__ = [
     "PassSummary",
     "Profile",
     "ProviderFailed",
+    "QueueCounts",
     "QueueEntry",
+    "QueuePage",
     "QueueState",
     "Received",
     "Recipient",

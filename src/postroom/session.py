@@ -18,7 +18,7 @@ import mimetypes
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
@@ -55,6 +55,7 @@ from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
 from .spooler import PassSummary
 from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
+from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState
 from .store.notify import NoteKind
 from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
@@ -666,6 +667,72 @@ class _SessionCore:
         """The outgoing queue, oldest first: state, attempts, last error, next try."""
         return self._store.queue()
 
+    def queue_page(
+        self,
+        after: int | None = None,
+        limit: int = 50,
+        *,
+        state: QueueState | str | None = None,
+        transport: str | None = None,
+        text: str | None = None,
+    ) -> QueuePage:
+        """A page of the outgoing queue in queue order, after message `after` (its `next_after`
+        starts the next page): as fast at the 1,000th page as at the first. `state` ("queued" or
+        "held"), `transport` (the transport a pending recipient waits for) and `text` (in the subject,
+        To or last reply) filter it."""
+        _check(after, (int, type(None)), "queue_page(): after")
+        _check(limit, int, "queue_page(): limit")
+        _check(state, (str, type(None)), "queue_page(): state")
+        _check(transport, (str, type(None)), "queue_page(): transport")
+        _check(text, (str, type(None)), "queue_page(): text")
+        if not 1 <= limit <= 1000:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"queue_page(): limit {limit} is not between 1 and 1000")
+        wanted: QueueState | None = None
+        if state:
+            try:
+                wanted = QueueState(state)
+            except ValueError:
+                names = ", ".join(s.value for s in QueueState)
+                raise MAPIError(
+                    HResult.MAPI_E_INVALID_PARAMETER, f"no queue state {state!r} (one of {names})"
+                ) from None
+        return self._store.queue_page(after, limit, wanted, transport or None, text or None)
+
+    def queue_entry(self, ref: str | int | bytes) -> QueueEntry | None:
+        """The queue row of one message (None when it is not queued)."""
+        _check_ref(ref, "queue_entry")
+        return self._store.queue_entry(self._store.resolve_message(ref))
+
+    def queue_counts(self) -> QueueCounts:
+        """How many messages are queued, by state and by the transport they wait for; the oldest."""
+        return self._store.queue_counts()
+
+    def activity(
+        self, since: datetime, until: datetime | None = None, *, step_seconds: int = 60
+    ) -> list[ActivityBucket]:
+        """Deliveries, failures and the queue's depth step by step from `since`, as every spooler
+        process on the store recorded them in the messages' history."""
+        _check(since, datetime, "activity(): since")
+        _check(until, (datetime, type(None)), "activity(): until")
+        _check(step_seconds, int, "activity(): step_seconds")
+        if step_seconds < 1:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "activity(): step_seconds must be at least 1")
+        return self._store.activity(since, until or self.clock(), step_seconds)
+
+    def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats:
+        """Totals from the whole history: outcomes and retries by transport, inbound, and a histogram
+        of the seconds from submission to each outcome over `latency_bounds` (each bound a number)."""
+        if isinstance(latency_bounds, str | bytes) or not isinstance(latency_bounds, Iterable):
+            raise ArgumentTypeError("delivery_stats(): latency_bounds must be a list of numbers")
+        for bound in latency_bounds:
+            _check(bound, (int, float), "delivery_stats(): each latency bound")
+        return self._store.delivery_stats(sorted(float(b) for b in latency_bounds))
+
+    def breaker_state(self, transport: str) -> dict[str, Any]:
+        """The circuit breaker of a transport as every process shares it (empty: closed, never opened)."""
+        _check(transport, str, "breaker_state(): the transport")
+        return dict(self._store.breaker_state(transport))
+
     def hold(self, ref: str | int | bytes, reason: str = "held by an operator") -> None:
         """Keep a queued message from being sent until release(); MAPI_E_NOT_IN_QUEUE if it is not queued."""
         _check_ref(ref, "hold")
@@ -894,9 +961,9 @@ class _SessionCore:
         self._check_open()
         return await self.engine.status()
 
-    async def _status_report(self, here: bool) -> StatusReport:
+    async def _status_report(self, here: bool, daemon_here: bool = False) -> StatusReport:
         self._check_open()
-        return await self.engine.status_report(here=here)
+        return await self.engine.status_report(here=here, daemon_here=daemon_here)
 
     async def _set_mode(self, wanted: Mode | str) -> None:
         self._check_open()
@@ -976,11 +1043,13 @@ class AsyncSession(_SessionCore):
     async def status(self) -> list[StatusRow]:
         return await self._status()
 
-    async def status_report(self, *, here: bool = False) -> StatusReport:
+    async def status_report(self, *, here: bool = False, daemon_here: bool = False) -> StatusReport:
         """The status table to show and whose it is: the one a running spooler daemon published, or
-        (without a daemon, or `here`) this session's own after logging the transports on."""
+        (without a daemon, or `here`) this session's own after logging the transports on.
+        `daemon_here`: the spooler daemon runs in this process (a page served beside it)."""
         _check(here, bool, "status_report(): here")
-        return await self._status_report(here)
+        _check(daemon_here, bool, "status_report(): daemon_here")
+        return await self._status_report(here, daemon_here)
 
     async def set_mode(self, mode: Mode | str) -> None:
         _check(mode, str, "set_mode(): the mode")
@@ -1012,6 +1081,13 @@ class AsyncSession(_SessionCore):
                     summary = self._summary(int(note.data.get("message_id", 0)))
                     if summary is not None:
                         yield summary
+
+    async def changes(self) -> AsyncGenerator[str, None]:
+        """The kind of every store notification, from any process on this profile, as it comes
+        ("submitted", "queue", "newmail", "mode", "config"): what a live page refreshes on."""
+        with self._store.bus.listen() as listener:
+            async for note in listener:
+                yield str(note.kind)
 
     async def close(self) -> None:
         await self._close()

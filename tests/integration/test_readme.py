@@ -41,7 +41,13 @@ SKIPPED_LINES = {
 #: Prefixes left out: postroom is installed in the environment that runs this test.
 DROPPED_PREFIXES = ("pip install . && ",)
 #: Commands that run until Ctrl-C: started, stopped with SIGINT once they said they run, exit 0.
-UNTIL_CTRL_C = {"postroom spooler", "postroom watch", "postroom watch --json"}
+UNTIL_CTRL_C = {
+    "postroom spooler",
+    "postroom watch",
+    "postroom watch --json",
+    "postroom serve http",
+    "postroom spooler --http 127.0.0.1:8025",
+}
 #: Fenced blocks that hold no commands.
 NOT_COMMANDS = {"toml": "a transport's entry point, for its pyproject.toml", "": "the source tree"}
 #: Outside programs the README names, and the paths that stand in for them (under the temp dir).

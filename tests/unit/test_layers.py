@@ -30,6 +30,7 @@ LOCAL_IMPORTS = {
     "postroom.cli.context → postroom.session",  # start-up: only the commands that log on
     "postroom.cli.messages → postroom.mime",  # start-up: the email package, for `export` only
     "postroom.cli.send → postroom.mime",  # start-up: the email package, for `send --eml` only
+    "postroom.cli.spool → postroom.web.server",  # start-up: uvicorn, for `spooler --http` only
     "postroom.store → postroom.store.postgres",  # optional: psycopg
     "postroom.store.copy → postroom.store.postgres",  # optional: psycopg
     "postroom.storeadmin → postroom.store.postgres",  # optional: psycopg
@@ -56,12 +57,14 @@ def test_no_modules_import_one_another_in_a_circle() -> None:
 
 def test_the_front_ends_import_only_the_face_and_what_they_read() -> None:
     edges = import_edges(SRC, "postroom")
-    own = ("postroom.cli", "postroom.__main__.")
+    # The status page (web/) is a front end the CLI serves (`serve http`, `spooler --http`).
+    own = ("postroom.cli", "postroom.__main__.", "postroom.web")
     store_commands = [e for e in edges if e.source == "postroom.cli.store"]
     others = [e for e in edges if e.source != "postroom.cli.store"]
     problems = [
         *outside(others, "postroom.cli", (*own, *FRONT_END_READS)),
         *outside(others, "postroom.__main__.", (*own, *FRONT_END_READS)),
+        *outside(others, "postroom.web", ("postroom.web", *FRONT_END_READS)),
         *outside(store_commands, "postroom.cli", (*own, *FRONT_END_READS, *STORE_COMMANDS_READ)),
     ]
     assert problems == []

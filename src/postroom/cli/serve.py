@@ -11,7 +11,13 @@ import click
 from .lazy import LazyCommand, LazyGroup
 
 #: Every server: its module and attribute under postroom.cli, and its summary in `--help`.
-SERVE_COMMANDS: dict[str, LazyCommand] = {}
+SERVE_COMMANDS: dict[str, LazyCommand] = {
+    "http": LazyCommand(
+        "serve_http",
+        "http",
+        "Serve the status page: overview, queue, message, routing, live updates, /metrics, /healthz.",
+    ),
+}
 
 
 @click.group(cls=LazyGroup, lazy=SERVE_COMMANDS, no_args_is_help=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import PassSummary
-from .context import App, interruptible, json_option, pass_app, stop_on_signals
+from .. import PassSummary, Profile
+from .context import App, CliError, interruptible, json_option, pass_app, stop_on_signals
+
+if TYPE_CHECKING:
+    from ..web.server import BackgroundPage
 
 # --- output ------------------------------------------------------------------------------------
 
@@ -40,10 +43,17 @@ def summary_line(summary: PassSummary) -> str:
     is_flag=True,
     help="Start the daemon even if the pid file names a running spooler daemon on this profile.",
 )
+@click.option(
+    "--http",
+    "http_at",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the status page and /metrics there while the daemon runs (as `postroom serve http`).",
+)
 @json_option
 @pass_app
 @click.pass_context
-def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
+def spooler(ctx: click.Context, app: App, once: bool, force: bool, http_at: str | None) -> None:
     """Run the spooler over the outgoing queue.
 
     The spooler takes submitted messages from the queue, oldest first, and offers each
@@ -60,6 +70,8 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
     several spoolers on one store never deliver a message twice, but two daemons on one
     profile are almost always a mistake).
     """
+    if once and http_at:
+        raise CliError("--http runs the status page beside the daemon; it does not go with --once")
     if once:
         session = app.session()
         summary = interruptible(app, lambda stop: session.deliver(stop=stop))
@@ -110,8 +122,24 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
                     f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
                     f"pid {os.getpid()}, event loop {daemon_session.event_loop}); Ctrl-C or SIGTERM stops it."
                 )
-            daemon_session.run_spooler(stop, on_pass=on_pass)
+            page = _start_page(daemon_session.profile, http_at) if http_at else None
+            try:
+                daemon_session.run_spooler(stop, on_pass=on_pass)
+            finally:
+                if page is not None:
+                    page.stop()
     if app.json:  # the last line: the totals
         app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:
         app.out.echo(f"Spooler stopped after {passes} pass(es): {summary_line(totals)}.")
+
+
+def _start_page(profile: Profile, http_at: str) -> BackgroundPage:
+    """The status page on a thread of its own beside the daemon, with its own session."""
+    from ..web.server import BackgroundPage, Listen, parse_listen  # start-up: uvicorn only for --http
+
+    host, port = parse_listen(http_at)
+    page = BackgroundPage(profile, Listen(host, port))
+    page.start()
+    click.echo(f"postroom: status page on {page.listen.url}", err=True)
+    return page

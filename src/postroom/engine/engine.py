@@ -96,9 +96,14 @@ class Engine:
         await self.protocol.ensure_logged_on()
         return self.runtime.status_table()
 
-    async def status_report(self, *, here: bool = False) -> StatusReport:
+    async def status_report(self, *, here: bool = False, daemon_here: bool = False) -> StatusReport:
         return await status_report(
-            self.runtime.store, self.runtime.profile.directory, lambda: self.runtime.mode, self.status, here=here
+            self.runtime.store,
+            self.runtime.profile.directory,
+            lambda: self.runtime.mode,
+            self.status,
+            here=here,
+            daemon_here=daemon_here,
         )
 
     # --- the mode, Send/Receive, inbound -------------------------------------------------------------

@@ -8,6 +8,7 @@ way the report says who published the table in the store before, and when.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,11 +55,13 @@ async def status_report(
     own_rows: Callable[[], Awaitable[list[StatusRow]]],
     *,
     here: bool = False,
+    daemon_here: bool = False,
 ) -> StatusReport:
     """The daemon's published rows when a daemon runs and published them, unless `here`; else this
-    process's own (`own_rows` logs the transports on)."""
+    process's own (`own_rows` logs the transports on). `daemon_here`: the daemon runs in this process."""
     published = store.status_rows()  # before our own logon replaces it
-    daemon = running_daemon(profile_dir)
+    # A page served beside the daemon, in its process (`spooler --http`), reads the daemon's rows too.
+    daemon = os.getpid() if daemon_here else running_daemon(profile_dir)
     owner = published[0][3] if published else None
     published_at = max((r[2] for r in published), default=None)
     by_daemon = daemon is not None and owner is not None and owner_pid(owner) == daemon

@@ -134,6 +134,60 @@ class QueueEntry:
     failures: int = 0  # passes that met a temporary failure (the retry backoff grows with them)
 
 
+# --- what the status page and /metrics read (store/activity.py says from where) ---
+@dataclass(frozen=True)
+class QueuePage:
+    """One page of the outgoing queue, and where the next one starts (None: this is the last)."""
+
+    entries: list[QueueEntry]
+    next_after: int | None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """How many queued messages there are by state and by the transport they wait for."""
+
+    by_state: dict[str, int] = field(default_factory=dict)
+    by_transport: dict[str, int] = field(default_factory=dict)
+    #: (state, transport) -> messages; transport "" when no pending recipient names one.
+    by_state_transport: dict[tuple[str, str], int] = field(default_factory=dict)
+    oldest_submit: datetime | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+@dataclass(frozen=True)
+class ActivityBucket:
+    """One step of the overview's chart: outcomes recorded in it, and the queue's depth at its end."""
+
+    start: datetime
+    delivered: int
+    failed: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Totals since the store was made, read from the history (the /metrics counters)."""
+
+    #: (transport, outcome) -> recipients.
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: transport -> temporary failures (each one a retry to come).
+    retries: dict[str, int] = field(default_factory=dict)
+    #: operator retries ("retry now").
+    operator_retries: int = 0
+    inbound: int = 0
+    #: Seconds from submission to each recipient's outcome, by transport: a histogram over the
+    #: `latency_bounds` asked for (counted in the database: the history may hold millions).
+    latency_bounds: tuple[float, ...] = ()
+    #: transport -> how many outcomes took at most each bound (cumulative, as Prometheus has them).
+    latency_buckets: dict[str, list[int]] = field(default_factory=dict)
+    latency_count: dict[str, int] = field(default_factory=dict)
+    latency_sum: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class RecipientOutcome:
     """A recipient's outcome as recorded by the spooler, right after the transport answered."""
@@ -403,6 +457,27 @@ class MessageStore(abc.ABC):
     @abc.abstractmethod
     def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:
         """Extend a claim; LeaseLost if another process took the message over."""
+
+    # --- what the status page and /metrics read (store/activity.py) ----------------------------
+    @abc.abstractmethod
+    def queue_page(
+        self,
+        after: int | None,
+        limit: int,
+        state: QueueState | None = None,
+        transport: str | None = None,
+        text: str | None = None,
+    ) -> QueuePage:
+        """One page of the queue after message `after` (keyset paging)."""
+
+    @abc.abstractmethod
+    def queue_counts(self) -> QueueCounts: ...
+
+    @abc.abstractmethod
+    def activity(self, since: datetime, until: datetime, step_seconds: int) -> list[ActivityBucket]: ...
+
+    @abc.abstractmethod
+    def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats: ...
 
     @abc.abstractmethod
     def count_waiting(self, kind: WaitKind) -> int:

@@ -37,10 +37,12 @@ History:
      queue_waits): a claim and the idle daemon's look at the queue read only what is due, not
      every message waiting for a retry. (An SQLite store made at version 4 before they were
      added gets them when it is opened.)
-  5. (branch i17bags) message_streams: a message's large text and binary properties (its body,
-     PR_HTML, from codec.STREAM_THRESHOLD up), one row each, outside the bag: claiming, finishing
-     or moving the message then rewrites a small row, never its body. The migration moves the
-     large properties of existing messages out of their bags.
+  5. message_streams: a message's large text and binary properties (its body, PR_HTML, from
+     codec.STREAM_THRESHOLD up), one row each, outside the bag: claiming, finishing or moving the
+     message then rewrites a small row, never its body. The migration moves the large
+     properties of existing messages out of their bags.
+     events_by_time and queue_by_submit: the status page's chart and /metrics read the history
+     by time, and the queue page pages through the queue by (submit_time, id).
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ if TYPE_CHECKING:
     import psycopg
 
 LATEST = 5
+
+#: Version 5, what the status page and /metrics read: the history of every message (events) is
+#: the store's record of what every spooler process did, so the chart and the counters read it
+#: by time; the queue page pages through the queue by (submit_time, id) whatever its state.
+_WEB_V5 = (
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events(time, kind)",
+    "CREATE INDEX IF NOT EXISTS queue_by_submit ON messages(submit_time, id) WHERE queue_state IS NOT NULL",
+)
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -87,6 +97,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         " id INTEGER PRIMARY KEY,"  # a rowid table: SQLite keeps large values best in one
         " message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
         " tag INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (message_id, tag))",
+        *_WEB_V5,
     ),
 }
 
@@ -257,6 +268,7 @@ _PG_V5 = (
     )""",
     # Bodies are mostly text that compresses, but a state change never reads them: keep them out of
     # line (TOAST) as PostgreSQL does by default for large values.
+    *_WEB_V5,
 )
 
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4, 5: _PG_V5}

@@ -35,8 +35,11 @@ from ..mapi.entryid import MAPIUID, make_entry_id
 from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, OriginalMime, Props, Recipient
 from . import queue_sql
+from .activity import LEFT_KINDS, OUTCOME_KINDS, RETRY_KINDS
 from .base import (
     SPECIAL_FOLDER_NAMES,
+    ActivityBucket,
+    DeliveryStats,
     Event,
     EventKind,
     Folder,
@@ -44,7 +47,9 @@ from .base import (
     LeaseLost,
     MessageStore,
     MessageSummary,
+    QueueCounts,
     QueueEntry,
+    QueuePage,
     QueueState,
     RecipientMove,
     RecipientOutcome,
@@ -783,6 +788,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             taken = f"; taken back from spooler {owner}, whose lease had run out" if owner else ""
             self._event(db, message_id, now, EventKind.ABORTED, f"submission aborted (AbortSubmit){taken}")
+        self._publish(NoteKind.QUEUE, message_id=message_id, aborted=True)  # for a live status page, as hold()
 
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """An interrupted spooler returns a claimed message, due at once. With `outcome_unknown` (a
@@ -802,31 +808,38 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def queue(self, only: int | None = None) -> list[QueueEntry]:
         if only is not None and valid_id(only) is None:
             return []
+        if only is not None:
+            return self._queue_rows("m.id = ?", (only,), "")
+        return self._queue_rows("TRUE", (), " ORDER BY m.submit_time, m.id")
+
+    def _queue_rows(self, where: str, params: Sequence[Any], tail: str) -> list[QueueEntry]:
+        """The queue entries of the queued messages `where` picks (ordered and limited by `tail`)."""
         sql = (
             "SELECT m.id, m.queue_state, m.submit_time, m.next_attempt, m.lease_owner, m.attempts, m.last_error, "
             "m.wait_kind, m.prev_owner, m.hold_reason, m.lease_until, m.first_try, m.failures, "
             + self._QUEUE_SHOWN
             + ", (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state='pending'), "
             "(SELECT count(*) FROM recipients r WHERE r.message_id=m.id) "
-            + (
-                "FROM messages m WHERE m.id = ? AND m.queue_state IS NOT NULL"
-                if only is not None
-                else "FROM messages m WHERE m.queue_state IS NOT NULL ORDER BY m.submit_time, m.id"
-            )
+            f"FROM messages m WHERE m.queue_state IS NOT NULL AND {where}{tail}"
         )
+        rows = self._q(sql, params)
+        ids = [int(r[0]) for r in rows]
         transports: dict[int, list[str]] = {}
-        for mid, name in self._q(
-            "SELECT r.message_id, r.waiting_for FROM recipients r JOIN messages m ON m.id = r.message_id "
-            "WHERE m.queue_state IS NOT NULL AND r.state = 'pending' AND r.waiting_for IS NOT NULL"
-            + (" AND m.id = ?" if only is not None else "")
-            + " ORDER BY r.message_id, r.row_id",
-            (only,) if only is not None else (),
-        ):
-            names = transports.setdefault(int(mid), [])
-            if name not in names:
-                names.append(name)
+        if ids:
+            # A page names its messages; the whole queue is read in one join (too many to name).
+            marks = ", ".join("?" for _ in ids)
+            picked = f"r.message_id IN ({marks})" if len(ids) <= 1000 else "m.queue_state IS NOT NULL"
+            for mid, name in self._q(
+                "SELECT r.message_id, r.waiting_for FROM recipients r JOIN messages m ON m.id = r.message_id "
+                f"WHERE {picked} AND r.state = 'pending' AND r.waiting_for IS NOT NULL "
+                "ORDER BY r.message_id, r.row_id",
+                ids if len(ids) <= 1000 else (),
+            ):
+                names = transports.setdefault(int(mid), [])
+                if name not in names:
+                    names.append(name)
         out = []
-        for row in self._q(sql, (only,) if only is not None else ()):
+        for row in rows:
             mid, state, submit, nxt, owner, attempts, error, kind, prev, hold, until, first, failures = row[:13]
             *shown, pending, total = row[13:]
             subject, to = self._shown(shown)
@@ -855,6 +868,155 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 )
             )
         return out
+
+    def queue_page(
+        self,
+        after: int | None,
+        limit: int,
+        state: QueueState | None = None,
+        transport: str | None = None,
+        text: str | None = None,
+    ) -> QueuePage:
+        """Up to `limit` queued messages after message `after` in queue order (submit time, ID).
+
+        Keyset paging: each page starts where the last one ended through the queue_by_submit index
+        (schema 5), so the 1,000th page costs what the first does. A `text` filter (subject, To,
+        last reply) is applied to the rows read, batch by batch, until the page is full."""
+        where, params = ["TRUE"], []
+        if after is not None:
+            cursor = self._q("SELECT submit_time FROM messages WHERE id = ?", (valid_id(after) or 0,))
+            if cursor:
+                where.append("(m.submit_time > ? OR (m.submit_time = ? AND m.id > ?))")
+                params += [cursor[0][0], cursor[0][0], after]
+        if state is not None:
+            where.append("m.queue_state = ?")
+            params.append(QueueState(state).value)
+        if transport:
+            where.append(
+                "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = 'pending' "
+                "AND lower(r.waiting_for) = ?)"
+            )
+            params.append(transport.lower())
+        needle = (text or "").casefold()
+        if needle.isascii() and needle.isprintable() and not any(c in needle for c in '"\\'):
+            # The subject and To are in the message's property bag, stored as JSON text that keeps
+            # such a needle as it is: a LIKE over the bag narrows the rows in the database, and
+            # the check below keeps only those whose subject, To or last reply holds it.
+            like = "%" + needle.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+            where.append("(lower(m.props) LIKE ? ESCAPE '!' OR lower(coalesce(m.last_error, '')) LIKE ? ESCAPE '!')")
+            params += [like, like]
+        found: list[QueueEntry] = []
+        batch = limit + 1 if not needle else max(200, limit * 4)
+        while True:
+            rows = self._queue_rows(" AND ".join(where), params, f" ORDER BY m.submit_time, m.id LIMIT {int(batch)}")
+            for entry in rows:
+                haystack = f"{entry.subject}\n{entry.display_to}\n{entry.last_error or ''}".casefold()
+                if needle and needle not in haystack:
+                    continue
+                found.append(entry)
+                if len(found) > limit:
+                    return QueuePage(found[:limit], found[limit - 1].id)
+            if len(rows) < batch:
+                return QueuePage(found, None)
+            last = rows[-1]
+            t = to_epoch(last.submit_time)
+            keyset = "(m.submit_time > ? OR (m.submit_time = ? AND m.id > ?))"
+            if where[1:2] == [keyset]:  # the cursor is always the first condition after TRUE
+                where, params = [where[0], *where[2:]], params[3:]
+            where = [where[0], keyset, *where[1:]]
+            params = [t, t, last.id, *params]
+
+    def queue_counts(self) -> QueueCounts:
+        """Queued messages by state, by the transport their pending recipients wait for, and both."""
+        both: dict[tuple[str, str], int] = {}
+        for state, name, count in self._q(
+            "SELECT m.queue_state, coalesce(lower(r.waiting_for), ''), count(DISTINCT m.id) FROM messages m "
+            "LEFT JOIN recipients r ON r.message_id = m.id AND r.state = 'pending' "
+            "WHERE m.queue_state IS NOT NULL GROUP BY m.queue_state, coalesce(lower(r.waiting_for), '')"
+        ):
+            both[(str(state), str(name))] = int(count)
+        by_state: dict[str, int] = {}
+        for state, count in self._q(
+            "SELECT queue_state, count(*) FROM messages WHERE queue_state IS NOT NULL GROUP BY queue_state"
+        ):
+            by_state[str(state)] = int(count)
+        by_transport: dict[str, int] = {}
+        for (_, name), count in both.items():
+            if name:
+                by_transport[name] = by_transport.get(name, 0) + count
+        oldest = self._q("SELECT min(submit_time) FROM messages WHERE queue_state IS NOT NULL")
+        return QueueCounts(by_state, by_transport, both, from_epoch(oldest[0][0]) if oldest else None)
+
+    def activity(self, since: datetime, until: datetime, step_seconds: int) -> list[ActivityBucket]:
+        """Outcomes recorded by every process in each `step_seconds` from `since`, and the queue's
+        depth at the end of each step (submitted minus left the queue, from the history)."""
+        start, end = to_epoch(since), to_epoch(until)
+        assert start is not None and end is not None
+        step = max(1, int(step_seconds))
+        left = ", ".join(f"'{k}'" for k in LEFT_KINDS)
+        outcomes = ", ".join(f"'{k}'" for k in OUTCOME_KINDS)
+        before = self._q(
+            f"SELECT sum(CASE WHEN kind = 'submitted' THEN 1 WHEN kind IN ({left}) THEN -1 ELSE 0 END) "
+            f"FROM events WHERE time < ? AND kind IN ('submitted', {left})",
+            (start,),
+        )
+        depth = int(before[0][0] or 0) if before else 0
+        count = max(1, int((end - start + step - 1) // step))
+        delivered, failed, change = [0] * count, [0] * count, [0] * count
+        for t, kind in self._q(
+            f"SELECT time, kind FROM events WHERE time >= ? AND time < ? AND kind IN ('submitted', {left}, {outcomes})",
+            (start, end),
+        ):
+            i = min(count - 1, int((float(t) - start) // step))
+            if kind == "delivered":
+                delivered[i] += 1
+            elif kind in OUTCOME_KINDS:
+                failed[i] += 1
+            elif kind == "submitted":
+                change[i] += 1
+            else:
+                change[i] -= 1
+        out = []
+        for i in range(count):
+            depth = max(0, depth + change[i])
+            out.append(ActivityBucket(from_epoch(start + i * step) or since, delivered[i], failed[i], depth))
+        return out
+
+    def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats:
+        """Totals from the whole history: outcomes and retries by transport, inbound, and a histogram
+        of the latencies from submission to outcome over `latency_bounds` (seconds)."""
+        outcomes = ", ".join(f"'{k}'" for k in OUTCOME_KINDS)
+        retries = ", ".join(f"'{k}'" for k in RETRY_KINDS)
+        by_outcome: dict[tuple[str, str], int] = {}
+        by_retry: dict[str, int] = {}
+        operator = inbound = 0
+        for kind, name, count in self._q(
+            "SELECT kind, coalesce(lower(transport), ''), count(*) FROM events "
+            f"WHERE kind IN ({outcomes}, {retries}, 'retry', 'received') GROUP BY kind, coalesce(lower(transport), '')"
+        ):
+            if kind in OUTCOME_KINDS:
+                by_outcome[(str(name), str(kind))] = int(count)
+            elif kind in RETRY_KINDS:
+                by_retry[str(name)] = by_retry.get(str(name), 0) + int(count)
+            elif kind == "retry":
+                operator += int(count)
+            else:
+                inbound += int(count)
+        bounds = tuple(float(b) for b in latency_bounds)
+        under = "".join(f", sum(CASE WHEN lat <= {b!r} THEN 1 ELSE 0 END)" for b in bounds)
+        buckets: dict[str, list[int]] = {}
+        counts: dict[str, int] = {}
+        sums: dict[str, float] = {}
+        for name, count, total, *below in self._q(
+            f"SELECT name, count(*), sum(lat){under} FROM "
+            "(SELECT coalesce(lower(e.transport), '') AS name, e.time - s.first AS lat FROM events e JOIN "
+            "(SELECT message_id, min(time) AS first FROM events WHERE kind = 'submitted' GROUP BY message_id) s "
+            f"ON s.message_id = e.message_id WHERE e.kind IN ({outcomes})) t GROUP BY name"
+        ):
+            buckets[str(name)] = [int(n or 0) for n in below]
+            counts[str(name)] = int(count)
+            sums[str(name)] = max(0.0, float(total or 0.0))
+        return DeliveryStats(by_outcome, by_retry, operator, inbound, bounds, buckets, counts, sums)
 
     def queue_entry(self, message_id: int) -> QueueEntry | None:
         return next((q for q in self.queue(message_id) if q.id == message_id), None)
@@ -1078,6 +1240,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 (self._text(reason), message_id),
             )
             self._event(db, message_id, now, EventKind.HELD, reason)
+        # Nothing becomes due, but a status page shows the queue live (store notifications are hints).
+        self._publish(NoteKind.QUEUE, message_id=message_id, held=True)
 
     def release_hold(self, message_id: int, now: datetime) -> None:
         with self._tx() as db:
