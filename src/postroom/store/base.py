@@ -19,6 +19,7 @@ from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
 from .receive import match_receive_folder
 from .slots import ConnectionSlots
+from .stats import StatementCount
 from .words import StoredWords
 
 
@@ -255,6 +256,13 @@ class MessageStore(abc.ABC):
     bus: NotificationBus
     #: Each transport's connection limit, held across every spooler process on this store.
     connection_slots: ConnectionSlots
+    #: Statements and commits this store object ran (stats.py); statements once count_statements() was called.
+    statements: StatementCount
+
+    def count_statements(self) -> StatementCount:
+        """Start counting every statement (commits are always counted); the live totals."""
+        self.statements.counting = True
+        return self.statements
 
     # --- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

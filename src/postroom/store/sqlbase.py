@@ -59,6 +59,7 @@ from .codec import decode_bag, dump_raw, encode_bag, from_epoch, load_raw, raw_v
 from .notify import NoteKind
 from .queue_sql import due_params, due_sql, next_due_sql
 from .receive import normalise_class
+from .stats import StatementCount
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
@@ -167,6 +168,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     def __init__(self) -> None:
         self._special: dict[FolderRole, Folder] = {}
+        self.statements = StatementCount()
 
     # --- the dialect ---------------------------------------------------------------------------
     @abc.abstractmethod
