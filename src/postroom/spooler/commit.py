@@ -3,17 +3,33 @@
 Every write still is its own all-or-nothing unit (a savepoint inside the batch), and a worker
 goes on only once its write is durable, so "record the outcome right after the transport
 answers, before anything else happens to the message" still holds; only the fsync is shared.
+
+The commonest write, finishing a message (its last outcomes, the move to Sent Items), is not
+run message by message: every finish queued in a tick goes to the store as one `finish_many`,
+a fixed handful of statements for the whole tick (issue 17). Each message still succeeds or
+fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
-from ..store.base import MessageStore
+from ..store.base import MessageStore, RecipientOutcome
 
 R = TypeVar("R")
+
+
+@dataclass
+class _Finish:
+    message_id: int
+    owner: str
+    now: datetime
+    outcomes: Sequence[RecipientOutcome]
+    future: asyncio.Future[Any]
 
 
 class GroupCommit:
@@ -22,6 +38,7 @@ class GroupCommit:
     def __init__(self, store: MessageStore) -> None:
         self.store = store
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._finishes: list[_Finish] = []
         self._scheduled = False
         self.commits = 0
         self.writes = 0
@@ -30,14 +47,43 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((fn, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        self._schedule(loop)
         result: R = await future
         return result
 
+    async def finish(self, message_id: int, owner: str, now: datetime, outcomes: Sequence[RecipientOutcome]) -> str:
+        """MessageStore.finish, durable when this returns, with every other finish of the tick."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._finishes.append(_Finish(message_id, owner, now, outcomes, future))
+        self._schedule(loop)
+        result: str = await future
+        return result
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+
+    def _finish_all(self, finishes: list[_Finish]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """The tick's finishes, one finish_many per owner (a spooler has one), each answer to its future."""
+        out: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for owner in dict.fromkeys(f.owner for f in finishes):
+            mine = [f for f in finishes if f.owner == owner]
+            try:
+                answers: list[Any] = self.store.finish_many(
+                    owner, [(f.message_id, f.outcomes) for f in mine], max(f.now for f in mine)
+                )
+            except Exception as exc:  # all of these are rolled back (finish_many's savepoint)
+                answers = [exc] * len(mine)
+            for f, answer in zip(mine, answers, strict=True):
+                error = answer if isinstance(answer, Exception) else None
+                out.append((f.future, None if error else answer, error))
+        return out
+
     def _flush(self) -> None:
         ops, self._pending = self._pending, []
+        finishes, self._finishes = self._finishes, []
         self._scheduled = False
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
@@ -47,13 +93,15 @@ class GroupCommit:
                         outcomes.append((future, fn(*args), None))
                     except Exception as exc:  # this write alone is rolled back (its savepoint)
                         outcomes.append((future, None, exc))
+                if finishes:
+                    outcomes += self._finish_all(finishes)
         except Exception as exc:  # the commit itself failed: nothing of the batch is durable
-            for _, _, future in ops:
+            for future in [op[2] for op in ops] + [f.future for f in finishes]:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.commits += 1
-        self.writes += len(ops)
+        self.writes += len(ops) + len(finishes)
         for future, value, error in outcomes:
             if future.done():
                 continue

@@ -11,10 +11,11 @@ import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
+from ..mapi.codes import MAPIError
 from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
 from .receive import match_receive_folder
@@ -149,6 +150,18 @@ class RecipientOutcome:
 #: The transports that declined a pending recipient: name (lower case) -> the fingerprint of the
 #: transport's configuration when it declined (spooler/declines.py says what that means).
 Declined = Mapping[str, str]
+
+
+@dataclass
+class ClaimedMessage:
+    """A message a spooler has just claimed, read with the others of its batch (load_claimed):
+    what the outbound algorithm needs before it calls the first transport."""
+
+    message: MessageData
+    states: list[RecipientStatus]
+    previous_owner: str | None  # set when this claim took over an expired lease
+    first_try: datetime | None
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -393,6 +406,31 @@ class MessageStore(abc.ABC):
     def claim_message(self, owner: str, message_id: int, now: datetime, lease_seconds: float) -> bool:
         """Claim one chosen message if it is still due and free; False when another spooler has it."""
 
+    def claim_messages(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> list[int]:
+        """Claim those of the chosen messages that are still due and free, in one go (a lease each);
+        the claimed ones, in the order given."""
+        return [m for m in message_ids if self.claim_message(owner, m, now, lease_seconds)]
+
+    def load_claimed(self, message_ids: Sequence[int]) -> dict[int, ClaimedMessage]:
+        """What the spooler reads of each claimed message before its first transport, for a batch."""
+        out: dict[int, ClaimedMessage] = {}
+        for mid in message_ids:
+            entry = self.queue_entry(mid)
+            out[mid] = ClaimedMessage(
+                self.open_message(mid),
+                self.recipient_states(mid),
+                entry.previous_owner if entry else None,
+                entry.first_try if entry else None,
+                entry.failures if entry else 0,
+            )
+        return out
+
+    def unclaim(self, owner: str, message_ids: Sequence[int]) -> None:
+        """Return claimed messages that no transport was called for, as if never claimed (a pass
+        ended before it reached them): no history, and a taken-over lease stays taken over."""
+        for mid in message_ids:
+            self.give_back(mid, owner, datetime.now(UTC), "not started in this pass", False)
+
     @abc.abstractmethod
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """Return a claimed message unfinished (the spooler was interrupted); due at once."""
@@ -500,6 +538,21 @@ class MessageStore(abc.ABC):
 
         Returns what happened: "moved", "deleted" or "left".
         """
+
+    def finish_many(
+        self, owner: str, items: Sequence[tuple[int, Sequence[RecipientOutcome]]], now: datetime
+    ) -> list[str | Exception]:
+        """finish() for several messages in one transaction (group commit of a tick's outcomes).
+
+        Each message succeeds or fails alone: its entry in the answer is finish()'s result, or the
+        error finish() would have raised (LeaseLost, MAPIError), and then nothing of it is written."""
+        out: list[str | Exception] = []
+        for mid, outcomes in items:
+            try:
+                out.append(self.finish(mid, owner, now, outcomes))
+            except (LeaseLost, MAPIError) as exc:
+                out.append(exc)
+        return out
 
     # --- limits shared by every spooler process on this store --------------------------------
     @abc.abstractmethod

@@ -448,6 +448,16 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
     def _lock_transport(self, db: PgConnection, transport: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_TRANSPORT, transport))
 
+    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """One array per column, unnested: the same statement text (prepared once per connection
+        by psycopg) for any number of rows, and a handful of parameters instead of thousands."""
+        columns = ", ".join(f"column{i + 1}" for i in range(len(types)))
+        arrays = ", ".join(f"CAST(? AS {t}[])" for t in types)
+        return f"unnest({arrays}) AS v({columns})", [list(column) for column in zip(*rows, strict=True)]
+
+    def _id_list(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        return "= ANY(CAST(? AS BIGINT[]))", [list(ids)]
+
     def _write_attachment_data(self, db: PgConnection, mid: int, num: int, stream: IO[bytes], size: int) -> int:
         """Store `size` bytes from `stream`; a large attachment is streamed (binary COPY), never held whole."""
         if size <= CHUNK:
