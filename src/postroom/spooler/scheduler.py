@@ -31,6 +31,7 @@ last minutes, and a message submitted meanwhile must not wait for its end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -86,6 +87,9 @@ class FairScheduler:
         #: How claims are written (the spooler's group commit); else each one commits alone.
         self.write = write or _write_now
         self._claiming: asyncio.Future[bool] | None = None  # the claim under way
+        self._claim_task: asyncio.Task[None] | None = None
+        self._claim_error: Exception | None = None
+        self._dry = False  # the last claim found nothing due: claim ahead no more
         self._ready: deque[tuple[int, float]] = deque()  # claimed, not yet taken: (ID, time.monotonic())
         #: The claimed messages' reads, by ID, until a worker takes each (pop it).
         self.loaded: dict[int, ClaimedMessage] = {}
@@ -101,35 +105,65 @@ class FairScheduler:
         self._read_at = 0.0  # time.monotonic() of the last read of the due messages
 
     async def take(self, in_flight: set[int], want: int = 1) -> int | None:
-        """The next claimed message to work on (claiming a batch of up to `want` when none is
-        waiting), or None when nothing is due (for now). Its batch's reads are in `loaded`."""
+        """The next claimed message to work on, or None when nothing is due (for now). Its batch's
+        reads are in `loaded`.
+
+        Claims run one at a time, in batches of up to `want`; every worker waiting for one wakes
+        when its batch is in, so they reach their transports (and their finishes share a commit)
+        together. When a worker takes a message and fewer than `want` are left waiting, the next
+        batch is claimed at once, in the background: its claim then shares the commit of the
+        outcomes written in the same tick, instead of costing a commit of its own."""
         while True:
+            if self._claim_error is not None:
+                error, self._claim_error = self._claim_error, None
+                raise error
             if self._ready:
-                message_id, claimed_at = self._ready.popleft()
-                if time.monotonic() - claimed_at < self.lease_seconds / 3:
-                    return message_id
-                try:  # it waited long for a worker: its lease must outlast the delivery's first renewal
-                    self.store.renew_lease(message_id, self.owner, self.clock(), self.lease_seconds)
-                    return message_id
-                except LeaseLost:
-                    self.loaded.pop(message_id, None)
-                    self.done(message_id)
+                message_id = self._pop_ready()
+                if message_id is None:
                     continue
-            if self._claiming is not None:
-                # One claim at a time; every worker waiting for it wakes when its batch is in,
-                # so they all reach their transports (and their finishes share a commit) together.
-                if not await asyncio.shield(self._claiming) and not self._ready:
-                    return None
-                continue
-            self._claiming = asyncio.get_running_loop().create_future()
-            found = True  # after an error the waiting workers try for themselves
+                if len(self._ready) < want and self._claiming is None and not self._dry:
+                    self._start_claim(in_flight, want)
+                return message_id
+            claiming = self._claiming or self._start_claim(in_flight, want)
+            if not await asyncio.shield(claiming) and not self._ready and self._claim_error is None:
+                return None  # nothing due that this pass has not taken already
+
+    def _pop_ready(self) -> int | None:
+        message_id, claimed_at = self._ready.popleft()
+        if time.monotonic() - claimed_at < self.lease_seconds / 3:
+            return message_id
+        try:  # it waited long for a worker: its lease must outlast the delivery's first renewal
+            self.store.renew_lease(message_id, self.owner, self.clock(), self.lease_seconds)
+            return message_id
+        except LeaseLost:
+            self.loaded.pop(message_id, None)
+            self.done(message_id)
+            return None
+
+    def _start_claim(self, in_flight: set[int], want: int) -> asyncio.Future[bool]:
+        claiming: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claiming = claiming
+
+        async def claim() -> None:
+            found = True  # after an error a waiting worker raises it (take)
             try:
                 found = await self._claim_batch(in_flight, max(1, want))
+            except Exception as exc:
+                self._claim_error = exc
             finally:
-                self._claiming.set_result(found)
+                self._dry = not found
                 self._claiming = None
-            if not found:
-                return None  # nothing due that this pass has not taken already
+                claiming.set_result(found)
+
+        self._claim_task = asyncio.create_task(claim())
+        return claiming
+
+    async def settle(self) -> None:
+        """The pass ends: let a claim under way finish, then give back what no worker took."""
+        if self._claim_task is not None:
+            with contextlib.suppress(Exception):
+                await self._claim_task
+        self.unclaim_waiting()
 
     async def _claim_batch(self, in_flight: set[int], want: int) -> bool:
         """Pick up to `want` messages, lane by lane, and claim them together; False when none is due."""

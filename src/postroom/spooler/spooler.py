@@ -165,7 +165,7 @@ class Spooler:
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         finally:
             try:
-                scheduler.unclaim_waiting()
+                await scheduler.settle()
             except Exception as exc:  # the store is away: those leases run out instead
                 log.warning("could not give back the claimed messages this pass did not reach: %s", exc)
         if errors:
