@@ -56,6 +56,7 @@ def drain_cost(
         "transport": "smtp" if sink_port is not None else "stamp",
         "store": "postgresql" if store_url else "sqlite",
         "n": n,
+        "concurrency": concurrency,
         "statements_per_message": (statements1 - statements0) / n,
         "commits_per_message": (commits1 - commits0) / n,
         "rate": n / seconds,
@@ -80,20 +81,23 @@ def fresh_schema(pg_url: str | None) -> Iterator[str | None]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
 
 
-def drain_costs(n: int, sink_port: int | None, pg_url: str | None = None) -> list[dict[str, Any]]:
+def drain_costs(
+    n: int, sink_port: int | None, pg_url: str | None = None, concurrency: int = 64
+) -> list[dict[str, Any]]:
     """The local transport, then smtp when a sink is given; each in a fresh work directory (and a
     fresh schema on the PostgreSQL server of `pg_url`, if given)."""
     out = []
     for port in (None, sink_port) if sink_port is not None else (None,):
         with C.workdir("statement-count") as work, fresh_schema(pg_url) as url:
-            out.append(drain_cost(n, work, sink_port=port, store_url=url))
+            out.append(drain_cost(n, work, sink_port=port, store_url=url, concurrency=concurrency))
     return out
 
 
 def cost_lines(costs: list[dict[str, Any]]) -> list[str]:
     """One line per measured drain, for figure 1's output."""
     return [
-        f"store cost, drain of {c['n']} via {c['transport']:<5} on {c['store']:<10}: "
+        f"store cost, drain of {c['n']} via {c['transport']:<5} on {c['store']:<10} "
+        f"(spooler_concurrency {c['concurrency']}): "
         f"{c['statements_per_message']:.2f} statements and {c['commits_per_message']:.3f} commits per "
         f"delivered message (target <= 6 and <= 0.05); {c['rate']:,.0f} msg/s"
         for c in costs
@@ -104,13 +108,17 @@ def main() -> int:
     ap = C.arg_parser(__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=None, help="messages per drain (default 2000; --quick 200)")
     ap.add_argument("--pg-url", default=None, help="also measure a PostgreSQL store (a postgresql:// URL)")
+    ap.add_argument(
+        "--concurrency", type=int, action="append", help="spooler_concurrency; repeat for several (default 64)"
+    )
     args = ap.parse_args()
     n = args.n or (200 if args.quick else 2000)
     costs: list[dict[str, Any]] = []
     with C.Sink.start() as sink:
-        costs += drain_costs(n, sink.port)
-        if args.pg_url:
-            costs += drain_costs(n, sink.port, args.pg_url)
+        for concurrency in args.concurrency or [64]:
+            costs += drain_costs(n, sink.port, None, concurrency)
+            if args.pg_url:
+                costs += drain_costs(n, sink.port, args.pg_url, concurrency)
     result = {"figure": "Store statements and commits per delivered message", "key": "statements", "n": n}
     result["costs"] = costs
     result["lines"] = cost_lines(costs)
