@@ -8,6 +8,12 @@ The commonest write, finishing a message (its last outcomes, the move to Sent It
 run message by message: every finish queued in a tick goes to the store as one `finish_many`,
 a fixed handful of statements for the whole tick (issue 17). Each message still succeeds or
 fails alone.
+
+Under load the commit also waits a little for company (as PostgreSQL's commit_delay does): when
+at least BUSY messages are in flight, a write is committed after at most DELAY seconds, or as
+soon as half of those in flight are waiting for it. A transport that answers one message at a
+time (SMTP over a couple of connections) would otherwise cost a commit per message; the
+messages in flight keep the transport busy meanwhile, so the wait costs latency, not throughput.
 """
 
 from __future__ import annotations
@@ -32,14 +38,21 @@ class _Finish:
     future: asyncio.Future[Any]
 
 
-class GroupCommit:
-    """Queue store writes from many coroutines; commit them together at the next loop turn."""
+#: From how many messages in flight a commit waits for company, and how long at most.
+BUSY = 16
+DELAY = 0.05
 
-    def __init__(self, store: MessageStore) -> None:
+
+class GroupCommit:
+    """Queue store writes from many coroutines; commit them together at the next loop turn (or,
+    under load, a little later: see the module's doc)."""
+
+    def __init__(self, store: MessageStore, in_flight: Callable[[], int] = lambda: 0) -> None:
         self.store = store
+        self.in_flight = in_flight
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._finishes: list[_Finish] = []
-        self._scheduled = False
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self.commits = 0
         self.writes = 0
 
@@ -61,9 +74,14 @@ class GroupCommit:
         return result
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        busy = self.in_flight()
+        waiting = len(self._pending) + len(self._finishes)
+        soon = busy < BUSY or waiting * 2 >= busy
+        if isinstance(self._scheduled, asyncio.TimerHandle) and soon:
+            self._scheduled.cancel()  # enough company: commit at the next turn
+            self._scheduled = None
+        if self._scheduled is None:
+            self._scheduled = loop.call_soon(self._flush) if soon else loop.call_later(DELAY, self._flush)
 
     def _finish_all(self, finishes: list[_Finish]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         """The tick's finishes, one finish_many per owner (a spooler has one), each answer to its future."""
@@ -84,7 +102,7 @@ class GroupCommit:
     def _flush(self) -> None:
         ops, self._pending = self._pending, []
         finishes, self._finishes = self._finishes, []
-        self._scheduled = False
+        self._scheduled = None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             with self.store.batch():

@@ -186,9 +186,9 @@ class OutboundProcessor:
         # The circuit breaker lives in the store (shared by every spooler process); this caches
         # each transport's state for a second so a busy queue does not read it per message.
         self._breakers: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.commit = GroupCommit(store)
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
+        self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
         self._ref = 0
 
