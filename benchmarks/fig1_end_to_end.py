@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import common as C
+import statement_count
 
 
 def serialised(n: int) -> list[bytes]:
@@ -176,6 +177,8 @@ def main() -> int:
                 C.log(f"fig1: drain-only pass, N={n}")
                 with C.workdir("fig1-drain") as work:
                     extra["drain"].append(run_drain(sink.port, n, args, work)["rate"])
+            C.log("fig1: statements and commits per delivered message (statement_count.py)")
+            result["store_costs"] = statement_count.drain_costs(min(n, 2000), sink.port)
         finally:
             if postfix_cm is not None:
                 postfix_cm.__exit__(None, None, None)
@@ -221,6 +224,7 @@ def main() -> int:
         f"(postroom submit side during the run: {C.fmt_rate(mx['submit_rate'])} msg/s; daemon CPU "
         f"{mx['daemon_cpu'] or 0:.1f} s; spooler drain alone: {C.fmt_rate(mx['drain'])} msg/s; "
         f"Postfix intake: {C.fmt_rate(mx['postfix_intake'])} msg/s)",
+        *statement_count.cost_lines(result["store_costs"]),
     ]
     C.emit(result, args.json)
     return 0

@@ -37,7 +37,7 @@ def unreachable() -> MAPIError:
 class Outage:
     """Some of a store's methods fail with MAPI_E_NETWORK_ERROR while `down` is set (or raise `error`)."""
 
-    METHODS = ("next_due", "claim", "queue_entry", "save_status_rows", "wake")
+    METHODS = ("next_due", "claim", "queue_entry", "load_claimed", "save_status_rows", "wake")
 
     def __init__(self, store: MessageStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.down = False
@@ -218,8 +218,9 @@ def test_other_errors_still_end_the_daemon(
 def test_an_outcome_that_could_not_be_written_leaves_the_claim_to_run_out(
     tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The transport delivered, then finish() met the outage: nothing stays behind in memory, the lease is
-    not renewed any more, and once it runs out the message is taken over and resent (outcome unknown)."""
+    """The transport delivered, then finishing it (finish_many, the tick's finishes together) met the
+    outage: nothing stays behind in memory, the lease is not renewed any more, and once it runs out the
+    message is taken over and resent (outcome unknown)."""
     clock = Clock(T0)
     profile = make_profile(tmp_path / "p", ("smtp", {"address_types": ["SMTP"]}))
     profile.settings["lease_seconds"] = 60
@@ -228,12 +229,12 @@ def test_an_outcome_that_could_not_be_written_leaves_the_claim_to_run_out(
     async def scenario() -> None:
         s = postroom.alogon(Profile.load(profile.directory), clock=clock)
         mid = s.create_message("x").to("a@x.test").submit()
-        finish = s.engine.store.finish
+        finish = s.engine.store.finish_many
 
-        def unreachable_finish(*args: Any) -> str:
+        def unreachable_finish(*args: Any) -> list[str]:
             raise unreachable()
 
-        monkeypatch.setattr(s.engine.store, "finish", unreachable_finish)
+        monkeypatch.setattr(s.engine.store, "finish_many", unreachable_finish)
         with pytest.raises(MAPIError) as raised:
             await s.deliver()
         assert raised.value.code == HResult.MAPI_E_NETWORK_ERROR
@@ -245,7 +246,7 @@ def test_an_outcome_that_could_not_be_written_leaves_the_claim_to_run_out(
         assert entry.lease_owner == s.engine.spooler.owner  # still claimed: its outcome is unknown to the store
         assert submits(calls) == 1
 
-        monkeypatch.setattr(s.engine.store, "finish", finish)
+        monkeypatch.setattr(s.engine.store, "finish_many", finish)
         assert (await s.deliver()).processed == 0  # the lease has not run out yet
         clock.advance(61)
         summary = await s.deliver()

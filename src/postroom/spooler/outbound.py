@@ -27,6 +27,7 @@ from ..mapi.codes import HResult, MAPIError, StoreUnreachable
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..store.base import (
+    ClaimedMessage,
     EventKind,
     LeaseLost,
     MessageStore,
@@ -185,9 +186,9 @@ class OutboundProcessor:
         # The circuit breaker lives in the store (shared by every spooler process); this caches
         # each transport's state for a second so a busy queue does not read it per message.
         self._breakers: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.commit = GroupCommit(store)
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
+        self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
         self._ref = 0
 
@@ -226,12 +227,14 @@ class OutboundProcessor:
             self._breakers[name] = cached
         return cached[1]
 
-    async def process(self, message_id: int) -> MessageResult:
-        """One pass over a claimed message; it is finished or released before this returns."""
+    async def process(self, message_id: int, claimed: ClaimedMessage | None = None) -> MessageResult:
+        """One pass over a claimed message; it is finished or released before this returns.
+
+        `claimed`: the message as read with its claim's batch (store.load_claimed); else it is read here."""
         renewer = asyncio.create_task(self._renew_lease(message_id))
         self.in_flight.add(message_id)
         try:
-            return await self._process(message_id)
+            return await self._process(message_id, claimed)
         except (asyncio.CancelledError, KeyboardInterrupt):
             self._give_back(message_id)
             raise
@@ -280,18 +283,17 @@ class OutboundProcessor:
                 # The store is unreachable: the delivery goes on, and its own next write meets the outage.
                 log.debug("could not renew the lease on message %s: %s", message_id, exc.message)
 
-    async def _process(self, message_id: int) -> MessageResult:
+    async def _process(self, message_id: int, claimed: ClaimedMessage | None = None) -> MessageResult:
         result = MessageResult(message_id)
-        entry = self.store.queue_entry(message_id)
-        if (
-            entry is not None
-            and entry.previous_owner
-            and not await self._outcome_unknown(message_id, entry.previous_owner)
-        ):
+        if claimed is None:
+            claimed = self.store.load_claimed([message_id]).get(message_id)
+        if claimed is None:
+            raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
+        if claimed.previous_owner and not await self._outcome_unknown(message_id, claimed.previous_owner):
             result.held = True
             return result
-        message = self.store.open_message(message_id)
-        states = {s.row_id: s for s in self.store.recipient_states(message_id)}
+        message = claimed.message
+        states = {s.row_id: s for s in claimed.states}
         router = self.transports.router()
         now_prints = self.transports.fingerprints()
         pending = [
@@ -305,14 +307,14 @@ class OutboundProcessor:
         ]
         # The queue lifetime counts from the first real delivery attempt (a deferred send, or an
         # offline wait, is not "in the queue" yet), and runs out only when an attempt fails.
-        first_try = entry.first_try if entry is not None else None
+        first_try = claimed.first_try
         tried_at: datetime | None = None
         if pending and first_try is not None:
             await self._delay_warning(message, message_id, pending, first_try)
         retry_waits: list[_Wait] = []
         waits: list[RecipientWait] = []
         offline = False
-        failures = (entry.failures if entry is not None else 0) + 1  # this pass's, if it meets one
+        failures = claimed.failures + 1  # this pass's, if it meets one
 
         await self._run_preprocessors(message, pending)
 
@@ -401,9 +403,7 @@ class OutboundProcessor:
             await self._release(message_id, None, OFFLINE_TEXT, WaitKind.SEND_RECEIVE, waits, tried_at)
             result.offline = True
         else:
-            result.finished = await self.write(
-                self.store.finish, message_id, self.owner, self.clock(), self._take(message_id)
-            )
+            result.finished = await self.commit.finish(message_id, self.owner, self.clock(), self._take(message_id))
         return result
 
     async def _release(

@@ -9,9 +9,17 @@ in this process, so a busy lane never holds more workers than its share while an
 has work, yet takes them all when it is the only one. A message for a transport that keeps
 everyone waiting is delayed by at most the one message a worker is sending.
 
-Candidates are read without locks, oldest first, up to SCAN of them at a time; the chosen one
-is then claimed in the store (`claim_message`), which fails harmlessly when another spooler
-process took it meanwhile. Every lane with a message among those SCAN is found, so a backlog of
+Candidates are read without locks, oldest first, up to SCAN of them at a time. A free worker
+that finds no claimed message waiting picks a batch (up to one per worker, lane by lane as
+above) and claims it with one statement (`claim_messages`, through the group commit, so the
+claim shares its commit with the outcomes of the same tick); a message another spooler process
+took meanwhile is left out harmlessly. The batch's bags, recipients and attachments are then
+read with one query each (`load_claimed`), and the workers take the claimed messages in the
+order they were picked. A claimed message waits at most for one worker to come free; if that
+took a third of the lease, its lease is renewed before it is worked on. Those no worker took
+when the pass ends are given back as if never claimed (`unclaim`).
+
+Every lane with a message among those SCAN is found, so a backlog of
 thousands for one transport does not hide another transport's message behind it (Postfix's
 active queue has the same kind of bound). Placing a message in its lane means reading its
 recipients, so the lane of each due message is remembered across passes (`LaneMemory`) and a
@@ -22,13 +30,16 @@ last minutes, and a message submitted meanwhile must not wait for its end.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from ..mapi.message import Recipient
-from ..store.base import MessageStore
+from ..store.base import ClaimedMessage, LeaseLost, MessageStore
 from .routing import Router
 
 #: Due messages looked at per refill (IDs only); those beyond wait for the ones ahead of them.
@@ -38,6 +49,10 @@ CHUNK = 500
 #: How often the due messages are read again while the lanes still hold work.
 REREAD_SECONDS = 1.0
 NO_LANE = ""  # no transport takes any pending recipient: the message only needs its NDR
+
+
+async def _write_now(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 class LaneMemory:
@@ -66,8 +81,18 @@ class FairScheduler:
         clock: Callable[[], datetime],
         lease_seconds: float,
         memory: LaneMemory | None = None,
+        write: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
+        #: How claims are written (the spooler's group commit); else each one commits alone.
+        self.write = write or _write_now
+        self._claiming: asyncio.Future[bool] | None = None  # the claim under way
+        self._claim_task: asyncio.Task[None] | None = None
+        self._claim_error: Exception | None = None
+        self._dry = False  # the last claim found nothing due: claim ahead no more
+        self._ready: deque[tuple[int, float]] = deque()  # claimed, not yet taken: (ID, time.monotonic())
+        #: The claimed messages' reads, by ID, until a worker takes each (pop it).
+        self.loaded: dict[int, ClaimedMessage] = {}
         self.router = router
         self.owner = owner
         self.clock = clock
@@ -79,30 +104,114 @@ class FairScheduler:
         self._taken: set[int] = set()  # this pass's, in flight or done
         self._read_at = 0.0  # time.monotonic() of the last read of the due messages
 
-    def take(self, in_flight: set[int]) -> int | None:
-        """Claim the next message to work on, or None when nothing is due (for now)."""
+    async def take(self, in_flight: set[int], want: int = 1) -> int | None:
+        """The next claimed message to work on, or None when nothing is due (for now). Its batch's
+        reads are in `loaded`.
+
+        Claims run one at a time, in batches of up to `want`; every worker waiting for one wakes
+        when its batch is in, so they reach their transports (and their finishes share a commit)
+        together. When a worker takes a message and fewer than `want` are left waiting, the next
+        batch is claimed at once, in the background: its claim then shares the commit of the
+        outcomes written in the same tick, instead of costing a commit of its own."""
         while True:
-            stale = time.monotonic() - self._read_at >= REREAD_SECONDS
-            if (stale or not any(self._lanes.values())) and not self._refill(in_flight):
+            if self._claim_error is not None:
+                error, self._claim_error = self._claim_error, None
+                raise error
+            if self._ready:
+                message_id = self._pop_ready()
+                if message_id is None:
+                    continue
+                if len(self._ready) < want and self._claiming is None and not self._dry:
+                    self._start_claim(in_flight, want)
+                return message_id
+            claiming = self._claiming or self._start_claim(in_flight, want)
+            if not await asyncio.shield(claiming) and not self._ready and self._claim_error is None:
                 return None  # nothing due that this pass has not taken already
+
+    def _pop_ready(self) -> int | None:
+        message_id, claimed_at = self._ready.popleft()
+        if time.monotonic() - claimed_at < self.lease_seconds / 3:
+            return message_id
+        try:  # it waited long for a worker: its lease must outlast the delivery's first renewal
+            self.store.renew_lease(message_id, self.owner, self.clock(), self.lease_seconds)
+            return message_id
+        except LeaseLost:
+            self.loaded.pop(message_id, None)
+            self.done(message_id)
+            return None
+
+    def _start_claim(self, in_flight: set[int], want: int) -> asyncio.Future[bool]:
+        claiming: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claiming = claiming
+
+        async def claim() -> None:
+            found = True  # after an error a waiting worker raises it (take)
+            try:
+                found = await self._claim_batch(in_flight, max(1, want))
+            except Exception as exc:
+                self._claim_error = exc
+            finally:
+                self._dry = not found
+                self._claiming = None
+                claiming.set_result(found)
+
+        self._claim_task = asyncio.create_task(claim())
+        return claiming
+
+    async def settle(self) -> None:
+        """The pass ends: let a claim under way finish, then give back what no worker took."""
+        if self._claim_task is not None:
+            with contextlib.suppress(Exception):
+                await self._claim_task
+        self.unclaim_waiting()
+
+    async def _claim_batch(self, in_flight: set[int], want: int) -> bool:
+        """Pick up to `want` messages, lane by lane, and claim them together; False when none is due."""
+        stale = time.monotonic() - self._read_at >= REREAD_SECONDS
+        if (stale or not any(self._lanes.values())) and not self._refill(in_flight):
+            return False
+        busy = dict(self._busy)
+        picked: list[tuple[int, str]] = []
+        while len(picked) < want and any(self._lanes.values()):
             lane = min(
                 (name for name, queue in self._lanes.items() if queue),
-                key=lambda name: (self._busy.get(name, 0), self._lanes[name][0]),
+                key=lambda name: (busy.get(name, 0), self._lanes[name][0]),
             )
             message_id = self._lanes[lane].popleft()
             if message_id in in_flight or message_id in self._taken:
                 continue
             self._taken.add(message_id)
             self.memory.lanes.pop(message_id, None)  # worked on now: its lane may change
-            if self.store.claim_message(self.owner, message_id, self.clock(), self.lease_seconds):
+            busy[lane] = busy.get(lane, 0) + 1
+            picked.append((message_id, lane))
+        if not picked:
+            return True  # only messages taken already were left: read the due ones again
+        ids = [m for m, _ in picked]
+        claimed = set(await self.write(self.store.claim_messages, self.owner, ids, self.clock(), self.lease_seconds))
+        at = time.monotonic()
+        for message_id, lane in picked:
+            if message_id in claimed:
                 self._busy[lane] = self._busy.get(lane, 0) + 1
                 self._lane_of[message_id] = lane
-                return message_id
+                self._ready.append((message_id, at))
+        if claimed:
+            self.loaded.update(self.store.load_claimed([m for m in ids if m in claimed]))
+        return True
 
     def done(self, message_id: int) -> None:
         lane = self._lane_of.pop(message_id, None)
         if lane is not None:
             self._busy[lane] -= 1
+
+    def unclaim_waiting(self) -> None:
+        """The pass ends: the claimed messages no worker took are given back untouched."""
+        ids = [m for m, _ in self._ready]
+        self._ready.clear()
+        for message_id in ids:
+            self.loaded.pop(message_id, None)
+            self.done(message_id)
+        if ids:
+            self.store.unclaim(self.owner, ids)
 
     def _refill(self, in_flight: set[int]) -> bool:
         """Read the due messages again, leaving out what this pass took already (a message given

@@ -124,7 +124,13 @@ class Spooler:
         errors: list[Exception] = []
         await self.processor.wake_probes()
         scheduler = FairScheduler(
-            self.store, self.transports.router, self.owner, self.clock, self.lease_seconds, self.lanes
+            self.store,
+            self.transports.router,
+            self.owner,
+            self.clock,
+            self.lease_seconds,
+            self.lanes,
+            self.processor.write,
         )
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
 
@@ -140,10 +146,13 @@ class Spooler:
                     remaining -= 1
                 message_id: int | None = None
                 try:
-                    message_id = scheduler.take(self.processor.in_flight)
+                    # A batch is at most one message per worker (fewer near the pass's limit).
+                    want = self.concurrency if remaining is None else min(self.concurrency, remaining + 1)
+                    message_id = await scheduler.take(self.processor.in_flight, want)
                     if message_id is None:
                         return
-                    summary.add(await self.processor.process(message_id), keep)
+                    claimed = scheduler.loaded.pop(message_id, None)
+                    summary.add(await self.processor.process(message_id, claimed), keep)
                 except LeaseLost as exc:  # e.g. after a store outage longer than the lease
                     log.warning("%s; it is left to the spooler that took it over", exc)
                 except Exception as exc:  # the others finish what they hold, then the pass ends with this
@@ -152,7 +161,13 @@ class Spooler:
                     if message_id is not None:
                         scheduler.done(message_id)
 
-        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        finally:
+            try:
+                await scheduler.settle()
+            except Exception as exc:  # the store is away: those leases run out instead
+                log.warning("could not give back the claimed messages this pass did not reach: %s", exc)
         if errors:
             raise errors[0]
         summary.messages.sort(key=lambda m: m.message_id)

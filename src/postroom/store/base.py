@@ -11,14 +11,16 @@ import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
+from ..mapi.codes import MAPIError
 from ..mapi.message import MessageData, Props, Recipient
 from .notify import NotificationBus
 from .receive import match_receive_folder
 from .slots import ConnectionSlots
+from .stats import StatementCount
 from .words import StoredWords
 
 
@@ -204,6 +206,18 @@ class RecipientOutcome:
 Declined = Mapping[str, str]
 
 
+@dataclass
+class ClaimedMessage:
+    """A message a spooler has just claimed, read with the others of its batch (load_claimed):
+    what the outbound algorithm needs before it calls the first transport."""
+
+    message: MessageData
+    states: list[RecipientStatus]
+    previous_owner: str | None  # set when this claim took over an expired lease
+    first_try: datetime | None
+    failures: int
+
+
 @dataclass(frozen=True)
 class RecipientWait:
     """Why a recipient is still pending after a pass: the transport it waits for, its words, and
@@ -309,6 +323,13 @@ class MessageStore(abc.ABC):
     bus: NotificationBus
     #: Each transport's connection limit, held across every spooler process on this store.
     connection_slots: ConnectionSlots
+    #: Statements and commits this store object ran (stats.py); statements once count_statements() was called.
+    statements: StatementCount
+
+    def count_statements(self) -> StatementCount:
+        """Start counting every statement (commits are always counted); the live totals."""
+        self.statements.counting = True
+        return self.statements
 
     # --- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -450,6 +471,31 @@ class MessageStore(abc.ABC):
     def claim_message(self, owner: str, message_id: int, now: datetime, lease_seconds: float) -> bool:
         """Claim one chosen message if it is still due and free; False when another spooler has it."""
 
+    def claim_messages(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> list[int]:
+        """Claim those of the chosen messages that are still due and free, in one go (a lease each);
+        the claimed ones, in the order given."""
+        return [m for m in message_ids if self.claim_message(owner, m, now, lease_seconds)]
+
+    def load_claimed(self, message_ids: Sequence[int]) -> dict[int, ClaimedMessage]:
+        """What the spooler reads of each claimed message before its first transport, for a batch."""
+        out: dict[int, ClaimedMessage] = {}
+        for mid in message_ids:
+            entry = self.queue_entry(mid)
+            out[mid] = ClaimedMessage(
+                self.open_message(mid),
+                self.recipient_states(mid),
+                entry.previous_owner if entry else None,
+                entry.first_try if entry else None,
+                entry.failures if entry else 0,
+            )
+        return out
+
+    def unclaim(self, owner: str, message_ids: Sequence[int]) -> None:
+        """Return claimed messages that no transport was called for, as if never claimed (a pass
+        ended before it reached them): no history, and a taken-over lease stays taken over."""
+        for mid in message_ids:
+            self.give_back(mid, owner, datetime.now(UTC), "not started in this pass", False)
+
     @abc.abstractmethod
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """Return a claimed message unfinished (the spooler was interrupted); due at once."""
@@ -578,6 +624,21 @@ class MessageStore(abc.ABC):
 
         Returns what happened: "moved", "deleted" or "left".
         """
+
+    def finish_many(
+        self, owner: str, items: Sequence[tuple[int, Sequence[RecipientOutcome]]], now: datetime
+    ) -> list[str | Exception]:
+        """finish() for several messages in one transaction (group commit of a tick's outcomes).
+
+        Each message succeeds or fails alone: its entry in the answer is finish()'s result, or the
+        error finish() would have raised (LeaseLost, MAPIError), and then nothing of it is written."""
+        out: list[str | Exception] = []
+        for mid, outcomes in items:
+            try:
+                out.append(self.finish(mid, owner, now, outcomes))
+            except (LeaseLost, MAPIError) as exc:
+                out.append(exc)
+        return out
 
     # --- limits shared by every spooler process on this store --------------------------------
     @abc.abstractmethod

@@ -46,6 +46,7 @@ from .migrations import LATEST, newer_schema, older_schema, postgres_version, up
 from .notify import Listener, NoteKind, Notification, NotificationBus
 from .slots import AdvisorySlots
 from .sqlbase import CHUNK, SQLMessageStore, create_default_folders, exactly, read_chunks
+from .stats import StatementCount
 from .urls import is_postgres_url, redact_secrets, redact_url
 
 log = logging.getLogger("postroom.store")
@@ -264,7 +265,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             min_size=1,
             max_size=max(1, pool_size),
             open=False,
-            check=ConnectionPool.check_connection,
+            check=self._check_connection,
             name="postroom-store",
             # How long an operation waits for a connection while the server is unreachable before it
             # fails with MAPI_E_NETWORK_ERROR: the spooler daemon then says so and backs off, instead
@@ -344,20 +345,29 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         except (psycopg.DataError, psycopg.OperationalError) as exc:
             raise self._mapi_error(exc) from exc
 
+    def _check_connection(self, conn: Conn) -> None:
+        """The pool's check of a connection it hands out: a round trip, so it is counted."""
+        self.statements.statements += 1
+        ConnectionPool.check_connection(conn)
+
     @contextmanager
     def _tx(self) -> Iterator[PgConnection]:
         """One transaction: all or nothing. Inside batch() (or another transaction) it is a savepoint."""
         current: PgConnection | None = getattr(self._local, "conn", None)
+        counts = self.statements
         with self._errors_as_mapi():
             if current is not None:
+                counts.statements += 2  # SAVEPOINT, RELEASE
                 with current.raw.transaction():
                     yield current
                 return
             with self._pooled() as conn:
-                self._local.conn = db = PgConnection(conn)
+                self._local.conn = db = PgConnection(conn, counts)
                 try:
+                    counts.statements += 2  # BEGIN, COMMIT
                     with conn.transaction():
                         yield db
+                    counts.commits += 1
                 finally:
                     self._local.conn = None
 
@@ -370,7 +380,7 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
                 yield current
                 return
             with self._pooled() as conn:
-                yield PgConnection(conn)
+                yield PgConnection(conn, self.statements)
 
     def _reading(self) -> contextlib.AbstractContextManager[PgConnection]:
         return self._tx()  # one snapshot for all of a message's rows
@@ -383,14 +393,17 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             return
         # A lost connection at BEGIN or COMMIT is MAPI_E_NETWORK_ERROR too, as in every other operation.
         with self._errors_as_mapi(), self._pooled() as conn:
-            self._local.conn = PgConnection(conn)
+            self._local.conn = PgConnection(conn, self.statements)
             self._local.notes = []
             try:
+                self.statements.statements += 2  # BEGIN, COMMIT
                 with conn.transaction():
                     yield
                     # NOTIFY is delivered at COMMIT, and never if the transaction is rolled back.
                     for kind, data in self._local.notes:
+                        self.statements.statements += 1
                         conn.execute("SELECT pg_notify(%s, %s)", (self.bus.channel, _payload(kind, data)))
+                self.statements.commits += 1
             finally:
                 self._local.conn = None
                 self._local.notes = None
@@ -441,6 +454,16 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
     def _lock_transport(self, db: PgConnection, transport: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_TRANSPORT, transport))
 
+    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """One array per column, unnested: the same statement text (prepared once per connection
+        by psycopg) for any number of rows, and a handful of parameters instead of thousands."""
+        columns = ", ".join(f"column{i + 1}" for i in range(len(types)))
+        arrays = ", ".join(f"CAST(? AS {t}[])" for t in types)
+        return f"unnest({arrays}) AS v({columns})", [list(column) for column in zip(*rows, strict=True)]
+
+    def _id_list(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        return "= ANY(CAST(? AS BIGINT[]))", [list(ids)]
+
     def _write_attachment_data(self, db: PgConnection, mid: int, num: int, stream: IO[bytes], size: int) -> int:
         """Store `size` bytes from `stream`; a large attachment is streamed (binary COPY), never held whole."""
         if size <= CHUNK:
@@ -474,15 +497,18 @@ class PgConnection:
     """A pooled psycopg connection as the shared store code uses it (sqlbase.Connection): SQL
     with `?` placeholders, and executemany() on the connection itself, as sqlite3 has them."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("counts", "raw")
 
-    def __init__(self, raw: Conn) -> None:
+    def __init__(self, raw: Conn, counts: StatementCount | None = None) -> None:
         self.raw = raw
+        self.counts = counts or StatementCount()
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[tuple[Any, ...]]:
+        self.counts.statements += 1
         return self.raw.execute(_pg_sql(query), params)
 
     def executemany(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.counts.statements += len(rows)
         if rows:
             with self.raw.cursor() as cur:
                 cur.executemany(_pg_sql(query), rows)

@@ -39,6 +39,7 @@ from .activity import LEFT_KINDS, OUTCOME_KINDS, RETRY_KINDS
 from .base import (
     SPECIAL_FOLDER_NAMES,
     ActivityBucket,
+    ClaimedMessage,
     DeliveryStats,
     Event,
     EventKind,
@@ -76,6 +77,7 @@ from .codec import (
 from .notify import NoteKind
 from .queue_sql import due_params, due_sql, next_due_sql
 from .receive import normalise_class
+from .stats import StatementCount
 
 OFFLINE_EPOCH = 1e15  # "not until a Send/Receive wakes it": far beyond any real time
 CHUNK = 1 << 20
@@ -184,6 +186,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     def __init__(self) -> None:
         self._special: dict[FolderRole, Folder] = {}
+        self.statements = StatementCount()
 
     # --- the dialect ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -579,35 +582,56 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         ).fetchone()
         if row is None:
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        props = decode_bag(row[3])
-        self._read_streams(db, message_id, props)
+        recipients = db.execute(
+            "SELECT row_id, props FROM recipients WHERE message_id=? ORDER BY row_id", (message_id,)
+        ).fetchall()
+        attachments = db.execute(
+            "SELECT id, num, embedded_id, length(data), props FROM attachments WHERE message_id=? ORDER BY num",
+            (message_id,),
+        ).fetchall()
+        original = db.execute(
+            "SELECT fingerprint, size FROM mime_originals WHERE message_id=?", (message_id,)
+        ).fetchone()
+        streams = db.execute("SELECT tag, data FROM message_streams WHERE message_id=?", (message_id,)).fetchall()
+        return self._message_of(db, message_id, row[0], row[1], row[3], recipients, attachments, original, streams)
+
+    def _message_of(
+        self,
+        db: DB,
+        message_id: int,
+        queue_state: str | None,
+        lease_owner: str | None,
+        bag: str,
+        recipient_rows: Sequence[Sequence[Any]],
+        attachment_rows: Sequence[Sequence[Any]],
+        original: Sequence[Any] | None,
+        streams: Sequence[Sequence[Any]] = (),
+    ) -> MessageData:
+        """A message from its rows: (row_id, props) per recipient, (id, num, embedded_id, size,
+        props) per attachment, (fingerprint, size) of its original MIME, (tag, data) per property kept
+        outside the bag (message_streams). Read one message at a time
+        (_load_message) or a batch at once (load_claimed)."""
+        props = decode_bag(bag)
+        for tag, data in streams:
+            props[int(tag)] = stream_value(int(tag), data)
         props[T.PR_ENTRYID] = self.entry_id_of(message_id)
         props[T.PR_RECORD_KEY] = props[T.PR_ENTRYID]
-        submit_flags = SubmitFlags.LOCKED if row[1] is not None else SubmitFlags.NONE
-        if row[0] is not None or submit_flags:
+        submit_flags = SubmitFlags.LOCKED if lease_owner is not None else SubmitFlags.NONE
+        if queue_state is not None or submit_flags:
             props[T.PR_SUBMIT_FLAGS] = int(submit_flags)
         recipients: dict[int, Recipient] = {
-            rid: Recipient(props=decode_bag(bag), row_id=rid)
-            for rid, bag in db.execute(
-                "SELECT row_id, props FROM recipients WHERE message_id=? ORDER BY row_id", (message_id,)
-            ).fetchall()
+            int(rid): Recipient(props=decode_bag(rbag), row_id=int(rid)) for rid, rbag in recipient_rows
         }
         for rec in recipients.values():
             rec.props[T.PR_ROWID] = rec.row_id
         attachments = []
-        for aid, num, embedded_id, size, bag in db.execute(
-            "SELECT id, num, embedded_id, length(data), props FROM attachments WHERE message_id=? ORDER BY num",
-            (message_id,),
-        ).fetchall():
-            att = Attachment(props=decode_bag(bag), num=num, size=size)
+        for aid, num, embedded_id, size, abag in attachment_rows:
+            att = Attachment(props=decode_bag(abag), num=num, size=size)
             if embedded_id is not None:
                 att.embedded = self._load_message(db, embedded_id)
             else:
                 att.opener = self._blob_opener(int(aid), int(size or 0))
             attachments.append(att)
-        original = db.execute(
-            "SELECT fingerprint, size FROM mime_originals WHERE message_id=?", (message_id,)
-        ).fetchone()
         return MessageData(
             props=props,
             recipients=list(recipients.values()),
@@ -1091,6 +1115,111 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             ).fetchone()
         return row is not None
 
+    # --- batches (issue 17): a tick's messages in a few statements, not a few per message -------
+    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """Rows as a table `v` with columns column1, column2, … of these SQL types, and its parameters.
+        Here a VALUES list whose first row's casts type the columns; PostgreSQL passes one array
+        per column instead (unnest), so the statement's text does not depend on the row count."""
+        first = "(" + ", ".join(f"CAST(? AS {t})" for t in types) + ")"
+        rest = "(" + ", ".join("?" for _ in types) + ")"
+        return "(VALUES " + ", ".join([first] + [rest] * (len(rows) - 1)) + ") AS v", [x for r in rows for x in r]
+
+    def _id_list(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        """`IN (…)` over these IDs, and its parameters (PostgreSQL: `= ANY` of one array)."""
+        return "IN (" + ", ".join("?" for _ in ids) + ")", list(ids)
+
+    def claim_messages(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> list[int]:
+        """One statement claims every chosen message that is still due and free (a lease each)."""
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        t = to_epoch(now)
+        assert t is not None
+        if not ids:
+            return []
+        inside, params = self._id_list(ids)
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
+                f"WHERE id IN (SELECT id FROM messages WHERE id {inside} AND queue_state='queued'"
+                " AND coalesce(next_attempt, 0) <= ? AND (lease_owner IS NULL OR lease_until < ?)"
+                + self._SKIP_LOCKED
+                + ") RETURNING id",
+                (self._text(owner), t + lease_seconds, *params, t, t),
+            ).fetchall()
+        claimed = {int(mid) for (mid,) in rows}
+        return [m for m in ids if m in claimed]
+
+    def load_claimed(self, message_ids: Sequence[int]) -> dict[int, ClaimedMessage]:
+        """Four reads for the whole batch: the messages, their recipients, attachments and original
+        MIME. The claims keep other spoolers off these rows, so one snapshot is not needed."""
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        if not ids:
+            return {}
+        inside, params = self._id_list(ids)
+        recipients: dict[int, list[Any]] = {}
+        attachments: dict[int, list[Any]] = {}
+        streams: dict[int, list[Any]] = {}
+        with self._connection() as db:
+            messages = db.execute(
+                "SELECT id, queue_state, lease_owner, props, prev_owner, first_try, failures FROM messages "
+                f"WHERE id {inside}",
+                params,
+            ).fetchall()
+            for row in db.execute(
+                "SELECT message_id, row_id, props, state, transport, outcome_time, reported, waiting_for, detail, "
+                f"declined FROM recipients WHERE message_id {inside} ORDER BY message_id, row_id",
+                params,
+            ).fetchall():
+                recipients.setdefault(int(row[0]), []).append(row[1:])
+            for row in db.execute(
+                "SELECT message_id, id, num, embedded_id, length(data), props FROM attachments "
+                f"WHERE message_id {inside} ORDER BY message_id, num",
+                params,
+            ).fetchall():
+                attachments.setdefault(int(row[0]), []).append(row[1:])
+            originals = {
+                int(mid): (fp, size)
+                for mid, fp, size in db.execute(
+                    f"SELECT message_id, fingerprint, size FROM mime_originals WHERE message_id {inside}", params
+                ).fetchall()
+            }
+            for mid, tag, data in db.execute(
+                f"SELECT message_id, tag, data FROM message_streams WHERE message_id {inside}", params
+            ).fetchall():
+                streams.setdefault(int(mid), []).append((tag, data))
+            out: dict[int, ClaimedMessage] = {}
+            for mid, queue_state, lease_owner, bag, prev, first, failures in messages:
+                rows = recipients.get(int(mid), [])
+                message = self._message_of(
+                    db,
+                    int(mid),
+                    queue_state,
+                    lease_owner,
+                    bag,
+                    [(r[0], r[1]) for r in rows],
+                    attachments.get(int(mid), []),
+                    originals.get(int(mid)),
+                    streams.get(int(mid), ()),
+                )
+                states = [self._recipient_status(r[0], *r[2:]) for r in rows]
+                out[int(mid)] = ClaimedMessage(message, states, prev, from_epoch(first), int(failures or 0))
+        return out
+
+    def unclaim(self, owner: str, message_ids: Sequence[int]) -> None:
+        """The lease goes back to what the claim found: free, or (taken over from a stopped spooler)
+        run out, so the next claim still sees whose outcome is unknown."""
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        if not ids:
+            return
+        inside, params = self._id_list(ids)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE messages SET lease_owner=prev_owner, lease_until=CASE WHEN prev_owner IS NULL THEN NULL "
+                f"ELSE 0 END, attempts=attempts-1 WHERE id {inside} AND lease_owner=?",
+                (*params, self._text(owner)),
+            )
+        for mid in ids:
+            self._publish(NoteKind.QUEUE, message_id=mid)
+
     def _check_owner(self, db: DB, message_id: int, owner: str) -> None:
         """Ours, and nobody can take it over before this transaction ends."""
         row = db.execute(f"SELECT lease_owner FROM messages WHERE id=?{self._FOR_UPDATE}", (message_id,)).fetchone()
@@ -1114,22 +1243,35 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     def recipient_states(self, message_id: int) -> list[RecipientStatus]:
         return [
-            RecipientStatus(
-                row_id=rid,
-                state=RecipientState(state),
-                transport=xp,
-                outcome_time=from_epoch(t),
-                reported=bool(rep),
-                waiting_for=waiting,
-                detail=detail,
-                declined=decode_declined(declined),
-            )
-            for rid, state, xp, t, rep, waiting, detail, declined in self._q(
+            self._recipient_status(*row)
+            for row in self._q(
                 "SELECT row_id, state, transport, outcome_time, reported, waiting_for, detail, declined "
                 "FROM recipients WHERE message_id=? ORDER BY row_id",
                 (valid_id(message_id),),
             )
         ]
+
+    @staticmethod
+    def _recipient_status(
+        rid: int,
+        state: str,
+        xp: str | None,
+        t: float | None,
+        rep: int,
+        waiting: str | None,
+        detail: str | None,
+        declined: str | None,
+    ) -> RecipientStatus:
+        return RecipientStatus(
+            row_id=int(rid),
+            state=RecipientState(state),
+            transport=xp,
+            outcome_time=from_epoch(t),
+            reported=bool(rep),
+            waiting_for=waiting,
+            detail=detail,
+            declined=decode_declined(declined),
+        )
 
     def record_outcomes(self, message_id: int, owner: str, outcomes: Sequence[RecipientOutcome], now: datetime) -> None:
         with self._tx() as db:
@@ -1530,6 +1672,126 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 self._delete(db, message_id)
                 outcome = "deleted"
             return outcome
+
+    def finish_many(
+        self, owner: str, items: Sequence[tuple[int, Sequence[RecipientOutcome]]], now: datetime
+    ) -> list[str | Exception]:
+        """finish() for a tick's messages in one transaction of a fixed number of statements: one
+        read of the messages (locked) and one of their pending recipients, then one UPDATE of the
+        recipients, one INSERT of the events and one UPDATE of the messages, whatever their number.
+        A message that finish() would refuse (not ours, recipients still pending) is left out
+        whole and gets the error instead; a PR_DELETE_AFTER_SUBMIT one is deleted row by row."""
+        t = to_epoch(now)
+        ids = [i for i in (valid_id(mid) for mid, _ in items) if i is not None]
+        answers: dict[int, str | Exception] = {}
+        if not ids:
+            return [LeaseLost(f"message {mid} is no longer claimed by {owner}") for mid, _ in items]
+        inside, params = self._id_list(ids)
+        with self._tx() as db:
+            bags = {
+                int(mid): bag
+                for mid, holder, bag in db.execute(
+                    f"SELECT id, lease_owner, props FROM messages WHERE id {inside}{self._FOR_UPDATE}", params
+                ).fetchall()
+                if holder == owner
+            }
+            pending: dict[int, dict[int, str]] = {}
+            for mid, rid, bag in db.execute(
+                f"SELECT message_id, row_id, props FROM recipients WHERE message_id {inside} AND state='pending'"
+                + self._FOR_UPDATE,
+                params,
+            ).fetchall():
+                pending.setdefault(int(mid), {})[int(rid)] = bag
+            recipient_rows: list[tuple[Any, ...]] = []
+            events: list[tuple[Any, ...]] = []
+            finished: list[tuple[int, Any, bool, int | None]] = []  # id, raw bag, delete, Sent Items folder
+            for mid, outcomes in items:
+                if mid not in bags:
+                    answers[mid] = LeaseLost(f"message {mid} is no longer claimed by {owner}")
+                    continue
+                left = dict(pending.get(mid, {}))
+                decided: list[tuple[RecipientOutcome, str]] = []
+                for out in outcomes:  # the first outcome of a recipient counts, as in _record_in
+                    if out.row_id in left:
+                        decided.append((out, left.pop(out.row_id)))
+                if left:
+                    answers[mid] = MAPIError(
+                        HResult.MAPI_E_CALL_FAILED, f"message {mid} still has {len(left)} pending recipient(s)"
+                    )
+                    continue
+                for out, bag in decided:
+                    props = dict(out.props)
+                    props[T.PR_RESPONSIBILITY] = True
+                    raw_r = load_raw(bag)
+                    update_raw(raw_r, props)
+                    recipient_rows.append(
+                        (
+                            mid,
+                            out.row_id,
+                            out.state.value,
+                            self._text(out.transport),
+                            t,
+                            0 if out.report else 1,
+                            dump_raw(raw_r),
+                        )
+                    )
+                    text = props.get(T.PR_REPORT_TEXT)
+                    detail = f"recipient {out.row_id}" + (f": {text}" if text else "")
+                    events.append(
+                        (mid, t, self._text(EventKind(out.state.value)), self._text(out.transport), self._text(detail))
+                    )
+                raw = load_raw(bags[mid])
+                flags = int(raw_value(raw, T.PR_MESSAGE_FLAGS) or 0) & ~(MessageFlags.SUBMIT | MessageFlags.UNSENT)
+                update_raw(raw, {T.PR_MESSAGE_FLAGS: flags})
+                sentmail = raw_value(raw, T.PR_SENTMAIL_ENTRYID)
+                fid = self._parse_entry_id(bytes(sentmail), FOLDER_ENTRY) if sentmail else None
+                finished.append((mid, raw, bool(raw_value(raw, T.PR_DELETE_AFTER_SUBMIT)), valid_id(fid)))
+            wanted = sorted({fid for *_, fid in finished if fid is not None})
+            folders: set[int] = set()
+            if wanted:
+                where, fparams = self._id_list(wanted)
+                folders = {
+                    int(f) for (f,) in db.execute(f"SELECT id FROM folders WHERE id {where}", fparams).fetchall()
+                }
+            message_rows = []
+            for mid, raw, delete, fid in finished:
+                moved = fid if fid in folders else None
+                outcome = "deleted" if delete else ("moved" if moved is not None else "left")
+                answers[mid] = outcome
+                message_rows.append((mid, dump_raw(raw), moved))
+                words = {"left": "left in the Outbox", "moved": "moved to PR_SENTMAIL_ENTRYID"}
+                detail = "deleted (PR_DELETE_AFTER_SUBMIT)" if delete else words[outcome]
+                events.append((mid, t, self._text(EventKind.FINISHED), None, self._text(detail)))
+            if recipient_rows:
+                table, values = self._values(
+                    ("BIGINT", "INTEGER", "TEXT", "TEXT", "DOUBLE PRECISION", "INTEGER", "TEXT"), recipient_rows
+                )
+                db.execute(
+                    "UPDATE recipients SET state=v.column3, transport=v.column4, outcome_time=v.column5, "
+                    "reported=v.column6, props=v.column7, waiting_for=NULL, detail=NULL, declined=NULL "
+                    f"FROM {table} WHERE recipients.message_id=v.column1 AND recipients.row_id=v.column2 "
+                    "AND recipients.state='pending'",
+                    values,
+                )
+            if message_rows:
+                table, values = self._values(("BIGINT", "TEXT", "BIGINT"), message_rows)
+                db.execute(
+                    "UPDATE messages SET props=v.column2, queue_state=NULL, lease_owner=NULL, lease_until=NULL, "
+                    f"next_attempt=NULL, folder_id=coalesce(v.column3, folder_id) FROM {table} "
+                    "WHERE messages.id=v.column1",
+                    values,
+                )
+            if events:
+                table, values = self._values(("BIGINT", "DOUBLE PRECISION", "TEXT", "TEXT", "TEXT"), events)
+                db.execute(
+                    "INSERT INTO events (message_id, time, kind, transport, detail) "
+                    f"SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM {table}",
+                    values,
+                )
+            for mid, _, delete, _ in finished:
+                if delete:
+                    self._delete(db, mid)
+        return [answers.get(mid) or LeaseLost(f"message {mid} is no longer claimed by {owner}") for mid, _ in items]
 
     # --- history -----------------------------------------------------------------------------
     def _event(

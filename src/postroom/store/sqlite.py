@@ -30,6 +30,7 @@ from .queue_sql import QUEUE_INDEX_NAMES, QUEUE_INDEXES
 from .slots import FileSlots
 from .sqlbase import SQLMessageStore, create_default_folders, exactly, read_chunks
 from .sqlite_errors import store_error
+from .stats import StatementCount
 from .writer_turns import WriterTurns
 
 SCHEMA_VERSION = LATEST  # version 1 is SCHEMA below; later versions are in migrations.py
@@ -172,6 +173,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
             try:
                 yield
                 self._db.execute("COMMIT")
+                self.statements.commits += 1
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
@@ -219,6 +221,15 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 return
             with self._writing():
                 yield self._db
+
+    def count_statements(self) -> StatementCount:
+        """SQLite runs statements in this process: a trace callback sees each one as it starts."""
+        if not self.statements.counting:
+            self._db.set_trace_callback(self._count_statement)
+        return super().count_statements()
+
+    def _count_statement(self, _sql: str) -> None:
+        self.statements.statements += 1
 
     def _connection(self) -> _Locked:
         """The one connection, for reads outside a transaction (each statement sees committed data)."""
