@@ -11,7 +11,13 @@ import click
 from .lazy import LazyCommand, LazyGroup
 
 #: Every server: its module and attribute under postroom.cli, and its summary in `--help`.
-SERVE_COMMANDS: dict[str, LazyCommand] = {}
+SERVE_COMMANDS: dict[str, LazyCommand] = {
+    "smtp": LazyCommand(
+        "serve_smtp",
+        "serve_smtp",
+        "Run the SMTP submission listener: programs hand mail to postroom as to a mail server.",
+    ),
+}
 
 
 @click.group(cls=LazyGroup, lazy=SERVE_COMMANDS, no_args_is_help=True)

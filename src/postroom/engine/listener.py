@@ -1,0 +1,302 @@
+"""The SMTP submission listener: programs hand mail to postroom as to any mail server on localhost.
+
+One aiosmtpd protocol per connection, with postroom's policy in the handler's hooks, one per verb:
+
+* MAIL: AUTH is required when the profile has listener users and the client is not on loopback;
+  a queue over `max_queued` messages is `452 4.3.1` (try later).
+* RCPT: checked against routing at once, as Postfix checks its `relay_domains`: an address no
+  transport takes is `550 5.1.1`, so the client learns it while it can still tell its user,
+  rather than from an NDR later. More than `max_recipients` is `452 4.5.3`.
+* DATA: the message's exact bytes and its envelope (envelope.py) go into the Outbox and are
+  submitted; `250` is sent only once that write is durable. Concurrent connections share each
+  durable commit (spooler/commit.py). A store that cannot take the write is `451 4.3.0`; a full
+  disk `452 4.3.1`: the client keeps the message and tries again, nothing is lost.
+
+Limits: the message size (`552`, announced in EHLO as SIZE), recipients per message, concurrent
+connections (`421 4.7.0` to one more), and an idle timeout after which a silent client is cut off
+(`421`). AUTH (PLAIN, LOGIN) is offered only over TLS (STARTTLS), except on a loopback address,
+where nobody can listen in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import Session as SMTPSession
+
+from ..envelope import SubmissionSource, envelope_message
+from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
+from ..mapi.message import MessageData
+from ..spooler.commit import GroupCommit
+from ..store import FolderRole
+from .listener_users import listener_users, verify_password
+from .protocol import ProtocolManager
+
+log = logging.getLogger("postroom.listener")
+
+DEFAULT_LISTEN = "127.0.0.1:587"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:587` for IPv6) → (host, port); MAPI_E_INVALID_PARAMETER otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"--listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:587")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) is on the loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """How the listener listens and what it takes (`postroom serve smtp`'s options)."""
+
+    listen: tuple[tuple[str, int], ...] = (parse_listen(DEFAULT_LISTEN),)
+    tls_cert: Path | None = None  # with tls_key: STARTTLS is offered
+    tls_key: Path | None = None
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 100
+    timeout_seconds: float = 60.0  # a client silent this long is cut off
+    max_queued: int | None = None  # more messages than this in the queue: 452 at MAIL
+    hostname: str | None = None  # the name in the greeting (default: the machine's)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "give both --tls-cert and --tls-key, or neither")
+        for name in ("max_message_bytes", "max_recipients", "max_connections"):
+            if int(getattr(self, name)) < 1:
+                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{name} must be at least 1")
+        if self.timeout_seconds <= 0:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "timeout_seconds must be positive")
+
+    @classmethod
+    def from_options(cls, listen: Sequence[str] = (), **options: Any) -> ListenerSettings:
+        """The settings from `HOST:PORT` strings (default 127.0.0.1:587) and the other fields by name."""
+        addresses = tuple(parse_listen(a) for a in (listen or (DEFAULT_LISTEN,)))
+        return cls(listen=addresses, **options)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER, f"cannot load the TLS certificate {self.tls_cert}: {exc}"
+            ) from exc
+        return context
+
+
+class _Protocol(SMTP):
+    """aiosmtpd's protocol, with a limit on concurrent connections."""
+
+    def __init__(self, listener: SubmissionListener, **kw: Any) -> None:
+        super().__init__(listener, **kw)
+        self.listener = listener
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # a new connection (not the TLS layer after STARTTLS)
+            if self.listener.connections >= self.listener.settings.max_connections:
+                peer = transport.get_extra_info("peername")
+                count = self.listener.connections
+                log.warning("connection from %s refused: %d connections already", _peer(peer), count)
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                transport.close()
+                return
+            self.counted = True
+            self.listener.connections += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            self.listener.connections -= 1
+        if self.session is not None:
+            super().connection_lost(error)
+
+
+def _peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+class SubmissionListener:
+    """The listener over one protocol manager's runtime: its servers and its hooks."""
+
+    def __init__(
+        self, protocol: ProtocolManager, settings: ListenerSettings, prepare: Callable[[MessageData], None]
+    ) -> None:
+        self.protocol = protocol
+        self.runtime = protocol.runtime
+        self.settings = settings
+        self.prepare = prepare  # what submission adds (the face's sender and Message-ID stamp)
+        self.commit = GroupCommit(self.runtime.store)
+        self.connections = 0
+        self.accepted = 0
+        self.servers: list[asyncio.Server] = []
+        self._queued_seen: tuple[float, int] = (0.0, 0)
+
+    # --- the servers -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen on every address; MAPI_E_NETWORK_ERROR naming the address when one cannot be bound."""
+        loop = asyncio.get_running_loop()
+        tls = self.settings.tls_context()
+        await self.protocol.ensure_logged_on()
+        try:
+            for host, port in self.settings.listen:
+
+                def factory(host: str = host) -> _Protocol:
+                    return _Protocol(
+                        self,
+                        data_size_limit=self.settings.max_message_bytes,
+                        enable_SMTPUTF8=True,
+                        hostname=self.settings.hostname,
+                        ident="postroom ESMTP",
+                        tls_context=tls,
+                        timeout=self.settings.timeout_seconds,
+                        auth_require_tls=not is_loopback(host),
+                        authenticator=self.authenticate,
+                        loop=loop,
+                    )
+
+                server = await loop.create_server(factory, host=host, port=port)
+                self.servers.append(server)
+                log.info("listening on %s:%d (SMTP submission)", host, self.port_of(server) or port)
+        except OSError as exc:
+            await self.close()
+            where = ", ".join(f"{h}:{p}" for h, p in self.settings.listen)
+            raise MAPIError(HResult.MAPI_E_NETWORK_ERROR, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def port_of(server: asyncio.Server) -> int | None:
+        for sock in server.sockets:
+            return int(sock.getsockname()[1])
+        return None
+
+    @property
+    def ports(self) -> list[int]:
+        return [p for p in (self.port_of(s) for s in self.servers) if p is not None]
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers = []
+
+    # --- policy --------------------------------------------------------------------------------------
+    def authenticate(
+        self, server: SMTP, session: SMTPSession, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        name = auth_data.login.decode("utf-8", "replace")
+        stored = listener_users(self.runtime.profile).get(name)
+        ok = stored is not None and verify_password(auth_data.password, stored)
+        if not ok:
+            log.warning("AUTH %s failed for user %r from %s", mechanism, name, _peer(session.peer))
+        return AuthResult(success=ok, auth_data=name if ok else None)
+
+    def _auth_needed(self, session: SMTPSession) -> bool:
+        if session.authenticated or not listener_users(self.runtime.profile):
+            return False
+        peer: object = session.peer  # (host, port), whatever aiosmtpd's annotation says
+        return not (isinstance(peer, tuple) and is_loopback(str(peer[0])))
+
+    def _queue_full(self) -> bool:
+        limit = self.settings.max_queued
+        if limit is None:
+            return False
+        now = time.monotonic()
+        seen_at, count = self._queued_seen
+        if now - seen_at > 1.0:  # counting the queue costs a query: once a second is enough
+            count = len(self.runtime.store.queue())
+            self._queued_seen = (now, count)
+        return count >= limit
+
+    async def handle_MAIL(
+        self, server: SMTP, session: SMTPSession, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self._auth_needed(session):
+            return "530 5.7.0 Authentication required"
+        try:
+            full = self._queue_full()
+        except StoreUnavailable:
+            return "451 4.3.0 Mail system temporarily unavailable, try again later"
+        if full:
+            log.warning("MAIL from %s refused: the queue is full", _peer(session.peer))
+            return "452 4.3.1 Insufficient system storage: the queue is full, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: SMTPSession, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if not address or "@" not in address:
+            return f"553 5.1.3 <{address}>: a recipient must be a full address (user@domain)"
+        # The routing as logged on now: a daemon logs on again when the profile changes (and on SIGHUP).
+        plan = self.runtime.transports.router().route("SMTP", None, address)
+        if not plan.offers:
+            return f"550 5.1.1 <{address}>: recipient address rejected: no transport takes it"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
+        raw = bytes(envelope.original_content or b"")
+        message = envelope_message(raw, envelope.mail_from or "", envelope.rcpt_tos, SubmissionSource.SMTP)
+        self.prepare(message)
+        try:
+            mid = await self.commit.write(self._submit, message)
+        except StoreDiskTrouble as exc:
+            log.warning("message from %s not taken: %s", _peer(session.peer), exc.message)
+            return "452 4.3.1 Insufficient system storage, try again later"
+        except StoreUnavailable as exc:
+            log.warning("message from %s not taken: %s", _peer(session.peer), exc.message)
+            return "451 4.3.0 Mail system temporarily unavailable, try again later"
+        except MAPIError as exc:
+            log.warning("message from %s refused: %s", _peer(session.peer), exc.message)
+            return f"554 5.6.0 Message refused: {exc.message}"
+        self.accepted += 1
+        log.info(
+            "id=%d from=<%s> size=%d nrcpt=%d client=%s user=%s accepted",
+            mid,
+            envelope.mail_from or "",
+            len(raw),
+            len(envelope.rcpt_tos),
+            _peer(session.peer),
+            session.auth_data or "-",
+        )
+        return f"250 2.0.0 OK: queued as {mid}"
+
+    def _submit(self, message: MessageData) -> int:
+        store = self.runtime.store
+        outbox = store.folder(FolderRole.OUTBOX)
+        return store.create_and_submit(outbox.id, message, self.runtime.clock())
