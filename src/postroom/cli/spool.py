@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from .. import PassSummary
+from .. import ListenerSettings, PassSummary
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
+from .logs import configure_logging, log_options
 
 # --- output ------------------------------------------------------------------------------------
 
@@ -40,10 +41,27 @@ def summary_line(summary: PassSummary) -> str:
     is_flag=True,
     help="Start the daemon even if the pid file names a running spooler daemon on this profile.",
 )
+@click.option(
+    "--smtp",
+    "smtp_listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Run the SMTP submission listener in the daemon too, on HOST:PORT (repeatable; "
+    "`postroom serve smtp --help` says what it does).",
+)
+@log_options
 @json_option
 @pass_app
 @click.pass_context
-def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
+def spooler(
+    ctx: click.Context,
+    app: App,
+    once: bool,
+    force: bool,
+    smtp_listen: tuple[str, ...],
+    log_format: str,
+    log_level: str,
+) -> None:
     """Run the spooler over the outgoing queue.
 
     The spooler takes submitted messages from the queue, oldest first, and offers each
@@ -60,6 +78,8 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
     several spoolers on one store never deliver a message twice, but two daemons on one
     profile are almost always a mistake).
     """
+    if once and smtp_listen:
+        raise click.UsageError("--smtp runs with the daemon, not with --once", ctx)
     if once:
         session = app.session()
         summary = interruptible(app, lambda stop: session.deliver(stop=stop))
@@ -84,6 +104,8 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
             ctx.exit(1)
         return
 
+    smtp = ListenerSettings.from_options(smtp_listen) if smtp_listen else None
+    configure_logging(log_format, log_level)
     stop = asyncio.Event()
     totals = PassSummary()
     passes = 0
@@ -96,6 +118,11 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
             app.out.json_line({"pass": passes, "time": datetime.now().astimezone(), **summary_data(summary)})
         else:
             app.out.echo(f"{datetime.now().strftime('%H:%M:%S')} {summary_line(summary)}")
+
+    def listening(ports: list[int]) -> None:
+        assert smtp is not None
+        where = ", ".join(f"{h}:{p}" for (h, _), p in zip(smtp.listen, ports, strict=False))
+        click.echo(f"postroom: SMTP submission listener on {where}", err=True)
 
     # The handlers go in first: a SIGTERM while the transports log on still stops cleanly.
     with stop_on_signals(stop):
@@ -110,7 +137,7 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
                     f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
                     f"pid {os.getpid()}); Ctrl-C or SIGTERM stops it."
                 )
-            daemon_session.run_spooler(stop, on_pass=on_pass)
+            daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
     if app.json:  # the last line: the totals
         app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakValueDictionary
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError, StoreUnreachable
@@ -39,6 +40,7 @@ from ..store.codec import from_epoch, to_micros
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .commit import GroupCommit
 from .declines import Declines
+from .logline import log_outcomes, relay_of
 from .policy import (
     DeliveryPolicy,
     breaker_after_error,
@@ -187,6 +189,7 @@ class OutboundProcessor:
         self._breakers: dict[str, tuple[float, dict[str, Any]]] = {}
         self.commit = GroupCommit(store)
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
+        self._opened: WeakValueDictionary[int, MessageData] = WeakValueDictionary()  # for the log lines
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
         self._ref = 0
@@ -201,6 +204,7 @@ class OutboundProcessor:
         or finishing/releasing it."""
         self._unflushed.setdefault(message_id, []).extend(outcomes)
         result.outcomes.extend(outcomes)
+        log_outcomes(message_id, self._opened.get(message_id), outcomes, relay_of(self.transports), self.clock())
 
     def _take(self, message_id: int) -> list[RecipientOutcome]:
         return self._unflushed.pop(message_id, [])
@@ -290,7 +294,7 @@ class OutboundProcessor:
         ):
             result.held = True
             return result
-        message = self.store.open_message(message_id)
+        message = self._opened[message_id] = self.store.open_message(message_id)
         states = {s.row_id: s for s in self.store.recipient_states(message_id)}
         router = self.transports.router()
         now_prints = self.transports.fingerprints()
