@@ -130,6 +130,13 @@ class _Protocol(SMTP):
             self.listener.connections += 1
         super().connection_made(transport)
 
+    def _timeout_cb(self) -> None:
+        peer = self.session.peer if self.session is not None else None
+        log.warning(
+            "connection from %s timed out: silent for %g s", _peer(peer), self.listener.settings.timeout_seconds
+        )
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.counted:
             self.counted = False
@@ -219,7 +226,7 @@ class SubmissionListener:
         ok = stored is not None and verify_password(auth_data.password, stored)
         if not ok:
             log.warning("AUTH %s failed for user %r from %s", mechanism, name, _peer(session.peer))
-        return AuthResult(success=ok, auth_data=name if ok else None)
+        return AuthResult(success=ok, handled=False, auth_data=name if ok else None)
 
     def _auth_needed(self, session: SMTPSession) -> bool:
         if session.authenticated or not listener_users(self.runtime.profile):
