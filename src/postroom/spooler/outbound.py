@@ -50,6 +50,7 @@ from .policy import (
 )
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer, Router
+from .sender_reports import sender_copy, with_sender_copy
 from .tally import Fate, Tallied, Tally
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
 
@@ -84,6 +85,7 @@ class SpoolerSettings:
     max_queue_lifetime_hours: float = 120.0  # then pending recipients get an NDR (5 days, like Postfix)
     delay_warning_hours: float = 0.0  # 0: no delay warnings
     crash_policy: str = "resend"  # or "hold": what to do with a message whose outcome is unknown
+    sender_reports: bool = True  # reports also go to the envelope sender (spooler/sender_reports.py)
 
     @classmethod
     def from_profile(cls, settings: dict[str, Any]) -> SpoolerSettings:
@@ -96,6 +98,7 @@ class SpoolerSettings:
                 max_queue_lifetime_hours=float(settings.get("max_queue_lifetime_hours", 120.0)),
                 delay_warning_hours=float(settings.get("delay_warning_hours", 0.0)),
                 crash_policy=policy,
+                sender_reports=bool(settings.get("sender_reports", True)),
             )
         except (TypeError, ValueError) as exc:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad reliability setting in the profile: {exc}") from exc
@@ -508,7 +511,13 @@ class OutboundProcessor:
         why = entry.last_error if entry and entry.last_error else "not yet delivered"
         rows = [ReportRow(p.recipient, now, True, text=f"Delayed: {why}; still trying") for p in pending]
         report = delay_report(message, rows, now)
-        await self.write(self.store.deliver_message, self._report_folder(message, report.message_class), report, now)
+        deliver = with_sender_copy(
+            self.store,
+            self.store.deliver_message,
+            sender_copy(message, report, rows, now, self.settings.sender_reports),
+            now,
+        )
+        await self.write(deliver, self._report_folder(message, report.message_class), report, now)
         await self.write(
             self.store.add_event,
             message_id,
@@ -879,8 +888,9 @@ class OutboundProcessor:
             if rows_:
                 report = build(fresh, rows_, now)
                 folder = self._report_folder(fresh, report.message_class)
+                copy = sender_copy(fresh, report, rows_, now, self.settings.sender_reports)
                 await self.write(
-                    self.store.deliver_report,
+                    with_sender_copy(self.store, self.store.deliver_report, copy, now),
                     message_id,
                     self.owner,
                     report,
