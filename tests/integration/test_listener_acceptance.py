@@ -4,14 +4,18 @@ mailbox byte for byte, and a SIGKILL of the daemon while ten clients send loses 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import smtplib
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from peers import Peers
+from peers import Peers, _build
 
 from postroom.profile import Profile
 
@@ -62,6 +66,67 @@ def test_a_message_through_the_listener_arrives_in_a_dovecot_mailbox_byte_for_by
     # Postfix prepends its trace fields (Return-Path, Delivered-To, Received) and writes LF line
     # ends; every byte postroom was given follows them unchanged.
     assert data.endswith(body.replace(b"\r\n", b"\n"))
+
+
+@contextmanager
+def postfix_relaying_to(port: int) -> Iterator[Peers]:
+    """A Postfix of the test's own that relays everything from loopback to 127.0.0.1:`port`, as a
+    machine's Postfix configured with `relayhost = [127.0.0.1]:587` hands its mail to postroom."""
+    root = Path(tempfile.mkdtemp(prefix="postroom-relay-"))
+    root.chmod(0o755)
+    relay = _build(root)
+    main = relay.postfix_config / "main.cf"
+    text = main.read_text()
+    for old, new in (
+        ("relayhost =\n", f"relayhost = [127.0.0.1]:{port}\n"),
+        ("myhostname = mx.example.test", "myhostname = relay.example.test"),
+        ("virtual_mailbox_domains = example.test", "virtual_mailbox_domains ="),
+        ("transport_maps = texthash", "#transport_maps = texthash"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    main.write_text(text)
+    try:
+        relay.start_postfix()
+        yield relay
+    finally:
+        relay.stop_postfix()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postfix_relaying_into_the_listener_delivers_to_a_dovecot_mailbox_byte_for_byte(
+    tmp_path: Path, peers: Peers
+) -> None:
+    profile = relay_profile(tmp_path / "relay", peers)
+    bob = "bob@example.test"
+    marker = f"relayed-{time.time_ns()}"
+    body = (
+        f"From: Alice <alice@example.test>\r\nTo: {bob}\r\nSubject: {marker}\r\n"
+        f"Date: Wed, 02 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{marker}@example.test>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nRelayed through Postfix.\r\n"
+    ).encode()
+    with (
+        running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon,
+        postfix_relaying_to(daemon.port) as relay,
+    ):
+        with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+            client.sendmail("alice@example.test", [bob], body)
+        daemon.wait_line(r"from=<alice@example\.test> .* accepted", timeout=60)
+        daemon.wait_line(rf"to=<{bob}> transport=postfix .*status=sent", timeout=60)
+
+    def arrived() -> bytes | None:
+        new = peers.maildir(bob) / "new"
+        for path in new.iterdir() if new.is_dir() else ():
+            data = path.read_bytes()
+            if marker.encode() in data:
+                return data
+        return None
+
+    wait_for(lambda: arrived() is not None)
+    data = arrived()
+    assert data is not None
+    assert data.endswith(body.replace(b"\r\n", b"\n"))
+    assert b"by relay.example.test" in data  # it did pass through the relaying Postfix
 
 
 CLIENTS = 10
