@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .addressing import ParsedAddress
     from .engine.groups import DEFAULT_GROUP, GroupChange, GroupSettings, SendReceiveGroup
-    from .engine.listener import ListenerSettings
+    from .engine.listener_settings import ListenerSettings
     from .engine.pidfile import DaemonPidFile
     from .engine.report import RecipientReport
     from .engine.results import Received, RouteAnswer, SendReceiveSummary, TransportFlush
@@ -122,7 +122,7 @@ _HOMES = {
     "StatusSource": ".engine.status",
     "DaemonPidFile": ".engine.pidfile",
     # the SMTP submission listener, and messages handed over with an envelope
-    "ListenerSettings": ".engine.listener",
+    "ListenerSettings": ".engine.listener_settings",
     "SubmissionSource": ".envelope",
     # Send/Receive and its groups, inbound
     "DEFAULT_GROUP": ".engine.groups",

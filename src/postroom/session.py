@@ -28,7 +28,7 @@ from .addressing import has_break, has_lone_surrogate, parse_address
 from .engine import Engine
 from .engine.daemon import open_when_usable
 from .engine.groups import GroupChange, SendReceiveGroup
-from .engine.listener import ListenerSettings
+from .engine.listener_settings import ListenerSettings
 from .engine.listener_users import listener_users, remove_listener_user, set_listener_user
 from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport

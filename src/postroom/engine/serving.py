@@ -17,11 +17,15 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..mapi.message import MessageData
 from . import sdnotify
-from .listener import ListenerSettings, SubmissionListener
+from .listener_settings import ListenerSettings
 from .protocol import ProtocolManager, Redo
+
+if TYPE_CHECKING:
+    from .listener import SubmissionListener
 
 log = logging.getLogger("postroom.daemon")
 
@@ -40,6 +44,8 @@ class Serving:
     @contextlib.asynccontextmanager
     async def running(self, protocol: ProtocolManager, stop: asyncio.Event) -> AsyncIterator[None]:
         if self.listener is not None:
+            from .listener import SubmissionListener  # start-up: aiosmtpd only where a listener runs
+
             self.started = SubmissionListener(protocol, self.listener, self.prepare)
             await self.started.start()
             if self.on_listening is not None:
