@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import ok, postroom, wait_for
+from support.disk import fill, small_disk
 from support.listener import running
 
 pytestmark = pytest.mark.integration
@@ -207,3 +208,20 @@ def test_swaks_hands_a_message_to_the_listener(profile: Path) -> None:
     [path] = mailbox(profile, "erin")
     text = path.read_text()
     assert "Subject: from swaks" in text and "swaks body" in text
+
+
+def test_a_full_disk_is_452_and_the_client_can_try_again_once_there_is_space(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        profile = disk / "profile"
+        ok(postroom("init", profile))
+        with running(profile, "serve", "smtp", "--listen", "127.0.0.1:0") as listener:
+            with smtplib.SMTP("127.0.0.1", listener.port, timeout=60) as client:
+                client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)  # room for this one
+                filler = fill(disk)
+                with pytest.raises(smtplib.SMTPDataError) as full:
+                    client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE + (b"y" * 70 + b"\r\n") * 800)
+                assert (full.value.smtp_code, full.value.smtp_error.split()[0]) == (452, b"4.3.1")
+                filler.unlink()
+                client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)  # taken again
+            listener.wait_line(r"not taken: .*(space|disk)")
+        assert len(json.loads(ok(postroom("--json", "queue", profile=profile)).stdout)) == 2
