@@ -7,6 +7,7 @@ import json
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -225,3 +226,56 @@ def test_a_full_disk_is_452_and_the_client_can_try_again_once_there_is_space(tmp
                 client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)  # taken again
             listener.wait_line(r"not taken: .*(space|disk)")
         assert len(json.loads(ok(postroom("--json", "queue", profile=profile)).stdout)) == 2
+
+
+def certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl), and its key."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def own_address() -> str | None:
+    """This machine's address on a network interface (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the interface
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_starttls_then_auth_works_and_off_loopback_auth_is_refused_before_tls(profile: Path, tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path)
+    ok(postroom("serve", "smtp", "--add-user", "cron", profile=profile, stdin=b"pw-tls\n"))
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    with (
+        running(profile, "serve", "smtp", "--listen", "127.0.0.1:0", *tls) as listener,
+        smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as client,
+    ):
+        client.starttls(context=insecure)
+        client.login("cron", "pw-tls")
+        assert client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE) == {}
+    address = own_address()
+    if address is None:
+        pytest.skip("no network interface besides loopback to listen on")
+    with (
+        running(profile, "serve", "smtp", "--listen", f"{address}:0", *tls) as listener,
+        smtplib.SMTP(address, listener.port, timeout=30) as client,
+    ):
+        client.ehlo()
+        assert "auth" not in client.esmtp_features  # not offered in clear text off loopback
+        code, _ = client.docmd("AUTH", "PLAIN AGNyb24AcHctdGxz")
+        assert code == 538  # encryption required
+        assert client.mail("alice@example.org")[0] == 530  # and AUTH is required from here
+        client.starttls(context=insecure)
+        client.login("cron", "pw-tls")
+        client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from support.cli import argv, environment
 
-_LISTENING = re.compile(r"SMTP submission listener on 127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"SMTP submission listener on \[?[0-9a-fA-F.:]+?\]?:(\d+)")
 
 
 class Running:
