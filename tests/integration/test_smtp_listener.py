@@ -279,3 +279,14 @@ def test_starttls_then_auth_works_and_off_loopback_auth_is_refused_before_tls(pr
         client.starttls(context=insecure)
         client.login("cron", "pw-tls")
         client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)
+
+
+def test_a_full_queue_is_452_at_mail(profile: Path) -> None:
+    with (
+        running(profile, "serve", "smtp", "--listen", "127.0.0.1:0", "--max-queued", "1") as listener,
+        smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as client,
+    ):
+        client.sendmail("alice@example.org", ["bob@localhost"], MESSAGE)
+        code, text = client.mail("alice@example.org")
+        assert (code, text.split()[0]) == (452, b"4.3.1")
+        listener.wait_line("refused: the queue is full")

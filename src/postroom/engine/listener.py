@@ -225,6 +225,8 @@ class SubmissionListener:
             log.warning("message from %s refused: %s", _peer(session.peer), exc.message)
             return f"554 5.6.0 Message refused: {exc.message}"
         self.accepted += 1
+        seen_at, count = self._queued_seen
+        self._queued_seen = (seen_at, count + 1)  # counted until the next look at the queue
         log.info(
             "id=%d from=<%s> size=%d nrcpt=%d client=%s user=%s accepted",
             mid,
