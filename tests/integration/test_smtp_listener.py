@@ -290,3 +290,16 @@ def test_a_full_queue_is_452_at_mail(profile: Path) -> None:
         code, text = client.mail("alice@example.org")
         assert (code, text.split()[0]) == (452, b"4.3.1")
         listener.wait_line("refused: the queue is full")
+
+
+def test_a_client_that_drips_commands_is_cut_off_after_the_session_limit(profile: Path) -> None:
+    with running(
+        profile, "serve", "smtp", "--listen", "127.0.0.1:0", "--timeout", "5", "--max-session-time", "2"
+    ) as listener:
+        with smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as client:
+            started = time.monotonic()
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                while time.monotonic() - started < 25:
+                    client.noop()  # busy, never silent for 5 s
+                    time.sleep(0.3)
+        listener.wait_line("cut off: open longer than 2 s")

@@ -57,6 +57,13 @@ def listener_options(fn: Any) -> Any:
                 "--timeout", type=float, default=60.0, show_default=True, help="Seconds a silent client is waited for."
             ),
             click.option(
+                "--max-session-time",
+                type=float,
+                default=600.0,
+                show_default=True,
+                help="Seconds a connection may stay open, however busy (a slow client is cut off).",
+            ),
+            click.option(
                 "--max-queued",
                 type=int,
                 default=None,
@@ -78,6 +85,7 @@ def listener_settings(listen: tuple[str, ...], **kw: Any) -> ListenerSettings:
         max_recipients=kw["max_recipients"],
         max_connections=kw["max_connections"],
         timeout_seconds=kw["timeout"],
+        max_session_seconds=kw["max_session_time"],
         max_queued=kw["max_queued"],
         hostname=kw["hostname"],
     )

@@ -42,12 +42,14 @@ log = logging.getLogger("postroom.listener")
 
 
 class _Protocol(SMTP):
-    """aiosmtpd's protocol, with a limit on concurrent connections."""
+    """aiosmtpd's protocol, with a limit on concurrent connections and on a connection's length
+    (aiosmtpd's own timeout is per line: a client that drips a line now and then would stay)."""
 
     def __init__(self, listener: SubmissionListener, **kw: Any) -> None:
         super().__init__(listener, **kw)
         self.listener = listener
         self.counted = False
+        self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # a new connection (not the TLS layer after STARTTLS)
@@ -61,7 +63,17 @@ class _Protocol(SMTP):
                 return
             self.counted = True
             self.listener.connections += 1
+            limit = self.listener.settings.max_session_seconds
+            self.deadline = asyncio.get_running_loop().call_later(limit, self._too_long, transport)
         super().connection_made(transport)
+
+    def _too_long(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        limit = self.listener.settings.max_session_seconds
+        log.warning("connection from %s cut off: open longer than %g s", _peer(peer), limit)
+        if self.transport is not None and isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.write(b"421 4.4.2 Connection open too long, closing\r\n")
+        (self.transport or transport).close()
 
     def _timeout_cb(self) -> None:
         peer = self.session.peer if self.session is not None else None
@@ -71,6 +83,9 @@ class _Protocol(SMTP):
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.counted:
             self.counted = False
             self.listener.connections -= 1

@@ -48,6 +48,7 @@ class ListenerSettings:
     max_recipients: int = 100
     max_connections: int = 100
     timeout_seconds: float = 60.0  # a client silent this long is cut off
+    max_session_seconds: float = 600.0  # and a connection open this long, however busy
     max_queued: int | None = None  # more messages than this in the queue: 452 at MAIL
     hostname: str | None = None  # the name in the greeting (default: the machine's)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,8 +59,8 @@ class ListenerSettings:
         for name in ("max_message_bytes", "max_recipients", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{name} must be at least 1")
-        if self.timeout_seconds <= 0:
-            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "timeout_seconds must be positive")
+        if self.timeout_seconds <= 0 or self.max_session_seconds <= 0:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "the timeouts must be positive")
 
     @classmethod
     def from_options(cls, listen: Sequence[str] = (), **options: Any) -> ListenerSettings:
