@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .addressing import ParsedAddress
     from .engine.groups import DEFAULT_GROUP, GroupChange, GroupSettings, SendReceiveGroup
+    from .engine.listener_settings import ListenerSettings
     from .engine.pidfile import DaemonPidFile
     from .engine.report import RecipientReport
     from .engine.results import Received, RouteAnswer, SendReceiveSummary, TransportFlush
     from .engine.status import StatusPublication, StatusReport, StatusSource
+    from .envelope import SubmissionSource
     from .formats.mailboxes import ImportResult, ImportStatus
     from .identity import Identity, IdentitySource
     from .mapi.codes import (
@@ -128,6 +130,9 @@ _HOMES = {
     "StatusReport": ".engine.status",
     "StatusSource": ".engine.status",
     "DaemonPidFile": ".engine.pidfile",
+    # the SMTP submission listener, and messages handed over with an envelope
+    "ListenerSettings": ".engine.listener_settings",
+    "SubmissionSource": ".envelope",
     # Send/Receive and its groups, inbound
     "DEFAULT_GROUP": ".engine.groups",
     "GroupChange": ".engine.groups",
@@ -158,6 +163,7 @@ __all__ = [
     "IdentitySource",
     "ImportResult",
     "ImportStatus",
+    "ListenerSettings",
     "LoadedTransport",
     "MAPIError",
     "MessageData",
@@ -195,6 +201,7 @@ __all__ = [
     "StoreDiskTrouble",
     "StoreUnavailable",
     "StoreUnreachable",
+    "SubmissionSource",
     "TransportFlush",
     "WaitKind",
     "__version__",

@@ -30,10 +30,14 @@ from .engine import Engine
 from .engine.daemon import open_when_usable
 from .engine.eventloop import EventLoopKind, daemon_loop_kind, loop_factory
 from .engine.groups import GroupChange, SendReceiveGroup
+from .engine.listener_settings import ListenerSettings
+from .engine.listener_users import listener_users, remove_listener_user, set_listener_user
 from .engine.pidfile import DaemonPidFile
 from .engine.report import RecipientReport
 from .engine.results import Received, RouteAnswer, SendReceiveSummary
+from .engine.serving import Serving
 from .engine.status import StatusReport
+from .envelope import SubmissionSource, envelope_message
 from .formats import mailboxes, msg, tnef
 from .formats.mailboxes import ImportResult, ImportStatus, SourceKind
 from .identity import ADDRESS_KEY as IDENTITY_ADDRESS_KEY
@@ -863,6 +867,57 @@ class _SessionCore:
             self._check_open()
             self.engine.save_profile()
 
+    # --- the SMTP submission listener -----------------------------------------------------------------
+    def listener_users(self) -> list[str]:
+        """The names of the users who may AUTH to the SMTP submission listener."""
+        return sorted(listener_users(self.profile))
+
+    def set_listener_user(self, name: str, password: str) -> None:
+        """Add a listener user (or give one a new password); only its scrypt hash is kept, in the
+        profile. A running daemon or listener takes it at its next reload (SIGHUP)."""
+        _check(name, str, "set_listener_user(): the name")
+        _check(password, str, "set_listener_user(): the password")
+        with self._lock:
+            self._check_open()
+            set_listener_user(self.profile, name, password)
+            self.engine.save_profile()
+
+    def remove_listener_user(self, name: str) -> None:
+        """Remove a listener user; MAPI_E_NOT_FOUND when there is none of that name."""
+        _check(name, str, "remove_listener_user(): the name")
+        with self._lock:
+            self._check_open()
+            remove_listener_user(self.profile, name)
+            self.engine.save_profile()
+
+    def submit_envelope(
+        self, raw: bytes, mail_from: str, rcpt_to: Sequence[str], source: SubmissionSource | str
+    ) -> int:
+        """Submit the exact bytes `raw` to the envelope's recipients (`rcpt_to`), as the SMTP listener
+        and a sendmail command hand messages over (envelope.py): sent unedited, it goes out as these
+        bytes; reports about it also go to `mail_from` ("" is the null sender). Returns the message ID."""
+        _check(raw, (bytes, bytearray), "submit_envelope(): the message")
+        _check(mail_from, str, "submit_envelope(): mail_from")
+        _check_strings(rcpt_to, "submit_envelope", "rcpt_to")
+        if not rcpt_to:
+            raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, "submit_envelope(): no recipients")
+        message = envelope_message(bytes(raw), mail_from, list(rcpt_to), source)
+        self._stamp_envelope(message)
+        return self._store.create_and_submit(self._store.folder(FolderRole.OUTBOX).id, message, self.clock())
+
+    def _serving(
+        self, smtp: ListenerSettings | None, on_listening: Callable[[list[int]], None] | None, daemon: bool
+    ) -> Serving:
+        _check(smtp, (ListenerSettings, type(None)), "the listener settings")
+
+        return Serving(smtp, self._stamp_envelope, on_listening, daemon)
+
+    def _stamp_envelope(self, message: MessageData) -> None:
+        """What submission adds to a message handed over with an envelope; once sent it moves to
+        Sent Items, as a message composed here does."""
+        message.props.setdefault(T.PR_SENTMAIL_ENTRYID, self._store.folder(FolderRole.SENT_ITEMS).entry_id)
+        message.props.update(self._stamp(message))
+
     def _routing_changed(self) -> None:
         """The routing may have changed: recipients that wait are moved to the transports it gives
         them at the next logon (an async session's next call that logs on); a sync session moves
@@ -984,9 +1039,15 @@ class _SessionCore:
     async def _validate_state(self) -> None:
         await self.engine.validate_state()
 
-    async def _run_spooler(self, stop: asyncio.Event, on_pass: Callable[[PassSummary], None] | None = None) -> None:
+    async def _run_spooler(
+        self, stop: asyncio.Event, on_pass: Callable[[PassSummary], None] | None = None, serving: Serving | None = None
+    ) -> None:
         self._check_open()
-        await self.engine.run_daemon(stop, on_pass)
+        await self.engine.run_daemon(stop, on_pass, serving)
+
+    async def _serve_smtp(self, stop: asyncio.Event, serving: Serving) -> None:
+        self._check_open()
+        await self.engine.run_listener(stop, serving)
 
     # --- receive folders -----------------------------------------------------------------------------
     def set_receive_folder(self, message_class: str, folder: str | int | None) -> None:
@@ -1069,9 +1130,25 @@ class AsyncSession(_SessionCore):
     async def validate_state(self) -> None:
         await self._validate_state()
 
-    async def run_spooler(self, stop: asyncio.Event) -> None:
-        """The spooler daemon until `stop` is set."""
-        await self._run_spooler(stop)
+    async def run_spooler(
+        self,
+        stop: asyncio.Event,
+        *,
+        smtp: ListenerSettings | None = None,
+        on_listening: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        """The spooler daemon until `stop` is set; with `smtp`, the SMTP submission listener too."""
+        await self._run_spooler(stop, None, self._serving(smtp, on_listening, True))
+
+    async def serve_smtp(
+        self,
+        stop: asyncio.Event,
+        settings: ListenerSettings,
+        *,
+        on_listening: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        """The SMTP submission listener alone, until `stop` is set (a spooler daemon delivers)."""
+        await self._serve_smtp(stop, self._serving(settings, on_listening, False))
 
     async def new_mail(self) -> AsyncIterator[MessageSummary]:
         """New messages as they are delivered, by any process on this profile (fnevNewMail)."""
@@ -1209,10 +1286,29 @@ class Session(_SessionCore):
         self._run(self._validate_state())
 
     def run_spooler(
-        self, stop: asyncio.Event | None = None, on_pass: Callable[[PassSummary], None] | None = None
+        self,
+        stop: asyncio.Event | None = None,
+        on_pass: Callable[[PassSummary], None] | None = None,
+        *,
+        smtp: ListenerSettings | None = None,
+        on_listening: Callable[[list[int]], None] | None = None,
     ) -> None:
-        """Run the spooler daemon until `stop` is set (or SIGINT/SIGTERM, handled by the caller)."""
-        self._run(self._run_spooler(stop or asyncio.Event(), on_pass))
+        """Run the spooler daemon until `stop` is set (or SIGINT/SIGTERM, handled by the caller); with
+        `smtp`, the SMTP submission listener too. Under systemd it sends READY=1 and WATCHDOG=1, and
+        SIGHUP re-reads the profile."""
+        serving = self._serving(smtp, on_listening, True)
+        self._run(self._run_spooler(stop or asyncio.Event(), on_pass, serving))
+
+    def serve_smtp(
+        self,
+        settings: ListenerSettings,
+        stop: asyncio.Event | None = None,
+        *,
+        on_listening: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        """Run the SMTP submission listener alone until `stop` is set: it accepts messages into the
+        Outbox, and a spooler daemon on the profile delivers them."""
+        self._run(self._serve_smtp(stop or asyncio.Event(), self._serving(settings, on_listening, False)))
 
     def on_new_mail(self, callback: Callable[[MessageSummary], None], *, stop: asyncio.Event | None = None) -> None:
         """Call `callback` for every new message until `stop` is set (blocking)."""

@@ -31,6 +31,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 #: Sections whose commands need the real world; another test runs them against loopback servers.
 SKIPPED_SECTIONS = {
     "Mail accounts: SMTP out, IMAP or POP3 in": "needs mail servers: tests/integration/test_readme_accounts.py",
+    "The SMTP submission listener, logs and systemd": "listens on port 587 and asks for a password: "
+    "tests/integration/test_smtp_listener.py runs each command on a free port",
 }
 #: Lines that are not run at all.
 SKIPPED_LINES = {

@@ -31,6 +31,7 @@ LOCAL_IMPORTS = {
     "postroom.cli.messages → postroom.mime",  # start-up: the email package, for `export` only
     "postroom.cli.send → postroom.mime",  # start-up: the email package, for `send --eml` only
     "postroom.cli.spool → postroom.web.server",  # start-up: uvicorn, for `spooler --http` only
+    "postroom.engine.serving → postroom.engine.listener",  # start-up: aiosmtpd, only where a listener runs
     "postroom.store → postroom.store.postgres",  # optional: psycopg
     "postroom.store.copy → postroom.store.postgres",  # optional: psycopg
     "postroom.storeadmin → postroom.store.postgres",  # optional: psycopg

@@ -51,9 +51,14 @@ COMMANDS = {
     "list": LazyCommand("messages", "list_", "List the messages in a folder."),
     "show": LazyCommand("messages", "show", "Show a message, its recipients' delivery states and its history."),
     "export": LazyCommand(
-        "messages", "export", "Write a message as RFC 5322 (MIME) or .msg; a folder as an mbox or a Maildir."
+        "messages",
+        "export",
+        "Write a message as RFC 5322 (MIME) to stdout, or as a .msg or TNEF file; "
+        "or a whole folder as an mbox file or a Maildir directory.",
     ),
-    "import": LazyCommand("importing", "import_", "Import .eml and .msg files, mbox files and Maildir directories."),
+    "import": LazyCommand(
+        "importing", "import_", "Import messages: .eml and .msg files, mbox files and Maildir directories."
+    ),
     "spooler": LazyCommand("spool", "spooler", "Run the spooler over the outgoing queue."),
     "serve": LazyCommand(
         "serve", "serve", "Run a server in front of the profile: the SMTP submission listener or the status page."

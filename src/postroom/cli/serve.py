@@ -17,6 +17,11 @@ SERVE_COMMANDS: dict[str, LazyCommand] = {
         "http",
         "Serve the status page: overview, queue, message, routing, live updates, /metrics, /healthz.",
     ),
+    "smtp": LazyCommand(
+        "serve_smtp",
+        "serve_smtp",
+        "Run the SMTP submission listener: programs hand mail to postroom as to a mail server.",
+    ),
 }
 
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import PassSummary, Profile
+from .. import ListenerSettings, PassSummary, Profile
 from .context import App, CliError, interruptible, json_option, pass_app, stop_on_signals
+from .logs import configure_logging, log_options
 
 if TYPE_CHECKING:
     from ..web.server import BackgroundPage
@@ -50,10 +51,28 @@ def summary_line(summary: PassSummary) -> str:
     metavar="HOST:PORT",
     help="Also serve the status page and /metrics there while the daemon runs (as `postroom serve http`).",
 )
+@click.option(
+    "--smtp",
+    "smtp_listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Run the SMTP submission listener in the daemon too, on HOST:PORT (repeatable; "
+    "`postroom serve smtp --help` says what it does).",
+)
+@log_options
 @json_option
 @pass_app
 @click.pass_context
-def spooler(ctx: click.Context, app: App, once: bool, force: bool, http_at: str | None) -> None:
+def spooler(
+    ctx: click.Context,
+    app: App,
+    once: bool,
+    force: bool,
+    http_at: str | None,
+    smtp_listen: tuple[str, ...],
+    log_format: str,
+    log_level: str,
+) -> None:
     """Run the spooler over the outgoing queue.
 
     The spooler takes submitted messages from the queue, oldest first, and offers each
@@ -72,6 +91,8 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, http_at: str 
     """
     if once and http_at:
         raise CliError("--http runs the status page beside the daemon; it does not go with --once")
+    if once and smtp_listen:
+        raise click.UsageError("--smtp runs with the daemon, not with --once", ctx)
     if once:
         session = app.session()
         summary = interruptible(app, lambda stop: session.deliver(stop=stop))
@@ -96,6 +117,8 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, http_at: str 
             ctx.exit(1)
         return
 
+    smtp = ListenerSettings.from_options(smtp_listen) if smtp_listen else None
+    configure_logging(log_format, log_level)
     stop = asyncio.Event()
     totals = PassSummary()
     passes = 0
@@ -108,6 +131,11 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, http_at: str 
             app.out.json_line({"pass": passes, "time": datetime.now().astimezone(), **summary_data(summary)})
         else:
             app.out.echo(f"{datetime.now().strftime('%H:%M:%S')} {summary_line(summary)}")
+
+    def listening(ports: list[int]) -> None:
+        assert smtp is not None
+        where = ", ".join(f"{h}:{p}" for (h, _), p in zip(smtp.listen, ports, strict=False))
+        click.echo(f"postroom: SMTP submission listener on {where}", err=True)
 
     # The handlers go in first: a SIGTERM while the transports log on still stops cleanly.
     with stop_on_signals(stop):
@@ -124,7 +152,7 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, http_at: str 
                 )
             page = _start_page(daemon_session.profile, http_at) if http_at else None
             try:
-                daemon_session.run_spooler(stop, on_pass=on_pass)
+                daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
             finally:
                 if page is not None:
                     page.stop()

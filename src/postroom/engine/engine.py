@@ -32,6 +32,7 @@ from .protocol import ProtocolManager
 from .report import RecipientReport, delivery_report, recipient_report
 from .results import Received, RouteAnswer, SendReceiveSummary
 from .runtime import Runtime, online_stability_seconds
+from .serving import Serving
 from .status import StatusReport, status_report
 
 log = logging.getLogger("postroom.protocol")
@@ -128,9 +129,24 @@ class Engine:
         await self.protocol.validate_state()
 
     # --- the spooler daemon ------------------------------------------------------------------------------
-    async def run_daemon(self, stop: asyncio.Event, on_pass: Callable[[PassSummary], None] | None = None) -> None:
+    async def run_daemon(
+        self,
+        stop: asyncio.Event,
+        on_pass: Callable[[PassSummary], None] | None = None,
+        serving: Serving | None = None,
+    ) -> None:
         await self.protocol.ensure_logged_on()
-        await self.daemon.run(stop, on_pass=on_pass)
+        if serving is None:
+            await self.daemon.run(stop, on_pass=on_pass)
+            return
+        async with serving.running(self.protocol, stop):
+            await self.daemon.run(stop, on_pass=on_pass)
+
+    async def run_listener(self, stop: asyncio.Event, serving: Serving) -> None:
+        """The SMTP submission listener alone (`postroom serve smtp`), until `stop` is set."""
+        await self.protocol.ensure_logged_on()
+        async with serving.running(self.protocol, stop):
+            await stop.wait()
 
     def daemon_pid(self) -> int | None:
         """The pid of the spooler daemon running on this profile, if any (its pid file's lock says so)."""

@@ -189,6 +189,7 @@ class ProtocolManager:
 
     async def apply_mode(self, mode: Mode) -> None:
         """Take a mode another process set (or this one): flags, the stability window, schedules."""
+        log.info("mode: %s", mode)
         self.runtime.profile.set_mode(mode)
         now = self.runtime.clock()
         self.transition.mode_changed(mode, now)
@@ -252,9 +253,11 @@ class ProtocolManager:
                 waiting = await call_transport(t.logon.poll)
             except Exception as exc:
                 t.status.failed(f"poll raised {error_summary(exc)}")
+                log.warning("transport %s: poll raised %s", t.name, error_summary(exc))
                 continue
-            if waiting:
-                received += await self.receive(t)
+            got = await self.receive(t) if waiting else 0
+            received += got
+            log.info("transport %s: polled, %d message(s) received", t.name, got)
         return received
 
     # Send/Receive -------------------------------------------------------------------------------

@@ -220,6 +220,13 @@ PR_NDR_FROM_SEARCH_KEY = _tag("PR_NDR_FROM_SEARCH_KEY", 0x69060102)
 PR_ORIGINAL_DISPLAY_NAME = _tag("PR_ORIGINAL_DISPLAY_NAME", 0x3A13001F)
 PR_ORIGINAL_SEARCH_KEY = _tag("PR_ORIGINAL_SEARCH_KEY", 0x3A140102)
 
+# --- postroom's own (provider-defined range 0x6600-0x67FF) ------------------------------------------
+#: Where a message handed over with an SMTP envelope came from: "smtp" (the submission listener) or
+#: "sendmail" (the sendmail command). Reports about such a message also go to its envelope sender.
+PR_POSTROOM_SUBMISSION_SOURCE = _tag("PR_POSTROOM_SUBMISSION_SOURCE", 0x6790001F)
+#: The envelope sender (MAIL FROM, the reverse path) of such a message; "" for the null sender <>.
+PR_POSTROOM_ENVELOPE_FROM = _tag("PR_POSTROOM_ENVELOPE_FROM", 0x6791001F)
+
 #: Properties that must never leave the client side (never transmitted by a transport).
 NON_TRANSMITTABLE: frozenset[int] = frozenset(
     {

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakValueDictionary
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError, StoreUnreachable
@@ -40,6 +41,7 @@ from ..store.codec import from_epoch, to_micros
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .commit import GroupCommit
 from .declines import Declines
+from .logline import log_outcomes, relay_of
 from .policy import (
     DeliveryPolicy,
     breaker_after_error,
@@ -49,6 +51,7 @@ from .policy import (
 )
 from .reports import ReportRow, delay_report, delivery_report, non_delivery_report
 from .routing import Offer, Router
+from .sender_reports import sender_copy, with_sender_copy
 from .tally import Fate, Tallied, Tally
 from .transports import LoadedTransport, TransportTable, call_transport, error_summary
 
@@ -83,6 +86,7 @@ class SpoolerSettings:
     max_queue_lifetime_hours: float = 120.0  # then pending recipients get an NDR (5 days, like Postfix)
     delay_warning_hours: float = 0.0  # 0: no delay warnings
     crash_policy: str = "resend"  # or "hold": what to do with a message whose outcome is unknown
+    sender_reports: bool = True  # reports also go to the envelope sender (spooler/sender_reports.py)
 
     @classmethod
     def from_profile(cls, settings: dict[str, Any]) -> SpoolerSettings:
@@ -95,6 +99,7 @@ class SpoolerSettings:
                 max_queue_lifetime_hours=float(settings.get("max_queue_lifetime_hours", 120.0)),
                 delay_warning_hours=float(settings.get("delay_warning_hours", 0.0)),
                 crash_policy=policy,
+                sender_reports=bool(settings.get("sender_reports", True)),
             )
         except (TypeError, ValueError) as exc:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"bad reliability setting in the profile: {exc}") from exc
@@ -187,6 +192,7 @@ class OutboundProcessor:
         # each transport's state for a second so a busy queue does not read it per message.
         self._breakers: dict[str, tuple[float, dict[str, Any]]] = {}
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
+        self._opened: WeakValueDictionary[int, MessageData] = WeakValueDictionary()  # for the log lines
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
         self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
@@ -202,6 +208,7 @@ class OutboundProcessor:
         or finishing/releasing it."""
         self._unflushed.setdefault(message_id, []).extend(outcomes)
         result.outcomes.extend(outcomes)
+        log_outcomes(message_id, self._opened.get(message_id), outcomes, relay_of(self.transports), self.clock())
 
     def _take(self, message_id: int) -> list[RecipientOutcome]:
         return self._unflushed.pop(message_id, [])
@@ -292,7 +299,7 @@ class OutboundProcessor:
         if claimed.previous_owner and not await self._outcome_unknown(message_id, claimed.previous_owner):
             result.held = True
             return result
-        message = claimed.message
+        message = self._opened[message_id] = claimed.message
         states = {s.row_id: s for s in claimed.states}
         router = self.transports.router()
         now_prints = self.transports.fingerprints()
@@ -504,7 +511,13 @@ class OutboundProcessor:
         why = entry.last_error if entry and entry.last_error else "not yet delivered"
         rows = [ReportRow(p.recipient, now, True, text=f"Delayed: {why}; still trying") for p in pending]
         report = delay_report(message, rows, now)
-        await self.write(self.store.deliver_message, self._report_folder(message, report.message_class), report, now)
+        deliver = with_sender_copy(
+            self.store,
+            self.store.deliver_message,
+            sender_copy(message, report, rows, now, self.settings.sender_reports),
+            now,
+        )
+        await self.write(deliver, self._report_folder(message, report.message_class), report, now)
         await self.write(
             self.store.add_event,
             message_id,
@@ -875,8 +888,9 @@ class OutboundProcessor:
             if rows_:
                 report = build(fresh, rows_, now)
                 folder = self._report_folder(fresh, report.message_class)
+                copy = sender_copy(fresh, report, rows_, now, self.settings.sender_reports)
                 await self.write(
-                    self.store.deliver_report,
+                    with_sender_copy(self.store, self.store.deliver_report, copy, now),
                     message_id,
                     self.owner,
                     report,

@@ -1,0 +1,145 @@
+"""The listener's pure parts: envelope submissions, reports to the envelope sender and their loop
+protection, the per-recipient log line, listener passwords, listen addresses, sd_notify."""
+
+from __future__ import annotations
+
+import email
+import socket
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from postroom import original
+from postroom.engine import sdnotify
+from postroom.engine.listener_settings import ListenerSettings, is_loopback, parse_listen
+from postroom.engine.listener_users import hash_password, verify_password
+from postroom.envelope import (
+    ReportAction,
+    StatusLine,
+    SubmissionSource,
+    dsn_bytes,
+    envelope_message,
+    is_report,
+    report_to_sender,
+)
+from postroom.mapi import tags as T
+from postroom.mapi.codes import MAPIError
+from postroom.mapi.flags import MAPI_P1, MAPI_SUBMITTED
+from postroom.spooler.logline import outcome_line
+from postroom.store import RecipientOutcome, RecipientState
+
+RAW = b"From: a@example.org\r\nTo: Bob <bob@example.org>\r\nSubject: hi\r\nMessage-ID: <m1@example.org>\r\n\r\nbody\r\n"
+NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+
+def test_the_envelope_decides_the_recipients_and_the_original_bytes_stay_unchanged() -> None:
+    md = envelope_message(RAW, "a@example.org", ["carol@example.org", "carol@example.org"], SubmissionSource.SMTP)
+    kinds = [(r.email_address, int(r.get(T.PR_RECIPIENT_TYPE))) for r in md.recipients]
+    assert [(a, bool(k & MAPI_SUBMITTED), bool(k & MAPI_P1)) for a, k in kinds] == [
+        ("bob@example.org", True, False),  # shown in the header, not sent
+        ("carol@example.org", False, True),  # sent, never written into the header; once
+    ]
+    assert md.get(T.PR_POSTROOM_SUBMISSION_SOURCE) == "smtp"
+    assert md.get(T.PR_POSTROOM_ENVELOPE_FROM) == "a@example.org"
+    assert original.exact(md) == RAW  # still "unedited": it goes out as these bytes
+
+
+def test_reports_go_to_the_envelope_sender_only_for_envelope_submissions_and_never_in_a_loop() -> None:
+    def made(raw: bytes, sender: str) -> str | None:
+        return report_to_sender(envelope_message(raw, sender, ["x@example.org"], "sendmail"))
+
+    assert made(RAW, "a@example.org") == "a@example.org"
+    assert made(RAW, "") is None  # the null sender <>
+    assert made(b"Auto-Submitted: auto-replied\r\n" + RAW, "a@example.org") is None
+    assert made(b"Auto-Submitted: no\r\n" + RAW, "a@example.org") == "a@example.org"
+    dsn = b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n' + RAW
+    assert made(dsn, "a@example.org") is None
+    plain = envelope_message(RAW, "a@example.org", ["x@example.org"], "smtp")
+    del plain.props[T.PR_POSTROOM_SUBMISSION_SOURCE]
+    assert report_to_sender(plain) is None  # composed here: its reports go to the Inbox only
+    assert is_report(envelope_message(dsn, "", ["x@example.org"], "smtp"))
+
+
+def test_a_dsn_is_an_rfc_3464_multipart_report_with_the_status_of_each_recipient() -> None:
+    md = envelope_message(RAW, "a@example.org", ["bob@example.org"], "smtp")
+    lines = [
+        StatusLine("bob@example.org", ReportAction.FAILED, "550 5.1.1 <bob@example.org>: no such user", NOW),
+        StatusLine("eve@example.org", ReportAction.FAILED, "connection refused", NOW),
+    ]
+    data = dsn_bytes(md, "a@example.org", lines, NOW, "mx.example.org")
+    msg = email.message_from_bytes(data)
+    assert (msg.get_content_type(), msg.get_param("report-type")) == ("multipart/report", "delivery-status")
+    assert msg["To"] == "<a@example.org>" and msg["Auto-Submitted"] == "auto-replied"
+    human, status, headers = msg.get_payload()
+    assert "bob@example.org" in human.get_payload()
+    assert status.get_content_type() == "message/delivery-status"
+    text = data.decode()
+    assert "Reporting-MTA: dns; mx.example.org" in text
+    assert "Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.1.1" in text
+    assert "Final-Recipient: rfc822; eve@example.org\r\nAction: failed\r\nStatus: 5.0.0" in text
+    assert headers.get_content_type() == "text/rfc822-headers"
+    assert "Message-ID: <m1@example.org>" in text and "body" not in headers.get_payload()
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF throughout
+
+
+def test_the_log_line_of_an_outcome_reads_like_postfix() -> None:
+    md = envelope_message(RAW, "a@example.org", ["bob@example.org"], "smtp")
+    md.props[T.PR_INTERNET_MESSAGE_ID] = "<m1@example.org>"
+    md.props[T.PR_CLIENT_SUBMIT_TIME] = NOW - timedelta(seconds=1.5)
+    row = md.recipients[1].row_id
+    sent = RecipientOutcome(row, RecipientState.DELIVERED, "work", {T.PR_REPORT_TEXT: "250 2.0.0 Ok:\nqueued"})
+    assert outcome_line(7, md, sent, "mail.example.org:587", NOW) == (
+        "id=7 msgid=<m1@example.org> to=<bob@example.org> transport=work relay=mail.example.org:587 "
+        "delay=1.5 status=sent (250 2.0.0 Ok: queued)"
+    )
+    bounced = RecipientOutcome(row, RecipientState.FAILED, "", {T.PR_REPORT_TEXT: "no transport"})
+    assert outcome_line(7, None, bounced, "none", NOW).endswith(
+        "transport=none relay=none delay=? status=bounced (no transport)"
+    )
+
+
+def test_a_listener_password_is_kept_as_a_salted_scrypt_hash() -> None:
+    one, two = hash_password("s3cret"), hash_password("s3cret")
+    assert one != two and one.startswith("scrypt$") and "s3cret" not in one
+    assert verify_password(b"s3cret", one)
+    assert not verify_password(b"s3creT", one)
+    assert not verify_password(b"s3cret", "md5$abc")
+    assert not verify_password(b"s3cret", "scrypt$garbage")
+
+
+def test_listen_addresses_are_host_colon_port_and_loopback_is_recognised() -> None:
+    assert parse_listen("127.0.0.1:587") == ("127.0.0.1", 587)
+    assert parse_listen("[::1]:2525") == ("::1", 2525)
+    for bad in ("nowhere", ":587", "host:99999", "host:port"):
+        with pytest.raises(MAPIError, match="HOST:PORT"):
+            parse_listen(bad)
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("192.0.2.1") and not is_loopback("mail.example.org")
+    with pytest.raises(MAPIError, match="both --tls-cert and --tls-key"):
+        ListenerSettings(tls_cert=Path("cert.pem"))
+    with pytest.raises(MAPIError, match="at least 1"):
+        ListenerSettings.from_options(["127.0.0.1:0"], max_recipients=0)
+
+
+def test_sd_notify_sends_a_datagram_to_notify_socket_and_nothing_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify("READY=1") is False
+    assert sdnotify.watchdog_interval() is None
+    with tempfile.TemporaryDirectory(dir="/tmp") as d, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        path = f"{d}/n"
+        sock.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+        assert sdnotify.notify("READY=1", "STATUS=up")
+        assert sock.recv(100) == b"READY=1\nSTATUS=up"
+        assert sdnotify.watchdog_interval() == 1.5
+        monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+        assert sdnotify.watchdog_interval() is None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as abstract:
+        name = f"postroom-test-{id(abstract)}"
+        abstract.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sdnotify.notify("WATCHDOG=1")
+        assert abstract.recv(100) == b"WATCHDOG=1"
