@@ -157,3 +157,17 @@ def tally(session: Any, ids: Iterable[int], sink_log: Path) -> Tally:
     for mid in ids:
         result.add(session, mid, "", counts.get(message_id(session, mid), 0))
     return result
+
+
+def child_pids(parent: int) -> list[int]:
+    """The pids of a process's live children (a `spooler --workers N` parent's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return sorted(found)

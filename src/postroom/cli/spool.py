@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from datetime import datetime
 from typing import Any
 
 import click
 
-from .. import PassSummary
+from .. import DaemonPidFile, HResult, MAPIError, PassSummary
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
+from .workers import Supervisor, WorkersFailed, watch_parent
 
 # --- output ------------------------------------------------------------------------------------
 
@@ -27,10 +29,18 @@ def summary_data(summary: PassSummary) -> dict[str, Any]:
 
 
 def summary_line(summary: PassSummary) -> str:
+    return counts_line(summary_data(summary))
+
+
+def counts_line(data: dict[str, Any]) -> str:
+    """The pass line from summary_data's counts (the parent of --workers has only those)."""
     return (
-        f"{summary.processed} message(s): {summary.delivered} recipient(s) delivered, "
-        f"{summary.failed} failed, {summary.waiting} waiting"
+        f"{data['messages']} message(s): {data['delivered']} recipient(s) delivered, "
+        f"{data['failed']} failed, {data['waiting']} waiting"
     )
+
+
+COUNTS = ("messages", "delivered", "failed", "waiting", "finished")
 
 
 @click.command()
@@ -40,10 +50,18 @@ def summary_line(summary: PassSummary) -> str:
     is_flag=True,
     help="Start the daemon even if the pid file names a running spooler daemon on this profile.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Spooler processes on this store (default: the number of CPUs). 1 runs the daemon in this "
+    "process; more runs one parent that starts them, restarts one that dies and stops them all on SIGTERM.",
+)
+@click.option("--worker-of", "worker_of", type=int, default=None, hidden=True)
 @json_option
 @pass_app
 @click.pass_context
-def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
+def spooler(ctx: click.Context, app: App, once: bool, force: bool, workers: int | None, worker_of: int | None) -> None:
     """Run the spooler over the outgoing queue.
 
     The spooler takes submitted messages from the queue, oldest first, and offers each
@@ -84,6 +102,14 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
             ctx.exit(1)
         return
 
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if worker_of is None and workers > 1:
+        supervise(app, workers, force)
+        return
+    if worker_of is not None:
+        watch_parent(worker_of)
+
     stop = asyncio.Event()
     totals = PassSummary()
     passes = 0
@@ -102,16 +128,66 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool) -> None:
         daemon_session = app.session_when_usable(stop)
         if daemon_session is None:
             return  # stopped while the store could not be opened
-        with daemon_session.daemon_pid_file(force=force) as held:
-            if held.note:
-                click.echo(f"postroom: {held.note}", err=True)
-            if not app.json:
-                app.out.echo(
-                    f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
-                    f"pid {os.getpid()}); Ctrl-C or SIGTERM stops it."
-                )
+        if worker_of is not None:  # the parent holds the pid file
             daemon_session.run_spooler(stop, on_pass=on_pass)
+        else:
+            with daemon_session.daemon_pid_file(force=force) as held:
+                if held.note:
+                    click.echo(f"postroom: {held.note}", err=True)
+                if not app.json:
+                    app.out.echo(
+                        f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
+                        f"pid {os.getpid()}); Ctrl-C or SIGTERM stops it."
+                    )
+                daemon_session.run_spooler(stop, on_pass=on_pass)
     if app.json:  # the last line: the totals
         app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:
         app.out.echo(f"Spooler stopped after {passes} pass(es): {summary_line(totals)}.")
+
+
+def supervise(app: App, workers: int, force: bool) -> None:
+    """The parent of `--workers N` (cli/workers.py says why processes, and what the parent does)."""
+    profile = app.profile()
+    totals: dict[str, Any] = {k: 0 for k in COUNTS} | {"results": []}
+    passes = 0
+    base = [sys.executable, "-m", "postroom"]
+    if app.profile_dir is not None:  # otherwise the workers find the profile as this process did
+        base += ["--profile", str(profile.directory)]
+
+    def command(_index: int) -> list[str]:
+        return [*base, "--json", "spooler", "--worker-of", str(os.getpid())]
+
+    def on_line(index: int, data: dict[str, Any]) -> None:
+        nonlocal passes
+        if "pass" not in data:
+            return  # a worker's own totals: the parent counts the passes it relayed
+        passes += 1
+        for k in COUNTS:
+            totals[k] += int(data.get(k) or 0)
+        totals["results"] += data.get("results") or []
+        if app.json:
+            app.out.json_line({**data, "pass": passes, "worker": index})
+        else:
+            app.out.echo(f"{datetime.now().strftime('%H:%M:%S')} {counts_line(data)} (worker {index})")
+
+    def on_event(text: str) -> None:
+        click.echo(f"postroom: {text}", err=True)
+
+    with DaemonPidFile(profile.directory, force) as held:
+        if held.note:
+            click.echo(f"postroom: {held.note}", err=True)
+        if not app.json:
+            app.out.echo(
+                f"Spooler running on {profile.directory} ({profile.mode}, pid {os.getpid()}, "
+                f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
+            )
+        supervisor = Supervisor(command, workers, on_line=on_line, on_event=on_event)
+        try:
+            supervisor.run()
+        except WorkersFailed as exc:
+            raise MAPIError(HResult.MAPI_E_CALL_FAILED, f"{exc}; stopped the others (their errors are above)") from None
+    if app.json:
+        app.out.json_line({"stopped": True, "passes": passes, "workers": workers, **totals})
+    else:
+        app.out.echo(f"Spooler stopped after {passes} pass(es): {counts_line(totals)}.")

@@ -1,0 +1,207 @@
+"""`postroom spooler --workers N`: one parent supervising N spooler processes on one store.
+
+Why processes: one spooler is CPU-bound on one core (issue 17), and everything spooler processes
+must share already lives in the store (claims are leases; transport usage, breakers and connection
+slots are rows), so N processes on one store share the work and the limits as N hosts would.
+
+The parent does no delivery and never opens the store. It holds the profile's pid file, starts the
+workers (each `postroom spooler --worker-of PARENT`, machine output on a pipe), relays their pass
+lines, restarts a worker that dies (after a backoff that doubles while it keeps dying young),
+passes SIGTERM/SIGINT on and waits for the work in flight, and gives up with an error once one
+worker has failed `max_failures` times in a row without ever running `healthy_seconds`: a store
+that cannot be opened or a profile that does not load is not fixed by starting it again forever.
+
+The workers run in their own process group, so a Ctrl-C at the terminal reaches them once (from
+the parent), not twice; and each watches its parent, so a parent killed with SIGKILL does not
+leave them delivering unsupervised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO, Any
+
+#: A worker's command, given its index (0-based).
+Command = Callable[[int], Sequence[str]]
+
+
+@dataclass
+class RestartPolicy:
+    """When the parent starts a dead worker again, and when it gives up."""
+
+    first_backoff: float = 0.5
+    max_backoff: float = 30.0
+    #: A worker that ran this long was healthy: its next death starts the backoff afresh.
+    healthy_seconds: float = 10.0
+    #: Deaths in a row, each before `healthy_seconds`, after which the parent gives up.
+    max_failures: int = 4
+
+    def backoff(self, failures: int) -> float:
+        return float(min(self.max_backoff, self.first_backoff * 2 ** max(0, failures - 1)))
+
+
+@dataclass
+class WorkerSlot:
+    """One of the N places a worker process runs in; a restarted worker takes the same slot."""
+
+    index: int
+    proc: subprocess.Popen[str] | None = None
+    started: float = 0.0
+    failures: int = 0  # deaths in a row without a healthy run
+    restart_at: float | None = None
+    last_status: int | None = None
+    reader: threading.Thread | None = field(default=None, repr=False)
+
+
+class WorkersFailed(Exception):
+    """The workers kept failing: the parent stopped restarting them."""
+
+    def __init__(self, slot: int, failures: int, status: int | None) -> None:
+        super().__init__(f"spooler worker {slot} failed {failures} times in a row (last exit status {status})")
+        self.slot = slot
+        self.failures = failures
+        self.status = status
+
+
+class Supervisor:
+    """Runs `n` workers until stopped; `run()` returns once every worker has ended."""
+
+    def __init__(
+        self,
+        command: Command,
+        n: int,
+        *,
+        on_line: Callable[[int, dict[str, Any]], None],
+        on_event: Callable[[str], None],
+        policy: RestartPolicy | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.command = command
+        self.slots = [WorkerSlot(i) for i in range(n)]
+        self.on_line = on_line
+        self.on_event = on_event
+        self.policy = policy or RestartPolicy()
+        self.env = env
+        self.signals: list[int] = []
+        self._lock = threading.Lock()  # on_line is called from the readers' threads
+        self._wake = threading.Event()
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """Remember the signal and pass it on to every live worker: they finish what is in flight."""
+        self.signals.append(signum)
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signum)
+        self._wake.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start the workers and keep them running until SIGTERM/SIGINT; WorkersFailed when they keep
+        dying young (the others are stopped first)."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            failed = self._supervise()
+            if failed is not None:
+                self._stop_all(signal.SIGTERM)
+            self._wait_all()
+            if failed is not None:
+                raise failed
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _supervise(self) -> WorkersFailed | None:
+        while not self.signals:
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.poll() is not None:
+                    failed = self._ended(slot, now)
+                    if failed is not None:
+                        return failed
+                if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at and not self.signals:
+                    self._start(slot)
+            self._wake.wait(0.1)
+            self._wake.clear()
+        return None
+
+    def _ended(self, slot: WorkerSlot, now: float) -> WorkersFailed | None:
+        assert slot.proc is not None
+        status = slot.proc.returncode
+        self._join_reader(slot)
+        slot.proc, slot.last_status = None, status
+        ran = now - slot.started
+        slot.failures = 1 if ran >= self.policy.healthy_seconds else slot.failures + 1
+        if slot.failures >= self.policy.max_failures:
+            return WorkersFailed(slot.index, slot.failures, status)
+        wait = self.policy.backoff(slot.failures)
+        slot.restart_at = now + wait
+        self.on_event(f"spooler worker {slot.index} ended (exit status {status}); starting it again in {wait:.1f} s")
+        return None
+
+    def _start(self, slot: WorkerSlot) -> None:
+        slot.proc = subprocess.Popen(
+            list(self.command(slot.index)),
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+            process_group=0,  # a terminal's Ctrl-C reaches the worker once, through the parent
+        )
+        slot.started = time.monotonic()
+        slot.restart_at = None
+        assert slot.proc.stdout is not None
+        slot.reader = threading.Thread(target=self._read, args=(slot.index, slot.proc.stdout), daemon=True)
+        slot.reader.start()
+
+    def _read(self, index: int, stream: IO[str]) -> None:
+        for raw in stream:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                with self._lock:
+                    self.on_line(index, data)
+        self._wake.set()
+
+    def _join_reader(self, slot: WorkerSlot) -> None:
+        if slot.reader is not None:
+            slot.reader.join(5)
+            slot.reader = None
+
+    def _stop_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signum)
+
+    def _wait_all(self) -> None:
+        """Every worker ends: a stop never cuts a delivery short, so this waits as long as they take."""
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.proc.wait()
+                self._join_reader(slot)
+                slot.last_status = slot.proc.returncode
+
+
+def watch_parent(parent: int) -> None:
+    """In a worker: SIGTERM to itself (a clean stop) once the parent is gone, checked every second."""
+
+    def loop() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=loop, name="postroom-parent-watch", daemon=True).start()
