@@ -67,7 +67,7 @@ def one_run(store: str, processes: int, n: int, port: int, work: Path, per_proce
         t0 = time.perf_counter()
         daemons = [
             subprocess.Popen(
-                [sys.executable, "-m", "postroom", "--profile", str(p), "spooler", "--force"],
+                [sys.executable, "-m", "postroom", "--profile", str(p), "spooler", "--force", "--workers", "1"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

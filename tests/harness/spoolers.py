@@ -43,7 +43,12 @@ def start_sink(port: int, log: Path, options: Sequence[str] = ()) -> subprocess.
 def start_spooler(
     profile: Path, log: Path, *, flags: Iterable[str] = ("--force",), env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """`python -m postroom --profile DIR spooler`, its output appended to log, unbuffered."""
+    """`python -m postroom --profile DIR spooler`, its output appended to log, unbuffered.
+    One spooler process (`--workers 1`) unless `flags` say otherwise: what a test kills is then
+    the process that delivers, not a parent supervising it."""
+    flags = list(flags)
+    if not any(f.startswith("--workers") for f in flags):
+        flags += ["--workers", "1"]
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "postroom", "--profile", str(profile), "spooler", *flags],
