@@ -8,6 +8,7 @@ SIGKILL), none is lost, on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -123,7 +124,7 @@ def test_a_worker_killed_mid_drain_is_started_again_and_nothing_is_lost(tmp_path
     assert outcome.duplicates == outcome.unknown_duplicates  # each resend recorded as "outcome unknown"
 
 
-def test_the_parent_exits_with_an_error_when_its_workers_cannot_start(tmp_path: Path) -> None:
+def test_a_store_that_cannot_be_opened_is_an_error_before_any_worker_starts(tmp_path: Path) -> None:
     nowhere = f"postgresql://postroom@127.0.0.1:{free_port()}/nothing"  # nothing listens there
     profile = smtp_profile(tmp_path / "profile", free_port(), {"store": nowhere})
     log = tmp_path / "spooler.log"
@@ -132,12 +133,39 @@ def test_the_parent_exits_with_an_error_when_its_workers_cannot_start(tmp_path: 
         status = parent.wait(60)
     finally:
         if parent.poll() is None:
+            parent.kill()
+    text = log.read_text()
+    assert status == 2, text
+    (line,) = text.strip().splitlines()
+    assert line.startswith("postroom: error: MAPI_E_NETWORK_ERROR")
+    assert not (profile / "spooler.pid").exists()
+
+
+def test_the_parent_gives_up_with_an_error_when_its_workers_keep_dying(tmp_path: Path) -> None:
+    profile = smtp_profile(tmp_path / "profile", free_port(), {})
+    log = tmp_path / "spooler.log"
+    parent = workers(profile, log)
+    killed: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while parent.poll() is None and time.monotonic() < deadline:
+            for pid in set(child_pids(parent.pid)) - killed:
+                subprocess.run(["kill", "-KILL", str(pid)], check=False)
+                killed.add(pid)
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
             parent.send_signal(signal.SIGTERM)
             parent.wait(30)
     text = log.read_text()
-    assert status == 2, text
+    assert parent.returncode == 2, text
+    # RestartPolicy.max_failures: the first worker to die a 4th time ends it; each was started again, with backoff
+    assert 7 <= len(killed) <= 8, text
+    assert text.count("ended (exit status -9); starting it again in") == len(killed) - 1
     last = text.strip().splitlines()[-1]
-    assert last.startswith("postroom: error: MAPI_E_CALL_FAILED: spooler worker") and "failed 4 times" in last
-    assert "starting it again in" in text  # it did try again, with backoff
-    assert "Traceback" not in text
+    assert re.fullmatch(
+        r"postroom: error: MAPI_E_CALL_FAILED: spooler worker [01] failed 4 times in a row \(last exit status -9\); "
+        r"stopped the others \(their errors are above\)",
+        last,
+    ), last
     assert not (profile / "spooler.pid").exists()

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .. import DaemonPidFile, HResult, MAPIError, PassSummary
+from .. import HResult, MAPIError, PassSummary
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
 from .workers import Supervisor, WorkersFailed, watch_parent
 
@@ -148,12 +148,11 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, workers: int 
 
 def supervise(app: App, workers: int, force: bool) -> None:
     """The parent of `--workers N` (cli/workers.py says why processes, and what the parent does)."""
-    profile = app.profile()
     totals: dict[str, Any] = {k: 0 for k in COUNTS} | {"results": []}
     passes = 0
     base = [sys.executable, "-m", "postroom"]
     if app.profile_dir is not None:  # otherwise the workers find the profile as this process did
-        base += ["--profile", str(profile.directory)]
+        base += ["--profile", str(app.profile_dir)]
 
     def command(_index: int) -> list[str]:
         return [*base, "--json", "spooler", "--worker-of", str(os.getpid())]
@@ -174,19 +173,31 @@ def supervise(app: App, workers: int, force: bool) -> None:
     def on_event(text: str) -> None:
         click.echo(f"postroom: {text}", err=True)
 
-    with DaemonPidFile(profile.directory, force) as held:
-        if held.note:
-            click.echo(f"postroom: {held.note}", err=True)
-        if not app.json:
-            app.out.echo(
-                f"Spooler running on {profile.directory} ({profile.mode}, pid {os.getpid()}, "
-                f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
-            )
-        supervisor = Supervisor(command, workers, on_line=on_line, on_event=on_event)
-        try:
-            supervisor.run()
-        except WorkersFailed as exc:
-            raise MAPIError(HResult.MAPI_E_CALL_FAILED, f"{exc}; stopped the others (their errors are above)") from None
+    stop = asyncio.Event()
+    supervisor = Supervisor(command, workers, on_line=on_line, on_event=on_event, on_stop=stop.set)
+    with supervisor.signals_handled():
+        # The store is opened here first: one that cannot be opened is an error at once, before any
+        # worker starts, and a new profile's store exists before the pid file says a daemon runs.
+        session = app.session_when_usable(stop)
+        if session is None:
+            return  # stopped while the store could not be opened
+        held = session.daemon_pid_file(force=force)
+        directory, mode = session.profile.directory, session.mode
+        with held:
+            app.close()  # the workers open their own sessions; the pid file stays held
+            if held.note:
+                click.echo(f"postroom: {held.note}", err=True)
+            if not app.json:
+                app.out.echo(
+                    f"Spooler running on {directory} ({mode}, pid {os.getpid()}, "
+                    f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
+                )
+            try:
+                supervisor.run()
+            except WorkersFailed as exc:
+                raise MAPIError(
+                    HResult.MAPI_E_CALL_FAILED, f"{exc}; stopped the others (their errors are above)"
+                ) from None
     if app.json:
         app.out.json_line({"stopped": True, "passes": passes, "workers": workers, **totals})
     else:

@@ -4,12 +4,14 @@ Why processes: one spooler is CPU-bound on one core (issue 17), and everything s
 must share already lives in the store (claims are leases; transport usage, breakers and connection
 slots are rows), so N processes on one store share the work and the limits as N hosts would.
 
-The parent does no delivery and never opens the store. It holds the profile's pid file, starts the
-workers (each `postroom spooler --worker-of PARENT`, machine output on a pipe), relays their pass
-lines, restarts a worker that dies (after a backoff that doubles while it keeps dying young),
-passes SIGTERM/SIGINT on and waits for the work in flight, and gives up with an error once one
-worker has failed `max_failures` times in a row without ever running `healthy_seconds`: a store
-that cannot be opened or a profile that does not load is not fixed by starting it again forever.
+The parent does no delivery. It opens the store once before anything else (so a store that cannot
+be opened is an error at once, as for one daemon), holds the profile's pid file, starts the workers
+(each `postroom spooler --worker-of PARENT`, machine output on a pipe), relays their pass lines,
+restarts a worker that dies (after a backoff that doubles while it keeps dying young), passes
+SIGTERM/SIGINT on and waits for the work in flight. It gives up with an error when a worker stops
+with an error of its own (exit status 2: a MAPI error, e.g. its store file was deleted — starting
+it again would only write into a new, empty store), or once one worker has died `max_failures`
+times in a row without ever running `healthy_seconds`.
 
 The workers run in their own process group, so a Ctrl-C at the terminal reaches them once (from
 the parent), not twice; and each watches its parent, so a parent killed with SIGKILL does not
@@ -18,19 +20,24 @@ leave them delivering unsupervised.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any
 
 #: A worker's command, given its index (0-based).
 Command = Callable[[int], Sequence[str]]
+
+#: The exit status of a worker that stopped on a MAPI error it reported (cli/app.py's EXIT_USAGE):
+#: a decision of the worker, not a crash, so it is not restarted.
+STOPPED_WITH_ERROR = 2
 
 
 @dataclass
@@ -62,10 +69,14 @@ class WorkerSlot:
 
 
 class WorkersFailed(Exception):
-    """The workers kept failing: the parent stopped restarting them."""
+    """A worker stopped with an error, or kept dying: the parent stopped restarting them."""
 
     def __init__(self, slot: int, failures: int, status: int | None) -> None:
-        super().__init__(f"spooler worker {slot} failed {failures} times in a row (last exit status {status})")
+        if status == STOPPED_WITH_ERROR:
+            text = f"spooler worker {slot} stopped with an error (exit status {status})"
+        else:
+            text = f"spooler worker {slot} failed {failures} times in a row (last exit status {status})"
+        super().__init__(text)
         self.slot = slot
         self.failures = failures
         self.status = status
@@ -83,6 +94,7 @@ class Supervisor:
         on_event: Callable[[str], None],
         policy: RestartPolicy | None = None,
         env: dict[str, str] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.command = command
         self.slots = [WorkerSlot(i) for i in range(n)]
@@ -90,6 +102,7 @@ class Supervisor:
         self.on_event = on_event
         self.policy = policy or RestartPolicy()
         self.env = env
+        self.on_stop = on_stop  # told of the first signal (the parent may be waiting for its store)
         self.signals: list[int] = []
         self._lock = threading.Lock()  # on_line is called from the readers' threads
         self._wake = threading.Event()
@@ -99,6 +112,8 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         """Remember the signal and pass it on to every live worker: they finish what is in flight."""
         self.signals.append(signum)
+        if self.on_stop is not None:
+            self.on_stop()
         for slot in self.slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signum)
@@ -106,22 +121,31 @@ class Supervisor:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Start the workers and keep them running until SIGTERM/SIGINT; WorkersFailed when they keep
-        dying young (the others are stopped first)."""
+    @contextlib.contextmanager
+    def signals_handled(self) -> Iterator[None]:
+        """SIGTERM and SIGINT go to the workers from here on (enter it first: a signal that arrives
+        before the workers start still stops cleanly, none is started)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for slot in self.slots:
-                self._start(slot)
-            failed = self._supervise()
-            if failed is not None:
-                self._stop_all(signal.SIGTERM)
-            self._wait_all()
-            if failed is not None:
-                raise failed
+            yield
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    def run(self) -> None:
+        """Start the workers and keep them running until SIGTERM/SIGINT; WorkersFailed when one stops
+        with an error or they keep dying young (the others are stopped first). Call it inside
+        `signals_handled()`."""
+        if self.signals:
+            return
+        for slot in self.slots:
+            self._start(slot)
+        failed = self._supervise()
+        if failed is not None:
+            self._stop_all(signal.SIGTERM)
+        self._wait_all()
+        if failed is not None:
+            raise failed
 
     def _supervise(self) -> WorkersFailed | None:
         while not self.signals:
@@ -144,7 +168,7 @@ class Supervisor:
         slot.proc, slot.last_status = None, status
         ran = now - slot.started
         slot.failures = 1 if ran >= self.policy.healthy_seconds else slot.failures + 1
-        if slot.failures >= self.policy.max_failures:
+        if status == STOPPED_WITH_ERROR or slot.failures >= self.policy.max_failures:
             return WorkersFailed(slot.index, slot.failures, status)
         wait = self.policy.backoff(slot.failures)
         slot.restart_at = now + wait
