@@ -77,6 +77,10 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, workers: int 
     refuses to start while another daemon runs on the same profile (--force overrides;
     several spoolers on one store never deliver a message twice, but two daemons on one
     profile are almost always a mistake).
+
+    With --workers N (default: the number of CPUs): N spooler processes on the store under
+    one parent, which prints their pass lines, starts a worker that dies again after a
+    backoff, and exits 2 if they keep dying or one stops with an error.
     """
     if once:
         session = app.session()
