@@ -161,7 +161,9 @@ def test_the_parent_gives_up_with_an_error_when_its_workers_keep_dying(tmp_path:
     assert parent.returncode == 2, text
     # RestartPolicy.max_failures: the first worker to die a 4th time ends it; each was started again, with backoff
     assert 7 <= len(killed) <= 8, text
-    assert text.count("ended (exit status -9); starting it again in") == len(killed) - 1
+    # Every death but the last of each worker was followed by a restart (the parent may have stopped
+    # before it saw the other worker's last death).
+    assert len(killed) - 2 <= text.count("ended (exit status -9); starting it again in") <= len(killed) - 1
     last = text.strip().splitlines()[-1]
     assert re.fullmatch(
         r"postroom: error: MAPI_E_CALL_FAILED: spooler worker [01] failed 4 times in a row \(last exit status -9\); "

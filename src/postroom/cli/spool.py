@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import HResult, MAPIError, PassSummary
+from .. import DaemonPidFile, HResult, MAPIError, PassSummary
 from .context import App, interruptible, json_option, pass_app, stop_on_signals
 from .workers import Supervisor, WorkersFailed, watch_parent
 
@@ -132,7 +133,8 @@ def spooler(ctx: click.Context, app: App, once: bool, force: bool, workers: int 
         daemon_session = app.session_when_usable(stop)
         if daemon_session is None:
             return  # stopped while the store could not be opened
-        if worker_of is not None:  # the parent holds the pid file
+        if worker_of is not None:  # the parent holds the pid file, once every worker has its store open
+            app.out.json_line({"ready": os.getpid()})
             daemon_session.run_spooler(stop, on_pass=on_pass)
         else:
             with daemon_session.daemon_pid_file(force=force) as held:
@@ -163,6 +165,9 @@ def supervise(app: App, workers: int, force: bool) -> None:
 
     def on_line(index: int, data: dict[str, Any]) -> None:
         nonlocal passes
+        if "ready" in data:
+            supervisor.ready(index)
+            return
         if "pass" not in data:
             return  # a worker's own totals: the parent counts the passes it relayed
         passes += 1
@@ -178,24 +183,36 @@ def supervise(app: App, workers: int, force: bool) -> None:
         click.echo(f"postroom: {text}", err=True)
 
     stop = asyncio.Event()
-    supervisor = Supervisor(command, workers, on_line=on_line, on_event=on_event, on_stop=stop.set)
+    pid_file = contextlib.ExitStack()
+    daemon_pid_file: list[DaemonPidFile] = []  # made while the parent's session is open, entered later
+
+    def on_all_ready() -> None:
+        """Every worker has its store open: only now does the pid file say a daemon runs (a check of
+        the store file by a worker then covers the store the daemon was started on)."""
+        held = pid_file.enter_context(daemon_pid_file[0])
+        if held.note:
+            click.echo(f"postroom: {held.note}", err=True)
+        if not app.json:
+            app.out.echo(
+                f"Spooler running on {directory} ({mode}, pid {os.getpid()}, "
+                f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
+            )
+
+    supervisor = Supervisor(
+        command, workers, on_line=on_line, on_event=on_event, on_stop=stop.set, on_all_ready=on_all_ready
+    )
     with supervisor.signals_handled():
         # The store is opened here first: one that cannot be opened is an error at once, before any
-        # worker starts, and a new profile's store exists before the pid file says a daemon runs.
+        # worker starts.
         session = app.session_when_usable(stop)
         if session is None:
             return  # stopped while the store could not be opened
-        held = session.daemon_pid_file(force=force)
         directory, mode = session.profile.directory, session.mode
-        with held:
-            app.close()  # the workers open their own sessions; the pid file stays held
-            if held.note:
-                click.echo(f"postroom: {held.note}", err=True)
-            if not app.json:
-                app.out.echo(
-                    f"Spooler running on {directory} ({mode}, pid {os.getpid()}, "
-                    f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
-                )
+        with session.daemon_pid_file(force=force):
+            pass  # another daemon runs: refused (MAPI_E_BUSY) before any worker delivers anything
+        daemon_pid_file.append(session.daemon_pid_file(force=force))
+        app.close()  # the workers open their own sessions
+        with pid_file:
             try:
                 supervisor.run()
             except WorkersFailed as exc:

@@ -95,6 +95,7 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         env: dict[str, str] | None = None,
         on_stop: Callable[[], None] | None = None,
+        on_all_ready: Callable[[], None] | None = None,
     ) -> None:
         self.command = command
         self.slots = [WorkerSlot(i) for i in range(n)]
@@ -103,6 +104,9 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.env = env
         self.on_stop = on_stop  # told of the first signal (the parent may be waiting for its store)
+        self.on_all_ready = on_all_ready  # once, when every worker has said it is ready
+        self._ready: set[int] = set()
+        self._all_ready_told = False
         self.signals: list[int] = []
         self._lock = threading.Lock()  # on_line is called from the readers' threads
         self._wake = threading.Event()
@@ -147,8 +151,22 @@ class Supervisor:
         if failed is not None:
             raise failed
 
+    def ready(self, index: int) -> None:
+        """A worker's "ready" line (it has its store open); from a reader's thread."""
+        self._ready.add(index)
+        self._wake.set()
+
     def _supervise(self) -> WorkersFailed | None:
         while not self.signals:
+            if not self._all_ready_told and len(self._ready) == len(self.slots):
+                self._all_ready_told = True
+                if self.on_all_ready is not None:
+                    try:
+                        self.on_all_ready()
+                    except BaseException:
+                        self._stop_all(signal.SIGTERM)
+                        self._wait_all()
+                        raise
             now = time.monotonic()
             for slot in self.slots:
                 if slot.proc is not None and slot.proc.poll() is not None:
