@@ -80,7 +80,11 @@ def loadavg() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny N, one run each (CI)")
-    ap.add_argument("--only", default="", help="comma-separated figure keys (fig1,…,fig9; fig7 runs only in a full run or when named)")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated figure keys (fig1,…,fig9; fig7 runs only in a full run or when named)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="directory for the figures' JSON")
     ap.add_argument("--results", type=Path, default=None, help="where to write RESULTS.md")
     ap.add_argument("--analysis", type=Path, default=None, help="where to write analysis.md")
