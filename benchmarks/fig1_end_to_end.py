@@ -179,7 +179,7 @@ def statement_costs(n: int, sink_port: int) -> dict[str, Any]:
 
 def main() -> int:
     ap = C.arg_parser(__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=None, help="messages per run (default 20000; --quick 200)")
+    ap.add_argument("-n", type=int, default=None, help="messages per run (default 20000; --quick 100)")
     ap.add_argument("--concurrency", type=int, default=4, help="spooler_concurrency (profile default 4)")
     ap.add_argument("--connections", type=int, default=2, help="smtp connections per spooler process (default 2)")
     ap.add_argument(
@@ -187,7 +187,7 @@ def main() -> int:
     )
     ap.add_argument("--no-drain", action="store_true", help="skip the drain-only measurement")
     args = ap.parse_args()
-    n = args.n or (200 if args.quick else 20_000)
+    n = args.n or (100 if args.quick else 20_000)
     runs = args.runs or (1 if args.quick else 3)
     workers = args.workers or os.cpu_count() or 1
     configs = sorted({1, workers})  # "without --workers" (one process) and the default

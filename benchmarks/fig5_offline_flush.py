@@ -86,12 +86,12 @@ def main() -> int:
         child(sys.argv[2], sys.argv[3])
         return 0
     ap = C.arg_parser(__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=None, help="messages (default 100000; --quick 300)")
+    ap.add_argument("-n", type=int, default=None, help="messages (default 100000; --quick 200)")
     ap.add_argument("--fig1-json", type=Path, default=None, help="figure 1's JSON, for the throughput ratio")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--connections", type=int, default=2)
     args = ap.parse_args()
-    n = args.n or (300 if args.quick else 100_000)
+    n = args.n or (200 if args.quick else 100_000)
     runs = args.runs or 1
     result: dict[str, Any] = {
         "figure": "Figure 5: offline flush at scale",

@@ -129,10 +129,10 @@ def main() -> int:
     ap.add_argument(
         "--pg-url", default=None, help="also measure PostgreSQL (default: $POSTROOM_TEST_PG_URL, not in --quick)"
     )
-    ap.add_argument("-b", type=int, default=None, help="messages in each probe (default 300; --quick 20)")
+    ap.add_argument("-b", type=int, default=None, help="messages in each probe (default 300; --quick 10)")
     args = ap.parse_args()
     pg_url = args.pg_url or (None if args.quick else os.environ.get("POSTROOM_TEST_PG_URL"))
-    b = args.b or (20 if args.quick else 300)
+    b = args.b or (10 if args.quick else 300)
     runs = args.runs or 1
     depths = (100, 1000) if args.quick else (1_000, 10_000, 100_000)
     fanouts = (1, 10, 100)
