@@ -18,8 +18,8 @@ FAST = RestartPolicy(first_backoff=0.01, max_backoff=0.05, healthy_seconds=30.0,
 WAITS_FOR_SIGTERM = (
     "import signal, sys, time\n"
     "signal.signal(signal.SIGTERM, lambda *a: (print('{\"stopped\": true}', flush=True), sys.exit(0)))\n"
-    "print('{\"ready\": 1}', flush=True)\n"
     'print(\'{"pass": 1, "messages": 2, "delivered": 2}\', flush=True)\n'
+    "print('{\"ready\": 1}', flush=True)\n"
     "time.sleep(60)\n"
 )
 
