@@ -151,6 +151,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def children(pid: int) -> list[int]:
+    """The live children of a process (from /proc; a zombie counts as gone)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            raw = stat.read_text()
+            fields = raw[raw.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU (user + system) of a process and every descendant it has or had: its own time, the time of
+    the children it has reaped (cutime, cstime), and the same for every live descendant. A process
+    that ended and was reaped is counted once, by its parent; one still running, by itself. This is
+    how "all of Postfix's daemons" and "all of postroom's spooler processes" are summed."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            f = _stat_fields(p)
+            total += (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / ticks
+            pending += children(p)
+    return total
+
+
+def self_cpu_seconds() -> float:
+    """CPU of this process (the submitting side of a figure), user + system."""
+    t = os.times()
+    return t.user + t.system
+
+
 def vm_hwm_kib(pid: int | str = "self") -> int:
     """Peak resident set size (VmHWM) of a process, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -370,6 +410,10 @@ class Postfix:
             time.sleep(poll)
         raise TimeoutError(f"Postfix queue still holds {self.queued()} message(s) after {timeout:g} s")
 
+    def master_pid(self) -> int:
+        """The pid of this instance's master daemon: the root of the process tree of every Postfix daemon."""
+        return int((self.queue / "pid" / "master.pid").read_text().split()[0])
+
     def delete_all(self) -> None:
         subprocess.run(["postsuper", "-c", str(self.config), "-d", "ALL"], capture_output=True, timeout=120)
 
@@ -472,12 +516,13 @@ def has_submit_many(session: Any) -> bool:
     return callable(getattr(session, "submit_many", None))
 
 
-def spooler_daemon(profile: Path, log: Path) -> subprocess.Popen[Any]:
-    """`python -m postroom --profile DIR spooler` — the CLI spooler daemon, in its own process."""
+def spooler_daemon(profile: Path, log: Path, workers: int = 1) -> subprocess.Popen[Any]:
+    """`python -m postroom --profile DIR spooler --workers N` — the CLI spooler daemon, in its own
+    process (N = 1) or a parent with N worker processes."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("ab") as fh:
         return subprocess.Popen(
-            [PY, "-m", "postroom", "--profile", str(profile), "spooler"],
+            [PY, "-m", "postroom", "--profile", str(profile), "spooler", "--workers", str(workers)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -485,8 +530,9 @@ def spooler_daemon(profile: Path, log: Path) -> subprocess.Popen[Any]:
         )
 
 
-def wait_daemon_ready(profile: Path, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
-    """Until the daemon listens for "submitted" notifications (its socket in the store's .notify/)."""
+def wait_daemon_ready(profile: Path, proc: subprocess.Popen[Any], timeout: float = 30.0, workers: int = 1) -> None:
+    """Until the daemon listens for "submitted" notifications (its socket in the store's .notify/);
+    with workers > 1, until every worker does."""
     from postroom.profile import Profile
     from postroom.store.notify import notify_directory
 
@@ -495,7 +541,8 @@ def wait_daemon_ready(profile: Path, proc: subprocess.Popen[Any], timeout: float
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the spooler daemon exited with status {proc.returncode}")
-        if directory.is_dir() and any(directory.glob(f"{proc.pid}-*.sock")):
+        pids = [proc.pid] if workers == 1 else children(proc.pid)
+        if directory.is_dir() and len(pids) == workers and all(any(directory.glob(f"{pid}-*.sock")) for pid in pids):
             return
         time.sleep(0.02)
     raise RuntimeError(f"the spooler daemon did not start listening within {timeout:g} s")

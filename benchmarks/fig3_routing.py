@@ -16,6 +16,7 @@ Three workloads, each reported for every size:
     way the spooler does it (`router.offers(r.address_type, r.provider_uid)`);
   * cold: a new Router per run and every recipient with its own (unregistered) UID, so no answer
     is ever reused: the cost of computing an answer.
+The targets are judged on "recipients", the spooler's real path; "mixed" is an answer-cache hit.
 Flatness: the spread (max/min − 1) of each workload's rates across the four sizes. The sizes are
 measured round-robin, and the garbage collector is off while a loop is timed (as `timeit` does).
 """
@@ -152,9 +153,12 @@ def main() -> int:
     med = {w: {t: C.median(v) for t, v in d.items()} for w, d in samples.items()}
     flat = {w: max(d.values()) / min(d.values()) - 1 for w, d in med.items()}
     result.update(samples=samples, median=med, spread=flat, checks=checks)
+    # Judged on the spooler's real path (issue 17): Recipient objects whose UID is parsed out of
+    # PR_ENTRYID, as the spooler asks; "mixed" hits the Router's answer cache and is shown, not judged.
     result["targets"] = {
-        ">= 1,000,000 recipients/s at every size (mixed)": min(med["mixed"].values()) >= 1_000_000,
-        "within 10% from 1 to 1,000 transports (mixed)": flat["mixed"] <= 0.10,
+        ">= 1,000,000 recipients/s at every size (recipients, the spooler's path)": min(med["recipients"].values())
+        >= 1_000_000,
+        "within 10% from 1 to 1,000 transports (recipients)": flat["recipients"] <= 0.10,
     }
     header = f"{'workload':<12}" + "".join(f"{str(t) + ' transport' + ('s' if t > 1 else ''):>16}" for t in SIZES)
     rows = [

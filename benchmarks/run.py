@@ -1,15 +1,17 @@
 """Run every benchmark figure and render benchmarks/RESULTS.md.
 
     python benchmarks/run.py --quick          # smoke run (seconds; CI runs this): tiny N, one run each
-    python benchmarks/run.py                  # the full run (about 16 minutes on a quiet 2-core machine)
+    python benchmarks/run.py                  # the full run; rewrites RESULTS.md and analysis.md
     python benchmarks/run.py --only fig3,fig4 # some figures
     python benchmarks/run.py --fig1-n 5000 --fig5-n 20000   # reduced sizes (RESULTS.md says so)
 
 Each figure is its own script (figN_*.py, runnable alone with --quick/--json/-n …); this driver runs
 them one after the other in subprocesses, prints what each prints, keeps their JSON in a results
-directory and writes RESULTS.md from it (the full run writes benchmarks/RESULTS.md; --quick writes
-nothing unless --results is given). The section "Analysis" of RESULTS.md is copied from
-benchmarks/analysis.md, which is written by hand after a full run.
+directory and writes RESULTS.md and analysis.md from it (the full run writes benchmarks/RESULTS.md
+and benchmarks/analysis.md; --quick writes neither unless --results / --analysis are given). The
+analysis is generated from the same run's numbers (analysis_text.py): the targets, the comparisons
+with the references, the load average beside each figure, the commit and whether the tree was
+dirty. Nothing hand-written is pasted under new numbers.
 
 Exit status: 0 when every figure ran (a reference skipped for a missing tool is not a failure),
 1 when a figure failed.
@@ -32,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import analysis_text
 import common as C
 
 FIGURES = [
@@ -41,8 +44,30 @@ FIGURES = [
     ("fig4", "fig4_latency.py", "Figure 4: online latency"),
     ("fig5", "fig5_offline_flush.py", "Figure 5: offline flush at scale"),
     ("fig6", "fig6_idle.py", "Figure 6: idle cost"),
+    ("fig7", "fig7_scaleout.py", "Figure 7: spooler processes on one store"),
+    ("fig8", "fig8_growth.py", "Figure 8: cost growth"),
     ("fig9", "fig9_startup.py", "Figure 9: start-up time"),
 ]
+#: Figures a --quick run leaves out: figure 7 starts a private PostgreSQL cluster with fsync on.
+NOT_QUICK = {"fig7"}
+
+
+def git_state() -> tuple[str, bool | None]:
+    """The commit measured and whether the tree had uncommitted changes (None: not a git checkout)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=C.REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "benchmarks"],
+            cwd=C.REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", None
+    return commit, bool(dirty)
 
 
 def loadavg() -> str:
@@ -55,9 +80,14 @@ def loadavg() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny N, one run each (CI)")
-    ap.add_argument("--only", default="", help="comma-separated figure keys (fig1,…,fig6, fig9)")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated figure keys (fig1,…,fig9; fig7 runs only in a full run or when named)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="directory for the figures' JSON")
     ap.add_argument("--results", type=Path, default=None, help="where to write RESULTS.md")
+    ap.add_argument("--analysis", type=Path, default=None, help="where to write analysis.md")
     ap.add_argument("--runs", type=int, default=None, help="repetitions for every figure")
     ap.add_argument("--fig1-n", type=int, default=None)
     ap.add_argument("--fig2-n", type=int, default=None)
@@ -86,7 +116,9 @@ def main() -> int:
         for r in records:
             r.update(saved["extra"].get(r["key"], {}))
         path = args.results or C.HERE / "RESULTS.md"
-        path.write_text(render(records, saved["info"], argparse.Namespace(**saved["args"]), saved["total"]))
+        text = analysis_text.analysis(records, saved["info"])
+        (args.analysis or C.HERE / "analysis.md").write_text(text)
+        path.write_text(render(records, saved["info"], argparse.Namespace(**saved["args"]), saved["total"], text))
         print(f"wrote {path}")
         return 0
 
@@ -100,8 +132,10 @@ def main() -> int:
         # cannot mix two versions of the code in one measurement.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source["path"]), env.get("PYTHONPATH", "")) if p)
     results_path = args.results or (None if args.quick else C.HERE / "RESULTS.md")
+    analysis_path = args.analysis or (None if args.quick else C.HERE / "analysis.md")
     started = time.time()
     info = C.machine()
+    info["commit"], info["dirty"] = git_state()
     info["loadavg_start"] = loadavg()
     info["source"] = (
         f"snapshot of src/postroom, sha256 {source['digest']} ({source['files']} files)"
@@ -118,6 +152,8 @@ def main() -> int:
     failed = False
     for key, script, title in FIGURES:
         if only and key not in only:
+            continue
+        if args.quick and key in NOT_QUICK and key not in only:
             continue
         json_path = out / f"{key}.json"
         json_path.unlink(missing_ok=True)
@@ -186,8 +222,12 @@ def main() -> int:
             indent=2,
         )
     )
+    text = analysis_text.analysis(records, info)
+    if analysis_path is not None:
+        analysis_path.write_text(text)
+        print(f"wrote {analysis_path}", flush=True)
     if results_path is not None:
-        results_path.write_text(render(records, info, args, total))
+        results_path.write_text(render(records, info, args, total, text))
         print(f"wrote {results_path}", flush=True)
     if args.out is None and args.quick:
         shutil.rmtree(out, ignore_errors=True)  # a smoke run keeps nothing
@@ -224,7 +264,9 @@ def yesno(v: Any) -> str:
     return "n/a" if v is None else ("**met**" if v else "**missed**")
 
 
-def render(records: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace, total: float) -> str:
+def render(
+    records: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace, total: float, analysis: str
+) -> str:
     by = {r["key"]: r for r in records}
     cmdline = "python benchmarks/run.py" + "".join(
         f" {flag} {val}"
@@ -244,8 +286,9 @@ def render(records: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
     o.append("# postroom benchmarks — results\n")
     o.append(
         "Every figure is measured beside its reference in the same run on the same machine; rates are medians "
-        "of the runs listed. Generated by `benchmarks/run.py` from the figures' JSON; the *Analysis* section is "
-        "`benchmarks/analysis.md`, written by hand.\n"
+        "of the runs listed. Generated by `benchmarks/run.py` from the figures' JSON of one run; the *Analysis* "
+        "section is `benchmarks/analysis.md`, generated from the same run. Hand-written investigations of earlier "
+        "commits (profiles, the soak) are in `benchmarks/investigations.md`.\n"
     )
     o.append("## Machine and run\n")
     o.append("| | |\n|---|---|")
@@ -261,6 +304,11 @@ def render(records: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
         ("date", info["date"]),
         ("load average", f"{info['loadavg_start']} at the start, {info['loadavg_end']} at the end"),
         ("code measured", info.get("source", "")),
+        (
+            "commit",
+            f"`{info.get('commit', 'unknown')}`"
+            + {True: ", with uncommitted changes", False: ", clean tree", None: ""}[info.get("dirty")],
+        ),
         ("command", f"`{cmdline}` ({total / 60:.1f} min)"),
     ]
     o += [f"| {k} | {v} |" for k, v in rows]
@@ -301,12 +349,8 @@ def render(records: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
         o.append("")
         o += figure_details(r)
 
-    analysis = C.HERE / "analysis.md"
     o.append("## Analysis\n")
-    if analysis.exists():
-        o.append(analysis.read_text().strip() + "\n")
-    else:
-        o.append("(no benchmarks/analysis.md yet)\n")
+    o.append(analysis.strip() + "\n")
     del by
     return "\n".join(o) + "\n"
 
@@ -320,8 +364,11 @@ def figure_details(r: dict[str, Any]) -> list[str]:
         o.append(
             f"N = {r['n']}, {r['runs']} run(s); postroom config: {r.get('config')}. Medians (msg/s): "
             + ", ".join(f"{k} {C.fmt_rate(v)}" for k, v in m.items())
-            + f". Submitting side during the run {C.fmt_rate(mx.get('submit_rate'))} msg/s; daemon CPU "
-            f"{(mx.get('daemon_cpu') or 0):.1f} s per run; spooler drain alone {C.fmt_rate(mx.get('drain'))} msg/s.\n"
+            + ". CPU per delivered message (ms): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in (r.get("median_cpu_ms") or {}).items() if v is not None)
+            + f". Submitting side during the run {C.fmt_rate(mx.get('submit_rate'))} msg/s; spooler processes "
+            f"{(mx.get('spooler_cpu_ms') or 0):.2f} ms CPU per message; spooler drain alone "
+            f"{C.fmt_rate(mx.get('drain'))} msg/s.\n"
         )
     if key == "fig5":
         o.append(

@@ -251,7 +251,7 @@ class Daemon:
         """`postroom spooler` through soak_daemon.py (the CLI, plus stack dumps on SIGUSR1/SIGUSR2)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [C.PY, str(C.HERE / "soak_daemon.py"), "--profile", str(self.profile), "spooler"],
+                [C.PY, str(C.HERE / "soak_daemon.py"), "--profile", str(self.profile), "spooler", "--workers", "1"],
                 stdout=out,
                 stderr=out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -90,5 +90,5 @@ def read_stamps(path: str | os.PathLike[str]) -> dict[str, float]:
 if __name__ == "__main__":
     from postroom.cli import main
 
-    sys.argv = ["postroom", "--profile", sys.argv[1], "spooler"]
+    sys.argv = ["postroom", "--profile", sys.argv[1], "spooler", "--workers", "1", *sys.argv[2:]]
     main()

@@ -43,7 +43,12 @@ def start_sink(port: int, log: Path, options: Sequence[str] = ()) -> subprocess.
 def start_spooler(
     profile: Path, log: Path, *, flags: Iterable[str] = ("--force",), env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """`python -m postroom --profile DIR spooler`, its output appended to log, unbuffered."""
+    """`python -m postroom --profile DIR spooler`, its output appended to log, unbuffered.
+    One spooler process (`--workers 1`) unless `flags` say otherwise: what a test kills is then
+    the process that delivers, not a parent supervising it."""
+    flags = list(flags)
+    if not any(f.startswith("--workers") for f in flags):
+        flags += ["--workers", "1"]
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "postroom", "--profile", str(profile), "spooler", *flags],
@@ -157,3 +162,17 @@ def tally(session: Any, ids: Iterable[int], sink_log: Path) -> Tally:
     for mid in ids:
         result.add(session, mid, "", counts.get(message_id(session, mid), 0))
     return result
+
+
+def child_pids(parent: int) -> list[int]:
+    """The pids of a process's live children (a `spooler --workers N` parent's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return sorted(found)

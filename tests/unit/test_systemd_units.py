@@ -25,7 +25,7 @@ def settings(unit: Path) -> dict[str, list[str]]:
 def test_each_unit_is_type_notify_with_a_watchdog_and_reloads_with_sighup(name: str) -> None:
     unit = settings(UNITS / name)
     assert unit["Type"] == ["notify"]
-    assert unit["WatchdogSec"] and unit["NotifyAccess"] == ["main"]
+    assert unit["WatchdogSec"] and unit["NotifyAccess"] == ["all"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "spooler --smtp 127.0.0.1:" in unit["ExecStart"][0]
     assert unit["NoNewPrivileges"] == ["yes"] and unit["ProtectSystem"] == ["strict"]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import ListenerSettings, PassSummary, Profile
+from .. import DaemonPidFile, HResult, ListenerSettings, MAPIError, PassSummary, Profile
 from .context import App, CliError, interruptible, json_option, pass_app, stop_on_signals
 from .logs import configure_logging, log_options
+from .workers import Supervisor, WorkersFailed, watch_parent
 
 if TYPE_CHECKING:
     from ..web.server import BackgroundPage
@@ -31,10 +35,18 @@ def summary_data(summary: PassSummary) -> dict[str, Any]:
 
 
 def summary_line(summary: PassSummary) -> str:
+    return counts_line(summary_data(summary))
+
+
+def counts_line(data: dict[str, Any]) -> str:
+    """The pass line from summary_data's counts (the parent of --workers has only those)."""
     return (
-        f"{summary.processed} message(s): {summary.delivered} recipient(s) delivered, "
-        f"{summary.failed} failed, {summary.waiting} waiting"
+        f"{data['messages']} message(s): {data['delivered']} recipient(s) delivered, "
+        f"{data['failed']} failed, {data['waiting']} waiting"
     )
+
+
+COUNTS = ("messages", "delivered", "failed", "waiting", "finished")
 
 
 @click.command()
@@ -59,6 +71,15 @@ def summary_line(summary: PassSummary) -> str:
     help="Run the SMTP submission listener in the daemon too, on HOST:PORT (repeatable; "
     "`postroom serve smtp --help` says what it does).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Spooler processes on this store (default: the number of CPUs). 1 runs the daemon in this "
+    "process; more runs one parent that starts them, restarts one that dies and stops them all on SIGTERM. "
+    "The first worker also runs --smtp and --http.",
+)
+@click.option("--worker-of", "worker_of", type=int, default=None, hidden=True)
 @log_options
 @json_option
 @pass_app
@@ -70,6 +91,8 @@ def spooler(
     force: bool,
     http_at: str | None,
     smtp_listen: tuple[str, ...],
+    workers: int | None,
+    worker_of: int | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -88,6 +111,10 @@ def spooler(
     refuses to start while another daemon runs on the same profile (--force overrides;
     several spoolers on one store never deliver a message twice, but two daemons on one
     profile are almost always a mistake).
+
+    With --workers N (default: the number of CPUs): N spooler processes on the store under
+    one parent, which prints their pass lines, starts a worker that dies again after a
+    backoff, and exits 2 if they keep dying or one stops with an error.
     """
     if once and http_at:
         raise CliError("--http runs the status page beside the daemon; it does not go with --once")
@@ -117,6 +144,16 @@ def spooler(
             ctx.exit(1)
         return
 
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if worker_of is None and workers > 1:
+        servers = [*(["--http", http_at] if http_at else []), *(a for at in smtp_listen for a in ("--smtp", at))]
+        logs = ["--log-format", log_format, "--log-level", log_level]
+        supervise(app, workers, force, every_worker_options=logs, first_worker_options=servers)
+        return
+    if worker_of is not None:
+        watch_parent(worker_of)
+
     smtp = ListenerSettings.from_options(smtp_listen) if smtp_listen else None
     configure_logging(log_format, log_level)
     stop = asyncio.Event()
@@ -142,20 +179,29 @@ def spooler(
         daemon_session = app.session_when_usable(stop)
         if daemon_session is None:
             return  # stopped while the store could not be opened
-        with daemon_session.daemon_pid_file(force=force) as held:
-            if held.note:
-                click.echo(f"postroom: {held.note}", err=True)
-            if not app.json:
-                app.out.echo(
-                    f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
-                    f"pid {os.getpid()}, event loop {daemon_session.event_loop}); Ctrl-C or SIGTERM stops it."
-                )
+        if worker_of is not None:  # the parent holds the pid file, once every worker has its store open
+            app.out.json_line({"ready": os.getpid()})
             page = _start_page(daemon_session.profile, http_at) if http_at else None
             try:
                 daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
             finally:
                 if page is not None:
                     page.stop()
+        else:
+            with daemon_session.daemon_pid_file(force=force) as held:
+                if held.note:
+                    click.echo(f"postroom: {held.note}", err=True)
+                if not app.json:
+                    app.out.echo(
+                        f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
+                        f"pid {os.getpid()}, event loop {daemon_session.event_loop}); Ctrl-C or SIGTERM stops it."
+                    )
+                page = _start_page(daemon_session.profile, http_at) if http_at else None
+                try:
+                    daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
+                finally:
+                    if page is not None:
+                        page.stop()
     if app.json:  # the last line: the totals
         app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:
@@ -171,3 +217,85 @@ def _start_page(profile: Profile, http_at: str) -> BackgroundPage:
     page.start()
     click.echo(f"postroom: status page on {page.listen.url}", err=True)
     return page
+
+
+def supervise(
+    app: App,
+    workers: int,
+    force: bool,
+    *,
+    every_worker_options: Sequence[str] = (),
+    first_worker_options: Sequence[str] = (),
+) -> None:
+    """The parent of `--workers N` (cli/workers.py says why processes, and what the parent does).
+    The first worker also gets `first_worker_options`: the listener and the status page run once."""
+    totals: dict[str, Any] = {k: 0 for k in COUNTS} | {"results": []}
+    passes = 0
+    base = [sys.executable, "-m", "postroom"]
+    if app.profile_dir is not None:  # otherwise the workers find the profile as this process did
+        base += ["--profile", str(app.profile_dir)]
+
+    def command(index: int) -> list[str]:
+        extra = [*every_worker_options, *(first_worker_options if index == 0 else ())]
+        return [*base, "--json", "spooler", "--worker-of", str(os.getpid()), *extra]
+
+    def on_line(index: int, data: dict[str, Any]) -> None:
+        nonlocal passes
+        if "ready" in data:
+            supervisor.ready(index)
+            return
+        if "pass" not in data:
+            return  # a worker's own totals: the parent counts the passes it relayed
+        passes += 1
+        for k in COUNTS:
+            totals[k] += int(data.get(k) or 0)
+        totals["results"] += data.get("results") or []
+        if app.json:
+            app.out.json_line({**data, "pass": passes, "worker": index})
+        else:
+            app.out.echo(f"{datetime.now().strftime('%H:%M:%S')} {counts_line(data)} (worker {index})")
+
+    def on_event(text: str) -> None:
+        click.echo(f"postroom: {text}", err=True)
+
+    stop = asyncio.Event()
+    pid_file = contextlib.ExitStack()
+    daemon_pid_file: list[DaemonPidFile] = []  # made while the parent's session is open, entered later
+
+    def on_all_ready() -> None:
+        """Every worker has its store open: only now does the pid file say a daemon runs (a check of
+        the store file by a worker then covers the store the daemon was started on)."""
+        held = pid_file.enter_context(daemon_pid_file[0])
+        if held.note:
+            click.echo(f"postroom: {held.note}", err=True)
+        if not app.json:
+            app.out.echo(
+                f"Spooler running on {directory} ({mode}, pid {os.getpid()}, "
+                f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
+            )
+
+    supervisor = Supervisor(
+        command, workers, on_line=on_line, on_event=on_event, on_stop=stop.set, on_all_ready=on_all_ready
+    )
+    with supervisor.signals_handled():
+        # The store is opened here first: one that cannot be opened is an error at once, before any
+        # worker starts.
+        session = app.session_when_usable(stop)
+        if session is None:
+            return  # stopped while the store could not be opened
+        directory, mode = session.profile.directory, session.mode
+        with session.daemon_pid_file(force=force):
+            pass  # another daemon runs: refused (MAPI_E_BUSY) before any worker delivers anything
+        daemon_pid_file.append(session.daemon_pid_file(force=force))
+        app.close()  # the workers open their own sessions
+        with pid_file:
+            try:
+                supervisor.run()
+            except WorkersFailed as exc:
+                raise MAPIError(
+                    HResult.MAPI_E_CALL_FAILED, f"{exc}; stopped the others (their errors are above)"
+                ) from None
+    if app.json:
+        app.out.json_line({"stopped": True, "passes": passes, "workers": workers, **totals})
+    else:
+        app.out.echo(f"Spooler stopped after {passes} pass(es): {counts_line(totals)}.")

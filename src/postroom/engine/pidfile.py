@@ -43,6 +43,19 @@ def owner_pid(owner: str) -> int | None:
     return int(pid_text)
 
 
+def is_daemon_process(pid: int, daemon: int) -> bool:
+    """Whether `pid` is the daemon's own process or one of its workers (`spooler --workers N`: the
+    daemon is the parent holding the pid file, the workers publish the status table)."""
+    if pid == daemon:
+        return True
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return False
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return len(fields) > 1 and fields[1] == str(daemon)
+
+
 def running_daemon(profile_dir: Path) -> int | None:
     """The pid of the spooler daemon running on this profile, if one holds the pid file's lock."""
     path = pid_file(profile_dir)

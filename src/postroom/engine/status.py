@@ -18,7 +18,7 @@ from pathlib import Path
 from ..profile import Mode
 from ..store import MessageStore
 from ..transports.spi import StatusRow, status_row_from_dict
-from .pidfile import owner_pid, running_daemon
+from .pidfile import is_daemon_process, owner_pid, running_daemon
 
 
 class StatusSource(StrEnum):
@@ -64,7 +64,8 @@ async def status_report(
     daemon = os.getpid() if daemon_here else running_daemon(profile_dir)
     owner = published[0][3] if published else None
     published_at = max((r[2] for r in published), default=None)
-    by_daemon = daemon is not None and owner is not None and owner_pid(owner) == daemon
+    publisher = owner_pid(owner) if owner is not None else None
+    by_daemon = daemon is not None and publisher is not None and is_daemon_process(publisher, daemon)
     if by_daemon and not here:
         source = StatusSource.DAEMON
         rows = [status_row_from_dict(name, row) for name, row, _, _ in published]
