@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         RetryAll,
         WaitKind,
     )
+    from .submission import UnknownRecipient
     from .transports.registry import register_transport_kind, transport_kinds
     from .transports.spi import StatusRow
 
@@ -78,6 +79,7 @@ _HOMES = {
     "StoreDiskTrouble": ".mapi.codes",
     "StoreUnavailable": ".mapi.codes",
     "StoreUnreachable": ".mapi.codes",
+    "UnknownRecipient": ".submission",
     # the profile and its transports
     "Mode": ".profile",
     "Profile": ".profile",
@@ -181,6 +183,7 @@ __all__ = [
     "StoreUnavailable",
     "StoreUnreachable",
     "TransportFlush",
+    "UnknownRecipient",
     "WaitKind",
     "__version__",
     "alogon",

@@ -11,7 +11,14 @@ import click
 from .lazy import LazyCommand, LazyGroup
 
 #: Every server: its module and attribute under postroom.cli, and its summary in `--help`.
-SERVE_COMMANDS: dict[str, LazyCommand] = {}
+SERVE_COMMANDS: dict[str, LazyCommand] = {
+    # branch i18sendmail: the system profile's submit socket for postroom-sendmail
+    "submit": LazyCommand(
+        "serve_submit",
+        "serve_submit",
+        "Accept messages from postroom-sendmail of every local user into this (system) profile.",
+    ),
+}
 
 
 @click.group(cls=LazyGroup, lazy=SERVE_COMMANDS, no_args_is_help=True)

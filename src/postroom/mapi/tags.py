@@ -219,6 +219,9 @@ PR_NDR_FROM_NAME = _tag("PR_NDR_FROM_NAME", 0x6905001E)
 PR_NDR_FROM_SEARCH_KEY = _tag("PR_NDR_FROM_SEARCH_KEY", 0x69060102)
 PR_ORIGINAL_DISPLAY_NAME = _tag("PR_ORIGINAL_DISPLAY_NAME", 0x3A13001F)
 PR_ORIGINAL_SEARCH_KEY = _tag("PR_ORIGINAL_SEARCH_KEY", 0x3A140102)
+#: postroom's own (provider-defined, non-transmittable range): the Unix uid that submitted a message
+#: through `postroom-sendmail` (a system profile's submit socket knows it from SO_PEERCRED).
+PR_SUBMITTER_UID = _tag("PR_SUBMITTER_UID", 0x67F00003)
 
 #: Properties that must never leave the client side (never transmitted by a transport).
 NON_TRANSMITTABLE: frozenset[int] = frozenset(
@@ -231,5 +234,6 @@ NON_TRANSMITTABLE: frozenset[int] = frozenset(
         PR_SPOOLER_STATUS,
         PR_ROWID,
         PR_INSTANCE_KEY,
+        PR_SUBMITTER_UID,
     }
 )
