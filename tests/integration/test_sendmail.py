@@ -18,7 +18,8 @@ import pytest
 
 import postroom
 
-from support.cli import ok, postroom as run
+from support.cli import ok
+from support.cli import postroom as run
 from support.sendmail import sendmail
 from support.smtp_sink import SmtpSink
 

@@ -49,7 +49,9 @@ def test_an_unknown_or_incomplete_flag_is_a_usage_problem(argv: list[str]) -> No
 
 def test_without_dash_i_a_line_with_a_single_dot_ends_the_message() -> None:
     assert message_from_stdin(b"Subject: x\n\nabc\n.\nnot this\n", ignore_dots=False) == b"Subject: x\n\nabc\n"
-    assert message_from_stdin(b"Subject: x\r\n\r\nabc\r\n.\r\nno\r\n", ignore_dots=False) == b"Subject: x\r\n\r\nabc\r\n"
+    assert (
+        message_from_stdin(b"Subject: x\r\n\r\nabc\r\n.\r\nno\r\n", ignore_dots=False) == b"Subject: x\r\n\r\nabc\r\n"
+    )
     assert message_from_stdin(b"Subject: x\n\nabc\n.", ignore_dots=False) == b"Subject: x\n\nabc\n"
 
 
