@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import sysexits as X
+from .context import App
 from .sendmail_args import Invocation, Mode, UsageProblem, message_from_stdin, parse
+from .sendmail_smtp import serve_stdio
+from .submit_socket import queue_remote, submit_remote
 
 if TYPE_CHECKING:
     from .. import Session
@@ -58,8 +61,6 @@ def run(argv: Sequence[str], program: str = "sendmail") -> int:
     where = socket_path()
     try:
         if inv.mode is Mode.SMTP:
-            from .sendmail_smtp import serve_stdio  # only for -bs
-
             return serve_stdio(lambda raw, rcpts, sender: _submit(where, raw, rcpts, sender, inv))
         if inv.mode is Mode.QUEUE:
             return _queue(where)
@@ -83,8 +84,6 @@ def _submit(
 ) -> tuple[int, str]:
     """Submit one message; (sysexits code, what to say)."""
     if where is not None:
-        from .submit_socket import submit_remote
-
         return submit_remote(
             where, raw, recipients=recipients, extract=inv.extract, sender=sender, full_name=inv.full_name
         )
@@ -100,8 +99,6 @@ def submit_here(
     uid: int,
 ) -> tuple[int, str]:
     """Submit into a profile of one's own, then deliver at once unless a spooler daemon runs."""
-    from .context import App
-
     app = App(None)
     try:
         try:
@@ -138,12 +135,8 @@ def deliver_after_submit(session: Session, mid: int) -> str:
 
 def _queue(where: Path | None) -> int:
     if where is not None:
-        from .submit_socket import queue_remote
-
         code, lines = queue_remote(where)
     else:
-        from .context import App
-
         app = App(None)
         try:
             lines = queue_lines(app.session(), os.getuid())
