@@ -109,7 +109,7 @@ def submit_here(
                 recipients=list(recipients),
                 extract_recipients=inv.extract,
                 envelope_sender=sender,
-                default_from=sender or identity.address,
+                default_from=sender if sender and "@" in sender else identity.address,
                 full_name=inv.full_name if inv.full_name is not None else identity.name,
                 submitter_uid=uid,
             )
@@ -126,10 +126,10 @@ def deliver_after_submit(session: Session, mid: int) -> str:
     if session.daemon_pid() is not None:
         return f"message {mid} queued (the spooler daemon delivers it)"
     try:
-        summary = session.deliver()
+        session.deliver()
+        states = [f"{r.address}: {r.state}" for r in session.recipient_report(mid)]
     except Exception as exc:
         return f"message {mid} queued; delivering it now failed ({exc}); the spooler retries it"
-    states = [f"{r.address}: {r.state}" for r in session.recipient_report(mid)] if summary is not None else []
     return f"message {mid} submitted; " + ("; ".join(states) or "handled")
 
 

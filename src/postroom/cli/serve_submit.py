@@ -42,14 +42,14 @@ def handle(session: Session, uid: int, request: dict[str, Any], raw: bytes) -> t
     if request["op"] == "queue":
         return {"exit": X.EX_OK, "lines": queue_lines(session, uid)}, None
     login, gecos = _who(uid)
-    full_name = request.get("full_name")
+    full_name, sender = request.get("full_name"), request.get("sender")
     try:
         mid = session.submit_mime(
             raw,
             recipients=request.get("recipients", []),
             extract_recipients=bool(request.get("extract")),
-            envelope_sender=request.get("sender"),
-            default_from=request.get("sender") or f"{login}@{session.identity().domain}",
+            envelope_sender=sender,
+            default_from=sender if sender and "@" in sender else f"{login}@{session.identity().domain}",
             full_name=full_name if full_name is not None else gecos,
             submitter_uid=uid,
         )
