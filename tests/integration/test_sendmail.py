@@ -91,12 +91,14 @@ def test_the_submitting_uid_is_recorded_on_the_message(profile: Path) -> None:
 def test_mailq_and_dash_bp_list_the_messages_waiting_in_the_queue(profile: Path, tmp_path: Path) -> None:
     ok(run("offline", profile=profile))
     assert sendmail("bob@localhost", stdin=MESSAGE, env=env(profile)).returncode == 0
+    ok(run("send", "--to", "carol@localhost", "--subject", "from postroom send", "-b", "x", profile=profile))
     for listing in (
         sendmail(program="mailq", links=tmp_path, env=env(profile)),
         sendmail("-bp", env=env(profile)),
     ):
         assert listing.returncode == 0, listing.stderr
         assert b"minutes" in listing.stdout and b"bob@localhost" in listing.stdout
+        assert b"from postroom send" in listing.stdout  # a profile of one's own: every message is yours
     ok(run("online", profile=profile))
     ok(run("sendreceive", profile=profile))
     assert b"Mail queue is empty" in sendmail("-bp", env=env(profile)).stdout

@@ -139,7 +139,7 @@ def _queue(where: Path | None) -> int:
     else:
         app = App(None)
         try:
-            lines = queue_lines(app.session(), os.getuid())
+            lines = queue_lines(app.session(), None)  # a profile of one's own: all of it is yours
             code = X.EX_OK
         finally:
             app.close()
@@ -147,11 +147,12 @@ def _queue(where: Path | None) -> int:
     return code
 
 
-def queue_lines(session: Session, uid: int) -> list[str]:
-    """The queue as mailq shows it: only the messages `uid` submitted (all of them for root)."""
+def queue_lines(session: Session, uid: int | None) -> list[str]:
+    """The queue as mailq shows it: only the messages `uid` submitted (all of them for root, or
+    for None: a profile of one's own, where `postroom send` submits too)."""
     lines: list[str] = []
     for entry in session.queue():
-        if uid != 0 and session.submitter_uid(entry.id) != uid:
+        if uid not in (None, 0) and session.submitter_uid(entry.id) != uid:
             continue
         submitted = f"{entry.submit_time:%a %b %d %H:%M:%S}" if entry.submit_time else "-"
         why = f" ({entry.last_error})" if entry.last_error else ""
