@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 import postroom
 
-from support.cli import ok
+from support.cli import ok, popen, wait_for
 from support.cli import postroom as run
 from support.sendmail import sendmail
 from support.smtp_sink import SmtpSink
@@ -79,6 +80,19 @@ def test_dash_f_is_the_envelope_sender_and_the_from_header_stays_as_written(prof
         assert sink.delivered == [["x@example.net"]]
         (sent,) = sink.handler.messages
         assert sent.startswith(MESSAGE.split(b"\n\n")[0].replace(b"\n", b"\r\n") + b"\r\n")
+
+
+def test_with_a_spooler_daemon_running_the_daemon_delivers_what_was_submitted(profile: Path) -> None:
+    daemon = popen("spooler", profile=profile)
+    try:
+        assert daemon.stdout is not None and "Spooler running" in daemon.stdout.readline()
+        done = sendmail("-v", "bob@localhost", stdin=MESSAGE, env=env(profile))
+        assert done.returncode == 0 and b"the spooler daemon delivers it" in done.stderr, done.stderr
+        wait_for(lambda: len(mailbox(profile, "bob")) == 1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+    assert daemon.returncode == 0
 
 
 def test_the_submitting_uid_is_recorded_on_the_message(profile: Path) -> None:
