@@ -30,6 +30,7 @@ LOCAL_IMPORTS = {
     "postroom.cli.context → postroom.session",  # start-up: only the commands that log on
     "postroom.cli.messages → postroom.mime",  # start-up: the email package, for `export` only
     "postroom.cli.send → postroom.mime",  # start-up: the email package, for `send --eml` only
+    "postroom.cli.sendmail → postroom.cli.context",  # start-up: click, not needed to reach the submit socket
     "postroom.cli.sysexits → postroom",  # start-up: postroom-sendmail loads the face only on an error
     "postroom.store → postroom.store.postgres",  # optional: psycopg
     "postroom.store.copy → postroom.store.postgres",  # optional: psycopg

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import sysexits as X
-from .context import App
 from .sendmail_args import Invocation, Mode, UsageProblem, message_from_stdin, parse
 from .sendmail_smtp import serve_stdio
 from .submit_socket import queue_remote, submit_remote
@@ -99,6 +98,8 @@ def submit_here(
     uid: int,
 ) -> tuple[int, str]:
     """Submit into a profile of one's own, then deliver at once unless a spooler daemon runs."""
+    from .context import App  # start-up: click, only for a profile of one's own
+
     app = App(None)
     try:
         try:
@@ -137,6 +138,8 @@ def _queue(where: Path | None) -> int:
     if where is not None:
         code, lines = queue_remote(where)
     else:
+        from .context import App  # start-up: as in submit_here
+
         app = App(None)
         try:
             lines = queue_lines(app.session(), None)  # a profile of one's own: all of it is yours
