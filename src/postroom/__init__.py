@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         WaitKind,
     )
     from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage
+    from .submission import UnknownRecipient
     from .transports.registry import register_transport_kind, transport_kinds
     from .transports.spi import StatusRow
 
@@ -82,6 +83,7 @@ _HOMES = {
     "StoreDiskTrouble": ".mapi.codes",
     "StoreUnavailable": ".mapi.codes",
     "StoreUnreachable": ".mapi.codes",
+    "UnknownRecipient": ".submission",
     # the profile and its transports
     "Mode": ".profile",
     "Profile": ".profile",
@@ -203,6 +205,7 @@ __all__ = [
     "StoreUnreachable",
     "SubmissionSource",
     "TransportFlush",
+    "UnknownRecipient",
     "WaitKind",
     "__version__",
     "alogon",

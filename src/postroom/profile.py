@@ -18,7 +18,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
+import tomlkit.container
+import tomlkit.exceptions
+import tomlkit.items
 from platformdirs import user_data_dir
 
 from .mapi.codes import HResult, MAPIError, NotFound
@@ -103,6 +106,89 @@ class Service:
             raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"a [[service]] lacks {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
             raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, f"a [[service]] has a bad value: {exc}") from exc
+
+
+def _edited(path: Path, data: dict[str, Any]) -> str:
+    """profile.toml as it is on disk, changed to hold `data`, keeping what a person wrote there.
+
+    People edit profile.toml by hand and comment it; a `postroom service add` must not throw that
+    away. So the file is read with tomlkit and only what differs is changed: a value that stays
+    the same keeps its place, its comments and its formatting; a table or a service that stays
+    keeps its comments while its changed keys are rewritten; new keys go at the end of their
+    table. A file that is missing or cannot be read as TOML is written anew.
+    """
+    try:
+        document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError):
+        document = tomlkit.document()
+    _merge_table(document, data)
+    return tomlkit.dumps(document)
+
+
+def _merge_table(table: Any, data: Mapping[str, Any]) -> None:
+    for key in [k for k in table if k not in data]:
+        del table[key]
+    for key, value in data.items():
+        if key not in table:
+            _add(table, key, _toml_value(value))
+        elif isinstance(value, Mapping) and isinstance(table[key], dict):
+            _merge_table(table[key], value)
+        elif _is_tables(value) and isinstance(table[key], tomlkit.items.AoT):
+            _merge_tables(table, key, value)
+        elif _plain(table[key]) != value:
+            table[key] = _toml_value(value)
+
+
+def _add(table: Any, key: str, item: Any) -> None:
+    """A new key: a value goes after the table's last value, not after the blank line and the
+    comment that introduce the next table; a table goes at the end."""
+    values = [k for k, v in table.items() if not isinstance(v, dict | tomlkit.items.AoT)]
+    container = table.value if isinstance(table, tomlkit.items.Table) else table
+    if values and not isinstance(item, dict | tomlkit.items.AoT) and isinstance(container, tomlkit.container.Container):
+        try:
+            container._insert_after(values[-1], key, item)  # tomlkit has no public "insert after"
+            return
+        except (AttributeError, TypeError, tomlkit.exceptions.TOMLKitError):
+            pass  # another tomlkit: at the end, which is still right, if less neat
+    table[key] = item
+
+
+def _merge_tables(table: Any, key: str, rows: list[Mapping[str, Any]]) -> None:
+    """An array of tables ([[service]]): a row whose name was there before keeps its table (and its
+    comments), in the new order; the others are new."""
+    before = {str(t.get("name")): t for t in table[key]}
+    names = [str(row.get("name")) for row in rows]
+    if names == list(before) and len(names) == len(set(names)):
+        for existing, row in zip(table[key], rows, strict=True):
+            _merge_table(existing, row)
+        return
+    array = tomlkit.aot()
+    for name, row in zip(names, rows, strict=True):
+        existing = before.pop(name, None)
+        if existing is not None:
+            _merge_table(existing, row)
+            array.append(existing)
+        else:
+            array.append(tomlkit.item(row))
+    table[key] = array
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _plain(item: Any) -> Any:
+    return item.unwrap() if hasattr(item, "unwrap") else item
+
+
+def _toml_value(value: Any) -> Any:
+    """`value` as tomlkit writes it: a list of tables as [[…]], anything else as tomlkit chooses."""
+    if _is_tables(value):
+        array = tomlkit.aot()
+        for row in value:
+            array.append(tomlkit.item(row))
+        return array
+    return tomlkit.item(value)
 
 
 @dataclass
@@ -198,9 +284,10 @@ class Profile:
         if self.groups:
             data["sendreceive_group"] = self.groups
         tmp = self.path.with_suffix(".toml.tmp")
+        text = _edited(self.path, data)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            tomli_w.dump(data, fh)
+            fh.write(text.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)

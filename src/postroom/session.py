@@ -54,13 +54,14 @@ from .identity import (
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
 from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
-from .mapi.flags import MessageFlags, RecipientType
+from .mapi.flags import MAPI_SUBMITTED, MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
 from .spooler import PassSummary
 from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
 from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState
 from .store.notify import NoteKind
+from .submission import STORE_SETS, UnknownRecipient, sendmail_message, with_from
 from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
 
@@ -1236,6 +1237,66 @@ class Session(_SessionCore):
             task.cancel()
         if tasks:
             loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+    def submit_mime(
+        self,
+        raw: bytes,
+        *,
+        recipients: Sequence[str] = (),
+        extract_recipients: bool = False,
+        envelope_sender: str | None = None,
+        default_from: str | None = None,
+        full_name: str | None = None,
+        submitter_uid: int | None = None,
+    ) -> int:
+        """Submit RFC 5322 bytes with a sendmail envelope; returns the message ID once it is durable.
+
+        `recipients` are the envelope recipients (sendmail's arguments); with `extract_recipients`
+        (`-t`) the To/Cc/Bcc of the headers are too. `envelope_sender` (`-f`) goes into MAIL FROM;
+        a message without a From gets `full_name <default_from>`. The bytes are sent as they are
+        (postroom.submission says how). `submitter_uid` is recorded as PR_SUBMITTER_UID.
+        UnknownRecipient for a recipient that is no e-mail address or that no transport takes;
+        MAPI_E_NO_RECIPIENTS when there is none."""
+        _check(raw, bytes, "submit_mime(): the message")
+        _check_strings(recipients, "submit_mime", "recipients")
+        for r in recipients:
+            _check(r, str, "submit_mime(): each recipient")
+        _check(extract_recipients, bool, "submit_mime(): extract_recipients")
+        for value, what in (
+            (envelope_sender, "envelope_sender"),
+            (default_from, "default_from"),
+            (full_name, "full_name"),
+        ):
+            _check(value, (str, type(None)), f"submit_mime(): {what}")
+        _check(submitter_uid, (int, type(None)), "submit_mime(): submitter_uid")
+        if default_from is not None:
+            raw = with_from(raw, default_from, full_name)
+        data = sendmail_message(
+            raw, recipients=list(recipients), extract=extract_recipients, envelope_sender=envelope_sender
+        )
+        sent_to = [r for r in data.recipients if not int(r.get(T.PR_RECIPIENT_TYPE) or 0) & MAPI_SUBMITTED]
+        for answer in self.route(list(dict.fromkeys(f"SMTP:{r.email_address}" for r in sent_to))):
+            if not answer.offers and not answer.skipped:
+                raise UnknownRecipient(f"no transport in this profile takes {answer.address.email_address}")
+        draft = self.create_message()
+        draft.data.props.update({k: v for k, v in data.props.items() if k not in STORE_SETS})
+        draft.data.recipients = data.recipients
+        draft.data.attachments = data.attachments
+        draft.data.original = data.original
+        if submitter_uid is not None:
+            draft.data.props[T.PR_SUBMITTER_UID] = submitter_uid
+        # Nobody reads this profile's Inbox for the caller: reports also go to the envelope sender
+        # (spooler/sender_reports.py), as for a message the SMTP listener took.
+        draft.data.props[T.PR_POSTROOM_SUBMISSION_SOURCE] = str(SubmissionSource.SENDMAIL)
+        draft.data.props[T.PR_POSTROOM_ENVELOPE_FROM] = (
+            envelope_sender if envelope_sender is not None else str(data.props.get(T.PR_SENDER_EMAIL_ADDRESS) or "")
+        )
+        return draft.submit()
+
+    def submitter_uid(self, ref: str | int | bytes) -> int | None:
+        """The Unix uid that submitted a message through `submit_mime`, if it was recorded."""
+        value = self.open_message(ref).props.get(T.PR_SUBMITTER_UID)
+        return value if isinstance(value, int) else None
 
     def enum_adr_types(self) -> list[str]:
         """The address types of the transports logged on now (IMAPISession::EnumAdrTypes)."""

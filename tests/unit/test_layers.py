@@ -32,6 +32,8 @@ LOCAL_IMPORTS = {
     "postroom.cli.send → postroom.mime",  # start-up: the email package, for `send --eml` only
     "postroom.cli.spool → postroom.web.server",  # start-up: uvicorn, for `spooler --http` only
     "postroom.engine.serving → postroom.engine.listener",  # start-up: aiosmtpd, only where a listener runs
+    "postroom.cli.sendmail → postroom.cli.context",  # start-up: click, not needed to reach the submit socket
+    "postroom.cli.sysexits → postroom",  # start-up: postroom-sendmail loads the face only on an error
     "postroom.store → postroom.store.postgres",  # optional: psycopg
     "postroom.store.copy → postroom.store.postgres",  # optional: psycopg
     "postroom.storeadmin → postroom.store.postgres",  # optional: psycopg

@@ -12,7 +12,7 @@ import postroom
 from support.surface import returned_types, surface
 
 SURFACE = {
-    "__all__": "ActivityBucket, ArgumentTypeError, AsyncSession, Attachment, DEFAULT_GROUP, DaemonPidFile, DeliveryStats, Draft, Event, EventKind, Folder, FolderRole, GroupChange, GroupSettings, HResult, Identity, IdentitySource, ImportResult, ImportStatus, ListenerSettings, LoadedTransport, MAPIError, MessageData, MessageResult, MessageSummary, Mode, NotFound, Offer, POLICY_HELP, ParsedAddress, PassSummary, Profile, ProviderFailed, QueueCounts, QueueEntry, QueuePage, QueueState, Received, Recipient, RecipientOutcome, RecipientReport, RecipientState, RecipientStatus, RetryAll, RouteAnswer, RoutingPass, SendReceiveGroup, SendReceiveSummary, Service, Session, Skip, StatusPublication, StatusReport, StatusRow, StatusSource, StoreDiskTrouble, StoreUnavailable, StoreUnreachable, SubmissionSource, TransportFlush, WaitKind, __version__, alogon, check_policy, logon, logon_when_usable, register_transport_kind, transport_kinds",
+    "__all__": "ActivityBucket, ArgumentTypeError, AsyncSession, Attachment, DEFAULT_GROUP, DaemonPidFile, DeliveryStats, Draft, Event, EventKind, Folder, FolderRole, GroupChange, GroupSettings, HResult, Identity, IdentitySource, ImportResult, ImportStatus, ListenerSettings, LoadedTransport, MAPIError, MessageData, MessageResult, MessageSummary, Mode, NotFound, Offer, POLICY_HELP, ParsedAddress, PassSummary, Profile, ProviderFailed, QueueCounts, QueueEntry, QueuePage, QueueState, Received, Recipient, RecipientOutcome, RecipientReport, RecipientState, RecipientStatus, RetryAll, RouteAnswer, RoutingPass, SendReceiveGroup, SendReceiveSummary, Service, Session, Skip, StatusPublication, StatusReport, StatusRow, StatusSource, StoreDiskTrouble, StoreUnavailable, StoreUnreachable, SubmissionSource, TransportFlush, UnknownRecipient, WaitKind, __version__, alogon, check_policy, logon, logon_when_usable, register_transport_kind, transport_kinds",
     "alogon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> AsyncSession",
     "check_policy": "(options: Mapping[str, Any]) -> dict[str, Any]",
     "logon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> Session",
@@ -203,6 +203,8 @@ SURFACE = {
     "Session.submit": "(ref: str | int | bytes) -> None",
     "Session.submit_envelope": "(raw: bytes, mail_from: str, rcpt_to: Sequence[str], source: SubmissionSource | str) -> int",
     "Session.submit_many": "(drafts: Iterable[Draft]) -> list[int]",
+    "Session.submit_mime": "(raw: bytes, *, recipients: Sequence[str] = (), extract_recipients: bool = False, envelope_sender: str | None = None, default_from: str | None = None, full_name: str | None = None, submitter_uid: int | None = None) -> int",
+    "Session.submitter_uid": "(ref: str | int | bytes) -> int | None",
     "Session.transport_kinds": "() -> dict[str, type[Any]]",
     "Session.transport_order": "() -> list[Service]",
     "Session.validate_state": "() -> None",

@@ -61,7 +61,9 @@ COMMANDS = {
     ),
     "spooler": LazyCommand("spool", "spooler", "Run the spooler over the outgoing queue."),
     "serve": LazyCommand(
-        "serve", "serve", "Run a server in front of the profile: the SMTP submission listener or the status page."
+        "serve",
+        "serve",
+        "Run a server in front of the profile: the SMTP submission listener, the status page or the submit socket.",
     ),
     "store": LazyCommand(
         "store", "store", "The message store: migrate its schema, or copy it between SQLite and PostgreSQL."

@@ -22,9 +22,14 @@ SERVE_COMMANDS: dict[str, LazyCommand] = {
         "serve_smtp",
         "Run the SMTP submission listener: programs hand mail to postroom as to a mail server.",
     ),
+    "submit": LazyCommand(
+        "serve_submit",
+        "serve_submit",
+        "Accept messages from postroom-sendmail of every local user into this (system) profile.",
+    ),
 }
 
 
 @click.group(cls=LazyGroup, lazy=SERVE_COMMANDS, no_args_is_help=True)
 def serve() -> None:
-    """Run a server in front of the profile: the SMTP submission listener or the status page."""
+    """Run a server in front of the profile: the SMTP submission listener, the status page or the submit socket."""

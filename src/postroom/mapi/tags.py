@@ -226,6 +226,9 @@ PR_ORIGINAL_SEARCH_KEY = _tag("PR_ORIGINAL_SEARCH_KEY", 0x3A140102)
 PR_POSTROOM_SUBMISSION_SOURCE = _tag("PR_POSTROOM_SUBMISSION_SOURCE", 0x6790001F)
 #: The envelope sender (MAIL FROM, the reverse path) of such a message; "" for the null sender <>.
 PR_POSTROOM_ENVELOPE_FROM = _tag("PR_POSTROOM_ENVELOPE_FROM", 0x6791001F)
+#: The Unix uid that submitted a message through `postroom-sendmail` (a system profile's submit
+#: socket knows it from SO_PEERCRED).
+PR_SUBMITTER_UID = _tag("PR_SUBMITTER_UID", 0x67920003)
 
 #: Properties that must never leave the client side (never transmitted by a transport).
 NON_TRANSMITTABLE: frozenset[int] = frozenset(
@@ -238,5 +241,6 @@ NON_TRANSMITTABLE: frozenset[int] = frozenset(
         PR_SPOOLER_STATUS,
         PR_ROWID,
         PR_INSTANCE_KEY,
+        PR_SUBMITTER_UID,
     }
 )

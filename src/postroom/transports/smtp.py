@@ -106,6 +106,9 @@ from ..mapi.flags import (
     ValidateFlags,
 )
 from ..mapi.message import MessageData, Recipient
+from .oauth import ABORT as _OAUTH_ABORT
+from .oauth import OPTION_HELP as _OAUTH_HELP
+from .oauth import TokenSource, initial_response, token_options
 from .options import Secret, client_tls_context, read_password, refuse_password, resolve_path, setup_problems
 from .options import invalid as _invalid
 from .options import number as _number
@@ -283,6 +286,7 @@ class SMTPConfig:
     from_name: str
     temporary_failure_wait: float  # 0: no wait of our own, the spooler backs off
     tnef: TnefMode = field(default_factory=lambda: TnefMode.NEVER)
+    oauth: TokenSource | None = None  # OAuth2 (XOAUTH2 / OAUTHBEARER) instead of a password
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], profile_dir: Path) -> SMTPConfig:
@@ -308,6 +312,7 @@ class SMTPConfig:
             from_name=opts.get("from_name", ""),
             temporary_failure_wait=opts.get("temporary_failure_wait", 0.0),
             tnef=TnefMode(opts.get("tnef", TnefMode.NEVER)),
+            oauth=TokenSource.from_options(opts, profile_dir),
         )
 
     @property
@@ -316,7 +321,7 @@ class SMTPConfig:
 
     def read_password(self) -> str | None:
         """The password from the environment or the password file; MAPI_E_FAILONEPROVIDER when missing."""
-        if self.username is None:
+        if self.username is None or self.oauth is not None:
             return None
         return read_password(self.password_env, self.password_file)
 
@@ -824,7 +829,10 @@ class SMTPLogon(TransportLogon):
                         f"the SMTP server {cfg.where} offers no AUTH, but the option 'username' is set"
                         + (" (it may offer AUTH only after TLS: security starttls or tls)" if self._tls is None else "")
                     )
-                await smtp.login(cfg.username, self._password_now().reveal())
+                if cfg.oauth is not None:
+                    await self._oauth_login(smtp, cfg.username, cfg.oauth)
+                else:
+                    await smtp.login(cfg.username, self._password_now().reveal())
         except BaseException as exc:
             if smtp is not None:
                 smtp.close()
@@ -839,6 +847,27 @@ class SMTPLogon(TransportLogon):
             raise
         self._connected()
         return smtp
+
+    async def _oauth_login(self, smtp: SMTPClient, user: str, source: TokenSource) -> None:
+        """AUTH with an OAuth2 access token; a refused token is fetched again once (it has most
+        likely expired) before the refusal counts. A token that cannot be had is unconfigured."""
+        reply: Reply | None = None
+        for _attempt in range(2):
+            try:
+                token = await source.token()
+            except MAPIError as exc:
+                raise _Unconfigured(exc.message) from None
+            mechanism = source.mechanism.value.encode("ascii")
+            answer = initial_response(source.mechanism, user, token, self.config.host, self.config.port)
+            reply = await smtp.command(b"AUTH " + mechanism + b" " + answer + b"\r\n")
+            if reply.code == 334:  # an error challenge: answer it to get the final reply
+                reply = await smtp.command(_OAUTH_ABORT[source.mechanism] + b"\r\n")
+            if reply.code == 235:
+                return
+            if not 500 <= reply.code < 600:
+                break  # the server's own trouble (4xx): a fresh token would not help
+        assert reply is not None
+        raise AuthenticationFailed(f"{reply.code} {reply.message}", reply)
 
     def _password_now(self) -> Secret:
         if self._password is None:  # read_password() raised at logon; unconfigured says why
@@ -903,6 +932,7 @@ class SMTPProvider(TransportProvider):
         ),
         "from_name": "the display name that goes with from_address",
         "sender": "the envelope sender (default: the address the message goes out from, else the username)",
+        **_OAUTH_HELP,
         "temporary_failure_wait": (
             "seconds before retrying after a temporary failure (default: the spooler's backoff, "
             "300 s doubling up to 4000 s, see `postroom service set --policy`)"
@@ -929,11 +959,19 @@ class SMTPProvider(TransportProvider):
         if "username" in opts:
             out["username"] = _token("username", opts["username"])
         out.update(_password_source(opts))
+        out.update(token_options(opts))
         has_password = "password_env" in out or "password_file" in out
-        if "username" in out and not has_password:
-            raise _invalid("option 'username' needs 'password_env' or 'password_file' to say where the password is")
-        if has_password and "username" not in out:
-            raise _invalid("a password ('password_env' or 'password_file') needs the option 'username'")
+        has_token = "token_command" in out or "token_file" in out
+        if has_password and has_token:
+            raise _invalid("a password ('password_env', 'password_file') and an OAuth2 token exclude each other")
+        if "username" in out and not (has_password or has_token):
+            raise _invalid(
+                "option 'username' needs 'password_env' or 'password_file' to say where the password is "
+                "(or 'token_command' or 'token_file' for OAuth2)"
+            )
+        if (has_password or has_token) and "username" not in out:
+            what = "an OAuth2 token ('token_command' or 'token_file')" if has_token else "a password"
+            raise _invalid(f"{what} needs the option 'username'")
 
         out.update(_tls_checks(opts, security, SECURITY_MODES))
         if "helo_name" in opts:
