@@ -61,7 +61,7 @@ from .spooler import PassSummary
 from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
 from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState
 from .store.notify import NoteKind
-from .submission import STORE_SETS, UnknownRecipient, sendmail_message, with_from
+from .submission import UnknownRecipient, sendmail_message, with_from
 from .transports.registry import transport_kinds
 from .transports.spi import StatusRow
 
@@ -1279,7 +1279,7 @@ class Session(_SessionCore):
             if not answer.offers and not answer.skipped:
                 raise UnknownRecipient(f"no transport in this profile takes {answer.address.email_address}")
         draft = self.create_message()
-        draft.data.props.update({k: v for k, v in data.props.items() if k not in STORE_SETS})
+        draft.data.props.update({k: v for k, v in data.props.items() if k not in T.STORE_SETS})
         draft.data.recipients = data.recipients
         draft.data.attachments = data.attachments
         draft.data.original = data.original

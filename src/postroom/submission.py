@@ -32,32 +32,6 @@ from .mapi.entryid import one_off_entry_id, search_key
 from .mapi.flags import MAPI_P1, MAPI_SUBMITTED, RecipientType
 from .mapi.message import MessageData, Recipient
 
-#: What a message made of submitted bytes must not bring along: the store and the spooler set these
-#: (the same list as `send --eml`'s, which is a front end and so keeps its own).
-STORE_SETS: frozenset[int] = frozenset(
-    {
-        T.PR_ENTRYID,
-        T.PR_MESSAGE_FLAGS,
-        T.PR_SENTMAIL_ENTRYID,
-        T.PR_CREATION_TIME,
-        T.PR_LAST_MODIFICATION_TIME,
-        T.PR_CLIENT_SUBMIT_TIME,
-        T.PR_MESSAGE_DELIVERY_TIME,
-        T.PR_DISPLAY_TO,
-        T.PR_DISPLAY_CC,
-        T.PR_DISPLAY_BCC,
-        T.PR_SUBMIT_FLAGS,
-        T.PR_SPOOLER_STATUS,
-        T.PR_RESPONSIBILITY,
-        T.PR_RECEIVED_BY_ENTRYID,
-        T.PR_RECEIVED_BY_NAME,
-        T.PR_RECEIVED_BY_ADDRTYPE,
-        T.PR_RECEIVED_BY_EMAIL_ADDRESS,
-        T.PR_RECEIVED_BY_SEARCH_KEY,
-        T.PR_SUBMITTER_UID,
-    }
-)
-
 
 class UnknownRecipient(MAPIError):
     """MAPI_E_INVALID_PARAMETER for an envelope recipient that is no address (sendmail's EX_NOUSER)."""

@@ -19,30 +19,6 @@ from .context import App, CliError, interruptible, json_option, pass_app
 from .messages import recipient_rows, waiting_detail
 from .output import when
 
-#: What a message from --eml must not bring along: the store and the spooler set these.
-EML_SKIP: frozenset[int] = frozenset(
-    {
-        T.PR_ENTRYID,
-        T.PR_MESSAGE_FLAGS,
-        T.PR_SENTMAIL_ENTRYID,
-        T.PR_CREATION_TIME,
-        T.PR_LAST_MODIFICATION_TIME,
-        T.PR_CLIENT_SUBMIT_TIME,
-        T.PR_MESSAGE_DELIVERY_TIME,
-        T.PR_DISPLAY_TO,
-        T.PR_DISPLAY_CC,
-        T.PR_DISPLAY_BCC,
-        T.PR_SUBMIT_FLAGS,
-        T.PR_SPOOLER_STATUS,
-        T.PR_RESPONSIBILITY,
-        T.PR_RECEIVED_BY_ENTRYID,
-        T.PR_RECEIVED_BY_NAME,
-        T.PR_RECEIVED_BY_ADDRTYPE,
-        T.PR_RECEIVED_BY_EMAIL_ADDRESS,
-        T.PR_RECEIVED_BY_SEARCH_KEY,
-    }
-)
-
 
 def read_input(path: str, what: str) -> bytes:
     """The bytes of FILE, or of stdin for `-`; an unreadable file is a one-line error naming it."""
@@ -56,7 +32,7 @@ def read_input(path: str, what: str) -> bytes:
 
 def _copy_eml(draft: Draft, data: MessageData, with_recipients: bool) -> None:
     for tag, value in data.props.items():
-        if tag not in EML_SKIP:
+        if tag not in T.STORE_SETS:
             draft.data.props[tag] = value
     if with_recipients:
         for r in data.recipients:

@@ -179,16 +179,11 @@ def spooler(
         daemon_session = app.session_when_usable(stop)
         if daemon_session is None:
             return  # stopped while the store could not be opened
-        if worker_of is not None:  # the parent holds the pid file, once every worker has its store open
-            app.out.json_line({"ready": os.getpid()})
-            page = _start_page(daemon_session.profile, http_at) if http_at else None
-            try:
-                daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
-            finally:
-                if page is not None:
-                    page.stop()
-        else:
-            with daemon_session.daemon_pid_file(force=force) as held:
+        with contextlib.ExitStack() as running:
+            if worker_of is not None:  # the parent holds the pid file, once every worker has its store open
+                app.out.json_line({"ready": os.getpid()})
+            else:
+                held = running.enter_context(daemon_session.daemon_pid_file(force=force))
                 if held.note:
                     click.echo(f"postroom: {held.note}", err=True)
                 if not app.json:
@@ -196,12 +191,9 @@ def spooler(
                         f"Spooler running on {daemon_session.profile.directory} ({daemon_session.mode}, "
                         f"pid {os.getpid()}, event loop {daemon_session.event_loop}); Ctrl-C or SIGTERM stops it."
                     )
-                page = _start_page(daemon_session.profile, http_at) if http_at else None
-                try:
-                    daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
-                finally:
-                    if page is not None:
-                        page.stop()
+            if http_at:
+                running.callback(_start_page(daemon_session.profile, http_at).stop)
+            daemon_session.run_spooler(stop, on_pass=on_pass, smtp=smtp, on_listening=listening)
     if app.json:  # the last line: the totals
         app.out.json_line({"stopped": True, "passes": passes, **summary_data(totals)})
     else:

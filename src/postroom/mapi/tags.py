@@ -244,3 +244,29 @@ NON_TRANSMITTABLE: frozenset[int] = frozenset(
         PR_SUBMITTER_UID,
     }
 )
+
+#: What a message made of RFC 5322 bytes (`send --eml`, postroom-sendmail, the listener) must not
+#: bring along: the store and the spooler set these.
+STORE_SETS: frozenset[int] = frozenset(
+    {
+        PR_ENTRYID,
+        PR_MESSAGE_FLAGS,
+        PR_SENTMAIL_ENTRYID,
+        PR_CREATION_TIME,
+        PR_LAST_MODIFICATION_TIME,
+        PR_CLIENT_SUBMIT_TIME,
+        PR_MESSAGE_DELIVERY_TIME,
+        PR_DISPLAY_TO,
+        PR_DISPLAY_CC,
+        PR_DISPLAY_BCC,
+        PR_SUBMIT_FLAGS,
+        PR_SPOOLER_STATUS,
+        PR_RESPONSIBILITY,
+        PR_RECEIVED_BY_ENTRYID,
+        PR_RECEIVED_BY_NAME,
+        PR_RECEIVED_BY_ADDRTYPE,
+        PR_RECEIVED_BY_EMAIL_ADDRESS,
+        PR_RECEIVED_BY_SEARCH_KEY,
+        PR_SUBMITTER_UID,
+    }
+)
