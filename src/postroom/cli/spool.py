@@ -263,7 +263,7 @@ def supervise(
         if not app.json:
             app.out.echo(
                 f"Spooler running on {directory} ({mode}, pid {os.getpid()}, "
-                f"{workers} worker processes); Ctrl-C or SIGTERM stops it."
+                f"{workers} worker processes, event loop {loop}); Ctrl-C or SIGTERM stops it."
             )
 
     supervisor = Supervisor(
@@ -275,7 +275,7 @@ def supervise(
         session = app.session_when_usable(stop)
         if session is None:
             return  # stopped while the store could not be opened
-        directory, mode = session.profile.directory, session.mode
+        directory, mode, loop = session.profile.directory, session.mode, session.event_loop
         with session.daemon_pid_file(force=force):
             pass  # another daemon runs: refused (MAPI_E_BUSY) before any worker delivers anything
         daemon_pid_file.append(session.daemon_pid_file(force=force))
