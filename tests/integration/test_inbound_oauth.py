@@ -1,0 +1,163 @@
+"""OAuth2 for the imap and pop3 transports, against a Dovecot whose `oauth2` passdb asks a
+token-introspection server the test runs (oauth_peer.py).
+
+IMAP logs in with AUTHENTICATE XOAUTH2 / OAUTHBEARER, POP3 with AUTH and the initial response
+(RFC 5034); the token comes from `token_command` or `token_file`. A refused token is fetched
+again once (it has most likely expired); refused again, the service's status row says so, naming
+the user and never the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oauth_peer import OAuthDovecot, running_oauth_dovecot
+from peers import Peers
+
+from postroom.mapi.codes import MAPIError
+from postroom.mapi.flags import StatusCode
+from postroom.transports.imap import IMAPProvider
+from postroom.transports.pop3 import POP3Provider
+
+from support.inbound import session_for, status_row, subjects
+from support.oauth import token_command
+
+pytestmark = pytest.mark.integration
+
+KINDS = ("imap", "pop3")
+
+
+@pytest.fixture(scope="module")
+def dovecot(peers: Peers) -> Iterator[OAuthDovecot]:
+    yield from running_oauth_dovecot(peers)
+
+
+def message(subject: str, to: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "sam@sender.test"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content("Hello.\n")
+    return msg.as_bytes(policy=SMTP)
+
+
+def options(dovecot: OAuthDovecot, kind: str, user: str, **extra: Any) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": dovecot.port(kind), "security": "none", "username": user, "timeout": 10,
+            **extra}  # fmt: skip
+
+
+def fresh_token(dovecot: OAuthDovecot, user: str) -> str:
+    """A token the introspection server takes for `user`."""
+    token = f"ya29.{secrets.token_urlsafe(24)}"
+    dovecot.introspection.grant(token, user)
+    return token
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_xoauth2_with_a_token_from_the_token_command_receives(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
+) -> None:
+    user = peers.new_user()
+    peers.put_message(user, message("over oauth", user))
+    token = fresh_token(dovecot, user)
+    opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, token)))
+    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
+        assert session.receive() == 1
+        assert subjects(session) == ["over oauth"]
+        assert StatusCode.FAILURE not in status_row(session, "in").status_code
+    assert dovecot.introspection.asked_about(token) == [token]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_oauthbearer_with_the_token_file_receives(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
+) -> None:
+    user = peers.new_user()
+    peers.put_message(user, message("bearer", user))
+    token = fresh_token(dovecot, user)
+    profile = tmp_path / "p"
+    profile.mkdir()
+    (profile / "token").write_text(token + "\n", encoding="utf-8")
+    opts = options(dovecot, kind, user, token_file="token", oauth_mechanism="oauthbearer")
+    with session_for(profile, (kind, "in", opts)) as session:
+        assert session.receive() == 1
+        assert subjects(session) == ["bearer"]
+    assert dovecot.introspection.asked_about(token) == [token]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_expired_token_is_fetched_again_once_and_the_fresh_one_works(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
+) -> None:
+    user = peers.new_user()
+    peers.put_message(user, message("after refresh", user))
+    expired = f"expired-{secrets.token_hex(8)}"  # never granted: the server says inactive
+    token = fresh_token(dovecot, user)
+    opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, expired, token)))
+    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
+        assert session.receive() == 1
+        assert subjects(session) == ["after refresh"]
+        assert StatusCode.FAILURE not in status_row(session, "in").status_code
+    assert dovecot.introspection.asked_about(expired, token) == [expired, token]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_token_refused_every_time_fails_the_service_clearly_and_never_shows_the_token(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    user = peers.new_user()
+    peers.put_message(user, message("never fetched", user))
+    revoked = f"revoked-{secrets.token_hex(8)}"
+    dovecot.introspection.grant(revoked, "someone-else@example.test")  # active, but not this user's
+    opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, revoked)))
+    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
+        assert session.receive() == 0
+        row = status_row(session, "in")
+        shown = repr([vars(r) for r in session.status()])
+    assert StatusCode.FAILURE in row.status_code
+    assert f"OAuth2 login (XOAUTH2) as {user} at 127.0.0.1:{dovecot.port(kind)} failed" in row.last_error
+    assert "a freshly fetched token was refused too" in row.last_error
+    assert dovecot.introspection.asked_about(revoked) == [revoked, revoked]  # fetched again once, no more
+    assert revoked not in shown and revoked not in caplog.text
+    for state_file in (tmp_path / "p").glob(".*.json"):
+        assert revoked not in state_file.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_token_command_that_fails_says_why_in_the_status_row(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
+) -> None:
+    user = peers.new_user()
+    failing = ["python3", "-c", "import sys; sys.exit('refresh token revoked')"]
+    with session_for(tmp_path / "p", (kind, "in", options(dovecot, kind, user, token_command=failing))) as session:
+        assert session.receive() == 0
+        row = status_row(session, "in")
+    assert StatusCode.FAILURE in row.status_code
+    assert f"no OAuth2 access token for {user}" in row.last_error and "refresh token revoked" in row.last_error
+
+
+@pytest.mark.parametrize("provider", [IMAPProvider, POP3Provider])
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"token_file": "t", "password_env": "X"}, "exclude each other"),
+        ({"token_file": "t", "token_command": ["x"]}, "exclude each other"),
+        ({"token_file": "t", "oauth_mechanism": "plain"}, "'xoauth2' or 'oauthbearer'"),
+        ({}, "or 'token_command' or 'token_file' for OAuth2"),
+    ],
+)
+def test_contradictory_or_missing_credentials_are_refused_with_a_clear_message(
+    provider: type[IMAPProvider | POP3Provider], extra: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(MAPIError) as raised:
+        provider.validate_options({"host": "127.0.0.1", "username": "ada@example.test", **extra})
+    assert why in raised.value.message
