@@ -25,6 +25,8 @@ from peers import Peers
 from postroom.mapi.codes import MAPIError
 from postroom.mapi.flags import StatusCode
 from postroom.transports.imap import IMAPProvider
+from postroom.transports.oauth import Mechanism, initial_response
+from postroom.transports.options import Secret
 from postroom.transports.pop3 import POP3Provider
 
 from support.inbound import session_for, status_row, subjects
@@ -127,7 +129,9 @@ def test_a_token_refused_every_time_fails_the_service_clearly_and_never_shows_th
     assert f"OAuth2 login (XOAUTH2) as {user} at 127.0.0.1:{dovecot.port(kind)} failed" in row.last_error
     assert "a freshly fetched token was refused too" in row.last_error
     assert dovecot.introspection.asked_about(revoked) == [revoked, revoked]  # fetched again once, no more
-    assert revoked not in shown and revoked not in caplog.text
+    sent = initial_response(Mechanism.XOAUTH2, user, Secret(revoked), "127.0.0.1", dovecot.port(kind)).decode()
+    for secret in (revoked, sent):  # neither the token nor what carried it (base64)
+        assert secret not in shown and secret not in caplog.text
     for state_file in (tmp_path / "p").glob(".*.json"):
         assert revoked not in state_file.read_text(encoding="utf-8")
 
