@@ -29,6 +29,8 @@ from postroom.transports.oauth import Mechanism, initial_response
 from postroom.transports.options import Secret
 from postroom.transports.pop3 import POP3Provider
 
+from support.cli import as_json, ok
+from support.cli import postroom as run
 from support.inbound import session_for, status_row, subjects
 from support.oauth import token_command
 
@@ -165,3 +167,31 @@ def test_contradictory_or_missing_credentials_are_refused_with_a_clear_message(
     with pytest.raises(MAPIError) as raised:
         provider.validate_options({"host": "127.0.0.1", "username": "ada@example.test", **extra})
     assert why in raised.value.message
+
+
+def test_the_cli_receives_with_an_oauth2_account_and_a_revoked_token_fails_the_receive_clearly(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path
+) -> None:
+    kind = "imap"  # the CLI path is the same for pop3 (covered above through the face); CLI runs are slow
+    user = peers.new_user()
+    peers.put_message(user, message("through the cli", user))
+    token = fresh_token(dovecot, user)
+    profile = tmp_path / "p"
+    ok(run("init", "--empty", profile))
+    ok(run("service", "add", kind, "in", "--set", "host=127.0.0.1", "--set", f"port={dovecot.port(kind)}",
+           "--set", "security=none", "--set", f"username={user}",
+           "--set", f"token_command={token_command(tmp_path, token)}", profile=profile))  # fmt: skip
+    received = as_json(ok(run("--json", "receive", profile=profile)))
+    assert received["received"] == 1 and received["errors"] == []
+    listed = as_json(ok(run("--json", "list", "Inbox", profile=profile)))
+    assert [row["subject"] for row in listed] == ["through the cli"]
+    # The token was revoked meanwhile: the receive fails with the reason, and no token anywhere.
+    peers.put_message(user, message("after revocation", user))
+    dovecot.introspection.granted.pop(token)
+    failed = run("--json", "receive", profile=profile)
+    assert failed.returncode == 1
+    [error] = as_json(failed)["errors"]
+    assert error.startswith(f"in: OAuth2 login (XOAUTH2) as {user} at 127.0.0.1:{dovecot.port(kind)} failed")
+    assert token not in failed.stdout + failed.stderr
+    status = run("--json", "status", "--here", profile=profile)
+    assert token not in status.stdout + status.stderr
