@@ -27,6 +27,10 @@ from urllib.parse import parse_qs
 
 from peers import MAIL_UID, START_TIMEOUT, TEMPLATES, Peers, free_port, port_open, wait_until
 
+from support.prerequisites import unavailable
+
+_DOVECOT_AUTH = Path("/usr/lib/dovecot/auth")
+
 
 @dataclass
 class Introspection:
@@ -105,8 +109,25 @@ def _render(name: str, values: dict[str, str]) -> str:
     return text
 
 
+def oauth2_passdb_missing() -> str | None:
+    """Why Dovecot's oauth2 passdb is not here, or None.
+
+    Dovecot 2.3 builds it into its auth process and lists it in neither `dovecot --build-options`
+    nor `doveconf -m`; without it Dovecot still starts and only its auth process dies at the
+    first login ("BYE Auth process broken"). So the auth binary is asked whether it holds it."""
+    auth = _DOVECOT_AUTH
+    try:
+        found = b"passdb_oauth2" in auth.read_bytes()
+    except OSError as exc:
+        return f"needs Dovecot's auth process ({auth}: {exc.strerror})"
+    return None if found else f"needs Dovecot with its oauth2 passdb ({auth} has none)"
+
+
 def running_oauth_dovecot(peers: Peers) -> Iterator[OAuthDovecot]:
     """Generator for a fixture: the introspection server and the OAuth2 Dovecot, stopped after."""
+    problem = oauth2_passdb_missing()
+    if problem is not None:
+        unavailable(problem)
     introspection = Introspection()
     directory = peers.root / f"dovecot-oauth2-{os.getpid()}-{free_port()}"
     for sub in ("", "run", "state"):
