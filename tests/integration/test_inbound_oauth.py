@@ -151,6 +151,24 @@ def test_a_token_command_that_fails_says_why_in_the_status_row(
     assert f"no OAuth2 access token for {user}" in row.last_error and "refresh token revoked" in row.last_error
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_server_without_the_mechanism_is_told_apart_from_a_refused_token(
+    peers: Peers, tmp_path: Path, kind: str
+) -> None:
+    user = peers.new_user()
+    port = peers.imap_port if kind == "imap" else peers.pop3_port  # the password-only Dovecot
+    calls = tmp_path / "token-calls"
+    opts = {"host": "127.0.0.1", "port": port, "security": "none", "username": user, "timeout": 10,
+            "token_command": json.loads(token_command(tmp_path, "never-sent"))}  # fmt: skip
+    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
+        assert session.receive() == 0
+        row = status_row(session, "in")
+    verb = "AUTHENTICATE" if kind == "imap" else "AUTH"
+    assert StatusCode.FAILURE in row.status_code
+    assert f"{kind.upper()} server 127.0.0.1:{port} does not offer {verb} XOAUTH2" in row.last_error
+    assert not calls.exists()  # no token was fetched for a server that cannot take it
+
+
 @pytest.mark.parametrize("provider", [IMAPProvider, POP3Provider])
 @pytest.mark.parametrize(
     ("extra", "why"),

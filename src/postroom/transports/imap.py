@@ -246,6 +246,7 @@ class IMAPLogon(inbound.InboundLogon[ImapKey]):
                 client.starttls(self._tls)
             step = "LOGIN"
             if cfg.oauth is not None:
+                self._offers(client, cfg.oauth.mechanism)
                 self._token_login(lambda token: self._authenticate(client, token))
             else:
                 client.login(cfg.username, self._password_now())
@@ -266,6 +267,14 @@ class IMAPLogon(inbound.InboundLogon[ImapKey]):
         self._folder_ready = False
         self._select()
         self._just_selected = True
+
+    def _offers(self, client: _Client, mechanism: Mechanism) -> None:
+        """A server without the mechanism is said so (no token is fetched or sent to it)."""
+        if not client.has_capability(f"AUTH={mechanism.value}"):
+            raise inbound.ConnectionLost(
+                f"IMAP server {self.config.where} does not offer AUTHENTICATE {mechanism.value} "
+                "(option 'oauth_mechanism')"
+            )
 
     def _authenticate(self, client: _Client, token: Secret) -> None:
         cfg = self.config

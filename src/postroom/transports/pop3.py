@@ -225,6 +225,7 @@ class POP3Logon(inbound.InboundLogon[str]):
                 client.stls(self._tls)
             if cfg.oauth is not None:
                 step = "AUTH"
+                self._offers(client, cfg.oauth.mechanism)
                 self._token_login(lambda token: self._authenticate(client, token))
             else:
                 step = "USER"
@@ -241,6 +242,22 @@ class POP3Logon(inbound.InboundLogon[str]):
             raise inbound.ConnectionLost(
                 f"login as {cfg.username} at {cfg.where} failed: {inbound.server_answer(exc)}"
             ) from None
+
+    def _offers(self, client: _Guarded, mechanism: Mechanism) -> None:
+        """A server whose CAPA lists SASL mechanisms without this one is said so (no token is
+        fetched or sent to it); a server without CAPA (it is optional, RFC 2449) is just tried."""
+        try:
+            capabilities = client.capa()
+        except poplib.error_proto as exc:
+            if _connection_error(exc):
+                raise
+            return
+        offered = [name.upper() for name in capabilities.get("SASL", [])]
+        if mechanism.value not in offered:
+            raise inbound.ConnectionLost(
+                f"POP3 server {self.config.where} does not offer AUTH {mechanism.value} "
+                f"(its SASL mechanisms: {' '.join(offered) or 'none'}; option 'oauth_mechanism')"
+            )
 
     def _authenticate(self, client: _Guarded, token: Secret) -> None:
         cfg = self.config
