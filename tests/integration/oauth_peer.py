@@ -39,6 +39,8 @@ class Introspection:
     token it was asked about (`asked`)."""
 
     granted: dict[str, str] = field(default_factory=dict)
+    #: Tokens answered with HTTP 503, as an identity provider that is down (not a refusal).
+    failing: set[str] = field(default_factory=set)
     asked: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,12 +53,15 @@ class Introspection:
         with self._lock:
             return [token for token in self.asked if token in tokens]
 
-    def answer(self, body: bytes) -> dict[str, object]:
+    def answer(self, body: bytes) -> tuple[int, dict[str, object]]:
+        """The HTTP status and JSON answer for a request body ``token=...``."""
         token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
         with self._lock:
             self.asked.append(token)
             user = self.granted.get(token)
-        return {"active": True, "username": user} if user is not None else {"active": False}
+            if token in self.failing:
+                return 503, {"error": "temporarily_unavailable"}
+        return 200, {"active": True, "username": user} if user is not None else {"active": False}
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
@@ -66,8 +71,9 @@ class Introspection:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.dumps(owner.answer(self.rfile.read(length))).encode("utf-8")
-                self.send_response(200)
+                status, answer = owner.answer(self.rfile.read(length))
+                body = json.dumps(answer).encode("utf-8")
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

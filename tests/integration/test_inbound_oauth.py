@@ -152,6 +152,22 @@ def test_a_token_command_that_fails_says_why_in_the_status_row(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_server_that_cannot_check_the_token_now_is_not_taken_for_a_refusal(
+    peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
+) -> None:
+    user = peers.new_user()
+    token = fresh_token(dovecot, user)
+    dovecot.introspection.failing.add(token)  # the identity provider is down
+    opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, token)))
+    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
+        assert session.receive() == 0
+        row = status_row(session, "in")
+    assert StatusCode.FAILURE in row.status_code
+    assert f"127.0.0.1:{dovecot.port(kind)} could not check the access token now" in row.last_error
+    assert dovecot.introspection.asked_about(token) == [token]  # not fetched and sent again
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_server_without_the_mechanism_is_told_apart_from_a_refused_token(
     peers: Peers, tmp_path: Path, kind: str
 ) -> None:
