@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 
 from support.cli import as_json, ok
 from support.cli import postroom as run
+from support.oauth import token_command
 from support.smtp_sink import free_port
 
 pytestmark = pytest.mark.integration
@@ -86,21 +87,6 @@ def send(profile: Path) -> dict[str, Any]:
     sent = run("send", "--to", "bob@example.org", "--subject", "via oauth", "-b", "x", "--json", profile=profile)
     (row,) = as_json(sent)["recipients"]
     return dict(row)
-
-
-def token_command(tmp_path: Path, *tokens: str) -> str:
-    """A command that prints the next of `tokens` each time it runs (the last one from then on)."""
-    script = tmp_path / "token.py"
-    state = tmp_path / "calls"
-    script.write_text(
-        "import pathlib, sys\n"
-        f"state = pathlib.Path({str(state)!r})\n"
-        "n = int(state.read_text()) if state.exists() else 0\n"
-        "state.write_text(str(n + 1))\n"
-        f"tokens = {list(tokens)!r}\n"
-        "print(tokens[min(n, len(tokens) - 1)])\n"
-    )
-    return json.dumps([sys.executable, str(script)])
 
 
 def test_xoauth2_sends_the_token_the_token_command_prints(

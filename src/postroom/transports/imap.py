@@ -28,6 +28,8 @@ Options: those of every mail-access transport (`inbound.py`), the `port` default
 `security` "tls" (the default) and to 143 with "starttls" (STARTTLS) or "none"; and:
 
 * `mailbox` (default "INBOX"); `after_download`: "keep" (default), "seen", "move:FOLDER", "delete".
+* `token_command` / `token_file` / `oauth_mechanism` instead of a password: AUTHENTICATE
+  XOAUTH2 or OAUTHBEARER (RFC 7628) with an OAuth2 access token (`oauth.py`).
 * `idle` (default false): wait in IDLE inside poll() for up to `idle_seconds` (default 5) when
   nothing is new. Keep it short: the spooler waits for poll() to return.
 """
@@ -51,6 +53,7 @@ from imapclient.tls import IMAP4_TLS, wrap_socket
 from ..mapi.flags import LogonFlags
 from . import inbound
 from .exchange import ExchangeGuard
+from .oauth import ABORT_MESSAGE, Mechanism, sasl_message
 from .options import Secret
 from .options import boolean as _boolean
 from .options import invalid as _invalid
@@ -130,6 +133,18 @@ class _Client(IMAPClient):  # type: ignore[misc]
             return _TLSIMAP(self._guard, self.host, self.port, self.ssl_context, connect_timeout)
         return _PlainIMAP(self._guard, self.host, self.port, connect_timeout)
 
+    def oauth_login(self, mechanism: Mechanism, message: bytes) -> None:
+        """AUTHENTICATE `mechanism` with the client's first SASL `message`; imaplib.IMAP4.error on NO.
+
+        (imapclient's own `oauth2_login` answers the server's error challenge with the token
+        again; RFC 7628 §3.2.3 wants the abort message, which gets the final NO at once.)"""
+        answers = iter((message,))
+
+        def answer(_challenge: bytes) -> bytes:
+            return next(answers, ABORT_MESSAGE[mechanism])
+
+        self._imap.authenticate(mechanism.value, answer)
+
 
 # --- the transport -------------------------------------------------------------------------------------
 
@@ -160,7 +175,12 @@ class IMAPLogon(inbound.InboundLogon[ImapKey]):
     protocol = "IMAP"
 
     def __init__(
-        self, provider: IMAPProvider, flags: LogonFlags, config: IMAPConfig, password: Secret, state: inbound.StateFile
+        self,
+        provider: IMAPProvider,
+        flags: LogonFlags,
+        config: IMAPConfig,
+        password: Secret | None,
+        state: inbound.StateFile,
     ) -> None:
         super().__init__(provider, flags, config, password, state)
         self.imap_config = config
@@ -225,7 +245,11 @@ class IMAPLogon(inbound.InboundLogon[ImapKey]):
             if cfg.security == "starttls":
                 client.starttls(self._tls)
             step = "LOGIN"
-            client.login(cfg.username, self._password.reveal())
+            if cfg.oauth is not None:
+                self._offers(client, cfg.oauth.mechanism)
+                self._token_login(lambda token: self._authenticate(client, token))
+            else:
+                client.login(cfg.username, self._password_now())
         except CapabilityError:
             raise inbound.ConnectionLost(
                 f"IMAP server {cfg.where} does not offer STARTTLS (security 'starttls')"
@@ -243,6 +267,30 @@ class IMAPLogon(inbound.InboundLogon[ImapKey]):
         self._folder_ready = False
         self._select()
         self._just_selected = True
+
+    def _offers(self, client: _Client, mechanism: Mechanism) -> None:
+        """A server without the mechanism is said so (no token is fetched or sent to it)."""
+        if not client.has_capability(f"AUTH={mechanism.value}"):
+            raise inbound.ConnectionLost(
+                f"IMAP server {self.config.where} does not offer AUTHENTICATE {mechanism.value} "
+                "(option 'oauth_mechanism')"
+            )
+
+    def _authenticate(self, client: _Client, token: Secret) -> None:
+        cfg = self.config
+        assert cfg.oauth is not None
+        message = sasl_message(cfg.oauth.mechanism, cfg.username, token, cfg.host, cfg.port)
+        try:
+            client.oauth_login(cfg.oauth.mechanism, message)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            answer = inbound.server_answer(exc)
+            if "[UNAVAILABLE]" in answer:  # RFC 5530: the server's own trouble, not the token's
+                raise inbound.ConnectionLost(
+                    f"IMAP server {cfg.where} could not check the access token now: {answer}"
+                ) from None
+            raise inbound.TokenRefused(answer) from None
 
     def _disconnect(self, polite: bool) -> None:
         client, self._client = self._client, None
@@ -496,5 +544,7 @@ class IMAPProvider(inbound.InboundProvider):
     def config(self) -> IMAPConfig:
         return IMAPConfig.from_options(self.context.options, self.context.profile_dir)
 
-    def new_logon(self, flags: LogonFlags, config: IMAPConfig, password: Secret, state: inbound.StateFile) -> IMAPLogon:
+    def new_logon(
+        self, flags: LogonFlags, config: IMAPConfig, password: Secret | None, state: inbound.StateFile
+    ) -> IMAPLogon:
         return IMAPLogon(self, flags, config, password, state)

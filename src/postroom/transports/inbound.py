@@ -55,7 +55,10 @@ Options every mail-access transport takes (each transport adds its own, and its 
 * `username` (required), with `password_env` (the name of an environment variable holding the
   password) or `password_file` (a file holding it; relative to the profile directory). The password
   is read at logon and never goes into the profile, a log or the status table; a plain `password`
-  option is refused.
+  option is refused. Or, for OAuth2 (Gmail, Microsoft 365), `token_command` or `token_file` with
+  `oauth_mechanism` (`oauth.py`): the transport logs in with AUTHENTICATE / AUTH XOAUTH2 or
+  OAUTHBEARER, fetching the token for each connection and once more when the server refuses it
+  (`InboundLogon._token_login`).
 * `verify_tls` (default true), `ca_file` (a PEM bundle to trust; relative to the profile directory).
 * `timeout`: seconds for connecting and for each wait for data (default 30); `read_timeout`:
   seconds one exchange may take in all (default 120); `max_message_bytes` (default 50 MiB).
@@ -85,6 +88,8 @@ from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import LogoffFlags, LogonFlags, LogonResultFlags, StatusCode, ValidateFlags
 from ..mapi.message import MessageData
 from .exchange import ExchangeGuard, ReplyTooLarge
+from .oauth import OPTION_HELP as _OAUTH_HELP
+from .oauth import TokenSource, token_options
 from .options import (
     Secret,
     client_tls_context,
@@ -150,9 +155,16 @@ def validate_server_options(
         raise _invalid(f"option 'username' is required: the {protocol} account to log in as")
     out["username"] = _token("username", options["username"])
     password = password_source(options)
-    if not password:
-        raise _invalid("give 'password_env' or 'password_file' to say where the password is")
+    token = token_options(options)
+    if password and token:
+        raise _invalid("a password ('password_env', 'password_file') and an OAuth2 token exclude each other")
+    if not password and not token:
+        raise _invalid(
+            "give 'password_env' or 'password_file' to say where the password is "
+            "(or 'token_command' or 'token_file' for OAuth2)"
+        )
     out.update(password)
+    out.update(token)
 
     out.update(tls_checks(options, address["security"], SECURITY_MODES))
     out["timeout"] = _number("timeout", options.get("timeout", DEFAULT_TIMEOUT))
@@ -173,6 +185,7 @@ SERVER_OPTION_HELP: Mapping[str, str] = {
     "username": "the account to log in as (required)",
     "password_env": "the name of an environment variable holding the password",
     "password_file": "a file holding the password; relative to the profile directory",
+    **_OAUTH_HELP,
     "verify_tls": "check the server's TLS certificate and host name (default true)",
     "ca_file": "a CA bundle (PEM) to trust, e.g. a private CA; relative to the profile directory",
     "timeout": f"seconds for connecting and for each wait for data (default {DEFAULT_TIMEOUT:g})",
@@ -193,6 +206,7 @@ class ServerConfig:
     username: str
     password_env: str | None
     password_file: Path | None
+    oauth: TokenSource | None  # OAuth2 (XOAUTH2 / OAUTHBEARER) instead of a password
     verify_tls: bool
     ca_file: Path | None
     timeout: float
@@ -208,6 +222,7 @@ class ServerConfig:
             "username": opts["username"],
             "password_env": opts.get("password_env"),
             "password_file": resolve_path(opts.get("password_file"), profile_dir),
+            "oauth": TokenSource.from_options(opts, profile_dir),
             "verify_tls": opts["verify_tls"],
             "ca_file": resolve_path(opts.get("ca_file"), profile_dir),
             "timeout": opts["timeout"],
@@ -224,8 +239,11 @@ class ServerConfig:
         """What the state file is about: the user at the server."""
         return f"{self.username}@{self.where}"
 
-    def read_password(self) -> Secret:
-        """The password from the environment or the password file; MAPI_E_FAILONEPROVIDER when missing."""
+    def read_password(self) -> Secret | None:
+        """The password from the environment or the password file; MAPI_E_FAILONEPROVIDER when missing.
+        None with OAuth2 (the token is fetched for each connection instead)."""
+        if self.oauth is not None:
+            return None
         return Secret(read_password(self.password_env, self.password_file))
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -419,6 +437,10 @@ class ConnectionLost(Exception):
         self.text = text
 
 
+class TokenRefused(Exception):
+    """The server refused the OAuth2 access token (an IMAP NO, a POP3 -ERR); the text is its answer."""
+
+
 class MessageFailed(Exception):
     """The server would not return one message (its answer in the text); the others are fine."""
 
@@ -486,7 +508,7 @@ class InboundLogon(TransportLogon, Generic[K]):
         provider: TransportProvider,
         flags: LogonFlags,
         config: ServerConfig,
-        password: Secret,
+        password: Secret | None,
         state: StateFile,
     ) -> None:
         super().__init__(provider, flags)
@@ -503,7 +525,8 @@ class InboundLogon(TransportLogon, Generic[K]):
             self.status.extra["verify_tls"] = False
             log.warning("%s: TLS certificate checks are disabled for %s (verify_tls = false)", self.name, config.where)
         if config.security == "none":
-            log.info("%s: logging in to %s without TLS sends the password in plain text", self.name, config.where)
+            what = "access token" if config.oauth is not None else "password"
+            log.info("%s: logging in to %s without TLS sends the %s in plain text", self.name, config.where, what)
         if flags & LogonFlags.NO_CONNECT:
             self.status.status_string = "offline (no connect)"
         elif self.offline:
@@ -598,6 +621,38 @@ class InboundLogon(TransportLogon, Generic[K]):
         return f"{type(exc).__name__}: {text}" if isinstance(exc, ssl.SSLError) else text
 
     # --- connection handling ---------------------------------------------------------------------
+    def _password_now(self) -> str:
+        """The password for a LOGIN / USER-PASS (there is one whenever the service has no OAuth2)."""
+        assert self._password is not None, "a service with a password has it read at logon"
+        return self._password.reveal()
+
+    def _token_login(self, login: Callable[[Secret], None]) -> None:
+        """Log in with an OAuth2 access token: `login` sends it and raises TokenRefused when the
+        server refuses it. A refused token has most likely expired, so a fresh one is fetched and
+        tried once more before the refusal counts; a token that cannot be had stops at once.
+        The texts raised name the user and the server's answer, never the token."""
+        cfg = self.config
+        assert cfg.oauth is not None
+        mechanism = cfg.oauth.mechanism.value
+        for attempt in (1, 2):
+            try:
+                token = cfg.oauth.token_now()
+            except MAPIError as exc:
+                raise ConnectionLost(
+                    f"no OAuth2 access token for {cfg.username} at {cfg.where}: {exc.message}"
+                ) from None
+            try:
+                login(token)
+                return
+            except TokenRefused as refused:
+                if attempt == 2:
+                    raise ConnectionLost(
+                        f"OAuth2 login ({mechanism}) as {cfg.username} at {cfg.where} failed: {refused}; "
+                        "a freshly fetched token was refused too (check token_command / token_file)"
+                    ) from None
+                log.info("%s: %s refused the access token (%s); fetching a fresh one", self.name, cfg.where, refused)
+        raise AssertionError("unreachable")
+
     def _connect(self) -> None:
         self._exchange()
         try:
@@ -918,8 +973,8 @@ class InboundProvider(TransportProvider):
         """This service's checked options (`self.context.options`)."""
 
     @abc.abstractmethod
-    def new_logon(self, flags: LogonFlags, config: Any, password: Secret, state: StateFile) -> InboundLogon[Any]:
-        """The logon, once the password is read and the state file loaded."""
+    def new_logon(self, flags: LogonFlags, config: Any, password: Secret | None, state: StateFile) -> InboundLogon[Any]:
+        """The logon, once the password is read (None with OAuth2) and the state file loaded."""
 
     def logon(self, flags: LogonFlags) -> InboundLogon[Any]:
         config = self.config()

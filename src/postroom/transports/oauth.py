@@ -7,6 +7,10 @@ that prints a fresh token (`token_command`, e.g. an oauth2 helper holding the re
 reads a file another program keeps fresh (`token_file`). The token is fetched for each new
 connection, and once more when the server refuses it, since a refused token is most often an
 expired one. It is a `Secret`: never in a log, a status row or a traceback's locals.
+
+The smtp transport runs on the event loop (`TokenSource.token`); the imap and pop3 transports
+run in a worker thread on blocking clients (`TokenSource.token_now`). Both read the token the
+same way (`_first_line`) and build the same SASL messages (`sasl_message`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import shlex
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -42,7 +48,7 @@ OPTION_HELP = {
 }
 
 
-def token_options(options: dict[str, Any]) -> dict[str, Any]:
+def token_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The checked OAuth2 options: a token source (one of two) and the mechanism."""
     out: dict[str, Any] = {}
     if "token_command" in options and "token_file" in options:
@@ -76,7 +82,7 @@ class TokenSource:
     mechanism: Mechanism
 
     @classmethod
-    def from_options(cls, opts: dict[str, Any], profile_dir: Path) -> TokenSource | None:
+    def from_options(cls, opts: Mapping[str, Any], profile_dir: Path) -> TokenSource | None:
         if "token_command" not in opts and "token_file" not in opts:
             return None
         command = opts.get("token_command")
@@ -89,15 +95,23 @@ class TokenSource:
     async def token(self) -> Secret:
         """A token now: the command's first line of output, or the file's; MAPI_E_FAILONEPROVIDER
         (with the reason, never the token) when there is none."""
-        if self.command is not None:
-            text = await _run(self.command)
-        else:
-            assert self.file is not None
-            try:
-                text = self.file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise _no_token(f"cannot read the token file {self.file} (option 'token_file'): {why}") from None
+        text = await _run(self.command) if self.command is not None else self._read_file()
+        return self._first_line(text)
+
+    def token_now(self) -> Secret:
+        """`token()` for a blocking caller (a transport on a worker thread, no event loop)."""
+        text = _run_now(self.command) if self.command is not None else self._read_file()
+        return self._first_line(text)
+
+    def _read_file(self) -> str:
+        assert self.file is not None
+        try:
+            return self.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise _no_token(f"cannot read the token file {self.file} (option 'token_file'): {why}") from None
+
+    def _first_line(self, text: str) -> Secret:
         lines = text.strip().splitlines()
         value = lines[0].strip() if lines else ""
         if not value:
@@ -123,9 +137,27 @@ async def _run(command: tuple[str, ...]) -> str:
         proc.kill()
         await proc.wait()
         raise _no_token(f"the token command {name!r} did not finish in {TOKEN_COMMAND_TIMEOUT:g} s") from None
-    if proc.returncode != 0:
+    return _command_output(name, proc.returncode, out, err)
+
+
+def _run_now(command: tuple[str, ...]) -> str:
+    name = command[0]
+    try:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=TOKEN_COMMAND_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise _no_token(f"the token command {name!r} did not finish in {TOKEN_COMMAND_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise _no_token(f"cannot run the token command {name!r}: {exc.strerror or exc}") from None
+    return _command_output(name, done.returncode, done.stdout, done.stderr)
+
+
+def _command_output(name: str, returncode: int | None, out: bytes, err: bytes) -> str:
+    """What the token command printed; MAPI_E_FAILONEPROVIDER with its last word on stderr when it failed."""
+    if returncode != 0:
         said = err.decode("utf-8", "replace").strip().splitlines()
-        raise _no_token(f"the token command {name!r} exited {proc.returncode}" + (f": {said[-1]}" if said else ""))
+        raise _no_token(f"the token command {name!r} exited {returncode}" + (f": {said[-1]}" if said else ""))
     return out.decode("utf-8", "replace")
 
 
@@ -133,15 +165,22 @@ def _no_token(text: str) -> MAPIError:
     return MAPIError(HResult.MAPI_E_FAILONEPROVIDER, text)
 
 
-def initial_response(mechanism: Mechanism, user: str, token: Secret, host: str, port: int) -> bytes:
-    """The base64 initial response of AUTH <mechanism> for `user` with `token`."""
+def sasl_message(mechanism: Mechanism, user: str, token: Secret, host: str, port: int) -> bytes:
+    """The client's first SASL message of <mechanism> for `user` with `token` (not yet base64:
+    imaplib encodes it itself)."""
     if mechanism is Mechanism.XOAUTH2:
         raw = f"user={user}\x01auth=Bearer {token.reveal()}\x01\x01"
     else:  # RFC 7628 §3.1: a GS2 header naming the user, then key=value pairs
         raw = f"n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {token.reveal()}\x01\x01"
-    return base64.b64encode(raw.encode("utf-8"))
+    return raw.encode("utf-8")
 
 
-#: What a client sends after a 334 error challenge, to get the final failure reply: XOAUTH2 an
-#: empty line, OAUTHBEARER a single %x01 (RFC 7628 §3.2.3).
-ABORT = {Mechanism.XOAUTH2: b"", Mechanism.OAUTHBEARER: base64.b64encode(b"\x01")}
+def initial_response(mechanism: Mechanism, user: str, token: Secret, host: str, port: int) -> bytes:
+    """The base64 initial response of AUTH <mechanism> for `user` with `token`."""
+    return base64.b64encode(sasl_message(mechanism, user, token, host, port))
+
+
+#: What a client answers an error challenge with, to get the final failure reply: XOAUTH2 an
+#: empty line, OAUTHBEARER a single %x01 (RFC 7628 §3.2.3). Not yet base64 here; `ABORT` is.
+ABORT_MESSAGE = {Mechanism.XOAUTH2: b"", Mechanism.OAUTHBEARER: b"\x01"}
+ABORT = {mechanism: base64.b64encode(raw) for mechanism, raw in ABORT_MESSAGE.items()}

@@ -30,7 +30,9 @@ next session; a message reported as too large never is.
 
 Options: those of every mail-access transport (`inbound.py`), the `port` defaulting to 995 with
 `security` "tls" (the default) and to 110 with "starttls" (STLS) or "none"; and `leave_on_server`
-(default true): false deletes each message from the server once delivered.
+(default true): false deletes each message from the server once delivered. With `token_command`
+or `token_file` (`oauth.py`) it logs in with AUTH XOAUTH2 or OAUTHBEARER and the access token as
+the initial response (RFC 5034) instead of USER/PASS.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from typing import Any
 from ..mapi.flags import LogonFlags
 from . import inbound
 from .exchange import ExchangeGuard
+from .oauth import ABORT, Mechanism, initial_response
 from .options import Secret
 from .options import boolean as _boolean
 
@@ -96,6 +99,19 @@ class _Guarded(poplib.POP3):
         if line.endswith(b"\r\n"):
             return line[:-2], octets
         return line.rstrip(b"\r\n"), octets
+
+    def authenticate(self, mechanism: Mechanism, response: bytes) -> None:
+        """AUTH `mechanism` with the base64 initial `response` (RFC 5034); error_proto when refused.
+
+        A server that refuses a token may first send an error challenge ("+ " and base64 JSON):
+        it is answered with the abort message (RFC 7628 §3.2.3) to get the final -ERR."""
+        self.sock.sendall(b"AUTH " + mechanism.value.encode("ascii") + b" " + response + b"\r\n")
+        reply, _ = self._getline()
+        if reply == b"+" or reply.startswith(b"+ "):
+            self.sock.sendall(ABORT[mechanism] + b"\r\n")
+            reply, _ = self._getline()
+        if not reply.startswith(b"+OK"):
+            raise poplib.error_proto(reply)
 
     def retrieve(self, which: int) -> bytes:
         """RETR: the message exactly as the server sent it, only the dot-stuffing undone."""
@@ -157,7 +173,12 @@ class POP3Logon(inbound.InboundLogon[str]):
     protocol = "POP3"
 
     def __init__(
-        self, provider: POP3Provider, flags: LogonFlags, config: POP3Config, password: Secret, state: inbound.StateFile
+        self,
+        provider: POP3Provider,
+        flags: LogonFlags,
+        config: POP3Config,
+        password: Secret | None,
+        state: inbound.StateFile,
     ) -> None:
         super().__init__(provider, flags, config, password, state)
         self.pop3_config = config
@@ -202,10 +223,15 @@ class POP3Logon(inbound.InboundLogon[str]):
         try:
             if cfg.security == "starttls":
                 client.stls(self._tls)
-            step = "USER"
-            client.user(cfg.username)
-            step = "PASS"
-            client.pass_(self._password.reveal())
+            if cfg.oauth is not None:
+                step = "AUTH"
+                self._offers(client, cfg.oauth.mechanism)
+                self._token_login(lambda token: self._authenticate(client, token))
+            else:
+                step = "USER"
+                client.user(cfg.username)
+                step = "PASS"
+                client.pass_(self._password_now())
         except poplib.error_proto as exc:
             if _connection_error(exc):
                 raise
@@ -216,6 +242,38 @@ class POP3Logon(inbound.InboundLogon[str]):
             raise inbound.ConnectionLost(
                 f"login as {cfg.username} at {cfg.where} failed: {inbound.server_answer(exc)}"
             ) from None
+
+    def _offers(self, client: _Guarded, mechanism: Mechanism) -> None:
+        """A server whose CAPA lists SASL mechanisms without this one is said so (no token is
+        fetched or sent to it); a server without CAPA (it is optional, RFC 2449) is just tried."""
+        try:
+            capabilities = client.capa()
+        except poplib.error_proto as exc:
+            if _connection_error(exc):
+                raise
+            return
+        offered = [name.upper() for name in capabilities.get("SASL", [])]
+        if mechanism.value not in offered:
+            raise inbound.ConnectionLost(
+                f"POP3 server {self.config.where} does not offer AUTH {mechanism.value} "
+                f"(its SASL mechanisms: {' '.join(offered) or 'none'}; option 'oauth_mechanism')"
+            )
+
+    def _authenticate(self, client: _Guarded, token: Secret) -> None:
+        cfg = self.config
+        assert cfg.oauth is not None
+        response = initial_response(cfg.oauth.mechanism, cfg.username, token, cfg.host, cfg.port)
+        try:
+            client.authenticate(cfg.oauth.mechanism, response)
+        except poplib.error_proto as exc:
+            if _connection_error(exc):
+                raise
+            answer = inbound.server_answer(exc)
+            if "[SYS/TEMP]" in answer:  # RFC 3206: the server's own trouble, not the token's
+                raise inbound.ConnectionLost(
+                    f"POP3 server {cfg.where} could not check the access token now: {answer}"
+                ) from None
+            raise inbound.TokenRefused(answer) from None
 
     def _disconnect(self, polite: bool) -> None:
         client, self._client = self._client, None
@@ -375,5 +433,7 @@ class POP3Provider(inbound.InboundProvider):
     def config(self) -> POP3Config:
         return POP3Config.from_options(self.context.options, self.context.profile_dir)
 
-    def new_logon(self, flags: LogonFlags, config: POP3Config, password: Secret, state: inbound.StateFile) -> POP3Logon:
+    def new_logon(
+        self, flags: LogonFlags, config: POP3Config, password: Secret | None, state: inbound.StateFile
+    ) -> POP3Logon:
         return POP3Logon(self, flags, config, password, state)
