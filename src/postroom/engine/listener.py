@@ -9,7 +9,7 @@ One aiosmtpd protocol per connection, with postroom's policy in the handler's ho
   rather than from an NDR later. More than `max_recipients` is `452 4.5.3`.
 * DATA: the message's exact bytes and its envelope (envelope.py) go into the Outbox and are
   submitted; `250` is sent only once that write is durable. Concurrent connections share each
-  durable commit (spooler/commit.py). A store that cannot take the write is `451 4.3.0`; a full
+  durable commit, run off the event loop (intake.py). A store that cannot take the write is `451 4.3.0`; a full
   disk `452 4.3.1`: the client keeps the message and tries again, nothing is lost.
 
 Limits: the message size (`552`, announced in EHLO as SIZE), recipients per message, concurrent
@@ -32,8 +32,7 @@ from aiosmtpd.smtp import Session as SMTPSession
 from ..envelope import SubmissionSource, envelope_message
 from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
 from ..mapi.message import MessageData
-from ..spooler.commit import GroupCommit
-from ..store import FolderRole
+from .intake import IntakeCommit
 from .listener_settings import ListenerSettings, is_loopback
 from .listener_users import listener_users, verify_password
 from .protocol import ProtocolManager
@@ -116,7 +115,7 @@ class SubmissionListener:
         self.runtime = protocol.runtime
         self.settings = settings
         self.prepare = prepare  # what submission adds (the face's sender and Message-ID stamp)
-        self.commit = GroupCommit(self.runtime.store)
+        self.commit = IntakeCommit(self.runtime.store, self.runtime.clock)
         self.connections = 0
         self.accepted = 0
         self.servers: list[asyncio.Server] = []
@@ -169,6 +168,7 @@ class SubmissionListener:
         for server in self.servers:
             await server.wait_closed()
         self.servers = []
+        await asyncio.get_running_loop().run_in_executor(None, self.commit.close)
 
     # --- policy --------------------------------------------------------------------------------------
     def authenticate(
@@ -236,7 +236,7 @@ class SubmissionListener:
         message = envelope_message(raw, envelope.mail_from or "", envelope.rcpt_tos, SubmissionSource.SMTP)
         self.prepare(message)
         try:
-            mid = await self.commit.write(self._submit, message)
+            mid = await self.commit.submit(message)
         except StoreDiskTrouble as exc:
             log.warning("message from %s not taken: %s", _peer(session.peer), exc.message)
             return "452 4.3.1 Insufficient system storage, try again later"
@@ -259,8 +259,3 @@ class SubmissionListener:
             session.auth_data or "-",
         )
         return f"250 2.0.0 OK: queued as {mid}"
-
-    def _submit(self, message: MessageData) -> int:
-        store = self.runtime.store
-        outbox = store.folder(FolderRole.OUTBOX)
-        return store.create_and_submit(outbox.id, message, self.runtime.clock())
