@@ -144,7 +144,8 @@ class SubmissionListener:
                         loop=loop,
                     )
 
-                server = await loop.create_server(factory, host=host, port=port)
+                reuse = self.settings.reuse_port or None
+                server = await loop.create_server(factory, host=host, port=port, reuse_port=reuse)
                 self.servers.append(server)
                 log.info("listening on %s:%d (SMTP submission)", host, self.port_of(server) or port)
         except OSError as exc:
