@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,13 @@ from .listener_users import listener_users, verify_password
 from .protocol import ProtocolManager
 
 log = logging.getLogger("postroom.listener")
+
+#: `<address>` and then nothing or blank-separated parameters, with no comment or quoting anywhere:
+#: a path whose parse can be remembered (aiosmtpd reads it with the email package's parser, the
+#: dearest step of MAIL and RCPT).
+_PLAIN_PATH = re.compile(r"\s*(<[^<>()\"\\\s]*>)(?:\s+([^()\"]*))?\Z")
+#: How many parsed paths a listener remembers.
+_PATHS_KEPT = 1024
 
 
 def _say(transport: asyncio.BaseTransport, line: bytes) -> None:
@@ -88,6 +96,24 @@ class _Protocol(SMTP):
         )
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's reading of a MAIL or RCPT path, remembered per listener for a plain
+        `<address> PARAMS`: the programs that hand mail over send the same paths again and again."""
+        plain = _PLAIN_PATH.match(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        path, params = plain.group(1), (plain.group(2) or "").strip()
+        paths = self.listener.paths
+        address = paths.get(path)
+        if address is None:
+            address, _ = super()._getaddr(path)
+            if address is None:
+                return None, None
+            if len(paths) >= _PATHS_KEPT:
+                paths.clear()
+            paths[path] = address
+        return address, params
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
@@ -119,6 +145,7 @@ class SubmissionListener:
         self.connections = 0
         self.accepted = 0
         self.servers: list[asyncio.Server] = []
+        self.paths: dict[str, str] = {}  # MAIL and RCPT paths read (_Protocol._getaddr)
         self._queued_seen: tuple[float, int] = (0.0, 0)
 
     # --- the servers -----------------------------------------------------------------------------
