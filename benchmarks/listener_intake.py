@@ -31,7 +31,7 @@ import common as C
 CLIENTS = 10
 
 
-def listener_rate(work: Path, n: int) -> float:
+def listener_rate(work: Path, n: int, processes: int = 1) -> float:
     profile = C.make_profile(work / "p", smtp_port=C.free_port())
     port = C.free_port()
     cmd = [
@@ -45,7 +45,7 @@ def listener_rate(work: Path, n: int) -> float:
         "--listen",
         f"127.0.0.1:{port}",
     ]
-    cmd += ["--log-level", "warning", "--max-connections", str(CLIENTS * 2)]
+    cmd += ["--log-level", "warning", "--max-connections", str(CLIENTS * 2), "--processes", str(processes)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         C.wait_port(port, timeout=60)
@@ -122,6 +122,7 @@ def kill_run(work: Path, per_client: int) -> dict[str, Any]:
 def main() -> int:
     ap = C.arg_parser(__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=None, help="messages per run (default 1000; --quick 100)")
+    ap.add_argument("--processes", type=int, default=1, help="postroom listener processes (serve smtp --processes)")
     ap.add_argument("--kill", action="store_true", help="also SIGKILL the daemon during an intake of n messages")
     args = ap.parse_args()
     n = args.n or (100 if args.quick else 1_000)
@@ -139,7 +140,7 @@ def main() -> int:
         for r in range(runs):
             C.log(f"listener intake round {r + 1}/{runs}")
             with C.workdir("listener") as work:
-                samples["postroom"].append(listener_rate(work, n))
+                samples["postroom"].append(listener_rate(work, n, args.processes))
             if pf is not None:
                 samples["postfix"].append(n / C.smtp_source(n, CLIENTS, pf.hold_port))
                 pf.delete_all()
@@ -159,7 +160,7 @@ def main() -> int:
 
     result["lines"] = [
         f"N = {n} messages × 1 KiB, {CLIENTS} sessions (smtp-source -d -s {CLIENTS}); median of {runs} run(s)",
-        line("postroom serve smtp: 250 once durable in the store", "postroom"),
+        line(f"postroom serve smtp --processes {args.processes}: 250 once durable in the store", "postroom"),
         line("Postfix smtpd: 250 once in the queue (hold)", "postfix"),
         f"postroom/Postfix = {C.fmt_ratio(result['ratios']['postroom/postfix'])}",
     ]

@@ -54,6 +54,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import email.policy
+import functools
 import io
 import mimetypes
 import os
@@ -906,6 +907,16 @@ def _get_text(part: Message, name: str) -> str:
 def _get_date(part: Message, name: str) -> datetime | None:
     """A date header as an aware UTC datetime, or None when absent or unreadable."""
     value: Any = None
+    for key, raw in part.raw_items():  # the common case without the email package's header parser
+        if key.lower() == name.lower():
+            text = " ".join(str(raw).split())
+            if "=?" not in text:  # no encoded word, so the raw text is what the parser would decode
+                try:
+                    quick = parsedate_to_datetime(text)
+                except (TypeError, ValueError, IndexError):
+                    break
+                return _aware(quick).astimezone(UTC)
+            break
     try:
         value = part.get(name)
         when = getattr(value, "datetime", None)
@@ -923,22 +934,29 @@ def _decode_words(text: str) -> str:
         return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """(display name, address) pairs of one unfolded address field. Remembered for the last
+    thousand fields: the email package's address parser is the dearest step of reading a message,
+    and the programs that hand mail to the listener send the same From and To again and again."""
+    # Python 3.11's phrase parser keeps the blank between two adjacent encoded words, which
+    # RFC 2047 §6.2 says to drop (long names are folded exactly so); drop it before parsing.
+    unfolded = _ENCODED_WORD_GAP.sub(r"\1", _scrub(raw) if _undecodable(raw) else raw)
+    try:
+        header = _IN_POLICY.header_factory(name, unfolded)
+        return tuple((str(a.display_name), str(a.addr_spec)) for a in header.addresses)
+    except Exception:
+        # e.g. a name that decodes to CR/LF, which the package refuses outright
+        return tuple((_decode_words(n), a) for n, a in getaddresses([raw]))
+
+
 def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:
     """(display name, address) pairs of an address header, groups flattened, empties dropped."""
     pairs: list[tuple[str, str]] = []
     for key, value in part.raw_items():
         if key.lower() != name.lower():
             continue
-        raw = "".join(str(value).splitlines())
-        # Python 3.11's phrase parser keeps the blank between two adjacent encoded words, which
-        # RFC 2047 §6.2 says to drop (long names are folded exactly so); drop it before parsing.
-        unfolded = _ENCODED_WORD_GAP.sub(r"\1", _scrub(raw) if _undecodable(raw) else raw)
-        try:
-            header = _IN_POLICY.header_factory(name, unfolded)
-            pairs.extend((str(a.display_name), str(a.addr_spec)) for a in header.addresses)
-        except Exception:
-            # e.g. a name that decodes to CR/LF, which the package refuses outright
-            pairs.extend((_decode_words(n), a) for n, a in getaddresses([raw]))
+        pairs.extend(_address_pairs(name, "".join(str(value).splitlines())))
     cleaned = [(_display_name(n), _HEADER_BREAKS.sub("", _scrub(a)).strip()) for n, a in pairs]
     return [(n, a) for n, a in cleaned if a and a != "<>"]
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import ListenerSettings
+from .. import HResult, ListenerSettings, MAPIError
 from .context import App, CliError, pass_app, stop_on_signals
 from .logs import configure_logging, log_options
+from .workers import Supervisor, WorkersFailed, watch_parent
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -104,6 +107,15 @@ def _read_password(name: str) -> str:
 )
 @click.option("--remove-user", metavar="NAME", help="Remove a user, then exit.")
 @click.option("--list-users", is_flag=True, help="List the users, then exit.")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Listener processes sharing the port (SO_REUSEPORT): the kernel spreads connections over them, "
+    "so parsing and answering use several CPUs; --max-connections is per process. Needs a fixed port.",
+)
+@click.option("--worker-of", "worker_of", type=int, default=None, hidden=True)
 @log_options
 @pass_app
 def serve_smtp(
@@ -113,6 +125,8 @@ def serve_smtp(
     add_user: str | None,
     remove_user: str | None,
     list_users: bool,
+    processes: int,
+    worker_of: int | None,
     log_format: str,
     log_level: str,
     **kw: Any,
@@ -139,6 +153,16 @@ def serve_smtp(
                 app.out.echo(name)
         return
     settings = listener_settings(listen, **kw)
+    if worker_of is None and processes > 1:
+        if any(port == 0 for _, port in settings.listen):
+            why = "--processes: give a fixed port (HOST:0 cannot be shared by several processes)"
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, why)
+        logs = ["--log-format", log_format, "--log-level", log_level]
+        _supervise(app, processes, settings, [*_worker_options(listen, kw), *logs])
+        return
+    if worker_of is not None:
+        watch_parent(worker_of)
+        settings = dataclasses.replace(settings, reuse_port=True)
     configure_logging(log_format, log_level)
     stop = asyncio.Event()
     with stop_on_signals(stop):
@@ -147,7 +171,62 @@ def serve_smtp(
             return
 
         def listening(ports: list[int]) -> None:
+            if worker_of is not None:  # the parent says where once every process listens
+                app.out.json_line({"ready": os.getpid()})
+                return
             where = ", ".join(f"{h}:{p}" for (h, _), p in zip(settings.listen, ports, strict=False))
             click.echo(f"postroom: SMTP submission listener on {where} ({served.profile.directory})", err=True)
 
         served.serve_smtp(settings, stop, on_listening=listening)
+
+
+def _worker_options(listen: tuple[str, ...], kw: dict[str, Any]) -> list[str]:
+    """The listener's options again, for a worker process of `--processes N`."""
+    out = [a for at in listen for a in ("--listen", at)]
+    out += ["--max-message-size", str(kw["max_message_size"]), "--max-recipients", str(kw["max_recipients"])]
+    out += ["--max-connections", str(kw["max_connections"]), "--timeout", str(kw["timeout"])]
+    out += ["--max-session-time", str(kw["max_session_time"])]
+    for name in ("max_queued", "hostname", "tls_cert", "tls_key"):
+        if kw[name] is not None:
+            out += ["--" + name.replace("_", "-"), str(kw[name])]
+    return out
+
+
+def _supervise(app: App, processes: int, settings: ListenerSettings, options: list[str]) -> None:
+    """The parent of `--processes N`: N listener processes on one port (SO_REUSEPORT), started,
+    restarted when one dies and stopped together, by the supervisor `spooler --workers` uses
+    (cli/workers.py). Why processes: a listener is CPU-bound on one core (parsing, aiosmtpd), and
+    each message is durable in the store before its 250, so the processes share nothing else."""
+    base = [sys.executable, "-m", "postroom"]
+    if app.profile_dir is not None:
+        base += ["--profile", str(app.profile_dir)]
+
+    def command(index: int) -> list[str]:
+        return [*base, "--json", "serve", "smtp", *options, "--worker-of", str(os.getpid())]
+
+    def on_line(index: int, data: dict[str, Any]) -> None:
+        if "ready" in data:
+            supervisor.ready(index)
+
+    def on_event(text: str) -> None:
+        click.echo(f"postroom: {text}", err=True)
+
+    def on_all_ready() -> None:
+        where = ", ".join(f"{h}:{p}" for h, p in settings.listen)
+        click.echo(f"postroom: SMTP submission listener on {where} ({processes} processes)", err=True)
+
+    stop = asyncio.Event()
+    supervisor = Supervisor(
+        command, processes, on_line=on_line, on_event=on_event, on_stop=stop.set, on_all_ready=on_all_ready
+    )
+    with supervisor.signals_handled():
+        session = app.session_when_usable(stop)  # a store that cannot be opened: an error at once
+        if session is None:
+            return
+        app.close()  # the processes open their own sessions
+        try:
+            supervisor.run()
+        except WorkersFailed as exc:
+            what = f"listener process {exc.slot} ended (exit status {exc.status}, {exc.failures} time(s) in a row)"
+            what += "; stopped the others (their errors are above)"
+            raise MAPIError(HResult.MAPI_E_CALL_FAILED, what) from None

@@ -9,7 +9,7 @@ One aiosmtpd protocol per connection, with postroom's policy in the handler's ho
   rather than from an NDR later. More than `max_recipients` is `452 4.5.3`.
 * DATA: the message's exact bytes and its envelope (envelope.py) go into the Outbox and are
   submitted; `250` is sent only once that write is durable. Concurrent connections share each
-  durable commit (spooler/commit.py). A store that cannot take the write is `451 4.3.0`; a full
+  durable commit, run off the event loop (intake.py). A store that cannot take the write is `451 4.3.0`; a full
   disk `452 4.3.1`: the client keeps the message and tries again, nothing is lost.
 
 Limits: the message size (`552`, announced in EHLO as SIZE), recipients per message, concurrent
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,13 +33,19 @@ from aiosmtpd.smtp import Session as SMTPSession
 from ..envelope import SubmissionSource, envelope_message
 from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
 from ..mapi.message import MessageData
-from ..spooler.commit import GroupCommit
-from ..store import FolderRole
+from .intake import IntakeCommit
 from .listener_settings import ListenerSettings, is_loopback
 from .listener_users import listener_users, verify_password
 from .protocol import ProtocolManager
 
 log = logging.getLogger("postroom.listener")
+
+#: `<address>` and then nothing or blank-separated parameters, with no comment or quoting anywhere:
+#: a path whose parse can be remembered (aiosmtpd reads it with the email package's parser, the
+#: dearest step of MAIL and RCPT).
+_PLAIN_PATH = re.compile(r"\s*(<[^<>()\"\\\s]*>)(?:\s+([^()\"]*))?\Z")
+#: How many parsed paths a listener remembers.
+_PATHS_KEPT = 1024
 
 
 def _say(transport: asyncio.BaseTransport, line: bytes) -> None:
@@ -89,6 +96,24 @@ class _Protocol(SMTP):
         )
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's reading of a MAIL or RCPT path, remembered per listener for a plain
+        `<address> PARAMS`: the programs that hand mail over send the same paths again and again."""
+        plain = _PLAIN_PATH.match(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        path, params = plain.group(1), (plain.group(2) or "").strip()
+        paths = self.listener.paths
+        address = paths.get(path)
+        if address is None:
+            address, _ = super()._getaddr(path)
+            if address is None:
+                return None, None
+            if len(paths) >= _PATHS_KEPT:
+                paths.clear()
+            paths[path] = address
+        return address, params
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
@@ -116,10 +141,11 @@ class SubmissionListener:
         self.runtime = protocol.runtime
         self.settings = settings
         self.prepare = prepare  # what submission adds (the face's sender and Message-ID stamp)
-        self.commit = GroupCommit(self.runtime.store)
+        self.commit = IntakeCommit(self.runtime.store, self.runtime.clock)
         self.connections = 0
         self.accepted = 0
         self.servers: list[asyncio.Server] = []
+        self.paths: dict[str, str] = {}  # MAIL and RCPT paths read (_Protocol._getaddr)
         self._queued_seen: tuple[float, int] = (0.0, 0)
 
     # --- the servers -----------------------------------------------------------------------------
@@ -145,7 +171,8 @@ class SubmissionListener:
                         loop=loop,
                     )
 
-                server = await loop.create_server(factory, host=host, port=port)
+                reuse = self.settings.reuse_port or None
+                server = await loop.create_server(factory, host=host, port=port, reuse_port=reuse)
                 self.servers.append(server)
                 log.info("listening on %s:%d (SMTP submission)", host, self.port_of(server) or port)
         except OSError as exc:
@@ -169,6 +196,7 @@ class SubmissionListener:
         for server in self.servers:
             await server.wait_closed()
         self.servers = []
+        await asyncio.get_running_loop().run_in_executor(None, self.commit.close)
 
     # --- policy --------------------------------------------------------------------------------------
     def authenticate(
@@ -236,7 +264,7 @@ class SubmissionListener:
         message = envelope_message(raw, envelope.mail_from or "", envelope.rcpt_tos, SubmissionSource.SMTP)
         self.prepare(message)
         try:
-            mid = await self.commit.write(self._submit, message)
+            mid = await self.commit.submit(message)
         except StoreDiskTrouble as exc:
             log.warning("message from %s not taken: %s", _peer(session.peer), exc.message)
             return "452 4.3.1 Insufficient system storage, try again later"
@@ -259,8 +287,3 @@ class SubmissionListener:
             session.auth_data or "-",
         )
         return f"250 2.0.0 OK: queued as {mid}"
-
-    def _submit(self, message: MessageData) -> int:
-        store = self.runtime.store
-        outbox = store.folder(FolderRole.OUTBOX)
-        return store.create_and_submit(outbox.id, message, self.runtime.clock())

@@ -51,6 +51,7 @@ class ListenerSettings:
     max_session_seconds: float = 600.0  # and a connection open this long, however busy
     max_queued: int | None = None  # more messages than this in the queue: 452 at MAIL
     hostname: str | None = None  # the name in the greeting (default: the machine's)
+    reuse_port: bool = False  # SO_REUSEPORT: several listener processes share the port (serve smtp --processes)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
