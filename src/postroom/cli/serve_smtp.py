@@ -217,7 +217,13 @@ def _supervise(app: App, processes: int, settings: ListenerSettings, options: li
 
     stop = asyncio.Event()
     supervisor = Supervisor(
-        command, processes, on_line=on_line, on_event=on_event, on_stop=stop.set, on_all_ready=on_all_ready
+        command,
+        processes,
+        on_line=on_line,
+        on_event=on_event,
+        on_stop=stop.set,
+        on_all_ready=on_all_ready,
+        kind="listener process",
     )
     with supervisor.signals_handled():
         session = app.session_when_usable(stop)  # a store that cannot be opened: an error at once

@@ -71,11 +71,11 @@ class WorkerSlot:
 class WorkersFailed(Exception):
     """A worker stopped with an error, or kept dying: the parent stopped restarting them."""
 
-    def __init__(self, slot: int, failures: int, status: int | None) -> None:
+    def __init__(self, slot: int, failures: int, status: int | None, kind: str = "spooler worker") -> None:
         if status == STOPPED_WITH_ERROR:
-            text = f"spooler worker {slot} stopped with an error (exit status {status})"
+            text = f"{kind} {slot} stopped with an error (exit status {status})"
         else:
-            text = f"spooler worker {slot} failed {failures} times in a row (last exit status {status})"
+            text = f"{kind} {slot} failed {failures} times in a row (last exit status {status})"
         super().__init__(text)
         self.slot = slot
         self.failures = failures
@@ -96,8 +96,10 @@ class Supervisor:
         env: dict[str, str] | None = None,
         on_stop: Callable[[], None] | None = None,
         on_all_ready: Callable[[], None] | None = None,
+        kind: str = "spooler worker",
     ) -> None:
         self.command = command
+        self.kind = kind  # what the messages call a worker ("spooler worker", "listener process")
         self.slots = [WorkerSlot(i) for i in range(n)]
         self.on_line = on_line
         self.on_event = on_event
@@ -193,10 +195,10 @@ class Supervisor:
         ran = now - slot.started
         slot.failures = 1 if ran >= self.policy.healthy_seconds else slot.failures + 1
         if status == STOPPED_WITH_ERROR or slot.failures >= self.policy.max_failures:
-            return WorkersFailed(slot.index, slot.failures, status)
+            return WorkersFailed(slot.index, slot.failures, status, self.kind)
         wait = self.policy.backoff(slot.failures)
         slot.restart_at = now + wait
-        self.on_event(f"spooler worker {slot.index} ended (exit status {status}); starting it again in {wait:.1f} s")
+        self.on_event(f"{self.kind} {slot.index} ended (exit status {status}); starting it again in {wait:.1f} s")
         return None
 
     def _environment(self, index: int) -> dict[str, str] | None:
