@@ -354,6 +354,7 @@ class StatusPage:
                 counts=session.queue_counts(),
                 stats=session.delivery_stats(LATENCY_BUCKETS),
                 breakers={t.name: session.breaker_state(t.name) for t in transports},
+                spooler=session.spooler_stats(),
                 rows=report.rows,
                 transports=transports,
                 online=session.mode == Mode.ONLINE,
