@@ -1,7 +1,8 @@
 """`/metrics`: the Prometheus exposition of what the store says, computed at each scrape.
 
 Every number is read from the store (the queue, the messages' history, the breaker state every
-process shares), never counted in this process: on a shared PostgreSQL store each delivery is
+process shares, each spooler process's row of pass totals, the connection slots' locks), never
+counted in this process: on a shared PostgreSQL store each delivery is
 counted once however many spooler processes made it, and the counters survive restarts. Only
 `postroom_store_errors_total` is this server's own (the reads of the store that failed).
 No label carries a secret: transports by name, states and outcomes by their MAPI words.
