@@ -262,12 +262,20 @@ class _LockFile:
     def unlock(self, offset: int) -> None:
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
 
-    def held_by_another(self, offset: int) -> bool:
-        """Whether another process holds the byte, asked with F_GETLK: unlike locked_elsewhere it
-        takes nothing, so a process trying the byte meanwhile is never refused because of it."""
-        ask = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-        answer = fcntl.fcntl(self.fd, fcntl.F_GETLK, ask)
-        return bool(struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK)
+    def held_by_others(self, start: int, length: int) -> int:
+        """How many bytes of [start, start + length) other processes hold, asked with F_GETLK:
+        unlike locked_elsewhere it takes nothing, so a process trying a byte meanwhile is never
+        refused because of it. F_GETLK names one conflicting lock (any one), so the range is
+        split around it and both sides asked again: a few calls for a few locks, one for none."""
+        if length <= 0:
+            return 0
+        ask = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+        kind, _, found, size, _ = struct.unpack(_FLOCK, fcntl.fcntl(self.fd, fcntl.F_GETLK, ask))
+        if kind == fcntl.F_UNLCK:
+            return 0
+        end = start + length
+        first, last = max(start, int(found)), min(end, int(found) + int(size) if size > 0 else end)  # 0: to the end
+        return last - first + self.held_by_others(start, first - start) + self.held_by_others(last, end - last)
 
     def locked_elsewhere(self, offset: int) -> bool:
         """Probe a byte this process does not hold: lock and unlock it at once."""
@@ -337,12 +345,9 @@ class FileSlots(ConnectionSlots):
         return Contention(processes, waiting)
 
     def _held_elsewhere(self, name: str) -> int:
-        # Slots are taken lowest first but given back in any order: ask about every one.
-        return sum(
-            1
-            for slot in range(MAX_SLOTS)
-            if (name, slot) not in self._held and self._file.held_by_another(slot_key("", name, slot))
-        )
+        # Slots are taken lowest first but given back in any order: ask about all of them. This
+        # process's own locks never conflict with it, so F_GETLK reports only the others'.
+        return self._file.held_by_others(slot_key("", name, 0), MAX_SLOTS)
 
     def close(self) -> None:
         """Nothing to do: the slots belong to the connections that hold them, not to this store object."""
