@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         RetryAll,
         WaitKind,
     )
-    from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage
+    from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, SpoolerStats
     from .submission import UnknownRecipient
     from .transports.registry import register_transport_kind, transport_kinds
     from .transports.spi import StatusRow
@@ -114,6 +114,7 @@ _HOMES = {
     "DeliveryStats": ".store.base",
     "QueueCounts": ".store.base",
     "QueuePage": ".store.base",
+    "SpoolerStats": ".store.base",
     "RecipientReport": ".engine.report",
     # files: import and export
     "ImportResult": ".formats.mailboxes",
@@ -196,6 +197,7 @@ __all__ = [
     "Service",
     "Session",
     "Skip",
+    "SpoolerStats",
     "StatusPublication",
     "StatusReport",
     "StatusRow",

@@ -59,7 +59,7 @@ from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
 from .spooler import PassSummary
 from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
-from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState
+from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState, SpoolerStats
 from .store.notify import NoteKind
 from .submission import UnknownRecipient, sendmail_message, with_from
 from .transports.registry import transport_kinds
@@ -732,6 +732,11 @@ class _SessionCore:
         for bound in latency_bounds:
             _check(bound, (int, float), "delivery_stats(): each latency bound")
         return self._store.delivery_stats(sorted(float(b) for b in latency_bounds))
+
+    def spooler_stats(self) -> SpoolerStats:
+        """What every spooler process on the store reported about its passes (count, duration
+        histogram, throttle waits by transport), and each transport's connection slots in use now."""
+        return self._store.spooler_stats([t.name for t in self.transport_order()])
 
     def breaker_state(self, transport: str) -> dict[str, Any]:
         """The circuit breaker of a transport as every process shares it (empty: closed, never opened)."""

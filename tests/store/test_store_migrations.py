@@ -30,6 +30,7 @@ UNDO_AFTER_V1 = (
     "ALTER TABLE recipients DROP COLUMN declined",
     "DROP TABLE mime_originals",
     "DROP TABLE message_streams",
+    "DROP TABLE spooler_passes",
 )
 
 

@@ -12,7 +12,7 @@ import postroom
 from support.surface import returned_types, surface
 
 SURFACE = {
-    "__all__": "ActivityBucket, ArgumentTypeError, AsyncSession, Attachment, DEFAULT_GROUP, DaemonPidFile, DeliveryStats, Draft, Event, EventKind, Folder, FolderRole, GroupChange, GroupSettings, HResult, Identity, IdentitySource, ImportResult, ImportStatus, ListenerSettings, LoadedTransport, MAPIError, MessageData, MessageResult, MessageSummary, Mode, NotFound, Offer, POLICY_HELP, ParsedAddress, PassSummary, Profile, ProviderFailed, QueueCounts, QueueEntry, QueuePage, QueueState, Received, Recipient, RecipientOutcome, RecipientReport, RecipientState, RecipientStatus, RetryAll, RouteAnswer, RoutingPass, SendReceiveGroup, SendReceiveSummary, Service, Session, Skip, StatusPublication, StatusReport, StatusRow, StatusSource, StoreDiskTrouble, StoreUnavailable, StoreUnreachable, SubmissionSource, TransportFlush, UnknownRecipient, WaitKind, __version__, alogon, check_policy, logon, logon_when_usable, register_transport_kind, transport_kinds",
+    "__all__": "ActivityBucket, ArgumentTypeError, AsyncSession, Attachment, DEFAULT_GROUP, DaemonPidFile, DeliveryStats, Draft, Event, EventKind, Folder, FolderRole, GroupChange, GroupSettings, HResult, Identity, IdentitySource, ImportResult, ImportStatus, ListenerSettings, LoadedTransport, MAPIError, MessageData, MessageResult, MessageSummary, Mode, NotFound, Offer, POLICY_HELP, ParsedAddress, PassSummary, Profile, ProviderFailed, QueueCounts, QueueEntry, QueuePage, QueueState, Received, Recipient, RecipientOutcome, RecipientReport, RecipientState, RecipientStatus, RetryAll, RouteAnswer, RoutingPass, SendReceiveGroup, SendReceiveSummary, Service, Session, Skip, SpoolerStats, StatusPublication, StatusReport, StatusRow, StatusSource, StoreDiskTrouble, StoreUnavailable, StoreUnreachable, SubmissionSource, TransportFlush, UnknownRecipient, WaitKind, __version__, alogon, check_policy, logon, logon_when_usable, register_transport_kind, transport_kinds",
     "alogon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> AsyncSession",
     "check_policy": "(options: Mapping[str, Any]) -> dict[str, Any]",
     "logon": "(profile: str | os.PathLike[str] | Profile | None = None, *, clock: Callable[[], datetime] | None = None) -> Session",
@@ -98,6 +98,7 @@ SURFACE = {
     "AsyncSession.set_mode": "(mode: Mode | str) -> None",
     "AsyncSession.set_receive_folder": "(message_class: str, folder: str | int | None) -> None",
     "AsyncSession.set_transport_order": "(transports: Sequence[str | bytes]) -> None",
+    "AsyncSession.spooler_stats": "() -> SpoolerStats",
     "AsyncSession.status": "() -> list[StatusRow]",
     "AsyncSession.status_report": "(*, here: bool = False, daemon_here: bool = False) -> StatusReport",
     "AsyncSession.status_table": "() -> list[StatusRow]",
@@ -197,6 +198,7 @@ SURFACE = {
     "Session.set_mode": "(mode: Mode | str) -> None",
     "Session.set_receive_folder": "(message_class: str, folder: str | int | None) -> None",
     "Session.set_transport_order": "(transports: Sequence[str | bytes]) -> None",
+    "Session.spooler_stats": "() -> SpoolerStats",
     "Session.status": "() -> list[StatusRow]",
     "Session.status_report": "(*, here: bool = False) -> StatusReport",
     "Session.status_table": "() -> list[StatusRow]",

@@ -27,6 +27,7 @@ from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError, StoreUnreachable
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
+from ..store.activity import PassTotals
 from ..store.base import (
     ClaimedMessage,
     EventKind,
@@ -197,6 +198,8 @@ class OutboundProcessor:
         self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
         self._ref = 0
+        #: This process's pass totals for /metrics, written by the Spooler at the end of each pass.
+        self.pass_totals = PassTotals()
 
     async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store write, durable when this returns; concurrent messages share the commit."""
@@ -594,6 +597,7 @@ class OutboundProcessor:
         if limits:
             wait = await self.write(self.store.reserve_send, transport.name, now, limits, self.owner)
             if wait > 0:
+                self.pass_totals.add_throttle_wait(transport.name)
                 return _Wait(
                     wait, f"{transport.name} throttled: limit reached, next slot in {wait:.0f} s", failure=False
                 )

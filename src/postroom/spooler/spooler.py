@@ -89,6 +89,16 @@ class Spooler:
         self.processor = OutboundProcessor(store, transports, self.owner, self.clock, may_call, self.settings)
         self.lanes = LaneMemory()  # each due message's lane, from one pass to the next
 
+    async def _record_pass(self, seconds: float) -> None:
+        """Count the pass in this process's totals and write them (one upsert, for /metrics); a
+        store that cannot take it now loses nothing, the next pass writes the totals again."""
+        totals = self.processor.pass_totals
+        totals.add_pass(seconds)
+        try:
+            await self.processor.write(self.store.record_pass, self.owner, self.clock(), totals)
+        except Exception as exc:
+            log.warning("could not record the pass for /metrics: %s", exc)
+
     @property
     def may_call(self) -> Callable[[LoadedTransport], bool]:
         return self.processor.may_call
@@ -120,6 +130,7 @@ class Spooler:
         """
         if summary is None:
             summary = PassSummary()
+        started = time.monotonic()
         remaining = limit
         errors: list[Exception] = []
         await self.processor.wake_probes()
@@ -168,6 +179,7 @@ class Spooler:
                 await scheduler.settle()
             except Exception as exc:  # the store is away: those leases run out instead
                 log.warning("could not give back the claimed messages this pass did not reach: %s", exc)
+            await self._record_pass(time.monotonic() - started)
         if errors:
             raise errors[0]
         summary.messages.sort(key=lambda m: m.message_id)

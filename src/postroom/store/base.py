@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from ..mapi.codes import MAPIError
 from ..mapi.message import MessageData, Props, Recipient
+from .activity import PassTotals
 from .notify import NotificationBus
 from .receive import match_receive_folder
 from .slots import ConnectionSlots
@@ -188,6 +189,29 @@ class DeliveryStats:
     latency_buckets: dict[str, list[int]] = field(default_factory=dict)
     latency_count: dict[str, int] = field(default_factory=dict)
     latency_sum: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SpoolerStats:
+    """What the spooler processes on the store reported about their passes, summed over them, and the
+    connection slots in use now (the /metrics series no message's history holds).
+
+    Each spooler process keeps one row of running totals that it rewrites at the end of each pass
+    (store.record_pass): summing the rows counts every process once, and a stopped process's row
+    stays, so the counters never go down.
+    """
+
+    #: Spooler processes that ever reported a pass on this store.
+    processes: int = 0
+    passes: int = 0
+    pass_seconds: float = 0.0
+    #: The histogram's upper bounds (seconds) and how many passes took at most each (cumulative).
+    pass_bounds: tuple[float, ...] = ()
+    pass_buckets: list[int] = field(default_factory=list)
+    #: transport -> how often its throttle made a message's recipients wait.
+    throttle_waits: dict[str, int] = field(default_factory=dict)
+    #: transport -> connection slots held now, by every process on the store.
+    slots_in_use: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -524,6 +548,14 @@ class MessageStore(abc.ABC):
 
     @abc.abstractmethod
     def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats: ...
+
+    @abc.abstractmethod
+    def record_pass(self, owner: str, now: datetime, totals: PassTotals) -> None:
+        """Write this spooler process's running pass totals (one upsert of its own row)."""
+
+    @abc.abstractmethod
+    def spooler_stats(self, transports: Sequence[str]) -> SpoolerStats:
+        """Every process's pass totals summed, and the connection slots in use for `transports`."""
 
     @abc.abstractmethod
     def count_waiting(self, kind: WaitKind) -> int:

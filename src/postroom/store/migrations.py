@@ -43,6 +43,9 @@ History:
      properties of existing messages out of their bags.
      events_by_time and queue_by_submit: the status page's chart and /metrics read the history
      by time, and the queue page pages through the queue by (submit_time, id).
+     spooler_passes: each spooler process's running pass totals (passes, seconds, the duration
+     histogram, throttle waits by transport), one row per process rewritten at the end of each
+     pass, summed by /metrics.
 """
 
 from __future__ import annotations
@@ -67,6 +70,13 @@ LATEST = 5
 _WEB_V5 = (
     "CREATE INDEX IF NOT EXISTS events_by_time ON events(time, kind)",
     "CREATE INDEX IF NOT EXISTS queue_by_submit ON messages(submit_time, id) WHERE queue_state IS NOT NULL",
+)
+
+#: Version 5 too: one row per spooler process, its running totals (store.record_pass), for /metrics.
+_PASSES_V5 = (
+    "CREATE TABLE IF NOT EXISTS spooler_passes ("
+    " owner TEXT PRIMARY KEY, updated DOUBLE PRECISION NOT NULL, passes BIGINT NOT NULL,"
+    " seconds DOUBLE PRECISION NOT NULL, buckets TEXT NOT NULL, throttle_waits TEXT NOT NULL)",
 )
 
 # --- SQLite ----------------------------------------------------------------------------------------
@@ -98,6 +108,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         " message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
         " tag INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (message_id, tag))",
         *_WEB_V5,
+        *_PASSES_V5,
     ),
 }
 
@@ -269,9 +280,16 @@ _PG_V5 = (
     # Bodies are mostly text that compresses, but a state change never reads them: keep them out of
     # line (TOAST) as PostgreSQL does by default for large values.
     *_WEB_V5,
+    *_PASSES_V5,
 )
 
-POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _PG_V1, 2: _PG_V2, 3: _PG_V3, 4: _PG_V4, 5: _PG_V5}
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _PG_V1,
+    2: _PG_V2,
+    3: _PG_V3,
+    4: _PG_V4,
+    5: _PG_V5,
+}
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).
 SCHEMA_LOCK = 0x706F7374726F6F6D

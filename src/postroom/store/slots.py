@@ -27,6 +27,7 @@ import abc
 import contextlib
 import fcntl
 import os
+import struct
 import threading
 import time
 import zlib
@@ -139,6 +140,18 @@ class ConnectionSlots(abc.ABC):
         with self._mutex:
             return self._contention(name)
 
+    def in_use(self, transport: str) -> int:
+        """How many of the transport's slots every process on the store holds now (for /metrics).
+
+        Read without taking any slot, so a scrape never makes a spooler wait for one."""
+        name = transport.lower()
+        with self._mutex:
+            return self._count(name) + self._held_elsewhere(name)
+
+    def _held_elsewhere(self, name: str) -> int:
+        """The transport's slots other processes hold (none known: slots within one process)."""
+        return 0
+
     def _count(self, name: str) -> int:
         return sum(1 for n, _ in self._held if n == name) + sum(1 for n, _ in self._orphans if n == name)
 
@@ -249,6 +262,21 @@ class _LockFile:
     def unlock(self, offset: int) -> None:
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
 
+    def held_by_others(self, start: int, length: int) -> int:
+        """How many bytes of [start, start + length) other processes hold, asked with F_GETLK:
+        unlike locked_elsewhere it takes nothing, so a process trying a byte meanwhile is never
+        refused because of it. F_GETLK names one conflicting lock (any one), so the range is
+        split around it and both sides asked again: a few calls for a few locks, one for none."""
+        if length <= 0:
+            return 0
+        ask = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+        kind, _, found, size, _ = struct.unpack(_FLOCK, fcntl.fcntl(self.fd, fcntl.F_GETLK, ask))
+        if kind == fcntl.F_UNLCK:
+            return 0
+        end = start + length
+        first, last = max(start, int(found)), min(end, int(found) + int(size) if size > 0 else end)  # 0: to the end
+        return last - first + self.held_by_others(start, first - start) + self.held_by_others(last, end - last)
+
     def locked_elsewhere(self, offset: int) -> bool:
         """Probe a byte this process does not hold: lock and unlock it at once."""
         if self.try_lock(offset):
@@ -256,6 +284,9 @@ class _LockFile:
             return False
         return True
 
+
+#: struct flock on Linux (64-bit off_t): l_type, l_whence, l_start, l_len, l_pid, and padding.
+_FLOCK = "hhqqi4x"
 
 _LOCK_FILES: dict[tuple[int, Path], _LockFile] = {}
 _LOCK_FILES_GUARD = threading.Lock()
@@ -312,6 +343,11 @@ class FileSlots(ConnectionSlots):
             processes += 1
             waiting = waiting or file.locked_elsewhere(slot_key("waiting", name, member))
         return Contention(processes, waiting)
+
+    def _held_elsewhere(self, name: str) -> int:
+        # Slots are taken lowest first but given back in any order: ask about all of them. This
+        # process's own locks never conflict with it, so F_GETLK reports only the others'.
+        return self._file.held_by_others(slot_key("", name, 0), MAX_SLOTS)
 
     def close(self) -> None:
         """Nothing to do: the slots belong to the connections that hold them, not to this store object."""
@@ -395,6 +431,11 @@ class AdvisorySlots(ConnectionSlots):
             return Contention()  # the store cannot say: as if nobody else were there
         return Contention(int(processes or 0), bool(waiting))
 
+    def _held_elsewhere(self, name: str) -> int:
+        first = self._key(name, 0)
+        (count,) = self._fetch(_IN_USE_QUERY, {"first": first, "last": first + MAX_SLOTS - 1})
+        return int(count or 0)
+
     def _forget_all(self) -> None:
         super()._forget_all()
         self._wanting.clear()
@@ -411,6 +452,14 @@ class AdvisorySlots(ConnectionSlots):
             self._drop()
             self._orphans.clear()
 
+
+#: The transport's slot locks held by other sessions (this process's own are counted from _held).
+_IN_USE_QUERY = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid <> pg_backend_pid()
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND ((classid::bigint << 32) | objid::bigint) BETWEEN %(first)s AND %(last)s
+"""
 
 _CONTENTION_QUERY = """
 SELECT count(DISTINCT pid), coalesce(bool_or(key = %(waiting)s), false)

@@ -35,7 +35,7 @@ from ..mapi.entryid import MAPIUID, make_entry_id
 from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, OriginalMime, Props, Recipient
 from . import queue_sql
-from .activity import LEFT_KINDS, OUTCOME_KINDS, RETRY_KINDS
+from .activity import LEFT_KINDS, OUTCOME_KINDS, PASS_BUCKETS, RETRY_KINDS, PassTotals
 from .base import (
     SPECIAL_FOLDER_NAMES,
     ActivityBucket,
@@ -58,6 +58,7 @@ from .base import (
     RecipientStatus,
     RecipientWait,
     RetryAll,
+    SpoolerStats,
     WaitingRecipient,
     WaitKind,
 )
@@ -91,6 +92,11 @@ _EVENT_SQL = "INSERT INTO events (message_id, time, kind, transport, detail) VAL
 _BREAKER_UPSERT = (
     "INSERT INTO breaker_state (transport, state, updated) VALUES (?, ?, ?) "
     "ON CONFLICT (transport) DO UPDATE SET state=excluded.state, updated=excluded.updated"
+)
+_PASS_UPSERT = (
+    "INSERT INTO spooler_passes (owner, updated, passes, seconds, buckets, throttle_waits) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (owner) DO UPDATE SET updated=excluded.updated, passes=excluded.passes, seconds=excluded.seconds, "
+    "buckets=excluded.buckets, throttle_waits=excluded.throttle_waits"
 )
 _SUMMARY_TAGS = (
     T.PR_MESSAGE_CLASS,
@@ -1041,6 +1047,40 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             counts[str(name)] = int(count)
             sums[str(name)] = max(0.0, float(total or 0.0))
         return DeliveryStats(by_outcome, by_retry, operator, inbound, bounds, buckets, counts, sums)
+
+    def record_pass(self, owner: str, now: datetime, totals: PassTotals) -> None:
+        """Rewrite this spooler process's row of running totals: one statement, its own row only,
+        so processes never wait for each other here."""
+        with self._tx() as db:
+            db.execute(
+                _PASS_UPSERT,
+                (
+                    self._text(owner),
+                    to_epoch(now),
+                    totals.passes,
+                    totals.seconds,
+                    json.dumps(totals.buckets),
+                    json.dumps(totals.throttle_waits, sort_keys=True),
+                ),
+            )
+
+    def spooler_stats(self, transports: Sequence[str]) -> SpoolerStats:
+        """Sum every process's row; a row whose histogram has other bounds (another version) adds
+        to the counts and the sum but not to the buckets."""
+        stats = SpoolerStats(pass_bounds=PASS_BUCKETS, pass_buckets=[0] * len(PASS_BUCKETS))
+        for passes, seconds, buckets, waits in self._q(
+            "SELECT passes, seconds, buckets, throttle_waits FROM spooler_passes"
+        ):
+            stats.processes += 1
+            stats.passes += int(passes)
+            stats.pass_seconds += float(seconds)
+            below = [int(n) for n in json.loads(buckets)]
+            if len(below) == len(PASS_BUCKETS):
+                stats.pass_buckets = [a + b for a, b in zip(stats.pass_buckets, below, strict=True)]
+            for name, n in dict(json.loads(waits)).items():
+                stats.throttle_waits[str(name)] = stats.throttle_waits.get(str(name), 0) + int(n)
+        stats.slots_in_use = {name.lower(): self.connection_slots.in_use(name) for name in transports}
+        return stats
 
     def queue_entry(self, message_id: int) -> QueueEntry | None:
         return next((q for q in self.queue(message_id) if q.id == message_id), None)

@@ -47,6 +47,8 @@ from .metrics import LATENCY_BUCKETS, Snapshot, SnapshotCollector
 HERE = Path(__file__).parent
 T_ = TypeVar("T_")
 PAGE_SIZE = 50
+#: /metrics reads the history's totals (a read of the whole history) at most this often.
+METRICS_HISTORY_SECONDS = 5.0
 _REPORT_ID = re.compile(r"stored as message (\d+)")
 #: Properties never shown on the message page (binary or bulky; none of a message's is a secret).
 _HIDDEN_TYPES = (0x0102,)  # PT_BINARY
@@ -352,8 +354,11 @@ class StatusPage:
                 report = await session.status_report(daemon_here=self.beside_daemon)
             snap = Snapshot(
                 counts=session.queue_counts(),
-                stats=session.delivery_stats(LATENCY_BUCKETS),
+                # The history's totals cost a read of the whole history: shared for a few seconds
+                # by scrapes that come more often (benchmarks/README.md, the page's cost).
+                stats=self._cached("stats", METRICS_HISTORY_SECONDS, lambda: session.delivery_stats(LATENCY_BUCKETS)),
                 breakers={t.name: session.breaker_state(t.name) for t in transports},
+                spooler=session.spooler_stats(),
                 rows=report.rows,
                 transports=transports,
                 online=session.mode == Mode.ONLINE,

@@ -1,7 +1,8 @@
 """`/metrics`: the Prometheus exposition of what the store says, computed at each scrape.
 
 Every number is read from the store (the queue, the messages' history, the breaker state every
-process shares), never counted in this process: on a shared PostgreSQL store each delivery is
+process shares, each spooler process's row of pass totals, the connection slots' locks), never
+counted in this process: on a shared PostgreSQL store each delivery is
 counted once however many spooler processes made it, and the counters survive restarts. Only
 `postroom_store_errors_total` is this server's own (the reads of the store that failed).
 No label carries a secret: transports by name, states and outcomes by their MAPI words.
@@ -16,7 +17,7 @@ from datetime import datetime
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from postroom import DeliveryStats, QueueCounts, Service, StatusRow
+from postroom import DeliveryStats, QueueCounts, Service, SpoolerStats, StatusRow
 from postroom.mapi.flags import StatusCode
 
 #: Delivery latency buckets (seconds from submission to a recipient's outcome).
@@ -30,6 +31,7 @@ class Snapshot:
     counts: QueueCounts
     stats: DeliveryStats
     breakers: dict[str, dict[str, object]]
+    spooler: SpoolerStats
     rows: Sequence[StatusRow]
     transports: Sequence[Service]
     online: bool
@@ -100,12 +102,46 @@ class SnapshotCollector(Collector):
             if row.resource_type == 35 or row.display_name in {t.name for t in s.transports}:
                 failing.add_metric([_name(row.display_name)], 1.0 if row.status_code & StatusCode.FAILURE else 0.0)
         yield failing
+        yield from self._spooler()
         yield GaugeMetricFamily("postroom_online", "1 online, 0 offline.", value=1.0 if s.online else 0.0)
         yield GaugeMetricFamily(
             "postroom_daemon_running", "1 while a spooler daemon runs on the profile.", value=float(s.daemon_running)
         )
         yield CounterMetricFamily(
             "postroom_store_errors", "Reads of the store by this server that failed.", value=s.store_errors
+        )
+
+    def _spooler(self) -> Iterator[Metric]:
+        """What the spooler processes wrote about their passes (summed over them) and the slots held now."""
+        sp = self.snap.spooler
+        waits = CounterMetricFamily(
+            "postroom_throttle_waits",
+            "Times a transport's throttle made a message's recipients wait, by transport.",
+            labels=["transport"],
+        )
+        for transport, n in sorted(sp.throttle_waits.items()):
+            waits.add_metric([_name(transport)], n)
+        yield waits
+        slots = GaugeMetricFamily(
+            "postroom_connection_slots_in_use",
+            "Connection slots held now by every process on the store, by transport.",
+            labels=["transport"],
+        )
+        for transport, n in sorted(sp.slots_in_use.items()):
+            slots.add_metric([_name(transport)], n)
+        yield slots
+        passes = HistogramMetricFamily(
+            "postroom_spooler_pass_duration_seconds",
+            "Seconds each spooler pass over the queue took, over every spooler process.",
+        )
+        buckets = [(str(b), float(n)) for b, n in zip(sp.pass_bounds, sp.pass_buckets, strict=True)]
+        buckets.append(("+Inf", float(sp.passes)))
+        passes.add_metric([], buckets, sum_value=sp.pass_seconds)
+        yield passes
+        yield GaugeMetricFamily(
+            "postroom_spooler_processes",
+            "Spooler processes that have reported a pass on this store since it was made.",
+            value=sp.processes,
         )
 
     def _latency(self) -> Iterator[Metric]:
