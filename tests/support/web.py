@@ -80,7 +80,9 @@ def served(
     `socket_path`: it listens on that Unix socket instead (wait until the socket is there, private)."""
     port = free_port()
     where = f"127.0.0.1:{port}"
-    command = ["spooler", "--http", where] if spooler else ["serve", "http", "--listen", where]
+    # One spooler process: with --workers N each worker publishes the status rows of its own
+    # transports, and a row shows the worker that wrote it last (a known limit, README).
+    command = ["spooler", "--workers", "1", "--http", where] if spooler else ["serve", "http", "--listen", where]
     if socket_path is not None:
         command += ["--socket", str(socket_path)]
     log = profile.parent / f"{'spooler' if spooler else 'page'}-{port}.log"

@@ -60,8 +60,9 @@ async def status_report(
     """The daemon's published rows when a daemon runs and published them, unless `here`; else this
     process's own (`own_rows` logs the transports on). `daemon_here`: the daemon runs in this process."""
     published = store.status_rows()  # before our own logon replaces it
-    # A page served beside the daemon, in its process (`spooler --http`), reads the daemon's rows too.
-    daemon = os.getpid() if daemon_here else running_daemon(profile_dir)
+    # A page served beside the daemon, in its process (`spooler --http`), reads the daemon's rows too;
+    # the pid file names the parent when the daemon runs --workers (a worker's rows count as its).
+    daemon = running_daemon(profile_dir) or (os.getpid() if daemon_here else None)
     owner = published[0][3] if published else None
     published_at = max((r[2] for r in published), default=None)
     publisher = owner_pid(owner) if owner is not None else None
