@@ -179,7 +179,8 @@ class Spooler:
                 await scheduler.settle()
             except Exception as exc:  # the store is away: those leases run out instead
                 log.warning("could not give back the claimed messages this pass did not reach: %s", exc)
-            await self._record_pass(time.monotonic() - started)
+            if not errors:  # a pass the store's outage cut short is not waited on to record it
+                await self._record_pass(time.monotonic() - started)
         if errors:
             raise errors[0]
         summary.messages.sort(key=lambda m: m.message_id)
