@@ -173,6 +173,7 @@ class IMAPConfig(inbound.ServerConfig):
 
 class IMAPLogon(inbound.InboundLogon[ImapKey]):
     protocol = "IMAP"
+    token_unchecked = "[UNAVAILABLE]"  # RFC 5530
 
     def __init__(
         self,
@@ -285,12 +286,7 @@ class IMAPLogon(inbound.InboundLogon[ImapKey]):
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
-            answer = inbound.server_answer(exc)
-            if "[UNAVAILABLE]" in answer:  # RFC 5530: the server's own trouble, not the token's
-                raise inbound.ConnectionLost(
-                    f"IMAP server {cfg.where} could not check the access token now: {answer}"
-                ) from None
-            raise inbound.TokenRefused(answer) from None
+            raise inbound.TokenRefused(inbound.server_answer(exc)) from None
 
     def _disconnect(self, polite: bool) -> None:
         client, self._client = self._client, None

@@ -502,6 +502,10 @@ class InboundLogon(TransportLogon, Generic[K]):
     """
 
     protocol = "mail"
+    #: The response code in a refusal of the access token that means the server could not check
+    #: it now (its own trouble, not the token's): IMAP's [UNAVAILABLE] (RFC 5530), POP3's
+    #: [SYS/TEMP] (RFC 3206).
+    token_unchecked = ""
 
     def __init__(
         self,
@@ -629,7 +633,8 @@ class InboundLogon(TransportLogon, Generic[K]):
     def _token_login(self, login: Callable[[Secret], None]) -> None:
         """Log in with an OAuth2 access token: `login` sends it and raises TokenRefused when the
         server refuses it. A refused token has most likely expired, so a fresh one is fetched and
-        tried once more before the refusal counts; a token that cannot be had stops at once.
+        tried once more before the refusal counts; a token that cannot be had, or a server that
+        could not check it now (`token_unchecked`), stops at once.
         The texts raised name the user and the server's answer, never the token."""
         cfg = self.config
         assert cfg.oauth is not None
@@ -645,6 +650,10 @@ class InboundLogon(TransportLogon, Generic[K]):
                 login(token)
                 return
             except TokenRefused as refused:
+                if self.token_unchecked and self.token_unchecked in str(refused):
+                    raise ConnectionLost(
+                        f"{self.protocol} server {cfg.where} could not check the access token now: {refused}"
+                    ) from None
                 if attempt == 2:
                     raise ConnectionLost(
                         f"OAuth2 login ({mechanism}) as {cfg.username} at {cfg.where} failed: {refused}; "

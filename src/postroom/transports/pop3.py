@@ -171,6 +171,7 @@ class POP3Config(inbound.ServerConfig):
 
 class POP3Logon(inbound.InboundLogon[str]):
     protocol = "POP3"
+    token_unchecked = "[SYS/TEMP]"  # RFC 3206
 
     def __init__(
         self,
@@ -268,12 +269,7 @@ class POP3Logon(inbound.InboundLogon[str]):
         except poplib.error_proto as exc:
             if _connection_error(exc):
                 raise
-            answer = inbound.server_answer(exc)
-            if "[SYS/TEMP]" in answer:  # RFC 3206: the server's own trouble, not the token's
-                raise inbound.ConnectionLost(
-                    f"POP3 server {cfg.where} could not check the access token now: {answer}"
-                ) from None
-            raise inbound.TokenRefused(answer) from None
+            raise inbound.TokenRefused(inbound.server_answer(exc)) from None
 
     def _disconnect(self, polite: bool) -> None:
         client, self._client = self._client, None
