@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from peers import MAIL_UID, START_TIMEOUT, TEMPLATES, Peers, free_port, port_open, wait_until
+from peers import MAIL_UID, START_TIMEOUT, Peers, _render, free_port, port_open, wait_until
 
 from support.prerequisites import unavailable
 
@@ -104,15 +104,6 @@ class OAuthDovecot:
 
     def port(self, kind: str) -> int:
         return self.imap_port if kind == "imap" else self.pop3_port
-
-
-def _render(name: str, values: dict[str, str]) -> str:
-    text = (TEMPLATES / name).read_text(encoding="utf-8")
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    if "{{" in text:
-        raise RuntimeError(f"unfilled placeholder in {name}: {text[text.index('{{') :][:40]!r}")
-    return text
 
 
 def oauth2_passdb_missing() -> str | None:
