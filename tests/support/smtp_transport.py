@@ -8,13 +8,12 @@ from typing import Any
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult
-from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import EndMessageFlags, LogonFlags, RecipientType
 from postroom.mapi.message import MessageData, Recipient
 from postroom.transports.smtp import SMTPLogon, SMTPProvider
-from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, SubmitResult
+from postroom.transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 
-from .spi import FakeSupport
+from .spi import provider_context
 
 SENDER = "sam@sender.test"
 
@@ -25,15 +24,7 @@ def make_logon(tmp_path: Path, port: int, flags: LogonFlags = LogonFlags.NONE, *
     options.setdefault("security", "none")
     options.setdefault("helo_name", "client.test")
     options.setdefault("timeout", 5)
-    context = ProviderContext(
-        service_name="smarthost",
-        kind="smtp",
-        provider_uid=MAPIUID(bytes(range(16))),
-        options=options,
-        profile_dir=tmp_path,
-        support=FakeSupport(),
-    )
-    logon = SMTPProvider(context).logon(flags)
+    logon = SMTPProvider(provider_context("smtp", "smarthost", options, tmp_path)).logon(flags)
     assert isinstance(logon, SMTPLogon)
     return logon
 

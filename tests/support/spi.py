@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from postroom.mapi.entryid import MAPIUID
 from postroom.store.slots import LocalSlots
+from postroom.transports.spi import ProviderContext
 
 
 class FakeSupport:
@@ -36,3 +39,15 @@ class FakeSupport:
 
     def should_give_back_connection_slot(self, limit: int) -> bool:
         return self.slots.should_give_back("transport", limit)
+
+
+def provider_context(kind: str, service_name: str, options: dict[str, Any], profile_dir: Path) -> ProviderContext:
+    """The context a transport provider of `kind` is made with, as the spooler gives it, with a FakeSupport."""
+    return ProviderContext(
+        service_name=service_name,
+        kind=kind,
+        provider_uid=MAPIUID(bytes(range(16))),
+        options=options,
+        profile_dir=profile_dir,
+        support=FakeSupport(),
+    )

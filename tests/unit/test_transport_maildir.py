@@ -17,7 +17,6 @@ import pytest
 import postroom
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import EndMessageFlags, LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
 from postroom.mapi.message import MessageData, Recipient
 from postroom.profile import Profile
@@ -27,25 +26,16 @@ from postroom.transports.maildir import MaildirLogon, MaildirProvider
 from postroom.transports.spi import (
     OutboundMessage,
     OutboundRecipient,
-    ProviderContext,
     RecipientScope,
     Registration,
 )
 
-from support.spi import FakeSupport
+from support.spi import provider_context
 
 
 def make_logon(tmp_path: Path, **options: Any) -> MaildirLogon:
     options.setdefault("domains", ["example.test"])
-    context = ProviderContext(
-        service_name="local",
-        kind="maildir",
-        provider_uid=MAPIUID(bytes(range(16))),
-        options=options,
-        profile_dir=tmp_path,
-        support=FakeSupport(),
-    )
-    logon = MaildirProvider(context).logon(LogonFlags.NONE)
+    logon = MaildirProvider(provider_context("maildir", "local", options, tmp_path)).logon(LogonFlags.NONE)
     assert isinstance(logon, MaildirLogon)
     return logon
 

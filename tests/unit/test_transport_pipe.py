@@ -21,15 +21,14 @@ import pytest
 import postroom
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
 from postroom.mapi.message import MessageData, Recipient
 from postroom.profile import Profile
 from postroom.store import RecipientState
 from postroom.transports.pipe import PipeLogon, PipeProvider
-from postroom.transports.spi import OutboundMessage, OutboundRecipient, ProviderContext, Registration, SubmitResult
+from postroom.transports.spi import OutboundMessage, OutboundRecipient, Registration, SubmitResult
 
-from support.spi import FakeSupport
+from support.spi import provider_context
 
 PY = sys.executable
 
@@ -53,15 +52,7 @@ sys.exit(int(sys.argv[1]))
 
 def make_logon(tmp_path: Path, **options: Any) -> PipeLogon:
     options.setdefault("address_types", ["FAX"])
-    context = ProviderContext(
-        service_name="faxgate",
-        kind="pipe",
-        provider_uid=MAPIUID(bytes(range(16))),
-        options=options,
-        profile_dir=tmp_path,
-        support=FakeSupport(),
-    )
-    logon = PipeProvider(context).logon(LogonFlags.NONE)
+    logon = PipeProvider(provider_context("pipe", "faxgate", options, tmp_path)).logon(LogonFlags.NONE)
     assert isinstance(logon, PipeLogon)
     return logon
 
