@@ -89,13 +89,18 @@ def send(profile: Path) -> dict[str, Any]:
     return dict(row)
 
 
-def test_xoauth2_sends_the_token_the_token_command_prints(
-    profile: Path, server: tuple[TokenChecker, int], tmp_path: Path
+@pytest.mark.parametrize(
+    "printed",  # what the token command prints, one token each time it runs: the server sees each
+    [["fresh-token"], ["expired-token", "fresh-token"]],
+    ids=["the token the command prints is sent", "a refused token is fetched again once and the fresh one used"],
+)
+def test_xoauth2_sends_the_token_the_token_command_prints_and_fetches_a_refused_one_again_once(
+    profile: Path, server: tuple[TokenChecker, int], tmp_path: Path, printed: list[str]
 ) -> None:
     checker, port = server
-    add_service(profile, port, "--set", f"token_command={token_command(tmp_path, 'fresh-token')}")
+    add_service(profile, port, "--set", f"token_command={token_command(tmp_path, *printed)}")
     assert send(profile)["state"] == "delivered"
-    assert checker.seen == [("XOAUTH2", "fresh-token")] and len(checker.messages) == 1
+    assert checker.seen == [("XOAUTH2", token) for token in printed] and len(checker.messages) == 1
 
 
 def test_oauthbearer_sends_the_token_from_the_token_file(profile: Path, server: tuple[TokenChecker, int]) -> None:
@@ -104,15 +109,6 @@ def test_oauthbearer_sends_the_token_from_the_token_file(profile: Path, server: 
     add_service(profile, port, "--set", "token_file=token", "--set", "oauth_mechanism=oauthbearer")
     assert send(profile)["state"] == "delivered"
     assert checker.seen == [("OAUTHBEARER", "fresh-token")]
-
-
-def test_a_refused_token_is_fetched_again_once_and_the_fresh_one_is_used(
-    profile: Path, server: tuple[TokenChecker, int], tmp_path: Path
-) -> None:
-    checker, port = server
-    add_service(profile, port, "--set", f"token_command={token_command(tmp_path, 'expired-token', 'fresh-token')}")
-    assert send(profile)["state"] == "delivered"
-    assert checker.seen == [("XOAUTH2", "expired-token"), ("XOAUTH2", "fresh-token")]
 
 
 def test_a_token_refused_twice_leaves_the_message_waiting_and_never_shows_the_token(
