@@ -65,18 +65,29 @@ def fresh_token(dovecot: OAuthDovecot, user: str) -> str:
     return token
 
 
+def user_with_message(peers: Peers, subject: str) -> str:
+    """A new mailbox user with one message, `subject`, waiting on the server."""
+    user = peers.new_user()
+    peers.put_message(user, message(subject, user))
+    return user
+
+
+def receives_it(profile: Path, kind: str, opts: dict[str, Any], subject: str) -> None:
+    """One receive brings the message `subject`, and the service's status row shows no failure."""
+    with session_for(profile, (kind, "in", opts)) as session:
+        assert session.receive() == 1
+        assert subjects(session) == [subject]
+        assert StatusCode.FAILURE not in status_row(session, "in").status_code
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_xoauth2_with_a_token_from_the_token_command_receives(
     peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
 ) -> None:
-    user = peers.new_user()
-    peers.put_message(user, message("over oauth", user))
+    user = user_with_message(peers, "over oauth")
     token = fresh_token(dovecot, user)
     opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, token)))
-    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
-        assert session.receive() == 1
-        assert subjects(session) == ["over oauth"]
-        assert StatusCode.FAILURE not in status_row(session, "in").status_code
+    receives_it(tmp_path / "p", kind, opts, "over oauth")
     assert dovecot.introspection.asked_about(token) == [token]
 
 
@@ -84,16 +95,13 @@ def test_xoauth2_with_a_token_from_the_token_command_receives(
 def test_oauthbearer_with_the_token_file_receives(
     peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
 ) -> None:
-    user = peers.new_user()
-    peers.put_message(user, message("bearer", user))
+    user = user_with_message(peers, "bearer")
     token = fresh_token(dovecot, user)
     profile = tmp_path / "p"
     profile.mkdir()
     (profile / "token").write_text(token + "\n", encoding="utf-8")
     opts = options(dovecot, kind, user, token_file="token", oauth_mechanism="oauthbearer")
-    with session_for(profile, (kind, "in", opts)) as session:
-        assert session.receive() == 1
-        assert subjects(session) == ["bearer"]
+    receives_it(profile, kind, opts, "bearer")
     assert dovecot.introspection.asked_about(token) == [token]
 
 
@@ -101,15 +109,11 @@ def test_oauthbearer_with_the_token_file_receives(
 def test_an_expired_token_is_fetched_again_once_and_the_fresh_one_works(
     peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str
 ) -> None:
-    user = peers.new_user()
-    peers.put_message(user, message("after refresh", user))
+    user = user_with_message(peers, "after refresh")
     expired = f"expired-{secrets.token_hex(8)}"  # never granted: the server says inactive
     token = fresh_token(dovecot, user)
     opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, expired, token)))
-    with session_for(tmp_path / "p", (kind, "in", opts)) as session:
-        assert session.receive() == 1
-        assert subjects(session) == ["after refresh"]
-        assert StatusCode.FAILURE not in status_row(session, "in").status_code
+    receives_it(tmp_path / "p", kind, opts, "after refresh")
     assert dovecot.introspection.asked_about(expired, token) == [expired, token]
 
 
@@ -118,8 +122,7 @@ def test_a_token_refused_every_time_fails_the_service_clearly_and_never_shows_th
     peers: Peers, dovecot: OAuthDovecot, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    user = peers.new_user()
-    peers.put_message(user, message("never fetched", user))
+    user = user_with_message(peers, "never fetched")
     revoked = f"revoked-{secrets.token_hex(8)}"
     dovecot.introspection.grant(revoked, "someone-else@example.test")  # active, but not this user's
     opts = options(dovecot, kind, user, token_command=json.loads(token_command(tmp_path, revoked)))
@@ -207,8 +210,7 @@ def test_the_cli_receives_with_an_oauth2_account_and_a_revoked_token_fails_the_r
     peers: Peers, dovecot: OAuthDovecot, tmp_path: Path
 ) -> None:
     kind = "imap"  # the CLI path is the same for pop3 (covered above through the face); CLI runs are slow
-    user = peers.new_user()
-    peers.put_message(user, message("through the cli", user))
+    user = user_with_message(peers, "through the cli")
     token = fresh_token(dovecot, user)
     profile = tmp_path / "p"
     ok(run("init", "--empty", profile))
