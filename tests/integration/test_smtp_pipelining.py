@@ -54,6 +54,11 @@ async def answers_only_whole_groups(peer: Peer) -> None:
     """A server that replies to MAIL only once RCPT and DATA arrived too: a client that waits for
     each reply before its next command never gets one."""
     await peer.greet(EHLO_PIPELINING)
+    await whole_groups(peer)
+
+
+async def whole_groups(peer: Peer) -> None:
+    """After the greeting (and AUTH): each group answered once all of it arrived, until the client stops."""
     while True:
         group = await peer.commands_until("DATA")
         if not group or group[-1] != "DATA":
@@ -90,8 +95,7 @@ def test_a_pipelined_message_goes_in_one_round_trip(tmp_path: Path, loop: str) -
 
 async def mixed_replies(peer: Peer) -> None:
     await peer.greet(EHLO_PIPELINING)
-    await peer.commands_until("DATA")
-    await peer.reply(
+    await peer.group(
         b"250 2.1.0 Ok\r\n",
         b"250 2.1.5 Ok\r\n",
         b"550-5.1.1 <bob@example.test>: Recipient address rejected:\r\n550 5.1.1 User unknown in virtual mailbox table\r\n",
@@ -127,8 +131,7 @@ def test_each_recipient_gets_its_own_reply_from_a_pipelined_group(tmp_path: Path
 def every_rcpt_refused(*, data_reply: bytes) -> Callable[[Peer], Coroutine[Any, Any, None]]:
     async def script(peer: Peer) -> None:
         await peer.greet(EHLO_PIPELINING)
-        await peer.commands_until("DATA")
-        await peer.reply(
+        await peer.group(
             b"250 2.1.0 Ok\r\n",
             b"550 5.1.1 <alice@example.test>: User unknown\r\n",
             b"550 5.7.1 <bob@example.test>: Relay access denied\r\n",
@@ -137,8 +140,7 @@ def every_rcpt_refused(*, data_reply: bytes) -> Callable[[Peer], Coroutine[Any, 
         if data_reply.startswith(b"354"):
             await peer.content()
             await peer.reply(b"554 5.5.1 Error: no valid recipients\r\n")
-        while line := await peer.command():
-            await peer.reply(b"250 2.0.0 Ok\r\n" if line == "RSET" else b"221 2.0.0 Bye\r\n")
+        await peer.rset_and_quit()
 
     return script
 
@@ -236,8 +238,7 @@ def test_a_server_that_trickles_its_reply_cannot_hold_the_connection(tmp_path: P
 
 async def drops_mid_group(peer: Peer) -> None:
     await peer.greet(EHLO_PIPELINING)
-    await peer.commands_until("DATA")
-    await peer.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")  # MAIL and the first RCPT, then gone
+    await peer.group(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")  # MAIL and the first RCPT, then gone
 
 
 def test_a_drop_in_the_middle_of_a_pipelined_group_is_a_network_error_with_nothing_sent(tmp_path: Path) -> None:
@@ -285,15 +286,7 @@ async def cram_md5_only(peer: Peer) -> None:
         await peer.reply(b"535 5.7.8 Authentication credentials invalid\r\n")
         return
     await peer.reply(b"235 2.7.0 Authentication successful\r\n")
-    await answers_only_whole_groups_after_greeting(peer)
-
-
-async def answers_only_whole_groups_after_greeting(peer: Peer) -> None:
-    group = await peer.commands_until("DATA")
-    await peer.reply(b"250 Ok\r\n" * (len(group) - 1), b"354 go\r\n")
-    await peer.content()
-    await peer.reply(b"250 Ok\r\n")
-    await peer.until_closed()
+    await whole_groups(peer)
 
 
 def test_auth_cram_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,14 +341,12 @@ def test_postfix_with_mixed_recipients(peers: Peers, tmp_path: Path, listener: s
 async def refuses_the_sender(peer: Peer) -> None:
     """MAIL refused; then a careless server answers the pipelined DATA with 354 all the same."""
     await peer.greet(EHLO_PIPELINING)
-    await peer.commands_until("DATA")
-    await peer.reply(
+    await peer.group(
         b"553 5.7.1 <sam@sender.test>: Sender address rejected\r\n", b"503 5.5.1 need MAIL\r\n", b"354 go\r\n"
     )
     await peer.content()
     await peer.reply(b"554 5.5.1 no valid recipients\r\n")
-    while line := await peer.command():
-        await peer.reply(b"250 2.0.0 Ok\r\n" if line == "RSET" else b"221 2.0.0 Bye\r\n")
+    await peer.rset_and_quit()
 
 
 def test_a_refused_sender_fails_every_recipient_and_the_pipelined_rest_is_wound_up(tmp_path: Path) -> None:
@@ -419,7 +410,7 @@ async def login_only_in_the_old_form(peer: Peer) -> None:
         await peer.reply(b"535 5.7.8 Authentication credentials invalid\r\n")
         return
     await peer.reply(b"235 2.7.0 Authentication successful\r\n")
-    await answers_only_whole_groups_after_greeting(peer)
+    await whole_groups(peer)
 
 
 def test_auth_login_offered_in_the_old_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,6 +50,12 @@ class Peer:
             if line.upper().startswith(verb):
                 return lines
 
+    async def group(self, *replies: bytes) -> list[str]:
+        """A pipelined group: the command lines up to DATA, then `replies` in one write."""
+        lines = await self.commands_until("DATA")
+        await self.reply(*replies)
+        return lines
+
     async def content(self) -> bytes:
         """The message content after a 354, up to the line with the dot alone (not included)."""
         chunks = []
@@ -71,6 +77,11 @@ class Peer:
         await self.reply(b"220 scripted.test ESMTP\r\n")
         await self.command()
         await self.reply(ehlo)
+
+    async def rset_and_quit(self) -> None:
+        """Answer RSET with 250 and any other command with 221, until the client closes."""
+        while line := await self.command():
+            await self.reply(b"250 2.0.0 Ok\r\n" if line == "RSET" else b"221 2.0.0 Bye\r\n")
 
     async def until_closed(self) -> None:
         """Say nothing more; return when the client closes the connection."""
