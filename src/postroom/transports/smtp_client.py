@@ -233,8 +233,6 @@ class SMTPClient:
         self.timeout = timeout
         self.where = where
         self.extensions: dict[str, str] = {}  # EHLO keyword (lower case) -> its parameters
-        self.greeting: Reply | None = None
-        self.tls = False
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -266,9 +264,8 @@ class SMTPClient:
         except TimeoutError:
             raise ReplyTimeout(f"no connection within {timeout:g} s") from None
         client = cls(protocol, timeout, where)
-        client.tls = implicit is not None
         try:
-            client.greeting = greeting = await client.read_reply()
+            greeting = await client.read_reply()
             if greeting.code != 220:
                 raise ReplyError(f"the server refused the connection: {greeting.code} {greeting.message}", greeting)
             await client.ehlo(helo_name)
@@ -328,7 +325,6 @@ class SMTPClient:
         if transport is None:  # the connection closed during the handshake
             raise ServerDisconnected("the connection closed during the TLS handshake")
         protocol.transport = transport
-        self.tls = True
         self.extensions = {}  # RFC 3207 §4.2: forget what was offered before TLS
 
     async def login(self, username: str, password: str) -> None:
