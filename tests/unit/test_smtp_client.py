@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -71,3 +73,14 @@ def test_a_waiting_reader_is_woken_by_a_reply_and_by_a_lost_connection() -> None
         return woken_by_reply, reader.waiter.done() and isinstance(reader.error, ServerDisconnected)
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_the_smtp_transport_runs_without_aiosmtplib() -> None:
+    """aiosmtplib is only the benchmarks' reference (a test extra): the transport, its pool and
+    its client import with it blocked, and none of them pulls it in."""
+    code = (
+        "import sys; sys.modules['aiosmtplib'] = None\n"
+        "import postroom.transports.smtp, postroom.transports.smtp_pool, postroom.transports.smtp_client\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
