@@ -12,7 +12,7 @@ import base64
 import hmac
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from peers import Peers, wait_until
@@ -24,27 +24,11 @@ from postroom.transports.smtp_client import ReplyTimeout, SMTPClient, wire_conte
 from postroom.transports.spi import SubmitResult
 
 from support.scripted_smtp import EHLO_LOCK_STEP, EHLO_PIPELINING, Peer, ScriptedServer
-from support.smtp_transport import by_address, make_logon, make_message, rcpt, submit
+from support.smtp_transport import by_address, make_logon, make_message, needs_uvloop, rcpt, run, submit
 
 pytestmark = pytest.mark.integration
 
-R = TypeVar("R")
-
-try:
-    import uvloop
-except ImportError:  # the [fast] extra is not installed: those runs are skipped
-    uvloop = None
-
-LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed"))]
-
-
-def run(coro: Coroutine[Any, Any, R], loop: str = "asyncio") -> R:
-    """Run on plain asyncio or on uvloop."""
-    if loop == "uvloop":
-        assert uvloop is not None
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
+LOOPS = ["asyncio", pytest.param("uvloop", marks=needs_uvloop)]
 
 
 # --- pipelining ---------------------------------------------------------------------------------------
@@ -306,7 +290,7 @@ def test_auth_cram_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("pipelined", "asyncio"),
         ("lock-step", "asyncio"),
-        pytest.param("pipelined", "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed")),
+        pytest.param("pipelined", "uvloop", marks=needs_uvloop),
     ],
 )
 def test_postfix_with_mixed_recipients(peers: Peers, tmp_path: Path, listener: str, loop: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import functools
 import logging
 import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,10 @@ from postroom.transports.smtp import SMTPLogon, SMTPProvider, envelope_address_p
 from postroom.transports.spi import Registration, SubmitResult
 
 from support.prerequisites import unavailable
-from support.smtp_transport import SENDER, by_address, make_logon, make_message, rcpt, submit
+from support.smtp_transport import SENDER, by_address, make_logon, make_message, needs_uvloop, rcpt, run, submit
 from support.spi import FakeSupport
 
 pytestmark = pytest.mark.integration
-
-try:
-    import uvloop
-except ImportError:  # the [fast] extra is not installed: the uvloop runs are skipped
-    uvloop = None
-
 
 # --- a scriptable SMTP server ------------------------------------------------------------------------
 
@@ -155,16 +150,11 @@ def free_port() -> int:
         return port
 
 
-def _on_uvloop(coro: Coroutine[Any, Any, Any]) -> Any:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 @pytest.fixture(
     params=[
         "lock-step",
         "pipelined",
-        pytest.param("pipelined on uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed")),
+        pytest.param("pipelined on uvloop", marks=needs_uvloop),
     ]
 )
 def start_server(
@@ -175,7 +165,7 @@ def start_server(
     one with the transport on uvloop (the tests' `asyncio.run` runs on a uvloop loop; the servers
     keep their own asyncio loops)."""
     if request.param == "pipelined on uvloop":
-        monkeypatch.setattr(asyncio, "run", _on_uvloop)
+        monkeypatch.setattr(asyncio, "run", functools.partial(run, loop="uvloop"))
     controllers: list[Controller] = []
 
     def start(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import pytest
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult
@@ -15,7 +19,25 @@ from postroom.transports.spi import OutboundMessage, OutboundRecipient, SubmitRe
 
 from .spi import provider_context
 
+try:
+    import uvloop
+except ImportError:  # the [fast] extra is not installed: the uvloop runs are skipped
+    uvloop = None
+
 SENDER = "sam@sender.test"
+R = TypeVar("R")
+
+#: For a test or a parameter that runs the transport on uvloop.
+needs_uvloop = pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
+
+
+def run(coro: Coroutine[Any, Any, R], loop: str = "asyncio") -> R:
+    """Run `coro` on plain asyncio, or on uvloop with loop "uvloop"."""
+    if loop == "uvloop":
+        assert uvloop is not None
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
 
 
 def make_logon(tmp_path: Path, port: int, flags: LogonFlags = LogonFlags.NONE, **options: Any) -> SMTPLogon:
