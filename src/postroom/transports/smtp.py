@@ -857,11 +857,8 @@ class SMTPLogon(TransportLogon):
                 token = await source.token()
             except MAPIError as exc:
                 raise _Unconfigured(exc.message) from None
-            mechanism = source.mechanism.value.encode("ascii")
             answer = initial_response(source.mechanism, user, token, self.config.host, self.config.port)
-            reply = await smtp.command(b"AUTH " + mechanism + b" " + answer + b"\r\n")
-            if reply.code == 334:  # an error challenge: answer it to get the final reply
-                reply = await smtp.command(_OAUTH_ABORT[source.mechanism] + b"\r\n")
+            reply = await smtp.auth_initial(source.mechanism.value, answer, _OAUTH_ABORT[source.mechanism])
             if reply.code == 235:
                 return
             if not 500 <= reply.code < 600:

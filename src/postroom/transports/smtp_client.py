@@ -11,7 +11,8 @@ they arrive and hands them to one waiting future, with no stream reader, no per-
 What it owns: connecting (plain, implicit TLS, STARTTLS with the caller's context, so certificate
 checks stay on by default), EHLO (HELO when EHLO is refused) and the extensions offered, AUTH
 (CRAM-MD5, PLAIN, LOGIN: the mechanisms the transport supported through aiosmtplib, in its order
-of preference), single commands, a pipelined group of commands, the message content (already
+of preference; and one-message mechanisms with an initial response, XOAUTH2 and OAUTHBEARER, whose
+token `smtp.py` fetches), single commands, a pipelined group of commands, the message content (already
 dot-stuffed once per message by `wire_content`) and QUIT. What it does not own: what a reply means
 for a recipient (`smtp.py`) and when a connection is opened or reused (`smtp_pool.py`).
 
@@ -358,6 +359,15 @@ class SMTPClient:
             reply = await self.command(b"*\r\n")
         if reply.code != 235:
             raise AuthenticationFailed(f"{reply.code} {reply.message}", reply)
+
+    async def auth_initial(self, mechanism: str, response: bytes, abort: bytes) -> Reply:
+        """AUTH `mechanism` with the base64 initial `response` (RFC 4954), for a mechanism of one
+        message such as XOAUTH2 or OAUTHBEARER; a challenge (an error challenge, RFC 7628 §3.2.3)
+        is answered with `abort` to get the final reply, which is returned (235: logged in)."""
+        reply = await self.command(b"AUTH " + mechanism.encode("ascii") + b" " + response + _CRLF)
+        if reply.code == 334:
+            reply = await self.command(abort + _CRLF)
+        return reply
 
     # --- commands -----------------------------------------------------------------------------------
 
