@@ -62,3 +62,14 @@ def test_the_daemon_session_runs_on_uvloop_and_its_status_row_says_so(
         assert session._run(_kind()) is EventLoopKind.UVLOOP
         spooler = next(row for row in session.status() if row.display_name == "MAPI spooler")
         assert spooler.status_string.endswith("; event loop uvloop")
+
+
+def test_insisting_on_uvloop_when_it_is_not_installed_is_no_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "uvloop" else real_find_spec(name))
+    monkeypatch.delenv("POSTROOM_EVENT_LOOP", raising=False)
+    assert daemon_loop_kind() is EventLoopKind.ASYNCIO  # not installed: plain asyncio, quietly
+    monkeypatch.setenv("POSTROOM_EVENT_LOOP", "uvloop")
+    with pytest.raises(MAPIError, match=r"not installed \(pip install 'postroom\[fast\]'\)") as info:
+        daemon_loop_kind()
+    assert info.value.code == HResult.MAPI_E_NO_SUPPORT
