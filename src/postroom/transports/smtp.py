@@ -285,7 +285,7 @@ class SMTPConfig:
     from_address: str | None
     from_name: str
     temporary_failure_wait: float  # 0: no wait of our own, the spooler backs off
-    tnef: TnefMode = field(default_factory=lambda: TnefMode.NEVER)
+    tnef: TnefMode = TnefMode.NEVER
     oauth: TokenSource | None = None  # OAuth2 (XOAUTH2 / OAUTHBEARER) instead of a password
 
     @classmethod
