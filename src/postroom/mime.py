@@ -934,11 +934,17 @@ def _decode_words(text: str) -> str:
         return text
 
 
-@functools.lru_cache(maxsize=1024)
 def _address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
-    """(display name, address) pairs of one unfolded address field. Remembered for the last
-    thousand fields: the email package's address parser is the dearest step of reading a message,
-    and the programs that hand mail to the listener send the same From and To again and again."""
+    """(display name, address) pairs of one unfolded address field. A short field is remembered
+    (the last 1,024): the email package's address parser is the dearest step of reading a message,
+    and the programs that hand mail to the listener send the same From and To again and again. A
+    long one (a list of many recipients) is parsed each time, so the cache stays small."""
+    if len(raw) > _REMEMBERED_FIELD:
+        return _parse_address_pairs(name, raw)
+    return _remembered_address_pairs(name, raw)
+
+
+def _parse_address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     # Python 3.11's phrase parser keeps the blank between two adjacent encoded words, which
     # RFC 2047 §6.2 says to drop (long names are folded exactly so); drop it before parsing.
     unfolded = _ENCODED_WORD_GAP.sub(r"\1", _scrub(raw) if _undecodable(raw) else raw)
@@ -948,6 +954,11 @@ def _address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     except Exception:
         # e.g. a name that decodes to CR/LF, which the package refuses outright
         return tuple((_decode_words(n), a) for n, a in getaddresses([raw]))
+
+
+#: The longest address field `_address_pairs` remembers: 1,024 of them then hold at most about 1 MiB.
+_REMEMBERED_FIELD = 1024
+_remembered_address_pairs = functools.lru_cache(maxsize=1024)(_parse_address_pairs)
 
 
 def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:

@@ -37,3 +37,12 @@ def test_the_same_address_field_in_two_messages_gives_the_same_recipients_each_t
     assert first.get(T.PR_SENDER_NAME) == second.get(T.PR_SENDER_NAME) == "Jörg"
     first.recipients[0][T.PR_DISPLAY_NAME] = "changed"  # what one message does is not remembered for the next
     assert read(lines).recipients[0][T.PR_DISPLAY_NAME] == "Bob"
+
+
+def test_a_long_address_field_is_read_but_not_remembered() -> None:
+    many = ", ".join(f"user{n}@example.org" for n in range(200))
+    assert len(many) > mime._REMEMBERED_FIELD
+    mime._remembered_address_pairs.cache_clear()
+    md = read(f"From: a@example.org\r\nTo: {many}\r\n")
+    assert [r[T.PR_EMAIL_ADDRESS] for r in md.recipients] == [f"user{n}@example.org" for n in range(200)]
+    assert mime._remembered_address_pairs.cache_info().currsize == 1  # the From only
