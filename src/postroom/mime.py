@@ -467,8 +467,6 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
     for name, value in scratch.raw_items():
         part.set_raw(name, value)
     part.set_payload(scratch.get_payload() if payload is None else payload)
-    if payload is not None:
-        setattr(part, _SEVEN_BIT_BODY, payload)  # for `_large_ascii_body`, without reading a header
 
 
 def _seven_bit_payload(text: str) -> str | None:
@@ -794,8 +792,6 @@ def to_bytes_with_flags(
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     utf8 = needs_smtputf8(em)
     body = getattr(em, _reuse.WHOLE_BODY, None)
-    if body is None:
-        body = _large_ascii_body(em)
     out = io.BytesIO()
     _Generator(out, mangle_from_=False, policy=_WRITE_POLICIES[utf8, linesep]).flatten(em)  # as em.as_bytes
     data = out.getvalue()
@@ -826,24 +822,9 @@ class _Generator(BytesGenerator):
             self.write(lines.replace("\n", self._NL))  # type: ignore[attr-defined]
 
 
-#: From this size on, a single-part ASCII body is written by `_large_ascii_body`'s splice.
+#: From this size on, a text's payload (`_seven_bit_payload`) and an attachment's base64
+#: (`_base64_lines`) are made at once instead of by the content manager, line by line.
 _LARGE_BODY = 64 * 1024
-#: The attribute by which `_set_text` marks a part whose payload `_seven_bit_payload` made.
-_SEVEN_BIT_BODY = "_postroom_seven_bit_body"
-
-
-def _large_ascii_body(em: EmailMessage) -> bytes | None:
-    """The body of a large single-part message whose payload `_seven_bit_payload` made (7bit ASCII),
-    taken out of `em` so the generator writes only its header block; None (`em` untouched) otherwise.
-
-    The generator writes such a payload line by line, each line end made the output's: 50 ms for
-    a 1 MiB body. Making every LF the output's line end at once gives the same bytes, hundreds of
-    times faster. 7bit ASCII without CR only: any other payload may be re-encoded by the generator."""
-    payload = getattr(em, _SEVEN_BIT_BODY, None)
-    if payload is None or em.is_multipart():
-        return None
-    em.set_payload("")
-    return str(payload).encode("ascii")
 
 
 def original_bytes(msg: MessageData) -> bytes | None:
