@@ -77,6 +77,11 @@ def test_with_tnef_auto_an_internet_recipient_gets_plain_mime(tmp_path: Path, si
     assert [p.get_filename() for p in message.walk() if p.get_filename()] == ["report.bin"]
 
 
+def test_with_tnef_always_even_an_internet_recipient_gets_a_winmail_dat(tmp_path: Path, sink: SmtpSink) -> None:
+    (winmail,) = tnef_parts(send(tmp_path, sink, "always", rich=False))
+    assert tnef.read_tnef(winmail).props[CUSTOM] == 7
+
+
 def test_without_the_option_no_message_goes_out_as_tnef(tmp_path: Path, sink: SmtpSink) -> None:
     assert tnef_parts(send(tmp_path, sink, None, rich=True)) == []
 
