@@ -931,7 +931,7 @@ def _parse_address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
         return tuple((_decode_words(n), a) for n, a in getaddresses([raw]))
 
 
-#: The longest address field `_address_pairs` remembers: 1,024 of them then hold at most about 1 MiB.
+#: The longest address field `_address_pairs` remembers: 1,024 of them and their pairs stay near 2 MiB.
 _REMEMBERED_FIELD = 1024
 _remembered_address_pairs = functools.lru_cache(maxsize=1024)(_parse_address_pairs)
 
