@@ -467,8 +467,6 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
     for name, value in scratch.raw_items():
         part.set_raw(name, value)
     part.set_payload(scratch.get_payload() if payload is None else payload)
-    if payload is not None:
-        setattr(part, _SEVEN_BIT_BODY, payload)  # for `_large_ascii_body`, without reading a header
 
 
 def _seven_bit_payload(text: str) -> str | None:
@@ -794,8 +792,6 @@ def to_bytes_with_flags(
     em = to_mime(msg, sender=sender, include_bcc=include_bcc)
     utf8 = needs_smtputf8(em)
     body = getattr(em, _reuse.WHOLE_BODY, None)
-    if body is None:
-        body = _large_ascii_body(em)
     out = io.BytesIO()
     _Generator(out, mangle_from_=False, policy=_WRITE_POLICIES[utf8, linesep]).flatten(em)  # as em.as_bytes
     data = out.getvalue()
@@ -826,24 +822,9 @@ class _Generator(BytesGenerator):
             self.write(lines.replace("\n", self._NL))  # type: ignore[attr-defined]
 
 
-#: From this size on, a single-part ASCII body is written by `_large_ascii_body`'s splice.
+#: From this size on, a text's payload (`_seven_bit_payload`) and an attachment's base64
+#: (`_base64_lines`) are made at once instead of by the content manager, line by line.
 _LARGE_BODY = 64 * 1024
-#: The attribute by which `_set_text` marks a part whose payload `_seven_bit_payload` made.
-_SEVEN_BIT_BODY = "_postroom_seven_bit_body"
-
-
-def _large_ascii_body(em: EmailMessage) -> bytes | None:
-    """The body of a large single-part message whose payload `_seven_bit_payload` made (7bit ASCII),
-    taken out of `em` so the generator writes only its header block; None (`em` untouched) otherwise.
-
-    The generator writes such a payload line by line, each line end made the output's: 50 ms for
-    a 1 MiB body. Making every LF the output's line end at once gives the same bytes, hundreds of
-    times faster. 7bit ASCII without CR only: any other payload may be re-encoded by the generator."""
-    payload = getattr(em, _SEVEN_BIT_BODY, None)
-    if payload is None or em.is_multipart():
-        return None
-    em.set_payload("")
-    return str(payload).encode("ascii")
 
 
 def original_bytes(msg: MessageData) -> bytes | None:
@@ -905,26 +886,20 @@ def _get_text(part: Message, name: str) -> str:
 
 
 def _get_date(part: Message, name: str) -> datetime | None:
-    """A date header as an aware UTC datetime, or None when absent or unreadable."""
-    value: Any = None
-    for key, raw in part.raw_items():  # the common case without the email package's header parser
-        if key.lower() == name.lower():
-            text = " ".join(str(raw).split())
-            if "=?" not in text:  # no encoded word, so the raw text is what the parser would decode
-                try:
-                    quick = parsedate_to_datetime(text)
-                except (TypeError, ValueError, IndexError):
-                    break
-                return _aware(quick).astimezone(UTC)
-            break
-    try:
-        value = part.get(name)
-        when = getattr(value, "datetime", None)
-        if when is None and value is not None:
-            when = parsedate_to_datetime(str(value))
-    except Exception:
-        return None
-    return _aware(when).astimezone(UTC) if isinstance(when, datetime) else None
+    """A date header as an aware UTC datetime, or None when absent or unreadable.
+
+    Read as the email package's `DateHeader` reads it (`parsedate_to_datetime` of the field's
+    unfolded text; an encoded word is not decoded there either), without building the header
+    object, the dearer step on the listener's intake (issue 18)."""
+    wanted = name.lower()
+    for key, raw in part.raw_items():
+        if key.lower() == wanted:
+            try:
+                when = parsedate_to_datetime(" ".join(str(raw).split()))
+            except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a huge year
+                return None
+            return _aware(when).astimezone(UTC)
+    return None
 
 
 def _decode_words(text: str) -> str:
@@ -934,11 +909,17 @@ def _decode_words(text: str) -> str:
         return text
 
 
-@functools.lru_cache(maxsize=1024)
 def _address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
-    """(display name, address) pairs of one unfolded address field. Remembered for the last
-    thousand fields: the email package's address parser is the dearest step of reading a message,
-    and the programs that hand mail to the listener send the same From and To again and again."""
+    """(display name, address) pairs of one unfolded address field. A short field is remembered
+    (the last 1,024): the email package's address parser is the dearest step of reading a message,
+    and the programs that hand mail to the listener send the same From and To again and again. A
+    long one (a list of many recipients) is parsed each time, so the cache stays small."""
+    if len(raw) > _REMEMBERED_FIELD:
+        return _parse_address_pairs(name, raw)
+    return _remembered_address_pairs(name, raw)
+
+
+def _parse_address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     # Python 3.11's phrase parser keeps the blank between two adjacent encoded words, which
     # RFC 2047 §6.2 says to drop (long names are folded exactly so); drop it before parsing.
     unfolded = _ENCODED_WORD_GAP.sub(r"\1", _scrub(raw) if _undecodable(raw) else raw)
@@ -948,6 +929,11 @@ def _address_pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     except Exception:
         # e.g. a name that decodes to CR/LF, which the package refuses outright
         return tuple((_decode_words(n), a) for n, a in getaddresses([raw]))
+
+
+#: The longest address field `_address_pairs` remembers: 1,024 of them and their pairs stay near 2 MiB.
+_REMEMBERED_FIELD = 1024
+_remembered_address_pairs = functools.lru_cache(maxsize=1024)(_parse_address_pairs)
 
 
 def _get_addresses(part: Message, name: str) -> list[tuple[str, str]]:

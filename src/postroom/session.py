@@ -79,6 +79,19 @@ def _type_names(types: tuple[type, ...]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
+def _import_item_message(kind: SourceKind, data: bytes) -> MessageData:
+    """The message an imported file (or mbox or Maildir item) holds: MAPI_E_CORRUPT_DATA when it
+    holds none. `mime.from_mime` never fails (a transport must keep whatever arrived): bytes with
+    no header line it can read become its "(unparseable message)", which has no original stream.
+    An import of such a file (a picture, a text that is no mail) fails instead of saving that."""
+    if kind == SourceKind.MSG:
+        return msg.add_unicode_twins(msg.read_msg(data))
+    message = mime.from_mime(data)
+    if message.original is None:
+        raise MAPIError(HResult.MAPI_E_CORRUPT_DATA, "not an Internet message: no header lines can be read in it")
+    return message
+
+
 def _check(value: object, types: type | tuple[type, ...], what: str) -> None:
     """ArgumentTypeError unless `value` is one of `types` (a bool is never taken for an int)."""
     wanted = types if isinstance(types, tuple) else (types,)
@@ -436,10 +449,7 @@ class _SessionCore:
                 yield ImportResult(item.source, ImportStatus.FAILED, detail=item.error or "unreadable")
                 continue
             try:
-                if item.kind == SourceKind.MSG:
-                    data = msg.add_unicode_twins(msg.read_msg(item.data))
-                else:
-                    data = mime.from_mime(item.data)
+                data = _import_item_message(item.kind, item.data)
             except MAPIError as exc:
                 yield from self._import_batch(target, pending)
                 pending, size = [], 0

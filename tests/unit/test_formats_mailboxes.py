@@ -113,6 +113,16 @@ def test_an_unreadable_item_is_reported_and_the_import_goes_on(session: Session,
     assert [m.subject for m in session.list_messages(session.inbox)] == ["message 1"]
 
 
+def test_a_file_that_holds_no_message_fails_and_nothing_is_saved(session: Session, tmp_path: Path) -> None:
+    (tmp_path / "picture.png").write_bytes(bytes.fromhex("89504E470D0A1A0A") + bytes(range(256)) * 4)
+    (tmp_path / "notes.txt").write_bytes(b"\nnot a header line, just text\n")
+    (tmp_path / "good.eml").write_bytes(message(1))
+    results = list(session.import_files([tmp_path / "picture.png", tmp_path / "notes.txt", tmp_path / "good.eml"]))
+    assert statuses(results) == [ImportStatus.FAILED, ImportStatus.FAILED, ImportStatus.IMPORTED]
+    assert all("not an Internet message" in r.detail for r in results[:2])
+    assert [m.subject for m in session.list_messages(session.inbox)] == ["message 1"]
+
+
 def test_a_folder_exported_as_an_mbox_comes_back_byte_for_byte_in_another_store(
     session: Session, tmp_path: Path
 ) -> None:
@@ -152,6 +162,14 @@ def test_the_import_command_counts_what_it_did_and_exits_1_when_an_item_failed(
     assert f"cannot import {tmp_path / 'missing.eml'}: No such file" in result.stderr
     again = as_json(ok(run_postroom("--json", "import", box, profile=profile_dir)))
     assert (again["imported"], again["skipped"], again["failed"], again["failures"]) == (0, 3, 0, [])
+
+
+def test_the_import_command_exits_1_for_a_file_that_holds_no_message(profile_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_bytes(b"\x00\x01 not mail\n")
+    result = run_postroom("import", tmp_path / "notes.txt", profile=profile_dir)
+    assert result.returncode == 1
+    assert "imported 0 into Inbox, skipped 0 (imported before), failed 1" in result.stdout
+    assert f"cannot import {tmp_path / 'notes.txt'}: " in result.stderr
 
 
 def test_export_writes_a_folder_as_an_mbox_and_a_message_as_a_msg_file(profile_dir: Path, tmp_path: Path) -> None:

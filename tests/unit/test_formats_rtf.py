@@ -63,3 +63,17 @@ def test_html_is_taken_from_htmltag_groups_and_from_text_outside_htmlrtf_runs() 
 
 def test_rtf_that_wraps_no_html_is_not_taken_for_html() -> None:
     assert not rtf.is_html_wrapper(b"{\\rtf1\\ansi\\ansicpg1252\\fromtext \\deff0 hello}")
+
+
+def test_the_crc_is_the_table_driven_one_of_the_spec() -> None:
+    def by_the_table(data: bytes) -> int:  # MS-OXRTFCP §3.1.3.2, byte by byte
+        crc = 0
+        for byte in data:
+            c = (crc ^ byte) & 0xFF
+            for _ in range(8):
+                c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+            crc = c ^ (crc >> 8)
+        return crc
+
+    for data in (b"", b"\x00", b"{\\rtf1 hello}", bytes(range(256)) * 3):
+        assert rtf.crc32(data) == by_the_table(data)

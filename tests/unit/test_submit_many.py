@@ -99,3 +99,13 @@ def test_batched_messages_are_delivered(session: Session) -> None:
     assert not {e.id for e in session.queue()} & set(ids)
     delivered = list((session.profile.directory / "maildir" / "localhost" / "you" / "new").iterdir())
     assert len(delivered) == 20
+
+
+@pytest.mark.parametrize("n", [5, 50])
+def test_a_batch_of_new_drafts_is_one_durable_commit_whatever_its_size(session: Session, n: int) -> None:
+    drafts = [session.create_message(f"m{i}", "hello").to("you@localhost") for i in range(n)]
+    counts = session.engine.store.count_statements()
+    before = counts.snapshot()
+    ids = session.submit_many(drafts)
+    commits = counts.snapshot()[1] - before[1]
+    assert commits == 1 and len(ids) == n

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 
 from ..mapi.codes import HResult, MAPIError
 
@@ -28,28 +29,10 @@ UNCOMPRESSED = 0x414C454D  # "MELA"
 _HEADER = struct.Struct("<IIII")
 
 
-def _table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC: list[int] = []  # made on first use: importing `mime` (which reads TNEF) must stay cheap
-
-
 def crc32(data: bytes) -> int:
-    """The CRC of MS-OXRTFCP §2.1.3.2: the CRC-32 table, started at 0 and not inverted."""
-    if not _CRC:
-        _CRC.extend(_table())
-    table = _CRC
-    crc = 0
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
+    """The CRC of MS-OXRTFCP §2.1.3.2: the CRC-32 table, started at 0 and not inverted, which is
+    zlib's CRC-32 with its inversions undone (zlib starts from the inverse of its argument)."""
+    return zlib.crc32(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
 
 
 def _bad(why: str) -> MAPIError:
