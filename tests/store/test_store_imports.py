@@ -9,8 +9,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from postroom.mapi import tags as T
 from postroom.mapi.message import MessageData
 from postroom.store import FolderRole, MessageStore, open_store
@@ -40,17 +38,7 @@ def test_a_key_whose_message_was_deleted_is_imported_again(store: MessageStore) 
     assert store.import_message(inbox, note("one"), "k1") is None
 
 
-def test_two_imports_of_one_key_at_once_save_one_message(
-    store: MessageStore, backend: str, store_target: str, request: pytest.FixtureRequest
-) -> None:
-    if backend == "postgres":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="import_message's SELECT ... FOR UPDATE locks no row while the key is new, so a second "
-                "import saves the message again and its upsert takes the key over (store/sqlbase.py)",
-            )
-        )
+def test_two_imports_of_one_key_at_once_save_one_message(store: MessageStore, backend: str, store_target: str) -> None:
     other = open_store(store_target)
     inbox = store.folder(FolderRole.INBOX).id
     results: dict[str, int | None] = {}

@@ -522,18 +522,27 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     def import_message(self, folder_id: int, message: MessageData, key: str) -> int | None:
         # The key lives in `meta` ('import:<key>' -> message ID), which both stores have since
-        # schema 1: no migration (branch i20formats). A key whose message was deleted since is
-        # taken again, so deleting an imported message and importing it once more brings it back.
+        # schema 1: no migration. A key whose message was deleted since is taken again, so
+        # deleting an imported message and importing it once more brings it back.
+        #
+        # The key is claimed before the message is saved: on PostgreSQL a second import of the
+        # same key waits on the first one's uncommitted row (the unique key), then finds it. A
+        # SELECT ... FOR UPDATE alone locks nothing while the key is new, and both would save.
         name = "import:" + key
         with self._tx() as db:
-            row = db.execute(f"SELECT value FROM meta WHERE key=?{self._FOR_UPDATE}", (name,)).fetchone()
-            if row is not None and db.execute("SELECT 1 FROM messages WHERE id=?", (int(row[0]),)).fetchone():
-                return None
+            claimed = db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING", (name,)
+            ).rowcount
+            if not claimed:
+                row = db.execute(f"SELECT value FROM meta WHERE key=?{self._FOR_UPDATE}", (name,)).fetchone()
+                if (
+                    row is not None
+                    and row[0]
+                    and db.execute("SELECT 1 FROM messages WHERE id=?", (int(row[0]),)).fetchone()
+                ):
+                    return None
             mid = self._insert_message(db, folder_id, message)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                (name, str(mid)),
-            )
+            db.execute("UPDATE meta SET value=? WHERE key=?", (str(mid), name))
         return mid
 
     def _check_modifiable(self, db: DB, message_id: int) -> None:
