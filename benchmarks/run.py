@@ -70,6 +70,23 @@ def git_state() -> tuple[str, bool | None]:
     return commit, bool(dirty)
 
 
+def test_postgres() -> dict[str, str]:
+    """The suite's PostgreSQL test cluster (.ci/start-postgres: started or reused), as the
+    environment figure 8 reads its server from; empty, with a note, when none can start."""
+    proc = subprocess.run(["bash", str(C.REPO / ".ci" / "start-postgres")], capture_output=True, text=True)
+    found = dict(
+        word.split("=", 1)
+        for line in proc.stdout.splitlines()
+        if line.startswith("export ")
+        for word in shlex.split(line.removeprefix("export "))
+        if "=" in word
+    )
+    if proc.returncode or "POSTROOM_TEST_PG_URL" not in found:
+        print(f"no PostgreSQL for figure 8: {proc.stderr.strip()}", flush=True)
+        return {}
+    return found
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -126,6 +143,8 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="postroom-bench-results-"))
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not args.quick and not env.get("POSTROOM_TEST_PG_URL"):
+        env.update(test_postgres())  # figure 8 measures both stores
     source = snapshot(out) if args.snapshot else None
     if source is not None:
         # Every figure (and every daemon it starts) imports this copy: edits to src/ during a long run

@@ -1178,17 +1178,22 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return "IN (" + ", ".join("?" for _ in ids) + ")", list(ids)
 
     def claim_messages(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> list[int]:
-        """One statement claims every chosen message that is still due and free (a lease each)."""
+        """One statement claims every chosen message that is still due and free (a lease each).
+
+        On SQLite the chosen rows are read by their IDs (NOT INDEXED leaves the rowid): without it
+        the planner walks the queue's queue_state index, every queued message, which made a claim
+        cost 20 ms with 100,000 messages waiting for a retry (figure 8, "waiting")."""
         ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
         t = to_epoch(now)
         assert t is not None
         if not ids:
             return []
         inside, params = self._id_list(ids)
+        by_id = " NOT INDEXED" if self._INDEX_HINTS else ""
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
-                f"WHERE id IN (SELECT id FROM messages WHERE id {inside} AND queue_state='queued'"
+                f"WHERE id IN (SELECT id FROM messages{by_id} WHERE id {inside} AND queue_state='queued'"
                 " AND coalesce(next_attempt, 0) <= ? AND (lease_owner IS NULL OR lease_until < ?)"
                 + self._SKIP_LOCKED
                 + ") RETURNING id",
