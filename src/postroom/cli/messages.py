@@ -15,7 +15,7 @@ from ..mapi import tags as T
 from ..mapi.flags import MessageFlags
 from ..mapi.message import MessageData
 from .context import App, F, json_option, pass_app
-from .output import jsonable, next_try, when
+from .output import jsonable, next_try, progress_line, when
 from .props import message_props, prop_rows
 
 
@@ -437,7 +437,18 @@ def _export_folder(
         raise click.UsageError("give one of --mbox and --maildir")
     session = app.session()
     target = session.folder(folder)
-    count = session.export_folder(target, mbox=mbox_file, maildir=maildir_dir)
+    progress = progress_line(app.json)
+    try:
+        task = progress.add_task("exporting", total=None) if progress is not None else None
+
+        def advance(written: int, total: int) -> None:
+            if progress is not None:
+                progress.update(task, completed=written, total=total)
+
+        count = session.export_folder(target, mbox=mbox_file, maildir=maildir_dir, progress=advance)
+    finally:
+        if progress is not None:
+            progress.stop()
     where = str(mbox_file if mbox_file is not None else maildir_dir)
     if app.json:
         app.out.document({"folder": target.name, "exported": count, "to": where})
