@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import common as C
 from common import arg_parser, emit, log, machine, workdir
-from fig7_scaleout import with_schema
+from tests.store.pgutil import temp_schema
 
 from postroom.spooler.scheduler import SCAN
 from postroom.store import open_store
@@ -200,16 +199,8 @@ def main() -> None:
 
 
 def measure_pg(pg_url: str, waiting: int, claims: int) -> dict[str, Any]:
-    import psycopg
-
-    schema = f"claimdepth_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-    try:
-        return measure("postgresql", with_schema(pg_url, schema), waiting, claims)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+    with temp_schema("claimdepth", pg_url) as url:
+        return measure("postgresql", url, waiting, claims)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PY = sys.executable
+
+# The tests' helpers serve the benchmarks too (tests/store/pgutil: a PostgreSQL store in a schema
+# of its own; tests/harness: the crash harness's sink). They import `support` as pytest sees it,
+# so tests/ goes on the path, and the repository, for `tests.…`.
+sys.path[:0] = [str(p) for p in (REPO, REPO / "tests") if str(p) not in sys.path]
 
 # The message every figure sends: a ~1 KiB text body and one recipient (like `smtp-source -l 1024`).
 BODY = ("x" * 78 + "\n") * 13  # 13 lines of 79 characters: 1,027 bytes
@@ -99,6 +105,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def fmt_rate(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:,.0f}"
+
+
+def rate_line(label: str, width: int, rate: float | None, runs: Sequence[float], extra: str = "") -> str:
+    """One line of a figure's output: the label, the median rate (and `extra`), then every run's."""
+    runs_txt = ", ".join(f"{x:,.0f}" for x in runs) or "skipped"
+    return f"{label:<{width}} {fmt_rate(rate):>8} msg/s{extra}   (runs: {runs_txt})"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -423,6 +435,19 @@ class Postfix:
         return ""
 
 
+@contextlib.contextmanager
+def optional_postfix(relay_port: int, notes: list[str], what: str) -> Iterator[Postfix | None]:
+    """A private Postfix instance relaying to `relay_port` when one can run here, else None with
+    "`what` skipped: why" added to `notes`; stopped and removed afterwards."""
+    skip = Postfix.available()
+    if skip is not None:
+        notes.append(f"{what} skipped: {skip}")
+        yield None
+        return
+    with Postfix.start(relay_port) as pf:
+        yield pf
+
+
 def smtp_source(n: int, sessions: int, port: int, timeout: float = 600) -> float:
     """`smtp-source -d` (connections reused) sending n ~1 KiB messages; returns the seconds it took."""
     cmd = [
@@ -487,6 +512,41 @@ def make_profile(
     p.settings.update(settings or {})
     p.save()
     return directory
+
+
+def serialised(n: int) -> list[bytes]:
+    """n pre-built ~1 KiB messages with CRLF line ends (like smtp-source -l 1024), for the clients
+    that send bytes themselves (figure 1's smtplib reference, smtp_client.py)."""
+    date = formatdate(localtime=True)
+    body = (b"x" * 78 + b"\r\n") * 13
+    return [
+        b"From: <%s>\r\nTo: <%s>\r\nDate: %s\r\nMessage-Id: <%d@bench.example.test>\r\nSubject: bench %d\r\n\r\n"
+        % (SENDER.encode(), RECIPIENT.encode(), date.encode(), i, i)
+        + body
+        for i in range(n)
+    ]
+
+
+def wait_for_outcomes(store_path: Path, n: int, daemon: subprocess.Popen[Any], log: Path) -> float:
+    """Wait until n recipients have an outcome in the store (read by a connection of its own, so
+    only what is committed counts); the time of the last one. Fails when the daemon exits first or
+    nothing is left to wait for after max(300 s, n / 10 s)."""
+    db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=30)
+    deadline = time.monotonic() + max(300.0, n / 10)
+    try:
+        while True:
+            done, last = db.execute(
+                "SELECT count(*), max(outcome_time) FROM recipients WHERE state != 'pending'"
+            ).fetchone()
+            if done >= n:
+                return float(last)
+            if daemon.poll() is not None:
+                raise RuntimeError(f"spooler daemon exited ({daemon.returncode}) after {done} of {n}; see {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {done} of {n} outcomes recorded; see {log}")
+            time.sleep(0.05)
+    finally:
+        db.close()
 
 
 def outcome_counts(store_path: Path) -> dict[str, int]:

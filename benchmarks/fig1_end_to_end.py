@@ -32,27 +32,13 @@ from __future__ import annotations
 import os
 import resource
 import smtplib
-import sqlite3
 import sys
 import time
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import common as C
 import statement_count
-
-
-def serialised(n: int) -> list[bytes]:
-    """Pre-built ~1 KiB messages with CRLF line ends (like smtp-source -l 1024)."""
-    date = formatdate(localtime=True)
-    body = (b"x" * 78 + b"\r\n") * 13
-    return [
-        b"From: <%s>\r\nTo: <%s>\r\nDate: %s\r\nMessage-Id: <%d@bench.example.test>\r\nSubject: bench %d\r\n\r\n"
-        % (C.SENDER.encode(), C.RECIPIENT.encode(), date.encode(), i, i)
-        + body
-        for i in range(n)
-    ]
 
 
 def children_cpu() -> float:
@@ -62,7 +48,7 @@ def children_cpu() -> float:
 
 
 def run_smtplib(port: int, n: int) -> dict[str, float]:
-    msgs = serialised(n)
+    msgs = C.serialised(n)
     cpu0 = C.self_cpu_seconds()
     t0 = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port) as s:
@@ -108,20 +94,7 @@ def run_postroom(sink_port: int, n: int, args: Any, work: Path, workers: int) ->
             C.submit_one_at_a_time(session, n)
             t_submitted = time.time()
             submit_cpu = C.self_cpu_seconds() - submit_cpu0
-        db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=30)
-        deadline = time.monotonic() + max(300.0, n / 10)
-        while True:
-            done, last = db.execute(
-                "SELECT count(*), max(outcome_time) FROM recipients WHERE state != 'pending'"
-            ).fetchone()
-            if done >= n:
-                break
-            if daemon.poll() is not None:
-                raise RuntimeError(f"spooler daemon exited ({daemon.returncode}); see {work / 'daemon.log'}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {done} of {n} outcomes recorded")
-            time.sleep(0.05)
-        db.close()
+        last = C.wait_for_outcomes(store_path, n, daemon, work / "daemon.log")
         daemon_cpu = C.tree_cpu_seconds(daemon.pid) - cpu0
     finally:
         C.stop_process(daemon, 30)
@@ -209,14 +182,11 @@ def main() -> int:
         "postfix_client_cpu_ms": [],
         "drain": [],
     }
-    skip = C.Postfix.available()
     if not C.have("smtp-sink"):
         result["notes"].append("smtp-sink is missing: the Python stand-in sink (pysink.py) was used instead")
     with C.Sink.start() as sink:
         result["sink"] = sink.kind
-        postfix_cm = C.Postfix.start(sink.port) if skip is None else None
-        pf = postfix_cm.__enter__() if postfix_cm is not None else None
-        try:
+        with C.optional_postfix(sink.port, result["notes"], "(c) Postfix relay") as pf:
             for r in range(runs):
                 # A/B/A/B: postroom, Postfix, postroom, smtplib; reversed every other round.
                 order: list[tuple[str, int]] = []
@@ -258,11 +228,6 @@ def main() -> int:
                     extra["drain"].append(run_drain(sink.port, n, args, work)["rate"])
             C.log("fig1: statements and commits per delivered message")
             statements = statement_costs(min(n, 2000), sink.port)
-        finally:
-            if postfix_cm is not None:
-                postfix_cm.__exit__(None, None, None)
-    if skip is not None:
-        result["notes"].append(f"(c) Postfix relay skipped: {skip}")
     if not samples["source8"]:
         result["notes"].append("(b) smtp-source skipped: smtp-source or smtp-sink is missing")
 
@@ -309,8 +274,7 @@ def main() -> int:
         return "" if v is None else f"  {v:6.2f} ms CPU/msg"
 
     def line(label: str, key: str) -> str:
-        runs_txt = ", ".join(f"{x:,.0f}" for x in samples[key]) or "skipped"
-        return f"{label:<52} {C.fmt_rate(med[key]):>8} msg/s{fmt_cpu(key)}   (runs: {runs_txt})"
+        return C.rate_line(label, 52, med[key], samples[key], fmt_cpu(key))
 
     mx = result["median_extra"]
     result["lines"] = [

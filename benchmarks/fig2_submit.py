@@ -57,10 +57,7 @@ def main() -> int:
     if not batching:
         result["notes"].append("GAP: the Session API has no batch submit (submit_many); batch lines not measured")
 
-    skip = C.Postfix.available()
-    pf_cm = C.Postfix.start(relay_port=C.free_port()) if skip is None else None
-    pf = pf_cm.__enter__() if pf_cm is not None else None
-    try:
+    with C.optional_postfix(C.free_port(), result["notes"], "Postfix intake") as pf:
         for r in range(runs):
             C.log(f"fig2 round {r + 1}/{runs}")
             samples["one"].append(postroom_rate(n, None))
@@ -73,11 +70,6 @@ def main() -> int:
                     if pf.queued() < n:
                         result["notes"].append(f"Postfix held only {pf.queued()} of {n} messages")
                     pf.delete_all()
-    finally:
-        if pf_cm is not None:
-            pf_cm.__exit__(None, None, None)
-    if skip is not None:
-        result["notes"].append(f"Postfix intake skipped: {skip}")
 
     med = {k: (C.median(v) if v else None) for k, v in samples.items()}
     result["samples"], result["median"] = samples, med
@@ -92,8 +84,7 @@ def main() -> int:
     }
 
     def line(label: str, key: str) -> str:
-        runs_txt = ", ".join(f"{x:,.0f}" for x in samples[key]) or "skipped"
-        return f"{label:<58} {C.fmt_rate(med[key]):>8} msg/s   (runs: {runs_txt})"
+        return C.rate_line(label, 58, med[key], samples[key])
 
     result["lines"] = [
         f"N = {n} messages × 1 KiB, 1 recipient (batch runs: {nb100} and {nb1000} messages); median of {runs} run(s)",

@@ -26,22 +26,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import common as C
+from tests.store.pgutil import temp_schema
 
 BODY = ("x" * 78 + "\n") * 13
-
-
-def with_schema(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-c search_path={schema}"))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), parts.fragment))
 
 
 @contextlib.contextmanager
@@ -94,17 +86,9 @@ def fresh_store(backend: str, pg_url: str | None, work: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield str(work / "store.sqlite")
         return
-    import psycopg
-
     assert pg_url is not None
-    schema = f"fig7_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-    try:
-        yield with_schema(pg_url, schema)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+    with temp_schema("fig7", pg_url) as url:
+        yield url
 
 
 def make_profile(directory: Path, store: str, port: int, connections: int) -> Path:

@@ -28,12 +28,11 @@ import os
 import sqlite3
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import common as C
-from fig7_scaleout import with_schema
+from tests.store.pgutil import temp_schema
 
 WAIT_SECONDS = 3600.0
 KIB = ("x" * 78 + "\n") * 13
@@ -48,17 +47,9 @@ def store_settings(backend: str, pg_url: str | None) -> Iterator[dict[str, Any]]
     if backend == "sqlite":
         yield {}
         return
-    import psycopg
-
     assert pg_url is not None
-    schema = f"fig8_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-    try:
-        yield {"store": with_schema(pg_url, schema)}
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+    with temp_schema("fig8", pg_url) as url:
+        yield {"store": url}
 
 
 def load_waiting(session: Any, settings: dict[str, Any], depth: int) -> None:

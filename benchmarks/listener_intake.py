@@ -133,10 +133,7 @@ def main() -> int:
         result["notes"].append("skipped: smtp-source (Debian package postfix) is not installed")
         C.emit(result, args.json)
         return 0
-    skip = C.Postfix.available()
-    pf_cm = C.Postfix.start(relay_port=C.free_port()) if skip is None else None
-    pf = pf_cm.__enter__() if pf_cm is not None else None
-    try:
+    with C.optional_postfix(C.free_port(), result["notes"], "Postfix intake") as pf:
         for r in range(runs):
             C.log(f"listener intake round {r + 1}/{runs}")
             with C.workdir("listener") as work:
@@ -144,19 +141,13 @@ def main() -> int:
             if pf is not None:
                 samples["postfix"].append(n / C.smtp_source(n, CLIENTS, pf.hold_port))
                 pf.delete_all()
-    finally:
-        if pf_cm is not None:
-            pf_cm.__exit__(None, None, None)
-    if skip is not None:
-        result["notes"].append(f"Postfix intake skipped: {skip}")
     med = {k: (C.median(v) if v else None) for k, v in samples.items()}
     result["samples"], result["median"] = samples, med
     result["ratios"] = {"postroom/postfix": C.ratio(med["postroom"], med["postfix"])}
     result["targets"] = {">= 1x Postfix": (result["ratios"]["postroom/postfix"] or 0) >= 1.0 if pf else None}
 
     def line(label: str, key: str) -> str:
-        runs_txt = ", ".join(f"{x:,.0f}" for x in samples[key]) or "skipped"
-        return f"{label:<62} {C.fmt_rate(med[key]):>8} msg/s   (runs: {runs_txt})"
+        return C.rate_line(label, 62, med[key], samples[key])
 
     result["lines"] = [
         f"N = {n} messages × 1 KiB, {CLIENTS} sessions (smtp-source -d -s {CLIENTS}); median of {runs} run(s)",

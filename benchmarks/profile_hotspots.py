@@ -1,11 +1,12 @@
-"""Where the time goes: profiles of submission and delivery (not a figure; feeds benchmarks/analysis.md).
+"""Where the time goes: profiles of submission and delivery (not a figure; quoted in benchmarks/investigations.md).
 
     python benchmarks/profile_hotspots.py                 # cProfile: submit and deliver, N=2000
     python benchmarks/profile_hotspots.py --py-spy        # + py-spy on the spooler daemon during a fig-1 run
 
 * submit: N × `create_message(…).to(…).submit()` one at a time, under cProfile;
 * deliver: N messages queued (submit_many), then one `Session.deliver()` pass into smtp-sink
-  under cProfile (in this process: the spooler, the smtp transport and aiosmtplib);
+  under cProfile (in this process: the spooler, the smtp transport and its own SMTP client,
+  transports/smtp_client.py, which replaced aiosmtplib: README "A faster SMTP path");
 * --py-spy: the CLI spooler daemon, sampled by py-spy (busy samples only) while this
   process submits N messages one at a time — the figure-1 pipeline. Collapsed stacks are summed
   into inclusive and own shares per function.

@@ -29,7 +29,6 @@ import smtplib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +46,6 @@ try:
     import uvloop
 except ImportError:
     uvloop = None
-
-
-def serialised(n: int) -> list[bytes]:
-    """Pre-built ~1 KiB messages with CRLF line ends (as figure 1's smtplib reference)."""
-    date = formatdate(localtime=True)
-    body = (b"x" * 78 + b"\r\n") * 13
-    return [
-        b"From: <%s>\r\nTo: <%s>\r\nDate: %s\r\nMessage-Id: <%d@bench.example.test>\r\nSubject: bench %d\r\n\r\n"
-        % (C.SENDER.encode(), C.RECIPIENT.encode(), date.encode(), i, i)
-        + body
-        for i in range(n)
-    ]
 
 
 Runner = Callable[[int, list[bytes]], None]
@@ -224,7 +211,7 @@ def main() -> None:
     if args.clients:
         wanted = [name.strip() for name in args.clients.split(",")]
         clients = {name: clients[name] for name in wanted}
-    msgs = serialised(n)
+    msgs = C.serialised(n)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
     with C.Sink.start(prefer=args.sink) as sink:
         for r in range(runs):

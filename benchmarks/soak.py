@@ -55,10 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import common as C
-
-sys.path.insert(0, str(C.REPO))  # the crash harness's sink and accounting (tests/harness)
-sys.path.insert(0, str(C.REPO / "tests"))  # tests/store/pgutil imports `support` as pytest sees it
-
 from tests.harness.spoolers import Tally, sink_counts, start_sink
 from tests.store.pgutil import with_schema
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import common as C
 import stamp_transport  # noqa: F401  (registers the "stamp" transport kind)
-from fig7_scaleout import with_schema
+from tests.store.pgutil import temp_schema
 
 
 def drain_cost(
@@ -69,16 +68,8 @@ def fresh_schema(pg_url: str | None) -> Iterator[str | None]:
     if pg_url is None:
         yield None
         return
-    import psycopg
-
-    schema = f"stmtcount_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-    try:
-        yield with_schema(pg_url, schema)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+    with temp_schema("stmtcount", pg_url) as url:
+        yield url
 
 
 def drain_costs(

@@ -15,7 +15,6 @@ spread of the A runs, which says how much of a difference the machine's load cou
 from __future__ import annotations
 
 import os
-import sqlite3
 import statistics
 import subprocess
 import threading
@@ -110,18 +109,7 @@ def run(sink_port: int, n: int, workers: int, with_page: bool, work: Path) -> di
             store_path = session.profile.store_path
             t0 = time.time()
             C.submit_one_at_a_time(session, n)
-        db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=30)
-        deadline = time.monotonic() + max(300.0, n / 10)
-        while True:
-            done, last = db.execute(
-                "SELECT count(*), max(outcome_time) FROM recipients WHERE state != 'pending'"
-            ).fetchone()
-            if done >= n:
-                break
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"only {done} of {n} outcomes; see {work / 'daemon.log'}")
-            time.sleep(0.05)
-        db.close()
+        last = C.wait_for_outcomes(store_path, n, daemon, work / "daemon.log")
         cpu = C.tree_cpu_seconds(daemon.pid) - cpu0
     finally:
         if poller is not None:

@@ -487,19 +487,32 @@ class _SessionCore:
         *,
         mbox: str | os.PathLike[str] | None = None,
         maildir: str | os.PathLike[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Write every message of `folder` to an mbox file or a Maildir directory (exactly one of
         the two), each as the bytes it arrived as when it has them and was not edited since,
-        else as its RFC 5322 rendering. Messages are loaded one at a time. Returns the count."""
+        else as its RFC 5322 rendering. Messages are loaded one at a time. Returns the count.
+
+        `progress(written, total)` is called after each message is written (for a progress bar:
+        `postroom export` draws one on a terminal)."""
         _check(folder, (str, int, Folder), "export_folder(): the folder")
         if (mbox is None) == (maildir is None):
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "export_folder(): give exactly one of mbox and maildir")
+        if progress is not None and not callable(progress):
+            raise ArgumentTypeError(f"export_folder(): progress must be callable, not {type(progress).__name__}")
         f = folder if isinstance(folder, Folder) else self.folder(folder)
-        messages = (self.export_rfc822(row.id) for row in self._store.list_messages(f.id))
+        rows = self._store.list_messages(f.id)
+
+        def messages() -> Iterator[bytes]:
+            for written, row in enumerate(rows, 1):
+                yield self.export_rfc822(row.id)
+                if progress is not None:  # resumed: the writer has written it and asks for the next
+                    progress(written, len(rows))
+
         if mbox is not None:
-            return mailboxes.write_mbox(mbox, messages)
+            return mailboxes.write_mbox(mbox, messages())
         assert maildir is not None
-        return mailboxes.write_maildir(maildir, messages)
+        return mailboxes.write_maildir(maildir, messages())
 
     def export_rfc822(self, ref: str | int | bytes) -> bytes:
         """A message as RFC 5322: its original bytes when unedited, else its rendering."""

@@ -63,11 +63,12 @@ def with_schema(url: str, schema: str) -> str:
 
 
 @contextmanager
-def temp_schema(prefix: str = "t") -> Iterator[str]:
-    """A fresh, empty schema for one test; the URL of a store in it. Dropped afterwards."""
+def temp_schema(prefix: str = "t", server: str | None = None) -> Iterator[str]:
+    """A fresh, empty schema for one test (or one benchmark run) on the server at `server` (the
+    tests' server by default); the URL of a store in it. Dropped afterwards."""
     import psycopg
 
-    url = base_url()
+    url = server or base_url()
     assert url is not None
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(url, autocommit=True) as conn:

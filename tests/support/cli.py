@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +65,48 @@ def postroom(
     )
     assert "Traceback" not in out.stderr, out.stderr
     return out
+
+
+def postroom_at_a_terminal(
+    *args: str | Path, profile: Path | None = None, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """One command with its stderr on a pseudo-terminal (80 columns, TERM=xterm-256color), as a
+    person at a terminal sees it, and stdout on a pipe: (its result, everything drawn on the terminal)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            argv(profile, *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=environment({"TERM": "xterm-256color", "COLUMNS": None, "LINES": None}),
+        )
+    finally:
+        os.close(slave)
+    drawn = bytearray()
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the command closed its end
+                return
+            if not chunk:
+                return
+            drawn.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+        reader.join(timeout)
+    finally:
+        os.close(master)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout.decode("utf-8", "replace"), "")
+    terminal = drawn.decode("utf-8", "replace")
+    assert "Traceback" not in terminal, terminal
+    return result, terminal
 
 
 def popen(

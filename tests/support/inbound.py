@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import postroom
-from postroom.mapi.entryid import MAPIUID
 from postroom.mapi.flags import LogonFlags
 from postroom.mapi.message import MessageData
 from postroom.profile import Profile
 from postroom.session import Session
 from postroom.transports.imap import IMAPProvider
 from postroom.transports.pop3 import POP3Provider
-from postroom.transports.spi import InboundMessage, ProviderContext, StatusRow
+from postroom.transports.spi import InboundMessage, StatusRow
 
-from .spi import FakeSupport
+from .spi import provider_context
 
 
 def make_profile(directory: Path, *services: tuple[str, str, dict[str, Any]]) -> Profile:
@@ -53,14 +52,7 @@ def logon(directory: Path, kind: str, opts: dict[str, Any], flags: LogonFlags = 
     """A logon driven straight through the SPI (no session, no store)."""
     directory.mkdir(parents=True, exist_ok=True)
     cls = IMAPProvider if kind == "imap" else POP3Provider
-    context = ProviderContext(
-        service_name=f"{kind}-direct",
-        kind=kind,
-        provider_uid=MAPIUID.new(),
-        options=cls.validate_options(opts),
-        profile_dir=directory,
-        support=FakeSupport(),
-    )
+    context = provider_context(kind, f"{kind}-direct", cls.validate_options(opts), directory)
     return cls(context).logon(flags)
 
 

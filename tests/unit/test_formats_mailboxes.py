@@ -14,7 +14,7 @@ import postroom
 from postroom import HResult, ImportStatus, Session
 from postroom.formats import cfb
 
-from support.cli import as_json, ok
+from support.cli import as_json, ok, postroom_at_a_terminal
 from support.cli import postroom as run_postroom
 
 DATA = Path(__file__).parents[1] / "data" / "msg"
@@ -145,6 +145,21 @@ def test_a_folder_exported_as_a_maildir_holds_each_messages_exact_bytes(session:
     assert files == sorted(message(n, crlf=True) for n in range(3))
 
 
+def test_export_folder_tells_its_progress_after_each_message_is_written(session: Session, tmp_path: Path) -> None:
+    for n in range(3):
+        (tmp_path / f"{n}.eml").write_bytes(message(n))
+    list(session.import_files(sorted(tmp_path.glob("*.eml"))))
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(written: int, total: int) -> None:
+        seen.append((written, total, len(list((tmp_path / "md" / "new").iterdir()))))
+
+    assert session.export_folder("Inbox", maildir=tmp_path / "md", progress=progress) == 3
+    assert seen == [(1, 3, 1), (2, 3, 2), (3, 3, 3)]
+    with pytest.raises(postroom.ArgumentTypeError):
+        session.export_folder("Inbox", mbox=tmp_path / "x.mbox", progress=3)  # type: ignore[arg-type]
+
+
 def test_export_folder_needs_exactly_one_of_mbox_and_maildir(session: Session, tmp_path: Path) -> None:
     with pytest.raises(postroom.MAPIError) as caught:
         session.export_folder("Inbox")
@@ -170,6 +185,23 @@ def test_the_import_command_exits_1_for_a_file_that_holds_no_message(profile_dir
     assert result.returncode == 1
     assert "imported 0 into Inbox, skipped 0 (imported before), failed 1" in result.stdout
     assert f"cannot import {tmp_path / 'notes.txt'}: " in result.stderr
+
+
+def test_import_and_export_draw_a_progress_line_on_a_terminal_and_none_with_json(
+    profile_dir: Path, tmp_path: Path
+) -> None:
+    box = write_mbox(tmp_path / "a.mbox", [message(n) for n in range(3)])
+    result, drawn = postroom_at_a_terminal("import", box, profile=profile_dir)
+    assert "imported 3 into Inbox" in ok(result).stdout
+    assert "importing" in drawn and "3/?" in drawn
+    result, drawn = postroom_at_a_terminal(
+        "export", "--folder", "Inbox", "--mbox", tmp_path / "out.mbox", profile=profile_dir
+    )
+    assert "exported 3 message(s) from Inbox" in ok(result).stdout
+    assert "exporting" in drawn and "3/3" in drawn
+    for args in (("import", box), ("export", "--folder", "Inbox", "--maildir", tmp_path / "md")):
+        result, drawn = postroom_at_a_terminal("--json", *args, profile=profile_dir)
+        assert as_json(ok(result)) and drawn == ""
 
 
 def test_export_writes_a_folder_as_an_mbox_and_a_message_as_a_msg_file(profile_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from postroom import original
 from postroom.engine import sdnotify
-from postroom.engine.listener_settings import ListenerSettings, is_loopback, parse_listen
+from postroom.engine.listener_settings import ListenerSettings, parse_listen
 from postroom.engine.listener_users import hash_password, verify_password
 from postroom.envelope import (
     ReportAction,
@@ -27,6 +27,7 @@ from postroom.envelope import (
 from postroom.mapi import tags as T
 from postroom.mapi.codes import MAPIError
 from postroom.mapi.flags import MAPI_P1, MAPI_SUBMITTED
+from postroom.mapi.hostport import is_loopback
 from postroom.spooler.logline import outcome_line
 from postroom.store import RecipientOutcome, RecipientState
 

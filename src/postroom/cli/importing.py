@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import click
 
 from .. import ImportResult, ImportStatus
 from .context import App, json_option, pass_app
+from .output import progress_line
 
 
 @click.command(name="import")
@@ -31,7 +31,7 @@ def import_(app: App, paths: tuple[Path, ...], folder: str | None) -> int:
     target = session.folder(folder) if folder is not None else session.inbox
     counts = dict.fromkeys(ImportStatus, 0)
     failures: list[ImportResult] = []
-    progress = _progress(app)
+    progress = progress_line(app.json)
     task = progress.add_task("importing", total=None) if progress is not None else None
     try:
         for result in session.import_files(paths, folder=target):
@@ -59,22 +59,3 @@ def import_(app: App, paths: tuple[Path, ...], folder: str | None) -> int:
             f"skipped {counts[ImportStatus.SKIPPED]} (imported before), failed {counts[ImportStatus.FAILED]}"
         )
     return 1 if failures else 0
-
-
-def _progress(app: App) -> Any:
-    """A progress line on stderr for a human at a terminal; None otherwise."""
-    if app.json or not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    progress.start()
-    return progress

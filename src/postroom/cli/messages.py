@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,8 @@ from .. import Mode, QueueEntry, QueueState, RecipientReport, WaitKind
 from ..mapi import tags as T
 from ..mapi.flags import MessageFlags
 from ..mapi.message import MessageData
-from .context import App, json_option, pass_app
-from .output import jsonable, next_try, when
+from .context import App, F, json_option, pass_app
+from .output import jsonable, next_try, progress_line, when
 from .props import message_props, prop_rows
 
 
@@ -332,6 +332,12 @@ def show(app: App, ref: str, props: bool) -> None:
     )
 
 
+def _target_option(flag: str, dest: str, help_text: str, *, directory: bool = False) -> Callable[[F], F]:
+    """An export target as a Path: a file (FILE), or with `directory` a directory (DIR)."""
+    kind = click.Path(file_okay=not directory, dir_okay=directory, path_type=Path)
+    return click.option(flag, dest, metavar="DIR" if directory else "FILE", type=kind, help=help_text)
+
+
 @click.command()
 @click.argument("ref", metavar="[ID]", required=False)
 @click.option("--crlf", is_flag=True, help="CRLF line ends (as on the wire) instead of LF.")
@@ -342,34 +348,15 @@ def show(app: App, ref: str, props: bool) -> None:
     is_flag=True,
     help="The bytes the message arrived as (send --eml, IMAP, POP3), exactly, unless it was edited since.",
 )
-@click.option(
-    "--msg",
-    "msg_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the message as an Outlook .msg file (MS-OXMSG) to FILE.",
-)
-@click.option(
-    "--tnef",
-    "tnef_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the message as TNEF (a winmail.dat, MS-OXTNEF) to FILE.",
-)
+@_target_option("--msg", "msg_file", "Write the message as an Outlook .msg file (MS-OXMSG) to FILE.")
+@_target_option("--tnef", "tnef_file", "Write the message as TNEF (a winmail.dat, MS-OXTNEF) to FILE.")
 @click.option("--folder", metavar="F", help="With --mbox or --maildir: the folder to export (a name or ID).")
-@click.option(
-    "--mbox",
-    "mbox_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Append every message of --folder to the mbox FILE (created if missing).",
-)
-@click.option(
+@_target_option("--mbox", "mbox_file", "Append every message of --folder to the mbox FILE (created if missing).")
+@_target_option(
     "--maildir",
     "maildir_dir",
-    metavar="DIR",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Deliver every message of --folder into the Maildir DIR (created if missing).",
+    "Deliver every message of --folder into the Maildir DIR (created if missing).",
+    directory=True,
 )
 @json_option
 @pass_app
@@ -450,7 +437,18 @@ def _export_folder(
         raise click.UsageError("give one of --mbox and --maildir")
     session = app.session()
     target = session.folder(folder)
-    count = session.export_folder(target, mbox=mbox_file, maildir=maildir_dir)
+    progress = progress_line(app.json)
+    try:
+        task = progress.add_task("exporting", total=None) if progress is not None else None
+
+        def advance(written: int, total: int) -> None:
+            if progress is not None:
+                progress.update(task, completed=written, total=total)
+
+        count = session.export_folder(target, mbox=mbox_file, maildir=maildir_dir, progress=advance)
+    finally:
+        if progress is not None:
+            progress.stop()
     where = str(mbox_file if mbox_file is not None else maildir_dir)
     if app.json:
         app.out.document({"folder": target.name, "exported": count, "to": where})

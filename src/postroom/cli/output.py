@@ -22,6 +22,27 @@ STATE_STYLES = {"delivered": "green", "failed": "red", "expired": "red", "waitin
 _SECRET_WORDS = ("password", "secret", "token")
 
 
+def progress_line(json_output: bool) -> Any:
+    """A started rich progress line on stderr for a person at a terminal (`import`, `export`);
+    None under --json or when stderr is no terminal, so a script sees only the result. Transient:
+    it is gone when stopped. rich's progress is loaded here, only when it is drawn (start-up time)."""
+    if json_output or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    progress.start()
+    return progress
+
+
 def is_secret_key(key: str) -> bool:
     """Option keys whose values are never printed (`smtp_password`, `client_secret`, …)."""
     lowered = key.lower()

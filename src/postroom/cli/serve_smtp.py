@@ -29,6 +29,11 @@ def parse_size(text: str) -> int:
     return int(number) * _SIZE_UNITS[unit]
 
 
+def _limit(name: str, default: float, help_text: str) -> Any:
+    """A limit the listener enforces: typed as its default (a count or seconds), the default shown."""
+    return click.option(name, type=type(default), default=default, show_default=True, help=help_text)
+
+
 def listener_options(fn: Any) -> Any:
     """The listener's options (one source for `serve smtp`'s help)."""
     for option in reversed(
@@ -46,25 +51,13 @@ def listener_options(fn: Any) -> Any:
             click.option(
                 "--max-message-size", default="25M", show_default=True, help="Largest message taken (552 above)."
             ),
-            click.option(
-                "--max-recipients", type=int, default=100, show_default=True, help="Recipients per message (452 above)."
-            ),
-            click.option(
-                "--max-connections",
-                type=int,
-                default=100,
-                show_default=True,
-                help="Concurrent connections (421 above).",
-            ),
-            click.option(
-                "--timeout", type=float, default=60.0, show_default=True, help="Seconds a silent client is waited for."
-            ),
-            click.option(
+            _limit("--max-recipients", 100, "Recipients per message (452 above)."),
+            _limit("--max-connections", 100, "Concurrent connections (421 above)."),
+            _limit("--timeout", 60.0, "Seconds a silent client is waited for."),
+            _limit(
                 "--max-session-time",
-                type=float,
-                default=600.0,
-                show_default=True,
-                help="Seconds a connection may stay open, however busy (a slow client is cut off).",
+                600.0,
+                "Seconds a connection may stay open, however busy (a slow client is cut off).",
             ),
             click.option(
                 "--max-queued",

@@ -204,7 +204,7 @@ def _start_page(profile: Profile, http_at: str) -> BackgroundPage:
     """The status page on a thread of its own beside the daemon, with its own session."""
     from ..web.server import BackgroundPage, Listen, parse_listen  # start-up: uvicorn only for --http
 
-    host, port = parse_listen(http_at)
+    host, port = parse_listen(http_at, option="--http")
     page = BackgroundPage(profile, Listen(host, port))
     page.start()
     click.echo(f"postroom: status page on {page.listen.url}", err=True)

@@ -32,9 +32,10 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from ..envelope import SubmissionSource, envelope_message
 from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
+from ..mapi.hostport import is_loopback
 from ..mapi.message import MessageData
 from .intake import IntakeCommit
-from .listener_settings import ListenerSettings, is_loopback
+from .listener_settings import ListenerSettings
 from .listener_users import listener_users, verify_password
 from .protocol import ProtocolManager
 

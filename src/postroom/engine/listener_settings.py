@@ -6,7 +6,6 @@ only a process that listens needs (`postroom --version` must not pay for it; fig
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,27 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..mapi.codes import HResult, MAPIError
+from ..mapi.hostport import parse_host_port
 
 DEFAULT_LISTEN = "127.0.0.1:587"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:587` for IPv6) → (host, port); MAPI_E_INVALID_PARAMETER otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"--listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:587")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or `localhost`) is on the loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    """The listener's `HOST:PORT` (`[::1]:587` for IPv6); port 0 lets the kernel pick a free port."""
+    return parse_host_port(text, option="--listen", lowest_port=0)
 
 
 @dataclass(frozen=True)

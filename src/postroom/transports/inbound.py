@@ -635,7 +635,14 @@ class InboundLogon(TransportLogon, Generic[K]):
         server refuses it. A refused token has most likely expired, so a fresh one is fetched and
         tried once more before the refusal counts; a token that cannot be had, or a server that
         could not check it now (`token_unchecked`), stops at once.
-        The texts raised name the user and the server's answer, never the token."""
+        The texts raised name the user and the server's answer, never the token.
+
+        The smtp transport's `SMTPLogon._oauth_login` keeps the same rule but is not this function,
+        and differs on purpose: it is a coroutine on the event loop (`TokenSource.token`); it tells
+        "could not check the token now" by a 4xx reply, not by a response code; and there a token
+        that cannot be had, or one refused twice (5xx), makes the message wait as unconfigured
+        until the profile changes, where here every failure is a lost connection (status FAILURE)
+        that the next poll or receive tries again. Only this one logs the refetch."""
         cfg = self.config
         assert cfg.oauth is not None
         mechanism = cfg.oauth.mechanism.value

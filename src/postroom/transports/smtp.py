@@ -850,7 +850,16 @@ class SMTPLogon(TransportLogon):
 
     async def _oauth_login(self, smtp: SMTPClient, user: str, source: TokenSource) -> None:
         """AUTH with an OAuth2 access token; a refused token is fetched again once (it has most
-        likely expired) before the refusal counts. A token that cannot be had is unconfigured."""
+        likely expired) before the refusal counts. A token that cannot be had is unconfigured.
+
+        The inbound transports' `InboundLogon._token_login` keeps the same rule ("a refused token
+        is fetched once more") but is not this function, and differs on purpose: it runs in a
+        worker thread (`TokenSource.token_now`, not `token`); it tells "could not check the token
+        now" by the answer's response code (IMAP `[UNAVAILABLE]`, POP3 `[SYS/TEMP]`) where SMTP
+        tells it by a 4xx reply; and every failure there, a token that cannot be had included, is
+        a lost connection that the next poll tries again, where here a token that cannot be had
+        and a token refused twice (5xx) are unconfigured (the message waits for the profile to
+        change) and only a 4xx is a network error. It also logs the refetch; this does not."""
         reply: Reply | None = None
         for _attempt in range(2):
             try:

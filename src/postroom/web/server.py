@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ import uvicorn
 
 import postroom
 from postroom import HResult, MAPIError
+from postroom.mapi.hostport import is_loopback, parse_host_port
 
 from .app import create_app
 from .auth import Gate, stored_hash
@@ -60,25 +60,9 @@ class Listen:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """`127.0.0.1:8025`, `[::1]:8025`, `localhost:8025` or a port alone → (host, port)."""
-    text = text.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = DEFAULT_HOST, text
-    host = host.strip("[]") or DEFAULT_HOST
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"{text!r} is not HOST:PORT (a port from 1 to 65535)")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
+    """The page's `HOST:PORT`: `[::1]:8025` for IPv6, and a port alone means 127.0.0.1."""
+    return parse_host_port(text, option=option, default_host=DEFAULT_HOST)
 
 
 def check_listen(listen: Listen, token_hash: str | None) -> None:
