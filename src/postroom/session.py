@@ -1304,7 +1304,11 @@ class Session(_SessionCore):
         if default_from is not None:
             raw = with_from(raw, default_from, full_name)
         data = sendmail_message(
-            raw, recipients=list(recipients), extract=extract_recipients, envelope_sender=envelope_sender
+            raw,
+            recipients=list(recipients),
+            extract=extract_recipients,
+            envelope_sender=envelope_sender,
+            domain=self.identity().domain,
         )
         sent_to = [r for r in data.recipients if not int(r.get(T.PR_RECIPIENT_TYPE) or 0) & MAPI_SUBMITTED]
         for answer in self.route(list(dict.fromkeys(f"SMTP:{r.email_address}" for r in sent_to))):

@@ -159,10 +159,16 @@ def test_cron_mails_a_jobs_output_through_postroom_sendmail(peers: Peers, cron_u
     copy = base / "as-written.eml"
     wrapper = base / "sendmail"
     command = " ".join(shlex.quote(part) for part in [*prefix, "-c", code])
-    wrapper.write_text(f'#!/bin/sh\nexport {exports}\ntee {copy} | exec {command} "$@"\n')
+    errors = base / "sendmail.err"
+    wrapper.write_text(f'#!/bin/sh\nexport {exports}\ntee {copy} | {command} "$@" 2>{errors}\n')
     wrapper.chmod(0o755)
     subprocess.run(["chown", "-R", f"{user}:", str(base)], check=True)
     with isolated_cron(base, f"MAILTO={to}\n@reboot {user} {job}\n", wrapper):
+        deadline = time.monotonic() + 60
+        while not peers.maildir_files(to):
+            said = [f.read_text(errors="replace") for f in (copy, errors, base / "cron.log") if f.exists()]
+            assert time.monotonic() < deadline, f"nothing arrived for {to}: {said} ({peers.postfix_log})"
+            time.sleep(0.1)
         received = arrived(peers, to)
     written = copy.read_bytes()
     assert_faithful(written, received)
