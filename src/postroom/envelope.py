@@ -12,7 +12,7 @@ Two provider-defined properties mark where the message came from and who gets re
 (spooler/sender_reports.py): PR_POSTROOM_SUBMISSION_SOURCE ("smtp" from the listener, "sendmail"
 from the sendmail command; both may set it) and PR_POSTROOM_ENVELOPE_FROM (the reverse path,
 "" for the null sender `<>`). What the sender asked of those reports (RFC 3461 DSN parameters)
-goes on the message and its envelope rows too (dsn.py).
+goes on the message and its envelope rows too (mapi/dsn.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from email.utils import format_datetime, make_msgid
 from enum import StrEnum
 
 from . import mime
-from .dsn import DsnReturn, MessageDsn, RecipientDsn
 from .mapi import tags as T
+from .mapi.dsn import DsnReturn, MessageDsn, RecipientDsn
 from .mapi.entryid import one_off_entry_id, search_key
 from .mapi.flags import MAPI_P1, MAPI_SUBMITTED, RecipientType
 from .mapi.message import MessageData, Recipient

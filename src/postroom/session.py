@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from . import mime
 from .addressing import has_break, has_lone_surrogate, parse_address
-from .dsn import DsnParameterError, MessageDsn, RecipientDsn, parse_envid, parse_notify, parse_ret
 from .engine import Engine
 from .engine.daemon import open_when_usable
 from .engine.eventloop import EventLoopKind, daemon_loop_kind, loop_factory
@@ -54,6 +53,7 @@ from .identity import (
 )
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
+from .mapi.dsn import DsnParameterError, MessageDsn, RecipientDsn, parse_envid, parse_notify, parse_ret
 from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
 from .mapi.flags import MAPI_SUBMITTED, MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient

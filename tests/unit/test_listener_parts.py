@@ -12,17 +12,6 @@ from pathlib import Path
 import pytest
 
 from postroom import original
-from postroom.dsn import (
-    DsnParameterError,
-    DsnReturn,
-    DsnUnknownParameter,
-    MessageDsn,
-    Notify,
-    RecipientDsn,
-    read_mail_parameters,
-    read_rcpt_parameters,
-    split_dsn_parameters,
-)
 from postroom.engine import sdnotify
 from postroom.engine.listener_settings import ListenerSettings, is_loopback, parse_listen
 from postroom.engine.listener_users import hash_password, verify_password
@@ -37,6 +26,17 @@ from postroom.envelope import (
 )
 from postroom.mapi import tags as T
 from postroom.mapi.codes import MAPIError
+from postroom.mapi.dsn import (
+    DsnParameterError,
+    DsnReturn,
+    DsnUnknownParameter,
+    MessageDsn,
+    Notify,
+    RecipientDsn,
+    read_mail_parameters,
+    read_rcpt_parameters,
+    split_dsn_parameters,
+)
 from postroom.mapi.flags import MAPI_P1, MAPI_SUBMITTED
 from postroom.mapi.message import MessageData
 from postroom.spooler.logline import outcome_line

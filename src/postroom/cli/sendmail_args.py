@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ..dsn import DsnParameterError, parse_envid, parse_notify, parse_ret
+from ..mapi.dsn import DsnParameterError, parse_envid, parse_notify, parse_ret
 
 
 class Mode(StrEnum):

@@ -13,7 +13,7 @@ One aiosmtpd protocol per connection, with postroom's policy in the handler's ho
   disk `452 4.3.1`: the client keeps the message and tries again, nothing is lost.
 
 DSN (RFC 3461) is offered in EHLO: MAIL takes `RET=FULL|HDRS` and `ENVID=xtext`, RCPT takes
-`NOTIFY=…` and `ORCPT=type;xtext` (dsn.py); they are kept on the message and its rows, and the
+`NOTIFY=…` and `ORCPT=type;xtext` (mapi/dsn.py); they are kept on the message and its rows, and the
 reports to the envelope sender obey them. A bad value is `501 5.5.4`, a parameter on the wrong
 verb `555 5.5.4`. aiosmtpd knows none of them and upper-cases every parameter it reads, so
 `_Protocol` takes them out of the path, as written, before aiosmtpd sees it.
@@ -37,7 +37,9 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 from aiosmtpd.smtp import Session as SMTPSession
 
-from ..dsn import (
+from ..envelope import SubmissionSource, envelope_message
+from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
+from ..mapi.dsn import (
     DsnParameterError,
     DsnUnknownParameter,
     MessageDsn,
@@ -46,8 +48,6 @@ from ..dsn import (
     read_rcpt_parameters,
     split_dsn_parameters,
 )
-from ..envelope import SubmissionSource, envelope_message
-from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
 from ..mapi.message import MessageData
 from .intake import IntakeCommit
 from .listener_settings import ListenerSettings, is_loopback

@@ -229,7 +229,7 @@ PR_POSTROOM_ENVELOPE_FROM = _tag("PR_POSTROOM_ENVELOPE_FROM", 0x6791001F)
 #: The Unix uid that submitted a message through `postroom-sendmail` (a system profile's submit
 #: socket knows it from SO_PEERCRED).
 PR_SUBMITTER_UID = _tag("PR_SUBMITTER_UID", 0x67920003)
-#: What the sender of such a message asked of reports (RFC 3461, postroom/dsn.py): RET ("FULL" or
+#: What the sender of such a message asked of reports (RFC 3461, mapi/dsn.py): RET ("FULL" or
 #: "HDRS") and ENVID (decoded) on the message; NOTIFY ("NEVER", or some of "SUCCESS,FAILURE,DELAY")
 #: and ORCPT ("rfc822;user@example.org", decoded) on each envelope recipient row.
 PR_POSTROOM_DSN_RET = _tag("PR_POSTROOM_DSN_RET", 0x6793001F)

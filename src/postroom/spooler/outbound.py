@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakValueDictionary
 
-from ..dsn import wants_report
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError, StoreUnreachable
+from ..mapi.dsn import wants_report
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..store.activity import PassTotals

@@ -3,7 +3,7 @@ sendmail command), nobody reads the profile's Inbox, so each NDR, delay warning 
 makes is also sent to the envelope sender, as the standard RFC 3464 `multipart/report` any mail
 program shows (envelope.py builds it).
 
-What the sender asked with RFC 3461 DSN parameters (dsn.py) is obeyed per recipient: NOTIFY=NEVER
+What the sender asked with RFC 3461 DSN parameters (mapi/dsn.py) is obeyed per recipient: NOTIFY=NEVER
 means no report at all, a NOTIFY without FAILURE no NDR, without DELAY no delay warning, and with
 SUCCESS a delivery report ("delivered", or "relayed" when an SMTP relay took it). A recipient
 without NOTIFY gets NDRs and delay warnings, and DRs when the message asked MAPI for them. The
@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..dsn import wants_report
 from ..envelope import ReportAction, StatusLine, SubmissionSource, dsn_bytes, envelope_message, report_to_sender
 from ..mapi import tags as T
+from ..mapi.dsn import wants_report
 from ..mapi.message import MessageData
 from ..store import FolderRole, MessageStore
 from .reports import ReportRow

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .mapi import tags as T
+from . import tags as T
 
 __all__ = [
     "DsnParameterError",
