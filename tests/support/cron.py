@@ -60,15 +60,16 @@ def isolated_cron(workdir: Path, cron_d: str, sendmail: Path) -> Iterator[subpro
             f"exec {CRON} -f -L 15",
         ]
     )
-    daemon = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "cron.log").open("wb"),
-        start_new_session=True,
-    )
-    try:
-        yield daemon
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait(timeout=60)
+    with (workdir / "cron.log").open("wb") as log:
+        daemon = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        try:
+            yield daemon
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(timeout=60)
