@@ -11,14 +11,15 @@ the message still goes out as the bytes it came in.
 Two provider-defined properties mark where the message came from and who gets reports about it
 (spooler/sender_reports.py): PR_POSTROOM_SUBMISSION_SOURCE ("smtp" from the listener, "sendmail"
 from the sendmail command; both may set it) and PR_POSTROOM_ENVELOPE_FROM (the reverse path,
-"" for the null sender `<>`).
+"" for the null sender `<>`). What the sender asked of those reports (RFC 3461 DSN parameters)
+goes on the message and its envelope rows too (mapi/dsn.py).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime, make_msgid
@@ -26,6 +27,7 @@ from enum import StrEnum
 
 from . import mime
 from .mapi import tags as T
+from .mapi.dsn import DsnReturn, MessageDsn, RecipientDsn
 from .mapi.entryid import one_off_entry_id, search_key
 from .mapi.flags import MAPI_P1, MAPI_SUBMITTED, RecipientType
 from .mapi.message import MessageData, Recipient
@@ -50,31 +52,41 @@ class SubmissionSource(StrEnum):
     SENDMAIL = "sendmail"  # the sendmail-compatible command
 
 
-def _envelope_row(address: str, row_id: int) -> Recipient:
-    return Recipient(
-        props={
-            T.PR_DISPLAY_NAME: address,
-            T.PR_ADDRTYPE: "SMTP",
-            T.PR_EMAIL_ADDRESS: address,
-            T.PR_RECIPIENT_TYPE: int(RecipientType.BCC) | MAPI_P1,
-            T.PR_ENTRYID: one_off_entry_id(address, "SMTP", address),
-            T.PR_SEARCH_KEY: search_key("SMTP", address),
-            T.PR_OBJECT_TYPE: _MAPI_MAILUSER,
-        },
-        row_id=row_id,
-    )
+def _envelope_row(address: str, row_id: int, dsn: RecipientDsn | None) -> Recipient:
+    props: dict[int, object] = {
+        T.PR_DISPLAY_NAME: address,
+        T.PR_ADDRTYPE: "SMTP",
+        T.PR_EMAIL_ADDRESS: address,
+        T.PR_RECIPIENT_TYPE: int(RecipientType.BCC) | MAPI_P1,
+        T.PR_ENTRYID: one_off_entry_id(address, "SMTP", address),
+        T.PR_SEARCH_KEY: search_key("SMTP", address),
+        T.PR_OBJECT_TYPE: _MAPI_MAILUSER,
+    }
+    if dsn is not None:
+        props.update(dsn.props())
+    return Recipient(props=props, row_id=row_id)
 
 
-def envelope_message(raw: bytes, mail_from: str, rcpt_to: Sequence[str], source: SubmissionSource | str) -> MessageData:
+def envelope_message(
+    raw: bytes,
+    mail_from: str,
+    rcpt_to: Sequence[str],
+    source: SubmissionSource | str,
+    dsn: MessageDsn | None = None,
+    rcpt_dsn: Mapping[str, RecipientDsn] | None = None,
+) -> MessageData:
     """The MAPI message for `raw` sent to the envelope's forward paths, keeping `raw` as its
-    original: header recipients become MAPI_SUBMITTED rows, each forward path a MAPI_P1 row."""
+    original: header recipients become MAPI_SUBMITTED rows, each forward path a MAPI_P1 row.
+    `dsn` and `rcpt_dsn` (by forward path) are the RFC 3461 parameters MAIL and RCPT gave."""
     md = mime.from_mime(raw, submission=True)
     for row in md.recipients:
         row[T.PR_RECIPIENT_TYPE] = int(row.get(T.PR_RECIPIENT_TYPE) or RecipientType.TO) | MAPI_SUBMITTED
     for address in dict.fromkeys(rcpt_to):
-        md.recipients.append(_envelope_row(address, len(md.recipients)))
+        md.recipients.append(_envelope_row(address, len(md.recipients), (rcpt_dsn or {}).get(address)))
     md.props[T.PR_POSTROOM_SUBMISSION_SOURCE] = str(SubmissionSource(source))
     md.props[T.PR_POSTROOM_ENVELOPE_FROM] = mail_from
+    if dsn is not None:
+        md.props.update(dsn.props())
     return md
 
 
@@ -85,14 +97,21 @@ class ReportAction(StrEnum):
     FAILED = "failed"
     DELAYED = "delayed"
     DELIVERED = "delivered"
+    RELAYED = "relayed"  # handed on to a server that will not confirm final delivery
 
 
-_DEFAULT_STATUS = {ReportAction.FAILED: "5.0.0", ReportAction.DELAYED: "4.0.0", ReportAction.DELIVERED: "2.0.0"}
+_DEFAULT_STATUS = {
+    ReportAction.FAILED: "5.0.0",
+    ReportAction.DELAYED: "4.0.0",
+    ReportAction.DELIVERED: "2.0.0",
+    ReportAction.RELAYED: "2.0.0",
+}
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _HUMAN = {
     ReportAction.FAILED: ("Undelivered Mail Returned to Sender", "could not be delivered to"),
     ReportAction.DELAYED: ("Delayed Mail (still being retried)", "has not yet been delivered to"),
     ReportAction.DELIVERED: ("Successful Mail Delivery Report", "was delivered to"),
+    ReportAction.RELAYED: ("Successful Mail Delivery Report", "was handed on (no further reports) for"),
 }
 
 
@@ -104,6 +123,7 @@ class StatusLine:
     action: ReportAction
     text: str = ""  # the server's or transport's own words
     when: datetime | None = None
+    original_recipient: str | None = None  # RCPT's ORCPT, "rfc822;user@example.org"
 
 
 def is_report(md: MessageData) -> bool:
@@ -132,7 +152,9 @@ def report_to_sender(md: MessageData) -> str | None:
 
 def dsn_bytes(original: MessageData, sender: str, lines: Sequence[StatusLine], now: datetime, mta: str) -> bytes:
     """An RFC 3464 `multipart/report; report-type=delivery-status` to `sender` about `original`: a
-    text part for people, the machine-readable status, and the original's header block."""
+    text part for people, the machine-readable status, and the original's header block (the whole
+    original instead, in a failure report, when MAIL said RET=FULL). The ENVID and each ORCPT the
+    sender gave are echoed (Original-Envelope-Id, Original-Recipient)."""
     action = lines[0].action
     subject, verb = _HUMAN[action]
     boundary = f"{uuid.uuid4().hex}/{mta}"
@@ -145,9 +167,14 @@ def dsn_bytes(original: MessageData, sender: str, lines: Sequence[StatusLine], n
     for line in lines:
         human.append(f"<{line.address}>: {line.text or action.value}")
     human.append("")
-    status = [f"Reporting-MTA: dns; {mta}", f"Arrival-Date: {format_datetime(_submitted(original, now))}", ""]
+    envid = original.get(T.PR_POSTROOM_DSN_ENVID)
+    status = [f"Original-Envelope-Id: {envid}"] if isinstance(envid, str) and envid else []
+    status += [f"Reporting-MTA: dns; {mta}", f"Arrival-Date: {format_datetime(_submitted(original, now))}", ""]
     for line in lines:
         found = _ENHANCED.search(line.text)
+        if line.original_recipient:
+            kind, _, address = line.original_recipient.partition(";")
+            status.append(f"Original-Recipient: {kind}; {address}")
         status += [
             f"Final-Recipient: rfc822; {line.address}",
             f"Action: {line.action.value}",
@@ -158,7 +185,8 @@ def dsn_bytes(original: MessageData, sender: str, lines: Sequence[StatusLine], n
         status.append(f"Last-Attempt-Date: {format_datetime(line.when or now)}")
         status.append("")
     raw = original.original.read_all() if original.original is not None else b""
-    headers = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0] if raw else b""
+    full = action is ReportAction.FAILED and original.get(T.PR_POSTROOM_DSN_RET) == DsnReturn.FULL and bool(raw)
+    headers = raw if full else re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0] if raw else b""
     crlf = [
         f"From: Mail Delivery System <MAILER-DAEMON@{mta}>",
         f"To: <{sender}>",
@@ -183,14 +211,23 @@ def dsn_bytes(original: MessageData, sender: str, lines: Sequence[StatusLine], n
         "",
         *status,
         f"--{boundary}",
-        "Content-Description: Undelivered Message Headers"
-        if action is ReportAction.FAILED
-        else "Content-Description: Message Headers",
-        "Content-Type: text/rfc822-headers",
+        _returned_part(action, full),
+        "Content-Type: message/rfc822" if full else "Content-Type: text/rfc822-headers",
         "",
     ]
     tail = f"\r\n--{boundary}--\r\n".encode()
-    return "\r\n".join(crlf).encode("utf-8") + b"\r\n" + re.sub(rb"\r?\n", b"\r\n", headers) + b"\r\n" + tail
+    returned = re.sub(rb"\r?\n", b"\r\n", headers)
+    if not returned.endswith(b"\r\n"):
+        returned += b"\r\n"  # the part ends with its last line; the boundary's CRLF is its own
+    return "\r\n".join(crlf).encode("utf-8") + b"\r\n" + returned + tail
+
+
+def _returned_part(action: ReportAction, full: bool) -> str:
+    if full:
+        return "Content-Description: Undelivered Message"
+    if action is ReportAction.FAILED:
+        return "Content-Description: Undelivered Message Headers"
+    return "Content-Description: Message Headers"
 
 
 def _submitted(md: MessageData, now: datetime) -> datetime:

@@ -53,6 +53,7 @@ from .identity import (
 )
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
+from .mapi.dsn import DsnParameterError, MessageDsn, RecipientDsn, parse_envid, parse_notify, parse_ret
 from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
 from .mapi.flags import MAPI_SUBMITTED, MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
@@ -1276,6 +1277,9 @@ class Session(_SessionCore):
         default_from: str | None = None,
         full_name: str | None = None,
         submitter_uid: int | None = None,
+        dsn_notify: str | None = None,
+        dsn_return: str | None = None,
+        envelope_id: str | None = None,
     ) -> int:
         """Submit RFC 5322 bytes with a sendmail envelope; returns the message ID once it is durable.
 
@@ -1283,6 +1287,9 @@ class Session(_SessionCore):
         (`-t`) the To/Cc/Bcc of the headers are too. `envelope_sender` (`-f`) goes into MAIL FROM;
         a message without a From gets `full_name <default_from>`. The bytes are sent as they are
         (postroom.submission says how). `submitter_uid` is recorded as PR_SUBMITTER_UID.
+        `dsn_notify` (`-N`: "never", or some of "success,failure,delay" for every recipient),
+        `dsn_return` (`-R`: "full" or "hdrs") and `envelope_id` (`-V`) are the RFC 3461 requests
+        the reports to the envelope sender obey (MAPI_E_INVALID_PARAMETER when malformed).
         UnknownRecipient for a recipient that is no e-mail address or that no transport takes;
         MAPI_E_NO_RECIPIENTS when there is none."""
         _check(raw, bytes, "submit_mime(): the message")
@@ -1297,10 +1304,24 @@ class Session(_SessionCore):
         ):
             _check(value, (str, type(None)), f"submit_mime(): {what}")
         _check(submitter_uid, (int, type(None)), "submit_mime(): submitter_uid")
+        for value, what in ((dsn_notify, "dsn_notify"), (dsn_return, "dsn_return"), (envelope_id, "envelope_id")):
+            _check(value, (str, type(None)), f"submit_mime(): {what}")
+        try:
+            message_dsn = MessageDsn(
+                ret=parse_ret(dsn_return) if dsn_return is not None else None,
+                envid=parse_envid(envelope_id) if envelope_id is not None else None,
+            )
+            rcpt_dsn = RecipientDsn(notify=parse_notify(dsn_notify) if dsn_notify is not None else None)
+        except DsnParameterError as exc:
+            raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"submit_mime(): {exc}") from None
         if default_from is not None:
             raw = with_from(raw, default_from, full_name)
         data = sendmail_message(
-            raw, recipients=list(recipients), extract=extract_recipients, envelope_sender=envelope_sender
+            raw,
+            recipients=list(recipients),
+            extract=extract_recipients,
+            envelope_sender=envelope_sender,
+            domain=self.identity().domain,
         )
         sent_to = [r for r in data.recipients if not int(r.get(T.PR_RECIPIENT_TYPE) or 0) & MAPI_SUBMITTED]
         for answer in self.route(list(dict.fromkeys(f"SMTP:{r.email_address}" for r in sent_to))):
@@ -1313,6 +1334,9 @@ class Session(_SessionCore):
         draft.data.original = data.original
         if submitter_uid is not None:
             draft.data.props[T.PR_SUBMITTER_UID] = submitter_uid
+        draft.data.props.update(message_dsn.props())
+        for row in sent_to:
+            row.props.update(rcpt_dsn.props())
         # Nobody reads this profile's Inbox for the caller: reports also go to the envelope sender
         # (spooler/sender_reports.py), as for a message the SMTP listener took.
         draft.data.props[T.PR_POSTROOM_SUBMISSION_SOURCE] = str(SubmissionSource.SENDMAIL)

@@ -14,6 +14,9 @@ from the command line: recipients as arguments, or `-t` (from To/Cc/Bcc), and an
 * the envelope sender becomes PR_SENDER_* (what the SMTP transport puts into MAIL FROM); the
   From, PR_SENT_REPRESENTING_*, stays the header's, and the original is kept again with the new
   fingerprint, since the bytes did not change;
+* without `-f`, the From is the envelope sender; one that is a bare local part (cron writes
+  `From: root (Cron Daemon)`) is qualified with the profile identity's domain in the envelope
+  only, as Postfix appends `$myorigin`: no server takes `MAIL FROM:<root>`;
 * a message without a From gets one (`Name <login@host>`), as every sendmail adds it: the one
   change to the caller's bytes, at the top of the header block.
 """
@@ -85,8 +88,10 @@ def sendmail_message(
     recipients: Sequence[str] = (),
     extract: bool = False,
     envelope_sender: str | None = None,
+    domain: str | None = None,
 ) -> MessageData:
-    """The message `raw` with the envelope a sendmail caller gave (see the module docstring).
+    """The message `raw` with the envelope a sendmail caller gave (see the module docstring);
+    `domain` qualifies a From that is a bare local part when there is no `envelope_sender`.
 
     UnknownRecipient for a recipient that is no e-mail address; MAPI_E_NO_RECIPIENTS when there is
     none at all (no argument, and with `extract` no To/Cc/Bcc either); MAPI_E_INVALID_PARAMETER for
@@ -119,6 +124,10 @@ def sendmail_message(
     if not any(not _submitted(r) for r in md.recipients):
         where = "in the To, Cc or Bcc header (-t)" if extract else "on the command line (or -t)"
         raise MAPIError(HResult.MAPI_E_NO_RECIPIENTS, f"no recipient addresses found {where}")
+    if envelope_sender is None and domain:
+        bare = str(md.props.get(T.PR_SENDER_EMAIL_ADDRESS) or "")
+        if bare and "@" not in bare and md.props.get(T.PR_SENDER_ADDRTYPE, "SMTP") == "SMTP":
+            envelope_sender = f"{bare}@{domain}"
     if envelope_sender is not None:
         _set_envelope_sender(md, envelope_sender)
         _original.keep(md, raw)  # the bytes are the same: only the envelope changed

@@ -42,7 +42,7 @@ SKIPPED_SECTIONS = {
 #: Lines that are not run at all.
 SKIPPED_LINES = {
     "pip install -e '.[test]' && pytest": "the test suite itself",
-    "sudo apt-get install postfix dovecot-imapd dovecot-pop3d openssl gnupg postgresql chromium chromium-driver swaks git-email libmailtools-perl bsd-mailx": "installs system packages "
+    "sudo apt-get install postfix dovecot-imapd dovecot-pop3d openssl gnupg postgresql chromium chromium-driver swaks git-email libmailtools-perl bsd-mailx cron": "installs system packages "
     "(.ci/install-system-packages does it for CI)",
 }
 #: Prefixes left out: postroom is installed in the environment that runs this test.

@@ -1,5 +1,7 @@
 """Reports reach a person: for a message that came through the SMTP listener, an NDR also goes to
-its envelope sender as an RFC 3464 multipart/report, never to <> and never about a report."""
+its envelope sender as an RFC 3464 multipart/report, never to <> and never about a report. What the
+client asked with DSN parameters (RFC 3461: NOTIFY, RET, ENVID, ORCPT) is obeyed and echoed, for
+smtplib at the listener and for postroom-sendmail's -N, -R and -V alike."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytest
 
 from support.cli import ok, postroom, wait_for
 from support.listener import running
+from support.sendmail import sendmail
+from support.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +102,105 @@ def test_sender_reports_can_be_turned_off_in_the_profile(failing: Path) -> None:
         wait_for(lambda: finished(failing))
         time.sleep(0.5)
     assert inbox_of(failing, "alice") == []
+
+
+def only_report(profile: Path, user: str) -> tuple[Message, str]:
+    wait_for(lambda: len(inbox_of(profile, user)) == 1)
+    [path] = inbox_of(profile, user)
+    return email.message_from_bytes(path.read_bytes()), path.read_text()
+
+
+def test_the_listener_offers_dsn_and_refuses_malformed_dsn_parameters(profile: Path) -> None:
+    with (
+        running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon,
+        smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client,
+    ):
+        client.ehlo("client.test")
+        assert client.has_extn("dsn")
+        code, text = client.mail("alice@localhost", ["RET=BODY"])
+        assert (code, text[:5]) == (501, b"5.5.4")
+        code, text = client.mail("alice@localhost", ["NOTIFY=SUCCESS"])  # an RCPT parameter
+        assert (code, text[:5]) == (555, b"5.5.4")
+        assert client.mail("alice@localhost", ["RET=HDRS", "ENVID=a+2Bb"])[0] == 250
+        code, text = client.rcpt("carol@localhost", ["NOTIFY=NEVER,SUCCESS"])
+        assert (code, text[:5]) == (501, b"5.5.4")
+        code, text = client.rcpt("carol@localhost", ["ORCPT=carol@localhost"])  # no address type
+        assert (code, text[:5]) == (501, b"5.5.4")
+        code, text = client.rcpt("carol@localhost", ["RET=FULL"])  # a MAIL parameter
+        assert (code, text[:5]) == (555, b"5.5.4")
+        assert client.rcpt("carol@localhost", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;carol@localhost"])[0] == 250
+        long_orcpt = "ORCPT=rfc822;" + "d" * 400 + "@localhost"  # RCPT may grow by 530 characters (§5)
+        assert client.rcpt("dave@localhost", ["NOTIFY=FAILURE", long_orcpt])[0] == 250
+
+
+def test_notify_success_brings_a_delivery_report_that_echoes_envid_and_orcpt(profile: Path) -> None:
+    with running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+            client.sendmail(
+                "alice@localhost", ["carol@localhost"], message("alice@localhost"),
+                mail_options=["RET=HDRS", "ENVID=Nightly+2B7"],
+                rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;Carol+2Bbackup@localhost"],
+            )  # fmt: skip
+        report, text = only_report(profile, "alice")
+    assert len(inbox_of(profile, "carol")) == 1  # the message itself
+    assert report.get_content_type() == "multipart/report" and report["Subject"] == "Successful Mail Delivery Report"
+    assert "Original-Envelope-Id: Nightly+7\n" in text
+    assert "Original-Recipient: rfc822; Carol+backup@localhost\nFinal-Recipient: rfc822; carol@localhost\n" in text
+    assert "Action: delivered\nStatus: 2.0.0" in text
+
+
+@pytest.mark.parametrize(
+    ("notify", "reported"),
+    [("NEVER", False), ("SUCCESS,DELAY", False), ("FAILURE", True)],
+)
+def test_an_ndr_goes_to_the_envelope_sender_only_when_notify_allows_it(
+    failing: Path, notify: str, reported: bool
+) -> None:
+    with running(failing, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+            client.sendmail(
+                "alice@localhost", ["bob@fail.test"], message("alice@localhost"),
+                mail_options=["RET=FULL"], rcpt_options=[f"NOTIFY={notify}"],
+            )  # fmt: skip
+        daemon.wait_line(r"to=<bob@fail\.test> .* status=bounced")
+        wait_for(lambda: finished(failing))
+        time.sleep(0.5)  # a copy, had one been made, would be delivered by now
+    if not reported:
+        assert inbox_of(failing, "alice") == []
+        return
+    report, _ = only_report(failing, "alice")
+    returned = report.get_payload()[2]
+    assert returned.get_content_type() == "message/rfc822"  # RET=FULL: the whole message comes back
+    [whole] = returned.get_payload()
+    assert whole["Message-ID"] == "<will-fail@example.org>" and whole.get_payload().strip() == "body"
+
+
+def test_a_message_handed_to_an_smtp_relay_is_reported_as_relayed(profile: Path) -> None:
+    with SmtpSink() as sink:  # aiosmtpd offers no DSN: the relay cannot report further
+        ok(postroom("service", "add", "smtp", "relay", *sink.options(), profile=profile))
+        with running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+            with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+                client.sendmail(
+                    "alice@localhost", ["dave@relay.test"], message("alice@localhost"), rcpt_options=["NOTIFY=SUCCESS"]
+                )
+            _, text = only_report(profile, "alice")
+        assert sink.delivered == [["dave@relay.test"]]
+    assert "Final-Recipient: rfc822; dave@relay.test\nAction: relayed\nStatus: 2.0.0" in text
+
+
+def test_postroom_sendmail_passes_dash_n_dash_r_and_dash_v_on_to_the_reports(failing: Path) -> None:
+    env: dict[str, str | None] = {"POSTROOM_PROFILE": str(failing), "POSTROOM_SOCKET": None}
+    with running(failing, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+        raw = message("alice@localhost")
+        never = sendmail("-N", "never", "-f", "alice@localhost", "bob@fail.test", stdin=raw, env=env)
+        assert never.returncode == 0, never.stderr
+        daemon.wait_line(r"to=<bob@fail\.test> .* status=bounced")
+        asked = sendmail(
+            "-N", "success", "-R", "hdrs", "-V", "cron-42", "-f", "alice@localhost", "carol@localhost",
+            stdin=raw, env=env,
+        )  # fmt: skip
+        assert asked.returncode == 0, asked.stderr
+        _, text = only_report(failing, "alice")  # the DR
+        wait_for(lambda: finished(failing))
+    assert "Original-Envelope-Id: cron-42\n" in text and "Action: delivered" in text
+    assert len(inbox_of(failing, "alice")) == 1  # -N never kept the NDR away

@@ -1,22 +1,25 @@
 """Real callers of /usr/sbin/sendmail hand their mail to postroom-sendmail, and it arrives byte for
 byte in a Postfix/Dovecot mailbox on loopback (peers.py).
 
-The callers: `git send-email --sendmail-cmd` (Debian git-email) and bsd-mailx with its `sendmail`
-variable (never the machine's own /usr/sbin/sendmail). Between the caller and postroom-sendmail
-sits `tee`, which keeps a copy of exactly what the caller wrote, so the test can compare it with
-what arrived: the caller's header lines, in order and unchanged (with only what postroom adds
-where missing: a From first, a Date and Message-ID last), and the body byte for byte.
-
-Cron is not among them: a real cron daemon runs the whole machine's crontabs as root and has no
-private spool directory to point at, so it cannot be started cheaply and alone for a test.
+The callers: `git send-email --sendmail-cmd` (Debian git-email), bsd-mailx with its `sendmail`
+variable, and Debian's cron daemon mailing a job's output (in a mount namespace of its own, where
+the test's wrapper is /usr/sbin/sendmail: support/cron.py). The machine's own /usr/sbin/sendmail
+is never used. Between the caller and postroom-sendmail sits `tee`, which keeps a copy of exactly
+what the caller wrote, so the test can compare it with what arrived: the caller's header lines,
+in order and unchanged (with only what postroom adds where missing: a From first, a Date and
+Message-ID last), and the body byte for byte.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shlex
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +27,9 @@ from peers import Peers
 
 from postroom.profile import Profile
 
+from support.cron import isolated_cron, why_cron_cannot_run
 from support.prerequisites import unavailable
-from support.sendmail import SCRIPT
+from support.sendmail import SCRIPT, user_python
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +117,61 @@ def test_mailx_delivers_through_its_sendmail_variable(peers: Peers, relay: Path,
     assert_faithful(written, received)
     assert b"Subject: backup report" in written and received.endswith(body)
     assert b"\nFrom: robot@example.test\n" in received.replace(b"\r\n", b"\n")  # mailx writes none: postroom adds it
+
+
+@pytest.fixture
+def cron_user() -> Iterator[tuple[str, Path]]:
+    """A throwaway Unix user and a directory of theirs that every user can reach (not under /root)."""
+    why = why_cron_cannot_run()
+    if why is not None:
+        unavailable(why)
+    name = f"prcron{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, timeout=60)
+    base = Path(tempfile.mkdtemp(prefix="postroom-cron-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        yield name, base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(["userdel", name], timeout=60)
+
+
+@pytest.mark.timeout(240)
+def test_cron_mails_a_jobs_output_through_postroom_sendmail(peers: Peers, cron_user: tuple[str, Path]) -> None:
+    user, base = cron_user
+    python = user_python(user)
+    if isinstance(python, str):
+        unavailable(python)
+    to = peers.new_postfix_user()
+    profile = Profile.create(base / "profile", with_defaults=False)
+    profile.settings["sender_address"] = "robot@example.test"
+    profile.add_service("smtp", "postfix", {"host": "127.0.0.1", "port": peers.smtp_port, "security": "none"})
+    profile.save()
+    job = base / "nightly.sh"
+    job.write_text('#!/bin/sh\necho "backup of $LOGNAME done"\necho .\necho .profile\necho "é, 8 bits"\n')
+    job.chmod(0o755)
+    # The mailer runs as the job's user with the cron daemon's environment: the wrapper says
+    # which profile (the user's own) and how this user runs postroom.
+    prefix, extra = python
+    variables = {"POSTROOM_PROFILE": str(profile.directory), "HOME": str(base), **extra}
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
+    code = "import sys; from postroom.cli.sendmail import main; sys.argv[0] = 'sendmail'; main()"
+    copy = base / "as-written.eml"
+    wrapper = base / "sendmail"
+    command = " ".join(shlex.quote(part) for part in [*prefix, "-c", code])
+    errors = base / "sendmail.err"
+    wrapper.write_text(f'#!/bin/sh\nexport {exports}\ntee {copy} | {command} "$@" 2>{errors}\n')
+    wrapper.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{user}:", str(base)], check=True)
+    with isolated_cron(base, f"MAILTO={to}\n@reboot {user} {job}\n", wrapper):
+        deadline = time.monotonic() + 60
+        while not peers.maildir_files(to):
+            said = [f.read_text(errors="replace") for f in (copy, errors, base / "cron.log") if f.exists()]
+            assert time.monotonic() < deadline, f"nothing arrived for {to}: {said} ({peers.postfix_log})"
+            time.sleep(0.1)
+        received = arrived(peers, to)
+    written = copy.read_bytes()
+    assert_faithful(written, received)
+    assert written.startswith(b"From: root (Cron Daemon)\n"), written  # cron's own headers, kept
+    assert f"Subject: Cron <{user}@".encode() in written
+    assert received.endswith(f"backup of {user} done\n.\n.profile\né, 8 bits\n".encode())

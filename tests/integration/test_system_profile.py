@@ -138,3 +138,20 @@ def test_no_user_can_read_the_store_or_the_credentials_or_cancel_anothers_messag
         )
     with postroom.logon(machine.profile) as session:
         assert [q.subject for q in session.queue()] == ["alice's secret"]  # still queued, not cancelled
+
+
+def test_dsn_requests_of_dash_n_dash_r_and_dash_v_reach_the_store_through_the_socket(machine: Machine) -> None:
+    done = machine.sendmail(
+        machine.alice, "-N", "success,delay", "-R", "full", "-V", "job-9", "someone@localhost", stdin=note("asked")
+    )
+    assert done.returncode == 0, done.stderr
+    tags = postroom.mapi.tags
+    with postroom.logon(machine.profile) as session:  # as root, read only
+        [queued] = session.queue()
+        message = session.open_message(queued.id)
+    assert (message.props.get(tags.PR_POSTROOM_DSN_RET), message.props.get(tags.PR_POSTROOM_DSN_ENVID)) == (
+        "FULL",
+        "job-9",
+    )
+    [row] = [r for r in message.recipients if r.email_address == "someone@localhost"]
+    assert row.props.get(tags.PR_POSTROOM_DSN_NOTIFY) == "SUCCESS,DELAY"

@@ -26,9 +26,23 @@ from postroom.envelope import (
 )
 from postroom.mapi import tags as T
 from postroom.mapi.codes import MAPIError
+from postroom.mapi.dsn import (
+    DsnParameterError,
+    DsnReturn,
+    DsnUnknownParameter,
+    MessageDsn,
+    Notify,
+    RecipientDsn,
+    read_mail_parameters,
+    read_rcpt_parameters,
+    split_dsn_parameters,
+)
 from postroom.mapi.flags import MAPI_P1, MAPI_SUBMITTED
 from postroom.mapi.hostport import is_loopback
+from postroom.mapi.message import MessageData
 from postroom.spooler.logline import outcome_line
+from postroom.spooler.reports import ReportRow, delay_report, delivery_report, non_delivery_report
+from postroom.spooler.sender_reports import sender_copy
 from postroom.store import RecipientOutcome, RecipientState
 
 RAW = b"From: a@example.org\r\nTo: Bob <bob@example.org>\r\nSubject: hi\r\nMessage-ID: <m1@example.org>\r\n\r\nbody\r\n"
@@ -144,3 +158,107 @@ def test_sd_notify_sends_a_datagram_to_notify_socket_and_nothing_without_it(monk
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
         assert sdnotify.notify("WATCHDOG=1")
         assert abstract.recv(100) == b"WATCHDOG=1"
+
+
+def test_dsn_parameters_are_taken_out_as_written_and_decoded_from_xtext() -> None:
+    given, rest = split_dsn_parameters("SIZE=10 ret=full ENVID=Run+2B42+3Dx BODY=8BITMIME")
+    assert rest == "SIZE=10 BODY=8BITMIME"  # for aiosmtpd, which upper-cases what it reads
+    assert read_mail_parameters(given) == MessageDsn(DsnReturn.FULL, "Run+42=x")
+    given, _ = split_dsn_parameters("NOTIFY=success,Delay ORCPT=rfc822;Carol+2Bx@Example.org")
+    dsn = read_rcpt_parameters(given)
+    assert dsn == RecipientDsn(frozenset({Notify.SUCCESS, Notify.DELAY}), "rfc822;Carol+x@Example.org")
+    assert dsn.props() == {
+        T.PR_POSTROOM_DSN_NOTIFY: "SUCCESS,DELAY",
+        T.PR_POSTROOM_DSN_ORCPT: "rfc822;Carol+x@Example.org",
+    }
+
+
+@pytest.mark.parametrize(
+    ("verb", "params", "unknown"),
+    [
+        ("MAIL", "RET=BODY", False),
+        ("MAIL", "RET=FULL RET=HDRS", False),
+        ("MAIL", "ENVID=a+zz", False),
+        ("MAIL", "ENVID=" + "x" * 101, False),
+        ("MAIL", "NOTIFY=SUCCESS", True),
+        ("RCPT", "NOTIFY=NEVER,SUCCESS", False),
+        ("RCPT", "NOTIFY=", False),
+        ("RCPT", "ORCPT=carol@example.org", False),
+        ("RCPT", "RET=FULL", True),
+    ],
+)
+def test_a_malformed_dsn_parameter_is_refused_and_one_on_the_wrong_verb_is_unknown(
+    verb: str, params: str, unknown: bool
+) -> None:
+    given, _ = split_dsn_parameters(params)
+    read = read_mail_parameters if verb == "MAIL" else read_rcpt_parameters
+    with pytest.raises(DsnParameterError) as caught:
+        read(given)
+    assert isinstance(caught.value, DsnUnknownParameter) is unknown
+
+
+def _dsn_message(notify: str | None, ret: DsnReturn | None = None) -> MessageData:
+    parsed = frozenset(Notify(w) for w in notify.split(",")) if notify else None
+    md = envelope_message(
+        RAW,
+        "a@example.org",
+        ["bob@example.org"],
+        "smtp",
+        MessageDsn(ret, "env-1"),
+        {"bob@example.org": RecipientDsn(parsed, "rfc822;Bob@Example.org")},
+    )
+    md.props[T.PR_MESSAGE_CLASS] = "IPM.Note"
+    return md
+
+
+@pytest.mark.parametrize(
+    ("notify", "failed", "delayed", "delivered"),
+    [
+        (None, True, True, True),  # no NOTIFY: the MTA's default (and the DR only when MAPI asked for one)
+        ("NEVER", False, False, False),
+        ("FAILURE", True, False, False),
+        ("SUCCESS,DELAY", False, True, True),
+    ],
+)
+def test_the_copies_to_the_envelope_sender_obey_notify(
+    notify: str | None, failed: bool, delayed: bool, delivered: bool
+) -> None:
+    md = _dsn_message(notify)
+    row = md.recipients[1]
+    failure = [ReportRow(row, NOW, False, text="550 5.1.1 no such user")]
+    success = [ReportRow(row, NOW, True)]
+    made = {
+        "failed": sender_copy(md, non_delivery_report(md, failure, NOW), failure, NOW, True),
+        "delayed": sender_copy(md, delay_report(md, success, NOW), success, NOW, True),
+        "delivered": sender_copy(md, delivery_report(md, success, NOW), success, NOW, True),
+    }
+    assert {k: v is not None for k, v in made.items()} == {"failed": failed, "delayed": delayed, "delivered": delivered}
+
+
+def test_a_report_echoes_envid_and_orcpt_and_says_relayed_for_an_smtp_relay() -> None:
+    md = _dsn_message("SUCCESS")
+    row = md.recipients[1]
+    row.props[T.PR_POSTROOM_RELAYED] = True
+    rows = [ReportRow(row, NOW, True)]
+    copy = sender_copy(md, delivery_report(md, rows, NOW), rows, NOW, True)
+    assert copy is not None
+    text = original.exact(copy).decode()
+    assert "Original-Envelope-Id: env-1\r\nReporting-MTA: dns; " in text
+    assert "Original-Recipient: rfc822; Bob@Example.org\r\nFinal-Recipient: rfc822; bob@example.org\r\n" in text
+    assert "Action: relayed\r\nStatus: 2.0.0" in text
+
+
+@pytest.mark.parametrize("ret", [DsnReturn.FULL, DsnReturn.HDRS, None])
+def test_ret_full_returns_the_whole_message_in_a_failure_report_and_hdrs_only_its_header(
+    ret: DsnReturn | None,
+) -> None:
+    md = _dsn_message(None, ret)
+    lines = [StatusLine("bob@example.org", ReportAction.FAILED, "550 5.1.1 no such user", NOW)]
+    data = dsn_bytes(md, "a@example.org", lines, NOW, "mx.example.org")
+    returned = email.message_from_bytes(data).get_payload()[2]
+    if ret is DsnReturn.FULL:
+        assert returned.get_content_type() == "message/rfc822"
+        assert RAW + b"\r\n--" in data  # the original, byte for byte, then the boundary
+    else:
+        assert returned.get_content_type() == "text/rfc822-headers"
+        assert "body" not in returned.get_payload()

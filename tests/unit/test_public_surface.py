@@ -205,7 +205,7 @@ SURFACE = {
     "Session.submit": "(ref: str | int | bytes) -> None",
     "Session.submit_envelope": "(raw: bytes, mail_from: str, rcpt_to: Sequence[str], source: SubmissionSource | str) -> int",
     "Session.submit_many": "(drafts: Iterable[Draft]) -> list[int]",
-    "Session.submit_mime": "(raw: bytes, *, recipients: Sequence[str] = (), extract_recipients: bool = False, envelope_sender: str | None = None, default_from: str | None = None, full_name: str | None = None, submitter_uid: int | None = None) -> int",
+    "Session.submit_mime": "(raw: bytes, *, recipients: Sequence[str] = (), extract_recipients: bool = False, envelope_sender: str | None = None, default_from: str | None = None, full_name: str | None = None, submitter_uid: int | None = None, dsn_notify: str | None = None, dsn_return: str | None = None, envelope_id: str | None = None) -> int",
     "Session.submitter_uid": "(ref: str | int | bytes) -> int | None",
     "Session.transport_kinds": "() -> dict[str, type[Any]]",
     "Session.transport_order": "() -> list[Service]",

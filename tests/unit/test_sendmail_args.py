@@ -25,8 +25,24 @@ def test_the_envelope_sender_is_read_from_the_same_word_or_the_next() -> None:
 
 
 def test_dash_oi_is_dash_i_and_other_sendmail_options_are_accepted_and_ignored() -> None:
-    inv = parse(["-oi", "-odi", "-oem", "-oee", "-B8BITMIME", "-B", "7BIT", "-em", "-N", "never", "a@b.c"])
+    inv = parse(["-oi", "-odi", "-oem", "-oee", "-B8BITMIME", "-B", "7BIT", "-em", "-L", "cron", "a@b.c"])
     assert inv.ignore_dots and inv.recipients == ["a@b.c"]
+
+
+def test_dash_n_dash_r_and_dash_v_are_the_dsn_requests() -> None:
+    inv = parse(["-N", "success,failure", "-Rhdrs", "-V", "run-42", "a@b.c"])
+    assert (inv.notify, inv.ret, inv.envid, inv.recipients) == ("success,failure", "HDRS", "run-42", ["a@b.c"])
+    assert parse(["-Nnever", "a@b.c"]).notify == "never"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-N", "sometimes"], ["-N", "never,success"], ["-N", "delay,delay"], ["-R", "body"], ["-V", "has space"]],
+    ids=lambda a: " ".join(a),
+)
+def test_a_malformed_dsn_request_is_a_usage_problem(argv: list[str]) -> None:
+    with pytest.raises(UsageProblem):
+        parse([*argv, "a@b.c"])
 
 
 def test_everything_after_a_double_dash_is_a_recipient() -> None:

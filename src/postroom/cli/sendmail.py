@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 SYSTEM_SOCKET = Path("/run/postroom/submit.sock")
 
 
+USAGE = "postroom-sendmail [-t] [-i] [-f sender] [-F name] [-N dsn] [-R full|hdrs] [-V id] [-v] [-bp|-bs] [--] rcpt …"
+
+
 def _say(text: str) -> None:
     print(f"postroom-sendmail: {' '.join(text.split())}", file=sys.stderr)
 
@@ -55,7 +58,7 @@ def run(argv: Sequence[str], program: str = "sendmail") -> int:
     try:
         inv = parse(list(argv), program)
     except UsageProblem as exc:
-        _say(f"{exc} (usage: postroom-sendmail [-t] [-i] [-f sender] [-F name] [-v] [-bp|-bs] [--] recipient …)")
+        _say(f"{exc} (usage: {USAGE})")
         return X.EX_USAGE
     where = socket_path()
     try:
@@ -84,7 +87,13 @@ def _submit(
     """Submit one message; (sysexits code, what to say)."""
     if where is not None:
         return submit_remote(
-            where, raw, recipients=recipients, extract=inv.extract, sender=sender, full_name=inv.full_name
+            where,
+            raw,
+            recipients=recipients,
+            extract=inv.extract,
+            sender=sender,
+            full_name=inv.full_name,
+            dsn={"notify": inv.notify, "ret": inv.ret, "envid": inv.envid},
         )
     return submit_here(raw, recipients, sender, inv, uid=os.getuid())
 
@@ -113,6 +122,9 @@ def submit_here(
                 default_from=sender if sender and "@" in sender else identity.address,
                 full_name=inv.full_name if inv.full_name is not None else identity.name,
                 submitter_uid=uid,
+                dsn_notify=inv.notify,
+                dsn_return=inv.ret,
+                envelope_id=inv.envid,
             )
         except Exception as exc:
             return X.exit_code(exc), f"not submitted: {exc}"

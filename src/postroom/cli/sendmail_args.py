@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ..mapi.dsn import DsnParameterError, parse_envid, parse_notify, parse_ret
+
 
 class Mode(StrEnum):
     """What the command is asked to do (sendmail's `-b` letter)."""
@@ -35,12 +37,15 @@ class Invocation:
     sender: str | None = None  # -f / -r
     full_name: str | None = None  # -F
     verbose: bool = False  # -v
+    notify: str | None = None  # -N: DSN NOTIFY for every recipient ("never", "success,failure", …)
+    ret: str | None = None  # -R: DSN RET ("full" or "hdrs")
+    envid: str | None = None  # -V: DSN ENVID
 
 
 #: Flags that take a value (in the same word or the next one) and are accepted and ignored:
-#: -B body type, -N DSN notify, -R DSN return, -V envelope ID, -L syslog label, -h hop count,
-#: -C config file, -X log file, -O option=value, -p protocol, -q queue interval.
-_IGNORED_WITH_VALUE = frozenset("BNRVLhCXOpq")
+#: -B body type, -L syslog label, -h hop count, -C config file, -X log file, -O option=value,
+#: -p protocol, -q queue interval.
+_IGNORED_WITH_VALUE = frozenset("BLhCXOpq")
 #: The -b modes: -bm delivers (the default), -bp lists the queue, -bs speaks SMTP.
 _MODES = {"m": Mode.DELIVER, "p": Mode.QUEUE, "s": Mode.SMTP}
 
@@ -70,6 +75,8 @@ def parse(argv: list[str], program: str = "sendmail") -> Invocation:
             inv.sender = _value(letter, rest, args)
         elif letter == "F":
             inv.full_name = _value(letter, rest, args)
+        elif letter in ("N", "R", "V"):
+            _dsn_flag(inv, letter, _value(letter, rest, args))
         elif letter == "o":
             # -oi is -i; -odi, -odb, -oem, -oee, -oep, -om, -oQ… and every other -oXvalue is sendmail
             # configuration that means nothing here, so it is accepted and ignored, as Postfix does.
@@ -88,6 +95,20 @@ def parse(argv: list[str], program: str = "sendmail") -> Invocation:
         else:
             raise UsageProblem(f"unknown option {arg!r}")
     return inv
+
+
+def _dsn_flag(inv: Invocation, letter: str, value: str) -> None:
+    """-N, -R, -V: the DSN requests (RFC 3461) of the message, checked here (EX_USAGE when bad)."""
+    try:
+        if letter == "N":
+            parse_notify(value)
+            inv.notify = value
+        elif letter == "R":
+            inv.ret = str(parse_ret(value))
+        else:
+            inv.envid = parse_envid(value)
+    except DsnParameterError as exc:
+        raise UsageProblem(f"-{letter}: {exc}") from None
 
 
 def _value(letter: str, rest: str, args: list[str]) -> str:

@@ -52,10 +52,18 @@ def handle(session: Session, uid: int, request: dict[str, Any], raw: bytes) -> t
             default_from=sender if sender and "@" in sender else f"{login}@{session.identity().domain}",
             full_name=full_name if full_name is not None else gecos,
             submitter_uid=uid,
+            dsn_notify=_text(request.get("dsn_notify")),
+            dsn_return=_text(request.get("dsn_ret")),
+            envelope_id=_text(request.get("dsn_envid")),
         )
     except Exception as exc:
         return {"exit": X.exit_code(exc), "text": f"not submitted: {exc}", "message_id": None}, None
     return {"exit": X.EX_OK, "text": f"message {mid} submitted", "message_id": mid}, mid
+
+
+def _text(value: object) -> str | None:
+    """A request's optional text field; anything else is treated as not given."""
+    return value if isinstance(value, str) else None
 
 
 def _bind(path: Path, mode: int) -> socket.socket:

@@ -96,8 +96,10 @@ def submit_remote(
     extract: bool,
     sender: str | None,
     full_name: str | None,
+    dsn: dict[str, str | None] | None = None,
 ) -> tuple[int, str]:
-    """Submit through the socket at `path`: (sysexits code, what to say)."""
+    """Submit through the socket at `path`: (sysexits code, what to say). `dsn` holds the DSN
+    requests of -N, -R and -V ("notify", "ret", "envid"; None when not given)."""
     request = {
         "op": "submit",
         "size": len(raw),
@@ -105,6 +107,7 @@ def submit_remote(
         "extract": extract,
         "sender": sender,
         "full_name": full_name,
+        **{f"dsn_{k}": v for k, v in (dsn or {}).items() if v is not None},
     }
     try:
         sock = _connect(path)

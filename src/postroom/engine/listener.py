@@ -12,6 +12,12 @@ One aiosmtpd protocol per connection, with postroom's policy in the handler's ho
   durable commit, run off the event loop (intake.py). A store that cannot take the write is `451 4.3.0`; a full
   disk `452 4.3.1`: the client keeps the message and tries again, nothing is lost.
 
+DSN (RFC 3461) is offered in EHLO: MAIL takes `RET=FULL|HDRS` and `ENVID=xtext`, RCPT takes
+`NOTIFY=…` and `ORCPT=type;xtext` (mapi/dsn.py); they are kept on the message and its rows, and the
+reports to the envelope sender obey them. A bad value is `501 5.5.4`, a parameter on the wrong
+verb `555 5.5.4`. aiosmtpd knows none of them and upper-cases every parameter it reads, so
+`_Protocol` takes them out of the path, as written, before aiosmtpd sees it.
+
 Limits: the message size (`552`, announced in EHLO as SIZE), recipients per message, concurrent
 connections (`421 4.7.0` to one more), and an idle timeout after which a silent client is cut off
 (`421`). AUTH (PLAIN, LOGIN) is offered only over TLS (STARTTLS), except on a loopback address,
@@ -24,6 +30,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +39,15 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from ..envelope import SubmissionSource, envelope_message
 from ..mapi.codes import HResult, MAPIError, StoreDiskTrouble, StoreUnavailable
+from ..mapi.dsn import (
+    DsnParameterError,
+    DsnUnknownParameter,
+    MessageDsn,
+    RecipientDsn,
+    read_mail_parameters,
+    read_rcpt_parameters,
+    split_dsn_parameters,
+)
 from ..mapi.hostport import is_loopback
 from ..mapi.message import MessageData
 from .intake import IntakeCommit
@@ -57,6 +73,16 @@ def _say(transport: asyncio.BaseTransport, line: bytes) -> None:
         write(line)
 
 
+class _DsnEnvelope(Envelope):
+    """aiosmtpd's per-transaction record (new at MAIL, RSET and after DATA), with what MAIL and
+    each accepted RCPT asked of DSNs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn: MessageDsn | None = None
+        self.rcpt_dsn: dict[str, RecipientDsn] = {}
+
+
 class _Protocol(SMTP):
     """aiosmtpd's protocol, with a limit on concurrent connections and on a connection's length
     (aiosmtpd's own timeout is per line: a client that drips a line now and then would stay)."""
@@ -66,6 +92,15 @@ class _Protocol(SMTP):
         self.listener = listener
         self.counted = False
         self.deadline: asyncio.TimerHandle | None = None
+        self.dsn_given: list[tuple[str, str | None]] = []  # the last MAIL or RCPT's DSN parameters
+        # RFC 3461 §5: DSN lengthens MAIL by up to 110 characters (RET, ENVID) and RCPT by up to
+        # 530 (NOTIFY, ORCPT). aiosmtpd's limits live in one dict on its class, which every new
+        # connection clears; these are this connection's own.
+        base = SMTP.command_size_limit
+        self.command_size_limits = defaultdict(lambda: base, {"MAIL": base + 110, "RCPT": base + 530})
+
+    def _create_envelope(self) -> Envelope:
+        return _DsnEnvelope()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # a new connection (not the TLS layer after STARTTLS)
@@ -98,6 +133,15 @@ class _Protocol(SMTP):
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """A MAIL or RCPT path and its parameters, without the DSN ones (kept in `dsn_given`)."""
+        self.dsn_given = []
+        address, params = self._read_path(arg)
+        if address is None or not params:
+            return address, params
+        self.dsn_given, params = split_dsn_parameters(params)
+        return address, params
+
+    def _read_path(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's reading of a MAIL or RCPT path, remembered per listener for a plain
         `<address> PARAMS`: the programs that hand mail over send the same paths again and again."""
         plain = _PLAIN_PATH.match(arg)
@@ -124,6 +168,21 @@ class _Protocol(SMTP):
             self.listener.connections -= 1
         if self.session is not None:
             super().connection_lost(error)
+
+
+def _dsn_given(server: SMTP, session: SMTPSession) -> list[tuple[str, str | None]]:
+    """The DSN parameters of the command being handled; DsnUnknownParameter after HELO (without
+    EHLO a client has not seen DSN offered)."""
+    given = server.dsn_given if isinstance(server, _Protocol) else []
+    if given and not session.extended_smtp:
+        raise DsnUnknownParameter("DSN parameters need EHLO")
+    return given
+
+
+def _dsn_refusal(exc: DsnParameterError) -> str:
+    if isinstance(exc, DsnUnknownParameter):
+        return f"555 5.5.4 {exc}"
+    return f"501 5.5.4 {exc}"
 
 
 def _peer(peer: object) -> str:
@@ -200,6 +259,12 @@ class SubmissionListener:
         await asyncio.get_running_loop().run_in_executor(None, self.commit.close)
 
     # --- policy --------------------------------------------------------------------------------------
+    async def handle_EHLO(
+        self, server: SMTP, session: SMTPSession, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no EHLO hook
+        return [*responses[:-1], "250-DSN", responses[-1]]
+
     def authenticate(
         self, server: SMTP, session: SMTPSession, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
@@ -241,6 +306,12 @@ class SubmissionListener:
         if full:
             log.warning("MAIL from %s refused: the queue is full", _peer(session.peer))
             return "452 4.3.1 Insufficient system storage: the queue is full, try again later"
+        try:
+            dsn = read_mail_parameters(_dsn_given(server, session))
+        except DsnParameterError as exc:
+            return _dsn_refusal(exc)
+        if isinstance(envelope, _DsnEnvelope):
+            envelope.dsn = dsn
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -248,6 +319,10 @@ class SubmissionListener:
     async def handle_RCPT(
         self, server: SMTP, session: SMTPSession, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        try:
+            dsn = read_rcpt_parameters(_dsn_given(server, session))
+        except DsnParameterError as exc:
+            return _dsn_refusal(exc)
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Too many recipients"
         if not address or "@" not in address:
@@ -258,11 +333,16 @@ class SubmissionListener:
             return f"550 5.1.1 <{address}>: recipient address rejected: no transport takes it"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        if isinstance(envelope, _DsnEnvelope) and address not in envelope.rcpt_dsn:
+            envelope.rcpt_dsn[address] = dsn  # a path given twice is one recipient: its first RCPT says
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
         raw = bytes(envelope.original_content or b"")
-        message = envelope_message(raw, envelope.mail_from or "", envelope.rcpt_tos, SubmissionSource.SMTP)
+        dsn, rcpt_dsn = (envelope.dsn, envelope.rcpt_dsn) if isinstance(envelope, _DsnEnvelope) else (None, None)
+        message = envelope_message(
+            raw, envelope.mail_from or "", envelope.rcpt_tos, SubmissionSource.SMTP, dsn, rcpt_dsn
+        )
         self.prepare(message)
         try:
             mid = await self.commit.submit(message)

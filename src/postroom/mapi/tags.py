@@ -229,6 +229,16 @@ PR_POSTROOM_ENVELOPE_FROM = _tag("PR_POSTROOM_ENVELOPE_FROM", 0x6791001F)
 #: The Unix uid that submitted a message through `postroom-sendmail` (a system profile's submit
 #: socket knows it from SO_PEERCRED).
 PR_SUBMITTER_UID = _tag("PR_SUBMITTER_UID", 0x67920003)
+#: What the sender of such a message asked of reports (RFC 3461, mapi/dsn.py): RET ("FULL" or
+#: "HDRS") and ENVID (decoded) on the message; NOTIFY ("NEVER", or some of "SUCCESS,FAILURE,DELAY")
+#: and ORCPT ("rfc822;user@example.org", decoded) on each envelope recipient row.
+PR_POSTROOM_DSN_RET = _tag("PR_POSTROOM_DSN_RET", 0x6793001F)
+PR_POSTROOM_DSN_ENVID = _tag("PR_POSTROOM_DSN_ENVID", 0x6794001F)
+PR_POSTROOM_DSN_NOTIFY = _tag("PR_POSTROOM_DSN_NOTIFY", 0x6795001F)
+PR_POSTROOM_DSN_ORCPT = _tag("PR_POSTROOM_DSN_ORCPT", 0x6796001F)
+#: On a delivered recipient row: the transport handed the message on to a server that cannot
+#: confirm final delivery (an SMTP relay), so a report says "relayed", not "delivered".
+PR_POSTROOM_RELAYED = _tag("PR_POSTROOM_RELAYED", 0x6797000B)
 
 #: Properties that must never leave the client side (never transmitted by a transport).
 NON_TRANSMITTABLE: frozenset[int] = frozenset(

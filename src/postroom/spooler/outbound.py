@@ -25,6 +25,7 @@ from weakref import WeakValueDictionary
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError, StoreUnreachable
+from ..mapi.dsn import wants_report
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..store.activity import PassTotals
@@ -839,10 +840,13 @@ class OutboundProcessor:
                 props = {T.PR_DELIVER_TIME: mark.time}
                 if mark.text:
                     props[T.PR_REPORT_TEXT] = mark.text
+                # RCPT's NOTIFY=SUCCESS asks for a report even from a relay, which then says so.
+                success_asked = wants_report(r.row.props, "delivered") is True
+                if success_asked and not mark.report:
+                    props[T.PR_POSTROOM_RELAYED] = True
+                report = (dr_requested and mark.report) or success_asked
                 outcomes.append(
-                    RecipientOutcome(
-                        r.row_id, RecipientState.DELIVERED, transport.name, props, report=dr_requested and mark.report
-                    )
+                    RecipientOutcome(r.row_id, RecipientState.DELIVERED, transport.name, props, report=report)
                 )
             else:
                 props = {

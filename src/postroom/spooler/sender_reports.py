@@ -3,6 +3,12 @@ sendmail command), nobody reads the profile's Inbox, so each NDR, delay warning 
 makes is also sent to the envelope sender, as the standard RFC 3464 `multipart/report` any mail
 program shows (envelope.py builds it).
 
+What the sender asked with RFC 3461 DSN parameters (mapi/dsn.py) is obeyed per recipient: NOTIFY=NEVER
+means no report at all, a NOTIFY without FAILURE no NDR, without DELAY no delay warning, and with
+SUCCESS a delivery report ("delivered", or "relayed" when an SMTP relay took it). A recipient
+without NOTIFY gets NDRs and delay warnings, and DRs when the message asked MAPI for them. The
+profile's own MAPI reports (in its Inbox) are not filtered: NOTIFY is about the sender's copies.
+
 Loop protection: never to the null sender `<>` (which every such report is sent from), never about
 a report or an auto-submitted message. `sender_reports = false` in [profile] turns it off.
 
@@ -19,6 +25,7 @@ from typing import Any
 
 from ..envelope import ReportAction, StatusLine, SubmissionSource, dsn_bytes, envelope_message, report_to_sender
 from ..mapi import tags as T
+from ..mapi.dsn import wants_report
 from ..mapi.message import MessageData
 from ..store import FolderRole, MessageStore
 from .reports import ReportRow
@@ -40,8 +47,18 @@ def sender_copy(
     sender = report_to_sender(original) if enabled else None
     if sender is None or not rows:
         return None
-    action = _action(report.message_class)
-    lines = [StatusLine(r.recipient.email_address, action, r.text, r.time) for r in rows]
+    kind = _action(report.message_class)
+    lines: list[StatusLine] = []
+    for row in rows:
+        props = row.recipient.props
+        action = ReportAction.RELAYED if kind is ReportAction.DELIVERED and props.get(T.PR_POSTROOM_RELAYED) else kind
+        if wants_report(props, action.value) is False:
+            continue
+        orcpt = props.get(T.PR_POSTROOM_DSN_ORCPT)
+        where = orcpt if isinstance(orcpt, str) else None
+        lines.append(StatusLine(row.recipient.email_address, action, row.text, row.time, where))
+    if not lines:
+        return None
     raw = dsn_bytes(original, sender, lines, now, socket.gethostname())
     source = str(original.get(T.PR_POSTROOM_SUBMISSION_SOURCE) or SubmissionSource.SMTP)
     copy = envelope_message(raw, "", [sender], source)
