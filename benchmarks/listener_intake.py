@@ -31,7 +31,8 @@ import common as C
 CLIENTS = 10
 
 
-def listener_rate(work: Path, n: int, processes: int = 1) -> float:
+def listener_rate(work: Path, n: int, processes: int = 1) -> tuple[float, float]:
+    """(messages/s, CPU ms per message of the listener's processes) for one intake of n messages."""
     profile = C.make_profile(work / "p", smtp_port=C.free_port())
     port = C.free_port()
     cmd = [
@@ -49,9 +50,19 @@ def listener_rate(work: Path, n: int, processes: int = 1) -> float:
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         C.wait_port(port, timeout=60)
-        return n / C.smtp_source(n, CLIENTS, port)
+        cpu0 = C.tree_cpu_seconds(proc.pid)
+        rate = n / C.smtp_source(n, CLIENTS, port)
+        return rate, (C.tree_cpu_seconds(proc.pid) - cpu0) * 1000 / n
     finally:
         C.stop_process(proc)
+
+
+def postfix_rate(pf: C.Postfix, n: int) -> tuple[float, float]:
+    """The same for Postfix: every daemon of the instance (smtpd, cleanup, ...) counts."""
+    master = pf.master_pid()
+    cpu0 = C.tree_cpu_seconds(master)
+    rate = n / C.smtp_source(n, CLIENTS, pf.hold_port)
+    return rate, (C.tree_cpu_seconds(master) - cpu0) * 1000 / n
 
 
 def _listening_daemon(profile: Path, port: int) -> subprocess.Popen[bytes]:
@@ -128,7 +139,7 @@ def main() -> int:
     n = args.n or (100 if args.quick else 1_000)
     runs = args.runs or (1 if args.quick else 3)
     result: dict[str, Any] = {"figure": "Listener intake", "key": "listener", "n": n, "runs": runs, "notes": []}
-    samples: dict[str, list[float]] = {"postroom": [], "postfix": []}
+    samples: dict[str, list[float]] = {"postroom": [], "postfix": [], "postroom_cpu_ms": [], "postfix_cpu_ms": []}
     if not C.have("smtp-source"):
         result["notes"].append("skipped: smtp-source (Debian package postfix) is not installed")
         C.emit(result, args.json)
@@ -137,9 +148,13 @@ def main() -> int:
         for r in range(runs):
             C.log(f"listener intake round {r + 1}/{runs}")
             with C.workdir("listener") as work:
-                samples["postroom"].append(listener_rate(work, n, args.processes))
+                rate, cpu_ms = listener_rate(work, n, args.processes)
+            samples["postroom"].append(rate)
+            samples["postroom_cpu_ms"].append(cpu_ms)
             if pf is not None:
-                samples["postfix"].append(n / C.smtp_source(n, CLIENTS, pf.hold_port))
+                rate, cpu_ms = postfix_rate(pf, n)
+                samples["postfix"].append(rate)
+                samples["postfix_cpu_ms"].append(cpu_ms)
                 pf.delete_all()
     med = {k: (C.median(v) if v else None) for k, v in samples.items()}
     result["samples"], result["median"] = samples, med
@@ -149,11 +164,18 @@ def main() -> int:
     def line(label: str, key: str) -> str:
         return C.rate_line(label, 62, med[key], samples[key])
 
+    def cpu(key: str) -> str:
+        value = med[key]
+        return "n/a" if value is None or value != value else f"{value:.2f}"
+
+    result["ratios"]["postroom/postfix CPU per message"] = C.ratio(med["postroom_cpu_ms"], med["postfix_cpu_ms"])
     result["lines"] = [
         f"N = {n} messages × 1 KiB, {CLIENTS} sessions (smtp-source -d -s {CLIENTS}); median of {runs} run(s)",
         line(f"postroom serve smtp --processes {args.processes}: 250 once durable in the store", "postroom"),
         line("Postfix smtpd: 250 once in the queue (hold)", "postfix"),
         f"postroom/Postfix = {C.fmt_ratio(result['ratios']['postroom/postfix'])}",
+        f"CPU per message (all processes of each side): postroom {cpu('postroom_cpu_ms')} ms, "
+        f"Postfix {cpu('postfix_cpu_ms')} ms",
     ]
     if args.kill:
         with C.workdir("listener-kill") as work:
