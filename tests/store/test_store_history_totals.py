@@ -5,6 +5,8 @@ both stores, and never fewer when the history loses rows."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -183,6 +185,43 @@ def test_a_copied_store_has_the_totals_of_the_history_it_was_given(tmp_path: Pat
                 assert steps(copied.activity(SINCE, UNTIL, 60)) == chart
             finally:
                 copied.close()
+
+
+def test_writers_on_one_store_at_once_add_to_the_same_total_rows_losing_nothing(
+    store: MessageStore, open_another: Callable[[], MessageStore]
+) -> None:
+    """Several writers (separate connections: as many spooler processes on PostgreSQL) finishing
+    messages at once, all on the same shard: every outcome counted once, no deadlock."""
+    writers = [open_another() for _ in range(3)]
+    work = {w: [submitted(store, f"w{n}.{i}@x.test") for i in range(24)] for n, w in enumerate(writers)}
+    errors: list[BaseException] = []
+
+    def finish_in_batches(writer: MessageStore, ids: list[int]) -> None:
+        writer._shard = 0  # type: ignore[attr-defined]  # the rows every writer contends for
+        try:
+            for start in range(0, len(ids), 4):
+                chunk = ids[start : start + 4]
+                at = NOW + timedelta(seconds=start)
+                assert writer.claim_messages(f"owner{id(writer)}", chunk, at, 60) == chunk
+                outcomes = [(mid, [RecipientOutcome(0, D if mid % 3 else F, "smtp")]) for mid in chunk]
+                assert writer.finish_many(f"owner{id(writer)}", outcomes, at) == ["left"] * len(chunk)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=finish_in_batches, args=(w, ids)) for w, ids in work.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    every = [mid for ids in work.values() for mid in ids]
+    failed = sum(1 for mid in every if mid % 3 == 0)
+    kept = store.delivery_stats(LATENCY_BOUNDS)
+    assert kept.outcomes == {("smtp", "delivered"): len(every) - failed, ("smtp", "failed"): failed}
+    check = store.delivery_stats(SCANNED)
+    assert kept.latency_count == check.latency_count == {"smtp": len(every)}
+    assert kept.latency_buckets == {name: below[:-1] for name, below in check.latency_buckets.items()}
+    assert steps(store.activity(SINCE, UNTIL, 60)) == chart_from_history(store)
 
 
 def test_metrics_shows_the_latency_bounds_the_totals_keep() -> None:
