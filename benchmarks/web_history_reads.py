@@ -17,7 +17,10 @@ page caches its reads for 5 s (60 s for the day's chart); the fetches here are f
 that only when --pause is given, so by default they mostly show the cached cost; the in-process
 figures are the reads themselves.
 
-    python benchmarks/web_history_reads.py [--sizes 1000,100000] [--runs 10] [--quick] [--json out.json]
+    python benchmarks/web_history_reads.py [--sizes 1000,100000] [--runs 10] [--pause 5.5]
+        [--pg-url postgresql://…] [--quick] [--json out.json]
+
+With --pg-url the store is on PostgreSQL (a fresh schema on that server, dropped afterwards).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import common as C
 import stamp_transport  # noqa: F401  (registers the "stamp" transport kind)
+from statement_count import fresh_schema
 
 
 def ms(read: Callable[[], object], runs: int) -> float:
@@ -52,7 +56,7 @@ def fetch_ms(url: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def measure(n: int, work: Path, runs: int, pause: float) -> dict[str, Any]:
+def measure(n: int, work: Path, runs: int, pause: float, store_url: str | None) -> dict[str, Any]:
     import postroom
     from postroom.profile import Profile
     from postroom.web.metrics import LATENCY_BUCKETS
@@ -60,6 +64,7 @@ def measure(n: int, work: Path, runs: int, pause: float) -> dict[str, Any]:
     prof = C.make_profile(
         work / "profile",
         concurrency=64,
+        settings={"store": store_url} if store_url else {},
         services=[("stamp", "local", {"file": str(work / "stamps"), "address_types": ["SMTP"]})],
     )
     started = time.perf_counter()
@@ -116,23 +121,25 @@ def measure(n: int, work: Path, runs: int, pause: float) -> dict[str, Any]:
             results[name] = statistics.median(times)
     finally:
         C.stop_process(page)
-    return {"n": n, "ms": results, "rows": rows}
+    return {"n": n, "store": "postgresql" if store_url else "sqlite", "ms": results, "rows": rows}
 
 
 def main() -> None:
     ap = C.arg_parser(__doc__ or "")
     ap.add_argument("--sizes", default="1000,100000", help="delivered messages, comma-separated")
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between HTTP fetches (5.5: past the cache)")
+    ap.add_argument("--pg-url", default=None, help="put the store on this PostgreSQL server (a fresh schema)")
     args = ap.parse_args()
     sizes = [200] if args.quick else [int(s) for s in args.sizes.split(",")]
     runs = 1 if args.quick else (args.runs or 10)
     out = []
     for n in sizes:
-        with C.workdir("history-reads") as work:
-            out.append(measure(n, work, runs, args.pause))
+        with C.workdir("history-reads") as work, fresh_schema(args.pg_url) as url:
+            out.append(measure(n, work, runs, args.pause, url))
     lines = []
     for r in out:
-        lines.append(f"{r['n']:,} delivered messages; rows: " + ", ".join(f"{t} {k:,}" for t, k in r["rows"].items()))
+        rows = ", ".join(f"{t} {k:,}" for t, k in r["rows"].items())
+        lines.append(f"{r['n']:,} delivered messages on {r['store']}; rows: {rows}")
         lines += [f"  {name:44s} {value:9.2f} ms" for name, value in r["ms"].items()]
     C.emit(
         {
