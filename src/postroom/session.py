@@ -740,7 +740,9 @@ class _SessionCore:
         self, since: datetime, until: datetime | None = None, *, step_seconds: int = 60
     ) -> list[ActivityBucket]:
         """Deliveries, failures and the queue's depth step by step from `since`, as every spooler
-        process on the store recorded them in the messages' history."""
+        process on the store recorded them in the messages' history. With `since`, `until` and the
+        step in whole minutes it reads the store's per-minute totals (as many rows as minutes from
+        `since` on); other times read the history itself, which costs as much as it is long."""
         _check(since, datetime, "activity(): since")
         _check(until, (datetime, type(None)), "activity(): until")
         _check(step_seconds, int, "activity(): step_seconds")
@@ -750,7 +752,9 @@ class _SessionCore:
 
     def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats:
         """Totals from the whole history: outcomes and retries by transport, inbound, and a histogram
-        of the seconds from submission to each outcome over `latency_bounds` (each bound a number)."""
+        of the seconds from submission to each outcome over `latency_bounds` (each bound a number).
+        Read from running totals kept as the history is written; bounds that are not among /metrics'
+        ones are measured from the history itself, which costs as much as it is long."""
         if isinstance(latency_bounds, str | bytes) or not isinstance(latency_bounds, Iterable):
             raise ArgumentTypeError("delivery_stats(): latency_bounds must be a list of numbers")
         for bound in latency_bounds:

@@ -31,6 +31,8 @@ UNDO_AFTER_V1 = (
     "DROP TABLE mime_originals",
     "DROP TABLE message_streams",
     "DROP TABLE spooler_passes",
+    "DROP TABLE history_totals",
+    "DROP TABLE history_minutes",
 )
 
 

@@ -8,7 +8,7 @@ test_store_connection_slots.py, because the slots are its locks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tests.store.test_store_connection_slots import holder
 
@@ -66,3 +66,34 @@ def test_slots_in_use_count_every_process_holding_them_once(store: MessageStore,
         proc.kill()
         proc.wait()
         assert store.spooler_stats(["mta"]).slots_in_use == {"mta": 0}
+
+
+def owners(store: MessageStore) -> list[str]:
+    return sorted(str(owner) for (owner,) in store._q("SELECT owner FROM spooler_passes"))  # type: ignore[attr-defined]
+
+
+def test_the_rows_of_processes_silent_for_an_hour_are_folded_into_one_that_keeps_their_counts(
+    store: MessageStore, open_another: Callable[[], MessageStore]
+) -> None:
+    for i in range(5):  # five spooler processes that each made a pass and stopped, two hours apart
+        open_another().record_pass(f"host:{i}:x", NOW + timedelta(hours=2 * i), totals(0.02, waits={"mta": 1}))
+    assert owners(store) == ["(retired)", "host:4:x"]  # the table does not grow with restarts
+    stats = store.spooler_stats([])
+    assert (stats.processes, stats.passes, stats.throttle_waits) == (5, 5, {"mta": 5})
+    assert abs(stats.pass_seconds - 0.1) < 1e-9
+    assert stats.pass_buckets == [5 if bound >= 0.02 else 0 for bound in PASS_BUCKETS]
+
+
+def test_a_process_folded_while_it_was_only_idle_counts_each_of_its_passes_once(
+    store: MessageStore, open_another: Callable[[], MessageStore]
+) -> None:
+    store.record_pass("host:1:a", NOW, totals(0.02))
+    open_another().record_pass("host:2:b", NOW + timedelta(hours=2), totals(0.5))  # folds a's row
+    assert owners(store) == ["(retired)", "host:2:b"]
+    store.record_pass("host:1:a", NOW + timedelta(hours=3), totals(0.02, 2.0, waits={"mta": 1}))  # a goes on
+    store.record_pass("host:1:a", NOW + timedelta(hours=3), totals(0.02, 2.0, 0.02, waits={"mta": 1}))
+    stats = store.spooler_stats([])
+    assert stats.passes == 4  # 3 of a's and b's one: what was folded is not written again
+    assert abs(stats.pass_seconds - 2.54) < 1e-9
+    assert stats.throttle_waits == {"mta": 1}
+    assert stats.pass_buckets == [sum(1 for s in (0.02, 2.0, 0.02, 0.5) if s <= bound) for bound in PASS_BUCKETS]

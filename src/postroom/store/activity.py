@@ -3,12 +3,13 @@ QueueCounts, ActivityBucket and DeliveryStats, are in base.py with the store's o
 
 The history (the events table) is the one record every spooler process writes, on SQLite and on a
 shared PostgreSQL store alike, and it is never rewritten: counters and charts read from it count
-each delivery once, however many processes made them, and survive restarts. Schema 5 indexes it
-by time (migrations.py).
+each delivery once, however many processes made them, and survive restarts. Since schema 6 they
+are read from running totals of it kept as it is written (history_totals.py), so a read does not
+cost more as the history grows.
 
 What no message's history holds (how long the spooler's passes take, how often a throttle made a
 recipient wait) each spooler process keeps as running totals, PassTotals, in a row of its own
-(schema 6, spooler_passes).
+(schema 5, spooler_passes; the rows of processes gone for an hour are folded into one).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ LEFT_KINDS = ("finished", "aborted")
 #: Upper bounds (seconds) of the spooler pass duration histogram: an idle pass takes milliseconds,
 #: a flush of a large queue minutes.
 PASS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
+#: The spooler_passes row that holds the totals of the processes that are gone (folded into it).
+RETIRED_PASSES = "(retired)"
 
 
 @dataclass

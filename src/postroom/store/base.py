@@ -197,11 +197,13 @@ class SpoolerStats:
     connection slots in use now (the /metrics series no message's history holds).
 
     Each spooler process keeps one row of running totals that it rewrites at the end of each pass
-    (store.record_pass): summing the rows counts every process once, and a stopped process's row
-    stays, so the counters never go down.
+    (store.record_pass): summing the rows counts every process once. The row of a process that
+    wrote nothing for an hour is folded into one retired row, with what it counted: the table
+    does not grow with restarts, and the counters never go down.
     """
 
-    #: Spooler processes that ever reported a pass on this store.
+    #: Spooler processes that ever reported a pass on this store (a process that was idle for an
+    #: hour and goes on counts twice).
     processes: int = 0
     passes: int = 0
     pass_seconds: float = 0.0

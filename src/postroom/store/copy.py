@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..mapi.codes import HResult, MAPIError
 from . import open_store
+from .history_totals import POSTGRES_MINUTE, SQLITE_MINUTE, rebuild_statements
 from .sqlbase import CHUNK
 from .urls import StoreLocation, redact_url
 
@@ -130,6 +131,10 @@ class _Side:
     def set_store_uid(self, uid: bytes) -> None:
         raise NotImplementedError
 
+    def rebuild_history_totals(self) -> None:
+        """Build the history's running totals (history_totals.py) from the history just copied."""
+        raise NotImplementedError
+
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> int:
         raise NotImplementedError
 
@@ -206,6 +211,10 @@ class _SQLiteSide(_Side):
 
     def set_store_uid(self, uid: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('store_uid', ?)", (uid,))
+
+    def rebuild_history_totals(self) -> None:
+        for statement in rebuild_statements(SQLITE_MINUTE):
+            self.db.execute(statement)
 
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> int:
         marks = ", ".join("?" for _ in columns)
@@ -335,6 +344,10 @@ class _PgSide(_Side):
             (uid.hex(),),
         )
 
+    def rebuild_history_totals(self) -> None:
+        for statement in rebuild_statements(POSTGRES_MINUTE):
+            self.conn.execute(statement.encode())
+
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> int:
         from psycopg import sql
 
@@ -443,6 +456,7 @@ def copy_store(
                     progress(table, n)
             for table in COUNTED:
                 dst.set_counter(table, src.counter(table))
+            dst.rebuild_history_totals()
             dst.commit()
         finally:
             dst.close()

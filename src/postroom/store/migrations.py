@@ -46,23 +46,32 @@ History:
      spooler_passes: each spooler process's running pass totals (passes, seconds, the duration
      histogram, throttle waits by transport), one row per process rewritten at the end of each
      pass, summed by /metrics.
+  6. history_totals and history_minutes (history_totals.py): running totals of the history,
+     added to by each transaction that writes counted events, so /metrics and the status page's
+     chart read a number of rows that does not grow with the history. The migration builds them
+     once from the existing history. spooler_passes.processes: how many processes a row stands
+     for (1; more for the row the rows of stopped processes are folded into).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
+from .activity import PASS_BUCKETS, RETIRED_PASSES
 from .codec import STREAM_THRESHOLD, dump_raw, load_raw
+from .history_totals import POSTGRES_MINUTE, SQLITE_MINUTE, rebuild_statements
+from .history_totals import TABLES as HISTORY_TABLES
 from .queue_sql import QUEUE_INDEXES
 
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 5
+LATEST = 6
 
 #: Version 5, what the status page and /metrics read: the history of every message (events) is
 #: the store's record of what every spooler process did, so the chart and the counters read it
@@ -77,6 +86,14 @@ _PASSES_V5 = (
     "CREATE TABLE IF NOT EXISTS spooler_passes ("
     " owner TEXT PRIMARY KEY, updated DOUBLE PRECISION NOT NULL, passes BIGINT NOT NULL,"
     " seconds DOUBLE PRECISION NOT NULL, buckets TEXT NOT NULL, throttle_waits TEXT NOT NULL)",
+)
+
+#: Version 6: the retired row the rows of stopped spooler processes are folded into (store.record_pass),
+#: there from the start so that two folds at once update one row rather than both insert it.
+_RETIRED_V6 = (
+    "INSERT INTO spooler_passes (owner, updated, passes, seconds, buckets, throttle_waits, processes) "
+    f"VALUES ('{RETIRED_PASSES}', 0, 0, 0, '{json.dumps([0] * len(PASS_BUCKETS))}', '{{}}', 0) "
+    "ON CONFLICT (owner) DO NOTHING"
 )
 
 # --- SQLite ----------------------------------------------------------------------------------------
@@ -109,6 +126,11 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         " tag INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (message_id, tag))",
         *_WEB_V5,
         *_PASSES_V5,
+    ),
+    6: (  # and spooler_passes.processes, added by upgrade_sqlite (SQLite has no ADD COLUMN IF NOT EXISTS)
+        *HISTORY_TABLES,
+        _RETIRED_V6,
+        *rebuild_statements(SQLITE_MINUTE),
     ),
 }
 
@@ -150,6 +172,8 @@ def upgrade_sqlite(db: sqlite3.Connection, current: int, *, where: str = "the st
     if current > LATEST:
         raise newer_schema(where, current)
     for version in range(current + 1, LATEST + 1):
+        if version == 6 and "processes" not in {row[1] for row in db.execute("PRAGMA table_info(spooler_passes)")}:
+            db.execute("ALTER TABLE spooler_passes ADD COLUMN processes BIGINT NOT NULL DEFAULT 1")
         for statement in SQLITE_MIGRATIONS.get(version, ()):
             db.execute(statement)
         if version == 5:
@@ -283,12 +307,20 @@ _PG_V5 = (
     *_PASSES_V5,
 )
 
+_PG_V6 = (
+    *HISTORY_TABLES,
+    "ALTER TABLE spooler_passes ADD COLUMN IF NOT EXISTS processes BIGINT NOT NULL DEFAULT 1",
+    _RETIRED_V6,
+    *rebuild_statements(POSTGRES_MINUTE),
+)
+
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _PG_V1,
     2: _PG_V2,
     3: _PG_V3,
     4: _PG_V4,
     5: _PG_V5,
+    6: _PG_V6,
 }
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).

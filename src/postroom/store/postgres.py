@@ -226,6 +226,8 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
     """A message store in a PostgreSQL database (or one schema of it, from the URL's search_path)."""
 
     _FOR_UPDATE: ClassVar[str] = " FOR UPDATE"
+    #: Spooler processes on one store add to the history totals in their own rows (history_totals.py).
+    _TOTAL_SHARDS: ClassVar[int] = 8
     _SKIP_LOCKED: ClassVar[str] = " FOR UPDATE SKIP LOCKED"
     _NAME_MATCHES: ClassVar[str] = _NOCASE.format("f.name") + "=" + _NOCASE.format("?")
     _QUEUE_SHOWN: ClassVar[str] = "m.props"  # read in Python (_shown): the bag is text, not json
@@ -358,14 +360,14 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
         with self._errors_as_mapi():
             if current is not None:
                 counts.statements += 2  # SAVEPOINT, RELEASE
-                with current.raw.transaction():
+                with current.raw.transaction(), self._counting(current):
                     yield current
                 return
             with self._pooled() as conn:
                 self._local.conn = db = PgConnection(conn, counts)
                 try:
                     counts.statements += 2  # BEGIN, COMMIT
-                    with conn.transaction():
+                    with conn.transaction(), self._counting(db):  # the history's totals, once per transaction
                         yield db
                     counts.commits += 1
                 finally:
@@ -393,12 +395,13 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
             return
         # A lost connection at BEGIN or COMMIT is MAPI_E_NETWORK_ERROR too, as in every other operation.
         with self._errors_as_mapi(), self._pooled() as conn:
-            self._local.conn = PgConnection(conn, self.statements)
+            self._local.conn = db = PgConnection(conn, self.statements)
             self._local.notes = []
             try:
                 self.statements.statements += 2  # BEGIN, COMMIT
                 with conn.transaction():
-                    yield
+                    with self._counting(db):
+                        yield
                     # NOTIFY is delivered at COMMIT, and never if the transaction is rolled back.
                     for kind, data in self._local.notes:
                         self.statements.statements += 1
@@ -454,12 +457,12 @@ class PostgresStore(SQLMessageStore["PgConnection"]):
     def _lock_transport(self, db: PgConnection, transport: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_TRANSPORT, transport))
 
-    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]], name: str = "v") -> tuple[str, list[Any]]:
         """One array per column, unnested: the same statement text (prepared once per connection
         by psycopg) for any number of rows, and a handful of parameters instead of thousands."""
         columns = ", ".join(f"column{i + 1}" for i in range(len(types)))
         arrays = ", ".join(f"CAST(? AS {t}[])" for t in types)
-        return f"unnest({arrays}) AS v({columns})", [list(column) for column in zip(*rows, strict=True)]
+        return f"unnest({arrays}) AS {name}({columns})", [list(column) for column in zip(*rows, strict=True)]
 
     def _id_list(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
         return "= ANY(CAST(? AS BIGINT[]))", [list(ids)]

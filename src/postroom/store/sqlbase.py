@@ -22,10 +22,12 @@ import abc
 import io
 import json
 import os
+import random
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar, Generic, Protocol, TypeVar, cast
 
@@ -35,7 +37,7 @@ from ..mapi.entryid import MAPIUID, make_entry_id
 from ..mapi.flags import MAPI_P1, MAPI_SUBMITTED, AttachMethod, MessageFlags, RecipientType, SubmitFlags
 from ..mapi.message import Attachment, MessageData, OriginalMime, Props, Recipient
 from . import queue_sql
-from .activity import LEFT_KINDS, OUTCOME_KINDS, PASS_BUCKETS, RETRY_KINDS, PassTotals
+from .activity import LEFT_KINDS, OUTCOME_KINDS, PASS_BUCKETS, RETIRED_PASSES, RETRY_KINDS, PassTotals
 from .base import (
     SPECIAL_FOLDER_NAMES,
     ActivityBucket,
@@ -75,6 +77,7 @@ from .codec import (
     to_epoch,
     update_raw,
 )
+from .history_totals import LATENCY, LATENCY_BOUNDS, MINUTE, Tally, minutes_upsert, totals_upsert
 from .notify import NoteKind
 from .queue_sql import due_params, due_sql, next_due_sql
 from .receive import normalise_class
@@ -93,11 +96,16 @@ _BREAKER_UPSERT = (
     "INSERT INTO breaker_state (transport, state, updated) VALUES (?, ?, ?) "
     "ON CONFLICT (transport) DO UPDATE SET state=excluded.state, updated=excluded.updated"
 )
-_PASS_UPSERT = (
-    "INSERT INTO spooler_passes (owner, updated, passes, seconds, buckets, throttle_waits) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (owner) DO UPDATE SET updated=excluded.updated, passes=excluded.passes, seconds=excluded.seconds, "
-    "buckets=excluded.buckets, throttle_waits=excluded.throttle_waits"
+_PASS_UPDATE = "UPDATE spooler_passes SET updated=?, passes=?, seconds=?, buckets=?, throttle_waits=? WHERE owner=?"
+_PASS_INSERT = (
+    "INSERT INTO spooler_passes (owner, updated, passes, seconds, buckets, throttle_waits, processes) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+#: A spooler process's row not written for this long is folded into RETIRED_PASSES: an hour is
+#: many passes of a working daemon, and a process that was only idle loses nothing by it.
+PASSES_RETIRE_SECONDS = 3600.0
+#: How often (at most) one store object looks for rows to fold, in seconds of the spooler's clock.
+PASSES_FOLD_EVERY = 600.0
 _SUMMARY_TAGS = (
     T.PR_MESSAGE_CLASS,
     T.PR_SUBJECT,
@@ -190,9 +198,18 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     _uid: MAPIUID
 
+    #: How many shards this store's history totals are spread over (history_totals.py).
+    _TOTAL_SHARDS: ClassVar[int] = 1
+
     def __init__(self) -> None:
         self._special: dict[FolderRole, Folder] = {}
         self.statements = StatementCount()
+        #: The counted events of the transaction open on this thread (`_counting`).
+        self._tallies = threading.local()
+        self._shard = random.randrange(self._TOTAL_SHARDS)
+        #: owner -> (the totals last written, what of them was folded into RETIRED_PASSES)
+        self._passes_written: dict[str, tuple[PassTotals, PassTotals]] = {}
+        self._next_fold = 0.0
 
     # --- the dialect ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -474,6 +491,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             if stream_rows:
                 db.executemany("INSERT INTO message_streams (message_id, tag, data) VALUES (?, ?, ?)", stream_rows)
             db.executemany(_EVENT_SQL, event_rows)
+            self._count_history(db, event_rows)
         return ids
 
     def _insert_attachment(self, db: DB, mid: int, att: Attachment, num: int | None = None) -> int:
@@ -988,22 +1006,55 @@ class SQLMessageStore(MessageStore, Generic[DB]):
 
     def activity(self, since: datetime, until: datetime, step_seconds: int) -> list[ActivityBucket]:
         """Outcomes recorded by every process in each `step_seconds` from `since`, and the queue's
-        depth at the end of each step (submitted minus left the queue, from the history)."""
+        depth at the end of each step (submitted minus left the queue).
+
+        When `since`, `until` and the step are whole minutes (the status page asks so), the answer
+        is read from the per-minute totals: as many rows as minutes from `since` on, however long
+        the history. Other times are answered from the history itself, which costs as much as its
+        length."""
         start, end = to_epoch(since), to_epoch(until)
         assert start is not None and end is not None
         step = max(1, int(step_seconds))
-        left = ", ".join(f"'{k}'" for k in LEFT_KINDS)
+        if start % MINUTE or end % MINUTE or step % MINUTE:
+            return self._activity_from_history(since, start, end, step)
+        count = max(1, int((end - start + step - 1) // step))
+        delivered, failed, change = [0] * count, [0] * count, [0] * count
+        with self._reading() as db:
+            # The depth before `since`: every submission minus every exit, less those from `since` on.
+            depth = 0
+            for counter, n in db.execute(
+                f"SELECT counter, sum(n) FROM history_totals WHERE counter IN ('submitted', {_LEFT}) "
+                "AND slot = 0 GROUP BY counter"
+            ).fetchall():
+                depth += int(n) if counter == "submitted" else -int(n)
+            for minute, d, f, s, gone in db.execute(
+                "SELECT minute, sum(delivered), sum(failed), sum(submitted), sum(left_queue) FROM history_minutes "
+                "WHERE minute >= ? GROUP BY minute",
+                (int(start) // MINUTE,),
+            ).fetchall():
+                depth -= int(s) - int(gone)
+                t = int(minute) * MINUTE
+                if t < end:
+                    i = min(count - 1, int((t - start) // step))
+                    delivered[i] += int(d)
+                    failed[i] += int(f)
+                    change[i] += int(s) - int(gone)
+        return _buckets(since, start, step, depth, delivered, failed, change)
+
+    def _activity_from_history(self, since: datetime, start: float, end: float, step: int) -> list[ActivityBucket]:
+        """activity() for times that are not whole minutes: a scan of the history by time."""
         outcomes = ", ".join(f"'{k}'" for k in OUTCOME_KINDS)
         before = self._q(
-            f"SELECT sum(CASE WHEN kind = 'submitted' THEN 1 WHEN kind IN ({left}) THEN -1 ELSE 0 END) "
-            f"FROM events WHERE time < ? AND kind IN ('submitted', {left})",
+            f"SELECT sum(CASE WHEN kind = 'submitted' THEN 1 WHEN kind IN ({_LEFT}) THEN -1 ELSE 0 END) "
+            f"FROM events WHERE time < ? AND kind IN ('submitted', {_LEFT})",
             (start,),
         )
         depth = int(before[0][0] or 0) if before else 0
         count = max(1, int((end - start + step - 1) // step))
         delivered, failed, change = [0] * count, [0] * count, [0] * count
         for t, kind in self._q(
-            f"SELECT time, kind FROM events WHERE time >= ? AND time < ? AND kind IN ('submitted', {left}, {outcomes})",
+            "SELECT time, kind FROM events WHERE time >= ? AND time < ? "
+            f"AND kind IN ('submitted', {_LEFT}, {outcomes})",
             (start, end),
         ):
             i = min(count - 1, int((float(t) - start) // step))
@@ -1015,33 +1066,51 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 change[i] += 1
             else:
                 change[i] -= 1
-        out = []
-        for i in range(count):
-            depth = max(0, depth + change[i])
-            out.append(ActivityBucket(from_epoch(start + i * step) or since, delivered[i], failed[i], depth))
-        return out
+        return _buckets(since, start, step, depth, delivered, failed, change)
 
     def delivery_stats(self, latency_bounds: Sequence[float] = ()) -> DeliveryStats:
-        """Totals from the whole history: outcomes and retries by transport, inbound, and a histogram
-        of the latencies from submission to outcome over `latency_bounds` (seconds)."""
-        outcomes = ", ".join(f"'{k}'" for k in OUTCOME_KINDS)
-        retries = ", ".join(f"'{k}'" for k in RETRY_KINDS)
+        """Totals of the whole history, read from its running totals (history_totals.py): outcomes and
+        retries by transport, inbound, and a histogram of the latencies from submission to outcome
+        over `latency_bounds` (seconds). Bounds that are all among the kept ones (LATENCY_BOUNDS, what
+        /metrics shows) cost a read of a few rows; others are measured from the history itself."""
         by_outcome: dict[tuple[str, str], int] = {}
         by_retry: dict[str, int] = {}
         operator = inbound = 0
-        for kind, name, count in self._q(
-            "SELECT kind, coalesce(lower(transport), ''), count(*) FROM events "
-            f"WHERE kind IN ({outcomes}, {retries}, 'retry', 'received') GROUP BY kind, coalesce(lower(transport), '')"
+        #: transport -> [events in each kept latency bucket, then above them], and their seconds
+        slots: dict[str, list[int]] = {}
+        seconds: dict[str, float] = {}
+        above = len(LATENCY_BOUNDS)
+        for counter, name, slot, n, total in self._q(
+            "SELECT counter, transport, slot, sum(n), sum(total) FROM history_totals GROUP BY counter, transport, slot"
         ):
+            kind, name, n = str(counter), str(name), int(n)
             if kind in OUTCOME_KINDS:
-                by_outcome[(str(name), str(kind))] = int(count)
+                by_outcome[(name, kind)] = n
             elif kind in RETRY_KINDS:
-                by_retry[str(name)] = by_retry.get(str(name), 0) + int(count)
+                by_retry[name] = by_retry.get(name, 0) + n
             elif kind == "retry":
-                operator += int(count)
-            else:
-                inbound += int(count)
+                operator += n
+            elif kind == "received":
+                inbound += n
+            elif kind == LATENCY and 0 <= int(slot) <= above:
+                slots.setdefault(name, [0] * (above + 1))[int(slot)] += n
+                seconds[name] = seconds.get(name, 0.0) + float(total or 0.0)
         bounds = tuple(float(b) for b in latency_bounds)
+        kept = {b: i for i, b in enumerate(LATENCY_BOUNDS)}
+        if any(b not in kept for b in bounds):
+            buckets, counts, sums = self._latency_from_history(bounds)
+        else:
+            buckets, counts, sums = {}, {}, {}
+            for name, per_slot in slots.items():
+                below = [sum(per_slot[: kept[b] + 1]) for b in bounds]
+                buckets[name], counts[name], sums[name] = below, sum(per_slot), max(0.0, seconds[name])
+        return DeliveryStats(by_outcome, by_retry, operator, inbound, bounds, buckets, counts, sums)
+
+    def _latency_from_history(
+        self, bounds: Sequence[float]
+    ) -> tuple[dict[str, list[int]], dict[str, int], dict[str, float]]:
+        """The latency histogram over bounds the totals do not keep, measured from the whole history."""
+        outcomes = ", ".join(f"'{k}'" for k in OUTCOME_KINDS)
         under = "".join(f", sum(CASE WHEN lat <= {b!r} THEN 1 ELSE 0 END)" for b in bounds)
         buckets: dict[str, list[int]] = {}
         counts: dict[str, int] = {}
@@ -1055,32 +1124,75 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             buckets[str(name)] = [int(n or 0) for n in below]
             counts[str(name)] = int(count)
             sums[str(name)] = max(0.0, float(total or 0.0))
-        return DeliveryStats(by_outcome, by_retry, operator, inbound, bounds, buckets, counts, sums)
+        return buckets, counts, sums
 
     def record_pass(self, owner: str, now: datetime, totals: PassTotals) -> None:
-        """Rewrite this spooler process's row of running totals: one statement, its own row only,
-        so processes never wait for each other here."""
+        """Write this spooler process's running totals into its own row: one statement a pass, so
+        processes never wait for each other here. What of them an earlier fold moved into the
+        retired row (_fold_retired_passes) is left out, so nothing is counted twice; the row is
+        written again only when it is gone (the first pass, or after a fold)."""
+        written, folded = self._passes_written.get(owner, (PassTotals(), PassTotals()))
+        t = to_epoch(now)
         with self._tx() as db:
-            db.execute(
-                _PASS_UPSERT,
-                (
-                    self._text(owner),
-                    to_epoch(now),
-                    totals.passes,
-                    totals.seconds,
-                    json.dumps(totals.buckets),
-                    json.dumps(totals.throttle_waits, sort_keys=True),
-                ),
-            )
+            row = _pass_row(_minus(totals, folded))
+            if db.execute(_PASS_UPDATE, (t, *row, self._text(owner))).rowcount != 1:
+                if owner in self._passes_written:  # our row was folded: what it held is in the retired row
+                    folded = written
+                    row = _pass_row(_minus(totals, folded))
+                db.execute(_PASS_INSERT, (self._text(owner), t, *row, 1))
+        self._passes_written[owner] = (_copy(totals), folded)
+        if t is not None and t >= self._next_fold:
+            self._next_fold = t + PASSES_FOLD_EVERY
+            self._fold_retired_passes(now)
+
+    def _fold_retired_passes(self, now: datetime) -> int:
+        """Fold the rows of spooler processes that wrote nothing for PASSES_RETIRE_SECONDS into one
+                retired row, so the table does not grow with every restart and the counters they added stay;
+                how many were folded. A process that was only idle starts a new row with what it adds next
+                (record_pass). Rows are locked in owner order, the retired row last: two folds never deadlock,
+        and the second finds the rows the first folded gone."""
+        cutoff = (to_epoch(now) or 0.0) - PASSES_RETIRE_SECONDS
+        stale = "SELECT owner FROM spooler_passes WHERE updated < ? AND owner <> ?"
+        if not self._q(stale + " LIMIT 1", (cutoff, RETIRED_PASSES)):
+            return 0  # the usual answer, without a write transaction
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT owner, passes, seconds, buckets, throttle_waits, processes FROM spooler_passes "
+                f"WHERE updated < ? AND owner <> ? ORDER BY owner{self._FOR_UPDATE}",
+                (cutoff, RETIRED_PASSES),
+            ).fetchall()
+            if not rows:
+                return 0
+            kept = db.execute(
+                "SELECT owner, passes, seconds, buckets, throttle_waits, processes FROM spooler_passes "
+                f"WHERE owner = ?{self._FOR_UPDATE}",
+                (RETIRED_PASSES,),
+            ).fetchall()
+            retired, processes = PassTotals(), 0
+            for _, passes, seconds, buckets, waits, count in [*kept, *rows]:
+                _add(retired, int(passes), float(seconds), json.loads(buckets), json.loads(waits))
+                processes += int(count)
+            # Updated in place (schema 6 made it): a fold waiting for this one's lock then reads what it wrote.
+            if kept:
+                db.execute(
+                    "UPDATE spooler_passes SET updated=?, passes=?, seconds=?, buckets=?, throttle_waits=?, "
+                    "processes=? WHERE owner=?",
+                    (to_epoch(now), *_pass_row(retired), processes, RETIRED_PASSES),
+                )
+            else:
+                db.execute(_PASS_INSERT, (RETIRED_PASSES, to_epoch(now), *_pass_row(retired), processes))
+            owners = [str(r[0]) for r in rows]
+            db.execute(f"DELETE FROM spooler_passes WHERE owner IN ({', '.join('?' for _ in owners)})", owners)
+        return len(rows)
 
     def spooler_stats(self, transports: Sequence[str]) -> SpoolerStats:
-        """Sum every process's row; a row whose histogram has other bounds (another version) adds
-        to the counts and the sum but not to the buckets."""
+        """Sum every process's row and the retired row; a row whose histogram has other bounds (another
+        version) adds to the counts and the sum but not to the buckets."""
         stats = SpoolerStats(pass_bounds=PASS_BUCKETS, pass_buckets=[0] * len(PASS_BUCKETS))
-        for passes, seconds, buckets, waits in self._q(
-            "SELECT passes, seconds, buckets, throttle_waits FROM spooler_passes"
+        for passes, seconds, buckets, waits, processes in self._q(
+            "SELECT passes, seconds, buckets, throttle_waits, processes FROM spooler_passes"
         ):
-            stats.processes += 1
+            stats.processes += int(processes)
             stats.passes += int(passes)
             stats.pass_seconds += float(seconds)
             below = [int(n) for n in json.loads(buckets)]
@@ -1165,13 +1277,14 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return row is not None
 
     # --- batches (issue 17): a tick's messages in a few statements, not a few per message -------
-    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-        """Rows as a table `v` with columns column1, column2, … of these SQL types, and its parameters.
-        Here a VALUES list whose first row's casts type the columns; PostgreSQL passes one array
-        per column instead (unnest), so the statement's text does not depend on the row count."""
+    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]], name: str = "v") -> tuple[str, list[Any]]:
+        """Rows as a table `name` (`v`) with columns column1, column2, … of these SQL types, and its
+        parameters. Here a VALUES list whose first row's casts type the columns; PostgreSQL passes one
+        array per column instead (unnest), so the statement's text does not depend on the row count."""
         first = "(" + ", ".join(f"CAST(? AS {t})" for t in types) + ")"
         rest = "(" + ", ".join("?" for _ in types) + ")"
-        return "(VALUES " + ", ".join([first] + [rest] * (len(rows) - 1)) + ") AS v", [x for r in rows for x in r]
+        values = "(VALUES " + ", ".join([first] + [rest] * (len(rows) - 1)) + f") AS {name}"
+        return values, [x for r in rows for x in r]
 
     def _id_list(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
         """`IN (…)` over these IDs, and its parameters (PostgreSQL: `= ANY` of one array)."""
@@ -1494,7 +1607,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             )
             count = cur.rowcount
             if count:
-                db.execute(_EVENT_SQL, (message_id, to_epoch(now), "retry", None, "retry now (ignoring backoff)"))
+                row = (message_id, to_epoch(now), "retry", None, "retry now (ignoring backoff)")
+                db.execute(_EVENT_SQL, row)
+                self._count_history(db, [row])
         self._publish(NoteKind.QUEUE, retry=count)
         return count
 
@@ -1517,7 +1632,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                 ).fetchall()
             ]
             db.executemany("UPDATE messages SET next_attempt=NULL, wait_kind=NULL WHERE id=?", [(m,) for m in retried])
-            db.executemany(_EVENT_SQL, [(mid, t, "retry", None, "retry now (ignoring backoff)") for mid in retried])
+            rows = [(mid, t, "retry", None, "retry now (ignoring backoff)") for mid in retried]
+            db.executemany(_EVENT_SQL, rows)
+            self._count_history(db, rows)
         self._publish(NoteKind.QUEUE, retry=len(retried))
         return RetryAll(retried, scheduled)
 
@@ -1842,6 +1959,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
                     f"SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM {table}",
                     values,
                 )
+                self._count_history(db, events)
             for mid, _, delete, _ in finished:
                 if delete:
                     self._delete(db, mid)
@@ -1851,7 +1969,56 @@ class SQLMessageStore(MessageStore, Generic[DB]):
     def _event(
         self, db: DB, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
     ) -> None:
-        db.execute(_EVENT_SQL, (message_id, to_epoch(now), self._text(kind), self._text(transport), self._text(detail)))
+        row = (message_id, to_epoch(now), self._text(kind), self._text(transport), self._text(detail))
+        db.execute(_EVENT_SQL, row)
+        self._count_history(db, [row])
+
+    @contextmanager
+    def _counting(self, db: DB) -> Iterator[None]:
+        """Collect the counted events a transaction writes and add them to the running totals at its
+        end, in one or two statements whatever their number (history_totals.py). Each store wraps its
+        transactions in it; a nested one (a savepoint) that fails takes its events out again, as its
+        rollback takes them out of the history."""
+        rows: list[Sequence[Any]] | None = getattr(self._tallies, "rows", None)
+        if rows is not None:
+            mark = len(rows)
+            try:
+                yield
+            except BaseException:
+                del rows[mark:]
+                raise
+            return
+        self._tallies.rows = rows = []
+        try:
+            yield
+            self._add_to_totals(db, rows)
+        finally:
+            self._tallies.rows = None
+
+    def _count_history(self, db: DB, rows: Sequence[Sequence[Any]]) -> None:
+        """Events just written, (message id, time, kind, transport, …): counted at the end of the
+        transaction (or now, outside of one)."""
+        tally: list[Sequence[Any]] | None = getattr(self._tallies, "rows", None)
+        if tally is None:
+            self._add_to_totals(db, rows)
+        else:
+            tally.extend(rows)
+
+    def _add_to_totals(self, db: DB, rows: Sequence[Sequence[Any]]) -> None:
+        tally = Tally(rows)
+        if not tally.kinds:
+            return
+        kinds = sorted(((k, xp, n) for (k, xp), n in tally.kinds.items()), key=lambda r: (r[0], r[1] or ""))
+        kind_table, params = self._values(("TEXT", "TEXT", "BIGINT"), kinds, "k")
+        outcome_table = None
+        if tally.outcomes:
+            outcome_table, more = self._values(("BIGINT", "DOUBLE PRECISION", "TEXT"), tally.outcomes, "o")
+            params += more
+        db.execute(totals_upsert(kind_table, outcome_table, self._shard), params)
+        if tally.minutes:
+            minutes = [(m, *counts) for m, counts in sorted(tally.minutes.items())]
+            table, params = self._values(("BIGINT",) * 5, minutes, "m")
+            db.execute(minutes_upsert(table, self._shard), params)
 
     def add_event(
         self, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
@@ -1985,6 +2152,51 @@ _OWN_TAGS = (
 _NEW_FLAGS = int(MessageFlags.UNSENT | MessageFlags.UNMODIFIED)
 _SUBMITTED_FLAGS = int(MessageFlags.SUBMIT | MessageFlags.UNSENT)
 _UNMODIFIED = int(MessageFlags.UNMODIFIED)
+
+
+_LEFT = ", ".join(f"'{k}'" for k in LEFT_KINDS)
+
+
+def _buckets(
+    since: datetime, start: float, step: int, depth: int, delivered: list[int], failed: list[int], change: list[int]
+) -> list[ActivityBucket]:
+    """The chart's steps from their counts and the queue's depth before the first."""
+    out = []
+    for i in range(len(delivered)):
+        depth = max(0, depth + change[i])
+        out.append(ActivityBucket(from_epoch(start + i * step) or since, delivered[i], failed[i], depth))
+    return out
+
+
+def _pass_row(totals: PassTotals) -> tuple[Any, ...]:
+    """spooler_passes' passes, seconds, buckets and throttle_waits columns for these totals."""
+    waits = json.dumps(totals.throttle_waits, sort_keys=True)
+    return (totals.passes, totals.seconds, json.dumps(totals.buckets), waits)
+
+
+def _add(into: PassTotals, passes: int, seconds: float, buckets: Sequence[int], waits: Mapping[str, int]) -> None:
+    into.passes += passes
+    into.seconds += seconds
+    if len(buckets) == len(into.buckets):  # another version's histogram adds to the counts only
+        into.buckets = [a + int(b) for a, b in zip(into.buckets, buckets, strict=True)]
+    for name, n in waits.items():
+        into.throttle_waits[str(name)] = into.throttle_waits.get(str(name), 0) + int(n)
+
+
+def _minus(totals: PassTotals, less: PassTotals) -> PassTotals:
+    out = PassTotals(totals.passes - less.passes, max(0.0, totals.seconds - less.seconds))
+    out.buckets = [a - b for a, b in zip(totals.buckets, less.buckets, strict=True)]
+    names = set(totals.throttle_waits) | set(less.throttle_waits)
+    out.throttle_waits = {
+        n: totals.throttle_waits.get(n, 0) - less.throttle_waits.get(n, 0)
+        for n in sorted(names)
+        if totals.throttle_waits.get(n, 0) != less.throttle_waits.get(n, 0)
+    }
+    return out
+
+
+def _copy(totals: PassTotals) -> PassTotals:
+    return _minus(totals, PassTotals())
 
 
 def _message_props(message: MessageData, submit_at: datetime | None) -> tuple[Props, float | None]:

@@ -171,7 +171,8 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         with self._turns.turn(), self._sqlite_errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield
+                with self._counting(self._db):  # the history's running totals, once per transaction
+                    yield
                 self._db.execute("COMMIT")
                 self.statements.commits += 1
             except BaseException:
@@ -212,7 +213,8 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 name = f"sp{self._savepoints}"
                 self._db.execute(f"SAVEPOINT {name}")
                 try:
-                    yield self._db
+                    with self._counting(self._db):
+                        yield self._db
                 except BaseException:
                     self._db.execute(f"ROLLBACK TO {name}")
                     self._db.execute(f"RELEASE {name}")

@@ -134,9 +134,12 @@ class StatusPage:
         # The overview looks again every few seconds, in every open browser: its costlier reads of a
         # deep queue and a long history are shared for a while (the day's chart moves in 30 minutes).
         counts = self._cached("counts", 2.0, session.queue_counts)
+        # Steps of whole minutes, up to the end of this minute: the store answers those from its
+        # per-minute totals, whatever the length of the history.
         now = session.clock()
-        hour = self._cached("hour", 5.0, lambda: session.activity(now - timedelta(hours=1), now, step_seconds=60))
-        day = self._cached("day", 60.0, lambda: session.activity(now - timedelta(days=1), now, step_seconds=1800))
+        end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        hour = self._cached("hour", 5.0, lambda: session.activity(end - timedelta(hours=1), end, step_seconds=60))
+        day = self._cached("day", 60.0, lambda: session.activity(end - timedelta(days=1), end, step_seconds=1800))
         return self.render(
             request,
             "overview.html",
