@@ -149,6 +149,24 @@ def test_renew_lease_keeps_a_claim(store: MessageStore) -> None:
     assert store.claim("b", NOW + timedelta(seconds=20), 10) == [mid]
 
 
+def test_renew_leases_extends_every_claim_of_its_owner_with_one_statement(store: MessageStore) -> None:
+    ids = [submitted(store, f"r{n}@x.test", at=NOW + timedelta(seconds=n)) for n in range(5)]
+    assert store.claim("a", NOW + timedelta(seconds=5), 10, 4) == ids[:4]
+    assert store.claim("b", NOW + timedelta(seconds=5), 10, 1) == ids[4:]
+    later = NOW + timedelta(seconds=30)
+    assert store.claim("c", later, 10, 1) == ids[:1]  # a's first lease ran out and was taken over
+    counts = store.count_statements()
+    before = counts.snapshot()
+    held = store.renew_leases("a", [*ids, 999_999], later, 60)
+    after = counts.snapshot()
+    assert held == set(ids[1:4])  # not c's, not b's, not a message that does not exist
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 1)  # BEGIN, the UPDATE, COMMIT
+    assert store.renew_leases("a", [], later, 60) == set()
+    # Renewed: nobody takes them before the new lease runs out; the others' leases were not touched.
+    assert store.claim("d", later + timedelta(seconds=50), 60, 5) == [ids[0], ids[4]]
+    assert store.claim("d", later + timedelta(seconds=61), 10, 5) == ids[1:4]
+
+
 def test_an_outcome_is_never_overwritten(store: MessageStore) -> None:
     mid = submitted(store, "a@x.test")
     store.claim("me", NOW, 60)

@@ -24,7 +24,7 @@ from typing import Any
 from weakref import WeakValueDictionary
 
 from ..mapi import tags as T
-from ..mapi.codes import HResult, MAPIError, StoreUnreachable
+from ..mapi.codes import HResult, MAPIError
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
 from ..store.activity import PassTotals
@@ -42,6 +42,7 @@ from ..store.codec import from_epoch, to_micros
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .commit import GroupCommit
 from .declines import Declines
+from .leases import LeaseKeeper
 from .logline import log_outcomes, relay_of
 from .policy import (
     DeliveryPolicy,
@@ -195,6 +196,8 @@ class OutboundProcessor:
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self._opened: WeakValueDictionary[int, MessageData] = WeakValueDictionary()  # for the log lines
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
+        #: Every lease this process holds (in flight, or claimed ahead), renewed together (leases.py).
+        self.leases = LeaseKeeper(store, owner, clock, self.settings.lease_seconds)
         self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
         self._ref = 0
@@ -241,7 +244,7 @@ class OutboundProcessor:
         """One pass over a claimed message; it is finished or released before this returns.
 
         `claimed`: the message as read with its claim's batch (store.load_claimed); else it is read here."""
-        renewer = asyncio.create_task(self._renew_lease(message_id))
+        self.leases.hold([message_id])  # held already when the scheduler claimed it
         self.in_flight.add(message_id)
         try:
             return await self._process(message_id, claimed)
@@ -258,9 +261,7 @@ class OutboundProcessor:
                 # behind, and the lease is no longer renewed, so the claim runs out and is taken over.
                 self._unflushed.pop(message_id, None)
                 self.in_flight.discard(message_id)
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
+                self.leases.drop([message_id])
 
     def _give_back(self, message_id: int) -> None:
         """Interrupted (Ctrl-C, a cancelled task): keep what transports said, and return the claim
@@ -278,20 +279,6 @@ class OutboundProcessor:
             self.store.give_back(message_id, self.owner, self.clock(), reason, unknown)
         except (LeaseLost, MAPIError) as exc:  # taken over already, or the store is unreachable
             log.warning("could not give message %s back: %s; its lease runs out instead", message_id, exc)
-
-    async def _renew_lease(self, message_id: int) -> None:
-        """Keep the claim alive while a slow transport works, so nobody else takes the message over."""
-        interval = max(1.0, self.settings.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.store.renew_lease(message_id, self.owner, self.clock(), self.settings.lease_seconds)
-            except LeaseLost:
-                log.error("lost the lease on message %s while delivering it", message_id)
-                return
-            except StoreUnreachable as exc:
-                # The store is unreachable: the delivery goes on, and its own next write meets the outage.
-                log.debug("could not renew the lease on message %s: %s", message_id, exc.message)
 
     async def _process(self, message_id: int, claimed: ClaimedMessage | None = None) -> MessageResult:
         result = MessageResult(message_id)

@@ -142,6 +142,7 @@ class Spooler:
             self.lease_seconds,
             self.lanes,
             self.processor.write,
+            self.processor.leases,
         )
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
 

@@ -1282,6 +1282,21 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._check_owner(db, message_id, owner)
             db.execute("UPDATE messages SET lease_until=? WHERE id=?", (t + lease_seconds, message_id))
 
+    def renew_leases(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
+        """One statement for every lease a spooler holds (spooler/leases.py), however many."""
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        t = to_epoch(now)
+        assert t is not None
+        if not ids:
+            return set()
+        inside, params = self._id_list(ids)
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE messages SET lease_until=? WHERE id {inside} AND lease_owner=? RETURNING id",
+                (t + lease_seconds, *params, self._text(owner)),
+            ).fetchall()
+        return {int(mid) for (mid,) in rows}
+
     def count_waiting(self, kind: WaitKind) -> int:
         rows = self._q("SELECT count(*) FROM messages WHERE queue_state IS NOT NULL AND wait_kind=?", (kind.value,))
         return int(rows[0][0])
