@@ -22,13 +22,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.harness.spoolers import (
     delivered_by,
     free_port,
-    message_id,
+    resolve_held,
     sink_lines,
     smtp_profile,
     start_sink,
@@ -62,25 +61,6 @@ def kill_when_due(spooler: subprocess.Popen[bytes], sink_log: Path) -> int | Non
     spooler.send_signal(signal.SIGKILL)
     spooler.wait()
     return lines
-
-
-def resolve_held(session: Any, sink_log: Path) -> int:
-    """The operator's part under crash_policy "hold": the server's log says whether each held message
-    arrived; confirm those delivered, release the others. Returns how many were resolved."""
-    from postroom.store import QueueState
-
-    arrived = {line.partition(" ")[0] for line in sink_lines(sink_log)}
-    resolved = 0
-    for entry in session.queue():
-        if entry.state is not QueueState.HELD:
-            continue
-        held_id = message_id(session, entry.id)
-        if held_id in arrived:
-            session.confirm_delivered(entry.id, f"{held_id} is in the server's log")
-        else:
-            session.release(entry.id)
-        resolved += 1
-    return resolved
 
 
 @pytest.mark.timeout(900)  # longer than its own 600 s wait for the queue to drain, so that its report comes first

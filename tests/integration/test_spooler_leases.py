@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.integration]
 IN_FLIGHT = 16
 LEASE_SECONDS = 3.0
 DELIVERY_SECONDS = 6.0  # twice the lease
-#: BEGIN, the UPDATE, COMMIT: one renewal of every lease.
-STATEMENTS_PER_RENEWAL = 3
+#: One renewal of every lease: BEGIN, the UPDATE, COMMIT (and on PostgreSQL the pool's connection check).
+STATEMENTS_PER_RENEWAL = 4
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -293,7 +293,8 @@ def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, 
     clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}, crash_policy=policy), clock=clock) as s:
         mid = s.create_message("x").to("a@x.test").submit()
-        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message
+        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message,
+        assert s.engine.store.mark_started("dead-spooler", [mid]) == {mid}  # with a transport calling it
         s.deliver()
         assert submits(calls) == 0  # the lease has not run out yet
         clock.advance(61)
@@ -308,6 +309,17 @@ def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, 
             assert submits(calls) == 0
             (entry,) = s.queue()
             assert entry.state is QueueState.HELD and "outcome unknown" in (entry.hold_reason or "")
+
+
+def test_a_message_a_dead_spooler_only_claimed_is_sent_without_an_outcome_unknown(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock(T0)
+    with postroom.logon(profile_with(tmp_path, {}, crash_policy="hold"), clock=clock) as s:
+        mid = s.create_message("x").to("a@x.test").submit()
+        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # claimed ahead, never started
+        clock.advance(61)
+        s.deliver()
+        assert submits(calls) == 1 and s.queue() == []  # not held: no transport had it
+        assert "outcome-unknown" not in [e.kind for e in s.events(mid)]
 
 
 def test_an_idle_waiting_queue_does_not_spin(tmp_path: Path, calls: Calls) -> None:

@@ -9,6 +9,12 @@ run message by message: every finish queued in a tick goes to the store as one `
 a fixed handful of statements for the whole tick (issue 17). Each message still succeeds or
 fails alone.
 
+The "started" marks (store.mark_started: a transport is about to be called for a claimed message,
+so a crash from here on leaves its outcome unknown) are gathered the same way: the messages of a
+batch reach their transports together, and every mark queued in a tick is one `mark_started`
+statement, in the commit of that tick (shared with the claim of the next batch, when it is under
+way). A mark is durable before its transport is called, as an outcome is before the next one.
+
 Under load the commit also waits a little for company (as PostgreSQL's commit_delay does): when
 at least BUSY messages are in flight, a write is committed after at most DELAY seconds, or as
 soon as half of those in flight are waiting for it. A transport that answers one message at a
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ..store.base import MessageStore, RecipientOutcome
+from ..store.base import LeaseLost, MessageStore, RecipientOutcome
 
 R = TypeVar("R")
 
@@ -52,6 +58,7 @@ class GroupCommit:
         self.in_flight = in_flight
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._finishes: list[_Finish] = []
+        self._starts: list[tuple[int, str, asyncio.Future[Any]]] = []
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self.commits = 0
         self.writes = 0
@@ -73,9 +80,18 @@ class GroupCommit:
         result: str = await future
         return result
 
+    async def start(self, message_id: int, owner: str) -> None:
+        """MessageStore.mark_started, durable when this returns, with every other start of the tick;
+        LeaseLost if the message was taken over meanwhile (then it must not be sent)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._starts.append((message_id, owner, future))
+        self._schedule(loop)
+        await future
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         busy = self.in_flight()
-        waiting = len(self._pending) + len(self._finishes)
+        waiting = len(self._pending) + len(self._finishes) + len(self._starts)
         soon = busy < BUSY or waiting * 2 >= busy
         if isinstance(self._scheduled, asyncio.TimerHandle) and soon:
             self._scheduled.cancel()  # enough company: commit at the next turn
@@ -99,13 +115,33 @@ class GroupCommit:
                 out.append((f.future, None if error else answer, error))
         return out
 
+    def _start_all(
+        self, starts: list[tuple[int, str, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """The tick's started marks, one mark_started per owner (a spooler has one)."""
+        out: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for owner in dict.fromkeys(o for _, o, _ in starts):
+            mine = [(m, f) for m, o, f in starts if o == owner]
+            try:
+                held = self.store.mark_started(owner, [m for m, _ in mine])
+            except Exception as exc:  # that statement alone is rolled back (its savepoint)
+                out += [(f, None, exc) for _, f in mine]
+                continue
+            for m, f in mine:
+                lost = None if m in held else LeaseLost(f"message {m} is no longer claimed by {owner}")
+                out.append((f, None, lost))
+        return out
+
     def _flush(self) -> None:
         ops, self._pending = self._pending, []
         finishes, self._finishes = self._finishes, []
+        starts, self._starts = self._starts, []
         self._scheduled = None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             with self.store.batch():
+                if starts:
+                    outcomes += self._start_all(starts)
                 for fn, args, future in ops:
                     try:
                         outcomes.append((future, fn(*args), None))
@@ -114,12 +150,12 @@ class GroupCommit:
                 if finishes:
                     outcomes += self._finish_all(finishes)
         except Exception as exc:  # the commit itself failed: nothing of the batch is durable
-            for future in [op[2] for op in ops] + [f.future for f in finishes]:
+            for future in [op[2] for op in ops] + [f.future for f in finishes] + [st[2] for st in starts]:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.commits += 1
-        self.writes += len(ops) + len(finishes)
+        self.writes += len(ops) + len(finishes) + len(starts)
         for future, value, error in outcomes:
             if future.done():
                 continue

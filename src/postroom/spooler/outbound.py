@@ -200,6 +200,7 @@ class OutboundProcessor:
         self.leases = LeaseKeeper(store, owner, clock, self.settings.lease_seconds)
         self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
+        self._started: set[int] = set()  # messages whose claim is marked started (_start)
         self._ref = 0
         #: This process's pass totals for /metrics, written by the Spooler at the end of each pass.
         self.pass_totals = PassTotals()
@@ -261,7 +262,18 @@ class OutboundProcessor:
                 # behind, and the lease is no longer renewed, so the claim runs out and is taken over.
                 self._unflushed.pop(message_id, None)
                 self.in_flight.discard(message_id)
+                self._started.discard(message_id)
                 self.leases.drop([message_id])
+
+    async def _start(self, message_id: int) -> None:
+        """Mark the claim started before its first transport call (store.mark_started): from here on
+        a crash leaves the message's outcome unknown. Not a write of its own: the marks of every
+        message that starts in the same tick (a batch reaches its transports together) are one
+        statement in that tick's group commit (commit.py). LeaseLost if the message was taken over
+        meanwhile: it is not sent."""
+        if message_id not in self._started:
+            await self.commit.start(message_id, self.owner)
+            self._started.add(message_id)
 
     def _give_back(self, message_id: int) -> None:
         """Interrupted (Ctrl-C, a cancelled task): keep what transports said, and return the claim
@@ -286,9 +298,11 @@ class OutboundProcessor:
             claimed = self.store.load_claimed([message_id]).get(message_id)
         if claimed is None:
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        if claimed.previous_owner and not await self._outcome_unknown(message_id, claimed.previous_owner):
-            result.held = True
-            return result
+        if claimed.previous_owner:
+            self._started.add(message_id)  # taken over started: it stays so (queue_sql.CLAIM_SET)
+            if not await self._outcome_unknown(message_id, claimed.previous_owner):
+                result.held = True
+                return result
         message = self._opened[message_id] = claimed.message
         states = {s.row_id: s for s in claimed.states}
         router = self.transports.router()
@@ -651,6 +665,7 @@ class OutboundProcessor:
                 deferred,
             )
             await self._flush(message_id)  # earlier answers are durable before the next transport is called
+            await self._start(message_id)
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
             policy = self.policy_of(transport)
             self._calling.add(message_id)

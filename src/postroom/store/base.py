@@ -521,6 +521,13 @@ class MessageStore(abc.ABC):
             self.give_back(mid, owner, datetime.now(UTC), "not started in this pass", False)
 
     @abc.abstractmethod
+    def mark_started(self, owner: str, message_ids: Sequence[int]) -> set[int]:
+        """Record that a transport is about to be called for these claimed messages, durably before
+        it is: if `owner` dies holding one, the next claim treats it as "outcome unknown" (crash
+        policy), while a message it only claimed (ahead, never started) is simply due again.
+        Returns the IDs still claimed by `owner` (a message taken over meanwhile must not be sent)."""
+
+    @abc.abstractmethod
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """Return a claimed message unfinished (the spooler was interrupted); due at once."""
 

@@ -52,6 +52,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "props",
             "first_try",
             "failures",
+            "started",
         ),
     ),
     (

@@ -46,6 +46,12 @@ History:
      spooler_passes: each spooler process's running pass totals (passes, seconds, the duration
      histogram, throttle waits by transport), one row per process rewritten at the end of each
      pass, summed by /metrics.
+  6. messages.started: a transport was (or was about to be) called for the message under its
+     present claim. A claim that takes over a run-out lease treats the message as "outcome
+     unknown" only when it was started; one the dead spooler had only claimed (ahead, waiting for
+     a worker) is simply due again (2: given back while a transport call was cut short, unknown
+     too). The migration marks every message under a lease as started: who held it before the
+     upgrade is not known to have not sent it.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from .queue_sql import QUEUE_INDEXES
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 5
+LATEST = 6
 
 #: Version 5, what the status page and /metrics read: the history of every message (events) is
 #: the store's record of what every spooler process did, so the chart and the counters read it
@@ -78,6 +84,9 @@ _PASSES_V5 = (
     " owner TEXT PRIMARY KEY, updated DOUBLE PRECISION NOT NULL, passes BIGINT NOT NULL,"
     " seconds DOUBLE PRECISION NOT NULL, buckets TEXT NOT NULL, throttle_waits TEXT NOT NULL)",
 )
+
+#: Version 6: the "started" mark of a claim (store.mark_started); a lease held at the upgrade counts as started.
+_STARTED_V6 = ("UPDATE messages SET started=1 WHERE lease_owner IS NOT NULL",)
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -110,6 +119,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_WEB_V5,
         *_PASSES_V5,
     ),
+    6: ("ALTER TABLE messages ADD COLUMN started INTEGER NOT NULL DEFAULT 0", *_STARTED_V6),
 }
 
 
@@ -283,12 +293,15 @@ _PG_V5 = (
     *_PASSES_V5,
 )
 
+_PG_V6 = ("ALTER TABLE messages ADD COLUMN IF NOT EXISTS started SMALLINT NOT NULL DEFAULT 0", *_STARTED_V6)
+
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _PG_V1,
     2: _PG_V2,
     3: _PG_V3,
     4: _PG_V4,
     5: _PG_V5,
+    6: _PG_V6,
 }
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).
