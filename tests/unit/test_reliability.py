@@ -46,6 +46,14 @@ def profile_with(
     return profile
 
 
+def few_workers(profile: Profile, workers: int = 4) -> Profile:
+    """Fewer workers than the test has messages (the default, 64, would take them all at once):
+    what a pass does with the messages it has not taken yet is what these tests look at."""
+    profile.settings["spooler_concurrency"] = workers
+    profile.save()
+    return profile
+
+
 def test_a_transports_wait_is_honoured_exactly(tmp_path: Path, calls: Calls) -> None:
     clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {"answer": "wait:90"}), clock=clock) as s:
@@ -463,8 +471,10 @@ def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_
     second: a fax submitted while 120 slow SMTP messages go out is taken long before the last of
     them. The soak found the daemon's scheduled Send/Receive delivering a backlog for minutes in
     one such pass while maildir messages waited."""
-    profile = make_profile(
-        tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}), ("fax", {"address_types": ["FAX"]})
+    profile = few_workers(
+        make_profile(
+            tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}), ("fax", {"address_types": ["FAX"]})
+        )
     )
 
     async def scenario() -> None:
@@ -489,7 +499,7 @@ def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_
 
 
 def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Path, calls: Calls) -> None:
-    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
+    profile = few_workers(make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1})))
 
     async def scenario() -> tuple[int, bool, int]:
         s = postroom.alogon(Profile.load(profile.directory))
@@ -508,7 +518,7 @@ def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Pa
 def test_a_scheduled_send_receive_takes_no_new_message_after_its_time_limit(tmp_path: Path, calls: Calls) -> None:
     """The daemon's automatic Send/Receive (explicit=False) is bounded like its own passes, so a
     long backlog never keeps the daemon from its notifications; what it leaves is the next turn's."""
-    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
+    profile = few_workers(make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1})))
 
     async def scenario() -> tuple[int, int]:
         s = postroom.alogon(Profile.load(profile.directory))
@@ -554,7 +564,7 @@ def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: 
 def test_one_message_probes_a_paused_transport_however_many_workers(tmp_path: Path, calls: Calls) -> None:
     clock = Clock(T0)
     policy = {"breaker_threshold": 2, "breaker_seconds": 600}
-    profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
+    profile = few_workers(profile_with(tmp_path, {"answer": "network:5"}, policy))
     with postroom.logon(profile, clock=clock) as s:
         assert s.engine.spooler.concurrency == 4
         for n in range(12):
