@@ -267,13 +267,18 @@ class OutboundProcessor:
 
     async def _start(self, message_id: int) -> None:
         """Mark the claim started before its first transport call (store.mark_started): from here on
-        a crash leaves the message's outcome unknown. Not a write of its own: the marks of every
-        message that starts in the same tick (a batch reaches its transports together) are one
-        statement in that tick's group commit (commit.py). LeaseLost if the message was taken over
-        meanwhile: it is not sent."""
-        if message_id not in self._started:
+        a crash leaves the message's outcome unknown. Mostly folded into a write that happened
+        anyway: the commit of the finishes that freed the workers marks the messages they take next
+        (commit.py, `prestarted`). Otherwise the marks of every message that starts in the same tick
+        (a batch reaches its transports together) are one statement in that tick's group commit,
+        which raises LeaseLost if the message was taken over meanwhile: it is not sent."""
+        if message_id in self._started:
+            return
+        if message_id in self.commit.prestarted:
+            self.commit.prestarted.discard(message_id)
+        else:
             await self.commit.start(message_id, self.owner)
-            self._started.add(message_id)
+        self._started.add(message_id)
 
     def _give_back(self, message_id: int) -> None:
         """Interrupted (Ctrl-C, a cancelled task): keep what transports said, and return the claim

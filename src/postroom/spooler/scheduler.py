@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -141,6 +142,10 @@ class FairScheduler:
         self.loaded.pop(message_id, None)
         self.done(message_id)
         return None
+
+    def upcoming(self, n: int) -> list[int]:
+        """The (at most n) claimed messages the next free workers take, in order (commit.py)."""
+        return [m for m in itertools.islice(self._ready, n) if m not in self.leases.lost]
 
     def _start_claim(self, in_flight: set[int], want: int) -> asyncio.Future[bool]:
         claiming: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

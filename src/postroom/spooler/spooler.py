@@ -152,6 +152,8 @@ class Spooler:
             self.processor.leases,
         )
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        commit = self.processor.commit
+        commit.upcoming = scheduler.upcoming  # a finish's commit marks the messages taken next started
 
         async def worker() -> None:
             nonlocal remaining
@@ -187,6 +189,9 @@ class Spooler:
                 await scheduler.settle()
             except Exception as exc:  # the store is away: those leases run out instead
                 log.warning("could not give back the claimed messages this pass did not reach: %s", exc)
+            # Marked but never taken: given back above, and a claim of them is a fresh one.
+            commit.upcoming = None
+            commit.prestarted.clear()
             if not errors:  # a pass the store's outage cut short is not waited on to record it
                 await self._record_pass(time.monotonic() - started)
         if errors:
