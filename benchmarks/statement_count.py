@@ -24,6 +24,8 @@ import common as C
 import stamp_transport  # noqa: F401  (registers the "stamp" transport kind)
 from tests.store.pgutil import temp_schema
 
+from postroom.spooler.spooler import DEFAULT_CONCURRENCY
+
 
 def drain_cost(
     n: int, work: Path, *, sink_port: int | None = None, store_url: str | None = None, concurrency: int = 8
@@ -73,7 +75,7 @@ def fresh_schema(pg_url: str | None) -> Iterator[str | None]:
 
 
 def drain_costs(
-    n: int, sink_port: int | None, pg_url: str | None = None, concurrency: int = 64
+    n: int, sink_port: int | None, pg_url: str | None = None, concurrency: int = DEFAULT_CONCURRENCY
 ) -> list[dict[str, Any]]:
     """The local transport, then smtp when a sink is given; each in a fresh work directory (and a
     fresh schema on the PostgreSQL server of `pg_url`, if given)."""
@@ -100,13 +102,16 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=None, help="messages per drain (default 2000; --quick 200)")
     ap.add_argument("--pg-url", default=None, help="also measure a PostgreSQL store (a postgresql:// URL)")
     ap.add_argument(
-        "--concurrency", type=int, action="append", help="spooler_concurrency; repeat for several (default 64)"
+        "--concurrency",
+        type=int,
+        action="append",
+        help=f"spooler_concurrency; repeat for several (default {DEFAULT_CONCURRENCY}, the spooler's)",
     )
     args = ap.parse_args()
     n = args.n or (200 if args.quick else 2000)
     costs: list[dict[str, Any]] = []
     with C.Sink.start() as sink:
-        for concurrency in args.concurrency or [64]:
+        for concurrency in args.concurrency or [DEFAULT_CONCURRENCY]:
             costs += drain_costs(n, sink.port, None, concurrency)
             if args.pg_url:
                 costs += drain_costs(n, sink.port, args.pg_url, concurrency)

@@ -164,6 +164,25 @@ def tally(session: Any, ids: Iterable[int], sink_log: Path) -> Tally:
     return result
 
 
+def resolve_held(session: Any, sink_log: Path) -> int:
+    """The operator's part under crash_policy "hold": the server's log says whether each held message
+    arrived; confirm those delivered, release the others. Returns how many were resolved."""
+    from postroom.store import QueueState
+
+    arrived = {line.partition(" ")[0] for line in sink_lines(sink_log)}
+    resolved = 0
+    for entry in session.queue():
+        if entry.state is not QueueState.HELD:
+            continue
+        held_id = message_id(session, entry.id)
+        if held_id in arrived:
+            session.confirm_delivered(entry.id, f"{held_id} is in the server's log")
+        else:
+            session.release(entry.id)
+        resolved += 1
+    return resolved
+
+
 def child_pids(parent: int) -> list[int]:
     """The pids of a process's live children (a `spooler --workers N` parent's workers), from /proc."""
     found = []

@@ -225,6 +225,7 @@ def test_exactly_once_with_a_daemon_and_two_concurrent_sendreceives(profile: Pat
 def test_sigterm_during_a_flush_loses_nothing(profile: Path, tmp_path: Path) -> None:
     counter = add_counter(profile, tmp_path, sleep=0.1)
     set_profile_setting(profile, "online_stability_seconds", 0.2)
+    set_profile_setting(profile, "spooler_concurrency", 4)  # fewer in flight than queued: a flush to cut short
     ok(postroom("offline", profile=profile))
     names = submit_in_process(profile, 40)
 

@@ -28,6 +28,7 @@ from tests.harness.tcpproxy import TCPProxy
 from tests.store.pgutil import temp_schema
 
 from postroom.mapi.codes import HResult, MAPIError
+from postroom.spooler.spooler import DEFAULT_CONCURRENCY
 from postroom.store import MessageStore
 
 pytestmark = [
@@ -39,7 +40,9 @@ BEFORE = 300  # submitted before the outage; it starts once some have arrived
 DURING = 100  # submitted while the spooler cannot reach the store
 OUTAGE_SECONDS = 6.0
 LEASE_SECONDS = 3.0
-IN_FLIGHT = 8  # at most this many messages are between their delivery and its outcome write at the cut
+#: At most this many messages are between their delivery and its outcome write at the cut: one per
+#: worker (spooler_concurrency, the default).
+IN_FLIGHT = DEFAULT_CONCURRENCY
 
 
 def via(url: str, port: int) -> str:

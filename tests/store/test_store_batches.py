@@ -105,6 +105,7 @@ def test_a_recipient_keeps_its_first_outcome_in_a_batch(store: MessageStore) -> 
 def test_unclaimed_messages_are_as_the_claim_found_them(store: MessageStore) -> None:
     free, crashed = submitted(store, "a@x.test"), submitted(store, "b@x.test")
     store.claim_messages("dead", [crashed], NOW, 60)
+    store.mark_started("dead", [crashed])  # it died while a transport had the message
     later = NOW + timedelta(seconds=61)  # the dead spooler's lease ran out
     assert store.claim_messages("me", [free, crashed], later, 60) == [free, crashed]
     store.unclaim("me", [free, crashed])

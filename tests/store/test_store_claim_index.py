@@ -100,6 +100,7 @@ def test_a_lease_that_ran_out_is_claimable_past_waiting_messages_and_a_live_one_
     retry = waiting(store, 10, timedelta(seconds=30))
     fresh = submitted(store, "f@x.test", at=NOW + timedelta(seconds=11))
     assert store.claim("a", LATER, 30, 2) == [retry, fresh]
+    assert store.mark_started("a", [retry, fresh]) == {retry, fresh}  # a transport has them
     assert store.claim("b", LATER + timedelta(seconds=10), 30, 5) == []
     assert store.next_due() == LATER + timedelta(seconds=30)  # the leases end before any retry is due
 

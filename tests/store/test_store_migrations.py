@@ -11,7 +11,7 @@ import pytest
 
 from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
-from postroom.mapi.message import MessageData, OriginalMime
+from postroom.mapi.message import MessageData, OriginalMime, Recipient
 from postroom.store import FolderRole, open_store
 from postroom.store.migrations import LATEST
 from postroom.storeadmin import migrate
@@ -33,6 +33,7 @@ UNDO_AFTER_V1 = (
     "DROP TABLE spooler_passes",
     "DROP TABLE history_totals",
     "DROP TABLE history_minutes",
+    "ALTER TABLE messages DROP COLUMN started",
 )
 
 
@@ -104,6 +105,45 @@ def test_an_older_store_is_migrated_and_keeps_its_data(backend: str, store_targe
         kept = MessageData(props={T.PR_SUBJECT: "imported"}, original=OriginalMime("f" * 64, 3, data=b"A:b"))
         with_original = store.create_message(store.folder(FolderRole.INBOX).id, kept)  # the version 4 table
         assert store.open_message(with_original).original is not None
+    finally:
+        store.close()
+
+
+def test_a_lease_held_when_the_store_is_migrated_to_version_6_counts_as_started(
+    backend: str, store_target: str
+) -> None:
+    """Version 6 adds the "started" mark; a lease held before it may have been a transport call in
+    progress, so it is taken over as outcome unknown, while a message nobody held is not."""
+    store = open_store(store_target)
+    outbox = store.folder(FolderRole.OUTBOX).id
+    to = Recipient(props={T.PR_ADDRTYPE: "SMTP", T.PR_EMAIL_ADDRESS: "a@x.test", T.PR_RECIPIENT_TYPE: 1})
+    held, free = (
+        store.create_message(outbox, MessageData(props={T.PR_SUBJECT: s}, recipients=[to])) for s in ("held", "free")
+    )
+    store.submit(held, NOW)
+    store.submit(free, NOW)
+    assert store.claim_messages("old spooler", [held], NOW, 10) == [held]
+    store.close()
+    set_version(backend, store_target, 5)
+    undo = "ALTER TABLE messages DROP COLUMN started"
+    if backend == "sqlite":
+        db = sqlite3.connect(store_target)
+        with db:
+            db.execute(undo)
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_target, autocommit=True) as conn:
+            conn.execute(undo.encode())
+        assert migrate(store_target).before == 5
+    store = open_store(store_target)  # SQLite: migrated as it opens
+    try:
+        assert read_version(backend, store_target) == LATEST
+        later = NOW.replace(hour=NOW.hour + 1)
+        assert store.claim_messages("new spooler", [held, free], later, 10) == [held, free]
+        claimed = store.load_claimed([held, free])
+        assert claimed[held].previous_owner == "old spooler" and claimed[free].previous_owner is None
     finally:
         store.close()
 

@@ -125,11 +125,14 @@ def test_claims_are_leases(store: MessageStore) -> None:
     entry = store.queue_entry(ids[0])
     assert entry is not None and entry.locked and entry.lease_owner == "a" and entry.attempts == 1
     assert store.open_message(ids[0])[T.PR_SUBMIT_FLAGS] == int(SubmitFlags.LOCKED)
+    assert store.mark_started("a", ids[:2]) == set(ids[:2])  # a transport is called for a's two
     # A lease that ran out is taken over; the old owner can no longer record anything.
     later = NOW + timedelta(seconds=120)
     assert store.claim("c", later, 60, 5) == ids
     taken = store.queue_entry(ids[0])
     assert taken is not None and taken.lease_owner == "c" and taken.previous_owner == "a" and taken.attempts == 2
+    never_started = store.queue_entry(ids[2])
+    assert never_started is not None and never_started.previous_owner is None  # b only claimed it
     with pytest.raises(LeaseLost):
         store.record_outcomes(ids[0], "a", [delivered(0)], later)
     with pytest.raises(LeaseLost):
@@ -147,6 +150,61 @@ def test_renew_lease_keeps_a_claim(store: MessageStore) -> None:
     assert store.claim("b", NOW + timedelta(seconds=15), 10) == []
     assert store.next_due() == NOW + timedelta(seconds=19)
     assert store.claim("b", NOW + timedelta(seconds=20), 10) == [mid]
+
+
+def test_renew_leases_extends_every_claim_of_its_owner_with_one_statement(store: MessageStore) -> None:
+    ids = [submitted(store, f"r{n}@x.test", at=NOW + timedelta(seconds=n)) for n in range(5)]
+    assert store.claim("a", NOW + timedelta(seconds=5), 10, 4) == ids[:4]
+    assert store.claim("b", NOW + timedelta(seconds=5), 10, 1) == ids[4:]
+    later = NOW + timedelta(seconds=30)
+    assert store.claim("c", later, 10, 1) == ids[:1]  # a's first lease ran out and was taken over
+    counts = store.count_statements()
+    before = counts.snapshot()
+    held = store.renew_leases("a", [*ids, 999_999], later, 60)
+    after = counts.snapshot()
+    assert held == set(ids[1:4])  # not c's, not b's, not a message that does not exist
+    # One UPDATE in one transaction: BEGIN, it, COMMIT (and on PostgreSQL the pool's connection check).
+    assert after[0] - before[0] <= 4 and after[1] - before[1] == 1, (before, after)
+    assert store.renew_leases("a", [], later, 60) == set()
+    # Renewed: nobody takes them before the new lease runs out; the others' leases were not touched.
+    assert store.claim("d", later + timedelta(seconds=50), 60, 5) == [ids[0], ids[4]]
+    assert store.claim("d", later + timedelta(seconds=61), 10, 5) == ids[1:4]
+
+
+def test_a_claim_never_started_is_due_again_plainly_after_its_spooler_dies(store: MessageStore) -> None:
+    started, ahead = (submitted(store, f"r{n}@x.test", at=NOW + timedelta(seconds=n)) for n in range(2))
+    assert store.claim_messages("a", [started, ahead], NOW, 10) == [started, ahead]
+    assert store.mark_started("a", [started, 999_999]) == {started}
+    assert store.mark_started("b", [ahead]) == set()  # not b's claim: not marked
+    # "a" dies; its leases run out and "b" takes both over.
+    later = NOW + timedelta(seconds=30)
+    assert store.claim_messages("b", [started, ahead], later, 10) == [started, ahead]
+    claimed = store.load_claimed([started, ahead])
+    assert claimed[started].previous_owner == "a"  # a transport may have sent it: outcome unknown
+    assert claimed[ahead].previous_owner is None  # only claimed ahead: simply due again
+    # "b" dies too before starting either: the first is still of unknown outcome, the second is not.
+    muchlater = later + timedelta(seconds=30)
+    assert store.claim_messages("c", [started, ahead], muchlater, 10) == [started, ahead]
+    claimed = store.load_claimed([started, ahead])
+    assert claimed[started].previous_owner == "b" and claimed[ahead].previous_owner is None
+    # Released for a retry, then claimed again: a fresh claim, not started.
+    store.release(started, "c", muchlater, muchlater, "retry")
+    assert store.claim_messages("d", [started], muchlater + timedelta(seconds=1), 10) == [started]
+    assert store.load_claimed([started])[started].previous_owner is None
+
+
+def test_a_message_given_back_while_a_transport_was_sending_it_is_taken_over_as_outcome_unknown(
+    store: MessageStore,
+) -> None:
+    cut, untouched = (submitted(store, f"r{n}@x.test", at=NOW + timedelta(seconds=n)) for n in range(2))
+    assert store.claim_messages("a", [cut, untouched], NOW, 60) == [cut, untouched]
+    assert store.mark_started("a", [cut, untouched]) == {cut, untouched}
+    store.give_back(cut, "a", NOW, "interrupted while a transport was sending it: outcome unknown", True)
+    store.give_back(untouched, "a", NOW, "interrupted", False)
+    soon = NOW + timedelta(seconds=1)  # due at once, not when the lease would have run out
+    assert store.claim_messages("b", [cut, untouched], soon, 60) == [cut, untouched]
+    claimed = store.load_claimed([cut, untouched])
+    assert claimed[cut].previous_owner == "a" and claimed[untouched].previous_owner is None
 
 
 def test_an_outcome_is_never_overwritten(store: MessageStore) -> None:

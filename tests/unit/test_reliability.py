@@ -46,6 +46,14 @@ def profile_with(
     return profile
 
 
+def few_workers(profile: Profile, workers: int = 4) -> Profile:
+    """Fewer workers than the test has messages (the default, 64, would take them all at once):
+    what a pass does with the messages it has not taken yet is what these tests look at."""
+    profile.settings["spooler_concurrency"] = workers
+    profile.save()
+    return profile
+
+
 def test_a_transports_wait_is_honoured_exactly(tmp_path: Path, calls: Calls) -> None:
     clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {"answer": "wait:90"}), clock=clock) as s:
@@ -293,7 +301,8 @@ def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, 
     clock = Clock(T0)
     with postroom.logon(profile_with(tmp_path, {}, crash_policy=policy), clock=clock) as s:
         mid = s.create_message("x").to("a@x.test").submit()
-        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message
+        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # it died holding the message,
+        assert s.engine.store.mark_started("dead-spooler", [mid]) == {mid}  # with a transport calling it
         s.deliver()
         assert submits(calls) == 0  # the lease has not run out yet
         clock.advance(61)
@@ -308,6 +317,17 @@ def test_outcome_unknown_after_a_spooler_died_holding_a_message(tmp_path: Path, 
             assert submits(calls) == 0
             (entry,) = s.queue()
             assert entry.state is QueueState.HELD and "outcome unknown" in (entry.hold_reason or "")
+
+
+def test_a_message_a_dead_spooler_only_claimed_is_sent_without_an_outcome_unknown(tmp_path: Path, calls: Calls) -> None:
+    clock = Clock(T0)
+    with postroom.logon(profile_with(tmp_path, {}, crash_policy="hold"), clock=clock) as s:
+        mid = s.create_message("x").to("a@x.test").submit()
+        assert s.engine.store.claim("dead-spooler", clock(), 60) == [mid]  # claimed ahead, never started
+        clock.advance(61)
+        s.deliver()
+        assert submits(calls) == 1 and s.queue() == []  # not held: no transport had it
+        assert "outcome-unknown" not in [e.kind for e in s.events(mid)]
 
 
 def test_an_idle_waiting_queue_does_not_spin(tmp_path: Path, calls: Calls) -> None:
@@ -451,8 +471,10 @@ def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_
     second: a fax submitted while 120 slow SMTP messages go out is taken long before the last of
     them. The soak found the daemon's scheduled Send/Receive delivering a backlog for minutes in
     one such pass while maildir messages waited."""
-    profile = make_profile(
-        tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}), ("fax", {"address_types": ["FAX"]})
+    profile = few_workers(
+        make_profile(
+            tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}), ("fax", {"address_types": ["FAX"]})
+        )
     )
 
     async def scenario() -> None:
@@ -477,7 +499,7 @@ def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_
 
 
 def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Path, calls: Calls) -> None:
-    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
+    profile = few_workers(make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1})))
 
     async def scenario() -> tuple[int, bool, int]:
         s = postroom.alogon(Profile.load(profile.directory))
@@ -496,7 +518,7 @@ def test_a_pass_with_a_time_limit_stops_taking_messages_and_says_so(tmp_path: Pa
 def test_a_scheduled_send_receive_takes_no_new_message_after_its_time_limit(tmp_path: Path, calls: Calls) -> None:
     """The daemon's automatic Send/Receive (explicit=False) is bounded like its own passes, so a
     long backlog never keeps the daemon from its notifications; what it leaves is the next turn's."""
-    profile = make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1}))
+    profile = few_workers(make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"], "sleep": 0.1})))
 
     async def scenario() -> tuple[int, int]:
         s = postroom.alogon(Profile.load(profile.directory))
@@ -542,7 +564,7 @@ def test_a_paused_transport_costs_nothing_until_one_message_probes_it(tmp_path: 
 def test_one_message_probes_a_paused_transport_however_many_workers(tmp_path: Path, calls: Calls) -> None:
     clock = Clock(T0)
     policy = {"breaker_threshold": 2, "breaker_seconds": 600}
-    profile = profile_with(tmp_path, {"answer": "network:5"}, policy)
+    profile = few_workers(profile_with(tmp_path, {"answer": "network:5"}, policy))
     with postroom.logon(profile, clock=clock) as s:
         assert s.engine.spooler.concurrency == 4
         for n in range(12):

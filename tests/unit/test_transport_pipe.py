@@ -157,6 +157,9 @@ def test_validate_options_normalises() -> None:
         ({"command": ["prog"], "address_types": ["FAX"], "environment": ["A=b"]}, "not an environment"),
         ({"command": ["prog"], "address_types": ["FAX"], "environment": {"A": "b"}}, "'environment'"),
         ({"command": ["prog"], "address_types": ["FAX"], "environment": []}, "at least one"),
+        ({"command": ["prog"], "address_types": ["FAX"], "max_processes": 0}, "at least 1"),
+        ({"command": ["prog"], "address_types": ["FAX"], "max_processes": True}, "'max_processes'"),
+        ({"command": ["prog"], "address_types": ["FAX"], "max_processes": "many"}, "'max_processes'"),
     ],
 )
 def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
@@ -168,7 +171,14 @@ def test_validate_options_errors(options: dict[str, Any], needle: str) -> None:
 
 def test_provider_metadata() -> None:
     assert PipeProvider.display_name == "Pipe to command"
-    assert set(PipeProvider.option_help) == {"command", "address_types", "timeout", "environment", "addresses"}
+    assert set(PipeProvider.option_help) == {
+        "command",
+        "address_types",
+        "timeout",
+        "environment",
+        "addresses",
+        "max_processes",
+    }
 
 
 def test_registration(tmp_path: Path) -> None:
@@ -471,6 +481,40 @@ def test_a_command_that_timed_out_is_not_run_again_and_its_sender_learns_why(tmp
         text = str(session.open_message(ndr.id).recipients[0].get(T.PR_REPORT_TEXT))
         assert text.startswith("Outcome unknown: the command ")
     assert runs.read_text() == "run\n"
+
+
+OVERLAP = """\
+import os, sys, time
+running = sys.argv[1]
+sys.stdin.buffer.read()
+mine = os.path.join(running, str(os.getpid()))
+open(mine, "w").close()
+time.sleep(0.5)
+with open(running + ".seen", "a") as f:
+    f.write(f"{len(os.listdir(running))}\\n")
+os.remove(mine)
+"""
+
+
+def test_max_processes_bounds_how_many_commands_run_at_once(tmp_path: Path) -> None:
+    running = tmp_path / "running"
+    running.mkdir()
+    command = [PY, str(script(tmp_path, "overlap.py", OVERLAP)), str(running)]
+    logon = make_logon(tmp_path, command=command, max_processes=2)
+    messages = [make_message(rcpt(f"+1555000{i}")) for i in range(6)]
+
+    async def all_at_once() -> list[SubmitResult]:
+        return await asyncio.gather(*(logon.submit_message(m, 0) for m in messages))
+
+    assert all(r.code == HResult.S_OK for r in asyncio.run(all_at_once()))
+    assert all(r.mark is not None and r.mark.delivered for m in messages for r in m.recipients)
+    seen = [int(n) for n in (tmp_path / "running.seen").read_text().split()]
+    assert len(seen) == 6 and max(seen) <= 2, seen
+    assert (
+        PipeProvider.validate_options({"command": ["p"], "address_types": "*", "max_processes": "3"})["max_processes"]
+        == 3
+    )
+    assert logon.config.max_processes == 2 and make_logon(tmp_path, command=command).config.max_processes >= 1
 
 
 def test_an_addresses_pattern_is_the_transports_scope(tmp_path: Path) -> None:

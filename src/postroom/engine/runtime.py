@@ -20,14 +20,13 @@ from ..profile import Mode, Profile
 from ..spooler import LoadedTransport, Spooler, TransportTable
 from ..spooler.outbound import SpoolerSettings
 from ..spooler.reroute import place_waiting
+from ..spooler.spooler import DEFAULT_CONCURRENCY
 from ..store import MessageStore, WaitKind, open_store
 from ..transports.spi import StatusRow, status_row_dict
 from .eventloop import running_loop_kind
 
 #: How long the connection must have stayed up before going online flushes the Outbox.
 DEFAULT_STABILITY_SECONDS = 5.0
-#: How many messages one spooler works on at once.
-DEFAULT_CONCURRENCY = 4
 
 
 def setting_number(profile: Profile, key: str, default: int | float) -> int:
@@ -115,7 +114,11 @@ class Runtime:
 
     # --- transports and spooler ----------------------------------------------------------------
     def _new_spooler(self, previous: Spooler | None = None) -> Spooler:
-        concurrency = previous.concurrency if previous else setting_number(self.profile, "spooler_concurrency", 4)
+        concurrency = (
+            previous.concurrency
+            if previous
+            else setting_number(self.profile, "spooler_concurrency", DEFAULT_CONCURRENCY)
+        )
         return Spooler(
             self.store,
             self.transports,

@@ -9,6 +9,18 @@ run message by message: every finish queued in a tick goes to the store as one `
 a fixed handful of statements for the whole tick (issue 17). Each message still succeeds or
 fails alone.
 
+The "started" marks (store.mark_started: a transport is about to be called for a claimed message,
+so a crash from here on leaves its outcome unknown) are gathered the same way: every mark queued
+in a tick is one `mark_started` statement, in the commit of that tick. A mark is durable before
+its transport is called, as an outcome is before the next one. Most marks are folded into a
+commit that happens anyway: a commit that finishes n messages frees n workers, who take the next
+n claimed messages at once (`upcoming`, the scheduler's queue); those are marked started in the
+same statement and commit (`prestarted`), so a worker that takes one writes nothing before calling
+its transport. Only a message a worker takes without a finish before it (the first batch of a
+pass, a release) waits for a mark of its own, shared with every other of its tick. The price: a
+crash in the moment between such a commit and the workers' taking marks those few messages
+started although no transport had them yet (outcome unknown: resent, or held under "hold").
+
 Under load the commit also waits a little for company (as PostgreSQL's commit_delay does): when
 at least BUSY messages are in flight, a write is committed after at most DELAY seconds, or as
 soon as half of those in flight are waiting for it. A transport that answers one message at a
@@ -24,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ..store.base import MessageStore, RecipientOutcome
+from ..store.base import LeaseLost, MessageStore, RecipientOutcome
 
 R = TypeVar("R")
 
@@ -52,6 +64,11 @@ class GroupCommit:
         self.in_flight = in_flight
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._finishes: list[_Finish] = []
+        self._starts: list[tuple[int, str, asyncio.Future[Any]]] = []
+        #: The claimed messages free workers take next, at most n of them (the pass's scheduler).
+        self.upcoming: Callable[[int], list[int]] | None = None
+        #: Marked started with a finish's commit, not yet taken by a worker (the pass clears it).
+        self.prestarted: set[int] = set()
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self.commits = 0
         self.writes = 0
@@ -73,9 +90,18 @@ class GroupCommit:
         result: str = await future
         return result
 
+    async def start(self, message_id: int, owner: str) -> None:
+        """MessageStore.mark_started, durable when this returns, with every other start of the tick;
+        LeaseLost if the message was taken over meanwhile (then it must not be sent)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._starts.append((message_id, owner, future))
+        self._schedule(loop)
+        await future
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         busy = self.in_flight()
-        waiting = len(self._pending) + len(self._finishes)
+        waiting = len(self._pending) + len(self._finishes) + len(self._starts)
         soon = busy < BUSY or waiting * 2 >= busy
         if isinstance(self._scheduled, asyncio.TimerHandle) and soon:
             self._scheduled.cancel()  # enough company: commit at the next turn
@@ -99,13 +125,44 @@ class GroupCommit:
                 out.append((f.future, None if error else answer, error))
         return out
 
+    def _start_all(
+        self, starts: list[tuple[int, str, asyncio.Future[Any]]], ahead: Sequence[int], ahead_owner: str | None
+    ) -> tuple[list[tuple[asyncio.Future[Any], Any, BaseException | None]], set[int]]:
+        """The tick's started marks and those of the messages taken next (`ahead`, claimed by
+        `ahead_owner`), one mark_started per owner (a spooler has one); and which of `ahead` it marked."""
+        out: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        marked: set[int] = set()
+        owners = [o for _, o, _ in starts] + ([ahead_owner] if ahead_owner is not None else [])
+        for owner in dict.fromkeys(owners):
+            mine = [(m, f) for m, o, f in starts if o == owner]
+            asked = {m for m, _ in mine}
+            extra = [m for m in ahead if m not in asked] if owner == ahead_owner else []
+            try:
+                held = self.store.mark_started(owner, [m for m, _ in mine] + extra)
+            except Exception as exc:  # that statement alone is rolled back (its savepoint)
+                out += [(f, None, exc) for _, f in mine]
+                continue
+            marked |= held.intersection(extra)
+            for m, f in mine:
+                lost = None if m in held else LeaseLost(f"message {m} is no longer claimed by {owner}")
+                out.append((f, None, lost))
+        return out, marked
+
     def _flush(self) -> None:
         ops, self._pending = self._pending, []
         finishes, self._finishes = self._finishes, []
+        starts, self._starts = self._starts, []
         self._scheduled = None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        ahead: list[int] = []
+        if finishes and self.upcoming is not None:  # the workers these finishes free take these next
+            ahead = [m for m in self.upcoming(len(finishes)) if m not in self.prestarted]
+        marked: set[int] = set()
         try:
             with self.store.batch():
+                if starts or ahead:
+                    started, marked = self._start_all(starts, ahead, finishes[0].owner if ahead else None)
+                    outcomes += started
                 for fn, args, future in ops:
                     try:
                         outcomes.append((future, fn(*args), None))
@@ -114,12 +171,13 @@ class GroupCommit:
                 if finishes:
                     outcomes += self._finish_all(finishes)
         except Exception as exc:  # the commit itself failed: nothing of the batch is durable
-            for future in [op[2] for op in ops] + [f.future for f in finishes]:
+            for future in [op[2] for op in ops] + [f.future for f in finishes] + [st[2] for st in starts]:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.commits += 1
-        self.writes += len(ops) + len(finishes)
+        self.writes += len(ops) + len(finishes) + len(starts)
+        self.prestarted |= marked  # durable now
         for future, value, error in outcomes:
             if future.done():
                 continue

@@ -24,7 +24,7 @@ from typing import Any
 from weakref import WeakValueDictionary
 
 from ..mapi import tags as T
-from ..mapi.codes import HResult, MAPIError, StoreUnreachable
+from ..mapi.codes import HResult, MAPIError
 from ..mapi.dsn import wants_report
 from ..mapi.flags import BEGIN_DEFERRED, EndMessageFlags, NDRDiag, NDRReason, StatusCode
 from ..mapi.message import MessageData, Recipient
@@ -43,6 +43,7 @@ from ..store.codec import from_epoch, to_micros
 from ..transports.spi import OutboundMessage, OutboundRecipient, SubmitResult
 from .commit import GroupCommit
 from .declines import Declines
+from .leases import LeaseKeeper
 from .logline import log_outcomes, relay_of
 from .policy import (
     DeliveryPolicy,
@@ -196,8 +197,11 @@ class OutboundProcessor:
         self._unflushed: dict[int, list[RecipientOutcome]] = {}
         self._opened: WeakValueDictionary[int, MessageData] = WeakValueDictionary()  # for the log lines
         self.in_flight: set[int] = set()  # messages a pass is working on in this process
+        #: Every lease this process holds (in flight, or claimed ahead), renewed together (leases.py).
+        self.leases = LeaseKeeper(store, owner, clock, self.settings.lease_seconds)
         self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
+        self._started: set[int] = set()  # messages whose claim is marked started (_start)
         self._ref = 0
         #: This process's pass totals for /metrics, written by the Spooler at the end of each pass.
         self.pass_totals = PassTotals()
@@ -242,7 +246,7 @@ class OutboundProcessor:
         """One pass over a claimed message; it is finished or released before this returns.
 
         `claimed`: the message as read with its claim's batch (store.load_claimed); else it is read here."""
-        renewer = asyncio.create_task(self._renew_lease(message_id))
+        self.leases.hold([message_id])  # held already when the scheduler claimed it
         self.in_flight.add(message_id)
         try:
             return await self._process(message_id, claimed)
@@ -259,9 +263,23 @@ class OutboundProcessor:
                 # behind, and the lease is no longer renewed, so the claim runs out and is taken over.
                 self._unflushed.pop(message_id, None)
                 self.in_flight.discard(message_id)
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
+                self._started.discard(message_id)
+                self.leases.drop([message_id])
+
+    async def _start(self, message_id: int) -> None:
+        """Mark the claim started before its first transport call (store.mark_started): from here on
+        a crash leaves the message's outcome unknown. Mostly folded into a write that happened
+        anyway: the commit of the finishes that freed the workers marks the messages they take next
+        (commit.py, `prestarted`). Otherwise the marks of every message that starts in the same tick
+        (a batch reaches its transports together) are one statement in that tick's group commit,
+        which raises LeaseLost if the message was taken over meanwhile: it is not sent."""
+        if message_id in self._started:
+            return
+        if message_id in self.commit.prestarted:
+            self.commit.prestarted.discard(message_id)
+        else:
+            await self.commit.start(message_id, self.owner)
+        self._started.add(message_id)
 
     def _give_back(self, message_id: int) -> None:
         """Interrupted (Ctrl-C, a cancelled task): keep what transports said, and return the claim
@@ -280,29 +298,17 @@ class OutboundProcessor:
         except (LeaseLost, MAPIError) as exc:  # taken over already, or the store is unreachable
             log.warning("could not give message %s back: %s; its lease runs out instead", message_id, exc)
 
-    async def _renew_lease(self, message_id: int) -> None:
-        """Keep the claim alive while a slow transport works, so nobody else takes the message over."""
-        interval = max(1.0, self.settings.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.store.renew_lease(message_id, self.owner, self.clock(), self.settings.lease_seconds)
-            except LeaseLost:
-                log.error("lost the lease on message %s while delivering it", message_id)
-                return
-            except StoreUnreachable as exc:
-                # The store is unreachable: the delivery goes on, and its own next write meets the outage.
-                log.debug("could not renew the lease on message %s: %s", message_id, exc.message)
-
     async def _process(self, message_id: int, claimed: ClaimedMessage | None = None) -> MessageResult:
         result = MessageResult(message_id)
         if claimed is None:
             claimed = self.store.load_claimed([message_id]).get(message_id)
         if claimed is None:
             raise MAPIError(HResult.MAPI_E_NOT_FOUND, f"no message {message_id}")
-        if claimed.previous_owner and not await self._outcome_unknown(message_id, claimed.previous_owner):
-            result.held = True
-            return result
+        if claimed.previous_owner:
+            self._started.add(message_id)  # taken over started: it stays so (queue_sql.CLAIM_SET)
+            if not await self._outcome_unknown(message_id, claimed.previous_owner):
+                result.held = True
+                return result
         message = self._opened[message_id] = claimed.message
         states = {s.row_id: s for s in claimed.states}
         router = self.transports.router()
@@ -665,6 +671,7 @@ class OutboundProcessor:
                 deferred,
             )
             await self._flush(message_id)  # earlier answers are durable before the next transport is called
+            await self._start(message_id)
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
             policy = self.policy_of(transport)
             self._calling.add(message_id)

@@ -15,9 +15,9 @@ above) and claims it with one statement (`claim_messages`, through the group com
 claim shares its commit with the outcomes of the same tick); a message another spooler process
 took meanwhile is left out harmlessly. The batch's bags, recipients and attachments are then
 read with one query each (`load_claimed`), and the workers take the claimed messages in the
-order they were picked. A claimed message waits at most for one worker to come free; if that
-took a third of the lease, its lease is renewed before it is worked on. Those no worker took
-when the pass ends are given back as if never claimed (`unclaim`).
+order they were picked. A claimed message waits at most for one worker to come free; its lease
+is renewed meanwhile with every other lease the spooler holds (leases.py), and one found lost is
+skipped. Those no worker took when the pass ends are given back as if never claimed (`unclaim`).
 
 Every lane with a message among those SCAN is found, so a backlog of
 thousands for one transport does not hide another transport's message behind it (Postfix's
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,8 @@ from datetime import datetime
 from typing import Any
 
 from ..mapi.message import Recipient
-from ..store.base import ClaimedMessage, LeaseLost, MessageStore
+from ..store.base import ClaimedMessage, MessageStore
+from .leases import LeaseKeeper
 from .routing import Router
 
 #: Due messages looked at per refill (IDs only); those beyond wait for the ones ahead of them.
@@ -82,15 +84,18 @@ class FairScheduler:
         lease_seconds: float,
         memory: LaneMemory | None = None,
         write: Callable[..., Awaitable[Any]] | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.store = store
+        #: Who renews the claims (the spooler's keeper, shared with its deliveries).
+        self.leases = leases or LeaseKeeper(store, owner, clock, lease_seconds)
         #: How claims are written (the spooler's group commit); else each one commits alone.
         self.write = write or _write_now
         self._claiming: asyncio.Future[bool] | None = None  # the claim under way
         self._claim_task: asyncio.Task[None] | None = None
         self._claim_error: Exception | None = None
         self._dry = False  # the last claim found nothing due: claim ahead no more
-        self._ready: deque[tuple[int, float]] = deque()  # claimed, not yet taken: (ID, time.monotonic())
+        self._ready: deque[int] = deque()  # claimed, not yet taken
         #: The claimed messages' reads, by ID, until a worker takes each (pop it).
         self.loaded: dict[int, ClaimedMessage] = {}
         self.router = router
@@ -129,16 +134,18 @@ class FairScheduler:
                 return None  # nothing due that this pass has not taken already
 
     def _pop_ready(self) -> int | None:
-        message_id, claimed_at = self._ready.popleft()
-        if time.monotonic() - claimed_at < self.lease_seconds / 3:
+        message_id = self._ready.popleft()
+        if message_id not in self.leases.lost:
             return message_id
-        try:  # it waited long for a worker: its lease must outlast the delivery's first renewal
-            self.store.renew_lease(message_id, self.owner, self.clock(), self.lease_seconds)
-            return message_id
-        except LeaseLost:
-            self.loaded.pop(message_id, None)
-            self.done(message_id)
-            return None
+        # Taken over while it waited for a worker (the renewals could not reach the store in time).
+        self.leases.drop([message_id])
+        self.loaded.pop(message_id, None)
+        self.done(message_id)
+        return None
+
+    def upcoming(self, n: int) -> list[int]:
+        """The (at most n) claimed messages the next free workers take, in order (commit.py)."""
+        return [m for m in itertools.islice(self._ready, n) if m not in self.leases.lost]
 
     def _start_claim(self, in_flight: set[int], want: int) -> asyncio.Future[bool]:
         claiming: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -188,12 +195,12 @@ class FairScheduler:
             return True  # only messages taken already were left: read the due ones again
         ids = [m for m, _ in picked]
         claimed = set(await self.write(self.store.claim_messages, self.owner, ids, self.clock(), self.lease_seconds))
-        at = time.monotonic()
+        self.leases.hold(claimed)
         for message_id, lane in picked:
             if message_id in claimed:
                 self._busy[lane] = self._busy.get(lane, 0) + 1
                 self._lane_of[message_id] = lane
-                self._ready.append((message_id, at))
+                self._ready.append(message_id)
         if claimed:
             self.loaded.update(self.store.load_claimed([m for m in ids if m in claimed]))
         return True
@@ -205,11 +212,12 @@ class FairScheduler:
 
     def unclaim_waiting(self) -> None:
         """The pass ends: the claimed messages no worker took are given back untouched."""
-        ids = [m for m, _ in self._ready]
+        ids = list(self._ready)
         self._ready.clear()
         for message_id in ids:
             self.loaded.pop(message_id, None)
             self.done(message_id)
+        self.leases.drop(ids)
         if ids:
             self.store.unclaim(self.owner, ids)
 

@@ -523,12 +523,31 @@ class MessageStore(abc.ABC):
             self.give_back(mid, owner, datetime.now(UTC), "not started in this pass", False)
 
     @abc.abstractmethod
+    def mark_started(self, owner: str, message_ids: Sequence[int]) -> set[int]:
+        """Record that a transport is about to be called for these claimed messages, durably before
+        it is: if `owner` dies holding one, the next claim treats it as "outcome unknown" (crash
+        policy), while a message it only claimed (ahead, never started) is simply due again.
+        Returns the IDs still claimed by `owner` (a message taken over meanwhile must not be sent)."""
+
+    @abc.abstractmethod
     def give_back(self, message_id: int, owner: str, now: datetime, reason: str, outcome_unknown: bool) -> None:
         """Return a claimed message unfinished (the spooler was interrupted); due at once."""
 
     @abc.abstractmethod
     def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:
         """Extend a claim; LeaseLost if another process took the message over."""
+
+    def renew_leases(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
+        """Extend every claim of `owner` on these messages at once; the IDs still held (one that
+        another process took over is left out, and its lease is not touched)."""
+        held: set[int] = set()
+        for mid in message_ids:
+            try:
+                self.renew_lease(mid, owner, now, lease_seconds)
+            except LeaseLost:
+                continue
+            held.add(mid)
+        return held
 
     # --- what the status page and /metrics read (store/activity.py) ----------------------------
     @abc.abstractmethod

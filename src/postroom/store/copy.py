@@ -53,6 +53,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "props",
             "first_try",
             "failures",
+            "started",
         ),
     ),
     (

@@ -51,6 +51,12 @@ History:
      chart read a number of rows that does not grow with the history. The migration builds them
      once from the existing history. spooler_passes.processes: how many processes a row stands
      for (1; more for the row the rows of stopped processes are folded into).
+  7. messages.started: a transport was (or was about to be) called for the message under its
+     present claim. A claim that takes over a run-out lease treats the message as "outcome
+     unknown" only when it was started; one the dead spooler had only claimed (ahead, waiting for
+     a worker) is simply due again (2: given back while a transport call was cut short, unknown
+     too). The migration marks every message under a lease as started: who held it before the
+     upgrade is not known to have not sent it.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ from .queue_sql import QUEUE_INDEXES
 if TYPE_CHECKING:
     import psycopg
 
-LATEST = 6
+LATEST = 7
 
 #: Version 5, what the status page and /metrics read: the history of every message (events) is
 #: the store's record of what every spooler process did, so the chart and the counters read it
@@ -95,6 +101,9 @@ _RETIRED_V6 = (
     f"VALUES ('{RETIRED_PASSES}', 0, 0, 0, '{json.dumps([0] * len(PASS_BUCKETS))}', '{{}}', 0) "
     "ON CONFLICT (owner) DO NOTHING"
 )
+
+#: Version 7: the "started" mark of a claim (store.mark_started); a lease held at the upgrade counts as started.
+_STARTED_V7 = ("UPDATE messages SET started=1 WHERE lease_owner IS NOT NULL",)
 
 # --- SQLite ----------------------------------------------------------------------------------------
 # Version 1 is sqlite.SCHEMA (kept there, created with IF NOT EXISTS on every open).
@@ -132,6 +141,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
         _RETIRED_V6,
         *rebuild_statements(SQLITE_MINUTE),
     ),
+    7: ("ALTER TABLE messages ADD COLUMN started INTEGER NOT NULL DEFAULT 0", *_STARTED_V7),
 }
 
 
@@ -314,6 +324,8 @@ _PG_V6 = (
     *rebuild_statements(POSTGRES_MINUTE),
 )
 
+_PG_V7 = ("ALTER TABLE messages ADD COLUMN IF NOT EXISTS started SMALLINT NOT NULL DEFAULT 0", *_STARTED_V7)
+
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _PG_V1,
     2: _PG_V2,
@@ -321,6 +333,7 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: _PG_V4,
     5: _PG_V5,
     6: _PG_V6,
+    7: _PG_V7,
 }
 
 #: pg_advisory_xact_lock key for schema changes ("postroom" in ASCII, as a number).

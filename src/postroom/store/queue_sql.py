@@ -35,6 +35,19 @@ QUEUE_INDEXES: tuple[str, ...] = (
 )
 QUEUE_INDEX_NAMES = tuple(s.split()[5] for s in QUEUE_INDEXES)
 
+#: The SET of every claim (parameters: owner, lease end). A claim that takes over a run-out lease
+#: records whose outcome is unknown in prev_owner only when that claim was *started* (started=1:
+#: a transport was about to be called for the message, `mark_started`); a message its dead claimer
+#: had only claimed ahead is due again like any other. started=2 is a message given back free while
+#: a transport call was cut short (`give_back`; prev_owner names its spooler): unknown as well. A
+#: taken-over message whose outcome is unknown stays started until it leaves the queue or is
+#: claimed free again: the outcome of that call is still unknown if its new claimer dies too.
+CLAIM_SET = (
+    "prev_owner=CASE WHEN started=1 THEN lease_owner WHEN started=2 THEN prev_owner END, "
+    "started=CASE WHEN started=2 THEN 1 WHEN lease_owner IS NULL THEN 0 ELSE started END, "
+    "lease_owner=?, lease_until=?, attempts=attempts+1"
+)
+
 _FREE = "(lease_owner IS NULL OR lease_until < ?)"
 _NOT_OFFLINE = "coalesce(wait_kind, '') != 'send_receive'"
 

@@ -855,8 +855,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             self._check_owner(db, message_id, owner)
             db.execute(
                 "UPDATE messages SET lease_owner=NULL, lease_until=NULL, next_attempt=NULL, wait_kind=NULL, "
-                "prev_owner=? WHERE id=?",
-                (self._text(owner) if outcome_unknown else None, message_id),
+                "prev_owner=?, started=? WHERE id=?",  # started=2: see queue_sql.CLAIM_SET
+                (self._text(owner) if outcome_unknown else None, 2 if outcome_unknown else 0, message_id),
             )
             self._event(db, message_id, now, EventKind.GIVEN_BACK, reason)
         self._publish(NoteKind.QUEUE, message_id=message_id)
@@ -1212,7 +1212,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         assert t is not None
         with self._tx() as db:
             rows = db.execute(
-                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
+                f"UPDATE messages SET {queue_sql.CLAIM_SET} "
                 "WHERE id IN ("
                 + due_sql(self._SKIP_LOCKED, hints=self._INDEX_HINTS, retries=self._retry_index(db, t, limit))
                 + ") RETURNING id, submit_time",
@@ -1268,7 +1268,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         assert t is not None
         with self._tx() as db:
             row = db.execute(
-                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
+                f"UPDATE messages SET {queue_sql.CLAIM_SET} "
                 "WHERE id IN ("
                 " SELECT id FROM messages WHERE id=? AND queue_state='queued' AND coalesce(next_attempt, 0) <= ?"
                 " AND (lease_owner IS NULL OR lease_until < ?)" + self._SKIP_LOCKED + ") RETURNING id",
@@ -1305,7 +1305,7 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         by_id = " NOT INDEXED" if self._INDEX_HINTS else ""
         with self._tx() as db:
             rows = db.execute(
-                "UPDATE messages SET prev_owner=lease_owner, lease_owner=?, lease_until=?, attempts=attempts+1 "
+                f"UPDATE messages SET {queue_sql.CLAIM_SET} "
                 f"WHERE id IN (SELECT id FROM messages{by_id} WHERE id {inside} AND queue_state='queued'"
                 " AND coalesce(next_attempt, 0) <= ? AND (lease_owner IS NULL OR lease_until < ?)"
                 + self._SKIP_LOCKED
@@ -1399,6 +1399,34 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         with self._tx() as db:
             self._check_owner(db, message_id, owner)
             db.execute("UPDATE messages SET lease_until=? WHERE id=?", (t + lease_seconds, message_id))
+
+    def renew_leases(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
+        """One statement for every lease a spooler holds (spooler/leases.py), however many."""
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        t = to_epoch(now)
+        assert t is not None
+        if not ids:
+            return set()
+        inside, params = self._id_list(ids)
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE messages SET lease_until=? WHERE id {inside} AND lease_owner=? RETURNING id",
+                (t + lease_seconds, *params, self._text(owner)),
+            ).fetchall()
+        return {int(mid) for (mid,) in rows}
+
+    def mark_started(self, owner: str, message_ids: Sequence[int]) -> set[int]:
+        """One statement marks every message of a batch that starts together (queue_sql.CLAIM_SET)."""
+        ids = [i for i in (valid_id(m) for m in message_ids) if i is not None]
+        if not ids:
+            return set()
+        inside, params = self._id_list(ids)
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE messages SET started=1 WHERE id {inside} AND lease_owner=? RETURNING id",
+                (*params, self._text(owner)),
+            ).fetchall()
+        return {int(mid) for (mid,) in rows}
 
     def count_waiting(self, kind: WaitKind) -> int:
         rows = self._q("SELECT count(*) FROM messages WHERE queue_state IS NOT NULL AND wait_kind=?", (kind.value,))

@@ -34,6 +34,10 @@ Options:
 * `command`: the command, as a list of arguments or a string split like a shell would (required).
 * `address_types`: the address types taken, e.g. `["FAX"]`; `"*"` takes every type (required).
 * `timeout`: seconds the command may run before it is killed (default 60).
+* `max_processes`: how many commands run at once in one spooler process (default: the number of
+  CPUs). A spooler works on many messages at once (`spooler_concurrency`); the others wait for a
+  free slot before their command starts, so a batch does not fork a process per message at once.
+  The timeout counts from the start of the command, not from the wait.
 * `addresses`: a regular expression that every address the transport takes matches in full
   (case-insensitive); the others are never offered to it (its scope), online or offline.
 * `environment`: names of further environment variables passed to the command when set, as a
@@ -126,6 +130,23 @@ def _parse_timeout(value: Any) -> float:
     return timeout
 
 
+def default_max_processes() -> int:
+    """The number of CPUs: more commands at once than cores only queue for them."""
+    return os.cpu_count() or 1
+
+
+def _parse_max_processes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _invalid(f"option 'max_processes' must be a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise _invalid(f"option 'max_processes' must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise _invalid(f"option 'max_processes' must be at least 1, not {value!r}")
+    return number
+
+
 def _parse_environment(value: Any) -> list[str]:
     names = list(dict.fromkeys(_string_list("environment", value)))
     for name in names:
@@ -176,6 +197,7 @@ class PipeConfig:
     timeout: float
     environment: tuple[str, ...] = ()
     addresses: str | None = None  # a pattern every taken address matches (the transport's scope)
+    max_processes: int = 1  # commands at once in this process
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PipeConfig:
@@ -187,6 +209,7 @@ class PipeConfig:
             opts["timeout"],
             tuple(opts.get("environment", ())),
             opts.get("addresses"),
+            opts.get("max_processes", default_max_processes()),
         )
 
 
@@ -206,6 +229,7 @@ class PipeLogon(TransportLogon):
         else:
             self.registration = Registration.of(*config.address_types, scope=scope)
         self.status.identity = shlex.join(config.command)
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         if shutil.which(config.command[0]) is None:
             # Only a hint in the status table: the program may be installed before the first message.
             self.status.failed(f"command not found: {config.command[0]}")
@@ -240,7 +264,8 @@ class PipeLogon(TransportLogon):
             return SubmitResult.wait(RETRY_SECONDS, f"cannot read the message: {exc}")
         argv = [*self.config.command, *(r.email_address for r in recipients)]
         try:
-            outcome = await self._run(argv, data)
+            async with self._slot():
+                outcome = await self._run(argv, data)
         except TimeoutError:
             # Outcome unknown: failed for good rather than run again (module docstring).
             text = (
@@ -269,6 +294,14 @@ class PipeLogon(TransportLogon):
         for rcpt in recipients:
             rcpt.mark_failed(text, reason=NDRReason.TRANSFER_FAILED, diag=NDRDiag.NO_DIAGNOSTIC)
         return SubmitResult.ok()
+
+    def _slot(self) -> asyncio.Semaphore:
+        """A slot among `max_processes` for one command, on the running event loop (a logon may
+        outlive one loop: each Send/Receive of a session runs its own)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.config.max_processes))
+        return self._slots[1]
 
     async def _run(self, argv: list[str], data: bytes) -> _Outcome:
         """Run `argv` with `data` on stdin; TimeoutError after the configured timeout.
@@ -370,6 +403,8 @@ class PipeProvider(TransportProvider):
         f"(default {DEFAULT_TIMEOUT:g})",
         "environment": "names of further environment variables the command gets (it inherits only PATH, HOME, "
         "LANG, LC_*, TZ and POSTROOM_*), e.g. ['FAX_DEVICE']",
+        "max_processes": "how many commands run at once in one spooler process; the other messages wait for a "
+        "slot (default: the number of CPUs)",
         "addresses": "a regular expression every address it takes matches in full, case-insensitive, e.g. "
         "'\\+1[0-9]+' (default: every address of its types); the others go to the next transport",
     }
@@ -396,6 +431,8 @@ class PipeProvider(TransportProvider):
             out["environment"] = _parse_environment(opts["environment"])
         if "addresses" in opts:
             out["addresses"] = _parse_pattern(opts["addresses"])
+        if "max_processes" in opts:
+            out["max_processes"] = _parse_max_processes(opts["max_processes"])
         return out
 
     @classmethod
