@@ -151,7 +151,7 @@ def test_a_store_at_schema_4_is_migrated_with_its_large_bodies_moved_out(backend
     props = {**big_message().props, T.PR_MESSAGE_CLASS: "IPM.Note"}
     with raw_sql(store_target) as db:
         db.execute("DROP TABLE message_streams")
-        db.execute("ALTER TABLE messages DROP COLUMN started")  # schema 6
+        db.execute("ALTER TABLE messages DROP COLUMN started")  # schema 7
         db.execute("UPDATE messages SET props=? WHERE id=?", (encode_bag(props), mid))
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", ("4",))
     if backend == "postgres":
