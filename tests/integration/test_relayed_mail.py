@@ -7,6 +7,7 @@ it keeps working: the NDR to the envelope sender (the whole message with RET=FUL
 from __future__ import annotations
 
 import email
+import signal
 import smtplib
 from datetime import timedelta
 from pathlib import Path
@@ -135,3 +136,21 @@ def test_relayed_mail_takes_only_delete_or_keep(profile: Path) -> None:
     assert done.returncode == 65 and b"relayed_mail" in done.stderr  # EX_DATAERR, and nothing submitted
     refused = run("spooler", "--smtp", "127.0.0.1:0", profile=profile)
     assert refused.returncode != 0 and "relayed_mail" in refused.stderr
+
+
+def test_a_bad_relayed_mail_read_on_sighup_makes_the_listener_answer_451_not_fail(tmp_path: Path) -> None:
+    with SmtpSink() as sink:
+        profile = smtp_profile(tmp_path / "profile", sink.port, {})
+        with running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+            set_relayed_mail(profile, "archive")
+            daemon.proc.send_signal(signal.SIGHUP)
+            daemon.wait_line("profile reloaded")
+            with (
+                smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client,
+                pytest.raises(smtplib.SMTPDataError) as refused,
+            ):
+                client.sendmail("cron@host.example", ["x@example.net"], MESSAGE)
+            assert refused.value.smtp_code == 451 and b"4.3.5" in refused.value.smtp_error
+            daemon.wait_line("relayed_mail in \\[profile\\]")
+            assert daemon.proc.poll() is None
+    assert sink.delivered == []
