@@ -154,3 +154,23 @@ def test_a_bad_relayed_mail_read_on_sighup_makes_the_listener_answer_451_not_fai
             daemon.wait_line("relayed_mail in \\[profile\\]")
             assert daemon.proc.poll() is None
     assert sink.delivered == []
+
+
+def test_the_ndr_to_a_relayed_messages_sender_goes_out_with_the_null_sender(tmp_path: Path) -> None:
+    with SmtpSink() as sink:
+        profile = smtp_profile(
+            tmp_path / "profile", sink.port, {}, {"domains": ["example.net"], "from_address": "account@relay.example"}
+        )
+        ok(
+            run(
+                "service", "add", "pipe", "broken", "--set", f"command={FAIL}", "--set", 'address_types=["SMTP"]',
+                "--set", r"addresses=.*@fail\.test$", profile=profile,
+            )
+        )  # fmt: skip
+        with running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+            with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+                client.sendmail("app@example.net", ["bob@fail.test"], MESSAGE)
+            wait_for(lambda: len(sink.delivered) == 1)
+            assert kept(profile) == []
+    assert sink.delivered == [["app@example.net"]] and sink.handler.senders == ["<>"]
+    assert b"multipart/report" in sink.handler.messages[0]
