@@ -58,6 +58,7 @@ from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_k
 from .mapi.flags import MAPI_SUBMITTED, MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
 from .profile import Mode, Profile, Service
+from .relayed import mark_relayed, relayed_mail
 from .spooler import PassSummary
 from .store import Event, Folder, FolderRole, MessageStore, MessageSummary, QueueEntry, RecipientStatus, RetryAll
 from .store.base import ActivityBucket, DeliveryStats, QueueCounts, QueuePage, QueueState, SpoolerStats
@@ -943,14 +944,19 @@ class _SessionCore:
         self, smtp: ListenerSettings | None, on_listening: Callable[[list[int]], None] | None, daemon: bool
     ) -> Serving:
         _check(smtp, (ListenerSettings, type(None)), "the listener settings")
-
+        if smtp is not None:
+            relayed_mail(self.profile.settings)  # a bad setting stops the listener before it listens
         return Serving(smtp, self._stamp_envelope, on_listening, daemon)
 
     def _stamp_envelope(self, message: MessageData) -> None:
-        """What submission adds to a message handed over with an envelope; once sent it moves to
-        Sent Items, as a message composed here does."""
-        message.props.setdefault(T.PR_SENTMAIL_ENTRYID, self._store.folder(FolderRole.SENT_ITEMS).entry_id)
+        """What submission adds to a message handed over with an envelope; once handled it is
+        deleted, or moved to Sent Items with `relayed_mail = "keep"` (postroom.relayed)."""
+        self._mark_relayed(message.props)
         message.props.update(self._stamp(message))
+
+    def _mark_relayed(self, props: dict[int, Any]) -> None:
+        policy = relayed_mail(self.profile.settings)
+        mark_relayed(props, policy, self._store.folder(FolderRole.SENT_ITEMS).entry_id)
 
     def _routing_changed(self) -> None:
         """The routing may have changed: recipients that wait are moved to the transports it gives
@@ -1344,9 +1350,11 @@ class Session(_SessionCore):
         # Nobody reads this profile's Inbox for the caller: reports also go to the envelope sender
         # (spooler/sender_reports.py), as for a message the SMTP listener took.
         draft.data.props[T.PR_POSTROOM_SUBMISSION_SOURCE] = str(SubmissionSource.SENDMAIL)
-        draft.data.props[T.PR_POSTROOM_ENVELOPE_FROM] = (
-            envelope_sender if envelope_sender is not None else str(data.props.get(T.PR_SENDER_EMAIL_ADDRESS) or "")
-        )
+        reverse_path = envelope_sender if envelope_sender is not None else data.props.get(T.PR_SENDER_EMAIL_ADDRESS)
+        if isinstance(reverse_path, str) and (reverse_path or envelope_sender is not None):
+            # `-f ''` is the null sender; a From without an address is none (the account's is used).
+            draft.data.props[T.PR_POSTROOM_ENVELOPE_FROM] = reverse_path
+        self._mark_relayed(draft.data.props)
         return draft.submit()
 
     def submitter_uid(self, ref: str | int | bytes) -> int | None:

@@ -11,9 +11,9 @@ from the command line: recipients as arguments, or `-t` (from To/Cc/Bcc), and an
 * recipients only the arguments name become envelope-only rows (MAPI_P1), never written into a
   header. With `-t` the header rows are the envelope, and arguments are added to them as Postfix
   does;
-* the envelope sender becomes PR_SENDER_* (what the SMTP transport puts into MAIL FROM); the
-  From, PR_SENT_REPRESENTING_*, stays the header's, and the original is kept again with the new
-  fingerprint, since the bytes did not change;
+* the envelope sender becomes PR_SENDER_* (and, set by the face, PR_POSTROOM_ENVELOPE_FROM: the
+  MAIL FROM an smtp transport passes on); the From, PR_SENT_REPRESENTING_*, stays the header's,
+  and the original is kept again with the new fingerprint, since the bytes did not change;
 * without `-f`, the From is the envelope sender; one that is a bare local part (cron writes
   `From: root (Cron Daemon)`) is qualified with the profile identity's domain in the envelope
   only, as Postfix appends `$myorigin`: no server takes `MAIL FROM:<root>`;

@@ -678,6 +678,40 @@ def test_sender_option_and_reports_use_their_envelope_sender(tmp_path: Path, sta
     assert handler.received[0].mail_from == "bounces@sender.test"
 
 
+def relayed(envelope_from: str, source: str = "smtp") -> Any:
+    """A message as the listener (or postroom-sendmail) hands it over, with its client's MAIL FROM."""
+    return make_message(
+        rcpt("alice@example.test"), PR_POSTROOM_SUBMISSION_SOURCE=source, PR_POSTROOM_ENVELOPE_FROM=envelope_from
+    )
+
+
+def test_relayed_mail_goes_out_with_the_envelope_sender_its_client_gave(tmp_path: Path, start_server: Any) -> None:
+    handler, port = start_server()
+    logon = make_logon(tmp_path, port, sender="bounces@sender.test", from_address="account@sender.test")
+    for message in (relayed("cron@host.example"), relayed("git@host.example", "sendmail"), relayed("")):
+        asyncio.run(submit(logon, message))
+    asyncio.run(submit(logon, make_message(rcpt("alice@example.test"))))  # composed here: the account's
+    senders = [got.mail_from for got in handler.received]
+    assert senders == ["cron@host.example", "git@host.example", "<>", "bounces@sender.test"]
+
+
+def test_with_envelope_from_account_relayed_mail_gets_the_accounts_sender_but_a_bounce_stays_null(
+    tmp_path: Path, start_server: Any
+) -> None:
+    handler, port = start_server()
+    logon = make_logon(tmp_path, port, envelope_from="account", from_address="account@sender.test")
+    for message in (relayed("cron@host.example"), relayed("")):
+        asyncio.run(submit(logon, message))
+    assert [got.mail_from for got in handler.received] == ["account@sender.test", "<>"]
+
+
+def test_envelope_from_takes_only_message_or_account(tmp_path: Path) -> None:
+    with pytest.raises(MAPIError) as caught:
+        make_logon(tmp_path, 25, envelope_from="header")
+    assert caught.value.code == HResult.MAPI_E_INVALID_PARAMETER
+    assert "'envelope_from' must be 'message' or 'account'" in caught.value.message
+
+
 # --- authentication and TLS ------------------------------------------------------------------------
 
 

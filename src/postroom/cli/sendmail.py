@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..mapi.flags import MAPI_SUBMITTED
 from . import sysexits as X
 from .sendmail_args import Invocation, Mode, UsageProblem, message_from_stdin, parse
 from .sendmail_smtp import serve_stdio
@@ -139,8 +140,10 @@ def deliver_after_submit(session: Session, mid: int) -> str:
     if session.daemon_pid() is not None:
         return f"message {mid} queued (the spooler daemon delivers it)"
     try:
-        session.deliver()
-        states = [f"{r.address}: {r.state}" for r in session.recipient_report(mid)]
+        # The envelope as submitted: the pass deletes a relayed message once handled (postroom.relayed).
+        sent_to = [r for r in session.open_message(mid).recipients if not r.recipient_type & MAPI_SUBMITTED]
+        summary = session.deliver()
+        states = [f"{r.address}: {r.state}" for r in session.delivery_report(mid, sent_to, summary)]
     except Exception as exc:
         return f"message {mid} queued; delivering it now failed ({exc}); the spooler retries it"
     return f"message {mid} submitted; " + ("; ".join(states) or "handled")

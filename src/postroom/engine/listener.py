@@ -343,7 +343,11 @@ class SubmissionListener:
         message = envelope_message(
             raw, envelope.mail_from or "", envelope.rcpt_tos, SubmissionSource.SMTP, dsn, rcpt_dsn
         )
-        self.prepare(message)
+        try:
+            self.prepare(message)
+        except MAPIError as exc:  # the profile, re-read after the start, has a bad setting
+            log.error("message from %s not taken: %s", _peer(session.peer), exc.message)
+            return "451 4.3.5 System incorrectly configured, try again later"
         try:
             mid = await self.commit.submit(message)
         except StoreDiskTrouble as exc:

@@ -66,6 +66,12 @@ Options:
   account's from_address for a message it gives its From, else PR_SENDER_EMAIL_ADDRESS when it is
   an SMTP address, else the username when it is an address). Reports (REPORT.* classes) are sent
   with the null sender.
+* `envelope_from` (issue 18): "message" (the default) or "account". Relayed mail (the SMTP
+  listener's, postroom-sendmail's: PR_POSTROOM_SUBMISSION_SOURCE) goes out with the envelope
+  sender its client gave (PR_POSTROOM_ENVELOPE_FROM: MAIL FROM, sendmail's -f), as Postfix and
+  msmtp pass it on, before `sender` and from_address; with "account" (a smarthost that refuses
+  foreign senders) it gets the account's, as any other message. The null sender `<>` (a bounce)
+  stays `<>` either way: given the account's address it could bounce back and loop.
 * `temporary_failure_wait`: seconds before a message that met a temporary failure is tried again
   (default: none of our own; the spooler backs off, 300 s doubling up to 4000 s).
 * `tnef` (issue 20): "never" (the default), "auto" or "always". With "auto" a message goes out
@@ -255,6 +261,13 @@ def _kind(row: Recipient) -> int:
 # --- configuration ------------------------------------------------------------------------------
 
 
+class EnvelopeFrom(StrEnum):
+    """Whose envelope sender relayed mail goes out with (the `envelope_from` option)."""
+
+    MESSAGE = "message"  # the one its client gave (MAIL FROM at the listener, sendmail's -f)
+    ACCOUNT = "account"  # the account's own, as for a message composed here
+
+
 class TnefMode(StrEnum):
     """When a message goes out as TNEF (the `tnef` option)."""
 
@@ -286,6 +299,7 @@ class SMTPConfig:
     from_name: str
     temporary_failure_wait: float  # 0: no wait of our own, the spooler backs off
     tnef: TnefMode = TnefMode.NEVER
+    envelope_from: EnvelopeFrom = EnvelopeFrom.MESSAGE
     oauth: TokenSource | None = None  # OAuth2 (XOAUTH2 / OAUTHBEARER) instead of a password
 
     @classmethod
@@ -312,6 +326,7 @@ class SMTPConfig:
             from_name=opts.get("from_name", ""),
             temporary_failure_wait=opts.get("temporary_failure_wait", 0.0),
             tnef=TnefMode(opts.get("tnef", TnefMode.NEVER)),
+            envelope_from=EnvelopeFrom(opts.get("envelope_from", EnvelopeFrom.MESSAGE)),
             oauth=TokenSource.from_options(opts, profile_dir),
         )
 
@@ -502,6 +517,9 @@ class SMTPLogon(TransportLogon):
     def _envelope_sender(self, message: OutboundMessage) -> str:
         if message.data.message_class.upper().startswith("REPORT."):
             return ""  # reports go out with the null reverse-path, so they never bounce (RFC 3461, 8098)
+        relayed = self._relayed_sender(message)
+        if relayed is not None:
+            return relayed
         if self.config.sender:
             return self.config.sender
         author = self._account_author(message)
@@ -514,6 +532,19 @@ class SMTPLogon(TransportLogon):
         if self.config.username and "@" in self.config.username:
             return self.config.username
         return ""
+
+    def _relayed_sender(self, message: OutboundMessage) -> str | None:
+        """The envelope sender a relayed message's client gave, when this account passes it on
+        (`envelope_from`); "" (the null sender) always. None for a message composed here."""
+        if not message.props.get(T.PR_POSTROOM_SUBMISSION_SOURCE):
+            return None
+        given = message.props.get(T.PR_POSTROOM_ENVELOPE_FROM)
+        if not isinstance(given, str):
+            return None
+        address = given.strip().removeprefix("<").removesuffix(">")
+        if not address:
+            return ""
+        return address if self.config.envelope_from is EnvelopeFrom.MESSAGE else None
 
     async def _deliver(
         self,
@@ -938,6 +969,10 @@ class SMTPProvider(TransportProvider):
         ),
         "from_name": "the display name that goes with from_address",
         "sender": "the envelope sender (default: the address the message goes out from, else the username)",
+        "envelope_from": (
+            "'message' (default: relayed mail keeps the envelope sender its client gave, MAIL FROM or "
+            "sendmail -f) or 'account' (it gets this account's, for a smarthost that refuses foreign senders)"
+        ),
         **_OAUTH_HELP,
         "temporary_failure_wait": (
             "seconds before retrying after a temporary failure (default: the spooler's backoff, "
@@ -1015,6 +1050,10 @@ class SMTPProvider(TransportProvider):
         out.update(_account_identity(opts))
         if "temporary_failure_wait" in opts:
             out["temporary_failure_wait"] = _number("temporary_failure_wait", opts["temporary_failure_wait"])
+        if "envelope_from" in opts:
+            if opts["envelope_from"] not in {m.value for m in EnvelopeFrom}:
+                raise _invalid(f"option 'envelope_from' must be 'message' or 'account', not {opts['envelope_from']!r}")
+            out["envelope_from"] = str(opts["envelope_from"])
         if "tnef" in opts:
             if opts["tnef"] not in {m.value for m in TnefMode}:
                 raise _invalid(f"option 'tnef' must be 'never', 'auto' or 'always', not {opts['tnef']!r}")
