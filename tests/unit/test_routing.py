@@ -110,7 +110,7 @@ def test_a_router_full_of_answers_drops_them_and_still_routes_by_the_rule(monkey
     for n in range(50):
         assert names(router.offers("SMTP", n.to_bytes(16, "little"))) == ["smtp"]
         assert names(router.offers("SMTP", UID_A)) == ["book", "smtp"]
-    assert len(router._answers) <= 8
+    assert sum(len(by_type) for by_type in router._answers.values()) <= 8
 
 
 def test_routing_answers_follow_a_change_of_transport_order_and_of_registrations(tmp_path: Path) -> None:

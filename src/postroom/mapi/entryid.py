@@ -85,7 +85,8 @@ def provider_uid_of(entry_id: bytes) -> MAPIUID | None:
     except KeyError:
         if len(_known_uids) >= KNOWN_UIDS_KEPT:
             _known_uids.clear()
-        uid = _known_uids[bytes(raw)] = MAPIUID(raw)
+        uid = MAPIUID(raw)
+        _known_uids[uid] = uid  # its own key: a hit touches one object
         return uid
     except TypeError:  # a bytearray's slice cannot be a key
         return MAPIUID(raw)

@@ -95,11 +95,12 @@ class Router:
                     self._by_type.setdefault(adrtype.upper(), []).append(pos)
         # The address-type pass for each named type, the wildcards merged in at their places.
         self._type_pass = {t: sorted(set(ps) | set(self._wildcards)) for t, ps in self._by_type.items()}
-        # Answers by the (address type, UID) exactly as asked: a hit costs one dict lookup, with no
-        # upper-casing or copying of the UID. The router is built anew whenever the transport order
-        # or a registration changes (TransportTable), so an answer never outlives what it was
-        # computed from.
-        self._answers: dict[tuple[str, bytes | None], tuple[Offer, ...]] = {}
+        # Answers by UID, then address type, exactly as asked: a hit costs two dict lookups, with no
+        # upper-casing or copying of the UID (the recipients' UIDs are shared objects, see
+        # provider_uid_of). The router is built anew whenever the transport order or a registration
+        # changes (TransportTable), so an answer never outlives what it was computed from.
+        self._answers: dict[bytes | None, dict[str, tuple[Offer, ...]]] = {}
+        self._answers_kept = 0
 
     def offers(self, address_type: str, provider_uid: bytes | None, address: str | None = None) -> tuple[Offer, ...]:
         """The transports a recipient is offered to, first chance first.
@@ -107,7 +108,7 @@ class Router:
         With the recipient's `address`, transports whose scope leaves it out are not offered it.
         """
         try:
-            matched = self._answers[address_type, provider_uid]
+            matched = self._answers[provider_uid][address_type]
         except KeyError:
             matched = self._answer(address_type, provider_uid)
         except TypeError:  # an unhashable UID (a bytearray) is answered as its bytes
@@ -132,9 +133,11 @@ class Router:
 
     def _answer(self, address_type: str, provider_uid: bytes | None) -> tuple[Offer, ...]:
         matched = self._compute(address_type.upper(), bytes(provider_uid) if provider_uid else b"")
-        if len(self._answers) >= ANSWERS_KEPT:
-            self._answers.clear()  # a flood of distinct UIDs must not grow the router without bound
-        self._answers[address_type, provider_uid] = matched
+        if self._answers_kept >= ANSWERS_KEPT:  # a flood of distinct UIDs must not grow the router
+            self._answers.clear()
+            self._answers_kept = 0
+        self._answers.setdefault(provider_uid, {})[address_type] = matched
+        self._answers_kept += 1
         return matched
 
     def _compute(self, address_type: str, uid: bytes) -> tuple[Offer, ...]:
