@@ -32,6 +32,7 @@ is exactly what spec §12.3 predicts for a Unicode one-off created with MAPI_SEN
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -366,6 +367,25 @@ def test_provider_uid_of_is_bytes_4_to_19() -> None:
     assert provider_uid_of(eid[:19]) is None
     assert provider_uid_of(b"") is None
     assert provider_uid_of(b"\x00\x00\x00\x00") is None
+
+
+def test_provider_uid_of_shares_one_uid_object_per_uid_and_keeps_a_bounded_number(monkeypatch: Any) -> None:
+    from postroom.mapi import entryid
+
+    eid = h("00000000 00112233445566778899AABBCCDDEEFF 0102030405")
+    other_recipient = h("00000000 00112233445566778899AABBCCDDEEFF 0A0B")
+    assert provider_uid_of(eid) is provider_uid_of(other_recipient)
+    # Any bytes-like entry ID still parses (a bytearray's slice cannot be shared).
+    for spelled in (bytearray(eid), memoryview(eid)):
+        uid = provider_uid_of(spelled)  # type: ignore[arg-type]
+        assert uid == PROVIDER and isinstance(uid, MAPIUID)
+    with pytest.raises(AttributeError):
+        provider_uid_of(eid).note = "shared"  # type: ignore[union-attr]
+    # A flood of distinct UIDs (garbage entry IDs) does not grow the table without bound.
+    monkeypatch.setattr(entryid, "KNOWN_UIDS_KEPT", 16)
+    for n in range(100):
+        assert provider_uid_of(b"\0\0\0\0" + n.to_bytes(16, "little") + b"x") == n.to_bytes(16, "little")
+    assert len(entryid._known_uids) <= 16
 
 
 def test_make_entry_id_layout() -> None:

@@ -12,6 +12,8 @@ from .codes import HResult, MAPIError
 class MAPIUID(bytes):
     """A 16-byte MAPIUID: a GUID in Intel (little-endian) layout, compared bytewise."""
 
+    __slots__ = ()  # immutable, so one object can stand for a UID everywhere (provider_uid_of)
+
     def __new__(cls, value: bytes | bytearray | memoryview) -> MAPIUID:
         raw = bytes(value)
         if len(raw) != 16:
@@ -66,11 +68,28 @@ MAPI_ONE_OFF_NO_RICH_INFO = 0x0001
 OOP_DONT_LOOKUP = 0x1000
 
 
+# The spooler parses the UID out of every recipient it routes, and the UIDs are few (the one-off
+# UID, one per address book or provider): each is made once and shared, so a recipient costs a
+# slice and a lookup, and the router hashes a UID once. Bounded: unknown UIDs flood nothing.
+_known_uids: dict[bytes, MAPIUID] = {}
+KNOWN_UIDS_KEPT = 4096
+
+
 def provider_uid_of(entry_id: bytes) -> MAPIUID | None:
     """The provider UID in bytes 4..19 of an entry ID (the routing UID), or None if too short."""
     if len(entry_id) < 20:
         return None
-    return MAPIUID(entry_id[4:20])
+    raw = entry_id[4:20]
+    try:
+        return _known_uids[raw]
+    except KeyError:
+        if len(_known_uids) >= KNOWN_UIDS_KEPT:
+            _known_uids.clear()
+        uid = MAPIUID(raw)
+        _known_uids[uid] = uid  # its own key: a hit touches one object
+        return uid
+    except TypeError:  # a bytearray's slice cannot be a key
+        return MAPIUID(raw)
 
 
 def make_entry_id(provider: MAPIUID, private: bytes, flags: bytes = b"\0\0\0\0") -> bytes:

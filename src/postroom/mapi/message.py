@@ -67,7 +67,8 @@ class Recipient(PropertyBag):
     @property
     def provider_uid(self) -> bytes | None:
         """The routing UID (bytes 4..19 of PR_ENTRYID), if the recipient has an entry ID."""
-        return provider_uid_of(self.entry_id)
+        entry_id = self.props.get(T.PR_ENTRYID)
+        return provider_uid_of(entry_id) if entry_id else None
 
     @property
     def recipient_type(self) -> int:

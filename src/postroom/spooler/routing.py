@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 
 from ..transports.spi import Registration
 
@@ -37,6 +36,9 @@ class RoutingPass(StrEnum):
 
 UID_PASS = RoutingPass.UID
 ADDRTYPE_PASS = RoutingPass.ADDRESS_TYPE
+
+ANSWERS_KEPT = 65536
+"""How many (address type, UID) answers a router keeps; all are dropped when it is full."""
 
 
 @dataclass(frozen=True, order=True)
@@ -78,7 +80,7 @@ class Router:
     """Routing over a fixed list of (transport name, registration), in transport order."""
 
     def __init__(self, transports: Sequence[tuple[str, Registration]]) -> None:
-        self.transports = list(transports)
+        self.transports = tuple(transports)  # a tuple: the indexes and answers below depend on it
         self._scoped = any(reg.scope is not None for _, reg in self.transports)
         self._by_uid: dict[bytes, list[int]] = {}
         self._by_type: dict[str, list[int]] = {}
@@ -91,14 +93,26 @@ class Router:
             else:
                 for adrtype in reg.named_types():
                     self._by_type.setdefault(adrtype.upper(), []).append(pos)
-        self._cached = lru_cache(maxsize=65536)(self._compute)
+        # The address-type pass for each named type, the wildcards merged in at their places.
+        self._type_pass = {t: sorted(set(ps) | set(self._wildcards)) for t, ps in self._by_type.items()}
+        # Answers by UID, then address type, exactly as asked: a hit costs two dict lookups, with no
+        # upper-casing or copying of the UID (the recipients' UIDs are shared objects, see
+        # provider_uid_of). The router is built anew whenever the transport order or a registration
+        # changes (TransportTable), so an answer never outlives what it was computed from.
+        self._answers: dict[bytes | None, dict[str, tuple[Offer, ...]]] = {}
+        self._answers_kept = 0
 
     def offers(self, address_type: str, provider_uid: bytes | None, address: str | None = None) -> tuple[Offer, ...]:
         """The transports a recipient is offered to, first chance first.
 
         With the recipient's `address`, transports whose scope leaves it out are not offered it.
         """
-        matched: tuple[Offer, ...] = self._cached(address_type.upper(), bytes(provider_uid) if provider_uid else b"")
+        try:
+            matched = self._answers[provider_uid][address_type]
+        except KeyError:
+            matched = self._answer(address_type, provider_uid)
+        except TypeError:  # an unhashable UID (a bytearray) is answered as its bytes
+            matched = self._answer(address_type, bytes(provider_uid or b""))
         if not self._scoped or address is None:
             return matched
         return tuple(o for o in matched if self.transports[o.position][1].takes(address_type, address))
@@ -117,14 +131,22 @@ class Router:
                 skipped.append(Skip(o, reg.scope.description))
         return Route(tuple(offers), tuple(skipped))
 
+    def _answer(self, address_type: str, provider_uid: bytes | None) -> tuple[Offer, ...]:
+        matched = self._compute(address_type.upper(), bytes(provider_uid) if provider_uid else b"")
+        if self._answers_kept >= ANSWERS_KEPT:  # a flood of distinct UIDs must not grow the router
+            self._answers.clear()
+            self._answers_kept = 0
+        self._answers.setdefault(provider_uid, {})[address_type] = matched
+        self._answers_kept += 1
+        return matched
+
     def _compute(self, address_type: str, uid: bytes) -> tuple[Offer, ...]:
         seen: set[int] = set()
         out: list[Offer] = []
         for pos in self._by_uid.get(uid, ()) if uid else ():
             seen.add(pos)
             out.append(Offer(UID_PASS, pos, self.transports[pos][0]))
-        typed = self._by_type.get(address_type, []) if address_type else []
-        for pos in sorted(set(typed) | set(self._wildcards)):
+        for pos in self._type_pass.get(address_type, self._wildcards):
             if pos not in seen:
                 seen.add(pos)
                 out.append(Offer(ADDRTYPE_PASS, pos, self.transports[pos][0]))
