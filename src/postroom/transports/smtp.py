@@ -127,6 +127,7 @@ from .spi import (
     SubmitResult,
     TransportLogon,
     TransportProvider,
+    nonblocking,
     usable_recipients,
 )
 
@@ -890,6 +891,7 @@ class SMTPLogon(TransportLogon):
 
     # --- the rest of IXPLogon ------------------------------------------------------------------
 
+    @nonblocking
     def end_message(self, ref: int) -> EndMessageFlags:
         if ref in self._resend_later:
             self._resend_later.discard(ref)
