@@ -30,6 +30,7 @@ from ..transports.spi import (
     StatusRow,
     TransportLogon,
     TransportProvider,
+    is_nonblocking,
 )
 from .declines import fingerprint
 from .routing import Router
@@ -39,10 +40,11 @@ R = TypeVar("R")
 
 
 async def call_transport(fn: Callable[..., R | Awaitable[R]], *args: Any) -> R:
-    """Call a transport method: await a coroutine, run a plain function in a worker thread."""
+    """Call a transport method: await a coroutine, run a plain function in a worker thread (on
+    the loop when it is marked `@nonblocking`)."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)  # type: ignore[no-any-return]
-    result = await asyncio.to_thread(fn, *args)
+    result = fn(*args) if is_nonblocking(fn) else await asyncio.to_thread(fn, *args)
     if inspect.isawaitable(result):
         return await result
     return result

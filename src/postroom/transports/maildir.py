@@ -49,6 +49,7 @@ from .spi import (
     SubmitResult,
     TransportLogon,
     TransportProvider,
+    nonblocking,
 )
 
 DEFAULT_ROOT = "maildir"
@@ -310,6 +311,7 @@ class MaildirLogon(TransportLogon):
             self.status.set(remove=StatusCode.FAILURE, text="")
         return SubmitResult.ok()
 
+    @nonblocking
     def end_message(self, ref: int) -> EndMessageFlags:
         if ref in self._resend_later:
             self._resend_later.discard(ref)

@@ -133,6 +133,7 @@ from .spi import (
     SubmitResult,
     TransportLogon,
     TransportProvider,
+    nonblocking,
     usable_recipients,
 )
 
@@ -921,6 +922,7 @@ class SMTPLogon(TransportLogon):
 
     # --- the rest of IXPLogon ------------------------------------------------------------------
 
+    @nonblocking
     def end_message(self, ref: int) -> EndMessageFlags:
         if ref in self._resend_later:
             self._resend_later.discard(ref)

@@ -7,8 +7,10 @@ of the message in which exactly the recipients assigned to this transport are pe
 it leaves pending are "not mine" and go to the next matching transport.
 
 Methods may be `async def` or plain `def`; the spooler runs plain ones in a worker
-thread, so a blocking transport never stalls the event loop. Transports never see the
-store: they get message views and report through the support object.
+thread, so a blocking transport never stalls the event loop. A plain method marked
+`@nonblocking` (it only looks at memory, like most `end_message`s) is called on the loop
+instead: the thread hop costs more CPU than such a method (issue 17). Transports never see
+the store: they get message views and report through the support object.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..mapi import tags as T
 from ..mapi.codes import HResult, MAPIError
@@ -39,6 +41,24 @@ from ..mapi.flags import (
     ValidateFlags,
 )
 from ..mapi.message import MessageData, Recipient
+
+#: The attribute `nonblocking` sets on a function.
+NONBLOCKING = "_postroom_nonblocking"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def nonblocking(fn: F) -> F:
+    """Mark a plain transport method as safe to call on the spooler's event loop: it neither
+    blocks nor waits (no I/O, no lock), so no worker thread is needed for it."""
+    setattr(fn, NONBLOCKING, True)
+    return fn
+
+
+def is_nonblocking(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` (a function or a bound method) was marked with `nonblocking`."""
+    return getattr(fn, NONBLOCKING, False) is True
+
 
 # --- registration -------------------------------------------------------------------------
 
@@ -496,9 +516,11 @@ class TransportLogon(abc.ABC):
         """Send `message` to its pending recipients and mark each one handled."""
         return SubmitResult.not_me("this transport sends nothing")
 
+    @nonblocking
     def end_message(self, ref: int) -> EndMessageFlags | Awaitable[EndMessageFlags]:
         return EndMessageFlags.NONE
 
+    @nonblocking
     def poll(self) -> bool | Awaitable[bool]:
         """True when inbound mail waits (only called with LOGON_SP_POLL)."""
         return False
