@@ -40,6 +40,8 @@ from typing import Any
 import common as C
 import statement_count
 
+from postroom.engine.runtime import DEFAULT_CONCURRENCY
+
 
 def children_cpu() -> float:
     """CPU of the child processes this process has reaped (smtp-source, here)."""
@@ -147,7 +149,12 @@ def statement_costs(n: int, sink_port: int) -> dict[str, Any]:
 def main() -> int:
     ap = C.arg_parser(__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=None, help="messages per run (default 20000; --quick 100)")
-    ap.add_argument("--concurrency", type=int, default=4, help="spooler_concurrency (profile default 4)")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"spooler_concurrency (default: the profile's, {DEFAULT_CONCURRENCY})",
+    )
     ap.add_argument("--connections", type=int, default=2, help="smtp connections per spooler process (default 2)")
     ap.add_argument(
         "--workers", type=int, default=None, help="spooler processes of the default run (default: the number of CPUs)"

@@ -25,6 +25,8 @@ from typing import Any
 
 import common as C
 
+from postroom.engine.runtime import DEFAULT_CONCURRENCY
+
 
 def start_daemon(profile: Path, log: Path, workers: int, http: str | None) -> subprocess.Popen[Any]:
     command = [C.PY, "-m", "postroom", "--profile", str(profile), "spooler", "--workers", str(workers)]
@@ -95,7 +97,9 @@ def wait_page(url: str, daemon: subprocess.Popen[Any], timeout: float = 30.0) ->
 def run(sink_port: int, n: int, workers: int, with_page: bool, work: Path) -> dict[str, Any]:
     import postroom
 
-    prof = C.make_profile(work / "profile", smtp_port=sink_port, connections=2 * workers, concurrency=4)
+    prof = C.make_profile(
+        work / "profile", smtp_port=sink_port, connections=2 * workers, concurrency=DEFAULT_CONCURRENCY
+    )
     where = f"127.0.0.1:{C.free_port()}" if with_page else None
     daemon = start_daemon(prof, work / "daemon.log", workers, where)
     poller: Poller | None = None
