@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -201,6 +202,7 @@ class OutboundProcessor:
         self.leases = LeaseKeeper(store, owner, clock, self.settings.lease_seconds)
         self.commit = GroupCommit(store, lambda: len(self.in_flight))
         self._calling: set[int] = set()  # messages a transport is sending now (answer not yet recorded)
+        self._sending: Counter[str] = Counter()  # calls in flight per transport: its OUTBOUND_ACTIVE bit
         self._started: set[int] = set()  # messages whose claim is marked started (_start)
         self._ref = 0
         #: This process's pass totals for /metrics, written by the Spooler at the end of each pass.
@@ -672,6 +674,7 @@ class OutboundProcessor:
             )
             await self._flush(message_id)  # earlier answers are durable before the next transport is called
             await self._start(message_id)
+            self._sending[transport.name] += 1
             transport.status.set(add=StatusCode.OUTBOUND_ACTIVE)
             policy = self.policy_of(transport)
             self._calling.add(message_id)
@@ -697,7 +700,10 @@ class OutboundProcessor:
                     p.decline()
                 return None, done
             finally:
-                transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
+                self._sending[transport.name] -= 1
+                if self._sending[transport.name] <= 0:  # the last call in flight: others may still send
+                    del self._sending[transport.name]
+                    transport.status.set(remove=StatusCode.OUTBOUND_ACTIVE)
 
             words = {r.row_id: r.temporary for r in view.recipients if r.temporary}
             for p in mine:
