@@ -18,8 +18,9 @@ from tests.store.test_store_queue import NOW, message, submitted
 
 from postroom.mapi.codes import MAPIError
 from postroom.store import EventKind, FolderRole, MessageStore, RecipientOutcome, RecipientState, open_store
+from postroom.store.activity import PassTotals
 from postroom.store.base import ActivityBucket, DeliveryStats
-from postroom.store.history_totals import LATENCY_BOUNDS
+from postroom.store.history_totals import CHART_MINUTES_KEPT, LATENCY_BOUNDS
 from postroom.store.migrations import LATEST
 from postroom.storeadmin import copy_store, locate, migrate
 from postroom.web.metrics import LATENCY_BUCKETS
@@ -227,3 +228,19 @@ def test_writers_on_one_store_at_once_add_to_the_same_total_rows_losing_nothing(
 
 def test_metrics_shows_the_latency_bounds_the_totals_keep() -> None:
     assert tuple(LATENCY_BUCKETS) == LATENCY_BOUNDS
+
+
+def test_chart_minutes_older_than_a_week_are_deleted_and_a_chart_from_before_them_reads_the_history(
+    store: MessageStore,
+) -> None:
+    write_history(store)
+    week_later = NOW + timedelta(seconds=CHART_MINUTES_KEPT + 3600)
+    chart = steps(store.activity(SINCE, UNTIL, 60))
+    store.record_pass("a spooler", NOW, PassTotals())  # nothing to delete yet
+    assert store._q("SELECT count(*) FROM history_minutes")[0][0] > 0  # type: ignore[attr-defined]
+    store.record_pass("a spooler", week_later, PassTotals())
+    assert store._q("SELECT count(*) FROM history_minutes")[0][0] == 0  # type: ignore[attr-defined]
+    assert steps(store.activity(SINCE, UNTIL, 60)) == chart == chart_from_history(store)  # from the history now
+    check_counters(store.delivery_stats(LATENCY_BOUNDS))  # the totals stay
+    recent = week_later.replace(second=0, microsecond=0)
+    assert [b.delivered for b in store.activity(recent - timedelta(minutes=5), recent, 60)] == [0] * 5

@@ -17,9 +17,13 @@ PostgreSQL store do not all queue for the same row at each commit; the rows of a
 locked in key order and history_totals before history_minutes, so two writers never deadlock.
 Readers sum over the shards.
 
-The history itself is never pruned (nothing deletes events), and these rows only grow by
-addition: the counters /metrics derives from them never go down. Schema 6 builds them once from
-the existing history (rebuild_statements), and `postroom store copy` rebuilds them on the target.
+The history itself is never pruned (nothing deletes events), and history_totals only grows by
+addition: the counters /metrics derives from them never go down. The chart's minute rows older than
+CHART_MINUTES_KEPT are deleted (sqlbase.record_pass, at most every PASSES_FOLD_EVERY), and the
+oldest minute still kept is written to `meta` (CHART_HORIZON_KEY): a chart asked from before it is
+answered from the history instead, so no answer is ever short of the minutes that were deleted.
+Schema 6 builds them once from the existing history (rebuild_statements), and `postroom store
+copy` rebuilds them on the target.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ CHART_KINDS = frozenset((*OUTCOME_KINDS, "submitted", *LEFT_KINDS))
 #: The counter name of the latency histogram's rows in history_totals.
 LATENCY = "latency"
 MINUTE = 60
+#: How long the chart's minute rows are kept, in seconds: the status page shows the last day; a
+#: week leaves room for a longer view without a table that grows with the store's age.
+CHART_MINUTES_KEPT = 7 * 86400
+#: The `meta` key holding the oldest minute (epoch // MINUTE) the chart's rows still cover.
+CHART_HORIZON_KEY = "chart_minutes_from"
 
 TABLES = (
     "CREATE TABLE IF NOT EXISTS history_totals ("

@@ -77,7 +77,16 @@ from .codec import (
     to_epoch,
     update_raw,
 )
-from .history_totals import LATENCY, LATENCY_BOUNDS, MINUTE, Tally, minutes_upsert, totals_upsert
+from .history_totals import (
+    CHART_HORIZON_KEY,
+    CHART_MINUTES_KEPT,
+    LATENCY,
+    LATENCY_BOUNDS,
+    MINUTE,
+    Tally,
+    minutes_upsert,
+    totals_upsert,
+)
 from .notify import NoteKind
 from .queue_sql import due_params, due_sql, next_due_sql
 from .receive import normalise_class
@@ -1019,6 +1028,10 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             return self._activity_from_history(since, start, end, step)
         count = max(1, int((end - start + step - 1) // step))
         delivered, failed, change = [0] * count, [0] * count, [0] * count
+        with self._connection() as db:
+            horizon = self._chart_horizon(db)
+        if int(start) // MINUTE < horizon:  # the minute rows it needs were deleted (_prune_chart_minutes)
+            return self._activity_from_history(since, start, end, step)
         with self._reading() as db:
             # The depth before `since`: every submission minus every exit, less those from `since` on.
             depth = 0
@@ -1144,6 +1157,25 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         if t is not None and t >= self._next_fold:
             self._next_fold = t + PASSES_FOLD_EVERY
             self._fold_retired_passes(now)
+            self._prune_chart_minutes(now)
+
+    def _prune_chart_minutes(self, now: datetime) -> int:
+        """Delete the chart's minute rows older than CHART_MINUTES_KEPT and move the horizon that
+        activity() checks past them; how many were deleted. Only reads when there is nothing to do."""
+        oldest = int(((to_epoch(now) or 0.0) - CHART_MINUTES_KEPT) // MINUTE)
+        if not self._q("SELECT 1 FROM history_minutes WHERE minute < ? LIMIT 1", (oldest,)):
+            return 0
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (CHART_HORIZON_KEY, str(max(oldest, self._chart_horizon(db)))),
+            )
+            return int(db.execute("DELETE FROM history_minutes WHERE minute < ?", (oldest,)).rowcount)
+
+    def _chart_horizon(self, db: DB) -> int:
+        """The oldest minute the chart's rows still cover (0: none was ever deleted)."""
+        row = db.execute("SELECT value FROM meta WHERE key=?", (CHART_HORIZON_KEY,)).fetchone()
+        return int(row[0]) if row and row[0] else 0
 
     def _fold_retired_passes(self, now: datetime) -> int:
         """Fold the rows of spooler processes that wrote nothing for PASSES_RETIRE_SECONDS into one
