@@ -47,7 +47,8 @@ from .metrics import LATENCY_BUCKETS, Snapshot, SnapshotCollector
 HERE = Path(__file__).parent
 T_ = TypeVar("T_")
 PAGE_SIZE = 50
-#: /metrics reads the history's totals (a read of the whole history) at most this often.
+#: /metrics reads the history's totals at most this often (a few rows since schema 6, once a read of
+#: the whole history: the sharing stays, as it costs nothing and bounds a scrape storm).
 METRICS_HISTORY_SECONDS = 5.0
 _REPORT_ID = re.compile(r"stored as message (\d+)")
 #: Properties never shown on the message page (binary or bulky; none of a message's is a secret).
@@ -357,8 +358,7 @@ class StatusPage:
                 report = await session.status_report(daemon_here=self.beside_daemon)
             snap = Snapshot(
                 counts=session.queue_counts(),
-                # The history's totals cost a read of the whole history: shared for a few seconds
-                # by scrapes that come more often (benchmarks/README.md, the page's cost).
+                # The history's totals, shared for a few seconds by scrapes that come more often.
                 stats=self._cached("stats", METRICS_HISTORY_SECONDS, lambda: session.delivery_stats(LATENCY_BUCKETS)),
                 breakers={t.name: session.breaker_state(t.name) for t in transports},
                 spooler=session.spooler_stats(),
