@@ -11,7 +11,8 @@ each command waits for its reply. Either way the replies mean the same:
   only relays; a DSN that comes back later becomes the report). When the server offers DSN and
   the sender asked for a report, the request is passed on: the sender's own RFC 3461 parameters
   (RET, ENVID on MAIL; NOTIFY, ORCPT on each RCPT, as the listener or sendmail kept them,
-  xtext-encoded again), else for a MAPI delivery report ``NOTIFY=SUCCESS,FAILURE``, ``ORCPT``,
+  xtext-encoded again; only while MAIL FROM is that sender's own, since the next hop reports to
+  it), else for a MAPI delivery report ``NOTIFY=SUCCESS,FAILURE``, ``ORCPT``,
   ``RET=HDRS`` and ``ENVID`` (the Message-ID). A recipient whose NOTIFY the server took is marked
   `dsn_passed_on`: the next hop reports, so postroom sends no `relayed` report for it.
 * 5xx at RCPT: that recipient failed, with the server's reply as the NDR text, its code as
@@ -675,13 +676,16 @@ class SMTPLogon(TransportLogon):
         # DSN (RFC 3461), when the server offers it: the sender's own request (the listener's or
         # sendmail's RET/ENVID/NOTIFY/ORCPT) is passed on as given; without one, the MAPI report
         # request becomes NOTIFY (and RET=HDRS, ENVID=the Message-ID).
+        # The next hop reports to MAIL FROM: the sender's own request goes on only when MAIL FROM
+        # is still the sender who made it (not when envelope_from = "account" replaced it).
         dsn = smtp.supports("dsn")
+        own = dsn and bool(sender) and sender == self._relayed_sender(message)
         default_notify = self._dsn_notify(message) if dsn else None
-        notify = {id(r): self._recipient_notify(r, default_notify) for r in batch} if dsn else {}
+        notify = {id(r): self._recipient_notify(r, default_notify, own) for r in batch} if dsn else {}
         if dsn:
-            mail.append(self._dsn_mail_parameters(message, default_notify, any(notify.values())))
+            mail.append(self._dsn_mail_parameters(message, default_notify, any(notify.values()), own))
         mail.append(_CRLF)
-        rcpt_lines = [self._rcpt_line(rcpt, notify.get(id(rcpt)), encoding) for rcpt in batch]
+        rcpt_lines = [self._rcpt_line(rcpt, notify.get(id(rcpt)), encoding, own) for rcpt in batch]
         mail_line = b"".join(mail)
         conn.messages += 1
 
@@ -783,11 +787,11 @@ class SMTPLogon(TransportLogon):
         return tx
 
     @staticmethod
-    def _rcpt_line(rcpt: OutboundRecipient, notify: str | None, encoding: str) -> bytes:
+    def _rcpt_line(rcpt: OutboundRecipient, notify: str | None, encoding: str, own: bool) -> bytes:
         line = b"RCPT TO:<" + rcpt.email_address.encode(encoding) + b">"
         if notify is not None:
             line += f" NOTIFY={notify}".encode("ascii")
-            orcpt = rcpt.row.props.get(T.PR_POSTROOM_DSN_ORCPT)
+            orcpt = rcpt.row.props.get(T.PR_POSTROOM_DSN_ORCPT) if own else None
             if isinstance(orcpt, str) and orcpt:  # the sender's own, "type;address" decoded
                 kind, _, address = orcpt.partition(";")
                 given = f"{kind};{xtext(address)}"
@@ -798,10 +802,10 @@ class SMTPLogon(TransportLogon):
         return line + _CRLF
 
     @staticmethod
-    def _recipient_notify(rcpt: OutboundRecipient, default: str | None) -> str | None:
+    def _recipient_notify(rcpt: OutboundRecipient, default: str | None, own: bool) -> str | None:
         """The NOTIFY value for this recipient's RCPT: the sender's own (RFC 3461, kept by the
         listener or sendmail), else the one the MAPI report request gives, else None (none sent)."""
-        given = rcpt.row.props.get(T.PR_POSTROOM_DSN_NOTIFY)
+        given = rcpt.row.props.get(T.PR_POSTROOM_DSN_NOTIFY) if own else None
         if isinstance(given, str) and given:
             words = {w.strip().upper() for w in given.split(",")}
             ordered = [w for w in _NOTIFY_ORDER if w in words]
@@ -810,16 +814,18 @@ class SMTPLogon(TransportLogon):
         return default
 
     @staticmethod
-    def _dsn_mail_parameters(message: OutboundMessage, default_notify: str | None, any_notify: bool) -> bytes:
+    def _dsn_mail_parameters(
+        message: OutboundMessage, default_notify: str | None, any_notify: bool, own: bool
+    ) -> bytes:
         """RET and ENVID for MAIL FROM: the sender's own when given; else RET=HDRS and the
         Message-ID as ENVID when some recipient asks for a report; else nothing."""
         out = b""
-        ret = message.props.get(T.PR_POSTROOM_DSN_RET)
+        ret = message.props.get(T.PR_POSTROOM_DSN_RET) if own else None
         if isinstance(ret, str) and ret.upper() in ("FULL", "HDRS"):
             out += f" RET={ret.upper()}".encode("ascii")
         elif default_notify is not None or any_notify:
             out += b" RET=HDRS"
-        envid = message.props.get(T.PR_POSTROOM_DSN_ENVID)
+        envid = message.props.get(T.PR_POSTROOM_DSN_ENVID) if own else None
         if not (isinstance(envid, str) and envid):
             envid = str(message.props.get(T.PR_INTERNET_MESSAGE_ID) or "") if default_notify or any_notify else ""
         if envid and len(xtext(envid)) <= MAX_ENVID:
