@@ -188,6 +188,28 @@ def test_a_message_handed_to_an_smtp_relay_is_reported_as_relayed(profile: Path)
     assert "Final-Recipient: rfc822; dave@relay.test\nAction: relayed\nStatus: 2.0.0" in text
 
 
+def test_a_relay_that_offers_dsn_gets_the_request_passed_on_and_no_relayed_report_comes_from_us(
+    profile: Path,
+) -> None:
+    with SmtpSink(dsn=True) as sink:  # the next hop takes NOTIFY: it reports, not postroom
+        ok(postroom("service", "add", "smtp", "relay", *sink.options(), profile=profile))
+        with running(profile, "spooler", "--smtp", "127.0.0.1:0") as daemon:
+            with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+                client.sendmail(
+                    "alice@localhost", ["dave@relay.test"], message("alice@localhost"),
+                    mail_options=["RET=HDRS", "ENVID=Nightly+2B7"],
+                    rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Dave+2Bold@relay.test"],
+                )  # fmt: skip
+            daemon.wait_line(r"to=<dave@relay\.test> .* status=sent")
+            wait_for(lambda: finished(profile))
+            time.sleep(0.5)  # a report, had one been made, would be delivered by now
+        assert sink.delivered == [["dave@relay.test"]]
+        mail, rcpt = sink.lines
+        assert mail.startswith("MAIL FROM:<alice@localhost> SIZE=") and mail.endswith(" RET=HDRS ENVID=Nightly+2B7")
+        assert rcpt == "RCPT TO:<dave@relay.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Dave+2Bold@relay.test"
+    assert inbox_of(profile, "alice") == []
+
+
 def test_postroom_sendmail_passes_dash_n_dash_r_and_dash_v_on_to_the_reports(failing: Path) -> None:
     env: dict[str, str | None] = {"POSTROOM_PROFILE": str(failing), "POSTROOM_SOCKET": None}
     with running(failing, "spooler", "--smtp", "127.0.0.1:0") as daemon:

@@ -21,6 +21,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTPServer
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.flags import EndMessageFlags, LogonFlags, NDRDiag, NDRReason, RecipientType, StatusCode
 from postroom.transports.smtp import SMTPLogon, SMTPProvider, envelope_address_problem, reply_text
@@ -71,6 +72,8 @@ class Handler:
     rsets: int = 0
     mails_per_peer: dict[Any, int] = field(default_factory=dict)
     rcpt_opts: list[list[str]] = field(default_factory=list)
+    #: MAIL and RCPT arguments as the client wrote them (DSNServer only: aiosmtpd upper-cases values).
+    lines: list[str] = field(default_factory=list)
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> Any:
         session.host_name = hostname
@@ -136,6 +139,14 @@ class DSNServer(AioSMTPServer):
             for name in ("RET", "ENVID", "NOTIFY", "ORCPT"):
                 result.pop(name, None)
         return result
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.event_handler.lines.append(f"MAIL {arg}")
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.event_handler.lines.append(f"RCPT {arg}")
+        await super().smtp_RCPT(arg)
 
 
 class DSNController(Controller):
@@ -669,6 +680,55 @@ def test_dsn_parameters_when_a_delivery_report_is_requested(tmp_path: Path, star
     # Without a report request no DSN parameters are sent.
     asyncio.run(submit(logon, make_message(rcpt("bob@example.test"))))
     assert handler.received[1].rcpt_options == [[]] and "RET=HDRS" not in handler.received[1].mail_options
+
+
+def dsn_request() -> Any:
+    """A message as the listener keeps it from cron@host.example with an RFC 3461 request: RET and
+    ENVID on it, NOTIFY and ORCPT (decoded) on alice; bob asked nothing."""
+    alice, bob = rcpt("alice@example.test"), rcpt("bob@example.test")
+    alice.props[T.PR_POSTROOM_DSN_NOTIFY] = "FAILURE,DELAY"
+    alice.props[T.PR_POSTROOM_DSN_ORCPT] = "rfc822;Alice=old@example.test"
+    return make_message(
+        alice, bob, PR_POSTROOM_SUBMISSION_SOURCE="smtp", PR_POSTROOM_ENVELOPE_FROM="cron@host.example",
+        PR_POSTROOM_DSN_RET="FULL", PR_POSTROOM_DSN_ENVID="Nightly 7+x",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("offered", [True, False], ids=["DSN offered", "no DSN"])
+def test_the_senders_own_dsn_request_is_passed_on_xtext_encoded_only_when_the_server_offers_dsn(
+    tmp_path: Path, start_server: Any, offered: bool
+) -> None:
+    handler, port = start_server(Handler(extra_ehlo=["250-DSN"] if offered else []), dsn=True)
+    message = dsn_request()
+    result, _ = asyncio.run(submit(make_logon(tmp_path, port), message))
+    assert result == SubmitResult.ok()
+    mail, to_alice, to_bob = handler.lines
+    size = mail.removeprefix("MAIL FROM:<cron@host.example> ").split()[0]
+    assert size.startswith("SIZE=")
+    rcpts = by_address(message)
+    alice, bob = rcpts["alice@example.test"].mark, rcpts["bob@example.test"].mark
+    assert alice is not None and bob is not None and alice.delivered and bob.delivered
+    assert bob.dsn_passed_on is False and to_bob == "RCPT TO:<bob@example.test>"
+    if offered:
+        assert mail == f"MAIL FROM:<cron@host.example> {size} RET=FULL ENVID=Nightly+207+2Bx"
+        assert to_alice == "RCPT TO:<alice@example.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;Alice+3Dold@example.test"
+        assert alice.dsn_passed_on is True  # the next hop reports: no "relayed" from us
+    else:
+        assert mail == f"MAIL FROM:<cron@host.example> {size}" and to_alice == "RCPT TO:<alice@example.test>"
+        assert alice.dsn_passed_on is False
+
+
+def test_the_senders_dsn_request_stays_here_when_mail_from_is_the_accounts(tmp_path: Path, start_server: Any) -> None:
+    # The next hop would report to the account, not to the sender who asked: postroom keeps the
+    # request and reports itself ("relayed").
+    handler, port = start_server(Handler(extra_ehlo=["250-DSN"]), dsn=True)
+    logon = make_logon(tmp_path, port, envelope_from="account", from_address="account@sender.test")
+    message = dsn_request()
+    assert asyncio.run(submit(logon, message))[0] == SubmitResult.ok()
+    mail, to_alice, to_bob = handler.lines
+    assert mail.startswith("MAIL FROM:<account@sender.test> SIZE=") and "RET=" not in mail
+    assert (to_alice, to_bob) == ("RCPT TO:<alice@example.test>", "RCPT TO:<bob@example.test>")
+    assert all(r.mark is not None and r.mark.dsn_passed_on is False for r in message.recipients)
 
 
 def test_sender_option_and_reports_use_their_envelope_sender(tmp_path: Path, start_server: Any) -> None:

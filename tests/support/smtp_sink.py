@@ -5,7 +5,8 @@
   recipient of each message, so a test can count deliveries per address and see none twice.
 * `SmtpSink(replies={"busy@x.test": "450 4.2.1 mailbox busy"})`: answers RCPT as `replies` says
   per address (everything else accepted) and keeps each message's envelope recipients, bytes and
-  envelope sender.
+  envelope sender. `SmtpSink(dsn=True)` offers DSN (RFC 3461), lets its parameters through and
+  keeps each MAIL and RCPT line as the client wrote it (`lines`), so a test sees what was passed on.
 """
 
 from __future__ import annotations
@@ -76,12 +77,45 @@ def running_sink() -> Iterator[tuple[RecordingHandler, int]]:
         controller.stop()
 
 
+class _DsnSMTP(SMTP):
+    """aiosmtpd refuses unknown MAIL/RCPT parameters (and upper-cases values); this one lets the
+    DSN ones through and records the verbs' arguments as written."""
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        if result is not None:
+            for name in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                result.pop(name, None)
+        return result
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.event_handler.lines.append(f"MAIL {arg}")
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.event_handler.lines.append(f"RCPT {arg}")
+        await super().smtp_RCPT(arg)
+
+
+class _DsnController(Controller):
+    def factory(self) -> SMTP:
+        return _DsnSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class _Handler:
-    def __init__(self, replies: dict[str, str]) -> None:
+    def __init__(self, replies: dict[str, str], dsn: bool = False) -> None:
         self.replies = replies
+        self.dsn = dsn
+        self.lines: list[str] = []  # MAIL and RCPT arguments as written (dsn=True only)
         self.delivered: list[list[str]] = []
         self.messages: list[bytes] = []
         self.senders: list[str] = []  # each message's MAIL FROM
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]] if self.dsn else responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -100,10 +134,15 @@ class _Handler:
 
 
 class SmtpSink:
-    def __init__(self, replies: dict[str, str] | None = None) -> None:
-        self.handler = _Handler({k.lower(): v for k, v in (replies or {}).items()})
+    def __init__(self, replies: dict[str, str] | None = None, *, dsn: bool = False) -> None:
+        self.handler = _Handler({k.lower(): v for k, v in (replies or {}).items()}, dsn)
         self.port = free_port()
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        controller = _DsnController if dsn else Controller
+        self._controller = controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.handler.lines
 
     @property
     def delivered(self) -> list[list[str]]:

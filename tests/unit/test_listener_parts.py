@@ -36,6 +36,8 @@ from postroom.mapi.dsn import (
     read_mail_parameters,
     read_rcpt_parameters,
     split_dsn_parameters,
+    xtext_decode,
+    xtext_encode,
 )
 from postroom.mapi.flags import MAPI_P1, MAPI_SUBMITTED
 from postroom.mapi.hostport import is_loopback
@@ -171,6 +173,14 @@ def test_dsn_parameters_are_taken_out_as_written_and_decoded_from_xtext() -> Non
         T.PR_POSTROOM_DSN_NOTIFY: "SUCCESS,DELAY",
         T.PR_POSTROOM_DSN_ORCPT: "rfc822;Carol+x@Example.org",
     }
+
+
+@pytest.mark.parametrize("text", ["Run+42=x", "plain", "two words", "jöran", "a\\b"])
+def test_xtext_encoding_is_what_the_listener_decodes_for_a_relay_to_pass_on(text: str) -> None:
+    encoded = xtext_encode(text)
+    assert encoded.isascii() and "=" not in encoded and " " not in encoded
+    assert xtext_decode(encoded, "ENVID") == text
+    assert xtext_encode("Run+42=x") == "Run+2B42+3Dx"
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ provider-defined properties: PR_POSTROOM_DSN_RET and PR_POSTROOM_DSN_ENVID on th
 PR_POSTROOM_DSN_NOTIFY and PR_POSTROOM_DSN_ORCPT on each envelope recipient row. The reports to
 the envelope sender (spooler/sender_reports.py) obey them through `wants_report`.
 
-The values are kept decoded (xtext undone): the report echoes them as RFC 3464 says, and nothing
-else needs the encoded form.
+The values are kept decoded (xtext undone): the report echoes them as RFC 3464 says. The smtp
+transport encodes them again (`xtext_encode`) when it passes the request on to a server that
+offers DSN; the next hop then reports, and postroom says `relayed` only for a recipient whose
+request it could not pass on (RFC 3461 §6.2.2).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "split_dsn_parameters",
     "wants_report",
     "xtext_decode",
+    "xtext_encode",
 ]
 
 #: RFC 3461 §4.4: an ENVID is at most 100 characters (as xtext); §4.2: an ORCPT at most 500.
@@ -108,6 +111,18 @@ def xtext_decode(value: str, what: str) -> str:
         raise DsnParameterError(f"{what} is not xtext (RFC 3461 §4)")
     raw = re.sub(rb"\+([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), value.encode("ascii"))
     return raw.decode("utf-8", "replace")
+
+
+def xtext_encode(value: str) -> str:
+    """RFC 3461 §4 xtext of `value` (its UTF-8 octets): printable ASCII except '+' and '=' as is,
+    everything else as +HH; what a relay puts on MAIL and RCPT to pass a DSN request on."""
+    out = []
+    for byte in value.encode("utf-8"):
+        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
 
 
 def parse_notify(value: str) -> frozenset[Notify]:

@@ -853,8 +853,9 @@ class OutboundProcessor:
                 props = {T.PR_DELIVER_TIME: mark.time}
                 if mark.text:
                     props[T.PR_REPORT_TEXT] = mark.text
-                # RCPT's NOTIFY=SUCCESS asks for a report even from a relay, which then says so.
-                success_asked = wants_report(r.row.props, "delivered") is True
+                # RCPT's NOTIFY=SUCCESS asks for a report even from a relay, which then says so,
+                # unless the next hop took the request (RFC 3461 §6.2.2): then it reports, not we.
+                success_asked = wants_report(r.row.props, "delivered") is True and not mark.dsn_passed_on
                 if success_asked and not mark.report:
                     props[T.PR_POSTROOM_RELAYED] = True
                 report = (dr_requested and mark.report) or success_asked

@@ -5,7 +5,9 @@ program shows (envelope.py builds it).
 
 What the sender asked with RFC 3461 DSN parameters (mapi/dsn.py) is obeyed per recipient: NOTIFY=NEVER
 means no report at all, a NOTIFY without FAILURE no NDR, without DELAY no delay warning, and with
-SUCCESS a delivery report ("delivered", or "relayed" when an SMTP relay took it). A recipient
+SUCCESS a delivery report ("delivered", or "relayed" when an SMTP relay took it but could not take
+the DSN request too; a relay that offered DSN got NOTIFY passed on and reports itself, so then
+none comes from here: spooler/outbound.py decides). A recipient
 without NOTIFY gets NDRs and delay warnings, and DRs when the message asked MAPI for them. The
 profile's own MAPI reports (in its Inbox) are not filtered: NOTIFY is about the sender's copies.
 

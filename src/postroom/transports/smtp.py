@@ -9,8 +9,12 @@ each command waits for its reply. Either way the replies mean the same:
 
 * 250/251 at RCPT and 250 after DATA: delivered, without a delivery report from us (the server
   only relays; a DSN that comes back later becomes the report). When the server offers DSN and
-  the sender asked for a delivery report, RCPT carries ``NOTIFY=SUCCESS,FAILURE`` and ``ORCPT``,
-  MAIL carries ``RET=HDRS`` and ``ENVID`` (the Message-ID).
+  the sender asked for a report, the request is passed on: the sender's own RFC 3461 parameters
+  (RET, ENVID on MAIL; NOTIFY, ORCPT on each RCPT, as the listener or sendmail kept them,
+  xtext-encoded again; only while MAIL FROM is that sender's own, since the next hop reports to
+  it), else for a MAPI delivery report ``NOTIFY=SUCCESS,FAILURE``, ``ORCPT``,
+  ``RET=HDRS`` and ``ENVID`` (the Message-ID). A recipient whose NOTIFY the server took is marked
+  `dsn_passed_on`: the next hop reports, so postroom sends no `relayed` report for it.
 * 5xx at RCPT: that recipient failed, with the server's reply as the NDR text, its code as
   PR_NDR_STATUS_CODE and reason/diagnostic from the enhanced status code (`mime.status_to_ndr`).
   5xx at MAIL fails every recipient, 5xx after DATA every recipient accepted at RCPT.
@@ -101,6 +105,8 @@ from ..formats import tnef
 from ..identity import check_address, check_name
 from ..mapi import tags as T
 from ..mapi.codes import MAPIError
+from ..mapi.dsn import MAX_ORCPT
+from ..mapi.dsn import xtext_encode as xtext
 from ..mapi.flags import (
     EndMessageFlags,
     LogoffFlags,
@@ -149,6 +155,8 @@ DEFAULT_ADDRESS_TYPES = ("SMTP",)
 DATA_TIMEOUT_FACTOR = 10
 #: RFC 3461 §4.4: ENVID is at most 100 characters.
 MAX_ENVID = 100
+#: RFC 3461 NOTIFY words, in the order they are written.
+_NOTIFY_ORDER = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
 SLOT_RETRY_SECONDS = 1.0
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
@@ -195,17 +203,6 @@ def envelope_address_problem(address: str) -> str | None:
     if longer_than_smtp_allows(address):
         return f"the address is longer than {MAX_SMTP_ADDRESS} octets"
     return None
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 §4 xtext: printable ASCII except '+' and '=' as is, everything else as +HH."""
-    out = []
-    for byte in value.encode("utf-8"):
-        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
-            out.append(chr(byte))
-        else:
-            out.append(f"+{byte:02X}")
-    return "".join(out)
 
 
 def reply_text(code: int, message: str) -> str:
@@ -676,14 +673,19 @@ class SMTPLogon(TransportLogon):
             mail.append(b" SMTPUTF8")
         if (use_utf8 or not content.ascii) and smtp.supports("8bitmime"):
             mail.append(b" BODY=8BITMIME")
-        notify = self._dsn_notify(message) if smtp.supports("dsn") else None
-        if notify is not None:
-            mail.append(b" RET=HDRS")
-            envid = str(message.props.get(T.PR_INTERNET_MESSAGE_ID) or "")
-            if envid and envid.isascii() and len(xtext(envid)) <= MAX_ENVID:
-                mail.append(f" ENVID={xtext(envid)}".encode("ascii"))
+        # DSN (RFC 3461), when the server offers it: the sender's own request (the listener's or
+        # sendmail's RET/ENVID/NOTIFY/ORCPT) is passed on as given; without one, the MAPI report
+        # request becomes NOTIFY (and RET=HDRS, ENVID=the Message-ID).
+        # The next hop reports to MAIL FROM: the sender's own request goes on only when MAIL FROM
+        # is still the sender who made it (not when envelope_from = "account" replaced it).
+        dsn = smtp.supports("dsn")
+        own = dsn and bool(sender) and sender == self._relayed_sender(message)
+        default_notify = self._dsn_notify(message) if dsn else None
+        notify = {id(r): self._recipient_notify(r, default_notify, own) for r in batch} if dsn else {}
+        if dsn:
+            mail.append(self._dsn_mail_parameters(message, default_notify, any(notify.values()), own))
         mail.append(_CRLF)
-        rcpt_lines = [self._rcpt_line(rcpt, notify, encoding) for rcpt in batch]
+        rcpt_lines = [self._rcpt_line(rcpt, notify.get(id(rcpt)), encoding, own) for rcpt in batch]
         mail_line = b"".join(mail)
         conn.messages += 1
 
@@ -776,7 +778,8 @@ class SMTPLogon(TransportLogon):
         if reply.code == 250:
             for rcpt in accepted:
                 # Relayed: the server cannot confirm final delivery; a DSN may come back later.
-                rcpt.mark_delivered(report=False)
+                # When it took the DSN request (NOTIFY) it reports itself, so we say nothing.
+                rcpt.mark_delivered(report=False, dsn_passed_on=notify.get(id(rcpt)) is not None)
             tx.delivered += len(accepted)
             return tx
         self._refused(accepted, reply.code, reply.message, tx)
@@ -784,13 +787,50 @@ class SMTPLogon(TransportLogon):
         return tx
 
     @staticmethod
-    def _rcpt_line(rcpt: OutboundRecipient, notify: str | None, encoding: str) -> bytes:
+    def _rcpt_line(rcpt: OutboundRecipient, notify: str | None, encoding: str, own: bool) -> bytes:
         line = b"RCPT TO:<" + rcpt.email_address.encode(encoding) + b">"
         if notify is not None:
             line += f" NOTIFY={notify}".encode("ascii")
-            if rcpt.email_address.isascii():
+            orcpt = rcpt.row.props.get(T.PR_POSTROOM_DSN_ORCPT) if own else None
+            if isinstance(orcpt, str) and orcpt:  # the sender's own, "type;address" decoded
+                kind, _, address = orcpt.partition(";")
+                given = f"{kind};{xtext(address)}"
+                if len(given) <= MAX_ORCPT:
+                    line += f" ORCPT={given}".encode("ascii")
+            elif rcpt.email_address.isascii():
                 line += f" ORCPT=rfc822;{xtext(rcpt.email_address)}".encode("ascii")
         return line + _CRLF
+
+    @staticmethod
+    def _recipient_notify(rcpt: OutboundRecipient, default: str | None, own: bool) -> str | None:
+        """The NOTIFY value for this recipient's RCPT: the sender's own (RFC 3461, kept by the
+        listener or sendmail), else the one the MAPI report request gives, else None (none sent)."""
+        given = rcpt.row.props.get(T.PR_POSTROOM_DSN_NOTIFY) if own else None
+        if isinstance(given, str) and given:
+            words = {w.strip().upper() for w in given.split(",")}
+            ordered = [w for w in _NOTIFY_ORDER if w in words]
+            if ordered:
+                return ",".join(ordered)
+        return default
+
+    @staticmethod
+    def _dsn_mail_parameters(
+        message: OutboundMessage, default_notify: str | None, any_notify: bool, own: bool
+    ) -> bytes:
+        """RET and ENVID for MAIL FROM: the sender's own when given; else RET=HDRS and the
+        Message-ID as ENVID when some recipient asks for a report; else nothing."""
+        out = b""
+        ret = message.props.get(T.PR_POSTROOM_DSN_RET) if own else None
+        if isinstance(ret, str) and ret.upper() in ("FULL", "HDRS"):
+            out += f" RET={ret.upper()}".encode("ascii")
+        elif default_notify is not None or any_notify:
+            out += b" RET=HDRS"
+        envid = message.props.get(T.PR_POSTROOM_DSN_ENVID) if own else None
+        if not (isinstance(envid, str) and envid):
+            envid = str(message.props.get(T.PR_INTERNET_MESSAGE_ID) or "") if default_notify or any_notify else ""
+        if envid and len(xtext(envid)) <= MAX_ENVID:
+            out += f" ENVID={xtext(envid)}".encode("ascii")
+        return out
 
     @staticmethod
     def _dsn_notify(message: OutboundMessage) -> str | None:

@@ -199,6 +199,8 @@ class RecipientMark:
     delivered: bool
     time: datetime
     report: bool = True  # False: accepted for relay, no delivery report from us
+    #: The next hop took this recipient's RFC 3461 DSN request (NOTIFY): it reports, not we.
+    dsn_passed_on: bool = False
     reason: NDRReason = NDRReason.TRANSFER_FAILED
     diag: NDRDiag = NDRDiag.NO_DIAGNOSTIC
     text: str = ""
@@ -252,10 +254,14 @@ class OutboundRecipient:
             )
         self._responsibility = True
 
-    def mark_delivered(self, when: datetime | None = None, *, report: bool = True) -> None:
-        """Sent (PR_RESPONSIBILITY TRUE). `report=False` for a relay that cannot confirm final delivery."""
+    def mark_delivered(self, when: datetime | None = None, *, report: bool = True, dsn_passed_on: bool = False) -> None:
+        """Sent (PR_RESPONSIBILITY TRUE). `report=False` for a relay that cannot confirm final delivery;
+        `dsn_passed_on=True` when the next hop accepted the sender's DSN request (RFC 3461 NOTIFY)
+        and so reports itself: then no `relayed` report comes from us."""
         self._take()
-        self.mark = RecipientMark(delivered=True, time=when or datetime.now(UTC), report=report)
+        self.mark = RecipientMark(
+            delivered=True, time=when or datetime.now(UTC), report=report, dsn_passed_on=dsn_passed_on
+        )
 
     def defer(self, text: str) -> None:
         """A temporary problem with this recipient (e.g. the server's ``450 4.2.1 …``): it stays
