@@ -14,6 +14,8 @@ Goal (issue 18): at least 1× Postfix.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import smtplib
@@ -73,6 +75,16 @@ def _listening_daemon(profile: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def kill_with_workers(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the daemon and its workers: the listener runs in a worker (`spooler --worker-of`),
+    which a SIGKILL of the daemon alone leaves answering a while longer."""
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    proc.send_signal(signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
 def kill_run(work: Path, per_client: int) -> dict[str, Any]:
     """Ten clients send `per_client` messages each to `spooler --smtp`; SIGKILL once a third got 250;
     a new daemon then delivers the rest. Every message that got 250 must reach its Maildir."""
@@ -102,7 +114,7 @@ def kill_run(work: Path, per_client: int) -> dict[str, Any]:
         t.start()
     while len(accepted) < CLIENTS * per_client // 3 and any(t.is_alive() for t in threads):
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    kill_with_workers(proc)
     proc.wait()
     for t in threads:
         t.join()
