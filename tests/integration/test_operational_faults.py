@@ -53,7 +53,9 @@ def test_a_daemon_stops_with_an_error_when_its_store_file_is_deleted(profile: Pa
         if daemon.poll() is None:
             daemon.kill()
     assert daemon.returncode == 2, err
-    assert "MAPI_E_NOT_FOUND" in err and "store.sqlite was deleted" in err
+    assert "MAPI_E_NOT_FOUND" in err
+    # Which it sees first is a race: the file gone, or the new one `send` made in its place.
+    assert "store.sqlite was deleted" in err or "store.sqlite was replaced by another file" in err
 
 
 def test_a_schedule_of_infinity_is_refused(profile: Path) -> None:
