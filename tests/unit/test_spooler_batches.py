@@ -52,3 +52,20 @@ def test_messages_claimed_ahead_that_a_pass_did_not_reach_are_given_back_untouch
         assert s.deliver().delivered == 35
         assert s.queue() == [] and len(ids) == 40
     assert set(instant.CALLS.values()) == {1}
+
+
+def test_a_message_a_waiting_worker_takes_is_marked_started_in_its_claims_commit(tmp_path: Path) -> None:
+    """A spooler keeping up with one-at-a-time submission runs a pass per message or so; a started
+    mark of its own cost each pass a commit, and every commit holds the writer turn that submitters
+    wait for (issue 17, figure 1). The pass is: claim and mark, finish, the pass's record."""
+    instant.CALLS.clear()
+    with postroom.logon(instant_profile(tmp_path / "p", 8)) as s:
+        s.deliver()  # the first pass writes what only a first pass writes
+        counts = s.engine.store.count_statements()
+        for i in range(3):
+            s.create_message(f"one {i}", "body").to(f"r{i}@x.test").submit()
+            commits = counts.commits
+            assert s.deliver().delivered == 1
+            assert counts.commits - commits == 3, counts.commits - commits
+        assert s.queue() == []
+    assert set(instant.CALLS.values()) == {1}

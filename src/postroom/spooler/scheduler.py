@@ -15,7 +15,12 @@ above) and claims it with one statement (`claim_messages`, through the group com
 claim shares its commit with the outcomes of the same tick); a message another spooler process
 took meanwhile is left out harmlessly. The batch's bags, recipients and attachments are then
 read with one query each (`load_claimed`), and the workers take the claimed messages in the
-order they were picked. A claimed message waits at most for one worker to come free; its lease
+order they were picked. The messages that workers already waiting for this claim take at once
+are marked started in the claim's own transaction (`prestarted`, as commit.py does for a finish):
+a spooler that keeps up with one-at-a-time submission works in passes of a few messages, and a
+started mark of their own cost each such pass a commit, holding the store's writer turn while
+submitters wait for it (issue 17, figure 1). A claim made ahead, while every worker is busy,
+marks nothing. A claimed message waits at most for one worker to come free; its lease
 is renewed meanwhile with every other lease the spooler holds (leases.py), and one found lost is
 skipped. Those no worker took when the pass ends are given back as if never claimed (`unclaim`).
 
@@ -85,8 +90,13 @@ class FairScheduler:
         memory: LaneMemory | None = None,
         write: Callable[..., Awaitable[Any]] | None = None,
         leases: LeaseKeeper | None = None,
+        prestarted: set[int] | None = None,
     ) -> None:
         self.store = store
+        #: Marked started with their claim, not yet taken by a worker (the group commit's set, which
+        #: the pass clears; None: every worker marks its own).
+        self.prestarted = prestarted
+        self._waiting = 0  # workers waiting in take() for the claim under way
         #: Who renews the claims (the spooler's keeper, shared with its deliveries).
         self.leases = leases or LeaseKeeper(store, owner, clock, lease_seconds)
         #: How claims are written (the spooler's group commit); else each one commits alone.
@@ -130,7 +140,12 @@ class FairScheduler:
                     self._start_claim(in_flight, want)
                 return message_id
             claiming = self._claiming or self._start_claim(in_flight, want)
-            if not await asyncio.shield(claiming) and not self._ready and self._claim_error is None:
+            self._waiting += 1
+            try:
+                found = await asyncio.shield(claiming)
+            finally:
+                self._waiting -= 1
+            if not found and not self._ready and self._claim_error is None:
                 return None  # nothing due that this pass has not taken already
 
     def _pop_ready(self) -> int | None:
@@ -194,8 +209,11 @@ class FairScheduler:
         if not picked:
             return True  # only messages taken already were left: read the due ones again
         ids = [m for m, _ in picked]
-        claimed = set(await self.write(self.store.claim_messages, self.owner, ids, self.clock(), self.lease_seconds))
+        in_order, marked = await self.write(self._claim_and_mark, ids)
+        claimed = set(in_order)
         self.leases.hold(claimed)
+        if self.prestarted is not None:
+            self.prestarted |= marked  # durable now, before any waiting worker wakes
         for message_id, lane in picked:
             if message_id in claimed:
                 self._busy[lane] = self._busy.get(lane, 0) + 1
@@ -204,6 +222,21 @@ class FairScheduler:
         if claimed:
             self.loaded.update(self.store.load_claimed([m for m in ids if m in claimed]))
         return True
+
+    def _claim_and_mark(self, ids: list[int]) -> tuple[list[int], set[int]]:
+        """Claim `ids`; in the same transaction, mark started those that the workers waiting now
+        take first (the front of the ready queue, in claim order). Run by the group commit, so the
+        number waiting is read when the batch is written. A mark that fails costs nothing: those
+        workers mark their messages themselves."""
+        claimed = self.store.claim_messages(self.owner, ids, self.clock(), self.lease_seconds)
+        takers = 0 if self.prestarted is None else max(0, self._waiting - len(self._ready))
+        marked: set[int] = set()
+        if takers and claimed:
+            try:
+                marked = self.store.mark_started(self.owner, claimed[:takers])
+            except Exception:  # that statement alone is rolled back (its savepoint)
+                marked = set()
+        return claimed, marked
 
     def done(self, message_id: int) -> None:
         lane = self._lane_of.pop(message_id, None)

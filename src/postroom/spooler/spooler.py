@@ -152,6 +152,7 @@ class Spooler:
             self.lanes,
             self.processor.write,
             self.processor.leases,
+            prestarted=self.processor.commit.prestarted,
         )
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         commit = self.processor.commit
