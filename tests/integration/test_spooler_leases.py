@@ -84,4 +84,5 @@ def test_one_statement_per_interval_renews_every_lease_and_a_short_lease_outlive
     # Nothing but the renewals ran meanwhile: a statement or so per interval, not one per message.
     renewals = seen["commits"]
     assert 1 <= renewals <= seen["seconds"] / (LEASE_SECONDS / 3) + 1, seen  # one per interval at most
-    assert seen["statements"] <= renewals * STATEMENTS_PER_RENEWAL, seen
+    # A renewal under way at either snapshot counts some of its statements and not its commit.
+    assert seen["statements"] <= (renewals + 2) * STATEMENTS_PER_RENEWAL, seen
