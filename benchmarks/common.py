@@ -527,7 +527,15 @@ def serialised(n: int) -> list[bytes]:
     ]
 
 
-def wait_for_outcomes(store_path: Path, n: int, daemon: subprocess.Popen[Any], log: Path) -> float:
+#: How many recipients have an outcome, and the time of the last one.
+OUTCOMES_SQL = "SELECT count(*), max(outcome_time) FROM recipients WHERE state != 'pending'"
+#: The same from the history, which stays when a message is deleted once handled (relayed mail).
+DELIVERED_EVENTS_SQL = "SELECT count(*), max(time) FROM events WHERE kind = 'delivered'"
+
+
+def wait_for_outcomes(
+    store_path: Path, n: int, daemon: subprocess.Popen[Any], log: Path, count_sql: str = OUTCOMES_SQL
+) -> float:
     """Wait until n recipients have an outcome in the store (read by a connection of its own, so
     only what is committed counts); the time of the last one. Fails when the daemon exits first or
     nothing is left to wait for after max(300 s, n / 10 s)."""
@@ -535,9 +543,7 @@ def wait_for_outcomes(store_path: Path, n: int, daemon: subprocess.Popen[Any], l
     deadline = time.monotonic() + max(300.0, n / 10)
     try:
         while True:
-            done, last = db.execute(
-                "SELECT count(*), max(outcome_time) FROM recipients WHERE state != 'pending'"
-            ).fetchone()
+            done, last = db.execute(count_sql).fetchone()
             if done >= n:
                 return float(last)
             if daemon.poll() is not None:

@@ -21,7 +21,6 @@ CPU per message: every process of postroom's daemon; every Postfix daemon.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -36,24 +35,6 @@ from fig1_end_to_end import run_postfix
 from postroom.engine.runtime import DEFAULT_CONCURRENCY
 
 SESSIONS = 8
-
-
-def delivered_events(store_path: Path, n: int, daemon: subprocess.Popen[Any], log: Path) -> float:
-    """Wait for n `delivered` events (committed, read by a connection of its own); the last one's time."""
-    db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=30)
-    deadline = time.monotonic() + max(300.0, n / 10)
-    try:
-        while True:
-            done, last = db.execute("SELECT count(*), max(time) FROM events WHERE kind = 'delivered'").fetchone()
-            if done >= n:
-                return float(last)
-            if daemon.poll() is not None:
-                raise RuntimeError(f"spooler daemon exited ({daemon.returncode}) after {done} of {n}; see {log}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {done} of {n} delivered; see {log}")
-            time.sleep(0.05)
-    finally:
-        db.close()
 
 
 def daemon_command(profile: Path, workers: int) -> list[str]:
@@ -82,7 +63,7 @@ def run_postroom(sink_port: int, n: int, work: Path, workers: int) -> dict[str, 
         cpu0 = C.tree_cpu_seconds(daemon.pid)
         t0 = time.time()
         intake = C.smtp_source(n, SESSIONS, port)
-        last = delivered_events(Profile.load(profile).store_path, n, daemon, log)
+        last = C.wait_for_outcomes(Profile.load(profile).store_path, n, daemon, log, C.DELIVERED_EVENTS_SQL)
         cpu = C.tree_cpu_seconds(daemon.pid) - cpu0
     finally:
         C.stop_process(daemon, 30)

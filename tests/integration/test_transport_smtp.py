@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as AioSMTPServer
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from postroom.mapi import tags as T
@@ -28,6 +27,7 @@ from postroom.transports.smtp import SMTPLogon, SMTPProvider, envelope_address_p
 from postroom.transports.spi import Registration, SubmitResult
 
 from support.prerequisites import unavailable
+from support.smtp_sink import DsnController
 from support.smtp_transport import SENDER, by_address, make_logon, make_message, needs_uvloop, rcpt, run, submit
 from support.spi import FakeSupport
 
@@ -72,7 +72,7 @@ class Handler:
     rsets: int = 0
     mails_per_peer: dict[Any, int] = field(default_factory=dict)
     rcpt_opts: list[list[str]] = field(default_factory=list)
-    #: MAIL and RCPT arguments as the client wrote them (DSNServer only: aiosmtpd upper-cases values).
+    #: MAIL and RCPT arguments as the client wrote them (support.smtp_sink.DsnSMTP only: aiosmtpd upper-cases values).
     lines: list[str] = field(default_factory=list)
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> Any:
@@ -130,30 +130,6 @@ class Handler:
         return "221 Bye"
 
 
-class DSNServer(AioSMTPServer):
-    """aiosmtpd refuses unknown MAIL/RCPT parameters; this one lets the DSN ones through."""
-
-    def _getparams(self, params: Any) -> Any:
-        result = super()._getparams(params)
-        if result is not None:
-            for name in ("RET", "ENVID", "NOTIFY", "ORCPT"):
-                result.pop(name, None)
-        return result
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        self.event_handler.lines.append(f"MAIL {arg}")
-        await super().smtp_MAIL(arg)
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        self.event_handler.lines.append(f"RCPT {arg}")
-        await super().smtp_RCPT(arg)
-
-
-class DSNController(Controller):
-    def factory(self) -> Any:
-        return DSNServer(self.handler, **self.SMTP_kwargs)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,7 +163,7 @@ def start_server(
             handler.extra_ehlo.append("250-PIPELINING")
         port = port or free_port()
         kwargs.setdefault("server_hostname", "mx.test")
-        cls = DSNController if dsn else Controller
+        cls = DsnController if dsn else Controller
         controller = cls(handler, hostname="127.0.0.1", port=port, **kwargs)
         controller.start()
         controllers.append(controller)

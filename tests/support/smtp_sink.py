@@ -77,9 +77,9 @@ def running_sink() -> Iterator[tuple[RecordingHandler, int]]:
         controller.stop()
 
 
-class _DsnSMTP(SMTP):
+class DsnSMTP(SMTP):
     """aiosmtpd refuses unknown MAIL/RCPT parameters (and upper-cases values); this one lets the
-    DSN ones through and records the verbs' arguments as written."""
+    DSN ones through and records the verbs' arguments as written, in its handler's `lines`."""
 
     def _getparams(self, params: Any) -> Any:
         result = super()._getparams(params)
@@ -97,9 +97,9 @@ class _DsnSMTP(SMTP):
         await super().smtp_RCPT(arg)
 
 
-class _DsnController(Controller):
+class DsnController(Controller):
     def factory(self) -> SMTP:
-        return _DsnSMTP(self.handler, **self.SMTP_kwargs)
+        return DsnSMTP(self.handler, **self.SMTP_kwargs)
 
 
 class _Handler:
@@ -137,7 +137,7 @@ class SmtpSink:
     def __init__(self, replies: dict[str, str] | None = None, *, dsn: bool = False) -> None:
         self.handler = _Handler({k.lower(): v for k, v in (replies or {}).items()}, dsn)
         self.port = free_port()
-        controller = _DsnController if dsn else Controller
+        controller = DsnController if dsn else Controller
         self._controller = controller(self.handler, hostname="127.0.0.1", port=self.port)
 
     @property
