@@ -537,17 +537,10 @@ class MessageStore(abc.ABC):
     def renew_lease(self, message_id: int, owner: str, now: datetime, lease_seconds: float) -> None:
         """Extend a claim; LeaseLost if another process took the message over."""
 
+    @abc.abstractmethod
     def renew_leases(self, owner: str, message_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
         """Extend every claim of `owner` on these messages at once; the IDs still held (one that
         another process took over is left out, and its lease is not touched)."""
-        held: set[int] = set()
-        for mid in message_ids:
-            try:
-                self.renew_lease(mid, owner, now, lease_seconds)
-            except LeaseLost:
-                continue
-            held.add(mid)
-        return held
 
     # --- what the status page and /metrics read (store/activity.py) ----------------------------
     @abc.abstractmethod
