@@ -105,7 +105,7 @@ from ..formats import tnef
 from ..identity import check_address, check_name
 from ..mapi import tags as T
 from ..mapi.codes import MAPIError
-from ..mapi.dsn import MAX_ORCPT
+from ..mapi.dsn import MAX_ORCPT, Notify
 from ..mapi.dsn import xtext_encode as xtext
 from ..mapi.flags import (
     EndMessageFlags,
@@ -155,8 +155,6 @@ DEFAULT_ADDRESS_TYPES = ("SMTP",)
 DATA_TIMEOUT_FACTOR = 10
 #: RFC 3461 §4.4: ENVID is at most 100 characters.
 MAX_ENVID = 100
-#: RFC 3461 NOTIFY words, in the order they are written.
-_NOTIFY_ORDER = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
 SLOT_RETRY_SECONDS = 1.0
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
@@ -808,7 +806,7 @@ class SMTPLogon(TransportLogon):
         given = rcpt.row.props.get(T.PR_POSTROOM_DSN_NOTIFY) if own else None
         if isinstance(given, str) and given:
             words = {w.strip().upper() for w in given.split(",")}
-            ordered = [w for w in _NOTIFY_ORDER if w in words]
+            ordered = [n for n in Notify if n in words]  # the order dsn.RecipientDsn writes them
             if ordered:
                 return ",".join(ordered)
         return default
