@@ -158,6 +158,26 @@ def wait_http(base: str, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
+def py_spy_exe() -> str:
+    """py-spy on PATH, else the one pip put beside this interpreter (it may not exist)."""
+    return shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+
+
+def start_py_spy(pid: int, output: Path, rate: int, *flags: str) -> subprocess.Popen[Any]:
+    """py-spy recording `pid` as raw collapsed stacks into `output`, given a second to attach;
+    stop it with SIGINT (it then writes the file) and wait."""
+    spy = subprocess.Popen(
+        [
+            *(py_spy_exe(), "record", "--pid", str(pid), "--format", "raw", "--output", str(output)),
+            *("--rate", str(rate), "--nonblocking", *flags),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    return spy
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM one process we started (by its pid), then SIGKILL it if it does not go."""
     if proc.poll() is not None:
