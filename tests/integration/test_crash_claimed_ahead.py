@@ -29,7 +29,7 @@ from tests.harness.spoolers import (
     stop,
     tally,
 )
-from tests.store.pgutil import require_server, temp_schema
+from tests.store.pgutil import sqlite_or_postgres
 
 pytestmark = [pytest.mark.integration]
 
@@ -44,12 +44,8 @@ HELD_SQL = "SELECT id, started FROM messages WHERE lease_owner IS NOT NULL AND q
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Where the store lives: an SQLite file, or a PostgreSQL URL (a schema of its own)."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "store.sqlite")
-        return
-    require_server()
-    with temp_schema("ahead") as url:
-        yield url
+    with sqlite_or_postgres(request.param, tmp_path / "store.sqlite", "ahead") as where:
+        yield where
 
 
 def held_at_kill(store: str) -> tuple[set[int], set[int]]:
