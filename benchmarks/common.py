@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,6 +142,40 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.02)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+def wait_http(base: str, timeout: float = 60.0) -> None:
+    """Until `base`/healthz answers (a `serve http` just started); its last error if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+                response.read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def py_spy_exe() -> str:
+    """py-spy on PATH, else the one pip put beside this interpreter (it may not exist)."""
+    return shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+
+
+def start_py_spy(pid: int, output: Path, rate: int, *flags: str) -> subprocess.Popen[Any]:
+    """py-spy recording `pid` as raw collapsed stacks into `output`, given a second to attach;
+    stop it with SIGINT (it then writes the file) and wait."""
+    spy = subprocess.Popen(
+        [
+            *(py_spy_exe(), "record", "--pid", str(pid), "--format", "raw", "--output", str(output)),
+            *("--rate", str(rate), "--nonblocking", *flags),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    return spy
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:

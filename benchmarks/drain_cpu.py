@@ -21,7 +21,6 @@ import io
 import json
 import os
 import pstats
-import shutil
 import subprocess
 import sys
 import time
@@ -42,24 +41,7 @@ def drain(n: int, concurrency: int, connections: int, profile: bool, py_spy: Pat
             profiler = cProfile.Profile(time.thread_time) if profile else None  # CPU of the loop thread
             spy = None
             if py_spy is not None:
-                spy = subprocess.Popen(
-                    [
-                        shutil.which("py-spy") or "py-spy",
-                        "record",
-                        "--pid",
-                        str(os.getpid()),
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(py_spy),
-                        "--rate",
-                        "250",
-                        "--nonblocking",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                time.sleep(1.0)
+                spy = C.start_py_spy(os.getpid(), py_spy, 250)
             cpu0, t0 = time.process_time(), time.perf_counter()
             if profiler:
                 profiler.enable()
@@ -92,25 +74,7 @@ def pipeline(n: int, concurrency: int, connections: int, workers: int, py_spy: P
         try:
             C.wait_daemon_ready(prof, daemon, workers=workers)
             if py_spy is not None:
-                spy = subprocess.Popen(
-                    [
-                        shutil.which("py-spy") or "py-spy",
-                        "record",
-                        "--pid",
-                        str(daemon.pid),
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(py_spy),
-                        "--rate",
-                        "250",
-                        "--nonblocking",
-                        "--subprocesses",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                time.sleep(1.0)
+                spy = C.start_py_spy(daemon.pid, py_spy, 250, "--subprocesses")
             cpu0 = C.tree_cpu_seconds(daemon.pid)
             t0 = time.time()
             with postroom.logon(prof) as session:

@@ -21,8 +21,6 @@ import collections
 import cProfile
 import io
 import pstats
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,8 +83,7 @@ def profile_deliver(n: int, limit: int) -> str:
 def profile_daemon(n: int, limit: int) -> str:
     import postroom
 
-    pyspy = shutil.which("py-spy") or str(Path(C.PY).parent / "py-spy")
-    if not Path(pyspy).exists():
+    if not Path(C.py_spy_exe()).exists():
         return "### daemon (py-spy)\n\npy-spy is not installed (pip install py-spy)\n"
     with C.Sink.start() as sink, C.workdir("prof-daemon") as work:
         prof = C.make_profile(work / "p", smtp_port=sink.port, connections=2, concurrency=4)
@@ -94,25 +91,7 @@ def profile_daemon(n: int, limit: int) -> str:
         raw = work / "stacks.txt"
         try:
             C.wait_daemon_ready(prof, daemon)
-            spy = subprocess.Popen(
-                [
-                    pyspy,
-                    "record",
-                    "--pid",
-                    str(daemon.pid),
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                    "--rate",
-                    "200",
-                    "--nonblocking",
-                    "--idle",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(1.0)
+            spy = C.start_py_spy(daemon.pid, raw, 200, "--idle")
             t0 = time.perf_counter()
             with postroom.logon(prof) as session:
                 C.submit_one_at_a_time(session, n)

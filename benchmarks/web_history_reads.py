@@ -102,15 +102,7 @@ def measure(n: int, work: Path, runs: int, pause: float, store_url: str | None) 
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                fetch_ms(base + "/healthz")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        C.wait_http(base)
         for name, path in (("http: /metrics", "/metrics"), ("http: overview", "/")):
             first = fetch_ms(base + path)  # the first fetch reads everything (nothing cached yet)
             times = []

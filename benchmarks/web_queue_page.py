@@ -14,7 +14,19 @@ import subprocess
 import time
 import urllib.request
 
-from common import PY, arg_parser, emit, free_port, log, machine, median, stop_process, submit_batches, workdir
+from common import (
+    PY,
+    arg_parser,
+    emit,
+    free_port,
+    log,
+    machine,
+    median,
+    stop_process,
+    submit_batches,
+    wait_http,
+    workdir,
+)
 
 
 def fetch_ms(url: str) -> float:
@@ -52,15 +64,7 @@ def main() -> None:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    fetch_ms(base + "/healthz")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            wait_http(base)
             pages = {
                 "first page": "/queue",
                 "page 90% deep": f"/queue?after={middle}",

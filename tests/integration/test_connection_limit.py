@@ -29,7 +29,7 @@ from tests.harness.spoolers import (
     start_spooler,
     stop,
 )
-from tests.store.pgutil import require_server, temp_schema
+from tests.store.pgutil import sqlite_or_postgres
 
 from postroom.transports.smtp_pool import SLOT_WAIT_SECONDS
 
@@ -42,12 +42,8 @@ CONNECTIONS = 2
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_setting(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "shared.sqlite")
-        return
-    require_server()
-    with temp_schema("slots") as url:
-        yield url
+    with sqlite_or_postgres(request.param, tmp_path / "shared.sqlite", "slots") as where:
+        yield where
 
 
 @dataclass

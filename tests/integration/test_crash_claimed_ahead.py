@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from peers import wait_until
 from tests.harness.spoolers import (
     free_port,
     outcome_was_unknown,
@@ -30,25 +29,23 @@ from tests.harness.spoolers import (
     stop,
     tally,
 )
-from tests.store.pgutil import require_server, temp_schema
+from tests.store.pgutil import sqlite_or_postgres
 
 pytestmark = [pytest.mark.integration]
 
 MESSAGES = 40
 CONCURRENCY = 8
 LEASE_SECONDS = 2.0
+#: How long the spoolers get for each step (the sink takes about half a second a message).
+STEP_SECONDS = 120.0
 HELD_SQL = "SELECT id, started FROM messages WHERE lease_owner IS NOT NULL AND queue_state='queued'"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Where the store lives: an SQLite file, or a PostgreSQL URL (a schema of its own)."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "store.sqlite")
-        return
-    require_server()
-    with temp_schema("ahead") as url:
-        yield url
+    with sqlite_or_postgres(request.param, tmp_path / "store.sqlite", "ahead") as where:
+        yield where
 
 
 def held_at_kill(store: str) -> tuple[set[int], set[int]]:
@@ -65,15 +62,6 @@ def held_at_kill(store: str) -> tuple[set[int], set[int]]:
         finally:
             db.close()
     return {int(m) for m, s in rows if s}, {int(m) for m, s in rows if not s}
-
-
-def wait_until(check: Any, seconds: float = 120) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 @pytest.mark.timeout(300)
@@ -106,7 +94,9 @@ def test_a_killed_spoolers_claimed_ahead_messages_are_due_again_and_only_started
             ids = list(session.submit_many(drafts))
             first = start_spooler(profile, tmp_path / "first.log")
             spoolers.append(first)
-            assert wait_until(lambda: len(sink_lines(sink_log)) >= 2), (tmp_path / "first.log").read_text()
+            assert wait_until(lambda: len(sink_lines(sink_log)) >= 2, STEP_SECONDS), (
+                tmp_path / "first.log"
+            ).read_text()
             first.send_signal(signal.SIGKILL)
             first.wait()
             started, ahead = held_at_kill(store)
@@ -117,12 +107,12 @@ def test_a_killed_spoolers_claimed_ahead_messages_are_due_again_and_only_started
             def settled() -> bool:
                 return all(q.state is QueueState.HELD for q in session.queue())
 
-            assert wait_until(settled), (tmp_path / "second.log").read_text()
+            assert wait_until(settled, STEP_SECONDS), (tmp_path / "second.log").read_text()
             held = {q.id for q in session.queue()}
             if crash_policy == "hold":
                 assert held == started  # held for an operator: exactly those a transport was called for
                 resolved = resolve_held(session, sink_log)
-                assert wait_until(lambda: not session.queue())
+                assert wait_until(lambda: not session.queue(), STEP_SECONDS)
             else:
                 assert held == set()
             unknown = {m for m in ids if outcome_was_unknown(session, m)}

@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from support import pgcluster
@@ -78,3 +79,15 @@ def temp_schema(prefix: str = "t", server: str | None = None) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
+
+
+@contextmanager
+def sqlite_or_postgres(kind: str, sqlite_file: Path, prefix: str) -> Iterator[str]:
+    """Where a test's store lives, for a fixture parametrised over both stores: `sqlite_file`
+    ("sqlite"), or a fresh schema on the tests' server ("postgres"; skipped without one)."""
+    if kind == "sqlite":
+        yield str(sqlite_file)
+        return
+    require_server()
+    with temp_schema(prefix) as url:
+        yield url
