@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from postroom.spooler.commit import BUSY, DELAY, GroupCommit
+from postroom.spooler.commit import BUSY, DELAY, GAP, GroupCommit
 
 from support.smtp_transport import needs_uvloop, run
 
@@ -74,5 +74,24 @@ def test_little_in_flight_commits_at_the_next_turn(loop: str) -> None:
         write = asyncio.ensure_future(commit.write(lambda: 1))
         await turns(3)
         assert write.done() and store.commits == 1
+
+    run(scenario(), loop=loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_with_little_in_flight_commits_are_a_gap_apart(loop: str) -> None:
+    """A spooler keeping up with a trickle would otherwise commit (and take SQLite's writer turn)
+    for every message or two."""
+
+    async def scenario() -> None:
+        store = CountingStore()
+        commit = GroupCommit(store, in_flight=lambda: 2)  # type: ignore[arg-type]
+        assert await commit.write(lambda: 1) == 1  # the first goes at once
+        second = asyncio.ensure_future(commit.write(lambda: 2))
+        third = asyncio.ensure_future(commit.write(lambda: 3))
+        await turns(3)
+        assert not second.done()  # GAP after the last commit
+        assert await asyncio.wait_for(asyncio.gather(second, third), GAP * 100) == [2, 3]
+        assert store.commits == 2  # the two waited together
 
     run(scenario(), loop=loop)
