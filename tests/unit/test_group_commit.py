@@ -22,10 +22,15 @@ LOOPS = ["asyncio", pytest.param("uvloop", marks=needs_uvloop)]
 
 
 class CountingStore:
-    """Just what GroupCommit needs of a store: batch() as one transaction, counted."""
+    """Just what GroupCommit needs of a store: batch() as one transaction (counted), mark_started."""
 
     def __init__(self) -> None:
         self.commits = 0
+        self.started: list[list[int]] = []
+
+    def mark_started(self, owner: str, ids: list[int]) -> set[int]:
+        self.started.append(list(ids))
+        return set(ids)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -79,19 +84,35 @@ def test_little_in_flight_commits_at_the_next_turn(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_with_little_in_flight_commits_are_a_gap_apart(loop: str) -> None:
+def test_with_little_in_flight_marks_are_committed_a_gap_apart(loop: str) -> None:
     """A spooler keeping up with a trickle would otherwise commit (and take SQLite's writer turn)
     for every message or two."""
 
     async def scenario() -> None:
         store = CountingStore()
         commit = GroupCommit(store, in_flight=lambda: 2)  # type: ignore[arg-type]
-        assert await commit.write(lambda: 1) == 1  # the first goes at once
-        second = asyncio.ensure_future(commit.write(lambda: 2))
-        third = asyncio.ensure_future(commit.write(lambda: 3))
+        await commit.start(1, "me")  # the first goes at once
+        second = asyncio.ensure_future(commit.start(2, "me"))
+        third = asyncio.ensure_future(commit.start(3, "me"))
         await turns(3)
         assert not second.done()  # GAP after the last commit
-        assert await asyncio.wait_for(asyncio.gather(second, third), GAP * 100) == [2, 3]
-        assert store.commits == 2  # the two waited together
+        await asyncio.wait_for(asyncio.gather(second, third), GAP * 100)
+        assert store.commits == 2 and store.started == [[1], [2, 3]]  # the two waited together
+
+    run(scenario(), loop=loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_claim_is_not_held_back_by_the_gap(loop: str) -> None:
+    """Idle workers wait for a claim; two spooler processes whose claims waited stopped sharing
+    the work fairly (test_connection_limit)."""
+
+    async def scenario() -> None:
+        store = CountingStore()
+        commit = GroupCommit(store, in_flight=lambda: 2)  # type: ignore[arg-type]
+        await commit.start(1, "me")
+        claim = asyncio.ensure_future(commit.write(lambda: "claimed"))
+        await turns(3)
+        assert claim.done() and claim.result() == "claimed" and store.commits == 2
 
     run(scenario(), loop=loop)
