@@ -16,6 +16,7 @@ from postroom.mapi import tags as T
 from postroom.mapi.codes import HResult, MAPIError
 from postroom.mapi.flags import NDRDiag, StatusCode
 from postroom.profile import Profile
+from postroom.spooler import scheduler
 from postroom.spooler.policy import (
     DeliveryPolicy,
     breaker_after_error,
@@ -462,6 +463,40 @@ def test_a_backlog_longer_than_one_read_of_due_messages_does_not_starve_another_
         assert s.deliver().delivered == 301
     order = [c[0] for c in calls if c[1] == "submit_message"]
     assert order.index("fax") <= 2, order.index("fax")
+
+
+def test_a_backlog_longer_than_a_chunk_hides_another_transport_for_a_few_claims_only(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lanes are placed CHUNK messages at a time, one more chunk at each claim: the fax behind 300
+    SMTP messages (six chunks of 50) is found by the seventh claim, long before the backlog's end."""
+    monkeypatch.setattr(scheduler, "CHUNK", 50)
+    profile = few_workers(
+        make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"]}), ("fax", {"address_types": ["FAX"]}))
+    )
+    with postroom.logon(profile) as s:
+        s.submit_many(s.create_message(f"m{n}").to(f"r{n}@x.test") for n in range(300))
+        s.create_message("fax").to("FAX:+1").submit()
+        assert s.deliver().delivered == 301
+    order = [c[0] for c in calls if c[1] == "submit_message"]
+    assert order.index("fax") <= 7 * 4, order.index("fax")  # seven claims of four workers
+
+
+def test_a_short_pass_reads_the_recipients_of_a_few_chunks_of_a_long_backlog(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Figure 8: a pass taking a few messages out of a long backlog read the recipients of every
+    due message it looked at (up to SCAN, 20,000) before its first claim."""
+    monkeypatch.setattr(scheduler, "CHUNK", 50)
+    profile = few_workers(make_profile(tmp_path / "p", ("slow", {"address_types": ["SMTP"]})))
+    with postroom.logon(profile) as s:
+        s.submit_many(s.create_message(f"m{n}").to(f"r{n}@x.test") for n in range(400))
+        read: list[int] = []
+        store = s.engine.store
+        pending_recipients = store.pending_recipients
+        monkeypatch.setattr(store, "pending_recipients", lambda ids: read.append(len(ids)) or pending_recipients(ids))
+        assert s.deliver(limit=8).delivered == 8
+    assert 0 < sum(read) <= 3 * 50, read  # a chunk per claim (two or three claims), not all 400
 
 
 def test_a_message_submitted_during_a_pass_without_a_time_limit_is_not_left_for_last(
