@@ -157,7 +157,7 @@ def test_validate_options_normalises() -> None:
         ({"command": ["prog"], "address_types": ["FAX"], "environment": ["A=b"]}, "not an environment"),
         ({"command": ["prog"], "address_types": ["FAX"], "environment": {"A": "b"}}, "'environment'"),
         ({"command": ["prog"], "address_types": ["FAX"], "environment": []}, "at least one"),
-        ({"command": ["prog"], "address_types": ["FAX"], "max_processes": 0}, "at least 1"),
+        ({"command": ["prog"], "address_types": ["FAX"], "max_processes": 0}, "must be positive"),
         ({"command": ["prog"], "address_types": ["FAX"], "max_processes": True}, "'max_processes'"),
         ({"command": ["prog"], "address_types": ["FAX"], "max_processes": "many"}, "'max_processes'"),
     ],

@@ -65,6 +65,7 @@ from .. import mime
 from ..mapi.codes import MAPIError
 from ..mapi.flags import LogonFlags, NDRDiag, NDRReason
 from .options import invalid as _invalid
+from .options import number as _number
 from .options import string_list as _string_list
 from .spi import (
     OutboundMessage,
@@ -133,18 +134,6 @@ def _parse_timeout(value: Any) -> float:
 def default_max_processes() -> int:
     """The number of CPUs: more commands at once than cores only queue for them."""
     return os.cpu_count() or 1
-
-
-def _parse_max_processes(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _invalid(f"option 'max_processes' must be a whole number, not {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise _invalid(f"option 'max_processes' must be a whole number, not {value!r}") from None
-    if number < 1:
-        raise _invalid(f"option 'max_processes' must be at least 1, not {value!r}")
-    return number
 
 
 def _parse_environment(value: Any) -> list[str]:
@@ -432,7 +421,7 @@ class PipeProvider(TransportProvider):
         if "addresses" in opts:
             out["addresses"] = _parse_pattern(opts["addresses"])
         if "max_processes" in opts:
-            out["max_processes"] = _parse_max_processes(opts["max_processes"])
+            out["max_processes"] = int(_number("max_processes", opts["max_processes"], integer=True))
         return out
 
     @classmethod
