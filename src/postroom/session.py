@@ -350,6 +350,9 @@ class _SessionCore:
         #: The machine room (postroom.engine): the runtime, the protocol manager, the daemon. For tests
         #: and tools that look inside; its interface is not the public one.
         self.engine = Engine(profile, clock=clock)
+        #: The profile's identity as last checked, with the settings it was read from: submitting one
+        #: message at a time must not check the same address again for every message.
+        self._checked_identity: tuple[tuple[Any, Any], Identity] | None = None
 
     @property
     def profile(self) -> Profile:
@@ -581,7 +584,16 @@ class _SessionCore:
 
     def identity(self) -> Identity:
         """The profile's identity (`set_identity`), else the fallback identity (postroom.identity says which)."""
-        return profile_identity(self.profile.settings, str(self.profile.path)) or fallback_identity()
+        settings = self.profile.settings
+        read = (settings.get(IDENTITY_ADDRESS_KEY), settings.get(IDENTITY_NAME_KEY))
+        checked = self._checked_identity
+        if checked is not None and checked[0] == read:
+            return checked[1]
+        found = profile_identity(settings, str(self.profile.path))
+        if found is None:
+            return fallback_identity()  # not kept: it follows $LOGNAME
+        self._checked_identity = (read, found)
+        return found
 
     def set_identity(self, name: str, address: str) -> Identity:
         """Set the profile's identity: the From of mail whose message and account name no sender.
@@ -655,6 +667,7 @@ class _SessionCore:
             sender = memo.get("sender")
             if sender is None:
                 name, address = self.sender_identity()
+                memo["identity"] = address
                 sender = memo["sender"] = {
                     T.PR_SENDER_NAME: name,
                     T.PR_SENDER_ADDRTYPE: "SMTP",
@@ -673,19 +686,24 @@ class _SessionCore:
             )
         if not data.get(T.PR_INTERNET_MESSAGE_ID):
             # Fixed once at submit so every retry, resend and transport carries the same Message-ID.
-            author = str(explicit or memo.get("likely_from") or memo.setdefault("likely_from", self._likely_from()))
+            author = str(
+                explicit
+                or memo.get("likely_from")
+                or memo.setdefault("likely_from", self._likely_from(memo.get("identity")))
+            )
             domain = memo.get("@" + author) or memo.setdefault("@" + author, message_id_domain(author))
             stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
         return stamp
 
-    def _likely_from(self) -> str:
+    def _likely_from(self, identity: str | None = None) -> str:
         """The From address of a message that names no sender, as far as submission can know it: the
-        from_address of the first account in transport order that has one, else the profile's identity."""
+        from_address of the first account in transport order that has one, else the profile's identity
+        (`identity` when the caller has just looked it up)."""
         for service in self.profile.transport_order():
             address = service.options.get("from_address")
             if isinstance(address, str) and address:
                 return address
-        return self.sender_identity()[1]
+        return identity if identity is not None else self.sender_identity()[1]
 
     def abort_submit(self, ref: str | int | bytes) -> None:
         """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it
