@@ -85,6 +85,8 @@ from .history_totals import (
     MINUTE,
     Tally,
     minutes_upsert,
+    one_kind_upsert,
+    one_minute_upsert,
     totals_upsert,
 )
 from .notify import NoteKind
@@ -216,6 +218,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         #: The counted events of the transaction open on this thread (`_counting`).
         self._tallies = threading.local()
         self._shard = random.randrange(self._TOTAL_SHARDS)
+        #: The totals statements of a commit with events of one kind (_add_one_kind), made once.
+        self._one_kind_sql: tuple[str, str] | None = None
         #: owner -> (the totals last written, what of them was folded into RETIRED_PASSES)
         self._passes_written: dict[str, tuple[PassTotals, PassTotals]] = {}
         self._next_fold = 0.0
@@ -2068,6 +2072,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         tally = Tally(rows)
         if not tally.kinds:
             return
+        if len(tally.kinds) == 1 and not tally.outcomes and len(tally.minutes) <= 1:
+            self._add_one_kind(db, tally)
+            return
         kinds = sorted(((k, xp, n) for (k, xp), n in tally.kinds.items()), key=lambda r: (r[0], r[1] or ""))
         kind_table, params = self._values(("TEXT", "TEXT", "BIGINT"), kinds, "k")
         outcome_table = None
@@ -2079,6 +2086,16 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             minutes = [(m, *counts) for m, counts in sorted(tally.minutes.items())]
             table, params = self._values(("BIGINT",) * 5, minutes, "m")
             db.execute(minutes_upsert(table, self._shard), params)
+
+    def _add_one_kind(self, db: DB, tally: Tally) -> None:
+        """_add_to_totals of the usual one-message commit: a row of each table, statements made once."""
+        [((kind, transport), n)] = tally.kinds.items()
+        sql = self._one_kind_sql
+        if sql is None:
+            sql = self._one_kind_sql = (one_kind_upsert(self._shard), one_minute_upsert(self._shard))
+        db.execute(sql[0], (kind, transport, n))
+        for minute, counts in tally.minutes.items():
+            db.execute(sql[1], (minute, *counts))
 
     def add_event(
         self, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
