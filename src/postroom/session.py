@@ -127,6 +127,9 @@ _SENDER_TAGS = (
 )
 
 
+#: How many From addresses a session keeps the Message-ID domain of.
+_DOMAINS_KEPT = 64
+
 # Worked out once: enum arithmetic and iteration cost microseconds per draft in a batch.
 _NEW_DRAFT_FLAGS = int(MessageFlags.UNSENT | MessageFlags.FROMME)
 _RECIPIENT_KINDS = frozenset(RecipientType)
@@ -353,6 +356,10 @@ class _SessionCore:
         #: The profile's identity as last checked, with the settings it was read from: submitting one
         #: message at a time must not check the same address again for every message.
         self._checked_identity: tuple[tuple[Any, Any], Identity] | None = None
+        #: PR_SENDER_* of mail from the identity last used (`_sender_props`; read, never changed).
+        self._sender_stamp: tuple[Identity, dict[int, Any]] | None = None
+        #: Message-ID domains of the From addresses submission has seen (a few: bounded).
+        self._domains: dict[str, str] = {}
 
     @property
     def profile(self) -> Profile:
@@ -666,15 +673,9 @@ class _SessionCore:
         if not data.get(T.PR_SENDER_EMAIL_ADDRESS):
             sender = memo.get("sender")
             if sender is None:
-                name, address = self.sender_identity()
-                memo["identity"] = address
-                sender = memo["sender"] = {
-                    T.PR_SENDER_NAME: name,
-                    T.PR_SENDER_ADDRTYPE: "SMTP",
-                    T.PR_SENDER_EMAIL_ADDRESS: address,
-                    T.PR_SENDER_ENTRYID: one_off_entry_id(name, "SMTP", address),
-                    T.PR_SENDER_SEARCH_KEY: search_key("SMTP", address),
-                }
+                who = self.identity()
+                memo["identity"] = who.address
+                sender = memo["sender"] = self._sender_props(who)
             stamp.update(sender)
         elif not data.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS):
             stamp.update(
@@ -691,9 +692,28 @@ class _SessionCore:
                 or memo.get("likely_from")
                 or memo.setdefault("likely_from", self._likely_from(memo.get("identity")))
             )
-            domain = memo.get("@" + author) or memo.setdefault("@" + author, message_id_domain(author))
+            domain = self._domains.get(author)
+            if domain is None:
+                domain = message_id_domain(author)
+                if len(self._domains) < _DOMAINS_KEPT:
+                    self._domains[author] = domain
             stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
         return stamp
+
+    def _sender_props(self, who: Identity) -> dict[int, Any]:
+        """PR_SENDER_* of mail from `who`: made again only when the identity changed."""
+        kept = self._sender_stamp
+        if kept is not None and kept[0] == who:
+            return kept[1]
+        props: dict[int, Any] = {
+            T.PR_SENDER_NAME: who.name,
+            T.PR_SENDER_ADDRTYPE: "SMTP",
+            T.PR_SENDER_EMAIL_ADDRESS: who.address,
+            T.PR_SENDER_ENTRYID: one_off_entry_id(who.name, "SMTP", who.address),
+            T.PR_SENDER_SEARCH_KEY: search_key("SMTP", who.address),
+        }
+        self._sender_stamp = (who, props)
+        return props
 
     def _likely_from(self, identity: str | None = None) -> str:
         """The From address of a message that names no sender, as far as submission can know it: the
