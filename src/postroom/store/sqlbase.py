@@ -2052,27 +2052,29 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         db.execute(_EVENT_SQL, row)
         self._count_history(db, [row])
 
-    @contextmanager
-    def _counting(self, db: DB) -> Iterator[None]:
+    def _counted(self, db: DB) -> Iterator[DB]:
         """Collect the counted events a transaction writes and add them to the running totals at its
         end, in one or two statements whatever their number (history_totals.py). Each store wraps its
-        transactions in it; a nested one (a savepoint) that fails takes its events out again, as its
-        rollback takes them out of the history."""
+        transactions in it (`_counting`, or `yield from` in a transaction's own generator); a nested
+        one (a savepoint) that fails takes its events out again, as its rollback takes them out of
+        the history."""
         rows: list[Sequence[Any]] | None = getattr(self._tallies, "rows", None)
         if rows is not None:
             mark = len(rows)
             try:
-                yield
+                yield db
             except BaseException:
                 del rows[mark:]
                 raise
             return
         self._tallies.rows = rows = []
         try:
-            yield
+            yield db
             self._add_to_totals(db, rows)
         finally:
             self._tallies.rows = None
+
+    _counting = contextmanager(_counted)
 
     def _count_history(self, db: DB, rows: Sequence[Sequence[Any]]) -> None:
         """Events just written, (message id, time, kind, transport, …): counted at the end of the

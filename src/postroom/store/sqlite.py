@@ -174,8 +174,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    with self._counting(self._db):  # the history's running totals, once per transaction
-                        yield self._db
+                    yield from self._counted(self._db)  # the history's running totals, once per transaction
                     self._db.execute("COMMIT")
                     self.statements.commits += 1
                 except BaseException:
