@@ -127,6 +127,9 @@ _SENDER_TAGS = (
 )
 
 
+#: How many From addresses a session keeps the Message-ID domain of.
+_DOMAINS_KEPT = 64
+
 # Worked out once: enum arithmetic and iteration cost microseconds per draft in a batch.
 _NEW_DRAFT_FLAGS = int(MessageFlags.UNSENT | MessageFlags.FROMME)
 _RECIPIENT_KINDS = frozenset(RecipientType)
@@ -350,6 +353,13 @@ class _SessionCore:
         #: The machine room (postroom.engine): the runtime, the protocol manager, the daemon. For tests
         #: and tools that look inside; its interface is not the public one.
         self.engine = Engine(profile, clock=clock)
+        #: The profile's identity as last checked, with the settings it was read from: submitting one
+        #: message at a time must not check the same address again for every message.
+        self._checked_identity: tuple[tuple[Any, Any], Identity] | None = None
+        #: PR_SENDER_* of mail from the identity last used (`_sender_props`; read, never changed).
+        self._sender_stamp: tuple[Identity, dict[int, Any]] | None = None
+        #: Message-ID domains of the From addresses submission has seen (a few: bounded).
+        self._domains: dict[str, str] = {}
 
     @property
     def profile(self) -> Profile:
@@ -581,7 +591,16 @@ class _SessionCore:
 
     def identity(self) -> Identity:
         """The profile's identity (`set_identity`), else the fallback identity (postroom.identity says which)."""
-        return profile_identity(self.profile.settings, str(self.profile.path)) or fallback_identity()
+        settings = self.profile.settings
+        read = (settings.get(IDENTITY_ADDRESS_KEY), settings.get(IDENTITY_NAME_KEY))
+        checked = self._checked_identity
+        if checked is not None and checked[0] == read:
+            return checked[1]
+        found = profile_identity(settings, str(self.profile.path))
+        if found is None:
+            return fallback_identity()  # not kept: it follows $LOGNAME
+        self._checked_identity = (read, found)
+        return found
 
     def set_identity(self, name: str, address: str) -> Identity:
         """Set the profile's identity: the From of mail whose message and account name no sender.
@@ -654,14 +673,9 @@ class _SessionCore:
         if not data.get(T.PR_SENDER_EMAIL_ADDRESS):
             sender = memo.get("sender")
             if sender is None:
-                name, address = self.sender_identity()
-                sender = memo["sender"] = {
-                    T.PR_SENDER_NAME: name,
-                    T.PR_SENDER_ADDRTYPE: "SMTP",
-                    T.PR_SENDER_EMAIL_ADDRESS: address,
-                    T.PR_SENDER_ENTRYID: one_off_entry_id(name, "SMTP", address),
-                    T.PR_SENDER_SEARCH_KEY: search_key("SMTP", address),
-                }
+                who = self.identity()
+                memo["identity"] = who.address
+                sender = memo["sender"] = self._sender_props(who)
             stamp.update(sender)
         elif not data.get(T.PR_SENT_REPRESENTING_EMAIL_ADDRESS):
             stamp.update(
@@ -673,19 +687,43 @@ class _SessionCore:
             )
         if not data.get(T.PR_INTERNET_MESSAGE_ID):
             # Fixed once at submit so every retry, resend and transport carries the same Message-ID.
-            author = str(explicit or memo.get("likely_from") or memo.setdefault("likely_from", self._likely_from()))
-            domain = memo.get("@" + author) or memo.setdefault("@" + author, message_id_domain(author))
+            author = str(
+                explicit
+                or memo.get("likely_from")
+                or memo.setdefault("likely_from", self._likely_from(memo.get("identity")))
+            )
+            domain = self._domains.get(author)
+            if domain is None:
+                domain = message_id_domain(author)
+                if len(self._domains) < _DOMAINS_KEPT:
+                    self._domains[author] = domain
             stamp[T.PR_INTERNET_MESSAGE_ID] = make_msgid(domain=domain)
         return stamp
 
-    def _likely_from(self) -> str:
+    def _sender_props(self, who: Identity) -> dict[int, Any]:
+        """PR_SENDER_* of mail from `who`: made again only when the identity changed."""
+        kept = self._sender_stamp
+        if kept is not None and kept[0] == who:
+            return kept[1]
+        props: dict[int, Any] = {
+            T.PR_SENDER_NAME: who.name,
+            T.PR_SENDER_ADDRTYPE: "SMTP",
+            T.PR_SENDER_EMAIL_ADDRESS: who.address,
+            T.PR_SENDER_ENTRYID: one_off_entry_id(who.name, "SMTP", who.address),
+            T.PR_SENDER_SEARCH_KEY: search_key("SMTP", who.address),
+        }
+        self._sender_stamp = (who, props)
+        return props
+
+    def _likely_from(self, identity: str | None = None) -> str:
         """The From address of a message that names no sender, as far as submission can know it: the
-        from_address of the first account in transport order that has one, else the profile's identity."""
+        from_address of the first account in transport order that has one, else the profile's identity
+        (`identity` when the caller has just looked it up)."""
         for service in self.profile.transport_order():
             address = service.options.get("from_address")
             if isinstance(address, str) and address:
                 return address
-        return self.sender_identity()[1]
+        return identity if identity is not None else self.sender_identity()[1]
 
     def abort_submit(self, ref: str | int | bytes) -> None:
         """IMsgStore::AbortSubmit: returns when removed from the queue; MAPI_E_NOT_IN_QUEUE when it

@@ -188,6 +188,38 @@ def test_async_iteration_of_a_listener(store: MessageStore) -> None:
     assert (note.kind, note.data) == ("queue", {"retry": 3})
 
 
+def test_a_listener_that_binds_after_a_publish_hears_the_next_one(store: MessageStore, backend: str) -> None:
+    """The SQLite bus lists its directory again only when it changed: a listener that binds within
+    the same tick of the file system's clock (the directory's mtime as it was) is heard too."""
+    if backend != "sqlite":
+        return
+    import os
+
+    directory = store.bus.directory
+
+    async def hears(listener: Any) -> bool:
+        store.bus.publish("queue", probe=1)
+        return any(n.data == {"probe": 1} for n in await _collect(listener, 0.5))
+
+    async def run() -> None:
+        with store.bus.listen() as first:
+            first.attach()
+            old = os.stat(directory).st_mtime_ns - 10_000_000_000
+            os.utime(directory, ns=(old, old))  # changed long ago: the listing may be kept
+            assert await hears(first)
+            with store.bus.listen() as second:  # the directory changes: listed again
+                second.attach()
+                assert await hears(second)
+                listed = os.stat(directory).st_mtime_ns
+                with store.bus.listen() as third:
+                    third.attach()
+                    os.utime(directory, ns=(listed, listed))  # as if bound in the same tick
+                    assert await hears(third)
+            assert await hears(first)  # the two that closed are not sent to, and no error
+
+    asyncio.run(run())
+
+
 def test_postgresql_connections_that_die_are_replaced(store: MessageStore, backend: str) -> None:
     """A listener reconnects by itself (and says "rescan"); the pool replaces dead connections."""
     if backend != "postgres":

@@ -99,6 +99,31 @@ def test_a_hand_edited_identity_that_is_not_an_address_stops_submission_with_cor
     assert "sender_address" in caught.value.message and "postroom identity set" in caught.value.message
 
 
+def test_each_message_is_stamped_with_the_identity_of_the_moment_it_is_submitted(
+    session: postroom.Session,
+) -> None:
+    # The session keeps the identity it last checked: a change, by set_identity, by hand or back to
+    # the fallback, must still reach the next message.
+    def submitted_from() -> str:
+        mid = session.create_message("x", "y").to("bob@localhost").submit()
+        props = session.engine.store.open_message(mid).props
+        return f"{props[T.PR_SENDER_NAME]} <{props[T.PR_SENDER_EMAIL_ADDRESS]}>"
+
+    session.set_identity("Alice", "alice@example.org")
+    assert submitted_from() == "Alice <alice@example.org>"
+    session.profile.settings["sender_address"] = "alice@example.net"
+    assert submitted_from() == "Alice <alice@example.net>"
+    session.set_identity("Alice Two", "alice@example.net")
+    assert submitted_from() == "Alice Two <alice@example.net>"
+    session.profile.settings["sender_name"] = "Alice\nBcc: x@example.org"
+    with pytest.raises(MAPIError) as caught:
+        submitted_from()
+    assert caught.value.code == HResult.MAPI_E_CORRUPT_DATA
+    session.clear_identity()
+    fallback = fallback_identity()
+    assert submitted_from() == f"{fallback.name} <{fallback.address}>"
+
+
 def test_a_sender_set_on_the_message_comes_before_the_profile_identity(session: postroom.Session) -> None:
     session.set_identity("Alice", "alice@example.org")
     mid = send(session, "Carol Chief <carol@example.net>")

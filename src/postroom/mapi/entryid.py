@@ -133,26 +133,23 @@ def encode_one_off(
         raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, "NUL inside the display name")
     flags = (MAPI_ONE_OFF_UNICODE if unicode else 0) | (MAPI_ONE_OFF_NO_RICH_INFO if no_rich_info else 0)
     flags |= extra_flags & 0xFFFF
-    if unicode:
+    enc = _encode_unicode if unicode else _encode_ansi_field
+    return _ONE_OFF_HEAD + struct.pack("<HH", 0, flags) + enc(display_name) + enc(address_type) + enc(email_address)
 
-        def enc(s: str) -> bytes:
-            try:
-                return s.encode("utf-16-le") + b"\0\0"
-            except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-16 form
-                raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"not encodable as UTF-16: {s!r}") from exc
-    else:
 
-        def enc(s: str) -> bytes:
-            return _encode_ansi(s) + b"\0"
+#: What every one-off entry ID begins with: four zero flag bytes and MAPI_ONE_OFF_UID.
+_ONE_OFF_HEAD = b"\0\0\0\0" + bytes(MAPI_ONE_OFF_UID)
 
-    return (
-        b"\0\0\0\0"
-        + bytes(MAPI_ONE_OFF_UID)
-        + struct.pack("<HH", 0, flags)
-        + enc(display_name)
-        + enc(address_type)
-        + enc(email_address)
-    )
+
+def _encode_unicode(s: str) -> bytes:
+    try:
+        return s.encode("utf-16-le") + b"\0\0"
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-16 form
+        raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"not encodable as UTF-16: {s!r}") from exc
+
+
+def _encode_ansi_field(s: str) -> bytes:
+    return _encode_ansi(s) + b"\0"
 
 
 def one_off_entry_id(display_name: str, address_type: str, email_address: str) -> bytes:

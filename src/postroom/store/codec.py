@@ -154,6 +154,15 @@ _PLAIN_ENCODE = {
 }
 
 
+#: What encode_value and then the bag make of a binary, a time and a boolean of exactly these
+#: types, without its checks: a submitted message has entry IDs, search keys and two times.
+_CONVERTED: dict[int, tuple[type, Callable[[Any], Any]]] = {
+    T.PT_BINARY: (bytes, bytes.hex),
+    T.PT_SYSTIME: (datetime, to_micros),
+    T.PT_BOOLEAN: (bool, int),
+}
+
+
 def _key(tag: int) -> str:
     key = _KEYS.get(tag)
     if key is None:
@@ -173,6 +182,10 @@ def update_raw(raw: dict[str, Any], props: Mapping[int, Any], delete: Iterable[i
             raw[_KEYS.get(tag) or _key(tag)] = value
             continue
         if kind == T.PT_OBJECT:
+            continue
+        converted = _CONVERTED.get(kind)
+        if converted is not None and converted[0] is type(value):  # an entry ID, a time, a flag
+            raw[_KEYS.get(tag) or _key(tag)] = converted[1](value)
             continue
         encoded = encode_value(tag, value)
         raw[_key(tag)] = encoded.hex() if isinstance(encoded, bytes) else encoded

@@ -15,6 +15,8 @@ import errno
 import json
 import os
 import socket
+import stat
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -55,27 +57,53 @@ class Notification:
             return None
 
 
+#: A directory changed less than this long ago is listed again at each publish: a listener that
+#: binds within the same tick of the file system's clock leaves its modification time as it was.
+RECENT_NS = 2_000_000_000
+
+
 class NotificationBus:
     """Publish and subscribe on one profile's notification directory."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._where = str(directory)
+        #: The listeners' socket paths, and the directory's (inode, mtime) when they were listed:
+        #: submitting one message at a time must not list the directory for every message.
+        self._listed: tuple[tuple[int, int], list[str]] | None = None
 
     def publish(self, kind: NoteKind, **data: Any) -> None:
         """Send to every listener; never raises (a notification is a hint, the store is the truth)."""
-        if not self.directory.is_dir():
+        listeners = self._listeners()
+        if not listeners:
             return
         payload = Notification(kind, data).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
-            for path in self.directory.glob("*.sock"):
+            for path in listeners:
                 try:
-                    sock.sendto(payload, str(path))
+                    sock.sendto(payload, path)
                 except OSError as exc:
                     if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                         with contextlib.suppress(OSError):
-                            path.unlink()
+                            os.unlink(path)
                     # EAGAIN (listener's buffer full): it is busy and will rescan anyway.
+
+    def _listeners(self) -> list[str]:
+        """The sockets in the directory: listed again only when it changed (or changed just now)."""
+        try:
+            st = os.stat(self._where)
+        except OSError:
+            return []
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        seen = (st.st_ino, st.st_mtime_ns)
+        listed = self._listed
+        if listed is not None and listed[0] == seen and time.time_ns() - st.st_mtime_ns > RECENT_NS:
+            return listed[1]
+        paths = [str(p) for p in self.directory.glob("*.sock")]
+        self._listed = (seen, paths)
+        return paths
 
     def listen(self) -> Listener:
         return Listener(self.directory)

@@ -28,6 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar, Generic, Protocol, TypeVar, cast
 
@@ -85,6 +86,8 @@ from .history_totals import (
     MINUTE,
     Tally,
     minutes_upsert,
+    one_kind_upsert,
+    one_minute_upsert,
     totals_upsert,
 )
 from .notify import NoteKind
@@ -216,6 +219,8 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         #: The counted events of the transaction open on this thread (`_counting`).
         self._tallies = threading.local()
         self._shard = random.randrange(self._TOTAL_SHARDS)
+        #: The totals statements of a commit with events of one kind (_add_one_kind), made once.
+        self._one_kind_sql: tuple[str, str] | None = None
         #: owner -> (the totals last written, what of them was folded into RETIRED_PASSES)
         self._passes_written: dict[str, tuple[PassTotals, PassTotals]] = {}
         self._next_fold = 0.0
@@ -401,38 +406,48 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             props[int(tag)] = stream_value(int(tag), data)
 
     def _insert_message(
-        self, db: DB, folder_id: int | None, message: MessageData, submit_at: datetime | None = None
+        self,
+        db: DB,
+        folder_id: int | None,
+        message: MessageData,
+        submit_at: datetime | None = None,
+        encoded: _EncodedMessage | None = None,
     ) -> int:
-        """Insert a whole message; with `submit_at` it goes in already submitted (one INSERT per table)."""
-        props, due = _message_props(message, submit_at)
-        bag, streams = split_streams(props)
+        """Insert a whole message; with `submit_at` it goes in already submitted (one INSERT per table).
+        `encoded` is the message's `_EncodedMessage`, when the caller made it before the transaction."""
+        if encoded is None:
+            encoded = _EncodedMessage.of(message, submit_at)
+        due = encoded.due
         mid = self._insert_id(
             db,
             "INSERT INTO messages (folder_id, props, queue_state, submit_time, next_attempt, wait_kind) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 folder_id,
-                encode_bag(bag),
+                encoded.bag,
                 "queued" if submit_at else None,
                 to_epoch(submit_at),
                 due,
                 WaitKind.SCHEDULED.value if due else None,
             ),
         )
-        self._write_streams(db, mid, streams)
-        self._insert_recipients(db, mid, message.recipients, submitted=submit_at is not None)
+        self._write_streams(db, mid, encoded.streams)
+        self._insert_recipient_rows(db, mid, encoded.recipients)
         for att in message.attachments:
             self._insert_attachment(db, mid, att)
         if message.original is not None:
             self._insert_original(db, mid, message.original)
         if submit_at is not None:
-            self._event(db, mid, submit_at, EventKind.SUBMITTED, _submitted_detail(props, message, due))
+            self._event(db, mid, submit_at, EventKind.SUBMITTED, encoded.detail)
         return mid
 
     def _insert_recipients(self, db: DB, mid: int, recipients: Sequence[Recipient], submitted: bool = False) -> None:
+        self._insert_recipient_rows(db, mid, _recipient_rows(recipients, submitted, encode_bag))
+
+    def _insert_recipient_rows(self, db: DB, mid: int, rows: Sequence[tuple[int, str, str, int]]) -> None:
         db.executemany(
             "INSERT INTO recipients (message_id, row_id, props, state, reported) VALUES (?, ?, ?, ?, ?)",
-            [(mid, *row) for row in _recipient_rows(recipients, submitted, encode_bag)],
+            [(mid, *row) for row in rows],
         )
 
     @abc.abstractmethod
@@ -544,8 +559,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return opener
 
     def create_message(self, folder_id: int, message: MessageData) -> int:
+        encoded = _EncodedMessage.of(message, None)  # before the transaction (create_and_submit says why)
         with self._tx() as db:
-            return self._insert_message(db, folder_id, message)
+            return self._insert_message(db, folder_id, message, encoded=encoded)
 
     def import_message(self, folder_id: int, message: MessageData, key: str) -> int | None:
         # The key lives in `meta` ('import:<key>' -> message ID), which both stores have since
@@ -771,9 +787,11 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         self._publish(NoteKind.SUBMITTED, message_id=message_id)
 
     def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
-        """Save and submit a new message in one transaction (one durable commit)."""
+        """Save and submit a new message in one transaction (one durable commit). Its rows are
+        encoded first: the write transaction, which other writers wait for, holds only the statements."""
+        encoded = _EncodedMessage.of(message, now)
         with self._tx() as db:
-            mid = self._insert_message(db, folder_id, message, submit_at=now)
+            mid = self._insert_message(db, folder_id, message, submit_at=now, encoded=encoded)
         self._publish(NoteKind.SUBMITTED, message_id=mid)
         return mid
 
@@ -1835,8 +1853,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         return woken
 
     def deliver_message(self, folder_id: int, message: MessageData, now: datetime) -> int:
+        encoded = _EncodedMessage.of(message, None)  # before the transaction (create_and_submit says why)
         with self._tx() as db:
-            mid = self._insert_message(db, folder_id, message)
+            mid = self._insert_message(db, folder_id, message, encoded=encoded)
             self._event(db, mid, now, EventKind.RECEIVED, f"delivered into folder {folder_id}")
         self._publish(NoteKind.NEWMAIL, message_id=mid, folder_id=folder_id, message_class=message.message_class)
         return mid
@@ -2033,27 +2052,29 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         db.execute(_EVENT_SQL, row)
         self._count_history(db, [row])
 
-    @contextmanager
-    def _counting(self, db: DB) -> Iterator[None]:
+    def _counted(self, db: DB) -> Iterator[DB]:
         """Collect the counted events a transaction writes and add them to the running totals at its
         end, in one or two statements whatever their number (history_totals.py). Each store wraps its
-        transactions in it; a nested one (a savepoint) that fails takes its events out again, as its
-        rollback takes them out of the history."""
+        transactions in it (`_counting`, or `yield from` in a transaction's own generator); a nested
+        one (a savepoint) that fails takes its events out again, as its rollback takes them out of
+        the history."""
         rows: list[Sequence[Any]] | None = getattr(self._tallies, "rows", None)
         if rows is not None:
             mark = len(rows)
             try:
-                yield
+                yield db
             except BaseException:
                 del rows[mark:]
                 raise
             return
         self._tallies.rows = rows = []
         try:
-            yield
+            yield db
             self._add_to_totals(db, rows)
         finally:
             self._tallies.rows = None
+
+    _counting = contextmanager(_counted)
 
     def _count_history(self, db: DB, rows: Sequence[Sequence[Any]]) -> None:
         """Events just written, (message id, time, kind, transport, …): counted at the end of the
@@ -2068,6 +2089,9 @@ class SQLMessageStore(MessageStore, Generic[DB]):
         tally = Tally(rows)
         if not tally.kinds:
             return
+        if len(tally.kinds) == 1 and not tally.outcomes and len(tally.minutes) <= 1:
+            self._add_one_kind(db, tally)
+            return
         kinds = sorted(((k, xp, n) for (k, xp), n in tally.kinds.items()), key=lambda r: (r[0], r[1] or ""))
         kind_table, params = self._values(("TEXT", "TEXT", "BIGINT"), kinds, "k")
         outcome_table = None
@@ -2079,6 +2103,16 @@ class SQLMessageStore(MessageStore, Generic[DB]):
             minutes = [(m, *counts) for m, counts in sorted(tally.minutes.items())]
             table, params = self._values(("BIGINT",) * 5, minutes, "m")
             db.execute(minutes_upsert(table, self._shard), params)
+
+    def _add_one_kind(self, db: DB, tally: Tally) -> None:
+        """_add_to_totals of the usual one-message commit: a row of each table, statements made once."""
+        [((kind, transport), n)] = tally.kinds.items()
+        sql = self._one_kind_sql
+        if sql is None:
+            sql = self._one_kind_sql = (one_kind_upsert(self._shard), one_minute_upsert(self._shard))
+        db.execute(sql[0], (kind, transport, n))
+        for minute, counts in tally.minutes.items():
+            db.execute(sql[1], (minute, *counts))
 
     def add_event(
         self, message_id: int, now: datetime, kind: EventKind, detail: str, transport: str | None = None
@@ -2279,6 +2313,33 @@ def _message_props(message: MessageData, submit_at: datetime | None) -> tuple[Pr
         deferred = props.get(T.PR_DEFERRED_SEND_TIME)
         due = to_epoch(deferred) if isinstance(deferred, datetime) and deferred > submit_at else None
     return props, due
+
+
+@dataclass(frozen=True)
+class _EncodedMessage:
+    """A new message's rows as stored, all but its ID: what `_insert_message` writes."""
+
+    bag: str
+    streams: dict[int, bytes]
+    #: (row_id, bag, state, reported) of each recipient
+    recipients: list[tuple[int, str, str, int]]
+    #: when it is due (None: at once, or not submitted)
+    due: float | None
+    #: the detail of its "submitted" event ("" when it is not submitted)
+    detail: str
+
+    @classmethod
+    def of(cls, message: MessageData, submit_at: datetime | None) -> _EncodedMessage:
+        props, due = _message_props(message, submit_at)
+        bag, streams = split_streams(props)
+        submitted = submit_at is not None
+        return cls(
+            bag=encode_bag(bag),
+            streams=streams,
+            recipients=_recipient_rows(message.recipients, submitted, encode_bag),
+            due=due,
+            detail=_submitted_detail(props, message, due) if submitted else "",
+        )
 
 
 def _submitted_detail(props: Props, message: MessageData, due: float | None) -> str:

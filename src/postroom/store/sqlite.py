@@ -164,31 +164,30 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                 time.sleep(0.01)
 
     # --- plumbing ---------------------------------------------------------------------------
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT in this process's writer turn; ROLLBACK after any error.
-        SQLite's own errors leave as the MAPI code they mean (sqlite_errors.py)."""
-        with self._turns.turn(), self._sqlite_errors():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                with self._counting(self._db):  # the history's running totals, once per transaction
-                    yield
-                self._db.execute("COMMIT")
-                self.statements.commits += 1
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
+        SQLite's own errors leave as the MAPI code they mean (sqlite_errors.py).
 
-    @contextmanager
-    def _sqlite_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            mapped = store_error(exc, self.path)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        A plain generator: `_writing` is its context manager, and `_tx` runs it by `yield from`, one
+        context manager fewer on the path of every one-message commit."""
+        with self._turns.turn():
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield from self._counted(self._db)  # the history's running totals, once per transaction
+                    self._db.execute("COMMIT")
+                    self.statements.commits += 1
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                mapped = store_error(exc, self.path)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+
+    _writing = contextmanager(_write_transaction)
 
     def check_file(self) -> None:
         """MAPI_E_NOT_FOUND when the store file was deleted or replaced since it was opened: a
@@ -221,8 +220,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
                     raise
                 self._db.execute(f"RELEASE {name}")
                 return
-            with self._writing():
-                yield self._db
+            yield from self._write_transaction()
 
     def count_statements(self) -> StatementCount:
         """SQLite runs statements in this process: a trace callback sees each one as it starts."""
