@@ -1,8 +1,9 @@
 """Delivery status notification requests (RFC 3461): what a sender asked to be told, and when.
 
-A client of the SMTP listener says it with MAIL and RCPT parameters (`RET=FULL|HDRS`,
-`ENVID=xtext`; `NOTIFY=NEVER|SUCCESS,FAILURE,DELAY`, `ORCPT=type;xtext`), a sendmail caller with
-`-R`, `-V` and `-N`. Both land here, are checked here, and are kept on the message as four
+A client of the SMTP listener or of `postroom-sendmail -bs` says it with MAIL and RCPT parameters
+(`RET=FULL|HDRS`, `ENVID=xtext`; `NOTIFY=NEVER|SUCCESS,FAILURE,DELAY`, `ORCPT=type;xtext`), a
+sendmail caller with `-R`, `-V` and `-N`, a caller of `Session.submit_mime` with those and
+`recipient_dsn` (RecipientDsnRequest). All land here, are checked here, and are kept on the message as four
 provider-defined properties: PR_POSTROOM_DSN_RET and PR_POSTROOM_DSN_ENVID on the message,
 PR_POSTROOM_DSN_NOTIFY and PR_POSTROOM_DSN_ORCPT on each envelope recipient row. The reports to
 the envelope sender (spooler/sender_reports.py) obey them through `wants_report`.
