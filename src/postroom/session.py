@@ -112,8 +112,9 @@ def _check(value: object, types: type | tuple[type, ...], what: str) -> None:
 
 
 def _recipient_dsn(given: object) -> dict[str, RecipientDsn]:
-    """`submit_mime(recipient_dsn=…)` checked, by address in lower case (as the envelope matches
-    addresses); ArgumentTypeError for a wrong type, DsnParameterError for a bad value."""
+    """`submit_mime(recipient_dsn=…)` checked, by e-mail address in lower case (as the envelope
+    matches addresses); ArgumentTypeError for a wrong type, MAPI_E_INVALID_PARAMETER for an address
+    that is none, DsnParameterError for a bad value."""
     if given is None:
         return {}
     if not isinstance(given, Mapping):
@@ -123,7 +124,7 @@ def _recipient_dsn(given: object) -> dict[str, RecipientDsn]:
         _check(address, str, "submit_mime(): each address of recipient_dsn")
         if not isinstance(request, Mapping):
             raise ArgumentTypeError(f"submit_mime(): recipient_dsn[{address!r}] must be a mapping")
-        key = address.lower()
+        key = parse_address(address).email_address.lower()  # named as in `recipients`: "Bob <bob@x>" too
         if key in out:
             raise DsnParameterError(f"recipient_dsn names {address} twice")
         try:

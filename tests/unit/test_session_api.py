@@ -220,7 +220,7 @@ def test_submit_mime_keeps_each_recipients_own_dsn_request_over_the_one_for_all(
         dsn_notify="failure",
         recipient_dsn={
             "Bob@Localhost": {"notify": "success,delay", "orcpt": "RFC822;bob@example.org"},
-            "carol@localhost": {"orcpt": "rfc822;carol@example.org"},
+            "Carol <carol@localhost>": {"orcpt": "rfc822;carol@example.org"},
         },
     )
     rows = {r.email_address: r.props for r in session.open_message(mid).recipients}
@@ -242,6 +242,7 @@ def test_submit_mime_keeps_each_recipients_own_dsn_request_over_the_one_for_all(
         {"bob@localhost": {"notify": 3}},
         {"carol@localhost": {"notify": "never"}},  # not a recipient of the message
         {"bob@localhost": {}, "BOB@localhost": {}},
+        {"bob@@localhost": {}},
         {"bob@localhost": "never"},
         {3: {}},
         ["bob@localhost"],
