@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         StoreUnavailable,
         StoreUnreachable,
     )
+    from .mapi.dsn import RecipientDsnRequest
     from .mapi.message import Attachment, MessageData, Recipient
     from .profile import Mode, Profile, Service
     from .session import AsyncSession, Draft, Session, alogon, logon, logon_when_usable
@@ -136,6 +137,7 @@ _HOMES = {
     # the SMTP submission listener, and messages handed over with an envelope
     "ListenerSettings": ".engine.listener_settings",
     "SubmissionSource": ".envelope",
+    "RecipientDsnRequest": ".mapi.dsn",
     # Send/Receive and its groups, inbound
     "DEFAULT_GROUP": ".engine.groups",
     "GroupChange": ".engine.groups",
@@ -185,6 +187,7 @@ __all__ = [
     "QueueState",
     "Received",
     "Recipient",
+    "RecipientDsnRequest",
     "RecipientOutcome",
     "RecipientReport",
     "RecipientState",

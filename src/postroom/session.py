@@ -53,7 +53,16 @@ from .identity import (
 )
 from .mapi import tags as T
 from .mapi.codes import ArgumentTypeError, HResult, MAPIError
-from .mapi.dsn import DsnParameterError, MessageDsn, RecipientDsn, parse_envid, parse_notify, parse_ret
+from .mapi.dsn import (
+    DsnParameterError,
+    MessageDsn,
+    RecipientDsn,
+    RecipientDsnRequest,
+    parse_envid,
+    parse_notify,
+    parse_ret,
+    read_recipient_request,
+)
 from .mapi.entryid import decode_one_off, is_one_off, one_off_entry_id, search_key
 from .mapi.flags import MAPI_SUBMITTED, MessageFlags, RecipientType
 from .mapi.message import Attachment, MessageData, Recipient
@@ -100,6 +109,29 @@ def _check(value: object, types: type | tuple[type, ...], what: str) -> None:
     if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
         shown = "None" if value is None else type(value).__name__
         raise ArgumentTypeError(f"{what} must be {_type_names(wanted)}, not {shown}")
+
+
+def _recipient_dsn(given: object) -> dict[str, RecipientDsn]:
+    """`submit_mime(recipient_dsn=…)` checked, by e-mail address in lower case (as the envelope
+    matches addresses); ArgumentTypeError for a wrong type, MAPI_E_INVALID_PARAMETER for an address
+    that is none, DsnParameterError for a bad value."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ArgumentTypeError(f"submit_mime(): recipient_dsn must be a mapping, not {type(given).__name__}")
+    out: dict[str, RecipientDsn] = {}
+    for address, request in given.items():
+        _check(address, str, "submit_mime(): each address of recipient_dsn")
+        if not isinstance(request, Mapping):
+            raise ArgumentTypeError(f"submit_mime(): recipient_dsn[{address!r}] must be a mapping")
+        key = parse_address(address).email_address.lower()  # named as in `recipients`: "Bob <bob@x>" too
+        if key in out:
+            raise DsnParameterError(f"recipient_dsn names {address} twice")
+        try:
+            out[key] = read_recipient_request(request)
+        except DsnParameterError as exc:
+            raise DsnParameterError(f"recipient_dsn[{address!r}]: {exc}") from None
+    return out
 
 
 def _check_ref(ref: object, method: str) -> None:
@@ -1328,6 +1360,7 @@ class Session(_SessionCore):
         dsn_notify: str | None = None,
         dsn_return: str | None = None,
         envelope_id: str | None = None,
+        recipient_dsn: Mapping[str, RecipientDsnRequest] | None = None,
     ) -> int:
         """Submit RFC 5322 bytes with a sendmail envelope; returns the message ID once it is durable.
 
@@ -1338,8 +1371,11 @@ class Session(_SessionCore):
         `dsn_notify` (`-N`: "never", or some of "success,failure,delay" for every recipient),
         `dsn_return` (`-R`: "full" or "hdrs") and `envelope_id` (`-V`) are the RFC 3461 requests
         the reports to the envelope sender obey (MAPI_E_INVALID_PARAMETER when malformed).
-        UnknownRecipient for a recipient that is no e-mail address or that no transport takes;
-        MAPI_E_NO_RECIPIENTS when there is none."""
+        `recipient_dsn` gives some envelope recipients (by address, in any case) requests of their
+        own, as RCPT's NOTIFY and ORCPT do (`postroom-sendmail -bs`): `{"notify": "success",
+        "orcpt": "rfc822;bob@example.org"}`, its notify in place of `dsn_notify`; naming an address
+        the message is not sent to is MAPI_E_INVALID_PARAMETER. UnknownRecipient for a recipient
+        that is no e-mail address or that no transport takes; MAPI_E_NO_RECIPIENTS when there is none."""
         _check(raw, bytes, "submit_mime(): the message")
         _check_strings(recipients, "submit_mime", "recipients")
         for r in recipients:
@@ -1360,6 +1396,7 @@ class Session(_SessionCore):
                 envid=parse_envid(envelope_id) if envelope_id is not None else None,
             )
             rcpt_dsn = RecipientDsn(notify=parse_notify(dsn_notify) if dsn_notify is not None else None)
+            own_dsn = _recipient_dsn(recipient_dsn)
         except DsnParameterError as exc:
             raise MAPIError(HResult.MAPI_E_INVALID_PARAMETER, f"submit_mime(): {exc}") from None
         if default_from is not None:
@@ -1383,8 +1420,15 @@ class Session(_SessionCore):
         if submitter_uid is not None:
             draft.data.props[T.PR_SUBMITTER_UID] = submitter_uid
         draft.data.props.update(message_dsn.props())
+        unknown = set(own_dsn) - {r.email_address.lower() for r in sent_to}
+        if unknown:
+            raise MAPIError(
+                HResult.MAPI_E_INVALID_PARAMETER,
+                f"submit_mime(): recipient_dsn names {', '.join(sorted(unknown))}, not a recipient of the message",
+            )
         for row in sent_to:
             row.props.update(rcpt_dsn.props())
+            row.props.update(own_dsn.get(row.email_address.lower(), RecipientDsn()).props())
         # Nobody reads this profile's Inbox for the caller: reports also go to the envelope sender
         # (spooler/sender_reports.py), as for a message the SMTP listener took.
         draft.data.props[T.PR_POSTROOM_SUBMISSION_SOURCE] = str(SubmissionSource.SENDMAIL)

@@ -119,16 +119,67 @@ def test_mailq_and_dash_bp_list_the_messages_waiting_in_the_queue(profile: Path,
     assert b"Mail queue is empty" in sendmail("-bp", env=env(profile)).stdout
 
 
+def speak_smtp(profile: Path, *lines: bytes) -> tuple[list[bytes], bytes]:
+    """`postroom-sendmail -bs` given `lines`: the code of each reply (its last line) and all it said."""
+    done = sendmail("-bs", stdin=b"".join(line + b"\r\n" for line in lines), env=env(profile))
+    assert done.returncode == 0, done.stderr
+    return [line[:3] for line in done.stdout.splitlines() if line[3:4] != b"-"], done.stdout
+
+
 def test_dash_bs_speaks_smtp_on_stdin_and_stdout(profile: Path) -> None:
-    conversation = (
-        b"EHLO client\r\nMAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n"
-        + b"Subject: over smtp\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n"
+    codes, said = speak_smtp(
+        profile,
+        *(b"EHLO client", b"MAIL FROM:<alice@localhost>", b"RCPT TO:<bob@localhost>", b"DATA"),
+        *(b"Subject: over smtp", b"", b"..leading dot", b".", b"QUIT"),
     )
-    done = sendmail("-bs", stdin=conversation, env=env(profile))
-    replies = [line.split(b" ")[0].split(b"-")[0] for line in done.stdout.splitlines()]
-    assert replies == [b"220", b"250", b"250", b"250", b"250", b"250", b"354", b"250", b"221"], done.stdout
+    assert codes == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"], said
     (delivered,) = mailbox(profile, "bob")
     assert delivered.endswith(b"\n\n.leading dot\n")
+
+
+def test_dash_bs_offers_dsn_and_keeps_ret_envid_and_each_recipients_notify_and_orcpt(profile: Path) -> None:
+    ok(run("offline", profile=profile))  # the message waits in the queue, to be read
+    codes, said = speak_smtp(
+        profile,
+        b"EHLO client",
+        b"MAIL FROM:<alice@localhost> RET=HDRS ENVID=job+2B42 SIZE=60 BODY=8BITMIME",
+        b"RCPT TO:<bob@localhost> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Bob+40example.org",
+        b"RCPT TO:<carol@localhost> NOTIFY=NEVER",
+        *(b"DATA", b"Subject: asked", b"", b"body", b".", b"QUIT"),
+    )
+    assert b"250-DSN" in said.splitlines() or b"250 DSN" in said.splitlines(), said
+    assert codes == [b"220", b"250", b"250", b"250", b"250", b"354", b"250", b"221"], said
+    tags = postroom.mapi.tags
+    with postroom.logon(profile) as session:
+        [queued] = session.queue()
+        message = session.open_message(queued.id)
+    assert (message.props.get(tags.PR_POSTROOM_DSN_RET), message.props.get(tags.PR_POSTROOM_DSN_ENVID)) == (
+        "HDRS",
+        "job+42",
+    )
+    asked = {
+        r.email_address: (r.props.get(tags.PR_POSTROOM_DSN_NOTIFY), r.props.get(tags.PR_POSTROOM_DSN_ORCPT))
+        for r in message.recipients
+    }
+    assert asked == {"bob@localhost": ("SUCCESS,DELAY", "rfc822;Bob@example.org"), "carol@localhost": ("NEVER", None)}
+
+
+def test_dash_bs_refuses_a_bad_notify_with_501_and_notify_on_mail_with_555(profile: Path) -> None:
+    codes, said = speak_smtp(
+        profile,
+        b"EHLO client",
+        b"MAIL FROM:<alice@localhost> NOTIFY=NEVER",
+        b"MAIL FROM:<alice@localhost> SMTPUTF8 FUTURE=1",
+        b"MAIL FROM:<alice@localhost> RET=FULL",
+        b"RCPT TO:<bob@localhost> NOTIFY=SOMETIMES",
+        b"RCPT TO:<bob@localhost> RET=HDRS",
+        b"RCPT TO:<bob@localhost> NOTIFY=FAILURE",
+        b"HELO client",  # no extensions offered: no parameters taken
+        b"MAIL FROM:<alice@localhost> RET=FULL",
+        b"QUIT",
+    )
+    assert codes == [b"220", b"250", b"555", b"555", b"250", b"501", b"555", b"250", b"250", b"555", b"221"], said
+    assert mailbox(profile, "bob") == []
 
 
 # --- the exit codes (sysexits.h) ---------------------------------------------------------------------

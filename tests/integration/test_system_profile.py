@@ -155,3 +155,30 @@ def test_dsn_requests_of_dash_n_dash_r_and_dash_v_reach_the_store_through_the_so
     )
     [row] = [r for r in message.recipients if r.email_address == "someone@localhost"]
     assert row.props.get(tags.PR_POSTROOM_DSN_NOTIFY) == "SUCCESS,DELAY"
+
+
+def test_dash_bs_dsn_requests_of_mail_and_each_rcpt_reach_the_store_through_the_socket(machine: Machine) -> None:
+    conversation = [
+        b"EHLO client",
+        b"MAIL FROM:<alice@localhost> RET=HDRS ENVID=bs+2B1",
+        b"RCPT TO:<bob@localhost> NOTIFY=SUCCESS ORCPT=rfc822;bob+40example.org",
+        b"RCPT TO:<carol@localhost>",
+        *(b"DATA", b"Subject: asked over smtp", b"", b"body", b".", b"QUIT"),
+    ]
+    done = machine.sendmail(
+        machine.alice, "-bs", "-N", "failure", "-R", "full", stdin=b"".join(line + b"\r\n" for line in conversation)
+    )
+    assert done.returncode == 0 and b"\r\n250 2.0.0 " in done.stdout, (done.stdout, done.stderr)
+    tags = postroom.mapi.tags
+    with postroom.logon(machine.profile) as session:  # as root, read only
+        [queued] = session.queue()
+        message = session.open_message(queued.id)
+    assert (message.props.get(tags.PR_POSTROOM_DSN_RET), message.props.get(tags.PR_POSTROOM_DSN_ENVID)) == (
+        "HDRS",  # MAIL's RET over -R
+        "bs+1",
+    )
+    asked = {
+        r.email_address: (r.props.get(tags.PR_POSTROOM_DSN_NOTIFY), r.props.get(tags.PR_POSTROOM_DSN_ORCPT))
+        for r in message.recipients
+    }
+    assert asked == {"bob@localhost": ("SUCCESS", "rfc822;bob@example.org"), "carol@localhost": ("FAILURE", None)}

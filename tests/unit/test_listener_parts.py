@@ -194,6 +194,7 @@ def test_xtext_encoding_is_what_the_listener_decodes_for_a_relay_to_pass_on(text
         ("RCPT", "NOTIFY=NEVER,SUCCESS", False),
         ("RCPT", "NOTIFY=", False),
         ("RCPT", "ORCPT=carol@example.org", False),
+        ("RCPT", "ORCPT=rfc822;carol@example.org+0D+0ABcc:x@y", False),  # a report would echo the line break
         ("RCPT", "RET=FULL", True),
     ],
 )
@@ -205,6 +206,7 @@ def test_a_malformed_dsn_parameter_is_refused_and_one_on_the_wrong_verb_is_unkno
     with pytest.raises(DsnParameterError) as caught:
         read(given)
     assert isinstance(caught.value, DsnUnknownParameter) is unknown
+    assert caught.value.smtp_reply.startswith("555 5.5.4 " if unknown else "501 5.5.4 ")
 
 
 def _dsn_message(notify: str | None, ret: DsnReturn | None = None) -> MessageData:

@@ -206,3 +206,52 @@ def test_a_sender_with_a_non_ascii_domain_gets_an_ascii_message_id(tmp_path: Pat
         message_id = str(session.open_message(mid).get(T.PR_INTERNET_MESSAGE_ID))
     assert message_id.isascii()
     assert message_id.endswith("@xn--mchine-bua.example>")
+
+
+# --- submit_mime's DSN requests, per recipient ---------------------------------------------------
+
+NOTE = b"From: alice@localhost\nSubject: asked\n\nbody\n"
+
+
+def test_submit_mime_keeps_each_recipients_own_dsn_request_over_the_one_for_all(session: Session) -> None:
+    mid = session.submit_mime(
+        NOTE,
+        recipients=["bob@localhost", "carol@localhost", "dave@localhost"],
+        dsn_notify="failure",
+        recipient_dsn={
+            "Bob@Localhost": {"notify": "success,delay", "orcpt": "RFC822;bob@example.org"},
+            "Carol <carol@localhost>": {"orcpt": "rfc822;carol@example.org"},
+        },
+    )
+    rows = {r.email_address: r.props for r in session.open_message(mid).recipients}
+    asked = {a: (p.get(T.PR_POSTROOM_DSN_NOTIFY), p.get(T.PR_POSTROOM_DSN_ORCPT)) for a, p in rows.items()}
+    assert asked == {
+        "bob@localhost": ("SUCCESS,DELAY", "rfc822;bob@example.org"),
+        "carol@localhost": ("FAILURE", "rfc822;carol@example.org"),
+        "dave@localhost": ("FAILURE", None),
+    }
+
+
+@pytest.mark.parametrize(
+    "recipient_dsn",
+    [
+        {"bob@localhost": {"notify": "sometimes"}},
+        {"bob@localhost": {"orcpt": "bob@example.org"}},
+        {"bob@localhost": {"orcpt": "rfc822;bob@example.org\r\nBcc: x@y"}},
+        {"bob@localhost": {"ret": "full"}},
+        {"bob@localhost": {"notify": 3}},
+        {"carol@localhost": {"notify": "never"}},  # not a recipient of the message
+        {"bob@localhost": {}, "BOB@localhost": {}},
+        {"bob@@localhost": {}},
+        {"bob@localhost": "never"},
+        {3: {}},
+        ["bob@localhost"],
+    ],
+)
+def test_a_malformed_per_recipient_dsn_request_is_invalid_parameter_and_nothing_is_submitted(
+    session: Session, recipient_dsn: Any
+) -> None:
+    with pytest.raises(MAPIError) as info:
+        session.submit_mime(NOTE, recipients=["bob@localhost"], recipient_dsn=recipient_dsn)
+    assert info.value.code == HResult.MAPI_E_INVALID_PARAMETER, info.value
+    assert session.queue() == []

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..mapi.dsn import RecipientDsnRequest
 from ..mapi.flags import MAPI_SUBMITTED
 from . import sysexits as X
 from .sendmail_args import Invocation, Mode, UsageProblem, message_from_stdin, parse
-from .sendmail_smtp import serve_stdio
+from .sendmail_smtp import Transaction, serve_stdio
 from .submit_socket import queue_remote, submit_remote
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ def run(argv: Sequence[str], program: str = "sendmail") -> int:
     where = socket_path()
     try:
         if inv.mode is Mode.SMTP:
-            return serve_stdio(lambda raw, rcpts, sender: _submit(where, raw, rcpts, sender, inv))
+            return serve_stdio(lambda raw, transaction: _submit_transaction(where, raw, transaction, inv))
         if inv.mode is Mode.QUEUE:
             return _queue(where)
         raw = message_from_stdin(sys.stdin.buffer.read(), inv.ignore_dots)
@@ -82,8 +84,26 @@ def run(argv: Sequence[str], program: str = "sendmail") -> int:
         return X.exit_code(exc)
 
 
+def _submit_transaction(where: Path | None, raw: bytes, transaction: Transaction, inv: Invocation) -> tuple[int, str]:
+    """Submit what one `-bs` transaction gave: its MAIL's RET and ENVID in place of -R and -V, each
+    RCPT's NOTIFY and ORCPT for that recipient (its NOTIFY in place of -N)."""
+    dsn = transaction.dsn
+    inv = replace(
+        inv,
+        ret=str(dsn.ret) if dsn.ret is not None else inv.ret,
+        envid=dsn.envid if dsn.envid is not None else inv.envid,
+    )
+    own = {address: request for address, d in transaction.rcpt_dsn.items() if (request := d.request())}
+    return _submit(where, raw, transaction.recipients, transaction.sender, inv, own)
+
+
 def _submit(
-    where: Path | None, raw: bytes, recipients: Sequence[str], sender: str | None, inv: Invocation
+    where: Path | None,
+    raw: bytes,
+    recipients: Sequence[str],
+    sender: str | None,
+    inv: Invocation,
+    recipient_dsn: Mapping[str, RecipientDsnRequest] | None = None,
 ) -> tuple[int, str]:
     """Submit one message; (sysexits code, what to say)."""
     if where is not None:
@@ -95,8 +115,9 @@ def _submit(
             sender=sender,
             full_name=inv.full_name,
             dsn={"notify": inv.notify, "ret": inv.ret, "envid": inv.envid},
+            recipient_dsn=recipient_dsn,
         )
-    return submit_here(raw, recipients, sender, inv, uid=os.getuid())
+    return submit_here(raw, recipients, sender, inv, uid=os.getuid(), recipient_dsn=recipient_dsn)
 
 
 def submit_here(
@@ -106,6 +127,7 @@ def submit_here(
     inv: Invocation,
     *,
     uid: int,
+    recipient_dsn: Mapping[str, RecipientDsnRequest] | None = None,
 ) -> tuple[int, str]:
     """Submit into a profile of one's own, then deliver at once unless a spooler daemon runs."""
     from .context import App  # start-up: click, only for a profile of one's own
@@ -126,6 +148,7 @@ def submit_here(
                 dsn_notify=inv.notify,
                 dsn_return=inv.ret,
                 envelope_id=inv.envid,
+                recipient_dsn=recipient_dsn,
             )
         except Exception as exc:
             return X.exit_code(exc), f"not submitted: {exc}"

@@ -55,6 +55,7 @@ def handle(session: Session, uid: int, request: dict[str, Any], raw: bytes) -> t
             dsn_notify=_text(request.get("dsn_notify")),
             dsn_return=_text(request.get("dsn_ret")),
             envelope_id=_text(request.get("dsn_envid")),
+            recipient_dsn=request.get("dsn_recipients"),  # checked by read_request and submit_mime
         )
     except Exception as exc:
         return {"exit": X.exit_code(exc), "text": f"not submitted: {exc}", "message_id": None}, None

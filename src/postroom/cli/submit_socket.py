@@ -11,8 +11,10 @@ kernel tells it who is calling (SO_PEERCRED): that uid is what it records on the
 The protocol, one request per connection:
 
     client → server   one JSON line: {"op": "submit", "size": N, "recipients": […], "extract": bool,
-                      "sender": str | null, "full_name": str | null}, then N bytes of message;
-                      or {"op": "queue"}
+                      "sender": str | null, "full_name": str | null, and when given "dsn_notify",
+                      "dsn_ret", "dsn_envid": str (-N, -R, -V) and "dsn_recipients": {address:
+                      {"notify": str, "orcpt": str}} (-bs's RCPT parameters)}, then N bytes of
+                      message; or {"op": "queue"}
     server → client   one JSON line: {"exit": <sysexits code>, "text": "…", "message_id": int | null}
                       (for "queue": {"exit": 0, "lines": ["…", …]})
 
@@ -26,10 +28,11 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..mapi.dsn import RecipientDsnRequest
 from . import sysexits as X
 
 #: The longest request line, and the largest message, the server reads.
@@ -97,9 +100,11 @@ def submit_remote(
     sender: str | None,
     full_name: str | None,
     dsn: dict[str, str | None] | None = None,
+    recipient_dsn: Mapping[str, RecipientDsnRequest] | None = None,
 ) -> tuple[int, str]:
     """Submit through the socket at `path`: (sysexits code, what to say). `dsn` holds the DSN
-    requests of -N, -R and -V ("notify", "ret", "envid"; None when not given)."""
+    requests of -N, -R and -V ("notify", "ret", "envid"; None when not given), `recipient_dsn`
+    those of some recipients (as `Session.submit_mime` takes them)."""
     request = {
         "op": "submit",
         "size": len(raw),
@@ -108,6 +113,7 @@ def submit_remote(
         "sender": sender,
         "full_name": full_name,
         **{f"dsn_{k}": v for k, v in (dsn or {}).items() if v is not None},
+        **({"dsn_recipients": dict(recipient_dsn)} if recipient_dsn else {}),
     }
     try:
         sock = _connect(path)
@@ -166,6 +172,11 @@ def read_request(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
     for key in ("sender", "full_name"):
         if request.get(key) is not None and not isinstance(request[key], str):
             raise ProtocolProblem(f"{key} must be a string")
+    by_recipient = request.get("dsn_recipients", {})
+    if not isinstance(by_recipient, dict) or not all(
+        isinstance(one, dict) and all(isinstance(v, str) for v in one.values()) for one in by_recipient.values()
+    ):
+        raise ProtocolProblem("dsn_recipients must map each address to an object of strings")
     return request, _read_exact(sock, size)
 
 

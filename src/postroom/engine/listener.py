@@ -179,12 +179,6 @@ def _dsn_given(server: SMTP, session: SMTPSession) -> list[tuple[str, str | None
     return given
 
 
-def _dsn_refusal(exc: DsnParameterError) -> str:
-    if isinstance(exc, DsnUnknownParameter):
-        return f"555 5.5.4 {exc}"
-    return f"501 5.5.4 {exc}"
-
-
 def _peer(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
@@ -309,7 +303,7 @@ class SubmissionListener:
         try:
             dsn = read_mail_parameters(_dsn_given(server, session))
         except DsnParameterError as exc:
-            return _dsn_refusal(exc)
+            return exc.smtp_reply
         if isinstance(envelope, _DsnEnvelope):
             envelope.dsn = dsn
         envelope.mail_from = address
@@ -322,7 +316,7 @@ class SubmissionListener:
         try:
             dsn = read_rcpt_parameters(_dsn_given(server, session))
         except DsnParameterError as exc:
-            return _dsn_refusal(exc)
+            return exc.smtp_reply
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Too many recipients"
         if not address or "@" not in address:

@@ -1,8 +1,9 @@
 """Delivery status notification requests (RFC 3461): what a sender asked to be told, and when.
 
-A client of the SMTP listener says it with MAIL and RCPT parameters (`RET=FULL|HDRS`,
-`ENVID=xtext`; `NOTIFY=NEVER|SUCCESS,FAILURE,DELAY`, `ORCPT=type;xtext`), a sendmail caller with
-`-R`, `-V` and `-N`. Both land here, are checked here, and are kept on the message as four
+A client of the SMTP listener or of `postroom-sendmail -bs` says it with MAIL and RCPT parameters
+(`RET=FULL|HDRS`, `ENVID=xtext`; `NOTIFY=NEVER|SUCCESS,FAILURE,DELAY`, `ORCPT=type;xtext`), a
+sendmail caller with `-R`, `-V` and `-N`, a caller of `Session.submit_mime` with those and
+`recipient_dsn` (RecipientDsnRequest). All land here, are checked here, and are kept on the message as four
 provider-defined properties: PR_POSTROOM_DSN_RET and PR_POSTROOM_DSN_ENVID on the message,
 PR_POSTROOM_DSN_NOTIFY and PR_POSTROOM_DSN_ORCPT on each envelope recipient row. The reports to
 the envelope sender (spooler/sender_reports.py) obey them through `wants_report`.
@@ -19,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypedDict
 
 from . import tags as T
 
@@ -29,11 +31,14 @@ __all__ = [
     "MessageDsn",
     "Notify",
     "RecipientDsn",
+    "RecipientDsnRequest",
     "parse_envid",
     "parse_notify",
+    "parse_orcpt",
     "parse_ret",
     "read_mail_parameters",
     "read_rcpt_parameters",
+    "read_recipient_request",
     "split_dsn_parameters",
     "wants_report",
     "xtext_decode",
@@ -62,12 +67,22 @@ class DsnReturn(StrEnum):
 
 
 class DsnParameterError(ValueError):
-    """A DSN parameter with a bad value, or given twice: `501 5.5.4` at the listener, EX_USAGE
-    from postroom-sendmail."""
+    """A DSN parameter with a bad value, or given twice: `501 5.5.4` at the listener and from
+    `postroom-sendmail -bs`, EX_USAGE from postroom-sendmail's command line."""
+
+    reply_code = 501
+
+    @property
+    def smtp_reply(self) -> str:
+        """The SMTP reply refusing the MAIL or RCPT that gave the parameter (one wording for every
+        SMTP server of postroom)."""
+        return f"{self.reply_code} 5.5.4 {self}"
 
 
 class DsnUnknownParameter(DsnParameterError):
     """A DSN parameter on the wrong verb (NOTIFY on MAIL, RET on RCPT): `555 5.5.4`."""
+
+    reply_code = 555
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,39 @@ class RecipientDsn:
         if self.orcpt is not None:
             out[T.PR_POSTROOM_DSN_ORCPT] = self.orcpt
         return out
+
+    def request(self) -> RecipientDsnRequest:
+        """The same, as `Session.submit_mime(recipient_dsn=…)` and the submit socket take it."""
+        out: RecipientDsnRequest = {}
+        if self.notify is not None:
+            out["notify"] = ",".join(n for n in Notify if n in self.notify)
+        if self.orcpt is not None:
+            out["orcpt"] = self.orcpt
+        return out
+
+
+class RecipientDsnRequest(TypedDict, total=False):
+    """One recipient's DSN request as plain text, for the face and the submit socket's JSON:
+    `notify` as sendmail's -N ("never", or some of "success,failure,delay"), `orcpt` decoded
+    ("rfc822;user@example.org")."""
+
+    notify: str
+    orcpt: str
+
+
+def read_recipient_request(request: Mapping[str, object]) -> RecipientDsn:
+    """The RecipientDsn a RecipientDsnRequest stands for; DsnParameterError when it is malformed."""
+    unknown = set(request) - {"notify", "orcpt"}
+    if unknown:
+        raise DsnParameterError(f"only notify and orcpt, not {', '.join(sorted(map(str, unknown)))}")
+    notify, orcpt = request.get("notify"), request.get("orcpt")
+    for value, what in ((notify, "notify"), (orcpt, "orcpt")):
+        if value is not None and not isinstance(value, str):
+            raise DsnParameterError(f"{what} must be text")
+    return RecipientDsn(
+        notify=parse_notify(notify) if isinstance(notify, str) else None,
+        orcpt=parse_orcpt(orcpt) if isinstance(orcpt, str) else None,
+    )
 
 
 _XTEXT = re.compile(r"(?:[\x21-\x2A\x2C-\x3C\x3E-\x7E]|\+[0-9A-Fa-f]{2})*\Z")  # lower-case hex too: be liberal
@@ -151,6 +199,21 @@ def parse_envid(value: str) -> str:
     return value
 
 
+def parse_orcpt(value: str) -> str:
+    """A decoded ORCPT, `addr-type;address` (RFC 3461 §4.2), with its type in lower case. No
+    control characters: the value is echoed in a report's header."""
+    kind, semicolon, address = value.partition(";")
+    if (
+        not semicolon
+        or not re.fullmatch(r"[A-Za-z0-9-]+", kind)
+        or not address
+        or len(value) > MAX_ORCPT
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    ):
+        raise DsnParameterError("ORCPT must be addr-type;address (e.g. rfc822;user@example.org)")
+    return f"{kind.lower()};{address}"
+
+
 def _parameters(given: list[tuple[str, str | None]], allowed: frozenset[str], verb: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for key, value in given:
@@ -185,7 +248,7 @@ def read_rcpt_parameters(given: list[tuple[str, str | None]]) -> RecipientDsn:
         kind, semicolon, address = orcpt.partition(";")
         if not semicolon or not re.fullmatch(r"[A-Za-z0-9-]+", kind) or not address or len(orcpt) > MAX_ORCPT:
             raise DsnParameterError("ORCPT must be addr-type;xtext (e.g. rfc822;user@example.org)")
-        orcpt = f"{kind.lower()};{xtext_decode(address, 'ORCPT')}"
+        orcpt = parse_orcpt(f"{kind};{xtext_decode(address, 'ORCPT')}")
     return RecipientDsn(notify=parse_notify(found["NOTIFY"]) if "NOTIFY" in found else None, orcpt=orcpt)
 
 
