@@ -9,7 +9,7 @@ One aiosmtpd protocol per connection, with postroom's policy in the handler's ho
   rather than from an NDR later. More than `max_recipients` is `452 4.5.3`.
 * DATA: the message's exact bytes and its envelope (envelope.py) go into the Outbox and are
   submitted; `250` is sent only once that write is durable. Concurrent connections share each
-  durable commit, its fsync off the event loop (intake.py). A store that cannot take the write is `451 4.3.0`; a full
+  durable commit, run off the event loop (intake.py). A store that cannot take the write is `451 4.3.0`; a full
   disk `452 4.3.1`: the client keeps the message and tries again, nothing is lost.
 
 DSN (RFC 3461) is offered in EHLO: MAIL takes `RET=FULL|HDRS` and `ENVID=xtext`, RCPT takes
@@ -201,7 +201,7 @@ class SubmissionListener:
         self.runtime = protocol.runtime
         self.settings = settings
         self.prepare = prepare  # what submission adds (the face's sender and Message-ID stamp)
-        self.commit = IntakeCommit.for_store(self.runtime.store, self.runtime.clock)
+        self.commit = IntakeCommit(self.runtime.store, self.runtime.clock)
         self.connections = 0
         self.accepted = 0
         self.servers: list[asyncio.Server] = []

@@ -432,20 +432,6 @@ class MessageStore(abc.ABC):
     def batch(self) -> AbstractContextManager[None]:
         """Group operations into one durable commit (group commit); each still all-or-nothing."""
 
-    #: batch_synced_later() commits without waiting for the disk, and sync_log() waits for it:
-    #: a caller can go on with its next batch while the last one's fsync runs (SQLite in WAL mode).
-    syncs_later: bool = False
-
-    def batch_synced_later(self) -> AbstractContextManager[None]:
-        """batch(), whose commit may not be durable until the next sync_log() returns (a store
-        without `syncs_later`: durable at once, as batch())."""
-        return self.batch()
-
-    def sync_log(self) -> None:
-        """Make every commit made so far durable; it may run on any thread (a store without
-        `syncs_later` has nothing to do)."""
-        return
-
     @abc.abstractmethod
     def create_and_submit(self, folder_id: int, message: MessageData, now: datetime) -> int:
         """Save and submit a new message in one transaction."""

@@ -142,7 +142,7 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         self._identity = (opened.st_dev, opened.st_ino)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._turns = WriterTurns(self.path.with_name(self.path.name + "-writer"))
-        self.syncs_later = self._enable_wal()
+        self._enable_wal()
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._create_schema()
@@ -150,15 +150,14 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
         self.bus = NotificationBus(notify_directory(self.path))
         self.connection_slots = FileSlots(self.path.with_name(self.path.name + "-slots"))
 
-    def _enable_wal(self) -> bool:
-        """Switch to WAL; False when the file system cannot have it (SQLite stays in its rollback
-        journal). SQLite answers "database is locked" at once, without its busy handler, when
+    def _enable_wal(self) -> None:
+        """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler, when
         several processes do this on a new file together: wait and try again (bounded)."""
         deadline = time.monotonic() + 30.0
         while True:
             try:
-                (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
-                return str(mode).lower() == "wal"
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
@@ -262,47 +261,6 @@ class SQLiteStore(SQLMessageStore[sqlite3.Connection]):
             notes, self._notes = self._notes, []
         for kind, data in notes:
             self.bus.publish(kind, **data)
-
-    @contextmanager
-    def batch_synced_later(self) -> Iterator[None]:
-        """batch(), committed without its fsync (synchronous=NORMAL for this one commit): its
-        frames are in the WAL, seen by every reader and kept through a crash of this process, but
-        not through a crash of the machine until sync_log() returns. This is what synchronous=FULL
-        does at COMMIT, taken apart so that the fsync runs outside the writer turn and while the
-        caller prepares its next batch (the listener's intake, engine/intake.py). Inside another
-        batch it is part of that one, durable at its COMMIT."""
-        with self._lock:
-            if self._batch_depth or not self.syncs_later:
-                with self.batch():
-                    yield
-                return
-            with self._sqlite_errors():
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self.batch():
-                    yield
-            finally:
-                with self._sqlite_errors():
-                    self._db.execute("PRAGMA synchronous=FULL")
-
-    def sync_log(self) -> None:
-        """fdatasync the WAL: every commit made on this file before the call is durable when it
-        returns, whichever connection or process made it. A checkpoint that moved frames into the
-        database file synced both files first, so a WAL started over since is no loss. Takes no
-        lock: it runs on the listener's intake thread while the event loop writes the next batch."""
-        if not self.syncs_later:
-            return
-        try:
-            fd = os.open(self.path.with_name(self.path.name + "-wal"), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            mapped = store_error(exc, self.path)
-            if mapped is None:
-                raise
-            raise mapped from exc
 
     def _held_notes(self) -> list[tuple[NoteKind, dict[str, Any]]] | None:
         return self._notes if self._batch_depth else None
