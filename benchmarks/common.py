@@ -144,6 +144,27 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
+def wait_listeners(port: int, count: int, timeout: float = 60.0) -> None:
+    """Until `count` sockets listen on 127.0.0.1:`port` (SO_REUSEPORT: one per process of
+    `serve smtp --processes N`). A client that connects once the first one listens would have
+    every connection taken by that one process, and measure one process, not N."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _listening_sockets(port)
+        if found >= count:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{found} of {count} listeners on 127.0.0.1:{port} after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _listening_sockets(port: int) -> int:
+    """The sockets in LISTEN state (0A) on 127.0.0.1:`port`, from /proc/net/tcp."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return sum(1 for line in table if line.split()[1:2] == [local] and line.split()[3] == "0A")
+
+
 def wait_http(base: str, timeout: float = 60.0) -> None:
     """Until `base`/healthz answers (a `serve http` just started); its last error if it never does."""
     deadline = time.monotonic() + timeout

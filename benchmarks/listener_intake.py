@@ -51,7 +51,7 @@ def listener_rate(work: Path, n: int, processes: int = 1) -> tuple[float, float]
     cmd += ["--log-level", "warning", "--max-connections", str(CLIENTS * 2), "--processes", str(processes)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        C.wait_port(port, timeout=60)
+        C.wait_listeners(port, processes, timeout=60)  # every process, or the first takes every session
         cpu0 = C.tree_cpu_seconds(proc.pid)
         rate = n / C.smtp_source(n, CLIENTS, port)
         return rate, (C.tree_cpu_seconds(proc.pid) - cpu0) * 1000 / n
